@@ -1,0 +1,39 @@
+# llama_selfmod - `make run` and `make test` do all set-up themselves.
+MODELS     ?= $(CURDIR)/../shared/models
+MODEL      ?= $(MODELS)/stories260K.gguf
+PROMPT     ?= Once upon a time, there was a little girl named Lily.
+BUILD      ?= build
+JOBS       ?= $(shell nproc)
+
+.PHONY: all deps llama build run test test-asan bench clean
+
+all: build
+
+deps:
+	@scripts/install_deps.sh
+
+# The llama.cpp build lives in a cache outside the checkout (see scripts/setup_llama.sh).
+$(BUILD)/llama_prefix: scripts/setup_llama.sh | deps
+	@mkdir -p $(BUILD)
+	@scripts/setup_llama.sh > $(BUILD)/llama_prefix.tmp && mv $(BUILD)/llama_prefix.tmp $(BUILD)/llama_prefix
+
+llama: $(BUILD)/llama_prefix
+
+build: $(BUILD)/llama_prefix
+	@cmake -S . -B $(BUILD) -DLLAMA_PREFIX=$$(cat $(BUILD)/llama_prefix) -DSHARED_MODELS_DIR=$(MODELS) $(CMAKE_ARGS) > $(BUILD)/cmake.log || (cat $(BUILD)/cmake.log; exit 1)
+	@cmake --build $(BUILD) -j$(JOBS)
+
+run: build
+	$(BUILD)/llama_selfmod -m $(MODEL) -p "$(PROMPT)" -n 120 --seed 7 --aggressive --verbose-events
+
+test: build
+	cd $(BUILD) && ctest --output-on-failure -j$(JOBS)
+
+test-asan:
+	@$(MAKE) --no-print-directory test BUILD=build-asan CMAKE_ARGS="-DSELFMOD_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug"
+
+bench: build
+	bench/run.sh $(BUILD)
+
+clean:
+	rm -rf build build-asan
