@@ -1,0 +1,113 @@
+/* Private declarations shared by the library's modules. */
+#ifndef SELFMOD_INTERNAL_H
+#define SELFMOD_INTERNAL_H
+
+#include "selfmod.h"
+#include "llama.h"
+
+#include <stdarg.h>
+
+struct sm_model {
+    struct llama_model *lm;
+    const struct llama_vocab *vocab;
+    char *path;
+    char description[128];
+    int32_t n_vocab;
+};
+
+/* errors.c-style helpers (params.c) */
+void sm_error_set(sm_error *err, sm_status status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* The last error line llama.cpp logged on this thread (model.c). */
+const char *sm_llama_last_log_error(void);
+void sm_llama_clear_log_error(void);
+
+/* signals.c: pure functions over one raw distribution. */
+typedef struct sm_dist_stats {
+    float log_z;   /* log sum exp(logits): p(t) = exp(logit[t] - log_z) */
+} sm_dist_stats;
+/* Fills everything in *out but p_sampled; stats may be NULL. */
+void sm_signals_compute(const float *logits, int32_t n_vocab, sm_token chosen, sm_signals *out,
+                        sm_dist_stats *stats);
+/* The n most probable tokens, descending, with raw probabilities.
+ * Returns how many were written (min(n, n_vocab)). */
+int32_t sm_top_candidates(const float *logits, int32_t n_vocab, const sm_dist_stats *stats,
+                          int32_t n, sm_candidate *out);
+
+/* sampler.c: the sampling chain (see sm_sampling_params). */
+typedef struct sm_sampler_work {
+    float *logits;        /* penalised copy, n_vocab                       */
+    sm_candidate *cand;   /* candidates after top-k                        */
+    int32_t n_vocab;
+} sm_sampler_work;
+
+typedef struct sm_sample_input {
+    const float *logits;
+    int32_t n_vocab;
+    const sm_token *recent;     /* tokens the repeat penalty looks at      */
+    int32_t n_recent;
+    const sm_token *bans;       /* tokens that may not be chosen here      */
+    int32_t n_bans;
+    float temperature;
+    float repeat_penalty;
+    int32_t top_k;
+    float top_p;
+    float min_p;
+} sm_sample_input;
+
+int sm_sampler_work_init(sm_sampler_work *w, int32_t n_vocab);
+void sm_sampler_work_free(sm_sampler_work *w);
+/* Returns the chosen token (or -1 when every token is banned) and its
+ * probability under the final distribution in *p_sampled. */
+sm_token sm_sample(const sm_sample_input *in, uint64_t *rng, sm_sampler_work *w, float *p_sampled);
+uint64_t sm_rng_next(uint64_t *state);
+double sm_rng_uniform(uint64_t *state); /* [0, 1) */
+
+/* policy.c: the self-modification policy. Pure. */
+typedef struct sm_policy_state {
+    float temperature;
+    float repeat_penalty;
+    uint64_t rng;          /* exploration bursts */
+} sm_policy_state;
+
+typedef struct sm_policy_mod {
+    sm_mod_type type;
+    float t_before, t_after, rp_before, rp_after;
+    char description[128];
+} sm_policy_mod;
+
+typedef struct sm_policy_action {
+    float window_mean;
+    int32_t retract;       /* tokens to remove, candidate included; 0 = none */
+    int32_t n_mods;
+    sm_policy_mod mods[4];
+} sm_policy_action;
+
+bool sm_policy_retraction_enabled(const sm_policy_params *p);
+/* confidences/tokens: the generated ones, the candidate last (n >= 1). */
+void sm_policy_step(const sm_policy_params *p, const float *confidences, const sm_token *tokens,
+                    int32_t n, int32_t n_retractions_done, sm_policy_state *state,
+                    sm_policy_action *action);
+/* The temperature change that goes with a retraction. */
+void sm_policy_after_retraction(const sm_policy_params *p, sm_policy_state *state);
+
+/* text.c: generated text with per-token byte offsets, rewindable. */
+typedef struct sm_text {
+    char *bytes;
+    size_t len, cap;
+    size_t *offsets;      /* offsets[i] = length before token i */
+    int32_t n_tokens, cap_tokens;
+} sm_text;
+
+void sm_text_init(sm_text *t);
+void sm_text_free(sm_text *t);
+void sm_text_clear(sm_text *t);
+int sm_text_push(sm_text *t, const char *piece, size_t n);
+void sm_text_pop(sm_text *t, int32_t n_tokens);
+/* The token's text as llama.cpp renders it (special tokens: empty). */
+int32_t sm_token_piece(const struct llama_vocab *vocab, sm_token token, char *buf, int32_t size);
+/* Offset of the first stop string found in t->bytes at or after `from`,
+ * or -1. */
+long sm_text_find_stop(const sm_text *t, size_t from, const char *const *stops, int32_t n_stops);
+
+#endif

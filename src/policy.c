@@ -1,0 +1,120 @@
+/*
+ * The self-modification policy of the original llama_selfmod, made real:
+ * the temperature and repeat penalty it adapts are the ones the sampler
+ * uses for the next token. Pure: no llama.cpp, no I/O.
+ */
+#include "internal.h"
+
+#include <math.h>
+#include <stdio.h>
+
+/* The original's factors and caps. */
+#define CRITICAL_T_FACTOR 1.4f
+#define CRITICAL_T_CAP 1.5f
+#define ADJUST_T_FACTOR 1.2f
+#define ADJUST_T_CAP 1.3f
+#define ADJUST_RP_FACTOR 1.1f
+#define ADJUST_RP_CAP 1.5f
+#define SHARPEN_T_FACTOR 0.88f
+#define SHARPEN_T_FLOOR 0.3f
+#define SHARPEN_T_MIN 0.4f
+#define REPETITION_RP_FACTOR 1.15f
+#define REPETITION_RP_CAP 2.0f
+#define EXPLORE_RANGE 0.15f
+#define EXPLORE_T_MIN 0.3f
+#define EXPLORE_T_MAX 1.5f
+/* Aggressive mode makes every step 1.5 times larger. */
+#define AGGRESSIVE_STEP 1.5f
+
+static float step(const sm_policy_params *p, float factor) {
+    return p->aggressive ? 1.0f + (factor - 1.0f) * AGGRESSIVE_STEP : factor;
+}
+
+static float minf(float a, float b) { return a < b ? a : b; }
+static float maxf(float a, float b) { return a > b ? a : b; }
+
+bool sm_policy_retraction_enabled(const sm_policy_params *p) {
+    return p->enabled && (p->retract == 1 || (p->retract == -1 && p->aggressive));
+}
+
+static sm_policy_mod *add_mod(sm_policy_action *a, sm_mod_type type, const sm_policy_state *before) {
+    sm_policy_mod *m = &a->mods[a->n_mods++];
+    m->type = type;
+    m->t_before = before->temperature;
+    m->rp_before = before->repeat_penalty;
+    return m;
+}
+
+static void finish_mod(sm_policy_mod *m, const sm_policy_state *after) {
+    m->t_after = after->temperature;
+    m->rp_after = after->repeat_penalty;
+}
+
+static int32_t count_distinct(const sm_token *tokens, int32_t n) {
+    int32_t distinct = 0;
+    for (int32_t i = 0; i < n; i++) {
+        bool seen = false;
+        for (int32_t j = 0; j < i && !seen; j++) seen = tokens[j] == tokens[i];
+        distinct += !seen;
+    }
+    return distinct;
+}
+
+void sm_policy_step(const sm_policy_params *p, const float *confidences, const sm_token *tokens,
+                    int32_t n, int32_t n_retractions_done, sm_policy_state *st,
+                    sm_policy_action *a) {
+    a->n_mods = 0;
+    a->retract = 0;
+    a->window_mean = 0.0f;
+    if (!p->enabled || n <= 0) return;
+
+    int32_t w = n < p->window ? n : p->window;
+    double sum = 0.0;
+    for (int32_t i = n - w; i < n; i++) sum += confidences[i];
+    const float mean = (float)(sum / w);
+    a->window_mean = mean;
+
+    if (mean < p->critical_threshold && sm_policy_retraction_enabled(p) &&
+        n_retractions_done < p->max_retractions) {
+        a->retract = n < p->retract_tokens ? n : p->retract_tokens;
+        return; /* the rest is decided again after the rewind */
+    }
+    if (mean < p->confidence_threshold) {
+        sm_policy_mod *m = add_mod(a, SM_MOD_PARAM_ADJUST, st);
+        st->temperature = minf(st->temperature * step(p, ADJUST_T_FACTOR), maxf(ADJUST_T_CAP, st->temperature));
+        st->repeat_penalty = minf(st->repeat_penalty * step(p, ADJUST_RP_FACTOR), maxf(ADJUST_RP_CAP, st->repeat_penalty));
+        finish_mod(m, st);
+        snprintf(m->description, sizeof m->description,
+                 "mean confidence %.3f < %.2f: raise temperature and repeat penalty", mean,
+                 p->confidence_threshold);
+    } else if (mean > p->sharpen_threshold && st->temperature > SHARPEN_T_MIN) {
+        sm_policy_mod *m = add_mod(a, SM_MOD_SHARPEN, st);
+        st->temperature = maxf(st->temperature * step(p, SHARPEN_T_FACTOR), SHARPEN_T_FLOOR);
+        finish_mod(m, st);
+        snprintf(m->description, sizeof m->description,
+                 "mean confidence %.3f > %.2f: lower temperature", mean, p->sharpen_threshold);
+    }
+    if (n >= p->repetition_window) {
+        int32_t distinct = count_distinct(tokens + n - p->repetition_window, p->repetition_window);
+        if (distinct < p->repetition_min_distinct) {
+            sm_policy_mod *m = add_mod(a, SM_MOD_ANTI_REPETITION, st);
+            st->repeat_penalty = minf(st->repeat_penalty * step(p, REPETITION_RP_FACTOR),
+                                      maxf(REPETITION_RP_CAP, st->repeat_penalty));
+            finish_mod(m, st);
+            snprintf(m->description, sizeof m->description,
+                     "%d distinct tokens in the last %d: raise repeat penalty", distinct,
+                     p->repetition_window);
+        }
+    }
+    if (p->aggressive && sm_rng_uniform(&st->rng) < p->exploration_prob) {
+        sm_policy_mod *m = add_mod(a, SM_MOD_EXPLORATION_BURST, st);
+        float delta = (float)(sm_rng_uniform(&st->rng) * 2.0 - 1.0) * EXPLORE_RANGE;
+        st->temperature = minf(maxf(st->temperature + delta, EXPLORE_T_MIN), EXPLORE_T_MAX);
+        finish_mod(m, st);
+        snprintf(m->description, sizeof m->description, "exploration burst: temperature %+.3f", delta);
+    }
+}
+
+void sm_policy_after_retraction(const sm_policy_params *p, sm_policy_state *st) {
+    st->temperature = minf(st->temperature * step(p, CRITICAL_T_FACTOR), maxf(CRITICAL_T_CAP, st->temperature));
+}

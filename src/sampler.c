@@ -1,0 +1,139 @@
+/*
+ * The sampling chain: bans -> repeat penalty -> top-k -> top-p -> min-p ->
+ * temperature -> draw. Written here rather than with llama_sampler because
+ * the policy changes temperature and penalty every token and a rewind must
+ * restore the penalty history and the random state exactly: both are plain
+ * values owned by the session (the kept token list and a 64-bit state).
+ */
+#include "internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* splitmix64: tiny, fast, and its whole state is one integer. */
+uint64_t sm_rng_next(uint64_t *state) {
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+double sm_rng_uniform(uint64_t *state) { return (double)(sm_rng_next(state) >> 11) * 0x1.0p-53; }
+
+int sm_sampler_work_init(sm_sampler_work *w, int32_t n_vocab) {
+    w->n_vocab = n_vocab;
+    w->logits = malloc(sizeof(float) * (size_t)n_vocab);
+    w->cand = malloc(sizeof(sm_candidate) * (size_t)n_vocab);
+    return w->logits && w->cand ? 0 : -1;
+}
+
+void sm_sampler_work_free(sm_sampler_work *w) {
+    free(w->logits);
+    free(w->cand);
+    w->logits = NULL;
+    w->cand = NULL;
+}
+
+/* llama.cpp's rule: positive logits are divided, negative multiplied. */
+static void apply_repeat_penalty(float *logits, const sm_sample_input *in) {
+    if (in->repeat_penalty == 1.0f) return;
+    for (int32_t i = 0; i < in->n_recent; i++) {
+        sm_token t = in->recent[i];
+        if (t < 0 || t >= in->n_vocab) continue;
+        bool seen = false; /* penalise each distinct token once */
+        for (int32_t j = 0; j < i && !seen; j++) seen = in->recent[j] == t;
+        if (seen) continue;
+        logits[t] = logits[t] > 0 ? logits[t] / in->repeat_penalty : logits[t] * in->repeat_penalty;
+    }
+}
+
+static sm_token argmax(const float *x, int32_t n) {
+    sm_token best = -1;
+    float best_x = -INFINITY;
+    for (int32_t i = 0; i < n; i++)
+        if (x[i] > best_x) { best_x = x[i]; best = i; }
+    return best;
+}
+
+static int by_logit_desc(const void *a, const void *b) {
+    float x = ((const sm_candidate *)a)->logit, y = ((const sm_candidate *)b)->logit;
+    return (x < y) - (x > y);
+}
+
+/* The k largest finite logits, sorted descending: a bounded insertion pass,
+ * cheap because almost every token fails the first comparison. */
+static int32_t select_top_k(const float *logits, int32_t n_vocab, int32_t k, sm_candidate *out) {
+    if (k <= 0 || k >= n_vocab) {
+        int32_t n = 0;
+        for (int32_t t = 0; t < n_vocab; t++)
+            if (logits[t] > -INFINITY) out[n++] = (sm_candidate){t, logits[t], 0.0f};
+        qsort(out, (size_t)n, sizeof *out, by_logit_desc);
+        return n;
+    }
+    int32_t filled = 0;
+    for (int32_t t = 0; t < n_vocab; t++) {
+        float x = logits[t];
+        if (x == -INFINITY || (filled == k && x <= out[k - 1].logit)) continue;
+        int32_t j = filled < k ? filled++ : k - 1;
+        while (j > 0 && out[j - 1].logit < x) {
+            out[j] = out[j - 1];
+            j--;
+        }
+        out[j] = (sm_candidate){t, x, 0.0f};
+    }
+    return filled;
+}
+
+/* Softmax of logit/temperature over the first n candidates (sorted). */
+static void softmax(sm_candidate *c, int32_t n, float temperature) {
+    double sum = 0.0;
+    for (int32_t i = 0; i < n; i++) {
+        c[i].prob = expf((c[i].logit - c[0].logit) / temperature);
+        sum += c[i].prob;
+    }
+    for (int32_t i = 0; i < n; i++) c[i].prob = (float)(c[i].prob / sum);
+}
+
+sm_token sm_sample(const sm_sample_input *in, uint64_t *rng, sm_sampler_work *w, float *p_sampled) {
+    float *logits = w->logits;
+    memcpy(logits, in->logits, sizeof(float) * (size_t)in->n_vocab);
+    for (int32_t i = 0; i < in->n_bans; i++)
+        if (in->bans[i] >= 0 && in->bans[i] < in->n_vocab) logits[in->bans[i]] = -INFINITY;
+    apply_repeat_penalty(logits, in);
+
+    if (in->temperature <= 0.0f) {
+        *p_sampled = 1.0f;
+        return argmax(logits, in->n_vocab);
+    }
+    sm_candidate *c = w->cand;
+    int32_t n = select_top_k(logits, in->n_vocab, in->top_k, c);
+    if (n == 0) return -1;
+
+    softmax(c, n, 1.0f);
+    if (in->top_p < 1.0f) {
+        double cum = 0.0;
+        int32_t keep = n;
+        for (int32_t i = 0; i < n; i++) {
+            cum += c[i].prob;
+            if (cum >= in->top_p) { keep = i + 1; break; }
+        }
+        n = keep;
+    }
+    if (in->min_p > 0.0f) {
+        float floor_p = in->min_p * c[0].prob;
+        int32_t keep = 1;
+        while (keep < n && c[keep].prob >= floor_p) keep++;
+        n = keep;
+    }
+    softmax(c, n, in->temperature);
+
+    double u = sm_rng_uniform(rng), cum = 0.0;
+    int32_t pick = n - 1;
+    for (int32_t i = 0; i < n; i++) {
+        cum += c[i].prob;
+        if (u < cum) { pick = i; break; }
+    }
+    *p_sampled = c[pick].prob;
+    return c[pick].token;
+}

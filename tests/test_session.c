@@ -1,0 +1,383 @@
+/*
+ * The generation loop on a real model: generation, stops, and above all
+ * retraction exactness — after a rewind the KV cache, the tokens, the text,
+ * the distributions and every statistic equal a run that never produced the
+ * removed tokens.
+ */
+#include "testutil.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static const char *PROMPT = "Once upon a time, there was a little girl named Lily.";
+
+typedef struct fixture {
+    sm_model *model;
+    sm_session *session;
+} fixture;
+
+static sm_session *new_session(sm_model *m, uint32_t n_ctx) {
+    sm_session_params sp = sm_session_default_params();
+    sp.n_ctx = n_ctx;
+    sp.n_threads = 2;
+    sm_error err = {0};
+    sm_session *s = sm_session_new(m, &sp, &err);
+    if (!s) fail_msg("session: %s", err.message);
+    return s;
+}
+
+static int setup(void **state) {
+    fixture *f = calloc(1, sizeof *f);
+    f->model = tu_load_model("stories260K.gguf");
+    f->session = new_session(f->model, 512);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state) {
+    fixture *f = *state;
+    sm_session_free(f->session);
+    sm_model_free(f->model);
+    free(f);
+    return 0;
+}
+
+static float max_abs_diff(const float *a, const float *b, int32_t n) {
+    float d = 0.0f;
+    for (int32_t i = 0; i < n; i++) {
+        float x = fabsf(a[i] - b[i]);
+        if (x > d) d = x;
+    }
+    return d;
+}
+
+/*
+ * The generated text is exactly what the kept tokens add to the context:
+ * detokenize(prompt + kept) == detokenize(prompt) + text. (Detokenizing the
+ * continuation alone would drop its leading space, as SentencePiece does at
+ * the start of a text.)
+ */
+static void assert_text_matches_tokens(const sm_model *m, const sm_session *s, const sm_result *r) {
+    static char all[16384], prompt[16384];
+    int32_t n_ctx_tokens;
+    const sm_token *toks = sm_session_tokens(s, &n_ctx_tokens);
+    assert_int_equal(n_ctx_tokens, r->n_prompt_tokens + r->n_tokens);
+    int32_t n_all = sm_detokenize(m, toks, n_ctx_tokens, all, sizeof all);
+    int32_t n_prompt = sm_detokenize(m, toks, r->n_prompt_tokens, prompt, sizeof prompt);
+    assert_true(n_all >= 0 && n_prompt >= 0);
+    assert_int_equal((size_t)(n_all - n_prompt), r->text_len);
+    assert_memory_equal(all, prompt, (size_t)n_prompt);
+    assert_memory_equal(all + n_prompt, r->text, r->text_len);
+}
+
+static void test_greedy_generation(void **state) {
+    fixture *f = *state;
+    sm_gen_params gp = tu_greedy_params(48);
+    sm_result r;
+    assert_int_equal(sm_session_generate(f->session, PROMPT, &gp, &r), SM_OK);
+    assert_int_equal(r.n_tokens, 48);
+    assert_int_equal(r.stop_reason, SM_STOP_N_PREDICT);
+    assert_true(r.text_len > 20);
+    assert_int_equal(r.n_decoded, 48);
+    assert_int_equal(sm_session_n_past(f->session), r.n_prompt_tokens + 48);
+    assert_int_equal(sm_session_kv_pos(f->session), sm_session_n_past(f->session));
+    assert_text_matches_tokens(f->model, f->session, &r);
+    /* greedy: every kept token is the argmax of its raw distribution when no penalty applies */
+    assert_true(r.avg_confidence > 0.0f && r.avg_confidence <= 1.0f);
+    sm_result_free(&r);
+}
+
+/* Same seed, same output; the temperature actually changes what is sampled. */
+static void test_sampling_is_seeded_and_temperature_matters(void **state) {
+    fixture *f = *state;
+    sm_gen_params gp = sm_gen_default_params();
+    gp.n_predict = 40;
+    gp.policy.enabled = false;
+    gp.sampling.seed = 1234;
+    sm_result a, b, c;
+    assert_int_equal(sm_session_clear(f->session), SM_OK);
+    assert_int_equal(sm_session_generate(f->session, PROMPT, &gp, &a), SM_OK);
+    assert_int_equal(sm_session_clear(f->session), SM_OK);
+    assert_int_equal(sm_session_generate(f->session, PROMPT, &gp, &b), SM_OK);
+    assert_string_equal(a.text, b.text);
+    gp.sampling.temperature = 0.0f;
+    assert_int_equal(sm_session_clear(f->session), SM_OK);
+    assert_int_equal(sm_session_generate(f->session, PROMPT, &gp, &c), SM_OK);
+    int differs = 0;
+    /* at T=0.7 over 40 tokens, at least one token differs from greedy for some seed */
+    for (uint64_t seed = 1; seed < 6 && !differs; seed++) {
+        sm_result d;
+        gp.sampling.temperature = 1.5f;
+        gp.sampling.seed = seed;
+        assert_int_equal(sm_session_clear(f->session), SM_OK);
+        assert_int_equal(sm_session_generate(f->session, PROMPT, &gp, &d), SM_OK);
+        differs = strcmp(d.text, c.text) != 0;
+        sm_result_free(&d);
+    }
+    assert_true(differs);
+    sm_result_free(&a);
+    sm_result_free(&b);
+    sm_result_free(&c);
+}
+
+/*
+ * Low level: commit the reference tokens, commit some wrong ones, rewind
+ * them, then commit the rest of the reference. Every distribution after the
+ * rewind equals the uninterrupted run's, and the rewind decodes nothing.
+ */
+static void test_rewind_logits_equal_uninterrupted_run(void **state) {
+    fixture *f = *state;
+    sm_model *m = f->model;
+    const int32_t n_gen = 24, n_vocab = sm_model_n_vocab(m);
+    sm_gen_params gp = tu_greedy_params(n_gen);
+    sm_result ref;
+    sm_session *a = new_session(m, 512);
+    assert_int_equal(sm_session_generate(a, PROMPT, &gp, &ref), SM_OK);
+    assert_int_equal(ref.n_tokens, n_gen);
+
+    /* the uninterrupted run's distribution at every generated position */
+    sm_session *u = new_session(m, 512);
+    assert_int_equal(sm_session_feed_text(u, PROMPT, true), SM_OK);
+    float *expect = malloc(sizeof(float) * (size_t)n_vocab * (size_t)(n_gen + 1));
+    memcpy(expect, sm_session_logits(u), sizeof(float) * (size_t)n_vocab);
+    for (int32_t i = 0; i < n_gen; i++) {
+        assert_int_equal(sm_session_feed_tokens(u, &ref.tokens[i], 1), SM_OK);
+        memcpy(expect + (size_t)(i + 1) * n_vocab, sm_session_logits(u), sizeof(float) * (size_t)n_vocab);
+    }
+
+    for (int32_t k = 1; k <= 6; k += 5) {
+        sm_session *b = new_session(m, 512);
+        assert_int_equal(sm_session_feed_text(b, PROMPT, true), SM_OK);
+        int32_t n_prompt = sm_session_n_past(b);
+        const int32_t split = 10;
+        assert_int_equal(sm_session_feed_tokens(b, ref.tokens, split), SM_OK);
+        for (int32_t w = 0; w < k; w++) {
+            sm_token wrong = (ref.tokens[split + w] + 7) % n_vocab;
+            assert_int_equal(sm_session_feed_tokens(b, &wrong, 1), SM_OK);
+        }
+        int64_t decoded_before = sm_session_n_decoded_total(b);
+        assert_int_equal(sm_session_rewind(b, k), SM_OK);
+        assert_int_equal(sm_session_n_decoded_total(b), decoded_before); /* no re-decode */
+        assert_int_equal(sm_session_n_past(b), n_prompt + split);
+        assert_int_equal(sm_session_kv_pos(b), n_prompt + split);
+        assert_true(max_abs_diff(sm_session_logits(b), expect + (size_t)split * n_vocab, n_vocab) <= 1e-5f);
+        for (int32_t i = split; i < n_gen; i++) {
+            assert_int_equal(sm_session_feed_tokens(b, &ref.tokens[i], 1), SM_OK);
+            float d = max_abs_diff(sm_session_logits(b), expect + (size_t)(i + 1) * n_vocab, n_vocab);
+            if (d > 1e-5f) fail_msg("k=%d position %d: logits differ by %g", k, i + 1, d);
+            assert_int_equal(sm_session_kv_pos(b), sm_session_n_past(b));
+        }
+        sm_session_free(b);
+    }
+    free(expect);
+    sm_result_free(&ref);
+    sm_session_free(a);
+    sm_session_free(u);
+}
+
+typedef struct retraction_log {
+    sm_token committed[512];
+    int32_t n_committed;
+    int32_t n_retractions;
+    int32_t last_index;
+    sm_token last_banned;
+    int32_t n_token_events;
+} retraction_log;
+
+static bool record_events(const sm_event *e, void *user_data) {
+    retraction_log *log = user_data;
+    if (e->type == SM_EVENT_TOKEN) {
+        assert_int_equal(e->token_index, log->n_committed);
+        log->committed[log->n_committed++] = e->token;
+        log->n_token_events++;
+    } else if (e->type == SM_EVENT_RETRACTION || e->type == SM_EVENT_BACKTRACK) {
+        log->n_retractions++;
+        log->last_index = e->token_index;
+        log->last_banned = e->token_index < log->n_committed ? log->committed[e->token_index] : -1;
+        log->n_committed = e->token_index;
+    }
+    return true;
+}
+
+/*
+ * The real loop: the policy retracts (thresholds forced high), and the
+ * final state equals a fresh run fed the kept tokens: distribution, KV
+ * position, text, and the average confidence recomputed token by token.
+ */
+static void test_retraction_state_equals_clean_run(void **state) {
+    fixture *f = *state;
+    sm_model *m = f->model;
+    const int32_t n_vocab = sm_model_n_vocab(m);
+    sm_gen_params gp = tu_greedy_params(40);
+    gp.policy.enabled = true;
+    gp.policy.retract = 1;
+    gp.policy.critical_threshold = 0.9f; /* stories260K is rarely that sure */
+    gp.policy.max_retractions = 3;
+    gp.sampling.repeat_penalty = 1.3f;    /* the penalty history must rewind too */
+    retraction_log log = {0};
+    gp.on_event = record_events;
+    gp.user_data = &log;
+
+    sm_session *s = new_session(m, 512);
+    sm_result r;
+    assert_int_equal(sm_session_generate(s, PROMPT, &gp, &r), SM_OK);
+    assert_int_equal(r.n_retractions, 3); /* performed, capped at max */
+    assert_int_equal(log.n_retractions, 3);
+    assert_int_equal(r.n_tokens, 40);
+    /* the event stream's surviving tokens are the result's tokens */
+    assert_int_equal(log.n_committed, r.n_tokens);
+    assert_memory_equal(log.committed, r.tokens, sizeof(sm_token) * (size_t)r.n_tokens);
+    /* the retracted token was banned where generation resumed */
+    if (log.last_banned >= 0 && log.last_index < r.n_tokens) assert_int_not_equal(r.tokens[log.last_index], log.last_banned);
+    /* a retraction decodes nothing: every decode is a kept token or a removed one */
+    assert_int_equal(r.n_decoded, r.n_tokens + r.n_tokens_removed - r.n_retractions - r.n_backtracks);
+    assert_int_equal(sm_session_kv_pos(s), sm_session_n_past(s));
+    assert_int_equal(sm_session_n_past(s), r.n_prompt_tokens + r.n_tokens);
+    assert_text_matches_tokens(m, s, &r);
+
+    /* A clean run over exactly the kept tokens. */
+    sm_session *c = new_session(m, 512);
+    assert_int_equal(sm_session_feed_text(c, PROMPT, true), SM_OK);
+    double sum_conf = 0.0;
+    for (int32_t i = 0; i < r.n_tokens; i++) {
+        const float *lg = sm_session_logits(c);
+        float mx = -INFINITY;
+        for (int32_t t = 0; t < n_vocab; t++) mx = lg[t] > mx ? lg[t] : mx;
+        double z = 0.0;
+        for (int32_t t = 0; t < n_vocab; t++) z += exp(lg[t] - mx);
+        sum_conf += exp(lg[r.tokens[i]] - mx) / z;
+        assert_int_equal(sm_session_feed_tokens(c, &r.tokens[i], 1), SM_OK);
+    }
+    assert_float_equal(r.avg_confidence, sum_conf / r.n_tokens, 1e-5);
+    assert_int_equal(sm_session_n_past(c), sm_session_n_past(s));
+    int32_t n1, n2;
+    const sm_token *t1 = sm_session_tokens(s, &n1), *t2 = sm_session_tokens(c, &n2);
+    assert_int_equal(n1, n2);
+    assert_memory_equal(t1, t2, sizeof(sm_token) * (size_t)n1);
+    assert_true(max_abs_diff(sm_session_logits(s), sm_session_logits(c), n_vocab) <= 1e-5f);
+    sm_result_free(&r);
+    sm_session_free(s);
+    sm_session_free(c);
+}
+
+/* Retraction follows its flag: off by default without --aggressive. */
+static void test_retraction_flag(void **state) {
+    fixture *f = *state;
+    sm_gen_params gp = tu_greedy_params(30);
+    gp.policy.enabled = true;
+    gp.policy.critical_threshold = 0.9f;
+    sm_result r;
+    gp.policy.retract = -1;
+    gp.policy.aggressive = false;
+    assert_int_equal(sm_session_clear(f->session), SM_OK);
+    assert_int_equal(sm_session_generate(f->session, PROMPT, &gp, &r), SM_OK);
+    assert_int_equal(r.n_retractions, 0);
+    sm_result_free(&r);
+    gp.policy.aggressive = true;
+    assert_int_equal(sm_session_clear(f->session), SM_OK);
+    assert_int_equal(sm_session_generate(f->session, PROMPT, &gp, &r), SM_OK);
+    assert_true(r.n_retractions > 0);
+    sm_result_free(&r);
+    gp.policy.retract = 0;
+    assert_int_equal(sm_session_clear(f->session), SM_OK);
+    assert_int_equal(sm_session_generate(f->session, PROMPT, &gp, &r), SM_OK);
+    assert_int_equal(r.n_retractions, 0);
+    sm_result_free(&r);
+}
+
+static void test_stop_string_and_context_full(void **state) {
+    fixture *f = *state;
+    sm_gen_params gp = tu_greedy_params(200);
+    sm_result ref;
+    assert_int_equal(sm_session_clear(f->session), SM_OK);
+    assert_int_equal(sm_session_generate(f->session, PROMPT, &gp, &ref), SM_OK);
+    /* pick a word from the middle of the greedy text as the stop string */
+    const char *mid = ref.text + ref.text_len / 2;
+    const char *sp = strchr(mid, ' ');
+    assert_non_null(sp);
+    char stop[8] = {0};
+    memcpy(stop, sp, 4);
+    const char *stops[] = {stop};
+    gp.stop_strings = stops;
+    gp.n_stop_strings = 1;
+    sm_result r;
+    assert_int_equal(sm_session_clear(f->session), SM_OK);
+    assert_int_equal(sm_session_generate(f->session, PROMPT, &gp, &r), SM_OK);
+    assert_int_equal(r.stop_reason, SM_STOP_STOP_STRING);
+    assert_null(strstr(r.text, stop));
+    size_t cut = (size_t)(strstr(ref.text, stop) - ref.text);
+    assert_int_equal(r.text_len, cut);
+    assert_memory_equal(r.text, ref.text, cut);
+    sm_result_free(&r);
+    sm_result_free(&ref);
+
+    /* a small context fills up (llama.cpp rounds it up to its minimum) */
+    sm_session *small = new_session(f->model, 64);
+    gp = tu_greedy_params(-1);
+    assert_int_equal(sm_session_generate(small, PROMPT, &gp, &r), SM_OK);
+    assert_int_equal(r.stop_reason, SM_STOP_CONTEXT_FULL);
+    assert_int_equal(sm_session_n_past(small), sm_session_n_ctx(small));
+    sm_result_free(&r);
+    sm_session_free(small);
+}
+
+static void test_prompt_too_long_and_bad_params(void **state) {
+    fixture *f = *state;
+    sm_session *small = new_session(f->model, 32);
+    char prompt[4096] = {0};
+    for (int i = 0; i < 60; i++) strcat(prompt, "Lily went to the park. ");
+    sm_gen_params gp = tu_greedy_params(10);
+    sm_result r;
+    assert_int_equal(sm_session_generate(small, prompt, &gp, &r), SM_ERR_PROMPT_TOO_LONG);
+    assert_non_null(strstr(sm_session_last_error(small), "context"));
+    assert_int_equal(sm_session_n_past(small), 0); /* nothing was decoded */
+    gp.sampling.top_p = 1.5f;
+    assert_int_equal(sm_session_generate(small, "Hi", &gp, &r), SM_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(sm_session_last_error(small), "top_p"));
+    sm_session_free(small);
+}
+
+static void test_bad_model_files(void **state) {
+    (void)state;
+    sm_error err = {0};
+    assert_null(sm_model_load("/nonexistent/model.gguf", NULL, &err));
+    assert_int_equal(err.status, SM_ERR_IO);
+    assert_non_null(strstr(err.message, "/nonexistent/model.gguf"));
+    char path[] = "/tmp/sm_test_XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, "not a model at all", 18), 18);
+    close(fd);
+    assert_null(sm_model_load(path, NULL, &err));
+    assert_int_equal(err.status, SM_ERR_MODEL);
+    assert_non_null(strstr(err.message, "not a GGUF"));
+    /* a truncated copy of a real model */
+    FILE *src = fopen(tu_model_path("stories260K.gguf"), "rb");
+    FILE *dst = fopen(path, "wb");
+    char buf[65536];
+    size_t n = fread(buf, 1, sizeof buf, src);
+    fwrite(buf, 1, n, dst);
+    fclose(src);
+    fclose(dst);
+    assert_null(sm_model_load(path, NULL, &err));
+    assert_int_equal(err.status, SM_ERR_MODEL);
+    assert_non_null(strstr(err.message, path));
+    unlink(path);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_greedy_generation),
+        cmocka_unit_test(test_sampling_is_seeded_and_temperature_matters),
+        cmocka_unit_test(test_rewind_logits_equal_uninterrupted_run),
+        cmocka_unit_test(test_retraction_state_equals_clean_run),
+        cmocka_unit_test(test_retraction_flag),
+        cmocka_unit_test(test_stop_string_and_context_full),
+        cmocka_unit_test(test_prompt_too_long_and_bad_params),
+        cmocka_unit_test(test_bad_model_files),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
