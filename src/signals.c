@@ -26,6 +26,7 @@ void sm_signals_compute(const float *logits, int32_t n_vocab, sm_token chosen, s
     for (int32_t i = 0; i < n_vocab; i++) {
         float d = logits[i] - max;
         float e = expf(d);
+        if (e == 0.0f) continue; /* banned or impossible: 0 * inf would be NaN */
         z += e;
         s1 += e * d;
         s2 += e * d * d;

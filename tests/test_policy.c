@@ -1,0 +1,187 @@
+/* The self-modification policy on synthetic confidence sequences: every
+ * rule fires at its threshold edge and not on it. */
+#include "testutil.h"
+#include "internal.h"
+
+#include <math.h>
+
+static sm_policy_state state_at(float t, float rp) { return (sm_policy_state){t, rp, 99}; }
+
+/* n tokens of the same confidence, all different token ids. */
+static void step_const(const sm_policy_params *p, float conf, int32_t n, sm_policy_state *st, sm_policy_action *a) {
+    float c[64];
+    sm_token t[64];
+    for (int32_t i = 0; i < n; i++) { c[i] = conf; t[i] = i; }
+    sm_policy_step(p, c, t, n, 0, st, a);
+}
+
+static void test_critical_edge_and_flag(void **unused) {
+    sm_policy_params p = sm_policy_default_params();
+    p.aggressive = true;
+    sm_policy_state st = state_at(0.7f, 1.1f);
+    sm_policy_action a;
+    step_const(&p, 0.35f, 5, &st, &a);
+    assert_int_equal(a.retract, 0); /* on the threshold: no retraction */
+    assert_int_equal(a.mods[0].type, SM_MOD_PARAM_ADJUST);
+    st = state_at(0.7f, 1.1f);
+    step_const(&p, 0.3499f, 5, &st, &a);
+    assert_int_equal(a.retract, 3);
+    assert_int_equal(a.n_mods, 0);
+    assert_float_equal(st.temperature, 0.7f, 0); /* the loop applies the retraction's change */
+    /* fewer tokens than retract_tokens: only what exists */
+    step_const(&p, 0.1f, 2, &st, &a);
+    assert_int_equal(a.retract, 2);
+    /* without aggressive and retract=-1 the original never retracts */
+    p.aggressive = false;
+    step_const(&p, 0.1f, 5, &st, &a);
+    assert_int_equal(a.retract, 0);
+    assert_int_equal(a.mods[0].type, SM_MOD_PARAM_ADJUST);
+    p.retract = 1;
+    step_const(&p, 0.1f, 5, &st, &a);
+    assert_int_equal(a.retract, 3);
+    p.retract = 0;
+    p.aggressive = true;
+    step_const(&p, 0.1f, 5, &st, &a);
+    assert_int_equal(a.retract, 0);
+}
+
+static void test_max_retractions(void **unused) {
+    sm_policy_params p = sm_policy_default_params();
+    p.retract = 1;
+    p.max_retractions = 2;
+    float c[5] = {0.1f, 0.1f, 0.1f, 0.1f, 0.1f};
+    sm_token t[5] = {1, 2, 3, 4, 5};
+    sm_policy_state st = state_at(0.7f, 1.1f);
+    sm_policy_action a;
+    sm_policy_step(&p, c, t, 5, 1, &st, &a);
+    assert_int_equal(a.retract, 3);
+    sm_policy_step(&p, c, t, 5, 2, &st, &a);
+    assert_int_equal(a.retract, 0);
+    assert_int_equal(a.mods[0].type, SM_MOD_PARAM_ADJUST);
+}
+
+static void test_param_adjust_edge_and_caps(void **unused) {
+    sm_policy_params p = sm_policy_default_params();
+    sm_policy_state st = state_at(0.7f, 1.1f);
+    sm_policy_action a;
+    step_const(&p, 0.5f, 5, &st, &a);
+    assert_int_equal(a.n_mods, 0);
+    step_const(&p, 0.4999f, 5, &st, &a);
+    assert_int_equal(a.n_mods, 1);
+    assert_int_equal(a.mods[0].type, SM_MOD_PARAM_ADJUST);
+    assert_float_equal(a.mods[0].t_before, 0.7f, 1e-6);
+    assert_float_equal(st.temperature, 0.84f, 1e-6);
+    assert_float_equal(st.repeat_penalty, 1.21f, 1e-6);
+    st = state_at(1.2f, 1.45f);
+    step_const(&p, 0.4f, 5, &st, &a);
+    assert_float_equal(st.temperature, 1.3f, 1e-6);
+    assert_float_equal(st.repeat_penalty, 1.5f, 1e-6);
+    /* aggressive steps are 1.5x larger: 1.2 -> 1.3, 1.1 -> 1.15 */
+    p.aggressive = true;
+    p.exploration_prob = 0.0f;
+    st = state_at(0.5f, 1.0f);
+    step_const(&p, 0.4f, 5, &st, &a);
+    assert_float_equal(st.temperature, 0.65f, 1e-6);
+    assert_float_equal(st.repeat_penalty, 1.15f, 1e-6);
+}
+
+static void test_sharpen_edges(void **unused) {
+    sm_policy_params p = sm_policy_default_params();
+    sm_policy_state st = state_at(0.7f, 1.1f);
+    sm_policy_action a;
+    step_const(&p, 0.85f, 5, &st, &a);
+    assert_int_equal(a.n_mods, 0);
+    step_const(&p, 0.8501f, 5, &st, &a);
+    assert_int_equal(a.mods[0].type, SM_MOD_SHARPEN);
+    assert_float_equal(st.temperature, 0.616f, 1e-6);
+    st = state_at(0.4f, 1.1f);
+    step_const(&p, 0.95f, 5, &st, &a);
+    assert_int_equal(a.n_mods, 0); /* T must be above 0.4 */
+    st = state_at(0.33f, 1.1f);
+    st.temperature = 0.41f;
+    step_const(&p, 0.95f, 5, &st, &a);
+    assert_float_equal(st.temperature, 0.3608f, 1e-6);
+    st = state_at(0.41f, 1.1f);
+    p.aggressive = true;
+    p.exploration_prob = 0.0f;
+    step_const(&p, 0.95f, 5, &st, &a);
+    assert_float_equal(st.temperature, 0.3362f, 1e-6); /* aggressive: 0.41 * 0.82 */
+}
+
+static void test_window_mean_uses_last_five(void **unused) {
+    sm_policy_params p = sm_policy_default_params();
+    float c[7] = {0.0f, 0.0f, 0.6f, 0.6f, 0.6f, 0.6f, 0.6f};
+    sm_token t[7] = {1, 2, 3, 4, 5, 6, 7};
+    sm_policy_state st = state_at(0.7f, 1.1f);
+    sm_policy_action a;
+    sm_policy_step(&p, c, t, 7, 0, &st, &a);
+    assert_float_equal(a.window_mean, 0.6f, 1e-6);
+    assert_int_equal(a.n_mods, 0);
+}
+
+static void test_repetition_edges(void **unused) {
+    sm_policy_params p = sm_policy_default_params();
+    float c[10];
+    for (int i = 0; i < 10; i++) c[i] = 0.7f;
+    sm_token four[10] = {1, 2, 3, 4, 1, 2, 3, 4, 1, 2};
+    sm_token five[10] = {1, 2, 3, 4, 5, 1, 2, 3, 4, 5};
+    sm_policy_state st = state_at(0.7f, 1.1f);
+    sm_policy_action a;
+    sm_policy_step(&p, c, five, 10, 0, &st, &a);
+    assert_int_equal(a.n_mods, 0);
+    sm_policy_step(&p, c, four, 9, 0, &st, &a);
+    assert_int_equal(a.n_mods, 0); /* fewer than 10 tokens */
+    sm_policy_step(&p, c, four, 10, 0, &st, &a);
+    assert_int_equal(a.n_mods, 1);
+    assert_int_equal(a.mods[0].type, SM_MOD_ANTI_REPETITION);
+    assert_float_equal(st.repeat_penalty, 1.265f, 1e-6);
+    st = state_at(0.7f, 1.9f);
+    sm_policy_step(&p, c, four, 10, 0, &st, &a);
+    assert_float_equal(st.repeat_penalty, 2.0f, 1e-6);
+}
+
+static void test_exploration_bursts(void **unused) {
+    sm_policy_params p = sm_policy_default_params();
+    p.aggressive = true;
+    int bursts = 0;
+    sm_policy_state st = state_at(0.7f, 1.1f);
+    sm_policy_action a;
+    for (int i = 0; i < 20000; i++) {
+        st.temperature = 0.7f;
+        step_const(&p, 0.7f, 5, &st, &a);
+        for (int m = 0; m < a.n_mods; m++)
+            if (a.mods[m].type == SM_MOD_EXPLORATION_BURST) {
+                bursts++;
+                assert_true(st.temperature >= 0.55f - 1e-6 && st.temperature <= 0.85f + 1e-6);
+            }
+    }
+    assert_in_range(bursts, 850, 1150); /* 5% of 20000, with room for chance */
+    p.aggressive = false;
+    step_const(&p, 0.7f, 5, &st, &a);
+    assert_int_equal(a.n_mods, 0);
+}
+
+static void test_disabled_and_after_retraction(void **unused) {
+    sm_policy_params p = sm_policy_default_params();
+    p.enabled = false;
+    sm_policy_state st = state_at(0.7f, 1.1f);
+    sm_policy_action a;
+    step_const(&p, 0.01f, 5, &st, &a);
+    assert_int_equal(a.n_mods + a.retract, 0);
+    p = sm_policy_default_params();
+    sm_policy_after_retraction(&p, &st);
+    assert_float_equal(st.temperature, 0.98f, 1e-6);
+    st.temperature = 1.2f;
+    sm_policy_after_retraction(&p, &st);
+    assert_float_equal(st.temperature, 1.5f, 1e-6);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_critical_edge_and_flag), cmocka_unit_test(test_max_retractions),
+        cmocka_unit_test(test_param_adjust_edge_and_caps), cmocka_unit_test(test_sharpen_edges),
+        cmocka_unit_test(test_window_mean_uses_last_five), cmocka_unit_test(test_repetition_edges),
+        cmocka_unit_test(test_exploration_bursts), cmocka_unit_test(test_disabled_and_after_retraction),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

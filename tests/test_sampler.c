@@ -1,0 +1,148 @@
+/* The sampling chain and the signals on synthetic distributions. */
+#include "testutil.h"
+#include "internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+static sm_sample_input input(const float *logits, int32_t n) {
+    return (sm_sample_input){.logits = logits, .n_vocab = n, .temperature = 1.0f, .repeat_penalty = 1.0f,
+                             .top_k = 0, .top_p = 1.0f, .min_p = 0.0f};
+}
+
+/* Frequency of each token over many draws. */
+static void frequencies(const sm_sample_input *in, int draws, double *freq) {
+    sm_sampler_work w;
+    assert_int_equal(sm_sampler_work_init(&w, in->n_vocab), 0);
+    uint64_t rng = 7;
+    float p;
+    for (int i = 0; i < in->n_vocab; i++) freq[i] = 0;
+    for (int i = 0; i < draws; i++) freq[sm_sample(in, &rng, &w, &p)] += 1.0 / draws;
+    sm_sampler_work_free(&w);
+}
+
+static void test_greedy_bans_and_penalty(void **unused) {
+    float logits[4] = {1.0f, 3.0f, 2.9f, -1.0f};
+    sm_sample_input in = input(logits, 4);
+    in.temperature = 0.0f;
+    sm_sampler_work w;
+    sm_sampler_work_init(&w, 4);
+    uint64_t rng = 1;
+    float p;
+    assert_int_equal(sm_sample(&in, &rng, &w, &p), 1);
+    sm_token ban = 1;
+    in.bans = &ban;
+    in.n_bans = 1;
+    assert_int_equal(sm_sample(&in, &rng, &w, &p), 2);
+    in.n_bans = 0;
+    /* penalty 1.1 on token 1 (appearing twice, penalised once): 3.0/1.1 = 2.727 < 2.9 */
+    sm_token recent[3] = {1, 1, 3};
+    in.recent = recent;
+    in.n_recent = 3;
+    in.repeat_penalty = 1.1f;
+    assert_int_equal(sm_sample(&in, &rng, &w, &p), 2);
+    assert_float_equal(w.logits[1], 3.0f / 1.1f, 1e-6);
+    assert_float_equal(w.logits[3], -1.1f, 1e-6); /* negative logits are multiplied */
+    /* the input is never modified */
+    assert_float_equal(logits[1], 3.0f, 0);
+    sm_token all[4] = {0, 1, 2, 3};
+    in.bans = all;
+    in.n_bans = 4;
+    assert_int_equal(sm_sample(&in, &rng, &w, &p), -1);
+    sm_sampler_work_free(&w);
+}
+
+static void test_top_k_top_p_min_p(void **unused) {
+    /* probabilities 0.5, 0.3, 0.2 */
+    float logits[3] = {logf(0.5f), logf(0.3f), logf(0.2f)};
+    double f[3];
+    sm_sample_input in = input(logits, 3);
+    in.top_k = 1;
+    in.temperature = 5.0f;
+    frequencies(&in, 2000, f);
+    assert_float_equal(f[0], 1.0, 0);
+    in.top_k = 0;
+    in.temperature = 1.0f;
+    in.top_p = 0.5f;
+    frequencies(&in, 2000, f);
+    assert_float_equal(f[0], 1.0, 0);
+    in.top_p = 0.79f;
+    frequencies(&in, 4000, f);
+    assert_float_equal(f[2], 0.0, 0);
+    assert_float_equal(f[0], 0.5 / 0.8, 0.04);
+    in.top_p = 1.0f;
+    in.min_p = 0.5f; /* keeps p >= 0.25 */
+    frequencies(&in, 4000, f);
+    assert_float_equal(f[2], 0.0, 0);
+    assert_true(f[1] > 0.3);
+    in.min_p = 0.0f;
+    frequencies(&in, 20000, f);
+    assert_float_equal(f[0], 0.5, 0.02);
+    assert_float_equal(f[1], 0.3, 0.02);
+    assert_float_equal(f[2], 0.2, 0.02);
+}
+
+static void test_temperature_changes_the_draw(void **unused) {
+    float logits[2] = {1.0f, 0.0f};
+    double cold[2], hot[2];
+    sm_sample_input in = input(logits, 2);
+    in.temperature = 0.5f;
+    frequencies(&in, 20000, cold);
+    in.temperature = 2.0f;
+    frequencies(&in, 20000, hot);
+    double expect_cold = 1.0 / (1.0 + exp(-2.0)), expect_hot = 1.0 / (1.0 + exp(-0.5));
+    assert_float_equal(cold[0], expect_cold, 0.015);
+    assert_float_equal(hot[0], expect_hot, 0.015);
+}
+
+static void test_seed_determinism(void **unused) {
+    float logits[8] = {0.1f, 0.2f, 0.3f, 0.4f, 0.5f, 0.6f, 0.7f, 0.8f};
+    sm_sample_input in = input(logits, 8);
+    sm_sampler_work w;
+    sm_sampler_work_init(&w, 8);
+    uint64_t a = 5, b = 5;
+    float p;
+    for (int i = 0; i < 100; i++) assert_int_equal(sm_sample(&in, &a, &w, &p), sm_sample(&in, &b, &w, &p));
+    sm_sampler_work_free(&w);
+}
+
+static void test_signals(void **unused) {
+    enum { V = 1000 };
+    static float logits[V];
+    sm_signals s;
+    sm_dist_stats st;
+    sm_signals_compute(logits, V, 3, &s, &st);
+    assert_float_equal(s.entropy, logf(V), 1e-4);
+    assert_float_equal(s.varentropy, 0.0f, 1e-5);
+    assert_float_equal(s.p_chosen, 1.0f / V, 1e-7);
+    /* two-point: p = (0.75, 0.25) over tokens 7 and 9, the rest impossible */
+    for (int i = 0; i < V; i++) logits[i] = -INFINITY;
+    logits[7] = logf(0.75f);
+    logits[9] = logf(0.25f);
+    sm_signals_compute(logits, V, 9, &s, &st);
+    assert_int_equal(s.top1_token, 7);
+    assert_int_equal(s.top2_token, 9);
+    assert_float_equal(s.p_top1, 0.75f, 1e-6);
+    assert_float_equal(s.p_top2, 0.25f, 1e-6);
+    assert_float_equal(s.p_chosen, 0.25f, 1e-6);
+    assert_float_equal(s.logit, logf(0.25f), 1e-6);
+    double h = -(0.75 * log(0.75) + 0.25 * log(0.25));
+    double v = 0.75 * pow(log(0.75) + h, 2) + 0.25 * pow(log(0.25) + h, 2);
+    assert_float_equal(s.entropy, h, 1e-5);
+    assert_float_equal(s.varentropy, v, 1e-5);
+    sm_candidate top[3];
+    assert_int_equal(sm_top_candidates(logits, V, &st, 3, top), 3);
+    assert_int_equal(top[0].token, 7);
+    assert_int_equal(top[1].token, 9);
+    assert_float_equal(top[0].prob, 0.75f, 1e-6);
+    assert_float_equal(top[2].prob, 0.0f, 0);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_greedy_bans_and_penalty), cmocka_unit_test(test_top_k_top_p_min_p),
+        cmocka_unit_test(test_temperature_changes_the_draw), cmocka_unit_test(test_seed_determinism),
+        cmocka_unit_test(test_signals),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
