@@ -177,6 +177,71 @@ typedef struct sm_policy_params {
 } sm_policy_params;
 
 /* ------------------------------------------------------------------ */
+/* Multi-model fusion                                                  */
+/* ------------------------------------------------------------------ */
+
+/*
+ * With several models, every model decodes the same tokens in its own
+ * context and thread; their full next-token distributions p_m are fused
+ * into one, which then goes through the normal sampler, policy and
+ * operators. w_m are the user's weights (default 1).
+ *   confidence  sum_m w_m max(p_m) p_m / sum_m w_m max(p_m)
+ *   average     sum_m w_m p_m / sum_m w_m
+ *   voting      each model votes for its top token with weight w_m max(p_m);
+ *               the distribution is the vote shares (voted tokens only)
+ *   harmony     models whose max(p_m) < 0.3 abstain (all take part if all
+ *               would), then confidence-weighted
+ *   adaptive    the same abstention, then equal weights
+ *   democratic  sum_m p_m / n: one model, one vote; weights ignored
+ *   round_robin model (i / turn) mod n decides token i alone
+ *   reference   model 0 decides; positions where another model's top-1
+ *               differs are reported
+ *   contrastive score = ln p_0 - beta ln p_1 over the tokens with
+ *               p_0 >= alpha max(p_0); the others are excluded
+ */
+typedef enum sm_fusion_mode {
+    SM_FUSION_CONFIDENCE = 0,
+    SM_FUSION_AVERAGE,
+    SM_FUSION_VOTING,
+    SM_FUSION_HARMONY,
+    SM_FUSION_ADAPTIVE,
+    SM_FUSION_DEMOCRATIC,
+    SM_FUSION_ROUND_ROBIN,
+    SM_FUSION_REFERENCE,
+    SM_FUSION_CONTRASTIVE,
+} sm_fusion_mode;
+
+const char *sm_fusion_mode_name(sm_fusion_mode mode);
+/* Returns false for an unknown name. */
+bool sm_fusion_mode_from_name(const char *name, sm_fusion_mode *mode);
+
+#define SM_MAX_MODELS 8
+
+typedef struct sm_fusion_params {
+    sm_fusion_mode mode;
+    float weights[SM_MAX_MODELS]; /* used when n_weights > 0              */
+    int32_t n_weights;
+    int32_t turn;                 /* round_robin: tokens per turn (1)     */
+    float alpha;                  /* contrastive plausibility (0.1)        */
+    float beta;                   /* contrastive amateur weight (0.5)      */
+    float abstain_below;          /* harmony/adaptive (0.3)                */
+} sm_fusion_params;
+
+/* Per generated token, with several models. */
+typedef struct sm_fusion_info {
+    int32_t n_models;
+    float top1_agreement;   /* fraction of models whose top-1 is the chosen token */
+    float top3_agreement;   /* fraction of participating models with it in their top 3 */
+    float js_divergence;    /* mean pairwise Jensen-Shannon divergence, bits, [0, 1] */
+    int32_t leading_model;  /* whose top-1 won with the highest probability; -1 none */
+    float p_chosen[SM_MAX_MODELS];  /* each model's probability of the chosen token */
+    float p_top1[SM_MAX_MODELS];    /* each model's top probability           */
+    sm_token top1[SM_MAX_MODELS];   /* each model's top-1 token               */
+    float unmapped_mass[SM_MAX_MODELS]; /* --fusion-align: mass that found no token */
+    bool reference_differs;         /* some model's top-1 differs from model 0's */
+} sm_fusion_info;
+
+/* ------------------------------------------------------------------ */
 /* Events                                                              */
 /* ------------------------------------------------------------------ */
 
@@ -228,6 +293,7 @@ typedef struct sm_event {
     sm_token token;
     const char *piece;          /* the token's text                          */
     sm_signals signals;
+    const sm_fusion_info *fusion; /* NULL with one model                     */
     /* DONE events */
     sm_stop_reason stop_reason;
 } sm_event;
@@ -316,6 +382,7 @@ typedef struct sm_gen_params {
     int32_t max_backtracks;         /* per generation (64); then stop         */
     int32_t max_backtracks_per_position; /* (4); then the token is kept     */
     int32_t top_n_view;             /* candidates shown to operators (10)    */
+    sm_fusion_params fusion;        /* used when the session has several models */
     sm_event_fn on_event;           /* may be NULL                           */
     void *user_data;
 } sm_gen_params;
@@ -345,6 +412,9 @@ typedef struct sm_result {
     double t_generate_ms;
     sm_event *events;           /* every MODIFICATION/RETRACTION/BACKTRACK    */
     int32_t n_events;
+    /* With several models: one entry per kept token, else NULL. */
+    sm_fusion_info *fusion;
+    int32_t n_models;
 } sm_result;
 
 void sm_result_free(sm_result *result);
@@ -362,12 +432,27 @@ typedef struct sm_session_params {
     /* How many generated positions keep their distribution so that a
      * rewind never re-decodes anything; deeper rewinds are refused. */
     int32_t max_rewind;    /* 64                                            */
+    /* Several models whose vocabularies differ: map each model's tokens
+     * onto model 0's by token text (each such model follows the text). */
+    bool fusion_align;
 } sm_session_params;
 
 sm_session_params sm_session_default_params(void);
 
 /* A session owns one llama context per model. */
 sm_session *sm_session_new(sm_model *model, const sm_session_params *params, sm_error *err);
+/* Several models decoding in parallel for fusion. The vocabularies must be
+ * identical (type, size, every token's text, BOS/EOS) unless
+ * params->fusion_align; a mismatch fails with SM_ERR_VOCAB_MISMATCH naming
+ * the first differing token. */
+sm_session *sm_session_new_fused(sm_model *const *models, int32_t n_models,
+                                 const sm_session_params *params, sm_error *err);
+/* Compares two vocabularies; on mismatch writes what differs first. */
+bool sm_vocab_equal(const sm_model *a, const sm_model *b, char *why, size_t why_size);
+int32_t sm_session_n_models(const sm_session *session);
+/* Model m's own context: its KV position and its raw distribution. */
+int32_t sm_session_model_kv_pos(const sm_session *session, int32_t m);
+const float *sm_session_model_logits(const sm_session *session, int32_t m);
 void sm_session_free(sm_session *session);
 const char *sm_session_last_error(const sm_session *session);
 
@@ -392,7 +477,8 @@ sm_status sm_session_truncate(sm_session *session, int32_t n_keep);
 int32_t sm_session_n_past(const sm_session *session);       /* tokens in context  */
 int32_t sm_session_kv_pos(const sm_session *session);       /* llama's seq_pos_max + 1 */
 const sm_token *sm_session_tokens(const sm_session *session, int32_t *n_tokens);
-/* The raw distribution for the next position (n_vocab floats). */
+/* The raw distribution for the next position (n_vocab floats); with
+ * several models, model 0's. */
 const float *sm_session_logits(const sm_session *session);
 int32_t sm_session_n_ctx(const sm_session *session);
 /* Counts every token passed to llama_decode since the session began. */
@@ -446,6 +532,8 @@ typedef struct sm_chat_turn_info {
     int32_t n_dropped_turns; /* oldest turns dropped to fit the context     */
 } sm_chat_turn_info;
 sm_chat_turn_info sm_chat_last_turn_info(const sm_chat *chat);
+/* What went wrong in the last failed call on this chat, "" if nothing. */
+const char *sm_chat_last_error(const sm_chat *chat);
 
 /* ------------------------------------------------------------------ */
 /* JSON forms                                                          */

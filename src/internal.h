@@ -34,6 +34,27 @@ void sm_signals_compute(const float *logits, int32_t n_vocab, sm_token chosen, s
 int32_t sm_top_candidates(const float *logits, int32_t n_vocab, const sm_dist_stats *stats,
                           int32_t n, sm_candidate *out);
 
+/* fusion.c: combining several models' distributions. Pure. */
+typedef struct sm_model_dist {
+    const float *logits;   /* raw, on model 0's vocabulary                  */
+    float log_z;
+    float max_p;
+    sm_token top[3];       /* the three most probable, descending            */
+} sm_model_dist;
+
+void sm_model_dist_summarize(const float *logits, int32_t n_vocab, sm_model_dist *out);
+/* Writes the fused log-probabilities (or contrastive scores) for generated
+ * token `index` into out; marks which models took part. */
+void sm_fuse(const sm_fusion_params *fp, const sm_model_dist *d, int32_t n_models, int32_t n_vocab,
+             int32_t index, float *out, bool *participating);
+void sm_fusion_agreement(const sm_model_dist *d, int32_t n_models, int32_t n_vocab, sm_token chosen,
+                         const bool *participating, sm_fusion_info *info);
+/* Model m's distribution mapped onto model 0's vocabulary through
+ * map[t_m] = t_0 or -1; returns the probability mass that found no token. */
+float sm_map_distribution(const float *logits_m, int32_t n_vocab_m, const int32_t *map, float *out,
+                          int32_t n_vocab_0);
+sm_status sm_fusion_params_validate(const sm_fusion_params *fp, int32_t n_models, char *msg, size_t size);
+
 /* sampler.c: the sampling chain (see sm_sampling_params). */
 typedef struct sm_sampler_work {
     float *logits;        /* penalised copy, n_vocab                       */

@@ -126,6 +126,7 @@ sm_session *sm_session_new(sm_model *model, const sm_session_params *params, sm_
     }
     s->mem = llama_get_memory(s->ctx);
     s->n_ctx = (int32_t)llama_n_ctx(s->ctx);
+    s->params.n_batch = llama_n_batch(s->ctx); /* llama.cpp caps it at n_ctx */
     s->ring_cap = p.max_rewind + 2;
     s->ring = malloc(sizeof(float) * (size_t)s->ring_cap * (size_t)s->n_vocab);
     s->ring_pos = malloc(sizeof(int32_t) * (size_t)s->ring_cap);

@@ -1,0 +1,789 @@
+/*
+ * chat.c - multi-turn chat on top of a session: templates, history, and
+ * re-use of the KV cache across turns.
+ *
+ * Each turn renders the whole conversation (system prompt, history, the new
+ * user message and the assistant-generation prompt) and compares it with
+ * what the context already holds:
+ *
+ *   fast path: the chat remembers the exact text behind the tokens it left
+ *     in the KV cache (the rendering it fed plus the pieces the model then
+ *     generated). When the new rendering starts with that text, only the
+ *     remaining suffix is tokenized and decoded. After a turn that ended on
+ *     an end-of-generation token the template's end-of-turn marker is not in
+ *     the KV cache yet; it is simply the start of that suffix.
+ *
+ *   slow path: the history was edited, the answer renders differently from
+ *     what was generated (trimmed whitespace, a stop string), or the suffix
+ *     cannot be tokenized on its own. The whole rendering is tokenized, the
+ *     context is truncated to the longest common token prefix and the rest
+ *     is decoded.
+ *
+ * A suffix tokenized alone is trusted only when it starts with a special
+ * token (llama.cpp tokenizes the text between special tokens fragment by
+ * fragment, so the suffix's tokens are exactly those of the full rendering)
+ * or when its token pieces spell the suffix byte for byte. The second test
+ * rejects SentencePiece tokenizers that add a leading space to every text
+ * they tokenize: those turns take the slow path, correctness over speed.
+ */
+#include "selfmod.h"
+
+#include <llama.h>
+
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { CHAT_ERROR_SIZE = 512 };
+
+typedef struct text_buf {
+    char *data;
+    size_t len;
+    size_t cap;
+} text_buf;
+
+typedef struct token_buf {
+    sm_token *data;
+    int32_t len;
+} token_buf;
+
+struct sm_chat {
+    sm_session *session;
+    const struct llama_vocab *vocab;
+    /* What llama_chat_apply_template is given (a built-in name or the
+     * model's own template); NULL selects the plain fallback. */
+    char *template_arg;
+    char *template_label;
+    char *fallback_user;
+    char *fallback_assistant;
+    char *fallback_end_of_turn; /* after an assistant message            */
+    char *system_prompt;        /* NULL when there is none               */
+    sm_chat_message *messages;  /* user/assistant turns, strings owned   */
+    int32_t n_messages;
+    /* The tokens this chat left in the context and the text they spell,
+     * for the fast path. kv_valid is false until a turn succeeds. */
+    bool kv_valid;
+    token_buf kv_tokens;
+    text_buf kv_text;
+    sm_chat_turn_info last_info;
+    char error[CHAT_ERROR_SIZE];
+};
+
+/* ------------------------------------------------------------------ */
+/* Small helpers                                                       */
+/* ------------------------------------------------------------------ */
+
+static char *copy_string(const char *s) {
+    if (!s) return NULL;
+    size_t n = strlen(s) + 1;
+    char *copy = malloc(n);
+    if (copy) memcpy(copy, s, n);
+    return copy;
+}
+
+static bool text_reserve(text_buf *b, size_t extra) {
+    if (b->len + extra + 1 <= b->cap) return true;
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < b->len + extra + 1) cap *= 2;
+    char *data = realloc(b->data, cap);
+    if (!data) return false;
+    b->data = data;
+    b->cap = cap;
+    return true;
+}
+
+static bool text_append_n(text_buf *b, const char *s, size_t n) {
+    if (!text_reserve(b, n)) return false;
+    memcpy(b->data + b->len, s, n);
+    b->len += n;
+    b->data[b->len] = '\0';
+    return true;
+}
+
+static bool text_append(text_buf *b, const char *s) { return text_append_n(b, s, strlen(s)); }
+
+static void text_free(text_buf *b) {
+    free(b->data);
+    *b = (text_buf){0};
+}
+
+static void tokens_free(token_buf *t) {
+    free(t->data);
+    *t = (token_buf){0};
+}
+
+static bool tokens_copy(token_buf *dst, const sm_token *src, int32_t n) {
+    sm_token *data = malloc(sizeof *data * (size_t)(n > 0 ? n : 1));
+    if (!data) return false;
+    if (n > 0) memcpy(data, src, sizeof *data * (size_t)n);
+    free(dst->data);
+    dst->data = data;
+    dst->len = n;
+    return true;
+}
+
+static sm_status fail(sm_chat *chat, sm_status status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static sm_status fail(sm_chat *chat, sm_status status, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(chat->error, sizeof chat->error, fmt, ap);
+    va_end(ap);
+    return status;
+}
+
+static sm_status session_fail(sm_chat *chat, sm_status status, const char *what) {
+    const char *detail = sm_session_last_error(chat->session);
+    return fail(chat, status, "%s: %s", what, detail && *detail ? detail : sm_status_name(status));
+}
+
+static bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+
+/* The answer as the history keeps it: without surrounding whitespace, the
+ * way templates (and the fallback's "Assistant: " + text) expect content. */
+static char *trimmed_copy(const char *s) {
+    while (*s && is_space(*s)) s++;
+    size_t n = strlen(s);
+    while (n > 0 && is_space(s[n - 1])) n--;
+    char *copy = malloc(n + 1);
+    if (!copy) return NULL;
+    memcpy(copy, s, n);
+    copy[n] = '\0';
+    return copy;
+}
+
+static void free_messages(sm_chat_message *messages, int32_t n) {
+    for (int32_t i = 0; i < n; i++) {
+        free((char *)messages[i].role);
+        free((char *)messages[i].content);
+    }
+    free(messages);
+}
+
+/* Tokenizes into a fresh array (sm_tokenize reports -(needed) when short). */
+static sm_status tokenize(const sm_chat *chat, const char *text, bool add_special, token_buf *out) {
+    const sm_model *model = sm_session_model(chat->session);
+    int32_t n = sm_tokenize(model, text, NULL, 0, add_special, true);
+    if (n == INT32_MIN) return SM_ERR_PROMPT_TOO_LONG;
+    int32_t cap = n < 0 ? -n : n;
+    sm_token *data = malloc(sizeof *data * (size_t)(cap > 0 ? cap : 1));
+    if (!data) return SM_ERR_NO_MEMORY;
+    n = cap > 0 ? sm_tokenize(model, text, data, cap, add_special, true) : 0;
+    if (n < 0) {
+        free(data);
+        return SM_ERR_NO_MEMORY;
+    }
+    *out = (token_buf){.data = data, .len = n};
+    return SM_OK;
+}
+
+/* Appends each token's exact piece (special tokens as their text). */
+static bool append_pieces(const sm_chat *chat, const sm_token *tokens, int32_t n, text_buf *out) {
+    char small[64];
+    for (int32_t i = 0; i < n; i++) {
+        int32_t len = llama_token_to_piece(chat->vocab, tokens[i], small, sizeof small, 0, true);
+        if (len >= 0) {
+            if (!text_append_n(out, small, (size_t)len)) return false;
+            continue;
+        }
+        char *big = malloc((size_t)-len);
+        if (!big) return false;
+        len = llama_token_to_piece(chat->vocab, tokens[i], big, -len, 0, true);
+        bool ok = len >= 0 && text_append_n(out, big, (size_t)len);
+        free(big);
+        if (!ok) return false;
+    }
+    return true;
+}
+
+/* ------------------------------------------------------------------ */
+/* Templates                                                           */
+/* ------------------------------------------------------------------ */
+
+/* Renders with llama.cpp's built-in templates; -1 when it cannot. */
+static int32_t apply_llama_template(const char *tmpl, const struct llama_chat_message *msgs,
+                                    size_t n, text_buf *out) {
+    out->len = 0;
+    if (!text_reserve(out, 1024)) return -1;
+    int32_t len = llama_chat_apply_template(tmpl, msgs, n, true, out->data, (int32_t)out->cap);
+    if (len < 0) return -1;
+    if ((size_t)len >= out->cap) {
+        if (!text_reserve(out, (size_t)len)) return -1;
+        len = llama_chat_apply_template(tmpl, msgs, n, true, out->data, (int32_t)out->cap);
+        if (len < 0) return -1;
+    }
+    out->len = (size_t)len;
+    out->data[len] = '\0';
+    return len;
+}
+
+static const struct llama_chat_message PROBE_CHAT[] = {
+    {"system", "You are helpful."},
+    {"user", "Hello there."},
+    {"assistant", "Hi! How can I help?"},
+    {"user", "Tell me a story."},
+};
+enum { PROBE_CHAT_LEN = sizeof PROBE_CHAT / sizeof PROBE_CHAT[0] };
+
+static bool template_renders(const char *tmpl) {
+    text_buf out = {0};
+    bool ok = apply_llama_template(tmpl, PROBE_CHAT, PROBE_CHAT_LEN, &out) > 0;
+    text_free(&out);
+    return ok;
+}
+
+enum { MAX_BUILTIN_TEMPLATES = 256 };
+
+static int32_t builtin_templates(const char *names[MAX_BUILTIN_TEMPLATES]) {
+    int32_t n = llama_chat_builtin_templates(names, MAX_BUILTIN_TEMPLATES);
+    return n < MAX_BUILTIN_TEMPLATES ? n : MAX_BUILTIN_TEMPLATES;
+}
+
+static bool is_builtin_template(const char *name) {
+    const char *names[MAX_BUILTIN_TEMPLATES];
+    int32_t n = builtin_templates(names);
+    for (int32_t i = 0; i < n; i++)
+        if (strcmp(names[i], name) == 0) return true;
+    return false;
+}
+
+static void list_builtin_templates(char *out, size_t size) {
+    const char *names[MAX_BUILTIN_TEMPLATES];
+    int32_t n = builtin_templates(names);
+    size_t used = 0;
+    out[0] = '\0';
+    for (int32_t i = 0; i < n && used < size; i++) {
+        int w = snprintf(out + used, size - used, "%s%s", i ? ", " : "", names[i]);
+        if (w < 0) break;
+        used += (size_t)w;
+    }
+}
+
+/* The built-in name whose rendering equals the model's template, for
+ * sm_chat_template_used; "model" when none matches exactly. */
+static const char *identify_template(const char *tmpl) {
+    const char *names[MAX_BUILTIN_TEMPLATES];
+    int32_t n = builtin_templates(names);
+    text_buf want = {0}, got = {0};
+    const char *found = "model";
+    if (apply_llama_template(tmpl, PROBE_CHAT, PROBE_CHAT_LEN, &want) > 0) {
+        for (int32_t i = 0; i < n; i++) {
+            if (apply_llama_template(names[i], PROBE_CHAT, PROBE_CHAT_LEN, &got) > 0 &&
+                got.len == want.len && memcmp(got.data, want.data, want.len) == 0) {
+                found = names[i];
+                break;
+            }
+        }
+    }
+    text_free(&want);
+    text_free(&got);
+    return found;
+}
+
+/* The fallback's end of turn: the model's own end-of-turn token as text
+ * (GPT-2's <|endoftext|>) when it has one that tokenizes back to itself,
+ * then a newline; a bare newline otherwise. */
+static char *fallback_end_of_turn(const sm_chat *chat) {
+    llama_token eot = llama_vocab_eot(chat->vocab);
+    if (eot == LLAMA_TOKEN_NULL) eot = llama_vocab_eos(chat->vocab);
+    char piece[128];
+    int32_t len = eot == LLAMA_TOKEN_NULL
+                      ? 0
+                      : llama_token_to_piece(chat->vocab, eot, piece, sizeof piece - 2, 0, true);
+    if (len <= 0) return copy_string("\n");
+    piece[len] = '\0';
+    token_buf check = {0};
+    bool round_trips = tokenize(chat, piece, false, &check) == SM_OK && check.len == 1 &&
+                       check.data[0] == eot;
+    tokens_free(&check);
+    if (!round_trips) return copy_string("\n");
+    strcat(piece, "\n");
+    return copy_string(piece);
+}
+
+/* "{system}\n", then per user message "{user_label} {text}\n" followed by
+ * "{assistant_label}" when an answer follows or is to be generated, and per
+ * assistant message " {text}{end_of_turn}". */
+static bool render_fallback(const sm_chat *chat, const struct llama_chat_message *msgs, size_t n,
+                            text_buf *out) {
+    out->len = 0;
+    bool ok = text_reserve(out, 256);
+    for (size_t i = 0; ok && i < n; i++) {
+        const char *role = msgs[i].role, *content = msgs[i].content;
+        if (strcmp(role, "system") == 0) {
+            ok = !*content || (text_append(out, content) && text_append(out, "\n"));
+        } else if (strcmp(role, "user") == 0) {
+            bool answer_follows = i + 1 == n || strcmp(msgs[i + 1].role, "assistant") == 0;
+            ok = text_append(out, chat->fallback_user) && text_append(out, " ") &&
+                 text_append(out, content) && text_append(out, "\n") &&
+                 (!answer_follows || text_append(out, chat->fallback_assistant));
+        } else {
+            ok = text_append(out, " ") && text_append(out, content) &&
+                 text_append(out, chat->fallback_end_of_turn);
+        }
+    }
+    return ok;
+}
+
+/* The conversation from history index `first` on, plus the new message,
+ * rendered with the assistant-generation prompt. */
+static sm_status render_conversation(sm_chat *chat, int32_t first, const char *user_message,
+                                     text_buf *out) {
+    size_t n = 0;
+    struct llama_chat_message *msgs = malloc(sizeof *msgs * (size_t)(chat->n_messages + 2));
+    if (!msgs) return fail(chat, SM_ERR_NO_MEMORY, "out of memory rendering the chat");
+    if (chat->system_prompt) msgs[n++] = (struct llama_chat_message){"system", chat->system_prompt};
+    for (int32_t i = first; i < chat->n_messages; i++)
+        msgs[n++] = (struct llama_chat_message){chat->messages[i].role, chat->messages[i].content};
+    msgs[n++] = (struct llama_chat_message){"user", user_message};
+    bool ok = chat->template_arg ? apply_llama_template(chat->template_arg, msgs, n, out) >= 0
+                                 : render_fallback(chat, msgs, n, out);
+    free(msgs);
+    if (!ok) return fail(chat, SM_ERR_NO_MEMORY, "cannot render the conversation with template %s",
+                         chat->template_label);
+    return SM_OK;
+}
+
+static sm_status choose_template(sm_chat *chat, const char *requested) {
+    const char *label = "fallback";
+    const char *arg = NULL;
+    if (requested) {
+        if (!is_builtin_template(requested) || !template_renders(requested)) {
+            char names[2048];
+            list_builtin_templates(names, sizeof names);
+            return fail(chat, SM_ERR_INVALID_ARGUMENT,
+                        "unknown chat template '%s'; llama.cpp knows: %s", requested, names);
+        }
+        label = arg = requested;
+    } else {
+        const struct llama_model *model = sm_model_llama(sm_session_model(chat->session));
+        const char *own = llama_model_chat_template(model, NULL);
+        if (own && template_renders(own)) {
+            arg = own;
+            label = identify_template(own);
+        }
+    }
+    chat->template_arg = copy_string(arg);
+    chat->template_label = copy_string(label);
+    if ((arg && !chat->template_arg) || !chat->template_label)
+        return fail(chat, SM_ERR_NO_MEMORY, "out of memory creating the chat");
+    return SM_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* Construction and history                                            */
+/* ------------------------------------------------------------------ */
+
+sm_chat_params sm_chat_default_params(void) {
+    return (sm_chat_params){
+        .system_prompt = NULL,
+        .template_name = NULL,
+        .fallback_user = "User:",
+        .fallback_assistant = "Assistant:",
+    };
+}
+
+static void report(sm_error *err, sm_status status, const char *message) {
+    if (!err) return;
+    err->status = status;
+    snprintf(err->message, sizeof err->message, "%s", message);
+}
+
+sm_chat *sm_chat_new(sm_session *session, const sm_chat_params *params, sm_error *err) {
+    sm_chat_params defaults = sm_chat_default_params();
+    if (!params) params = &defaults;
+    if (!session) {
+        report(err, SM_ERR_INVALID_ARGUMENT, "sm_chat_new: session is NULL");
+        return NULL;
+    }
+    sm_chat *chat = calloc(1, sizeof *chat);
+    if (!chat) {
+        report(err, SM_ERR_NO_MEMORY, "out of memory creating the chat");
+        return NULL;
+    }
+    chat->session = session;
+    chat->vocab = llama_model_get_vocab(sm_model_llama(sm_session_model(session)));
+    const char *user = params->fallback_user ? params->fallback_user : defaults.fallback_user;
+    const char *assistant =
+        params->fallback_assistant ? params->fallback_assistant : defaults.fallback_assistant;
+    sm_status status = choose_template(chat, params->template_name);
+    if (status == SM_OK) {
+        chat->fallback_user = copy_string(user);
+        chat->fallback_assistant = copy_string(assistant);
+        chat->fallback_end_of_turn = fallback_end_of_turn(chat);
+        chat->system_prompt = copy_string(params->system_prompt);
+        bool copied = chat->fallback_user && chat->fallback_assistant &&
+                      chat->fallback_end_of_turn &&
+                      (!params->system_prompt || chat->system_prompt);
+        if (!copied) status = fail(chat, SM_ERR_NO_MEMORY, "out of memory creating the chat");
+    }
+    if (status != SM_OK) {
+        report(err, status, chat->error);
+        sm_chat_free(chat);
+        return NULL;
+    }
+    return chat;
+}
+
+void sm_chat_free(sm_chat *chat) {
+    if (!chat) return;
+    free(chat->template_arg);
+    free(chat->template_label);
+    free(chat->fallback_user);
+    free(chat->fallback_assistant);
+    free(chat->fallback_end_of_turn);
+    free(chat->system_prompt);
+    free_messages(chat->messages, chat->n_messages);
+    tokens_free(&chat->kv_tokens);
+    text_free(&chat->kv_text);
+    free(chat);
+}
+
+const char *sm_chat_last_error(const sm_chat *chat) { return chat ? chat->error : "chat is NULL"; }
+
+sm_chat_turn_info sm_chat_last_turn_info(const sm_chat *chat) {
+    return chat ? chat->last_info : (sm_chat_turn_info){0};
+}
+
+const char *sm_chat_template_used(const sm_chat *chat) {
+    return chat ? chat->template_label : NULL;
+}
+
+int32_t sm_chat_n_messages(const sm_chat *chat) { return chat ? chat->n_messages : 0; }
+
+const sm_chat_message *sm_chat_messages(const sm_chat *chat) {
+    return chat ? chat->messages : NULL;
+}
+
+static bool is_turn_role(const char *role) {
+    return strcmp(role, "user") == 0 || strcmp(role, "assistant") == 0;
+}
+
+/* The history is the user/assistant turns; the system prompt is kept
+ * apart (sm_chat_messages never lists it) so that a caller who passes back
+ * only the turns keeps it. A leading "system" message replaces it. */
+sm_status sm_chat_set_history(sm_chat *chat, const sm_chat_message *messages, int32_t n_messages) {
+    if (!chat) return SM_ERR_INVALID_ARGUMENT;
+    if (n_messages < 0 || (n_messages > 0 && !messages))
+        return fail(chat, SM_ERR_INVALID_ARGUMENT, "sm_chat_set_history: %d messages at %p",
+                    n_messages, (const void *)messages);
+    for (int32_t i = 0; i < n_messages; i++) {
+        const char *role = messages[i].role;
+        if (!role || !messages[i].content)
+            return fail(chat, SM_ERR_INVALID_ARGUMENT, "message %d has no %s", i,
+                        role ? "content" : "role");
+        bool leading_system = i == 0 && strcmp(role, "system") == 0;
+        if (!leading_system && !is_turn_role(role))
+            return fail(chat, SM_ERR_INVALID_ARGUMENT,
+                        "message %d has role '%s'; expected \"user\" or \"assistant\" "
+                        "(\"system\" only as the first message)",
+                        i, role);
+    }
+    bool has_system = n_messages > 0 && strcmp(messages[0].role, "system") == 0;
+    int32_t n_turns = n_messages - (has_system ? 1 : 0);
+    sm_chat_message *copy = calloc((size_t)(n_turns > 0 ? n_turns : 1), sizeof *copy);
+    char *system = has_system ? copy_string(messages[0].content) : NULL;
+    bool ok = copy && (!has_system || system);
+    for (int32_t i = 0; ok && i < n_turns; i++) {
+        const sm_chat_message *m = &messages[i + (has_system ? 1 : 0)];
+        copy[i].role = copy_string(m->role);
+        copy[i].content = copy_string(m->content);
+        ok = copy[i].role && copy[i].content;
+    }
+    if (!ok) {
+        if (copy) free_messages(copy, n_turns);
+        free(system);
+        return fail(chat, SM_ERR_NO_MEMORY, "out of memory copying the chat history");
+    }
+    free_messages(chat->messages, chat->n_messages);
+    chat->messages = copy;
+    chat->n_messages = n_turns;
+    if (has_system) {
+        free(chat->system_prompt);
+        chat->system_prompt = system;
+    }
+    return SM_OK;
+}
+
+/* Forgets the turns, not the system prompt. */
+sm_status sm_chat_reset(sm_chat *chat) {
+    if (!chat) return SM_ERR_INVALID_ARGUMENT;
+    free_messages(chat->messages, chat->n_messages);
+    chat->messages = NULL;
+    chat->n_messages = 0;
+    chat->kv_valid = false;
+    chat->last_info = (sm_chat_turn_info){0};
+    sm_status status = sm_session_clear(chat->session);
+    if (status != SM_OK) return session_fail(chat, status, "cannot clear the session");
+    return SM_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* Planning a turn                                                     */
+/* ------------------------------------------------------------------ */
+
+/* How the context gets from what it holds to the rendered prompt: keep
+ * its first n_keep tokens, then decode `feed`. */
+typedef struct turn_plan {
+    text_buf rendered;
+    token_buf feed;
+    int32_t n_keep;
+    int32_t first_kept_message; /* history before this index is dropped */
+    int32_t n_dropped_turns;
+} turn_plan;
+
+static void plan_free(turn_plan *plan) {
+    text_free(&plan->rendered);
+    tokens_free(&plan->feed);
+}
+
+/* The history index where the conversation starts once the oldest n_drop
+ * turns (a user message and the answers up to the next user message) are
+ * gone; -1 when there are not that many turns. */
+static int32_t first_message_after_dropping(const sm_chat *chat, int32_t n_drop) {
+    int32_t i = 0;
+    for (int32_t dropped = 0; dropped < n_drop; dropped++) {
+        if (i >= chat->n_messages) return -1;
+        do i++;
+        while (i < chat->n_messages && strcmp(chat->messages[i].role, "user") != 0);
+    }
+    return i;
+}
+
+/* The context still holds exactly what this chat left there. */
+static bool context_is_ours(const sm_chat *chat) {
+    int32_t n = 0;
+    const sm_token *tokens = sm_session_tokens(chat->session, &n);
+    return chat->kv_valid && n == chat->kv_tokens.len && n > 0 &&
+           memcmp(tokens, chat->kv_tokens.data, sizeof *tokens * (size_t)n) == 0;
+}
+
+static bool starts_with_special_token(const sm_chat *chat, const char *text, sm_token token) {
+    enum llama_token_attr attr = llama_vocab_get_attr(chat->vocab, token);
+    if (!(attr & (LLAMA_TOKEN_ATTR_CONTROL | LLAMA_TOKEN_ATTR_USER_DEFINED))) return false;
+    if (attr & LLAMA_TOKEN_ATTR_LSTRIP) return false; /* it would eat the prefix's spaces */
+    text_buf piece = {0};
+    bool ok = append_pieces(chat, &token, 1, &piece) && piece.len > 0 &&
+              strncmp(text, piece.data, piece.len) == 0;
+    text_free(&piece);
+    return ok;
+}
+
+static bool pieces_spell(const sm_chat *chat, const token_buf *tokens, const char *text) {
+    text_buf spelled = {0};
+    bool ok = append_pieces(chat, tokens->data, tokens->len, &spelled) &&
+              spelled.len == strlen(text) && memcmp(spelled.data, text, spelled.len) == 0;
+    text_free(&spelled);
+    return ok;
+}
+
+/* Fast path: tokenize only what follows the text already in the context. */
+static bool plan_suffix(sm_chat *chat, turn_plan *plan) {
+    const char *rendered = plan->rendered.data;
+    size_t held = chat->kv_text.len;
+    if (!context_is_ours(chat) || plan->rendered.len <= held ||
+        memcmp(rendered, chat->kv_text.data, held) != 0)
+        return false;
+    const char *suffix = rendered + held;
+    token_buf tokens = {0};
+    if (tokenize(chat, suffix, false, &tokens) != SM_OK) return false;
+    bool exact = tokens.len > 0 && (starts_with_special_token(chat, suffix, tokens.data[0]) ||
+                                    pieces_spell(chat, &tokens, suffix));
+    if (!exact) {
+        tokens_free(&tokens);
+        return false;
+    }
+    plan->feed = tokens;
+    plan->n_keep = chat->kv_tokens.len;
+    return true;
+}
+
+/* Slow path: the whole rendering, minus the longest common prefix with
+ * the context. At least one token is always fed, so that the distribution
+ * the answer starts from is fresh. */
+static sm_status plan_full(sm_chat *chat, turn_plan *plan) {
+    token_buf all = {0};
+    sm_status status = tokenize(chat, plan->rendered.data, true, &all);
+    if (status != SM_OK)
+        return fail(chat, status, "cannot tokenize the conversation (%zu bytes)", plan->rendered.len);
+    llama_token bos = llama_vocab_bos(chat->vocab);
+    if (all.len >= 2 && all.data[0] == bos && all.data[1] == bos) {
+        /* the template wrote BOS itself and tokenizing added another */
+        memmove(all.data, all.data + 1, sizeof *all.data * (size_t)(all.len - 1));
+        all.len--;
+    }
+    if (all.len == 0) {
+        tokens_free(&all);
+        return fail(chat, SM_ERR_INVALID_ARGUMENT, "the chat rendered to no tokens at all");
+    }
+    int32_t n_held = 0;
+    const sm_token *held = sm_session_tokens(chat->session, &n_held);
+    int32_t common = 0;
+    while (common < n_held && common < all.len - 1 && held[common] == all.data[common]) common++;
+    plan->n_keep = common;
+    plan->feed.len = all.len - common;
+    plan->feed.data = malloc(sizeof *all.data * (size_t)plan->feed.len);
+    if (plan->feed.data)
+        memcpy(plan->feed.data, all.data + common, sizeof *all.data * (size_t)plan->feed.len);
+    tokens_free(&all);
+    if (!plan->feed.data) return fail(chat, SM_ERR_NO_MEMORY, "out of memory tokenizing the chat");
+    return SM_OK;
+}
+
+static sm_status plan_with_drops(sm_chat *chat, const char *user_message, int32_t n_drop,
+                                 turn_plan *plan) {
+    *plan = (turn_plan){.n_dropped_turns = n_drop};
+    plan->first_kept_message = first_message_after_dropping(chat, n_drop);
+    sm_status status = render_conversation(chat, plan->first_kept_message, user_message,
+                                           &plan->rendered);
+    if (status == SM_OK && !plan_suffix(chat, plan)) status = plan_full(chat, plan);
+    if (status != SM_OK) plan_free(plan);
+    return status;
+}
+
+/* Room kept free for the answer: n_predict, at most half the context (a
+ * larger reservation would leave no room for the conversation; the
+ * generation then stops when the context is full), or a quarter of the
+ * context when the answer is unbounded. */
+static int32_t answer_room(const sm_gen_params *params, int32_t n_ctx) {
+    if (params->n_predict < 0) return n_ctx / 4;
+    return params->n_predict < n_ctx / 2 ? params->n_predict : n_ctx / 2;
+}
+
+static int32_t count_turns(const sm_chat *chat) {
+    int32_t n = 0;
+    while (first_message_after_dropping(chat, n + 1) >= 0) n++;
+    return n;
+}
+
+/* Drops the oldest turns until the prompt plus the answer's room fits. */
+static sm_status plan_turn(sm_chat *chat, const char *user_message, const sm_gen_params *params,
+                           turn_plan *plan) {
+    int32_t n_ctx = sm_session_n_ctx(chat->session);
+    int32_t room = answer_room(params, n_ctx);
+    int32_t n_turns = count_turns(chat);
+    for (int32_t n_drop = 0;; n_drop++) {
+        sm_status status = plan_with_drops(chat, user_message, n_drop, plan);
+        if (status != SM_OK) return status;
+        int32_t n_prompt = plan->n_keep + plan->feed.len;
+        if (n_prompt + room <= n_ctx) return SM_OK;
+        plan_free(plan);
+        if (n_drop == n_turns)
+            return fail(chat, SM_ERR_PROMPT_TOO_LONG,
+                        "the message needs %d tokens with the chat template%s, plus %d kept for "
+                        "the answer: more than the context's %d tokens",
+                        n_prompt, chat->system_prompt ? " and the system prompt" : "", room, n_ctx);
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* A turn                                                              */
+/* ------------------------------------------------------------------ */
+
+static sm_status prepare_context(sm_chat *chat, turn_plan *plan) {
+    sm_session *session = chat->session;
+    if (plan->n_keep < sm_session_n_past(session)) {
+        sm_status status = plan->n_keep == 0 ? sm_session_clear(session)
+                                             : sm_session_truncate(session, plan->n_keep);
+        if (status != SM_OK) {
+            /* e.g. a recurrent model that cannot drop part of its state:
+             * start over from an empty context */
+            status = sm_session_clear(session);
+            if (status != SM_OK) return session_fail(chat, status, "cannot clear the context");
+            turn_plan full = {.rendered = plan->rendered};
+            status = plan_full(chat, &full);
+            if (status != SM_OK) return status;
+            tokens_free(&plan->feed);
+            plan->feed = full.feed;
+            plan->n_keep = 0;
+        }
+    }
+    sm_status status = sm_session_feed_tokens(session, plan->feed.data, plan->feed.len);
+    if (status != SM_OK) return session_fail(chat, status, "cannot decode the chat prompt");
+    return SM_OK;
+}
+
+/* Remembers the text behind the context's tokens: the rendering just fed
+ * plus the pieces generated after it. */
+static bool remember_context(sm_chat *chat, const turn_plan *plan) {
+    int32_t n = 0;
+    const sm_token *tokens = sm_session_tokens(chat->session, &n);
+    int32_t n_prompt = plan->n_keep + plan->feed.len;
+    chat->kv_valid = false;
+    if (n < n_prompt) return true;
+    chat->kv_text.len = 0;
+    if (!text_append_n(&chat->kv_text, plan->rendered.data, plan->rendered.len) ||
+        !append_pieces(chat, tokens + n_prompt, n - n_prompt, &chat->kv_text) ||
+        !tokens_copy(&chat->kv_tokens, tokens, n))
+        return false;
+    chat->kv_valid = true;
+    return true;
+}
+
+/* Drops the turns the plan left out and appends the new exchange. */
+static sm_status commit_history(sm_chat *chat, const turn_plan *plan, const char *user_message,
+                                const char *answer) {
+    char *user = copy_string(user_message);
+    char *assistant = trimmed_copy(answer ? answer : "");
+    char *role_user = copy_string("user"), *role_assistant = copy_string("assistant");
+    int32_t first = plan->first_kept_message;
+    int32_t n_kept = chat->n_messages - first;
+    sm_chat_message *messages = malloc(sizeof *messages * (size_t)(n_kept + 2));
+    if (!user || !assistant || !role_user || !role_assistant || !messages) {
+        free(user);
+        free(assistant);
+        free(role_user);
+        free(role_assistant);
+        free(messages);
+        return fail(chat, SM_ERR_NO_MEMORY, "out of memory recording the chat history");
+    }
+    for (int32_t i = 0; i < first; i++) {
+        free((char *)chat->messages[i].role);
+        free((char *)chat->messages[i].content);
+    }
+    if (n_kept > 0) memcpy(messages, chat->messages + first, sizeof *messages * (size_t)n_kept);
+    messages[n_kept] = (sm_chat_message){role_user, user};
+    messages[n_kept + 1] = (sm_chat_message){role_assistant, assistant};
+    free(chat->messages);
+    chat->messages = messages;
+    chat->n_messages = n_kept + 2;
+    return SM_OK;
+}
+
+sm_status sm_chat_turn(sm_chat *chat, const char *user_message, const sm_gen_params *params,
+                       sm_result *result) {
+    if (!chat) return SM_ERR_INVALID_ARGUMENT;
+    if (!result) return fail(chat, SM_ERR_INVALID_ARGUMENT, "sm_chat_turn: result is NULL");
+    memset(result, 0, sizeof *result);
+    if (!user_message)
+        return fail(chat, SM_ERR_INVALID_ARGUMENT, "sm_chat_turn: user_message is NULL");
+    sm_gen_params defaults = sm_gen_default_params();
+    if (!params) params = &defaults;
+    chat->error[0] = '\0';
+    chat->last_info = (sm_chat_turn_info){0};
+
+    turn_plan plan;
+    sm_status status = plan_turn(chat, user_message, params, &plan);
+    if (status != SM_OK) return status;
+
+    int64_t decoded_before = sm_session_n_decoded_total(chat->session);
+    status = prepare_context(chat, &plan);
+    chat->last_info = (sm_chat_turn_info){
+        .n_reused = plan.n_keep,
+        .n_prompt_decoded = (int32_t)(sm_session_n_decoded_total(chat->session) - decoded_before),
+        .n_dropped_turns = plan.n_dropped_turns,
+    };
+    if (status == SM_OK) {
+        status = sm_session_generate(chat->session, NULL, params, result);
+        if (status != SM_OK) session_fail(chat, status, "generation failed");
+    }
+    if (status == SM_OK && !remember_context(chat, &plan))
+        status = fail(chat, SM_ERR_NO_MEMORY, "out of memory recording the context");
+    if (status == SM_OK) status = commit_history(chat, &plan, user_message, result->text);
+    if (status != SM_OK) chat->kv_valid = false;
+    plan_free(&plan);
+    return status;
+}
