@@ -55,6 +55,12 @@ float sm_map_distribution(const float *logits_m, int32_t n_vocab_m, const int32_
                           int32_t n_vocab_0);
 sm_status sm_fusion_params_validate(const sm_fusion_params *fp, int32_t n_models, char *msg, size_t size);
 
+/* pool.c: run fn(arg, i) for i in [0, n) in parallel, 0 on the caller. */
+typedef struct sm_pool sm_pool;
+sm_pool *sm_pool_new(int32_t n_workers);
+void sm_pool_run(sm_pool *pool, void (*fn)(void *arg, int32_t index), void *arg, int32_t n);
+void sm_pool_free(sm_pool *pool);
+
 /* sampler.c: the sampling chain (see sm_sampling_params). */
 typedef struct sm_sampler_work {
     float *logits;        /* penalised copy, n_vocab                       */

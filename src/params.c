@@ -97,6 +97,7 @@ sm_gen_params sm_gen_default_params(void) {
         .max_backtracks = 64,
         .max_backtracks_per_position = 4,
         .top_n_view = 10,
+        .fusion = {.mode = SM_FUSION_CONFIDENCE, .turn = 1, .alpha = 0.1f, .beta = 0.5f, .abstain_below = 0.3f},
     };
 }
 

@@ -35,10 +35,28 @@ typedef struct position_record {
     int32_t n_bans, cap_bans;
 } position_record;
 
-struct sm_session {
+/* One model of the session and its context. */
+typedef struct member {
     sm_model *model;
     struct llama_context *ctx;
     llama_memory_t mem;
+    int32_t n_threads;
+    /* A model with another vocabulary (fusion_align) follows the text:
+     * it keeps its own tokens and its distributions are mapped onto
+     * model 0's vocabulary through map_to0. */
+    bool aligned;
+    int32_t *map_to0;
+    sm_token *tokens;
+    int32_t n_tokens, cap_tokens;
+    /* results of the last parallel decode */
+    int32_t rc;
+} member;
+
+struct sm_session {
+    sm_model *model;             /* model 0: tokenizer, vocabulary */
+    member members[SM_MAX_MODELS];
+    int32_t n_models;
+    sm_pool *pool;
     sm_session_params params;
     int32_t n_vocab;
     int32_t n_ctx;
@@ -46,16 +64,23 @@ struct sm_session {
     sm_token *tokens;            /* everything in the KV cache, in order */
     int32_t n_tokens, cap_tokens;
 
-    /* ring[pos % ring_cap] holds the distribution that predicts the token
-     * at context position pos; ring_pos says which pos a slot holds. */
+    /* ring[pos % ring_cap] holds, for every model, the distribution that
+     * predicts the token at context position pos; ring_pos says which pos
+     * a slot holds. */
     float *ring;
+    float *ring_unmapped;        /* per slot and model: mass with no token */
     int32_t *ring_pos;
     int32_t ring_cap;
-    const float *logits;         /* the distribution at n_tokens, or NULL */
+    const float *logits;         /* model 0's distribution at n_tokens, or NULL */
 
     int64_t n_decoded_total;
     sm_sampler_work work;
     sm_candidate *top_view;      /* operators' top-n view                 */
+    float *fused;                /* the fused distribution (several models) */
+    char *text_buf;              /* aligned models: the context as text    */
+    size_t text_cap;
+    sm_token *align_buf;
+    int32_t align_cap;
     char error[512];
 };
 
@@ -87,11 +112,117 @@ static int32_t default_threads(void) {
     return n > 0 ? (int32_t)n : 1;
 }
 
-sm_session *sm_session_new(sm_model *model, const sm_session_params *params, sm_error *err) {
-    if (!model) {
-        sm_error_set(err, SM_ERR_INVALID_ARGUMENT, "no model given");
+static void piece_of(const struct llama_vocab *vocab, sm_token t, char *buf, int32_t size) {
+    int32_t n = llama_token_to_piece(vocab, t, buf, size - 1, 0, true);
+    buf[n < 0 ? 0 : n] = '\0';
+}
+
+bool sm_vocab_equal(const sm_model *a, const sm_model *b, char *why, size_t why_size) {
+    const struct llama_vocab *va = a->vocab, *vb = b->vocab;
+    if (llama_vocab_type(va) != llama_vocab_type(vb)) {
+        snprintf(why, why_size, "vocabulary types differ (%d vs %d)", llama_vocab_type(va), llama_vocab_type(vb));
+        return false;
+    }
+    if (a->n_vocab != b->n_vocab) {
+        snprintf(why, why_size, "vocabulary sizes differ (%d vs %d tokens)", a->n_vocab, b->n_vocab);
+        return false;
+    }
+    if (llama_vocab_bos(va) != llama_vocab_bos(vb) || llama_vocab_eos(va) != llama_vocab_eos(vb) ||
+        llama_vocab_get_add_bos(va) != llama_vocab_get_add_bos(vb)) {
+        snprintf(why, why_size, "BOS/EOS handling differs (bos %d/%d, eos %d/%d, add_bos %d/%d)", llama_vocab_bos(va),
+                 llama_vocab_bos(vb), llama_vocab_eos(va), llama_vocab_eos(vb), llama_vocab_get_add_bos(va),
+                 llama_vocab_get_add_bos(vb));
+        return false;
+    }
+    for (int32_t t = 0; t < a->n_vocab; t++) {
+        const char *ta = llama_vocab_get_text(va, t), *tb = llama_vocab_get_text(vb, t);
+        if (strcmp(ta, tb) != 0) {
+            snprintf(why, why_size, "token %d differs: '%s' vs '%s'", t, ta, tb);
+            return false;
+        }
+    }
+    return true;
+}
+
+/* FNV-1a over a piece, for the text -> token table of alignment. */
+static uint32_t hash_text(const char *s) {
+    uint32_t h = 2166136261u;
+    for (; *s; s++) h = (h ^ (uint8_t)*s) * 16777619u;
+    return h;
+}
+
+/* map[t_m] = the model-0 token with the same text, or -1. */
+static int build_alignment(member *mb, const sm_model *m0) {
+    int32_t cap = 1;
+    while (cap < m0->n_vocab * 2) cap *= 2;
+    int32_t *table = malloc(sizeof(int32_t) * (size_t)cap);
+    char (*pieces)[48] = malloc(sizeof *pieces * (size_t)m0->n_vocab);
+    mb->map_to0 = malloc(sizeof(int32_t) * (size_t)mb->model->n_vocab);
+    if (!table || !pieces || !mb->map_to0) {
+        free(table);
+        free(pieces);
+        return -1;
+    }
+    for (int32_t i = 0; i < cap; i++) table[i] = -1;
+    for (int32_t t = 0; t < m0->n_vocab; t++) {
+        piece_of(m0->vocab, t, pieces[t], sizeof pieces[t]);
+        if (!pieces[t][0]) continue;
+        uint32_t h = hash_text(pieces[t]) & (uint32_t)(cap - 1);
+        while (table[h] >= 0 && strcmp(pieces[table[h]], pieces[t]) != 0) h = (h + 1) & (uint32_t)(cap - 1);
+        if (table[h] < 0) table[h] = t; /* the first id with a text wins */
+    }
+    char piece[48];
+    for (int32_t t = 0; t < mb->model->n_vocab; t++) {
+        piece_of(mb->model->vocab, t, piece, sizeof piece);
+        mb->map_to0[t] = -1;
+        if (!piece[0]) continue;
+        uint32_t h = hash_text(piece) & (uint32_t)(cap - 1);
+        while (table[h] >= 0) {
+            if (strcmp(pieces[table[h]], piece) == 0) {
+                mb->map_to0[t] = table[h];
+                break;
+            }
+            h = (h + 1) & (uint32_t)(cap - 1);
+        }
+    }
+    free(table);
+    free(pieces);
+    return 0;
+}
+
+static bool init_member(member *mb, sm_model *model, const sm_session_params *p, int32_t n_threads, sm_error *err) {
+    struct llama_context_params cp = llama_context_default_params();
+    cp.n_ctx = p->n_ctx;
+    cp.n_batch = p->n_batch;
+    cp.n_ubatch = p->n_batch;
+    cp.n_seq_max = 1;
+    cp.n_threads = cp.n_threads_batch = n_threads;
+    cp.no_perf = true;
+    sm_llama_clear_log_error();
+    mb->model = model;
+    mb->n_threads = n_threads;
+    mb->ctx = llama_init_from_model(model->lm, cp);
+    if (!mb->ctx) {
+        const char *why = sm_llama_last_log_error();
+        sm_error_set(err, SM_ERR_CONTEXT, "cannot create a context of %u tokens for '%s'%s%s", p->n_ctx, model->path,
+                     *why ? ": " : "", why);
+        return false;
+    }
+    mb->mem = llama_get_memory(mb->ctx);
+    return true;
+}
+
+sm_session *sm_session_new_fused(sm_model *const *models, int32_t n_models, const sm_session_params *params,
+                                 sm_error *err) {
+    if (!models || n_models < 1 || n_models > SM_MAX_MODELS) {
+        sm_error_set(err, SM_ERR_INVALID_ARGUMENT, "a session takes 1 to %d models (got %d)", SM_MAX_MODELS, n_models);
         return NULL;
     }
+    for (int32_t m = 0; m < n_models; m++)
+        if (!models[m]) {
+            sm_error_set(err, SM_ERR_INVALID_ARGUMENT, "model %d is missing", m);
+            return NULL;
+        }
     sm_session_params p = params ? *params : sm_session_default_params();
     if (p.n_threads < 0 || p.max_rewind < 1 || p.n_batch < 1) {
         sm_error_set(err, SM_ERR_INVALID_ARGUMENT,
@@ -99,54 +230,85 @@ sm_session *sm_session_new(sm_model *model, const sm_session_params *params, sm_
                      p.n_threads, p.max_rewind, p.n_batch);
         return NULL;
     }
+    bool aligned[SM_MAX_MODELS] = {false};
+    for (int32_t m = 1; m < n_models; m++) {
+        char why[256];
+        if (sm_vocab_equal(models[0], models[m], why, sizeof why)) continue;
+        if (!p.fusion_align) {
+            sm_error_set(err, SM_ERR_VOCAB_MISMATCH,
+                         "'%s' and '%s' do not share a vocabulary: %s (use fusion alignment to map tokens by text)",
+                         models[0]->path, models[m]->path, why);
+            return NULL;
+        }
+        aligned[m] = true;
+    }
     sm_session *s = calloc(1, sizeof *s);
     if (!s) {
         sm_error_set(err, SM_ERR_NO_MEMORY, "out of memory");
         return NULL;
     }
-    s->model = model;
+    s->model = models[0];
     s->params = p;
-    s->n_vocab = model->n_vocab;
-
-    struct llama_context_params cp = llama_context_default_params();
-    cp.n_ctx = p.n_ctx;
-    cp.n_batch = p.n_batch;
-    cp.n_ubatch = p.n_batch;
-    cp.n_seq_max = 1;
-    cp.n_threads = cp.n_threads_batch = p.n_threads ? p.n_threads : default_threads();
-    cp.no_perf = true;
-    sm_llama_clear_log_error();
-    s->ctx = llama_init_from_model(model->lm, cp);
-    if (!s->ctx) {
-        const char *why = sm_llama_last_log_error();
-        sm_error_set(err, SM_ERR_CONTEXT, "cannot create a context of %u tokens for '%s'%s%s", p.n_ctx,
-                     model->path, *why ? ": " : "", why);
-        free(s);
-        return NULL;
+    s->n_vocab = models[0]->n_vocab;
+    int32_t total_threads = p.n_threads ? p.n_threads : default_threads();
+    int32_t per_model = total_threads / n_models > 0 ? total_threads / n_models : 1;
+    for (int32_t m = 0; m < n_models; m++) {
+        if (!init_member(&s->members[m], models[m], &p, n_models == 1 ? total_threads : per_model, err)) {
+            sm_session_free(s);
+            return NULL;
+        }
+        s->n_models++;
+        s->members[m].aligned = aligned[m];
+        if (aligned[m] && build_alignment(&s->members[m], models[0]) != 0) {
+            sm_session_free(s);
+            sm_error_set(err, SM_ERR_NO_MEMORY, "out of memory aligning vocabularies");
+            return NULL;
+        }
     }
-    s->mem = llama_get_memory(s->ctx);
-    s->n_ctx = (int32_t)llama_n_ctx(s->ctx);
-    s->params.n_batch = llama_n_batch(s->ctx); /* llama.cpp caps it at n_ctx */
+    s->n_ctx = (int32_t)llama_n_ctx(s->members[0].ctx);
+    s->params.n_batch = llama_n_batch(s->members[0].ctx); /* llama.cpp caps it at n_ctx */
     s->ring_cap = p.max_rewind + 2;
-    s->ring = malloc(sizeof(float) * (size_t)s->ring_cap * (size_t)s->n_vocab);
+    size_t slots = (size_t)s->ring_cap * (size_t)n_models;
+    s->ring = malloc(sizeof(float) * slots * (size_t)s->n_vocab);
+    s->ring_unmapped = calloc(slots, sizeof(float));
     s->ring_pos = malloc(sizeof(int32_t) * (size_t)s->ring_cap);
     s->top_view = malloc(sizeof(sm_candidate) * 1000);
-    if (!s->ring || !s->ring_pos || !s->top_view || sm_sampler_work_init(&s->work, s->n_vocab) != 0) {
+    s->fused = n_models > 1 ? malloc(sizeof(float) * (size_t)s->n_vocab) : NULL;
+    s->pool = n_models > 1 ? sm_pool_new(n_models - 1) : NULL;
+    if (!s->ring || !s->ring_unmapped || !s->ring_pos || !s->top_view || (n_models > 1 && (!s->fused || !s->pool)) ||
+        sm_sampler_work_init(&s->work, s->n_vocab) != 0) {
         sm_session_free(s);
-        sm_error_set(err, SM_ERR_NO_MEMORY, "out of memory for a session of vocabulary %d", model->n_vocab);
+        sm_error_set(err, SM_ERR_NO_MEMORY, "out of memory for a session of vocabulary %d", s->n_vocab);
         return NULL;
     }
     for (int32_t i = 0; i < s->ring_cap; i++) s->ring_pos[i] = -1;
     return s;
 }
 
+sm_session *sm_session_new(sm_model *model, const sm_session_params *params, sm_error *err) {
+    if (!model) {
+        sm_error_set(err, SM_ERR_INVALID_ARGUMENT, "no model given");
+        return NULL;
+    }
+    return sm_session_new_fused(&model, 1, params, err);
+}
+
 void sm_session_free(sm_session *s) {
     if (!s) return;
-    if (s->ctx) llama_free(s->ctx);
+    sm_pool_free(s->pool);
+    for (int32_t m = 0; m < SM_MAX_MODELS; m++) {
+        if (s->members[m].ctx) llama_free(s->members[m].ctx);
+        free(s->members[m].map_to0);
+        free(s->members[m].tokens);
+    }
     free(s->tokens);
     free(s->ring);
+    free(s->ring_unmapped);
     free(s->ring_pos);
     free(s->top_view);
+    free(s->fused);
+    free(s->text_buf);
+    free(s->align_buf);
     sm_sampler_work_free(&s->work);
     free(s);
 }
@@ -157,60 +319,166 @@ int32_t sm_session_n_ctx(const sm_session *s) { return s->n_ctx; }
 int64_t sm_session_n_decoded_total(const sm_session *s) { return s->n_decoded_total; }
 const sm_model *sm_session_model(const sm_session *s) { return s->model; }
 const float *sm_session_logits(const sm_session *s) { return s->logits; }
+int32_t sm_session_n_models(const sm_session *s) { return s->n_models; }
 
 const sm_token *sm_session_tokens(const sm_session *s, int32_t *n_tokens) {
     if (n_tokens) *n_tokens = s->n_tokens;
     return s->tokens;
 }
 
-int32_t sm_session_kv_pos(const sm_session *s) {
-    return (int32_t)llama_memory_seq_pos_max(s->mem, 0) + 1;
+int32_t sm_session_model_kv_pos(const sm_session *s, int32_t m) {
+    if (m < 0 || m >= s->n_models) return -1;
+    return (int32_t)llama_memory_seq_pos_max(s->members[m].mem, 0) + 1;
 }
+
+int32_t sm_session_kv_pos(const sm_session *s) { return sm_session_model_kv_pos(s, 0); }
 
 /* ------------------------------------------------------------------ */
 /* Decoding and the distribution ring                                  */
 /* ------------------------------------------------------------------ */
 
-static int reserve_tokens(sm_session *s, int32_t n) {
-    if (n <= s->cap_tokens) return 0;
-    int32_t cap = s->cap_tokens ? s->cap_tokens : 256;
-    while (cap < n) cap *= 2;
-    sm_token *t = realloc(s->tokens, sizeof *t * (size_t)cap);
+static int reserve(sm_token **buf, int32_t *cap, int32_t n) {
+    if (n <= *cap) return 0;
+    int32_t c = *cap ? *cap : 256;
+    while (c < n) c *= 2;
+    sm_token *t = realloc(*buf, sizeof *t * (size_t)c);
     if (!t) return -1;
-    s->tokens = t;
-    s->cap_tokens = cap;
+    *buf = t;
+    *cap = c;
     return 0;
 }
 
-/* Stores llama.cpp's last logits as the distribution at n_tokens. */
-static void capture_logits(sm_session *s) {
-    int32_t slot = s->n_tokens % s->ring_cap;
-    float *dst = s->ring + (size_t)slot * (size_t)s->n_vocab;
-    memcpy(dst, llama_get_logits_ith(s->ctx, -1), sizeof(float) * (size_t)s->n_vocab);
-    s->ring_pos[slot] = s->n_tokens;
-    s->logits = dst;
+static float *ring_slot(const sm_session *s, int32_t pos, int32_t m) {
+    size_t slot = (size_t)(pos % s->ring_cap) * (size_t)s->n_models + (size_t)m;
+    return s->ring + slot * (size_t)s->n_vocab;
 }
 
-/* Decodes tokens[n_tokens .. n_tokens+n) in batches and appends them. */
+/* Model m's distribution at the current end of the context. */
+const float *sm_session_model_logits(const sm_session *s, int32_t m) {
+    if (!s->logits || m < 0 || m >= s->n_models) return NULL;
+    return ring_slot(s, s->n_tokens, m);
+}
+
+static float ring_unmapped(const sm_session *s, int32_t pos, int32_t m) {
+    return s->ring_unmapped[(size_t)(pos % s->ring_cap) * (size_t)s->n_models + (size_t)m];
+}
+
+/* Stores every model's last logits as the distributions at n_tokens. */
+static void capture_logits(sm_session *s) {
+    for (int32_t m = 0; m < s->n_models; m++) {
+        member *mb = &s->members[m];
+        float *dst = ring_slot(s, s->n_tokens, m);
+        const float *src = llama_get_logits_ith(mb->ctx, -1);
+        float unmapped = 0.0f;
+        if (mb->aligned) unmapped = sm_map_distribution(src, mb->model->n_vocab, mb->map_to0, dst, s->n_vocab);
+        else memcpy(dst, src, sizeof(float) * (size_t)s->n_vocab);
+        s->ring_unmapped[(size_t)(s->n_tokens % s->ring_cap) * (size_t)s->n_models + (size_t)m] = unmapped;
+    }
+    s->ring_pos[s->n_tokens % s->ring_cap] = s->n_tokens;
+    s->logits = ring_slot(s, s->n_tokens, 0);
+}
+
+typedef struct decode_job {
+    sm_session *s;
+    const sm_token *tokens;
+    int32_t n;
+} decode_job;
+
+static void decode_member(void *arg, int32_t m) {
+    decode_job *job = arg;
+    member *mb = &job->s->members[m];
+    if (mb->aligned) return;
+    mb->rc = llama_decode(mb->ctx, llama_batch_get_one((sm_token *)job->tokens, job->n));
+}
+
+/*
+ * A model with another vocabulary catches up with the text: the context's
+ * text is tokenized with its tokenizer, its cache is cut back to the
+ * longest common prefix and the rest is decoded.
+ */
+static sm_status sync_aligned(sm_session *s, member *mb) {
+    size_t need = 64;
+    for (;;) {
+        if (need > s->text_cap) {
+            char *t = realloc(s->text_buf, need);
+            if (!t) return fail(s, SM_ERR_NO_MEMORY, "out of memory");
+            s->text_buf = t;
+            s->text_cap = need;
+        }
+        int32_t n = llama_detokenize(s->model->vocab, s->tokens, s->n_tokens, s->text_buf, (int32_t)s->text_cap - 1,
+                                     true, false);
+        if (n >= 0) {
+            s->text_buf[n] = '\0';
+            break;
+        }
+        need = (size_t)(-n) + 1;
+    }
+    int32_t n = sm_tokenize(mb->model, s->text_buf, NULL, 0, true, false);
+    n = n < 0 ? -n : n;
+    if (reserve(&s->align_buf, &s->align_cap, n + 1) != 0) return fail(s, SM_ERR_NO_MEMORY, "out of memory");
+    n = sm_tokenize(mb->model, s->text_buf, s->align_buf, n + 1, true, false);
+    if (n <= 0) return fail(s, SM_ERR_DECODE, "'%s' turned the text into no tokens", mb->model->path);
+    if (n > s->n_ctx) return fail(s, SM_ERR_PROMPT_TOO_LONG, "the text is %d tokens for '%s', more than the context %d", n, mb->model->path, s->n_ctx);
+    int32_t common = 0;
+    while (common < n && common < mb->n_tokens && mb->tokens[common] == s->align_buf[common]) common++;
+    if (common == n && common == mb->n_tokens) return SM_OK; /* its logits are current */
+    if (common == n) common--; /* decode the last token again for its distribution */
+    if (!llama_memory_seq_rm(mb->mem, 0, common, -1))
+        return fail(s, SM_ERR_STATE, "'%s' cannot remove part of its cache", mb->model->path);
+    mb->n_tokens = common;
+    if (reserve(&mb->tokens, &mb->cap_tokens, n) != 0) return fail(s, SM_ERR_NO_MEMORY, "out of memory");
+    for (int32_t at = common; at < n;) {
+        int32_t chunk = n - at < (int32_t)s->params.n_batch ? n - at : (int32_t)s->params.n_batch;
+        memcpy(mb->tokens + at, s->align_buf + at, sizeof(sm_token) * (size_t)chunk);
+        int32_t rc = llama_decode(mb->ctx, llama_batch_get_one(mb->tokens + at, chunk));
+        if (rc != 0) {
+            llama_memory_seq_rm(mb->mem, 0, at, -1);
+            return fail(s, SM_ERR_DECODE, "llama_decode failed (code %d) in '%s'", rc, mb->model->path);
+        }
+        at += chunk;
+        mb->n_tokens = at;
+    }
+    return SM_OK;
+}
+
+/* Decodes tokens in batches in every model and appends them. A failure in
+ * any model undoes the batch in all of them: none is left behind. */
 static sm_status decode_append(sm_session *s, const sm_token *toks, int32_t n) {
     if (n <= 0) return SM_OK;
     if (s->n_tokens + n > s->n_ctx)
         return fail(s, SM_ERR_PROMPT_TOO_LONG, "%d tokens do not fit: %d of %d context tokens are used", n,
                     s->n_tokens, s->n_ctx);
-    if (reserve_tokens(s, s->n_tokens + n) != 0) return fail(s, SM_ERR_NO_MEMORY, "out of memory");
+    if (reserve(&s->tokens, &s->cap_tokens, s->n_tokens + n) != 0) return fail(s, SM_ERR_NO_MEMORY, "out of memory");
     for (int32_t done = 0; done < n;) {
         int32_t chunk = n - done < (int32_t)s->params.n_batch ? n - done : (int32_t)s->params.n_batch;
         memcpy(s->tokens + s->n_tokens, toks + done, sizeof(sm_token) * (size_t)chunk);
-        int32_t rc = llama_decode(s->ctx, llama_batch_get_one(s->tokens + s->n_tokens, chunk));
-        if (rc != 0) {
-            /* Whatever part of the batch reached the cache must go again. */
-            llama_memory_seq_rm(s->mem, 0, s->n_tokens, -1);
+        decode_job job = {s, s->tokens + s->n_tokens, chunk};
+        sm_pool_run(s->pool, decode_member, &job, s->n_models);
+        for (int32_t m = 0; m < s->n_models; m++) {
+            if (s->members[m].rc == 0) continue;
+            int32_t rc = s->members[m].rc;
+            for (int32_t k = 0; k < s->n_models; k++) {
+                if (!s->members[k].aligned) llama_memory_seq_rm(s->members[k].mem, 0, s->n_tokens, -1);
+                s->members[k].rc = 0;
+            }
             s->logits = NULL;
-            return fail(s, SM_ERR_DECODE, "llama_decode failed (code %d) at position %d", rc, s->n_tokens);
+            return fail(s, SM_ERR_DECODE, "llama_decode failed (code %d) in '%s' at position %d", rc,
+                        s->members[m].model->path, s->n_tokens);
         }
         s->n_tokens += chunk;
         s->n_decoded_total += chunk;
         done += chunk;
+    }
+    for (int32_t m = 1; m < s->n_models; m++) {
+        if (!s->members[m].aligned) continue;
+        sm_status st = sync_aligned(s, &s->members[m]);
+        if (st != SM_OK) {
+            s->n_tokens -= n;
+            for (int32_t k = 0; k < s->n_models; k++)
+                if (!s->members[k].aligned) llama_memory_seq_rm(s->members[k].mem, 0, s->n_tokens, -1);
+            s->logits = NULL;
+            return st;
+        }
     }
     capture_logits(s);
     return SM_OK;
@@ -221,24 +489,30 @@ static void forget_ring_after(sm_session *s, int32_t pos) {
         if (s->ring_pos[i] > pos) s->ring_pos[i] = -1;
 }
 
+/* Cuts every same-vocabulary model's cache at n_keep. Models that follow
+ * the text catch up at the next decode. */
+static bool remove_from(sm_session *s, int32_t pos) {
+    for (int32_t m = 0; m < s->n_models; m++)
+        if (!s->members[m].aligned && !llama_memory_seq_rm(s->members[m].mem, 0, pos, -1)) return false;
+    return true;
+}
+
 sm_status sm_session_truncate(sm_session *s, int32_t n_keep) {
     if (n_keep < 0 || n_keep > s->n_tokens)
         return fail(s, SM_ERR_INVALID_ARGUMENT, "cannot keep %d tokens of %d", n_keep, s->n_tokens);
     if (n_keep == s->n_tokens) return SM_OK;
-    if (!llama_memory_seq_rm(s->mem, 0, n_keep, -1))
+    if (!remove_from(s, n_keep))
         return fail(s, SM_ERR_STATE, "this model's memory cannot remove a partial sequence (recurrent model?)");
     s->n_tokens = n_keep;
     forget_ring_after(s, n_keep);
-    int32_t slot = n_keep % s->ring_cap;
-    if (n_keep > 0 && s->ring_pos[slot] == n_keep) {
-        s->logits = s->ring + (size_t)slot * (size_t)s->n_vocab;
+    if (n_keep > 0 && s->ring_pos[n_keep % s->ring_cap] == n_keep) {
+        s->logits = ring_slot(s, n_keep, 0);
         return SM_OK;
     }
     s->logits = NULL;
     if (n_keep == 0) return SM_OK;
     /* The distribution here was never kept: decode the last token again. */
-    if (!llama_memory_seq_rm(s->mem, 0, n_keep - 1, -1))
-        return fail(s, SM_ERR_STATE, "cannot remove position %d from the cache", n_keep - 1);
+    if (!remove_from(s, n_keep - 1)) return fail(s, SM_ERR_STATE, "cannot remove position %d from the cache", n_keep - 1);
     s->n_tokens = n_keep - 1;
     sm_token last = s->tokens[n_keep - 1];
     return decode_append(s, &last, 1);
@@ -251,7 +525,10 @@ sm_status sm_session_rewind(sm_session *s, int32_t n) {
 }
 
 sm_status sm_session_clear(sm_session *s) {
-    llama_memory_clear(s->mem, true);
+    for (int32_t m = 0; m < s->n_models; m++) {
+        llama_memory_clear(s->members[m].mem, true);
+        s->members[m].n_tokens = 0;
+    }
     s->n_tokens = 0;
     s->logits = NULL;
     forget_ring_after(s, -1);
@@ -303,6 +580,10 @@ typedef struct generation {
     int32_t cap_rec;
     float *confidences;             /* p_chosen per generated position        */
     sm_token *gen_tokens;           /* token per generated position           */
+    sm_fusion_info *fusion;         /* agreement per generated position       */
+    const float *dist;              /* the distribution sampled at this step  */
+    sm_model_dist dists[SM_MAX_MODELS];
+    bool participating[SM_MAX_MODELS];
     sm_policy_state policy;
     uint64_t rng;
     sm_text text;
@@ -320,10 +601,12 @@ static int ensure_records(generation *g, int32_t n) {
     position_record *r = realloc(g->rec, sizeof *r * (size_t)cap);
     float *c = realloc(g->confidences, sizeof *c * (size_t)cap);
     sm_token *t = realloc(g->gen_tokens, sizeof *t * (size_t)cap);
+    sm_fusion_info *f = realloc(g->fusion, sizeof *f * (size_t)cap);
     if (r) g->rec = r;
     if (c) g->confidences = c;
     if (t) g->gen_tokens = t;
-    if (!r || !c || !t) return -1;
+    if (f) g->fusion = f;
+    if (!r || !c || !t || !f) return -1;
     memset(g->rec + g->cap_rec, 0, sizeof *r * (size_t)(cap - g->cap_rec));
     g->cap_rec = cap;
     return 0;
@@ -380,10 +663,25 @@ static int add_ban(position_record *r, sm_token t) {
     return 0;
 }
 
+/* The distribution generated token i is sampled from: the model's own, or
+ * the fusion of every model's at this position. */
+static void prepare_distribution(generation *g, int32_t i) {
+    sm_session *s = g->s;
+    if (s->n_models == 1) {
+        g->dist = s->logits;
+        return;
+    }
+    for (int32_t m = 0; m < s->n_models; m++)
+        sm_model_dist_summarize(ring_slot(s, s->n_tokens, m), s->n_vocab, &g->dists[m]);
+    sm_fuse(&g->gp->fusion, g->dists, s->n_models, s->n_vocab, i, s->fused, g->participating);
+    g->dist = s->fused;
+}
+
 /* Samples the candidate at generated position i from the current
  * distribution, recording what a rewind to i must restore. */
 static sm_token sample_candidate(generation *g, int32_t i) {
     sm_session *s = g->s;
+    prepare_distribution(g, i);
     position_record *r = &g->rec[i];
     r->temperature = g->policy.temperature;
     r->repeat_penalty = g->policy.repeat_penalty;
@@ -393,7 +691,7 @@ static sm_token sample_candidate(generation *g, int32_t i) {
     int32_t last_n = g->gp->sampling.repeat_last_n;
     int32_t n_recent = s->n_tokens < last_n ? s->n_tokens : last_n;
     sm_sample_input in = {
-        .logits = s->logits,
+        .logits = g->dist,
         .n_vocab = s->n_vocab,
         .recent = s->tokens + s->n_tokens - n_recent,
         .n_recent = n_recent,
@@ -409,7 +707,7 @@ static sm_token sample_candidate(generation *g, int32_t i) {
     sm_token t = sm_sample(&in, &g->rng, &s->work, &p_sampled);
     if (t < 0) return t;
     sm_dist_stats stats;
-    sm_signals_compute(s->logits, s->n_vocab, t, &r->signals, &stats);
+    sm_signals_compute(g->dist, s->n_vocab, t, &r->signals, &stats);
     r->signals.p_sampled = p_sampled;
     r->log_z = stats.log_z;
     r->token = t;
@@ -427,13 +725,13 @@ static int32_t ask_operators(generation *g, int32_t i, const char *piece, sm_ope
     sm_session *s = g->s;
     position_record *r = &g->rec[i];
     sm_dist_stats stats = {.log_z = r->log_z};
-    int32_t n_top = sm_top_candidates(s->logits, s->n_vocab, &stats, gp->top_n_view, s->top_view);
+    int32_t n_top = sm_top_candidates(g->dist, s->n_vocab, &stats, gp->top_n_view, s->top_view);
     sm_token_view view = {
         .position = i,
         .token = r->token,
         .prob = r->signals.p_chosen,
         .logit = r->signals.logit,
-        .logits = s->logits,
+        .logits = g->dist,
         .n_vocab = s->n_vocab,
         .top = s->top_view,
         .n_top = n_top,
@@ -586,6 +884,12 @@ static sm_status commit(generation *g, int32_t i, const char *piece, int32_t pie
     sm_session *s = g->s;
     sm_token t = g->rec[i].token;
     size_t text_before = g->text.len;
+    const sm_fusion_info *fusion = NULL;
+    if (s->n_models > 1) {
+        sm_fusion_agreement(g->dists, s->n_models, s->n_vocab, t, g->participating, &g->fusion[i]);
+        for (int32_t m = 0; m < s->n_models; m++) g->fusion[i].unmapped_mass[m] = ring_unmapped(s, s->n_tokens, m);
+        fusion = &g->fusion[i];
+    }
     if (sm_text_push(&g->text, piece, (size_t)piece_len) != 0) return fail(s, SM_ERR_NO_MEMORY, "out of memory");
     sm_status st = decode_append(s, &t, 1);
     if (st != SM_OK) {
@@ -598,6 +902,7 @@ static sm_status commit(generation *g, int32_t i, const char *piece, int32_t pie
     e.piece = piece;
     e.signals = g->rec[i].signals;
     e.confidence = g->rec[i].signals.p_chosen;
+    e.fusion = fusion;
     emit(g, &e);
     if (g->gp->n_stop_strings > 0 &&
         sm_text_find_stop(&g->text, text_before, g->gp->stop_strings, g->gp->n_stop_strings) >= 0)
@@ -640,6 +945,7 @@ static void generation_free(generation *g) {
     free(g->rec);
     free(g->confidences);
     free(g->gen_tokens);
+    free(g->fusion);
     sm_text_free(&g->text);
 }
 
@@ -653,6 +959,12 @@ static sm_status finish_result(generation *g) {
     r->tokens = malloc(sizeof(sm_token) * (size_t)(n > 0 ? n : 1));
     if (!r->tokens) return fail(g->s, SM_ERR_NO_MEMORY, "out of memory");
     memcpy(r->tokens, g->s->tokens + g->start, sizeof(sm_token) * (size_t)n);
+    r->n_models = g->s->n_models;
+    if (g->s->n_models > 1) {
+        r->fusion = malloc(sizeof *r->fusion * (size_t)(n > 0 ? n : 1));
+        if (!r->fusion) return fail(g->s, SM_ERR_NO_MEMORY, "out of memory");
+        if (n > 0) memcpy(r->fusion, g->fusion, sizeof *r->fusion * (size_t)n);
+    }
     double sum = 0.0;
     for (int32_t i = 0; i < n; i++) sum += g->confidences[i];
     r->avg_confidence = n > 0 ? (float)(sum / n) : 0.0f;
@@ -684,6 +996,8 @@ sm_status sm_session_generate(sm_session *s, const char *prompt, const sm_gen_pa
     memset(res, 0, sizeof *res);
     char msg[256];
     if (sm_gen_params_validate(gp, msg, sizeof msg) != SM_OK) return fail(s, SM_ERR_INVALID_ARGUMENT, "%s", msg);
+    if (s->n_models > 1 && sm_fusion_params_validate(&gp->fusion, s->n_models, msg, sizeof msg) != SM_OK)
+        return fail(s, SM_ERR_INVALID_ARGUMENT, "%s", msg);
 
     double t0 = now_ms();
     if (prompt && *prompt) {
@@ -744,6 +1058,7 @@ void sm_result_free(sm_result *r) {
     if (!r) return;
     free(r->text);
     free(r->tokens);
+    free(r->fusion);
     for (int32_t i = 0; i < r->n_events; i++) {
         free((char *)r->events[i].description);
         free((char *)r->events[i].source);

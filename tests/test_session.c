@@ -22,7 +22,7 @@ typedef struct fixture {
 static sm_session *new_session(sm_model *m, uint32_t n_ctx) {
     sm_session_params sp = sm_session_default_params();
     sp.n_ctx = n_ctx;
-    sp.n_threads = 2;
+    sp.n_threads = 1;
     sm_error err = {0};
     sm_session *s = sm_session_new(m, &sp, &err);
     if (!s) fail_msg("session: %s", err.message);
