@@ -125,10 +125,10 @@ typedef struct sm_signals {
 
 /*
  * The sampling chain, in order: bans -> repeat penalty (last n kept tokens)
- * -> top-k -> top-p -> min-p (both on the penalised logits at T = 1)
- * -> temperature -> draw. Temperature 0 is greedy (argmax after penalties
- * and bans). The penalty history is the kept token list itself, so a
- * rewind rewinds it by construction.
+ * -> DRY (when dry_multiplier > 0) -> top-k -> top-p -> min-p (both on the
+ * penalised logits at T = 1) -> temperature -> draw. Temperature 0 is greedy
+ * (argmax after penalties and bans). The penalty history is the kept token
+ * list itself, so a rewind rewinds it by construction.
  */
 typedef struct sm_sampling_params {
     float temperature;     /* 0.7; 0 = greedy                               */
@@ -138,6 +138,13 @@ typedef struct sm_sampling_params {
     float repeat_penalty;  /* 1.1; 1 = off                                  */
     int32_t repeat_last_n; /* 64 tokens; 0 = off                             */
     uint64_t seed;         /* same seed, same run                            */
+    /* llama.cpp's DRY ("don't repeat yourself") penalty: a token that would
+     * extend a repeat of length L >= allowed_length loses
+     * multiplier * base^(L - allowed_length) from its logit. */
+    float dry_multiplier;      /* 0 = off (the default); 0.8 is typical    */
+    float dry_base;            /* 1.75; >= 1                                */
+    int32_t dry_allowed_length;/* 2; >= 1                                   */
+    int32_t dry_penalty_last_n;/* -1 = the whole context; 0 = off           */
 } sm_sampling_params;
 
 /* ------------------------------------------------------------------ */
@@ -174,6 +181,22 @@ typedef struct sm_policy_params {
     float exploration_prob;      /* 0.05                                     */
     int32_t repetition_window;   /* 10                                       */
     int32_t repetition_min_distinct; /* 5                                    */
+    /* Entropy steering (docs/INTROSPECTION.md), independent of `enabled`:
+     * applied before each token is sampled, from the entropy H and
+     * varentropy V of its raw distribution, to that token only (the
+     * temperature adapted above is left as it is):
+     *   0 off (the default);
+     *   1 the seed rule: H > entropy_high -> T * entropy_factor;
+     *   2 entropix: H < entropy_low and V < varentropy_low -> argmax;
+     *     H > entropy_high -> T * entropy_raise (at most 1.5), unless a
+     *     lookahead branches there instead.
+     * Each application is a MODIFICATION event (SM_MOD_ENTROPY_STEER). */
+    int32_t entropy_mode;
+    float entropy_high;          /* 3.0 nats                                 */
+    float entropy_low;           /* 0.5 nats                                 */
+    float varentropy_low;        /* 1.0                                      */
+    float entropy_factor;        /* 0.5                                      */
+    float entropy_raise;         /* 1.3                                      */
 } sm_policy_params;
 
 /* ------------------------------------------------------------------ */
@@ -242,6 +265,110 @@ typedef struct sm_fusion_info {
 } sm_fusion_info;
 
 /* ------------------------------------------------------------------ */
+/* Introspection and intervention (docs/INTROSPECTION.md)              */
+/* ------------------------------------------------------------------ */
+
+/* One observed layer's residual output (llama.cpp's l_out-N) at one token. */
+typedef struct sm_layer_stats {
+    int32_t layer;      /* model layer, 0-based                             */
+    float norm;         /* L2 norm                                          */
+    float mean;         /* mean of the n_embd components                    */
+    float max_abs;      /* largest |x|                                      */
+} sm_layer_stats;
+
+/* What llama.cpp's eval callback showed while one token was decoded. It
+ * describes that token's own position: decoding token t gives t's stats. */
+typedef struct sm_introspection {
+    int32_t n_layers;
+    const sm_layer_stats *layers;   /* n_layers, ascending layer order       */
+    /* attn_entropy[l * n_heads + h]: entropy (nats) of head h's attention
+     * weights over the context, for the token's query, in observed layer l.
+     * n_heads = 0 and NULL unless the session observes attention. */
+    int32_t n_heads;
+    const float *attn_entropy;
+    /* hidden[l * n_embd + j]: the residual output itself; NULL unless the
+     * session keeps hidden states. */
+    int32_t n_embd;
+    const float *hidden;
+} sm_introspection;
+
+/* Lookahead: at an uncertain position the top-k candidates are branched as
+ * parallel sequences, each continued greedily for `depth` tokens in one
+ * batched decode per step; the best-scoring branch is committed. */
+#define SM_MAX_BRANCHES 16
+
+typedef enum sm_lookahead_score {
+    SM_LOOKAHEAD_MEAN_LOGPROB = 0, /* mean ln p of the branch's tokens     */
+    SM_LOOKAHEAD_MARGIN,           /* CoT-decoding: mean p_top1 - p_top2 of
+                                      the distributions along the branch   */
+} sm_lookahead_score;
+
+typedef struct sm_lookahead_params {
+    int32_t k;          /* candidates branched; 0 = off (default), else 2 to
+                           the session's max_branches                       */
+    int32_t depth;      /* tokens per branch, its candidate included (4)    */
+    float entropy;      /* branch where the entropy (nats) exceeds this (2.5) */
+    sm_lookahead_score score;
+} sm_lookahead_params;
+
+/* One branching, on its MODIFICATION event (SM_MOD_LOOKAHEAD). */
+typedef struct sm_lookahead_info {
+    int32_t n_branches;
+    int32_t depth;
+    int32_t chosen;                   /* the committed branch               */
+    float entropy;                    /* of the distribution branched       */
+    sm_token first[SM_MAX_BRANCHES];  /* each branch's first token          */
+    float score[SM_MAX_BRANCHES];
+} sm_lookahead_info;
+
+/* Activation-based safety: checked right after each token is decoded. A
+ * rule that fires removes the token again (no other token is re-decoded)
+ * and either bans it at that position and samples again, or stops. */
+typedef enum sm_safety_metric {
+    SM_SAFETY_MAX_ABS = 0,  /* the layer's max |x| > threshold                */
+    SM_SAFETY_NORM,         /* its L2 norm > threshold                        */
+    SM_SAFETY_NORM_ZSCORE,  /* (norm - mean) / std of the norms of the earlier
+                               kept tokens of this generation > threshold (at
+                               least 8 earlier tokens, std > 0)               */
+} sm_safety_metric;
+
+typedef enum sm_safety_action {
+    SM_SAFETY_RESAMPLE = 0, /* ban it there and sample again (bounded), then stop */
+    SM_SAFETY_STOP,         /* stop at once (SM_STOP_SAFETY)                  */
+} sm_safety_action;
+
+typedef struct sm_safety_rule {
+    int32_t layer;          /* negative counts from the end; must be observed */
+    sm_safety_metric metric;
+    float threshold;
+    sm_safety_action action;
+} sm_safety_rule;
+
+const char *sm_safety_metric_name(sm_safety_metric metric);
+/* Parses "layer=L,METRIC>T[,action=resample|stop]" with METRIC one of
+ * max_abs, norm, norm_z; e.g. "layer=-1,max_abs>8". */
+sm_status sm_safety_rule_parse(const char *spec, sm_safety_rule *rule, char *msg, size_t msg_size);
+
+/* Mid-generation tools: when the output completes a marker (by default
+ * "[INTROSPECT: ...]"), generation pauses, the tool is called, and its text
+ * is appended to the context (and the output) as injected tokens. */
+typedef struct sm_tool_context {
+    const char *args;       /* the text between the marker's ends, trimmed   */
+    int32_t token_index;    /* generated tokens so far                       */
+    /* the last generated token's stats; NULL when the session observes no
+     * layers */
+    const sm_introspection *introspection;
+    const char *text;       /* the output so far, the marker included        */
+    size_t text_len;
+} sm_tool_context;
+
+/* Returns the text to inject (malloc'd; the library frees it) or NULL for
+ * nothing. */
+typedef char *(*sm_tool_fn)(const sm_tool_context *ctx, void *user_data);
+/* The built-in tool: the last token's activation statistics as text. */
+char *sm_tool_introspect(const sm_tool_context *ctx, void *user_data);
+
+/* ------------------------------------------------------------------ */
 /* Events                                                              */
 /* ------------------------------------------------------------------ */
 
@@ -262,6 +389,11 @@ typedef enum sm_mod_type {
     SM_MOD_EXPLORATION_BURST,
     SM_MOD_RETRACT,
     SM_MOD_BACKTRACK,
+    SM_MOD_ENTROPY_STEER,   /* the temperature of one token, from its entropy */
+    SM_MOD_LOOKAHEAD,       /* a branching (event.lookahead)                  */
+    SM_MOD_SAFETY,          /* a safety rule removed a decoded token          */
+    SM_MOD_TOOL,            /* a tool's text was injected (event.piece)       */
+    SM_MOD_INJECT,          /* a chunk of inject_text was injected (piece)    */
 } sm_mod_type;
 
 const char *sm_mod_type_name(sm_mod_type type);
@@ -275,6 +407,7 @@ typedef enum sm_stop_reason {
     SM_STOP_BACKTRACK_LIMIT,/* operators exhausted max_backtracks            */
     SM_STOP_CANCELLED,      /* the event callback asked to stop              */
     SM_STOP_ERROR,
+    SM_STOP_SAFETY,         /* a safety rule stopped generation              */
 } sm_stop_reason;
 
 const char *sm_stop_reason_name(sm_stop_reason reason);
@@ -294,6 +427,16 @@ typedef struct sm_event {
     const char *piece;          /* the token's text                          */
     sm_signals signals;
     const sm_fusion_info *fusion; /* NULL with one model                     */
+    /* TOKEN events of a session that observes layers: the token's stats,
+     * valid only during the callback; else NULL. */
+    const sm_introspection *introspection;
+    /* SM_MOD_LOOKAHEAD events: the branches and their scores; else NULL. */
+    const sm_lookahead_info *lookahead;
+    /* With sm_gen_params.n_probs > 0: the n_top most probable tokens of the
+     * distribution the token was sampled from, descending; valid only
+     * during the callback. */
+    const struct sm_candidate *top;
+    int32_t n_top;
     /* DONE events */
     sm_stop_reason stop_reason;
 } sm_event;
@@ -382,7 +525,24 @@ typedef struct sm_gen_params {
     int32_t max_backtracks;         /* per generation (64); then stop         */
     int32_t max_backtracks_per_position; /* (4); then the token is kept     */
     int32_t top_n_view;             /* candidates shown to operators (10)    */
+    int32_t n_probs;                /* TOKEN events carry the top n (0; <= 1000) */
     sm_fusion_params fusion;        /* used when the session has several models */
+    /* Introspection and intervention (docs/INTROSPECTION.md). */
+    const sm_safety_rule *safety_rules; /* not owned; layers must be observed */
+    int32_t n_safety_rules;
+    int32_t safety_max_retries;     /* resamples per position (3), then stop */
+    sm_lookahead_params lookahead;  /* needs a one-model session with max_branches */
+    bool tools;                     /* act on tool markers in the output     */
+    const char *tool_marker;        /* opening string; NULL = "[INTROSPECT:" */
+    const char *tool_marker_end;    /* closing string; NULL = "]"            */
+    sm_tool_fn tool;                /* NULL = sm_tool_introspect             */
+    void *tool_user_data;
+    /* Gradual injection: inject_text is cut into sentences (each ends after
+     * '.', '!' or '?' followed by white space, or at a newline) and the next
+     * one is appended to the context after every inject_every generated
+     * tokens. NULL or 0 = off. */
+    const char *inject_text;
+    int32_t inject_every;
     sm_event_fn on_event;           /* may be NULL                           */
     void *user_data;
 } sm_gen_params;
@@ -415,6 +575,11 @@ typedef struct sm_result {
     /* With several models: one entry per kept token, else NULL. */
     sm_fusion_info *fusion;
     int32_t n_models;
+    /* Introspection and intervention */
+    int32_t n_safety_triggers;  /* tokens a safety rule removed               */
+    int32_t n_lookaheads;       /* branchings                                 */
+    int32_t n_tool_calls;
+    int32_t n_injected_tokens;  /* in the context and the text, not in tokens */
 } sm_result;
 
 void sm_result_free(sm_result *result);
@@ -426,7 +591,7 @@ void sm_result_free(sm_result *result);
 typedef struct sm_session sm_session;
 
 typedef struct sm_session_params {
-    uint32_t n_ctx;        /* 2048; 0 = the model's training context       */
+    uint32_t n_ctx;        /* 2048, at most the model's training context (0 = that) */
     uint32_t n_batch;      /* prompt batch size (512)                       */
     int32_t n_threads;     /* 0 = number of online cores                    */
     /* How many generated positions keep their distribution so that a
@@ -435,6 +600,19 @@ typedef struct sm_session_params {
     /* Several models whose vocabularies differ: map each model's tokens
      * onto model 0's by token text (each such model follows the text). */
     bool fusion_align;
+    /* Introspection (model 0 only): the layers whose residual output is
+     * observed at every decoded token through llama.cpp's eval callback
+     * (negative = from the end, -1 the last; copied). None and not all
+     * layers: no callback at all. */
+    const int32_t *introspect_layers;
+    int32_t n_introspect_layers;
+    bool introspect_all_layers;
+    bool introspect_attention;  /* per-head attention entropy; turns flash
+                                   attention off                            */
+    bool introspect_hidden;     /* also the layers' whole outputs            */
+    /* Lookahead: parallel sequences the contexts make room for (0 = none;
+     * at most SM_MAX_BRANCHES; one-model sessions only). */
+    int32_t max_branches;
 } sm_session_params;
 
 sm_session_params sm_session_default_params(void);
@@ -552,6 +730,298 @@ sm_status sm_memlog_append(sm_memlog *log, const char *model_path, const char *p
                            const sm_gen_params *params, const sm_result *result,
                            sm_error *err);
 void sm_memlog_close(sm_memlog *log);
+
+/* ------------------------------------------------------------------ */
+/* Evaluation metrics and judge scoring                                */
+/* ------------------------------------------------------------------ */
+
+/*
+ * Repetition and diversity of generated token sequences (docs/EVAL.md has
+ * the formulas and their sources). With o ranging over the outputs,
+ * U_n(o) the number of distinct n-grams within o and T_n(o) the number of
+ * its n-grams, max(0, len(o) - n + 1):
+ *   rep-n       1 - sum_o U_n(o) / sum_o T_n(o): repetition inside each
+ *               output, pooled over the outputs (n = 2, 3, 4);
+ *   diversity   (1 - rep-2)(1 - rep-3)(1 - rep-4);
+ *   seq-rep-4   mean over the outputs with T_4(o) > 0 of 1 - U_4(o)/T_4(o);
+ *   distinct-n  distinct n-grams of all outputs together / sum_o T_n(o).
+ * A metric with nothing to count (every output shorter than n) is NaN.
+ */
+
+/* The n-grams (n >= 1) of one sequence: returns how many there are and
+ * writes how many of them are distinct to *n_unique (may be NULL).
+ * Returns -1 for invalid arguments or when out of memory. */
+int32_t sm_ngram_count(const sm_token *tokens, int32_t n_tokens, int32_t n, int32_t *n_unique);
+
+typedef struct sm_text_metrics {
+    int32_t n_outputs;
+    int64_t n_tokens;         /* over all outputs                          */
+    double rep[5];            /* rep[2], rep[3], rep[4]; [0], [1] are NaN  */
+    double diversity;
+    double seq_rep_4;
+    double distinct[3];       /* distinct[1], distinct[2]; [0] is NaN      */
+    double mean_length;       /* tokens per output; NaN with no outputs    */
+} sm_text_metrics;
+
+/* The metrics above over n_outputs token sequences. */
+sm_status sm_text_metrics_compute(const sm_token *const *outputs, const int32_t *n_tokens, int32_t n_outputs,
+                                  sm_text_metrics *out);
+
+/* Reference answers. Both texts are first normalised: ASCII letters to
+ * lower case, runs of white space to one space, trimmed, and trailing
+ * sentence punctuation (. ! ?) removed. exact: the normalised texts are
+ * equal; contains: the normalised reference occurs in the normalised
+ * output as whole words ("blue" in "the blue sky", not in "bluebird").
+ * An empty reference never matches. */
+bool sm_reference_exact_match(const char *output, const char *reference);
+bool sm_reference_contains_match(const char *output, const char *reference);
+
+/*
+ * A judge scores text that other models generated: the log-likelihood of
+ * each continuation token given everything before it, from ONE batched
+ * llama_decode with logits at every continuation position, in its own
+ * llama context. It reads the generator's token ids, so both must share a
+ * vocabulary.
+ */
+typedef struct sm_judge sm_judge;
+
+typedef struct sm_judge_params {
+    uint32_t n_ctx;        /* 0 = the judge's training context (the default) */
+    int32_t n_threads;     /* 0 = number of online cores                   */
+} sm_judge_params;
+
+sm_judge_params sm_judge_default_params(void);
+
+/* generator: the model whose tokens will be scored, or NULL to skip the
+ * check; a vocabulary that differs fails with SM_ERR_VOCAB_MISMATCH naming
+ * the first difference. */
+sm_judge *sm_judge_new(sm_model *judge, const sm_model *generator, const sm_judge_params *params, sm_error *err);
+void sm_judge_free(sm_judge *judge);
+int32_t sm_judge_n_ctx(const sm_judge *judge);
+const char *sm_judge_last_error(const sm_judge *judge);
+
+typedef struct sm_judge_score {
+    double sum_logprob;    /* sum_j ln p(c_j | context, c_0 .. c_j-1)      */
+    int32_t n_scored;      /* continuation tokens scored                   */
+    double mean_nll;       /* -sum_logprob / n_scored; NaN when none       */
+} sm_judge_score;
+
+/* Scores `continuation` given `context` (at least one token, usually the
+ * prompt with its BOS). Both together must fit the judge's context:
+ * n_context + n_continuation - 1 <= sm_judge_n_ctx, else
+ * SM_ERR_PROMPT_TOO_LONG. logprobs, when not NULL, receives one natural-log
+ * probability per continuation token. */
+sm_status sm_judge_score_tokens(sm_judge *judge, const sm_token *context, int32_t n_context,
+                                const sm_token *continuation, int32_t n_continuation, float *logprobs,
+                                sm_judge_score *out);
+
+/* ------------------------------------------------------------------ */
+/* Tree exploration (the LLooM)                                        */
+/* ------------------------------------------------------------------ */
+
+/*
+ * Expands a tree of continuations of a prefix, breadth-first, as the LLooM
+ * does. From every live beam (a partial continuation) the most probable
+ * next tokens are taken in order: the first always; each further one only
+ * while its probability is >= the cutoff (and > 0), the beam has fewer than
+ * split_limit children and the tree stays within beam_limit leaves. The
+ * token chosen after d tokens meets the cutoff  cutoff * multiplier^d.
+ * A beam ends (becomes a suggestion) at max_depth tokens, at a token whose
+ * text holds an auto-stop character (stop characters that open a
+ * suggestion do not count: it goes on until it has some other text), at an
+ * end-of-generation token, or when the finished and live beams together
+ * reach beam_limit: then every live beam ends as it is.
+ *
+ * Score = sum of log-probabilities of a beam's tokens (score_sum_probs:
+ * the LLooM's sum of probabilities). Several models mix democratically:
+ * each token's probability is the mean of the models' probabilities.
+ *
+ * All live beams of a level are decoded in ONE llama_decode call per model:
+ * each beam is a sequence of the same context, branched from its parent
+ * with llama_memory_seq_cp (the shared prefix is never decoded again) and
+ * removed with llama_memory_seq_rm when it ends. batched = false decodes
+ * beam by beam instead (one call per beam per level), for comparison.
+ */
+typedef struct sm_tree sm_tree;
+
+typedef struct sm_tree_params {
+    int32_t max_depth;     /* 12: tokens in the longest suggestion             */
+    int32_t beam_limit;    /* 25: the most suggestions (finished + live beams) */
+    float cutoff;          /* 0.2: least probability to split, in [0, 1]       */
+    float multiplier;      /* 1.0: the cutoff after d tokens is cutoff * m^d   */
+    int32_t split_limit;   /* 3: most children of a beam; 0 = only beam_limit  */
+    const char *stop_chars;/* ".,": ASCII auto-stop characters; NULL/"" = off  */
+    bool score_sum_probs;  /* false: sum of ln p; true: the LLooM's sum of p   */
+    bool batched;          /* true: one llama_decode per level and model       */
+} sm_tree_params;
+
+sm_tree_params sm_tree_default_params(void);
+/* Checks every field; on failure writes a message naming the field. */
+sm_status sm_tree_params_validate(const sm_tree_params *params, char *msg, size_t msg_size);
+
+/* Why a node is a leaf. */
+typedef enum sm_tree_end {
+    SM_TREE_END_NONE = 0,     /* an inner node: it has children            */
+    SM_TREE_END_MAX_DEPTH,    /* max_depth tokens                           */
+    SM_TREE_END_STOP_CHAR,    /* its token holds an auto-stop character     */
+    SM_TREE_END_EOG,          /* an end-of-generation token                 */
+    SM_TREE_END_BEAM_LIMIT,   /* the tree reached beam_limit leaves         */
+} sm_tree_end;
+
+const char *sm_tree_end_name(sm_tree_end end);
+
+/* One token of the tree. Nodes come in creation order (breadth-first, so
+ * a parent always precedes its children); the prefix itself is no node. */
+typedef struct sm_tree_node {
+    int32_t parent;        /* index in nodes, -1 for the first token        */
+    sm_token token;
+    char *piece;           /* the token's text                              */
+    float prob;            /* its (mixed) probability after its parent      */
+    double score;          /* of the beam that ends here                    */
+    int32_t depth;         /* 1 for the first token                         */
+    sm_tree_end end;       /* SM_TREE_END_NONE unless it is a leaf          */
+} sm_tree_node;
+
+typedef struct sm_suggestion {
+    char *text;            /* its tokens' pieces joined (a SentencePiece
+                            * model's usually begins with a space)          */
+    sm_token *tokens;
+    float *probs;          /* per token                                     */
+    int32_t n_tokens;
+    double score;
+    int32_t node;          /* the leaf it ends at, an index in nodes         */
+    sm_tree_end end;
+} sm_suggestion;
+
+typedef struct sm_tree_result {
+    sm_suggestion *suggestions;  /* by score, best first; unique texts       */
+    int32_t n_suggestions;       /* <= beam_limit                            */
+    sm_tree_node *nodes;
+    int32_t n_nodes;
+    int32_t n_prefix_tokens;
+    int32_t n_prefix_reused;     /* prefix tokens kept from the last call    */
+    int32_t n_levels;            /* levels decoded after the prefix          */
+    int32_t max_live_beams;      /* the most beams decoded in one level      */
+    int32_t n_decode_calls;      /* llama_decode calls after the prefix, all models */
+    int64_t n_tokens_decoded;    /* tokens they decoded, all models          */
+    double elapsed_ms;           /* the whole expansion, prefix included     */
+} sm_tree_result;
+
+/*
+ * One llama context per model, each with max_beam_limit + 1 sequences
+ * (one keeps the prefix, which later calls reuse as far as it is
+ * unchanged) in one unified KV cache, so that a branch shares its
+ * parent's cells instead of copying them. At most max_beam_limit beams
+ * are ever alive, so expand accepts any beam_limit up to it (<= 255).
+ * The cells hold the prefix plus every decoded node that a live beam still
+ * needs; a tree that outgrows them fails with SM_ERR_CONTEXT.
+ * n_ctx = 0: the first model's training context; n_threads = 0: the
+ * online cores (shared among the models). Several models must share one
+ * vocabulary (SM_ERR_VOCAB_MISMATCH otherwise). The models must outlive
+ * the tree; a tree serves one call at a time.
+ */
+sm_tree *sm_tree_new(sm_model *const *models, int32_t n_models, uint32_t n_ctx, int32_t n_threads,
+                     int32_t max_beam_limit, sm_error *err);
+void sm_tree_free(sm_tree *tree);
+
+/* Tokenizes the prefix as plain text (with the model's BOS when it wants
+ * one) and expands. The prefix plus max_depth tokens must fit the context
+ * (SM_ERR_PROMPT_TOO_LONG). Free the result with sm_tree_result_free. */
+sm_status sm_tree_expand(sm_tree *tree, const char *prefix, const sm_tree_params *params,
+                         sm_tree_result *out);
+void sm_tree_result_free(sm_tree_result *result);
+/* What went wrong in the last failed call on this tree, "" if nothing. */
+const char *sm_tree_last_error(const sm_tree *tree);
+uint32_t sm_tree_n_ctx(const sm_tree *tree);
+
+/* ------------------------------------------------------------------ */
+/* Introspection: sessions, control vectors, steering, files           */
+/* ------------------------------------------------------------------ */
+
+/* True when the session observes layers (its eval callback is set). */
+bool sm_session_introspecting(const sm_session *session);
+/* The stats of the last token decoded into the context; NULL when the
+ * session observes nothing or nothing was decoded. */
+const sm_introspection *sm_session_introspection(const sm_session *session);
+
+/*
+ * A control vector in llama.cpp's layout: data[(il - 1) * n_embd + j] is
+ * added to layer il's output (il >= 1: llama.cpp never steers layer 0);
+ * n_layers directions, so n_embd * n_layers floats.
+ */
+typedef struct sm_control_vector {
+    float *data;
+    int32_t n_embd;
+    int32_t n_layers;
+} sm_control_vector;
+
+/* Loads and sums llama.cpp control-vector GGUF files ("FILE" or
+ * "FILE:SCALE", tensors direction.<layer>, F32), as llama.cpp does. */
+sm_status sm_control_vector_load(const char *const *specs, int32_t n_specs, sm_control_vector *out,
+                                 sm_error *err);
+/* Writes the non-zero layers as direction.<layer> tensors with
+ * general.architecture "controlvector", controlvector.model_hint and
+ * controlvector.layer_count. */
+sm_status sm_control_vector_save(const sm_control_vector *cv, const char *path, const char *model_hint,
+                                 sm_error *err);
+void sm_control_vector_free(sm_control_vector *cv);
+
+/* Applies a control vector to every model of the session for the tokens
+ * decoded from now on, layers il_start..il_end (inclusive; -1 -1 = all it
+ * holds). data NULL removes it. len counts floats. */
+sm_status sm_session_set_control_vector(sm_session *session, const float *data, int32_t len, int32_t n_embd,
+                                        int32_t il_start, int32_t il_end);
+
+/* Steering vectors from contrasting prompts: each prompt is decoded alone,
+ * the chosen layers' outputs are averaged over its tokens (a leading BOS
+ * left out), and the direction of layer il is mean(positive) -
+ * mean(negative). */
+typedef struct sm_steer_params {
+    const char *const *positive;
+    int32_t n_positive;
+    const char *const *negative;
+    int32_t n_negative;
+    const int32_t *layers;      /* NULL: 1 .. n_layer-1; negative from the end */
+    int32_t n_layers;
+    int32_t n_threads;          /* 0 = online cores                          */
+    uint32_t n_ctx;             /* 0 = the model's training context (max 4096) */
+} sm_steer_params;
+
+sm_steer_params sm_steer_default_params(void);
+sm_status sm_steer_compute(sm_model *model, const sm_steer_params *params, sm_control_vector *out,
+                           sm_error *err);
+
+/*
+ * Hidden states to a NumPy .npy file (format 1.0, little-endian float32,
+ * shape (n_tokens, n_layers, n_embd)), fed from a session's events: each
+ * TOKEN event appends its introspection->hidden row, each RETRACTION or
+ * BACKTRACK cuts the rows back to the kept tokens; several generations
+ * append. The header is rewritten with the final shape on close.
+ */
+typedef struct sm_hidden_writer sm_hidden_writer;
+sm_hidden_writer *sm_hidden_writer_open(const char *path, sm_error *err);
+/* Returns false after a write error (see sm_hidden_writer_close). */
+bool sm_hidden_writer_on_event(sm_hidden_writer *writer, const sm_event *event);
+int64_t sm_hidden_writer_rows(const sm_hidden_writer *writer);
+sm_status sm_hidden_writer_close(sm_hidden_writer *writer, sm_error *err);
+
+/*
+ * Prompt cache. save_prefix writes model 0's KV cache of the whole context
+ * with its tokens (llama_state_seq_save_file). load_prefix feeds `tokens`
+ * into an EMPTY one-model session, taking from the file the longest part
+ * that is a prefix of them (the last token is always decoded, for its
+ * distribution); a file that does not fit is ignored and info->reason says
+ * why. Either way the session ends up holding `tokens`.
+ */
+sm_status sm_session_save_prefix(sm_session *session, const char *path);
+typedef struct sm_prefix_info {
+    int32_t n_file_tokens;   /* tokens in the file (0: none read)           */
+    int32_t n_reused;        /* tokens taken from it                        */
+    int32_t n_decoded;       /* tokens decoded afresh                       */
+    char reason[256];        /* why the file was not used, "" when it was   */
+} sm_prefix_info;
+sm_status sm_session_load_prefix(sm_session *session, const char *path, const sm_token *tokens,
+                                 int32_t n_tokens, sm_prefix_info *info);
 
 #ifdef __cplusplus
 }

@@ -66,6 +66,16 @@ typedef struct sm_sampler_work {
     float *logits;        /* penalised copy, n_vocab                       */
     sm_candidate *cand;   /* candidates after top-k                        */
     int32_t n_vocab;
+    /* The DRY stage: llama.cpp's own sampler, made when first needed and
+     * again when its settings change. vocab (for the sequence breakers;
+     * NULL: none) and n_ctx (what dry_penalty_last_n = -1 means) are set
+     * by the owner after sm_sampler_work_init. */
+    const struct llama_vocab *vocab;
+    int32_t n_ctx;
+    struct llama_sampler *dry;
+    llama_token_data *dry_cur;   /* n_vocab                                */
+    float dry_made_with[2];      /* multiplier, base                       */
+    int32_t dry_made_with_len[2];/* allowed length, tokens it looks at     */
 } sm_sampler_work;
 
 typedef struct sm_sample_input {
@@ -80,6 +90,14 @@ typedef struct sm_sample_input {
     int32_t top_k;
     float top_p;
     float min_p;
+    /* DRY (after the repeat penalty): the whole context, of which it looks
+     * at the last dry_penalty_last_n tokens (-1: all of it). */
+    const sm_token *history;
+    int32_t n_history;
+    float dry_multiplier;       /* 0 = off                                 */
+    float dry_base;
+    int32_t dry_allowed_length;
+    int32_t dry_penalty_last_n;
 } sm_sample_input;
 
 int sm_sampler_work_init(sm_sampler_work *w, int32_t n_vocab);
@@ -136,5 +154,64 @@ int32_t sm_token_piece(const struct llama_vocab *vocab, sm_token token, char *bu
 /* Offset of the first stop string found in t->bytes at or after `from`,
  * or -1. */
 long sm_text_find_stop(const sm_text *t, size_t from, const char *const *stops, int32_t n_stops);
+
+/* params.c: the introspection and intervention fields of sm_gen_params. */
+sm_status sm_intervention_params_validate(const sm_gen_params *p, char *msg, size_t msg_size);
+
+/* policy.c: entropy steering (sm_policy_params.entropy_mode) for one token.
+ * Returns true and fills mod (type, temperatures, description) when it
+ * changes *temperature. A token a lookahead chose is never sampled, so the
+ * lookahead takes the high-entropy regime wherever it branches. Pure. */
+bool sm_policy_entropy_steer(const sm_policy_params *p, float entropy, float varentropy, float *temperature,
+                             sm_policy_mod *mod);
+
+/* introspect.c: llama.cpp's eval callback reduced to per-row statistics.
+ * A record is one row's stats (sm_layer_stats per observed layer, then
+ * n_layers x n_heads attention entropies); the rows of interest are the
+ * last n_rows of each batch. */
+typedef struct sm_introspector sm_introspector;
+struct ggml_tensor;
+sm_introspector *sm_introspector_new(const struct llama_model *lm, const int32_t *layers, int32_t n_layers,
+                                     bool all_layers, bool attention, bool hidden, int32_t max_rows, char *msg,
+                                     size_t msg_size);
+void sm_introspector_free(sm_introspector *in);
+bool sm_introspector_cb(struct ggml_tensor *t, bool ask, void *user_data);
+/* Before each decode: the batch's last n_rows rows are observed. */
+void sm_introspector_expect_rows(sm_introspector *in, int32_t n_rows);
+int32_t sm_introspector_n_layers(const sm_introspector *in);
+const int32_t *sm_introspector_layers(const sm_introspector *in);
+int32_t sm_introspector_n_embd(const sm_introspector *in);
+size_t sm_introspector_record_size(const sm_introspector *in);
+size_t sm_introspector_hidden_floats(const sm_introspector *in); /* per row; 0 = not kept */
+int64_t sm_introspector_calls(const sm_introspector *in);
+bool sm_introspector_has_data(const sm_introspector *in);
+/* The observed slot of a model layer (negative from the end), or -1. */
+int32_t sm_introspector_slot(const sm_introspector *in, int32_t layer);
+const void *sm_introspector_record(const sm_introspector *in, int32_t row);
+const float *sm_introspector_hidden(const sm_introspector *in, int32_t row);
+void sm_introspector_view(const sm_introspector *in, const void *record, const float *hidden,
+                          sm_introspection *out);
+/* Steering: sum every row after the first skip_rows instead. */
+int sm_introspector_accumulate(sm_introspector *in, bool on, int32_t skip_rows);
+bool sm_introspector_mean(const sm_introspector *in, int32_t slot, float *out);
+
+bool sm_safety_rules_check_layers(const sm_introspector *in, const sm_safety_rule *rules, int32_t n, char *msg,
+                                  size_t msg_size);
+/* The first rule that fires for record `cur` given the n_prev earlier
+ * records of the generation (contiguous), or -1; writes its value and a
+ * description. */
+int32_t sm_safety_check(const sm_introspector *in, const sm_safety_rule *rules, int32_t n_rules, const void *records,
+                        int32_t n_prev, const void *cur, float *value, char *desc, size_t desc_size);
+
+/* JSON forms (introspect.c, events.c). */
+typedef struct cJSON cJSON;
+void sm_json_add_float(cJSON *object, const char *key, float value);
+cJSON *sm_introspection_to_cjson(const sm_introspection *in);
+cJSON *sm_lookahead_to_cjson(const sm_lookahead_info *info);
+
+/* session.c, for tests and benchmarks: model m's llama context, and how
+ * often the eval callback observed a node (-1: no callback registered). */
+struct llama_context *sm_session_llama_context(const sm_session *s, int32_t m);
+int64_t sm_session_eval_callback_calls(const sm_session *s);
 
 #endif

@@ -15,13 +15,15 @@ static _Thread_local char last_log_error[256];
 
 static void log_callback(enum ggml_log_level level, const char *text, void *user_data) {
     (void)user_data;
-    if (level == GGML_LOG_LEVEL_ERROR) {
+    /* The first error line since the last clear says why; later ones only
+     * say that loading failed. */
+    if (level == GGML_LOG_LEVEL_ERROR && last_log_error[0] == '\0') {
         snprintf(last_log_error, sizeof last_log_error, "%s", text);
         size_t n = strlen(last_log_error);
         while (n > 0 && (last_log_error[n - 1] == '\n' || last_log_error[n - 1] == '\r'))
             last_log_error[--n] = '\0';
     }
-    if (atomic_load(&llama_logging_enabled)) fputs(text, stderr);
+    if (atomic_load(&llama_logging_enabled) && level != GGML_LOG_LEVEL_DEBUG) fputs(text, stderr);
 }
 
 void sm_set_llama_logging(bool enabled) {

@@ -40,6 +40,11 @@ const char *sm_mod_type_name(sm_mod_type type) {
     case SM_MOD_EXPLORATION_BURST: return "EXPLORATION_BURST";
     case SM_MOD_RETRACT: return "RETRACT";
     case SM_MOD_BACKTRACK: return "BACKTRACK";
+    case SM_MOD_ENTROPY_STEER: return "ENTROPY_STEER";
+    case SM_MOD_LOOKAHEAD: return "LOOKAHEAD";
+    case SM_MOD_SAFETY: return "SAFETY";
+    case SM_MOD_TOOL: return "TOOL";
+    case SM_MOD_INJECT: return "INJECT";
     }
     return "UNKNOWN";
 }
@@ -54,6 +59,7 @@ const char *sm_stop_reason_name(sm_stop_reason reason) {
     case SM_STOP_BACKTRACK_LIMIT: return "backtrack_limit";
     case SM_STOP_CANCELLED: return "cancelled";
     case SM_STOP_ERROR: return "error";
+    case SM_STOP_SAFETY: return "safety";
     }
     return "unknown";
 }
@@ -67,6 +73,10 @@ sm_sampling_params sm_sampling_default_params(void) {
         .repeat_penalty = 1.1f,
         .repeat_last_n = 64,
         .seed = 42,
+        .dry_multiplier = 0.0f,
+        .dry_base = 1.75f,
+        .dry_allowed_length = 2,
+        .dry_penalty_last_n = -1,
     };
 }
 
@@ -84,6 +94,12 @@ sm_policy_params sm_policy_default_params(void) {
         .exploration_prob = 0.05f,
         .repetition_window = 10,
         .repetition_min_distinct = 5,
+        .entropy_mode = 0,
+        .entropy_high = 3.0f,
+        .entropy_low = 0.5f,
+        .varentropy_low = 1.0f,
+        .entropy_factor = 0.5f,
+        .entropy_raise = 1.3f,
     };
 }
 
@@ -98,6 +114,8 @@ sm_gen_params sm_gen_default_params(void) {
         .max_backtracks_per_position = 4,
         .top_n_view = 10,
         .fusion = {.mode = SM_FUSION_CONFIDENCE, .turn = 1, .alpha = 0.1f, .beta = 0.5f, .abstain_below = 0.3f},
+        .safety_max_retries = 3,
+        .lookahead = {.k = 0, .depth = 4, .entropy = 2.5f, .score = SM_LOOKAHEAD_MEAN_LOGPROB},
     };
 }
 
@@ -120,6 +138,13 @@ sm_status sm_gen_params_validate(const sm_gen_params *p, char *msg, size_t msg_s
     CHECK(isfinite(s->min_p) && s->min_p >= 0.0f && s->min_p < 1.0f, "min_p must be in [0, 1) (got %g)", s->min_p);
     CHECK(in_range(s->repeat_penalty, 0.01f, 100.0f), "repeat_penalty must be in [0.01, 100] (got %g)", s->repeat_penalty);
     CHECK(s->repeat_last_n >= 0, "repeat_last_n must be >= 0 (got %d)", s->repeat_last_n);
+    CHECK(in_range(s->dry_multiplier, 0.0f, 100.0f), "dry_multiplier must be in [0, 100] (got %g)", s->dry_multiplier);
+    if (s->dry_multiplier > 0.0f) { /* the other DRY settings matter only when it is on */
+        CHECK(in_range(s->dry_base, 1.0f, 100.0f), "dry_base must be in [1, 100] (got %g)", s->dry_base);
+        CHECK(s->dry_allowed_length >= 1, "dry_allowed_length must be >= 1 (got %d)", s->dry_allowed_length);
+        CHECK(s->dry_penalty_last_n >= -1, "dry_penalty_last_n must be >= 0, or -1 for the whole context (got %d)",
+              s->dry_penalty_last_n);
+    }
     CHECK(q->window >= 1, "policy window must be >= 1 (got %d)", q->window);
     CHECK(in_range(q->critical_threshold, 0.0f, 1.0f), "critical threshold must be in [0, 1] (got %g)", q->critical_threshold);
     CHECK(in_range(q->confidence_threshold, 0.0f, 1.0f), "confidence threshold must be in [0, 1] (got %g)", q->confidence_threshold);
@@ -141,5 +166,45 @@ sm_status sm_gen_params_validate(const sm_gen_params *p, char *msg, size_t msg_s
     CHECK(p->max_backtracks >= 0, "max_backtracks must be >= 0 (got %d)", p->max_backtracks);
     CHECK(p->max_backtracks_per_position >= 0, "max_backtracks_per_position must be >= 0 (got %d)", p->max_backtracks_per_position);
     CHECK(p->top_n_view >= 1 && p->top_n_view <= 1000, "top_n_view must be in [1, 1000] (got %d)", p->top_n_view);
+    return sm_intervention_params_validate(p, msg, msg_size);
+}
+
+/* The introspection and intervention fields (docs/INTROSPECTION.md). */
+sm_status sm_intervention_params_validate(const sm_gen_params *p, char *msg, size_t msg_size) {
+    const sm_policy_params *q = &p->policy;
+    CHECK(q->entropy_mode >= 0 && q->entropy_mode <= 2, "entropy mode must be 0 (off), 1 (seed) or 2 (entropix) (got %d)",
+          q->entropy_mode);
+    if (q->entropy_mode != 0) { /* the thresholds matter only when it is on */
+        CHECK(in_range(q->entropy_high, 0.0f, 1e6f), "entropy_high must be >= 0 (got %g)", q->entropy_high);
+        CHECK(in_range(q->entropy_low, 0.0f, 1e6f), "entropy_low must be >= 0 (got %g)", q->entropy_low);
+        CHECK(in_range(q->varentropy_low, 0.0f, 1e6f), "varentropy_low must be >= 0 (got %g)", q->varentropy_low);
+        CHECK(isfinite(q->entropy_factor) && q->entropy_factor > 0.0f && q->entropy_factor <= 10.0f,
+              "entropy_factor must be in (0, 10] (got %g)", q->entropy_factor);
+        CHECK(isfinite(q->entropy_raise) && q->entropy_raise > 0.0f && q->entropy_raise <= 10.0f,
+              "entropy_raise must be in (0, 10] (got %g)", q->entropy_raise);
+    }
+    CHECK(p->n_safety_rules >= 0 && (p->n_safety_rules == 0 || p->safety_rules),
+          "safety rules: count %d without an array", p->n_safety_rules);
+    for (int32_t i = 0; i < p->n_safety_rules; i++) {
+        const sm_safety_rule *r = &p->safety_rules[i];
+        CHECK(r->metric >= SM_SAFETY_MAX_ABS && r->metric <= SM_SAFETY_NORM_ZSCORE, "safety rule %d: unknown metric %d", i,
+              (int)r->metric);
+        CHECK(r->action == SM_SAFETY_RESAMPLE || r->action == SM_SAFETY_STOP, "safety rule %d: unknown action %d", i,
+              (int)r->action);
+        CHECK(isfinite(r->threshold), "safety rule %d: the threshold must be a finite number", i);
+    }
+    CHECK(p->safety_max_retries >= 0, "safety_max_retries must be >= 0 (got %d)", p->safety_max_retries);
+    const sm_lookahead_params *la = &p->lookahead;
+    CHECK(la->k == 0 || (la->k >= 2 && la->k <= SM_MAX_BRANCHES), "lookahead k must be 0 (off) or in [2, %d] (got %d)",
+          SM_MAX_BRANCHES, la->k);
+    if (la->k != 0) {
+        CHECK(la->depth >= 1 && la->depth <= 64, "lookahead depth must be in [1, 64] (got %d)", la->depth);
+        CHECK(in_range(la->entropy, 0.0f, 1e6f), "lookahead entropy must be >= 0 (got %g)", la->entropy);
+        CHECK(la->score == SM_LOOKAHEAD_MEAN_LOGPROB || la->score == SM_LOOKAHEAD_MARGIN,
+              "lookahead score must be mean_logprob or margin (got %d)", (int)la->score);
+    }
+    CHECK(!p->tool_marker || p->tool_marker[0], "the tool marker must not be empty");
+    CHECK(!p->tool_marker_end || p->tool_marker_end[0], "the tool marker's end must not be empty");
+    CHECK(p->inject_every >= 0, "inject_every must be >= 0 (got %d)", p->inject_every);
     return SM_OK;
 }

@@ -118,3 +118,33 @@ void sm_policy_step(const sm_policy_params *p, const float *confidences, const s
 void sm_policy_after_retraction(const sm_policy_params *p, sm_policy_state *st) {
     st->temperature = minf(st->temperature * step(p, CRITICAL_T_FACTOR), maxf(CRITICAL_T_CAP, st->temperature));
 }
+
+/* Entropix's regimes, reduced to the two that act on one token: the
+ * temperature to sample it with. */
+#define ENTROPY_RAISE_CAP 1.5f
+
+bool sm_policy_entropy_steer(const sm_policy_params *p, float entropy, float varentropy, float *temperature,
+                             sm_policy_mod *mod) {
+    const float t = *temperature;
+    float after = t;
+    if (p->entropy_mode == 1 && entropy > p->entropy_high) {
+        after = t * p->entropy_factor;
+        snprintf(mod->description, sizeof mod->description, "entropy %.3f > %.2f: temperature x %.2f for this token",
+                 entropy, p->entropy_high, p->entropy_factor);
+    } else if (p->entropy_mode == 2 && entropy < p->entropy_low && varentropy < p->varentropy_low) {
+        after = 0.0f;
+        snprintf(mod->description, sizeof mod->description,
+                 "entropy %.3f < %.2f and varentropy %.3f < %.2f: argmax for this token", entropy, p->entropy_low,
+                 varentropy, p->varentropy_low);
+    } else if (p->entropy_mode == 2 && entropy > p->entropy_high) {
+        after = minf(t * p->entropy_raise, maxf(ENTROPY_RAISE_CAP, t));
+        snprintf(mod->description, sizeof mod->description, "entropy %.3f > %.2f: temperature x %.2f for this token",
+                 entropy, p->entropy_high, p->entropy_raise);
+    }
+    if (after == t) return false;
+    mod->type = SM_MOD_ENTROPY_STEER;
+    mod->t_before = t;
+    mod->t_after = after;
+    *temperature = after;
+    return true;
+}

@@ -1,9 +1,11 @@
 /*
- * The sampling chain: bans -> repeat penalty -> top-k -> top-p -> min-p ->
- * temperature -> draw. Written here rather than with llama_sampler because
+ * The sampling chain: bans -> repeat penalty -> DRY -> top-k -> top-p ->
+ * min-p -> temperature -> draw. Written here rather than with llama_sampler because
  * the policy changes temperature and penalty every token and a rewind must
  * restore the penalty history and the random state exactly: both are plain
  * values owned by the session (the kept token list and a 64-bit state).
+ * DRY is llama.cpp's own sampler, but it never keeps a history of its own:
+ * it is reset and shown the kept tokens before every use.
  */
 #include "internal.h"
 
@@ -22,17 +24,22 @@ uint64_t sm_rng_next(uint64_t *state) {
 double sm_rng_uniform(uint64_t *state) { return (double)(sm_rng_next(state) >> 11) * 0x1.0p-53; }
 
 int sm_sampler_work_init(sm_sampler_work *w, int32_t n_vocab) {
-    w->n_vocab = n_vocab;
+    *w = (sm_sampler_work){.n_vocab = n_vocab};
     w->logits = malloc(sizeof(float) * (size_t)n_vocab);
     w->cand = malloc(sizeof(sm_candidate) * (size_t)n_vocab);
-    return w->logits && w->cand ? 0 : -1;
+    w->dry_cur = malloc(sizeof(llama_token_data) * (size_t)n_vocab);
+    return w->logits && w->cand && w->dry_cur ? 0 : -1;
 }
 
 void sm_sampler_work_free(sm_sampler_work *w) {
     free(w->logits);
     free(w->cand);
+    free(w->dry_cur);
+    if (w->dry) llama_sampler_free(w->dry);
     w->logits = NULL;
     w->cand = NULL;
+    w->dry_cur = NULL;
+    w->dry = NULL;
 }
 
 /* llama.cpp's rule: positive logits are divided, negative multiplied. */
@@ -46,6 +53,42 @@ static void apply_repeat_penalty(float *logits, const sm_sample_input *in) {
         if (seen) continue;
         logits[t] = logits[t] > 0 ? logits[t] / in->repeat_penalty : logits[t] * in->repeat_penalty;
     }
+}
+
+/* llama.cpp's default DRY sequence breakers (common.h). */
+static const char *const DRY_BREAKERS[] = {"\n", ":", "\"", "*"};
+
+/* The DRY sampler for these settings, made anew only when they change:
+ * making one scans the vocabulary for the sequence breakers. */
+static struct llama_sampler *dry_sampler(sm_sampler_work *w, const sm_sample_input *in, int32_t last_n) {
+    if (w->dry && w->dry_made_with[0] == in->dry_multiplier && w->dry_made_with[1] == in->dry_base &&
+        w->dry_made_with_len[0] == in->dry_allowed_length && w->dry_made_with_len[1] == last_n)
+        return w->dry;
+    if (w->dry) llama_sampler_free(w->dry);
+    size_t n_breakers = w->vocab ? sizeof DRY_BREAKERS / sizeof DRY_BREAKERS[0] : 0;
+    w->dry = llama_sampler_init_dry(w->vocab, in->dry_multiplier, in->dry_base, in->dry_allowed_length, last_n,
+                                    (const char **)DRY_BREAKERS, n_breakers);
+    w->dry_made_with[0] = in->dry_multiplier;
+    w->dry_made_with[1] = in->dry_base;
+    w->dry_made_with_len[0] = in->dry_allowed_length;
+    w->dry_made_with_len[1] = last_n;
+    return w->dry;
+}
+
+/* Lowers the logits of tokens that would extend a repeated sequence. The
+ * history is re-derived from the kept tokens every time, so a rewind needs
+ * nothing undone here. */
+static void apply_dry(float *logits, const sm_sample_input *in, sm_sampler_work *w) {
+    int32_t last_n = in->dry_penalty_last_n >= 0 ? in->dry_penalty_last_n : w->n_ctx > 0 ? w->n_ctx : in->n_history;
+    if (last_n <= 0 || in->n_history <= in->dry_allowed_length) return;
+    struct llama_sampler *dry = dry_sampler(w, in, last_n);
+    llama_sampler_reset(dry);
+    int32_t from = in->n_history > last_n ? in->n_history - last_n : 0;
+    for (int32_t i = from; i < in->n_history; i++) llama_sampler_accept(dry, in->history[i]);
+    for (int32_t t = 0; t < in->n_vocab; t++) w->dry_cur[t] = (llama_token_data){t, logits[t], 0.0f};
+    llama_token_data_array cur = {w->dry_cur, (size_t)in->n_vocab, -1, false};
+    llama_sampler_apply(dry, &cur);
+    for (size_t i = 0; i < cur.size; i++) logits[cur.data[i].id] = cur.data[i].logit;
 }
 
 static sm_token argmax(const float *x, int32_t n) {
@@ -101,6 +144,7 @@ sm_token sm_sample(const sm_sample_input *in, uint64_t *rng, sm_sampler_work *w,
     for (int32_t i = 0; i < in->n_bans; i++)
         if (in->bans[i] >= 0 && in->bans[i] < in->n_vocab) logits[in->bans[i]] = -INFINITY;
     apply_repeat_penalty(logits, in);
+    if (in->dry_multiplier > 0.0f) apply_dry(logits, in, w);
 
     if (in->temperature <= 0.0f) {
         *p_sampled = 1.0f;

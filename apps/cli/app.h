@@ -1,0 +1,29 @@
+/* Everything a run of llama_selfmod holds, set up once by main. */
+#ifndef CLI_APP_H
+#define CLI_APP_H
+
+#include "args.h"
+#include "display.h"
+#include "format.h"
+
+#include "selfmod.h"
+
+typedef struct cli_app {
+    const cli_options *opt;
+    sm_gen_params gen;            /* opt->gen with operators and the event sink */
+    sm_operator *operators[CLI_MAX_LIST];
+    int32_t n_operators;
+    sm_model *model;
+    sm_session *session;
+    sm_memlog *memlog;            /* NULL: no memory file                    */
+    bool stream_to_terminal;      /* stdout is a terminal, no --json-stream  */
+    display disp;                 /* used when stream_to_terminal            */
+    line_style style;             /* of the lines on stderr                  */
+    struct cli_intro *intro;      /* introspection flags at run time (intro_run.c) */
+    bool prompt_fed;              /* --prompt-cache fed the prompt already    */
+} cli_app;
+
+/* Prints `llama_selfmod: error: ...` on stderr. */
+void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+#endif

@@ -1,0 +1,412 @@
+/* Command-line flags of llama_selfmod: the original's flags with their
+ * names, short forms and defaults, plus this project's additions. */
+#include "args.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+enum {
+    OPT_CTX_SIZE = 1000,
+    OPT_TOP_K,
+    OPT_TOP_P,
+    OPT_MIN_P,
+    OPT_REPEAT_PENALTY,
+    OPT_REPEAT_LAST_N,
+    OPT_CONFIDENCE_THRESHOLD,
+    OPT_AGGRESSIVE,
+    OPT_MAX_RETRACTIONS,
+    OPT_RETRACT,
+    OPT_NO_RETRACT,
+    OPT_NO_SELFMOD,
+    OPT_N_GPU_LAYERS,
+    OPT_THREADS,
+    OPT_MAX_REWIND,
+    OPT_SEED,
+    OPT_STOP,
+    OPT_OPERATOR,
+    OPT_BACKTRACK_EVERY,
+    OPT_MAX_BACKTRACKS,
+    OPT_COMBINE,
+    OPT_MEMORY_FILE,
+    OPT_NO_MEMORY,
+    OPT_CHAT_TEMPLATE,
+    OPT_SYSTEM,
+    OPT_USER_LABEL,
+    OPT_ASSISTANT_LABEL,
+    OPT_QUIET,
+    OPT_VERBOSE_EVENTS,
+    OPT_NO_COLOR,
+    OPT_JSON_STREAM,
+};
+
+static const struct option long_options[] = {
+    {"model", required_argument, NULL, 'm'},
+    {"prompt", required_argument, NULL, 'p'},
+    {"ctx-size", required_argument, NULL, OPT_CTX_SIZE},
+    {"temperature", required_argument, NULL, 't'},
+    {"top-k", required_argument, NULL, OPT_TOP_K},
+    {"top-p", required_argument, NULL, OPT_TOP_P},
+    {"min-p", required_argument, NULL, OPT_MIN_P},
+    {"repeat-penalty", required_argument, NULL, OPT_REPEAT_PENALTY},
+    {"repeat-last-n", required_argument, NULL, OPT_REPEAT_LAST_N},
+    {"n-predict", required_argument, NULL, 'n'},
+    {"confidence-threshold", required_argument, NULL, OPT_CONFIDENCE_THRESHOLD},
+    {"aggressive", no_argument, NULL, OPT_AGGRESSIVE},
+    {"max-retractions", required_argument, NULL, OPT_MAX_RETRACTIONS},
+    {"retract", no_argument, NULL, OPT_RETRACT},
+    {"no-retract", no_argument, NULL, OPT_NO_RETRACT},
+    {"no-selfmod", no_argument, NULL, OPT_NO_SELFMOD},
+    {"n-gpu-layers", required_argument, NULL, OPT_N_GPU_LAYERS},
+    {"threads", required_argument, NULL, OPT_THREADS},
+    {"max-rewind", required_argument, NULL, OPT_MAX_REWIND},
+    {"seed", required_argument, NULL, OPT_SEED},
+    {"stop", required_argument, NULL, OPT_STOP},
+    {"operator", required_argument, NULL, OPT_OPERATOR},
+    {"backtrack-every", required_argument, NULL, OPT_BACKTRACK_EVERY},
+    {"max-backtracks", required_argument, NULL, OPT_MAX_BACKTRACKS},
+    {"combine", required_argument, NULL, OPT_COMBINE},
+    {"memory-file", required_argument, NULL, OPT_MEMORY_FILE},
+    {"no-memory", no_argument, NULL, OPT_NO_MEMORY},
+    {"chat-template", required_argument, NULL, OPT_CHAT_TEMPLATE},
+    {"system", required_argument, NULL, OPT_SYSTEM},
+    {"user-label", required_argument, NULL, OPT_USER_LABEL},
+    {"assistant-label", required_argument, NULL, OPT_ASSISTANT_LABEL},
+    {"quiet", no_argument, NULL, OPT_QUIET},
+    {"verbose-events", no_argument, NULL, OPT_VERBOSE_EVENTS},
+    {"no-color", no_argument, NULL, OPT_NO_COLOR},
+    {"json-stream", no_argument, NULL, OPT_JSON_STREAM},
+    CLI_INTRO_LONG_OPTIONS
+    {"help", no_argument, NULL, 'h'},
+    {"version", no_argument, NULL, 'V'},
+    {NULL, 0, NULL, 0},
+};
+
+/* Leading ':' makes getopt report a missing argument as ':' and stay
+ * silent, so every message has this program's one format. */
+static const char short_options[] = ":m:p:t:n:hV";
+
+void cli_print_version(FILE *out) {
+    fprintf(out, "llama_selfmod %s (llama.cpp 0.5.0)\n", SM_VERSION);
+}
+
+void cli_print_help(FILE *out) {
+    fputs(
+        "usage: llama_selfmod [options]\n"
+        "A self-modifying inference engine: generation adapts its own sampling from the model's\n"
+        "confidence, and can retract and regenerate text. Without --prompt it runs a chat.\n"
+        "\n"
+        "model and context:\n"
+        "  -m, --model PATH              GGUF model file (default: " CLI_DEFAULT_MODEL ")\n"
+        "  -p, --prompt TEXT             generate once from TEXT; without it: interactive chat\n"
+        "      --ctx-size N              context size in tokens; 0 = the model's (default: 2048)\n"
+        "      --n-gpu-layers N          layers to offload to a GPU (default: 0)\n"
+        "      --threads N               CPU threads; 0 = all online cores (default: auto)\n"
+        "\n"
+        "sampling:\n"
+        "  -t, --temperature F           initial temperature; 0 = greedy (default: 0.7)\n"
+        "      --top-k N                 keep the N most likely tokens; 0 = all (default: 40)\n"
+        "      --top-p F                 nucleus mass in (0, 1]; 1 = off (default: 0.95)\n"
+        "      --min-p F                 drop tokens below F * p(top) in [0, 1) (default: 0.05)\n"
+        "      --repeat-penalty F        penalty for recent tokens; 1 = off (default: 1.1)\n"
+        "      --repeat-last-n N         tokens the repeat penalty looks back (default: 64)\n"
+        "  -n, --n-predict N             tokens to generate; -1 = until a stop (default: 256)\n"
+        "      --seed N                  random seed (default: taken from the clock, reported)\n"
+        "      --stop STR                stop when STR appears; repeatable (default: none)\n"
+        "\n"
+        "self-modification:\n"
+        "      --confidence-threshold F  mean confidence below which T and the repeat penalty\n"
+        "                                rise (default: 0.5)\n"
+        "      --aggressive              larger adjustments, exploration bursts, retraction\n"
+        "                                (default: off)\n"
+        "      --max-retractions N       retractions per generation at most (default: 3)\n"
+        "      --retract                 retract at critical confidence even without --aggressive\n"
+        "      --no-retract              never retract, even with --aggressive\n"
+        "                                (default: retract only with --aggressive)\n"
+        "      --no-selfmod              no adaptation at all: plain sampling (default: on)\n"
+        "      --max-rewind N            deepest rewind without re-decoding (default: 64)\n"
+        "\n"
+        "backtracking operators:\n"
+        "      --operator NAME[:k=v,..]  add an operator, e.g. probability_threshold:min_probability=0.1;\n"
+        "                                repeatable (default: none; --operator help lists them)\n"
+        "      --backtrack-every N       ask the operators every N tokens (default: 1)\n"
+        "      --max-backtracks N        backtracks per generation, then stop (default: 64)\n"
+        "      --combine first|max       several operators: the first that fires, or the largest\n"
+        "                                count (default: first)\n"
+        "\n"
+        "chat (interactive mode):\n"
+        "      --chat-template NAME      a llama.cpp template name (default: the model's own,\n"
+        "                                else the plain User:/Assistant: form)\n"
+        "      --system PROMPT           system prompt (default: none)\n"
+        "      --user-label STR          plain form's user label (default: \"User:\")\n"
+        "      --assistant-label STR     plain form's assistant label (default: \"Assistant:\")\n"
+        "\n"
+        CLI_INTRO_HELP
+        "output:\n"
+        "      --memory-file PATH        append one JSON line per generation; \"\" = off\n"
+        "                                (default: " CLI_DEFAULT_MEMORY_FILE ")\n"
+        "      --no-memory               do not write the memory file\n"
+        "      --json-stream             stdout carries only JSON events, one per line\n"
+        "      --quiet                   no event lines, summary or llama.cpp logging\n"
+        "      --verbose-events          event lines with descriptions, and the settings used\n"
+        "      --no-color                no colors on the terminal (also: NO_COLOR set)\n"
+        "  -h, --help                    this help\n"
+        "  -V, --version                 the version\n",
+        out);
+}
+
+/* ------------------------------------------------------------------ */
+/* Strict number parsing: the whole text must be the number.           */
+/* ------------------------------------------------------------------ */
+
+static bool report(FILE *err, const char *flag, const char *value, const char *expected) {
+    fprintf(err, "llama_selfmod: error: invalid value '%s' for %s: expected %s\n", value, flag,
+            expected);
+    return false;
+}
+
+/* strto* skip leading white space; a flag value must not have any. */
+static bool has_no_leading_space(const char *text) {
+    return *text && !isspace((unsigned char)*text);
+}
+
+static bool parse_long(const char *text, long *out) {
+    if (!has_no_leading_space(text)) return false;
+    char *end;
+    errno = 0;
+    long v = strtol(text, &end, 10);
+    if (errno != 0 || end == text || *end != '\0') return false;
+    *out = v;
+    return true;
+}
+
+static bool parse_int_in(FILE *err, const char *flag, const char *text, long lo, long hi,
+                         const char *expected, int32_t *out) {
+    long v;
+    if (!parse_long(text, &v) || v < lo || v > hi) return report(err, flag, text, expected);
+    *out = (int32_t)v;
+    return true;
+}
+
+static bool parse_float(const char *text, float *out) {
+    if (!has_no_leading_space(text)) return false;
+    char *end;
+    errno = 0;
+    float v = strtof(text, &end);
+    if (errno != 0 || end == text || *end != '\0' || !isfinite(v)) return false;
+    *out = v;
+    return true;
+}
+
+typedef enum { OPEN, CLOSED } bound;
+
+/* A float in the interval between lo and hi, each end open or closed. */
+static bool parse_float_in(FILE *err, const char *flag, const char *text, float lo, bound lo_b,
+                           float hi, bound hi_b, const char *expected, float *out) {
+    float v;
+    bool ok = parse_float(text, &v);
+    if (ok) ok = lo_b == CLOSED ? v >= lo : v > lo;
+    if (ok) ok = hi_b == CLOSED ? v <= hi : v < hi;
+    if (!ok) return report(err, flag, text, expected);
+    *out = v;
+    return true;
+}
+
+static bool parse_seed(FILE *err, const char *text, uint64_t *out) {
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(text, &end, 10);
+    if (errno != 0 || end == text || *end != '\0' || !isdigit((unsigned char)text[0]))
+        return report(err, "--seed", text, "an integer in [0, 18446744073709551615]");
+    *out = v;
+    return true;
+}
+
+/* A seed that differs from run to run; it is reported so a run can be
+ * repeated with --seed. Kept below 2^32 so it is easy to type back. */
+static uint64_t seed_from_clock(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t x = (uint64_t)ts.tv_sec * 1000000007ULL ^ (uint64_t)ts.tv_nsec ^ ((uint64_t)getpid() << 16);
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdULL;
+    x ^= x >> 33;
+    return x & 0xffffffffULL;
+}
+
+static bool add_to_list(FILE *err, const char *flag, const char *value, const char **list,
+                        int32_t *n) {
+    if (*n >= CLI_MAX_LIST) {
+        fprintf(err, "llama_selfmod: error: %s given more than %d times\n", flag, CLI_MAX_LIST);
+        return false;
+    }
+    list[(*n)++] = value;
+    return true;
+}
+
+static void set_defaults(cli_options *opt) {
+    memset(opt, 0, sizeof *opt);
+    opt->model_path = CLI_DEFAULT_MODEL;
+    opt->memory_file = CLI_DEFAULT_MEMORY_FILE;
+    opt->session = sm_session_default_params();
+    opt->n_gpu_layers = 0;
+    opt->gen = sm_gen_default_params();
+    opt->chat = sm_chat_default_params();
+}
+
+/* Applies one flag. Returns false after printing an error. */
+static bool apply_option(int c, const char *arg, cli_options *opt, FILE *err) {
+    sm_sampling_params *s = &opt->gen.sampling;
+    sm_policy_params *p = &opt->gen.policy;
+    int32_t n;
+    if (c >= CLI_INTRO_FIRST_OPTION) return cli_intro_apply(c, arg, opt, err);
+    switch (c) {
+    case 'm': opt->model_path = arg; return true;
+    case 'p': opt->prompt = arg; return true;
+    case OPT_CTX_SIZE:
+        if (!parse_int_in(err, "--ctx-size", arg, 0, INT32_MAX, "an integer >= 0 (0 = the model's)", &n))
+            return false;
+        opt->session.n_ctx = (uint32_t)n;
+        return true;
+    case 't':
+        return parse_float_in(err, "--temperature", arg, 0.0f, CLOSED, 100.0f, CLOSED,
+                              "a number in [0, 100]", &s->temperature);
+    case OPT_TOP_K:
+        return parse_int_in(err, "--top-k", arg, 0, INT32_MAX, "an integer >= 0", &s->top_k);
+    case OPT_TOP_P:
+        return parse_float_in(err, "--top-p", arg, 0.0f, OPEN, 1.0f, CLOSED, "a number in (0, 1]",
+                              &s->top_p);
+    case OPT_MIN_P:
+        return parse_float_in(err, "--min-p", arg, 0.0f, CLOSED, 1.0f, OPEN, "a number in [0, 1)",
+                              &s->min_p);
+    case OPT_REPEAT_PENALTY:
+        return parse_float_in(err, "--repeat-penalty", arg, 0.0f, OPEN, 100.0f, CLOSED,
+                              "a number in (0, 100]", &s->repeat_penalty);
+    case OPT_REPEAT_LAST_N:
+        return parse_int_in(err, "--repeat-last-n", arg, 0, INT32_MAX, "an integer >= 0",
+                            &s->repeat_last_n);
+    case 'n':
+        return parse_int_in(err, "--n-predict", arg, -1, INT32_MAX,
+                            "an integer >= 0, or -1 for no limit", &opt->gen.n_predict);
+    case OPT_CONFIDENCE_THRESHOLD:
+        return parse_float_in(err, "--confidence-threshold", arg, 0.0f, CLOSED, 1.0f, CLOSED,
+                              "a number in [0, 1]", &p->confidence_threshold);
+    case OPT_AGGRESSIVE: p->aggressive = true; return true;
+    case OPT_MAX_RETRACTIONS:
+        return parse_int_in(err, "--max-retractions", arg, 0, INT32_MAX, "an integer >= 0",
+                            &p->max_retractions);
+    case OPT_RETRACT: p->retract = 1; return true;
+    case OPT_NO_RETRACT: p->retract = 0; return true;
+    case OPT_NO_SELFMOD: p->enabled = false; return true;
+    case OPT_N_GPU_LAYERS:
+        return parse_int_in(err, "--n-gpu-layers", arg, -1, INT32_MAX,
+                            "an integer >= 0, or -1 for all", &opt->n_gpu_layers);
+    case OPT_THREADS:
+        return parse_int_in(err, "--threads", arg, 0, 1024, "an integer in [0, 1024] (0 = auto)",
+                            &opt->session.n_threads);
+    case OPT_MAX_REWIND:
+        return parse_int_in(err, "--max-rewind", arg, 1, 1 << 20, "an integer >= 1",
+                            &opt->session.max_rewind);
+    case OPT_SEED:
+        opt->seed_given = true;
+        return parse_seed(err, arg, &s->seed);
+    case OPT_STOP:
+        if (!*arg) {
+            fprintf(err, "llama_selfmod: error: --stop needs a non-empty string\n");
+            return false;
+        }
+        return add_to_list(err, "--stop", arg, opt->stops, &opt->n_stops);
+    case OPT_OPERATOR:
+        return add_to_list(err, "--operator", arg, opt->operator_specs, &opt->n_operator_specs);
+    case OPT_BACKTRACK_EVERY:
+        return parse_int_in(err, "--backtrack-every", arg, 1, INT32_MAX, "an integer >= 1",
+                            &opt->gen.backtrack_every_n);
+    case OPT_MAX_BACKTRACKS:
+        return parse_int_in(err, "--max-backtracks", arg, 0, INT32_MAX, "an integer >= 0",
+                            &opt->gen.max_backtracks);
+    case OPT_COMBINE:
+        if (strcmp(arg, "first") == 0) opt->gen.combine = SM_COMBINE_FIRST;
+        else if (strcmp(arg, "max") == 0) opt->gen.combine = SM_COMBINE_MAX;
+        else return report(err, "--combine", arg, "first or max");
+        return true;
+    case OPT_MEMORY_FILE: opt->memory_file = *arg ? arg : NULL; return true;
+    case OPT_NO_MEMORY: opt->memory_file = NULL; return true;
+    case OPT_CHAT_TEMPLATE: opt->chat.template_name = arg; return true;
+    case OPT_SYSTEM: opt->chat.system_prompt = arg; return true;
+    case OPT_USER_LABEL: opt->chat.fallback_user = arg; return true;
+    case OPT_ASSISTANT_LABEL: opt->chat.fallback_assistant = arg; return true;
+    case OPT_QUIET: opt->quiet = true; return true;
+    case OPT_VERBOSE_EVENTS: opt->verbose_events = true; return true;
+    case OPT_NO_COLOR: opt->no_color = true; return true;
+    case OPT_JSON_STREAM: opt->json_stream = true; return true;
+    }
+    return false;
+}
+
+/* The flag as the user typed it, for messages about it. */
+static const char *typed_flag(char **argv, int index) {
+    return index > 0 && argv[index - 1] ? argv[index - 1] : "?";
+}
+
+/* Checks that need every flag: the library's own validation of the
+ * generation parameters, and the prompt. */
+static bool check_combination(cli_options *opt, FILE *err) {
+    if (opt->prompt && !*opt->prompt) {
+        fprintf(err, "llama_selfmod: error: empty prompt (--prompt \"\"): give some text, or leave "
+                     "out --prompt for interactive mode\n");
+        return false;
+    }
+    if (!*opt->model_path) {
+        fprintf(err, "llama_selfmod: error: empty model path (--model \"\")\n");
+        return false;
+    }
+    opt->gen.stop_strings = opt->stops;
+    opt->gen.n_stop_strings = opt->n_stops;
+    if (!cli_intro_check(opt, err)) return false;
+    char msg[256];
+    if (sm_gen_params_validate(&opt->gen, msg, sizeof msg) != SM_OK) {
+        fprintf(err, "llama_selfmod: error: invalid parameters: %s\n", msg);
+        return false;
+    }
+    return true;
+}
+
+cli_parse_outcome cli_parse_args(int argc, char **argv, cli_options *opt, FILE *err) {
+    set_defaults(opt);
+    opterr = 0;
+    optind = 1;
+    int c;
+    while ((c = getopt_long(argc, argv, short_options, long_options, NULL)) != -1) {
+        switch (c) {
+        case 'h':
+            cli_print_help(stdout);
+            return CLI_PARSE_EXIT_OK;
+        case 'V':
+            cli_print_version(stdout);
+            return CLI_PARSE_EXIT_OK;
+        case ':':
+            fprintf(err, "llama_selfmod: error: %s needs a value (see --help)\n",
+                    typed_flag(argv, optind));
+            return CLI_PARSE_ERROR;
+        case '?':
+            if (optopt) fprintf(err, "llama_selfmod: error: unknown flag '-%c' (see --help)\n", optopt);
+            else fprintf(err, "llama_selfmod: error: unknown flag '%s' (see --help)\n", typed_flag(argv, optind));
+            return CLI_PARSE_ERROR;
+        default:
+            if (!apply_option(c, optarg, opt, err)) return CLI_PARSE_ERROR;
+        }
+    }
+    if (optind < argc) {
+        fprintf(err, "llama_selfmod: error: unexpected argument '%s' (the model goes after -m, "
+                     "the prompt after -p)\n", argv[optind]);
+        return CLI_PARSE_ERROR;
+    }
+    if (!opt->seed_given) opt->gen.sampling.seed = seed_from_clock();
+    return check_combination(opt, err) ? CLI_PARSE_RUN : CLI_PARSE_ERROR;
+}

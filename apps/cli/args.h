@@ -1,0 +1,55 @@
+/* Command-line flags of llama_selfmod: parsing, checking, help. */
+#ifndef CLI_ARGS_H
+#define CLI_ARGS_H
+
+#include "intro_args.h"
+#include "selfmod.h"
+
+#include <stdbool.h>
+#include <stdio.h>
+
+#define CLI_DEFAULT_MODEL "models/model.gguf"
+#define CLI_DEFAULT_MEMORY_FILE "selfmod_memory.jsonl"
+#define CLI_MAX_LIST 64 /* --stop and --operator may each be given this often */
+
+typedef struct cli_options {
+    const char *model_path;
+    const char *prompt;          /* NULL: interactive mode                 */
+    const char *memory_file;     /* NULL: no memory file                   */
+    bool seed_given;
+
+    sm_session_params session;   /* --ctx-size, --threads, --max-rewind    */
+    int32_t n_gpu_layers;
+    sm_gen_params gen;           /* sampling, policy, stops, operators     */
+
+    const char *stops[CLI_MAX_LIST];
+    int32_t n_stops;
+    const char *operator_specs[CLI_MAX_LIST];
+    int32_t n_operator_specs;
+
+    sm_chat_params chat;         /* --chat-template, --system, labels      */
+
+    bool quiet;
+    bool verbose_events;
+    bool no_color;
+    bool json_stream;
+
+    cli_intro_options intro;     /* introspection and intervention flags   */
+} cli_options;
+
+typedef enum cli_parse_outcome {
+    CLI_PARSE_RUN,      /* go on with the options                          */
+    CLI_PARSE_EXIT_OK,  /* --help or --version was printed                 */
+    CLI_PARSE_ERROR,    /* a message was printed; exit with CLI_EXIT_USAGE */
+} cli_parse_outcome;
+
+#define CLI_EXIT_USAGE 2
+
+/* Parses argv into *opt. Errors are printed to `err` as one line. The
+ * options point into argv, which must outlive them. */
+cli_parse_outcome cli_parse_args(int argc, char **argv, cli_options *opt, FILE *err);
+
+void cli_print_help(FILE *out);
+void cli_print_version(FILE *out);
+
+#endif

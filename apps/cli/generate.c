@@ -1,0 +1,150 @@
+/* One generation, from the library's events to every sink. */
+#include "generate.h"
+
+#include "intro_run.h"
+#include "jsonout.h"
+#include "lib_extras.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+
+static volatile sig_atomic_t interrupted;
+
+static void on_sigint(int sig) {
+    (void)sig;
+    interrupted = 1;
+}
+
+typedef struct event_sink {
+    cli_app *app;
+    sm_chat *chat;
+    const char *input;
+} event_sink;
+
+/* A line for stderr, kept clear of the text streaming on a terminal. */
+static void note(cli_app *app, const char *line) {
+    if (app->stream_to_terminal) {
+        display_note(&app->disp, line);
+    } else {
+        fprintf(stderr, "%s\n", line);
+        fflush(stderr);
+    }
+}
+
+static void on_start(event_sink *sink) {
+    cli_app *app = sink->app;
+    if (app->opt->json_stream)
+        json_print_start(stdout, sm_model_path(app->model), sm_model_description(app->model),
+                         sink->input, &app->gen, sm_session_n_ctx(app->session),
+                         sm_session_n_past(app->session));
+    if (sink->chat && !app->opt->quiet) {
+        sm_chat_turn_info info = sm_chat_last_turn_info(sink->chat);
+        if (info.n_dropped_turns > 0) {
+            char line[160];
+            snprintf(line, sizeof line,
+                     "[chat] dropped the %d oldest turn%s to fit the %d-token context",
+                     info.n_dropped_turns, info.n_dropped_turns == 1 ? "" : "s",
+                     sm_session_n_ctx(app->session));
+            note(app, line);
+        }
+    }
+}
+
+static bool on_event(const sm_event *event, void *user_data) {
+    event_sink *sink = user_data;
+    cli_app *app = sink->app;
+    cli_intro_on_event(app, event);
+    switch (event->type) {
+    case SM_EVENT_START:
+        on_start(sink);
+        break;
+    case SM_EVENT_TOKEN:
+        if (app->opt->json_stream) json_print_event(stdout, event);
+        else if (app->stream_to_terminal) display_token(&app->disp, event->token_index, event->piece);
+        break;
+    case SM_EVENT_RETRACTION:
+    case SM_EVENT_BACKTRACK:
+        /* token_index is where generation resumes: the tokens kept. */
+        if (app->stream_to_terminal) display_keep_tokens(&app->disp, event->token_index);
+        /* fall through */
+    case SM_EVENT_MODIFICATION:
+        if (app->opt->json_stream) json_print_event(stdout, event);
+        if (!app->opt->quiet) {
+            char line[512];
+            format_event_line(line, sizeof line, event, app->style);
+            note(app, line);
+        }
+        break;
+    case SM_EVENT_DONE:
+        break; /* the done line is written from the result */
+    }
+    return !interrupted;
+}
+
+static void write_output(cli_app *app, const sm_result *result) {
+    if (app->opt->json_stream) {
+        json_print_done(stdout, result);
+    } else if (app->stream_to_terminal) {
+        display_finish(&app->disp, result->text, result->text_len);
+    } else {
+        fwrite(result->text, 1, result->text_len, stdout);
+        fputc('\n', stdout);
+        fflush(stdout);
+    }
+    if (!app->opt->quiet) {
+        char line[512];
+        format_summary(line, sizeof line, result, app->gen.sampling.seed, app->style);
+        fprintf(stderr, "%s\n", line);
+    }
+}
+
+static const char *failure_message(const cli_app *app, const sm_chat *chat) {
+    const char *message = chat ? sm_chat_last_error(chat) : sm_session_last_error(app->session);
+    return message && *message ? message : "generation failed";
+}
+
+static bool append_memory(cli_app *app, const char *input, const sm_result *result) {
+    if (!app->memlog) return true;
+    sm_error err = {0};
+    if (sm_memlog_append(app->memlog, sm_model_path(app->model), input, &app->gen, result, &err) ==
+        SM_OK)
+        return true;
+    cli_error("%s", err.message);
+    return false;
+}
+
+generate_outcome cli_generate(cli_app *app, sm_chat *chat, const char *input) {
+    event_sink sink = {app, chat, input};
+    app->gen.on_event = on_event;
+    app->gen.user_data = &sink;
+    if (app->stream_to_terminal) display_begin(&app->disp);
+
+    struct sigaction action, previous;
+    memset(&action, 0, sizeof action);
+    action.sa_handler = on_sigint;
+    sigemptyset(&action.sa_mask);
+    interrupted = 0;
+    sigaction(SIGINT, &action, &previous);
+
+    sm_result result;
+    sm_status status = chat ? sm_chat_turn(chat, input, &app->gen, &result)
+                            : sm_session_generate(app->session, app->prompt_fed ? NULL : input, &app->gen, &result);
+    sigaction(SIGINT, &previous, NULL);
+    app->gen.on_event = NULL;
+    app->gen.user_data = NULL;
+
+    if (status != SM_OK) {
+        /* Whatever was streamed is ended on its own line first. */
+        if (app->stream_to_terminal) display_end(&app->disp);
+        cli_error("%s%s", failure_message(app, chat),
+                  status == SM_ERR_PROMPT_TOO_LONG ? " (a larger --ctx-size may help)" : "");
+        sm_result_free(&result);
+        return GENERATE_FAILED;
+    }
+    write_output(app, &result);
+    bool logged = append_memory(app, input, &result);
+    sm_result_free(&result);
+    if (!logged) return GENERATE_FAILED;
+    return interrupted ? GENERATE_INTERRUPTED : GENERATE_OK;
+}

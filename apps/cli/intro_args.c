@@ -1,0 +1,175 @@
+/* Parsing and checking the introspection and intervention flags. */
+#include "intro_args.h"
+
+#include "args.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static bool bad_value(FILE *err, const char *flag, const char *value, const char *expected) {
+    fprintf(err, "llama_selfmod: error: invalid value '%s' for %s: expected %s\n", value, flag, expected);
+    return false;
+}
+
+static bool int_in(FILE *err, const char *flag, const char *text, long lo, long hi, const char *expected,
+                   int32_t *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(text, &end, 10);
+    if (errno != 0 || end == text || *end != '\0' || v < lo || v > hi) return bad_value(err, flag, text, expected);
+    *out = (int32_t)v;
+    return true;
+}
+
+static bool nonnegative_float(FILE *err, const char *flag, const char *text, float *out) {
+    char *end;
+    errno = 0;
+    float v = strtof(text, &end);
+    if (errno != 0 || end == text || *end != '\0' || !isfinite(v) || v < 0.0f)
+        return bad_value(err, flag, text, "a number >= 0");
+    *out = v;
+    return true;
+}
+
+/* "0,4,-1" or "all". */
+static bool parse_layers(FILE *err, const char *text, cli_intro_options *io) {
+    if (strcmp(text, "all") == 0) {
+        io->all_layers = true;
+        return true;
+    }
+    io->n_layers = 0;
+    const char *p = text;
+    while (*p) {
+        char *end;
+        errno = 0;
+        long v = strtol(p, &end, 10);
+        if (errno != 0 || end == p || (*end != ',' && *end != '\0') || v < -100000 || v > 100000)
+            return bad_value(err, "--introspect-layers", text, "layer numbers like 0,4,-1, or all");
+        if (io->n_layers == CLI_INTRO_MAX_LAYERS)
+            return bad_value(err, "--introspect-layers", text, "at most 256 layers (or all)");
+        io->layers[io->n_layers++] = (int32_t)v;
+        p = *end == ',' ? end + 1 : end;
+    }
+    if (io->n_layers == 0) return bad_value(err, "--introspect-layers", text, "layer numbers like 0,4,-1, or all");
+    return true;
+}
+
+/* "A-B" with 1 <= A <= B. */
+static bool parse_layer_range(FILE *err, const char *text, cli_intro_options *io) {
+    int a, b, used = 0;
+    if (sscanf(text, "%d-%d%n", &a, &b, &used) != 2 || text[used] != '\0' || a < 1 || b < a)
+        return bad_value(err, "--control-vector-layers", text, "a range A-B of layers with 1 <= A <= B");
+    io->cv_layer_start = a;
+    io->cv_layer_end = b;
+    return true;
+}
+
+static bool add_safety_rule(FILE *err, const char *text, cli_intro_options *io) {
+    if (io->n_safety == CLI_INTRO_MAX_LIST) {
+        fprintf(err, "llama_selfmod: error: --safety given more than %d times\n", CLI_INTRO_MAX_LIST);
+        return false;
+    }
+    char msg[256];
+    if (sm_safety_rule_parse(text, &io->safety[io->n_safety], msg, sizeof msg) != SM_OK) {
+        fprintf(err, "llama_selfmod: error: --safety '%s': %s\n", text, msg);
+        return false;
+    }
+    io->n_safety++;
+    return true;
+}
+
+static bool entropy_policy(FILE *err, const char *text, sm_policy_params *p) {
+    if (strcmp(text, "off") == 0) p->entropy_mode = 0;
+    else if (strcmp(text, "seed") == 0) p->entropy_mode = 1;
+    else if (strcmp(text, "entropix") == 0) p->entropy_mode = 2;
+    else return bad_value(err, "--entropy-policy", text, "off, seed or entropix");
+    return true;
+}
+
+bool cli_intro_apply(int c, const char *arg, struct cli_options *opt, FILE *err) {
+    cli_intro_options *io = &opt->intro;
+    sm_gen_params *gen = &opt->gen;
+    switch (c) {
+    case OPT_INTROSPECT_LAYERS: return parse_layers(err, arg, io);
+    case OPT_INTROSPECT_ATTENTION: opt->session.introspect_attention = true; return true;
+    case OPT_TRACE_FILE: io->trace_file = arg; return true;
+    case OPT_HIDDEN_STATES: io->hidden_file = arg; return true;
+    case OPT_ENTROPY_POLICY: return entropy_policy(err, arg, &gen->policy);
+    case OPT_ENTROPY_HIGH: return nonnegative_float(err, "--entropy-high", arg, &gen->policy.entropy_high);
+    case OPT_ENTROPY_LOW: return nonnegative_float(err, "--entropy-low", arg, &gen->policy.entropy_low);
+    case OPT_VARENTROPY_LOW: return nonnegative_float(err, "--varentropy-low", arg, &gen->policy.varentropy_low);
+    case OPT_CONTROL_VECTOR:
+        if (!*arg) return bad_value(err, "--control-vector", arg, "FILE or FILE:SCALE");
+        if (io->n_control_vectors == CLI_INTRO_MAX_LIST) {
+            fprintf(err, "llama_selfmod: error: --control-vector given more than %d times\n", CLI_INTRO_MAX_LIST);
+            return false;
+        }
+        io->control_vectors[io->n_control_vectors++] = arg;
+        return true;
+    case OPT_CONTROL_VECTOR_LAYERS: return parse_layer_range(err, arg, io);
+    case OPT_SAFETY: return add_safety_rule(err, arg, io);
+    case OPT_SAFETY_RETRIES:
+        return int_in(err, "--safety-retries", arg, 0, INT32_MAX, "an integer >= 0", &gen->safety_max_retries);
+    case OPT_LOOKAHEAD:
+        if (!int_in(err, "--lookahead", arg, 2, SM_MAX_BRANCHES, "an integer in [2, 16]", &gen->lookahead.k)) return false;
+        opt->session.max_branches = gen->lookahead.k;
+        return true;
+    case OPT_LOOKAHEAD_DEPTH:
+        return int_in(err, "--lookahead-depth", arg, 1, 64, "an integer in [1, 64]", &gen->lookahead.depth);
+    case OPT_LOOKAHEAD_ENTROPY: return nonnegative_float(err, "--lookahead-entropy", arg, &gen->lookahead.entropy);
+    case OPT_LOOKAHEAD_SCORE:
+        if (strcmp(arg, "mean_logprob") == 0) gen->lookahead.score = SM_LOOKAHEAD_MEAN_LOGPROB;
+        else if (strcmp(arg, "margin") == 0) gen->lookahead.score = SM_LOOKAHEAD_MARGIN;
+        else return bad_value(err, "--lookahead-score", arg, "mean_logprob or margin");
+        return true;
+    case OPT_TOOLS: gen->tools = true; return true;
+    case OPT_TOOL_MARKER:
+        if (!*arg) return bad_value(err, "--tool-marker", arg, "a non-empty opening string");
+        gen->tools = true;
+        gen->tool_marker = arg;
+        return true;
+    case OPT_TOOL_MARKER_END:
+        if (!*arg) return bad_value(err, "--tool-marker-end", arg, "a non-empty closing string");
+        gen->tool_marker_end = arg;
+        return true;
+    case OPT_INJECT: io->inject_file = arg; return true;
+    case OPT_INJECT_EVERY:
+        return int_in(err, "--inject-every", arg, 1, INT32_MAX, "an integer >= 1", &gen->inject_every);
+    case OPT_PROMPT_CACHE:
+        if (!*arg) return bad_value(err, "--prompt-cache", arg, "a file name");
+        io->prompt_cache = arg;
+        return true;
+    }
+    return false;
+}
+
+static bool refuse(FILE *err, const char *message) {
+    fprintf(err, "llama_selfmod: error: %s\n", message);
+    return false;
+}
+
+bool cli_intro_check(struct cli_options *opt, FILE *err) {
+    cli_intro_options *io = &opt->intro;
+    sm_session_params *sp = &opt->session;
+    bool observes = io->n_layers > 0 || io->all_layers;
+    sp->introspect_layers = io->n_layers > 0 ? io->layers : NULL;
+    sp->n_introspect_layers = io->all_layers ? 0 : io->n_layers;
+    sp->introspect_all_layers = io->all_layers;
+    sp->introspect_hidden = io->hidden_file != NULL;
+    if (!observes && (sp->introspect_attention || io->hidden_file))
+        return refuse(err, "--introspect-attention and --hidden-states need --introspect-layers");
+    if (!observes && io->n_safety > 0)
+        return refuse(err, "--safety needs --introspect-layers with the rules' layers");
+    opt->gen.safety_rules = io->safety;
+    opt->gen.n_safety_rules = io->n_safety;
+    if ((io->inject_file == NULL) != (opt->gen.inject_every == 0))
+        return refuse(err, "--inject FILE and --inject-every N go together");
+    if (io->prompt_cache && !opt->prompt)
+        return refuse(err, "--prompt-cache works with --prompt (one generation), not in interactive mode");
+    if (io->n_control_vectors == 0 && io->cv_layer_start > 0)
+        return refuse(err, "--control-vector-layers needs --control-vector");
+    return true;
+}

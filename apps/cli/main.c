@@ -1,0 +1,197 @@
+/*
+ * llama_selfmod: a thin front-end over the library. It checks every input
+ * before anything loads (flags, operators, the memory file), loads the
+ * model, and runs one prompt or a chat; all generation is the library's.
+ */
+#include "app.h"
+#include "eval/eval.h"
+#include "generate.h"
+#include "interactive.h"
+#include "intro_run.h"
+#include "server/server.h"
+
+#include <locale.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define EXIT_INTERRUPTED 130
+
+void cli_error(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("llama_selfmod: error: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+static bool wants_operator_help(const cli_options *opt) {
+    for (int32_t i = 0; i < opt->n_operator_specs; i++)
+        if (strcmp(opt->operator_specs[i], "help") == 0) return true;
+    return false;
+}
+
+static bool create_operators(cli_app *app) {
+    const cli_options *opt = app->opt;
+    for (int32_t i = 0; i < opt->n_operator_specs; i++) {
+        sm_error err = {0};
+        sm_operator *op = sm_operator_from_spec(opt->operator_specs[i], &err);
+        if (!op) {
+            cli_error("--operator '%s': %s", opt->operator_specs[i], err.message);
+            return false;
+        }
+        app->operators[app->n_operators++] = op;
+    }
+    app->gen.operators = app->operators;
+    app->gen.n_operators = app->n_operators;
+    return true;
+}
+
+static bool open_memory_file(cli_app *app) {
+    if (!app->opt->memory_file) return true;
+    sm_error err = {0};
+    app->memlog = sm_memlog_open(app->opt->memory_file, &err);
+    if (!app->memlog) {
+        cli_error("%s (--memory-file; --no-memory disables it)", err.message);
+        return false;
+    }
+    return true;
+}
+
+static void show_load_progress(float progress, void *user_data) {
+    (void)user_data;
+    fprintf(stderr, "\rloading model: %3d%%", (int)(progress * 100.0f + 0.5f));
+    fflush(stderr);
+}
+
+/*
+ * A context longer than the model was trained for is cut to that length:
+ * models with learned absolute positions (GPT-2 style, like the cardputer
+ * chat model, 256 positions) abort inside llama.cpp past their last
+ * position, and others degrade there anyway.
+ */
+static uint32_t context_size(const cli_app *app, uint32_t requested) {
+    int32_t n_train = sm_model_n_ctx_train(app->model);
+    if (n_train <= 0 || requested == 0 || requested <= (uint32_t)n_train) return requested;
+    if (!app->opt->quiet)
+        fprintf(stderr, "[selfmod] --ctx-size %u is longer than the %d tokens %s was trained on: using %d\n",
+                requested, n_train, sm_model_path(app->model), n_train);
+    return (uint32_t)n_train;
+}
+
+static bool load_model(cli_app *app) {
+    const cli_options *opt = app->opt;
+    sm_model_params mp = sm_model_default_params();
+    mp.n_gpu_layers = opt->n_gpu_layers;
+    bool show_progress = !opt->quiet && isatty(STDERR_FILENO);
+    if (show_progress) mp.progress = show_load_progress;
+    sm_error err = {0};
+    app->model = sm_model_load(opt->model_path, &mp, &err);
+    if (show_progress) fputs("\r\033[K", stderr);
+    if (!app->model) {
+        bool is_default = strcmp(opt->model_path, CLI_DEFAULT_MODEL) == 0;
+        cli_error("%s%s", err.message, is_default ? " (give a model with -m PATH)" : "");
+        return false;
+    }
+    sm_session_params sp = opt->session;
+    sp.n_ctx = context_size(app, sp.n_ctx);
+    app->session = sm_session_new(app->model, &sp, &err);
+    if (!app->session) {
+        cli_error("%s", err.message);
+        return false;
+    }
+    return true;
+}
+
+static void print_settings(const cli_app *app) {
+    char line[1024];
+    format_settings(line, sizeof line, sm_model_description(app->model), &app->gen,
+                    sm_session_n_ctx(app->session), app->style);
+    fprintf(stderr, "%s\n", line);
+}
+
+static int run_single_prompt(cli_app *app) {
+    if (!cli_intro_prepare_prompt(app)) return EXIT_FAILURE;
+    switch (cli_generate(app, NULL, app->opt->prompt)) {
+    case GENERATE_OK: return EXIT_SUCCESS;
+    case GENERATE_INTERRUPTED: return EXIT_INTERRUPTED;
+    case GENERATE_FAILED: break;
+    }
+    return EXIT_FAILURE;
+}
+
+static void app_free(cli_app *app) {
+    if (app->stream_to_terminal) display_free(&app->disp);
+    sm_session_free(app->session);
+    sm_model_free(app->model);
+    sm_memlog_close(app->memlog);
+    cli_intro_free(app);
+    for (int32_t i = 0; i < app->n_operators; i++) sm_operator_free(app->operators[i]);
+}
+
+/* Everything that can be refused is checked before the model loads. */
+static int setup_and_run(cli_app *app) {
+    const cli_options *opt = app->opt;
+    if (!create_operators(app)) return CLI_EXIT_USAGE;
+    if (!open_memory_file(app)) return EXIT_FAILURE;
+    if (!cli_intro_before_load(app)) return EXIT_FAILURE;
+    sm_set_llama_logging(!opt->quiet);
+    if (!load_model(app)) return EXIT_FAILURE;
+    if (!cli_intro_after_load(app)) return EXIT_FAILURE;
+
+    app->stream_to_terminal = !opt->json_stream && isatty(STDOUT_FILENO);
+    if (app->stream_to_terminal) display_init(&app->disp, stdout, stderr);
+    if (opt->verbose_events && !opt->quiet) print_settings(app);
+    int code = opt->prompt ? run_single_prompt(app) : cli_interactive(app);
+    if (!cli_intro_free(app) && code == EXIT_SUCCESS) code = EXIT_FAILURE; /* an output file is incomplete */
+    return code;
+}
+
+/* `llama_selfmod eval ...` and `llama_selfmod serve ...` are subcommands
+ * living in apps/eval and apps/server. */
+static int run_subcommand(int argc, char **argv, bool *handled) {
+    static const struct {
+        const char *name;
+        int (*main)(int, char **);
+    } subcommands[] = {{"eval", eval_main}, {"serve", serve_main}};
+    *handled = false;
+    if (argc < 2) return 0;
+    for (size_t i = 0; i < sizeof subcommands / sizeof *subcommands; i++) {
+        if (strcmp(argv[1], subcommands[i].name) == 0) {
+            *handled = true;
+            return subcommands[i].main(argc - 1, argv + 1);
+        }
+    }
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    setlocale(LC_CTYPE, ""); /* character widths on the terminal */
+    bool handled;
+    int sub = run_subcommand(argc, argv, &handled);
+    if (handled) return sub;
+    cli_options opt;
+    switch (cli_parse_args(argc, argv, &opt, stderr)) {
+    case CLI_PARSE_EXIT_OK: return EXIT_SUCCESS;
+    case CLI_PARSE_ERROR: return CLI_EXIT_USAGE;
+    case CLI_PARSE_RUN: break;
+    }
+    if (wants_operator_help(&opt)) {
+        fputs(sm_operator_help(), stdout);
+        return EXIT_SUCCESS;
+    }
+
+    cli_app app;
+    memset(&app, 0, sizeof app);
+    app.opt = &opt;
+    app.gen = opt.gen;
+    app.style.color = !opt.no_color && !getenv("NO_COLOR") && isatty(STDERR_FILENO);
+    app.style.verbose = opt.verbose_events;
+
+    int code = setup_and_run(&app);
+    app_free(&app);
+    return code;
+}

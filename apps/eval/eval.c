@@ -1,0 +1,422 @@
+/*
+ * `llama_selfmod eval`: every strategy on every prompt (with several seeds
+ * where it samples), through the library's one generation loop; each
+ * output's tokens are scored by a judge model; then the statistics, the
+ * tables, and the CSV, JSON and SVG files.
+ */
+#include "eval/eval.h"
+
+#include "eval/options.h"
+#include "eval/prompts.h"
+#include "eval/report.h"
+#include "eval/stats.h"
+#include "eval/strategy.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define EXIT_USAGE 2
+
+typedef struct loaded_model {
+    const char *path;
+    sm_model *model;
+} loaded_model;
+
+typedef struct progress {
+    bool on;
+    int64_t done, total;
+    double t0;
+} progress;
+
+typedef struct evaluation {
+    eval_options opt;
+    eval_prompt_set prompts;
+    eval_strategy strategies[EVAL_MAX_STRATEGIES];
+    int32_t n_strategies;
+    int32_t baseline;
+    loaded_model loaded[SM_MAX_MODELS + 2]; /* each file loaded once */
+    int32_t n_loaded;
+    sm_model *model, *judge_model;
+    sm_model *fusion_models[SM_MAX_MODELS];
+    sm_session *single, *fused;
+    sm_judge *judge;
+    FILE *csv, *json, *chart;
+    eval_output *outputs;
+    int32_t n_outputs, cap_outputs;
+    int32_t n_unjudged;
+    progress bar;
+} evaluation;
+
+static void eval_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static void eval_error(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("llama_selfmod eval: error: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* ------------------------------------------------------------------ */
+/* Progress bar (stderr, only on a terminal)                           */
+/* ------------------------------------------------------------------ */
+
+static void progress_show(progress *p, const char *what) {
+    if (!p->on) return;
+    enum { WIDTH = 28 };
+    int filled = p->total > 0 ? (int)(WIDTH * p->done / p->total) : WIDTH;
+    double elapsed = now_s() - p->t0;
+    double left = p->done > 0 ? elapsed / (double)p->done * (double)(p->total - p->done) : 0;
+    char bar[WIDTH + 1];
+    for (int i = 0; i < WIDTH; i++) bar[i] = i < filled ? '#' : '.';
+    bar[WIDTH] = '\0';
+    fprintf(stderr, "\r\033[K[%s] %lld/%lld  %.30s  %d:%02d left", bar, (long long)p->done, (long long)p->total, what,
+            (int)left / 60, (int)left % 60);
+    fflush(stderr);
+}
+
+static void progress_end(progress *p) {
+    if (p->on) fputs("\r\033[K", stderr);
+}
+
+/* ------------------------------------------------------------------ */
+/* Set-up                                                              */
+/* ------------------------------------------------------------------ */
+
+static sm_model *load_model(evaluation *e, const char *path, const char *what) {
+    for (int32_t i = 0; i < e->n_loaded; i++)
+        if (strcmp(e->loaded[i].path, path) == 0) return e->loaded[i].model;
+    sm_model_params mp = sm_model_default_params();
+    sm_error err = {0};
+    sm_model *m = sm_model_load(path, &mp, &err);
+    if (!m) {
+        eval_error("%s: %s", what, err.message);
+        return NULL;
+    }
+    e->loaded[e->n_loaded++] = (loaded_model){path, m};
+    return m;
+}
+
+static bool parse_strategies(evaluation *e) {
+    for (int32_t i = 0; i < e->opt.n_strategies; i++) {
+        char msg[512];
+        if (eval_strategy_parse(e->opt.strategies[i], &e->strategies[i], msg, sizeof msg) != 0) {
+            eval_error("%s", msg);
+            return false;
+        }
+        e->n_strategies++;
+        e->strategies[i].gen.n_predict = e->opt.n_predict;
+        e->strategies[i].gen.stop_strings = e->opt.stops;
+        e->strategies[i].gen.n_stop_strings = e->opt.n_stops;
+        if (strcmp(e->opt.strategies[i], e->opt.baseline) == 0) e->baseline = i;
+        if (e->strategies[i].fused && e->opt.n_models < 2) {
+            eval_error("strategy '%s' fuses models: give them with --models A,B", e->opt.strategies[i]);
+            return false;
+        }
+    }
+    return true;
+}
+
+static bool open_output(const char *path, const char *flag, FILE **f) {
+    if (!path) return true;
+    *f = fopen(path, "w");
+    if (!*f) eval_error("%s: cannot write '%s'", flag, path);
+    return *f != NULL;
+}
+
+/* The models' shortest training context: GPT-2 style models cannot go past it. */
+static uint32_t context_size(sm_model *const *models, int32_t n, uint32_t requested) {
+    uint32_t n_ctx = requested;
+    for (int32_t i = 0; i < n; i++) {
+        int32_t train = sm_model_n_ctx_train(models[i]);
+        if (train > 0 && (n_ctx == 0 || (uint32_t)train < n_ctx)) n_ctx = (uint32_t)train;
+    }
+    return n_ctx;
+}
+
+static sm_session *new_session(evaluation *e, sm_model *const *models, int32_t n) {
+    sm_session_params sp = sm_session_default_params();
+    sp.n_ctx = context_size(models, n, e->opt.n_ctx);
+    sp.n_threads = e->opt.n_threads;
+    sm_error err = {0};
+    sm_session *s = sm_session_new_fused(models, n, &sp, &err);
+    if (!s) eval_error("%s", err.message);
+    return s;
+}
+
+static bool needs(const evaluation *e, bool fused) {
+    for (int32_t i = 0; i < e->n_strategies; i++)
+        if (e->strategies[i].fused == fused) return true;
+    return false;
+}
+
+static bool set_up_judge(evaluation *e) {
+    if (!e->opt.judge_path) return true;
+    e->judge_model = load_model(e, e->opt.judge_path, "--judge");
+    if (!e->judge_model) return false;
+    sm_judge_params jp = sm_judge_default_params();
+    jp.n_threads = e->opt.n_threads;
+    sm_error err = {0};
+    e->judge = sm_judge_new(e->judge_model, e->model, &jp, &err);
+    if (!e->judge) {
+        eval_error("--judge: %s", err.message);
+        return false;
+    }
+    char why[256];
+    if (needs(e, true) && !sm_vocab_equal(e->fusion_models[0], e->judge_model, why, sizeof why)) {
+        eval_error("--judge: '%s' cannot score the tokens of '%s': %s", e->opt.judge_path, e->opt.model_paths[0], why);
+        return false;
+    }
+    return true;
+}
+
+static bool set_up_models(evaluation *e) {
+    sm_set_llama_logging(false);
+    e->model = load_model(e, e->opt.model_path, "-m");
+    if (!e->model) return false;
+    if (needs(e, true)) {
+        for (int32_t m = 0; m < e->opt.n_models; m++)
+            if (!(e->fusion_models[m] = load_model(e, e->opt.model_paths[m], "--models"))) return false;
+        if (!(e->fused = new_session(e, e->fusion_models, e->opt.n_models))) return false;
+    }
+    if (needs(e, false) && !(e->single = new_session(e, &e->model, 1))) return false;
+    return set_up_judge(e);
+}
+
+/* ------------------------------------------------------------------ */
+/* Generation                                                          */
+/* ------------------------------------------------------------------ */
+
+static int32_t seeds_of(const evaluation *e, const eval_strategy *s) { return s->deterministic ? 1 : e->opt.n_seeds; }
+
+static bool append_output(evaluation *e, const eval_output *o) {
+    if (e->n_outputs == e->cap_outputs) {
+        int32_t cap = e->cap_outputs ? e->cap_outputs * 2 : 256;
+        eval_output *grown = realloc(e->outputs, sizeof *grown * (size_t)cap);
+        if (!grown) return false;
+        e->outputs = grown;
+        e->cap_outputs = cap;
+    }
+    e->outputs[e->n_outputs++] = *o;
+    return true;
+}
+
+/* Scores the output given its prompt, both as the session holds them. */
+static bool judge_output(evaluation *e, sm_session *s, eval_output *o) {
+    o->judge_nll = NAN;
+    if (!e->judge || o->n_tokens == 0) return true;
+    int32_t n_context;
+    const sm_token *context = sm_session_tokens(s, &n_context);
+    sm_judge_score score;
+    sm_status st = sm_judge_score_tokens(e->judge, context, o->n_prompt_tokens, o->tokens, o->n_tokens, NULL, &score);
+    if (st == SM_ERR_PROMPT_TOO_LONG) {
+        e->n_unjudged++;
+        return true;
+    }
+    if (st != SM_OK) {
+        eval_error("judging an output of '%s': %s", e->strategies[o->strategy].spec, sm_judge_last_error(e->judge));
+        return false;
+    }
+    o->judge_nll = score.mean_nll;
+    return true;
+}
+
+static bool run_one(evaluation *e, int32_t si, int32_t p, int32_t k) {
+    const eval_strategy *st = &e->strategies[si];
+    const eval_prompt *prompt = &e->prompts.items[p];
+    sm_session *s = st->fused ? e->fused : e->single;
+    sm_gen_params gen = st->gen;
+    gen.sampling.seed = e->opt.first_seed + (uint64_t)k;
+
+    sm_session_clear(s);
+    int64_t decoded_before = sm_session_n_decoded_total(s);
+    sm_result res;
+    if (sm_session_generate(s, prompt->text, &gen, &res) != SM_OK) {
+        eval_error("strategy '%s', prompt on line %d of %s: %s", st->spec, prompt->line, e->opt.prompts_path,
+                   sm_session_last_error(s));
+        sm_result_free(&res);
+        return false;
+    }
+    eval_output o = {
+        .strategy = si,
+        .prompt = p,
+        .seed_index = k,
+        .seed = gen.sampling.seed,
+        .tokens = res.tokens,
+        .n_tokens = res.n_tokens,
+        .text = res.text,
+        .stop = res.stop_reason,
+        .n_prompt_tokens = res.n_prompt_tokens,
+        /* every decode, re-decodes after deep rewinds included; not the prompt */
+        .n_decoded = sm_session_n_decoded_total(s) - decoded_before - res.n_prompt_tokens,
+        .n_sampled = res.n_sampled,
+        .n_retractions = res.n_retractions,
+        .n_backtracks = res.n_backtracks,
+        .t_generate_ms = res.t_generate_ms,
+        .exact = -1,
+        .contains = -1,
+    };
+    res.tokens = NULL; /* now the output's */
+    res.text = NULL;
+    sm_result_free(&res);
+    if (prompt->reference) {
+        o.exact = sm_reference_exact_match(o.text, prompt->reference);
+        o.contains = sm_reference_contains_match(o.text, prompt->reference);
+    }
+    if (!judge_output(e, s, &o) || !append_output(e, &o)) {
+        eval_output_free(&o);
+        return false;
+    }
+    return true;
+}
+
+static bool run_all(evaluation *e) {
+    e->bar = (progress){.on = !e->opt.quiet && isatty(STDERR_FILENO), .t0 = now_s()};
+    for (int32_t i = 0; i < e->n_strategies; i++) e->bar.total += (int64_t)e->prompts.n * seeds_of(e, &e->strategies[i]);
+    for (int32_t i = 0; i < e->n_strategies; i++) {
+        const eval_strategy *st = &e->strategies[i];
+        for (int32_t p = 0; p < e->prompts.n; p++)
+            for (int32_t k = 0; k < seeds_of(e, st); k++) {
+                progress_show(&e->bar, st->spec);
+                if (!run_one(e, i, p, k)) {
+                    progress_end(&e->bar);
+                    return false;
+                }
+                e->bar.done++;
+            }
+    }
+    progress_end(&e->bar);
+    return true;
+}
+
+/* ------------------------------------------------------------------ */
+/* Report                                                              */
+/* ------------------------------------------------------------------ */
+
+/* The command line as a shell would take it back. */
+static char *command_line(int argc, char **argv) {
+    size_t size = 32;
+    for (int i = 0; i < argc; i++) size += 4 * strlen(argv[i]) + 3;
+    char *out = malloc(size), *w = out;
+    if (!out) return NULL;
+    w += sprintf(w, "llama_selfmod");
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        bool plain = *a && strspn(a, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.,/:=+@") == strlen(a);
+        *w++ = ' ';
+        if (plain) {
+            w += sprintf(w, "%s", a);
+            continue;
+        }
+        *w++ = '\'';
+        for (; *a; a++) {
+            if (*a == '\'') w += sprintf(w, "'\\''");
+            else *w++ = *a;
+        }
+        *w++ = '\'';
+    }
+    *w = '\0';
+    return out;
+}
+
+static bool write_file(FILE *f, const char *path, int (*writer)(FILE *, const eval_report *), const eval_report *r) {
+    if (!f) return true;
+    bool ok = writer(f, r) == 0;
+    ok = fclose(f) == 0 && ok;
+    if (!ok) eval_error("writing '%s' failed", path);
+    return ok;
+}
+
+static bool report_results(evaluation *e, int argc, char **argv, double wall_seconds) {
+    eval_summary *summaries = calloc((size_t)e->n_strategies, sizeof *summaries);
+    char *command = command_line(argc, argv);
+    bool ok = summaries && command;
+    for (int32_t i = 0; ok && i < e->n_strategies; i++)
+        ok = eval_summarize(e->outputs, e->n_outputs, i, seeds_of(e, &e->strategies[i]), e->baseline, e->prompts.n,
+                            &summaries[i]) == 0;
+    if (!ok) {
+        eval_error("out of memory summarising the results");
+    } else {
+        char judge_description[256];
+        if (e->judge_model) snprintf(judge_description, sizeof judge_description, "%s (%s)", e->opt.judge_path,
+                                     sm_model_description(e->judge_model));
+        char model_description[256];
+        snprintf(model_description, sizeof model_description, "%s (%s)", e->opt.model_path,
+                 sm_model_description(e->model));
+        eval_report r = {
+            .opt = &e->opt,
+            .command = command,
+            .model_description = model_description,
+            .judge_description = e->judge_model ? judge_description : NULL,
+            .prompts = &e->prompts,
+            .strategies = e->strategies,
+            .summaries = summaries,
+            .n_strategies = e->n_strategies,
+            .baseline = e->baseline,
+            .outputs = e->outputs,
+            .n_outputs = e->n_outputs,
+            .n_unjudged = e->n_unjudged,
+            .wall_seconds = wall_seconds,
+        };
+        eval_print_tables(stdout, &r);
+        ok = write_file(e->csv, e->opt.csv_path, eval_write_csv, &r);
+        ok = write_file(e->json, e->opt.json_path, eval_write_json, &r) && ok;
+        ok = write_file(e->chart, e->opt.chart_path, eval_write_chart, &r) && ok;
+        e->csv = e->json = e->chart = NULL;
+    }
+    free(summaries);
+    free(command);
+    return ok;
+}
+
+static void evaluation_free(evaluation *e) {
+    for (int32_t i = 0; i < e->n_outputs; i++) eval_output_free(&e->outputs[i]);
+    free(e->outputs);
+    for (int32_t i = 0; i < e->n_strategies; i++) eval_strategy_free(&e->strategies[i]);
+    sm_judge_free(e->judge);
+    sm_session_free(e->single);
+    sm_session_free(e->fused);
+    for (int32_t i = 0; i < e->n_loaded; i++) sm_model_free(e->loaded[i].model);
+    if (e->csv) fclose(e->csv);
+    if (e->json) fclose(e->json);
+    if (e->chart) fclose(e->chart);
+    eval_prompts_free(&e->prompts);
+    eval_options_free(&e->opt);
+}
+
+int eval_main(int argc, char **argv) {
+    evaluation *e = calloc(1, sizeof *e);
+    if (!e) return EXIT_FAILURE;
+    switch (eval_parse_args(argc, argv, &e->opt, stderr)) {
+    case EVAL_PARSE_EXIT_OK: free(e); return EXIT_SUCCESS;
+    case EVAL_PARSE_ERROR: free(e); return EXIT_USAGE;
+    case EVAL_PARSE_RUN: break;
+    }
+    int code = EXIT_FAILURE;
+    char msg[512];
+    double t0 = now_s();
+    if (!parse_strategies(e)) {
+        code = EXIT_USAGE;
+    } else if (eval_prompts_load(e->opt.prompts_path, e->opt.limit, &e->prompts, msg, sizeof msg) != 0) {
+        eval_error("%s", msg);
+    } else if (open_output(e->opt.csv_path, "--csv", &e->csv) && open_output(e->opt.json_path, "--json", &e->json) &&
+               open_output(e->opt.chart_path, "--chart", &e->chart) && set_up_models(e) && run_all(e) &&
+               report_results(e, argc, argv, now_s() - t0)) {
+        code = EXIT_SUCCESS;
+    }
+    evaluation_free(e);
+    free(e);
+    return code;
+}

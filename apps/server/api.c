@@ -1,0 +1,252 @@
+/* /health, /v1/models, /props, the three completion endpoints, /tokenize
+ * and /detokenize. */
+#include "server/api.h"
+#include "server/generate.h"
+#include "server/json_util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+cJSON *api_parse_body(const char *body, size_t len, reply *error_reply) {
+    const char *end = NULL;
+    cJSON *json = cJSON_ParseWithLengthOpts(body, len, &end, false);
+    if (!json) {
+        size_t at = end && end >= body ? (size_t)(end - body) : 0;
+        char msg[160];
+        snprintf(msg, sizeof msg, "malformed JSON in the request body (near byte %zu)", at);
+        *error_reply = reply_error_simple(400, NULL, msg);
+        return NULL;
+    }
+    if (!cJSON_IsObject(json)) {
+        cJSON_Delete(json);
+        *error_reply = reply_error_simple(400, NULL, "the request body must be a JSON object");
+        return NULL;
+    }
+    return json;
+}
+
+reply api_health(server *srv) {
+    int busy, waiting;
+    slot_pool_counts(&srv->slots, &busy, &waiting);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "status", "ok");
+    cJSON_AddNumberToObject(o, "slots_idle", srv->slots.n_slots - busy);
+    cJSON_AddNumberToObject(o, "slots_processing", busy);
+    cJSON_AddNumberToObject(o, "requests_waiting", waiting);
+    cJSON_AddNumberToObject(o, "requests_total", (double)atomic_load(&srv->n_requests));
+    cJSON_AddNumberToObject(o, "streams_cancelled", (double)atomic_load(&srv->n_cancelled));
+    return reply_json(200, o);
+}
+
+static cJSON *model_entry(server *srv, int target) {
+    cJSON *m = cJSON_CreateObject();
+    cJSON_AddStringToObject(m, "id", model_set_target_id(&srv->models, target));
+    cJSON_AddStringToObject(m, "object", "model");
+    cJSON_AddNumberToObject(m, "created", (double)srv->models.created);
+    cJSON_AddStringToObject(m, "owned_by", "llama_selfmod");
+    cJSON *meta = cJSON_AddObjectToObject(m, "meta");
+    sm_model *models[SM_MAX_MODELS];
+    int n = model_set_target_models(&srv->models, target, models);
+    cJSON *parts = cJSON_AddArrayToObject(meta, "models");
+    for (int i = 0; i < n; i++) {
+        cJSON *p = cJSON_CreateObject();
+        cJSON_AddStringToObject(p, "path", sm_model_path(models[i]));
+        cJSON_AddStringToObject(p, "description", sm_model_description(models[i]));
+        cJSON_AddNumberToObject(p, "n_vocab", sm_model_n_vocab(models[i]));
+        cJSON_AddNumberToObject(p, "n_ctx_train", sm_model_n_ctx_train(models[i]));
+        cJSON_AddItemToArray(parts, p);
+    }
+    cJSON_AddBoolToObject(meta, "fused", n > 1);
+    cJSON_AddNumberToObject(meta, "n_ctx", srv->slots.session_params.n_ctx);
+    return m;
+}
+
+reply api_models(server *srv) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "object", "list");
+    cJSON *data = cJSON_AddArrayToObject(o, "data");
+    for (int t = 0; t < model_set_n_targets(&srv->models); t++) cJSON_AddItemToArray(data, model_entry(srv, t));
+    return reply_json(200, o);
+}
+
+/* What the web page needs to build its forms. */
+reply api_props(server *srv) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "version", SM_VERSION);
+    cJSON_AddStringToObject(o, "default_model", srv->models.default_id);
+    cJSON *models = cJSON_AddArrayToObject(o, "models");
+    for (int t = 0; t < model_set_n_targets(&srv->models); t++)
+        cJSON_AddItemToArray(models, cJSON_CreateString(model_set_target_id(&srv->models, t)));
+    cJSON_AddNumberToObject(o, "n_models", srv->models.n_models);
+    cJSON_AddNumberToObject(o, "n_ctx", srv->slots.session_params.n_ctx);
+    cJSON_AddNumberToObject(o, "total_slots", srv->slots.n_slots);
+    cJSON_AddNumberToObject(o, "loom_max_beams", srv->slots.tree_max_beams);
+    cJSON *modes = cJSON_AddArrayToObject(o, "fusion_modes");
+    for (int m = SM_FUSION_CONFIDENCE; m <= SM_FUSION_CONTRASTIVE; m++)
+        cJSON_AddItemToArray(modes, cJSON_CreateString(sm_fusion_mode_name((sm_fusion_mode)m)));
+    cJSON *ops = cJSON_AddArrayToObject(o, "operators");
+    for (const char *const *name = sm_operator_names(); name && *name; name++)
+        cJSON_AddItemToArray(ops, cJSON_CreateString(*name));
+    cJSON_AddStringToObject(o, "operator_help", sm_operator_help());
+    sm_gen_params g = sm_gen_default_params();
+    cJSON *defaults = cJSON_AddObjectToObject(o, "defaults");
+    json_add_float(defaults, "temperature", g.sampling.temperature);
+    json_add_float(defaults, "top_p", g.sampling.top_p);
+    cJSON_AddNumberToObject(defaults, "top_k", g.sampling.top_k);
+    json_add_float(defaults, "min_p", g.sampling.min_p);
+    json_add_float(defaults, "repeat_penalty", g.sampling.repeat_penalty);
+    json_add_float(defaults, "confidence_threshold", g.policy.confidence_threshold);
+    json_add_float(defaults, "critical_threshold", g.policy.critical_threshold);
+    cJSON_AddNumberToObject(defaults, "max_retractions", g.policy.max_retractions);
+    return reply_json(200, o);
+}
+
+/* ------------------------------------------------------------------ */
+
+static reply generate(server *srv, const char *body, size_t len, api_kind api) {
+    reply bad;
+    cJSON *json = api_parse_body(body, len, &bad);
+    if (!json) return bad;
+    gen_request req;
+    api_error err;
+    bool ok = gen_request_parse(json, api, &srv->models, &req, &err);
+    cJSON_Delete(json);
+    if (!ok) {
+        gen_request_free(&req);
+        return reply_error(&err);
+    }
+    if (req.stream) {
+        channel *ch = NULL;
+        if (!generation_start_stream(srv, &req, &ch, &err)) return reply_error(&err);
+        return reply_stream(ch);
+    }
+    cJSON *response = NULL;
+    if (!generation_run(srv, &req, &response, &err)) return reply_error(&err);
+    return reply_json(200, response);
+}
+
+reply api_completions(server *srv, const char *body, size_t len) { return generate(srv, body, len, API_COMPLETIONS); }
+reply api_chat_completions(server *srv, const char *body, size_t len) { return generate(srv, body, len, API_CHAT); }
+reply api_llama_completion(server *srv, const char *body, size_t len) { return generate(srv, body, len, API_LLAMA); }
+
+/* ------------------------------------------------------------------ */
+
+static const served_model *vocab_for(server *srv, const cJSON *body, reply *bad) {
+    const cJSON *model = json_field(body, "model");
+    if (model && !cJSON_IsString(model)) {
+        *bad = reply_error_simple(400, "model", "'model' must be a string");
+        return NULL;
+    }
+    int target = model_set_resolve(&srv->models, model ? model->valuestring : NULL);
+    if (target < 0) {
+        api_error err = {0};
+        api_fail(&err, 404, "model", "The model '%s' does not exist", model->valuestring);
+        err.code = "model_not_found";
+        *bad = reply_error(&err);
+        return NULL;
+    }
+    return model_set_target_vocab(&srv->models, target);
+}
+
+reply api_tokenize(server *srv, const char *body, size_t len) {
+    reply bad;
+    cJSON *json = api_parse_body(body, len, &bad);
+    if (!json) return bad;
+    api_error err = {0};
+    const cJSON *content = json_field(json, "content");
+    bool add_special = false, with_pieces = false;
+    const served_model *m = vocab_for(srv, json, &bad);
+    if (!m) {
+        cJSON_Delete(json);
+        return bad;
+    }
+    if (!cJSON_IsString(content)) {
+        cJSON_Delete(json);
+        return reply_error_simple(400, "content", "'content' must be a string");
+    }
+    if (!get_bool_field(json, "add_special", "add_special", &add_special, &err) ||
+        !get_bool_field(json, "with_pieces", "with_pieces", &with_pieces, &err)) {
+        cJSON_Delete(json);
+        return reply_error(&err);
+    }
+    int32_t n = sm_tokenize(m->model, content->valuestring, NULL, 0, add_special, true);
+    n = n < 0 ? -n : n;
+    sm_token *tokens = malloc(sizeof *tokens * (size_t)(n > 0 ? n : 1));
+    if (tokens && n > 0) n = sm_tokenize(m->model, content->valuestring, tokens, n, add_special, true);
+    cJSON_Delete(json);
+    if (!tokens || n < 0) {
+        free(tokens);
+        return reply_error_simple(500, NULL, "cannot tokenize the content");
+    }
+    cJSON *o = cJSON_CreateObject();
+    cJSON *list = cJSON_AddArrayToObject(o, "tokens");
+    for (int32_t i = 0; i < n; i++) {
+        if (!with_pieces) {
+            cJSON_AddItemToArray(list, cJSON_CreateNumber(tokens[i]));
+            continue;
+        }
+        size_t plen;
+        const char *piece = piece_of(m, tokens[i], &plen);
+        cJSON *t = cJSON_CreateObject();
+        cJSON_AddNumberToObject(t, "id", tokens[i]);
+        json_add_text(t, "piece", piece, plen);
+        cJSON_AddItemToArray(list, t);
+    }
+    free(tokens);
+    return reply_json(200, o);
+}
+
+reply api_detokenize(server *srv, const char *body, size_t len) {
+    reply bad;
+    cJSON *json = api_parse_body(body, len, &bad);
+    if (!json) return bad;
+    const served_model *m = vocab_for(srv, json, &bad);
+    if (!m) {
+        cJSON_Delete(json);
+        return bad;
+    }
+    const cJSON *list = json_field(json, "tokens");
+    if (!cJSON_IsArray(list)) {
+        cJSON_Delete(json);
+        return reply_error_simple(400, "tokens", "'tokens' must be an array of token ids");
+    }
+    int32_t n = cJSON_GetArraySize(list), n_vocab = sm_model_n_vocab(m->model), i = 0;
+    sm_token *tokens = malloc(sizeof *tokens * (size_t)(n > 0 ? n : 1));
+    if (!tokens) {
+        cJSON_Delete(json);
+        return reply_error_simple(500, NULL, "out of memory");
+    }
+    const cJSON *item;
+    cJSON_ArrayForEach(item, list) {
+        if (!cJSON_IsNumber(item) || item->valuedouble != (double)(sm_token)item->valuedouble ||
+            item->valuedouble < 0 || item->valuedouble >= n_vocab) {
+            char param[32], msg[128];
+            snprintf(param, sizeof param, "tokens[%d]", i);
+            snprintf(msg, sizeof msg, "'%s' must be a token id in [0, %d)", param, n_vocab);
+            free(tokens);
+            cJSON_Delete(json);
+            return reply_error_simple(400, param, msg);
+        }
+        tokens[i++] = (sm_token)item->valuedouble;
+    }
+    cJSON_Delete(json);
+    int32_t size = 64 + n * 16;
+    char *text = malloc((size_t)size);
+    int32_t k = text ? sm_detokenize(m->model, tokens, n, text, size) : -1;
+    if (text && k < 0) {
+        size = -k + 1;
+        char *bigger = realloc(text, (size_t)size);
+        if (bigger) text = bigger;
+        k = bigger ? sm_detokenize(m->model, tokens, n, text, size) : -1;
+    }
+    free(tokens);
+    if (!text || k < 0) {
+        free(text);
+        return reply_error_simple(500, NULL, "cannot detokenize the tokens");
+    }
+    cJSON *o = cJSON_CreateObject();
+    json_add_text(o, "content", text, (size_t)k);
+    free(text);
+    return reply_json(200, o);
+}

@@ -1,0 +1,28 @@
+/* What every request handler shares: the options, the models, the slots. */
+#ifndef SERVER_CONTEXT_H
+#define SERVER_CONTEXT_H
+
+#include "server/models.h"
+#include "server/options.h"
+#include "server/slots.h"
+
+#include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
+
+typedef struct server {
+    server_options opt;
+    model_set models;
+    slot_pool slots;
+    int32_t max_rewind;           /* of every session                     */
+    char web_dir[PATH_MAX];       /* "" when there is none                 */
+    atomic_bool stopping;
+    /* streaming generations run in their own threads; shutdown waits */
+    pthread_mutex_t workers_mutex;
+    pthread_cond_t workers_done;
+    int n_workers;
+    atomic_long n_requests;
+    atomic_long n_cancelled;      /* streams whose client went away        */
+} server;
+
+#endif

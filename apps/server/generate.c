@@ -1,0 +1,328 @@
+#include "server/generate.h"
+#include "server/job.h"
+#include "server/json_util.h"
+#include "server/response.h"
+
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+static void make_id(char *id, size_t size, const char *prefix) {
+    static atomic_ulong counter;
+    unsigned long n = atomic_fetch_add(&counter, 1);
+    snprintf(id, size, "%s-%08lx%06lx", prefix, (unsigned long)time(NULL) & 0xffffffffUL, n & 0xffffffUL);
+}
+
+static void job_free(job *j) {
+    if (!j) return;
+    gen_request_free(&j->req);
+    tracker_free(&j->tr);
+    free(j->prompt_tokens);
+    free(j);
+}
+
+/*
+ * How many of the newest tokens a stream holds back so that it never sends
+ * text a rewind later removes. Rewinds can follow one another without a
+ * token kept in between, each reaching further back, so the bound is their
+ * total: every retraction removes at most retract_tokens - 1 kept tokens,
+ * every backtrack at most max_rewind. With operators that is usually the
+ * whole answer: the text then comes at the end, while the library's events
+ * (selfmod.events) still stream as they happen.
+ */
+static int32_t stream_lag(const gen_request *r, int32_t max_rewind) {
+    const sm_policy_params *p = &r->params.policy;
+    int64_t lag = 0;
+    bool retracts = p->enabled && (p->retract == 1 || (p->retract == -1 && p->aggressive));
+    if (retracts) {
+        int64_t per = p->retract_tokens - 1 < max_rewind ? p->retract_tokens - 1 : max_rewind;
+        lag += (int64_t)p->max_retractions * per;
+    }
+    if (r->n_operators > 0) lag += (int64_t)r->params.max_backtracks * max_rewind;
+    return lag > INT32_MAX ? INT32_MAX : (int32_t)lag;
+}
+
+static bool tokenize_prompt(job *j, api_error *err) {
+    const sm_model *model = j->vocab->model;
+    int32_t n = sm_tokenize(model, j->req.prompt, NULL, 0, true, true);
+    if (n == INT32_MIN) return api_fail(err, 400, "prompt", "the prompt is too long to tokenize");
+    n = n < 0 ? -n : n;
+    j->prompt_tokens = malloc(sizeof(sm_token) * (size_t)(n > 0 ? n : 1));
+    if (!j->prompt_tokens) return api_fail(err, 500, NULL, "out of memory");
+    j->n_prompt_tokens = n > 0 ? sm_tokenize(model, j->req.prompt, j->prompt_tokens, n, true, true) : 0;
+    if (j->n_prompt_tokens <= 0) return api_fail(err, 400, "prompt", "the prompt is empty: give some text");
+    int32_t n_ctx = (int32_t)j->srv->slots.session_params.n_ctx;
+    if (j->n_prompt_tokens >= n_ctx) {
+        api_fail(err, 400, "prompt", "the prompt is %d tokens but the context holds %d: nothing left to generate into",
+                 j->n_prompt_tokens, n_ctx);
+        err->code = "context_length_exceeded";
+        return false;
+    }
+    return true;
+}
+
+static job *job_new(server *srv, gen_request *req, api_error *err) {
+    job *j = calloc(1, sizeof *j);
+    if (!j) {
+        gen_request_free(req);
+        api_fail(err, 500, NULL, "out of memory");
+        return NULL;
+    }
+    j->srv = srv;
+    j->req = *req;
+    gen_request_bind(&j->req);
+    memset(req, 0, sizeof *req);
+    j->created = (long)time(NULL);
+    make_id(j->id, sizeof j->id, j->req.api == API_CHAT ? "chatcmpl" : "cmpl");
+    j->model_id = model_set_target_id(&srv->models, j->req.target);
+    j->vocab = model_set_target_vocab(&srv->models, j->req.target);
+    tracker_init(&j->tr, 0, (const char *const *)j->req.stops, j->req.n_stops);
+    if (j->req.api != API_CHAT && !tokenize_prompt(j, err)) {
+        job_free(j);
+        return NULL;
+    }
+    return j;
+}
+
+/* ------------------------------------------------------------------ */
+/* Streaming                                                           */
+/* ------------------------------------------------------------------ */
+
+static void send_json(job *j, cJSON *json) {
+    char *text = json_print_and_delete(json);
+    if (!text) return;
+    channel_write(j->ch, "data: ", 6);
+    channel_write_str(j->ch, text);
+    channel_write(j->ch, "\n\n", 2);
+    free(text);
+}
+
+static void send_done(job *j) {
+    if (j->req.api != API_LLAMA) channel_write_str(j->ch, "data: [DONE]\n\n");
+}
+
+/* Sends whatever text has settled, with the event when the client asked
+ * for the library's events. */
+static void stream_progress(job *j, const sm_event *e) {
+    tracker *t = &j->tr;
+    size_t end = tracker_settled_end(t);
+    int32_t tok_to = tracker_tokens_before(t, end);
+    cJSON *events = NULL;
+    if (j->req.live_events) {
+        events = cJSON_CreateArray();
+        cJSON_AddItemToArray(events, response_event(j, e));
+    }
+    if (!events && end == t->sent && tok_to == t->sent_tokens) return;
+    cJSON *chunk = response_chunk(j, t->text + t->sent, end - t->sent, t->sent_tokens, tok_to, events);
+    t->sent = end;
+    t->sent_tokens = tok_to;
+    send_json(j, chunk);
+}
+
+static bool on_event(const sm_event *e, void *user_data) {
+    job *j = user_data;
+    switch (e->type) {
+    case SM_EVENT_START:
+        j->n_prompt = sm_session_n_past(j->session);
+        break;
+    case SM_EVENT_TOKEN:
+        if (!tracker_add(&j->tr, e)) j->out_of_memory = true;
+        break;
+    case SM_EVENT_RETRACTION:
+    case SM_EVENT_BACKTRACK:
+        tracker_remove_from(&j->tr, e->token_index);
+        break;
+    default:
+        break;
+    }
+    if (j->ch && e->type != SM_EVENT_START && e->type != SM_EVENT_DONE) stream_progress(j, e);
+    bool cancelled = (j->ch && channel_cancelled(j->ch)) || atomic_load(&j->srv->stopping);
+    return !cancelled && !j->out_of_memory;
+}
+
+/* ------------------------------------------------------------------ */
+/* Generation in a slot                                                */
+/* ------------------------------------------------------------------ */
+
+/* Keeps the longest prefix of the prompt the slot's context already holds
+ * and decodes the rest. */
+static sm_status feed_prompt(job *j) {
+    sm_session *s = j->session;
+    int32_t n_held = 0;
+    const sm_token *held = sm_session_tokens(s, &n_held);
+    int32_t common = 0;
+    while (common < n_held && common < j->n_prompt_tokens && held[common] == j->prompt_tokens[common]) common++;
+    sm_status st = common == 0 ? sm_session_clear(s) : sm_session_truncate(s, common);
+    if (st == SM_OK && common == j->n_prompt_tokens && !sm_session_logits(s)) st = SM_ERR_STATE;
+    if (st != SM_OK) { /* start over rather than fail */
+        common = 0;
+        st = sm_session_clear(s);
+    }
+    j->n_cached = common;
+    if (st == SM_OK && common < j->n_prompt_tokens)
+        st = sm_session_feed_tokens(s, j->prompt_tokens + common, j->n_prompt_tokens - common);
+    return st;
+}
+
+static sm_status run_chat(job *j, sm_result *res, char *why, size_t why_size) {
+    sm_chat *chat = slot_chat(&j->srv->slots, j->slot, j->req.target, j->req.has_system, why, why_size);
+    if (!chat) return SM_ERR_CONTEXT;
+    int32_t n_before = sm_session_n_past(j->session);
+    const sm_chat_message *last = &j->req.messages[j->req.n_messages - 1];
+    sm_status st = sm_chat_set_history(chat, j->req.messages, j->req.n_messages - 1);
+    double t0 = now_ms();
+    if (st == SM_OK) st = sm_chat_turn(chat, last->content, &j->req.params, res);
+    if (st != SM_OK) {
+        snprintf(why, why_size, "%s", sm_chat_last_error(chat));
+        return st;
+    }
+    sm_chat_turn_info info = sm_chat_last_turn_info(chat);
+    j->n_cached = info.n_reused < n_before ? info.n_reused : n_before;
+    j->t_prompt_ms = now_ms() - t0 - res->t_generate_ms;
+    return SM_OK;
+}
+
+static sm_status run_completion(job *j, sm_result *res, char *why, size_t why_size) {
+    double t0 = now_ms();
+    sm_status st = feed_prompt(j);
+    j->t_prompt_ms = now_ms() - t0;
+    if (st == SM_OK) st = sm_session_generate(j->session, NULL, &j->req.params, res);
+    if (st != SM_OK) snprintf(why, why_size, "%s", sm_session_last_error(j->session));
+    return st;
+}
+
+static void error_from_status(sm_status st, const char *why, api_error *err) {
+    unsigned status = st == SM_ERR_INVALID_ARGUMENT || st == SM_ERR_PROMPT_TOO_LONG ? 400 : 500;
+    api_fail(err, status, NULL, "%s", why && *why ? why : sm_status_name(st));
+    if (st == SM_ERR_PROMPT_TOO_LONG) err->code = "context_length_exceeded";
+}
+
+/* The chat's messages as slots remember them; with room for the answer. */
+static uint64_t *chat_hashes(const gen_request *r) {
+    uint64_t *h = malloc(sizeof *h * (size_t)(r->n_messages + 1));
+    for (int i = 0; h && i < r->n_messages; i++) h[i] = message_hash(r->messages[i].role, r->messages[i].content);
+    return h;
+}
+
+static slot *acquire_slot(job *j, uint64_t *hashes) {
+    slot_pool *pool = &j->srv->slots;
+    if (j->req.api == API_CHAT && hashes) return slot_acquire_for_chat(pool, j->req.target, hashes, j->req.n_messages);
+    return slot_acquire(pool, j->req.target, j->prompt_tokens, j->n_prompt_tokens);
+}
+
+/* Generates in a slot; the slot is released before returning. */
+static bool generate_in_slot(job *j, sm_result *res, api_error *err) {
+    server *srv = j->srv;
+    uint64_t *hashes = j->req.api == API_CHAT ? chat_hashes(&j->req) : NULL;
+    j->slot = acquire_slot(j, hashes);
+    char why[512] = "";
+    j->session = slot_session(&srv->slots, j->slot, j->req.target, why, sizeof why);
+    sm_status st = j->session ? SM_OK : SM_ERR_CONTEXT;
+    if (st == SM_OK) {
+        j->tr.lag = j->ch ? stream_lag(&j->req, srv->max_rewind) : 0;
+        j->req.params.on_event = on_event;
+        j->req.params.user_data = j;
+        st = j->req.api == API_CHAT ? run_chat(j, res, why, sizeof why) : run_completion(j, res, why, sizeof why);
+    }
+    if (hashes) { /* the conversation the next turn will send back */
+        bool ok = st == SM_OK && res->text;
+        if (ok) hashes[j->req.n_messages] = message_hash("assistant", res->text);
+        slot_set_chat_messages(j->slot, j->req.target, hashes, ok ? j->req.n_messages + 1 : 0);
+        free(hashes);
+    } else {
+        slot_set_chat_messages(j->slot, j->req.target, NULL, 0); /* the context is no conversation now */
+    }
+    slot_release(&srv->slots, j->slot);
+    if (st == SM_OK && j->out_of_memory) {
+        st = SM_ERR_NO_MEMORY;
+        snprintf(why, sizeof why, "out of memory recording the tokens");
+    }
+    if (st != SM_OK) {
+        error_from_status(st, why, err);
+        return false;
+    }
+    return true;
+}
+
+bool generation_run(server *srv, gen_request *req, cJSON **response, api_error *err) {
+    job *j = job_new(srv, req, err);
+    if (!j) return false;
+    sm_result res = {0};
+    bool ok = generate_in_slot(j, &res, err);
+    if (ok) *response = response_complete(j, &res);
+    sm_result_free(&res);
+    job_free(j);
+    return ok;
+}
+
+/* The rest of the stream once the generation has ended. */
+static void finish_stream(job *j, const sm_result *res) {
+    tracker *t = &j->tr;
+    size_t sent = t->sent <= res->text_len ? t->sent : res->text_len;
+    int32_t tok_to = tracker_tokens_touching(t, res->text_len);
+    send_json(j, response_final_chunk(j, res, res->text + sent, res->text_len - sent, t->sent_tokens, tok_to));
+    if (j->req.include_usage && j->req.api != API_LLAMA) send_json(j, response_usage_chunk(j, res));
+    send_done(j);
+}
+
+static void *stream_worker(void *arg) {
+    job *j = arg;
+    server *srv = j->srv;
+    if (j->req.api == API_CHAT) send_json(j, response_role_chunk(j));
+    sm_result res = {0};
+    api_error err = {0};
+    if (generate_in_slot(j, &res, &err)) {
+        if (res.stop_reason != SM_STOP_CANCELLED) finish_stream(j, &res);
+        else atomic_fetch_add(&srv->n_cancelled, 1);
+    } else {
+        send_json(j, json_error_object(err.message, err.type, err.param, err.code));
+        send_done(j);
+    }
+    sm_result_free(&res);
+    channel_close(j->ch);
+    job_free(j);
+    pthread_mutex_lock(&srv->workers_mutex);
+    if (--srv->n_workers == 0) pthread_cond_broadcast(&srv->workers_done);
+    pthread_mutex_unlock(&srv->workers_mutex);
+    return NULL;
+}
+
+bool generation_start_stream(server *srv, gen_request *req, channel **out, api_error *err) {
+    job *j = job_new(srv, req, err);
+    if (!j) return false;
+    j->ch = channel_new(&srv->stopping);
+    if (!j->ch) {
+        job_free(j);
+        return api_fail(err, 500, NULL, "out of memory");
+    }
+    pthread_mutex_lock(&srv->workers_mutex);
+    srv->n_workers++;
+    pthread_mutex_unlock(&srv->workers_mutex);
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_t thread;
+    channel *ch = j->ch;
+    int rc = pthread_create(&thread, &attr, stream_worker, j);
+    pthread_attr_destroy(&attr);
+    if (rc != 0) {
+        pthread_mutex_lock(&srv->workers_mutex);
+        srv->n_workers--;
+        pthread_mutex_unlock(&srv->workers_mutex);
+        channel_close(ch);
+        channel_consumer_done(ch);
+        job_free(j);
+        return api_fail(err, 503, NULL, "cannot start a thread for the stream");
+    }
+    *out = ch;
+    return true;
+}

@@ -1,0 +1,21 @@
+/* Running generation requests in slots, streamed or not. */
+#ifndef SERVER_GENERATE_H
+#define SERVER_GENERATE_H
+
+#include "server/channel.h"
+#include "server/context.h"
+#include "server/request.h"
+
+#include <cjson/cJSON.h>
+
+/* Runs a request in the calling thread (waiting for a slot). On success
+ * *response is the JSON to send with 200; else err says what failed.
+ * Takes ownership of *req either way. */
+bool generation_run(server *srv, gen_request *req, cJSON **response, api_error *err);
+
+/* Checks the request, then generates in a thread of its own that writes
+ * server-sent events to *out (the caller turns it into the HTTP response).
+ * Takes ownership of *req either way. */
+bool generation_start_stream(server *srv, gen_request *req, channel **out, api_error *err);
+
+#endif

@@ -1,0 +1,29 @@
+/* One generation request on its way through a slot. */
+#ifndef SERVER_JOB_H
+#define SERVER_JOB_H
+
+#include "server/channel.h"
+#include "server/context.h"
+#include "server/request.h"
+#include "server/tracker.h"
+
+typedef struct job {
+    server *srv;
+    gen_request req;
+    channel *ch;                 /* NULL unless streaming                 */
+    char id[48];
+    long created;
+    const char *model_id;
+    const served_model *vocab;   /* whose token ids the output uses       */
+    sm_token *prompt_tokens;     /* completions: the tokenized prompt     */
+    int32_t n_prompt_tokens;
+    slot *slot;
+    sm_session *session;
+    tracker tr;
+    int32_t n_prompt;            /* tokens in the context when generation began */
+    int32_t n_cached;            /* of which the slot already held         */
+    double t_prompt_ms;
+    bool out_of_memory;
+} job;
+
+#endif

@@ -1,0 +1,29 @@
+/* JSON helpers for the server: text that may not be valid UTF-8, floats
+ * written short, and OpenAI-style error bodies. */
+#ifndef SERVER_JSON_UTIL_H
+#define SERVER_JSON_UTIL_H
+
+#include <cjson/cJSON.h>
+
+#include <stdbool.h>
+#include <stddef.h>
+
+/* A JSON string of bytes; bytes that are not well-formed UTF-8 become U+FFFD. */
+cJSON *json_text(const char *bytes, size_t len);
+void json_add_text(cJSON *object, const char *key, const char *bytes, size_t len);
+/* A float as 7 significant digits (0.42f is 0.42); NaN and inf are null. */
+cJSON *json_float(double value);
+void json_add_float(cJSON *object, const char *key, double value);
+/* The bytes as an array of numbers (OpenAI's "bytes" field). */
+cJSON *json_byte_array(const char *bytes, size_t len);
+/* Unformatted text of json; json is deleted. */
+char *json_print_and_delete(cJSON *json);
+
+/* Length of the longest prefix of s[0, len) that does not end inside an
+ * incomplete UTF-8 sequence (which the next token may complete). */
+size_t utf8_complete_prefix(const char *s, size_t len);
+
+/* {"error": {"message", "type", "param", "code"}} */
+cJSON *json_error_object(const char *message, const char *type, const char *param, const char *code);
+
+#endif

@@ -1,0 +1,132 @@
+#include "server/models.h"
+
+#include <llama.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* "dir/name.gguf" -> "name" */
+static void id_from_path(const char *path, char *id, size_t size) {
+    const char *base = strrchr(path, '/');
+    base = base ? base + 1 : path;
+    size_t len = strlen(base);
+    if (len > 5 && strcmp(base + len - 5, ".gguf") == 0) len -= 5;
+    snprintf(id, size, "%.*s", (int)len, base);
+}
+
+static bool build_pieces(served_model *m) {
+    const struct llama_vocab *vocab = llama_model_get_vocab(sm_model_llama(m->model));
+    int32_t n = sm_model_n_vocab(m->model);
+    piece_table *t = &m->pieces;
+    t->n_vocab = n;
+    t->offsets = malloc(sizeof *t->offsets * ((size_t)n + 1));
+    size_t cap = (size_t)n * 8 + 64, len = 0;
+    t->bytes = malloc(cap);
+    if (!t->offsets || !t->bytes) return false;
+    char buf[256];
+    for (int32_t tok = 0; tok < n; tok++) {
+        int32_t k = llama_token_to_piece(vocab, tok, buf, sizeof buf, 0, false);
+        if (k < 0) k = 0; /* a piece over 255 bytes: shown empty */
+        if (len + (size_t)k > cap) {
+            while (len + (size_t)k > cap) cap *= 2;
+            char *b = realloc(t->bytes, cap);
+            if (!b) return false;
+            t->bytes = b;
+        }
+        t->offsets[tok] = len;
+        memcpy(t->bytes + len, buf, (size_t)k);
+        len += (size_t)k;
+    }
+    t->offsets[n] = len;
+    return true;
+}
+
+const char *piece_of(const served_model *m, sm_token token, size_t *len) {
+    const piece_table *t = &m->pieces;
+    if (token < 0 || token >= t->n_vocab) {
+        *len = 0;
+        return "";
+    }
+    *len = t->offsets[token + 1] - t->offsets[token];
+    return t->bytes + t->offsets[token];
+}
+
+static void set_default_id(model_set *set, const char *alias) {
+    if (alias) {
+        snprintf(set->default_id, sizeof set->default_id, "%s", alias);
+        return;
+    }
+    size_t len = 0;
+    set->default_id[0] = '\0';
+    for (int i = 0; i < set->n_models; i++) {
+        int n = snprintf(set->default_id + len, sizeof set->default_id - len, "%s%s", i ? "+" : "",
+                         set->models[i].id);
+        if (n < 0 || (size_t)n >= sizeof set->default_id - len) break;
+        len += (size_t)n;
+    }
+}
+
+bool model_set_load(model_set *set, char *const *paths, int n_paths, const char *alias, int n_gpu_layers,
+                    char *err, size_t err_size) {
+    memset(set, 0, sizeof *set);
+    sm_model_params mp = sm_model_default_params();
+    mp.n_gpu_layers = n_gpu_layers;
+    for (int i = 0; i < n_paths; i++) {
+        sm_error e = {0};
+        served_model *m = &set->models[i];
+        m->model = sm_model_load(paths[i], &mp, &e);
+        if (!m->model) {
+            snprintf(err, err_size, "%s", e.message);
+            model_set_free(set);
+            return false;
+        }
+        set->n_models++;
+        id_from_path(paths[i], m->id, sizeof m->id);
+        if (!build_pieces(m)) {
+            snprintf(err, err_size, "out of memory reading the vocabulary of '%s'", paths[i]);
+            model_set_free(set);
+            return false;
+        }
+    }
+    set_default_id(set, alias);
+    set->created = (long)time(NULL);
+    return true;
+}
+
+void model_set_free(model_set *set) {
+    for (int i = 0; i < set->n_models; i++) {
+        sm_model_free(set->models[i].model);
+        free(set->models[i].pieces.bytes);
+        free(set->models[i].pieces.offsets);
+    }
+    set->n_models = 0;
+}
+
+int model_set_n_targets(const model_set *set) { return set->n_models > 1 ? 1 + set->n_models : 1; }
+
+int model_set_resolve(const model_set *set, const char *name) {
+    if (!name || !*name || strcmp(name, set->default_id) == 0) return 0;
+    if (set->n_models == 1) return strcmp(name, set->models[0].id) == 0 ? 0 : -1;
+    for (int i = 0; i < set->n_models; i++)
+        if (strcmp(name, set->models[i].id) == 0) return 1 + i;
+    return -1;
+}
+
+const char *model_set_target_id(const model_set *set, int target) {
+    return target == 0 ? set->default_id : set->models[target - 1].id;
+}
+
+int model_set_target_models(const model_set *set, int target, sm_model **out) {
+    if (target > 0) {
+        out[0] = set->models[target - 1].model;
+        return 1;
+    }
+    for (int i = 0; i < set->n_models; i++) out[i] = set->models[i].model;
+    return set->n_models;
+}
+
+const served_model *model_set_target_vocab(const model_set *set, int target) {
+    return target > 0 ? &set->models[target - 1] : &set->models[0];
+}

@@ -1,0 +1,228 @@
+#include "server/options.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+enum {
+    OPT_HOST = 1000,
+    OPT_PORT,
+    OPT_MODELS,
+    OPT_ALIAS,
+    OPT_API_KEY,
+    OPT_PARALLEL,
+    OPT_THREADS,
+    OPT_CTX_SIZE,
+    OPT_MAX_BODY,
+    OPT_WEB_DIR,
+    OPT_CHAT_TEMPLATE,
+    OPT_FUSION_ALIGN,
+    OPT_LOOM_MAX_BEAMS,
+    OPT_N_GPU_LAYERS,
+    OPT_QUIET,
+};
+
+static const struct option long_options[] = {
+    {"model", required_argument, NULL, 'm'},
+    {"models", required_argument, NULL, OPT_MODELS},
+    {"alias", required_argument, NULL, OPT_ALIAS},
+    {"host", required_argument, NULL, OPT_HOST},
+    {"port", required_argument, NULL, OPT_PORT},
+    {"api-key", required_argument, NULL, OPT_API_KEY},
+    {"parallel", required_argument, NULL, OPT_PARALLEL},
+    {"threads", required_argument, NULL, OPT_THREADS},
+    {"ctx-size", required_argument, NULL, OPT_CTX_SIZE},
+    {"max-body", required_argument, NULL, OPT_MAX_BODY},
+    {"web-dir", required_argument, NULL, OPT_WEB_DIR},
+    {"chat-template", required_argument, NULL, OPT_CHAT_TEMPLATE},
+    {"fusion-align", no_argument, NULL, OPT_FUSION_ALIGN},
+    {"loom-max-beams", required_argument, NULL, OPT_LOOM_MAX_BEAMS},
+    {"n-gpu-layers", required_argument, NULL, OPT_N_GPU_LAYERS},
+    {"quiet", no_argument, NULL, OPT_QUIET},
+    {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0},
+};
+
+static void print_usage(FILE *out) {
+    fputs("usage: llama_selfmod serve -m MODEL [options]\n"
+          "\n"
+          "An OpenAI-compatible HTTP server (plus llama-server's /completion, /tokenize,\n"
+          "/detokenize and the LLooM's /loom/expand) with the web page at /.\n"
+          "\n"
+          "  -m, --model PATH          a GGUF model (repeat it, or use --models, for fusion)\n"
+          "      --models A,B,...      several models, fused per token; a name without a\n"
+          "                            folder is looked for beside the previous model\n"
+          "      --alias NAME          the model id reported by /v1/models (default: the\n"
+          "                            file's name without .gguf; models joined with '+')\n"
+          "      --host ADDR           address to bind (default: 127.0.0.1)\n"
+          "      --port N              port (default: 8080; 0 = any free port)\n"
+          "      --api-key KEY         require 'Authorization: Bearer KEY' (all but /health\n"
+          "                            and the web page's files)\n"
+          "      --parallel N          requests generating at once; more wait (default: 2)\n"
+          "      --threads N           CPU threads per request; 0 = cores / parallel\n"
+          "      --ctx-size N          context tokens per slot; 0 = the model's (default: 2048)\n"
+          "      --max-body BYTES      largest request body, else 413 (default: 1048576)\n"
+          "      --web-dir DIR         the web page's folder (default: found beside the program)\n"
+          "      --chat-template NAME  a llama.cpp template name (default: the model's own)\n"
+          "      --fusion-align        fuse models whose vocabularies differ (by token text)\n"
+          "      --loom-max-beams N    the largest beam_limit /loom/expand accepts (default: 64)\n"
+          "      --n-gpu-layers N      layers to offload (default: 0)\n"
+          "      --quiet               no request log\n"
+          "  -h, --help                this help\n",
+          out);
+}
+
+static bool parse_long(FILE *err, const char *flag, const char *arg, long lo, long hi, long *out) {
+    char *end = NULL;
+    errno = 0;
+    long v = strtol(arg, &end, 10);
+    if (errno || end == arg || *end || v < lo || v > hi) {
+        fprintf(err, "llama_selfmod serve: error: %s '%s': expected an integer in [%ld, %ld]\n", flag, arg, lo, hi);
+        return false;
+    }
+    *out = v;
+    return true;
+}
+
+static bool is_file(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+/* "name" beside the previous model: dir/name, then dir/name.gguf. */
+static char *resolve_model_path(const char *item, const char *previous) {
+    if (is_file(item) || strchr(item, '/') || !previous) return strdup(item);
+    const char *slash = strrchr(previous, '/');
+    if (!slash) return strdup(item);
+    int dir_len = (int)(slash - previous);
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%.*s/%s", dir_len, previous, item);
+    if (is_file(path)) return strdup(path);
+    snprintf(path, sizeof path, "%.*s/%s.gguf", dir_len, previous, item);
+    if (is_file(path)) return strdup(path);
+    return strdup(item); /* the loader names the missing file */
+}
+
+static bool add_model(server_options *opt, const char *item, FILE *err) {
+    if (!*item) {
+        fprintf(err, "llama_selfmod serve: error: an empty model name in --models\n");
+        return false;
+    }
+    if (opt->n_models == SM_MAX_MODELS) {
+        fprintf(err, "llama_selfmod serve: error: at most %d models\n", SM_MAX_MODELS);
+        return false;
+    }
+    const char *previous = opt->n_models ? opt->model_paths[opt->n_models - 1] : NULL;
+    opt->model_paths[opt->n_models++] = resolve_model_path(item, previous);
+    return true;
+}
+
+static bool add_model_list(server_options *opt, const char *list, FILE *err) {
+    char *copy = strdup(list);
+    bool ok = copy != NULL;
+    char *rest = copy;
+    for (char *item; ok && (item = strsep(&rest, ",")) != NULL;) ok = add_model(opt, item, err);
+    free(copy);
+    return ok;
+}
+
+static bool apply_option(server_options *opt, int c, const char *arg, FILE *err) {
+    long v;
+    switch (c) {
+    case 'm': return add_model(opt, arg, err);
+    case OPT_MODELS: return add_model_list(opt, arg, err);
+    case OPT_ALIAS: opt->alias = arg; return true;
+    case OPT_HOST: opt->host = arg; return true;
+    case OPT_PORT:
+        if (!parse_long(err, "--port", arg, 0, 65535, &v)) return false;
+        opt->port = (int)v;
+        return true;
+    case OPT_API_KEY:
+        if (!*arg) {
+            fprintf(err, "llama_selfmod serve: error: --api-key is empty\n");
+            return false;
+        }
+        opt->api_key = arg;
+        return true;
+    case OPT_PARALLEL:
+        if (!parse_long(err, "--parallel", arg, 1, 256, &v)) return false;
+        opt->parallel = (int)v;
+        return true;
+    case OPT_THREADS:
+        if (!parse_long(err, "--threads", arg, 0, 1024, &v)) return false;
+        opt->n_threads = (int)v;
+        return true;
+    case OPT_CTX_SIZE:
+        if (!parse_long(err, "--ctx-size", arg, 0, INT32_MAX, &v)) return false;
+        opt->n_ctx = (uint32_t)v;
+        return true;
+    case OPT_MAX_BODY:
+        if (!parse_long(err, "--max-body", arg, 1024, LONG_MAX, &v)) return false;
+        opt->max_body = (size_t)v;
+        return true;
+    case OPT_WEB_DIR: opt->web_dir = arg; return true;
+    case OPT_CHAT_TEMPLATE: opt->chat_template = arg; return true;
+    case OPT_FUSION_ALIGN: opt->fusion_align = true; return true;
+    case OPT_LOOM_MAX_BEAMS:
+        if (!parse_long(err, "--loom-max-beams", arg, 1, 255, &v)) return false;
+        opt->loom_max_beams = (int)v;
+        return true;
+    case OPT_N_GPU_LAYERS:
+        if (!parse_long(err, "--n-gpu-layers", arg, 0, 100000, &v)) return false;
+        opt->n_gpu_layers = (int)v;
+        return true;
+    case OPT_QUIET: opt->quiet = true; return true;
+    }
+    return false;
+}
+
+options_result server_parse_options(int argc, char **argv, server_options *opt, FILE *out, FILE *err) {
+    *opt = (server_options){
+        .host = "127.0.0.1",
+        .port = 8080,
+        .parallel = 2,
+        .n_ctx = 2048,
+        .max_body = 1u << 20,
+        .loom_max_beams = 64,
+    };
+    optind = 1;
+    opterr = 0;
+    for (;;) {
+        int c = getopt_long(argc, argv, ":m:h", long_options, NULL);
+        if (c == -1) break;
+        if (c == 'h') {
+            print_usage(out);
+            server_options_free(opt);
+            return OPTIONS_EXIT_OK;
+        }
+        if (c == '?' || c == ':') {
+            const char *flag = argv[optind - 1];
+            fprintf(err, "llama_selfmod serve: error: %s '%s' (see --help)\n",
+                    c == ':' ? "missing value for" : "unknown option", flag);
+            server_options_free(opt);
+            return OPTIONS_ERROR;
+        }
+        if (!apply_option(opt, c, optarg, err)) {
+            server_options_free(opt);
+            return OPTIONS_ERROR;
+        }
+    }
+    if (optind < argc) {
+        fprintf(err, "llama_selfmod serve: error: unexpected argument '%s' (see --help)\n", argv[optind]);
+        server_options_free(opt);
+        return OPTIONS_ERROR;
+    }
+    if (opt->n_models == 0) {
+        fprintf(err, "llama_selfmod serve: error: no model: give one with -m PATH (see --help)\n");
+        return OPTIONS_ERROR;
+    }
+    return OPTIONS_RUN;
+}
+
+void server_options_free(server_options *opt) {
+    for (int i = 0; i < opt->n_models; i++) free(opt->model_paths[i]);
+    opt->n_models = 0;
+}

@@ -1,0 +1,40 @@
+/* Command-line flags of `llama_selfmod serve`. */
+#ifndef SERVER_OPTIONS_H
+#define SERVER_OPTIONS_H
+
+#include "selfmod.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+typedef struct server_options {
+    const char *host;                      /* 127.0.0.1                        */
+    int port;                              /* 8080; 0 = any free port          */
+    char *model_paths[SM_MAX_MODELS];      /* owned                            */
+    int n_models;
+    const char *alias;                     /* the id /v1/models reports        */
+    const char *api_key;                   /* NULL: no authentication          */
+    int parallel;                          /* slots generating at once (2)     */
+    int n_threads;                         /* per slot; 0 = cores / parallel   */
+    uint32_t n_ctx;                        /* per slot (2048)                  */
+    size_t max_body;                       /* request bytes (1 MiB)            */
+    const char *web_dir;                   /* NULL: found at start-up          */
+    const char *chat_template;             /* NULL: the model's own            */
+    bool fusion_align;
+    int loom_max_beams;                    /* most beams a tree expands (64)   */
+    int n_gpu_layers;
+    bool quiet;                            /* no request log, no llama logs    */
+} server_options;
+
+typedef enum options_result {
+    OPTIONS_RUN,
+    OPTIONS_EXIT_OK,   /* --help was printed */
+    OPTIONS_ERROR,     /* a message was printed */
+} options_result;
+
+options_result server_parse_options(int argc, char **argv, server_options *opt, FILE *out, FILE *err);
+void server_options_free(server_options *opt);
+
+#endif

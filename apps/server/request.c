@@ -1,0 +1,466 @@
+#include "server/request.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+bool api_fail(api_error *err, unsigned status, const char *param, const char *fmt, ...) {
+    err->status = status;
+    err->type = status >= 500 ? "server_error" : "invalid_request_error";
+    err->code = NULL;
+    snprintf(err->param, sizeof err->param, "%s", param ? param : "");
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err->message, sizeof err->message, fmt, ap);
+    va_end(ap);
+    return false;
+}
+
+const cJSON *json_field(const cJSON *object, const char *key) {
+    const cJSON *item = cJSON_GetObjectItemCaseSensitive(object, key);
+    return cJSON_IsNull(item) ? NULL : item;
+}
+
+bool get_number_field(const cJSON *object, const char *key, const char *param, double lo, double hi,
+                      double *out, api_error *err) {
+    const cJSON *item = json_field(object, key);
+    if (!item) return true;
+    if (!cJSON_IsNumber(item) || !isfinite(item->valuedouble) || item->valuedouble < lo || item->valuedouble > hi)
+        return api_fail(err, 400, param, "'%s' must be a number in [%g, %g]", param, lo, hi);
+    *out = item->valuedouble;
+    return true;
+}
+
+bool get_int_field(const cJSON *object, const char *key, const char *param, long long lo, long long hi,
+                   long long *out, api_error *err) {
+    const cJSON *item = json_field(object, key);
+    if (!item) return true;
+    double v = cJSON_IsNumber(item) ? item->valuedouble : NAN;
+    if (!isfinite(v) || v != floor(v) || v < (double)lo || v > (double)hi)
+        return api_fail(err, 400, param, "'%s' must be an integer in [%lld, %lld]", param, lo, hi);
+    *out = (long long)v;
+    return true;
+}
+
+bool get_bool_field(const cJSON *object, const char *key, const char *param, bool *out, api_error *err) {
+    const cJSON *item = json_field(object, key);
+    if (!item) return true;
+    if (!cJSON_IsBool(item)) return api_fail(err, 400, param, "'%s' must be true or false", param);
+    *out = cJSON_IsTrue(item);
+    return true;
+}
+
+static bool get_float(const cJSON *o, const char *key, const char *param, double lo, double hi, float *out,
+                      api_error *err) {
+    double v = *out;
+    if (!get_number_field(o, key, param, lo, hi, &v, err)) return false;
+    *out = (float)v;
+    return true;
+}
+
+static bool get_i32(const cJSON *o, const char *key, const char *param, long long lo, long long hi, int32_t *out,
+                    api_error *err) {
+    long long v = *out;
+    if (!get_int_field(o, key, param, lo, hi, &v, err)) return false;
+    *out = (int32_t)v;
+    return true;
+}
+
+uint64_t fresh_seed(void) {
+    static atomic_uint_fast64_t counter;
+    uint64_t x = (uint64_t)time(NULL) * 0x9E3779B97F4A7C15ULL + atomic_fetch_add(&counter, 1) * 0xBF58476D1CE4E5B9ULL;
+    x ^= x >> 31;
+    x *= 0x94D049BB133111EBULL;
+    x ^= x >> 29;
+    return x & 0xFFFFFFFFu; /* short enough to type back */
+}
+
+/* ------------------------------------------------------------------ */
+
+static bool parse_sampling(const cJSON *b, gen_request *r, api_error *err) {
+    sm_sampling_params *s = &r->params.sampling;
+    long long seed = -1;
+    if (!get_float(b, "temperature", "temperature", 0, 100, &s->temperature, err) ||
+        !get_float(b, "top_p", "top_p", 0, 1, &s->top_p, err) ||
+        !get_i32(b, "top_k", "top_k", 0, 1 << 30, &s->top_k, err) ||
+        !get_float(b, "min_p", "min_p", 0, 1, &s->min_p, err) ||
+        !get_float(b, "repeat_penalty", "repeat_penalty", 0.01, 100, &s->repeat_penalty, err) ||
+        !get_i32(b, "repeat_last_n", "repeat_last_n", 0, 1 << 30, &s->repeat_last_n, err) ||
+        !get_float(b, "dry_multiplier", "dry_multiplier", 0, 100, &s->dry_multiplier, err) ||
+        !get_float(b, "dry_base", "dry_base", 1, 100, &s->dry_base, err) ||
+        !get_i32(b, "dry_allowed_length", "dry_allowed_length", 1, 1 << 30, &s->dry_allowed_length, err) ||
+        !get_i32(b, "dry_penalty_last_n", "dry_penalty_last_n", -1, 1 << 30, &s->dry_penalty_last_n, err) ||
+        !get_int_field(b, "seed", "seed", -1, 9007199254740992LL, &seed, err))
+        return false;
+    if (s->top_p <= 0.0f) return api_fail(err, 400, "top_p", "'top_p' must be in (0, 1]");
+    if (s->min_p >= 1.0f) return api_fail(err, 400, "min_p", "'min_p' must be in [0, 1)");
+    /* OpenAI's penalties have no counterpart here; they are checked, not used. */
+    double ignored = 0;
+    if (!get_number_field(b, "frequency_penalty", "frequency_penalty", -2, 2, &ignored, err) ||
+        !get_number_field(b, "presence_penalty", "presence_penalty", -2, 2, &ignored, err))
+        return false;
+    r->seed_given = seed >= 0;
+    s->seed = seed >= 0 ? (uint64_t)seed : fresh_seed();
+    return true;
+}
+
+static bool add_stop(gen_request *r, const cJSON *item, const char *param, api_error *err) {
+    if (!cJSON_IsString(item) || !item->valuestring[0])
+        return api_fail(err, 400, param, "'%s' must be a non-empty string", param);
+    if (r->n_stops == MAX_STOPS) return api_fail(err, 400, "stop", "at most %d stop strings", MAX_STOPS);
+    r->stops[r->n_stops] = strdup(item->valuestring);
+    if (!r->stops[r->n_stops]) return api_fail(err, 500, NULL, "out of memory");
+    r->n_stops++;
+    return true;
+}
+
+static bool parse_stop(const cJSON *b, gen_request *r, api_error *err) {
+    const cJSON *stop = json_field(b, "stop");
+    if (!stop) return true;
+    if (cJSON_IsString(stop)) return add_stop(r, stop, "stop", err);
+    if (!cJSON_IsArray(stop)) return api_fail(err, 400, "stop", "'stop' must be a string or an array of strings");
+    int i = 0;
+    const cJSON *item;
+    cJSON_ArrayForEach(item, stop) {
+        char param[32];
+        snprintf(param, sizeof param, "stop[%d]", i++);
+        if (!add_stop(r, item, param, err)) return false;
+    }
+    return true;
+}
+
+static bool parse_length(const cJSON *b, gen_request *r, api_error *err) {
+    sm_gen_params *p = &r->params;
+    p->n_predict = r->api == API_COMPLETIONS ? 16 : -1;
+    if (!get_i32(b, "n_predict", "n_predict", -1, 1 << 30, &p->n_predict, err) ||
+        !get_i32(b, "max_tokens", "max_tokens", 0, 1 << 30, &p->n_predict, err) ||
+        !get_i32(b, "max_completion_tokens", "max_completion_tokens", 0, 1 << 30, &p->n_predict, err))
+        return false;
+    long long n = 1;
+    if (!get_int_field(b, "n", "n", 1, 128, &n, err)) return false;
+    if (n != 1) return api_fail(err, 400, "n", "only n = 1 is supported");
+    return true;
+}
+
+static bool parse_logprobs(const cJSON *b, gen_request *r, api_error *err) {
+    long long n = 0;
+    switch (r->api) {
+    case API_COMPLETIONS: {
+        const cJSON *lp = json_field(b, "logprobs");
+        if (cJSON_IsBool(lp)) { /* some clients send a boolean here */
+            r->logprobs = cJSON_IsTrue(lp);
+            return true;
+        }
+        if (!get_int_field(b, "logprobs", "logprobs", 0, MAX_TOP_LOGPROBS, &n, err)) return false;
+        r->logprobs = lp != NULL;
+        r->n_probs = (int)n;
+        return true;
+    }
+    case API_CHAT:
+        if (!get_bool_field(b, "logprobs", "logprobs", &r->logprobs, err) ||
+            !get_int_field(b, "top_logprobs", "top_logprobs", 0, MAX_TOP_LOGPROBS, &n, err))
+            return false;
+        if (n > 0 && !r->logprobs)
+            return api_fail(err, 400, "top_logprobs", "'top_logprobs' needs 'logprobs': true");
+        r->n_probs = (int)n;
+        return true;
+    case API_LLAMA:
+        if (!get_int_field(b, "n_probs", "n_probs", 0, MAX_N_PROBS, &n, err)) return false;
+        r->logprobs = n > 0;
+        r->n_probs = (int)n;
+        return true;
+    }
+    return true;
+}
+
+static bool parse_stream(const cJSON *b, gen_request *r, api_error *err) {
+    if (!get_bool_field(b, "stream", "stream", &r->stream, err)) return false;
+    const cJSON *so = json_field(b, "stream_options");
+    if (!so) return true;
+    if (!cJSON_IsObject(so)) return api_fail(err, 400, "stream_options", "'stream_options' must be an object");
+    return get_bool_field(so, "include_usage", "stream_options.include_usage", &r->include_usage, err);
+}
+
+/* ------------------------------------------------------------------ */
+/* The "selfmod" object                                                */
+/* ------------------------------------------------------------------ */
+
+static bool parse_operators(const cJSON *ops, gen_request *r, api_error *err) {
+    if (!cJSON_IsArray(ops))
+        return api_fail(err, 400, "selfmod.operators", "'selfmod.operators' must be an array of operator specs");
+    int i = 0;
+    const cJSON *item;
+    cJSON_ArrayForEach(item, ops) {
+        char param[48];
+        snprintf(param, sizeof param, "selfmod.operators[%d]", i++);
+        if (!cJSON_IsString(item))
+            return api_fail(err, 400, param, "'%s' must be a string such as \"repetition\"", param);
+        if (r->n_operators == MAX_OPERATORS)
+            return api_fail(err, 400, param, "at most %d operators", MAX_OPERATORS);
+        sm_error e = {0};
+        sm_operator *op = sm_operator_from_spec(item->valuestring, &e);
+        if (!op) return api_fail(err, 400, param, "%s", e.message);
+        r->operators[r->n_operators++] = op;
+    }
+    return true;
+}
+
+static bool parse_retract(const cJSON *v, sm_policy_params *p, api_error *err) {
+    if (cJSON_IsBool(v)) {
+        p->retract = cJSON_IsTrue(v) ? 1 : 0;
+        return true;
+    }
+    if (cJSON_IsString(v) && strcmp(v->valuestring, "auto") == 0) {
+        p->retract = -1;
+        return true;
+    }
+    if (cJSON_IsNumber(v) && (v->valuedouble == -1 || v->valuedouble == 0 || v->valuedouble == 1)) {
+        p->retract = (int32_t)v->valuedouble;
+        return true;
+    }
+    return api_fail(err, 400, "selfmod.retract",
+                    "'selfmod.retract' must be true, false or \"auto\" (only when aggressive)");
+}
+
+static bool parse_fusion_mode(const cJSON *v, sm_fusion_params *f, api_error *err) {
+    if (!cJSON_IsString(v) || !sm_fusion_mode_from_name(v->valuestring, &f->mode))
+        return api_fail(err, 400, "selfmod.fusion_mode",
+                        "'selfmod.fusion_mode' must be one of confidence, average, voting, harmony, adaptive, "
+                        "democratic, round_robin, reference, contrastive");
+    return true;
+}
+
+static bool parse_fusion_weights(const cJSON *v, sm_fusion_params *f, api_error *err) {
+    if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) > SM_MAX_MODELS)
+        return api_fail(err, 400, "selfmod.fusion_weights", "'selfmod.fusion_weights' must be an array of at most %d numbers",
+                        SM_MAX_MODELS);
+    f->n_weights = 0;
+    const cJSON *item;
+    cJSON_ArrayForEach(item, v) {
+        if (!cJSON_IsNumber(item) || !(item->valuedouble >= 0) || !isfinite(item->valuedouble))
+            return api_fail(err, 400, "selfmod.fusion_weights", "fusion weights must be finite numbers >= 0");
+        f->weights[f->n_weights++] = (float)item->valuedouble;
+    }
+    return true;
+}
+
+static bool is_fusion_key(const char *key) { return strncmp(key, "fusion_", 7) == 0 || strcmp(key, "abstain_below") == 0; }
+
+/* One key of the selfmod object; false with err set when it is invalid or
+ * unknown. */
+static bool parse_selfmod_key(const cJSON *o, const cJSON *v, gen_request *r, api_error *err) {
+    sm_policy_params *p = &r->params.policy;
+    sm_fusion_params *f = &r->params.fusion;
+    sm_gen_params *g = &r->params;
+    const char *k = v->string;
+    char param[96];
+    snprintf(param, sizeof param, "selfmod.%s", k);
+    if (cJSON_IsNull(v)) return true;
+    if (strcmp(k, "enabled") == 0) return get_bool_field(o, k, param, &p->enabled, err);
+    if (strcmp(k, "aggressive") == 0) return get_bool_field(o, k, param, &p->aggressive, err);
+    if (strcmp(k, "retract") == 0) return parse_retract(v, p, err);
+    if (strcmp(k, "window") == 0) return get_i32(o, k, param, 1, 4096, &p->window, err);
+    if (strcmp(k, "critical_threshold") == 0) return get_float(o, k, param, 0, 1, &p->critical_threshold, err);
+    if (strcmp(k, "confidence_threshold") == 0) return get_float(o, k, param, 0, 1, &p->confidence_threshold, err);
+    if (strcmp(k, "sharpen_threshold") == 0) return get_float(o, k, param, 0, 1, &p->sharpen_threshold, err);
+    if (strcmp(k, "retract_tokens") == 0) return get_i32(o, k, param, 1, 64, &p->retract_tokens, err);
+    if (strcmp(k, "max_retractions") == 0) return get_i32(o, k, param, 0, 1 << 20, &p->max_retractions, err);
+    if (strcmp(k, "exploration_prob") == 0) return get_float(o, k, param, 0, 1, &p->exploration_prob, err);
+    if (strcmp(k, "repetition_window") == 0) return get_i32(o, k, param, 1, 4096, &p->repetition_window, err);
+    if (strcmp(k, "repetition_min_distinct") == 0)
+        return get_i32(o, k, param, 1, 4096, &p->repetition_min_distinct, err);
+    if (strcmp(k, "operators") == 0) return parse_operators(v, r, err);
+    if (strcmp(k, "combine") == 0) {
+        if (cJSON_IsString(v) && strcmp(v->valuestring, "first") == 0) g->combine = SM_COMBINE_FIRST;
+        else if (cJSON_IsString(v) && strcmp(v->valuestring, "max") == 0) g->combine = SM_COMBINE_MAX;
+        else return api_fail(err, 400, param, "'%s' must be \"first\" or \"max\"", param);
+        return true;
+    }
+    if (strcmp(k, "backtrack_every_n") == 0) return get_i32(o, k, param, 1, 1 << 20, &g->backtrack_every_n, err);
+    if (strcmp(k, "max_backtracks") == 0) return get_i32(o, k, param, 0, 1 << 20, &g->max_backtracks, err);
+    if (strcmp(k, "max_backtracks_per_position") == 0)
+        return get_i32(o, k, param, 0, 1 << 20, &g->max_backtracks_per_position, err);
+    if (strcmp(k, "events") == 0) return get_bool_field(o, k, param, &r->live_events, err);
+    if (strcmp(k, "fusion_mode") == 0) return parse_fusion_mode(v, f, err);
+    if (strcmp(k, "fusion_weights") == 0) return parse_fusion_weights(v, f, err);
+    if (strcmp(k, "fusion_turn") == 0) return get_i32(o, k, param, 1, 1 << 20, &f->turn, err);
+    if (strcmp(k, "fusion_alpha") == 0) return get_float(o, k, param, 0, 1, &f->alpha, err);
+    if (strcmp(k, "fusion_beta") == 0) return get_float(o, k, param, 0, 100, &f->beta, err);
+    if (strcmp(k, "fusion_abstain_below") == 0 || strcmp(k, "abstain_below") == 0)
+        return get_float(o, k, param, 0, 1, &f->abstain_below, err);
+    return api_fail(err, 400, param, "unknown field '%s'", param);
+}
+
+static bool parse_selfmod(const cJSON *b, gen_request *r, int n_models, api_error *err) {
+    const cJSON *o = json_field(b, "selfmod");
+    if (!o) return true;
+    if (!cJSON_IsObject(o)) return api_fail(err, 400, "selfmod", "'selfmod' must be an object");
+    r->live_events = true;
+    const cJSON *v;
+    cJSON_ArrayForEach(v, o) {
+        if (is_fusion_key(v->string) && !cJSON_IsNull(v) && n_models < 2)
+            return api_fail(err, 400, "selfmod.fusion_mode",
+                            "'selfmod.%s' needs several models: this request's model is one model "
+                            "(start the server with --models A,B)",
+                            v->string);
+        if (!parse_selfmod_key(o, v, r, err)) return false;
+    }
+    const sm_fusion_params *f = &r->params.fusion;
+    if (f->n_weights != 0 && f->n_weights != n_models)
+        return api_fail(err, 400, "selfmod.fusion_weights", "%d fusion weights given for %d models", f->n_weights,
+                        n_models);
+    return true;
+}
+
+/* ------------------------------------------------------------------ */
+/* Prompts and messages                                                */
+/* ------------------------------------------------------------------ */
+
+static bool parse_prompt(const cJSON *b, gen_request *r, api_error *err) {
+    const cJSON *prompt = json_field(b, "prompt");
+    if (cJSON_IsArray(prompt) && cJSON_GetArraySize(prompt) == 1) prompt = cJSON_GetArrayItem(prompt, 0);
+    if (!prompt) return api_fail(err, 400, "prompt", "'prompt' is required");
+    if (!cJSON_IsString(prompt))
+        return api_fail(err, 400, "prompt", "'prompt' must be a string (or an array of one string)");
+    r->prompt = strdup(prompt->valuestring);
+    return r->prompt ? true : api_fail(err, 500, NULL, "out of memory");
+}
+
+/* A message's content: a string, or an array of {"type": "text", "text"}. */
+static char *message_text(const cJSON *content, const char *param, api_error *err) {
+    if (cJSON_IsString(content)) return strdup(content->valuestring);
+    if (!cJSON_IsArray(content)) {
+        api_fail(err, 400, param, "'%s' must be a string or an array of text parts", param);
+        return NULL;
+    }
+    size_t len = 0;
+    const cJSON *part;
+    cJSON_ArrayForEach(part, content) {
+        const cJSON *text = cJSON_GetObjectItemCaseSensitive(part, "text");
+        const cJSON *type = cJSON_GetObjectItemCaseSensitive(part, "type");
+        if (!cJSON_IsString(text) || !cJSON_IsString(type) || strcmp(type->valuestring, "text") != 0) {
+            api_fail(err, 400, param, "'%s': only text parts ({\"type\": \"text\", \"text\": ...}) are supported", param);
+            return NULL;
+        }
+        len += strlen(text->valuestring);
+    }
+    char *out = malloc(len + 1);
+    if (!out) return NULL;
+    out[0] = '\0';
+    cJSON_ArrayForEach(part, content) strcat(out, cJSON_GetObjectItemCaseSensitive(part, "text")->valuestring);
+    return out;
+}
+
+static const char *message_role(const cJSON *m, int i, int n, api_error *err) {
+    char param[48];
+    snprintf(param, sizeof param, "messages[%d].role", i);
+    const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
+    if (!cJSON_IsString(role)) {
+        api_fail(err, 400, param, "'%s' must be a string", param);
+        return NULL;
+    }
+    const char *name = role->valuestring;
+    bool system = strcmp(name, "system") == 0 || strcmp(name, "developer") == 0;
+    if (system && i != 0) {
+        api_fail(err, 400, param, "a system message may only come first");
+        return NULL;
+    }
+    if (!system && strcmp(name, "user") != 0 && strcmp(name, "assistant") != 0) {
+        api_fail(err, 400, param, "role '%s' is not supported (system, user, assistant)", name);
+        return NULL;
+    }
+    if (i == n - 1 && strcmp(name, "user") != 0) {
+        api_fail(err, 400, param, "the last message must be the user's");
+        return NULL;
+    }
+    return system ? "system" : name;
+}
+
+static bool parse_messages(const cJSON *b, gen_request *r, api_error *err) {
+    const cJSON *messages = json_field(b, "messages");
+    if (!cJSON_IsArray(messages) || cJSON_GetArraySize(messages) == 0)
+        return api_fail(err, 400, "messages", "'messages' must be a non-empty array");
+    int n = cJSON_GetArraySize(messages);
+    r->messages = calloc((size_t)n, sizeof *r->messages);
+    if (!r->messages) return api_fail(err, 500, NULL, "out of memory");
+    const cJSON *m;
+    int i = 0;
+    cJSON_ArrayForEach(m, messages) {
+        if (!cJSON_IsObject(m)) {
+            char param[32];
+            snprintf(param, sizeof param, "messages[%d]", i);
+            return api_fail(err, 400, param, "'%s' must be an object with role and content", param);
+        }
+        const char *role = message_role(m, i, n, err);
+        if (!role) return false;
+        char param[48];
+        snprintf(param, sizeof param, "messages[%d].content", i);
+        char *content = message_text(cJSON_GetObjectItemCaseSensitive(m, "content"), param, err);
+        if (!content) return err->status ? false : api_fail(err, 500, NULL, "out of memory");
+        r->messages[i].role = strdup(role);
+        r->messages[i].content = content;
+        r->n_messages = ++i;
+        if (!r->messages[i - 1].role) return api_fail(err, 500, NULL, "out of memory");
+    }
+    r->has_system = strcmp(r->messages[0].role, "system") == 0;
+    return true;
+}
+
+/* ------------------------------------------------------------------ */
+
+static bool parse_model(const cJSON *b, const model_set *models, gen_request *r, api_error *err) {
+    const cJSON *model = json_field(b, "model");
+    if (model && !cJSON_IsString(model)) return api_fail(err, 400, "model", "'model' must be a string");
+    r->target = model_set_resolve(models, model ? model->valuestring : NULL);
+    if (r->target < 0) {
+        api_fail(err, 404, "model", "The model '%s' does not exist (this server has '%s'; see /v1/models)",
+                 model->valuestring, models->default_id);
+        err->code = "model_not_found";
+        return false;
+    }
+    return true;
+}
+
+bool gen_request_parse(const cJSON *body, api_kind api, const model_set *models, gen_request *r, api_error *err) {
+    memset(r, 0, sizeof *r);
+    memset(err, 0, sizeof *err);
+    r->api = api;
+    r->params = sm_gen_default_params();
+    if (!cJSON_IsObject(body)) return api_fail(err, 400, NULL, "the request body must be a JSON object");
+    if (!parse_model(body, models, r, err)) return false;
+    sm_model *target_models[SM_MAX_MODELS];
+    int n_models = model_set_target_models(models, r->target, target_models);
+    bool ok = (api == API_CHAT ? parse_messages(body, r, err) : parse_prompt(body, r, err)) &&
+              parse_length(body, r, err) && parse_sampling(body, r, err) && parse_stop(body, r, err) &&
+              parse_logprobs(body, r, err) && parse_stream(body, r, err) &&
+              parse_selfmod(body, r, n_models, err);
+    if (!ok) return false;
+    gen_request_bind(r);
+    r->params.n_probs = r->n_probs;
+    char msg[256];
+    if (sm_gen_params_validate(&r->params, msg, sizeof msg) != SM_OK) return api_fail(err, 400, NULL, "%s", msg);
+    return true;
+}
+
+void gen_request_bind(gen_request *r) {
+    r->params.stop_strings = (const char *const *)r->stops;
+    r->params.n_stop_strings = r->n_stops;
+    r->params.operators = r->operators;
+    r->params.n_operators = r->n_operators;
+}
+
+void gen_request_free(gen_request *r) {
+    for (int i = 0; i < r->n_stops; i++) free(r->stops[i]);
+    for (int i = 0; i < r->n_operators; i++) sm_operator_free(r->operators[i]);
+    for (int i = 0; i < r->n_messages; i++) {
+        free((char *)r->messages[i].role);
+        free((char *)r->messages[i].content);
+    }
+    free(r->messages);
+    free(r->prompt);
+    memset(r, 0, sizeof *r);
+}

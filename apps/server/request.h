@@ -1,0 +1,73 @@
+/*
+ * Generation requests: the JSON bodies of /v1/completions,
+ * /v1/chat/completions and /completion turned into generation parameters,
+ * with every invalid field named in an OpenAI-style error.
+ */
+#ifndef SERVER_REQUEST_H
+#define SERVER_REQUEST_H
+
+#include "server/models.h"
+
+#include <cjson/cJSON.h>
+
+#include <stdbool.h>
+
+typedef enum api_kind {
+    API_COMPLETIONS,    /* POST /v1/completions       */
+    API_CHAT,           /* POST /v1/chat/completions  */
+    API_LLAMA,          /* POST /completion           */
+} api_kind;
+
+typedef struct api_error {
+    unsigned status;
+    const char *type;   /* "invalid_request_error", "server_error", ... */
+    const char *code;   /* NULL or e.g. "model_not_found"              */
+    char param[96];
+    char message[512];
+} api_error;
+
+/* Fills err; returns false so callers can `return api_fail(...)`. */
+bool api_fail(api_error *err, unsigned status, const char *param, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+enum { MAX_STOPS = 16, MAX_OPERATORS = 16, MAX_TOP_LOGPROBS = 20, MAX_N_PROBS = 100 };
+
+typedef struct gen_request {
+    api_kind api;
+    int target;                     /* see models.h                       */
+    sm_gen_params params;           /* points into stops and operators    */
+    char *stops[MAX_STOPS];
+    int n_stops;
+    sm_operator *operators[MAX_OPERATORS];
+    int n_operators;
+    bool stream;
+    bool include_usage;             /* stream_options.include_usage       */
+    bool logprobs;                  /* per-token log-probabilities        */
+    int n_probs;                    /* top alternatives per token         */
+    bool live_events;               /* stream the library's events too    */
+    bool seed_given;
+    char *prompt;                   /* completions and /completion        */
+    sm_chat_message *messages;      /* chat; strings owned                */
+    int n_messages;
+    bool has_system;
+} gen_request;
+
+bool gen_request_parse(const cJSON *body, api_kind api, const model_set *models, gen_request *req,
+                       api_error *err);
+void gen_request_free(gen_request *req);
+/* Points req->params at req's own stop strings and operators again (after
+ * the struct was copied). */
+void gen_request_bind(gen_request *req);
+
+/* Helpers shared with the other endpoints. A missing or null field leaves
+ * *out unchanged and returns true. */
+const cJSON *json_field(const cJSON *object, const char *key);
+bool get_int_field(const cJSON *object, const char *key, const char *param, long long lo, long long hi,
+                   long long *out, api_error *err);
+bool get_number_field(const cJSON *object, const char *key, const char *param, double lo, double hi,
+                      double *out, api_error *err);
+bool get_bool_field(const cJSON *object, const char *key, const char *param, bool *out, api_error *err);
+/* A random seed for requests that give none. */
+uint64_t fresh_seed(void);
+
+#endif

@@ -1,0 +1,170 @@
+/*
+ * llama_selfmod serve: loads the models once, starts the HTTP server and
+ * runs until SIGINT or SIGTERM.
+ */
+#include "server/server.h"
+#include "server/context.h"
+#include "server/http.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static bool has_index(const char *dir) {
+    char path[2 * PATH_MAX];
+    snprintf(path, sizeof path, "%s/index.html", dir);
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+static bool use_dir(server *srv, const char *dir) {
+    if (!dir || !has_index(dir)) return false;
+    char *real = realpath(dir, NULL);
+    const char *chosen = real ? real : dir;
+    bool fits = strlen(chosen) < sizeof srv->web_dir;
+    if (fits) memcpy(srv->web_dir, chosen, strlen(chosen) + 1);
+    free(real);
+    return fits;
+}
+
+/* --web-dir; else the source tree's web/ (SELFMOD_WEB_DIR, set by the
+ * build); else web/ beside or above the program. */
+static bool find_web_dir(server *srv) {
+    if (srv->opt.web_dir) {
+        if (use_dir(srv, srv->opt.web_dir)) return true;
+        fprintf(stderr, "llama_selfmod serve: error: --web-dir '%s' has no index.html\n", srv->opt.web_dir);
+        return false;
+    }
+#ifdef SELFMOD_WEB_DIR
+    if (use_dir(srv, SELFMOD_WEB_DIR)) return true;
+#endif
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n > 0) {
+        exe[n] = '\0';
+        char *slash = strrchr(exe, '/');
+        if (slash) *slash = '\0';
+        static const char *const CANDIDATES[] = {"%s/../web", "%s/web", "%s/../share/llama_selfmod/web", "%s/../../web"};
+        for (size_t i = 0; i < sizeof CANDIDATES / sizeof CANDIDATES[0]; i++) {
+            char dir[2 * PATH_MAX];
+            snprintf(dir, sizeof dir, CANDIDATES[i], exe);
+            if (use_dir(srv, dir)) return true;
+        }
+    }
+    srv->web_dir[0] = '\0';
+    if (!srv->opt.quiet) fprintf(stderr, "[serve] no web page found (give --web-dir DIR): serving the API only\n");
+    return true;
+}
+
+static uint32_t context_size(const server *srv) {
+    uint32_t n_ctx = srv->opt.n_ctx;
+    for (int i = 0; i < srv->models.n_models; i++) {
+        int32_t n_train = sm_model_n_ctx_train(srv->models.models[i].model);
+        if (n_ctx == 0 && n_train > 0) n_ctx = (uint32_t)n_train;
+        /* past its training length a model with learned positions aborts */
+        if (n_train > 0 && n_ctx > (uint32_t)n_train) n_ctx = (uint32_t)n_train;
+    }
+    return n_ctx ? n_ctx : 2048;
+}
+
+static int threads_per_slot(const server *srv) {
+    if (srv->opt.n_threads > 0) return srv->opt.n_threads;
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    long n = (cores > 0 ? cores : 1) / srv->opt.parallel;
+    return n > 0 ? (int)n : 1;
+}
+
+static bool start_slots(server *srv) {
+    sm_session_params sp = sm_session_default_params();
+    sp.n_ctx = context_size(srv);
+    sp.n_threads = threads_per_slot(srv);
+    sp.fusion_align = srv->opt.fusion_align;
+    srv->max_rewind = sp.max_rewind;
+    sm_chat_params cp = sm_chat_default_params();
+    cp.template_name = srv->opt.chat_template;
+    if (!slot_pool_init(&srv->slots, srv->opt.parallel, &srv->models, &sp, &cp, srv->opt.loom_max_beams)) {
+        fprintf(stderr, "llama_selfmod serve: error: out of memory\n");
+        return false;
+    }
+    /* Make one slot's sessions now, so that a problem (a vocabulary
+     * mismatch, a context too large) shows before the server listens. */
+    slot *s = slot_acquire(&srv->slots, 0, NULL, 0);
+    char why[512] = "";
+    bool ok = slot_session(&srv->slots, s, 0, why, sizeof why) != NULL;
+    if (ok && srv->opt.chat_template) ok = slot_chat(&srv->slots, s, 0, false, why, sizeof why) != NULL;
+    slot_release(&srv->slots, s);
+    if (!ok) fprintf(stderr, "llama_selfmod serve: error: %s\n", why);
+    return ok;
+}
+
+static void wait_for_workers(server *srv) {
+    pthread_mutex_lock(&srv->workers_mutex);
+    while (srv->n_workers > 0) pthread_cond_wait(&srv->workers_done, &srv->workers_mutex);
+    pthread_mutex_unlock(&srv->workers_mutex);
+}
+
+static int run(server *srv) {
+    char err[512];
+    if (!model_set_load(&srv->models, srv->opt.model_paths, srv->opt.n_models, srv->opt.alias,
+                        srv->opt.n_gpu_layers, err, sizeof err)) {
+        fprintf(stderr, "llama_selfmod serve: error: %s\n", err);
+        return EXIT_FAILURE;
+    }
+    if (!find_web_dir(srv) || !start_slots(srv)) return EXIT_FAILURE;
+
+    /* Signals go to sigwait below, not to whichever thread runs. */
+    sigset_t stop_signals;
+    sigemptyset(&stop_signals);
+    sigaddset(&stop_signals, SIGINT);
+    sigaddset(&stop_signals, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    struct MHD_Daemon *daemon = http_start(srv, err, sizeof err);
+    if (!daemon) {
+        fprintf(stderr, "llama_selfmod serve: error: %s\n", err);
+        return EXIT_FAILURE;
+    }
+    fprintf(stderr, "llama_selfmod serve: model %s, %d slot%s of %u tokens, %d thread%s each\n",
+            srv->models.default_id, srv->slots.n_slots, srv->slots.n_slots == 1 ? "" : "s",
+            srv->slots.session_params.n_ctx, srv->slots.session_params.n_threads,
+            srv->slots.session_params.n_threads == 1 ? "" : "s");
+    if (srv->web_dir[0]) fprintf(stderr, "llama_selfmod serve: web page from %s\n", srv->web_dir);
+    const char *host = srv->opt.host;
+    bool v6 = strchr(host, ':') != NULL;
+    fprintf(stderr, "llama_selfmod serve: listening on http://%s%s%s:%d\n", v6 ? "[" : "", host, v6 ? "]" : "",
+            http_bound_port(daemon));
+    fflush(stderr);
+
+    int sig = 0;
+    sigwait(&stop_signals, &sig);
+    fprintf(stderr, "llama_selfmod serve: %s: stopping\n", sig == SIGINT ? "interrupted" : "terminated");
+    atomic_store(&srv->stopping, true);
+    MHD_stop_daemon(daemon);
+    wait_for_workers(srv);
+    return EXIT_SUCCESS;
+}
+
+int serve_main(int argc, char **argv) {
+    static server srv; /* large (paths); one per process */
+    memset(&srv, 0, sizeof srv);
+    switch (server_parse_options(argc, argv, &srv.opt, stdout, stderr)) {
+    case OPTIONS_EXIT_OK: return EXIT_SUCCESS;
+    case OPTIONS_ERROR: return 2;
+    case OPTIONS_RUN: break;
+    }
+    sm_set_llama_logging(false);
+    pthread_mutex_init(&srv.workers_mutex, NULL);
+    pthread_cond_init(&srv.workers_done, NULL);
+    int code = run(&srv);
+    slot_pool_free(&srv.slots);
+    model_set_free(&srv.models);
+    server_options_free(&srv.opt);
+    pthread_mutex_destroy(&srv.workers_mutex);
+    pthread_cond_destroy(&srv.workers_done);
+    return code;
+}

@@ -1,0 +1,51 @@
+/*
+ * The generated text as a stream sees it. Tokens arrive one by one and a
+ * retraction or backtrack takes the last ones back; an OpenAI stream can
+ * never take back text it sent. So text is sent only once it is settled:
+ *   - `lag` tokens behind the newest (the most a rewind can remove),
+ *   - never inside a possible stop string (the response ends before it),
+ *   - never in the middle of a UTF-8 character.
+ */
+#ifndef SERVER_TRACKER_H
+#define SERVER_TRACKER_H
+
+#include "selfmod.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+
+typedef struct tracked_token {
+    sm_token id;
+    size_t offset, len;     /* its bytes in the text            */
+    float logprob;          /* ln of its raw probability        */
+    int32_t top_at, n_top;  /* its alternatives in tracker.top  */
+} tracked_token;
+
+typedef struct tracker {
+    tracked_token *tokens;
+    int32_t n_tokens, cap_tokens;
+    sm_candidate *top;
+    size_t n_top, cap_top;
+    char *text;
+    size_t len, cap;
+    size_t sent;            /* bytes already streamed                     */
+    int32_t sent_tokens;    /* tokens whose log-probabilities were sent   */
+    int32_t lag;
+    const char *const *stops;
+    int32_t n_stops;
+} tracker;
+
+void tracker_init(tracker *t, int32_t lag, const char *const *stops, int32_t n_stops);
+void tracker_free(tracker *t);
+/* A TOKEN event (with its alternatives when event->n_top > 0). */
+bool tracker_add(tracker *t, const sm_event *event);
+/* A retraction or backtrack: tokens from `index` on are gone. */
+void tracker_remove_from(tracker *t, int32_t index);
+/* Where the settled text ends (>= t->sent). */
+size_t tracker_settled_end(const tracker *t);
+/* One past the last token that lies wholly before `end`. */
+int32_t tracker_tokens_before(const tracker *t, size_t end);
+/* One past the last token that starts before `end`. */
+int32_t tracker_tokens_touching(const tracker *t, size_t end);
+
+#endif

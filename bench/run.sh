@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# bench/run.sh BUILD_DIR - what `make bench` runs.
+#
+# Tokens/s of the llama_selfmod loop with all monitoring on (bench/selfmod_loop)
+# against a plain llama.cpp decode-and-greedy loop (bench/plain_loop): same
+# model, prompt, token count and threads. The two programs alternate, several
+# rounds, and each side's median is reported. Then the cost of a retraction in
+# decoded tokens. The table goes to stdout and to bench/out/results.md.
+#
+# Environment: SM_MODELS (the shared models, default ../shared/models),
+# BENCH_THREADS (2), BENCH_ROUNDS (7), BENCH_CACHE (where the random model
+# is kept, default ~/.cache/llama_selfmod/models).
+set -euo pipefail
+
+if [[ $# -ne 1 || ! -d $1 ]]; then
+    echo "usage: bench/run.sh BUILD_DIR (a build with plain_loop, selfmod_loop, make_random_model)" >&2
+    exit 2
+fi
+build=$(cd "$1" && pwd)
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+models=${SM_MODELS:-$root/../shared/models}
+threads=${BENCH_THREADS:-2}
+rounds=${BENCH_ROUNDS:-7}
+cache=${BENCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/llama_selfmod/models}
+prompt="Once upon a time"
+out_dir=$root/bench/out
+
+for program in plain_loop selfmod_loop make_random_model; do
+    if [[ ! -x $build/$program ]]; then
+        echo "bench/run.sh: $build/$program is missing; run make build first" >&2
+        exit 1
+    fi
+done
+
+# The random-weight model of realistic size is made once and kept outside
+# the checkout: the stories110M shape with the 32000-token Llama vocabulary.
+random_model=$cache/random-llama-110M-f16.gguf
+if [[ ! -f $random_model ]]; then
+    mkdir -p "$cache"
+    echo "making $random_model (once)..." >&2
+    "$build/make_random_model" "$models/vocab/ggml-vocab-llama-spm.gguf" "$random_model" >&2
+fi
+
+# One field (key=value) of a result line.
+field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$2"; }
+median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+# bench_model LABEL MODEL N CTX REPS: one table row.
+bench_model() {
+    local label=$1 model=$2 n=$3 ctx=$4 reps=$5
+    local args=("$model" -n "$n" -t "$threads" -p "$prompt" -c "$ctx" --reps "$reps")
+    local plain_rates=() selfmod_rates=() line selfmod_n=
+    for ((round = 0; round < rounds; round++)); do
+        # Alternate which side goes first so drift in machine load hits both.
+        local order=(plain_loop selfmod_loop)
+        ((round % 2)) && order=(selfmod_loop plain_loop)
+        for program in "${order[@]}"; do
+            line=$("$build/$program" "${args[@]}")
+            case $program in
+            plain_loop) plain_rates+=("$(field tokens_per_s "$line")") ;;
+            selfmod_loop)
+                selfmod_rates+=("$(field tokens_per_s "$line")")
+                selfmod_n=$(field n "$line")
+                ;;
+            esac
+        done
+    done
+    local plain selfmod ratio tokens=$n
+    plain=$(printf '%s\n' "${plain_rates[@]}" | median)
+    selfmod=$(printf '%s\n' "${selfmod_rates[@]}" | median)
+    ratio=$(awk -v s="$selfmod" -v p="$plain" 'BEGIN { printf "%.3f", s / p }')
+    [[ $selfmod_n != "$n" ]] && tokens="$n / $selfmod_n (selfmod stopped at end-of-generation)"
+    printf '| %s | %s | %.1f | %.1f | %s |\n' "$label" "$tokens" "$plain" "$selfmod" "$ratio"
+}
+
+# Other work on the machine shows up as noise, and a ratio is only as good
+# as the quietest run: measure how much CPU everything else took while the
+# table was made (all busy CPU time minus this shell's children) and say so.
+busy_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
+children_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{ print $14 + $15 }'; } # PID
+uptime_ticks() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%d", $1 * hz }' /proc/uptime; }
+
+other_load_note() { # PID BUSY0 CHILDREN0 UPTIME0
+    local others
+    others=$(awk -v b="$(($(busy_ticks) - $2))" -v c="$(($(children_ticks "$1") - $3))" \
+                 -v t="$(($(uptime_ticks) - $4))" -v n="$(nproc)" \
+                 'BEGIN { x = (b - c) / (t * n) * 100; printf "%.0f", x < 0 ? 0 : x }')
+    if ((others > 5)); then
+        echo "Other processes used ${others}% of the machine's CPU during these runs: BUSY, expect noisy numbers."
+    else
+        echo "Other processes used ${others}% of the machine's CPU during these runs."
+    fi
+}
+
+report() {
+    echo "## llama_selfmod benchmark"
+    echo
+    echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, $threads threads, prompt \"$prompt\", greedy;" \
+         "median of $rounds alternating runs of each program (each run: the median of its repetitions)."
+    local me=$BASHPID busy0 children0 uptime0
+    busy0=$(busy_ticks) children0=$(children_ticks "$me") uptime0=$(uptime_ticks)
+    echo
+    echo "| model | tokens | llama.cpp plain tok/s | llama_selfmod tok/s | ratio |"
+    echo "|---|---|---|---|---|"
+    bench_model stories260K "$models/stories260K.gguf" 256 2048 10
+    bench_model cardputer-chat-3M "$models/cardputer-chat-3M.gguf" 200 256 6
+    bench_model "random llama 110M F16" "$random_model" 128 2048 3
+    echo
+    other_load_note "$me" "$busy0" "$children0" "$uptime0"
+    echo
+    echo "Retraction cost (stories260K, 128 greedy tokens, retraction on at the default critical threshold 0.35,"
+    echo "against the same generation with retraction off):"
+    echo
+    echo '```'
+    "$build/selfmod_loop" "$models/stories260K.gguf" --retraction-cost -n 128 -t "$threads" -p "$prompt"
+    echo '```'
+}
+
+mkdir -p "$out_dir"
+report | tee "$out_dir/results.md.tmp"
+mv "$out_dir/results.md.tmp" "$out_dir/results.md"
+echo "(written to bench/out/results.md)" >&2

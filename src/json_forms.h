@@ -1,0 +1,19 @@
+/* The JSON forms shared by every sink (defined in events.c): the CLI's
+ * stream, the memory file and the server build their objects from these. */
+#ifndef SELFMOD_JSON_FORMS_H
+#define SELFMOD_JSON_FORMS_H
+
+#include "selfmod.h"
+
+#include <cjson/cJSON.h>
+
+void sm_json_add_float(cJSON *object, const char *key, float value);
+void sm_json_add_u64(cJSON *object, const char *key, uint64_t value);
+/* Text as a JSON string; stray UTF-8 bytes also go to "<key>_bytes". */
+void sm_json_add_text(cJSON *object, const char *key, const char *bytes, size_t len);
+void sm_json_add_modification_fields(cJSON *json, const sm_event *event);
+cJSON *sm_gen_params_to_cjson(const sm_gen_params *params);
+/* "timings": {t_prompt_ms, t_generate_ms, tokens_per_s} */
+void sm_json_add_timings(cJSON *object, const sm_result *result);
+
+#endif

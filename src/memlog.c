@@ -1,0 +1,207 @@
+/*
+ * memlog.c - the JSONL memory file: one complete line per generation.
+ *
+ * Each record is written with one write() to an O_APPEND descriptor and
+ * synced, so a record is never interleaved with another writer's and a
+ * killed process leaves at most its own line incomplete. When the file
+ * ends in such an incomplete line, the next record starts on a new line,
+ * so every complete record stays readable.
+ */
+#include "selfmod.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "json_forms.h"
+
+struct sm_memlog {
+    int fd;
+    bool can_read; /* opened read-write, so the last byte can be checked */
+    char *path;
+};
+
+static void set_error(sm_error *err, sm_status status, const char *fmt, ...) {
+    if (!err) return;
+    err->status = status;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err->message, sizeof err->message, fmt, ap);
+    va_end(ap);
+}
+
+/* Read access only serves the last-byte check, so a file that may be
+ * appended to but not read is still accepted. */
+static int open_for_append(const char *path, bool *can_read) {
+    const int flags = O_APPEND | O_CREAT | O_CLOEXEC;
+    int fd = open(path, O_RDWR | flags, 0644);
+    *can_read = fd >= 0;
+    if (fd < 0 && errno == EACCES) fd = open(path, O_WRONLY | flags, 0644);
+    return fd;
+}
+
+sm_memlog *sm_memlog_open(const char *path, sm_error *err) {
+    if (!path || !*path) {
+        set_error(err, SM_ERR_INVALID_ARGUMENT, "memory file path is empty");
+        return NULL;
+    }
+    bool can_read = false;
+    int fd = open_for_append(path, &can_read);
+    if (fd < 0) {
+        set_error(err, SM_ERR_IO, "cannot open memory file '%s' for appending: %s", path,
+                  strerror(errno));
+        return NULL;
+    }
+    sm_memlog *log = calloc(1, sizeof *log);
+    char *path_copy = strdup(path);
+    if (!log || !path_copy) {
+        free(log);
+        free(path_copy);
+        close(fd);
+        set_error(err, SM_ERR_NO_MEMORY, "out of memory opening memory file '%s'", path);
+        return NULL;
+    }
+    log->fd = fd;
+    log->can_read = can_read;
+    log->path = path_copy;
+    return log;
+}
+
+void sm_memlog_close(sm_memlog *log) {
+    if (!log) return;
+    close(log->fd);
+    free(log->path);
+    free(log);
+}
+
+/* RFC 3339, UTC, millisecond precision: 2025-01-31T12:34:56.789Z */
+static void format_timestamp(char *buf, size_t size) {
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    struct tm utc;
+    gmtime_r(&now.tv_sec, &utc);
+    char seconds[32];
+    strftime(seconds, sizeof seconds, "%Y-%m-%dT%H:%M:%S", &utc);
+    snprintf(buf, size, "%s.%03ldZ", seconds, now.tv_nsec / 1000000L);
+}
+
+static cJSON *modifications_json(const sm_result *result) {
+    cJSON *array = cJSON_CreateArray();
+    for (int32_t i = 0; array && i < result->n_events; i++) {
+        const sm_event *event = &result->events[i];
+        cJSON *item = cJSON_CreateObject();
+        if (!item) break;
+        /* The original's name for the position, then the shared fields. */
+        cJSON_AddNumberToObject(item, "token_idx", event->token_index);
+        sm_json_add_modification_fields(item, event);
+        cJSON_AddItemToArray(array, item);
+    }
+    return array;
+}
+
+static cJSON *record_json(const char *model_path, const char *prompt,
+                          const sm_gen_params *params, const sm_result *result) {
+    cJSON *json = cJSON_CreateObject();
+    if (!json) return NULL;
+    char timestamp[64];
+    format_timestamp(timestamp, sizeof timestamp);
+
+    /* The original's fields, in its order. */
+    cJSON_AddStringToObject(json, "timestamp", timestamp);
+    sm_json_add_text(json, "prompt", prompt ? prompt : "", prompt ? strlen(prompt) : 0);
+    sm_json_add_text(json, "response", result->text ? result->text : "",
+                     result->text ? result->text_len : 0);
+    cJSON_AddItemToObject(json, "modifications", modifications_json(result));
+    sm_json_add_float(json, "avg_confidence", result->avg_confidence);
+    sm_json_add_float(json, "final_temperature", result->final_temperature);
+    cJSON_AddNumberToObject(json, "retractions", result->n_retractions);
+
+    sm_json_add_text(json, "model", model_path ? model_path : "", model_path ? strlen(model_path) : 0);
+    if (params) cJSON_AddItemToObject(json, "parameters", sm_gen_params_to_cjson(params));
+    sm_json_add_float(json, "final_repeat_penalty", result->final_repeat_penalty);
+    cJSON_AddNumberToObject(json, "n_prompt_tokens", result->n_prompt_tokens);
+    cJSON_AddNumberToObject(json, "n_tokens", result->n_tokens);
+    cJSON_AddNumberToObject(json, "n_sampled", result->n_sampled);
+    cJSON_AddNumberToObject(json, "n_decoded", result->n_decoded);
+    cJSON_AddNumberToObject(json, "n_backtracks", result->n_backtracks);
+    cJSON_AddNumberToObject(json, "n_tokens_removed", result->n_tokens_removed);
+    cJSON_AddStringToObject(json, "stop_reason", sm_stop_reason_name(result->stop_reason));
+    sm_json_add_timings(json, result);
+    return json;
+}
+
+/* True when the file is non-empty and its last byte is not a newline:
+ * a previous writer died in the middle of its line. */
+static bool ends_in_partial_line(const sm_memlog *log) {
+    if (!log->can_read) return false;
+    struct stat st;
+    if (fstat(log->fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size == 0) return false;
+    char last;
+    if (pread(log->fd, &last, 1, st.st_size - 1) != 1) return false;
+    return last != '\n';
+}
+
+static bool write_all(int fd, const char *data, size_t len) {
+    while (len > 0) {
+        ssize_t n = write(fd, data, len);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            return false;
+        }
+        data += n;
+        len -= (size_t)n;
+    }
+    return true;
+}
+
+sm_status sm_memlog_append(sm_memlog *log, const char *model_path, const char *prompt,
+                           const sm_gen_params *params, const sm_result *result,
+                           sm_error *err) {
+    if (!log || !result) {
+        set_error(err, SM_ERR_INVALID_ARGUMENT, "sm_memlog_append: %s is NULL",
+                  !log ? "log" : "result");
+        return SM_ERR_INVALID_ARGUMENT;
+    }
+    cJSON *json = record_json(model_path, prompt, params, result);
+    char *body = json ? cJSON_PrintUnformatted(json) : NULL;
+    cJSON_Delete(json);
+    if (!body) {
+        set_error(err, SM_ERR_NO_MEMORY, "out of memory formatting a memory record");
+        return SM_ERR_NO_MEMORY;
+    }
+
+    /* The separator, the record and its newline go out in one write(). */
+    bool separate = ends_in_partial_line(log);
+    size_t body_len = strlen(body);
+    char *line = malloc(body_len + 3);
+    if (!line) {
+        free(body);
+        set_error(err, SM_ERR_NO_MEMORY, "out of memory formatting a memory record");
+        return SM_ERR_NO_MEMORY;
+    }
+    size_t len = 0;
+    if (separate) line[len++] = '\n';
+    memcpy(line + len, body, body_len);
+    len += body_len;
+    line[len++] = '\n';
+    free(body);
+
+    bool written = write_all(log->fd, line, len);
+    free(line);
+    if (!written) {
+        set_error(err, SM_ERR_IO, "cannot write to memory file '%s': %s", log->path,
+                  strerror(errno));
+        return SM_ERR_IO;
+    }
+    if (fdatasync(log->fd) != 0 && errno != EINVAL && errno != EROFS) {
+        set_error(err, SM_ERR_IO, "cannot sync memory file '%s': %s", log->path, strerror(errno));
+        return SM_ERR_IO;
+    }
+    return SM_OK;
+}

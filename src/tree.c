@@ -1,0 +1,781 @@
+/*
+ * Tree exploration, the LLooM's way: expand continuations of a prefix
+ * breadth-first, splitting a beam wherever its next tokens are probable
+ * enough, and hand back the leaves as scored suggestions.
+ *
+ * Every beam is a sequence of one llama context (per model). A level's
+ * live beams are decoded together, one token per beam in one llama_decode;
+ * a child branches from its parent with llama_memory_seq_cp, which in a
+ * unified KV cache only marks the parent's cells as shared, so the prefix
+ * and the common ancestry are decoded once. Sequence PREFIX_SEQ holds the
+ * prefix alone and is kept between calls, so an edited story only decodes
+ * what changed.
+ *
+ * At most beam_limit beams live at once: a beam only splits while the
+ * finished beams, the live children and the parents still to expand stay
+ * within beam_limit, and while a parent is expanded its first live child
+ * takes over the parent's sequence. Hence max_beam_limit sequences for the
+ * beams plus PREFIX_SEQ.
+ */
+#include "internal.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PREFIX_SEQ 0
+#define MAX_PIECE 256
+
+/* One model and its context. */
+typedef struct tree_member {
+    sm_model *model;
+    struct llama_context *ctx;
+    llama_memory_t mem;
+    float *probs;              /* rows of n_vocab: this model's distributions */
+    int32_t rc;                /* of the last llama_decode                    */
+} tree_member;
+
+struct sm_tree {
+    tree_member members[SM_MAX_MODELS];
+    int32_t n_models;
+    sm_pool *pool;
+    int32_t n_vocab;
+    uint32_t n_ctx;
+    int32_t n_batch;
+    int32_t max_beam_limit;
+    struct llama_batch batch;
+    int32_t n_rows;            /* rows allocated in every probs buffer        */
+    float *mixed;              /* the models' mean; members[0].probs with one */
+    sm_token *prefix;          /* what PREFIX_SEQ holds in every context      */
+    int32_t n_prefix, cap_prefix;
+    llama_seq_id *free_seqs;
+    int32_t n_free;
+    char error[512];
+};
+
+static sm_status fail(sm_tree *t, sm_status status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+static sm_status fail(sm_tree *t, sm_status status, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(t->error, sizeof t->error, fmt, ap);
+    va_end(ap);
+    return status;
+}
+
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+/* ------------------------------------------------------------------ */
+/* Parameters                                                          */
+/* ------------------------------------------------------------------ */
+
+sm_tree_params sm_tree_default_params(void) {
+    return (sm_tree_params){
+        .max_depth = 12,
+        .beam_limit = 25,
+        .cutoff = 0.2f,
+        .multiplier = 1.0f,
+        .split_limit = 3,
+        .stop_chars = ".,",
+        .score_sum_probs = false,
+        .batched = true,
+    };
+}
+
+const char *sm_tree_end_name(sm_tree_end end) {
+    switch (end) {
+    case SM_TREE_END_NONE: return "none";
+    case SM_TREE_END_MAX_DEPTH: return "max_depth";
+    case SM_TREE_END_STOP_CHAR: return "stop_char";
+    case SM_TREE_END_EOG: return "eog";
+    case SM_TREE_END_BEAM_LIMIT: return "beam_limit";
+    }
+    return "unknown";
+}
+
+sm_status sm_tree_params_validate(const sm_tree_params *p, char *msg, size_t msg_size) {
+    const char *field = NULL, *range = NULL;
+    char value[64] = "";
+    if (p->max_depth < 1) {
+        field = "max_depth", range = ">= 1";
+        snprintf(value, sizeof value, "%d", p->max_depth);
+    } else if (p->beam_limit < 1) {
+        field = "beam_limit", range = ">= 1";
+        snprintf(value, sizeof value, "%d", p->beam_limit);
+    } else if (!(p->cutoff >= 0.0f && p->cutoff <= 1.0f)) {
+        field = "cutoff", range = "in [0, 1]";
+        snprintf(value, sizeof value, "%g", p->cutoff);
+    } else if (!(p->multiplier >= 0.0f && isfinite(p->multiplier))) {
+        field = "multiplier", range = ">= 0 and finite";
+        snprintf(value, sizeof value, "%g", p->multiplier);
+    } else if (p->split_limit < 0) {
+        field = "split_limit", range = ">= 0 (0 = no limit but beam_limit)";
+        snprintf(value, sizeof value, "%d", p->split_limit);
+    } else if (p->stop_chars) {
+        for (const char *c = p->stop_chars; *c; c++)
+            if ((unsigned char)*c >= 0x80) {
+                field = "stop_chars", range = "ASCII characters";
+                snprintf(value, sizeof value, "'%.32s'", p->stop_chars);
+                break;
+            }
+    }
+    if (!field) return SM_OK;
+    snprintf(msg, msg_size, "tree parameter %s must be %s (got %s)", field, range, value);
+    return SM_ERR_INVALID_ARGUMENT;
+}
+
+/* ------------------------------------------------------------------ */
+/* Creation                                                            */
+/* ------------------------------------------------------------------ */
+
+static int32_t online_cores(void) {
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int32_t)n : 1;
+}
+
+static bool init_member(sm_tree *t, tree_member *mb, sm_model *model, uint32_t n_ctx, int32_t n_threads,
+                        sm_error *err) {
+    struct llama_context_params cp = llama_context_default_params();
+    cp.n_ctx = n_ctx;
+    cp.n_batch = cp.n_ubatch = 512;
+    cp.n_seq_max = (uint32_t)t->max_beam_limit + 1;
+    /* One cell pool for all sequences: a branch shares its parent's cells.
+     * Separate streams (the default) would copy whole buffers on
+     * seq_cp, which llama.cpp only supports for full streams. */
+    cp.kv_unified = true;
+    cp.n_threads = cp.n_threads_batch = n_threads;
+    cp.no_perf = true;
+    sm_llama_clear_log_error();
+    mb->model = model;
+    mb->ctx = llama_init_from_model(model->lm, cp);
+    if (!mb->ctx) {
+        const char *why = sm_llama_last_log_error();
+        sm_error_set(err, SM_ERR_CONTEXT, "cannot create a context of %u tokens and %u sequences for '%s'%s%s",
+                     n_ctx, cp.n_seq_max, model->path, *why ? ": " : "", why);
+        return false;
+    }
+    if (llama_n_seq_max(mb->ctx) < cp.n_seq_max) {
+        sm_error_set(err, SM_ERR_CONTEXT, "llama.cpp gave '%s' %u sequences, %u needed", model->path,
+                     llama_n_seq_max(mb->ctx), cp.n_seq_max);
+        return false;
+    }
+    mb->mem = llama_get_memory(mb->ctx);
+    return true;
+}
+
+static bool check_models(sm_model *const *models, int32_t n_models, sm_error *err) {
+    if (!models || n_models < 1 || n_models > SM_MAX_MODELS) {
+        sm_error_set(err, SM_ERR_INVALID_ARGUMENT, "a tree takes 1 to %d models (got %d)", SM_MAX_MODELS, n_models);
+        return false;
+    }
+    for (int32_t m = 0; m < n_models; m++)
+        if (!models[m]) {
+            sm_error_set(err, SM_ERR_INVALID_ARGUMENT, "model %d is missing", m);
+            return false;
+        }
+    for (int32_t m = 1; m < n_models; m++) {
+        char why[256];
+        if (!sm_vocab_equal(models[0], models[m], why, sizeof why)) {
+            sm_error_set(err, SM_ERR_VOCAB_MISMATCH,
+                         "'%s' and '%s' do not share a vocabulary, which mixing in a tree needs: %s",
+                         models[0]->path, models[m]->path, why);
+            return false;
+        }
+    }
+    return true;
+}
+
+sm_tree *sm_tree_new(sm_model *const *models, int32_t n_models, uint32_t n_ctx, int32_t n_threads,
+                     int32_t max_beam_limit, sm_error *err) {
+    if (!check_models(models, n_models, err)) return NULL;
+    /* llama.cpp allows LLAMA_MAX_SEQ (256) sequences; one holds the prefix. */
+    if (max_beam_limit < 1 || max_beam_limit > 255 || n_threads < 0) {
+        sm_error_set(err, SM_ERR_INVALID_ARGUMENT,
+                     "invalid tree settings: max_beam_limit %d (1 to 255), n_threads %d (>= 0)", max_beam_limit,
+                     n_threads);
+        return NULL;
+    }
+    sm_tree *t = calloc(1, sizeof *t);
+    if (!t) {
+        sm_error_set(err, SM_ERR_NO_MEMORY, "out of memory");
+        return NULL;
+    }
+    t->max_beam_limit = max_beam_limit;
+    t->n_vocab = models[0]->n_vocab;
+    if (n_ctx == 0) n_ctx = (uint32_t)sm_model_n_ctx_train(models[0]);
+    int32_t total_threads = n_threads ? n_threads : online_cores();
+    int32_t per_model = total_threads / n_models > 0 ? total_threads / n_models : 1;
+    for (int32_t m = 0; m < n_models; m++) {
+        if (!init_member(t, &t->members[m], models[m], n_ctx, per_model, err)) {
+            sm_tree_free(t);
+            return NULL;
+        }
+        t->n_models++;
+    }
+    t->n_ctx = llama_n_ctx(t->members[0].ctx);
+    t->n_batch = (int32_t)llama_n_batch(t->members[0].ctx);
+    int32_t batch_cap = t->n_batch > max_beam_limit ? t->n_batch : max_beam_limit;
+    t->batch = llama_batch_init(batch_cap, 0, 1);
+    t->free_seqs = malloc(sizeof *t->free_seqs * (size_t)max_beam_limit);
+    t->pool = n_models > 1 ? sm_pool_new(n_models - 1) : NULL;
+    if (!t->batch.token || !t->free_seqs || (n_models > 1 && !t->pool)) {
+        sm_tree_free(t);
+        sm_error_set(err, SM_ERR_NO_MEMORY, "out of memory for a tree of %d beams", max_beam_limit);
+        return NULL;
+    }
+    return t;
+}
+
+void sm_tree_free(sm_tree *t) {
+    if (!t) return;
+    sm_pool_free(t->pool);
+    for (int32_t m = 0; m < SM_MAX_MODELS; m++) {
+        if (t->members[m].ctx) llama_free(t->members[m].ctx);
+        free(t->members[m].probs);
+    }
+    if (t->batch.token) llama_batch_free(t->batch);
+    if (t->n_models > 1) free(t->mixed);
+    free(t->prefix);
+    free(t->free_seqs);
+    free(t);
+}
+
+const char *sm_tree_last_error(const sm_tree *t) { return t->error; }
+uint32_t sm_tree_n_ctx(const sm_tree *t) { return t->n_ctx; }
+
+/* Every probs buffer holds at least n rows. */
+static bool reserve_rows(sm_tree *t, int32_t n) {
+    if (n <= t->n_rows) return true;
+    size_t bytes = sizeof(float) * (size_t)n * (size_t)t->n_vocab;
+    for (int32_t m = 0; m < t->n_models; m++) {
+        float *p = realloc(t->members[m].probs, bytes);
+        if (!p) return false;
+        t->members[m].probs = p;
+    }
+    if (t->n_models > 1) {
+        float *p = realloc(t->mixed, bytes);
+        if (!p) return false;
+        t->mixed = p;
+    } else {
+        t->mixed = t->members[0].probs;
+    }
+    t->n_rows = n;
+    return true;
+}
+
+/* ------------------------------------------------------------------ */
+/* Decoding                                                            */
+/* ------------------------------------------------------------------ */
+
+static void softmax(const float *logits, int32_t n, float *out) {
+    float max = logits[0];
+    for (int32_t i = 1; i < n; i++)
+        if (logits[i] > max) max = logits[i];
+    double sum = 0.0;
+    for (int32_t i = 0; i < n; i++) {
+        out[i] = expf(logits[i] - max);
+        sum += out[i];
+    }
+    const float inv = (float)(1.0 / sum);
+    for (int32_t i = 0; i < n; i++) out[i] *= inv;
+}
+
+static void batch_set(struct llama_batch *b, int32_t i, sm_token token, llama_pos pos, llama_seq_id seq,
+                      bool logits) {
+    b->token[i] = token;
+    b->pos[i] = pos;
+    b->n_seq_id[i] = 1;
+    b->seq_id[i][0] = seq;
+    b->logits[i] = logits;
+}
+
+/* What one model decodes in a call: the prepared batch at once, or each of
+ * its tokens alone (beam by beam). The distributions of the tokens that
+ * ask for logits land in rows 0, 1, ... in batch order. */
+typedef struct decode_job {
+    sm_tree *tree;
+    bool one_by_one;
+} decode_job;
+
+static void decode_model(void *arg, int32_t m) {
+    decode_job *job = arg;
+    sm_tree *t = job->tree;
+    tree_member *mb = &t->members[m];
+    const struct llama_batch *b = &t->batch;
+    const size_t row = (size_t)t->n_vocab;
+    int32_t r = 0;
+    if (!job->one_by_one) {
+        mb->rc = llama_decode(mb->ctx, *b);
+        for (int32_t i = 0; mb->rc == 0 && i < b->n_tokens; i++)
+            if (b->logits[i]) softmax(llama_get_logits_ith(mb->ctx, i), t->n_vocab, mb->probs + row * (size_t)r++);
+        return;
+    }
+    for (int32_t i = 0; i < b->n_tokens; i++) {
+        struct llama_batch one = {
+            .n_tokens = 1,
+            .token = b->token + i,
+            .pos = b->pos + i,
+            .n_seq_id = b->n_seq_id + i,
+            .seq_id = b->seq_id + i,
+            .logits = b->logits + i,
+        };
+        mb->rc = llama_decode(mb->ctx, one);
+        if (mb->rc != 0) return;
+        if (b->logits[i]) softmax(llama_get_logits_ith(mb->ctx, 0), t->n_vocab, mb->probs + row * (size_t)r++);
+    }
+}
+
+/* Decodes t->batch in every model, then mixes the models' rows. */
+static sm_status decode_batch(sm_tree *t, bool one_by_one, const char *what) {
+    decode_job job = {t, one_by_one};
+    sm_pool_run(t->pool, decode_model, &job, t->n_models);
+    for (int32_t m = 0; m < t->n_models; m++) {
+        int32_t rc = t->members[m].rc;
+        if (rc == 1)
+            return fail(t, SM_ERR_CONTEXT,
+                        "no room left in the context of %u tokens for %s in '%s': use a larger context, "
+                        "or a smaller beam limit or depth",
+                        t->n_ctx, what, t->members[m].model->path);
+        if (rc != 0)
+            return fail(t, SM_ERR_DECODE, "llama_decode failed (code %d) for %s in '%s'", rc, what,
+                        t->members[m].model->path);
+    }
+    if (t->n_models > 1) {
+        int32_t n_rows = 0;
+        for (int32_t i = 0; i < t->batch.n_tokens; i++) n_rows += t->batch.logits[i] != 0;
+        const size_t end = (size_t)n_rows * (size_t)t->n_vocab;
+        const float inv = 1.0f / (float)t->n_models;
+        for (size_t i = 0; i < end; i++) {
+            float sum = 0.0f;
+            for (int32_t m = 0; m < t->n_models; m++) sum += t->members[m].probs[i];
+            t->mixed[i] = sum * inv;
+        }
+    }
+    return SM_OK;
+}
+
+static int32_t common_prefix(const sm_token *a, int32_t na, const sm_token *b, int32_t nb) {
+    int32_t n = 0;
+    while (n < na && n < nb && a[n] == b[n]) n++;
+    return n;
+}
+
+/*
+ * Brings PREFIX_SEQ to `tokens` in every context, decoding only what
+ * differs from the previous call's prefix (at least the last token, whose
+ * distribution is needed), and leaves its distribution in row 0.
+ */
+static sm_status decode_prefix(sm_tree *t, const sm_token *tokens, int32_t n, int32_t *n_reused) {
+    if (n > t->cap_prefix) {
+        sm_token *p = realloc(t->prefix, sizeof *p * (size_t)n);
+        if (!p) return fail(t, SM_ERR_NO_MEMORY, "out of memory for a prefix of %d tokens", n);
+        t->prefix = p;
+        t->cap_prefix = n;
+    }
+    for (int32_t m = 0; m < t->n_models; m++) llama_memory_seq_keep(t->members[m].mem, PREFIX_SEQ);
+    int32_t keep = common_prefix(t->prefix, t->n_prefix, tokens, n);
+    if (keep == n) keep = n - 1;
+    for (int32_t m = 0; m < t->n_models; m++)
+        if (!llama_memory_seq_rm(t->members[m].mem, PREFIX_SEQ, keep, -1)) keep = 0;
+    if (keep == 0)
+        for (int32_t m = 0; m < t->n_models; m++) llama_memory_clear(t->members[m].mem, true);
+    /* Until it is all decoded, the kept part is all that is known. */
+    t->n_prefix = keep;
+    *n_reused = keep;
+    for (int32_t at = keep; at < n; at += t->n_batch) {
+        int32_t chunk = n - at < t->n_batch ? n - at : t->n_batch;
+        t->batch.n_tokens = chunk;
+        for (int32_t i = 0; i < chunk; i++)
+            batch_set(&t->batch, i, tokens[at + i], at + i, PREFIX_SEQ, at + i == n - 1);
+        sm_status st = decode_batch(t, false, "the prefix");
+        if (st != SM_OK) {
+            for (int32_t m = 0; m < t->n_models; m++) llama_memory_clear(t->members[m].mem, true);
+            t->n_prefix = 0;
+            return st;
+        }
+    }
+    memcpy(t->prefix, tokens, sizeof *tokens * (size_t)n);
+    t->n_prefix = n;
+    return SM_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* Expansion                                                           */
+/* ------------------------------------------------------------------ */
+
+/* A beam still growing: its last node and the sequence holding it. */
+typedef struct beam {
+    int32_t node;          /* -1: the prefix itself                          */
+    llama_seq_id seq;
+    int32_t depth;
+    double score;
+    bool has_text;         /* its text has more than leading stop characters */
+} beam;
+
+typedef struct expansion {
+    sm_tree *tree;
+    const sm_tree_params *p;
+    const struct llama_vocab *vocab;
+    int32_t n_prefix;
+    sm_tree_node *nodes;
+    int32_t n_nodes, cap_nodes;
+    beam *live, *next;     /* this level's beams, the next level's          */
+    int32_t n_live, n_next;
+    int32_t n_finished;    /* leaves                                         */
+    sm_candidate *cand;
+    int32_t max_cand;
+    sm_tree_result *out;
+} expansion;
+
+static llama_seq_id take_seq(sm_tree *t) { return t->n_free > 0 ? t->free_seqs[--t->n_free] : -1; }
+
+static void release_seq(sm_tree *t, llama_seq_id seq) {
+    if (seq == PREFIX_SEQ) return;
+    for (int32_t m = 0; m < t->n_models; m++) llama_memory_seq_rm(t->members[m].mem, seq, -1, -1);
+    t->free_seqs[t->n_free++] = seq;
+}
+
+/* The n most probable tokens of a row, descending; ties keep token order. */
+static int32_t top_tokens(const float *probs, int32_t n_vocab, int32_t n, sm_candidate *out) {
+    if (n > n_vocab) n = n_vocab;
+    int32_t filled = 0;
+    for (int32_t tok = 0; tok < n_vocab; tok++) {
+        float p = probs[tok];
+        if (filled == n && p <= out[n - 1].prob) continue;
+        int32_t j = filled < n ? filled++ : n - 1;
+        while (j > 0 && out[j - 1].prob < p) {
+            out[j] = out[j - 1];
+            j--;
+        }
+        out[j] = (sm_candidate){.token = tok, .prob = p};
+    }
+    return filled;
+}
+
+/* Whether the piece ends a beam: a stop character after the beam's text
+ * has begun (the LLooM lets a beam that opens with one go on). */
+static bool hits_stop_char(const char *piece, const char *stops, bool *has_text) {
+    if (!stops || !*stops) return false;
+    for (const char *c = piece; *c; c++) {
+        if (!strchr(stops, *c)) *has_text = true;
+        else if (*has_text) return true;
+    }
+    return false;
+}
+
+static int32_t add_node(expansion *e, const beam *parent, const sm_candidate *c, beam *child) {
+    if (e->n_nodes == e->cap_nodes) {
+        int32_t cap = e->cap_nodes ? e->cap_nodes * 2 : 64;
+        sm_tree_node *n = realloc(e->nodes, sizeof *n * (size_t)cap);
+        if (!n) return -1;
+        e->nodes = n;
+        e->cap_nodes = cap;
+    }
+    char piece[MAX_PIECE];
+    int32_t len = sm_token_piece(e->vocab, c->token, piece, MAX_PIECE - 1);
+    piece[len] = '\0';
+    char *copy = strdup(piece);
+    if (!copy) return -1;
+    *child = (beam){
+        .node = e->n_nodes,
+        .seq = -1,
+        .depth = parent->depth + 1,
+        .score = parent->score + (e->p->score_sum_probs ? (double)c->prob : log((double)c->prob)),
+        .has_text = parent->has_text,
+    };
+    sm_tree_end end = SM_TREE_END_NONE;
+    if (llama_vocab_is_eog(e->vocab, c->token)) end = SM_TREE_END_EOG;
+    else if (hits_stop_char(piece, e->p->stop_chars, &child->has_text)) end = SM_TREE_END_STOP_CHAR;
+    else if (child->depth >= e->p->max_depth) end = SM_TREE_END_MAX_DEPTH;
+    e->nodes[e->n_nodes] = (sm_tree_node){
+        .parent = parent->node,
+        .token = c->token,
+        .piece = copy,
+        .prob = c->prob,
+        .score = child->score,
+        .depth = child->depth,
+        .end = end,
+    };
+    return e->n_nodes++;
+}
+
+/*
+ * Gives the live children next[first..n_next) their sequences: the first
+ * continues in the parent's (but never in PREFIX_SEQ, which stays the bare
+ * prefix), the others are branched from it. A parent with no live child
+ * frees its sequence.
+ */
+static sm_status assign_sequences(expansion *e, const beam *parent, int32_t first) {
+    sm_tree *t = e->tree;
+    if (first == e->n_next) {
+        release_seq(t, parent->seq);
+        return SM_OK;
+    }
+    for (int32_t i = first; i < e->n_next; i++) {
+        if (i == first && parent->seq != PREFIX_SEQ) {
+            e->next[i].seq = parent->seq;
+            continue;
+        }
+        llama_seq_id seq = take_seq(t);
+        if (seq < 0) return fail(t, SM_ERR_STATE, "internal error: no free sequence for a beam");
+        for (int32_t m = 0; m < t->n_models; m++) llama_memory_seq_cp(t->members[m].mem, parent->seq, seq, -1, -1);
+        e->next[i].seq = seq;
+    }
+    /* The parent's sequence went to its first child, unless it is PREFIX_SEQ. */
+    return SM_OK;
+}
+
+/* Splits live beam j on its distribution (row j of the mixed rows). */
+static sm_status split_beam(expansion *e, int32_t j) {
+    const sm_tree_params *p = e->p;
+    const beam *parent = &e->live[j];
+    const float *row = e->tree->mixed + (size_t)j * (size_t)e->tree->n_vocab;
+    int32_t n_cand = top_tokens(row, e->tree->n_vocab, e->max_cand, e->cand);
+    const double cutoff = (double)p->cutoff * pow((double)p->multiplier, parent->depth);
+    const int32_t first_child = e->n_next;
+    for (int32_t c = 0; c < n_cand; c++) {
+        if (c > 0) {
+            if ((double)e->cand[c].prob < cutoff || e->cand[c].prob <= 0.0f) break;
+            /* Leaves if this child is added: the parents still to expand
+             * will each leave at least one. */
+            int32_t leaves = e->n_finished + e->n_next + (e->n_live - j - 1) + 1;
+            if (leaves > p->beam_limit) break;
+        }
+        beam child;
+        int32_t node = add_node(e, parent, &e->cand[c], &child);
+        if (node < 0) return fail(e->tree, SM_ERR_NO_MEMORY, "out of memory for the tree's nodes");
+        if (e->nodes[node].end != SM_TREE_END_NONE) e->n_finished++;
+        else e->next[e->n_next++] = child;
+    }
+    return assign_sequences(e, parent, first_child);
+}
+
+/* Once the leaves reach beam_limit, every live beam ends as it is. */
+static void end_at_beam_limit(expansion *e) {
+    if (e->n_next == 0 || e->n_finished + e->n_next < e->p->beam_limit) return;
+    for (int32_t i = 0; i < e->n_next; i++) {
+        e->nodes[e->next[i].node].end = SM_TREE_END_BEAM_LIMIT;
+        release_seq(e->tree, e->next[i].seq);
+    }
+    e->n_finished += e->n_next;
+    e->n_next = 0;
+}
+
+/* Decodes the last token of every live beam; row i gets beam i's
+ * distribution. */
+static sm_status decode_level(expansion *e) {
+    sm_tree *t = e->tree;
+    t->batch.n_tokens = e->n_live;
+    for (int32_t i = 0; i < e->n_live; i++) {
+        const beam *b = &e->live[i];
+        batch_set(&t->batch, i, e->nodes[b->node].token, e->n_prefix + b->depth - 1, b->seq, true);
+    }
+    sm_status st = decode_batch(t, !e->p->batched, "the tree's beams");
+    e->out->n_levels++;
+    e->out->n_decode_calls += t->n_models * (e->p->batched ? 1 : e->n_live);
+    e->out->n_tokens_decoded += (int64_t)t->n_models * e->n_live;
+    if (e->n_live > e->out->max_live_beams) e->out->max_live_beams = e->n_live;
+    return st;
+}
+
+static sm_status grow(expansion *e) {
+    for (;;) {
+        e->n_next = 0;
+        for (int32_t j = 0; j < e->n_live; j++) {
+            sm_status st = split_beam(e, j);
+            if (st != SM_OK) return st;
+        }
+        end_at_beam_limit(e);
+        if (e->n_next == 0) return SM_OK;
+        beam *swap = e->live;
+        e->live = e->next;
+        e->next = swap;
+        e->n_live = e->n_next;
+        sm_status st = decode_level(e);
+        if (st != SM_OK) return st;
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* Suggestions                                                         */
+/* ------------------------------------------------------------------ */
+
+/* Leaves by score, best first; equal scores keep creation order. An
+ * insertion sort: there are at most beam_limit leaves. */
+static void sort_leaves(const sm_tree_node *nodes, int32_t *leaves, int32_t n) {
+    for (int32_t i = 1; i < n; i++) {
+        int32_t x = leaves[i], j = i;
+        while (j > 0 && nodes[leaves[j - 1]].score < nodes[x].score) {
+            leaves[j] = leaves[j - 1];
+            j--;
+        }
+        leaves[j] = x;
+    }
+}
+
+/* The suggestion that ends at `leaf`: tokens, probabilities, text. */
+static bool make_suggestion(const sm_tree_node *nodes, int32_t leaf, sm_suggestion *s) {
+    const int32_t n = nodes[leaf].depth;
+    size_t len = 0;
+    for (int32_t i = leaf; i >= 0; i = nodes[i].parent) len += strlen(nodes[i].piece);
+    *s = (sm_suggestion){
+        .text = malloc(len + 1),
+        .tokens = malloc(sizeof(sm_token) * (size_t)n),
+        .probs = malloc(sizeof(float) * (size_t)n),
+        .n_tokens = n,
+        .score = nodes[leaf].score,
+        .node = leaf,
+        .end = nodes[leaf].end,
+    };
+    if (!s->text || !s->tokens || !s->probs) return false;
+    s->text[len] = '\0';
+    int32_t k = n;
+    for (int32_t i = leaf; i >= 0; i = nodes[i].parent) {
+        size_t pl = strlen(nodes[i].piece);
+        len -= pl;
+        memcpy(s->text + len, nodes[i].piece, pl);
+        k--;
+        s->tokens[k] = nodes[i].token;
+        s->probs[k] = nodes[i].prob;
+    }
+    return true;
+}
+
+static void suggestion_free(sm_suggestion *s) {
+    free(s->text);
+    free(s->tokens);
+    free(s->probs);
+}
+
+/* The leaves by score, best first, one per text (the best scoring). */
+static sm_status collect_suggestions(sm_tree *t, sm_tree_result *out) {
+    int32_t *leaves = malloc(sizeof(int32_t) * (size_t)(out->n_nodes ? out->n_nodes : 1));
+    out->suggestions = calloc((size_t)(out->n_nodes ? out->n_nodes : 1), sizeof(sm_suggestion));
+    if (!leaves || !out->suggestions) {
+        free(leaves);
+        return fail(t, SM_ERR_NO_MEMORY, "out of memory for the suggestions");
+    }
+    int32_t n_leaves = 0;
+    for (int32_t i = 0; i < out->n_nodes; i++)
+        if (out->nodes[i].end != SM_TREE_END_NONE) leaves[n_leaves++] = i;
+    sort_leaves(out->nodes, leaves, n_leaves);
+    for (int32_t i = 0; i < n_leaves; i++) {
+        sm_suggestion *s = &out->suggestions[out->n_suggestions];
+        if (!make_suggestion(out->nodes, leaves[i], s)) {
+            suggestion_free(s);
+            free(leaves);
+            return fail(t, SM_ERR_NO_MEMORY, "out of memory for the suggestions");
+        }
+        bool seen = false;
+        for (int32_t k = 0; k < out->n_suggestions && !seen; k++) seen = strcmp(out->suggestions[k].text, s->text) == 0;
+        if (seen) suggestion_free(s);
+        else out->n_suggestions++;
+    }
+    free(leaves);
+    return SM_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* The call                                                            */
+/* ------------------------------------------------------------------ */
+
+static sm_status tokenize_prefix(sm_tree *t, const char *prefix, sm_token **tokens, int32_t *n) {
+    const sm_model *m0 = t->members[0].model;
+    int32_t need = sm_tokenize(m0, prefix, NULL, 0, true, false);
+    if (need == INT32_MIN) return fail(t, SM_ERR_INVALID_ARGUMENT, "the prefix is too long to tokenize");
+    if (need < 0) need = -need;
+    if (need == 0)
+        return fail(t, SM_ERR_INVALID_ARGUMENT, "the prefix gives no tokens (empty, and the model adds no BOS)");
+    *tokens = malloc(sizeof(sm_token) * (size_t)need);
+    if (!*tokens) return fail(t, SM_ERR_NO_MEMORY, "out of memory tokenizing the prefix");
+    *n = sm_tokenize(m0, prefix, *tokens, need, true, false);
+    if (*n <= 0) return fail(t, SM_ERR_INVALID_ARGUMENT, "the prefix could not be tokenized");
+    return SM_OK;
+}
+
+static sm_status check_call(sm_tree *t, const char *prefix, const sm_tree_params *p, sm_tree_result *out) {
+    if (!prefix || !p || !out)
+        return fail(t, SM_ERR_INVALID_ARGUMENT, "sm_tree_expand needs a prefix, parameters and a result");
+    sm_status st = sm_tree_params_validate(p, t->error, sizeof t->error);
+    if (st != SM_OK) return st;
+    if (p->beam_limit > t->max_beam_limit)
+        return fail(t, SM_ERR_INVALID_ARGUMENT,
+                    "tree parameter beam_limit %d exceeds the %d beams this tree was created for", p->beam_limit,
+                    t->max_beam_limit);
+    return SM_OK;
+}
+
+static sm_status expand(sm_tree *t, const char *prefix, const sm_tree_params *p, expansion *e) {
+    sm_token *tokens = NULL;
+    int32_t n = 0;
+    sm_status st = tokenize_prefix(t, prefix, &tokens, &n);
+    if (st != SM_OK) {
+        free(tokens);
+        return st;
+    }
+    if ((int64_t)n + p->max_depth > (int64_t)t->n_ctx) {
+        free(tokens);
+        return fail(t, SM_ERR_PROMPT_TOO_LONG,
+                    "the prefix is %d tokens and the tree adds up to max_depth %d more, but the context holds %u",
+                    n, p->max_depth, t->n_ctx);
+    }
+    e->out->n_prefix_tokens = e->n_prefix = n;
+    t->n_free = 0;
+    for (llama_seq_id s = (llama_seq_id)t->max_beam_limit; s > PREFIX_SEQ; s--) t->free_seqs[t->n_free++] = s;
+    if (!reserve_rows(t, p->beam_limit))
+        st = fail(t, SM_ERR_NO_MEMORY, "out of memory for %d distributions", p->beam_limit);
+    if (st == SM_OK) st = decode_prefix(t, tokens, n, &e->out->n_prefix_reused);
+    free(tokens);
+    if (st != SM_OK) return st;
+    e->live[0] = (beam){.node = -1, .seq = PREFIX_SEQ, .depth = 0, .score = 0.0};
+    e->n_live = 1;
+    return grow(e);
+}
+
+sm_status sm_tree_expand(sm_tree *t, const char *prefix, const sm_tree_params *p, sm_tree_result *out) {
+    const double t0 = now_ms();
+    t->error[0] = '\0';
+    if (out) memset(out, 0, sizeof *out);
+    sm_status st = check_call(t, prefix, p, out);
+    if (st != SM_OK) return st;
+    expansion e = {
+        .tree = t,
+        .p = p,
+        .vocab = t->members[0].model->vocab,
+        .max_cand = p->split_limit > 0 && p->split_limit < p->beam_limit ? p->split_limit : p->beam_limit,
+        .out = out,
+    };
+    e.live = malloc(sizeof(beam) * (size_t)p->beam_limit);
+    e.next = malloc(sizeof(beam) * (size_t)p->beam_limit);
+    e.cand = malloc(sizeof(sm_candidate) * (size_t)e.max_cand);
+    if (!e.live || !e.next || !e.cand) st = fail(t, SM_ERR_NO_MEMORY, "out of memory for %d beams", p->beam_limit);
+    if (st == SM_OK) st = expand(t, prefix, p, &e);
+    out->nodes = e.nodes;
+    out->n_nodes = e.n_nodes;
+    if (st == SM_OK) st = collect_suggestions(t, out);
+    free(e.live);
+    free(e.next);
+    free(e.cand);
+    if (st != SM_OK) {
+        sm_tree_result_free(out);
+        return st;
+    }
+    out->elapsed_ms = now_ms() - t0;
+    return SM_OK;
+}
+
+void sm_tree_result_free(sm_tree_result *r) {
+    if (!r) return;
+    for (int32_t i = 0; i < r->n_suggestions; i++) suggestion_free(&r->suggestions[i]);
+    free(r->suggestions);
+    for (int32_t i = 0; i < r->n_nodes; i++) free(r->nodes[i].piece);
+    free(r->nodes);
+    memset(r, 0, sizeof *r);
+}

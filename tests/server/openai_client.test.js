@@ -1,0 +1,160 @@
+// The official `openai` npm package as the client: completions and chat,
+// streaming and not, with log-probabilities, stop strings and self-correction.
+'use strict';
+
+const test = require('node:test');
+const OpenAI = require('openai');
+const { servers, assert } = require('./helpers');
+
+const client = () => new OpenAI({ baseURL: servers.plain + '/v1', apiKey: 'unused', maxRetries: 0, timeout: 60000 });
+const PROMPT = 'Once upon a time';
+
+async function collect(stream) {
+  const chunks = [];
+  for await (const chunk of stream) chunks.push(chunk);
+  return chunks;
+}
+
+test('models.list names the served model', async () => {
+  const list = await client().models.list();
+  const ids = list.data.map((m) => m.id);
+  assert.deepEqual(ids, ['stories260K']);
+  assert.equal(list.data[0].object, 'model');
+});
+
+test('completion with logprobs: tokens spell the text, top alternatives sorted', async () => {
+  const r = await client().completions.create({
+    model: 'stories260K', prompt: PROMPT, max_tokens: 12, temperature: 0.8, seed: 11, logprobs: 3,
+  });
+  const choice = r.choices[0];
+  assert.equal(r.object, 'text_completion');
+  assert.equal(choice.finish_reason, 'length');
+  assert.equal(r.usage.completion_tokens, 12);
+  assert.equal(r.usage.prompt_tokens, 5); // BOS + 4 tokens
+  const lp = choice.logprobs;
+  assert.equal(lp.tokens.length, 12);
+  assert.equal(lp.tokens.join(''), choice.text);
+  assert.equal(lp.token_logprobs.length, 12);
+  for (let i = 0; i < 12; i++) {
+    assert.ok(lp.token_logprobs[i] <= 0, 'a log-probability is <= 0');
+    const top = Object.values(lp.top_logprobs[i]);
+    assert.ok(top.length >= 1 && top.length <= 3);
+    for (let k = 1; k < top.length; k++) assert.ok(top[k - 1] >= top[k], 'alternatives are sorted');
+    assert.ok(lp.token_logprobs[i] <= top[0] + 1e-5, 'the chosen token is not above the best one');
+    if (i > 0) assert.equal(lp.text_offset[i], lp.text_offset[i - 1] + lp.tokens[i - 1].length);
+  }
+});
+
+test('greedy completion: the stream spells exactly the non-streamed text', async () => {
+  const params = { model: 'stories260K', prompt: PROMPT, max_tokens: 30, temperature: 0 };
+  const whole = await client().completions.create(params);
+  const chunks = await collect(await client().completions.create({ ...params, stream: true, stream_options: { include_usage: true } }));
+  const text = chunks.filter((c) => c.choices.length).map((c) => c.choices[0].text).join('');
+  assert.equal(text, whole.choices[0].text);
+  assert.ok(whole.choices[0].text.startsWith(', there was a little girl named Lily'), whole.choices[0].text);
+  const last = chunks.filter((c) => c.choices.length).pop();
+  assert.equal(last.choices[0].finish_reason, 'length');
+  const usage = chunks.find((c) => c.usage);
+  assert.equal(usage.usage.completion_tokens, 30);
+});
+
+test('stop strings end the text before them, streamed or not', async () => {
+  const params = { model: 'stories260K', prompt: PROMPT, max_tokens: 40, temperature: 0, stop: ['little', 'zebra'] };
+  const whole = await client().completions.create(params);
+  assert.equal(whole.choices[0].text, ', there was a ');
+  assert.equal(whole.choices[0].finish_reason, 'stop');
+  const chunks = await collect(await client().completions.create({ ...params, stream: true }));
+  const text = chunks.map((c) => c.choices[0].text).join('');
+  assert.equal(text, ', there was a ');
+  assert.equal(chunks[chunks.length - 1].choices[0].finish_reason, 'stop');
+});
+
+test('chat completion with logprobs and top_logprobs', async () => {
+  const r = await client().chat.completions.create({
+    model: 'stories260K',
+    messages: [{ role: 'system', content: 'Tell stories.' }, { role: 'user', content: 'Tell me about a cat.' }],
+    max_tokens: 10, seed: 5, logprobs: true, top_logprobs: 2,
+  });
+  const choice = r.choices[0];
+  assert.equal(r.object, 'chat.completion');
+  assert.equal(choice.message.role, 'assistant');
+  assert.equal(typeof choice.message.content, 'string');
+  assert.equal(r.usage.completion_tokens, 10);
+  const content = choice.logprobs.content;
+  assert.equal(content.length, 10);
+  assert.equal(content.map((t) => t.token).join(''), choice.message.content);
+  for (const t of content) {
+    assert.equal(t.top_logprobs.length, 2);
+    assert.ok(t.top_logprobs[0].logprob >= t.top_logprobs[1].logprob);
+    assert.deepEqual(t.bytes, [...Buffer.from(t.token)]);
+  }
+});
+
+test('chat stream: a role chunk, then content that equals the non-streamed answer', async () => {
+  const params = {
+    model: 'stories260K', messages: [{ role: 'user', content: 'Hello' }], max_tokens: 24, temperature: 0,
+  };
+  const whole = await client().chat.completions.create(params);
+  const chunks = await collect(await client().chat.completions.create({ ...params, stream: true }));
+  assert.equal(chunks[0].object, 'chat.completion.chunk');
+  assert.equal(chunks[0].choices[0].delta.role, 'assistant');
+  const text = chunks.map((c) => c.choices[0].delta.content || '').join('');
+  assert.equal(text, whole.choices[0].message.content);
+  assert.equal(chunks[chunks.length - 1].choices[0].finish_reason, 'length');
+});
+
+test('a multi-turn chat reuses the cached conversation', async () => {
+  const messages = [{ role: 'user', content: 'Tell me about a dog.' }];
+  const first = await client().chat.completions.create({ model: 'stories260K', messages, max_tokens: 8, temperature: 0 });
+  messages.push({ role: 'assistant', content: first.choices[0].message.content });
+  messages.push({ role: 'user', content: 'And then?' });
+  const second = await client().chat.completions.create({ model: 'stories260K', messages, max_tokens: 8, temperature: 0 });
+  assert.ok(second.usage.prompt_tokens > first.usage.prompt_tokens + first.usage.completion_tokens);
+  // The slot that held the first turn takes the second: the first turn's
+  // prompt and answer are not decoded again.
+  assert.ok(second.usage.prompt_tokens_details.cached_tokens >= first.usage.prompt_tokens,
+    `${second.usage.prompt_tokens_details.cached_tokens} cached of ${first.usage.prompt_tokens}`);
+});
+
+test('self-correction: retractions are reported, and the stream never sends retracted text', async () => {
+  const params = {
+    model: 'stories260K', prompt: PROMPT, max_tokens: 40, temperature: 0.9, seed: 4,
+    selfmod: { aggressive: true, retract: true, critical_threshold: 0.55, max_retractions: 5 },
+  };
+  const whole = await client().completions.create(params);
+  const sm = whole.selfmod;
+  assert.ok(sm.retractions > 0, `expected retractions, got ${JSON.stringify(sm)}`);
+  const retracted = sm.events.filter((e) => e.type === 'retraction');
+  assert.equal(retracted.length, sm.retractions);
+  assert.ok(retracted.some((e) => e.n_removed > 1), 'some retraction took back tokens already generated');
+  assert.equal(whole.usage.completion_tokens, 40);
+
+  const chunks = await collect(await client().completions.create({ ...params, stream: true }));
+  const text = chunks.map((c) => c.choices[0].text).join('');
+  assert.equal(text, whole.choices[0].text);
+  const events = chunks.flatMap((c) => (c.selfmod && c.selfmod.events) || []);
+  const retractions = events.filter((e) => e.type === 'retraction');
+  assert.equal(retractions.length, sm.retractions);
+  // Each retraction removes the candidate and n_removed - 1 tokens that were shown.
+  const shown = 40 + retractions.reduce((a, e) => a + e.n_removed - 1, 0);
+  assert.equal(events.filter((e) => e.type === 'token').length, shown, 'retracted tokens were shown as events');
+  assert.equal(chunks[chunks.length - 1].selfmod.retractions, sm.retractions);
+});
+
+test('operators backtrack and report it', async () => {
+  const params = {
+    model: 'stories260K', prompt: PROMPT, max_tokens: 30, temperature: 1.2, seed: 3,
+    selfmod: { enabled: false, operators: ['probability_threshold:min_probability=0.2'] },
+  };
+  const r = await client().completions.create(params);
+  assert.ok(r.selfmod.backtracks > 0, JSON.stringify(r.selfmod));
+  const backtracks = r.selfmod.events.filter((e) => e.type === 'backtrack');
+  assert.equal(backtracks.length, r.selfmod.backtracks);
+  assert.ok(backtracks.every((e) => e.source === 'probability_threshold'));
+  assert.deepEqual(r.selfmod.operators, ['probability_threshold']);
+  // Streamed: the text waits until no backtrack can take it back, the events do not.
+  const chunks = await collect(await client().completions.create({ ...params, stream: true }));
+  assert.equal(chunks.map((c) => c.choices[0].text).join(''), r.choices[0].text);
+  const events = chunks.flatMap((c) => (c.selfmod && c.selfmod.events) || []);
+  assert.equal(events.filter((e) => e.type === 'backtrack').length, r.selfmod.backtracks);
+});

@@ -1,0 +1,174 @@
+// Raw HTTP (node's fetch): llama-server's /completion, /tokenize,
+// /detokenize, the LLooM's /loom/expand, the web page's files, and every
+// kind of bad request.
+'use strict';
+
+const test = require('node:test');
+const { servers, post, get, sseEvents, assertError, assert } = require('./helpers');
+
+const base = () => servers.plain;
+
+test('GET /health', async () => {
+  const r = await get(base(), '/health');
+  assert.equal(r.status, 200);
+  assert.equal(r.json.status, 'ok');
+  assert.equal(r.json.slots_idle + r.json.slots_processing, 2);
+});
+
+test('/completion with n_probs gives completion_probabilities', async () => {
+  const r = await post(base(), '/completion', { prompt: 'Once upon a time', n_predict: 8, n_probs: 3, seed: 4 });
+  assert.equal(r.status, 200, r.text);
+  assert.equal(r.json.stop, true);
+  assert.equal(r.json.tokens_predicted, 8);
+  assert.equal(r.json.stop_type, 'limit');
+  const probs = r.json.completion_probabilities;
+  assert.equal(probs.length, 8);
+  assert.equal(probs.map((p) => p.token).join(''), r.json.content);
+  for (const p of probs) {
+    assert.equal(typeof p.id, 'number');
+    assert.ok(p.logprob <= 0);
+    assert.equal(p.top_logprobs.length, 3);
+    assert.ok(p.top_logprobs[0].logprob >= p.top_logprobs[2].logprob);
+  }
+  assert.ok(r.json.timings.predicted_n === 8);
+});
+
+test('/completion streams content chunks and ends with stop: true', async () => {
+  const params = { prompt: 'Once upon a time', n_predict: 16, temperature: 0 };
+  const whole = await post(base(), '/completion', params);
+  const r = await post(base(), '/completion', { ...params, stream: true });
+  assert.equal(r.status, 200);
+  assert.match(r.headers.get('content-type'), /text\/event-stream/);
+  const events = sseEvents(r.text);
+  assert.ok(events.length >= 2);
+  assert.ok(!events.includes('[DONE]'), 'llama-server style streams have no [DONE]');
+  assert.equal(events.map((e) => e.content).join(''), whole.json.content);
+  const last = events[events.length - 1];
+  assert.equal(last.stop, true);
+  assert.equal(last.tokens_predicted, 16);
+});
+
+test('/tokenize and /detokenize round-trip', async () => {
+  const text = 'Once upon a time, a cat sat.';
+  const t = await post(base(), '/tokenize', { content: text });
+  assert.equal(t.status, 200);
+  assert.ok(t.json.tokens.length > 3 && t.json.tokens.every(Number.isInteger));
+  const withBos = await post(base(), '/tokenize', { content: text, add_special: true });
+  assert.equal(withBos.json.tokens.length, t.json.tokens.length + 1);
+  assert.equal(withBos.json.tokens[0], 1);
+  const pieces = await post(base(), '/tokenize', { content: text, with_pieces: true });
+  assert.deepEqual(pieces.json.tokens.map((p) => p.id), t.json.tokens);
+  assert.equal(pieces.json.tokens.map((p) => p.piece).join('').trim(), text);
+  const d = await post(base(), '/detokenize', { tokens: t.json.tokens });
+  assert.equal(d.status, 200);
+  assert.equal(d.json.content, text);
+});
+
+test('/loom/expand respects its limits and reports the tree', async () => {
+  const params = { prefix: 'Once upon a time, there was a', max_depth: 6, beam_limit: 8, cutoff: 0.1, split_limit: 3 };
+  const r = await post(base(), '/loom/expand', params);
+  assert.equal(r.status, 200, r.text);
+  const { suggestions, nodes } = r.json;
+  assert.ok(suggestions.length >= 2 && suggestions.length <= 8, `${suggestions.length} suggestions`);
+  assert.equal(new Set(suggestions.map((s) => s.text)).size, suggestions.length, 'texts are unique');
+  for (let i = 0; i < suggestions.length; i++) {
+    const s = suggestions[i];
+    if (i > 0) assert.ok(suggestions[i - 1].score >= s.score, 'sorted by score');
+    assert.ok(s.tokens.length >= 1 && s.tokens.length <= 6);
+    assert.equal(s.tokens.map((t) => t.piece).join(''), s.text);
+    const logp = s.tokens.reduce((a, t) => a + Math.log(t.prob), 0);
+    assert.ok(Math.abs(logp - s.score) < 1e-3, 'score = sum of ln p');
+    assert.equal(nodes[s.node].end, s.end);
+  }
+  nodes.forEach((n, i) => {
+    assert.ok(n.parent < i, 'a parent precedes its children');
+    const children = nodes.filter((c) => c.parent === i).length;
+    assert.ok(children <= 3, 'split limit');
+    if (n.parent >= 0) assert.equal(n.depth, nodes[n.parent].depth + 1);
+  });
+  assert.ok(r.json.elapsed_ms > 0);
+  assert.ok(r.json.max_live_beams >= 2);
+  // Summing probabilities instead, and no auto-stop: every beam is max_depth long.
+  const sum = await post(base(), '/loom/expand', { ...params, score: 'sum_probs', auto_stop: false });
+  assert.equal(sum.status, 200);
+  for (const s of sum.json.suggestions) {
+    assert.equal(s.tokens.length, 6);
+    assert.ok(Math.abs(s.tokens.reduce((a, t) => a + t.prob, 0) - s.score) < 1e-3);
+  }
+});
+
+test('the web page is served with its content types', async () => {
+  const index = await get(base(), '/');
+  assert.equal(index.status, 200);
+  assert.match(index.headers.get('content-type'), /text\/html/);
+  assert.match(index.text, /LLooM/);
+  const js = await get(base(), '/app.js');
+  assert.match(js.headers.get('content-type'), /javascript/);
+  const css = await get(base(), '/style.css');
+  assert.match(css.headers.get('content-type'), /text\/css/);
+  assertError(await get(base(), '/nothing-here.js'), 404);
+  assertError(await get(base(), '/..%2fCMakeLists.txt'), 404);
+});
+
+test('413 for a body over --max-body', async () => {
+  const big = JSON.stringify({ prompt: 'x'.repeat(1100 * 1024) });
+  const e = assertError(await post(base(), '/v1/completions', big), 413);
+  assert.equal(e.type, 'invalid_request_error');
+});
+
+test('400 for malformed JSON', async () => {
+  assertError(await post(base(), '/v1/completions', '{"prompt": "a",'), 400);
+  assertError(await post(base(), '/v1/chat/completions', 'not json'), 400);
+  assertError(await post(base(), '/completion', '[1, 2]'), 400);
+  assertError(await post(base(), '/loom/expand', ''), 400);
+});
+
+test('400 names the invalid field', async () => {
+  const cases = [
+    ['/v1/completions', { prompt: 'a', temperature: 'hot' }, 'temperature'],
+    ['/v1/completions', { prompt: 'a', max_tokens: -5 }, 'max_tokens'],
+    ['/v1/completions', { prompt: 'a', top_p: 0 }, 'top_p'],
+    ['/v1/completions', { prompt: 'a', stop: 5 }, 'stop'],
+    ['/v1/completions', { prompt: 'a', n: 2 }, 'n'],
+    ['/v1/completions', { prompt: 7 }, 'prompt'],
+    ['/v1/completions', { max_tokens: 3 }, 'prompt'],
+    ['/v1/completions', { prompt: 'a', logprobs: 50 }, 'logprobs'],
+    ['/v1/completions', { prompt: 'a', stream: 'yes' }, 'stream'],
+    ['/v1/completions', { prompt: 'a', selfmod: { agressive: true } }, 'selfmod.agressive'],
+    ['/v1/completions', { prompt: 'a', selfmod: { operators: ['no_such_operator'] } }, 'selfmod.operators[0]'],
+    ['/v1/completions', { prompt: 'a', selfmod: { fusion_mode: 'voting' } }, 'selfmod.fusion_mode'],
+    ['/v1/chat/completions', { messages: [] }, 'messages'],
+    ['/v1/chat/completions', { messages: [{ role: 'user' }] }, 'messages[0].content'],
+    ['/v1/chat/completions', { messages: [{ role: 'wizard', content: 'hi' }] }, 'messages[0].role'],
+    ['/v1/chat/completions', { messages: [{ role: 'system', content: 'be brief' }] }, 'messages[0].role'],
+    ['/v1/chat/completions', { messages: [{ role: 'user', content: 'a' }, { role: 'system', content: 'b' }, { role: 'user', content: 'c' }] }, 'messages[1].role'],
+    ['/v1/chat/completions', { messages: [{ role: 'user', content: 'hi' }], top_logprobs: 2 }, 'top_logprobs'],
+    ['/completion', { prompt: 'a', n_probs: -1 }, 'n_probs'],
+    ['/tokenize', { content: 5 }, 'content'],
+    ['/detokenize', { tokens: [1, 99999] }, 'tokens[1]'],
+    ['/loom/expand', { prefix: 'a', cutoff: 2 }, 'cutoff'],
+    ['/loom/expand', { prefix: 'a', beam_limit: 1000 }, 'beam_limit'],
+    ['/loom/expand', {}, 'prefix'],
+  ];
+  for (const [path, body, param] of cases) {
+    const e = assertError(await post(base(), path, body), 400, param);
+    assert.equal(e.type, 'invalid_request_error', JSON.stringify(body));
+  }
+  // A prompt longer than the context.
+  const long = await post(base(), '/v1/completions', { prompt: 'a b '.repeat(3000), max_tokens: 1 });
+  assert.equal(assertError(long, 400).code, 'context_length_exceeded');
+});
+
+test('404 for an unknown model or path, 405 for a wrong method', async () => {
+  const e = assertError(await post(base(), '/v1/completions', { model: 'gpt-4', prompt: 'a' }), 404, 'model');
+  assert.equal(e.code, 'model_not_found');
+  assertError(await post(base(), '/v1/chat/completions', { model: 'nope', messages: [{ role: 'user', content: 'a' }] }), 404);
+  assertError(await post(base(), '/loom/expand', { model: 'nope', prefix: 'a' }), 404);
+  assertError(await post(base(), '/v2/everything', {}), 404);
+  const m = await get(base(), '/v1/completions');
+  assertError(m, 405);
+  assert.match(m.headers.get('allow'), /POST/);
+  assertError(await post(base(), '/health', {}), 405);
+  const del = await fetch(base() + '/v1/models', { method: 'DELETE' });
+  assert.equal(del.status, 405);
+});

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# End-to-end test of `llama_selfmod serve` on 127.0.0.1: three servers (plain,
+# --api-key, two fused models) and the node tests in tests/server/ (the
+# official openai client, raw HTTP, concurrency, and the web page in headless
+# Chromium). Screenshots: server-screenshot.png and server-screenshot-loom.png
+# in the current directory (the build folder under ctest).
+set -euo pipefail
+
+SM_SRC="${SM_SRC:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
+: "${SM_BIN:?SM_BIN must name the llama_selfmod program}"
+: "${SM_MODELS:?SM_MODELS must name the models folder}"
+for m in stories260K llama2xs-salty-280K; do
+  [ -f "$SM_MODELS/$m.gguf" ] || { echo "test_server: missing $SM_MODELS/$m.gguf" >&2; exit 1; }
+done
+
+NODE_MODULES="$("$SM_SRC/scripts/setup_node_deps.sh")"
+export NODE_PATH="$NODE_MODULES"
+
+WORK="$(mktemp -d)"
+PIDS=()
+cleanup() {
+  local pid
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# start_server NAME ARGS...: starts it on a free port (--port 0) and sets
+# the variable URL_<NAME> once it listens.
+start_server() {
+  local name="$1"; shift
+  local log="$WORK/$name.log"
+  "$SM_BIN" serve --host 127.0.0.1 --port 0 --threads 1 --web-dir "$SM_SRC/web" "$@" >"$log" 2>&1 &
+  PIDS+=("$!")
+  local pid="$!" port=""
+  for _ in $(seq 1 300); do
+    port="$(sed -n 's|.*listening on http://127\.0\.0\.1:\([0-9]*\).*|\1|p' "$log")"
+    [ -n "$port" ] && break
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "test_server: the $name server exited:" >&2; cat "$log" >&2; exit 1
+    fi
+    sleep 0.1
+  done
+  [ -n "$port" ] || { echo "test_server: the $name server did not start:" >&2; cat "$log" >&2; exit 1; }
+  printf -v "URL_$name" 'http://127.0.0.1:%s' "$port"
+}
+
+API_KEY="test-key-$RANDOM$RANDOM"
+start_server plain -m "$SM_MODELS/stories260K.gguf" --parallel 2
+start_server keyed -m "$SM_MODELS/stories260K.gguf" --parallel 1 --api-key "$API_KEY" --alias tiny-stories --quiet
+start_server fused --models "$SM_MODELS/stories260K.gguf,llama2xs-salty-280K" --parallel 2
+
+export SM_SERVER_URL="$URL_plain" SM_SERVER_KEY_URL="$URL_keyed" SM_SERVER_FUSED_URL="$URL_fused"
+export SM_API_KEY="$API_KEY" SM_SCREENSHOT_DIR="$PWD"
+
+status=0
+node --test --test-concurrency=1 "$SM_SRC"/tests/server/*.test.js || status=$?
+if [ "$status" -ne 0 ]; then
+  for name in plain keyed fused; do
+    echo "---- $name server log (last lines) ----" >&2
+    tail -n 40 "$WORK/$name.log" >&2
+  done
+fi
+# Every server must stop cleanly on SIGTERM.
+for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+for pid in "${PIDS[@]}"; do
+  code=0
+  wait "$pid" || code=$?
+  if [ "$code" -ne 0 ]; then echo "test_server: a server exited with $code after SIGTERM" >&2; status=1; fi
+done
+PIDS=()
+[ "$status" -eq 0 ] && echo "test_server: screenshots in $PWD/server-screenshot.png and $PWD/server-screenshot-loom.png"
+exit "$status"
