@@ -105,6 +105,53 @@ static cJSON *modifications_json(const sm_result *result) {
     return array;
 }
 
+/*
+ * The fusion record: num_models, fusion_mode, each model's mean confidence
+ * in the kept tokens, the agreement summary, and every token where fewer
+ * than half the models agreed (the original's "low agreement" events).
+ */
+static void add_fusion_fields(cJSON *json, const sm_gen_params *params, const sm_result *r) {
+    cJSON_AddNumberToObject(json, "num_models", r->n_models);
+    cJSON_AddStringToObject(json, "fusion_mode", sm_fusion_mode_name(params ? params->fusion.mode : SM_FUSION_CONFIDENCE));
+    double conf[SM_MAX_MODELS] = {0}, top1 = 0, top3 = 0, js = 0;
+    int32_t leading[SM_MAX_MODELS] = {0}, differs = 0;
+    cJSON *low = cJSON_CreateArray();
+    for (int32_t i = 0; i < r->n_tokens; i++) {
+        const sm_fusion_info *f = &r->fusion[i];
+        for (int32_t m = 0; m < r->n_models; m++) conf[m] += f->p_chosen[m];
+        top1 += f->top1_agreement;
+        top3 += f->top3_agreement;
+        js += f->js_divergence;
+        if (f->leading_model >= 0) leading[f->leading_model]++;
+        differs += f->reference_differs;
+        if (f->top3_agreement < 0.5f) {
+            cJSON *e = cJSON_CreateObject();
+            cJSON_AddNumberToObject(e, "token_idx", i);
+            sm_json_add_float(e, "top1_agreement", f->top1_agreement);
+            sm_json_add_float(e, "top3_agreement", f->top3_agreement);
+            sm_json_add_float(e, "js_divergence", f->js_divergence);
+            cJSON_AddNumberToObject(e, "leading_model", f->leading_model);
+            cJSON_AddItemToArray(low, e);
+        }
+    }
+    int32_t n = r->n_tokens > 0 ? r->n_tokens : 1;
+    cJSON *models = cJSON_CreateArray();
+    for (int32_t m = 0; m < r->n_models; m++) {
+        cJSON *o = cJSON_CreateObject();
+        sm_json_add_float(o, "avg_confidence", (float)(conf[m] / n));
+        cJSON_AddNumberToObject(o, "tokens_led", leading[m]);
+        cJSON_AddItemToArray(models, o);
+    }
+    cJSON_AddItemToObject(json, "models", models);
+    cJSON *agreement = cJSON_CreateObject();
+    sm_json_add_float(agreement, "mean_top1", (float)(top1 / n));
+    sm_json_add_float(agreement, "mean_top3", (float)(top3 / n));
+    sm_json_add_float(agreement, "mean_js_divergence", (float)(js / n));
+    cJSON_AddNumberToObject(agreement, "reference_disagreements", differs);
+    cJSON_AddItemToObject(json, "agreement", agreement);
+    cJSON_AddItemToObject(json, "low_agreement_events", low);
+}
+
 static cJSON *record_json(const char *model_path, const char *prompt,
                           const sm_gen_params *params, const sm_result *result) {
     cJSON *json = cJSON_CreateObject();
@@ -132,6 +179,7 @@ static cJSON *record_json(const char *model_path, const char *prompt,
     cJSON_AddNumberToObject(json, "n_backtracks", result->n_backtracks);
     cJSON_AddNumberToObject(json, "n_tokens_removed", result->n_tokens_removed);
     cJSON_AddStringToObject(json, "stop_reason", sm_stop_reason_name(result->stop_reason));
+    if (result->n_models > 1 && result->fusion) add_fusion_fields(json, params, result);
     sm_json_add_timings(json, result);
     return json;
 }

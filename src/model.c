@@ -23,7 +23,12 @@ static void log_callback(enum ggml_log_level level, const char *text, void *user
         while (n > 0 && (last_log_error[n - 1] == '\n' || last_log_error[n - 1] == '\r'))
             last_log_error[--n] = '\0';
     }
-    if (atomic_load(&llama_logging_enabled) && level != GGML_LOG_LEVEL_DEBUG) fputs(text, stderr);
+    /* Warnings and errors only: llama.cpp's INFO lines describe every
+     * tensor and would bury the generation. CONT continues the last line. */
+    static _Thread_local bool last_shown;
+    bool show = level == GGML_LOG_LEVEL_CONT ? last_shown : level >= GGML_LOG_LEVEL_WARN;
+    last_shown = show;
+    if (atomic_load(&llama_logging_enabled) && show) fputs(text, stderr);
 }
 
 void sm_set_llama_logging(bool enabled) {

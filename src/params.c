@@ -166,6 +166,7 @@ sm_status sm_gen_params_validate(const sm_gen_params *p, char *msg, size_t msg_s
     CHECK(p->max_backtracks >= 0, "max_backtracks must be >= 0 (got %d)", p->max_backtracks);
     CHECK(p->max_backtracks_per_position >= 0, "max_backtracks_per_position must be >= 0 (got %d)", p->max_backtracks_per_position);
     CHECK(p->top_n_view >= 1 && p->top_n_view <= 1000, "top_n_view must be in [1, 1000] (got %d)", p->top_n_view);
+    CHECK(p->n_probs >= 0 && p->n_probs <= 1000, "n_probs must be in [0, 1000] (got %d)", p->n_probs);
     return sm_intervention_params_validate(p, msg, msg_size);
 }
 

@@ -341,7 +341,15 @@ sm_session *sm_session_new_fused(sm_model *const *models, int32_t n_models, cons
             return NULL;
         }
     }
+    /* llama.cpp rounds small contexts up (to 256): never use positions a
+     * model was not trained for, in any model of the session. */
     s->n_ctx = (int32_t)llama_n_ctx(s->members[0].ctx);
+    for (int32_t m = 0; m < n_models; m++) {
+        int32_t n_train = llama_model_n_ctx_train(models[m]->lm);
+        int32_t n_ctx_m = (int32_t)llama_n_ctx(s->members[m].ctx);
+        if (n_ctx_m < s->n_ctx) s->n_ctx = n_ctx_m;
+        if (n_train > 0 && n_train < s->n_ctx) s->n_ctx = n_train;
+    }
     s->params.n_batch = llama_n_batch(s->members[0].ctx); /* llama.cpp caps it at n_ctx */
     s->ring_cap = p.max_rewind + 2;
     size_t slots = (size_t)s->ring_cap * (size_t)n_models;

@@ -13,7 +13,10 @@ typedef struct cli_app {
     sm_gen_params gen;            /* opt->gen with operators and the event sink */
     sm_operator *operators[CLI_MAX_LIST];
     int32_t n_operators;
-    sm_model *model;
+    sm_model *model;              /* models[0]: tokenizer, descriptions      */
+    sm_model *models[SM_MAX_MODELS];
+    int32_t n_models;
+    char model_label[8192];       /* the model path, or the paths joined by ',' */
     sm_session *session;
     sm_memlog *memlog;            /* NULL: no memory file                    */
     bool stream_to_terminal;      /* stdout is a terminal, no --json-stream  */

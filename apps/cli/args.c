@@ -83,6 +83,7 @@ static const struct option long_options[] = {
     {"no-color", no_argument, NULL, OPT_NO_COLOR},
     {"json-stream", no_argument, NULL, OPT_JSON_STREAM},
     CLI_INTRO_LONG_OPTIONS
+    CLI_FUSION_LONG_OPTIONS
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0},
@@ -148,6 +149,7 @@ void cli_print_help(FILE *out) {
         "      --assistant-label STR     plain form's assistant label (default: \"Assistant:\")\n"
         "\n"
         CLI_INTRO_HELP
+        CLI_FUSION_HELP
         "output:\n"
         "      --memory-file PATH        append one JSON line per generation; \"\" = off\n"
         "                                (default: " CLI_DEFAULT_MEMORY_FILE ")\n"
@@ -265,6 +267,7 @@ static bool apply_option(int c, const char *arg, cli_options *opt, FILE *err) {
     sm_sampling_params *s = &opt->gen.sampling;
     sm_policy_params *p = &opt->gen.policy;
     int32_t n;
+    if (c >= CLI_FUSION_FIRST_OPTION) return cli_fusion_apply(c, arg, &opt->fusion, &opt->gen.fusion, err);
     if (c >= CLI_INTRO_FIRST_OPTION) return cli_intro_apply(c, arg, opt, err);
     switch (c) {
     case 'm': opt->model_path = arg; return true;
@@ -369,6 +372,7 @@ static bool check_combination(cli_options *opt, FILE *err) {
     opt->gen.stop_strings = opt->stops;
     opt->gen.n_stop_strings = opt->n_stops;
     if (!cli_intro_check(opt, err)) return false;
+    if (!cli_fusion_check(&opt->fusion, &opt->gen.fusion, err)) return false;
     char msg[256];
     if (sm_gen_params_validate(&opt->gen, msg, sizeof msg) != SM_OK) {
         fprintf(err, "llama_selfmod: error: invalid parameters: %s\n", msg);

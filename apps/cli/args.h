@@ -2,6 +2,7 @@
 #ifndef CLI_ARGS_H
 #define CLI_ARGS_H
 
+#include "fusion_args.h"
 #include "intro_args.h"
 #include "selfmod.h"
 
@@ -35,6 +36,7 @@ typedef struct cli_options {
     bool json_stream;
 
     cli_intro_options intro;     /* introspection and intervention flags   */
+    cli_fusion_options fusion;   /* --models and the --fusion-* flags      */
 } cli_options;
 
 typedef enum cli_parse_outcome {

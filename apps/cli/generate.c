@@ -35,7 +35,7 @@ static void note(cli_app *app, const char *line) {
 static void on_start(event_sink *sink) {
     cli_app *app = sink->app;
     if (app->opt->json_stream)
-        json_print_start(stdout, sm_model_path(app->model), sm_model_description(app->model),
+        json_print_start(stdout, app->model_label, sm_model_description(app->model),
                          sink->input, &app->gen, sm_session_n_ctx(app->session),
                          sm_session_n_past(app->session));
     if (sink->chat && !app->opt->quiet) {
@@ -82,6 +82,33 @@ static bool on_event(const sm_event *event, void *user_data) {
     return !interrupted;
 }
 
+/* With several models: how much they agreed, who led, and in reference
+ * mode the positions where another model's top-1 differed. */
+static void print_fusion_summary(const cli_app *app, const sm_result *r) {
+    if (r->n_models < 2 || !r->fusion) return;
+    double top1 = 0, js = 0;
+    int32_t led[SM_MAX_MODELS] = {0};
+    for (int32_t i = 0; i < r->n_tokens; i++) {
+        top1 += r->fusion[i].top1_agreement;
+        js += r->fusion[i].js_divergence;
+        if (r->fusion[i].leading_model >= 0) led[r->fusion[i].leading_model]++;
+    }
+    int32_t n = r->n_tokens > 0 ? r->n_tokens : 1;
+    fprintf(stderr, "[fusion] %d models, %s: top-1 agreement %.2f, mean JS divergence %.3f bits, led by", r->n_models,
+            sm_fusion_mode_name(app->gen.fusion.mode), top1 / n, js / n);
+    for (int32_t m = 0; m < r->n_models; m++) fprintf(stderr, " #%d: %d", m, led[m]);
+    fputc('\n', stderr);
+    if (app->gen.fusion.mode != SM_FUSION_REFERENCE) return;
+    int32_t shown = 0, total = 0;
+    fputs("[fusion] reference disagreements at tokens:", stderr);
+    for (int32_t i = 0; i < r->n_tokens; i++) {
+        if (!r->fusion[i].reference_differs) continue;
+        if (shown++ < 40) fprintf(stderr, " %d", i);
+        total++;
+    }
+    fprintf(stderr, "%s (%d of %d)\n", shown > 40 ? " ..." : "", total, r->n_tokens);
+}
+
 static void write_output(cli_app *app, const sm_result *result) {
     if (app->opt->json_stream) {
         json_print_done(stdout, result);
@@ -96,6 +123,7 @@ static void write_output(cli_app *app, const sm_result *result) {
         char line[512];
         format_summary(line, sizeof line, result, app->gen.sampling.seed, app->style);
         fprintf(stderr, "%s\n", line);
+        print_fusion_summary(app, result);
     }
 }
 
@@ -107,7 +135,7 @@ static const char *failure_message(const cli_app *app, const sm_chat *chat) {
 static bool append_memory(cli_app *app, const char *input, const sm_result *result) {
     if (!app->memlog) return true;
     sm_error err = {0};
-    if (sm_memlog_append(app->memlog, sm_model_path(app->model), input, &app->gen, result, &err) ==
+    if (sm_memlog_append(app->memlog, app->model_label, input, &app->gen, result, &err) ==
         SM_OK)
         return true;
     cli_error("%s", err.message);

@@ -89,16 +89,26 @@ static bool load_model(cli_app *app) {
     bool show_progress = !opt->quiet && isatty(STDERR_FILENO);
     if (show_progress) mp.progress = show_load_progress;
     sm_error err = {0};
-    app->model = sm_model_load(opt->model_path, &mp, &err);
-    if (show_progress) fputs("\r\033[K", stderr);
-    if (!app->model) {
-        bool is_default = strcmp(opt->model_path, CLI_DEFAULT_MODEL) == 0;
-        cli_error("%s%s", err.message, is_default ? " (give a model with -m PATH)" : "");
-        return false;
+    const cli_fusion_options *fo = &opt->fusion;
+    const char *const *paths = fo->n_models > 0 ? fo->model_paths : &opt->model_path;
+    int32_t n_models = fo->n_models > 0 ? fo->n_models : 1;
+    for (int32_t m = 0; m < n_models; m++) {
+        app->models[m] = sm_model_load(paths[m], &mp, &err);
+        if (show_progress) fputs("\r\033[K", stderr);
+        if (!app->models[m]) {
+            bool is_default = fo->n_models == 0 && strcmp(opt->model_path, CLI_DEFAULT_MODEL) == 0;
+            cli_error("%s%s", err.message, is_default ? " (give a model with -m PATH)" : "");
+            return false;
+        }
+        app->n_models++;
+        size_t used = strlen(app->model_label);
+        snprintf(app->model_label + used, sizeof app->model_label - used, "%s%s", m ? "," : "", paths[m]);
     }
+    app->model = app->models[0];
     sm_session_params sp = opt->session;
     sp.n_ctx = context_size(app, sp.n_ctx);
-    app->session = sm_session_new(app->model, &sp, &err);
+    sp.fusion_align = fo->align;
+    app->session = sm_session_new_fused(app->models, app->n_models, &sp, &err);
     if (!app->session) {
         cli_error("%s", err.message);
         return false;
@@ -126,7 +136,7 @@ static int run_single_prompt(cli_app *app) {
 static void app_free(cli_app *app) {
     if (app->stream_to_terminal) display_free(&app->disp);
     sm_session_free(app->session);
-    sm_model_free(app->model);
+    for (int32_t m = 0; m < app->n_models; m++) sm_model_free(app->models[m]);
     sm_memlog_close(app->memlog);
     cli_intro_free(app);
     for (int32_t i = 0; i < app->n_operators; i++) sm_operator_free(app->operators[i]);

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The CLI's fusion flags end to end: --models, every mode, the per-token
+# agreement in --json-stream, the fusion fields of the memory record, and
+# the errors for mismatched vocabularies and bad flags.
+set -u
+M="$SM_MODELS"; BIN="$SM_BIN"
+PAIR="$M/stories260K.gguf,$M/llama2xs-salty-280K.gguf"
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+fail() { echo "FAIL: $*"; exit 1; }
+run() { "$BIN" -p "Once upon a time" -n 24 -t 2 --seed 5 --quiet "$@"; }
+
+for mode in confidence average voting harmony adaptive democratic round_robin reference contrastive; do
+  out=$(run --models "$PAIR" --fusion-mode $mode --no-memory) || fail "mode $mode exited non-zero"
+  [ -n "$out" ] || fail "mode $mode produced no text"
+done
+
+run --models "$PAIR" --fusion-mode reference --json-stream --memory-file "$tmp/mem.jsonl" > "$tmp/stream.jsonl" \
+  || fail "json-stream run failed"
+python3 - "$tmp/stream.jsonl" "$tmp/mem.jsonl" <<'PY' || fail "fusion JSON check"
+import json, sys
+events = [json.loads(l) for l in open(sys.argv[1])]
+tokens = [e for e in events if e["type"] == "token"]
+assert tokens, "no token events"
+for t in tokens:
+    f = t["fusion"]
+    assert f["n_models"] == 2 and 0 <= f["top1_agreement"] <= 1 and 0 <= f["js_divergence"] <= 1, f
+rec = json.loads(open(sys.argv[2]).read().splitlines()[-1])
+assert rec["num_models"] == 2 and rec["fusion_mode"] == "reference", rec
+assert len(rec["models"]) == 2 and "avg_confidence" in rec["models"][0]
+differs = sum(1 for t in tokens if t["fusion"].get("reference_differs"))
+assert rec["agreement"]["reference_disagreements"] == differs, (rec["agreement"], differs)
+for k in ("timestamp", "prompt", "response", "modifications", "avg_confidence", "final_temperature", "retractions"):
+    assert k in rec, k
+PY
+
+# weights 1,0 reproduce model 0 alone (greedy)
+a=$(run -m "$M/stories260K.gguf" -t 0 --no-memory) || fail "single run"
+b=$(run --models "$PAIR" --fusion-mode average --fusion-weights 1,0 -t 0 --no-memory) || fail "weighted run"
+[ "$a" = "$b" ] || fail "weights 1,0 differ from model 0 alone: '$a' vs '$b'"
+
+err=$(run --models "$M/stories260K.gguf,$M/aidreams260K.gguf" --no-memory 2>&1 >/dev/null); rc=$?
+[ $rc -ne 0 ] || fail "mismatched vocabularies were accepted"
+grep -q "do not share a vocabulary: token" <<<"$err" || fail "mismatch message: $err"
+run --models "$M/stories260K.gguf,$M/cardputer-chat-3M.gguf" --fusion-align --no-memory >/dev/null \
+  || fail "--fusion-align run failed"
+
+for bad in "--fusion-mode nope" "--fusion-weights 1,2,3" "--fusion-weights 0,0" "--fusion-turn 0" "--fusion-alpha 2"; do
+  err=$(run --models "$PAIR" $bad --no-memory 2>&1 >/dev/null); rc=$?
+  [ $rc -eq 2 ] || fail "'$bad' exit code $rc, expected 2"
+  grep -q -- "${bad%% *}" <<<"$err" || fail "'$bad' message does not name the flag: $err"
+done
+err=$(run -m "$M/stories260K.gguf" --fusion-mode contrastive --no-memory 2>&1 >/dev/null); rc=$?
+[ $rc -eq 2 ] && grep -q "contrastive" <<<"$err" || fail "contrastive with one model: rc $rc: $err"
+echo "ok"
