@@ -108,8 +108,7 @@ static char *utf8_sanitized_copy(const char *bytes, size_t len) {
     return out;
 }
 
-/* A JSON string item for text; stray bytes become U+FFFD. */
-static cJSON *json_string_of_bytes(const char *bytes, size_t len) {
+cJSON *sm_json_text(const char *bytes, size_t len) {
     char *copy = utf8_sanitized_copy(bytes, len);
     if (!copy) return NULL;
     cJSON *item = cJSON_CreateString(copy);
@@ -125,7 +124,7 @@ static cJSON *json_string_of_bytes(const char *bytes, size_t len) {
  */
 void sm_json_add_text(cJSON *object, const char *key, const char *bytes, size_t len) {
     if (!bytes) len = 0;
-    cJSON *item = json_string_of_bytes(bytes ? bytes : "", len);
+    cJSON *item = sm_json_text(bytes ? bytes : "", len);
     if (!item) return;
     cJSON_AddItemToObject(object, key, item);
     if (utf8_is_valid(bytes, len)) return;
@@ -279,7 +278,7 @@ static void add_stop_strings(cJSON *json, const sm_gen_params *params) {
     cJSON *stops = cJSON_AddArrayToObject(json, "stop_strings");
     for (int32_t i = 0; stops && i < params->n_stop_strings; i++) {
         const char *stop = params->stop_strings[i] ? params->stop_strings[i] : "";
-        cJSON_AddItemToArray(stops, json_string_of_bytes(stop, strlen(stop)));
+        cJSON_AddItemToArray(stops, sm_json_text(stop, strlen(stop)));
     }
 }
 

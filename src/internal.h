@@ -34,6 +34,9 @@ void sm_signals_compute(const float *logits, int32_t n_vocab, sm_token chosen, s
 int32_t sm_top_candidates(const float *logits, int32_t n_vocab, const sm_dist_stats *stats,
                           int32_t n, sm_candidate *out);
 
+/* Milliseconds on the monotonic clock (params.c). */
+double sm_now_ms(void);
+
 /* fusion.c: combining several models' distributions. Pure. */
 typedef struct sm_model_dist {
     const float *logits;   /* raw, on model 0's vocabulary                  */

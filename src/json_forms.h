@@ -9,6 +9,9 @@
 
 void sm_json_add_float(cJSON *object, const char *key, float value);
 void sm_json_add_u64(cJSON *object, const char *key, uint64_t value);
+/* A JSON string item for text; bytes that are not well-formed UTF-8 become
+ * U+FFFD (NULL text gives ""). */
+cJSON *sm_json_text(const char *bytes, size_t len);
 /* Text as a JSON string; stray UTF-8 bytes also go to "<key>_bytes". */
 void sm_json_add_text(cJSON *object, const char *key, const char *bytes, size_t len);
 void sm_json_add_modification_fields(cJSON *json, const sm_event *event);

@@ -107,12 +107,6 @@ static sm_status fail(sm_session *s, sm_status status, const char *fmt, ...) {
     return status;
 }
 
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
-
 sm_session_params sm_session_default_params(void) {
     return (sm_session_params){.n_ctx = 2048, .n_batch = 512, .n_threads = 0, .max_rewind = 64};
 }
@@ -1619,7 +1613,7 @@ sm_status sm_session_generate(sm_session *s, const char *prompt, const sm_gen_pa
         return fail(s, SM_ERR_INVALID_ARGUMENT, "%s", msg);
     if (!intervention_fits(s, gp, msg, sizeof msg)) return fail(s, SM_ERR_INVALID_ARGUMENT, "%s", msg);
 
-    double t0 = now_ms();
+    double t0 = sm_now_ms();
     if (prompt && *prompt) {
         sm_token *toks;
         int32_t n;
@@ -1653,7 +1647,7 @@ sm_status sm_session_generate(sm_session *s, const char *prompt, const sm_gen_pa
         return fail(s, SM_ERR_NO_MEMORY, "out of memory for lookahead branches");
     }
     reset_operators(gp);
-    double t1 = now_ms();
+    double t1 = sm_now_ms();
     res->t_prompt_ms = t1 - t0;
 
     sm_event start = base_event(&g, SM_EVENT_START, 0);
@@ -1670,7 +1664,7 @@ sm_status sm_session_generate(sm_session *s, const char *prompt, const sm_gen_pa
     if (st != SM_OK) g.stop = SM_STOP_ERROR;
     sm_status fin = finish_result(&g);
     if (st == SM_OK) st = fin;
-    res->t_generate_ms = now_ms() - t1;
+    res->t_generate_ms = sm_now_ms() - t1;
 
     sm_event done = base_event(&g, SM_EVENT_DONE, generated(&g));
     done.stop_reason = g.stop;

@@ -66,12 +66,6 @@ static sm_status fail(sm_tree *t, sm_status status, const char *fmt, ...) {
     return status;
 }
 
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
-
 /* ------------------------------------------------------------------ */
 /* Parameters                                                          */
 /* ------------------------------------------------------------------ */
@@ -740,7 +734,7 @@ static sm_status expand(sm_tree *t, const char *prefix, const sm_tree_params *p,
 }
 
 sm_status sm_tree_expand(sm_tree *t, const char *prefix, const sm_tree_params *p, sm_tree_result *out) {
-    const double t0 = now_ms();
+    const double t0 = sm_now_ms();
     t->error[0] = '\0';
     if (out) memset(out, 0, sizeof *out);
     sm_status st = check_call(t, prefix, p, out);
@@ -767,7 +761,7 @@ sm_status sm_tree_expand(sm_tree *t, const char *prefix, const sm_tree_params *p
         sm_tree_result_free(out);
         return st;
     }
-    out->elapsed_ms = now_ms() - t0;
+    out->elapsed_ms = sm_now_ms() - t0;
     return SM_OK;
 }
 

@@ -226,10 +226,13 @@ typedef struct lookahead_watch {
     sm_lookahead_info first;
     int32_t first_index;
     int32_t n;
+    float norm[64];               /* the last layer's norm per token index */
 } lookahead_watch;
 
 static bool watch_lookahead(const sm_event *e, void *user_data) {
     lookahead_watch *w = user_data;
+    if (e->type == SM_EVENT_TOKEN && e->introspection && e->token_index < 64)
+        w->norm[e->token_index] = e->introspection->layers[0].norm;
     if (e->type == SM_EVENT_MODIFICATION && e->mod == SM_MOD_LOOKAHEAD) {
         assert_non_null(e->lookahead);
         if (w->n == 0) {
@@ -266,11 +269,29 @@ static double branch_score_sequential(sm_model *m, const sm_token *prefix, int32
     return logprob / depth;
 }
 
+/* The last layer's norm at each token fed one by one after the prompt. */
+static void norms_of_direct_run(sm_model *m, const sm_token *tokens, int32_t n, float *out) {
+    int32_t layers[] = {-1};
+    sm_session_params sp = base_params();
+    sp.introspect_layers = layers;
+    sp.n_introspect_layers = 1;
+    sm_session *s = open_session(m, &sp);
+    assert_int_equal(sm_session_feed_text(s, PROMPT, true), SM_OK);
+    for (int32_t i = 0; i < n; i++) {
+        assert_int_equal(sm_session_feed_tokens(s, &tokens[i], 1), SM_OK);
+        out[i] = sm_session_introspection(s)->layers[0].norm;
+    }
+    sm_session_free(s);
+}
+
 static void test_lookahead_commits_best_branch_and_cache_equals_direct_run(void **state) {
     (void)state;
     sm_model *m = tu_load_model("stories260K.gguf");
     sm_session_params sp = base_params();
     sp.max_branches = 3;
+    int32_t layers[] = {-1};
+    sp.introspect_layers = layers;
+    sp.n_introspect_layers = 1;
     sm_session *s = open_session(m, &sp);
     sm_gen_params gp = tu_greedy_params(24);
     gp.lookahead.k = 3;
@@ -305,6 +326,10 @@ static void test_lookahead_commits_best_branch_and_cache_equals_direct_run(void 
     llama_memory_t mem = llama_get_memory(sm_session_llama_context(s, 0));
     for (int32_t seq = 1; seq <= 3; seq++) assert_int_equal(llama_memory_seq_pos_max(mem, seq), -1);
     assert_direct_run_agrees(m, s, &r);
+    /* each committed token's stats came from its own row of the batched steps */
+    float direct_norm[64];
+    norms_of_direct_run(m, r.tokens, r.n_tokens, direct_norm);
+    for (int32_t i = 0; i < r.n_tokens; i++) assert_float_equal(w.norm[i], direct_norm[i], 1e-2 * direct_norm[i]);
     sm_result_free(&r);
 
     /* the margin score; and a session without room refuses */
@@ -325,6 +350,26 @@ static void test_lookahead_commits_best_branch_and_cache_equals_direct_run(void 
     sm_model_free(m);
 }
 
+typedef struct finite_watch {
+    int32_t tokens, finite;
+} finite_watch;
+
+/* Every token's stats are finite, planned tokens' (from the batched branch
+ * rows) included. */
+static bool watch_finite(const sm_event *e, void *user_data) {
+    finite_watch *w = user_data;
+    if (e->type != SM_EVENT_TOKEN) return true;
+    w->tokens++;
+    const sm_introspection *in = e->introspection;
+    bool ok = in && in->n_layers == 2 && in->n_heads == 8;
+    for (int32_t l = 0; ok && l < in->n_layers; l++) {
+        ok = isfinite(in->layers[l].norm) && in->layers[l].norm > 0.0f && isfinite(in->layers[l].max_abs);
+        for (int32_t h = 0; ok && h < in->n_heads; h++) ok = isfinite(in->attn_entropy[l * in->n_heads + h]);
+    }
+    w->finite += ok;
+    return true;
+}
+
 /* Rewinds into lookahead tokens restore their distributions exactly. */
 static int32_t backtrack_at_10(void *state, const sm_token_view *view) {
     int32_t *fired = state;
@@ -340,6 +385,10 @@ static void test_lookahead_with_rewinds(void **state) {
     sm_model *m = tu_load_model("stories260K.gguf");
     sm_session_params sp = base_params();
     sp.max_branches = 2;
+    int32_t layers[] = {0, -1};
+    sp.introspect_layers = layers;
+    sp.n_introspect_layers = 2;
+    sp.introspect_attention = true;
     sm_session *s = open_session(m, &sp);
     static const sm_operator_vtable vt = {.name = "at10", .decide = backtrack_at_10};
     int32_t fired = 0;
@@ -350,9 +399,15 @@ static void test_lookahead_with_rewinds(void **state) {
     gp.lookahead.entropy = 0.0f;
     gp.operators = &op;
     gp.n_operators = 1;
+    finite_watch w = {0};
+    gp.on_event = watch_finite;
+    gp.user_data = &w;
     sm_result r;
     assert_int_equal(sm_session_generate(s, PROMPT, &gp, &r), SM_OK);
     assert_int_equal(r.n_backtracks, 1);
+    assert_true(r.n_lookaheads > 0);
+    assert_true(w.tokens > r.n_tokens); /* the backtracked ones were reported too */
+    assert_int_equal(w.finite, w.tokens);
     assert_int_equal(sm_session_kv_pos(s), sm_session_n_past(s));
     llama_memory_t mem = llama_get_memory(sm_session_llama_context(s, 0));
     for (int32_t seq = 1; seq <= 2; seq++) assert_int_equal(llama_memory_seq_pos_max(mem, seq), -1);

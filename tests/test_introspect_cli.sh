@@ -93,6 +93,26 @@ EOF
 cmp -s plain.txt zero.txt || fail "a zero control vector changed the text"
 cmp -s plain.txt steered.txt && fail "a strong control vector changed nothing"
 
+# --- steer: a vector from two prompt files, applied ------------------------
+printf 'The happy dog played in the sun.\nLily smiled and laughed with joy.\n' > pos.txt
+printf 'The sad dog cried in the rain.\n\nLily was angry and shouted.\n' > neg.txt
+"$SM_BIN" steer -m "$STORIES" --positive pos.txt --negative neg.txt -o steer.gguf --threads 1 --quiet \
+  || fail "steer failed"
+python3 - <<'EOF' || fail "steer wrote a wrong file"
+import sys
+data = open('steer.gguf', 'rb').read()
+if data[:4] != b'GGUF': sys.exit('not GGUF')
+for name in (b'direction.1', b'direction.4', b'controlvector.layer_count', b'controlvector'):
+    if name not in data: sys.exit(f'no {name}')
+if b'direction.0' in data: sys.exit('layer 0 written')
+EOF
+"$SM_BIN" -m "$STORIES" -p "$PROMPT" -n 20 "${COMMON[@]}" --control-vector steer.gguf:6 > steer.txt || fail "steered run failed"
+cmp -s plain.txt steer.txt && fail "the steer vector changed nothing"
+"$SM_BIN" steer -m "$STORIES" --positive pos.txt --negative neg.txt -o x.gguf --layers 0 --quiet 2> steer.err
+[ $? -eq 1 ] && grep -q "layer 0" steer.err || fail "steer accepted layer 0: $(cat steer.err)"
+"$SM_BIN" steer -m "$STORIES" --positive pos.txt -o x.gguf 2> steer.err
+[ $? -eq 2 ] && grep -q "both --positive" steer.err || fail "steer without --negative: $(cat steer.err)"
+
 # --- prompt cache ---------------------------------------------------------
 "$SM_BIN" -m "$STORIES" -p "$PROMPT, there was a dog" -n 10 --threads 1 --no-memory -t 0 --prompt-cache pc.bin \
   > pc1.txt 2> pc1.err || fail "first cached run failed"

@@ -284,8 +284,8 @@ static void test_judge_bad_input(void **unused) {
     sm_judge *judge = one_thread_judge(m, m, 16);
     const int32_t n_ctx = sm_judge_n_ctx(judge);
     assert_int_equal(n_ctx, 16);
-    sm_token *toks = malloc(sizeof *toks * (size_t)(n_ctx + 1));
-    for (int32_t i = 0; i <= n_ctx; i++) toks[i] = 100 + i % 300;
+    sm_token *toks = malloc(sizeof *toks * (size_t)(n_ctx + 2)); /* the too-long case reads n_ctx + 2 */
+    for (int32_t i = 0; i < n_ctx + 2; i++) toks[i] = 100 + i % 300;
     toks[0] = 1;
     sm_judge_score s;
     /* 10 + (n_ctx - 9) - 1 = n_ctx tokens read: fits; one more does not */

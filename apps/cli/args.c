@@ -100,6 +100,7 @@ void cli_print_version(FILE *out) {
 void cli_print_help(FILE *out) {
     fputs(
         "usage: llama_selfmod [options]\n"
+        "       llama_selfmod eval|serve|steer [options]   (subcommands; each takes --help)\n"
         "A self-modifying inference engine: generation adapts its own sampling from the model's\n"
         "confidence, and can retract and regenerate text. Without --prompt it runs a chat.\n"
         "\n"

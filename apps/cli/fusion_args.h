@@ -36,7 +36,6 @@ enum {
     {"fusion-align", no_argument, NULL, OPT_FUSION_ALIGN},
 
 #define CLI_FUSION_HELP                                                                              \
-    "\n"                                                                                             \
     "multi-model fusion (several models decode in parallel; one response):\n"                       \
     "      --models A,B[,...]        GGUF models to fuse (instead of -m; at most 8)\n"              \
     "      --fusion-mode MODE        confidence|average|voting|harmony|adaptive|democratic|\n"      \
@@ -45,7 +44,8 @@ enum {
     "      --fusion-turn N           round_robin: tokens per model turn (default: 1)\n"             \
     "      --fusion-alpha F          contrastive: keep tokens with p >= F * max p (default: 0.1)\n"  \
     "      --fusion-beta F           contrastive: amateur weight (default: 0.5)\n"                  \
-    "      --fusion-align            models with different vocabularies: map tokens by text\n"
+    "      --fusion-align            models with different vocabularies: map tokens by text\n"      \
+    "\n"
 
 /* Applies one fusion flag to the fusion options and the generation params.
  * Returns false after printing an error. */

@@ -9,6 +9,7 @@
 #include "interactive.h"
 #include "intro_run.h"
 #include "server/server.h"
+#include "steer/steer.h"
 
 #include <locale.h>
 #include <stdarg.h>
@@ -160,13 +161,13 @@ static int setup_and_run(cli_app *app) {
     return code;
 }
 
-/* `llama_selfmod eval ...` and `llama_selfmod serve ...` are subcommands
- * living in apps/eval and apps/server. */
+/* `llama_selfmod eval|serve|steer ...` are subcommands living in
+ * apps/eval, apps/server and apps/steer. */
 static int run_subcommand(int argc, char **argv, bool *handled) {
     static const struct {
         const char *name;
         int (*main)(int, char **);
-    } subcommands[] = {{"eval", eval_main}, {"serve", serve_main}};
+    } subcommands[] = {{"eval", eval_main}, {"serve", serve_main}, {"steer", steer_main}};
     *handled = false;
     if (argc < 2) return 0;
     for (size_t i = 0; i < sizeof subcommands / sizeof *subcommands; i++) {

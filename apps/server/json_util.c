@@ -1,36 +1,14 @@
 #include "server/json_util.h"
 
+#include "json_forms.h"
+
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* Length of the well-formed UTF-8 sequence at s (1 to 4), or 0. */
-static size_t utf8_sequence(const unsigned char *s, size_t n) {
-    unsigned char c = s[0];
-    if (c >= 0x01 && c < 0x80) return 1;
-    size_t len;
-    unsigned char lo = 0x80, hi = 0xBF;
-    if (c >= 0xC2 && c <= 0xDF) {
-        len = 2;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-        len = 3;
-        if (c == 0xE0) lo = 0xA0;
-        if (c == 0xED) hi = 0x9F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        len = 4;
-        if (c == 0xF0) lo = 0x90;
-        if (c == 0xF4) hi = 0x8F;
-    } else {
-        return 0;
-    }
-    if (n < len || s[1] < lo || s[1] > hi) return 0;
-    for (size_t i = 2; i < len; i++)
-        if (s[i] < 0x80 || s[i] > 0xBF) return 0;
-    return len;
-}
-
+/* How many bytes a sequence starting with c has (1 for a stray byte). */
 static size_t utf8_expected_length(unsigned char c) {
     if (c >= 0xC2 && c <= 0xDF) return 2;
     if (c >= 0xE0 && c <= 0xEF) return 3;
@@ -48,29 +26,7 @@ size_t utf8_complete_prefix(const char *s, size_t len) {
     return len;
 }
 
-cJSON *json_text(const char *bytes, size_t len) {
-    if (!bytes) return cJSON_CreateString("");
-    char *out = malloc(len * 3 + 1);
-    if (!out) return NULL;
-    const unsigned char *s = (const unsigned char *)bytes;
-    size_t o = 0;
-    for (size_t i = 0; i < len;) {
-        size_t n = utf8_sequence(s + i, len - i);
-        if (n == 0) {
-            memcpy(out + o, "\xEF\xBF\xBD", 3);
-            o += 3;
-            i++;
-        } else {
-            memcpy(out + o, s + i, n);
-            o += n;
-            i += n;
-        }
-    }
-    out[o] = '\0';
-    cJSON *item = cJSON_CreateString(out);
-    free(out);
-    return item;
-}
+cJSON *json_text(const char *bytes, size_t len) { return sm_json_text(bytes, len); }
 
 void json_add_text(cJSON *object, const char *key, const char *bytes, size_t len) {
     cJSON_AddItemToObject(object, key, json_text(bytes, len));
