@@ -116,7 +116,42 @@ report() {
     echo '```'
 }
 
+# The benchmarks of the later features, each with its own program.
+more_reports() {
+    echo
+    echo "### Backtracking operators (stories260K, 256 greedy tokens, $threads threads)"
+    echo
+    "$build/bench_ops_fusion" operators "$models/stories260K.gguf" -n 256 -t "$threads" --reps 5
+    echo
+    echo "### Fusion: cardputer-chat-3M + cardputer-brainrot-3M (shared vocabulary), 128 tokens, average mode"
+    echo
+    "$build/bench_ops_fusion" fusion "$models/cardputer-chat-3M.sharedvocab12688.gguf" \
+        "$models/cardputer-brainrot-3M.sharedvocab12688.gguf" -n 128 -t "$threads" --reps 5
+    echo
+    echo "### LLooM tree expansion: one batched decode per level vs one decode per beam"
+    echo
+    echo '```'
+    for t in 1 "$threads"; do
+        "$build/bench_tree" "$models/stories260K.gguf" -t "$t"
+        "$build/bench_tree" "$models/cardputer-chat-3M.gguf" -t "$t"
+    done
+    echo '```'
+    echo
+    echo "### Introspection and lookahead"
+    echo
+    echo '```'
+    "$build/bench_introspect" "$models/stories260K.gguf" -n 256 -t "$threads" --reps 7
+    "$build/bench_introspect" "$models/cardputer-chat-3M.gguf" -n 200 -c 256 -t "$threads" --reps 5
+    echo '```'
+    if command -v node >/dev/null; then
+        echo
+        echo "### Server: tokens/s for 1 and 4 concurrent streams vs the CLI"
+        echo
+        bash "$root/bench/bench_server.sh" "$build"
+    fi
+}
+
 mkdir -p "$out_dir"
-report | tee "$out_dir/results.md.tmp"
+{ report; more_reports; } | tee "$out_dir/results.md.tmp"
 mv "$out_dir/results.md.tmp" "$out_dir/results.md"
 echo "(written to bench/out/results.md)" >&2
