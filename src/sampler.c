@@ -128,6 +128,33 @@ static int32_t select_top_k(const float *logits, int32_t n_vocab, int32_t k, sm_
     return filled;
 }
 
+/*
+ * Without top-k, sorting the whole vocabulary every token is the slow part.
+ * min-p will drop every token with logit < max + ln(min_p) anyway, and
+ * top-p only ever cuts further down the sorted list, so sorting just the
+ * tokens above that floor (with the probabilities still normalised over
+ * the whole vocabulary) gives exactly the same distribution. The floor is
+ * lowered a little so that float rounding cannot drop a token min-p keeps.
+ */
+static int32_t select_above_min_p(const float *logits, int32_t n_vocab, float min_p, sm_candidate *out) {
+    float max = -INFINITY;
+    for (int32_t t = 0; t < n_vocab; t++)
+        if (logits[t] > max) max = logits[t];
+    if (max == -INFINITY) return 0;
+    const float floor_logit = max + logf(min_p) - 1e-3f;
+    double z = 0.0;
+    int32_t n = 0;
+    for (int32_t t = 0; t < n_vocab; t++) {
+        float x = logits[t];
+        if (x == -INFINITY) continue;
+        z += expf(x - max);
+        if (x >= floor_logit) out[n++] = (sm_candidate){t, x, 0.0f};
+    }
+    qsort(out, (size_t)n, sizeof *out, by_logit_desc);
+    for (int32_t i = 0; i < n; i++) out[i].prob = (float)(expf(out[i].logit - max) / z);
+    return n;
+}
+
 /* Softmax of logit/temperature over the first n candidates (sorted). */
 static void softmax(sm_candidate *c, int32_t n, float temperature) {
     double sum = 0.0;
@@ -151,10 +178,12 @@ sm_token sm_sample(const sm_sample_input *in, uint64_t *rng, sm_sampler_work *w,
         return argmax(logits, in->n_vocab);
     }
     sm_candidate *c = w->cand;
-    int32_t n = select_top_k(logits, in->n_vocab, in->top_k, c);
+    bool whole_vocab = in->top_k <= 0 || in->top_k >= in->n_vocab;
+    int32_t n = whole_vocab && in->min_p > 0.0f ? select_above_min_p(logits, in->n_vocab, in->min_p, c)
+                                                : select_top_k(logits, in->n_vocab, in->top_k, c);
     if (n == 0) return -1;
 
-    softmax(c, n, 1.0f);
+    if (!(whole_vocab && in->min_p > 0.0f)) softmax(c, n, 1.0f);
     if (in->top_p < 1.0f) {
         double cum = 0.0;
         int32_t keep = n;

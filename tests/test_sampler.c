@@ -138,11 +138,60 @@ static void test_signals(void **unused) {
     assert_float_equal(top[2].prob, 0.0f, 0);
 }
 
+/* The whole-vocabulary path with min-p (which skips sorting tokens below
+ * the min-p floor) samples from exactly the textbook chain: softmax over
+ * all tokens, top-p on the sorted list, min-p, then temperature. */
+static void test_min_p_fast_path_matches_reference(void **unused) {
+    enum { V = 2000 };
+    static float logits[V];
+    static double ref[V];
+    uint64_t g = 11;
+    for (int i = 0; i < V; i++) logits[i] = (float)(sm_rng_uniform(&g) * 12.0 - 6.0);
+    const float top_p = 0.9f, min_p = 0.02f, temp = 0.8f;
+    /* reference: sort all token ids by logit */
+    static int order[V];
+    for (int i = 0; i < V; i++) order[i] = i;
+    for (int i = 1; i < V; i++) { /* insertion sort, descending */
+        int x = order[i], j = i;
+        while (j > 0 && logits[order[j - 1]] < logits[x]) { order[j] = order[j - 1]; j--; }
+        order[j] = x;
+    }
+    double z = 0;
+    for (int i = 0; i < V; i++) z += exp(logits[i] - logits[order[0]]);
+    int keep = V;
+    double cum = 0;
+    for (int i = 0; i < V; i++) {
+        cum += exp(logits[order[i]] - logits[order[0]]) / z;
+        if (cum >= top_p) { keep = i + 1; break; }
+    }
+    int keep2 = 1;
+    while (keep2 < keep && exp(logits[order[keep2]] - logits[order[0]]) >= min_p) keep2++;
+    double zt = 0;
+    for (int i = 0; i < keep2; i++) zt += exp((logits[order[i]] - logits[order[0]]) / temp);
+    for (int i = 0; i < V; i++) ref[i] = 0;
+    for (int i = 0; i < keep2; i++) ref[order[i]] = exp((logits[order[i]] - logits[order[0]]) / temp) / zt;
+
+    sm_sample_input in = input(logits, V);
+    in.top_p = top_p;
+    in.min_p = min_p;
+    in.temperature = temp;
+    sm_sampler_work w;
+    sm_sampler_work_init(&w, V);
+    uint64_t rng = 3;
+    for (int d = 0; d < 500; d++) {
+        float p;
+        sm_token t = sm_sample(&in, &rng, &w, &p);
+        assert_true(t >= 0 && ref[t] > 0);
+        assert_float_equal(p, ref[t], 1e-5);
+    }
+    sm_sampler_work_free(&w);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_greedy_bans_and_penalty), cmocka_unit_test(test_top_k_top_p_min_p),
         cmocka_unit_test(test_temperature_changes_the_draw), cmocka_unit_test(test_seed_determinism),
-        cmocka_unit_test(test_signals),
+        cmocka_unit_test(test_signals), cmocka_unit_test(test_min_p_fast_path_matches_reference),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -20,6 +20,9 @@ enum {
     OPT_REPEAT_PENALTY,
     OPT_REPEAT_LAST_N,
     OPT_CONFIDENCE_THRESHOLD,
+    OPT_CRITICAL_THRESHOLD,
+    OPT_SHARPEN_THRESHOLD,
+    OPT_PRESET,
     OPT_AGGRESSIVE,
     OPT_MAX_RETRACTIONS,
     OPT_RETRACT,
@@ -58,6 +61,9 @@ static const struct option long_options[] = {
     {"repeat-last-n", required_argument, NULL, OPT_REPEAT_LAST_N},
     {"n-predict", required_argument, NULL, 'n'},
     {"confidence-threshold", required_argument, NULL, OPT_CONFIDENCE_THRESHOLD},
+    {"critical-threshold", required_argument, NULL, OPT_CRITICAL_THRESHOLD},
+    {"sharpen-threshold", required_argument, NULL, OPT_SHARPEN_THRESHOLD},
+    {"preset", required_argument, NULL, OPT_PRESET},
     {"aggressive", no_argument, NULL, OPT_AGGRESSIVE},
     {"max-retractions", required_argument, NULL, OPT_MAX_RETRACTIONS},
     {"retract", no_argument, NULL, OPT_RETRACT},
@@ -125,6 +131,10 @@ void cli_print_help(FILE *out) {
         "self-modification:\n"
         "      --confidence-threshold F  mean confidence below which T and the repeat penalty\n"
         "                                rise (default: 0.5)\n"
+        "      --critical-threshold F    mean confidence below which to retract (default: 0.35)\n"
+        "      --sharpen-threshold F     mean confidence above which T falls (default: 0.85)\n"
+        "      --preset original|tuned   tuned: --confidence-threshold 0 --sharpen-threshold 0.5,\n"
+        "                                the better setting measured in docs/EVAL.md (original)\n"
         "      --aggressive              larger adjustments, exploration bursts, retraction\n"
         "                                (default: off)\n"
         "      --max-retractions N       retractions per generation at most (default: 3)\n"
@@ -298,6 +308,27 @@ static bool apply_option(int c, const char *arg, cli_options *opt, FILE *err) {
     case 'n':
         return parse_int_in(err, "--n-predict", arg, -1, INT32_MAX,
                             "an integer >= 0, or -1 for no limit", &opt->gen.n_predict);
+    case OPT_CRITICAL_THRESHOLD:
+        return parse_float_in(err, "--critical-threshold", arg, 0.0f, CLOSED, 1.0f, CLOSED,
+                              "a number in [0, 1]", &p->critical_threshold);
+    case OPT_SHARPEN_THRESHOLD:
+        return parse_float_in(err, "--sharpen-threshold", arg, 0.0f, CLOSED, 1.0f, CLOSED,
+                              "a number in [0, 1]", &p->sharpen_threshold);
+    case OPT_PRESET:
+        /* docs/EVAL.md: on the shipped prompts "tuned" (no heating, earlier
+         * cooling) is the best sampler measured on judge perplexity. */
+        if (strcmp(arg, "tuned") == 0) {
+            p->confidence_threshold = 0.0f;
+            p->sharpen_threshold = 0.5f;
+        } else if (strcmp(arg, "original") == 0) {
+            sm_policy_params d = sm_policy_default_params();
+            p->confidence_threshold = d.confidence_threshold;
+            p->sharpen_threshold = d.sharpen_threshold;
+        } else {
+            fprintf(err, "llama_selfmod: error: --preset '%s': expected original or tuned\n", arg);
+            return false;
+        }
+        return true;
     case OPT_CONFIDENCE_THRESHOLD:
         return parse_float_in(err, "--confidence-threshold", arg, 0.0f, CLOSED, 1.0f, CLOSED,
                               "a number in [0, 1]", &p->confidence_threshold);
