@@ -21,6 +21,10 @@ enum {
     OPT_REPEAT_LAST_N,
     OPT_CONFIDENCE_THRESHOLD,
     OPT_CRITICAL_THRESHOLD,
+    OPT_DRY_MULTIPLIER,
+    OPT_DRY_BASE,
+    OPT_DRY_ALLOWED_LENGTH,
+    OPT_DRY_LAST_N,
     OPT_SHARPEN_THRESHOLD,
     OPT_PRESET,
     OPT_AGGRESSIVE,
@@ -62,6 +66,10 @@ static const struct option long_options[] = {
     {"n-predict", required_argument, NULL, 'n'},
     {"confidence-threshold", required_argument, NULL, OPT_CONFIDENCE_THRESHOLD},
     {"critical-threshold", required_argument, NULL, OPT_CRITICAL_THRESHOLD},
+    {"dry-multiplier", required_argument, NULL, OPT_DRY_MULTIPLIER},
+    {"dry-base", required_argument, NULL, OPT_DRY_BASE},
+    {"dry-allowed-length", required_argument, NULL, OPT_DRY_ALLOWED_LENGTH},
+    {"dry-penalty-last-n", required_argument, NULL, OPT_DRY_LAST_N},
     {"sharpen-threshold", required_argument, NULL, OPT_SHARPEN_THRESHOLD},
     {"preset", required_argument, NULL, OPT_PRESET},
     {"aggressive", no_argument, NULL, OPT_AGGRESSIVE},
@@ -126,6 +134,9 @@ void cli_print_help(FILE *out) {
         "      --repeat-last-n N         tokens the repeat penalty looks back (default: 64)\n"
         "  -n, --n-predict N             tokens to generate; -1 = until a stop (default: 256)\n"
         "      --seed N                  random seed (default: taken from the clock, reported)\n"
+        "      --dry-multiplier F        llama.cpp's DRY repetition penalty; 0 = off (default: 0)\n"
+        "      --dry-base F --dry-allowed-length N --dry-penalty-last-n N   its settings\n"
+        "                                (defaults: 1.75, 2, -1 = the whole context)\n"
         "      --stop STR                stop when STR appears; repeatable (default: none)\n"
         "\n"
         "self-modification:\n"
@@ -308,6 +319,18 @@ static bool apply_option(int c, const char *arg, cli_options *opt, FILE *err) {
     case 'n':
         return parse_int_in(err, "--n-predict", arg, -1, INT32_MAX,
                             "an integer >= 0, or -1 for no limit", &opt->gen.n_predict);
+    case OPT_DRY_MULTIPLIER:
+        return parse_float_in(err, "--dry-multiplier", arg, 0.0f, CLOSED, 100.0f, CLOSED,
+                              "a number in [0, 100] (0 = off)", &s->dry_multiplier);
+    case OPT_DRY_BASE:
+        return parse_float_in(err, "--dry-base", arg, 1.0f, CLOSED, 100.0f, CLOSED, "a number in [1, 100]",
+                              &s->dry_base);
+    case OPT_DRY_ALLOWED_LENGTH:
+        return parse_int_in(err, "--dry-allowed-length", arg, 1, INT32_MAX, "an integer >= 1",
+                            &s->dry_allowed_length);
+    case OPT_DRY_LAST_N:
+        return parse_int_in(err, "--dry-penalty-last-n", arg, -1, INT32_MAX,
+                            "an integer >= 0, or -1 for the whole context", &s->dry_penalty_last_n);
     case OPT_CRITICAL_THRESHOLD:
         return parse_float_in(err, "--critical-threshold", arg, 0.0f, CLOSED, 1.0f, CLOSED,
                               "a number in [0, 1]", &p->critical_threshold);
