@@ -130,6 +130,7 @@ static int run_speed(sm_session *session, const bench_options *opt) {
 
 /* Prints one line per retraction, from the events. */
 static bool print_retraction(const sm_event *event, void *user_data) {
+    (void)user_data;
     if (event->type == SM_EVENT_RETRACTION) {
         printf("retraction at token %d: removed %d (window confidence %.3f)\n", event->token_index,
                event->n_removed, event->confidence);
