@@ -50,6 +50,17 @@ static void finish_mod(sm_policy_mod *m, const sm_policy_state *after) {
     m->rp_after = after->repeat_penalty;
 }
 
+/* A rule whose values are already at their caps changes nothing: that is
+ * no modification, and reporting it would bury the ones that happen. */
+static void drop_unchanged(sm_policy_action *a) {
+    int32_t kept = 0;
+    for (int32_t i = 0; i < a->n_mods; i++) {
+        const sm_policy_mod *m = &a->mods[i];
+        if (m->t_after != m->t_before || m->rp_after != m->rp_before) a->mods[kept++] = *m;
+    }
+    a->n_mods = kept;
+}
+
 static int32_t count_distinct(const sm_token *tokens, int32_t n) {
     int32_t distinct = 0;
     for (int32_t i = 0; i < n; i++) {
@@ -113,6 +124,7 @@ void sm_policy_step(const sm_policy_params *p, const float *confidences, const s
         finish_mod(m, st);
         snprintf(m->description, sizeof m->description, "exploration burst: temperature %+.3f", delta);
     }
+    drop_unchanged(a);
 }
 
 void sm_policy_after_retraction(const sm_policy_params *p, sm_policy_state *st) {

@@ -85,6 +85,20 @@ static void test_param_adjust_edge_and_caps(void **unused) {
     assert_float_equal(st.repeat_penalty, 1.15f, 1e-6);
 }
 
+/* At the caps the rule changes nothing, so there is no modification. */
+static void test_no_event_at_the_caps(void **unused) {
+    sm_policy_params p = sm_policy_default_params();
+    sm_policy_state st = state_at(1.3f, 1.5f);
+    sm_policy_action a;
+    step_const(&p, 0.4f, 5, &st, &a);
+    assert_int_equal(a.n_mods, 0);
+    st = state_at(1.3f, 1.4f); /* the penalty can still rise: one event */
+    step_const(&p, 0.4f, 5, &st, &a);
+    assert_int_equal(a.n_mods, 1);
+    assert_float_equal(a.mods[0].rp_after, 1.5f, 1e-6);
+    assert_float_equal(a.mods[0].t_after, 1.3f, 1e-6);
+}
+
 static void test_sharpen_edges(void **unused) {
     sm_policy_params p = sm_policy_default_params();
     sm_policy_state st = state_at(0.7f, 1.1f);
@@ -179,7 +193,7 @@ static void test_disabled_and_after_retraction(void **unused) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_critical_edge_and_flag), cmocka_unit_test(test_max_retractions),
-        cmocka_unit_test(test_param_adjust_edge_and_caps), cmocka_unit_test(test_sharpen_edges),
+        cmocka_unit_test(test_param_adjust_edge_and_caps), cmocka_unit_test(test_no_event_at_the_caps), cmocka_unit_test(test_sharpen_edges),
         cmocka_unit_test(test_window_mean_uses_last_five), cmocka_unit_test(test_repetition_edges),
         cmocka_unit_test(test_exploration_bursts), cmocka_unit_test(test_disabled_and_after_retraction),
     };
