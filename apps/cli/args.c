@@ -1,6 +1,7 @@
 /* Command-line flags of llama_selfmod: the original's flags with their
  * names, short forms and defaults, plus this project's additions. */
 #include "args.h"
+#include "common/flags.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -190,42 +191,12 @@ void cli_print_help(FILE *out) {
 /* ------------------------------------------------------------------ */
 
 static bool report(FILE *err, const char *flag, const char *value, const char *expected) {
-    fprintf(err, "llama_selfmod: error: invalid value '%s' for %s: expected %s\n", value, flag,
-            expected);
-    return false;
-}
-
-/* strto* skip leading white space; a flag value must not have any. */
-static bool has_no_leading_space(const char *text) {
-    return *text && !isspace((unsigned char)*text);
-}
-
-static bool parse_long(const char *text, long *out) {
-    if (!has_no_leading_space(text)) return false;
-    char *end;
-    errno = 0;
-    long v = strtol(text, &end, 10);
-    if (errno != 0 || end == text || *end != '\0') return false;
-    *out = v;
-    return true;
+    return flag_invalid(err, "llama_selfmod", flag, value, expected);
 }
 
 static bool parse_int_in(FILE *err, const char *flag, const char *text, long lo, long hi,
                          const char *expected, int32_t *out) {
-    long v;
-    if (!parse_long(text, &v) || v < lo || v > hi) return report(err, flag, text, expected);
-    *out = (int32_t)v;
-    return true;
-}
-
-static bool parse_float(const char *text, float *out) {
-    if (!has_no_leading_space(text)) return false;
-    char *end;
-    errno = 0;
-    float v = strtof(text, &end);
-    if (errno != 0 || end == text || *end != '\0' || !isfinite(v)) return false;
-    *out = v;
-    return true;
+    return flag_int_in(err, "llama_selfmod", flag, text, lo, hi, expected, out);
 }
 
 typedef enum { OPEN, CLOSED } bound;
@@ -234,7 +205,7 @@ typedef enum { OPEN, CLOSED } bound;
 static bool parse_float_in(FILE *err, const char *flag, const char *text, float lo, bound lo_b,
                            float hi, bound hi_b, const char *expected, float *out) {
     float v;
-    bool ok = parse_float(text, &v);
+    bool ok = flag_float(text, &v);
     if (ok) ok = lo_b == CLOSED ? v >= lo : v > lo;
     if (ok) ok = hi_b == CLOSED ? v <= hi : v < hi;
     if (!ok) return report(err, flag, text, expected);
@@ -243,13 +214,8 @@ static bool parse_float_in(FILE *err, const char *flag, const char *text, float 
 }
 
 static bool parse_seed(FILE *err, const char *text, uint64_t *out) {
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(text, &end, 10);
-    if (errno != 0 || end == text || *end != '\0' || !isdigit((unsigned char)text[0]))
-        return report(err, "--seed", text, "an integer in [0, 18446744073709551615]");
-    *out = v;
-    return true;
+    if (flag_u64(text, out)) return true;
+    return report(err, "--seed", text, "an integer in [0, 18446744073709551615]");
 }
 
 /* A seed that differs from run to run; it is reported so a run can be

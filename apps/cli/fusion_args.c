@@ -1,21 +1,17 @@
 /* Parsing of the multi-model fusion flags. */
 #include "fusion_args.h"
+#include "common/flags.h"
 
-#include <errno.h>
-#include <math.h>
-#include <stdlib.h>
 #include <string.h>
 
 static void error(FILE *err, const char *flag, const char *value, const char *expected) {
-    fprintf(err, "llama_selfmod: error: %s '%s': expected %s\n", flag, value, expected);
+    flag_invalid(err, "llama_selfmod", flag, value, expected);
 }
 
 static bool parse_float(FILE *err, const char *flag, const char *s, float lo, float hi, const char *expected,
                         float *out) {
-    char *end;
-    errno = 0;
-    float v = strtof(s, &end);
-    if (!*s || *end || errno || !isfinite(v) || v < lo || v > hi) {
+    float v;
+    if (!flag_float(s, &v) || v < lo || v > hi) {
         error(err, flag, s, expected);
         return false;
     }
@@ -77,17 +73,8 @@ bool cli_fusion_apply(int c, const char *arg, cli_fusion_options *fo, sm_fusion_
         error(err, "--fusion-mode", arg,
               "one of confidence, average, voting, harmony, adaptive, democratic, round_robin, reference, contrastive");
         return false;
-    case OPT_FUSION_TURN: {
-        char *end;
-        errno = 0;
-        long v = strtol(arg, &end, 10);
-        if (!*arg || *end || errno || v < 1 || v > 1000000) {
-            error(err, "--fusion-turn", arg, "an integer >= 1");
-            return false;
-        }
-        fp->turn = (int32_t)v;
-        return true;
-    }
+    case OPT_FUSION_TURN:
+        return flag_int_in(err, "llama_selfmod", "--fusion-turn", arg, 1, 1000000, "an integer >= 1", &fp->turn);
     case OPT_FUSION_WEIGHTS: return parse_weights(err, arg, fp);
     case OPT_FUSION_ALPHA: return parse_float(err, "--fusion-alpha", arg, 0.0f, 1.0f, "a number in [0, 1]", &fp->alpha);
     case OPT_FUSION_BETA: return parse_float(err, "--fusion-beta", arg, 0.0f, 100.0f, "a number in [0, 100]", &fp->beta);

@@ -1,5 +1,6 @@
 /* Parsing and checking the introspection and intervention flags. */
 #include "intro_args.h"
+#include "common/flags.h"
 
 #include "args.h"
 
@@ -10,26 +11,17 @@
 #include <string.h>
 
 static bool bad_value(FILE *err, const char *flag, const char *value, const char *expected) {
-    fprintf(err, "llama_selfmod: error: invalid value '%s' for %s: expected %s\n", value, flag, expected);
-    return false;
+    return flag_invalid(err, "llama_selfmod", flag, value, expected);
 }
 
 static bool int_in(FILE *err, const char *flag, const char *text, long lo, long hi, const char *expected,
                    int32_t *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(text, &end, 10);
-    if (errno != 0 || end == text || *end != '\0' || v < lo || v > hi) return bad_value(err, flag, text, expected);
-    *out = (int32_t)v;
-    return true;
+    return flag_int_in(err, "llama_selfmod", flag, text, lo, hi, expected, out);
 }
 
 static bool nonnegative_float(FILE *err, const char *flag, const char *text, float *out) {
-    char *end;
-    errno = 0;
-    float v = strtof(text, &end);
-    if (errno != 0 || end == text || *end != '\0' || !isfinite(v) || v < 0.0f)
-        return bad_value(err, flag, text, "a number >= 0");
+    float v;
+    if (!flag_float(text, &v) || v < 0.0f) return bad_value(err, flag, text, "a number >= 0");
     *out = v;
     return true;
 }

@@ -1,5 +1,6 @@
 /* The flags of `llama_selfmod eval`, checked strictly before anything loads. */
 #include "eval/options.h"
+#include "common/flags.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -107,28 +108,16 @@ void eval_print_help(FILE *out) {
 }
 
 static bool report(FILE *err, const char *flag, const char *value, const char *expected) {
-    fprintf(err, "llama_selfmod eval: error: invalid value '%s' for %s: expected %s\n", value, flag, expected);
-    return false;
+    return flag_invalid(err, "llama_selfmod eval", flag, value, expected);
 }
 
 static bool parse_int_in(FILE *err, const char *flag, const char *text, long lo, long hi, const char *expected,
                          int32_t *out) {
-    char *end;
-    errno = 0;
-    long v = isspace((unsigned char)*text) ? 0 : strtol(text, &end, 10);
-    if (isspace((unsigned char)*text) || errno || end == text || *end || v < lo || v > hi)
-        return report(err, flag, text, expected);
-    *out = (int32_t)v;
-    return true;
+    return flag_int_in(err, "llama_selfmod eval", flag, text, lo, hi, expected, out);
 }
 
 static bool parse_seed(FILE *err, const char *text, uint64_t *out) {
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(text, &end, 10);
-    if (!isdigit((unsigned char)*text) || errno || *end) return report(err, "--seed", text, "an integer >= 0");
-    *out = v;
-    return true;
+    return flag_u64(text, out) || report(err, "--seed", text, "an integer >= 0");
 }
 
 static bool add_strategy(FILE *err, eval_options *opt, const char *spec, size_t len) {

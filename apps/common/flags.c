@@ -1,0 +1,53 @@
+/* Strict parsing of flag values, shared by every front-end. */
+#include "common/flags.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+
+/* strto* skip leading white space; a flag value must not have any. */
+static bool starts_well(const char *text) { return text && *text && !isspace((unsigned char)*text); }
+
+bool flag_long(const char *text, long *out) {
+    if (!starts_well(text)) return false;
+    char *end;
+    errno = 0;
+    long v = strtol(text, &end, 10);
+    if (errno != 0 || end == text || *end != '\0') return false;
+    *out = v;
+    return true;
+}
+
+bool flag_float(const char *text, float *out) {
+    if (!starts_well(text)) return false;
+    char *end;
+    errno = 0;
+    float v = strtof(text, &end);
+    if (errno != 0 || end == text || *end != '\0' || !isfinite(v)) return false;
+    *out = v;
+    return true;
+}
+
+bool flag_u64(const char *text, uint64_t *out) {
+    if (!text || !isdigit((unsigned char)*text)) return false; /* no sign, no blank */
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(text, &end, 10);
+    if (errno != 0 || *end != '\0') return false;
+    *out = v;
+    return true;
+}
+
+bool flag_invalid(FILE *err, const char *program, const char *flag, const char *value, const char *expected) {
+    fprintf(err, "%s: error: invalid value '%s' for %s: expected %s\n", program, value, flag, expected);
+    return false;
+}
+
+bool flag_int_in(FILE *err, const char *program, const char *flag, const char *text, long lo, long hi,
+                 const char *expected, int32_t *out) {
+    long v;
+    if (!flag_long(text, &v) || v < lo || v > hi) return flag_invalid(err, program, flag, text, expected);
+    *out = (int32_t)v;
+    return true;
+}

@@ -1,0 +1,23 @@
+/* Strict parsing of flag values, shared by every front-end (the CLI, eval,
+ * serve): the whole text must be the number — no blanks, nothing after it,
+ * no overflow, finite. */
+#ifndef APPS_FLAGS_H
+#define APPS_FLAGS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+bool flag_long(const char *text, long *out);
+bool flag_float(const char *text, float *out);
+bool flag_u64(const char *text, uint64_t *out);
+
+/* Prints "PROGRAM: error: invalid value 'VALUE' for FLAG: expected EXPECTED"
+ * and returns false. */
+bool flag_invalid(FILE *err, const char *program, const char *flag, const char *value, const char *expected);
+
+/* An integer in [lo, hi] into *out, or the message above. */
+bool flag_int_in(FILE *err, const char *program, const char *flag, const char *text, long lo, long hi,
+                 const char *expected, int32_t *out);
+
+#endif
