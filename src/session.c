@@ -11,7 +11,7 @@
  * distribution instead of decoding again: a retraction costs exactly the
  * tokens that are regenerated.
  */
-#include "internal.h"
+#include "session_internal.h"
 
 #include <ctype.h>
 #include <math.h>
@@ -21,85 +21,12 @@
 #include <time.h>
 #include <unistd.h>
 
-/* What was true at a generated position just before its token was
- * sampled: enough to rewind to it exactly. */
-typedef struct position_record {
-    sm_token token;
-    sm_signals signals;
-    float log_z;                /* of the raw distribution, for top-n views */
-    float temperature;
-    float repeat_penalty;
-    uint64_t sample_rng;
-    uint64_t policy_rng;
-    int32_t n_backtracks_here;  /* rewinds that landed on this position */
-    int32_t n_safety_here;      /* tokens safety rules removed here      */
-    sm_token *bans;             /* tokens no longer allowed here         */
-    int32_t n_bans, cap_bans;
-} position_record;
-
-/* One model of the session and its context. */
-typedef struct member {
-    sm_model *model;
-    struct llama_context *ctx;
-    llama_memory_t mem;
-    int32_t n_threads;
-    /* A model with another vocabulary (fusion_align) follows the text:
-     * it keeps its own tokens and its distributions are mapped onto
-     * model 0's vocabulary through map_to0. */
-    bool aligned;
-    int32_t *map_to0;
-    sm_token *tokens;
-    int32_t n_tokens, cap_tokens;
-    /* results of the last parallel decode */
-    int32_t rc;
-} member;
-
-struct sm_session {
-    sm_model *model;             /* model 0: tokenizer, vocabulary */
-    member members[SM_MAX_MODELS];
-    int32_t n_models;
-    sm_pool *pool;
-    sm_session_params params;
-    int32_t n_vocab;
-    int32_t n_ctx;
-
-    sm_token *tokens;            /* everything in the KV cache, in order */
-    int32_t n_tokens, cap_tokens;
-
-    /* ring[pos % ring_cap] holds, for every model, the distribution that
-     * predicts the token at context position pos; ring_pos says which pos
-     * a slot holds. */
-    float *ring;
-    float *ring_unmapped;        /* per slot and model: mass with no token */
-    int32_t *ring_pos;
-    int32_t ring_cap;
-    const float *logits;         /* model 0's distribution at n_tokens, or NULL */
-
-    int64_t n_decoded_total;
-    sm_sampler_work work;
-    sm_candidate *top_view;      /* operators' top-n view                 */
-    float *fused;                /* the fused distribution (several models) */
-    char *text_buf;              /* aligned models: the context as text    */
-    size_t text_cap;
-    sm_token *align_buf;
-    int32_t align_cap;
-    /* Introspection (model 0; NULL when off: no eval callback at all) and
-     * the stats of the last token that entered the context. */
-    sm_introspector *intro;
-    unsigned char *intro_last;
-    float *intro_last_hidden;
-    bool intro_has_last;
-    sm_introspection intro_view;
-    llama_batch branch_batch;    /* lookahead: one token per branch      */
-    char error[512];
-};
-
 /* ------------------------------------------------------------------ */
 
-static sm_status fail(sm_session *s, sm_status status, const char *fmt, ...)
+sm_status sm_session_fail(sm_session *s, sm_status status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-static sm_status fail(sm_session *s, sm_status status, const char *fmt, ...) {
+sm_status sm_session_fail(sm_session *s, sm_status status, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(s->error, sizeof s->error, fmt, ap);
@@ -421,7 +348,7 @@ int32_t sm_session_kv_pos(const sm_session *s) { return sm_session_model_kv_pos(
 /* Decoding and the distribution ring                                  */
 /* ------------------------------------------------------------------ */
 
-static int reserve(sm_token **buf, int32_t *cap, int32_t n) {
+int sm_loop_reserve(sm_token **buf, int32_t *cap, int32_t n) {
     if (n <= *cap) return 0;
     int32_t c = *cap ? *cap : 256;
     while (c < n) c *= 2;
@@ -432,7 +359,7 @@ static int reserve(sm_token **buf, int32_t *cap, int32_t n) {
     return 0;
 }
 
-static float *ring_slot(const sm_session *s, int32_t pos, int32_t m) {
+float *sm_loop_ring_slot(const sm_session *s, int32_t pos, int32_t m) {
     size_t slot = (size_t)(pos % s->ring_cap) * (size_t)s->n_models + (size_t)m;
     return s->ring + slot * (size_t)s->n_vocab;
 }
@@ -440,7 +367,7 @@ static float *ring_slot(const sm_session *s, int32_t pos, int32_t m) {
 /* Model m's distribution at the current end of the context. */
 const float *sm_session_model_logits(const sm_session *s, int32_t m) {
     if (!s->logits || m < 0 || m >= s->n_models) return NULL;
-    return ring_slot(s, s->n_tokens, m);
+    return sm_loop_ring_slot(s, s->n_tokens, m);
 }
 
 static float ring_unmapped(const sm_session *s, int32_t pos, int32_t m) {
@@ -451,7 +378,7 @@ static float ring_unmapped(const sm_session *s, int32_t pos, int32_t m) {
 static void capture_logits(sm_session *s) {
     for (int32_t m = 0; m < s->n_models; m++) {
         member *mb = &s->members[m];
-        float *dst = ring_slot(s, s->n_tokens, m);
+        float *dst = sm_loop_ring_slot(s, s->n_tokens, m);
         const float *src = llama_get_logits_ith(mb->ctx, -1);
         float unmapped = 0.0f;
         if (mb->aligned) unmapped = sm_map_distribution(src, mb->model->n_vocab, mb->map_to0, dst, s->n_vocab);
@@ -459,7 +386,7 @@ static void capture_logits(sm_session *s) {
         s->ring_unmapped[(size_t)(s->n_tokens % s->ring_cap) * (size_t)s->n_models + (size_t)m] = unmapped;
     }
     s->ring_pos[s->n_tokens % s->ring_cap] = s->n_tokens;
-    s->logits = ring_slot(s, s->n_tokens, 0);
+    s->logits = sm_loop_ring_slot(s, s->n_tokens, 0);
 }
 
 typedef struct decode_job {
@@ -485,7 +412,7 @@ static sm_status sync_aligned(sm_session *s, member *mb) {
     for (;;) {
         if (need > s->text_cap) {
             char *t = realloc(s->text_buf, need);
-            if (!t) return fail(s, SM_ERR_NO_MEMORY, "out of memory");
+            if (!t) return sm_session_fail(s, SM_ERR_NO_MEMORY, "out of memory");
             s->text_buf = t;
             s->text_cap = need;
         }
@@ -499,25 +426,25 @@ static sm_status sync_aligned(sm_session *s, member *mb) {
     }
     int32_t n = sm_tokenize(mb->model, s->text_buf, NULL, 0, true, false);
     n = n < 0 ? -n : n;
-    if (reserve(&s->align_buf, &s->align_cap, n + 1) != 0) return fail(s, SM_ERR_NO_MEMORY, "out of memory");
+    if (sm_loop_reserve(&s->align_buf, &s->align_cap, n + 1) != 0) return sm_session_fail(s, SM_ERR_NO_MEMORY, "out of memory");
     n = sm_tokenize(mb->model, s->text_buf, s->align_buf, n + 1, true, false);
-    if (n <= 0) return fail(s, SM_ERR_DECODE, "'%s' turned the text into no tokens", mb->model->path);
-    if (n > s->n_ctx) return fail(s, SM_ERR_PROMPT_TOO_LONG, "the text is %d tokens for '%s', more than the context %d", n, mb->model->path, s->n_ctx);
+    if (n <= 0) return sm_session_fail(s, SM_ERR_DECODE, "'%s' turned the text into no tokens", mb->model->path);
+    if (n > s->n_ctx) return sm_session_fail(s, SM_ERR_PROMPT_TOO_LONG, "the text is %d tokens for '%s', more than the context %d", n, mb->model->path, s->n_ctx);
     int32_t common = 0;
     while (common < n && common < mb->n_tokens && mb->tokens[common] == s->align_buf[common]) common++;
     if (common == n && common == mb->n_tokens) return SM_OK; /* its logits are current */
     if (common == n) common--; /* decode the last token again for its distribution */
     if (!llama_memory_seq_rm(mb->mem, 0, common, -1))
-        return fail(s, SM_ERR_STATE, "'%s' cannot remove part of its cache", mb->model->path);
+        return sm_session_fail(s, SM_ERR_STATE, "'%s' cannot remove part of its cache", mb->model->path);
     mb->n_tokens = common;
-    if (reserve(&mb->tokens, &mb->cap_tokens, n) != 0) return fail(s, SM_ERR_NO_MEMORY, "out of memory");
+    if (sm_loop_reserve(&mb->tokens, &mb->cap_tokens, n) != 0) return sm_session_fail(s, SM_ERR_NO_MEMORY, "out of memory");
     for (int32_t at = common; at < n;) {
         int32_t chunk = n - at < (int32_t)s->params.n_batch ? n - at : (int32_t)s->params.n_batch;
         memcpy(mb->tokens + at, s->align_buf + at, sizeof(sm_token) * (size_t)chunk);
         int32_t rc = llama_decode(mb->ctx, llama_batch_get_one(mb->tokens + at, chunk));
         if (rc != 0) {
             llama_memory_seq_rm(mb->mem, 0, at, -1);
-            return fail(s, SM_ERR_DECODE, "llama_decode failed (code %d) in '%s'", rc, mb->model->path);
+            return sm_session_fail(s, SM_ERR_DECODE, "llama_decode failed (code %d) in '%s'", rc, mb->model->path);
         }
         at += chunk;
         mb->n_tokens = at;
@@ -526,7 +453,7 @@ static sm_status sync_aligned(sm_session *s, member *mb) {
 }
 
 /* Keeps the stats of the token that last entered the context. */
-static void remember_introspection(sm_session *s, const void *record, const float *hidden) {
+void sm_loop_remember_introspection(sm_session *s, const void *record, const float *hidden) {
     memcpy(s->intro_last, record, sm_introspector_record_size(s->intro));
     if (s->intro_last_hidden && hidden)
         memcpy(s->intro_last_hidden, hidden, sizeof(float) * sm_introspector_hidden_floats(s->intro));
@@ -536,12 +463,12 @@ static void remember_introspection(sm_session *s, const void *record, const floa
 
 /* Decodes tokens in batches in every model and appends them. A failure in
  * any model undoes the batch in all of them: none is left behind. */
-static sm_status decode_append(sm_session *s, const sm_token *toks, int32_t n) {
+sm_status sm_loop_decode_append(sm_session *s, const sm_token *toks, int32_t n) {
     if (n <= 0) return SM_OK;
     if (s->n_tokens + n > s->n_ctx)
-        return fail(s, SM_ERR_PROMPT_TOO_LONG, "%d tokens do not fit: %d of %d context tokens are used", n,
+        return sm_session_fail(s, SM_ERR_PROMPT_TOO_LONG, "%d tokens do not fit: %d of %d context tokens are used", n,
                     s->n_tokens, s->n_ctx);
-    if (reserve(&s->tokens, &s->cap_tokens, s->n_tokens + n) != 0) return fail(s, SM_ERR_NO_MEMORY, "out of memory");
+    if (sm_loop_reserve(&s->tokens, &s->cap_tokens, s->n_tokens + n) != 0) return sm_session_fail(s, SM_ERR_NO_MEMORY, "out of memory");
     for (int32_t done = 0; done < n;) {
         int32_t chunk = n - done < (int32_t)s->params.n_batch ? n - done : (int32_t)s->params.n_batch;
         memcpy(s->tokens + s->n_tokens, toks + done, sizeof(sm_token) * (size_t)chunk);
@@ -556,7 +483,7 @@ static sm_status decode_append(sm_session *s, const sm_token *toks, int32_t n) {
                 s->members[k].rc = 0;
             }
             s->logits = NULL;
-            return fail(s, SM_ERR_DECODE, "llama_decode failed (code %d) in '%s' at position %d", rc,
+            return sm_session_fail(s, SM_ERR_DECODE, "llama_decode failed (code %d) in '%s' at position %d", rc,
                         s->members[m].model->path, s->n_tokens);
         }
         s->n_tokens += chunk;
@@ -575,7 +502,7 @@ static sm_status decode_append(sm_session *s, const sm_token *toks, int32_t n) {
         }
     }
     capture_logits(s);
-    if (s->intro) remember_introspection(s, sm_introspector_record(s->intro, 0), sm_introspector_hidden(s->intro, 0));
+    if (s->intro) sm_loop_remember_introspection(s, sm_introspector_record(s->intro, 0), sm_introspector_hidden(s->intro, 0));
     return SM_OK;
 }
 
@@ -594,28 +521,28 @@ static bool remove_from(sm_session *s, int32_t pos) {
 
 sm_status sm_session_truncate(sm_session *s, int32_t n_keep) {
     if (n_keep < 0 || n_keep > s->n_tokens)
-        return fail(s, SM_ERR_INVALID_ARGUMENT, "cannot keep %d tokens of %d", n_keep, s->n_tokens);
+        return sm_session_fail(s, SM_ERR_INVALID_ARGUMENT, "cannot keep %d tokens of %d", n_keep, s->n_tokens);
     if (n_keep == s->n_tokens) return SM_OK;
     if (!remove_from(s, n_keep))
-        return fail(s, SM_ERR_STATE, "this model's memory cannot remove a partial sequence (recurrent model?)");
+        return sm_session_fail(s, SM_ERR_STATE, "this model's memory cannot remove a partial sequence (recurrent model?)");
     s->n_tokens = n_keep;
     forget_ring_after(s, n_keep);
     if (n_keep > 0 && s->ring_pos[n_keep % s->ring_cap] == n_keep) {
-        s->logits = ring_slot(s, n_keep, 0);
+        s->logits = sm_loop_ring_slot(s, n_keep, 0);
         return SM_OK;
     }
     s->logits = NULL;
     if (n_keep == 0) return SM_OK;
     /* The distribution here was never kept: decode the last token again. */
-    if (!remove_from(s, n_keep - 1)) return fail(s, SM_ERR_STATE, "cannot remove position %d from the cache", n_keep - 1);
+    if (!remove_from(s, n_keep - 1)) return sm_session_fail(s, SM_ERR_STATE, "cannot remove position %d from the cache", n_keep - 1);
     s->n_tokens = n_keep - 1;
     sm_token last = s->tokens[n_keep - 1];
-    return decode_append(s, &last, 1);
+    return sm_loop_decode_append(s, &last, 1);
 }
 
 sm_status sm_session_rewind(sm_session *s, int32_t n) {
     if (n < 0 || n > s->n_tokens)
-        return fail(s, SM_ERR_INVALID_ARGUMENT, "cannot rewind %d tokens of %d", n, s->n_tokens);
+        return sm_session_fail(s, SM_ERR_INVALID_ARGUMENT, "cannot rewind %d tokens of %d", n, s->n_tokens);
     return sm_session_truncate(s, s->n_tokens - n);
 }
 
@@ -632,22 +559,22 @@ sm_status sm_session_clear(sm_session *s) {
 }
 
 sm_status sm_session_feed_tokens(sm_session *s, const sm_token *tokens, int32_t n) {
-    if (n < 0 || (n > 0 && !tokens)) return fail(s, SM_ERR_INVALID_ARGUMENT, "invalid token array");
+    if (n < 0 || (n > 0 && !tokens)) return sm_session_fail(s, SM_ERR_INVALID_ARGUMENT, "invalid token array");
     for (int32_t i = 0; i < n; i++)
         if (tokens[i] < 0 || tokens[i] >= s->n_vocab)
-            return fail(s, SM_ERR_INVALID_ARGUMENT, "token %d at index %d is outside the vocabulary (%d)",
+            return sm_session_fail(s, SM_ERR_INVALID_ARGUMENT, "token %d at index %d is outside the vocabulary (%d)",
                         tokens[i], i, s->n_vocab);
-    return decode_append(s, tokens, n);
+    return sm_loop_decode_append(s, tokens, n);
 }
 
 /* Tokenizes text for this session, BOS only at the very start. */
 static sm_status tokenize(sm_session *s, const char *text, bool add_bos, sm_token **out, int32_t *n_out) {
     bool want_bos = add_bos && s->n_tokens == 0;
     int32_t n = sm_tokenize(s->model, text, NULL, 0, want_bos, true);
-    if (n == INT32_MIN) return fail(s, SM_ERR_INVALID_ARGUMENT, "text is too long to tokenize");
+    if (n == INT32_MIN) return sm_session_fail(s, SM_ERR_INVALID_ARGUMENT, "text is too long to tokenize");
     n = n < 0 ? -n : n;
     sm_token *t = malloc(sizeof *t * (size_t)(n > 0 ? n : 1));
-    if (!t) return fail(s, SM_ERR_NO_MEMORY, "out of memory");
+    if (!t) return sm_session_fail(s, SM_ERR_NO_MEMORY, "out of memory");
     *n_out = sm_tokenize(s->model, text, t, n, want_bos, true);
     *out = t;
     return SM_OK;
@@ -658,7 +585,7 @@ sm_status sm_session_feed_text(sm_session *s, const char *text, bool add_bos) {
     int32_t n;
     sm_status st = tokenize(s, text, add_bos, &toks, &n);
     if (st != SM_OK) return st;
-    st = decode_append(s, toks, n);
+    st = sm_loop_decode_append(s, toks, n);
     free(toks);
     return st;
 }
@@ -667,55 +594,7 @@ sm_status sm_session_feed_text(sm_session *s, const char *text, bool add_bos) {
 /* One generation                                                      */
 /* ------------------------------------------------------------------ */
 
-/* The lookahead branch chosen for commitment: per branch and step its
- * token, the distribution after it and its stats; stride = steps kept per
- * branch. */
-typedef struct branch_plan {
-    sm_token *tokens;
-    float *logits;
-    unsigned char *records;
-    float *hidden;
-    int32_t stride, depth;
-    int32_t chosen;                 /* the branch being committed; -1 = none  */
-    int32_t next;                   /* its next step to commit                */
-} branch_plan;
 
-typedef struct generation {
-    sm_session *s;
-    const sm_gen_params *gp;
-    sm_result *res;
-    int32_t start;                  /* context position of generated token 0 */
-    position_record *rec;
-    int32_t cap_rec;
-    float *confidences;             /* p_chosen per generated position        */
-    sm_token *gen_tokens;           /* token per generated position           */
-    sm_fusion_info *fusion;         /* agreement per generated position       */
-    const float *dist;              /* the distribution sampled at this step  */
-    sm_model_dist dists[SM_MAX_MODELS];
-    bool participating[SM_MAX_MODELS];
-    sm_policy_state policy;
-    uint64_t rng;
-    sm_text text;
-    int32_t n_events, cap_events;
-    sm_stop_reason stop;
-    bool cancelled;
-    /* Introspection and intervention (docs/INTROSPECTION.md). */
-    unsigned char *intro_rec;       /* stats record per generated position    */
-    branch_plan plan;               /* the lookahead branch being committed   */
-    sm_lookahead_info la_info;
-    /* Injected tokens sit between generated ones in the context, so the
-     * generated index is the context position minus start and n_injected;
-     * rewinds never remove generated tokens below floor. */
-    int32_t n_injected;
-    int32_t floor;
-    size_t text_floor;              /* text length after the last injection   */
-    size_t marker_from;             /* where a tool marker may begin          */
-    const char *inject_next;        /* what is left of inject_text            */
-    int32_t next_inject_at;
-    int32_t n_chunks;
-} generation;
-
-static int32_t generated(const generation *g) { return g->s->n_tokens - g->start - g->n_injected; }
 
 static int ensure_records(generation *g, int32_t n) {
     if (n <= g->cap_rec) return 0;
@@ -741,7 +620,7 @@ static int ensure_records(generation *g, int32_t n) {
 }
 
 /* Sends an event to the caller and keeps modification-like ones. */
-static void emit(generation *g, const sm_event *e) {
+void sm_loop_emit(generation *g, const sm_event *e) {
     if (e->type == SM_EVENT_MODIFICATION || e->type == SM_EVENT_RETRACTION || e->type == SM_EVENT_BACKTRACK) {
         sm_result *r = g->res;
         if (r->n_events == g->cap_events) {
@@ -765,7 +644,7 @@ static void emit(generation *g, const sm_event *e) {
     if (g->gp->on_event && !g->gp->on_event(e, g->gp->user_data)) g->cancelled = true;
 }
 
-static sm_event base_event(const generation *g, sm_event_type type, int32_t index) {
+sm_event sm_loop_base_event(const generation *g, sm_event_type type, int32_t index) {
     return (sm_event){
         .type = type,
         .token_index = index,
@@ -779,7 +658,7 @@ static sm_event base_event(const generation *g, sm_event_type type, int32_t inde
     };
 }
 
-static int add_ban(position_record *r, sm_token t) {
+int sm_loop_add_ban(position_record *r, sm_token t) {
     for (int32_t i = 0; i < r->n_bans; i++)
         if (r->bans[i] == t) return 0;
     if (r->n_bans == r->cap_bans) {
@@ -802,461 +681,9 @@ static void prepare_distribution(generation *g, int32_t i) {
         return;
     }
     for (int32_t m = 0; m < s->n_models; m++)
-        sm_model_dist_summarize(ring_slot(s, s->n_tokens, m), s->n_vocab, &g->dists[m]);
+        sm_model_dist_summarize(sm_loop_ring_slot(s, s->n_tokens, m), s->n_vocab, &g->dists[m]);
     sm_fuse(&g->gp->fusion, g->dists, s->n_models, s->n_vocab, i, s->fused, g->participating);
     g->dist = s->fused;
-}
-
-/* ------------------------------------------------------------------ */
-/* Introspection and intervention inside the loop                      */
-/* ------------------------------------------------------------------ */
-
-static const char DEFAULT_TOOL_MARKER[] = "[INTROSPECT:";
-static const char DEFAULT_TOOL_MARKER_END[] = "]";
-
-static bool plan_active(const generation *g) { return g->plan.chosen >= 0; }
-
-static size_t plan_at(const branch_plan *pl, int32_t branch, int32_t step) {
-    return (size_t)branch * (size_t)pl->stride + (size_t)step;
-}
-
-static const float *plan_logits(const generation *g, int32_t branch, int32_t step) {
-    return g->plan.logits + plan_at(&g->plan, branch, step) * (size_t)g->s->n_vocab;
-}
-
-/* Drops the branch being committed from the cache; the cells sequence 0
- * has taken over from it stay. */
-static void abandon_plan(generation *g) {
-    if (!plan_active(g)) return;
-    llama_memory_seq_rm(g->s->members[0].mem, g->plan.chosen + 1, -1, -1);
-    g->plan.chosen = -1;
-}
-
-static sm_token planned_token(const generation *g) {
-    const branch_plan *pl = &g->plan;
-    return plan_active(g) ? pl->tokens[plan_at(pl, pl->chosen, pl->next)] : -1;
-}
-
-static int open_plan(generation *g) {
-    const sm_lookahead_params *la = &g->gp->lookahead;
-    sm_session *s = g->s;
-    g->plan.chosen = -1;
-    if (la->k == 0) return 0;
-    size_t n = (size_t)la->k * (size_t)la->depth;
-    g->plan.stride = la->depth;
-    g->plan.tokens = malloc(sizeof(sm_token) * n);
-    g->plan.logits = malloc(sizeof(float) * n * (size_t)s->n_vocab);
-    if (!g->plan.tokens || !g->plan.logits) return -1;
-    if (!s->intro) return 0;
-    g->plan.records = malloc(sm_introspector_record_size(s->intro) * n);
-    size_t hidden_floats = sm_introspector_hidden_floats(s->intro);
-    if (hidden_floats) g->plan.hidden = malloc(sizeof(float) * hidden_floats * n);
-    return g->plan.records && (!hidden_floats || g->plan.hidden) ? 0 : -1;
-}
-
-static void free_plan(branch_plan *pl) {
-    free(pl->tokens);
-    free(pl->logits);
-    free(pl->records);
-    free(pl->hidden);
-}
-
-/* The temperature token i is sampled with: the policy's, or for this token
- * alone what entropy steering makes of it. */
-static float token_temperature(generation *g, int32_t i) {
-    const sm_policy_params *pp = &g->gp->policy;
-    float t = g->policy.temperature;
-    if (pp->entropy_mode == 0) return t;
-    sm_signals sig;
-    sm_signals_compute(g->dist, g->s->n_vocab, -1, &sig, NULL);
-    sm_policy_mod mod;
-    if (!sm_policy_entropy_steer(pp, sig.entropy, sig.varentropy, &t, &mod)) return t;
-    sm_event e = base_event(g, SM_EVENT_MODIFICATION, i);
-    e.mod = mod.type;
-    e.confidence = sig.p_top1;
-    e.description = mod.description;
-    e.source = "entropy";
-    e.temperature_before = mod.t_before;
-    e.temperature_after = mod.t_after;
-    emit(g, &e);
-    return t;
-}
-
-/* One batched decode: tokens[b] at position pos in sequence b + 1, every
- * row an output; keeps each row's distribution and stats as step `step`
- * of branch b. Returns llama_decode's code. */
-static int decode_branches(generation *g, const sm_token *tokens, int32_t n, int32_t pos, int32_t step) {
-    sm_session *s = g->s;
-    branch_plan *pl = &g->plan;
-    llama_batch *b = &s->branch_batch;
-    b->n_tokens = n;
-    for (int32_t j = 0; j < n; j++) {
-        b->token[j] = tokens[j];
-        b->pos[j] = pos;
-        b->n_seq_id[j] = 1;
-        b->seq_id[j][0] = j + 1;
-        b->logits[j] = 1;
-    }
-    if (s->intro) sm_introspector_expect_rows(s->intro, n);
-    int rc = llama_decode(s->members[0].ctx, *b);
-    if (rc != 0) return rc;
-    s->n_decoded_total += n;
-    g->res->n_decoded += n;
-    for (int32_t j = 0; j < n; j++) {
-        size_t at = plan_at(pl, j, step);
-        pl->tokens[at] = tokens[j];
-        memcpy(pl->logits + at * (size_t)s->n_vocab, llama_get_logits_ith(s->members[0].ctx, j),
-               sizeof(float) * (size_t)s->n_vocab);
-        if (!s->intro) continue;
-        size_t rs = sm_introspector_record_size(s->intro), hf = sm_introspector_hidden_floats(s->intro);
-        memcpy(pl->records + at * rs, sm_introspector_record(s->intro, j), rs);
-        if (hf) memcpy(pl->hidden + at * hf, sm_introspector_hidden(s->intro, j), sizeof(float) * hf);
-    }
-    return 0;
-}
-
-static void drop_branches(sm_session *s, int32_t n, int32_t keep) {
-    for (int32_t b = 0; b < n; b++)
-        if (b != keep) llama_memory_seq_rm(s->members[0].mem, b + 1, -1, -1);
-}
-
-/* The k most probable tokens at generated position i not banned there. */
-static int32_t branch_candidates(generation *g, int32_t i, const sm_dist_stats *stats, sm_token *out, int32_t k) {
-    sm_session *s = g->s;
-    const position_record *r = &g->rec[i];
-    int32_t want = k + r->n_bans < 1000 ? k + r->n_bans : 1000;
-    int32_t n_top = sm_top_candidates(s->logits, s->n_vocab, stats, want, s->top_view);
-    int32_t n = 0;
-    for (int32_t c = 0; c < n_top && n < k; c++) {
-        bool banned = false;
-        for (int32_t b = 0; b < r->n_bans && !banned; b++) banned = r->bans[b] == s->top_view[c].token;
-        if (!banned) out[n++] = s->top_view[c].token;
-    }
-    return n;
-}
-
-static void emit_lookahead(generation *g, int32_t i, const sm_lookahead_info *info) {
-    char desc[512];
-    size_t len = 0;
-    int n = snprintf(desc, sizeof desc, "entropy %.3f > %.2f: %d branches of %d tokens, scores", info->entropy,
-                     g->gp->lookahead.entropy, info->n_branches, info->depth);
-    len = n > 0 ? (size_t)n : 0;
-    for (int32_t b = 0; b < info->n_branches && len < sizeof desc; b++) {
-        char piece[64];
-        int32_t pl = sm_token_piece(g->s->model->vocab, info->first[b], piece, (int32_t)sizeof piece - 1);
-        piece[pl < 0 ? 0 : pl] = '\0';
-        n = snprintf(desc + len, sizeof desc - len, " '%s' %.3f%s", piece, info->score[b],
-                     b == info->chosen ? " (chosen)" : "");
-        if (n > 0) len += (size_t)n;
-    }
-    sm_event e = base_event(g, SM_EVENT_MODIFICATION, i);
-    e.mod = SM_MOD_LOOKAHEAD;
-    e.confidence = info->score[info->chosen];
-    e.description = desc;
-    e.source = "lookahead";
-    e.lookahead = info;
-    emit(g, &e);
-}
-
-/*
- * At an uncertain position: the top-k candidates become sequences 1..k of
- * the cache (sharing sequence 0's cells), each continued greedily for
- * depth tokens, one batched decode per step. The best branch is planned:
- * its tokens then go through the normal loop one by one, taking over the
- * branch's cells instead of being decoded. Nothing happens where the
- * entropy is low or the cache has no room for the branches.
- */
-static sm_status run_lookahead(generation *g, int32_t i) {
-    sm_session *s = g->s;
-    const sm_lookahead_params *la = &g->gp->lookahead;
-    sm_signals sig;
-    sm_dist_stats stats;
-    sm_signals_compute(s->logits, s->n_vocab, -1, &sig, &stats);
-    if (!(sig.entropy > la->entropy)) return SM_OK;
-    int32_t depth = la->depth;
-    if (g->gp->n_predict >= 0 && g->gp->n_predict - i < depth) depth = g->gp->n_predict - i;
-    if (depth < 1 || s->n_tokens + la->k * depth > s->n_ctx) return SM_OK;
-    sm_token first[SM_MAX_BRANCHES], next[SM_MAX_BRANCHES];
-    int32_t n = branch_candidates(g, i, &stats, first, la->k);
-    if (n < 2) return SM_OK;
-    double logprob[SM_MAX_BRANCHES], margin[SM_MAX_BRANCHES];
-    for (int32_t b = 0; b < n; b++) {
-        llama_memory_seq_cp(s->members[0].mem, 0, b + 1, -1, -1);
-        logprob[b] = s->logits[first[b]] - stats.log_z;
-        margin[b] = 0.0;
-        next[b] = first[b];
-    }
-    for (int32_t step = 0; step < depth; step++) {
-        int rc = decode_branches(g, next, n, s->n_tokens + step, step);
-        if (rc != 0) {
-            drop_branches(s, n, -1);
-            if (rc == 1) return SM_OK; /* no room in the cache: sample as usual */
-            return fail(s, SM_ERR_DECODE, "llama_decode failed (code %d) while branching at position %d", rc, i);
-        }
-        for (int32_t b = 0; b < n; b++) {
-            sm_signals bs;
-            sm_signals_compute(plan_logits(g, b, step), s->n_vocab, -1, &bs, NULL);
-            margin[b] += bs.p_top1 - bs.p_top2;
-            if (step + 1 == depth) continue;
-            next[b] = bs.top1_token; /* greedy inside the branch */
-            logprob[b] += log(bs.p_top1);
-        }
-    }
-    sm_lookahead_info *info = &g->la_info;
-    *info = (sm_lookahead_info){.n_branches = n, .depth = depth, .entropy = sig.entropy};
-    for (int32_t b = 0; b < n; b++) {
-        info->first[b] = first[b];
-        info->score[b] = (float)((la->score == SM_LOOKAHEAD_MARGIN ? margin[b] : logprob[b]) / depth);
-        if (info->score[b] > info->score[info->chosen]) info->chosen = b; /* ties: the more probable first token */
-    }
-    drop_branches(s, n, info->chosen);
-    g->plan.chosen = info->chosen;
-    g->plan.next = 0;
-    g->plan.depth = depth;
-    g->res->n_lookaheads++;
-    emit_lookahead(g, i, info);
-    return SM_OK;
-}
-
-/* A token a lookahead already decoded in branch sequence `from` enters
- * sequence 0 at the end of the context, with the distribution the branch
- * computed after it. */
-static sm_status append_predecoded(sm_session *s, sm_token t, llama_seq_id from, const float *next) {
-    if (s->n_tokens + 1 > s->n_ctx) return fail(s, SM_ERR_PROMPT_TOO_LONG, "no room left in the context");
-    if (reserve(&s->tokens, &s->cap_tokens, s->n_tokens + 1) != 0) return fail(s, SM_ERR_NO_MEMORY, "out of memory");
-    llama_memory_seq_cp(s->members[0].mem, from, 0, s->n_tokens, s->n_tokens + 1);
-    s->tokens[s->n_tokens++] = t;
-    float *dst = ring_slot(s, s->n_tokens, 0);
-    memcpy(dst, next, sizeof(float) * (size_t)s->n_vocab);
-    s->ring_unmapped[(size_t)(s->n_tokens % s->ring_cap) * (size_t)s->n_models] = 0.0f;
-    s->ring_pos[s->n_tokens % s->ring_cap] = s->n_tokens;
-    s->logits = dst;
-    return SM_OK;
-}
-
-/* Generated token i enters the context: decoded, or taken over from the
- * lookahead branch that decoded it. Its stats are kept per position. */
-static sm_status append_token(generation *g, int32_t i, sm_token t) {
-    sm_session *s = g->s;
-    branch_plan *pl = &g->plan;
-    if (plan_active(g)) {
-        size_t at = plan_at(pl, pl->chosen, pl->next);
-        sm_status st = append_predecoded(s, t, pl->chosen + 1, pl->logits + at * (size_t)s->n_vocab);
-        if (st != SM_OK) return st;
-        if (s->intro) {
-            size_t hf = sm_introspector_hidden_floats(s->intro);
-            remember_introspection(s, pl->records + at * sm_introspector_record_size(s->intro),
-                                   hf ? pl->hidden + at * hf : NULL);
-        }
-        if (++pl->next == pl->depth) abandon_plan(g); /* all of it is in sequence 0 now */
-    } else {
-        sm_status st = decode_append(s, &t, 1);
-        if (st != SM_OK) return st;
-        g->res->n_decoded++;
-    }
-    if (s->intro) {
-        size_t rs = sm_introspector_record_size(s->intro);
-        memcpy(g->intro_rec + rs * (size_t)i, s->intro_last, rs);
-    }
-    return SM_OK;
-}
-
-/* Removes generated token i again after it was decoded (the ring still
- * holds the distribution it was sampled from: nothing is re-decoded), bans
- * it there, and restores what was true before it was sampled. */
-static sm_status reject_decoded(generation *g, int32_t i, const sm_safety_rule *rule, const char *why) {
-    sm_session *s = g->s;
-    position_record *r = &g->rec[i];
-    bool stop = rule->action == SM_SAFETY_STOP || r->n_safety_here >= g->gp->safety_max_retries;
-    float t_before = g->policy.temperature, rp_before = g->policy.repeat_penalty;
-    abandon_plan(g);
-    sm_status st = sm_session_truncate(s, s->n_tokens - 1);
-    if (st != SM_OK) return st;
-    sm_text_pop(&g->text, 1);
-    g->policy.temperature = r->temperature;
-    g->policy.repeat_penalty = r->repeat_penalty;
-    g->policy.rng = r->policy_rng;
-    g->rng = r->sample_rng;
-    r->n_safety_here++;
-    if (add_ban(r, r->token) != 0) return fail(s, SM_ERR_NO_MEMORY, "out of memory");
-    for (int32_t o = 0; o < g->gp->n_operators; o++) {
-        sm_operator *op = g->gp->operators[o];
-        if (op->vt->on_backtrack) op->vt->on_backtrack(op->state, 1);
-    }
-    g->res->n_tokens_removed++;
-    g->res->n_safety_triggers++;
-    char desc[256];
-    if (stop) snprintf(desc, sizeof desc, "%s: token %d removed, stopping", why, r->token);
-    else snprintf(desc, sizeof desc, "%s: token %d removed and banned here, sampling again (%d of %d)", why, r->token,
-                  r->n_safety_here, g->gp->safety_max_retries);
-    sm_event e = base_event(g, SM_EVENT_BACKTRACK, i);
-    e.mod = SM_MOD_SAFETY;
-    e.confidence = r->signals.p_chosen;
-    e.description = desc;
-    e.source = "safety";
-    e.temperature_before = t_before;
-    e.repeat_penalty_before = rp_before;
-    e.n_removed = 1;
-    emit(g, &e);
-    if (stop) g->stop = SM_STOP_SAFETY;
-    return SM_OK;
-}
-
-/* The safety rules, on the stats of generated token i just decoded. */
-static sm_status check_safety(generation *g, int32_t i, bool *rejected) {
-    *rejected = false;
-    const sm_gen_params *gp = g->gp;
-    sm_session *s = g->s;
-    if (gp->n_safety_rules == 0 || !s->intro) return SM_OK;
-    size_t rs = sm_introspector_record_size(s->intro);
-    float value;
-    char why[160];
-    int32_t rule = sm_safety_check(s->intro, gp->safety_rules, gp->n_safety_rules, g->intro_rec, i,
-                                   g->intro_rec + rs * (size_t)i, &value, why, sizeof why);
-    if (rule < 0) return SM_OK;
-    *rejected = true;
-    return reject_decoded(g, i, &gp->safety_rules[rule], why);
-}
-
-/* Appends text to the context as injected tokens: part of the context and
- * of the output text, never generated tokens, and never rewound (rewinds
- * stop at the last injection). */
-static sm_status inject(generation *g, const char *text, size_t len, sm_mod_type mod, const char *what) {
-    sm_session *s = g->s;
-    abandon_plan(g);
-    char *copy = strndup(text, len);
-    if (!copy) return fail(s, SM_ERR_NO_MEMORY, "out of memory");
-    int32_t n = sm_tokenize(s->model, copy, NULL, 0, false, false);
-    n = n < 0 ? -n : n;
-    sm_token *toks = malloc(sizeof(sm_token) * (size_t)(n > 0 ? n : 1));
-    if (!toks) {
-        free(copy);
-        return fail(s, SM_ERR_NO_MEMORY, "out of memory");
-    }
-    if (n > 0) n = sm_tokenize(s->model, copy, toks, n, false, false);
-    sm_status st = SM_OK;
-    if (n > 0 && s->n_tokens + n >= s->n_ctx) g->stop = SM_STOP_CONTEXT_FULL;
-    else if (n > 0) st = decode_append(s, toks, n);
-    free(toks);
-    if (st == SM_OK && n > 0 && g->stop == SM_STOP_NONE) {
-        g->n_injected += n;
-        g->floor = generated(g);
-        g->res->n_injected_tokens += n;
-        g->res->n_decoded += n;
-        if (sm_text_push(&g->text, copy, len) != 0) st = fail(s, SM_ERR_NO_MEMORY, "out of memory");
-        g->text_floor = g->marker_from = g->text.len;
-        char desc[200];
-        snprintf(desc, sizeof desc, "%s: %d tokens injected", what, n);
-        sm_event e = base_event(g, SM_EVENT_MODIFICATION, generated(g));
-        e.mod = mod;
-        e.description = desc;
-        e.source = mod == SM_MOD_TOOL ? "tool" : "inject";
-        e.piece = copy;
-        emit(g, &e);
-    }
-    free(copy);
-    return st;
-}
-
-/* Where the next chunk of inject_text ends: after leading white space and
- * a sentence ('.', '!' or '?' before white space or the end), or after a
- * newline. */
-static size_t chunk_length(const char *text) {
-    size_t i = 0;
-    while (text[i] && isspace((unsigned char)text[i])) i++;
-    for (; text[i]; i++) {
-        if (text[i] == '\n') return i + 1;
-        bool end = text[i + 1] == '\0' || isspace((unsigned char)text[i + 1]);
-        if ((text[i] == '.' || text[i] == '!' || text[i] == '?') && end) return i + 1;
-    }
-    return i;
-}
-
-static bool injection_due(const generation *g) {
-    return g->inject_next && *g->inject_next && generated(g) >= g->next_inject_at && !plan_active(g);
-}
-
-static sm_status inject_next_chunk(generation *g) {
-    const char *chunk = g->inject_next;
-    size_t len = chunk_length(chunk);
-    g->inject_next += len;
-    g->n_chunks++;
-    char what[96];
-    snprintf(what, sizeof what, "chunk %d of inject_text after %d generated tokens", g->n_chunks, generated(g));
-    sm_status st = inject(g, chunk, len, SM_MOD_INJECT, what);
-    g->next_inject_at = generated(g) + g->gp->inject_every;
-    return st;
-}
-
-/* The first occurrence of needle in [hay, hay + n), or NULL. */
-static const char *find_bytes(const char *hay, size_t n, const char *needle, size_t needle_len) {
-    for (size_t at = 0; at + needle_len <= n; at++)
-        if (hay[at] == needle[0] && memcmp(hay + at, needle, needle_len) == 0) return hay + at;
-    return NULL;
-}
-
-static char *trimmed_copy(const char *from, const char *to) {
-    while (from < to && isspace((unsigned char)*from)) from++;
-    while (to > from && isspace((unsigned char)to[-1])) to--;
-    return strndup(from, (size_t)(to - from));
-}
-
-/* After generated token i was committed with `piece`: when the output
- * since the last injection holds a complete tool marker, the tool runs
- * and its text is injected. */
-static sm_status run_tool_if_marked(generation *g, int32_t i, const char *piece) {
-    const sm_gen_params *gp = g->gp;
-    const char *open = gp->tool_marker ? gp->tool_marker : DEFAULT_TOOL_MARKER;
-    const char *close = gp->tool_marker_end ? gp->tool_marker_end : DEFAULT_TOOL_MARKER_END;
-    size_t open_len = strlen(open), close_len = strlen(close);
-    if (!strchr(piece, close[close_len - 1])) return SM_OK; /* a marker can only have ended with this token */
-    const char *text = g->text.bytes;
-    size_t len = g->text.len, from = g->marker_from <= len ? g->marker_from : g->text_floor;
-    const char *o = find_bytes(text + from, len - from, open, open_len);
-    if (!o) return SM_OK;
-    const char *args = o + open_len;
-    const char *c = find_bytes(args, (size_t)(text + len - args), close, close_len);
-    if (!c) return SM_OK;
-    char *arg_text = trimmed_copy(args, c);
-    if (!arg_text) return fail(g->s, SM_ERR_NO_MEMORY, "out of memory");
-    g->marker_from = (size_t)(c - text) + close_len;
-    sm_tool_context ctx = {
-        .args = arg_text,
-        .token_index = i + 1,
-        .introspection = sm_session_introspection(g->s),
-        .text = text,
-        .text_len = len,
-    };
-    char *out = (gp->tool ? gp->tool : sm_tool_introspect)(&ctx, gp->tool_user_data);
-    g->res->n_tool_calls++;
-    char what[120];
-    snprintf(what, sizeof what, "tool call \"%.80s\"", arg_text);
-    sm_status st = SM_OK;
-    if (out && *out) {
-        st = inject(g, out, strlen(out), SM_MOD_TOOL, what);
-    } else {
-        char desc[160];
-        snprintf(desc, sizeof desc, "%s: the tool returned nothing", what);
-        sm_event e = base_event(g, SM_EVENT_MODIFICATION, i + 1);
-        e.mod = SM_MOD_TOOL;
-        e.description = desc;
-        e.source = "tool";
-        e.piece = "";
-        emit(g, &e);
-    }
-    free(out);
-    free(arg_text);
-    return st;
-}
-
-/* What needs the session: lookahead room, observed layers for the rules. */
-static bool intervention_fits(const sm_session *s, const sm_gen_params *gp, char *msg, size_t size) {
-    if (gp->lookahead.k > s->params.max_branches) {
-        snprintf(msg, size, "lookahead with %d branches needs a session made with max_branches >= %d (this one has %d)",
-                 gp->lookahead.k, gp->lookahead.k, s->params.max_branches);
-        return false;
-    }
-    return gp->n_safety_rules == 0 || sm_safety_rules_check_layers(s->intro, gp->safety_rules, gp->n_safety_rules, msg, size);
 }
 
 /* Samples the candidate at generated position i from the current
@@ -1292,9 +719,9 @@ static sm_token sample_candidate(generation *g, int32_t i) {
         .dry_penalty_last_n = g->gp->sampling.dry_penalty_last_n,
     };
     float p_sampled = 1.0f; /* a token a lookahead chose was not drawn */
-    sm_token t = planned_token(g);
+    sm_token t = sm_lookahead_planned_token(g);
     if (t < 0) {
-        in.temperature = token_temperature(g, i);
+        in.temperature = sm_loop_token_temperature(g, i);
         t = sm_sample(&in, &g->rng, &s->work, &p_sampled);
     }
     if (t < 0) return t;
@@ -1348,7 +775,7 @@ static int32_t ask_operators(generation *g, int32_t i, const char *piece, sm_ope
  * before it, restoring everything to what it was at the new position. */
 static sm_status rewind_generation(generation *g, int32_t i, int32_t k) {
     sm_session *s = g->s;
-    abandon_plan(g);
+    sm_lookahead_abandon(g);
     sm_status st = sm_session_truncate(s, s->n_tokens - (k - 1));
     if (st != SM_OK) return st;
     sm_text_pop(&g->text, k - 1);
@@ -1364,7 +791,7 @@ static sm_status rewind_generation(generation *g, int32_t i, int32_t k) {
         g->rec[p].n_safety_here = 0;
     }
     r->n_backtracks_here++;
-    if (add_ban(r, r->token) != 0) return fail(s, SM_ERR_NO_MEMORY, "out of memory");
+    if (sm_loop_add_ban(r, r->token) != 0) return sm_session_fail(s, SM_ERR_NO_MEMORY, "out of memory");
     for (int32_t o = 0; o < g->gp->n_operators; o++) {
         sm_operator *op = g->gp->operators[o];
         if (op->vt->on_backtrack) op->vt->on_backtrack(op->state, k);
@@ -1384,7 +811,7 @@ static int32_t clamp_removal(const generation *g, int32_t i, int32_t k) {
 static void emit_policy_mods(generation *g, int32_t i, const sm_policy_action *a) {
     for (int32_t m = 0; m < a->n_mods; m++) {
         const sm_policy_mod *pm = &a->mods[m];
-        sm_event e = base_event(g, SM_EVENT_MODIFICATION, i);
+        sm_event e = sm_loop_base_event(g, SM_EVENT_MODIFICATION, i);
         e.mod = pm->type;
         e.confidence = a->window_mean;
         e.description = pm->description;
@@ -1393,7 +820,7 @@ static void emit_policy_mods(generation *g, int32_t i, const sm_policy_action *a
         e.temperature_after = pm->t_after;
         e.repeat_penalty_before = pm->rp_before;
         e.repeat_penalty_after = pm->rp_after;
-        emit(g, &e);
+        sm_loop_emit(g, &e);
     }
 }
 
@@ -1407,7 +834,7 @@ static sm_status do_retraction(generation *g, int32_t i, int32_t k, float mean) 
     char desc[160];
     snprintf(desc, sizeof desc, "mean confidence %.3f < %.2f: retracted %d token%s, regenerating from #%d", mean,
              pp->critical_threshold, k, k == 1 ? "" : "s", i - k + 1);
-    sm_event e = base_event(g, SM_EVENT_RETRACTION, i - k + 1);
+    sm_event e = sm_loop_base_event(g, SM_EVENT_RETRACTION, i - k + 1);
     e.mod = SM_MOD_RETRACT;
     e.confidence = mean;
     e.description = desc;
@@ -1417,7 +844,7 @@ static sm_status do_retraction(generation *g, int32_t i, int32_t k, float mean) 
     e.temperature_after = g->policy.temperature;
     e.repeat_penalty_after = g->policy.repeat_penalty;
     e.n_removed = k;
-    emit(g, &e);
+    sm_loop_emit(g, &e);
     return SM_OK;
 }
 
@@ -1427,7 +854,7 @@ static sm_status do_backtrack(generation *g, int32_t i, int32_t k, sm_operator *
     sm_status st = rewind_generation(g, i, k);
     if (st != SM_OK) return st;
     g->res->n_backtracks++;
-    sm_event e = base_event(g, SM_EVENT_BACKTRACK, i - k + 1);
+    sm_event e = sm_loop_base_event(g, SM_EVENT_BACKTRACK, i - k + 1);
     e.mod = SM_MOD_BACKTRACK;
     e.confidence = conf;
     e.description = op->description;
@@ -1435,7 +862,7 @@ static sm_status do_backtrack(generation *g, int32_t i, int32_t k, sm_operator *
     e.temperature_before = t_before;
     e.repeat_penalty_before = rp_before;
     e.n_removed = k;
-    emit(g, &e);
+    sm_loop_emit(g, &e);
     return SM_OK;
 }
 
@@ -1484,16 +911,16 @@ static sm_status commit(generation *g, int32_t i, const char *piece, int32_t pie
         for (int32_t m = 0; m < s->n_models; m++) g->fusion[i].unmapped_mass[m] = ring_unmapped(s, s->n_tokens, m);
         fusion = &g->fusion[i];
     }
-    if (sm_text_push(&g->text, piece, (size_t)piece_len) != 0) return fail(s, SM_ERR_NO_MEMORY, "out of memory");
-    sm_status st = append_token(g, i, t);
+    if (sm_text_push(&g->text, piece, (size_t)piece_len) != 0) return sm_session_fail(s, SM_ERR_NO_MEMORY, "out of memory");
+    sm_status st = sm_loop_append_token(g, i, t);
     if (st != SM_OK) {
         sm_text_pop(&g->text, 1);
         return st;
     }
     bool rejected = false;
-    st = check_safety(g, i, &rejected);
+    st = sm_loop_check_safety(g, i, &rejected);
     if (st != SM_OK || rejected) return st;
-    sm_event e = base_event(g, SM_EVENT_TOKEN, i);
+    sm_event e = sm_loop_base_event(g, SM_EVENT_TOKEN, i);
     e.token = t;
     e.piece = piece;
     e.signals = g->rec[i].signals;
@@ -1508,17 +935,17 @@ static sm_status commit(generation *g, int32_t i, const char *piece, int32_t pie
                                     s->top_view);
         e.top = s->top_view;
     }
-    emit(g, &e);
+    sm_loop_emit(g, &e);
     if (g->gp->n_stop_strings > 0 &&
         sm_text_find_stop(&g->text, text_before, g->gp->stop_strings, g->gp->n_stop_strings) >= 0)
         g->stop = SM_STOP_STOP_STRING;
-    if (g->gp->tools && g->stop == SM_STOP_NONE) return run_tool_if_marked(g, i, piece);
+    if (g->gp->tools && g->stop == SM_STOP_NONE) return sm_tool_run_if_marked(g, i, piece);
     return SM_OK;
 }
 
 static sm_status generation_step(generation *g) {
     sm_session *s = g->s;
-    const int32_t i = generated(g);
+    const int32_t i = sm_loop_generated(g);
     if (g->gp->n_predict >= 0 && i >= g->gp->n_predict) {
         g->stop = SM_STOP_N_PREDICT;
         return SM_OK;
@@ -1527,14 +954,14 @@ static sm_status generation_step(generation *g) {
         g->stop = SM_STOP_CONTEXT_FULL;
         return SM_OK;
     }
-    if (ensure_records(g, i + 1) != 0) return fail(s, SM_ERR_NO_MEMORY, "out of memory");
-    if (injection_due(g)) return inject_next_chunk(g);
-    if (g->gp->lookahead.k > 0 && !plan_active(g)) {
-        sm_status la_status = run_lookahead(g, i);
+    if (ensure_records(g, i + 1) != 0) return sm_session_fail(s, SM_ERR_NO_MEMORY, "out of memory");
+    if (sm_injection_due(g)) return sm_inject_next_chunk(g);
+    if (g->gp->lookahead.k > 0 && !sm_lookahead_active(g)) {
+        sm_status la_status = sm_lookahead_run(g, i);
         if (la_status != SM_OK) return la_status;
     }
     sm_token t = sample_candidate(g, i);
-    if (t < 0) return fail(s, SM_ERR_STATE, "every token is banned at position %d", i);
+    if (t < 0) return sm_session_fail(s, SM_ERR_STATE, "every token is banned at position %d", i);
     g->res->n_sampled++;
 
     char piece[256];
@@ -1558,7 +985,7 @@ static void generation_free(generation *g) {
     free(g->gen_tokens);
     free(g->fusion);
     free(g->intro_rec);
-    free_plan(&g->plan);
+    sm_lookahead_free(&g->plan);
     sm_text_free(&g->text);
 }
 
@@ -1566,16 +993,16 @@ static void generation_free(generation *g) {
  * the kept tokens only, so it equals a run that never made the removed ones. */
 static sm_status finish_result(generation *g) {
     sm_result *r = g->res;
-    int32_t n = generated(g);
+    int32_t n = sm_loop_generated(g);
     r->stop_reason = g->stop;
     r->n_tokens = n;
     r->tokens = malloc(sizeof(sm_token) * (size_t)(n > 0 ? n : 1));
-    if (!r->tokens) return fail(g->s, SM_ERR_NO_MEMORY, "out of memory");
+    if (!r->tokens) return sm_session_fail(g->s, SM_ERR_NO_MEMORY, "out of memory");
     if (n > 0) memcpy(r->tokens, g->gen_tokens, sizeof(sm_token) * (size_t)n); /* injected tokens are not output tokens */
     r->n_models = g->s->n_models;
     if (g->s->n_models > 1) {
         r->fusion = malloc(sizeof *r->fusion * (size_t)(n > 0 ? n : 1));
-        if (!r->fusion) return fail(g->s, SM_ERR_NO_MEMORY, "out of memory");
+        if (!r->fusion) return sm_session_fail(g->s, SM_ERR_NO_MEMORY, "out of memory");
         if (n > 0) memcpy(r->fusion, g->fusion, sizeof *r->fusion * (size_t)n);
     }
     double sum = 0.0;
@@ -1589,7 +1016,7 @@ static sm_status finish_result(generation *g) {
         if (at >= 0) len = (size_t)at;
     }
     r->text = malloc(len + 1);
-    if (!r->text) return fail(g->s, SM_ERR_NO_MEMORY, "out of memory");
+    if (!r->text) return sm_session_fail(g->s, SM_ERR_NO_MEMORY, "out of memory");
     if (len) memcpy(r->text, g->text.bytes, len);
     r->text[len] = '\0';
     r->text_len = len;
@@ -1605,13 +1032,13 @@ static void reset_operators(const sm_gen_params *gp) {
 }
 
 sm_status sm_session_generate(sm_session *s, const char *prompt, const sm_gen_params *gp, sm_result *res) {
-    if (!s || !gp || !res) return s ? fail(s, SM_ERR_INVALID_ARGUMENT, "missing params or result") : SM_ERR_INVALID_ARGUMENT;
+    if (!s || !gp || !res) return s ? sm_session_fail(s, SM_ERR_INVALID_ARGUMENT, "missing params or result") : SM_ERR_INVALID_ARGUMENT;
     memset(res, 0, sizeof *res);
     char msg[256];
-    if (sm_gen_params_validate(gp, msg, sizeof msg) != SM_OK) return fail(s, SM_ERR_INVALID_ARGUMENT, "%s", msg);
+    if (sm_gen_params_validate(gp, msg, sizeof msg) != SM_OK) return sm_session_fail(s, SM_ERR_INVALID_ARGUMENT, "%s", msg);
     if (s->n_models > 1 && sm_fusion_params_validate(&gp->fusion, s->n_models, msg, sizeof msg) != SM_OK)
-        return fail(s, SM_ERR_INVALID_ARGUMENT, "%s", msg);
-    if (!intervention_fits(s, gp, msg, sizeof msg)) return fail(s, SM_ERR_INVALID_ARGUMENT, "%s", msg);
+        return sm_session_fail(s, SM_ERR_INVALID_ARGUMENT, "%s", msg);
+    if (!sm_intervention_fits(s, gp, msg, sizeof msg)) return sm_session_fail(s, SM_ERR_INVALID_ARGUMENT, "%s", msg);
 
     double t0 = sm_now_ms();
     if (prompt && *prompt) {
@@ -1621,16 +1048,16 @@ sm_status sm_session_generate(sm_session *s, const char *prompt, const sm_gen_pa
         if (st != SM_OK) return st;
         if (s->n_tokens + n >= s->n_ctx) {
             free(toks);
-            return fail(s, SM_ERR_PROMPT_TOO_LONG,
+            return sm_session_fail(s, SM_ERR_PROMPT_TOO_LONG,
                         "the prompt is %d tokens but the context holds %d (%d already used): nothing left to generate into",
                         n, s->n_ctx, s->n_tokens);
         }
-        st = decode_append(s, toks, n);
+        st = sm_loop_decode_append(s, toks, n);
         free(toks);
         if (st != SM_OK) return st;
         res->n_prompt_tokens = n;
     }
-    if (!s->logits) return fail(s, SM_ERR_STATE, "nothing to continue from: give a prompt first");
+    if (!s->logits) return sm_session_fail(s, SM_ERR_STATE, "nothing to continue from: give a prompt first");
 
     generation g = {.s = s, .gp = gp, .res = res, .start = s->n_tokens, .stop = SM_STOP_NONE};
     g.policy = (sm_policy_state){
@@ -1642,16 +1069,16 @@ sm_status sm_session_generate(sm_session *s, const char *prompt, const sm_gen_pa
     sm_text_init(&g.text);
     g.inject_next = gp->inject_every > 0 ? gp->inject_text : NULL;
     g.next_inject_at = gp->inject_every;
-    if (open_plan(&g) != 0) {
+    if (sm_lookahead_open(&g) != 0) {
         generation_free(&g);
-        return fail(s, SM_ERR_NO_MEMORY, "out of memory for lookahead branches");
+        return sm_session_fail(s, SM_ERR_NO_MEMORY, "out of memory for lookahead branches");
     }
     reset_operators(gp);
     double t1 = sm_now_ms();
     res->t_prompt_ms = t1 - t0;
 
-    sm_event start = base_event(&g, SM_EVENT_START, 0);
-    emit(&g, &start);
+    sm_event start = sm_loop_base_event(&g, SM_EVENT_START, 0);
+    sm_loop_emit(&g, &start);
     sm_status st = SM_OK;
     while (st == SM_OK && g.stop == SM_STOP_NONE) {
         if (g.cancelled) {
@@ -1660,13 +1087,13 @@ sm_status sm_session_generate(sm_session *s, const char *prompt, const sm_gen_pa
         }
         st = generation_step(&g);
     }
-    abandon_plan(&g);
+    sm_lookahead_abandon(&g);
     if (st != SM_OK) g.stop = SM_STOP_ERROR;
     sm_status fin = finish_result(&g);
     if (st == SM_OK) st = fin;
     res->t_generate_ms = sm_now_ms() - t1;
 
-    sm_event done = base_event(&g, SM_EVENT_DONE, generated(&g));
+    sm_event done = sm_loop_base_event(&g, SM_EVENT_DONE, sm_loop_generated(&g));
     done.stop_reason = g.stop;
     done.confidence = res->avg_confidence;
     done.description = st == SM_OK ? "" : s->error;
@@ -1708,12 +1135,12 @@ sm_status sm_session_set_control_vector(sm_session *s, const float *data, int32_
                                         int32_t il_end) {
     if (!s) return SM_ERR_INVALID_ARGUMENT;
     if (data && (n_embd < 1 || len < n_embd || len % n_embd != 0))
-        return fail(s, SM_ERR_INVALID_ARGUMENT, "a control vector of %d floats is not a whole number of %d-float layers",
+        return sm_session_fail(s, SM_ERR_INVALID_ARGUMENT, "a control vector of %d floats is not a whole number of %d-float layers",
                     len, n_embd);
     for (int32_t m = 0; data && m < s->n_models; m++) {
         int32_t model_embd = llama_model_n_embd(s->members[m].model->lm);
         if (model_embd != n_embd)
-            return fail(s, SM_ERR_INVALID_ARGUMENT, "the control vector has %d values per layer but '%s' has n_embd %d",
+            return sm_session_fail(s, SM_ERR_INVALID_ARGUMENT, "the control vector has %d values per layer but '%s' has n_embd %d",
                         n_embd, s->members[m].model->path, model_embd);
     }
     if (data && il_start < 0 && il_end < 0) {
@@ -1721,20 +1148,20 @@ sm_status sm_session_set_control_vector(sm_session *s, const float *data, int32_
         il_end = len / n_embd;
     }
     if (data && (il_start < 1 || il_end < il_start))
-        return fail(s, SM_ERR_INVALID_ARGUMENT, "control vector layers %d to %d: need 1 <= start <= end", il_start, il_end);
+        return sm_session_fail(s, SM_ERR_INVALID_ARGUMENT, "control vector layers %d to %d: need 1 <= start <= end", il_start, il_end);
     for (int32_t m = 0; m < s->n_models; m++) {
         if (llama_set_adapter_cvec(s->members[m].ctx, data, data ? (size_t)len : 0, n_embd, il_start, il_end) != 0)
-            return fail(s, SM_ERR_STATE, "llama.cpp refused the control vector for '%s'", s->members[m].model->path);
+            return sm_session_fail(s, SM_ERR_STATE, "llama.cpp refused the control vector for '%s'", s->members[m].model->path);
     }
     return SM_OK;
 }
 
 sm_status sm_session_save_prefix(sm_session *s, const char *path) {
-    if (!s || !path || !*path) return s ? fail(s, SM_ERR_INVALID_ARGUMENT, "no prompt cache file given") : SM_ERR_INVALID_ARGUMENT;
-    if (s->n_models != 1) return fail(s, SM_ERR_STATE, "the prompt cache holds one model's state: this session has %d", s->n_models);
-    if (s->n_tokens == 0) return fail(s, SM_ERR_STATE, "the context is empty: no prefix to save");
+    if (!s || !path || !*path) return s ? sm_session_fail(s, SM_ERR_INVALID_ARGUMENT, "no prompt cache file given") : SM_ERR_INVALID_ARGUMENT;
+    if (s->n_models != 1) return sm_session_fail(s, SM_ERR_STATE, "the prompt cache holds one model's state: this session has %d", s->n_models);
+    if (s->n_tokens == 0) return sm_session_fail(s, SM_ERR_STATE, "the context is empty: no prefix to save");
     if (llama_state_seq_save_file(s->members[0].ctx, path, 0, s->tokens, (size_t)s->n_tokens) == 0)
-        return fail(s, SM_ERR_IO, "cannot write prompt cache '%s'", path);
+        return sm_session_fail(s, SM_ERR_IO, "cannot write prompt cache '%s'", path);
     return SM_OK;
 }
 
@@ -1780,21 +1207,21 @@ sm_status sm_session_load_prefix(sm_session *s, const char *path, const sm_token
     if (!info) info = &scratch;
     memset(info, 0, sizeof *info);
     if (!s || !path || !*path || !tokens || n < 1)
-        return s ? fail(s, SM_ERR_INVALID_ARGUMENT, "load_prefix needs a file and at least one token") : SM_ERR_INVALID_ARGUMENT;
-    if (s->n_models != 1) return fail(s, SM_ERR_STATE, "the prompt cache holds one model's state: this session has %d", s->n_models);
-    if (s->n_tokens != 0) return fail(s, SM_ERR_STATE, "load_prefix needs an empty session (clear it first)");
+        return s ? sm_session_fail(s, SM_ERR_INVALID_ARGUMENT, "load_prefix needs a file and at least one token") : SM_ERR_INVALID_ARGUMENT;
+    if (s->n_models != 1) return sm_session_fail(s, SM_ERR_STATE, "the prompt cache holds one model's state: this session has %d", s->n_models);
+    if (s->n_tokens != 0) return sm_session_fail(s, SM_ERR_STATE, "load_prefix needs an empty session (clear it first)");
     for (int32_t i = 0; i < n; i++)
         if (tokens[i] < 0 || tokens[i] >= s->n_vocab)
-            return fail(s, SM_ERR_INVALID_ARGUMENT, "token %d at index %d is outside the vocabulary (%d)", tokens[i], i, s->n_vocab);
-    if (n > s->n_ctx) return fail(s, SM_ERR_PROMPT_TOO_LONG, "%d tokens do not fit the context of %d", n, s->n_ctx);
+            return sm_session_fail(s, SM_ERR_INVALID_ARGUMENT, "token %d at index %d is outside the vocabulary (%d)", tokens[i], i, s->n_vocab);
+    if (n > s->n_ctx) return sm_session_fail(s, SM_ERR_PROMPT_TOO_LONG, "%d tokens do not fit the context of %d", n, s->n_ctx);
     int32_t keep = reuse_saved_prefix(s, path, tokens, n, info);
-    if (reserve(&s->tokens, &s->cap_tokens, n) != 0) return fail(s, SM_ERR_NO_MEMORY, "out of memory");
+    if (sm_loop_reserve(&s->tokens, &s->cap_tokens, n) != 0) return sm_session_fail(s, SM_ERR_NO_MEMORY, "out of memory");
     memcpy(s->tokens, tokens, sizeof(sm_token) * (size_t)keep);
     s->n_tokens = keep;
     s->members[0].n_tokens = 0;
     info->n_reused = keep;
     info->n_decoded = n - keep;
-    sm_status st = decode_append(s, tokens + keep, n - keep);
+    sm_status st = sm_loop_decode_append(s, tokens + keep, n - keep);
     if (st != SM_OK) sm_session_clear(s);
     return st;
 }
