@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the build and tests need, if any are missing.
 set -euo pipefail
-PACKAGES=(build-essential cmake pkg-config git ccache libcjson-dev libmicrohttpd-dev
+PACKAGES=(build-essential cmake pkg-config git ccache tmux libcjson-dev libmicrohttpd-dev
           libcmocka-dev libreadline-dev python3)
 # npm fetches llama.cpp's source; a node install from elsewhere brings its own.
 command -v npm >/dev/null || PACKAGES+=(npm)
