@@ -16,8 +16,11 @@ retractions=$(python3 -c 'import json,sys; print(json.loads(open(sys.argv[1]).re
 [ "$retractions" -gt 0 ] || fail "the run made no retraction, nothing to erase"
 
 printf -v line '%q ' "${cmd[@]}"
-tmux -L "$sock" new-session -d -x 60 -y 40 "$line --no-memory; touch $tmp/done; sleep 60"
+# The program waits until the raw stream is being recorded.
+tmux -L "$sock" new-session -d -x 60 -y 40 \
+    "while [ ! -f $tmp/go ]; do sleep 0.05; done; $line --no-memory; touch $tmp/done; sleep 60"
 tmux -L "$sock" pipe-pane -o "cat >> $tmp/raw"
+touch "$tmp/go"
 for _ in $(seq 300); do [ -f "$tmp/done" ] && break; sleep 0.1; done
 [ -f "$tmp/done" ] || fail "the terminal run did not finish"
 tmux -L "$sock" capture-pane -p -J > "$tmp/screen"
