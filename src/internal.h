@@ -29,6 +29,9 @@ typedef struct sm_dist_stats {
 /* Fills everything in *out but p_sampled; stats may be NULL. */
 void sm_signals_compute(const float *logits, int32_t n_vocab, sm_token chosen, sm_signals *out,
                         sm_dist_stats *stats);
+/* The k largest of values[0..n_values), descending (ties: lower id first),
+ * as out[i].token and out[i].logit; prob is left 0. */
+int32_t sm_select_largest(const float *values, int32_t n_values, int32_t k, sm_candidate *out);
 /* The n most probable tokens, descending, with raw probabilities.
  * Returns how many were written (min(n, n_vocab)). */
 int32_t sm_top_candidates(const float *logits, int32_t n_vocab, const sm_dist_stats *stats,

@@ -114,18 +114,9 @@ static int32_t select_top_k(const float *logits, int32_t n_vocab, int32_t k, sm_
         qsort(out, (size_t)n, sizeof *out, by_logit_desc);
         return n;
     }
-    int32_t filled = 0;
-    for (int32_t t = 0; t < n_vocab; t++) {
-        float x = logits[t];
-        if (x == -INFINITY || (filled == k && x <= out[k - 1].logit)) continue;
-        int32_t j = filled < k ? filled++ : k - 1;
-        while (j > 0 && out[j - 1].logit < x) {
-            out[j] = out[j - 1];
-            j--;
-        }
-        out[j] = (sm_candidate){t, x, 0.0f};
-    }
-    return filled;
+    int32_t n = sm_select_largest(logits, n_vocab, k, out);
+    while (n > 0 && out[n - 1].logit == -INFINITY) n--; /* banned tokens are never candidates */
+    return n;
 }
 
 /*

@@ -68,22 +68,27 @@ void sm_signals_compute(const float *logits, int32_t n_vocab, sm_token chosen, s
     if (stats) stats->log_z = (float)(max + log_z);
 }
 
-int32_t sm_top_candidates(const float *logits, int32_t n_vocab, const sm_dist_stats *stats,
-                          int32_t n, sm_candidate *out) {
-    if (n > n_vocab) n = n_vocab;
+int32_t sm_select_largest(const float *values, int32_t n_values, int32_t k, sm_candidate *out) {
+    if (k > n_values) k = n_values;
     int32_t filled = 0;
-    /* Insertion into a small sorted array: n is tiny (the operators' view). */
-    for (int32_t t = 0; t < n_vocab; t++) {
-        float x = logits[t];
-        if (filled == n && x <= out[n - 1].logit) continue;
-        int32_t j = filled < n ? filled++ : n - 1;
+    /* Insertion into a small sorted array: k is small, and almost every
+     * value fails the first comparison. Ties keep the lower id first. */
+    for (int32_t t = 0; t < n_values; t++) {
+        float x = values[t];
+        if (filled == k && x <= out[k - 1].logit) continue;
+        int32_t j = filled < k ? filled++ : k - 1;
         while (j > 0 && out[j - 1].logit < x) {
             out[j] = out[j - 1];
             j--;
         }
-        out[j].token = t;
-        out[j].logit = x;
+        out[j] = (sm_candidate){.token = t, .logit = x};
     }
+    return filled;
+}
+
+int32_t sm_top_candidates(const float *logits, int32_t n_vocab, const sm_dist_stats *stats,
+                          int32_t n, sm_candidate *out) {
+    int32_t filled = sm_select_largest(logits, n_vocab, n, out);
     for (int32_t i = 0; i < filled; i++) out[i].prob = expf(out[i].logit - stats->log_z);
     return filled;
 }

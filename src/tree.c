@@ -438,17 +438,10 @@ static void release_seq(sm_tree *t, llama_seq_id seq) {
 
 /* The n most probable tokens of a row, descending; ties keep token order. */
 static int32_t top_tokens(const float *probs, int32_t n_vocab, int32_t n, sm_candidate *out) {
-    if (n > n_vocab) n = n_vocab;
-    int32_t filled = 0;
-    for (int32_t tok = 0; tok < n_vocab; tok++) {
-        float p = probs[tok];
-        if (filled == n && p <= out[n - 1].prob) continue;
-        int32_t j = filled < n ? filled++ : n - 1;
-        while (j > 0 && out[j - 1].prob < p) {
-            out[j] = out[j - 1];
-            j--;
-        }
-        out[j] = (sm_candidate){.token = tok, .prob = p};
+    int32_t filled = sm_select_largest(probs, n_vocab, n, out);
+    for (int32_t i = 0; i < filled; i++) {
+        out[i].prob = out[i].logit;
+        out[i].logit = 0.0f;
     }
     return filled;
 }

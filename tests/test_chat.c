@@ -15,13 +15,8 @@ typedef struct fixture {
 } fixture;
 
 static sm_session *new_session(sm_model *model, uint32_t n_ctx) {
-    sm_session_params sp = sm_session_default_params();
-    sp.n_ctx = n_ctx;
-    sp.n_threads = 2;
-    sm_error err = {0};
-    sm_session *session = sm_session_new(model, &sp, &err);
-    if (!session) fail_msg("cannot create a session: %s", err.message);
-    return session;
+    sm_session_params sp = tu_session_params(n_ctx);
+    return tu_open_session(model, &sp);
 }
 
 /* The chat model's own format: "User: <text>\nBot:". */

@@ -21,24 +21,11 @@ static sm_session_params base_params(void) {
     return p;
 }
 
-static sm_session *open_session(sm_model *m, const sm_session_params *p) {
-    sm_error err = {0};
-    sm_session *s = sm_session_new(m, p, &err);
-    if (!s) fail_msg("session: %s", err.message);
-    return s;
-}
-
-static float max_abs_diff(const float *a, const float *b, int32_t n) {
-    float d = 0.0f;
-    for (int32_t i = 0; i < n; i++) d = fmaxf(d, fabsf(a[i] - b[i]));
-    return d;
-}
-
 /* The logits after feeding the prompt and then `tokens` one at a time,
  * as a generation decodes them, in a fresh session. */
 static float *logits_of_direct_run(sm_model *m, const sm_token *tokens, int32_t n) {
     sm_session_params sp = base_params();
-    sm_session *s = open_session(m, &sp);
+    sm_session *s = tu_open_session(m, &sp);
     assert_int_equal(sm_session_feed_text(s, PROMPT, true), SM_OK);
     for (int32_t i = 0; i < n; i++) assert_int_equal(sm_session_feed_tokens(s, &tokens[i], 1), SM_OK);
     int32_t n_vocab = sm_model_n_vocab(m);
@@ -113,7 +100,7 @@ static void test_safety_rule_rejects_and_bans_deterministically(void **state) {
     sm_session_params sp = base_params();
     sp.introspect_layers = layers;
     sp.n_introspect_layers = 1;
-    sm_session *s = open_session(m, &sp);
+    sm_session *s = tu_open_session(m, &sp);
 
     safety_watch w;
     sm_gen_params gp = tu_greedy_params(20);
@@ -140,7 +127,7 @@ static void test_safety_rule_rejects_and_bans_deterministically(void **state) {
     /* the state is that of a run that never decoded the rejected tokens */
     assert_int_equal(sm_session_kv_pos(s), sm_session_n_past(s));
     float *direct = logits_of_direct_run(m, a.tokens, a.n_tokens);
-    assert_true(max_abs_diff(direct, sm_session_logits(s), sm_model_n_vocab(m)) < 1e-4f);
+    assert_true(tu_max_abs_diff(direct, sm_session_logits(s), sm_model_n_vocab(m)) < 1e-4f);
     free(direct);
 
     sm_result b = generate_watched(s, &gp, &w); /* deterministic */
@@ -178,7 +165,7 @@ static void test_safety_zscore_waits_for_history(void **state) {
     sm_session_params sp = base_params();
     sp.introspect_layers = layers;
     sp.n_introspect_layers = 1;
-    sm_session *s = open_session(m, &sp);
+    sm_session *s = tu_open_session(m, &sp);
     sm_safety_rule rule = {.layer = 2, .metric = SM_SAFETY_NORM_ZSCORE, .threshold = -1000.0f, .action = SM_SAFETY_STOP};
     sm_gen_params gp = tu_greedy_params(30);
     gp.safety_rules = &rule;
@@ -216,7 +203,7 @@ static int32_t argmax(const float *x, int32_t n) {
 static void assert_direct_run_agrees(sm_model *m, sm_session *s, const sm_result *r) {
     int32_t n_vocab = sm_model_n_vocab(m);
     float *direct = logits_of_direct_run(m, r->tokens, r->n_tokens);
-    float diff = max_abs_diff(direct, sm_session_logits(s), n_vocab);
+    float diff = tu_max_abs_diff(direct, sm_session_logits(s), n_vocab);
     if (!(diff < BATCHED_TOLERANCE)) fail_msg("logits differ from a direct run by %g", diff);
     assert_int_equal(argmax(direct, n_vocab), argmax(sm_session_logits(s), n_vocab));
     free(direct);
@@ -249,7 +236,7 @@ static bool watch_lookahead(const sm_event *e, void *user_data) {
 static double branch_score_sequential(sm_model *m, const sm_token *prefix, int32_t n_prefix, sm_token first, int32_t depth,
                                       sm_token *out) {
     sm_session_params sp = base_params();
-    sm_session *s = open_session(m, &sp);
+    sm_session *s = tu_open_session(m, &sp);
     assert_int_equal(sm_session_feed_text(s, PROMPT, true), SM_OK);
     if (n_prefix > 0) assert_int_equal(sm_session_feed_tokens(s, prefix, n_prefix), SM_OK);
     int32_t n_vocab = sm_model_n_vocab(m);
@@ -275,7 +262,7 @@ static void norms_of_direct_run(sm_model *m, const sm_token *tokens, int32_t n, 
     sm_session_params sp = base_params();
     sp.introspect_layers = layers;
     sp.n_introspect_layers = 1;
-    sm_session *s = open_session(m, &sp);
+    sm_session *s = tu_open_session(m, &sp);
     assert_int_equal(sm_session_feed_text(s, PROMPT, true), SM_OK);
     for (int32_t i = 0; i < n; i++) {
         assert_int_equal(sm_session_feed_tokens(s, &tokens[i], 1), SM_OK);
@@ -292,7 +279,7 @@ static void test_lookahead_commits_best_branch_and_cache_equals_direct_run(void 
     int32_t layers[] = {-1};
     sp.introspect_layers = layers;
     sp.n_introspect_layers = 1;
-    sm_session *s = open_session(m, &sp);
+    sm_session *s = tu_open_session(m, &sp);
     sm_gen_params gp = tu_greedy_params(24);
     gp.lookahead.k = 3;
     gp.lookahead.depth = 4;
@@ -389,7 +376,7 @@ static void test_lookahead_with_rewinds(void **state) {
     sp.introspect_layers = layers;
     sp.n_introspect_layers = 2;
     sp.introspect_attention = true;
-    sm_session *s = open_session(m, &sp);
+    sm_session *s = tu_open_session(m, &sp);
     static const sm_operator_vtable vt = {.name = "at10", .decide = backtrack_at_10};
     int32_t fired = 0;
     sm_operator *op = sm_operator_new(&vt, &fired);
@@ -473,7 +460,7 @@ static void test_tool_marker_injects_and_rewinds_never_cross(void **state) {
     sm_session_params sp = base_params();
     sp.introspect_layers = layers;
     sp.n_introspect_layers = 1;
-    sm_session *s = open_session(m, &sp);
+    sm_session *s = tu_open_session(m, &sp);
     tool_log log = {0};
     sm_gen_params gp = tu_greedy_params(30);
     gp.tools = true;
@@ -536,7 +523,7 @@ static void test_gradual_injection(void **state) {
     (void)state;
     sm_model *m = tu_load_model("stories260K.gguf");
     sm_session_params sp = base_params();
-    sm_session *s = open_session(m, &sp);
+    sm_session *s = tu_open_session(m, &sp);
     inject_watch w = {0};
     sm_gen_params gp = tu_greedy_params(20);
     gp.inject_text = "The sun was hot.\nThe dog ran away! Tom";
@@ -587,7 +574,7 @@ static void test_prompt_cache_reload_equals_fresh_decode(void **state) {
     int32_t n_other = tokenize(m, "Once upon a time, there was a big cat.", other, 128);
     assert_memory_equal(prefix, full, sizeof(sm_token) * (size_t)n_prefix);
 
-    sm_session *a = open_session(m, &sp);
+    sm_session *a = tu_open_session(m, &sp);
     sm_prefix_info info;
     assert_int_equal(sm_session_load_prefix(a, path, prefix, n_prefix, &info), SM_OK); /* no file yet */
     assert_int_equal(info.n_reused, 0);
@@ -595,9 +582,9 @@ static void test_prompt_cache_reload_equals_fresh_decode(void **state) {
     assert_int_equal(sm_session_save_prefix(a, path), SM_OK);
     sm_session_free(a);
 
-    sm_session *fresh = open_session(m, &sp);
+    sm_session *fresh = tu_open_session(m, &sp);
     assert_int_equal(sm_session_feed_tokens(fresh, full, n_full), SM_OK);
-    sm_session *cached = open_session(m, &sp);
+    sm_session *cached = tu_open_session(m, &sp);
     assert_int_equal(sm_session_load_prefix(cached, path, full, n_full, &info), SM_OK);
     assert_int_equal(info.n_file_tokens, n_prefix);
     assert_int_equal(info.n_reused, n_prefix);
@@ -605,7 +592,7 @@ static void test_prompt_cache_reload_equals_fresh_decode(void **state) {
     assert_string_equal(info.reason, "");
     assert_int_equal(sm_session_n_past(cached), n_full);
     assert_int_equal(sm_session_kv_pos(cached), n_full);
-    assert_true(max_abs_diff(sm_session_logits(fresh), sm_session_logits(cached), n_vocab) < 1e-4f);
+    assert_true(tu_max_abs_diff(sm_session_logits(fresh), sm_session_logits(cached), n_vocab) < 1e-4f);
 
     /* both go on identically */
     sm_result ra, rb;
@@ -631,7 +618,7 @@ static void test_prompt_cache_reload_equals_fresh_decode(void **state) {
     assert_non_null(strstr(info.reason, "not a prefix"));
     assert_int_equal(sm_session_clear(fresh), SM_OK);
     assert_int_equal(sm_session_feed_tokens(fresh, other, n_other), SM_OK);
-    assert_true(max_abs_diff(sm_session_logits(fresh), sm_session_logits(cached), n_vocab) < 1e-4f);
+    assert_true(tu_max_abs_diff(sm_session_logits(fresh), sm_session_logits(cached), n_vocab) < 1e-4f);
 
     /* a non-empty session is refused */
     assert_int_equal(sm_session_load_prefix(cached, path, other, n_other, &info), SM_ERR_STATE);

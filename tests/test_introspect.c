@@ -23,13 +23,6 @@ static sm_session_params base_params(void) {
     return p;
 }
 
-static sm_session *open_session(sm_model *m, const sm_session_params *p) {
-    sm_error err = {0};
-    sm_session *s = sm_session_new(m, p, &err);
-    if (!s) fail_msg("session: %s", err.message);
-    return s;
-}
-
 static void temp_path(char *buf, size_t size, const char *name) {
     snprintf(buf, size, "/tmp/sm_test_introspect_%d_%s", (int)getpid(), name);
 }
@@ -80,7 +73,7 @@ static void test_callback_sees_every_layer_every_token(void **state) {
     sp.introspect_layers = layers;
     sp.n_introspect_layers = 3;
     sp.introspect_attention = true;
-    sm_session *s = open_session(m, &sp);
+    sm_session *s = tu_open_session(m, &sp);
     assert_true(sm_session_introspecting(s));
     assert_int_equal(sm_session_feed_text(s, PROMPT, true), SM_OK);
     int64_t calls_before = sm_session_eval_callback_calls(s);
@@ -137,7 +130,7 @@ static void test_off_means_no_callback_and_observing_changes_nothing(void **stat
     sm_model *m = tu_load_model("stories260K.gguf");
     int32_t n_vocab = sm_model_n_vocab(m);
     sm_session_params off = base_params();
-    sm_session *plain = open_session(m, &off);
+    sm_session *plain = tu_open_session(m, &off);
     assert_false(sm_session_introspecting(plain));
     logit_run a = {0};
     generate_run(plain, n_vocab, &a);
@@ -147,7 +140,7 @@ static void test_off_means_no_callback_and_observing_changes_nothing(void **stat
 
     sm_session_params on = base_params();
     on.introspect_all_layers = true;
-    sm_session *watched = open_session(m, &on);
+    sm_session *watched = tu_open_session(m, &on);
     logit_run b = {0};
     generate_run(watched, n_vocab, &b);
     assert_int_equal(b.n_with_stats, b.n);
@@ -197,12 +190,6 @@ static float *prompt_logits(sm_session *s, int32_t n_vocab) {
     return copy;
 }
 
-static float max_abs_diff(const float *a, const float *b, int32_t n) {
-    float d = 0.0f;
-    for (int32_t i = 0; i < n; i++) d = fmaxf(d, fabsf(a[i] - b[i]));
-    return d;
-}
-
 static void test_control_vector_zero_is_identity_nonzero_steers(void **state) {
     (void)state;
     sm_model *m = tu_load_model("stories260K.gguf");
@@ -210,7 +197,7 @@ static void test_control_vector_zero_is_identity_nonzero_steers(void **state) {
     int32_t n_embd = llama_model_n_embd(sm_model_llama(m));
     int32_t n_layers = llama_model_n_layer(sm_model_llama(m)) - 1;
     sm_session_params sp = base_params();
-    sm_session *s = open_session(m, &sp);
+    sm_session *s = tu_open_session(m, &sp);
     float *plain = prompt_logits(s, n_vocab);
 
     float *vec = calloc((size_t)n_embd * (size_t)n_layers, sizeof(float));
@@ -222,7 +209,7 @@ static void test_control_vector_zero_is_identity_nonzero_steers(void **state) {
     for (int32_t j = 0; j < n_embd; j++) vec[(size_t)n_embd * 1 + (size_t)j] = 0.5f; /* layer 2 */
     assert_int_equal(sm_session_set_control_vector(s, vec, len, n_embd, -1, -1), SM_OK);
     float *steered = prompt_logits(s, n_vocab);
-    assert_true(max_abs_diff(plain, steered, n_vocab) > 1e-3f);
+    assert_true(tu_max_abs_diff(plain, steered, n_vocab) > 1e-3f);
 
     assert_int_equal(sm_session_set_control_vector(s, NULL, 0, 0, 0, 0), SM_OK);
     float *removed = prompt_logits(s, n_vocab);
@@ -347,7 +334,7 @@ static void test_hidden_states_npy_follow_rewinds(void **state) {
     sp.introspect_layers = layers;
     sp.n_introspect_layers = 2;
     sp.introspect_hidden = true;
-    sm_session *s = open_session(m, &sp);
+    sm_session *s = tu_open_session(m, &sp);
     char path[256];
     temp_path(path, sizeof path, "hidden.npy");
     sm_error err = {0};
@@ -449,7 +436,7 @@ static void test_entropix_argmax_equals_greedy(void **state) {
     (void)state;
     sm_model *m = tu_load_model("stories260K.gguf");
     sm_session_params sp = base_params();
-    sm_session *s = open_session(m, &sp);
+    sm_session *s = tu_open_session(m, &sp);
     sm_result greedy, steered;
     sm_gen_params gp = tu_greedy_params(30);
     assert_int_equal(sm_session_generate(s, PROMPT, &gp, &greedy), SM_OK);

@@ -159,13 +159,8 @@ static void test_reference_matching(void **unused) {
 static const char *PROMPT = "Once upon a time, there was a little girl named Lily.";
 
 static sm_session *one_thread_session(sm_model *m) {
-    sm_session_params sp = sm_session_default_params();
-    sp.n_ctx = 256;
-    sp.n_threads = 1;
-    sm_error err = {0};
-    sm_session *s = sm_session_new(m, &sp, &err);
-    if (!s) fail_msg("%s", err.message);
-    return s;
+    sm_session_params sp = tu_session_params(256);
+    return tu_open_session(m, &sp);
 }
 
 static sm_judge *one_thread_judge(sm_model *judge, const sm_model *generator, uint32_t n_ctx) {

@@ -20,13 +20,8 @@ typedef struct fixture {
 } fixture;
 
 static sm_session *new_session(sm_model *m, uint32_t n_ctx) {
-    sm_session_params sp = sm_session_default_params();
-    sp.n_ctx = n_ctx;
-    sp.n_threads = 1;
-    sm_error err = {0};
-    sm_session *s = sm_session_new(m, &sp, &err);
-    if (!s) fail_msg("session: %s", err.message);
-    return s;
+    sm_session_params sp = tu_session_params(n_ctx);
+    return tu_open_session(m, &sp);
 }
 
 static int setup(void **state) {
@@ -43,15 +38,6 @@ static int teardown(void **state) {
     sm_model_free(f->model);
     free(f);
     return 0;
-}
-
-static float max_abs_diff(const float *a, const float *b, int32_t n) {
-    float d = 0.0f;
-    for (int32_t i = 0; i < n; i++) {
-        float x = fabsf(a[i] - b[i]);
-        if (x > d) d = x;
-    }
-    return d;
 }
 
 /*
@@ -163,10 +149,10 @@ static void test_rewind_logits_equal_uninterrupted_run(void **state) {
         assert_int_equal(sm_session_n_decoded_total(b), decoded_before); /* no re-decode */
         assert_int_equal(sm_session_n_past(b), n_prompt + split);
         assert_int_equal(sm_session_kv_pos(b), n_prompt + split);
-        assert_true(max_abs_diff(sm_session_logits(b), expect + (size_t)split * n_vocab, n_vocab) <= 1e-5f);
+        assert_true(tu_max_abs_diff(sm_session_logits(b), expect + (size_t)split * n_vocab, n_vocab) <= 1e-5f);
         for (int32_t i = split; i < n_gen; i++) {
             assert_int_equal(sm_session_feed_tokens(b, &ref.tokens[i], 1), SM_OK);
-            float d = max_abs_diff(sm_session_logits(b), expect + (size_t)(i + 1) * n_vocab, n_vocab);
+            float d = tu_max_abs_diff(sm_session_logits(b), expect + (size_t)(i + 1) * n_vocab, n_vocab);
             if (d > 1e-5f) fail_msg("k=%d position %d: logits differ by %g", k, i + 1, d);
             assert_int_equal(sm_session_kv_pos(b), sm_session_n_past(b));
         }
@@ -257,7 +243,7 @@ static void test_retraction_state_equals_clean_run(void **state) {
     const sm_token *t1 = sm_session_tokens(s, &n1), *t2 = sm_session_tokens(c, &n2);
     assert_int_equal(n1, n2);
     assert_memory_equal(t1, t2, sizeof(sm_token) * (size_t)n1);
-    assert_true(max_abs_diff(sm_session_logits(s), sm_session_logits(c), n_vocab) <= 1e-5f);
+    assert_true(tu_max_abs_diff(sm_session_logits(s), sm_session_logits(c), n_vocab) <= 1e-5f);
     sm_result_free(&r);
     sm_session_free(s);
     sm_session_free(c);

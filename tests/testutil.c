@@ -1,4 +1,5 @@
 #include "testutil.h"
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -28,4 +29,25 @@ sm_gen_params tu_greedy_params(int32_t n_predict) {
     gp.sampling.repeat_penalty = 1.0f;
     gp.policy.enabled = false;
     return gp;
+}
+
+sm_session_params tu_session_params(uint32_t n_ctx) {
+    sm_session_params sp = sm_session_default_params();
+    sp.n_ctx = n_ctx;
+    sp.n_threads = 1;
+    return sp;
+}
+
+sm_session *tu_open_session(sm_model *m, const sm_session_params *params) {
+    sm_session_params defaults = tu_session_params(512);
+    sm_error err = {0};
+    sm_session *s = sm_session_new(m, params ? params : &defaults, &err);
+    if (!s) fail_msg("cannot create a session: %s", err.message);
+    return s;
+}
+
+float tu_max_abs_diff(const float *a, const float *b, int32_t n) {
+    float d = 0.0f;
+    for (int32_t i = 0; i < n; i++) d = fmaxf(d, fabsf(a[i] - b[i]));
+    return d;
 }

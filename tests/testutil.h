@@ -13,6 +13,13 @@
 const char *tu_model_path(const char *name);
 /* Loads a shared model quietly; fails the test on error. */
 sm_model *tu_load_model(const char *name);
+/* Session parameters for tests: one thread (ctest runs two programs on the
+ * two cores), context n_ctx. */
+sm_session_params tu_session_params(uint32_t n_ctx);
+/* A session over m (params NULL: tu_session_params(512)); fails the test on error. */
+sm_session *tu_open_session(sm_model *m, const sm_session_params *params);
+/* The largest |a[i] - b[i]|. */
+float tu_max_abs_diff(const float *a, const float *b, int32_t n);
 /* Greedy, no policy, no operators: the plain baseline for comparisons. */
 sm_gen_params tu_greedy_params(int32_t n_predict);
 #endif
