@@ -2,17 +2,7 @@
 # The llama_selfmod program end to end on real models: single prompts, the
 # JSON event stream, the memory file, retraction, and a chat through a pipe.
 set -u
-: "${SM_BIN:?SM_BIN must name the llama_selfmod program}"
-: "${SM_MODELS:?SM_MODELS must name the models folder}"
-STORIES="$SM_MODELS/stories260K.gguf"
-CHAT="$SM_MODELS/cardputer-chat-3M.gguf"
-for m in "$STORIES" "$CHAT"; do [ -r "$m" ] || { echo "FAIL: test model missing: $m"; exit 1; }; done
-
-WORK="$(mktemp -d)"
-trap 'rm -rf "$WORK"' EXIT
-cd "$WORK" || exit 1
-
-fail() { echo "FAIL: $*"; exit 1; }
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # One thread: the tests stay fast when other jobs share the cores.
 COMMON=(--quiet --threads 1)
 

@@ -3,17 +3,7 @@
 # trace file, hidden-state .npy, control vectors, safety rules, lookahead,
 # tool markers, injection, the prompt cache, /trace, and bad flag values.
 set -u
-: "${SM_BIN:?SM_BIN must name the llama_selfmod program}"
-: "${SM_MODELS:?SM_MODELS must name the models folder}"
-STORIES="$SM_MODELS/stories260K.gguf"
-CHAT="$SM_MODELS/cardputer-chat-3M.gguf"
-for m in "$STORIES" "$CHAT"; do [ -r "$m" ] || { echo "FAIL: test model missing: $m"; exit 1; }; done
-
-WORK="$(mktemp -d)"
-trap 'rm -rf "$WORK"' EXIT
-cd "$WORK" || exit 1
-
-fail() { echo "FAIL: $*"; exit 1; }
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 COMMON=(--quiet --threads 1 --no-memory --no-selfmod -t 0 --seed 1)
 PROMPT="Once upon a time"
 
