@@ -3,6 +3,7 @@
  * vocabulary. Pure: plain arrays in, plain arrays out.
  */
 #include "internal.h"
+#include "fastmath.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -78,26 +79,29 @@ void sm_model_dist_summarize(const float *logits, int32_t n_vocab, sm_model_dist
         topv[j] = x;
         top[j] = t;
     }
-    double z = 0.0;
-    for (int32_t t = 0; t < n_vocab; t++) z += expf(logits[t] - max);
+    float z = 0.0f;
+    for (int32_t t = 0; t < n_vocab; t++) z += sm_exp_nonpositive(logits[t] - max);
     out->logits = logits;
-    out->log_z = max + (float)log(z);
+    out->log_z = max + logf(z);
     out->max_p = expf(max - out->log_z);
     memcpy(out->top, top, sizeof top);
 }
 
 static float prob(const sm_model_dist *d, sm_token t) { return expf(d->logits[t] - d->log_z); }
 
-/* out = ln(sum_m c_m p_m / sum_m c_m) over the models with c_m > 0. */
+/* out = ln(sum_m c_m p_m / sum_m c_m) over the models with c_m > 0: the
+ * sum is built in out, one model at a time, so every pass vectorises. */
 static void mixture(const sm_model_dist *d, const float *coef, int32_t n_models, int32_t n_vocab, float *out) {
-    double total = 0.0;
+    float total = 0.0f;
     for (int32_t m = 0; m < n_models; m++) total += coef[m];
-    for (int32_t t = 0; t < n_vocab; t++) {
-        double p = 0.0;
-        for (int32_t m = 0; m < n_models; m++)
-            if (coef[m] > 0.0f) p += coef[m] * prob(&d[m], t);
-        out[t] = p > 0.0 ? (float)log(p / total) : -INFINITY;
+    for (int32_t t = 0; t < n_vocab; t++) out[t] = 0.0f;
+    for (int32_t m = 0; m < n_models; m++) {
+        if (!(coef[m] > 0.0f)) continue;
+        const float c = coef[m] / total, *l = d[m].logits, lz = d[m].log_z;
+        for (int32_t t = 0; t < n_vocab; t++) out[t] += c * sm_exp_nonpositive(l[t] - lz);
     }
+    /* Every weighted model gives each token at least ~1e-38: p > 0. */
+    for (int32_t t = 0; t < n_vocab; t++) out[t] = sm_log_positive(out[t]);
 }
 
 static void copy_model(const sm_model_dist *d, int32_t n_vocab, float *out) {
@@ -168,18 +172,21 @@ void sm_fuse(const sm_fusion_params *fp, const sm_model_dist *d, int32_t n_model
     }
 }
 
-/* Jensen-Shannon divergence in bits; terms where both are negligible are
- * skipped, as they change the sum by less than float precision. */
+/* Jensen-Shannon divergence in bits: with M = (P + Q) / 2,
+ * JS = (sum p (ln p - ln m) + sum q (ln q - ln m)) / 2 / ln 2, where ln p and
+ * ln q are the (clamped) log-probabilities themselves: one log per token. */
 static float js_divergence(const sm_model_dist *a, const sm_model_dist *b, int32_t n_vocab) {
-    double js = 0.0;
+    float js = 0.0f;
     for (int32_t t = 0; t < n_vocab; t++) {
-        double p = prob(a, t), q = prob(b, t);
-        if (p < 1e-12 && q < 1e-12) continue;
-        double mid = 0.5 * (p + q);
-        if (p > 0) js += 0.5 * p * log2(p / mid);
-        if (q > 0) js += 0.5 * q * log2(q / mid);
+        float lp = a->logits[t] - a->log_z, lq = b->logits[t] - b->log_z;
+        lp = lp < SM_EXP_FLOOR ? SM_EXP_FLOOR : lp;
+        lq = lq < SM_EXP_FLOOR ? SM_EXP_FLOOR : lq;
+        float p = sm_exp_nonpositive(lp), q = sm_exp_nonpositive(lq);
+        float lm = sm_log_positive(0.5f * (p + q));
+        js += p * (lp - lm) + q * (lq - lm);
     }
-    return (float)(js < 0 ? 0 : js > 1 ? 1 : js);
+    js *= 0.5f / 0.693147181f;
+    return js < 0.0f ? 0.0f : js > 1.0f ? 1.0f : js;
 }
 
 void sm_fusion_agreement(const sm_model_dist *d, int32_t n_models, int32_t n_vocab, sm_token chosen,

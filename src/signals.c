@@ -1,27 +1,9 @@
 /* Per-token signals: pure functions over one raw distribution. */
 #include "internal.h"
+#include "fastmath.h"
 
 #include <math.h>
 #include <string.h>
-
-/*
- * exp(x) for x <= 0 without a libm call, so that the loop over the whole
- * vocabulary vectorises: x = n ln2 + r with |r| <= ln2/2, exp(r) by its
- * degree-6 Taylor polynomial (relative error below 2e-7), 2^n written into
- * the exponent bits. Inputs below -87 (and -inf) are clamped there, giving
- * about 1e-38: never NaN, and no weight worth counting.
- */
-static inline float exp_nonpositive(float x) {
-    const float log2e = 1.44269504f, ln2_hi = 0.693145752f, ln2_lo = 1.42860677e-6f;
-    x = x < -87.0f ? -87.0f : x;
-    float n = floorf(x * log2e + 0.5f);
-    float r = x - n * ln2_hi - n * ln2_lo;
-    float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720))))));
-    int32_t bits = ((int32_t)n + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, sizeof scale);
-    return p * scale;
-}
 
 /*
  * Two passes over the vocabulary: the first finds the two most likely
@@ -48,7 +30,7 @@ void sm_signals_compute(const float *logits, int32_t n_vocab, sm_token chosen, s
     for (int32_t i = 0; i < n_vocab; i++) {
         float d = logits[i] - max;
         d = d < -87.0f ? -87.0f : d; /* banned (-inf) tokens: weight ~1e-38, not NaN */
-        float e = exp_nonpositive(d);
+        float e = sm_exp_nonpositive(d);
         z += e;
         s1 += e * d;
         s2 += e * d * d;
