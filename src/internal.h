@@ -29,6 +29,8 @@ typedef struct sm_dist_stats {
 /* Fills everything in *out but p_sampled; stats may be NULL. */
 void sm_signals_compute(const float *logits, int32_t n_vocab, sm_token chosen, sm_signals *out,
                         sm_dist_stats *stats);
+/* out = softmax(logits) over n values (vectorised; ~1e-6 relative). */
+void sm_softmax(const float *logits, int32_t n, float *out);
 /* The k largest of values[0..n_values), descending (ties: lower id first),
  * as out[i].token and out[i].logit; prob is left 0. */
 int32_t sm_select_largest(const float *values, int32_t n_values, int32_t k, sm_candidate *out);

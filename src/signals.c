@@ -74,3 +74,15 @@ int32_t sm_top_candidates(const float *logits, int32_t n_vocab, const sm_dist_st
     for (int32_t i = 0; i < filled; i++) out[i].prob = expf(out[i].logit - stats->log_z);
     return filled;
 }
+
+void sm_softmax(const float *logits, int32_t n, float *out) {
+    float max = logits[0];
+    for (int32_t i = 1; i < n; i++) max = logits[i] > max ? logits[i] : max;
+    float sum = 0.0f;
+    for (int32_t i = 0; i < n; i++) {
+        out[i] = sm_exp_nonpositive(logits[i] - max);
+        sum += out[i];
+    }
+    const float inv = 1.0f / sum;
+    for (int32_t i = 0; i < n; i++) out[i] *= inv;
+}

@@ -268,19 +268,6 @@ static bool reserve_rows(sm_tree *t, int32_t n) {
 /* Decoding                                                            */
 /* ------------------------------------------------------------------ */
 
-static void softmax(const float *logits, int32_t n, float *out) {
-    float max = logits[0];
-    for (int32_t i = 1; i < n; i++)
-        if (logits[i] > max) max = logits[i];
-    double sum = 0.0;
-    for (int32_t i = 0; i < n; i++) {
-        out[i] = expf(logits[i] - max);
-        sum += out[i];
-    }
-    const float inv = (float)(1.0 / sum);
-    for (int32_t i = 0; i < n; i++) out[i] *= inv;
-}
-
 static void batch_set(struct llama_batch *b, int32_t i, sm_token token, llama_pos pos, llama_seq_id seq,
                       bool logits) {
     b->token[i] = token;
@@ -308,7 +295,7 @@ static void decode_model(void *arg, int32_t m) {
     if (!job->one_by_one) {
         mb->rc = llama_decode(mb->ctx, *b);
         for (int32_t i = 0; mb->rc == 0 && i < b->n_tokens; i++)
-            if (b->logits[i]) softmax(llama_get_logits_ith(mb->ctx, i), t->n_vocab, mb->probs + row * (size_t)r++);
+            if (b->logits[i]) sm_softmax(llama_get_logits_ith(mb->ctx, i), t->n_vocab, mb->probs + row * (size_t)r++);
         return;
     }
     for (int32_t i = 0; i < b->n_tokens; i++) {
@@ -322,7 +309,7 @@ static void decode_model(void *arg, int32_t m) {
         };
         mb->rc = llama_decode(mb->ctx, one);
         if (mb->rc != 0) return;
-        if (b->logits[i]) softmax(llama_get_logits_ith(mb->ctx, 0), t->n_vocab, mb->probs + row * (size_t)r++);
+        if (b->logits[i]) sm_softmax(llama_get_logits_ith(mb->ctx, 0), t->n_vocab, mb->probs + row * (size_t)r++);
     }
 }
 
