@@ -144,6 +144,8 @@ more_reports() {
     for t in 1 "$threads"; do
         "$build/bench_tree" "$models/stories260K.gguf" -t "$t"
         "$build/bench_tree" "$models/cardputer-chat-3M.gguf" -t "$t"
+        # Realistic size; its near-uniform random distribution needs cutoff 0 to branch.
+        "$build/bench_tree" "$random_model" -t "$t" --reps 5 --depth 6 --cutoff 0 --split 2 --beams 64
     done
     echo '```'
     echo
