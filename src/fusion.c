@@ -79,10 +79,14 @@ void sm_model_dist_summarize(const float *logits, int32_t n_vocab, sm_model_dist
         topv[j] = x;
         top[j] = t;
     }
-    float z = 0.0f;
-    for (int32_t t = 0; t < n_vocab; t++) z += sm_exp_nonpositive(logits[t] - max);
+    float lanes[SM_LANES] = {0};
+    const int32_t full = n_vocab - n_vocab % SM_LANES;
+    for (int32_t t = 0; t < n_vocab; t += SM_LANES) {
+        const int32_t width = t < full ? SM_LANES : n_vocab - full;
+        for (int32_t k = 0; k < width; k++) lanes[k] += sm_exp_nonpositive(logits[t + k] - max);
+    }
     out->logits = logits;
-    out->log_z = max + logf(z);
+    out->log_z = max + logf(sm_lane_sum(lanes));
     out->max_p = expf(max - out->log_z);
     memcpy(out->top, top, sizeof top);
 }
@@ -176,16 +180,21 @@ void sm_fuse(const sm_fusion_params *fp, const sm_model_dist *d, int32_t n_model
  * JS = (sum p (ln p - ln m) + sum q (ln q - ln m)) / 2 / ln 2, where ln p and
  * ln q are the (clamped) log-probabilities themselves: one log per token. */
 static float js_divergence(const sm_model_dist *a, const sm_model_dist *b, int32_t n_vocab) {
-    float js = 0.0f;
-    for (int32_t t = 0; t < n_vocab; t++) {
-        float lp = a->logits[t] - a->log_z, lq = b->logits[t] - b->log_z;
-        lp = lp < SM_EXP_FLOOR ? SM_EXP_FLOOR : lp;
-        lq = lq < SM_EXP_FLOOR ? SM_EXP_FLOOR : lq;
-        float p = sm_exp_nonpositive(lp), q = sm_exp_nonpositive(lq);
-        float lm = sm_log_positive(0.5f * (p + q));
-        js += p * (lp - lm) + q * (lq - lm);
+    float lanes[SM_LANES] = {0};
+    const int32_t full = n_vocab - n_vocab % SM_LANES;
+    for (int32_t t = 0; t < n_vocab; t += SM_LANES) {
+        const int32_t width = t < full ? SM_LANES : n_vocab - full;
+        for (int32_t k = 0; k < width; k++) {
+            float lp = a->logits[t + k] - a->log_z;
+            float lq = b->logits[t + k] - b->log_z;
+            lp = lp < SM_EXP_FLOOR ? SM_EXP_FLOOR : lp;
+            lq = lq < SM_EXP_FLOOR ? SM_EXP_FLOOR : lq;
+            float p = sm_exp_nonpositive(lp), q = sm_exp_nonpositive(lq);
+            float lm = sm_log_positive(0.5f * (p + q));
+            lanes[k] += p * (lp - lm) + q * (lq - lm);
+        }
     }
-    js *= 0.5f / 0.693147181f;
+    float js = sm_lane_sum(lanes) * (0.5f / 0.693147181f);
     return js < 0.0f ? 0.0f : js > 1.0f ? 1.0f : js;
 }
 

@@ -11,8 +11,8 @@
  * and e = exp(d):
  *   Z = sum e,  H = ln Z - sum(e d)/Z,  varentropy = sum(e d^2)/Z - (sum(e d)/Z)^2
  * (the variance of ln p equals the variance of d, since ln p = d - ln Z).
- * This file is compiled with reassociation allowed (CMakeLists.txt) so the
- * sums vectorise; they are accurate to about 1e-6 relative.
+ * The sums use fixed-order lanes (fastmath.h): they vectorise, are accurate
+ * to about 1e-6 relative, and are the same on every run.
  */
 void sm_signals_compute(const float *logits, int32_t n_vocab, sm_token chosen, sm_signals *out,
                         sm_dist_stats *stats) {
@@ -26,15 +26,20 @@ void sm_signals_compute(const float *logits, int32_t n_vocab, sm_token chosen, s
         }
     }
     const float max = logits[i1];
-    float z = 0.0f, s1 = 0.0f, s2 = 0.0f;
-    for (int32_t i = 0; i < n_vocab; i++) {
-        float d = logits[i] - max;
-        d = d < -87.0f ? -87.0f : d; /* banned (-inf) tokens: weight ~1e-38, not NaN */
-        float e = sm_exp_nonpositive(d);
-        z += e;
-        s1 += e * d;
-        s2 += e * d * d;
+    float zl[SM_LANES] = {0}, s1l[SM_LANES] = {0}, s2l[SM_LANES] = {0};
+    const int32_t full = n_vocab - n_vocab % SM_LANES;
+    for (int32_t i = 0; i < n_vocab; i += SM_LANES) {
+        const int32_t width = i < full ? SM_LANES : n_vocab - full; /* the last block may be short */
+        for (int32_t k = 0; k < width; k++) {
+            float d = logits[i + k] - max;
+            d = d < SM_EXP_FLOOR ? SM_EXP_FLOOR : d; /* banned (-inf) tokens: not NaN */
+            float e = sm_exp_nonpositive(d);
+            zl[k] += e;
+            s1l[k] += e * d;
+            s2l[k] += e * d * d;
+        }
     }
+    const float z = sm_lane_sum(zl), s1 = sm_lane_sum(s1l), s2 = sm_lane_sum(s2l);
     const double log_z = log(z);
     const double mean_d = s1 / z;
     out->token = chosen;
@@ -78,11 +83,13 @@ int32_t sm_top_candidates(const float *logits, int32_t n_vocab, const sm_dist_st
 void sm_softmax(const float *logits, int32_t n, float *out) {
     float max = logits[0];
     for (int32_t i = 1; i < n; i++) max = logits[i] > max ? logits[i] : max;
-    float sum = 0.0f;
-    for (int32_t i = 0; i < n; i++) {
-        out[i] = sm_exp_nonpositive(logits[i] - max);
-        sum += out[i];
+    for (int32_t i = 0; i < n; i++) out[i] = sm_exp_nonpositive(logits[i] - max);
+    float lanes[SM_LANES] = {0};
+    const int32_t full = n - n % SM_LANES;
+    for (int32_t i = 0; i < n; i += SM_LANES) {
+        const int32_t width = i < full ? SM_LANES : n - full;
+        for (int32_t k = 0; k < width; k++) lanes[k] += out[i + k];
     }
-    const float inv = 1.0f / sum;
+    const float inv = 1.0f / sm_lane_sum(lanes);
     for (int32_t i = 0; i < n; i++) out[i] *= inv;
 }
