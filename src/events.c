@@ -337,3 +337,14 @@ cJSON *sm_gen_params_to_cjson(const sm_gen_params *params) {
     add_operators(json, params);
     return json;
 }
+
+void sm_json_add_result_counts(cJSON *json, const sm_result *r) {
+    cJSON_AddNumberToObject(json, "n_prompt_tokens", r->n_prompt_tokens);
+    cJSON_AddNumberToObject(json, "n_tokens", r->n_tokens);
+    cJSON_AddNumberToObject(json, "n_sampled", r->n_sampled);
+    cJSON_AddNumberToObject(json, "n_decoded", r->n_decoded);
+    cJSON_AddNumberToObject(json, "n_backtracks", r->n_backtracks);
+    cJSON_AddNumberToObject(json, "n_tokens_removed", r->n_tokens_removed);
+    sm_json_add_float(json, "final_repeat_penalty", r->final_repeat_penalty);
+    sm_json_add_timings(json, r);
+}

@@ -16,6 +16,10 @@ cJSON *sm_json_text(const char *bytes, size_t len);
 void sm_json_add_text(cJSON *object, const char *key, const char *bytes, size_t len);
 void sm_json_add_modification_fields(cJSON *json, const sm_event *event);
 cJSON *sm_gen_params_to_cjson(const sm_gen_params *params);
+/* A generation's counters (n_prompt_tokens, n_tokens, n_sampled, n_decoded,
+ * n_backtracks, n_tokens_removed), final_repeat_penalty and timings: the
+ * part of a result every sink reports the same way. */
+void sm_json_add_result_counts(cJSON *object, const sm_result *result);
 /* "timings": {t_prompt_ms, t_generate_ms, tokens_per_s} */
 void sm_json_add_timings(cJSON *object, const sm_result *result);
 

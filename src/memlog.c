@@ -171,16 +171,9 @@ static cJSON *record_json(const char *model_path, const char *prompt,
 
     sm_json_add_text(json, "model", model_path ? model_path : "", model_path ? strlen(model_path) : 0);
     if (params) cJSON_AddItemToObject(json, "parameters", sm_gen_params_to_cjson(params));
-    sm_json_add_float(json, "final_repeat_penalty", result->final_repeat_penalty);
-    cJSON_AddNumberToObject(json, "n_prompt_tokens", result->n_prompt_tokens);
-    cJSON_AddNumberToObject(json, "n_tokens", result->n_tokens);
-    cJSON_AddNumberToObject(json, "n_sampled", result->n_sampled);
-    cJSON_AddNumberToObject(json, "n_decoded", result->n_decoded);
-    cJSON_AddNumberToObject(json, "n_backtracks", result->n_backtracks);
-    cJSON_AddNumberToObject(json, "n_tokens_removed", result->n_tokens_removed);
     cJSON_AddStringToObject(json, "stop_reason", sm_stop_reason_name(result->stop_reason));
+    sm_json_add_result_counts(json, result);
     if (result->n_models > 1 && result->fusion) add_fusion_fields(json, params, result);
-    sm_json_add_timings(json, result);
     return json;
 }
 

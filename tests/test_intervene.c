@@ -358,15 +358,6 @@ static bool watch_finite(const sm_event *e, void *user_data) {
 }
 
 /* Rewinds into lookahead tokens restore their distributions exactly. */
-static int32_t backtrack_at_10(void *state, const sm_token_view *view) {
-    int32_t *fired = state;
-    if (view->position == 10 && !*fired) {
-        *fired = 1;
-        return 4;
-    }
-    return 0;
-}
-
 static void test_lookahead_with_rewinds(void **state) {
     (void)state;
     sm_model *m = tu_load_model("stories260K.gguf");
@@ -377,9 +368,7 @@ static void test_lookahead_with_rewinds(void **state) {
     sp.n_introspect_layers = 2;
     sp.introspect_attention = true;
     sm_session *s = tu_open_session(m, &sp);
-    static const sm_operator_vtable vt = {.name = "at10", .decide = backtrack_at_10};
-    int32_t fired = 0;
-    sm_operator *op = sm_operator_new(&vt, &fired);
+    sm_operator *op = tu_backtrack_once(10, 4);
     sm_gen_params gp = tu_greedy_params(20);
     gp.lookahead.k = 2;
     gp.lookahead.depth = 3;

@@ -316,16 +316,6 @@ static bool feed_writer(const sm_event *e, void *user_data) {
     return true;
 }
 
-/* Backtracks 3 tokens once, at generated position 8. */
-static int32_t backtrack_once(void *state, const sm_token_view *view) {
-    int32_t *fired = state;
-    if (view->position == 8 && !*fired) {
-        *fired = 1;
-        return 3;
-    }
-    return 0;
-}
-
 static void test_hidden_states_npy_follow_rewinds(void **state) {
     (void)state;
     sm_model *m = tu_load_model("stories260K.gguf");
@@ -342,9 +332,7 @@ static void test_hidden_states_npy_follow_rewinds(void **state) {
     w.writer = sm_hidden_writer_open(path, &err);
     assert_non_null(w.writer);
 
-    static const sm_operator_vtable vt = {.name = "once", .decide = backtrack_once};
-    int32_t fired = 0;
-    sm_operator *op = sm_operator_new(&vt, &fired);
+    sm_operator *op = tu_backtrack_once(8, 3);
     sm_gen_params gp = tu_greedy_params(16);
     gp.operators = &op;
     gp.n_operators = 1;

@@ -51,3 +51,22 @@ float tu_max_abs_diff(const float *a, const float *b, int32_t n) {
     for (int32_t i = 0; i < n; i++) d = fmaxf(d, fabsf(a[i] - b[i]));
     return d;
 }
+
+typedef struct backtrack_once {
+    int32_t position, count;
+    bool fired;
+} backtrack_once;
+
+static int32_t backtrack_once_decide(void *state, const sm_token_view *view) {
+    backtrack_once *b = state;
+    if (b->fired || view->position != b->position) return 0;
+    b->fired = true;
+    return b->count;
+}
+
+sm_operator *tu_backtrack_once(int32_t position, int32_t count) {
+    static const sm_operator_vtable vt = {.name = "backtrack_once", .decide = backtrack_once_decide, .free_state = free};
+    backtrack_once *b = calloc(1, sizeof *b);
+    *b = (backtrack_once){position, count, false};
+    return sm_operator_new(&vt, b);
+}

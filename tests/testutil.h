@@ -20,6 +20,9 @@ sm_session_params tu_session_params(uint32_t n_ctx);
 sm_session *tu_open_session(sm_model *m, const sm_session_params *params);
 /* The largest |a[i] - b[i]|. */
 float tu_max_abs_diff(const float *a, const float *b, int32_t n);
+/* An operator that removes `count` tokens once, when it is shown the token
+ * at generated position `position`. Free with sm_operator_free. */
+sm_operator *tu_backtrack_once(int32_t position, int32_t count);
 /* Greedy, no policy, no operators: the plain baseline for comparisons. */
 sm_gen_params tu_greedy_params(int32_t n_predict);
 #endif

@@ -48,16 +48,9 @@ void json_print_done(FILE *out, const sm_result *r) {
     cJSON_AddStringToObject(json, "type", "done");
     sm_json_add_text(json, "text", r->text ? r->text : "", r->text ? r->text_len : 0);
     cJSON_AddStringToObject(json, "stop_reason", sm_stop_reason_name(r->stop_reason));
-    cJSON_AddNumberToObject(json, "n_tokens", r->n_tokens);
-    cJSON_AddNumberToObject(json, "n_prompt_tokens", r->n_prompt_tokens);
     cJSON_AddNumberToObject(json, "n_retractions", r->n_retractions);
-    cJSON_AddNumberToObject(json, "n_backtracks", r->n_backtracks);
-    cJSON_AddNumberToObject(json, "n_tokens_removed", r->n_tokens_removed);
-    cJSON_AddNumberToObject(json, "n_sampled", r->n_sampled);
-    cJSON_AddNumberToObject(json, "n_decoded", r->n_decoded);
     sm_json_add_float(json, "avg_confidence", r->avg_confidence);
     sm_json_add_float(json, "final_temperature", r->final_temperature);
-    sm_json_add_float(json, "final_repeat_penalty", r->final_repeat_penalty);
-    sm_json_add_timings(json, r);
+    sm_json_add_result_counts(json, r);
     print_line(out, json);
 }

@@ -128,9 +128,9 @@ static reply method_not_allowed(const route *rt, const char *method) {
     return r;
 }
 
-static reply not_found(const char *url) {
+reply reply_not_found(const char *what, const char *url) {
     char msg[300];
-    snprintf(msg, sizeof msg, "no such endpoint: %.200s", url);
+    snprintf(msg, sizeof msg, "%s: %.200s", what, url);
     api_error err = {0};
     api_fail(&err, 404, NULL, "%s", msg);
     err.code = "not_found";
@@ -192,7 +192,7 @@ static reply dispatch(server *srv, struct MHD_Connection *conn, const char *url,
                       request_state *rs) {
     bool is_get = strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
     const route *rt = find_route(url);
-    if (!rt) return is_get ? static_file(srv, url) : not_found(url);
+    if (!rt) return is_get ? static_file(srv, url) : reply_not_found("no such endpoint", url);
     if (!rt->public && !authorized(srv, conn)) return unauthorized();
     if (rt->kind == ROUTE_GET) return is_get ? rt->get(srv) : method_not_allowed(rt, method);
     if (strcmp(method, "POST") != 0) return method_not_allowed(rt, method);

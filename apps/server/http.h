@@ -18,6 +18,8 @@ typedef struct reply {
 reply reply_json(unsigned status, cJSON *json);   /* takes json */
 reply reply_error(const api_error *err);
 reply reply_error_simple(unsigned status, const char *param, const char *message);
+/* 404 with code "not_found": "<what>: <url>". */
+reply reply_not_found(const char *what, const char *url);
 reply reply_stream(channel *ch);                  /* text/event-stream */
 reply reply_bytes(unsigned status, const char *content_type, const void *data, size_t len);
 

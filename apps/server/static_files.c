@@ -31,25 +31,16 @@ static bool safe_name(const char *name) {
     return true;
 }
 
-static reply file_not_found(const char *url) {
-    char msg[300];
-    snprintf(msg, sizeof msg, "no such endpoint or file: %.200s", url);
-    api_error err = {0};
-    api_fail(&err, 404, NULL, "%s", msg);
-    err.code = "not_found";
-    return reply_error(&err);
-}
-
 reply static_file(server *srv, const char *url) {
     const char *name = strcmp(url, "/") == 0 ? "index.html" : url + 1;
-    if (!srv->web_dir[0] || url[0] != '/' || !safe_name(name)) return file_not_found(url);
+    if (!srv->web_dir[0] || url[0] != '/' || !safe_name(name)) return reply_not_found("no such endpoint or file", url);
     char path[PATH_MAX + 160];
     snprintf(path, sizeof path, "%s/%s", srv->web_dir, name);
     FILE *f = fopen(path, "rb");
     struct stat st;
     if (!f || fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > (64 << 20)) {
         if (f) fclose(f);
-        return file_not_found(url);
+        return reply_not_found("no such endpoint or file", url);
     }
     size_t size = (size_t)st.st_size;
     char *data = malloc(size ? size : 1);
