@@ -61,8 +61,18 @@ typedef struct sm_model sm_model;
 /* Called while a model loads, progress in [0, 1]. */
 typedef void (*sm_progress_fn)(float progress, void *user_data);
 
+/* What tokenizing does with a character the vocabulary cannot represent
+ * (possible only in vocabularies without byte tokens, such as character
+ * or pruned vocabularies; llama.cpp itself would throw). */
+typedef enum sm_unknown_chars {
+    SM_UNKNOWN_TO_UNK = 0, /* map it to the vocabulary's unknown token and count it
+                              (sm_model_n_unknown_chars); an error if there is none */
+    SM_UNKNOWN_ERROR,      /* fail, naming the character and its byte offset      */
+} sm_unknown_chars;
+
 typedef struct sm_model_params {
     int32_t n_gpu_layers;       /* layers to offload; 0 = CPU only       */
+    sm_unknown_chars unknown_chars;
     sm_progress_fn progress;    /* may be NULL                            */
     void *progress_user_data;
 } sm_model_params;
@@ -85,14 +95,40 @@ struct llama_model *sm_model_llama(const sm_model *model);
  * This is the one process-wide setting: llama.cpp's logger is global. */
 void sm_set_llama_logging(bool enabled);
 
-/* Tokenize text with a model's tokenizer. Returns the number of tokens, or
- * -(required size) when max_tokens is too small. */
-int32_t sm_tokenize(const sm_model *model, const char *text, sm_token *tokens,
-                    int32_t max_tokens, bool add_special, bool parse_special);
-/* Detokenize a sequence exactly as llama.cpp does. Returns bytes written
- * (excluding the terminating NUL), or -(required size) when too small. */
-int32_t sm_detokenize(const sm_model *model, const sm_token *tokens, int32_t n_tokens,
-                      char *text, int32_t max_bytes);
+/*
+ * Tokens of a text, in an array the library allocated (sm_tokens_free).
+ * Characters mapped to the unknown token (SM_UNKNOWN_TO_UNK) are counted
+ * in n_unknown; the first is kept so a front-end can say which.
+ */
+typedef struct sm_tokens {
+    sm_token *data;
+    int32_t n;
+    int32_t n_unknown;
+    size_t first_unknown_at;   /* byte offset of the first such character */
+    char first_unknown[8];     /* that character, NUL-terminated          */
+} sm_tokens;
+
+/* Tokenizes text[0..len). parse_special = true turns the text of special
+ * tokens (such as "<|endoftext|>") into those tokens: only for text the
+ * program itself wrote (templates), never for a user's text. */
+sm_status sm_tokenize(const sm_model *model, const char *text, size_t len, bool add_special,
+                      bool parse_special, sm_tokens *out, sm_error *err);
+void sm_tokens_free(sm_tokens *tokens);
+/* Characters mapped to the unknown token by every tokenization so far. */
+int64_t sm_model_n_unknown_chars(const sm_model *model);
+/* The text of a token sequence exactly as llama.cpp detokenizes it, as a
+ * NUL-terminated string to free(); *len (may be NULL) gets its length.
+ * NULL with err filled when a token is outside the vocabulary. */
+char *sm_detokenize(const sm_model *model, const sm_token *tokens, int32_t n_tokens, size_t *len,
+                    sm_error *err);
+/* The length of the longest prefix of s[0..len) that does not end inside
+ * a UTF-8 character still waiting for its next bytes (a stray byte that no
+ * later byte can complete counts as complete). */
+size_t sm_utf8_complete_prefix(const char *s, size_t len);
+/* One token's bytes (special tokens as their text when special is true,
+ * else empty); at most size bytes, not NUL-terminated. Returns the length,
+ * 0 for a token outside the vocabulary or a piece longer than size. */
+int32_t sm_token_to_piece(const sm_model *model, sm_token token, char *buf, int32_t size, bool special);
 
 /* ------------------------------------------------------------------ */
 /* Per-token signals                                                   */
@@ -408,6 +444,8 @@ typedef enum sm_stop_reason {
     SM_STOP_CANCELLED,      /* the event callback asked to stop              */
     SM_STOP_ERROR,
     SM_STOP_SAFETY,         /* a safety rule stopped generation              */
+    SM_STOP_BOS,            /* the model began a new document (generated BOS) */
+    SM_STOP_NO_CANDIDATES,  /* bans and penalties ruled out every token      */
 } sm_stop_reason;
 
 const char *sm_stop_reason_name(sm_stop_reason reason);
@@ -424,7 +462,12 @@ typedef struct sm_event {
     int32_t n_removed;          /* tokens removed (RETRACTION/BACKTRACK)     */
     /* TOKEN events */
     sm_token token;
-    const char *piece;          /* the token's text                          */
+    const char *piece;          /* the token's bytes (NUL-terminated)        */
+    /* The whole UTF-8 characters this token completed: a character split
+     * over tokens comes with the token that ends it. Joined over the kept
+     * tokens they spell the text (to its last complete character). */
+    const char *text;
+    size_t text_len;
     sm_signals signals;
     const sm_fusion_info *fusion; /* NULL with one model                     */
     /* TOKEN events of a session that observes layers: the token's stats,
@@ -511,6 +554,10 @@ typedef enum sm_combine_mode {
 
 typedef struct sm_gen_params {
     int32_t n_predict;              /* 256 kept tokens; < 0 = until stop     */
+    /* Stop when the model generates BOS (true): models trained on
+     * documents separated by BOS (llama2.c's TinyStories) start a new one
+     * there, as llama2.c's run.c knows. */
+    bool stop_at_bos;
     sm_sampling_params sampling;
     sm_policy_params policy;
     /* Stop strings: generation ends when the text contains one; the text

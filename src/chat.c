@@ -26,9 +26,7 @@
  * rejects SentencePiece tokenizers that add a leading space to every text
  * they tokenize: those turns take the slow path, correctness over speed.
  */
-#include "selfmod.h"
-
-#include <llama.h>
+#include "internal.h"
 
 #include <stdarg.h>
 #include <stdint.h>
@@ -68,8 +66,17 @@ struct sm_chat {
     token_buf kv_tokens;
     text_buf kv_text;
     sm_chat_turn_info last_info;
+    /* The texts llama.cpp turns into special tokens when it parses
+     * special text, which must never come from a message's content. */
+    char **special_texts;
+    int32_t n_special_texts;
     char error[CHAT_ERROR_SIZE];
 };
+
+/* Where a message's content stands in a rendering. */
+typedef struct content_span {
+    size_t at, len;
+} content_span;
 
 /* ------------------------------------------------------------------ */
 /* Small helpers                                                       */
@@ -163,36 +170,46 @@ static void free_messages(sm_chat_message *messages, int32_t n) {
     free(messages);
 }
 
-/* Tokenizes into a fresh array (sm_tokenize reports -(needed) when short). */
-static sm_status tokenize(const sm_chat *chat, const char *text, bool add_special, token_buf *out) {
-    const sm_model *model = sm_session_model(chat->session);
-    int32_t n = sm_tokenize(model, text, NULL, 0, add_special, true);
-    if (n == INT32_MIN) return SM_ERR_PROMPT_TOO_LONG;
-    int32_t cap = n < 0 ? -n : n;
-    sm_token *data = malloc(sizeof *data * (size_t)(cap > 0 ? cap : 1));
-    if (!data) return SM_ERR_NO_MEMORY;
-    n = cap > 0 ? sm_tokenize(model, text, data, cap, add_special, true) : 0;
-    if (n < 0) {
-        free(data);
-        return SM_ERR_NO_MEMORY;
+/* Tokenizes text[0..len) the chat wrote itself (template markup: its
+ * special-token text becomes special tokens) onto the end of out. */
+static sm_status tokenize_onto(sm_chat *chat, const char *text, size_t len, bool add_special, bool parse_special,
+                               token_buf *out) {
+    sm_tokens toks;
+    sm_error err = {0};
+    sm_status st = sm_tokenize(sm_session_model(chat->session), text, len, add_special, parse_special, &toks, &err);
+    if (st != SM_OK) return fail(chat, st, "%s", err.message);
+    sm_token *data = realloc(out->data, sizeof *data * (size_t)(out->len + toks.n + 1));
+    if (!data) {
+        sm_tokens_free(&toks);
+        return fail(chat, SM_ERR_NO_MEMORY, "out of memory tokenizing the chat");
     }
-    *out = (token_buf){.data = data, .len = n};
+    if (toks.n > 0) memcpy(data + out->len, toks.data, sizeof *data * (size_t)toks.n);
+    out->data = data;
+    out->len += toks.n;
+    sm_tokens_free(&toks);
     return SM_OK;
+}
+
+static sm_status tokenize(sm_chat *chat, const char *text, bool add_special, token_buf *out) {
+    *out = (token_buf){0};
+    sm_status st = tokenize_onto(chat, text, strlen(text), add_special, true, out);
+    if (st != SM_OK) tokens_free(out);
+    return st;
 }
 
 /* Appends each token's exact piece (special tokens as their text). */
 static bool append_pieces(const sm_chat *chat, const sm_token *tokens, int32_t n, text_buf *out) {
     char small[64];
     for (int32_t i = 0; i < n; i++) {
-        int32_t len = llama_token_to_piece(chat->vocab, tokens[i], small, sizeof small, 0, true);
+        int32_t len;
+        if (!smx_token_to_piece(chat->vocab, tokens[i], small, sizeof small, true, &len, NULL)) return false;
         if (len >= 0) {
             if (!text_append_n(out, small, (size_t)len)) return false;
             continue;
         }
         char *big = malloc((size_t)-len);
         if (!big) return false;
-        len = llama_token_to_piece(chat->vocab, tokens[i], big, -len, 0, true);
-        bool ok = len >= 0 && text_append_n(out, big, (size_t)len);
+        bool ok = smx_token_to_piece(chat->vocab, tokens[i], big, -len, true, &len, NULL) && len >= 0 && text_append_n(out, big, (size_t)len);
         free(big);
         if (!ok) return false;
     }
@@ -208,12 +225,12 @@ static int32_t apply_llama_template(const char *tmpl, const struct llama_chat_me
                                     size_t n, text_buf *out) {
     out->len = 0;
     if (!text_reserve(out, 1024)) return -1;
-    int32_t len = llama_chat_apply_template(tmpl, msgs, n, true, out->data, (int32_t)out->cap);
-    if (len < 0) return -1;
+    int32_t len;
+    if (!smx_chat_apply_template(tmpl, msgs, n, true, out->data, (int32_t)out->cap, &len, NULL) || len < 0) return -1;
     if ((size_t)len >= out->cap) {
         if (!text_reserve(out, (size_t)len)) return -1;
-        len = llama_chat_apply_template(tmpl, msgs, n, true, out->data, (int32_t)out->cap);
-        if (len < 0) return -1;
+        if (!smx_chat_apply_template(tmpl, msgs, n, true, out->data, (int32_t)out->cap, &len, NULL) || len < 0)
+            return -1;
     }
     out->len = (size_t)len;
     out->data[len] = '\0';
@@ -286,13 +303,13 @@ static const char *identify_template(const char *tmpl) {
 /* The fallback's end of turn: the model's own end-of-turn token as text
  * (GPT-2's <|endoftext|>) when it has one that tokenizes back to itself,
  * then a newline; a bare newline otherwise. */
-static char *fallback_end_of_turn(const sm_chat *chat) {
+static char *fallback_end_of_turn(sm_chat *chat) {
     llama_token eot = llama_vocab_eot(chat->vocab);
     if (eot == LLAMA_TOKEN_NULL) eot = llama_vocab_eos(chat->vocab);
     char piece[128];
     int32_t len = eot == LLAMA_TOKEN_NULL
                       ? 0
-                      : llama_token_to_piece(chat->vocab, eot, piece, sizeof piece - 2, 0, true);
+                      : sm_token_text(chat->vocab, eot, piece, sizeof piece - 2);
     if (len <= 0) return copy_string("\n");
     piece[len] = '\0';
     token_buf check = {0};
@@ -328,23 +345,151 @@ static bool render_fallback(const sm_chat *chat, const struct llama_chat_message
     return ok;
 }
 
+/* ------------------------------------------------------------------ */
+/* Message content stays text                                          */
+/* ------------------------------------------------------------------ */
+
+/*
+ * A rendering is tokenized with special-token parsing on, so that the
+ * template's markup ("<|im_start|>", GPT-2's "<|endoftext|>") becomes its
+ * tokens. A message whose content spells such a text, or could complete
+ * one across its edges, would inject real special tokens: such
+ * conversations are rendered again with a placeholder per content, the
+ * placeholders are replaced by the contents, and the contents are
+ * tokenized as plain text between the markup's tokens.
+ */
+static bool collect_special_texts(sm_chat *chat) {
+    int32_t n_vocab = llama_vocab_n_tokens(chat->vocab);
+    for (sm_token t = 0; t < n_vocab; t++) {
+        enum llama_token_attr a = llama_vocab_get_attr(chat->vocab, t);
+        if (!(a & (LLAMA_TOKEN_ATTR_CONTROL | LLAMA_TOKEN_ATTR_USER_DEFINED | LLAMA_TOKEN_ATTR_UNKNOWN))) continue;
+        char piece[256];
+        int32_t len = sm_token_text(chat->vocab, t, piece, sizeof piece - 1);
+        if (len <= 0) continue;
+        piece[len] = '\0';
+        char **grown = realloc(chat->special_texts, sizeof *grown * (size_t)(chat->n_special_texts + 1));
+        if (!grown) return false;
+        chat->special_texts = grown;
+        if (!(grown[chat->n_special_texts] = copy_string(piece))) return false;
+        chat->n_special_texts++;
+    }
+    return true;
+}
+
+/* Whether content holds a special token's text, starts with the end of
+ * one or ends with the start of one (the markup beside it could complete
+ * it). Conservative: such content is only tokenized more carefully. */
+static bool content_needs_protection(const sm_chat *chat, const char *content) {
+    size_t n = strlen(content);
+    for (int32_t i = 0; i < chat->n_special_texts; i++) {
+        const char *s = chat->special_texts[i];
+        size_t len = strlen(s);
+        if (strstr(content, s)) return true;
+        for (size_t k = 1; k < len && k <= n; k++) {
+            if (memcmp(content, s + len - k, k) == 0) return true; /* starts with the end of s   */
+            if (memcmp(content + n - k, s, k) == 0) return true;  /* ends with the start of s   */
+        }
+    }
+    return false;
+}
+
+#define CONTENT_PLACEHOLDER "@@selfmod-content-%d@@"
+
+/* Renders msgs with placeholders, then puts each content in its place and
+ * records where it stands. */
+static sm_status render_with_spans(sm_chat *chat, const struct llama_chat_message *msgs, size_t n, text_buf *out,
+                                   content_span **spans_out, int32_t *n_spans_out) {
+    struct llama_chat_message *marked = malloc(sizeof *marked * n);
+    char (*names)[32] = malloc(sizeof *names * n);
+    content_span *spans = calloc(n, sizeof *spans);
+    text_buf skeleton = {0};
+    sm_status st = SM_OK;
+    if (!marked || !names || !spans) st = fail(chat, SM_ERR_NO_MEMORY, "out of memory rendering the chat");
+    for (size_t i = 0; st == SM_OK && i < n; i++) {
+        snprintf(names[i], sizeof names[i], CONTENT_PLACEHOLDER, (int)i);
+        marked[i] = (struct llama_chat_message){msgs[i].role, names[i]};
+    }
+    if (st == SM_OK) {
+        bool ok = chat->template_arg ? apply_llama_template(chat->template_arg, marked, n, &skeleton) >= 0
+                                     : render_fallback(chat, marked, n, &skeleton);
+        if (!ok) st = fail(chat, SM_ERR_NO_MEMORY, "cannot render the conversation with template %s", chat->template_label);
+    }
+    int32_t n_spans = 0;
+    size_t cursor = 0;
+    out->len = 0;
+    for (size_t i = 0; st == SM_OK && i < n; i++) {
+        const char *hit = strstr(skeleton.data + cursor, names[i]);
+        if (!hit) {
+            if (content_needs_protection(chat, msgs[i].content))
+                st = fail(chat, SM_ERR_INVALID_ARGUMENT,
+                          "message %zu contains special-token text that template %s would not keep as text", i,
+                          chat->template_label);
+            continue;
+        }
+        size_t at = (size_t)(hit - skeleton.data);
+        if (!text_append_n(out, skeleton.data + cursor, at - cursor)) st = SM_ERR_NO_MEMORY;
+        spans[n_spans++] = (content_span){out->len, strlen(msgs[i].content)};
+        if (st == SM_OK && !text_append(out, msgs[i].content)) st = SM_ERR_NO_MEMORY;
+        cursor = at + strlen(names[i]);
+    }
+    if (st == SM_OK && !text_append(out, skeleton.data + cursor)) st = SM_ERR_NO_MEMORY;
+    if (st == SM_ERR_NO_MEMORY) fail(chat, st, "out of memory rendering the chat");
+    text_free(&skeleton);
+    free(marked);
+    free(names);
+    if (st != SM_OK) {
+        free(spans);
+        return st;
+    }
+    *spans_out = spans;
+    *n_spans_out = n_spans;
+    return SM_OK;
+}
+
+/* Tokenizes a rendering whose contents (spans) must stay text: the markup
+ * between them with special-token parsing, the contents without. */
+static sm_status tokenize_with_spans(sm_chat *chat, const text_buf *text, const content_span *spans, int32_t n_spans,
+                                     bool add_special, token_buf *out) {
+    *out = (token_buf){0};
+    size_t at = 0;
+    sm_status st = SM_OK;
+    for (int32_t i = 0; st == SM_OK && i <= n_spans; i++) {
+        size_t end = i < n_spans ? spans[i].at : text->len;
+        if (end > at) st = tokenize_onto(chat, text->data + at, end - at, add_special && out->len == 0, true, out);
+        if (st == SM_OK && i < n_spans && spans[i].len > 0)
+            st = tokenize_onto(chat, text->data + spans[i].at, spans[i].len, add_special && out->len == 0, false, out);
+        if (i < n_spans) at = spans[i].at + spans[i].len;
+    }
+    if (st != SM_OK) tokens_free(out);
+    return st;
+}
+
 /* The conversation from history index `first` on, plus the new message,
- * rendered with the assistant-generation prompt. */
-static sm_status render_conversation(sm_chat *chat, int32_t first, const char *user_message,
-                                     text_buf *out) {
+ * rendered with the assistant-generation prompt. *spans is set (to free)
+ * when some content must be kept from becoming special tokens. */
+static sm_status render_conversation(sm_chat *chat, int32_t first, const char *user_message, text_buf *out,
+                                     content_span **spans, int32_t *n_spans) {
     size_t n = 0;
+    *spans = NULL;
+    *n_spans = 0;
     struct llama_chat_message *msgs = malloc(sizeof *msgs * (size_t)(chat->n_messages + 2));
     if (!msgs) return fail(chat, SM_ERR_NO_MEMORY, "out of memory rendering the chat");
     if (chat->system_prompt) msgs[n++] = (struct llama_chat_message){"system", chat->system_prompt};
     for (int32_t i = first; i < chat->n_messages; i++)
         msgs[n++] = (struct llama_chat_message){chat->messages[i].role, chat->messages[i].content};
     msgs[n++] = (struct llama_chat_message){"user", user_message};
-    bool ok = chat->template_arg ? apply_llama_template(chat->template_arg, msgs, n, out) >= 0
-                                 : render_fallback(chat, msgs, n, out);
+    bool protect = false;
+    for (size_t i = 0; i < n && !protect; i++) protect = content_needs_protection(chat, msgs[i].content);
+    sm_status st = SM_OK;
+    if (protect) {
+        st = render_with_spans(chat, msgs, n, out, spans, n_spans);
+    } else {
+        bool ok = chat->template_arg ? apply_llama_template(chat->template_arg, msgs, n, out) >= 0
+                                     : render_fallback(chat, msgs, n, out);
+        if (!ok) st = fail(chat, SM_ERR_NO_MEMORY, "cannot render the conversation with template %s", chat->template_label);
+    }
     free(msgs);
-    if (!ok) return fail(chat, SM_ERR_NO_MEMORY, "cannot render the conversation with template %s",
-                         chat->template_label);
-    return SM_OK;
+    return st;
 }
 
 static sm_status choose_template(sm_chat *chat, const char *requested) {
@@ -414,11 +559,12 @@ sm_chat *sm_chat_new(sm_session *session, const sm_chat_params *params, sm_error
         chat->fallback_user = copy_string(user);
         chat->fallback_assistant = copy_string(assistant);
         chat->fallback_end_of_turn = fallback_end_of_turn(chat);
+        if (!collect_special_texts(chat)) status = fail(chat, SM_ERR_NO_MEMORY, "out of memory creating the chat");
         chat->system_prompt = copy_string(params->system_prompt);
         bool copied = chat->fallback_user && chat->fallback_assistant &&
                       chat->fallback_end_of_turn &&
                       (!params->system_prompt || chat->system_prompt);
-        if (!copied) status = fail(chat, SM_ERR_NO_MEMORY, "out of memory creating the chat");
+        if (!copied && status == SM_OK) status = fail(chat, SM_ERR_NO_MEMORY, "out of memory creating the chat");
     }
     if (status != SM_OK) {
         report(err, status, chat->error);
@@ -436,6 +582,8 @@ void sm_chat_free(sm_chat *chat) {
     free(chat->fallback_assistant);
     free(chat->fallback_end_of_turn);
     free(chat->system_prompt);
+    for (int32_t i = 0; i < chat->n_special_texts; i++) free(chat->special_texts[i]);
+    free(chat->special_texts);
     free_messages(chat->messages, chat->n_messages);
     tokens_free(&chat->kv_tokens);
     text_free(&chat->kv_text);
@@ -529,6 +677,8 @@ sm_status sm_chat_reset(sm_chat *chat) {
  * its first n_keep tokens, then decode `feed`. */
 typedef struct turn_plan {
     text_buf rendered;
+    content_span *spans;  /* contents that must stay text, or NULL      */
+    int32_t n_spans;
     token_buf feed;
     int32_t n_keep;
     int32_t first_kept_message; /* history before this index is dropped */
@@ -537,6 +687,7 @@ typedef struct turn_plan {
 
 static void plan_free(turn_plan *plan) {
     text_free(&plan->rendered);
+    free(plan->spans);
     tokens_free(&plan->feed);
 }
 
@@ -584,7 +735,7 @@ static bool pieces_spell(const sm_chat *chat, const token_buf *tokens, const cha
 static bool plan_suffix(sm_chat *chat, turn_plan *plan) {
     const char *rendered = plan->rendered.data;
     size_t held = chat->kv_text.len;
-    if (!context_is_ours(chat) || plan->rendered.len <= held ||
+    if (plan->spans || !context_is_ours(chat) || plan->rendered.len <= held ||
         memcmp(rendered, chat->kv_text.data, held) != 0)
         return false;
     const char *suffix = rendered + held;
@@ -606,9 +757,9 @@ static bool plan_suffix(sm_chat *chat, turn_plan *plan) {
  * the answer starts from is fresh. */
 static sm_status plan_full(sm_chat *chat, turn_plan *plan) {
     token_buf all = {0};
-    sm_status status = tokenize(chat, plan->rendered.data, true, &all);
-    if (status != SM_OK)
-        return fail(chat, status, "cannot tokenize the conversation (%zu bytes)", plan->rendered.len);
+    sm_status status = plan->spans ? tokenize_with_spans(chat, &plan->rendered, plan->spans, plan->n_spans, true, &all)
+                                   : tokenize(chat, plan->rendered.data, true, &all);
+    if (status != SM_OK) return status;
     llama_token bos = llama_vocab_bos(chat->vocab);
     if (all.len >= 2 && all.data[0] == bos && all.data[1] == bos) {
         /* the template wrote BOS itself and tokenizing added another */
@@ -637,8 +788,8 @@ static sm_status plan_with_drops(sm_chat *chat, const char *user_message, int32_
                                  turn_plan *plan) {
     *plan = (turn_plan){.n_dropped_turns = n_drop};
     plan->first_kept_message = first_message_after_dropping(chat, n_drop);
-    sm_status status = render_conversation(chat, plan->first_kept_message, user_message,
-                                           &plan->rendered);
+    sm_status status = render_conversation(chat, plan->first_kept_message, user_message, &plan->rendered,
+                                           &plan->spans, &plan->n_spans);
     if (status == SM_OK && !plan_suffix(chat, plan)) status = plan_full(chat, plan);
     if (status != SM_OK) plan_free(plan);
     return status;
@@ -693,7 +844,7 @@ static sm_status prepare_context(sm_chat *chat, turn_plan *plan) {
              * start over from an empty context */
             status = sm_session_clear(session);
             if (status != SM_OK) return session_fail(chat, status, "cannot clear the context");
-            turn_plan full = {.rendered = plan->rendered};
+            turn_plan full = {.rendered = plan->rendered, .spans = plan->spans, .n_spans = plan->n_spans};
             status = plan_full(chat, &full);
             if (status != SM_OK) return status;
             tokens_free(&plan->feed);

@@ -196,12 +196,18 @@ typedef struct steer_run {
  * (n_layers x n_embd). */
 static sm_status accumulate_prompt(steer_run *run, const char *prompt, double *acc, sm_error *err) {
     const sm_model *m = run->model;
-    int32_t n = sm_tokenize(m, prompt, run->batch.token, run->n_ctx, true, false);
-    if (n < 0) {
-        sm_error_set(err, SM_ERR_PROMPT_TOO_LONG, "steering prompt '%.60s' is %d tokens, more than the context %d", prompt, -n,
+    sm_tokens toks;
+    sm_status st = sm_tokenize(m, prompt, strlen(prompt), true, false, &toks, err);
+    if (st != SM_OK) return st;
+    int32_t n = toks.n;
+    if (n > run->n_ctx) {
+        sm_tokens_free(&toks);
+        sm_error_set(err, SM_ERR_PROMPT_TOO_LONG, "steering prompt '%.60s' is %d tokens, more than the context %d", prompt, n,
                      run->n_ctx);
         return SM_ERR_PROMPT_TOO_LONG;
     }
+    memcpy(run->batch.token, toks.data, sizeof *toks.data * (size_t)n);
+    sm_tokens_free(&toks);
     int32_t skip = n > 0 && run->batch.token[0] == llama_vocab_bos(m->vocab) ? 1 : 0;
     if (n - skip < 1) {
         sm_error_set(err, SM_ERR_INVALID_ARGUMENT, "steering prompt '%.60s' has no tokens", prompt);
@@ -219,7 +225,7 @@ static sm_status accumulate_prompt(steer_run *run, const char *prompt, double *a
         sm_error_set(err, SM_ERR_NO_MEMORY, "out of memory");
         return SM_ERR_NO_MEMORY;
     }
-    int rc = llama_decode(run->ctx, run->batch);
+    int rc = smx_decode(run->ctx, run->batch);
     if (rc != 0) {
         sm_error_set(err, SM_ERR_DECODE, "llama_decode failed (code %d) on steering prompt '%.60s'", rc, prompt);
         return SM_ERR_DECODE;
@@ -291,7 +297,7 @@ static sm_status open_steer_run(sm_model *model, const sm_steer_params *p, steer
     cp.cb_eval = sm_introspector_cb;
     cp.cb_eval_user_data = run->intro;
     cp.no_perf = true;
-    run->ctx = llama_init_from_model(model->lm, cp);
+    run->ctx = smx_init_from_model(model->lm, cp, NULL);
     if (!run->ctx) {
         sm_error_set(err, SM_ERR_CONTEXT, "cannot create a %u-token context for steering", n_ctx);
         return SM_ERR_CONTEXT;

@@ -193,6 +193,7 @@ static void add_token_fields(cJSON *json, const sm_event *event) {
     cJSON_AddNumberToObject(json, "token", event->token);
     const char *piece = event->piece ? event->piece : "";
     sm_json_add_text(json, "piece", piece, strlen(piece));
+    sm_json_add_text(json, "text", event->text ? event->text : "", event->text ? event->text_len : 0);
     sm_json_add_float(json, "p_chosen", s->p_chosen);
     sm_json_add_float(json, "logit", s->logit);
     sm_json_add_float(json, "p_top1", s->p_top1);

@@ -5,7 +5,10 @@
 #include "selfmod.h"
 #include "llama.h"
 
+#include "guard.h"
+
 #include <stdarg.h>
+#include <stdatomic.h>
 
 struct sm_model {
     struct llama_model *lm;
@@ -13,11 +16,18 @@ struct sm_model {
     char *path;
     char description[128];
     int32_t n_vocab;
+    sm_token unk_token;              /* -1: the vocabulary has none        */
+    sm_unknown_chars unknown_chars;  /* what tokenizing does without bytes */
+    atomic_llong n_unknown_chars;    /* characters mapped to unk_token     */
 };
 
-/* errors.c-style helpers (params.c) */
-void sm_error_set(sm_error *err, sm_status status, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+/* gguf_check.c: false (err filled) for metadata llama.cpp would assert on. */
+bool sm_gguf_check(const char *path, sm_error *err);
+
+/* A character for an error message: 'x', U+000A or byte 0xE9. */
+void sm_describe_char(const char *c, size_t n, char *buf, size_t size);
+
+/* sm_error_set (params.c) is declared in guard.h. */
 /* The last error line llama.cpp logged on this thread (model.c). */
 const char *sm_llama_last_log_error(void);
 void sm_llama_clear_log_error(void);
@@ -159,6 +169,8 @@ int sm_text_push(sm_text *t, const char *piece, size_t n);
 void sm_text_pop(sm_text *t, int32_t n_tokens);
 /* The token's text as llama.cpp renders it (special tokens: empty). */
 int32_t sm_token_piece(const struct llama_vocab *vocab, sm_token token, char *buf, int32_t size);
+/* The same, but special tokens as their text ("<|endoftext|>"). */
+int32_t sm_token_text(const struct llama_vocab *vocab, sm_token token, char *buf, int32_t size);
 /* Offset of the first stop string found in t->bytes at or after `from`,
  * or -1. */
 long sm_text_find_stop(const sm_text *t, size_t from, const char *const *stops, int32_t n_stops);

@@ -103,7 +103,7 @@ static int decode_branches(generation *g, const sm_token *tokens, int32_t n, int
         b->logits[j] = 1;
     }
     if (s->intro) sm_introspector_expect_rows(s->intro, n);
-    int rc = llama_decode(s->members[0].ctx, *b);
+    int rc = smx_decode(s->members[0].ctx, *b);
     if (rc != 0) return rc;
     s->n_decoded_total += n;
     g->res->n_decoded += n;
@@ -329,17 +329,17 @@ sm_status sm_loop_check_safety(generation *g, int32_t i, bool *rejected) {
 static sm_status inject(generation *g, const char *text, size_t len, sm_mod_type mod, const char *what) {
     sm_session *s = g->s;
     sm_lookahead_abandon(g);
+    sm_tokens tokens;
+    sm_error err = {0};
+    sm_status st = sm_tokenize(s->model, text, len, false, false, &tokens, &err);
+    if (st != SM_OK) return sm_session_fail(s, st, "%s", err.message);
     char *copy = strndup(text, len);
-    if (!copy) return sm_session_fail(s, SM_ERR_NO_MEMORY, "out of memory");
-    int32_t n = sm_tokenize(s->model, copy, NULL, 0, false, false);
-    n = n < 0 ? -n : n;
-    sm_token *toks = malloc(sizeof(sm_token) * (size_t)(n > 0 ? n : 1));
-    if (!toks) {
-        free(copy);
+    if (!copy) {
+        sm_tokens_free(&tokens);
         return sm_session_fail(s, SM_ERR_NO_MEMORY, "out of memory");
     }
-    if (n > 0) n = sm_tokenize(s->model, copy, toks, n, false, false);
-    sm_status st = SM_OK;
+    sm_token *toks = tokens.data;
+    int32_t n = tokens.n;
     if (n > 0 && s->n_tokens + n >= s->n_ctx) g->stop = SM_STOP_CONTEXT_FULL;
     else if (n > 0) st = sm_loop_decode_append(s, toks, n);
     free(toks);

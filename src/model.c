@@ -10,7 +10,7 @@
 
 /* llama.cpp's logger is process-wide, so this switch is too. The last
  * error line is kept per thread so a failed load can say why. */
-static atomic_bool llama_logging_enabled = true;
+static atomic_bool llama_logging_enabled = false;
 static _Thread_local char last_log_error[256];
 
 static void log_callback(enum ggml_log_level level, const char *text, void *user_data) {
@@ -42,6 +42,8 @@ void sm_llama_clear_log_error(void) { last_log_error[0] = '\0'; }
 sm_model_params sm_model_default_params(void) {
     return (sm_model_params){.n_gpu_layers = 0};
 }
+
+static sm_token find_unknown_token(const struct llama_vocab *vocab, int32_t n_vocab);
 
 /* Says precisely what is wrong with a path before llama.cpp tries it. */
 static bool check_gguf_file(const char *path, sm_error *err) {
@@ -101,7 +103,8 @@ sm_model *sm_model_load(const char *path, const sm_model_params *params, sm_erro
         mp.progress_callback = on_load_progress;
         mp.progress_callback_user_data = &bridge;
     }
-    struct llama_model *lm = llama_model_load_from_file(path, mp);
+    if (!sm_gguf_check(path, err)) return NULL;
+    struct llama_model *lm = smx_model_load(path, mp, err);
     if (!lm) {
         const char *why = sm_llama_last_log_error();
         sm_error_set(err, SM_ERR_MODEL, "failed to load model '%s': %s", path,
@@ -118,6 +121,8 @@ sm_model *sm_model_load(const char *path, const sm_model_params *params, sm_erro
     m->lm = lm;
     m->vocab = llama_model_get_vocab(lm);
     m->n_vocab = llama_vocab_n_tokens(m->vocab);
+    m->unk_token = find_unknown_token(m->vocab, m->n_vocab);
+    m->unknown_chars = params->unknown_chars;
     llama_model_desc(lm, m->description, sizeof m->description);
     return m;
 }
@@ -135,17 +140,216 @@ int32_t sm_model_n_vocab(const sm_model *m) { return m->n_vocab; }
 int32_t sm_model_n_ctx_train(const sm_model *m) { return llama_model_n_ctx_train(m->lm); }
 struct llama_model *sm_model_llama(const sm_model *m) { return m->lm; }
 
-int32_t sm_tokenize(const sm_model *m, const char *text, sm_token *tokens, int32_t max_tokens,
-                    bool add_special, bool parse_special) {
-    size_t len = strlen(text);
-    if (len > INT32_MAX) return INT32_MIN;
-    return llama_tokenize(m->vocab, text, (int32_t)len, tokens, max_tokens, add_special, parse_special);
+/* ------------------------------------------------------------------ */
+/* Tokenizing                                                           */
+/* ------------------------------------------------------------------ */
+
+/* The vocabulary's unknown token (attribute UNKNOWN), or -1. */
+static sm_token find_unknown_token(const struct llama_vocab *vocab, int32_t n_vocab) {
+    for (sm_token t = 0; t < n_vocab; t++)
+        if (llama_vocab_get_attr(vocab, t) & LLAMA_TOKEN_ATTR_UNKNOWN) return t;
+    return -1;
 }
 
-int32_t sm_detokenize(const sm_model *m, const sm_token *tokens, int32_t n_tokens, char *text,
-                      int32_t max_bytes) {
-    int32_t n = llama_detokenize(m->vocab, tokens, n_tokens, text, max_bytes, false, false);
-    if (n >= 0 && n < max_bytes) text[n] = '\0';
-    else if (n >= 0) return -(n + 1); /* no room for the terminating NUL */
+/* Length of the UTF-8 character at s (1 for a stray or truncated byte). */
+static size_t utf8_char_len(const unsigned char *s, size_t avail) {
+    size_t n = *s < 0x80 ? 1 : (*s >> 5) == 0x6 ? 2 : (*s >> 4) == 0xE ? 3 : (*s >> 3) == 0x1E ? 4 : 1;
+    if (n > avail) return 1;
+    for (size_t i = 1; i < n; i++)
+        if ((s[i] & 0xC0) != 0x80) return 1;
     return n;
+}
+
+/* Whether llama.cpp can tokenize this one character (it throws for a
+ * character outside a vocabulary that has no byte tokens). */
+static bool char_is_known(const sm_model *m, const char *c, size_t n) {
+    int32_t got;
+    sm_token buf[16];
+    return smx_tokenize(m->vocab, c, (int32_t)n, buf, 16, false, false, &got, NULL);
+}
+
+/* Tokens appended to a growing array. */
+typedef struct token_vec {
+    sm_token *data;
+    int32_t n, cap;
+} token_vec;
+
+static bool vec_reserve(token_vec *v, int64_t extra) {
+    if (v->n + extra > INT32_MAX) return false;
+    if (v->n + extra <= v->cap) return true;
+    int64_t cap = v->cap ? v->cap : 64;
+    while (cap < v->n + extra) cap *= 2;
+    if (cap > INT32_MAX) cap = INT32_MAX;
+    sm_token *d = realloc(v->data, sizeof *d * (size_t)cap);
+    if (!d) return false;
+    v->data = d;
+    v->cap = (int32_t)cap;
+    return true;
+}
+
+/* Tokenizes text[0..len) onto v with llama.cpp's two-call protocol. */
+static sm_status tokenize_onto(const sm_model *m, const char *text, size_t len, bool add_special, bool parse_special,
+                               token_vec *v, sm_error *err) {
+    if (len > INT32_MAX) {
+        sm_error_set(err, SM_ERR_INVALID_ARGUMENT, "text of %zu bytes is too long to tokenize", len);
+        return SM_ERR_INVALID_ARGUMENT;
+    }
+    /* A token never covers less than one byte, plus BOS/EOS. */
+    if (!vec_reserve(v, (int64_t)len + 2)) {
+        sm_error_set(err, SM_ERR_NO_MEMORY, "out of memory tokenizing %zu bytes", len);
+        return SM_ERR_NO_MEMORY;
+    }
+    int32_t got;
+    if (!smx_tokenize(m->vocab, text, (int32_t)len, v->data + v->n, v->cap - v->n, add_special, parse_special, &got,
+                      err))
+        return err ? err->status : SM_ERR_INVALID_ARGUMENT;
+    if (got < 0) { /* cannot happen with len + 2 slots; say so rather than guess */
+        sm_error_set(err, SM_ERR_INVALID_ARGUMENT, "tokenizer needed %d tokens for %zu bytes", -got, len);
+        return SM_ERR_INVALID_ARGUMENT;
+    }
+    v->n += got;
+    return SM_OK;
+}
+
+/*
+ * The slow path, taken only when llama.cpp threw: find the characters the
+ * vocabulary cannot represent and either map each to the unknown token
+ * (the text between them is tokenized as llama.cpp tokenizes text after a
+ * special token) or name the first one.
+ */
+static sm_status tokenize_around_unknown(sm_model *m, const char *text, size_t len, bool add_special,
+                                         bool parse_special, token_vec *v, sm_tokens *out, sm_error *err) {
+    const unsigned char *u = (const unsigned char *)text;
+    size_t run_start = 0;
+    bool first_run = true;
+    for (size_t i = 0; i < len;) {
+        size_t n = utf8_char_len(u + i, len - i);
+        if (char_is_known(m, text + i, n)) {
+            i += n;
+            continue;
+        }
+        if (out->n_unknown == 0) {
+            out->first_unknown_at = i;
+            memcpy(out->first_unknown, text + i, n);
+            out->first_unknown[n] = '\0';
+        }
+        if (m->unknown_chars == SM_UNKNOWN_ERROR || m->unk_token < 0) {
+            char shown[16];
+            sm_describe_char(text + i, n, shown, sizeof shown);
+            sm_error_set(err, SM_ERR_INVALID_ARGUMENT,
+                         "character %s at byte %zu is not in the vocabulary of '%s'%s", shown, i, m->path,
+                         m->unk_token < 0 ? " (it has no byte tokens and no unknown token)" : "");
+            return SM_ERR_INVALID_ARGUMENT;
+        }
+        sm_status st = tokenize_onto(m, text + run_start, i - run_start, add_special && first_run, parse_special, v, err);
+        if (st != SM_OK) return st;
+        if (!vec_reserve(v, 1)) {
+            sm_error_set(err, SM_ERR_NO_MEMORY, "out of memory tokenizing");
+            return SM_ERR_NO_MEMORY;
+        }
+        v->data[v->n++] = m->unk_token;
+        out->n_unknown++;
+        first_run = false;
+        i += n;
+        run_start = i;
+    }
+    if (run_start < len || first_run) {
+        sm_status st = tokenize_onto(m, text + run_start, len - run_start, add_special && first_run, parse_special, v, err);
+        if (st != SM_OK) return st;
+    }
+    if (out->n_unknown > 0) atomic_fetch_add(&m->n_unknown_chars, out->n_unknown);
+    return SM_OK;
+}
+
+void sm_describe_char(const char *c, size_t n, char *buf, size_t size) {
+    unsigned char b = (unsigned char)c[0];
+    if (n == 1 && (b < 0x20 || b == 0x7f)) snprintf(buf, size, "U+%04X", b);
+    else if (n == 1 && b >= 0x80) snprintf(buf, size, "byte 0x%02X", b);
+    else snprintf(buf, size, "'%.*s'", (int)n, c);
+}
+
+sm_status sm_tokenize(const sm_model *model, const char *text, size_t len, bool add_special, bool parse_special,
+                      sm_tokens *out, sm_error *err) {
+    memset(out, 0, sizeof *out);
+    if (!text) {
+        sm_error_set(err, SM_ERR_INVALID_ARGUMENT, "no text to tokenize");
+        return SM_ERR_INVALID_ARGUMENT;
+    }
+    sm_model *m = (sm_model *)model; /* only its atomic counter changes */
+    token_vec v = {0};
+    sm_error first = {0};
+    sm_status st = tokenize_onto(m, text, len, add_special, parse_special, &v, &first);
+    if (st == SM_ERR_INVALID_ARGUMENT) { /* llama.cpp threw: look for what it could not represent */
+        v.n = 0;
+        st = tokenize_around_unknown(m, text, len, add_special, parse_special, &v, out, err);
+        if (st == SM_OK && out->n_unknown == 0) { /* it threw for another reason */
+            sm_error_set(err, first.status, "%s", first.message);
+            st = first.status;
+        }
+    } else if (st != SM_OK) {
+        sm_error_set(err, first.status, "%s", first.message);
+    }
+    if (st != SM_OK) {
+        free(v.data);
+        memset(out, 0, sizeof *out);
+        return st;
+    }
+    out->data = v.data;
+    out->n = v.n;
+    return SM_OK;
+}
+
+void sm_tokens_free(sm_tokens *t) {
+    if (!t) return;
+    free(t->data);
+    memset(t, 0, sizeof *t);
+}
+
+int64_t sm_model_n_unknown_chars(const sm_model *model) {
+    return atomic_load(&((sm_model *)model)->n_unknown_chars);
+}
+
+char *sm_detokenize(const sm_model *m, const sm_token *tokens, int32_t n_tokens, size_t *len_out, sm_error *err) {
+    for (int32_t i = 0; i < n_tokens; i++)
+        if (tokens[i] < 0 || tokens[i] >= m->n_vocab) {
+            sm_error_set(err, SM_ERR_INVALID_ARGUMENT, "token %d at index %d is outside the vocabulary (%d)",
+                         tokens[i], i, m->n_vocab);
+            return NULL;
+        }
+    int32_t cap = 64 + n_tokens * 8;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        char *text = malloc((size_t)cap + 1);
+        if (!text) break;
+        int32_t n;
+        if (!smx_detokenize(m->vocab, tokens, n_tokens, text, cap, false, false, &n, err)) {
+            free(text);
+            return NULL;
+        }
+        if (n >= 0) {
+            text[n] = '\0';
+            if (len_out) *len_out = (size_t)n;
+            return text;
+        }
+        free(text);
+        cap = -n;
+    }
+    sm_error_set(err, SM_ERR_NO_MEMORY, "out of memory detokenizing %d tokens", n_tokens);
+    return NULL;
+}
+
+int32_t sm_token_to_piece(const sm_model *m, sm_token token, char *buf, int32_t size, bool special) {
+    if (token < 0 || token >= m->n_vocab) return 0;
+    return special ? sm_token_text(m->vocab, token, buf, size) : sm_token_piece(m->vocab, token, buf, size);
+}
+
+int32_t sm_token_text(const struct llama_vocab *vocab, sm_token token, char *buf, int32_t size) {
+    int32_t n;
+    if (!smx_token_to_piece(vocab, token, buf, size, true, &n, NULL)) return 0;
+    return n < 0 ? 0 : n;
+}
+
+int32_t sm_token_piece(const struct llama_vocab *vocab, sm_token token, char *buf, int32_t size) {
+    int32_t n;
+    if (!smx_token_to_piece(vocab, token, buf, size, false, &n, NULL)) return 0;
+    return n < 0 ? 0 : n;
 }

@@ -67,6 +67,8 @@ const char *sm_stop_reason_name(sm_stop_reason reason) {
     case SM_STOP_CANCELLED: return "cancelled";
     case SM_STOP_ERROR: return "error";
     case SM_STOP_SAFETY: return "safety";
+    case SM_STOP_BOS: return "bos";
+    case SM_STOP_NO_CANDIDATES: return "no_candidates";
     }
     return "unknown";
 }
@@ -113,6 +115,7 @@ sm_policy_params sm_policy_default_params(void) {
 sm_gen_params sm_gen_default_params(void) {
     return (sm_gen_params){
         .n_predict = 256,
+        .stop_at_bos = true,
         .sampling = sm_sampling_default_params(),
         .policy = sm_policy_default_params(),
         .combine = SM_COMBINE_FIRST,

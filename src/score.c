@@ -41,7 +41,7 @@ static struct llama_context *judge_context(sm_model *model, uint32_t n_ctx, int3
     cp.n_threads = cp.n_threads_batch = n_threads;
     cp.no_perf = true;
     sm_llama_clear_log_error();
-    struct llama_context *ctx = llama_init_from_model(model->lm, cp);
+    struct llama_context *ctx = smx_init_from_model(model->lm, cp, NULL);
     if (!ctx) {
         const char *why = sm_llama_last_log_error();
         sm_error_set(err, SM_ERR_CONTEXT, "cannot create a judge context of %u tokens for '%s'%s%s", n_ctx, model->path,
@@ -157,7 +157,7 @@ sm_status sm_judge_score_tokens(sm_judge *j, const sm_token *context, int32_t n_
     j->batch.n_tokens = 0;
     for (int32_t i = 0; i < n_context; i++) batch_add(&j->batch, context[i], i, i == n_context - 1);
     for (int32_t i = 0; i + 1 < n_continuation; i++) batch_add(&j->batch, continuation[i], n_context + i, true);
-    int32_t rc = llama_decode(j->ctx, j->batch);
+    int32_t rc = smx_decode(j->ctx, j->batch);
     if (rc != 0) return judge_fail(j, SM_ERR_DECODE, "the judge's llama_decode failed (code %d) on %d tokens", rc, n_feed);
 
     double sum = 0.0;

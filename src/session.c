@@ -14,6 +14,8 @@
 #include "session_internal.h"
 
 #include <ctype.h>
+#include <errno.h>
+#include <sys/stat.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,8 +46,8 @@ static int32_t default_threads(void) {
 }
 
 static void piece_of(const struct llama_vocab *vocab, sm_token t, char *buf, int32_t size) {
-    int32_t n = llama_token_to_piece(vocab, t, buf, size - 1, 0, true);
-    buf[n < 0 ? 0 : n] = '\0';
+    int32_t n = sm_token_text(vocab, t, buf, size - 1);
+    buf[n] = '\0';
 }
 
 bool sm_vocab_equal(const sm_model *a, const sm_model *b, char *why, size_t why_size) {
@@ -142,7 +144,7 @@ static bool init_member(member *mb, sm_model *model, const sm_session_params *p,
     sm_llama_clear_log_error();
     mb->model = model;
     mb->n_threads = n_threads;
-    mb->ctx = llama_init_from_model(model->lm, cp);
+    mb->ctx = smx_init_from_model(model->lm, cp, NULL);
     if (!mb->ctx) {
         const char *why = sm_llama_last_log_error();
         sm_error_set(err, SM_ERR_CONTEXT, "cannot create a context of %u tokens for '%s'%s%s", p->n_ctx, model->path,
@@ -399,7 +401,7 @@ static void decode_member(void *arg, int32_t m) {
     decode_job *job = arg;
     member *mb = &job->s->members[m];
     if (mb->aligned) return;
-    mb->rc = llama_decode(mb->ctx, llama_batch_get_one((sm_token *)job->tokens, job->n));
+    mb->rc = smx_decode(mb->ctx, llama_batch_get_one((sm_token *)job->tokens, job->n));
 }
 
 /*
@@ -408,6 +410,7 @@ static void decode_member(void *arg, int32_t m) {
  * longest common prefix and the rest is decoded.
  */
 static sm_status sync_aligned(sm_session *s, member *mb) {
+    sm_error err = {0};
     size_t need = 64;
     for (;;) {
         if (need > s->text_cap) {
@@ -416,18 +419,26 @@ static sm_status sync_aligned(sm_session *s, member *mb) {
             s->text_buf = t;
             s->text_cap = need;
         }
-        int32_t n = llama_detokenize(s->model->vocab, s->tokens, s->n_tokens, s->text_buf, (int32_t)s->text_cap - 1,
-                                     true, false);
+        int32_t n;
+        if (!smx_detokenize(s->model->vocab, s->tokens, s->n_tokens, s->text_buf, (int32_t)s->text_cap - 1, true, false,
+                            &n, &err))
+            return sm_session_fail(s, err.status, "%s", err.message);
         if (n >= 0) {
             s->text_buf[n] = '\0';
             break;
         }
         need = (size_t)(-n) + 1;
     }
-    int32_t n = sm_tokenize(mb->model, s->text_buf, NULL, 0, true, false);
-    n = n < 0 ? -n : n;
-    if (sm_loop_reserve(&s->align_buf, &s->align_cap, n + 1) != 0) return sm_session_fail(s, SM_ERR_NO_MEMORY, "out of memory");
-    n = sm_tokenize(mb->model, s->text_buf, s->align_buf, n + 1, true, false);
+    sm_tokens toks;
+    sm_status st = sm_tokenize(mb->model, s->text_buf, strlen(s->text_buf), true, false, &toks, &err);
+    if (st != SM_OK) return sm_session_fail(s, st, "%s", err.message);
+    int32_t n = toks.n;
+    if (sm_loop_reserve(&s->align_buf, &s->align_cap, n + 1) != 0) {
+        sm_tokens_free(&toks);
+        return sm_session_fail(s, SM_ERR_NO_MEMORY, "out of memory");
+    }
+    memcpy(s->align_buf, toks.data, sizeof *toks.data * (size_t)n);
+    sm_tokens_free(&toks);
     if (n <= 0) return sm_session_fail(s, SM_ERR_DECODE, "'%s' turned the text into no tokens", mb->model->path);
     if (n > s->n_ctx) return sm_session_fail(s, SM_ERR_PROMPT_TOO_LONG, "the text is %d tokens for '%s', more than the context %d", n, mb->model->path, s->n_ctx);
     int32_t common = 0;
@@ -441,7 +452,7 @@ static sm_status sync_aligned(sm_session *s, member *mb) {
     for (int32_t at = common; at < n;) {
         int32_t chunk = n - at < (int32_t)s->params.n_batch ? n - at : (int32_t)s->params.n_batch;
         memcpy(mb->tokens + at, s->align_buf + at, sizeof(sm_token) * (size_t)chunk);
-        int32_t rc = llama_decode(mb->ctx, llama_batch_get_one(mb->tokens + at, chunk));
+        int32_t rc = smx_decode(mb->ctx, llama_batch_get_one(mb->tokens + at, chunk));
         if (rc != 0) {
             llama_memory_seq_rm(mb->mem, 0, at, -1);
             return sm_session_fail(s, SM_ERR_DECODE, "llama_decode failed (code %d) in '%s'", rc, mb->model->path);
@@ -567,26 +578,22 @@ sm_status sm_session_feed_tokens(sm_session *s, const sm_token *tokens, int32_t 
     return sm_loop_decode_append(s, tokens, n);
 }
 
-/* Tokenizes text for this session, BOS only at the very start. */
-static sm_status tokenize(sm_session *s, const char *text, bool add_bos, sm_token **out, int32_t *n_out) {
+/* Tokenizes a user's text for this session, BOS only at the very start.
+ * The text's own "<|...|>" stays text: it never becomes a special token. */
+static sm_status tokenize(sm_session *s, const char *text, bool add_bos, sm_tokens *out) {
     bool want_bos = add_bos && s->n_tokens == 0;
-    int32_t n = sm_tokenize(s->model, text, NULL, 0, want_bos, true);
-    if (n == INT32_MIN) return sm_session_fail(s, SM_ERR_INVALID_ARGUMENT, "text is too long to tokenize");
-    n = n < 0 ? -n : n;
-    sm_token *t = malloc(sizeof *t * (size_t)(n > 0 ? n : 1));
-    if (!t) return sm_session_fail(s, SM_ERR_NO_MEMORY, "out of memory");
-    *n_out = sm_tokenize(s->model, text, t, n, want_bos, true);
-    *out = t;
+    sm_error err = {0};
+    sm_status st = sm_tokenize(s->model, text, strlen(text), want_bos, false, out, &err);
+    if (st != SM_OK) return sm_session_fail(s, st, "%s", err.message);
     return SM_OK;
 }
 
 sm_status sm_session_feed_text(sm_session *s, const char *text, bool add_bos) {
-    sm_token *toks;
-    int32_t n;
-    sm_status st = tokenize(s, text, add_bos, &toks, &n);
+    sm_tokens toks;
+    sm_status st = tokenize(s, text, add_bos, &toks);
     if (st != SM_OK) return st;
-    st = sm_loop_decode_append(s, toks, n);
-    free(toks);
+    st = sm_loop_decode_append(s, toks.data, toks.n);
+    sm_tokens_free(&toks);
     return st;
 }
 
@@ -923,6 +930,12 @@ static sm_status commit(generation *g, int32_t i, const char *piece, int32_t pie
     sm_event e = sm_loop_base_event(g, SM_EVENT_TOKEN, i);
     e.token = t;
     e.piece = piece;
+    /* From the end of the complete text before this token to the end of
+     * the complete text after it. */
+    size_t text_from = sm_utf8_complete_prefix(g->text.bytes, g->text.offsets[g->text.n_tokens - 1]);
+    size_t text_to = sm_utf8_complete_prefix(g->text.bytes, g->text.len);
+    e.text = g->text.bytes + text_from;
+    e.text_len = text_to > text_from ? text_to - text_from : 0;
     e.signals = g->rec[i].signals;
     e.temperature_before = g->rec[i].temperature; /* what sampled this token */
     e.repeat_penalty_before = g->rec[i].repeat_penalty;
@@ -961,7 +974,10 @@ static sm_status generation_step(generation *g) {
         if (la_status != SM_OK) return la_status;
     }
     sm_token t = sample_candidate(g, i);
-    if (t < 0) return sm_session_fail(s, SM_ERR_STATE, "every token is banned at position %d", i);
+    if (t < 0) { /* the operators' bans left nothing to sample: the text so far is the answer */
+        g->stop = SM_STOP_NO_CANDIDATES;
+        return SM_OK;
+    }
     g->res->n_sampled++;
 
     char piece[256];
@@ -973,6 +989,10 @@ static sm_status generation_step(generation *g) {
     if (st != SM_OK || removed) return st;
     if (llama_vocab_is_eog(s->model->vocab, t)) {
         g->stop = SM_STOP_EOG;
+        return SM_OK;
+    }
+    if (g->gp->stop_at_bos && t == llama_vocab_bos(s->model->vocab)) {
+        g->stop = SM_STOP_BOS;
         return SM_OK;
     }
     return commit(g, i, piece, piece_len);
@@ -1042,18 +1062,18 @@ sm_status sm_session_generate(sm_session *s, const char *prompt, const sm_gen_pa
 
     double t0 = sm_now_ms();
     if (prompt && *prompt) {
-        sm_token *toks;
-        int32_t n;
-        sm_status st = tokenize(s, prompt, true, &toks, &n);
+        sm_tokens toks;
+        sm_status st = tokenize(s, prompt, true, &toks);
         if (st != SM_OK) return st;
+        int32_t n = toks.n;
         if (s->n_tokens + n >= s->n_ctx) {
-            free(toks);
+            sm_tokens_free(&toks);
             return sm_session_fail(s, SM_ERR_PROMPT_TOO_LONG,
                         "the prompt is %d tokens but the context holds %d (%d already used): nothing left to generate into",
                         n, s->n_ctx, s->n_tokens);
         }
-        st = sm_loop_decode_append(s, toks, n);
-        free(toks);
+        st = sm_loop_decode_append(s, toks.data, n);
+        sm_tokens_free(&toks);
         if (st != SM_OK) return st;
         res->n_prompt_tokens = n;
     }
@@ -1160,30 +1180,47 @@ sm_status sm_session_save_prefix(sm_session *s, const char *path) {
     if (!s || !path || !*path) return s ? sm_session_fail(s, SM_ERR_INVALID_ARGUMENT, "no prompt cache file given") : SM_ERR_INVALID_ARGUMENT;
     if (s->n_models != 1) return sm_session_fail(s, SM_ERR_STATE, "the prompt cache holds one model's state: this session has %d", s->n_models);
     if (s->n_tokens == 0) return sm_session_fail(s, SM_ERR_STATE, "the context is empty: no prefix to save");
-    if (llama_state_seq_save_file(s->members[0].ctx, path, 0, s->tokens, (size_t)s->n_tokens) == 0)
-        return sm_session_fail(s, SM_ERR_IO, "cannot write prompt cache '%s'", path);
+    sm_error err = {0};
+    size_t bytes = 0;
+    if (!smx_state_seq_save_file(s->members[0].ctx, path, 0, s->tokens, (size_t)s->n_tokens, &bytes, &err))
+        return sm_session_fail(s, err.status, "%s", err.message);
+    if (bytes == 0) return sm_session_fail(s, SM_ERR_IO, "cannot write prompt cache '%s'", path);
     return SM_OK;
 }
 
 /* Loads the file's state into sequence 0 and keeps the part of it that is
- * a prefix of tokens[0..n) (at most n - 1 tokens); returns how many. */
+ * a prefix of tokens[0..n) (at most n - 1 tokens); returns how many, or -1
+ * (the session's error set) for a file that is not this model's prompt
+ * cache: it is someone's data and will not be overwritten. */
 static int32_t reuse_saved_prefix(sm_session *s, const char *path, const sm_token *tokens, int32_t n,
                                   sm_prefix_info *info) {
-    if (access(path, R_OK) != 0) {
+    struct stat st;
+    if (stat(path, &st) != 0 && errno == ENOENT) {
         snprintf(info->reason, sizeof info->reason, "no prompt cache '%s' yet", path);
         return 0;
+    }
+    if (access(path, R_OK) != 0 || !S_ISREG(st.st_mode)) {
+        sm_session_fail(s, SM_ERR_IO, "cannot read prompt cache '%s': %s", path,
+                        S_ISDIR(st.st_mode) ? "it is a directory" : strerror(errno));
+        return -1;
     }
     sm_token *saved = malloc(sizeof(sm_token) * (size_t)s->n_ctx);
     if (!saved) {
         snprintf(info->reason, sizeof info->reason, "out of memory");
         return 0;
     }
-    size_t n_saved = 0;
-    size_t bytes = llama_state_seq_load_file(s->members[0].ctx, path, 0, saved, (size_t)s->n_ctx, &n_saved);
+    size_t n_saved = 0, bytes = 0;
+    sm_error err = {0};
+    bool loaded = smx_state_seq_load_file(s->members[0].ctx, path, 0, saved, (size_t)s->n_ctx, &n_saved, &bytes, &err);
     int32_t common = 0;
-    if (bytes == 0) {
-        snprintf(info->reason, sizeof info->reason,
-                 "'%s' could not be loaded (another model, a longer context, or other attention settings?)", path);
+    if (!loaded || bytes == 0) {
+        free(saved);
+        llama_memory_clear(s->members[0].mem, true);
+        sm_session_fail(s, SM_ERR_IO,
+                        "'%s' is not a prompt cache of this model and context (another model, a longer context, "
+                        "or not a prompt cache at all): refusing to overwrite it; remove it or choose another file",
+                        path);
+        return -1;
     } else {
         info->n_file_tokens = (int32_t)n_saved;
         while (common < (int32_t)n_saved && common < n && saved[common] == tokens[common]) common++;
@@ -1215,6 +1252,7 @@ sm_status sm_session_load_prefix(sm_session *s, const char *path, const sm_token
             return sm_session_fail(s, SM_ERR_INVALID_ARGUMENT, "token %d at index %d is outside the vocabulary (%d)", tokens[i], i, s->n_vocab);
     if (n > s->n_ctx) return sm_session_fail(s, SM_ERR_PROMPT_TOO_LONG, "%d tokens do not fit the context of %d", n, s->n_ctx);
     int32_t keep = reuse_saved_prefix(s, path, tokens, n, info);
+    if (keep < 0) return SM_ERR_IO;
     if (sm_loop_reserve(&s->tokens, &s->cap_tokens, n) != 0) return sm_session_fail(s, SM_ERR_NO_MEMORY, "out of memory");
     memcpy(s->tokens, tokens, sizeof(sm_token) * (size_t)keep);
     s->n_tokens = keep;

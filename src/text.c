@@ -50,9 +50,22 @@ void sm_text_pop(sm_text *t, int32_t n_tokens) {
     if (t->bytes) t->bytes[t->len] = '\0';
 }
 
-int32_t sm_token_piece(const struct llama_vocab *vocab, sm_token token, char *buf, int32_t size) {
-    int32_t n = llama_token_to_piece(vocab, token, buf, size, 0, false);
-    return n < 0 ? 0 : n;
+/* How many bytes a sequence starting with c has (1 for a stray byte). */
+static size_t utf8_expected_length(unsigned char c) {
+    if (c >= 0xC2 && c <= 0xDF) return 2;
+    if (c >= 0xE0 && c <= 0xEF) return 3;
+    if (c >= 0xF0 && c <= 0xF4) return 4;
+    return 1;
+}
+
+size_t sm_utf8_complete_prefix(const char *s, size_t len) {
+    /* Only the last 3 bytes can start a sequence that is still open. */
+    for (size_t back = 1; back <= 3 && back <= len; back++) {
+        unsigned char c = (unsigned char)s[len - back];
+        if (c < 0x80) return len;
+        if (c >= 0xC0) return utf8_expected_length(c) > back ? len - back : len;
+    }
+    return len;
 }
 
 long sm_text_find_stop(const sm_text *t, size_t from, const char *const *stops, int32_t n_stops) {

@@ -148,7 +148,7 @@ static bool init_member(sm_tree *t, tree_member *mb, sm_model *model, uint32_t n
     cp.no_perf = true;
     sm_llama_clear_log_error();
     mb->model = model;
-    mb->ctx = llama_init_from_model(model->lm, cp);
+    mb->ctx = smx_init_from_model(model->lm, cp, NULL);
     if (!mb->ctx) {
         const char *why = sm_llama_last_log_error();
         sm_error_set(err, SM_ERR_CONTEXT, "cannot create a context of %u tokens and %u sequences for '%s'%s%s",
@@ -293,7 +293,7 @@ static void decode_model(void *arg, int32_t m) {
     const size_t row = (size_t)t->n_vocab;
     int32_t r = 0;
     if (!job->one_by_one) {
-        mb->rc = llama_decode(mb->ctx, *b);
+        mb->rc = smx_decode(mb->ctx, *b);
         for (int32_t i = 0; mb->rc == 0 && i < b->n_tokens; i++)
             if (b->logits[i]) sm_softmax(llama_get_logits_ith(mb->ctx, i), t->n_vocab, mb->probs + row * (size_t)r++);
         return;
@@ -307,7 +307,7 @@ static void decode_model(void *arg, int32_t m) {
             .seq_id = b->seq_id + i,
             .logits = b->logits + i,
         };
-        mb->rc = llama_decode(mb->ctx, one);
+        mb->rc = smx_decode(mb->ctx, one);
         if (mb->rc != 0) return;
         if (b->logits[i]) sm_softmax(llama_get_logits_ith(mb->ctx, 0), t->n_vocab, mb->probs + row * (size_t)r++);
     }
@@ -662,15 +662,16 @@ static sm_status collect_suggestions(sm_tree *t, sm_tree_result *out) {
 
 static sm_status tokenize_prefix(sm_tree *t, const char *prefix, sm_token **tokens, int32_t *n) {
     const sm_model *m0 = t->members[0].model;
-    int32_t need = sm_tokenize(m0, prefix, NULL, 0, true, false);
-    if (need == INT32_MIN) return fail(t, SM_ERR_INVALID_ARGUMENT, "the prefix is too long to tokenize");
-    if (need < 0) need = -need;
-    if (need == 0)
+    sm_tokens toks;
+    sm_error err = {0};
+    sm_status st = sm_tokenize(m0, prefix, strlen(prefix), true, false, &toks, &err);
+    if (st != SM_OK) return fail(t, st, "%s", err.message);
+    if (toks.n == 0) {
+        sm_tokens_free(&toks);
         return fail(t, SM_ERR_INVALID_ARGUMENT, "the prefix gives no tokens (empty, and the model adds no BOS)");
-    *tokens = malloc(sizeof(sm_token) * (size_t)need);
-    if (!*tokens) return fail(t, SM_ERR_NO_MEMORY, "out of memory tokenizing the prefix");
-    *n = sm_tokenize(m0, prefix, *tokens, need, true, false);
-    if (*n <= 0) return fail(t, SM_ERR_INVALID_ARGUMENT, "the prefix could not be tokenized");
+    }
+    *tokens = toks.data; /* the caller frees it */
+    *n = toks.n;
     return SM_OK;
 }
 

@@ -53,8 +53,7 @@ static int teardown(void **state) {
 }
 
 static int32_t count_tokens(const sm_model *model, const char *text) {
-    int32_t n = sm_tokenize(model, text, NULL, 0, false, true);
-    return n < 0 ? -n : n;
+    return tu_tokenize(model, text, false, true, NULL, INT32_MAX);
 }
 
 /* The model's format rendered independently of the library. */
@@ -193,7 +192,7 @@ static void test_edited_history_reuses_common_prefix(void **state) {
     char rendered[4096];
     render_bot(edited, n, QUESTIONS[2], rendered, sizeof rendered);
     sm_token full[1024];
-    int32_t n_full = sm_tokenize(f->model, rendered, full, 1024, true, true);
+    int32_t n_full = tu_tokenize(f->model, rendered, true, true, full, 1024);
     assert_true(n_full > 0);
     int32_t n_held = 0;
     const sm_token *held = sm_session_tokens(f->session, &n_held);

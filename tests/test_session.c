@@ -47,16 +47,19 @@ static int teardown(void **state) {
  * the start of a text.)
  */
 static void assert_text_matches_tokens(const sm_model *m, const sm_session *s, const sm_result *r) {
-    static char all[16384], prompt[16384];
     int32_t n_ctx_tokens;
     const sm_token *toks = sm_session_tokens(s, &n_ctx_tokens);
     assert_int_equal(n_ctx_tokens, r->n_prompt_tokens + r->n_tokens);
-    int32_t n_all = sm_detokenize(m, toks, n_ctx_tokens, all, sizeof all);
-    int32_t n_prompt = sm_detokenize(m, toks, r->n_prompt_tokens, prompt, sizeof prompt);
-    assert_true(n_all >= 0 && n_prompt >= 0);
-    assert_int_equal((size_t)(n_all - n_prompt), r->text_len);
-    assert_memory_equal(all, prompt, (size_t)n_prompt);
+    size_t n_all, n_prompt;
+    char *all = sm_detokenize(m, toks, n_ctx_tokens, &n_all, NULL);
+    char *prompt = sm_detokenize(m, toks, r->n_prompt_tokens, &n_prompt, NULL);
+    assert_non_null(all);
+    assert_non_null(prompt);
+    assert_int_equal(n_all - n_prompt, r->text_len);
+    assert_memory_equal(all, prompt, n_prompt);
     assert_memory_equal(all + n_prompt, r->text, r->text_len);
+    free(all);
+    free(prompt);
 }
 
 static void test_greedy_generation(void **state) {

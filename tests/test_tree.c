@@ -276,7 +276,7 @@ static void test_probabilities_match_a_plain_session(void **state) {
     sm_session *s = sm_session_new(f->model, &sp, &err);
     assert_non_null(s);
     sm_token prefix[64];
-    int32_t n_prefix = sm_tokenize(f->model, PREFIX, prefix, 64, true, false);
+    int32_t n_prefix = tu_tokenize(f->model, PREFIX, true, false, prefix, 64);
     assert_int_equal(n_prefix, r.n_prefix_tokens);
     const int32_t n_vocab = sm_model_n_vocab(f->model);
     double worst = 0.0;
@@ -403,7 +403,9 @@ static void test_mixing_models(void **state) {
     sm_tree_result one, two;
     expand(f->tree, PREFIX, &p, &one);
     expand(pair, PREFIX, &p, &two);
-    assert_same_suggestions(&one, &two, 1e-9);
+    /* Each twin decodes with half the threads: ggml's per-thread chunking
+     * can move the last bits of a logit (seen: 1e-6 relative on some CPUs). */
+    assert_same_suggestions(&one, &two, 1e-5);
     sm_tree_result_free(&one);
     sm_tree_result_free(&two);
     sm_tree_free(pair);
@@ -477,7 +479,7 @@ static void test_prefix_longer_than_the_context(void **state) {
 
     /* The boundary: the prefix plus max_depth tokens must fit exactly. */
     sm_token tokens[64];
-    const int32_t n = sm_tokenize(f->model, PREFIX, tokens, 64, true, false);
+    const int32_t n = tu_tokenize(f->model, PREFIX, true, false, tokens, 64);
     sm_tree_params fits = tree_params(1.0f, 1, (int32_t)n_ctx - n, 8);
     fits.stop_chars = "";
     sm_tree_params too_deep = fits;

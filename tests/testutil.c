@@ -2,6 +2,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 const char *tu_model_path(const char *name) {
@@ -69,4 +70,17 @@ sm_operator *tu_backtrack_once(int32_t position, int32_t count) {
     backtrack_once *b = calloc(1, sizeof *b);
     *b = (backtrack_once){position, count, false};
     return sm_operator_new(&vt, b);
+}
+
+int32_t tu_tokenize(const sm_model *m, const char *text, bool add_special, bool parse_special, sm_token *out,
+                    int32_t max) {
+    sm_tokens toks;
+    sm_error err = {0};
+    if (sm_tokenize(m, text, strlen(text), add_special, parse_special, &toks, &err) != SM_OK)
+        fail_msg("tokenizing '%s': %s", text, err.message);
+    if (toks.n > max) fail_msg("'%s' is %d tokens, more than %d", text, toks.n, max);
+    if (out && toks.n > 0) memcpy(out, toks.data, sizeof *out * (size_t)toks.n);
+    int32_t n = toks.n;
+    sm_tokens_free(&toks);
+    return n;
 }

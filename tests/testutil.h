@@ -23,6 +23,10 @@ float tu_max_abs_diff(const float *a, const float *b, int32_t n);
 /* An operator that removes `count` tokens once, when it is shown the token
  * at generated position `position`. Free with sm_operator_free. */
 sm_operator *tu_backtrack_once(int32_t position, int32_t count);
+/* Tokenizes text into out[0..max); fails the test on error or overflow.
+ * Returns the number of tokens. */
+int32_t tu_tokenize(const sm_model *m, const char *text, bool add_special, bool parse_special, sm_token *out,
+                    int32_t max);
 /* Greedy, no policy, no operators: the plain baseline for comparisons. */
 sm_gen_params tu_greedy_params(int32_t n_predict);
 #endif

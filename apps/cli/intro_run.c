@@ -118,16 +118,18 @@ bool cli_intro_prepare_prompt(cli_app *app) {
     const char *path = app->opt->intro.prompt_cache;
     if (!path) return true;
     const char *prompt = app->opt->prompt;
-    int32_t n = -sm_tokenize(app->model, prompt, NULL, 0, true, true);
-    sm_token *tokens = malloc(sizeof(sm_token) * (size_t)(n > 0 ? n : 1));
-    if (!tokens || n <= 0 || sm_tokenize(app->model, prompt, tokens, n, true, true) != n) {
-        free(tokens);
-        cli_error("--prompt-cache: cannot tokenize the prompt");
+    sm_tokens toks;
+    sm_error err = {0};
+    /* as the session tokenizes a prompt: plain text, BOS first */
+    if (sm_tokenize(app->model, prompt, strlen(prompt), true, false, &toks, &err) != SM_OK || toks.n == 0) {
+        cli_error("--prompt-cache: cannot tokenize the prompt: %s", toks.n == 0 && !*err.message ? "no tokens" : err.message);
+        sm_tokens_free(&toks);
         return false;
     }
+    int32_t n = toks.n;
     sm_prefix_info info;
-    sm_status st = sm_session_load_prefix(app->session, path, tokens, n, &info);
-    free(tokens);
+    sm_status st = sm_session_load_prefix(app->session, path, toks.data, n, &info);
+    sm_tokens_free(&toks);
     if (st != SM_OK) {
         cli_error("--prompt-cache: %s", sm_session_last_error(app->session));
         return false;

@@ -170,15 +170,16 @@ reply api_tokenize(server *srv, const char *body, size_t len) {
         cJSON_Delete(json);
         return reply_error(&err);
     }
-    int32_t n = sm_tokenize(m->model, content->valuestring, NULL, 0, add_special, true);
-    n = n < 0 ? -n : n;
-    sm_token *tokens = malloc(sizeof *tokens * (size_t)(n > 0 ? n : 1));
-    if (tokens && n > 0) n = sm_tokenize(m->model, content->valuestring, tokens, n, add_special, true);
+    /* As llama-server: the text of special tokens becomes those tokens. */
+    sm_tokens toks;
+    sm_error terr = {0};
+    sm_status st = sm_tokenize(m->model, content->valuestring, strlen(content->valuestring), add_special, true, &toks,
+                               &terr);
     cJSON_Delete(json);
-    if (!tokens || n < 0) {
-        free(tokens);
-        return reply_error_simple(500, NULL, "cannot tokenize the content");
-    }
+    if (st == SM_ERR_NO_MEMORY) return reply_error_simple(500, NULL, "out of memory");
+    if (st != SM_OK) return reply_error_simple(400, "content", terr.message);
+    sm_token *tokens = toks.data;
+    int32_t n = toks.n;
     cJSON *o = cJSON_CreateObject();
     cJSON *list = cJSON_AddArrayToObject(o, "tokens");
     for (int32_t i = 0; i < n; i++) {
@@ -193,7 +194,7 @@ reply api_tokenize(server *srv, const char *body, size_t len) {
         json_add_text(t, "piece", piece, plen);
         cJSON_AddItemToArray(list, t);
     }
-    free(tokens);
+    sm_tokens_free(&toks);
     return reply_json(200, o);
 }
 
@@ -231,22 +232,13 @@ reply api_detokenize(server *srv, const char *body, size_t len) {
         tokens[i++] = (sm_token)item->valuedouble;
     }
     cJSON_Delete(json);
-    int32_t size = 64 + n * 16;
-    char *text = malloc((size_t)size);
-    int32_t k = text ? sm_detokenize(m->model, tokens, n, text, size) : -1;
-    if (text && k < 0) {
-        size = -k + 1;
-        char *bigger = realloc(text, (size_t)size);
-        if (bigger) text = bigger;
-        k = bigger ? sm_detokenize(m->model, tokens, n, text, size) : -1;
-    }
+    size_t k = 0;
+    sm_error derr = {0};
+    char *text = sm_detokenize(m->model, tokens, n, &k, &derr);
     free(tokens);
-    if (!text || k < 0) {
-        free(text);
-        return reply_error_simple(500, NULL, "cannot detokenize the tokens");
-    }
+    if (!text) return reply_error_simple(derr.status == SM_ERR_NO_MEMORY ? 500 : 400, "tokens", derr.message);
     cJSON *o = cJSON_CreateObject();
-    json_add_text(o, "content", text, (size_t)k);
+    json_add_text(o, "content", text, k);
     free(text);
     return reply_json(200, o);
 }

@@ -53,12 +53,15 @@ static int32_t stream_lag(const gen_request *r, int32_t max_rewind) {
 
 static bool tokenize_prompt(job *j, api_error *err) {
     const sm_model *model = j->vocab->model;
-    int32_t n = sm_tokenize(model, j->req.prompt, NULL, 0, true, true);
-    if (n == INT32_MIN) return api_fail(err, 400, "prompt", "the prompt is too long to tokenize");
-    n = n < 0 ? -n : n;
-    j->prompt_tokens = malloc(sizeof(sm_token) * (size_t)(n > 0 ? n : 1));
-    if (!j->prompt_tokens) return api_fail(err, 500, NULL, "out of memory");
-    j->n_prompt_tokens = n > 0 ? sm_tokenize(model, j->req.prompt, j->prompt_tokens, n, true, true) : 0;
+    /* A completion prompt is raw model input, as in llama-server: the text
+     * of special tokens becomes those tokens. Chat messages never do. */
+    sm_tokens toks;
+    sm_error terr = {0};
+    sm_status st = sm_tokenize(model, j->req.prompt, strlen(j->req.prompt), true, true, &toks, &terr);
+    if (st == SM_ERR_NO_MEMORY) return api_fail(err, 500, NULL, "out of memory");
+    if (st != SM_OK) return api_fail(err, 400, "prompt", "%s", terr.message);
+    j->prompt_tokens = toks.data;
+    j->n_prompt_tokens = toks.n;
     if (j->n_prompt_tokens <= 0) return api_fail(err, 400, "prompt", "the prompt is empty: give some text");
     int32_t n_ctx = (int32_t)j->srv->slots.session_params.n_ctx;
     if (j->n_prompt_tokens >= n_ctx) {

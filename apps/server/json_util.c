@@ -8,24 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* How many bytes a sequence starting with c has (1 for a stray byte). */
-static size_t utf8_expected_length(unsigned char c) {
-    if (c >= 0xC2 && c <= 0xDF) return 2;
-    if (c >= 0xE0 && c <= 0xEF) return 3;
-    if (c >= 0xF0 && c <= 0xF4) return 4;
-    return 1;
-}
-
-size_t utf8_complete_prefix(const char *s, size_t len) {
-    /* Only the last 3 bytes can start a sequence that is still open. */
-    for (size_t back = 1; back <= 3 && back <= len; back++) {
-        unsigned char c = (unsigned char)s[len - back];
-        if (c < 0x80) return len;
-        if (c >= 0xC0) return utf8_expected_length(c) > back ? len - back : len;
-    }
-    return len;
-}
-
 cJSON *json_text(const char *bytes, size_t len) { return sm_json_text(bytes, len); }
 
 void json_add_text(cJSON *object, const char *key, const char *bytes, size_t len) {

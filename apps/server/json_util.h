@@ -19,9 +19,6 @@ cJSON *json_byte_array(const char *bytes, size_t len);
 /* Unformatted text of json; json is deleted. */
 char *json_print_and_delete(cJSON *json);
 
-/* Length of the longest prefix of s[0, len) that does not end inside an
- * incomplete UTF-8 sequence (which the next token may complete). */
-size_t utf8_complete_prefix(const char *s, size_t len);
 
 /* {"error": {"message", "type", "param", "code"}} */
 cJSON *json_error_object(const char *message, const char *type, const char *param, const char *code);

@@ -17,7 +17,6 @@ static void id_from_path(const char *path, char *id, size_t size) {
 }
 
 static bool build_pieces(served_model *m) {
-    const struct llama_vocab *vocab = llama_model_get_vocab(sm_model_llama(m->model));
     int32_t n = sm_model_n_vocab(m->model);
     piece_table *t = &m->pieces;
     t->n_vocab = n;
@@ -27,8 +26,7 @@ static bool build_pieces(served_model *m) {
     if (!t->offsets || !t->bytes) return false;
     char buf[256];
     for (int32_t tok = 0; tok < n; tok++) {
-        int32_t k = llama_token_to_piece(vocab, tok, buf, sizeof buf, 0, false);
-        if (k < 0) k = 0; /* a piece over 255 bytes: shown empty */
+        int32_t k = sm_token_to_piece(m->model, tok, buf, sizeof buf, false); /* 0: a piece over 255 bytes */
         if (len + (size_t)k > cap) {
             while (len + (size_t)k > cap) cap *= 2;
             char *b = realloc(t->bytes, cap);

@@ -100,7 +100,7 @@ size_t tracker_settled_end(const tracker *t) {
         if (cut < end) end = cut;
         if (t->len - hold < end) end = t->len - hold;
     }
-    end = utf8_complete_prefix(t->text, end);
+    end = sm_utf8_complete_prefix(t->text, end);
     return end > t->sent ? end : t->sent;
 }
 
