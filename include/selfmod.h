@@ -114,8 +114,9 @@ typedef struct sm_tokens {
 sm_status sm_tokenize(const sm_model *model, const char *text, size_t len, bool add_special,
                       bool parse_special, sm_tokens *out, sm_error *err);
 void sm_tokens_free(sm_tokens *tokens);
-/* Characters mapped to the unknown token by every tokenization so far. */
-int64_t sm_model_n_unknown_chars(const sm_model *model);
+/* Characters mapped to the unknown token by every tokenization so far;
+ * first (may be NULL) gets the first of them, NUL-terminated. */
+int64_t sm_model_n_unknown_chars(const sm_model *model, char first[8]);
 /* The text of a token sequence exactly as llama.cpp detokenizes it, as a
  * NUL-terminated string to free(); *len (may be NULL) gets its length.
  * NULL with err filled when a token is outside the vocabulary. */
@@ -727,8 +728,11 @@ typedef struct sm_chat_params {
      * "llama2", ...), NULL to use the model's own, and when the model has
      * none the plain fallback below. */
     const char *template_name;
-    const char *fallback_user;      /* "User:"                                 */
-    const char *fallback_assistant; /* "Assistant:"                            */
+    /* The plain form's labels. NULL: the labels the model's own template
+     * writes when llama.cpp cannot render that template but its text shows
+     * them ('User: ' ... '\nBot:'), else "User:" and "Assistant:". */
+    const char *fallback_user;
+    const char *fallback_assistant;
 } sm_chat_params;
 
 sm_chat_params sm_chat_default_params(void);
@@ -749,7 +753,9 @@ sm_status sm_chat_set_history(sm_chat *chat, const sm_chat_message *messages, in
 sm_status sm_chat_reset(sm_chat *chat);
 int32_t sm_chat_n_messages(const sm_chat *chat);
 const sm_chat_message *sm_chat_messages(const sm_chat *chat);
-const char *sm_chat_template_used(const sm_chat *chat); /* a name, or "fallback" */
+/* The template's name, "model" for the model's own, or the plain form
+ * with its labels ("plain \"User: ...\nBot:\" ..."). */
+const char *sm_chat_template_used(const sm_chat *chat);
 
 typedef struct sm_chat_turn_info {
     int32_t n_reused;        /* context tokens kept from before the turn   */

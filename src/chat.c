@@ -66,6 +66,7 @@ struct sm_chat {
     token_buf kv_tokens;
     text_buf kv_text;
     sm_chat_turn_info last_info;
+    char template_user[64], template_assistant[64]; /* read off the model's template, or "" */
     /* The texts llama.cpp turns into special tokens when it parses
      * special text, which must never come from a message's content. */
     char **special_texts;
@@ -492,6 +493,68 @@ static sm_status render_conversation(sm_chat *chat, int32_t first, const char *u
     return st;
 }
 
+/*
+ * The labels of a plain "User: ...\nBot:" template that llama.cpp does not
+ * recognise, read off its Jinja text: in the branch for role 'user', the
+ * string literal just before the message content is the user label and
+ * the last line of the literal just after it is the assistant label. Only
+ * quoted literals are read; anything else leaves the labels unknown.
+ */
+static bool read_literal(const char **p, char *out, size_t size) {
+    char quote = **p;
+    if (quote != '\'' && quote != '"') return false;
+    size_t n = 0;
+    const char *s = *p + 1;
+    for (; *s && *s != quote; s++) {
+        char c = *s;
+        if (c == '\\' && s[1]) {
+            s++;
+            c = *s == 'n' ? '\n' : *s == 't' ? '\t' : *s;
+        }
+        if (n + 1 < size) out[n++] = c;
+    }
+    if (*s != quote) return false;
+    out[n] = '\0';
+    *p = s + 1;
+    return true;
+}
+
+static void trim_in_place(char *s) {
+    size_t start = 0, n = strlen(s);
+    while (start < n && is_space(s[start])) start++;
+    while (n > start && is_space(s[n - 1])) n--;
+    memmove(s, s + start, n - start);
+    s[n - start] = '\0';
+}
+
+static bool labels_from_template(const char *tmpl, char *user, char *assistant, size_t size) {
+    const char *branch = strstr(tmpl, "== 'user'");
+    if (!branch) branch = strstr(tmpl, "== \"user\"");
+    if (!branch) return false;
+    const char *end = strstr(branch, "elif");
+    const char *expr = "message['content']";
+    const char *content = strstr(branch, expr);
+    if (!content) content = strstr(branch, expr = "message.content");
+    if (!content || (end && content > end)) return false;
+    char before[128] = "", after[128] = "", lit[128];
+    for (const char *p = branch; p < content; p++) /* the last literal before the content */
+        if ((*p == '\'' || *p == '"') && read_literal(&p, lit, sizeof lit)) {
+            if (strcmp(lit, "user") != 0) snprintf(before, sizeof before, "%s", lit);
+            p--;
+        }
+    for (const char *p = content + strlen(expr); *p && (!end || p < end); p++) /* the first literal after it */
+        if ((*p == '\'' || *p == '"') && read_literal(&p, lit, sizeof lit)) {
+            snprintf(after, sizeof after, "%s", lit);
+            break;
+        }
+    const char *last_line = strrchr(after, '\n');
+    snprintf(assistant, size, "%s", last_line ? last_line + 1 : after);
+    snprintf(user, size, "%s", before);
+    trim_in_place(user);
+    trim_in_place(assistant);
+    return *user && *assistant && strchr(user, '\n') == NULL;
+}
+
 static sm_status choose_template(sm_chat *chat, const char *requested) {
     const char *label = "fallback";
     const char *arg = NULL;
@@ -509,6 +572,8 @@ static sm_status choose_template(sm_chat *chat, const char *requested) {
         if (own && template_renders(own)) {
             arg = own;
             label = identify_template(own);
+        } else if (own) {
+            labels_from_template(own, chat->template_user, chat->template_assistant, sizeof chat->template_user);
         }
     }
     chat->template_arg = copy_string(arg);
@@ -526,8 +591,8 @@ sm_chat_params sm_chat_default_params(void) {
     return (sm_chat_params){
         .system_prompt = NULL,
         .template_name = NULL,
-        .fallback_user = "User:",
-        .fallback_assistant = "Assistant:",
+        .fallback_user = NULL,
+        .fallback_assistant = NULL,
     };
 }
 
@@ -551,10 +616,22 @@ sm_chat *sm_chat_new(sm_session *session, const sm_chat_params *params, sm_error
     }
     chat->session = session;
     chat->vocab = llama_model_get_vocab(sm_model_llama(sm_session_model(session)));
-    const char *user = params->fallback_user ? params->fallback_user : defaults.fallback_user;
-    const char *assistant =
-        params->fallback_assistant ? params->fallback_assistant : defaults.fallback_assistant;
     sm_status status = choose_template(chat, params->template_name);
+    const char *user = params->fallback_user        ? params->fallback_user
+                       : *chat->template_user       ? chat->template_user
+                                                    : "User:";
+    const char *assistant = params->fallback_assistant  ? params->fallback_assistant
+                            : *chat->template_assistant ? chat->template_assistant
+                                                        : "Assistant:";
+    if (status == SM_OK && !chat->template_arg) { /* say which plain form, and where its labels came from */
+        char label[256];
+        bool from_model = !params->fallback_user && !params->fallback_assistant && *chat->template_user;
+        snprintf(label, sizeof label, "plain \"%s ...\\n%s\"%s", user, assistant,
+                 from_model ? " (the labels of the model's template)" : "");
+        free(chat->template_label);
+        chat->template_label = copy_string(label);
+        if (!chat->template_label) status = fail(chat, SM_ERR_NO_MEMORY, "out of memory creating the chat");
+    }
     if (status == SM_OK) {
         chat->fallback_user = copy_string(user);
         chat->fallback_assistant = copy_string(assistant);

@@ -118,6 +118,18 @@ sm_status sm_control_vector_load(const char *const *specs, int32_t n_specs, sm_c
             return SM_ERR_INVALID_ARGUMENT;
         }
         split_spec(specs[i], path, sizeof path, &scale);
+        const char *colon = strrchr(specs[i], ':');
+        if (access(path, R_OK) != 0 && colon && strcmp(path, specs[i]) == 0) {
+            /* "FILE:SCALE" with a scale that is no number, or a path that does not exist */
+            char prefix[4096];
+            snprintf(prefix, sizeof prefix, "%.*s", (int)(colon - specs[i]), specs[i]);
+            if (access(prefix, R_OK) == 0) {
+                sm_error_set(err, SM_ERR_INVALID_ARGUMENT, "control vector '%s': scale '%s' is not a number (FILE:SCALE)",
+                             specs[i], colon + 1);
+                sm_control_vector_free(out);
+                return SM_ERR_INVALID_ARGUMENT;
+            }
+        }
         sm_status st = add_file(out, path, scale, err);
         if (st != SM_OK) {
             sm_control_vector_free(out);

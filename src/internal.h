@@ -19,6 +19,8 @@ struct sm_model {
     sm_token unk_token;              /* -1: the vocabulary has none        */
     sm_unknown_chars unknown_chars;  /* what tokenizing does without bytes */
     atomic_llong n_unknown_chars;    /* characters mapped to unk_token     */
+    atomic_bool first_unknown_set;
+    char first_unknown[8];           /* written once, before the flag       */
 };
 
 /* gguf_check.c: false (err filled) for metadata llama.cpp would assert on. */

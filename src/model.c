@@ -257,7 +257,12 @@ static sm_status tokenize_around_unknown(sm_model *m, const char *text, size_t l
         sm_status st = tokenize_onto(m, text + run_start, len - run_start, add_special && first_run, parse_special, v, err);
         if (st != SM_OK) return st;
     }
-    if (out->n_unknown > 0) atomic_fetch_add(&m->n_unknown_chars, out->n_unknown);
+    if (out->n_unknown > 0) {
+        bool expected = false;
+        if (atomic_compare_exchange_strong(&m->first_unknown_set, &expected, true))
+            memcpy(m->first_unknown, out->first_unknown, sizeof m->first_unknown);
+        atomic_fetch_add(&m->n_unknown_chars, out->n_unknown);
+    }
     return SM_OK;
 }
 
@@ -305,8 +310,14 @@ void sm_tokens_free(sm_tokens *t) {
     memset(t, 0, sizeof *t);
 }
 
-int64_t sm_model_n_unknown_chars(const sm_model *model) {
-    return atomic_load(&((sm_model *)model)->n_unknown_chars);
+int64_t sm_model_n_unknown_chars(const sm_model *model, char first[8]) {
+    sm_model *m = (sm_model *)model;
+    int64_t n = atomic_load(&m->n_unknown_chars);
+    if (first) {
+        if (n > 0) memcpy(first, m->first_unknown, 8);
+        else first[0] = '\0';
+    }
+    return n;
 }
 
 char *sm_detokenize(const sm_model *m, const sm_token *tokens, int32_t n_tokens, size_t *len_out, sm_error *err) {

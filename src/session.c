@@ -264,9 +264,11 @@ sm_session *sm_session_new_fused(sm_model *const *models, int32_t n_models, cons
             return NULL;
         }
     }
-    /* llama.cpp rounds small contexts up (to 256): never use positions a
-     * model was not trained for, in any model of the session. */
+    /* llama.cpp pads small contexts (to 256): the size asked for is what
+     * every check uses, and never positions a model was not trained for,
+     * in any model of the session. */
     s->n_ctx = (int32_t)llama_n_ctx(s->members[0].ctx);
+    if (p.n_ctx > 0 && (int64_t)p.n_ctx < s->n_ctx) s->n_ctx = (int32_t)p.n_ctx;
     for (int32_t m = 0; m < n_models; m++) {
         int32_t n_train = llama_model_n_ctx_train(models[m]->lm);
         int32_t n_ctx_m = (int32_t)llama_n_ctx(s->members[m].ctx);

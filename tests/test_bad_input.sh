@@ -86,6 +86,18 @@ expect_error "unknown operator" 2 "--operator 'nosuch'.*probability_threshold" -
 expect_error "unknown operator key" 2 "--operator.*min_probability" -- -m "$STORIES" "${P[@]}" --operator probability_threshold:nokey=1 "${M[@]}"
 expect_error "bad combine mode" 2 "'both' for --combine" -- -m "$STORIES" "${P[@]}" --combine both "${M[@]}"
 
+expect_error "value given to a flag without one" 2 "'--quiet=1': this flag takes no value" -- -m "$STORIES" "${P[@]}" --quiet=1 --memory-file "$MEM"
+expect_error "critical threshold above confidence" 2 "critical-threshold 0.6 is above --confidence-threshold 0.5" -- -m "$STORIES" "${P[@]}" --critical-threshold 0.6 "${M[@]}"
+expect_error "sharpen threshold below confidence" 2 "sharpen-threshold 0.3 is below" -- -m "$STORIES" "${P[@]}" --sharpen-threshold 0.3 "${M[@]}"
+expect_error "-m beside --models" 2 "both -m/--model and --models" -- -m "$STORIES" --models "$STORIES,$STORIES" "${P[@]}" "${M[@]}"
+expect_error "control vector scale not a number" 1 "scale 'abc' is not a number" -- -m "$STORIES" "${P[@]}" --control-vector "$STORIES:abc" "${M[@]}"
+SHORT_PROMPT="$(for _ in $(seq 12); do printf 'Once upon a time there was a dog. '; done)"
+expect_error "prompt longer than a small context" 1 "prompt is [0-9]+ tokens but the context holds 64" -- -m "$STORIES" -p "$SHORT_PROMPT" --ctx-size 64 "${M[@]}"
+printf 'my notes, not a prompt cache\n' > notes.txt
+cp notes.txt notes.before
+expect_error "prompt cache that is not one" 1 "notes\.txt' is not a prompt cache.*refusing to overwrite" -- -m "$STORIES" "${P[@]}" --prompt-cache notes.txt "${M[@]}"
+cmp -s notes.txt notes.before || fail "the prompt cache run overwrote a file that was not a prompt cache"
+
 # Memory files that cannot be appended to: refused before the model loads.
 expect_error "memory file in a missing directory" 1 "/no-such-dir/m\.jsonl" -- -m "$STORIES" "${P[@]}" --memory-file "$WORK/no-such-dir/m.jsonl" --quiet
 expect_error "memory file under /proc" 1 "/proc/nonexistent/m\.jsonl" -- -m "$STORIES" "${P[@]}" --memory-file /proc/nonexistent/m.jsonl --quiet

@@ -9,7 +9,7 @@ tmp=$(mktemp -d); sock="sm_test_$$"
 trap 'tmux -L "$sock" kill-server 2>/dev/null; rm -rf "$tmp"' EXIT
 fail() { echo "FAIL: $*"; exit 1; }
 cmd=("$SM_BIN" -m "$SM_MODELS/stories260K.gguf" -p "Once upon a time" -n 80 --seed 11 --threads 1
-     --aggressive --critical-threshold 0.9 --max-retractions 3 --quiet --no-color)
+     --aggressive --confidence-threshold 0.9 --sharpen-threshold 0.95 --critical-threshold 0.9 --max-retractions 3 --quiet --no-color)
 
 "${cmd[@]}" --memory-file "$tmp/mem.jsonl" > "$tmp/ref.txt" || fail "reference run"
 retractions=$(python3 -c 'import json,sys; print(json.loads(open(sys.argv[1]).read().splitlines()[-1])["retractions"])' "$tmp/mem.jsonl")

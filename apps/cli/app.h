@@ -24,6 +24,7 @@ typedef struct cli_app {
     line_style style;             /* of the lines on stderr                  */
     struct cli_intro *intro;      /* introspection flags at run time (intro_run.c) */
     bool prompt_fed;              /* --prompt-cache fed the prompt already    */
+    int64_t n_unknown_reported;   /* characters outside the vocabulary, said  */
 } cli_app;
 
 /* Prints `llama_selfmod: error: ...` on stderr. */

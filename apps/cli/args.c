@@ -49,7 +49,9 @@ enum {
     OPT_USER_LABEL,
     OPT_ASSISTANT_LABEL,
     OPT_QUIET,
+    OPT_VERBOSE,
     OPT_VERBOSE_EVENTS,
+    OPT_NO_STOP_AT_BOS,
     OPT_NO_COLOR,
     OPT_JSON_STREAM,
 };
@@ -94,7 +96,9 @@ static const struct option long_options[] = {
     {"user-label", required_argument, NULL, OPT_USER_LABEL},
     {"assistant-label", required_argument, NULL, OPT_ASSISTANT_LABEL},
     {"quiet", no_argument, NULL, OPT_QUIET},
+    {"verbose", no_argument, NULL, OPT_VERBOSE},
     {"verbose-events", no_argument, NULL, OPT_VERBOSE_EVENTS},
+    {"no-stop-at-bos", no_argument, NULL, OPT_NO_STOP_AT_BOS},
     {"no-color", no_argument, NULL, OPT_NO_COLOR},
     {"json-stream", no_argument, NULL, OPT_JSON_STREAM},
     CLI_INTRO_LONG_OPTIONS
@@ -139,6 +143,9 @@ void cli_print_help(FILE *out) {
         "      --dry-base F --dry-allowed-length N --dry-penalty-last-n N   its settings\n"
         "                                (defaults: 1.75, 2, -1 = the whole context)\n"
         "      --stop STR                stop when STR appears; repeatable (default: none)\n"
+        "      --no-stop-at-bos          go on when the model generates BOS, which models trained\n"
+        "                                on BOS-separated documents use to start a new one\n"
+        "                                (default: stop there, as llama2.c's run.c does)\n"
         "\n"
         "self-modification:\n"
         "      --confidence-threshold F  mean confidence below which T and the repeat penalty\n"
@@ -178,7 +185,8 @@ void cli_print_help(FILE *out) {
         "                                (default: " CLI_DEFAULT_MEMORY_FILE ")\n"
         "      --no-memory               do not write the memory file\n"
         "      --json-stream             stdout carries only JSON events, one per line\n"
-        "      --quiet                   no event lines, summary or llama.cpp logging\n"
+        "      --quiet                   no event lines or summary\n"
+        "      --verbose                 llama.cpp's own log lines too (default: hidden)\n"
         "      --verbose-events          event lines with descriptions, and the settings used\n"
         "      --no-color                no colors on the terminal (also: NO_COLOR set)\n"
         "  -h, --help                    this help\n"
@@ -258,12 +266,16 @@ static bool apply_option(int c, const char *arg, cli_options *opt, FILE *err) {
     if (c >= CLI_FUSION_FIRST_OPTION) return cli_fusion_apply(c, arg, &opt->fusion, &opt->gen.fusion, err);
     if (c >= CLI_INTRO_FIRST_OPTION) return cli_intro_apply(c, arg, opt, err);
     switch (c) {
-    case 'm': opt->model_path = arg; return true;
+    case 'm':
+        opt->model_path = arg;
+        opt->model_given = true;
+        return true;
     case 'p': opt->prompt = arg; return true;
     case OPT_CTX_SIZE:
         if (!parse_int_in(err, "--ctx-size", arg, 0, INT32_MAX, "an integer >= 0 (0 = the model's)", &n))
             return false;
         opt->session.n_ctx = (uint32_t)n;
+        opt->ctx_size_given = true;
         return true;
     case 't':
         return parse_float_in(err, "--temperature", arg, 0.0f, CLOSED, 100.0f, CLOSED,
@@ -298,9 +310,11 @@ static bool apply_option(int c, const char *arg, cli_options *opt, FILE *err) {
         return parse_int_in(err, "--dry-penalty-last-n", arg, -1, INT32_MAX,
                             "an integer >= 0, or -1 for the whole context", &s->dry_penalty_last_n);
     case OPT_CRITICAL_THRESHOLD:
+        opt->critical_given = true;
         return parse_float_in(err, "--critical-threshold", arg, 0.0f, CLOSED, 1.0f, CLOSED,
                               "a number in [0, 1]", &p->critical_threshold);
     case OPT_SHARPEN_THRESHOLD:
+        opt->sharpen_given = true;
         return parse_float_in(err, "--sharpen-threshold", arg, 0.0f, CLOSED, 1.0f, CLOSED,
                               "a number in [0, 1]", &p->sharpen_threshold);
     case OPT_PRESET:
@@ -319,10 +333,12 @@ static bool apply_option(int c, const char *arg, cli_options *opt, FILE *err) {
         }
         return true;
     case OPT_CONFIDENCE_THRESHOLD:
+        opt->confidence_given = true;
         return parse_float_in(err, "--confidence-threshold", arg, 0.0f, CLOSED, 1.0f, CLOSED,
                               "a number in [0, 1]", &p->confidence_threshold);
     case OPT_AGGRESSIVE: p->aggressive = true; return true;
     case OPT_MAX_RETRACTIONS:
+        opt->max_retractions_given = true;
         return parse_int_in(err, "--max-retractions", arg, 0, INT32_MAX, "an integer >= 0",
                             &p->max_retractions);
     case OPT_RETRACT: p->retract = 1; return true;
@@ -366,6 +382,8 @@ static bool apply_option(int c, const char *arg, cli_options *opt, FILE *err) {
     case OPT_USER_LABEL: opt->chat.fallback_user = arg; return true;
     case OPT_ASSISTANT_LABEL: opt->chat.fallback_assistant = arg; return true;
     case OPT_QUIET: opt->quiet = true; return true;
+    case OPT_VERBOSE: opt->verbose = true; return true;
+    case OPT_NO_STOP_AT_BOS: opt->gen.stop_at_bos = false; return true;
     case OPT_VERBOSE_EVENTS: opt->verbose_events = true; return true;
     case OPT_NO_COLOR: opt->no_color = true; return true;
     case OPT_JSON_STREAM: opt->json_stream = true; return true;
@@ -378,9 +396,43 @@ static const char *typed_flag(char **argv, int index) {
     return index > 0 && argv[index - 1] ? argv[index - 1] : "?";
 }
 
+/* Thresholds the user set that contradict each other: retraction below
+ * heating below sharpening (0 switches heating off). */
+static bool check_thresholds(const cli_options *opt, FILE *err) {
+    const sm_policy_params *p = &opt->gen.policy;
+    if ((opt->critical_given || opt->confidence_given) && p->confidence_threshold > 0 &&
+        p->critical_threshold > p->confidence_threshold) {
+        fprintf(err, "llama_selfmod: error: --critical-threshold %g is above --confidence-threshold %g: retraction "
+                     "must need lower confidence than heating\n", p->critical_threshold, p->confidence_threshold);
+        return false;
+    }
+    if ((opt->sharpen_given || opt->confidence_given) && p->sharpen_threshold < p->confidence_threshold) {
+        fprintf(err, "llama_selfmod: error: --sharpen-threshold %g is below --confidence-threshold %g: the policy "
+                     "would heat and cool at once\n", p->sharpen_threshold, p->confidence_threshold);
+        return false;
+    }
+    return true;
+}
+
+/* Flags that do nothing in this combination: said once, not refused. */
+static void warn_inert(const cli_options *opt, FILE *err) {
+    const sm_policy_params *p = &opt->gen.policy;
+    bool retracts = p->enabled && (p->retract == 1 || (p->retract == -1 && p->aggressive));
+    if (retracts) return;
+    const char *why = !p->enabled ? "--no-selfmod is given" : "retraction is off (it needs --aggressive or --retract)";
+    if (opt->max_retractions_given) fprintf(err, "llama_selfmod: warning: --max-retractions has no effect: %s\n", why);
+    if (opt->critical_given) fprintf(err, "llama_selfmod: warning: --critical-threshold has no effect: %s\n", why);
+}
+
 /* Checks that need every flag: the library's own validation of the
  * generation parameters, and the prompt. */
 static bool check_combination(cli_options *opt, FILE *err) {
+    if (opt->model_given && opt->fusion.n_models > 0) {
+        fprintf(err, "llama_selfmod: error: both -m/--model and --models given: list every model in --models\n");
+        return false;
+    }
+    if (!check_thresholds(opt, err)) return false;
+    warn_inert(opt, err);
     if (opt->prompt && !*opt->prompt) {
         fprintf(err, "llama_selfmod: error: empty prompt (--prompt \"\"): give some text, or leave "
                      "out --prompt for interactive mode\n");
@@ -420,7 +472,14 @@ cli_parse_outcome cli_parse_args(int argc, char **argv, cli_options *opt, FILE *
                     typed_flag(argv, optind));
             return CLI_PARSE_ERROR;
         case '?':
-            if (optopt) fprintf(err, "llama_selfmod: error: unknown flag '-%c' (see --help)\n", optopt);
+            if (optopt > 0 && optopt < 128 && strchr(short_options, optopt))
+                fprintf(err, "llama_selfmod: error: -%c needs a value (see --help)\n", optopt);
+            else if (optopt > 0 && optopt < 128 && isprint(optopt))
+                fprintf(err, "llama_selfmod: error: unknown flag '-%c' (see --help)\n", optopt);
+            else if (optopt >= 128 && strchr(typed_flag(argv, optind), '='))
+                /* a flag that takes no value, given one ("--quiet=1") */
+                fprintf(err, "llama_selfmod: error: '%s': this flag takes no value (see --help)\n",
+                        typed_flag(argv, optind));
             else fprintf(err, "llama_selfmod: error: unknown flag '%s' (see --help)\n", typed_flag(argv, optind));
             return CLI_PARSE_ERROR;
         default:

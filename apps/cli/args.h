@@ -18,6 +18,9 @@ typedef struct cli_options {
     const char *prompt;          /* NULL: interactive mode                 */
     const char *memory_file;     /* NULL: no memory file                   */
     bool seed_given;
+    bool model_given;            /* -m was on the command line             */
+    bool ctx_size_given;         /* --ctx-size was on the command line     */
+    bool confidence_given, critical_given, sharpen_given, max_retractions_given;
 
     sm_session_params session;   /* --ctx-size, --threads, --max-rewind    */
     int32_t n_gpu_layers;
@@ -31,6 +34,7 @@ typedef struct cli_options {
     sm_chat_params chat;         /* --chat-template, --system, labels      */
 
     bool quiet;
+    bool verbose;                /* llama.cpp's own log lines too          */
     bool verbose_events;
     bool no_color;
     bool json_stream;

@@ -5,16 +5,22 @@
 #include "jsonout.h"
 #include "lib_extras.h"
 
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
 
+/* The signal that asked generation to stop: Ctrl-C, kill/timeout/systemd
+ * (SIGTERM) or a closed terminal (SIGHUP). Each ends the generation the
+ * same way, with the text so far written and recorded. */
 static volatile sig_atomic_t interrupted;
 
-static void on_sigint(int sig) {
-    (void)sig;
-    interrupted = 1;
-}
+static void on_stop_signal(int sig) { interrupted = sig; }
+
+int cli_interrupting_signal(void) { return interrupted; }
+
+static const int STOP_SIGNALS[] = {SIGINT, SIGTERM, SIGHUP};
+enum { N_STOP_SIGNALS = sizeof STOP_SIGNALS / sizeof STOP_SIGNALS[0] };
 
 typedef struct event_sink {
     cli_app *app;
@@ -79,7 +85,8 @@ static bool on_event(const sm_event *event, void *user_data) {
     case SM_EVENT_DONE:
         break; /* the done line is written from the result */
     }
-    return !interrupted;
+    /* stdout gone (a closed pipe, a full disk): stop, keep what was made */
+    return !interrupted && !ferror(stdout);
 }
 
 /* With several models: how much they agreed, who led, and in reference
@@ -107,6 +114,22 @@ static void print_fusion_summary(const cli_app *app, const sm_result *r) {
         total++;
     }
     fprintf(stderr, "%s (%d of %d)\n", shown > 40 ? " ..." : "", total, r->n_tokens);
+}
+
+/* Said once per run: text the model's vocabulary could not spell. */
+static void note_unknown_chars(cli_app *app) {
+    char first[8];
+    int64_t n = sm_model_n_unknown_chars(app->model, first);
+    if (n <= app->n_unknown_reported || app->opt->quiet) return;
+    if (app->n_unknown_reported == 0) {
+        char line[256];
+        snprintf(line, sizeof line,
+                 "[selfmod] %lld character%s of the input %s not in the vocabulary of %s and became its unknown "
+                 "token (the first: '%s')",
+                 (long long)n, n == 1 ? "" : "s", n == 1 ? "is" : "are", sm_model_path(app->model), first);
+        note(app, line);
+    }
+    app->n_unknown_reported = n;
 }
 
 static void write_output(cli_app *app, const sm_result *result) {
@@ -148,17 +171,17 @@ generate_outcome cli_generate(cli_app *app, sm_chat *chat, const char *input) {
     app->gen.user_data = &sink;
     if (app->stream_to_terminal) display_begin(&app->disp);
 
-    struct sigaction action, previous;
+    struct sigaction action, previous[N_STOP_SIGNALS];
     memset(&action, 0, sizeof action);
-    action.sa_handler = on_sigint;
+    action.sa_handler = on_stop_signal;
     sigemptyset(&action.sa_mask);
     interrupted = 0;
-    sigaction(SIGINT, &action, &previous);
+    for (int i = 0; i < N_STOP_SIGNALS; i++) sigaction(STOP_SIGNALS[i], &action, &previous[i]);
 
     sm_result result;
     sm_status status = chat ? sm_chat_turn(chat, input, &app->gen, &result)
                             : sm_session_generate(app->session, app->prompt_fed ? NULL : input, &app->gen, &result);
-    sigaction(SIGINT, &previous, NULL);
+    for (int i = 0; i < N_STOP_SIGNALS; i++) sigaction(STOP_SIGNALS[i], &previous[i], NULL);
     app->gen.on_event = NULL;
     app->gen.user_data = NULL;
 
@@ -170,9 +193,18 @@ generate_outcome cli_generate(cli_app *app, sm_chat *chat, const char *input) {
         sm_result_free(&result);
         return GENERATE_FAILED;
     }
+    note_unknown_chars(app);
+    errno = 0;
     write_output(app, &result);
-    bool logged = append_memory(app, input, &result);
+    bool written = fflush(stdout) == 0 && !ferror(stdout);
+    int write_errno = errno;
+    bool logged = append_memory(app, input, &result); /* recorded even when stdout is gone */
     sm_result_free(&result);
+    if (!written) {
+        cli_error("cannot write the output: %s%s", write_errno ? strerror(write_errno) : "write error",
+                  app->memlog && logged ? " (the generation was recorded in the memory file)" : "");
+        return GENERATE_FAILED;
+    }
     if (!logged) return GENERATE_FAILED;
     return interrupted ? GENERATE_INTERRUPTED : GENERATE_OK;
 }

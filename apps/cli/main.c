@@ -11,14 +11,14 @@
 #include "server/server.h"
 #include "steer/steer.h"
 
+#include <errno.h>
 #include <locale.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-#define EXIT_INTERRUPTED 130
 
 void cli_error(const char *fmt, ...) {
     va_list ap;
@@ -77,7 +77,7 @@ static void show_load_progress(float progress, void *user_data) {
 static uint32_t context_size(const cli_app *app, uint32_t requested) {
     int32_t n_train = sm_model_n_ctx_train(app->model);
     if (n_train <= 0 || requested == 0 || requested <= (uint32_t)n_train) return requested;
-    if (!app->opt->quiet)
+    if (!app->opt->quiet && app->opt->ctx_size_given) /* the default is no request worth a warning */
         fprintf(stderr, "[selfmod] --ctx-size %u is longer than the %d tokens %s was trained on: using %d\n",
                 requested, n_train, sm_model_path(app->model), n_train);
     return (uint32_t)n_train;
@@ -128,7 +128,7 @@ static int run_single_prompt(cli_app *app) {
     if (!cli_intro_prepare_prompt(app)) return EXIT_FAILURE;
     switch (cli_generate(app, NULL, app->opt->prompt)) {
     case GENERATE_OK: return EXIT_SUCCESS;
-    case GENERATE_INTERRUPTED: return EXIT_INTERRUPTED;
+    case GENERATE_INTERRUPTED: return 128 + cli_interrupting_signal(); /* as a shell reports it */
     case GENERATE_FAILED: break;
     }
     return EXIT_FAILURE;
@@ -149,7 +149,7 @@ static int setup_and_run(cli_app *app) {
     if (!create_operators(app)) return CLI_EXIT_USAGE;
     if (!open_memory_file(app)) return EXIT_FAILURE;
     if (!cli_intro_before_load(app)) return EXIT_FAILURE;
-    sm_set_llama_logging(!opt->quiet);
+    sm_set_llama_logging(opt->verbose);
     if (!load_model(app)) return EXIT_FAILURE;
     if (!cli_intro_after_load(app)) return EXIT_FAILURE;
 
@@ -179,8 +179,29 @@ static int run_subcommand(int argc, char **argv, bool *handled) {
     return 0;
 }
 
+/* Whatever was printed must have reached stdout: a full disk or a closed
+ * pipe is an error, not a success (--help > /dev/full). */
+static int finish_stdout(int code) {
+    errno = 0;
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+        if (code == EXIT_SUCCESS || code == CLI_EXIT_USAGE)
+            cli_error("cannot write to standard output: %s", errno ? strerror(errno) : "write error");
+        return code == EXIT_SUCCESS ? EXIT_FAILURE : code;
+    }
+    return code;
+}
+
+static int run(int argc, char **argv);
+
 int main(int argc, char **argv) {
     setlocale(LC_CTYPE, ""); /* character widths on the terminal */
+    /* A closed pipe is a write error to report, not a silent death before
+     * the generation is recorded. */
+    signal(SIGPIPE, SIG_IGN);
+    return finish_stdout(run(argc, argv));
+}
+
+static int run(int argc, char **argv) {
     bool handled;
     int sub = run_subcommand(argc, argv, &handled);
     if (handled) return sub;

@@ -165,7 +165,7 @@ static void free_prompts(prompt_list *list) {
 }
 
 static int run(const steer_options *o, const prompt_list *pos, const prompt_list *neg) {
-    sm_set_llama_logging(!o->quiet);
+    sm_set_llama_logging(false); /* llama.cpp's lines stay hidden; errors carry its reason */
     sm_model_params mp = sm_model_default_params();
     sm_error err = {0};
     sm_model *model = sm_model_load(o->model, &mp, &err);
