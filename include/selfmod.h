@@ -161,12 +161,18 @@ typedef struct sm_signals {
 /* ------------------------------------------------------------------ */
 
 /*
- * The sampling chain, in order: bans -> repeat penalty (last n kept tokens)
- * -> DRY (when dry_multiplier > 0) -> top-k -> top-p -> min-p (both on the
+ * The sampling chain, in order: logit bias -> bans -> repeat, frequency
+ * and presence penalties (last n kept tokens) -> DRY (when dry_multiplier > 0) -> top-k -> top-p -> min-p (both on the
  * penalised logits at T = 1) -> temperature -> draw. Temperature 0 is greedy
  * (argmax after penalties and bans). The penalty history is the kept token
  * list itself, so a rewind rewinds it by construction.
  */
+/* A fixed change to one token's logit (OpenAI's logit_bias). */
+typedef struct sm_logit_bias {
+    sm_token token;
+    float bias;            /* added to the raw logit; -INFINITY bans it     */
+} sm_logit_bias;
+
 typedef struct sm_sampling_params {
     float temperature;     /* 0.7; 0 = greedy                               */
     int32_t top_k;         /* 40; <= 0 = whole vocabulary                   */
@@ -174,6 +180,13 @@ typedef struct sm_sampling_params {
     float min_p;           /* 0.05; in [0, 1), 0 = off                      */
     float repeat_penalty;  /* 1.1; 1 = off                                  */
     int32_t repeat_last_n; /* 64 tokens; 0 = off                             */
+    /* OpenAI's penalties over the same last repeat_last_n kept tokens, as
+     * llama.cpp applies them: logit -= count * frequency + (count > 0) *
+     * presence. 0 = off. */
+    float frequency_penalty;
+    float presence_penalty;
+    const sm_logit_bias *logit_bias; /* not owned; may be NULL            */
+    int32_t n_logit_bias;
     uint64_t seed;         /* same seed, same run                            */
     /* llama.cpp's DRY ("don't repeat yourself") penalty: a token that would
      * extend a repeat of length L >= allowed_length loses
@@ -218,6 +231,10 @@ typedef struct sm_policy_params {
     float exploration_prob;      /* 0.05                                     */
     int32_t repetition_window;   /* 10                                       */
     int32_t repetition_min_distinct; /* 5                                    */
+    /* Values the policy leaves as they are (say, a client set them): it
+     * still watches, retracts and reports, but never moves these. */
+    bool hold_temperature;
+    bool hold_repeat_penalty;
     /* Entropy steering (docs/INTROSPECTION.md), independent of `enabled`:
      * applied before each token is sampled, from the entropy H and
      * varentropy V of its raw distribution, to that token only (the
@@ -740,6 +757,12 @@ sm_chat_params sm_chat_default_params(void);
 /* The chat drives `session` (not owned): the KV cache is kept between
  * turns and only new tokens are decoded. */
 sm_chat *sm_chat_new(sm_session *session, const sm_chat_params *params, sm_error *err);
+/* How many tokens the prompt of a conversation takes (rendered as a chat
+ * with these params would render it, the assistant's turn opened; the
+ * last message must be the user's), without a session: a server can
+ * refuse a conversation too long for its context before it answers. */
+sm_status sm_chat_prompt_tokens(const sm_model *model, const sm_chat_params *params, const sm_chat_message *messages,
+                                int32_t n_messages, int32_t *n_tokens, sm_error *err);
 void sm_chat_free(sm_chat *chat);
 
 /* (history, user message) -> answer. The answer is result->text; the

@@ -48,7 +48,8 @@ typedef struct token_buf {
 } token_buf;
 
 struct sm_chat {
-    sm_session *session;
+    sm_session *session;        /* NULL for a chat that only renders      */
+    const sm_model *model;
     const struct llama_vocab *vocab;
     /* What llama_chat_apply_template is given (a built-in name or the
      * model's own template); NULL selects the plain fallback. */
@@ -177,7 +178,7 @@ static sm_status tokenize_onto(sm_chat *chat, const char *text, size_t len, bool
                                token_buf *out) {
     sm_tokens toks;
     sm_error err = {0};
-    sm_status st = sm_tokenize(sm_session_model(chat->session), text, len, add_special, parse_special, &toks, &err);
+    sm_status st = sm_tokenize(chat->model, text, len, add_special, parse_special, &toks, &err);
     if (st != SM_OK) return fail(chat, st, "%s", err.message);
     sm_token *data = realloc(out->data, sizeof *data * (size_t)(out->len + toks.n + 1));
     if (!data) {
@@ -567,7 +568,7 @@ static sm_status choose_template(sm_chat *chat, const char *requested) {
         }
         label = arg = requested;
     } else {
-        const struct llama_model *model = sm_model_llama(sm_session_model(chat->session));
+        const struct llama_model *model = sm_model_llama(chat->model);
         const char *own = llama_model_chat_template(model, NULL);
         if (own && template_renders(own)) {
             arg = own;
@@ -602,20 +603,18 @@ static void report(sm_error *err, sm_status status, const char *message) {
     snprintf(err->message, sizeof err->message, "%s", message);
 }
 
-sm_chat *sm_chat_new(sm_session *session, const sm_chat_params *params, sm_error *err) {
+/* A chat over model: session NULL makes one that can only render. */
+static sm_chat *chat_open(const sm_model *model, sm_session *session, const sm_chat_params *params, sm_error *err) {
     sm_chat_params defaults = sm_chat_default_params();
     if (!params) params = &defaults;
-    if (!session) {
-        report(err, SM_ERR_INVALID_ARGUMENT, "sm_chat_new: session is NULL");
-        return NULL;
-    }
     sm_chat *chat = calloc(1, sizeof *chat);
     if (!chat) {
         report(err, SM_ERR_NO_MEMORY, "out of memory creating the chat");
         return NULL;
     }
     chat->session = session;
-    chat->vocab = llama_model_get_vocab(sm_model_llama(sm_session_model(session)));
+    chat->model = model;
+    chat->vocab = llama_model_get_vocab(sm_model_llama(model));
     sm_status status = choose_template(chat, params->template_name);
     const char *user = params->fallback_user        ? params->fallback_user
                        : *chat->template_user       ? chat->template_user
@@ -649,6 +648,41 @@ sm_chat *sm_chat_new(sm_session *session, const sm_chat_params *params, sm_error
         return NULL;
     }
     return chat;
+}
+
+sm_chat *sm_chat_new(sm_session *session, const sm_chat_params *params, sm_error *err) {
+    if (!session) {
+        report(err, SM_ERR_INVALID_ARGUMENT, "sm_chat_new: session is NULL");
+        return NULL;
+    }
+    return chat_open(sm_session_model(session), session, params, err);
+}
+
+sm_status sm_chat_prompt_tokens(const sm_model *model, const sm_chat_params *params, const sm_chat_message *messages,
+                                int32_t n_messages, int32_t *n_tokens, sm_error *err) {
+    if (!model || !messages || n_messages < 1 || !n_tokens || !messages[n_messages - 1].role ||
+        strcmp(messages[n_messages - 1].role, "user") != 0 || !messages[n_messages - 1].content) {
+        report(err, SM_ERR_INVALID_ARGUMENT, "sm_chat_prompt_tokens: a model and messages ending with the user's");
+        return SM_ERR_INVALID_ARGUMENT;
+    }
+    sm_chat *chat = chat_open(model, NULL, params, err);
+    if (!chat) return err ? err->status : SM_ERR_NO_MEMORY;
+    sm_status st = sm_chat_set_history(chat, messages, n_messages - 1);
+    text_buf rendered = {0};
+    content_span *spans = NULL;
+    int32_t n_spans = 0;
+    token_buf all = {0};
+    if (st == SM_OK)
+        st = render_conversation(chat, 0, messages[n_messages - 1].content, &rendered, &spans, &n_spans);
+    if (st == SM_OK)
+        st = spans ? tokenize_with_spans(chat, &rendered, spans, n_spans, true, &all) : tokenize(chat, rendered.data, true, &all);
+    if (st == SM_OK) *n_tokens = all.len;
+    else report(err, st, chat->error);
+    tokens_free(&all);
+    free(spans);
+    text_free(&rendered);
+    sm_chat_free(chat);
+    return st;
 }
 
 void sm_chat_free(sm_chat *chat) {

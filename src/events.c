@@ -313,6 +313,9 @@ cJSON *sm_gen_params_to_cjson(const sm_gen_params *params) {
     sm_json_add_float(json, "min_p", s->min_p);
     sm_json_add_float(json, "repeat_penalty", s->repeat_penalty);
     cJSON_AddNumberToObject(json, "repeat_last_n", s->repeat_last_n);
+    if (s->frequency_penalty != 0) sm_json_add_float(json, "frequency_penalty", s->frequency_penalty);
+    if (s->presence_penalty != 0) sm_json_add_float(json, "presence_penalty", s->presence_penalty);
+    if (s->n_logit_bias > 0) cJSON_AddNumberToObject(json, "n_logit_bias", s->n_logit_bias);
     sm_json_add_u64(json, "seed", s->seed);
     sm_json_add_float(json, "dry_multiplier", s->dry_multiplier);
     if (s->dry_multiplier > 0) {

@@ -84,6 +84,8 @@ void sm_pool_free(sm_pool *pool);
 /* sampler.c: the sampling chain (see sm_sampling_params). */
 typedef struct sm_sampler_work {
     float *logits;        /* penalised copy, n_vocab                       */
+    sm_token *counted;    /* the recent tokens, sorted, to count them      */
+    int32_t cap_counted;
     sm_candidate *cand;   /* candidates after top-k                        */
     int32_t n_vocab;
     /* The DRY stage: llama.cpp's own sampler, made when first needed and
@@ -107,6 +109,10 @@ typedef struct sm_sample_input {
     int32_t n_bans;
     float temperature;
     float repeat_penalty;
+    float frequency_penalty;
+    float presence_penalty;
+    const sm_logit_bias *logit_bias;
+    int32_t n_logit_bias;
     int32_t top_k;
     float top_p;
     float min_p;

@@ -148,6 +148,15 @@ sm_status sm_gen_params_validate(const sm_gen_params *p, char *msg, size_t msg_s
     CHECK(isfinite(s->min_p) && s->min_p >= 0.0f && s->min_p < 1.0f, "min_p must be in [0, 1) (got %g)", s->min_p);
     CHECK(in_range(s->repeat_penalty, 0.01f, 100.0f), "repeat_penalty must be in [0.01, 100] (got %g)", s->repeat_penalty);
     CHECK(s->repeat_last_n >= 0, "repeat_last_n must be >= 0 (got %d)", s->repeat_last_n);
+    CHECK(in_range(s->frequency_penalty, -100.0f, 100.0f), "frequency_penalty must be in [-100, 100] (got %g)",
+          s->frequency_penalty);
+    CHECK(in_range(s->presence_penalty, -100.0f, 100.0f), "presence_penalty must be in [-100, 100] (got %g)",
+          s->presence_penalty);
+    CHECK(s->n_logit_bias >= 0 && (s->n_logit_bias == 0 || s->logit_bias), "logit_bias: %d entries without an array",
+          s->n_logit_bias);
+    for (int32_t i = 0; i < s->n_logit_bias; i++)
+        CHECK(s->logit_bias[i].token >= 0 && !isnan(s->logit_bias[i].bias) && s->logit_bias[i].bias < INFINITY,
+              "logit_bias[%d]: token %d must be >= 0 and the bias a number below +infinity", i, s->logit_bias[i].token);
     CHECK(in_range(s->dry_multiplier, 0.0f, 100.0f), "dry_multiplier must be in [0, 100] (got %g)", s->dry_multiplier);
     if (s->dry_multiplier > 0.0f) { /* the other DRY settings matter only when it is on */
         CHECK(in_range(s->dry_base, 1.0f, 100.0f), "dry_base must be in [1, 100] (got %g)", s->dry_base);

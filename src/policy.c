@@ -61,6 +61,19 @@ static void drop_unchanged(sm_policy_action *a) {
     a->n_mods = kept;
 }
 
+/* Puts back what the caller holds fixed, in the state and in each mod. */
+static void hold_values(const sm_policy_params *p, sm_policy_action *a, sm_policy_state *st) {
+    for (int32_t i = 0; i < a->n_mods; i++) {
+        sm_policy_mod *m = &a->mods[i];
+        if (p->hold_temperature) m->t_after = m->t_before;
+        if (p->hold_repeat_penalty) m->rp_after = m->rp_before;
+    }
+    if (a->n_mods > 0) {
+        if (p->hold_temperature) st->temperature = a->mods[0].t_before;
+        if (p->hold_repeat_penalty) st->repeat_penalty = a->mods[0].rp_before;
+    }
+}
+
 static int32_t count_distinct(const sm_token *tokens, int32_t n) {
     int32_t distinct = 0;
     for (int32_t i = 0; i < n; i++) {
@@ -124,10 +137,12 @@ void sm_policy_step(const sm_policy_params *p, const float *confidences, const s
         finish_mod(m, st);
         snprintf(m->description, sizeof m->description, "exploration burst: temperature %+.3f", delta);
     }
+    hold_values(p, a, st);
     drop_unchanged(a);
 }
 
 void sm_policy_after_retraction(const sm_policy_params *p, sm_policy_state *st) {
+    if (p->hold_temperature) return;
     st->temperature = minf(st->temperature * step(p, CRITICAL_T_FACTOR), maxf(CRITICAL_T_CAP, st->temperature));
 }
 

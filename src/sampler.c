@@ -1,5 +1,6 @@
 /*
- * The sampling chain: bans -> repeat penalty -> DRY -> top-k -> top-p ->
+ * The sampling chain: logit bias -> bans -> repeat, frequency and
+ * presence penalties -> DRY -> top-k -> top-p ->
  * min-p -> temperature -> draw. Written here rather than with llama_sampler because
  * the policy changes temperature and penalty every token and a rewind must
  * restore the penalty history and the random state exactly: both are plain
@@ -35,6 +36,8 @@ void sm_sampler_work_free(sm_sampler_work *w) {
     free(w->logits);
     free(w->cand);
     free(w->dry_cur);
+    free(w->counted);
+    w->counted = NULL;
     if (w->dry) llama_sampler_free(w->dry);
     w->logits = NULL;
     w->cand = NULL;
@@ -52,6 +55,33 @@ static void apply_repeat_penalty(float *logits, const sm_sample_input *in) {
         for (int32_t j = 0; j < i && !seen; j++) seen = in->recent[j] == t;
         if (seen) continue;
         logits[t] = logits[t] > 0 ? logits[t] / in->repeat_penalty : logits[t] * in->repeat_penalty;
+    }
+}
+
+static int by_token(const void *a, const void *b) {
+    sm_token x = *(const sm_token *)a, y = *(const sm_token *)b;
+    return (x > y) - (x < y);
+}
+
+/* OpenAI's frequency and presence penalties, by how often each token
+ * occurs among the recent ones (counted on a sorted copy). */
+static void apply_count_penalties(float *logits, const sm_sample_input *in, sm_sampler_work *w) {
+    if ((in->frequency_penalty == 0.0f && in->presence_penalty == 0.0f) || in->n_recent == 0) return;
+    if (in->n_recent > w->cap_counted) {
+        sm_token *c = realloc(w->counted, sizeof *c * (size_t)in->n_recent);
+        if (!c) return; /* cannot happen for sane windows; the penalty is then skipped */
+        w->counted = c;
+        w->cap_counted = in->n_recent;
+    }
+    memcpy(w->counted, in->recent, sizeof *w->counted * (size_t)in->n_recent);
+    qsort(w->counted, (size_t)in->n_recent, sizeof *w->counted, by_token);
+    for (int32_t i = 0; i < in->n_recent;) {
+        int32_t j = i;
+        while (j < in->n_recent && w->counted[j] == w->counted[i]) j++;
+        sm_token t = w->counted[i];
+        if (t >= 0 && t < in->n_vocab)
+            logits[t] -= (float)(j - i) * in->frequency_penalty + in->presence_penalty;
+        i = j;
     }
 }
 
@@ -159,9 +189,14 @@ static void softmax(sm_candidate *c, int32_t n, float temperature) {
 sm_token sm_sample(const sm_sample_input *in, uint64_t *rng, sm_sampler_work *w, float *p_sampled) {
     float *logits = w->logits;
     memcpy(logits, in->logits, sizeof(float) * (size_t)in->n_vocab);
+    for (int32_t i = 0; i < in->n_logit_bias; i++) {
+        sm_token t = in->logit_bias[i].token;
+        if (t >= 0 && t < in->n_vocab) logits[t] += in->logit_bias[i].bias;
+    }
     for (int32_t i = 0; i < in->n_bans; i++)
         if (in->bans[i] >= 0 && in->bans[i] < in->n_vocab) logits[in->bans[i]] = -INFINITY;
     apply_repeat_penalty(logits, in);
+    apply_count_penalties(logits, in, w);
     if (in->dry_multiplier > 0.0f) apply_dry(logits, in, w);
 
     if (in->temperature <= 0.0f) {

@@ -717,6 +717,10 @@ static sm_token sample_candidate(generation *g, int32_t i) {
         .n_bans = r->n_bans,
         .temperature = g->policy.temperature,
         .repeat_penalty = g->policy.repeat_penalty,
+        .frequency_penalty = g->gp->sampling.frequency_penalty,
+        .presence_penalty = g->gp->sampling.presence_penalty,
+        .logit_bias = g->gp->sampling.logit_bias,
+        .n_logit_bias = g->gp->sampling.n_logit_bias,
         .top_k = g->gp->sampling.top_k,
         .top_p = g->gp->sampling.top_p,
         .min_p = g->gp->sampling.min_p,
@@ -1061,6 +1065,10 @@ sm_status sm_session_generate(sm_session *s, const char *prompt, const sm_gen_pa
     if (s->n_models > 1 && sm_fusion_params_validate(&gp->fusion, s->n_models, msg, sizeof msg) != SM_OK)
         return sm_session_fail(s, SM_ERR_INVALID_ARGUMENT, "%s", msg);
     if (!sm_intervention_fits(s, gp, msg, sizeof msg)) return sm_session_fail(s, SM_ERR_INVALID_ARGUMENT, "%s", msg);
+    for (int32_t i = 0; i < gp->sampling.n_logit_bias; i++)
+        if (gp->sampling.logit_bias[i].token >= s->n_vocab)
+            return sm_session_fail(s, SM_ERR_INVALID_ARGUMENT, "logit_bias[%d]: token %d is outside the vocabulary (%d)", i,
+                                   gp->sampling.logit_bias[i].token, s->n_vocab);
 
     double t0 = sm_now_ms();
     if (prompt && *prompt) {

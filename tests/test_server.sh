@@ -50,14 +50,17 @@ API_KEY="test-key-$RANDOM$RANDOM"
 start_server plain -m "$SM_MODELS/stories260K.gguf" --parallel 2
 start_server keyed -m "$SM_MODELS/stories260K.gguf" --parallel 1 --api-key "$API_KEY" --alias tiny-stories --quiet
 start_server fused --models "$SM_MODELS/stories260K.gguf,llama2xs-salty-280K" --parallel 2
+start_server guarded -m "$SM_MODELS/stories260K.gguf" --parallel 1 --header-timeout 1 --max-connections 8 \
+  --cors-origins http://allowed.example --quiet
 
 export SM_SERVER_URL="$URL_plain" SM_SERVER_KEY_URL="$URL_keyed" SM_SERVER_FUSED_URL="$URL_fused"
+export SM_SERVER_GUARDED_URL="$URL_guarded"
 export SM_API_KEY="$API_KEY" SM_SCREENSHOT_DIR="$PWD"
 
 status=0
 node --test --test-concurrency=1 "$SM_SRC"/tests/server/*.test.js || status=$?
 if [ "$status" -ne 0 ]; then
-  for name in plain keyed fused; do
+  for name in plain keyed fused guarded; do
     echo "---- $name server log (last lines) ----" >&2
     tail -n 40 "$WORK/$name.log" >&2
   done

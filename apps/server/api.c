@@ -104,13 +104,13 @@ reply api_props(server *srv) {
 
 /* ------------------------------------------------------------------ */
 
-static reply generate(server *srv, const char *body, size_t len, api_kind api) {
+static reply generate(server *srv, int client_fd, const char *body, size_t len, api_kind api) {
     reply bad;
     cJSON *json = api_parse_body(body, len, &bad);
     if (!json) return bad;
     gen_request req;
     api_error err;
-    bool ok = gen_request_parse(json, api, &srv->models, &req, &err);
+    bool ok = gen_request_parse(json, api, &srv->models, srv->opt.selfmod_default, &req, &err);
     cJSON_Delete(json);
     if (!ok) {
         gen_request_free(&req);
@@ -122,13 +122,13 @@ static reply generate(server *srv, const char *body, size_t len, api_kind api) {
         return reply_stream(ch);
     }
     cJSON *response = NULL;
-    if (!generation_run(srv, &req, &response, &err)) return reply_error(&err);
+    if (!generation_run(srv, &req, client_fd, &response, &err)) return reply_error(&err);
     return reply_json(200, response);
 }
 
-reply api_completions(server *srv, const char *body, size_t len) { return generate(srv, body, len, API_COMPLETIONS); }
-reply api_chat_completions(server *srv, const char *body, size_t len) { return generate(srv, body, len, API_CHAT); }
-reply api_llama_completion(server *srv, const char *body, size_t len) { return generate(srv, body, len, API_LLAMA); }
+reply api_completions(server *srv, int client_fd, const char *body, size_t len) { return generate(srv, client_fd, body, len, API_COMPLETIONS); }
+reply api_chat_completions(server *srv, int client_fd, const char *body, size_t len) { return generate(srv, client_fd, body, len, API_CHAT); }
+reply api_llama_completion(server *srv, int client_fd, const char *body, size_t len) { return generate(srv, client_fd, body, len, API_LLAMA); }
 
 /* ------------------------------------------------------------------ */
 
@@ -149,7 +149,7 @@ static const served_model *vocab_for(server *srv, const cJSON *body, reply *bad)
     return model_set_target_vocab(&srv->models, target);
 }
 
-reply api_tokenize(server *srv, const char *body, size_t len) {
+reply api_tokenize(server *srv, int client_fd, const char *body, size_t len) {
     reply bad;
     cJSON *json = api_parse_body(body, len, &bad);
     if (!json) return bad;
@@ -198,7 +198,7 @@ reply api_tokenize(server *srv, const char *body, size_t len) {
     return reply_json(200, o);
 }
 
-reply api_detokenize(server *srv, const char *body, size_t len) {
+reply api_detokenize(server *srv, int client_fd, const char *body, size_t len) {
     reply bad;
     cJSON *json = api_parse_body(body, len, &bad);
     if (!json) return bad;

@@ -7,12 +7,12 @@
 reply api_health(server *srv);
 reply api_models(server *srv);
 reply api_props(server *srv);
-reply api_completions(server *srv, const char *body, size_t len);
-reply api_chat_completions(server *srv, const char *body, size_t len);
-reply api_llama_completion(server *srv, const char *body, size_t len);
-reply api_tokenize(server *srv, const char *body, size_t len);
-reply api_detokenize(server *srv, const char *body, size_t len);
-reply api_loom_expand(server *srv, const char *body, size_t len);
+reply api_completions(server *srv, int client_fd, const char *body, size_t len);
+reply api_chat_completions(server *srv, int client_fd, const char *body, size_t len);
+reply api_llama_completion(server *srv, int client_fd, const char *body, size_t len);
+reply api_tokenize(server *srv, int client_fd, const char *body, size_t len);
+reply api_detokenize(server *srv, int client_fd, const char *body, size_t len);
+reply api_loom_expand(server *srv, int client_fd, const char *body, size_t len);
 
 /* Parses a JSON object body; on failure *reply is the 400 to send. */
 cJSON *api_parse_body(const char *body, size_t len, reply *error_reply);

@@ -5,6 +5,7 @@
 #include "server/models.h"
 #include "server/options.h"
 #include "server/slots.h"
+#include "server/watchdog.h"
 
 #include <limits.h>
 #include <pthread.h>
@@ -22,7 +23,9 @@ typedef struct server {
     pthread_cond_t workers_done;
     int n_workers;
     atomic_long n_requests;
-    atomic_long n_cancelled;      /* streams whose client went away        */
+    atomic_long n_cancelled;      /* generations whose client went away    */
+    bool loopback_only;           /* bound to a loopback address           */
+    watchdog watchdog;            /* deadlines for slow clients            */
 } server;
 
 #endif

@@ -3,7 +3,9 @@
 #include "server/json_util.h"
 #include "server/response.h"
 
+#include <errno.h>
 #include <pthread.h>
+#include <sys/socket.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -73,6 +75,33 @@ static bool tokenize_prompt(job *j, api_error *err) {
     return true;
 }
 
+/* A chat drops its oldest turns to fit the context, but not the system
+ * prompt and the new message: when those alone do not fit, the request is
+ * refused now, before a stream has answered 200. */
+static bool chat_fits(job *j, api_error *err) {
+    const gen_request *r = &j->req;
+    sm_chat_message minimal[2];
+    int n = 0;
+    if (r->has_system) minimal[n++] = r->messages[0];
+    minimal[n++] = r->messages[r->n_messages - 1];
+    int32_t n_tokens = 0;
+    sm_error e = {0};
+    sm_model *models[SM_MAX_MODELS];
+    model_set_target_models(&j->srv->models, r->target, models);
+    if (sm_chat_prompt_tokens(models[0], &j->srv->slots.chat_params, minimal, n, &n_tokens, &e) != SM_OK)
+        return api_fail(err, e.status == SM_ERR_NO_MEMORY ? 500 : 400, "messages", "%s", e.message);
+    int32_t n_ctx = (int32_t)j->srv->slots.session_params.n_ctx;
+    if (n_tokens >= n_ctx) {
+        api_fail(err, 400, "messages",
+                 "the last message%s takes %d tokens with the chat template but the context holds %d: nothing left "
+                 "to answer into",
+                 r->has_system ? " and the system prompt" : "", n_tokens, n_ctx);
+        err->code = "context_length_exceeded";
+        return false;
+    }
+    return true;
+}
+
 static job *job_new(server *srv, gen_request *req, api_error *err) {
     job *j = calloc(1, sizeof *j);
     if (!j) {
@@ -89,7 +118,12 @@ static job *job_new(server *srv, gen_request *req, api_error *err) {
     j->model_id = model_set_target_id(&srv->models, j->req.target);
     j->vocab = model_set_target_vocab(&srv->models, j->req.target);
     tracker_init(&j->tr, 0, (const char *const *)j->req.stops, j->req.n_stops);
+    j->client_fd = -1;
     if (j->req.api != API_CHAT && !tokenize_prompt(j, err)) {
+        job_free(j);
+        return NULL;
+    }
+    if (j->req.api == API_CHAT && !chat_fits(j, err)) {
         job_free(j);
         return NULL;
     }
@@ -131,6 +165,20 @@ static void stream_progress(job *j, const sm_event *e) {
     send_json(j, chunk);
 }
 
+/* A non-streamed request's client that closed its connection wants no
+ * answer: looked at every 50 ms, as a peek that consumes nothing. */
+static bool client_went_away(job *j) {
+    if (j->client_fd < 0 || j->client_gone) return j->client_gone;
+    double now = now_ms();
+    if (now < j->next_client_check) return false;
+    j->next_client_check = now + 50.0;
+    char c;
+    ssize_t n = recv(j->client_fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    j->client_gone = n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+    if (j->client_gone) atomic_fetch_add(&j->srv->n_cancelled, 1);
+    return j->client_gone;
+}
+
 static bool on_event(const sm_event *e, void *user_data) {
     job *j = user_data;
     switch (e->type) {
@@ -148,7 +196,7 @@ static bool on_event(const sm_event *e, void *user_data) {
         break;
     }
     if (j->ch && e->type != SM_EVENT_START && e->type != SM_EVENT_DONE) stream_progress(j, e);
-    bool cancelled = (j->ch && channel_cancelled(j->ch)) || atomic_load(&j->srv->stopping);
+    bool cancelled = (j->ch && channel_cancelled(j->ch)) || atomic_load(&j->srv->stopping) || client_went_away(j);
     return !cancelled && !j->out_of_memory;
 }
 
@@ -256,9 +304,10 @@ static bool generate_in_slot(job *j, sm_result *res, api_error *err) {
     return true;
 }
 
-bool generation_run(server *srv, gen_request *req, cJSON **response, api_error *err) {
+bool generation_run(server *srv, gen_request *req, int client_fd, cJSON **response, api_error *err) {
     job *j = job_new(srv, req, err);
     if (!j) return false;
+    j->client_fd = client_fd;
     sm_result res = {0};
     bool ok = generate_in_slot(j, &res, err);
     if (ok) *response = response_complete(j, &res);

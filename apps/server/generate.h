@@ -10,8 +10,9 @@
 
 /* Runs a request in the calling thread (waiting for a slot). On success
  * *response is the JSON to send with 200; else err says what failed.
- * Takes ownership of *req either way. */
-bool generation_run(server *srv, gen_request *req, cJSON **response, api_error *err);
+ * client_fd (or -1) is the client's socket: when the client goes away the
+ * generation is cancelled. Takes ownership of *req either way. */
+bool generation_run(server *srv, gen_request *req, int client_fd, cJSON **response, api_error *err);
 
 /* Checks the request, then generates in a thread of its own that writes
  * server-sent events to *out (the caller turns it into the HTTP response).

@@ -2,7 +2,10 @@
 #include "server/api.h"
 #include "server/json_util.h"
 
+#include "server/watchdog.h"
+
 #include <arpa/inet.h>
+#include <stdarg.h>
 #include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -155,6 +158,8 @@ typedef struct request_state {
     size_t len, cap;
     bool too_large;
     double t_start;
+    reply early;          /* refused on its headers alone: sent at once   */
+    const char *cors;     /* the Origin to allow in the reply, or NULL    */
 } request_state;
 
 static double now_ms(void) {
@@ -188,6 +193,125 @@ static void take_body(const server *srv, request_state *rs, const char *data, si
     rs->body[rs->len] = '\0';
 }
 
+static const char *header(struct MHD_Connection *conn, const char *name) {
+    return MHD_lookup_connection_value(conn, MHD_HEADER_KIND, name);
+}
+
+static int client_fd(struct MHD_Connection *conn) {
+    const union MHD_ConnectionInfo *info = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    return info ? info->connect_fd : -1;
+}
+
+static reply refuse(unsigned status, const char *code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static reply refuse(unsigned status, const char *code, const char *fmt, ...) {
+    api_error err = {0};
+    api_fail(&err, status, NULL, "%s", "");
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err.message, sizeof err.message, fmt, ap);
+    va_end(ap);
+    err.code = code;
+    return reply_error(&err);
+}
+
+/* Two Content-Length headers that differ: a proxy and this server could
+ * read different bodies (request smuggling). */
+typedef struct length_check {
+    const char *first;
+    bool conflict;
+} length_check;
+
+static enum MHD_Result check_length_header(void *cls, enum MHD_ValueKind kind, const char *key, const char *value) {
+    (void)kind;
+    length_check *c = cls;
+    if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) != 0) return MHD_YES;
+    if (!c->first) c->first = value ? value : "";
+    else if (strcmp(c->first, value ? value : "") != 0) c->conflict = true;
+    return MHD_YES;
+}
+
+/* "localhost", "127.0.0.1", "[::1]" ... with or without a port. */
+static bool is_loopback_host(const char *host) {
+    char name[256];
+    snprintf(name, sizeof name, "%s", host);
+    char *end = name[0] == '[' ? strchr(name, ']') : strrchr(name, ':');
+    if (name[0] == '[' && end) end[1] = '\0';
+    else if (end && strchr(name, ':') == end) *end = '\0'; /* host:port, not a bare IPv6 */
+    return strcasecmp(name, "localhost") == 0 || strncmp(name, "127.", 4) == 0 || strcmp(name, "[::1]") == 0 ||
+           strcmp(name, "::1") == 0;
+}
+
+/* Whether a page from `origin` may call the API: its own pages (the
+ * origin is this server, as the Host header names it) or an origin the
+ * operator listed with --cors-origins. */
+static bool origin_allowed(const server *srv, const char *origin, const char *host) {
+    if (host && strncasecmp(origin, "http://", 7) == 0 && strcasecmp(origin + 7, host) == 0) return true;
+    const char *list = srv->opt.cors_origins;
+    if (!list) return false;
+    if (strcmp(list, "*") == 0) return true;
+    size_t n = strlen(origin);
+    for (const char *p = list; *p;) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        while (len > 0 && p[len - 1] == '/') len--;
+        if (len == n && strncasecmp(p, origin, n) == 0) return true;
+        if (!comma) break;
+        p = comma + 1;
+        while (*p == ' ') p++;
+    }
+    return false;
+}
+
+static bool is_json_type(const char *type) {
+    if (!type) return false;
+    while (*type == ' ') type++;
+    return strncasecmp(type, "application/json", 16) == 0 && (type[16] == '\0' || type[16] == ';' || type[16] == ' ');
+}
+
+/*
+ * Everything that can be decided on the headers, before a byte of the body
+ * is read: framing, Host, Origin, the route, the API key, the content
+ * type and the declared length. Returns a reply to send at once, or one
+ * with status 0 to go on.
+ */
+static reply check_headers(server *srv, struct MHD_Connection *conn, const char *url, const char *method,
+                           request_state *rs) {
+    length_check lengths = {0};
+    MHD_get_connection_values(conn, MHD_HEADER_KIND, check_length_header, &lengths);
+    if (lengths.conflict) return refuse(400, "bad_request", "two different Content-Length headers");
+    const char *te = header(conn, MHD_HTTP_HEADER_TRANSFER_ENCODING);
+    if (te && strcasecmp(te, "chunked") != 0)
+        return refuse(501, "not_implemented", "Transfer-Encoding '%.60s' is not supported (only chunked)", te);
+    const char *host = header(conn, MHD_HTTP_HEADER_HOST);
+    /* A page on another site may resolve its own name to 127.0.0.1 (DNS
+     * rebinding): a loopback server answers only loopback names. */
+    if (srv->loopback_only && host && !is_loopback_host(host))
+        return refuse(403, "forbidden", "Host '%.100s' is not this server (it listens on loopback only)", host);
+    const char *origin = header(conn, "Origin");
+    if (origin) {
+        if (!origin_allowed(srv, origin, host))
+            return refuse(403, "forbidden", "pages from origin '%.100s' may not use this server (see --cors-origins)",
+                          origin);
+        rs->cors = origin;
+    }
+    bool is_post = strcmp(method, "POST") == 0;
+    const route *rt = find_route(url);
+    if (!rt || strcmp(method, "OPTIONS") == 0) return (reply){0, NULL};
+    if (!rt->public && !authorized(srv, conn)) return unauthorized();
+    if (!is_post || rt->kind != ROUTE_POST) return (reply){0, NULL};
+    const char *type = header(conn, MHD_HTTP_HEADER_CONTENT_TYPE);
+    /* Browsers send text/plain and form bodies to any site without asking
+     * first; JSON needs their preflight. curl -d's form type is accepted
+     * only from clients that are no browser (no Origin). */
+    bool curl_form = !origin && (!type || strncasecmp(type, "application/x-www-form-urlencoded", 33) == 0);
+    if (!is_json_type(type) && !curl_form)
+        return refuse(415, "unsupported_media_type", "send the body as JSON with 'Content-Type: application/json'%s%.60s",
+                      type ? "; got " : "", type ? type : "");
+    const char *length = header(conn, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (length && strtoull(length, NULL, 10) > srv->opt.max_body) return too_large(srv);
+    return (reply){0, NULL};
+}
+
 static reply dispatch(server *srv, struct MHD_Connection *conn, const char *url, const char *method,
                       request_state *rs) {
     bool is_get = strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
@@ -197,7 +321,7 @@ static reply dispatch(server *srv, struct MHD_Connection *conn, const char *url,
     if (rt->kind == ROUTE_GET) return is_get ? rt->get(srv) : method_not_allowed(rt, method);
     if (strcmp(method, "POST") != 0) return method_not_allowed(rt, method);
     if (rs->too_large) return too_large(srv);
-    return rt->post(srv, rs->body ? rs->body : "", rs->len);
+    return rt->post(srv, client_fd(conn), rs->body ? rs->body : "", rs->len);
 }
 
 static enum MHD_Result queue(server *srv, struct MHD_Connection *conn, reply r, const char *method, const char *url,
@@ -207,11 +331,14 @@ static enum MHD_Result queue(server *srv, struct MHD_Connection *conn, reply r, 
         r = reply_bytes(500, "application/json", oom, sizeof oom - 1);
         if (!r.response) return MHD_NO;
     }
-    MHD_add_response_header(r.response, MHD_HTTP_HEADER_ACCESS_CONTROL_ALLOW_ORIGIN, "*");
+    if (rs->cors) { /* an allowed page of another origin (or this one) */
+        MHD_add_response_header(r.response, MHD_HTTP_HEADER_ACCESS_CONTROL_ALLOW_ORIGIN, rs->cors);
+        MHD_add_response_header(r.response, MHD_HTTP_HEADER_VARY, "Origin");
+    }
     enum MHD_Result result = MHD_queue_response(conn, r.status, r.response);
     MHD_destroy_response(r.response);
     if (!srv->opt.quiet)
-        fprintf(stderr, "[serve] %s %s -> %u (%.1f ms)\n", method, url, r.status, now_ms() - rs->t_start);
+        fprintf(stderr, "[serve] %s %.200s -> %u (%.1f ms)\n", method, url, r.status, now_ms() - rs->t_start);
     return result;
 }
 
@@ -225,6 +352,11 @@ static reply preflight(void) {
     return r;
 }
 
+static watched *connection_watch(struct MHD_Connection *conn) {
+    const union MHD_ConnectionInfo *info = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return info ? info->socket_context : NULL;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
                                   const char *version, const char *upload_data, size_t *upload_data_size,
                                   void **con_cls) {
@@ -236,33 +368,63 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         if (!rs) return MHD_NO;
         rs->t_start = now_ms();
         *con_cls = rs;
-        const char *length = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-        if (length && strtoull(length, NULL, 10) > srv->opt.max_body) rs->too_large = true;
-        return MHD_YES;
+        watchdog_headers_read(&srv->watchdog, connection_watch(conn));
+        rs->early = check_headers(srv, conn, url, method, rs);
+        if (rs->early.status == 0) return MHD_YES;
+        /* Refused on its headers: answered now, the body never read (the
+         * connection is closed after the reply). */
+        atomic_fetch_add(&srv->n_requests, 1);
+        if (rs->early.response) MHD_add_response_header(rs->early.response, MHD_HTTP_HEADER_CONNECTION, "close");
+        reply early = rs->early;
+        rs->early.response = NULL;
+        return queue(srv, conn, early, method, url, rs);
     }
     if (*upload_data_size > 0) {
         take_body(srv, rs, upload_data, *upload_data_size);
         *upload_data_size = 0;
         return MHD_YES;
     }
+    if (rs->early.status != 0) return MHD_YES; /* already answered */
+    watchdog_answering(&srv->watchdog, connection_watch(conn));
     atomic_fetch_add(&srv->n_requests, 1);
     if (strcmp(method, "OPTIONS") == 0) return queue(srv, conn, preflight(), method, url, rs);
     return queue(srv, conn, dispatch(srv, conn, url, method, rs), method, url, rs);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls, enum MHD_RequestTerminationCode toe) {
-    (void)cls;
-    (void)conn;
     (void)toe;
+    server *srv = cls;
     request_state *rs = *con_cls;
     if (rs) {
         free(rs->body);
         free(rs);
     }
     *con_cls = NULL;
+    watchdog_request_done(&srv->watchdog, connection_watch(conn));
+}
+
+/* Every connection is watched from its start to its end (watchdog.c). */
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code) {
+    server *srv = cls;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) *socket_context = watchdog_add(&srv->watchdog, client_fd(conn));
+    else if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
+        watchdog_remove(&srv->watchdog, *socket_context);
+        *socket_context = NULL;
+    }
 }
 
 /* ------------------------------------------------------------------ */
+
+static bool is_loopback_address(const struct sockaddr_storage *addr) {
+    if (addr->ss_family == AF_INET)
+        return (ntohl(((const struct sockaddr_in *)addr)->sin_addr.s_addr) >> 24) == 127;
+    if (addr->ss_family == AF_INET6) {
+        const struct in6_addr *a = &((const struct sockaddr_in6 *)addr)->sin6_addr;
+        return IN6_IS_ADDR_LOOPBACK(a);
+    }
+    return false;
+}
 
 static bool resolve_host(const char *host, int port, struct sockaddr_storage *addr, socklen_t *len, int *family,
                          char *err, size_t err_size) {
@@ -289,12 +451,20 @@ struct MHD_Daemon *http_start(server *srv, char *err, size_t err_size) {
     if (!resolve_host(srv->opt.host, srv->opt.port, &addr, &addr_len, &family, err, err_size)) return NULL;
     unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG;
     if (family == AF_INET6) flags |= MHD_USE_IPv6;
+    srv->loopback_only = is_loopback_address(&addr);
+    if (!watchdog_start(&srv->watchdog, srv->opt.header_timeout)) {
+        snprintf(err, err_size, "cannot start the connection watchdog thread");
+        return NULL;
+    }
     struct MHD_Daemon *d = MHD_start_daemon(flags, (uint16_t)srv->opt.port, NULL, NULL, on_request, srv,
                                             MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
                                             MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
+                                            MHD_OPTION_NOTIFY_CONNECTION, on_connection, srv,
+                                            MHD_OPTION_CONNECTION_LIMIT, (unsigned)srv->opt.max_connections,
                                             MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
                                             MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(256 * 1024),
                                             MHD_OPTION_END);
+    if (!d) watchdog_stop(&srv->watchdog);
     if (!d) snprintf(err, err_size, "cannot listen on %s:%d (in use, or not an address of this machine)",
                      srv->opt.host, srv->opt.port);
     return d;

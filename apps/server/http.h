@@ -24,7 +24,7 @@ reply reply_stream(channel *ch);                  /* text/event-stream */
 reply reply_bytes(unsigned status, const char *content_type, const void *data, size_t len);
 
 /* A POST handler: the body is complete and within the size limit. */
-typedef reply (*api_handler)(server *srv, const char *body, size_t len);
+typedef reply (*api_handler)(server *srv, int client_fd, const char *body, size_t len);
 
 /* Starts listening; NULL (with a message in err) on failure. */
 struct MHD_Daemon *http_start(server *srv, char *err, size_t err_size);

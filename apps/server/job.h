@@ -24,6 +24,9 @@ typedef struct job {
     int32_t n_cached;            /* of which the slot already held         */
     double t_prompt_ms;
     bool out_of_memory;
+    int client_fd;               /* a non-streamed request's socket, or -1 */
+    double next_client_check;    /* when to look at it again (ms)         */
+    bool client_gone;
 } job;
 
 #endif

@@ -167,7 +167,7 @@ static reply expand(server *srv, loom_request *r) {
     return reply_json(200, json);
 }
 
-reply api_loom_expand(server *srv, const char *body, size_t len) {
+reply api_loom_expand(server *srv, int client_fd, const char *body, size_t len) {
     reply bad;
     cJSON *json = api_parse_body(body, len, &bad);
     if (!json) return bad;

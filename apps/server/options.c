@@ -23,6 +23,13 @@ enum {
     OPT_LOOM_MAX_BEAMS,
     OPT_N_GPU_LAYERS,
     OPT_QUIET,
+    OPT_API_KEY_FILE,
+    OPT_CORS_ORIGINS,
+    OPT_MAX_CONNECTIONS,
+    OPT_SELFMOD,
+    OPT_HEADER_TIMEOUT,
+    OPT_USER_LABEL,
+    OPT_ASSISTANT_LABEL,
 };
 
 static const struct option long_options[] = {
@@ -42,6 +49,13 @@ static const struct option long_options[] = {
     {"loom-max-beams", required_argument, NULL, OPT_LOOM_MAX_BEAMS},
     {"n-gpu-layers", required_argument, NULL, OPT_N_GPU_LAYERS},
     {"quiet", no_argument, NULL, OPT_QUIET},
+    {"api-key-file", required_argument, NULL, OPT_API_KEY_FILE},
+    {"cors-origins", required_argument, NULL, OPT_CORS_ORIGINS},
+    {"max-connections", required_argument, NULL, OPT_MAX_CONNECTIONS},
+    {"selfmod", no_argument, NULL, OPT_SELFMOD},
+    {"header-timeout", required_argument, NULL, OPT_HEADER_TIMEOUT},
+    {"user-label", required_argument, NULL, OPT_USER_LABEL},
+    {"assistant-label", required_argument, NULL, OPT_ASSISTANT_LABEL},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -60,13 +74,25 @@ static void print_usage(FILE *out) {
           "      --host ADDR           address to bind (default: 127.0.0.1)\n"
           "      --port N              port (default: 8080; 0 = any free port)\n"
           "      --api-key KEY         require 'Authorization: Bearer KEY' (all but /health\n"
-          "                            and the web page's files)\n"
+          "                            and the web page's files); visible in ps: prefer\n"
+          "      --api-key-file FILE   the key from the first line of FILE\n"
+          "      --cors-origins LIST   origins (scheme://host[:port], comma-separated, or *)\n"
+          "                            whose pages may call the API (default: none, only\n"
+          "                            pages this server serves)\n"
+          "      --max-connections N   open connections at most; more are refused (default: 64)\n"
+          "      --header-timeout S    seconds a client has to send a request's headers, and\n"
+          "                            an idle connection stays open (default: 15)\n"
+          "      --selfmod             adapt sampling (the policy) for requests that send no\n"
+          "                            \"selfmod\" object (default: they sample as asked)\n"
           "      --parallel N          requests generating at once; more wait (default: 2)\n"
           "      --threads N           CPU threads per request; 0 = cores / parallel\n"
           "      --ctx-size N          context tokens per slot; 0 = the model's (default: 2048)\n"
           "      --max-body BYTES      largest request body, else 413 (default: 1048576)\n"
           "      --web-dir DIR         the web page's folder (default: found beside the program)\n"
           "      --chat-template NAME  a llama.cpp template name (default: the model's own)\n"
+          "      --user-label STR --assistant-label STR   the plain chat form's labels\n"
+          "                            (default: read off the model's template, else\n"
+          "                            \"User:\" and \"Assistant:\")\n"
           "      --fusion-align        fuse models whose vocabularies differ (by token text)\n"
           "      --loom-max-beams N    the largest beam_limit /loom/expand accepts (default: 64)\n"
           "      --n-gpu-layers N      layers to offload (default: 0)\n"
@@ -129,6 +155,28 @@ static bool add_model_list(server_options *opt, const char *list, FILE *err) {
     return ok;
 }
 
+/* The key is the file's first line, without its line ending. */
+static bool read_key_file(server_options *opt, const char *path, FILE *err) {
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        fprintf(err, "llama_selfmod serve: error: --api-key-file '%s': %s\n", path, strerror(errno));
+        return false;
+    }
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n = getline(&line, &cap, f);
+    fclose(f);
+    while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r')) line[--n] = '\0';
+    if (n <= 0) {
+        free(line);
+        fprintf(err, "llama_selfmod serve: error: --api-key-file '%s': the first line is empty\n", path);
+        return false;
+    }
+    free(opt->api_key_owned);
+    opt->api_key = opt->api_key_owned = line;
+    return true;
+}
+
 static bool apply_option(server_options *opt, int c, const char *arg, FILE *err) {
     long v;
     switch (c) {
@@ -175,6 +223,25 @@ static bool apply_option(server_options *opt, int c, const char *arg, FILE *err)
         opt->n_gpu_layers = (int)v;
         return true;
     case OPT_QUIET: opt->quiet = true; return true;
+    case OPT_API_KEY_FILE: return read_key_file(opt, arg, err);
+    case OPT_CORS_ORIGINS:
+        if (!*arg) {
+            fprintf(err, "llama_selfmod serve: error: --cors-origins is empty\n");
+            return false;
+        }
+        opt->cors_origins = arg;
+        return true;
+    case OPT_MAX_CONNECTIONS:
+        if (!parse_long(err, "--max-connections", arg, 1, 100000, &v)) return false;
+        opt->max_connections = (int)v;
+        return true;
+    case OPT_SELFMOD: opt->selfmod_default = true; return true;
+    case OPT_HEADER_TIMEOUT:
+        if (!parse_long(err, "--header-timeout", arg, 1, 3600, &v)) return false;
+        opt->header_timeout = (int)v;
+        return true;
+    case OPT_USER_LABEL: opt->user_label = arg; return true;
+    case OPT_ASSISTANT_LABEL: opt->assistant_label = arg; return true;
     }
     return false;
 }
@@ -187,6 +254,8 @@ options_result server_parse_options(int argc, char **argv, server_options *opt, 
         .n_ctx = 2048,
         .max_body = 1u << 20,
         .loom_max_beams = 64,
+        .max_connections = 64,
+        .header_timeout = 15,
     };
     optind = 1;
     opterr = 0;
@@ -225,4 +294,6 @@ options_result server_parse_options(int argc, char **argv, server_options *opt, 
 void server_options_free(server_options *opt) {
     for (int i = 0; i < opt->n_models; i++) free(opt->model_paths[i]);
     opt->n_models = 0;
+    free(opt->api_key_owned);
+    opt->api_key_owned = NULL;
 }

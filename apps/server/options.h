@@ -16,6 +16,12 @@ typedef struct server_options {
     int n_models;
     const char *alias;                     /* the id /v1/models reports        */
     const char *api_key;                   /* NULL: no authentication          */
+    char *api_key_owned;                   /* read from --api-key-file         */
+    const char *cors_origins;              /* NULL: same origin only; "*": any */
+    int max_connections;                   /* open connections at most (64)    */
+    int header_timeout;                    /* seconds for a request's headers  */
+    bool selfmod_default;                  /* --selfmod: adapt without asking  */
+    const char *user_label, *assistant_label; /* the plain chat form's         */
     int parallel;                          /* slots generating at once (2)     */
     int n_threads;                         /* per slot; 0 = cores / parallel   */
     uint32_t n_ctx;                        /* per slot (2048)                  */

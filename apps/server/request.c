@@ -98,13 +98,60 @@ static bool parse_sampling(const cJSON *b, gen_request *r, api_error *err) {
         return false;
     if (s->top_p <= 0.0f) return api_fail(err, 400, "top_p", "'top_p' must be in (0, 1]");
     if (s->min_p >= 1.0f) return api_fail(err, 400, "min_p", "'min_p' must be in [0, 1)");
-    /* OpenAI's penalties have no counterpart here; they are checked, not used. */
-    double ignored = 0;
-    if (!get_number_field(b, "frequency_penalty", "frequency_penalty", -2, 2, &ignored, err) ||
-        !get_number_field(b, "presence_penalty", "presence_penalty", -2, 2, &ignored, err))
+    if (!get_float(b, "frequency_penalty", "frequency_penalty", -2, 2, &s->frequency_penalty, err) ||
+        !get_float(b, "presence_penalty", "presence_penalty", -2, 2, &s->presence_penalty, err))
         return false;
+    /* What the client set is what it gets: the policy may not move it. */
+    r->params.policy.hold_temperature = json_field(b, "temperature") != NULL;
+    r->params.policy.hold_repeat_penalty = json_field(b, "repeat_penalty") || json_field(b, "frequency_penalty") ||
+                                           json_field(b, "presence_penalty");
     r->seed_given = seed >= 0;
     s->seed = seed >= 0 ? (uint64_t)seed : fresh_seed();
+    return true;
+}
+
+/* OpenAI's {"token id": bias} (bias in [-100, 100]; -100 bans), or
+ * llama-server's [[id, bias], ...] with false for a ban. */
+static bool add_bias(gen_request *r, double token, const cJSON *bias, const char *param, int n_vocab,
+                     api_error *err) {
+    if (!isfinite(token) || token != floor(token) || token < 0 || token >= n_vocab)
+        return api_fail(err, 400, param, "'%s': token ids are integers in [0, %d)", param, n_vocab);
+    float b;
+    if (cJSON_IsFalse(bias)) b = -INFINITY;
+    else if (cJSON_IsNumber(bias) && isfinite(bias->valuedouble) && fabs(bias->valuedouble) <= 100)
+        b = bias->valuedouble <= -100 ? -INFINITY : (float)bias->valuedouble;
+    else return api_fail(err, 400, param, "'%s': a bias is a number in [-100, 100] (or false to ban)", param);
+    if (r->n_logit_bias == MAX_LOGIT_BIAS) return api_fail(err, 400, "logit_bias", "at most %d biases", MAX_LOGIT_BIAS);
+    r->logit_bias[r->n_logit_bias++] = (sm_logit_bias){(sm_token)token, b};
+    return true;
+}
+
+static bool parse_logit_bias(const cJSON *b, gen_request *r, int n_vocab, api_error *err) {
+    const cJSON *lb = json_field(b, "logit_bias");
+    if (!lb) return true;
+    if (!cJSON_IsObject(lb) && !cJSON_IsArray(lb))
+        return api_fail(err, 400, "logit_bias", "'logit_bias' must be an object of token id -> bias");
+    r->logit_bias = calloc(MAX_LOGIT_BIAS, sizeof *r->logit_bias);
+    if (!r->logit_bias) return api_fail(err, 500, NULL, "out of memory");
+    const cJSON *item;
+    int i = 0;
+    cJSON_ArrayForEach(item, lb) {
+        char param[64];
+        if (cJSON_IsObject(lb)) {
+            snprintf(param, sizeof param, "logit_bias.%.40s", item->string);
+            char *end;
+            double token = strtod(item->string, &end);
+            if (end == item->string || *end) return api_fail(err, 400, param, "'%s': keys are token ids", param);
+            if (!add_bias(r, token, item, param, n_vocab, err)) return false;
+        } else {
+            snprintf(param, sizeof param, "logit_bias[%d]", i);
+            if (!cJSON_IsArray(item) || cJSON_GetArraySize(item) != 2 || !cJSON_IsNumber(cJSON_GetArrayItem(item, 0)))
+                return api_fail(err, 400, param, "'%s' must be [token id, bias]", param);
+            if (!add_bias(r, cJSON_GetArrayItem(item, 0)->valuedouble, cJSON_GetArrayItem(item, 1), param, n_vocab, err))
+                return false;
+        }
+        i++;
+    }
     return true;
 }
 
@@ -295,8 +342,11 @@ static bool parse_selfmod_key(const cJSON *o, const cJSON *v, gen_request *r, ap
     return api_fail(err, 400, param, "unknown field '%s'", param);
 }
 
-static bool parse_selfmod(const cJSON *b, gen_request *r, int n_models, api_error *err) {
+static bool parse_selfmod(const cJSON *b, gen_request *r, int n_models, bool selfmod_default, api_error *err) {
     const cJSON *o = json_field(b, "selfmod");
+    /* Without a selfmod object a request samples as asked, as with OpenAI
+     * and llama-server, unless the server was started with --selfmod. */
+    r->params.policy.enabled = o ? true : selfmod_default;
     if (!o) return true;
     if (!cJSON_IsObject(o)) return api_fail(err, 400, "selfmod", "'selfmod' must be an object");
     r->live_events = true;
@@ -425,19 +475,47 @@ static bool parse_model(const cJSON *b, const model_set *models, gen_request *r,
     return true;
 }
 
-bool gen_request_parse(const cJSON *body, api_kind api, const model_set *models, gen_request *r, api_error *err) {
+/* Every field a request may carry: each one acts. A field not listed is
+ * refused with 400 rather than silently ignored. */
+static const char *const KNOWN_FIELDS[] = {
+    "model", "prompt", "messages", "max_tokens", "max_completion_tokens", "n_predict", "n", "temperature", "top_p",
+    "top_k", "min_p", "repeat_penalty", "repeat_last_n", "dry_multiplier", "dry_base", "dry_allowed_length",
+    "dry_penalty_last_n", "seed", "frequency_penalty", "presence_penalty", "logit_bias", "stop", "logprobs",
+    "top_logprobs", "n_probs", "stream", "stream_options", "selfmod",
+    "user", /* OpenAI's end-user id: no effect on generation there either */
+};
+
+static bool check_known_fields(const cJSON *body, api_error *err) {
+    const cJSON *item;
+    cJSON_ArrayForEach(item, body) {
+        bool known = false;
+        for (size_t i = 0; i < sizeof KNOWN_FIELDS / sizeof *KNOWN_FIELDS && !known; i++)
+            known = strcmp(item->string, KNOWN_FIELDS[i]) == 0;
+        if (!known)
+            return api_fail(err, 400, item->string, "unknown field '%.60s': this server does not implement it",
+                            item->string);
+    }
+    return true;
+}
+
+bool gen_request_parse(const cJSON *body, api_kind api, const model_set *models, bool selfmod_default,
+                       gen_request *r, api_error *err) {
     memset(r, 0, sizeof *r);
     memset(err, 0, sizeof *err);
     r->api = api;
     r->params = sm_gen_default_params();
+    /* No repeat penalty unless asked for, as with OpenAI and llama-server. */
+    r->params.sampling.repeat_penalty = 1.0f;
     if (!cJSON_IsObject(body)) return api_fail(err, 400, NULL, "the request body must be a JSON object");
+    if (!check_known_fields(body, err)) return false;
     if (!parse_model(body, models, r, err)) return false;
     sm_model *target_models[SM_MAX_MODELS];
     int n_models = model_set_target_models(models, r->target, target_models);
     bool ok = (api == API_CHAT ? parse_messages(body, r, err) : parse_prompt(body, r, err)) &&
               parse_length(body, r, err) && parse_sampling(body, r, err) && parse_stop(body, r, err) &&
+              parse_logit_bias(body, r, sm_model_n_vocab(target_models[0]), err) &&
               parse_logprobs(body, r, err) && parse_stream(body, r, err) &&
-              parse_selfmod(body, r, n_models, err);
+              parse_selfmod(body, r, n_models, selfmod_default, err);
     if (!ok) return false;
     gen_request_bind(r);
     r->params.n_probs = r->n_probs;
@@ -451,6 +529,8 @@ void gen_request_bind(gen_request *r) {
     r->params.n_stop_strings = r->n_stops;
     r->params.operators = r->operators;
     r->params.n_operators = r->n_operators;
+    r->params.sampling.logit_bias = r->logit_bias;
+    r->params.sampling.n_logit_bias = r->n_logit_bias;
 }
 
 void gen_request_free(gen_request *r) {
@@ -462,5 +542,6 @@ void gen_request_free(gen_request *r) {
     }
     free(r->messages);
     free(r->prompt);
+    free(r->logit_bias);
     memset(r, 0, sizeof *r);
 }

@@ -30,7 +30,7 @@ typedef struct api_error {
 bool api_fail(api_error *err, unsigned status, const char *param, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
-enum { MAX_STOPS = 16, MAX_OPERATORS = 16, MAX_TOP_LOGPROBS = 20, MAX_N_PROBS = 100 };
+enum { MAX_STOPS = 16, MAX_OPERATORS = 16, MAX_TOP_LOGPROBS = 20, MAX_N_PROBS = 100, MAX_LOGIT_BIAS = 1024 };
 
 typedef struct gen_request {
     api_kind api;
@@ -40,6 +40,8 @@ typedef struct gen_request {
     int n_stops;
     sm_operator *operators[MAX_OPERATORS];
     int n_operators;
+    sm_logit_bias *logit_bias;      /* owned; params.sampling points here */
+    int n_logit_bias;
     bool stream;
     bool include_usage;             /* stream_options.include_usage       */
     bool logprobs;                  /* per-token log-probabilities        */
@@ -52,8 +54,10 @@ typedef struct gen_request {
     bool has_system;
 } gen_request;
 
-bool gen_request_parse(const cJSON *body, api_kind api, const model_set *models, gen_request *req,
-                       api_error *err);
+/* selfmod_default: whether the policy adapts sampling when a request has
+ * no "selfmod" object (serve --selfmod). */
+bool gen_request_parse(const cJSON *body, api_kind api, const model_set *models, bool selfmod_default,
+                       gen_request *req, api_error *err);
 void gen_request_free(gen_request *req);
 /* Points req->params at req's own stop strings and operators again (after
  * the struct was copied). */

@@ -86,6 +86,8 @@ static bool start_slots(server *srv) {
     srv->max_rewind = sp.max_rewind;
     sm_chat_params cp = sm_chat_default_params();
     cp.template_name = srv->opt.chat_template;
+    cp.fallback_user = srv->opt.user_label;
+    cp.fallback_assistant = srv->opt.assistant_label;
     if (!slot_pool_init(&srv->slots, srv->opt.parallel, &srv->models, &sp, &cp, srv->opt.loom_max_beams)) {
         fprintf(stderr, "llama_selfmod serve: error: out of memory\n");
         return false;
@@ -95,7 +97,9 @@ static bool start_slots(server *srv) {
     slot *s = slot_acquire(&srv->slots, 0, NULL, 0);
     char why[512] = "";
     bool ok = slot_session(&srv->slots, s, 0, why, sizeof why) != NULL;
-    if (ok && srv->opt.chat_template) ok = slot_chat(&srv->slots, s, 0, false, why, sizeof why) != NULL;
+    sm_chat *chat = ok ? slot_chat(&srv->slots, s, 0, false, why, sizeof why) : NULL;
+    ok = ok && chat;
+    if (ok) fprintf(stderr, "llama_selfmod serve: chat format %s\n", sm_chat_template_used(chat));
     slot_release(&srv->slots, s);
     if (!ok) fprintf(stderr, "llama_selfmod serve: error: %s\n", why);
     return ok;
@@ -146,6 +150,7 @@ static int run(server *srv) {
     atomic_store(&srv->stopping, true);
     MHD_stop_daemon(daemon);
     wait_for_workers(srv);
+    watchdog_stop(&srv->watchdog);
     return EXIT_SUCCESS;
 }
 
