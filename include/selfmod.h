@@ -126,6 +126,8 @@ char *sm_detokenize(const sm_model *model, const sm_token *tokens, int32_t n_tok
  * a UTF-8 character still waiting for its next bytes (a stray byte that no
  * later byte can complete counts as complete). */
 size_t sm_utf8_complete_prefix(const char *s, size_t len);
+/* Whether s[0..len) is well-formed UTF-8 (no NUL, no overlong forms). */
+bool sm_utf8_is_valid(const char *s, size_t len);
 /* One token's bytes (special tokens as their text when special is true,
  * else empty); at most size bytes, not NUL-terminated. Returns the length,
  * 0 for a token outside the vocabulary or a piece longer than size. */

@@ -74,7 +74,7 @@ static size_t utf8_valid_sequence(const unsigned char *s, size_t n) {
     return len;
 }
 
-static bool utf8_is_valid(const char *bytes, size_t len) {
+bool sm_utf8_is_valid(const char *bytes, size_t len) {
     const unsigned char *s = (const unsigned char *)bytes;
     for (size_t i = 0; i < len;) {
         size_t seq = utf8_valid_sequence(s + i, len - i);
@@ -127,7 +127,7 @@ void sm_json_add_text(cJSON *object, const char *key, const char *bytes, size_t 
     cJSON *item = sm_json_text(bytes ? bytes : "", len);
     if (!item) return;
     cJSON_AddItemToObject(object, key, item);
-    if (utf8_is_valid(bytes, len)) return;
+    if (sm_utf8_is_valid(bytes, len)) return;
 
     char bytes_key[96];
     snprintf(bytes_key, sizeof bytes_key, "%s_bytes", key);

@@ -191,7 +191,12 @@ reply api_tokenize(server *srv, int client_fd, const char *body, size_t len) {
         const char *piece = piece_of(m, tokens[i], &plen);
         cJSON *t = cJSON_CreateObject();
         cJSON_AddNumberToObject(t, "id", tokens[i]);
-        json_add_text(t, "piece", piece, plen);
+        if (sm_utf8_is_valid(piece, plen)) {
+            json_add_text(t, "piece", piece, plen);
+        } else { /* part of a character: its bytes, as llama-server gives them */
+            cJSON *bytes = cJSON_AddArrayToObject(t, "piece");
+            for (size_t b = 0; bytes && b < plen; b++) cJSON_AddItemToArray(bytes, cJSON_CreateNumber((unsigned char)piece[b]));
+        }
         cJSON_AddItemToArray(list, t);
     }
     sm_tokens_free(&toks);

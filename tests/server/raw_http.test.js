@@ -172,3 +172,17 @@ test('404 for an unknown model or path, 405 for a wrong method', async () => {
   const del = await fetch(base() + '/v1/models', { method: 'DELETE' });
   assert.equal(del.status, 405);
 });
+
+test('/tokenize with_pieces: pieces of a split character are byte arrays that rebuild the text', async () => {
+  const text = 'Un café, 🎉!';
+  const r = await post(base(), '/tokenize', { content: text, with_pieces: true });
+  assert.equal(r.status, 200, r.text);
+  const bytes = [];
+  for (const t of r.json.tokens) {
+    if (Array.isArray(t.piece)) bytes.push(...t.piece);
+    else bytes.push(...Buffer.from(t.piece, 'utf8'));
+  }
+  assert.ok(r.json.tokens.some((t) => Array.isArray(t.piece)), 'expected byte tokens for the emoji');
+  // SentencePiece writes the leading space of the first word
+  assert.equal(Buffer.from(bytes).toString('utf8').replace(/^ /, ''), text);
+});
