@@ -275,19 +275,13 @@ static sm_status reject_decoded(generation *g, int32_t i, const sm_safety_rule *
     bool stop = rule->action == SM_SAFETY_STOP || r->n_safety_here >= g->gp->safety_max_retries;
     float t_before = g->policy.temperature, rp_before = g->policy.repeat_penalty;
     sm_lookahead_abandon(g);
-    sm_status st = sm_session_truncate(s, s->n_tokens - 1);
+    sm_status st = sm_session_truncate(s, s->n_tokens - 1); /* [restore] */
     if (st != SM_OK) return st;
-    sm_text_pop(&g->text, 1);
-    g->policy.temperature = r->temperature;
-    g->policy.repeat_penalty = r->repeat_penalty;
-    g->policy.rng = r->policy_rng;
-    g->rng = r->sample_rng;
+    sm_text_pop(&g->text, 1); /* [restore] */
+    sm_loop_restore_position(g, i);
     r->n_safety_here++;
     if (sm_loop_add_ban(r, r->token) != 0) return sm_session_fail(s, SM_ERR_NO_MEMORY, "out of memory");
-    for (int32_t o = 0; o < g->gp->n_operators; o++) {
-        sm_operator *op = g->gp->operators[o];
-        if (op->vt->on_backtrack) op->vt->on_backtrack(op->state, 1);
-    }
+    sm_loop_operators_backtracked(g, 1);
     g->res->n_tokens_removed++;
     g->res->n_safety_triggers++;
     char desc[256];

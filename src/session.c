@@ -784,33 +784,52 @@ static int32_t ask_operators(generation *g, int32_t i, const char *piece, sm_ope
     return best;
 }
 
-/* Removes the candidate at generated position i and the k-1 kept tokens
- * before it, restoring everything to what it was at the new position. */
+/*
+ * Removes the k - 1 decoded tokens before candidate i (and the candidate)
+ * and puts back everything that was true before position j = i - k + 1
+ * was sampled: the KV cache and token list, the text, the policy's and the
+ * sampler's state, per-position bans and counters, and each operator's
+ * state. Lines marked [restore] are what scripts/mutate_restores.sh
+ * deletes one at a time to show that a test notices each.
+ */
+/* What a position learned by trying (bans, retry counts) belongs to the
+ * prefix before it: when that prefix goes, so does this. */
+static void forget_tries(position_record *r) {
+    r->n_bans = 0;
+    r->n_backtracks_here = 0;
+    r->n_safety_here = 0;
+}
+
 static sm_status rewind_generation(generation *g, int32_t i, int32_t k) {
     sm_session *s = g->s;
     sm_lookahead_abandon(g);
-    sm_status st = sm_session_truncate(s, s->n_tokens - (k - 1));
+    sm_status st = sm_session_truncate(s, s->n_tokens - (k - 1)); /* [restore] */
     if (st != SM_OK) return st;
-    sm_text_pop(&g->text, k - 1);
+    sm_text_pop(&g->text, k - 1); /* [restore] */
     int32_t j = i - (k - 1); /* the position generation resumes at */
     position_record *r = &g->rec[j];
-    g->policy.temperature = r->temperature;
-    g->policy.repeat_penalty = r->repeat_penalty;
-    g->policy.rng = r->policy_rng;
-    g->rng = r->sample_rng;
-    for (int32_t p = j + 1; p <= i; p++) {
-        g->rec[p].n_bans = 0;
-        g->rec[p].n_backtracks_here = 0;
-        g->rec[p].n_safety_here = 0;
-    }
+    sm_loop_restore_position(g, j);
+    for (int32_t p = j + 1; p <= i; p++) forget_tries(&g->rec[p]); /* [restore] later prefixes are gone */
     r->n_backtracks_here++;
     if (sm_loop_add_ban(r, r->token) != 0) return sm_session_fail(s, SM_ERR_NO_MEMORY, "out of memory");
-    for (int32_t o = 0; o < g->gp->n_operators; o++) {
-        sm_operator *op = g->gp->operators[o];
-        if (op->vt->on_backtrack) op->vt->on_backtrack(op->state, k);
-    }
+    sm_loop_operators_backtracked(g, k);
     g->res->n_tokens_removed += k;
     return SM_OK;
+}
+
+void sm_loop_restore_position(generation *g, int32_t j) {
+    const position_record *r = &g->rec[j];
+    g->policy.temperature = r->temperature;       /* [restore] */
+    g->policy.repeat_penalty = r->repeat_penalty; /* [restore] */
+    g->policy.rng = r->policy_rng;                /* [restore] */
+    g->rng = r->sample_rng;                       /* [restore] */
+}
+
+void sm_loop_operators_backtracked(generation *g, int32_t k) {
+    for (int32_t o = 0; o < g->gp->n_operators; o++) {
+        sm_operator *op = g->gp->operators[o];
+        if (op->vt->on_backtrack) op->vt->on_backtrack(op->state, k); /* [restore] */
+    }
 }
 
 /* Clamps a removal so it stays within the generated tokens and the
@@ -883,9 +902,11 @@ static sm_status do_backtrack(generation *g, int32_t i, int32_t k, sm_operator *
 static sm_status decide(generation *g, int32_t i, const char *piece, bool *removed) {
     const sm_gen_params *gp = g->gp;
     *removed = false;
-    sm_policy_state before = g->policy;
+    /* The policy decides on a copy of its state: the step takes effect
+     * only if the candidate is kept. */
+    sm_policy_state next = g->policy;
     sm_policy_action action;
-    sm_policy_step(&gp->policy, g->confidences, g->gen_tokens, i + 1, g->res->n_retractions, &g->policy, &action);
+    sm_policy_step(&gp->policy, g->confidences, g->gen_tokens, i + 1, g->res->n_retractions, &next, &action);
 
     sm_operator *op = NULL;
     int32_t k_op = ask_operators(g, i, piece, &op);
@@ -895,20 +916,18 @@ static sm_status decide(generation *g, int32_t i, const char *piece, bool *remov
             k_op = 0; /* this position has been retried enough: keep the token */
         } else if (g->res->n_backtracks >= gp->max_backtracks) {
             g->stop = SM_STOP_BACKTRACK_LIMIT;
-            g->policy = before;
             *removed = true;
             return SM_OK;
         } else if (k >= action.retract) {
-            g->policy = before;
             *removed = true;
             return do_backtrack(g, i, k, op);
         }
     }
     if (action.retract > 0) {
-        g->policy = before;
         *removed = true;
         return do_retraction(g, i, clamp_removal(g, i, action.retract), action.window_mean);
     }
+    g->policy = next; /* [restore] the step applies to a kept token */
     emit_policy_mods(g, i, &action);
     return SM_OK;
 }

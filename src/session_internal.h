@@ -134,6 +134,11 @@ static inline int32_t sm_loop_generated(const generation *g) { return g->s->n_to
 /* session.c: what the interventions use of the loop. */
 sm_status sm_session_fail(sm_session *s, sm_status status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 int sm_loop_add_ban(position_record *r, sm_token t);
+/* The policy's and the sampler's state as they were before position j was
+ * sampled (the one rewind of both: backtracks, retractions, safety). */
+void sm_loop_restore_position(generation *g, int32_t j);
+/* Tells every operator that its last k observed tokens are gone. */
+void sm_loop_operators_backtracked(generation *g, int32_t k);
 sm_event sm_loop_base_event(const generation *g, sm_event_type type, int32_t index);
 sm_status sm_loop_decode_append(sm_session *s, const sm_token *toks, int32_t n);
 void sm_loop_emit(generation *g, const sm_event *e);

@@ -124,7 +124,14 @@ static void test_safety_rule_rejects_and_bans_deterministically(void **state) {
     for (int32_t e = 0; e < a.n_events; e++) n_events += a.events[e].mod == SM_MOD_SAFETY;
     assert_int_equal(n_events, w.n_triggers);
 
-    /* the state is that of a run that never decoded the rejected tokens */
+    /* the state is that of a run that never decoded the rejected tokens:
+     * its text is the kept tokens' pieces and nothing else */
+    char spelled[4096];
+    size_t used = 0;
+    for (int32_t i = 0; i < a.n_tokens; i++)
+        used += (size_t)sm_token_to_piece(m, a.tokens[i], spelled + used, (int32_t)(sizeof spelled - used), false);
+    assert_int_equal(used, a.text_len);
+    assert_memory_equal(spelled, a.text, used);
     assert_int_equal(sm_session_kv_pos(s), sm_session_n_past(s));
     float *direct = logits_of_direct_run(m, a.tokens, a.n_tokens);
     assert_true(tu_max_abs_diff(direct, sm_session_logits(s), sm_model_n_vocab(m)) < 1e-4f);
