@@ -5,7 +5,10 @@ PROMPT     ?= Once upon a time, there was a little girl named Lily.
 BUILD      ?= build
 JOBS       ?= $(shell nproc)
 
-.PHONY: all deps llama build run test test-asan bench clean
+FUZZ_SECONDS ?= 60
+FUZZ_SEED  ?= 1
+
+.PHONY: all deps llama build run test test-asan fuzz mutate bench clean
 
 all: build
 
@@ -32,8 +35,16 @@ test: build
 test-asan:
 	@$(MAKE) --no-print-directory test BUILD=build-asan CMAKE_ARGS="-DSELFMOD_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug"
 
+# libFuzzer over request bodies and command lines (clang, ASan + UBSan).
+fuzz: build
+	scripts/fuzz.sh $(FUZZ_SECONDS) $(FUZZ_SEED)
+
+# Deletes each state-restoring statement of the rewinds in turn; every one must fail a test.
+mutate: build
+	scripts/mutate_restores.sh $(BUILD)
+
 bench: build
 	bench/run.sh $(BUILD)
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-fuzz

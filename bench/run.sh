@@ -149,6 +149,10 @@ more_reports() {
     done
     echo '```'
     echo
+    echo "### Threads under load (wall ms, median of 3)"
+    echo
+    bash "$root/bench/bench_threads.sh" "$build" "$models" "$random_model"
+    echo
     echo "### Introspection and lookahead"
     echo
     echo '```'

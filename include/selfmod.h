@@ -660,7 +660,7 @@ typedef struct sm_session sm_session;
 typedef struct sm_session_params {
     uint32_t n_ctx;        /* 2048, at most the model's training context (0 = that) */
     uint32_t n_batch;      /* prompt batch size (512)                       */
-    int32_t n_threads;     /* 0 = number of online cores                    */
+    int32_t n_threads;     /* 0 = up to the online cores, tuned (sm_session_n_threads) */
     /* How many generated positions keep their distribution so that a
      * rewind never re-decodes anything; deeper rewinds are refused. */
     int32_t max_rewind;    /* 64                                            */
@@ -726,6 +726,11 @@ const sm_token *sm_session_tokens(const sm_session *session, int32_t *n_tokens);
  * several models, model 0's. */
 const float *sm_session_logits(const sm_session *session);
 int32_t sm_session_n_ctx(const sm_session *session);
+/* The threads one-token decodes of model 0 use now. With n_threads = 0
+ * (the default) the session measures and moves between counts up to the
+ * online cores: fewer when other processes hold cores (llama.cpp's
+ * threads wait for each other), more when they are free again. */
+int32_t sm_session_n_threads(const sm_session *session);
 /* Counts every token passed to llama_decode since the session began. */
 int64_t sm_session_n_decoded_total(const sm_session *session);
 const sm_model *sm_session_model(const sm_session *session);

@@ -23,6 +23,24 @@ struct sm_model {
     char first_unknown[8];           /* written once, before the flag       */
 };
 
+/* threads.c: the thread count of one-token decodes, tuned by measuring. */
+enum { SM_TUNER_WINDOW = 8, SM_TUNER_PROBE_UP = 32 };
+typedef struct sm_thread_tuner {
+    bool enabled;
+    int32_t max, current;
+    bool probing, last_probe_was_down;
+    int32_t probe;
+    double ms_current[SM_TUNER_WINDOW], ms_probe[SM_TUNER_PROBE_UP]; /* decode times */
+    int32_t n_current, next_current, n_probe;
+    int64_t n_decodes, next_probe, backoff;
+    int32_t n_switches;
+} sm_thread_tuner;
+void sm_thread_tuner_init(sm_thread_tuner *t, int32_t max_threads, bool enabled);
+/* The count to decode the next token with. */
+int32_t sm_thread_tuner_next(sm_thread_tuner *t);
+/* How long that decode took. */
+void sm_thread_tuner_record(sm_thread_tuner *t, int32_t threads, double ms);
+
 /* gguf_check.c: false (err filled) for metadata llama.cpp would assert on. */
 bool sm_gguf_check(const char *path, sm_error *err);
 

@@ -143,7 +143,8 @@ static bool init_member(member *mb, sm_model *model, const sm_session_params *p,
     cp.no_perf = true;
     sm_llama_clear_log_error();
     mb->model = model;
-    mb->n_threads = n_threads;
+    mb->n_threads = mb->threads_now = n_threads;
+    sm_thread_tuner_init(&mb->tuner, n_threads, p->n_threads == 0); /* an explicit count is kept as given */
     mb->ctx = smx_init_from_model(model->lm, cp, NULL);
     if (!mb->ctx) {
         const char *why = sm_llama_last_log_error();
@@ -331,6 +332,7 @@ void sm_session_free(sm_session *s) {
 const char *sm_session_last_error(const sm_session *s) { return s->error; }
 int32_t sm_session_n_past(const sm_session *s) { return s->n_tokens; }
 int32_t sm_session_n_ctx(const sm_session *s) { return s->n_ctx; }
+int32_t sm_session_n_threads(const sm_session *s) { return s->members[0].threads_now; }
 int64_t sm_session_n_decoded_total(const sm_session *s) { return s->n_decoded_total; }
 const sm_model *sm_session_model(const sm_session *s) { return s->model; }
 const float *sm_session_logits(const sm_session *s) { return s->logits; }
@@ -403,7 +405,18 @@ static void decode_member(void *arg, int32_t m) {
     decode_job *job = arg;
     member *mb = &job->s->members[m];
     if (mb->aligned) return;
+    if (job->n != 1) {
+        mb->rc = smx_decode(mb->ctx, llama_batch_get_one((sm_token *)job->tokens, job->n));
+        return;
+    }
+    int32_t threads = sm_thread_tuner_next(&mb->tuner);
+    if (threads != mb->threads_now) {
+        llama_set_n_threads(mb->ctx, threads, mb->n_threads);
+        mb->threads_now = threads;
+    }
+    double t0 = sm_now_ms();
     mb->rc = smx_decode(mb->ctx, llama_batch_get_one((sm_token *)job->tokens, job->n));
+    sm_thread_tuner_record(&mb->tuner, threads, sm_now_ms() - t0);
 }
 
 /*

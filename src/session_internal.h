@@ -29,7 +29,9 @@ typedef struct member {
     sm_model *model;
     struct llama_context *ctx;
     llama_memory_t mem;
-    int32_t n_threads;
+    int32_t n_threads;          /* the most it may use (a batch uses them all) */
+    int32_t threads_now;        /* what one-token decodes use now             */
+    sm_thread_tuner tuner;
     /* A model with another vocabulary (fusion_align) follows the text:
      * it keeps its own tokens and its distributions are mapped onto
      * model 0's vocabulary through map_to0. */

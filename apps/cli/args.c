@@ -457,7 +457,7 @@ static bool check_combination(cli_options *opt, FILE *err) {
 cli_parse_outcome cli_parse_args(int argc, char **argv, cli_options *opt, FILE *err) {
     set_defaults(opt);
     opterr = 0;
-    optind = 1;
+    optind = 0; /* 0, not 1: glibc then also forgets a short-option group left half-read */
     int c;
     while ((c = getopt_long(argc, argv, short_options, long_options, NULL)) != -1) {
         switch (c) {

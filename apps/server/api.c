@@ -4,6 +4,7 @@
 #include "server/generate.h"
 #include "server/json_util.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -225,8 +226,9 @@ reply api_detokenize(server *srv, int client_fd, const char *body, size_t len) {
     }
     const cJSON *item;
     cJSON_ArrayForEach(item, list) {
-        if (!cJSON_IsNumber(item) || item->valuedouble != (double)(sm_token)item->valuedouble ||
-            item->valuedouble < 0 || item->valuedouble >= n_vocab) {
+        /* the range first: converting a huge double to an integer is undefined */
+        if (!cJSON_IsNumber(item) || !(item->valuedouble >= 0 && item->valuedouble < n_vocab) ||
+            item->valuedouble != floor(item->valuedouble)) {
             char param[32], msg[128];
             snprintf(param, sizeof param, "tokens[%d]", i);
             snprintf(msg, sizeof msg, "'%s' must be a token id in [0, %d)", param, n_vocab);

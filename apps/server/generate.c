@@ -304,6 +304,13 @@ static bool generate_in_slot(job *j, sm_result *res, api_error *err) {
     return true;
 }
 
+bool generation_validate(server *srv, gen_request *req, api_error *err) {
+    job *j = job_new(srv, req, err);
+    if (!j) return false;
+    job_free(j);
+    return true;
+}
+
 bool generation_run(server *srv, gen_request *req, int client_fd, cJSON **response, api_error *err) {
     job *j = job_new(srv, req, err);
     if (!j) return false;

@@ -14,6 +14,11 @@
  * generation is cancelled. Takes ownership of *req either way. */
 bool generation_run(server *srv, gen_request *req, int client_fd, cJSON **response, api_error *err);
 
+/* Everything a generation request is checked for before it runs (the
+ * prompt tokenized and measured against the context), without running
+ * it: for the request fuzzer. Takes ownership of *req. */
+bool generation_validate(server *srv, gen_request *req, api_error *err);
+
 /* Checks the request, then generates in a thread of its own that writes
  * server-sent events to *out (the caller turns it into the HTTP response).
  * Takes ownership of *req either way. */

@@ -257,7 +257,7 @@ options_result server_parse_options(int argc, char **argv, server_options *opt, 
         .max_connections = 64,
         .header_timeout = 15,
     };
-    optind = 1;
+    optind = 0; /* 0, not 1: glibc then also forgets a short-option group left half-read */
     opterr = 0;
     for (;;) {
         int c = getopt_long(argc, argv, ":m:h", long_options, NULL);

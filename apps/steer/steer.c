@@ -96,7 +96,7 @@ static int parse(int argc, char **argv, steer_options *o) {
     };
     *o = (steer_options){0};
     opterr = 0;
-    optind = 1;
+    optind = 0; /* 0, not 1: glibc then also forgets a short-option group left half-read */
     int c;
     while ((c = getopt_long(argc, argv, ":m:o:h", options, NULL)) != -1) {
         switch (c) {

@@ -1,0 +1,71 @@
+/*
+ * libFuzzer target: what a client's request body goes through before any
+ * generation. The first byte picks the model (stories260K, or the
+ * byte-less tinystories-656K whose tokenizer throws on unknown
+ * characters) and the endpoint; the rest is the body: parsed as JSON,
+ * validated field by field, its prompt or conversation tokenized and
+ * measured against the context, or tokenized/detokenized.
+ *   SM_MODELS names the models folder.
+ */
+#include "server/api.h"
+#include "server/generate.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static server servers[2];
+
+static void load(server *srv, const char *name) {
+    const char *dir = getenv("SM_MODELS") ? getenv("SM_MODELS") : "../shared/models";
+    char path[4096], err[512];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    char *paths[1] = {path};
+    if (!model_set_load(&srv->models, paths, 1, NULL, 0, err, sizeof err)) {
+        fprintf(stderr, "fuzz_request: %s\n", err);
+        exit(1);
+    }
+    srv->slots.chat_params = sm_chat_default_params();
+    srv->slots.session_params = sm_session_default_params();
+    srv->slots.session_params.n_ctx = 256;
+    srv->opt.max_body = 1 << 20;
+}
+
+int LLVMFuzzerInitialize(int *argc, char ***argv) {
+    (void)argc;
+    (void)argv;
+    sm_set_llama_logging(false);
+    load(&servers[0], "stories260K.gguf");
+    load(&servers[1], "tinystories-656K.gguf");
+    return 0;
+}
+
+static void drop(reply r) {
+    if (r.response) MHD_destroy_response(r.response);
+}
+
+int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size) {
+    if (size < 1) return 0;
+    server *srv = &servers[data[0] & 1];
+    const char *body = (const char *)data + 1;
+    size_t len = size - 1;
+    int kind = (data[0] >> 1) % 5;
+    if (kind < 3) {
+        static const api_kind apis[3] = {API_COMPLETIONS, API_CHAT, API_LLAMA};
+        reply bad;
+        cJSON *json = api_parse_body(body, len, &bad);
+        if (!json) {
+            drop(bad);
+            return 0;
+        }
+        gen_request req;
+        api_error err;
+        bool ok = gen_request_parse(json, apis[kind], &srv->models, kind == 2, &req, &err);
+        cJSON_Delete(json);
+        if (ok) generation_validate(srv, &req, &err);
+        else gen_request_free(&req);
+        return 0;
+    }
+    drop(kind == 3 ? api_tokenize(srv, -1, body, len) : api_detokenize(srv, -1, body, len));
+    return 0;
+}
