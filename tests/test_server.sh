@@ -50,17 +50,25 @@ API_KEY="test-key-$RANDOM$RANDOM"
 start_server plain -m "$SM_MODELS/stories260K.gguf" --parallel 2
 start_server keyed -m "$SM_MODELS/stories260K.gguf" --parallel 1 --api-key "$API_KEY" --alias tiny-stories --quiet
 start_server fused --models "$SM_MODELS/stories260K.gguf,llama2xs-salty-280K" --parallel 2
+# A model slow enough (a random-weight 110M Llama, about 20 tokens/s on one
+# thread) that a generation is still running when its client leaves.
+SLOW_MODEL="${SM_RANDOM_MODEL:-$HOME/.cache/llama_selfmod/models/random-llama-110M-f16.gguf}"
+if [ ! -f "$SLOW_MODEL" ]; then
+  mkdir -p "$(dirname "$SLOW_MODEL")"
+  "$(dirname "$SM_BIN")/make_random_model" "$SM_MODELS/vocab/ggml-vocab-llama-spm.gguf" "$SLOW_MODEL" > /dev/null
+fi
+start_server slow -m "$SLOW_MODEL" --parallel 1 --quiet
 start_server guarded -m "$SM_MODELS/stories260K.gguf" --parallel 1 --header-timeout 1 --max-connections 8 \
   --cors-origins http://allowed.example --quiet
 
 export SM_SERVER_URL="$URL_plain" SM_SERVER_KEY_URL="$URL_keyed" SM_SERVER_FUSED_URL="$URL_fused"
-export SM_SERVER_GUARDED_URL="$URL_guarded"
+export SM_SERVER_GUARDED_URL="$URL_guarded" SM_SERVER_SLOW_URL="$URL_slow"
 export SM_API_KEY="$API_KEY" SM_SCREENSHOT_DIR="$PWD"
 
 status=0
 node --test --test-concurrency=1 "$SM_SRC"/tests/server/*.test.js || status=$?
 if [ "$status" -ne 0 ]; then
-  for name in plain keyed fused guarded; do
+  for name in plain keyed fused guarded slow; do
     echo "---- $name server log (last lines) ----" >&2
     tail -n 40 "$WORK/$name.log" >&2
   done

@@ -36,7 +36,7 @@ reply api_health(server *srv) {
     cJSON_AddNumberToObject(o, "slots_processing", busy);
     cJSON_AddNumberToObject(o, "requests_waiting", waiting);
     cJSON_AddNumberToObject(o, "requests_total", (double)atomic_load(&srv->n_requests));
-    cJSON_AddNumberToObject(o, "streams_cancelled", (double)atomic_load(&srv->n_cancelled));
+    cJSON_AddNumberToObject(o, "generations_cancelled", (double)atomic_load(&srv->n_cancelled));
     return reply_json(200, o);
 }
 

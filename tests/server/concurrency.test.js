@@ -64,11 +64,11 @@ test('8 concurrent streams complete while a 9th client disconnects', async () =>
   let health;
   for (let tries = 0; tries < 100; tries++) {
     health = (await get(servers.plain, '/health')).json;
-    if (health.streams_cancelled > before.streams_cancelled && health.slots_processing === 0) break;
+    if (health.generations_cancelled > before.generations_cancelled && health.slots_processing === 0) break;
     await new Promise((r) => setTimeout(r, 100));
   }
   assert.equal(health.status, 'ok');
-  assert.equal(health.streams_cancelled, before.streams_cancelled + 1, 'the disconnect cancelled its generation');
+  assert.equal(health.generations_cancelled, before.generations_cancelled + 1, 'the disconnect cancelled its generation');
   assert.equal(health.slots_processing, 0);
   // ...and the server still answers.
   const again = await client().completions.create({ prompt: 'After the storm', max_tokens: 5 });

@@ -181,3 +181,30 @@ test('a chat message never becomes a special token', async () => {
   });
   assert.equal(r.status, 200, r.text);
 });
+
+test('a client that leaves a non-streamed request cancels its generation', async () => {
+  const slow = process.env.SM_SERVER_SLOW_URL;
+  const before = (await get(slow, '/health')).json;
+  const controller = new AbortController();
+  const pending = fetch(slow + '/v1/completions', {
+    method: 'POST', headers: { 'Content-Type': 'application/json' }, signal: controller.signal,
+    body: JSON.stringify({ prompt: 'Once upon a time', max_tokens: 1500, temperature: 0 }),
+  }).catch(() => null);
+  let started = false;
+  for (let i = 0; i < 250 && !started; i++) {
+    started = (await get(slow, '/health')).json.slots_processing === 1;
+    if (!started) await new Promise((r) => setTimeout(r, 20));
+  }
+  assert.ok(started, 'the generation never started');
+  await new Promise((r) => setTimeout(r, 300)); /* well into it */
+  controller.abort();
+  await pending;
+  let health;
+  for (let i = 0; i < 50; i++) { // the whole generation would take a minute
+    health = (await get(slow, '/health')).json;
+    if (health.slots_processing === 0) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  assert.equal(health.slots_processing, 0, 'the slot is still generating for a client that left');
+  assert.equal(health.generations_cancelled, before.generations_cancelled + 1);
+});
