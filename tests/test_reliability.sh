@@ -31,6 +31,14 @@ grep -q "bad special token\|^load:" err.txt && fail "llama.cpp's log lines shown
 grep -q "load" err.txt || fail "--verbose does not show llama.cpp's log lines"
 echo "ok: byte-less vocabularies"
 
+# --- Flags that do nothing in this combination are said to do nothing.
+"$SM_BIN" -m "$STORIES" -p "Once" -n 2 --max-retractions 5 --critical-threshold 0.2 --no-memory > /dev/null 2> err.txt
+grep -q "warning: --max-retractions has no effect" err.txt || fail "no warning for --max-retractions: $(cat err.txt)"
+grep -q "warning: --critical-threshold has no effect" err.txt || fail "no warning for --critical-threshold"
+"$SM_BIN" -m "$STORIES" -p "Once" -n 2 --max-retractions 5 --aggressive --no-memory > /dev/null 2> err.txt
+grep -q "warning" err.txt && fail "a warning with retraction on: $(cat err.txt)"
+echo "ok: inert flags"
+
 # --- A closed pipe: the generation is recorded, the exit is non-zero.
 rm -f "$MEM"
 "$SM_BIN" -m "$STORIES" -p "Once" -n 200 --seed 1 --json-stream --memory-file "$MEM" 2> err.txt | head -1 > /dev/null

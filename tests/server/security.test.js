@@ -208,3 +208,21 @@ test('a client that leaves a non-streamed request cancels its generation', async
   assert.equal(health.slots_processing, 0, 'the slot is still generating for a client that left');
   assert.equal(health.generations_cancelled, before.generations_cancelled + 1);
 });
+
+test('--max-connections: a connection over the limit waits unserved until others close', async () => {
+  const url = new URL(guarded());
+  const held = [];
+  for (let i = 0; i < 8; i++) {
+    held.push(await new Promise((resolve) => {
+      const s = net.connect(Number(url.port), url.hostname, () => resolve(s));
+      s.on('error', () => {});
+    }));
+  }
+  /* (well inside the guarded server's 1 s header timeout, which would free the 8) */
+  const refused = await raw(guarded(), request(guarded(), { method: 'GET', path: '/health' }), 500);
+  assert.ok(!statusOf(refused.text), `a 9th connection was served: ${refused.text.slice(0, 80)}`);
+  held.forEach((s) => s.destroy());
+  await new Promise((r) => setTimeout(r, 200));
+  const served = await raw(guarded(), request(guarded(), { method: 'GET', path: '/health' }));
+  assert.equal(statusOf(served.text), 200, served.text);
+});
