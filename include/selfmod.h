@@ -480,6 +480,9 @@ typedef struct sm_event {
     float temperature_before, temperature_after;
     float repeat_penalty_before, repeat_penalty_after;
     int32_t n_removed;          /* tokens removed (RETRACTION/BACKTRACK)     */
+    /* Generated tokens no later rewind can remove: their text is final and
+     * can be shown or sent for good (never decreases in a generation). */
+    int32_t n_settled;
     /* TOKEN events */
     sm_token token;
     const char *piece;          /* the token's bytes (NUL-terminated)        */

@@ -190,6 +190,7 @@ static void add_fusion(cJSON *json, const sm_fusion_info *f) {
 static void add_token_fields(cJSON *json, const sm_event *event) {
     const sm_signals *s = &event->signals;
     cJSON_AddNumberToObject(json, "index", event->token_index);
+    cJSON_AddNumberToObject(json, "settled", event->n_settled);
     cJSON_AddNumberToObject(json, "token", event->token);
     const char *piece = event->piece ? event->piece : "";
     sm_json_add_text(json, "piece", piece, strlen(piece));
@@ -220,8 +221,10 @@ void sm_json_add_modification_fields(cJSON *json, const sm_event *event) {
     sm_json_add_float(json, "temperature_after", event->temperature_after);
     sm_json_add_float(json, "repeat_penalty_before", event->repeat_penalty_before);
     sm_json_add_float(json, "repeat_penalty_after", event->repeat_penalty_after);
-    if (event->type == SM_EVENT_RETRACTION || event->type == SM_EVENT_BACKTRACK)
+    if (event->type == SM_EVENT_RETRACTION || event->type == SM_EVENT_BACKTRACK) {
         cJSON_AddNumberToObject(json, "n_removed", event->n_removed);
+        cJSON_AddNumberToObject(json, "settled", event->n_settled);
+    }
     if (event->lookahead) cJSON_AddItemToObject(json, "lookahead", sm_lookahead_to_cjson(event->lookahead));
     if ((event->mod == SM_MOD_TOOL || event->mod == SM_MOD_INJECT) && event->piece)
         sm_json_add_text(json, "injected", event->piece, strlen(event->piece));

@@ -666,10 +666,37 @@ void sm_loop_emit(generation *g, const sm_event *e) {
     if (g->gp->on_event && !g->gp->on_event(e, g->gp->user_data)) g->cancelled = true;
 }
 
+/*
+ * The generated tokens no rewind can reach any more: those before the last
+ * injection, and those farther back than all the rewinds still allowed
+ * could remove together (a backtrack removes at most max_rewind kept
+ * tokens, a retraction retract_tokens - 1). Every rewind spends at least
+ * as much of that budget as it removes, so the count never goes down.
+ */
+static int32_t settled_tokens(const generation *g) {
+    const sm_gen_params *gp = g->gp;
+    const int64_t max_rewind = g->s->params.max_rewind;
+    int64_t reach = 0;
+    if (sm_policy_retraction_enabled(&gp->policy)) {
+        int64_t per = gp->policy.retract_tokens - 1 < max_rewind ? gp->policy.retract_tokens - 1 : max_rewind;
+        int64_t left = (int64_t)gp->policy.max_retractions - g->res->n_retractions;
+        reach += (left > 0 ? left : 0) * per;
+    }
+    if (gp->n_operators > 0) {
+        int64_t left = (int64_t)gp->max_backtracks - g->res->n_backtracks;
+        reach += (left > 0 ? left : 0) * max_rewind;
+    }
+    int64_t generated = sm_loop_generated(g);
+    int64_t settled = generated - reach;
+    if (settled < g->floor) settled = g->floor;
+    return (int32_t)(settled < 0 ? 0 : settled > generated ? generated : settled);
+}
+
 sm_event sm_loop_base_event(const generation *g, sm_event_type type, int32_t index) {
     return (sm_event){
         .type = type,
         .token_index = index,
+        .n_settled = settled_tokens(g),
         .description = "",
         .source = "",
         .temperature_before = g->policy.temperature,

@@ -293,6 +293,58 @@ static void test_policy_step_applies_to_kept_tokens(void **state) {
     sm_result_free(&r);
 }
 
+/* What the loop calls settled is never taken back: no rewind resumes
+ * before the settled count it announced, and the count never decreases. */
+typedef struct settle_watch {
+    int32_t settled;
+    int n_rewinds, n_violations, n_decreases;
+} settle_watch;
+
+static bool watch_settled(const sm_event *e, void *user_data) {
+    settle_watch *w = user_data;
+    if (e->type == SM_EVENT_RETRACTION || e->type == SM_EVENT_BACKTRACK) {
+        w->n_rewinds++;
+        if (e->token_index < w->settled) w->n_violations++;
+    }
+    if (e->type != SM_EVENT_START && e->type != SM_EVENT_DONE) {
+        if (e->n_settled < w->settled) w->n_decreases++;
+        w->settled = e->n_settled;
+    }
+    return true;
+}
+
+static void test_settled_tokens_are_never_rewound(void **state) {
+    fixture *f = *state;
+    sm_error err = {0};
+    int n_settled_runs = 0;
+    for (uint64_t seed = 1; seed <= 6; seed++) {
+        sm_operator *op = sm_operator_from_spec("probability_threshold:min_probability=0.03,backtrack_count=3", &err);
+        assert_non_null(op);
+        sm_gen_params gp = busy_params(seed, 60);
+        gp.policy.retract = 1;
+        gp.policy.critical_threshold = 0.6f;
+        gp.policy.max_retractions = 2; /* a budget of 2 * 2 + 2 * 16 tokens of rewind */
+        gp.max_backtracks = 2;
+        gp.operators = &op;
+        gp.n_operators = 1;
+        settle_watch w = {0};
+        gp.on_event = watch_settled;
+        gp.user_data = &w;
+        sm_result r;
+        generate(f, &gp, &r);
+        assert_true(w.n_rewinds > 0);
+        assert_int_equal(w.n_violations, 0);
+        assert_int_equal(w.n_decreases, 0);
+        /* once the budgets are spent, the text settles */
+        if (r.n_tokens > 2 * 2 + 2 * 16 && w.settled == 0)
+            fail_msg("seed %d: nothing settled of %d tokens", (int)seed, r.n_tokens);
+        n_settled_runs += w.settled > 0;
+        sm_result_free(&r);
+        sm_operator_free(op);
+    }
+    assert_true(n_settled_runs > 0);
+}
+
 /* An operator with state of its own (n-gram overlap counts every n-gram
  * it saw): after a backtrack its state must be that of a run that never
  * saw the removed tokens, so both runs fire at the same places. */
@@ -365,6 +417,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_backtrack_limit_keeps_kept_state, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tries_do_not_outlive_their_prefix, setup, teardown),
         cmocka_unit_test_setup_teardown(test_policy_step_applies_to_kept_tokens, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_settled_tokens_are_never_rewound, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

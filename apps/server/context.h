@@ -15,7 +15,6 @@ typedef struct server {
     server_options opt;
     model_set models;
     slot_pool slots;
-    int32_t max_rewind;           /* of every session                     */
     char web_dir[PATH_MAX];       /* "" when there is none                 */
     atomic_bool stopping;
     /* streaming generations run in their own threads; shutdown waits */

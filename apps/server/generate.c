@@ -32,26 +32,6 @@ static void job_free(job *j) {
     free(j);
 }
 
-/*
- * How many of the newest tokens a stream holds back so that it never sends
- * text a rewind later removes. Rewinds can follow one another without a
- * token kept in between, each reaching further back, so the bound is their
- * total: every retraction removes at most retract_tokens - 1 kept tokens,
- * every backtrack at most max_rewind. With operators that is usually the
- * whole answer: the text then comes at the end, while the library's events
- * (selfmod.events) still stream as they happen.
- */
-static int32_t stream_lag(const gen_request *r, int32_t max_rewind) {
-    const sm_policy_params *p = &r->params.policy;
-    int64_t lag = 0;
-    bool retracts = p->enabled && (p->retract == 1 || (p->retract == -1 && p->aggressive));
-    if (retracts) {
-        int64_t per = p->retract_tokens - 1 < max_rewind ? p->retract_tokens - 1 : max_rewind;
-        lag += (int64_t)p->max_retractions * per;
-    }
-    if (r->n_operators > 0) lag += (int64_t)r->params.max_backtracks * max_rewind;
-    return lag > INT32_MAX ? INT32_MAX : (int32_t)lag;
-}
 
 static bool tokenize_prompt(job *j, api_error *err) {
     const sm_model *model = j->vocab->model;
@@ -117,7 +97,7 @@ static job *job_new(server *srv, gen_request *req, api_error *err) {
     make_id(j->id, sizeof j->id, j->req.api == API_CHAT ? "chatcmpl" : "cmpl");
     j->model_id = model_set_target_id(&srv->models, j->req.target);
     j->vocab = model_set_target_vocab(&srv->models, j->req.target);
-    tracker_init(&j->tr, 0, (const char *const *)j->req.stops, j->req.n_stops);
+    tracker_init(&j->tr, false, (const char *const *)j->req.stops, j->req.n_stops);
     j->client_fd = -1;
     if (j->req.api != API_CHAT && !tokenize_prompt(j, err)) {
         job_free(j);
@@ -181,6 +161,7 @@ static bool client_went_away(job *j) {
 
 static bool on_event(const sm_event *e, void *user_data) {
     job *j = user_data;
+    tracker_settle(&j->tr, e);
     switch (e->type) {
     case SM_EVENT_START:
         j->n_prompt = sm_session_n_past(j->session);
@@ -279,7 +260,7 @@ static bool generate_in_slot(job *j, sm_result *res, api_error *err) {
     j->session = slot_session(&srv->slots, j->slot, j->req.target, why, sizeof why);
     sm_status st = j->session ? SM_OK : SM_ERR_CONTEXT;
     if (st == SM_OK) {
-        j->tr.lag = j->ch ? stream_lag(&j->req, srv->max_rewind) : 0;
+        j->tr.hold_back = j->ch != NULL; /* a stream never sends what a rewind could take back */
         j->req.params.on_event = on_event;
         j->req.params.user_data = j;
         st = j->req.api == API_CHAT ? run_chat(j, res, why, sizeof why) : run_completion(j, res, why, sizeof why);

@@ -83,7 +83,6 @@ static bool start_slots(server *srv) {
     sp.n_ctx = context_size(srv);
     sp.n_threads = threads_per_slot(srv);
     sp.fusion_align = srv->opt.fusion_align;
-    srv->max_rewind = sp.max_rewind;
     sm_chat_params cp = sm_chat_default_params();
     cp.template_name = srv->opt.chat_template;
     cp.fallback_user = srv->opt.user_label;

@@ -5,9 +5,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-void tracker_init(tracker *t, int32_t lag, const char *const *stops, int32_t n_stops) {
+void tracker_settle(tracker *t, const sm_event *event) {
+    if (event->type != SM_EVENT_START && event->type != SM_EVENT_DONE) t->n_settled = event->n_settled;
+}
+
+void tracker_init(tracker *t, bool hold_back, const char *const *stops, int32_t n_stops) {
     memset(t, 0, sizeof *t);
-    t->lag = lag;
+    t->hold_back = hold_back;
     t->stops = stops;
     t->n_stops = n_stops;
 }
@@ -90,8 +94,8 @@ static size_t stop_hold(const tracker *t, size_t *cut) {
 
 size_t tracker_settled_end(const tracker *t) {
     size_t end = t->len;
-    if (t->lag > 0) {
-        int32_t settled = t->n_tokens - t->lag;
+    if (t->hold_back) {
+        int32_t settled = t->n_settled < t->n_tokens ? t->n_settled : t->n_tokens;
         end = settled <= 0 ? 0 : t->tokens[settled - 1].offset + t->tokens[settled - 1].len;
     }
     if (t->n_stops > 0 && t->len > 0) {

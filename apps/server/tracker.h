@@ -2,7 +2,8 @@
  * The generated text as a stream sees it. Tokens arrive one by one and a
  * retraction or backtrack takes the last ones back; an OpenAI stream can
  * never take back text it sent. So text is sent only once it is settled:
- *   - `lag` tokens behind the newest (the most a rewind can remove),
+ *   - within the tokens the library says no rewind can remove any more
+ *     (sm_event.n_settled), when the stream holds back for rewinds,
  *   - never inside a possible stop string (the response ends before it),
  *   - never in the middle of a UTF-8 character.
  */
@@ -30,12 +31,15 @@ typedef struct tracker {
     size_t len, cap;
     size_t sent;            /* bytes already streamed                     */
     int32_t sent_tokens;    /* tokens whose log-probabilities were sent   */
-    int32_t lag;
+    bool hold_back;         /* only settled tokens are sent              */
+    int32_t n_settled;      /* what the library said last                */
     const char *const *stops;
     int32_t n_stops;
 } tracker;
 
-void tracker_init(tracker *t, int32_t lag, const char *const *stops, int32_t n_stops);
+void tracker_init(tracker *t, bool hold_back, const char *const *stops, int32_t n_stops);
+/* Any event: how many tokens are settled now. */
+void tracker_settle(tracker *t, const sm_event *event);
 void tracker_free(tracker *t);
 /* A TOKEN event (with its alternatives when event->n_top > 0). */
 bool tracker_add(tracker *t, const sm_event *event);
