@@ -704,8 +704,9 @@ const float *sm_session_model_logits(const sm_session *session, int32_t m);
 void sm_session_free(sm_session *session);
 const char *sm_session_last_error(const sm_session *session);
 
-/* Appends text to the context (tokenized with parse_special) and
- * decodes it. add_bos adds the model's BOS when it wants one. */
+/* Appends text to the context and decodes it. The text is text: its
+ * "<|...|>" never becomes a special token. add_bos adds the model's BOS
+ * when it wants one. */
 sm_status sm_session_feed_text(sm_session *session, const char *text, bool add_bos);
 sm_status sm_session_feed_tokens(sm_session *session, const sm_token *tokens, int32_t n_tokens);
 
@@ -722,6 +723,14 @@ sm_status sm_session_clear(sm_session *session);
 sm_status sm_session_rewind(sm_session *session, int32_t n_tokens);
 /* Keeps only the first n tokens (a common prefix), like rewind. */
 sm_status sm_session_truncate(sm_session *session, int32_t n_keep);
+/* The one way to point a context at a token sequence (a prompt, a chat's
+ * rendering, a saved prefix): the context ends up holding exactly
+ * tokens[0..n) (n >= 1). The longest prefix it already holds is kept (at
+ * most n - 1 tokens, so that the last is decoded and the distribution
+ * after it is fresh) and the rest decoded; a model that cannot drop part
+ * of its cache starts from empty. *n_reused (may be NULL) gets the tokens
+ * kept; n - *n_reused were decoded. */
+sm_status sm_session_set_tokens(sm_session *session, const sm_token *tokens, int32_t n, int32_t *n_reused);
 int32_t sm_session_n_past(const sm_session *session);       /* tokens in context  */
 int32_t sm_session_kv_pos(const sm_session *session);       /* llama's seq_pos_max + 1 */
 const sm_token *sm_session_tokens(const sm_session *session, int32_t *n_tokens);

@@ -792,6 +792,7 @@ typedef struct turn_plan {
     int32_t n_spans;
     token_buf feed;
     int32_t n_keep;
+    int32_t n_reused;     /* what the context actually kept           */
     int32_t first_kept_message; /* history before this index is dropped */
     int32_t n_dropped_turns;
 } turn_plan;
@@ -945,26 +946,27 @@ static sm_status plan_turn(sm_chat *chat, const char *user_message, const sm_gen
 /* A turn                                                              */
 /* ------------------------------------------------------------------ */
 
+/* The context's first n_keep tokens, then the plan's: one sequence for
+ * the session's prefix primitive, which keeps what it already holds. */
 static sm_status prepare_context(sm_chat *chat, turn_plan *plan) {
     sm_session *session = chat->session;
-    if (plan->n_keep < sm_session_n_past(session)) {
-        sm_status status = plan->n_keep == 0 ? sm_session_clear(session)
-                                             : sm_session_truncate(session, plan->n_keep);
-        if (status != SM_OK) {
-            /* e.g. a recurrent model that cannot drop part of its state:
-             * start over from an empty context */
-            status = sm_session_clear(session);
-            if (status != SM_OK) return session_fail(chat, status, "cannot clear the context");
-            turn_plan full = {.rendered = plan->rendered, .spans = plan->spans, .n_spans = plan->n_spans};
-            status = plan_full(chat, &full);
-            if (status != SM_OK) return status;
-            tokens_free(&plan->feed);
-            plan->feed = full.feed;
-            plan->n_keep = 0;
-        }
+    int32_t n_held = 0;
+    const sm_token *held = sm_session_tokens(session, &n_held);
+    token_buf all = {0};
+    if (!tokens_copy(&all, held, plan->n_keep)) return fail(chat, SM_ERR_NO_MEMORY, "out of memory");
+    sm_token *grown = realloc(all.data, sizeof *grown * (size_t)(plan->n_keep + plan->feed.len + 1));
+    if (!grown) {
+        tokens_free(&all);
+        return fail(chat, SM_ERR_NO_MEMORY, "out of memory");
     }
-    sm_status status = sm_session_feed_tokens(session, plan->feed.data, plan->feed.len);
+    all.data = grown;
+    memcpy(all.data + plan->n_keep, plan->feed.data, sizeof *all.data * (size_t)plan->feed.len);
+    all.len = plan->n_keep + plan->feed.len;
+    int32_t n_reused = 0;
+    sm_status status = sm_session_set_tokens(session, all.data, all.len, &n_reused);
+    tokens_free(&all);
     if (status != SM_OK) return session_fail(chat, status, "cannot decode the chat prompt");
+    plan->n_reused = n_reused; /* below n_keep only for a model that could not keep a part */
     return SM_OK;
 }
 
@@ -1034,7 +1036,7 @@ sm_status sm_chat_turn(sm_chat *chat, const char *user_message, const sm_gen_par
     int64_t decoded_before = sm_session_n_decoded_total(chat->session);
     status = prepare_context(chat, &plan);
     chat->last_info = (sm_chat_turn_info){
-        .n_reused = plan.n_keep,
+        .n_reused = plan.n_reused,
         .n_prompt_decoded = (int32_t)(sm_session_n_decoded_total(chat->session) - decoded_before),
         .n_dropped_turns = plan.n_dropped_turns,
     };

@@ -566,6 +566,27 @@ sm_status sm_session_truncate(sm_session *s, int32_t n_keep) {
     return sm_loop_decode_append(s, &last, 1);
 }
 
+sm_status sm_session_set_tokens(sm_session *s, const sm_token *tokens, int32_t n, int32_t *n_reused) {
+    if (n_reused) *n_reused = 0;
+    if (n < 1 || !tokens) return sm_session_fail(s, SM_ERR_INVALID_ARGUMENT, "set_tokens needs at least one token");
+    if (n > s->n_ctx)
+        return sm_session_fail(s, SM_ERR_PROMPT_TOO_LONG, "%d tokens do not fit the context of %d", n, s->n_ctx);
+    int32_t common = 0;
+    while (common < s->n_tokens && common < n - 1 && s->tokens[common] == tokens[common]) common++;
+    if (common < s->n_tokens) {
+        if (!remove_from(s, common)) { /* a recurrent model keeps all or nothing */
+            common = 0;
+            sm_status st = sm_session_clear(s);
+            if (st != SM_OK) return st;
+        }
+        s->n_tokens = common;
+        forget_ring_after(s, common);
+        s->logits = NULL;
+    }
+    if (n_reused) *n_reused = common;
+    return sm_session_feed_tokens(s, tokens + common, n - common);
+}
+
 sm_status sm_session_rewind(sm_session *s, int32_t n) {
     if (n < 0 || n > s->n_tokens)
         return sm_session_fail(s, SM_ERR_INVALID_ARGUMENT, "cannot rewind %d tokens of %d", n, s->n_tokens);
@@ -1323,12 +1344,13 @@ sm_status sm_session_load_prefix(sm_session *s, const char *path, const sm_token
     int32_t keep = reuse_saved_prefix(s, path, tokens, n, info);
     if (keep < 0) return SM_ERR_IO;
     if (sm_loop_reserve(&s->tokens, &s->cap_tokens, n) != 0) return sm_session_fail(s, SM_ERR_NO_MEMORY, "out of memory");
-    memcpy(s->tokens, tokens, sizeof(sm_token) * (size_t)keep);
+    memcpy(s->tokens, tokens, sizeof(sm_token) * (size_t)keep); /* what the loaded state holds */
     s->n_tokens = keep;
     s->members[0].n_tokens = 0;
-    info->n_reused = keep;
-    info->n_decoded = n - keep;
-    sm_status st = sm_loop_decode_append(s, tokens + keep, n - keep);
+    int32_t reused = 0;
+    sm_status st = sm_session_set_tokens(s, tokens, n, &reused);
+    info->n_reused = reused;
+    info->n_decoded = n - reused;
     if (st != SM_OK) sm_session_clear(s);
     return st;
 }

@@ -44,21 +44,23 @@ print("ok: screen == final text (%d lines); the stream erased text" % len(ref_li
 PY
 
 # Ctrl-C at the chat prompt clears what was typed (the chat goes on); on an
-# empty line it leaves with 130, as a shell does.
-tmux -L "$sock" kill-server 2>/dev/null
-tmux -L "$sock" new-session -d -x 80 -y 30 \
+# empty line it leaves with 130, as a shell does. (A tmux server of its own.)
+sock2="${sock}_chat"
+trap 'tmux -L "$sock" kill-server 2>/dev/null; tmux -L "$sock2" kill-server 2>/dev/null; rm -rf "$tmp"' EXIT
+tmux -L "$sock2" new-session -d -x 80 -y 30 \
     "$SM_BIN -m $SM_MODELS/cardputer-chat-3M.gguf -n 6 --seed 1 --threads 1 --no-memory --no-color; echo EXIT=\$? > $tmp/chat_exit; sleep 60"
-for _ in $(seq 100); do tmux -L "$sock" capture-pane -p | grep -q '^> ' && break; sleep 0.1; done
-tmux -L "$sock" send-keys "a line to throw away"
+for _ in $(seq 200); do tmux -L "$sock2" capture-pane -p 2>/dev/null | grep -q '^>' && break; sleep 0.1; done
+tmux -L "$sock2" capture-pane -p | grep -q '^>' || fail "the chat prompt never showed: $(tmux -L "$sock2" capture-pane -p 2>&1)"
+tmux -L "$sock2" send-keys "a line to throw away"
 sleep 0.3
-tmux -L "$sock" send-keys C-c
+tmux -L "$sock2" send-keys C-c
 sleep 0.3
-tmux -L "$sock" send-keys "hi" Enter
-for _ in $(seq 100); do [ "$(tmux -L "$sock" capture-pane -p | grep -c 'tokens,')" -ge 1 ] && break; sleep 0.1; done
-tmux -L "$sock" capture-pane -p | grep -q 'tokens,' || fail "Ctrl-C at the prompt ended the chat: $(tmux -L "$sock" capture-pane -p)"
-tmux -L "$sock" capture-pane -p | grep -q '^> a line to throw away^C' || fail "the cleared line is not shown as cancelled"
+tmux -L "$sock2" send-keys "hi" Enter
+for _ in $(seq 100); do [ "$(tmux -L "$sock2" capture-pane -p | grep -c 'tokens,')" -ge 1 ] && break; sleep 0.1; done
+tmux -L "$sock2" capture-pane -p | grep -q 'tokens,' || fail "Ctrl-C at the prompt ended the chat: $(tmux -L "$sock2" capture-pane -p)"
+tmux -L "$sock2" capture-pane -p | grep -q '^> a line to throw away^C' || fail "the cleared line is not shown as cancelled"
 sleep 0.3
-tmux -L "$sock" send-keys C-c
+tmux -L "$sock2" send-keys C-c
 for _ in $(seq 50); do [ -f "$tmp/chat_exit" ] && break; sleep 0.1; done
 [ "$(cat "$tmp/chat_exit" 2>/dev/null)" = "EXIT=130" ] || fail "Ctrl-C on an empty prompt: $(cat "$tmp/chat_exit" 2>/dev/null || echo 'did not leave')"
 echo "ok: Ctrl-C clears the prompt, and leaves with 130 on an empty one"

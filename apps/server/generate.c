@@ -188,21 +188,7 @@ static bool on_event(const sm_event *e, void *user_data) {
 /* Keeps the longest prefix of the prompt the slot's context already holds
  * and decodes the rest. */
 static sm_status feed_prompt(job *j) {
-    sm_session *s = j->session;
-    int32_t n_held = 0;
-    const sm_token *held = sm_session_tokens(s, &n_held);
-    int32_t common = 0;
-    while (common < n_held && common < j->n_prompt_tokens && held[common] == j->prompt_tokens[common]) common++;
-    sm_status st = common == 0 ? sm_session_clear(s) : sm_session_truncate(s, common);
-    if (st == SM_OK && common == j->n_prompt_tokens && !sm_session_logits(s)) st = SM_ERR_STATE;
-    if (st != SM_OK) { /* start over rather than fail */
-        common = 0;
-        st = sm_session_clear(s);
-    }
-    j->n_cached = common;
-    if (st == SM_OK && common < j->n_prompt_tokens)
-        st = sm_session_feed_tokens(s, j->prompt_tokens + common, j->n_prompt_tokens - common);
-    return st;
+    return sm_session_set_tokens(j->session, j->prompt_tokens, j->n_prompt_tokens, &j->n_cached);
 }
 
 static sm_status run_chat(job *j, sm_result *res, char *why, size_t why_size) {
