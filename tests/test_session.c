@@ -357,8 +357,47 @@ static void test_bad_model_files(void **state) {
     unlink(path);
 }
 
+/* The prefix primitive: keeps what the context holds, decodes the rest,
+ * always decodes the last token, and leaves the state of a fresh decode. */
+static void test_set_tokens_reuses_the_common_prefix(void **state) {
+    fixture *f = *state;
+    sm_session *s = new_session(f->model, 512); /* the others share the fixture's */
+    sm_token a[32], b[32];
+    int32_t na = tu_tokenize(f->model, "Once upon a time, there was a cat.", true, false, a, 32);
+    int32_t nb = tu_tokenize(f->model, "Once upon a time, there was a dog who ran.", true, false, b, 32);
+    int32_t common = 0;
+    while (a[common] == b[common]) common++;
+    int32_t reused = -1;
+    assert_int_equal(sm_session_clear(s), SM_OK);
+    assert_int_equal(sm_session_set_tokens(s, a, na, &reused), SM_OK);
+    assert_int_equal(reused, 0);
+    int64_t before = sm_session_n_decoded_total(s);
+    assert_int_equal(sm_session_set_tokens(s, b, nb, &reused), SM_OK);
+    assert_int_equal(reused, common);
+    assert_int_equal(sm_session_n_decoded_total(s) - before, nb - common);
+    assert_int_equal(sm_session_n_past(s), nb);
+    assert_int_equal(sm_session_kv_pos(s), nb);
+    int32_t n_vocab = sm_model_n_vocab(f->model);
+    float *kept = malloc(sizeof(float) * (size_t)n_vocab);
+    memcpy(kept, sm_session_logits(s), sizeof(float) * (size_t)n_vocab);
+    /* the same tokens again: all but the last kept, the last decoded (one
+     * token alone rounds a little differently from a batch: ~1e-3) */
+    assert_int_equal(sm_session_set_tokens(s, b, nb, &reused), SM_OK);
+    assert_int_equal(reused, nb - 1);
+    assert_true(tu_max_abs_diff(kept, sm_session_logits(s), n_vocab) < 5e-3f);
+    /* against a fresh context given the same tokens */
+    sm_session *fresh = new_session(f->model, 512);
+    assert_int_equal(sm_session_feed_tokens(fresh, b, nb), SM_OK);
+    assert_true(tu_max_abs_diff(kept, sm_session_logits(fresh), n_vocab) < 5e-3f);
+    sm_session_free(fresh);
+    free(kept);
+    assert_int_equal(sm_session_set_tokens(s, b, 0, &reused), SM_ERR_INVALID_ARGUMENT);
+    sm_session_free(s);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_set_tokens_reuses_the_common_prefix),
         cmocka_unit_test(test_greedy_generation),
         cmocka_unit_test(test_sampling_is_seeded_and_temperature_matters),
         cmocka_unit_test(test_rewind_logits_equal_uninterrupted_run),
