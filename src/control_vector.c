@@ -301,19 +301,16 @@ static sm_status open_steer_run(sm_model *model, const sm_steer_params *p, steer
     }
     int32_t n_train = llama_model_n_ctx_train(model->lm);
     uint32_t n_ctx = p->n_ctx ? p->n_ctx : (uint32_t)(n_train > 0 && n_train < 4096 ? n_train : 4096);
-    struct llama_context_params cp = llama_context_default_params();
-    cp.n_ctx = cp.n_batch = cp.n_ubatch = n_ctx; /* one prompt is one ubatch: rows are positions */
-    cp.n_seq_max = 1;
-    int32_t threads = p->n_threads > 0 ? p->n_threads : (int32_t)sysconf(_SC_NPROCESSORS_ONLN);
-    cp.n_threads = cp.n_threads_batch = threads > 0 ? threads : 1;
-    cp.cb_eval = sm_introspector_cb;
-    cp.cb_eval_user_data = run->intro;
-    cp.no_perf = true;
-    run->ctx = smx_init_from_model(model->lm, cp, NULL);
-    if (!run->ctx) {
-        sm_error_set(err, SM_ERR_CONTEXT, "cannot create a %u-token context for steering", n_ctx);
-        return SM_ERR_CONTEXT;
-    }
+    sm_context_opts o = {
+        .n_ctx = n_ctx,
+        .n_batch = n_ctx, /* one prompt is one ubatch: rows are positions */
+        .n_threads = p->n_threads,
+        .cb_eval = sm_introspector_cb,
+        .cb_eval_user_data = run->intro,
+        .what = "a steering context",
+    };
+    run->ctx = sm_context_new(model, &o, err);
+    if (!run->ctx) return SM_ERR_CONTEXT;
     run->n_ctx = (int32_t)llama_n_ctx(run->ctx);
     run->batch = llama_batch_init(run->n_ctx, 0, 1);
     run->mean = malloc(sizeof(float) * (size_t)llama_model_n_embd(model->lm));

@@ -23,6 +23,21 @@ struct sm_model {
     char first_unknown[8];           /* written once, before the flag       */
 };
 
+/* context.c: every llama.cpp context the library makes. */
+typedef struct sm_context_opts {
+    uint32_t n_ctx;
+    uint32_t n_batch, n_ubatch;  /* 0: 512, n_batch                       */
+    uint32_t n_seq_max;          /* 0: 1                                  */
+    bool kv_unified;             /* sequences share one pool of cells     */
+    int32_t n_threads;           /* 0: the online cores                   */
+    ggml_backend_sched_eval_callback cb_eval;
+    void *cb_eval_user_data;
+    bool no_flash_attention;     /* attention probabilities are observed  */
+    const char *what;            /* for the error: "a judge context"      */
+} sm_context_opts;
+struct llama_context *sm_context_new(const sm_model *model, const sm_context_opts *opts, sm_error *err);
+int32_t sm_online_cores(void);
+
 /* threads.c: the thread count of one-token decodes, tuned by measuring. */
 enum { SM_TUNER_WINDOW = 8, SM_TUNER_PROBE_UP = 32 };
 typedef struct sm_thread_tuner {

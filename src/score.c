@@ -33,21 +33,14 @@ static sm_status judge_fail(sm_judge *j, sm_status status, const char *fmt, ...)
 sm_judge_params sm_judge_default_params(void) { return (sm_judge_params){.n_ctx = 0, .n_threads = 0}; }
 
 static struct llama_context *judge_context(sm_model *model, uint32_t n_ctx, int32_t n_threads, sm_error *err) {
-    struct llama_context_params cp = llama_context_default_params();
-    cp.n_ctx = n_ctx;
-    cp.n_batch = n_ctx;  /* the whole text in one decode ...   */
-    cp.n_ubatch = n_ctx; /* ... and in one micro-batch          */
-    cp.n_seq_max = 1;
-    cp.n_threads = cp.n_threads_batch = n_threads;
-    cp.no_perf = true;
-    sm_llama_clear_log_error();
-    struct llama_context *ctx = smx_init_from_model(model->lm, cp, NULL);
-    if (!ctx) {
-        const char *why = sm_llama_last_log_error();
-        sm_error_set(err, SM_ERR_CONTEXT, "cannot create a judge context of %u tokens for '%s'%s%s", n_ctx, model->path,
-                     *why ? ": " : "", why);
-    }
-    return ctx;
+    sm_context_opts o = {
+        .n_ctx = n_ctx,
+        .n_batch = n_ctx,  /* the whole text in one decode ...   */
+        .n_ubatch = n_ctx, /* ... and in one micro-batch          */
+        .n_threads = n_threads,
+        .what = "a judge context",
+    };
+    return sm_context_new(model, &o, err);
 }
 
 sm_judge *sm_judge_new(sm_model *judge, const sm_model *generator, const sm_judge_params *params, sm_error *err) {
@@ -71,11 +64,7 @@ sm_judge *sm_judge_new(sm_model *judge, const sm_model *generator, const sm_judg
     uint32_t n_ctx = p.n_ctx;
     if (n_ctx == 0) n_ctx = (uint32_t)llama_model_n_ctx_train(judge->lm);
     if (n_ctx == 0) n_ctx = 2048;
-    int32_t n_threads = p.n_threads;
-    if (n_threads == 0) {
-        long online = sysconf(_SC_NPROCESSORS_ONLN);
-        n_threads = online > 0 ? (int32_t)online : 1;
-    }
+    int32_t n_threads = p.n_threads; /* 0: the online cores */
     sm_judge *j = calloc(1, sizeof *j);
     if (!j) {
         sm_error_set(err, SM_ERR_NO_MEMORY, "out of memory");

@@ -40,10 +40,6 @@ sm_session_params sm_session_default_params(void) {
     return (sm_session_params){.n_ctx = 2048, .n_batch = 512, .n_threads = 0, .max_rewind = 64};
 }
 
-static int32_t default_threads(void) {
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
-    return n > 0 ? (int32_t)n : 1;
-}
 
 static void piece_of(const struct llama_vocab *vocab, sm_token t, char *buf, int32_t size) {
     int32_t n = sm_token_text(vocab, t, buf, size - 1);
@@ -125,33 +121,24 @@ static int build_alignment(member *mb, const sm_model *m0) {
 
 static bool init_member(member *mb, sm_model *model, const sm_session_params *p, int32_t n_threads,
                         sm_introspector *intro, sm_error *err) {
-    struct llama_context_params cp = llama_context_default_params();
     /* Past its training context a model with learned positions (GPT-2)
      * reads outside its position table: never ask for more. */
     int32_t n_train = llama_model_n_ctx_train(model->lm);
-    cp.n_ctx = n_train > 0 && (p->n_ctx == 0 || p->n_ctx > (uint32_t)n_train) ? (uint32_t)n_train : p->n_ctx;
-    cp.n_batch = p->n_batch;
-    cp.n_ubatch = p->n_batch;
-    cp.n_seq_max = 1 + (uint32_t)p->max_branches;
-    cp.kv_unified = p->max_branches > 0; /* branches share the cells: n_ctx is not split between them */
-    if (intro) {
-        cp.cb_eval = sm_introspector_cb;
-        cp.cb_eval_user_data = intro;
-        if (p->introspect_attention) cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED; /* else no kq_soft_max */
-    }
-    cp.n_threads = cp.n_threads_batch = n_threads;
-    cp.no_perf = true;
-    sm_llama_clear_log_error();
+    sm_context_opts o = {
+        .n_ctx = n_train > 0 && (p->n_ctx == 0 || p->n_ctx > (uint32_t)n_train) ? (uint32_t)n_train : p->n_ctx,
+        .n_batch = p->n_batch,
+        .n_seq_max = 1 + (uint32_t)p->max_branches,
+        .kv_unified = p->max_branches > 0, /* branches share the cells: n_ctx is not split between them */
+        .n_threads = n_threads,
+        .cb_eval = intro ? sm_introspector_cb : NULL,
+        .cb_eval_user_data = intro,
+        .no_flash_attention = intro && p->introspect_attention, /* else no kq_soft_max */
+    };
     mb->model = model;
     mb->n_threads = mb->threads_now = n_threads;
     sm_thread_tuner_init(&mb->tuner, n_threads, p->n_threads == 0); /* an explicit count is kept as given */
-    mb->ctx = smx_init_from_model(model->lm, cp, NULL);
-    if (!mb->ctx) {
-        const char *why = sm_llama_last_log_error();
-        sm_error_set(err, SM_ERR_CONTEXT, "cannot create a context of %u tokens for '%s'%s%s", p->n_ctx, model->path,
-                     *why ? ": " : "", why);
-        return false;
-    }
+    mb->ctx = sm_context_new(model, &o, err);
+    if (!mb->ctx) return false;
     mb->mem = llama_get_memory(mb->ctx);
     return true;
 }
@@ -249,7 +236,7 @@ sm_session *sm_session_new_fused(sm_model *const *models, int32_t n_models, cons
         sm_session_free(s);
         return NULL;
     }
-    int32_t total_threads = p.n_threads ? p.n_threads : default_threads();
+    int32_t total_threads = p.n_threads ? p.n_threads : sm_online_cores();
     int32_t per_model = total_threads / n_models > 0 ? total_threads / n_models : 1;
     for (int32_t m = 0; m < n_models; m++) {
         if (!init_member(&s->members[m], models[m], &p, n_models == 1 ? total_threads : per_model,

@@ -129,37 +129,22 @@ sm_status sm_tree_params_validate(const sm_tree_params *p, char *msg, size_t msg
 /* Creation                                                            */
 /* ------------------------------------------------------------------ */
 
-static int32_t online_cores(void) {
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
-    return n > 0 ? (int32_t)n : 1;
-}
 
 static bool init_member(sm_tree *t, tree_member *mb, sm_model *model, uint32_t n_ctx, int32_t n_threads,
                         sm_error *err) {
-    struct llama_context_params cp = llama_context_default_params();
-    cp.n_ctx = n_ctx;
-    cp.n_batch = cp.n_ubatch = 512;
-    cp.n_seq_max = (uint32_t)t->max_beam_limit + 1;
-    /* One cell pool for all sequences: a branch shares its parent's cells.
-     * Separate streams (the default) would copy whole buffers on
-     * seq_cp, which llama.cpp only supports for full streams. */
-    cp.kv_unified = true;
-    cp.n_threads = cp.n_threads_batch = n_threads;
-    cp.no_perf = true;
-    sm_llama_clear_log_error();
+    sm_context_opts o = {
+        .n_ctx = n_ctx,
+        .n_seq_max = (uint32_t)t->max_beam_limit + 1,
+        /* One cell pool for all sequences: a branch shares its parent's
+         * cells. Separate streams (the default) would copy whole buffers
+         * on seq_cp, which llama.cpp only supports for full streams. */
+        .kv_unified = true,
+        .n_threads = n_threads,
+        .what = "a tree context",
+    };
     mb->model = model;
-    mb->ctx = smx_init_from_model(model->lm, cp, NULL);
-    if (!mb->ctx) {
-        const char *why = sm_llama_last_log_error();
-        sm_error_set(err, SM_ERR_CONTEXT, "cannot create a context of %u tokens and %u sequences for '%s'%s%s",
-                     n_ctx, cp.n_seq_max, model->path, *why ? ": " : "", why);
-        return false;
-    }
-    if (llama_n_seq_max(mb->ctx) < cp.n_seq_max) {
-        sm_error_set(err, SM_ERR_CONTEXT, "llama.cpp gave '%s' %u sequences, %u needed", model->path,
-                     llama_n_seq_max(mb->ctx), cp.n_seq_max);
-        return false;
-    }
+    mb->ctx = sm_context_new(model, &o, err);
+    if (!mb->ctx) return false;
     mb->mem = llama_get_memory(mb->ctx);
     return true;
 }
@@ -204,7 +189,7 @@ sm_tree *sm_tree_new(sm_model *const *models, int32_t n_models, uint32_t n_ctx, 
     t->max_beam_limit = max_beam_limit;
     t->n_vocab = models[0]->n_vocab;
     if (n_ctx == 0) n_ctx = (uint32_t)sm_model_n_ctx_train(models[0]);
-    int32_t total_threads = n_threads ? n_threads : online_cores();
+    int32_t total_threads = n_threads ? n_threads : sm_online_cores();
     int32_t per_model = total_threads / n_models > 0 ? total_threads / n_models : 1;
     for (int32_t m = 0; m < n_models; m++) {
         if (!init_member(t, &t->members[m], models[m], n_ctx, per_model, err)) {
