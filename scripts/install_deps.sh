@@ -2,7 +2,7 @@
 # Installs the Debian packages the build and tests need, if any are missing.
 set -euo pipefail
 PACKAGES=(build-essential cmake pkg-config git ccache tmux libcjson-dev libmicrohttpd-dev
-          libcmocka-dev libreadline-dev python3 clang libclang-rt-14-dev)
+          libcmocka-dev libreadline-dev python3 clang libclang-rt-14-dev curl)
 # npm fetches llama.cpp's source; a node install from elsewhere brings its own.
 command -v npm >/dev/null || PACKAGES+=(npm)
 missing=()

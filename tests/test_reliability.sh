@@ -24,6 +24,19 @@ check_unknown() {
 }
 for case in "Once upon a time (in a land)" "café" "a party 🎉"; do check_unknown "$TINY" "$case"; done
 for case in "a party 🎉" $'two\nlines'; do check_unknown "$BABY" "$case"; done
+# ... and the server, which llama.cpp's exception used to kill, answers
+"$SM_BIN" serve -m "$TINY" --host 127.0.0.1 --port 0 --quiet > serve.log 2>&1 &
+spid=$!
+for _ in $(seq 100); do grep -q "listening on" serve.log && break; sleep 0.1; done
+port=$(sed -n 's|.*listening on http://127\.0\.0\.1:\([0-9]*\).*|\1|p' serve.log)
+[ -n "$port" ] || { kill $spid; fail "the server on tinystories-656K did not start: $(cat serve.log)"; }
+body=$(curl -s -H 'Content-Type: application/json' -d '{"content":"hi (there) café"}' "http://127.0.0.1:$port/tokenize")
+chat=$(curl -s -o /dev/null -w '%{http_code}' -H 'Content-Type: application/json' \
+  -d '{"messages":[{"role":"user","content":"a (b) é"}],"max_tokens":4}' "http://127.0.0.1:$port/v1/chat/completions")
+kill -0 $spid 2>/dev/null || fail "the server died on text outside its vocabulary"
+kill $spid; wait $spid
+echo "$body" | grep -q '"tokens":\[' || fail "/tokenize: $body"
+[ "$chat" = 200 ] || fail "chat with characters outside the vocabulary: HTTP $chat"
 # ... and llama.cpp's own log lines stay hidden unless asked for
 "$SM_BIN" -m "$BABY" -p "Once" -n 4 --seed 1 --no-memory > /dev/null 2> err.txt
 grep -q "bad special token\|^load:" err.txt && fail "llama.cpp's log lines shown without --verbose: $(cat err.txt)"
