@@ -155,6 +155,11 @@ reply api_tokenize(server *srv, int client_fd, const char *body, size_t len) {
     cJSON *json = api_parse_body(body, len, &bad);
     if (!json) return bad;
     api_error err = {0};
+    static const char *const known[] = {"model", "content", "add_special", "with_pieces"};
+    if (!check_known_fields(json, known, sizeof known / sizeof *known, &err)) {
+        cJSON_Delete(json);
+        return reply_error(&err);
+    }
     const cJSON *content = json_field(json, "content");
     bool add_special = false, with_pieces = false;
     const served_model *m = vocab_for(srv, json, &bad);
@@ -208,6 +213,12 @@ reply api_detokenize(server *srv, int client_fd, const char *body, size_t len) {
     reply bad;
     cJSON *json = api_parse_body(body, len, &bad);
     if (!json) return bad;
+    static const char *const known[] = {"model", "tokens"};
+    api_error err = {0};
+    if (!check_known_fields(json, known, sizeof known / sizeof *known, &err)) {
+        cJSON_Delete(json);
+        return reply_error(&err);
+    }
     const served_model *m = vocab_for(srv, json, &bad);
     if (!m) {
         cJSON_Delete(json);

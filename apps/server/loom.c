@@ -171,9 +171,13 @@ reply api_loom_expand(server *srv, int client_fd, const char *body, size_t len) 
     reply bad;
     cJSON *json = api_parse_body(body, len, &bad);
     if (!json) return bad;
-    loom_request r;
+    loom_request r = {0};
     api_error err = {0};
-    bool ok = parse_loom(json, &srv->models, &r, &err);
+    static const char *const known[] = {"model", "prefix", "prompt", "max_depth", "max_beams", "beam_limit",
+                                        "split_limit", "cutoff", "multiplier", "batched", "score", "score_sum_probs",
+                                        "stop_chars", "auto_stop"};
+    bool ok = check_known_fields(json, known, sizeof known / sizeof *known, &err) &&
+              parse_loom(json, &srv->models, &r, &err);
     cJSON_Delete(json);
     if (ok && r.params.beam_limit > srv->slots.tree_max_beams)
         ok = api_fail(&err, 400, "beam_limit", "'beam_limit' is %d but this server allows at most %d (--loom-max-beams)",

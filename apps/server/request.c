@@ -485,12 +485,12 @@ static const char *const KNOWN_FIELDS[] = {
     "user", /* OpenAI's end-user id: no effect on generation there either */
 };
 
-static bool check_known_fields(const cJSON *body, api_error *err) {
+bool check_known_fields(const cJSON *body, const char *const *known_fields, size_t n_known, api_error *err) {
+    if (!cJSON_IsObject(body)) return true; /* the caller says what it should be */
     const cJSON *item;
     cJSON_ArrayForEach(item, body) {
         bool known = false;
-        for (size_t i = 0; i < sizeof KNOWN_FIELDS / sizeof *KNOWN_FIELDS && !known; i++)
-            known = strcmp(item->string, KNOWN_FIELDS[i]) == 0;
+        for (size_t i = 0; i < n_known && !known; i++) known = strcmp(item->string, known_fields[i]) == 0;
         if (!known)
             return api_fail(err, 400, item->string, "unknown field '%.60s': this server does not implement it",
                             item->string);
@@ -507,7 +507,7 @@ bool gen_request_parse(const cJSON *body, api_kind api, const model_set *models,
     /* No repeat penalty unless asked for, as with OpenAI and llama-server. */
     r->params.sampling.repeat_penalty = 1.0f;
     if (!cJSON_IsObject(body)) return api_fail(err, 400, NULL, "the request body must be a JSON object");
-    if (!check_known_fields(body, err)) return false;
+    if (!check_known_fields(body, KNOWN_FIELDS, sizeof KNOWN_FIELDS / sizeof *KNOWN_FIELDS, err)) return false;
     if (!parse_model(body, models, r, err)) return false;
     sm_model *target_models[SM_MAX_MODELS];
     int n_models = model_set_target_models(models, r->target, target_models);

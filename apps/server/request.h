@@ -71,6 +71,9 @@ bool get_int_field(const cJSON *object, const char *key, const char *param, long
 bool get_number_field(const cJSON *object, const char *key, const char *param, double lo, double hi,
                       double *out, api_error *err);
 bool get_bool_field(const cJSON *object, const char *key, const char *param, bool *out, api_error *err);
+/* 400 naming the first field of body that is not among known_fields:
+ * a field a server accepts must act. */
+bool check_known_fields(const cJSON *body, const char *const *known_fields, size_t n_known, api_error *err);
 /* A random seed for requests that give none. */
 uint64_t fresh_seed(void);
 

@@ -226,3 +226,9 @@ test('--max-connections: a connection over the limit waits unserved until others
   const served = await raw(guarded(), request(guarded(), { method: 'GET', path: '/health' }));
   assert.equal(statusOf(served.text), 200, served.text);
 });
+
+test('/tokenize, /detokenize and /loom/expand refuse unknown fields too', async () => {
+  assertError(await post(servers.plain, '/tokenize', { content: 'a', with_piece: true }), 400, 'with_piece');
+  assertError(await post(servers.plain, '/detokenize', { tokens: [1], skip_special: true }), 400, 'skip_special');
+  assertError(await post(servers.plain, '/loom/expand', { prefix: 'Once', beam_limt: 3 }), 400, 'beam_limt');
+});
