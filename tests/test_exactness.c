@@ -84,31 +84,35 @@ static void assert_same_generation(fixture *f, const sm_result *a, const float *
     assert_true(tu_max_abs_diff(logits_a, sm_session_logits(f->session), n_vocab) == 0.0f);
 }
 
-/* Run A backtracks `count` tokens when shown position `at`; run B rejects
- * only the candidate at the position A resumes at. */
-static void check_backtrack(fixture *f, uint64_t seed, int32_t at, int32_t count) {
+/* Runs gp with the operators of run A and then of run B, and asserts
+ * that both ended the same; the results stay in *a and *b to look at. */
+static void run_both(fixture *f, sm_gen_params gp, sm_operator **ops_a, int32_t n_a, sm_operator **ops_b,
+                     int32_t n_b, const char *what, sm_result *a, sm_result *b) {
     int32_t n_vocab = sm_model_n_vocab(f->model);
-    sm_operator *op_a = tu_backtrack_once(at, count);
-    sm_gen_params gp = busy_params(seed, 48);
-    gp.operators = &op_a;
-    gp.n_operators = 1;
-    sm_result a;
-    generate(f, &gp, &a);
-    assert_int_equal(a.n_backtracks, 1);
+    gp.operators = ops_a;
+    gp.n_operators = n_a;
+    generate(f, &gp, a);
     float *logits_a = malloc(sizeof(float) * (size_t)n_vocab);
     memcpy(logits_a, sm_session_logits(f->session), sizeof(float) * (size_t)n_vocab);
     int32_t past_a = sm_session_n_past(f->session);
+    gp.operators = ops_b;
+    gp.n_operators = n_b;
+    generate(f, &gp, b);
+    assert_same_generation(f, a, logits_a, past_a, b, what);
+    free(logits_a);
+}
 
-    sm_operator *op_b = tu_backtrack_once(at - count + 1, 1);
-    gp.operators = &op_b;
-    sm_result b;
-    generate(f, &gp, &b);
-    assert_int_equal(b.n_backtracks, 1);
+/* Run A backtracks `count` tokens when shown position `at`; run B rejects
+ * only the candidate at the position A resumes at. */
+static void check_backtrack(fixture *f, uint64_t seed, int32_t at, int32_t count) {
+    sm_operator *op_a = tu_backtrack_once(at, count), *op_b = tu_backtrack_once(at - count + 1, 1);
     char what[96];
     snprintf(what, sizeof what, "seed %llu, %d tokens back from %d", (unsigned long long)seed, count, at);
-    assert_same_generation(f, &a, logits_a, past_a, &b, what);
+    sm_result a, b;
+    run_both(f, busy_params(seed, 48), &op_a, 1, &op_b, 1, what, &a, &b);
+    assert_int_equal(a.n_backtracks, 1);
+    assert_int_equal(b.n_backtracks, 1);
     assert_int_equal(a.n_tokens_removed - b.n_tokens_removed, count - 1);
-    free(logits_a);
     sm_result_free(&a);
     sm_result_free(&b);
     sm_operator_free(op_a);
@@ -150,28 +154,15 @@ static int32_t two_decide(void *state, const sm_token_view *v) {
 
 static void test_bans_do_not_outlive_their_prefix(void **state) {
     fixture *f = *state;
-    int32_t n_vocab = sm_model_n_vocab(f->model);
     static const sm_operator_vtable vt = {.name = "two_backtracks", .decide = two_decide, .free_state = free};
     for (uint64_t seed = 1; seed <= 4; seed++) {
         two_backtracks *t = calloc(1, sizeof *t);
         *t = (two_backtracks){.first_at = 14, .first_count = 2, .second_at = 15, .second_count = 8};
         sm_operator *op_a = sm_operator_new(&vt, t);
-        sm_gen_params gp = busy_params(seed, 40);
-        gp.operators = &op_a;
-        gp.n_operators = 1;
-        sm_result a;
-        generate(f, &gp, &a);
+        sm_operator *op_b = tu_backtrack_once(8, 1); /* A resumes at 15 - 8 + 1 = 8 after its second backtrack */
+        sm_result a, b;
+        run_both(f, busy_params(seed, 40), &op_a, 1, &op_b, 1, "two backtracks", &a, &b);
         assert_int_equal(a.n_backtracks, 2);
-        float *logits_a = malloc(sizeof(float) * (size_t)n_vocab);
-        memcpy(logits_a, sm_session_logits(f->session), sizeof(float) * (size_t)n_vocab);
-        int32_t past_a = sm_session_n_past(f->session);
-        /* A resumes at 15 - 8 + 1 = 8 after its second backtrack */
-        sm_operator *op_b = tu_backtrack_once(8, 1);
-        gp.operators = &op_b;
-        sm_result b;
-        generate(f, &gp, &b);
-        assert_same_generation(f, &a, logits_a, past_a, &b, "two backtracks");
-        free(logits_a);
         sm_result_free(&a);
         sm_result_free(&b);
         sm_operator_free(op_a);
@@ -217,7 +208,6 @@ static sm_operator *scripted(const script_step *steps, int n) {
  */
 static void test_tries_do_not_outlive_their_prefix(void **state) {
     fixture *f = *state;
-    int32_t n_vocab = sm_model_n_vocab(f->model);
     for (uint64_t seed = 1; seed <= 3; seed++) {
         for (int32_t a_pos = 4; a_pos <= 16; a_pos += 6) {
             /* a+1 is shown: 1 rejected, 2 kept, (rewind to a) 3 rejected */
@@ -226,20 +216,10 @@ static void test_tries_do_not_outlive_their_prefix(void **state) {
             sm_operator *op_a = scripted(steps_a, 3), *op_b = scripted(steps_b, 2);
             sm_gen_params gp = busy_params(seed, 40);
             gp.max_backtracks_per_position = 1;
-            gp.operators = &op_a;
-            gp.n_operators = 1;
-            sm_result a;
-            generate(f, &gp, &a);
-            float *logits_a = malloc(sizeof(float) * (size_t)n_vocab);
-            memcpy(logits_a, sm_session_logits(f->session), sizeof(float) * (size_t)n_vocab);
-            int32_t past_a = sm_session_n_past(f->session);
-            gp.operators = &op_b;
-            sm_result b;
-            generate(f, &gp, &b);
+            sm_result a, b;
+            run_both(f, gp, &op_a, 1, &op_b, 1, "tries after a rewind", &a, &b);
             assert_int_equal(a.n_backtracks, 3);
             assert_int_equal(b.n_backtracks, 2);
-            assert_same_generation(f, &a, logits_a, past_a, &b, "tries after a rewind");
-            free(logits_a);
             sm_result_free(&a);
             sm_result_free(&b);
             sm_operator_free(op_a);
@@ -350,31 +330,17 @@ static void test_settled_tokens_are_never_rewound(void **state) {
  * saw the removed tokens, so both runs fire at the same places. */
 static void test_operator_state_rolls_back(void **state) {
     fixture *f = *state;
-    int32_t n_vocab = sm_model_n_vocab(f->model);
     sm_error err = {0};
     for (uint64_t seed = 1; seed <= 4; seed++) {
         sm_operator *ngram_a = sm_operator_from_spec("ngram_overlap:ngram_size=3", &err);
         sm_operator *ngram_b = sm_operator_from_spec("ngram_overlap:ngram_size=3", &err);
         assert_non_null(ngram_a);
-        sm_operator *once_a = tu_backtrack_once(20, 10), *once_b = tu_backtrack_once(11, 1);
-        sm_operator *ops_a[2] = {once_a, ngram_a}, *ops_b[2] = {once_b, ngram_b};
-        sm_gen_params gp = busy_params(seed, 48);
-        gp.combine = SM_COMBINE_FIRST;
-        gp.operators = ops_a;
-        gp.n_operators = 2;
-        sm_result a;
-        generate(f, &gp, &a);
-        float *logits_a = malloc(sizeof(float) * (size_t)n_vocab);
-        memcpy(logits_a, sm_session_logits(f->session), sizeof(float) * (size_t)n_vocab);
-        int32_t past_a = sm_session_n_past(f->session);
-        gp.operators = ops_b;
-        sm_result b;
-        generate(f, &gp, &b);
-        /* (A may have backtracked more before its rewind: those positions are gone) */
+        sm_operator *ops_a[2] = {tu_backtrack_once(20, 10), ngram_a}, *ops_b[2] = {tu_backtrack_once(11, 1), ngram_b};
         char what[64];
         snprintf(what, sizeof what, "operator state, seed %llu", (unsigned long long)seed);
-        assert_same_generation(f, &a, logits_a, past_a, &b, what);
-        free(logits_a);
+        /* (A may have backtracked more before its rewind: those positions are gone) */
+        sm_result a, b;
+        run_both(f, busy_params(seed, 48), ops_a, 2, ops_b, 2, what, &a, &b);
         sm_result_free(&a);
         sm_result_free(&b);
         for (int i = 0; i < 2; i++) {
