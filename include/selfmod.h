@@ -683,9 +683,46 @@ typedef struct sm_session_params {
     /* Lookahead: parallel sequences the contexts make room for (0 = none;
      * at most SM_MAX_BRANCHES; one-model sessions only). */
     int32_t max_branches;
+    /* A batch (below) to decode in, on a sequence of its own, instead of
+     * contexts of the session's own; NULL = its own contexts. The models
+     * must be the batch's, in order; no lookahead, introspection, fusion
+     * alignment or prompt cache; n_ctx at most the batch's per sequence. */
+    struct sm_batch *batch;
 } sm_session_params;
 
 sm_session_params sm_session_default_params(void);
+
+/* ------------------------------------------------------------------ */
+/* Batches: many sessions, one context per model                       */
+/* ------------------------------------------------------------------ */
+
+/*
+ * A batch holds one llama.cpp context per model with n_seq sequences.
+ * Sessions made with sm_session_params.batch each generate on a sequence
+ * of their own (in their own threads: a session is used by one thread at
+ * a time), with their own policy, operators and rewinds; their decodes are
+ * gathered into one llama_decode whenever every busy session is waiting
+ * for one (continuous batching: sessions join and leave between steps).
+ * A rewind touches only its own sequence's cells.
+ */
+typedef struct sm_batch sm_batch;
+typedef struct sm_batch_params {
+    int32_t n_seq;          /* sequences, i.e. sessions at once (4)         */
+    uint32_t n_ctx_seq;     /* context of each (2048; at most the model's)  */
+    uint32_t n_batch;       /* tokens one decode takes at most (512)        */
+    int32_t n_threads;      /* 0 = the online cores                         */
+} sm_batch_params;
+sm_batch_params sm_batch_default_params(void);
+sm_batch *sm_batch_new(sm_model *const *models, int32_t n_models, const sm_batch_params *params, sm_error *err);
+void sm_batch_free(sm_batch *batch); /* after every session made from it */
+int32_t sm_batch_n_seq(const sm_batch *batch);
+uint32_t sm_batch_n_ctx_seq(const sm_batch *batch);
+typedef struct sm_batch_stats {
+    int64_t n_decodes;        /* llama_decode calls                         */
+    int64_t n_tokens;         /* tokens they decoded                        */
+    int64_t n_requests;       /* sessions' decodes gathered into them       */
+} sm_batch_stats;
+sm_batch_stats sm_batch_get_stats(sm_batch *batch);
 
 /* A session owns one llama context per model. */
 sm_session *sm_session_new(sm_model *model, const sm_session_params *params, sm_error *err);

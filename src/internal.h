@@ -38,6 +38,17 @@ typedef struct sm_context_opts {
 struct llama_context *sm_context_new(const sm_model *model, const sm_context_opts *opts, sm_error *err);
 int32_t sm_online_cores(void);
 
+/* batch.c: what sessions on a batch call. */
+int32_t sm_batch_take_seq(sm_batch *b);            /* -1: every one is taken */
+void sm_batch_give_seq(sm_batch *b, int32_t seq);  /* its cells are cleared  */
+struct llama_context *sm_batch_context(const sm_batch *b, int32_t m);
+/* A session enters (+1) or leaves (-1) a stretch of decodes. */
+void sm_batch_busy(sm_batch *b, int32_t delta);
+/* Decodes tokens at pos.. of seq with the other busy sessions' tokens;
+ * logits gets the last one's distribution. llama_decode's code. */
+int32_t sm_batch_decode(sm_batch *b, int32_t m, llama_seq_id seq, int32_t pos, const sm_token *tokens, int32_t n,
+                        float *logits);
+
 /* threads.c: the thread count of one-token decodes, tuned by measuring. */
 enum { SM_TUNER_WINDOW = 8, SM_TUNER_PROBE_UP = 32 };
 typedef struct sm_thread_tuner {

@@ -143,6 +143,39 @@ static bool init_member(member *mb, sm_model *model, const sm_session_params *p,
     return true;
 }
 
+/* Model m of a session on a batch: the batch's context, a sequence of
+ * its own (taken by the caller), decodes landing in batch_logits. */
+static bool init_batch_member(member *mb, sm_model *model, sm_batch *b, int32_t m, sm_error *err) {
+    mb->model = model;
+    mb->ctx = sm_batch_context(b, m);
+    mb->mem = llama_get_memory(mb->ctx);
+    mb->n_threads = mb->threads_now = (int32_t)llama_n_threads(mb->ctx);
+    mb->batch_logits = malloc(sizeof(float) * (size_t)model->n_vocab);
+    if (!mb->batch_logits) sm_error_set(err, SM_ERR_NO_MEMORY, "out of memory");
+    return mb->batch_logits != NULL;
+}
+
+/* What a session on a batch cannot do: its context is shared. */
+static bool batch_params_valid(const sm_session_params *p, sm_model *const *models, int32_t n_models, sm_error *err) {
+    const sm_batch *b = p->batch;
+    const char *why = p->max_branches > 0                                      ? "lookahead branches"
+                      : p->n_introspect_layers > 0 || p->introspect_all_layers ? "introspection"
+                      : p->fusion_align                                        ? "fusion alignment"
+                                                                               : NULL;
+    if (why) {
+        sm_error_set(err, SM_ERR_INVALID_ARGUMENT, "a session on a batch cannot use %s (its context is shared)", why);
+        return false;
+    }
+    for (int32_t m = 0; m < n_models; m++) {
+        const struct llama_context *ctx = m < SM_MAX_MODELS ? sm_batch_context(b, m) : NULL;
+        if (!ctx || llama_get_model(ctx) != models[m]->lm) {
+            sm_error_set(err, SM_ERR_INVALID_ARGUMENT, "model %d of the session is not model %d of its batch", m, m);
+            return false;
+        }
+    }
+    return true;
+}
+
 /* The introspection and lookahead settings that need no model. */
 static bool introspection_params_valid(const sm_session_params *p, int32_t n_models, sm_error *err) {
     if (p->n_introspect_layers < 0 || (p->n_introspect_layers > 0 && !p->introspect_layers)) {
@@ -211,6 +244,7 @@ sm_session *sm_session_new_fused(sm_model *const *models, int32_t n_models, cons
         return NULL;
     }
     if (!introspection_params_valid(&p, n_models, err)) return NULL;
+    if (p.batch && !batch_params_valid(&p, models, n_models, err)) return NULL;
     bool aligned[SM_MAX_MODELS] = {false};
     for (int32_t m = 1; m < n_models; m++) {
         char why[256];
@@ -238,9 +272,18 @@ sm_session *sm_session_new_fused(sm_model *const *models, int32_t n_models, cons
     }
     int32_t total_threads = p.n_threads ? p.n_threads : sm_online_cores();
     int32_t per_model = total_threads / n_models > 0 ? total_threads / n_models : 1;
+    s->seq = p.batch ? sm_batch_take_seq(p.batch) : 0;
+    if (p.batch) s->batch = p.batch;
+    if (s->seq < 0) {
+        sm_session_free(s);
+        sm_error_set(err, SM_ERR_STATE, "every sequence of the batch is taken (%d)", sm_batch_n_seq(p.batch));
+        return NULL;
+    }
     for (int32_t m = 0; m < n_models; m++) {
-        if (!init_member(&s->members[m], models[m], &p, n_models == 1 ? total_threads : per_model,
-                         m == 0 ? s->intro : NULL, err)) {
+        bool made = p.batch ? init_batch_member(&s->members[m], models[m], p.batch, m, err)
+                            : init_member(&s->members[m], models[m], &p, n_models == 1 ? total_threads : per_model,
+                                          m == 0 ? s->intro : NULL, err);
+        if (!made) {
             sm_session_free(s);
             return NULL;
         }
@@ -255,7 +298,7 @@ sm_session *sm_session_new_fused(sm_model *const *models, int32_t n_models, cons
     /* llama.cpp pads small contexts (to 256): the size asked for is what
      * every check uses, and never positions a model was not trained for,
      * in any model of the session. */
-    s->n_ctx = (int32_t)llama_n_ctx(s->members[0].ctx);
+    s->n_ctx = p.batch ? (int32_t)sm_batch_n_ctx_seq(p.batch) : (int32_t)llama_n_ctx(s->members[0].ctx);
     if (p.n_ctx > 0 && (int64_t)p.n_ctx < s->n_ctx) s->n_ctx = (int32_t)p.n_ctx;
     for (int32_t m = 0; m < n_models; m++) {
         int32_t n_train = llama_model_n_ctx_train(models[m]->lm);
@@ -295,8 +338,10 @@ sm_session *sm_session_new(sm_model *model, const sm_session_params *params, sm_
 void sm_session_free(sm_session *s) {
     if (!s) return;
     sm_pool_free(s->pool);
+    if (s->batch && s->seq >= 0) sm_batch_give_seq(s->batch, s->seq);
     for (int32_t m = 0; m < SM_MAX_MODELS; m++) {
-        if (s->members[m].ctx) llama_free(s->members[m].ctx);
+        if (s->members[m].ctx && !s->batch) llama_free(s->members[m].ctx);
+        free(s->members[m].batch_logits);
         free(s->members[m].map_to0);
         free(s->members[m].tokens);
     }
@@ -332,7 +377,7 @@ const sm_token *sm_session_tokens(const sm_session *s, int32_t *n_tokens) {
 
 int32_t sm_session_model_kv_pos(const sm_session *s, int32_t m) {
     if (m < 0 || m >= s->n_models) return -1;
-    return (int32_t)llama_memory_seq_pos_max(s->members[m].mem, 0) + 1;
+    return (int32_t)llama_memory_seq_pos_max(s->members[m].mem, s->seq) + 1;
 }
 
 int32_t sm_session_kv_pos(const sm_session *s) { return sm_session_model_kv_pos(s, 0); }
@@ -372,7 +417,7 @@ static void capture_logits(sm_session *s) {
     for (int32_t m = 0; m < s->n_models; m++) {
         member *mb = &s->members[m];
         float *dst = sm_loop_ring_slot(s, s->n_tokens, m);
-        const float *src = llama_get_logits_ith(mb->ctx, -1);
+        const float *src = s->batch ? mb->batch_logits : llama_get_logits_ith(mb->ctx, -1);
         float unmapped = 0.0f;
         if (mb->aligned) unmapped = sm_map_distribution(src, mb->model->n_vocab, mb->map_to0, dst, s->n_vocab);
         else memcpy(dst, src, sizeof(float) * (size_t)s->n_vocab);
@@ -392,6 +437,10 @@ static void decode_member(void *arg, int32_t m) {
     decode_job *job = arg;
     member *mb = &job->s->members[m];
     if (mb->aligned) return;
+    if (job->s->batch) {
+        mb->rc = sm_batch_decode(job->s->batch, m, job->s->seq, job->s->n_tokens, job->tokens, job->n, mb->batch_logits);
+        return;
+    }
     if (job->n != 1) {
         mb->rc = smx_decode(mb->ctx, llama_batch_get_one((sm_token *)job->tokens, job->n));
         return;
@@ -447,7 +496,7 @@ static sm_status sync_aligned(sm_session *s, member *mb) {
     while (common < n && common < mb->n_tokens && mb->tokens[common] == s->align_buf[common]) common++;
     if (common == n && common == mb->n_tokens) return SM_OK; /* its logits are current */
     if (common == n) common--; /* decode the last token again for its distribution */
-    if (!llama_memory_seq_rm(mb->mem, 0, common, -1))
+    if (!llama_memory_seq_rm(mb->mem, s->seq, common, -1))
         return sm_session_fail(s, SM_ERR_STATE, "'%s' cannot remove part of its cache", mb->model->path);
     mb->n_tokens = common;
     if (sm_loop_reserve(&mb->tokens, &mb->cap_tokens, n) != 0) return sm_session_fail(s, SM_ERR_NO_MEMORY, "out of memory");
@@ -456,7 +505,7 @@ static sm_status sync_aligned(sm_session *s, member *mb) {
         memcpy(mb->tokens + at, s->align_buf + at, sizeof(sm_token) * (size_t)chunk);
         int32_t rc = smx_decode(mb->ctx, llama_batch_get_one(mb->tokens + at, chunk));
         if (rc != 0) {
-            llama_memory_seq_rm(mb->mem, 0, at, -1);
+            llama_memory_seq_rm(mb->mem, s->seq, at, -1);
             return sm_session_fail(s, SM_ERR_DECODE, "llama_decode failed (code %d) in '%s'", rc, mb->model->path);
         }
         at += chunk;
@@ -492,7 +541,7 @@ sm_status sm_loop_decode_append(sm_session *s, const sm_token *toks, int32_t n) 
             if (s->members[m].rc == 0) continue;
             int32_t rc = s->members[m].rc;
             for (int32_t k = 0; k < s->n_models; k++) {
-                if (!s->members[k].aligned) llama_memory_seq_rm(s->members[k].mem, 0, s->n_tokens, -1);
+                if (!s->members[k].aligned) llama_memory_seq_rm(s->members[k].mem, s->seq, s->n_tokens, -1);
                 s->members[k].rc = 0;
             }
             s->logits = NULL;
@@ -509,7 +558,7 @@ sm_status sm_loop_decode_append(sm_session *s, const sm_token *toks, int32_t n) 
         if (st != SM_OK) {
             s->n_tokens -= n;
             for (int32_t k = 0; k < s->n_models; k++)
-                if (!s->members[k].aligned) llama_memory_seq_rm(s->members[k].mem, 0, s->n_tokens, -1);
+                if (!s->members[k].aligned) llama_memory_seq_rm(s->members[k].mem, s->seq, s->n_tokens, -1);
             s->logits = NULL;
             return st;
         }
@@ -528,11 +577,11 @@ static void forget_ring_after(sm_session *s, int32_t pos) {
  * the text catch up at the next decode. */
 static bool remove_from(sm_session *s, int32_t pos) {
     for (int32_t m = 0; m < s->n_models; m++)
-        if (!s->members[m].aligned && !llama_memory_seq_rm(s->members[m].mem, 0, pos, -1)) return false;
+        if (!s->members[m].aligned && !llama_memory_seq_rm(s->members[m].mem, s->seq, pos, -1)) return false;
     return true;
 }
 
-sm_status sm_session_truncate(sm_session *s, int32_t n_keep) {
+static sm_status truncate_impl(sm_session *s, int32_t n_keep) {
     if (n_keep < 0 || n_keep > s->n_tokens)
         return sm_session_fail(s, SM_ERR_INVALID_ARGUMENT, "cannot keep %d tokens of %d", n_keep, s->n_tokens);
     if (n_keep == s->n_tokens) return SM_OK;
@@ -553,7 +602,7 @@ sm_status sm_session_truncate(sm_session *s, int32_t n_keep) {
     return sm_loop_decode_append(s, &last, 1);
 }
 
-sm_status sm_session_set_tokens(sm_session *s, const sm_token *tokens, int32_t n, int32_t *n_reused) {
+static sm_status set_tokens_impl(sm_session *s, const sm_token *tokens, int32_t n, int32_t *n_reused) {
     if (n_reused) *n_reused = 0;
     if (n < 1 || !tokens) return sm_session_fail(s, SM_ERR_INVALID_ARGUMENT, "set_tokens needs at least one token");
     if (n > s->n_ctx)
@@ -582,7 +631,8 @@ sm_status sm_session_rewind(sm_session *s, int32_t n) {
 
 sm_status sm_session_clear(sm_session *s) {
     for (int32_t m = 0; m < s->n_models; m++) {
-        llama_memory_clear(s->members[m].mem, true);
+        if (s->batch) llama_memory_seq_rm(s->members[m].mem, s->seq, -1, -1); /* its own cells only */
+        else llama_memory_clear(s->members[m].mem, true);
         s->members[m].n_tokens = 0;
     }
     s->n_tokens = 0;
@@ -592,7 +642,7 @@ sm_status sm_session_clear(sm_session *s) {
     return SM_OK;
 }
 
-sm_status sm_session_feed_tokens(sm_session *s, const sm_token *tokens, int32_t n) {
+static sm_status feed_tokens_impl(sm_session *s, const sm_token *tokens, int32_t n) {
     if (n < 0 || (n > 0 && !tokens)) return sm_session_fail(s, SM_ERR_INVALID_ARGUMENT, "invalid token array");
     for (int32_t i = 0; i < n; i++)
         if (tokens[i] < 0 || tokens[i] >= s->n_vocab)
@@ -611,7 +661,7 @@ static sm_status tokenize(sm_session *s, const char *text, bool add_bos, sm_toke
     return SM_OK;
 }
 
-sm_status sm_session_feed_text(sm_session *s, const char *text, bool add_bos) {
+static sm_status feed_text_impl(sm_session *s, const char *text, bool add_bos) {
     sm_tokens toks;
     sm_status st = tokenize(s, text, add_bos, &toks);
     if (st != SM_OK) return st;
@@ -1124,7 +1174,7 @@ static void reset_operators(const sm_gen_params *gp) {
     }
 }
 
-sm_status sm_session_generate(sm_session *s, const char *prompt, const sm_gen_params *gp, sm_result *res) {
+static sm_status generate_impl(sm_session *s, const char *prompt, const sm_gen_params *gp, sm_result *res) {
     if (!s || !gp || !res) return s ? sm_session_fail(s, SM_ERR_INVALID_ARGUMENT, "missing params or result") : SM_ERR_INVALID_ARGUMENT;
     memset(res, 0, sizeof *res);
     char msg[256];
@@ -1231,6 +1281,7 @@ int64_t sm_session_eval_callback_calls(const sm_session *s) { return s->intro ? 
 sm_status sm_session_set_control_vector(sm_session *s, const float *data, int32_t len, int32_t n_embd, int32_t il_start,
                                         int32_t il_end) {
     if (!s) return SM_ERR_INVALID_ARGUMENT;
+    if (s->batch) return sm_session_fail(s, SM_ERR_STATE, "a control vector would steer every session of the batch");
     if (data && (n_embd < 1 || len < n_embd || len % n_embd != 0))
         return sm_session_fail(s, SM_ERR_INVALID_ARGUMENT, "a control vector of %d floats is not a whole number of %d-float layers",
                     len, n_embd);
@@ -1256,6 +1307,7 @@ sm_status sm_session_set_control_vector(sm_session *s, const float *data, int32_
 sm_status sm_session_save_prefix(sm_session *s, const char *path) {
     if (!s || !path || !*path) return s ? sm_session_fail(s, SM_ERR_INVALID_ARGUMENT, "no prompt cache file given") : SM_ERR_INVALID_ARGUMENT;
     if (s->n_models != 1) return sm_session_fail(s, SM_ERR_STATE, "the prompt cache holds one model's state: this session has %d", s->n_models);
+    if (s->batch) return sm_session_fail(s, SM_ERR_STATE, "a session on a batch has no prompt cache");
     if (s->n_tokens == 0) return sm_session_fail(s, SM_ERR_STATE, "the context is empty: no prefix to save");
     sm_error err = {0};
     size_t bytes = 0;
@@ -1323,6 +1375,7 @@ sm_status sm_session_load_prefix(sm_session *s, const char *path, const sm_token
     if (!s || !path || !*path || !tokens || n < 1)
         return s ? sm_session_fail(s, SM_ERR_INVALID_ARGUMENT, "load_prefix needs a file and at least one token") : SM_ERR_INVALID_ARGUMENT;
     if (s->n_models != 1) return sm_session_fail(s, SM_ERR_STATE, "the prompt cache holds one model's state: this session has %d", s->n_models);
+    if (s->batch) return sm_session_fail(s, SM_ERR_STATE, "a session on a batch has no prompt cache");
     if (s->n_tokens != 0) return sm_session_fail(s, SM_ERR_STATE, "load_prefix needs an empty session (clear it first)");
     for (int32_t i = 0; i < n; i++)
         if (tokens[i] < 0 || tokens[i] >= s->n_vocab)
@@ -1339,5 +1392,55 @@ sm_status sm_session_load_prefix(sm_session *s, const char *path, const sm_token
     info->n_reused = reused;
     info->n_decoded = n - reused;
     if (st != SM_OK) sm_session_clear(s);
+    return st;
+}
+
+/* ------------------------------------------------------------------ */
+/* Entry points that decode: on a batch, the session is busy meanwhile */
+/* ------------------------------------------------------------------ */
+
+/* While a session is inside a call that decodes, the batch waits for its
+ * decodes before it decodes the others' (nested calls count once). */
+static void busy_enter(sm_session *s) {
+    if (s->batch && s->busy_depth++ == 0) sm_batch_busy(s->batch, +1);
+}
+
+static void busy_leave(sm_session *s) {
+    if (s->batch && --s->busy_depth == 0) sm_batch_busy(s->batch, -1);
+}
+
+sm_status sm_session_truncate(sm_session *s, int32_t n_keep) {
+    busy_enter(s);
+    sm_status st = truncate_impl(s, n_keep);
+    busy_leave(s);
+    return st;
+}
+
+sm_status sm_session_set_tokens(sm_session *s, const sm_token *tokens, int32_t n, int32_t *n_reused) {
+    busy_enter(s);
+    sm_status st = set_tokens_impl(s, tokens, n, n_reused);
+    busy_leave(s);
+    return st;
+}
+
+sm_status sm_session_feed_tokens(sm_session *s, const sm_token *tokens, int32_t n) {
+    busy_enter(s);
+    sm_status st = feed_tokens_impl(s, tokens, n);
+    busy_leave(s);
+    return st;
+}
+
+sm_status sm_session_feed_text(sm_session *s, const char *text, bool add_bos) {
+    busy_enter(s);
+    sm_status st = feed_text_impl(s, text, add_bos);
+    busy_leave(s);
+    return st;
+}
+
+sm_status sm_session_generate(sm_session *s, const char *prompt, const sm_gen_params *gp, sm_result *res) {
+    if (!s) return SM_ERR_INVALID_ARGUMENT;
+    busy_enter(s);
+    sm_status st = generate_impl(s, prompt, gp, res);
+    busy_leave(s);
     return st;
 }

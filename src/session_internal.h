@@ -30,6 +30,7 @@ typedef struct member {
     struct llama_context *ctx;
     llama_memory_t mem;
     int32_t n_threads;          /* the most it may use (a batch uses them all) */
+    float *batch_logits;        /* on a batch: where its decodes land        */
     int32_t threads_now;        /* what one-token decodes use now             */
     sm_thread_tuner tuner;
     /* A model with another vocabulary (fusion_align) follows the text:
@@ -80,6 +81,9 @@ struct sm_session {
     bool intro_has_last;
     sm_introspection intro_view;
     llama_batch branch_batch;    /* lookahead: one token per branch      */
+    sm_batch *batch;             /* the batch it decodes in, or NULL      */
+    llama_seq_id seq;            /* its sequence (0 without a batch)      */
+    int32_t busy_depth;          /* nested public calls that decode       */
     char error[512];
 };
 

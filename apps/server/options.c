@@ -28,6 +28,7 @@ enum {
     OPT_MAX_CONNECTIONS,
     OPT_SELFMOD,
     OPT_HEADER_TIMEOUT,
+    OPT_NO_BATCH,
     OPT_USER_LABEL,
     OPT_ASSISTANT_LABEL,
 };
@@ -54,6 +55,7 @@ static const struct option long_options[] = {
     {"max-connections", required_argument, NULL, OPT_MAX_CONNECTIONS},
     {"selfmod", no_argument, NULL, OPT_SELFMOD},
     {"header-timeout", required_argument, NULL, OPT_HEADER_TIMEOUT},
+    {"no-batch", no_argument, NULL, OPT_NO_BATCH},
     {"user-label", required_argument, NULL, OPT_USER_LABEL},
     {"assistant-label", required_argument, NULL, OPT_ASSISTANT_LABEL},
     {"help", no_argument, NULL, 'h'},
@@ -85,7 +87,10 @@ static void print_usage(FILE *out) {
           "      --selfmod             adapt sampling (the policy) for requests that send no\n"
           "                            \"selfmod\" object (default: they sample as asked)\n"
           "      --parallel N          requests generating at once; more wait (default: 2)\n"
-          "      --threads N           CPU threads per request; 0 = cores / parallel\n"
+          "      --threads N           CPU threads that decode the requests together; 0 = all\n"
+          "                            cores (with --no-batch: per request, 0 = cores / parallel)\n"
+          "      --no-batch            a context per request instead of one for all (default:\n"
+          "                            continuous batching: every request's tokens in one decode)\n"
           "      --ctx-size N          context tokens per slot; 0 = the model's (default: 2048)\n"
           "      --max-body BYTES      largest request body, else 413 (default: 1048576)\n"
           "      --web-dir DIR         the web page's folder (default: found beside the program)\n"
@@ -236,6 +241,7 @@ static bool apply_option(server_options *opt, int c, const char *arg, FILE *err)
         opt->max_connections = (int)v;
         return true;
     case OPT_SELFMOD: opt->selfmod_default = true; return true;
+    case OPT_NO_BATCH: opt->no_batch = true; return true;
     case OPT_HEADER_TIMEOUT:
         if (!parse_long(err, "--header-timeout", arg, 1, 3600, &v)) return false;
         opt->header_timeout = (int)v;

@@ -91,6 +91,10 @@ static bool start_slots(server *srv) {
         fprintf(stderr, "llama_selfmod serve: error: out of memory\n");
         return false;
     }
+    /* Continuous batching: one context per model for every slot, decoding
+     * with all the threads (a batch cannot map vocabularies by text). */
+    srv->slots.batched = !srv->opt.no_batch && !srv->opt.fusion_align;
+    srv->slots.batch_threads = srv->opt.n_threads;
     /* Make one slot's sessions now, so that a problem (a vocabulary
      * mismatch, a context too large) shows before the server listens. */
     slot *s = slot_acquire(&srv->slots, 0, NULL, 0);
@@ -132,10 +136,15 @@ static int run(server *srv) {
         fprintf(stderr, "llama_selfmod serve: error: %s\n", err);
         return EXIT_FAILURE;
     }
-    fprintf(stderr, "llama_selfmod serve: model %s, %d slot%s of %u tokens, %d thread%s each\n",
-            srv->models.default_id, srv->slots.n_slots, srv->slots.n_slots == 1 ? "" : "s",
-            srv->slots.session_params.n_ctx, srv->slots.session_params.n_threads,
-            srv->slots.session_params.n_threads == 1 ? "" : "s");
+    if (srv->slots.batched)
+        fprintf(stderr, "llama_selfmod serve: model %s, %d slot%s of %u tokens, decoded together (continuous batching)\n",
+                srv->models.default_id, srv->slots.n_slots, srv->slots.n_slots == 1 ? "" : "s",
+                srv->slots.session_params.n_ctx);
+    else
+        fprintf(stderr, "llama_selfmod serve: model %s, %d slot%s of %u tokens, %d thread%s each\n",
+                srv->models.default_id, srv->slots.n_slots, srv->slots.n_slots == 1 ? "" : "s",
+                srv->slots.session_params.n_ctx, srv->slots.session_params.n_threads,
+                srv->slots.session_params.n_threads == 1 ? "" : "s");
     if (srv->web_dir[0]) fprintf(stderr, "llama_selfmod serve: web page from %s\n", srv->web_dir);
     const char *host = srv->opt.host;
     bool v6 = strchr(host, ':') != NULL;

@@ -31,6 +31,7 @@ void slot_pool_free(slot_pool *pool) {
             free(pool->slots[i].chat_seen[t]);
         }
     }
+    for (int t = 0; t < 1 + SM_MAX_MODELS; t++) sm_batch_free(pool->batches[t]); /* after their sessions */
     free(pool->slots);
     pool->slots = NULL;
     pthread_mutex_destroy(&pool->mutex);
@@ -158,8 +159,26 @@ sm_session *slot_session(slot_pool *pool, slot *s, int target, char *err, size_t
     sm_model *models[SM_MAX_MODELS];
     int n = model_set_target_models(pool->models, target, models);
     sm_error e = {0};
-    s->sessions[target] = n == 1 ? sm_session_new(models[0], &pool->session_params, &e)
-                                 : sm_session_new_fused(models, n, &pool->session_params, &e);
+    sm_session_params sp = pool->session_params;
+    if (pool->batched) {
+        pthread_mutex_lock(&pool->mutex);
+        if (!pool->batches[target]) {
+            sm_batch_params bp = sm_batch_default_params();
+            bp.n_seq = pool->n_slots;
+            bp.n_ctx_seq = sp.n_ctx;
+            bp.n_batch = sp.n_batch;
+            bp.n_threads = pool->batch_threads;
+            pool->batches[target] = sm_batch_new(models, n, &bp, &e);
+        }
+        sm_batch *batch = pool->batches[target];
+        pthread_mutex_unlock(&pool->mutex);
+        if (!batch) {
+            snprintf(err, err_size, "%s", e.message);
+            return NULL;
+        }
+        sp.batch = batch;
+    }
+    s->sessions[target] = n == 1 ? sm_session_new(models[0], &sp, &e) : sm_session_new_fused(models, n, &sp, &e);
     if (!s->sessions[target]) snprintf(err, err_size, "%s", e.message);
     return s->sessions[target];
 }

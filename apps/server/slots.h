@@ -1,6 +1,10 @@
 /*
  * Slots: the server generates for at most N requests at once, each in a
- * slot with its own sessions (llama contexts) over the shared models.
+ * slot with its own sessions over the shared models. With batching (the
+ * default) a slot's session is one sequence of a batch per target: one
+ * llama context per model for all slots, the slots' decodes gathered into
+ * one llama_decode (continuous batching); without, each session has
+ * contexts of its own.
  * Other requests wait for a free slot. A slot keeps its KV cache between
  * requests, and a request goes to the free slot whose cache shares the
  * longest prefix with its prompt.
@@ -39,6 +43,9 @@ typedef struct slot_pool {
     sm_session_params session_params;
     sm_chat_params chat_params;
     int32_t tree_max_beams;
+    bool batched;                            /* sessions share a batch per target */
+    int32_t batch_threads;                   /* its decode threads              */
+    sm_batch *batches[1 + SM_MAX_MODELS];    /* per target, made on first use   */
 } slot_pool;
 
 bool slot_pool_init(slot_pool *pool, int n_slots, const model_set *models, const sm_session_params *sp,

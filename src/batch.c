@@ -1,0 +1,240 @@
+/*
+ * batch.c - several sessions decoding in one llama.cpp context per model.
+ *
+ * A batch owns one context per model with n_seq sequences (llama.cpp's
+ * seq ids, one pool of KV cells). Each session made from it generates on
+ * its own sequence with its own loop, policy, operators and rewinds, in
+ * its own thread; only llama_decode is shared. A session that needs a
+ * decode hands its tokens to the batch and waits: when every session that
+ * is busy (inside a generation or a prompt) has handed in its tokens, the
+ * last one to arrive decodes them all in ONE llama_decode, copies each
+ * session's distribution out and wakes the others. Sessions that join or
+ * leave between steps simply change how many are busy (continuous
+ * batching). A session that is busy but slow to hand in (doing something
+ * else) is not waited for longer than WAIT_MS.
+ *
+ * Invariant: a decode never mixes models, every request's last token has
+ * its logits copied out before the next decode starts, and a sequence's
+ * cells are touched only by its own session (seq_rm on its own seq id).
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+enum { WAIT_MS = 20 };
+
+typedef struct request {
+    const sm_token *tokens;
+    int32_t n;
+    int32_t pos;            /* of tokens[0]                              */
+    llama_seq_id seq;
+    float *logits;          /* n_vocab floats: the last token's          */
+    int32_t rc;
+    bool done;
+} request;
+
+typedef struct batch_model {
+    const sm_model *model;
+    struct llama_context *ctx;
+    llama_batch batch;
+    request **pending;       /* waiting to be decoded                     */
+    int32_t n_pending;
+    int64_t round;           /* decodes so far (a waiter's wake-up check) */
+} batch_model;
+
+struct sm_batch {
+    pthread_mutex_t mutex;
+    pthread_cond_t decoded;
+    batch_model models[SM_MAX_MODELS];
+    int32_t n_models;
+    int32_t n_seq;
+    uint32_t n_ctx_seq, n_batch;
+    int32_t n_busy;          /* sessions inside a generation or a prompt  */
+    bool *seq_taken;
+    int64_t n_decodes, n_tokens_decoded, n_requests;
+};
+
+sm_batch_params sm_batch_default_params(void) {
+    return (sm_batch_params){.n_seq = 4, .n_ctx_seq = 2048, .n_batch = 512, .n_threads = 0};
+}
+
+void sm_batch_free(sm_batch *b) {
+    if (!b) return;
+    for (int32_t m = 0; m < b->n_models; m++) {
+        if (b->models[m].ctx) llama_free(b->models[m].ctx);
+        if (b->models[m].batch.token) llama_batch_free(b->models[m].batch);
+        free(b->models[m].pending);
+    }
+    free(b->seq_taken);
+    pthread_mutex_destroy(&b->mutex);
+    pthread_cond_destroy(&b->decoded);
+    free(b);
+}
+
+sm_batch *sm_batch_new(sm_model *const *models, int32_t n_models, const sm_batch_params *params, sm_error *err) {
+    sm_batch_params p = params ? *params : sm_batch_default_params();
+    if (!models || n_models < 1 || n_models > SM_MAX_MODELS || p.n_seq < 1 || p.n_seq > 256 || p.n_batch < 1) {
+        sm_error_set(err, SM_ERR_INVALID_ARGUMENT, "a batch takes 1 to %d models and 1 to 256 sequences", SM_MAX_MODELS);
+        return NULL;
+    }
+    sm_batch *b = calloc(1, sizeof *b);
+    if (!b) {
+        sm_error_set(err, SM_ERR_NO_MEMORY, "out of memory");
+        return NULL;
+    }
+    pthread_mutex_init(&b->mutex, NULL);
+    pthread_cond_init(&b->decoded, NULL);
+    b->n_seq = p.n_seq;
+    b->n_batch = p.n_batch;
+    b->seq_taken = calloc((size_t)p.n_seq, sizeof *b->seq_taken);
+    /* never past a model's training length, in any model */
+    uint32_t n_ctx_seq = p.n_ctx_seq;
+    for (int32_t m = 0; m < n_models; m++) {
+        int32_t n_train = llama_model_n_ctx_train(models[m]->lm);
+        if (n_train > 0 && (n_ctx_seq == 0 || n_ctx_seq > (uint32_t)n_train)) n_ctx_seq = (uint32_t)n_train;
+    }
+    b->n_ctx_seq = n_ctx_seq;
+    for (int32_t m = 0; m < n_models && b->seq_taken; m++) {
+        sm_context_opts o = {
+            .n_ctx = n_ctx_seq * (uint32_t)p.n_seq,
+            .n_batch = p.n_batch,
+            .n_seq_max = (uint32_t)p.n_seq,
+            .kv_unified = true, /* one pool of cells: each sequence takes what it uses */
+            .n_threads = p.n_threads,
+            .what = "a batch context",
+        };
+        batch_model *bm = &b->models[m];
+        bm->model = models[m];
+        bm->ctx = sm_context_new(models[m], &o, err);
+        if (!bm->ctx) {
+            sm_batch_free(b);
+            return NULL;
+        }
+        b->n_models++;
+        bm->batch = llama_batch_init((int32_t)p.n_batch, 0, 1);
+        bm->pending = calloc((size_t)p.n_seq, sizeof *bm->pending);
+        if (!bm->batch.token || !bm->pending) break;
+    }
+    if (!b->seq_taken || b->n_models != n_models) {
+        sm_batch_free(b);
+        sm_error_set(err, SM_ERR_NO_MEMORY, "out of memory for a batch of %d sequences", p.n_seq);
+        return NULL;
+    }
+    return b;
+}
+
+int32_t sm_batch_n_seq(const sm_batch *b) { return b->n_seq; }
+uint32_t sm_batch_n_ctx_seq(const sm_batch *b) { return b->n_ctx_seq; }
+
+sm_batch_stats sm_batch_get_stats(sm_batch *b) {
+    pthread_mutex_lock(&b->mutex);
+    sm_batch_stats st = {b->n_decodes, b->n_tokens_decoded, b->n_requests};
+    pthread_mutex_unlock(&b->mutex);
+    return st;
+}
+
+/* ------------------------------------------------------------------ */
+/* What sessions call (session.c)                                      */
+/* ------------------------------------------------------------------ */
+
+int32_t sm_batch_take_seq(sm_batch *b) {
+    pthread_mutex_lock(&b->mutex);
+    int32_t seq = -1;
+    for (int32_t i = 0; i < b->n_seq && seq < 0; i++)
+        if (!b->seq_taken[i]) seq = i;
+    if (seq >= 0) b->seq_taken[seq] = true;
+    pthread_mutex_unlock(&b->mutex);
+    return seq;
+}
+
+void sm_batch_give_seq(sm_batch *b, int32_t seq) {
+    for (int32_t m = 0; m < b->n_models; m++)
+        llama_memory_seq_rm(llama_get_memory(b->models[m].ctx), seq, -1, -1);
+    pthread_mutex_lock(&b->mutex);
+    b->seq_taken[seq] = false;
+    pthread_mutex_unlock(&b->mutex);
+}
+
+struct llama_context *sm_batch_context(const sm_batch *b, int32_t m) { return b->models[m].ctx; }
+
+void sm_batch_busy(sm_batch *b, int32_t delta) {
+    pthread_mutex_lock(&b->mutex);
+    b->n_busy += delta;
+    /* one fewer to wait for: the others may be complete now */
+    if (delta < 0) pthread_cond_broadcast(&b->decoded);
+    pthread_mutex_unlock(&b->mutex);
+}
+
+/* Decodes every pending request of model m, in as few llama_decode calls
+ * as n_batch allows. Called with the mutex held. */
+static void decode_pending(sm_batch *b, batch_model *bm) {
+    const int32_t n_vocab = bm->model->n_vocab;
+    int32_t first = 0;
+    while (first < bm->n_pending) {
+        llama_batch *lb = &bm->batch;
+        lb->n_tokens = 0;
+        int32_t last = first;
+        while (last < bm->n_pending && (lb->n_tokens == 0 || lb->n_tokens + bm->pending[last]->n <= (int32_t)b->n_batch)) {
+            request *r = bm->pending[last];
+            for (int32_t i = 0; i < r->n; i++) {
+                int32_t k = lb->n_tokens++;
+                lb->token[k] = r->tokens[i];
+                lb->pos[k] = r->pos + i;
+                lb->n_seq_id[k] = 1;
+                lb->seq_id[k][0] = r->seq;
+                lb->logits[k] = i == r->n - 1;
+            }
+            last++;
+        }
+        int32_t rc = smx_decode(bm->ctx, *lb);
+        b->n_decodes++;
+        b->n_tokens_decoded += lb->n_tokens;
+        int32_t at = 0;
+        for (int32_t i = first; i < last; i++) {
+            request *r = bm->pending[i];
+            at += r->n;
+            r->rc = rc;
+            if (rc == 0) memcpy(r->logits, llama_get_logits_ith(bm->ctx, at - 1), sizeof(float) * (size_t)n_vocab);
+            r->done = true;
+        }
+        first = last;
+    }
+    bm->n_pending = 0;
+    bm->round++;
+}
+
+int32_t sm_batch_decode(sm_batch *b, int32_t m, llama_seq_id seq, int32_t pos, const sm_token *tokens, int32_t n,
+                        float *logits) {
+    if (n > (int32_t)b->n_batch) return -1; /* the session chunks by n_batch */
+    batch_model *bm = &b->models[m];
+    request r = {.tokens = tokens, .n = n, .pos = pos, .seq = seq, .logits = logits};
+    pthread_mutex_lock(&b->mutex);
+    b->n_requests++;
+    bm->pending[bm->n_pending++] = &r;
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_nsec += WAIT_MS * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    while (!r.done) {
+        /* every busy session is waiting here: decode them all now */
+        if (bm->n_pending >= b->n_busy || bm->n_pending == b->n_seq) {
+            decode_pending(b, bm);
+            pthread_cond_broadcast(&b->decoded);
+            break;
+        }
+        if (pthread_cond_timedwait(&b->decoded, &b->mutex, &until) == ETIMEDOUT && !r.done) {
+            decode_pending(b, bm); /* a busy session is elsewhere: go without it */
+            pthread_cond_broadcast(&b->decoded);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&b->mutex);
+    return r.rc;
+}
