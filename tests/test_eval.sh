@@ -122,6 +122,24 @@ expect_error() { # code, pattern, args...
   [ "$rc" -eq "$code" ] || fail "eval $* exited $rc, expected $code: $(cat err.txt)"
   grep -qi -- "$pattern" err.txt || fail "eval $*: no '$pattern' in: $(cat err.txt)"
 }
+# ---------------------------------------------------------------------------
+# --parallel: the same outputs, their decodes shared (greedy and operator
+# strategies exactly; with a judge, so the shared judge is exercised too).
+for par in 1 3; do
+  "$SM_BIN" eval -f "$PROMPTS" --limit 4 -m "$STORIES" --judge "$SALTY" --strategies greedy,op:ngram_overlap \
+    -n 24 --seeds 1 --threads 1 --quiet --parallel "$par" --json "par$par.json" > /dev/null 2> err.txt \
+    || fail "eval --parallel $par exited $?: $(cat err.txt)"
+done
+python3 - par1.json par3.json <<'PY' || fail "--parallel 3 gave other outputs than --parallel 1"
+import json, sys
+def outputs(path):
+    d = json.load(open(path))
+    return [(o["strategy"], o["prompt"], o["seed"], o["text"], o.get("judge_nll")) for o in d["outputs"]]
+a, b = outputs(sys.argv[1]), outputs(sys.argv[2])
+sys.exit(0 if a == b and len(a) == 8 else 1)
+PY
+ok "--parallel 3 gives the outputs of --parallel 1, in the same order"
+
 expect_error 1 "vocabular" -f "$PROMPTS" --limit 1 -m "$STORIES" --judge "$AIDREAMS" --strategies greedy --threads 1
 expect_error 2 "unknown strategy 'nonsense'" -f "$PROMPTS" -m "$STORIES" --strategies greedy,nonsense
 expect_error 2 "op:nosuchop" -f "$PROMPTS" -m "$STORIES" --strategies op:nosuchop

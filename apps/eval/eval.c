@@ -13,6 +13,7 @@
 #include "eval/strategy.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -233,10 +234,24 @@ static bool judge_output(evaluation *e, sm_session *s, eval_output *o) {
     return true;
 }
 
-static bool run_one(evaluation *e, int32_t si, int32_t p, int32_t k) {
-    const eval_strategy *st = &e->strategies[si];
+/* What one worker generates with: its sessions and its own strategies
+ * (operators keep state, so workers never share them). */
+typedef struct worker {
+    evaluation *e;
+    sm_session *single, *fused;
+    const eval_strategy *strategies;
+    eval_strategy owned[EVAL_MAX_STRATEGIES]; /* parallel workers' copies */
+    int32_t n_owned;
+    bool failed;
+} worker;
+
+static pthread_mutex_t eval_mutex = PTHREAD_MUTEX_INITIALIZER;
+
+static bool run_one(worker *w, int32_t si, int32_t p, int32_t k) {
+    evaluation *e = w->e;
+    const eval_strategy *st = &w->strategies[si];
     const eval_prompt *prompt = &e->prompts.items[p];
-    sm_session *s = st->fused ? e->fused : e->single;
+    sm_session *s = st->fused ? w->fused : w->single;
     sm_gen_params gen = st->gen;
     gen.sampling.seed = e->opt.first_seed + (uint64_t)k;
 
@@ -275,29 +290,144 @@ static bool run_one(evaluation *e, int32_t si, int32_t p, int32_t k) {
         o.exact = sm_reference_exact_match(o.text, prompt->reference);
         o.contains = sm_reference_contains_match(o.text, prompt->reference);
     }
-    if (!judge_output(e, s, &o) || !append_output(e, &o)) {
-        eval_output_free(&o);
-        return false;
+    pthread_mutex_lock(&eval_mutex); /* the judge and the outputs are shared */
+    bool ok = judge_output(e, s, &o) && append_output(e, &o);
+    pthread_mutex_unlock(&eval_mutex);
+    if (!ok) eval_output_free(&o);
+    return ok;
+}
+
+/* The outputs to make, in report order; workers take the next one. */
+typedef struct work_item {
+    int32_t strategy, prompt, seed_index;
+} work_item;
+
+typedef struct work_queue {
+    work_item *items;
+    int32_t n, next;
+} work_queue;
+
+static work_queue queue;
+
+static void *work(void *arg) {
+    worker *w = arg;
+    evaluation *e = w->e;
+    for (;;) {
+        pthread_mutex_lock(&eval_mutex);
+        bool stop = w->failed || queue.next >= queue.n;
+        work_item it = stop ? (work_item){0} : queue.items[queue.next++];
+        if (!stop) progress_show(&e->bar, e->strategies[it.strategy].spec);
+        pthread_mutex_unlock(&eval_mutex);
+        if (stop) return NULL;
+        if (!run_one(w, it.strategy, it.prompt, it.seed_index)) {
+            w->failed = true;
+            pthread_mutex_lock(&eval_mutex);
+            queue.next = queue.n; /* the others stop too */
+            pthread_mutex_unlock(&eval_mutex);
+            return NULL;
+        }
+        pthread_mutex_lock(&eval_mutex);
+        e->bar.done++;
+        pthread_mutex_unlock(&eval_mutex);
+    }
+}
+
+static int by_item(const void *a, const void *b) {
+    const eval_output *x = a, *y = b;
+    if (x->strategy != y->strategy) return x->strategy - y->strategy;
+    if (x->prompt != y->prompt) return x->prompt - y->prompt;
+    return x->seed_index - y->seed_index;
+}
+
+/*
+ * --parallel N: N workers, each with sessions of its own on one batch per
+ * model set, so their generations decode together in one llama_decode
+ * per step; the outputs are put back in report order afterwards.
+ */
+static bool make_workers(evaluation *e, worker *workers, int32_t n, sm_batch **single, sm_batch **fused) {
+    sm_batch_params bp = sm_batch_default_params();
+    bp.n_seq = n;
+    bp.n_threads = e->opt.n_threads;
+    sm_error err = {0};
+    if (e->single) {
+        bp.n_ctx_seq = (uint32_t)sm_session_n_ctx(e->single);
+        if (!(*single = sm_batch_new(&e->model, 1, &bp, &err))) return eval_error("%s", err.message), false;
+    }
+    if (e->fused) {
+        bp.n_ctx_seq = (uint32_t)sm_session_n_ctx(e->fused);
+        if (!(*fused = sm_batch_new(e->fusion_models, e->opt.n_models, &bp, &err)))
+            return eval_error("%s", err.message), false;
+    }
+    for (int32_t w = 0; w < n; w++) {
+        worker *wk = &workers[w];
+        *wk = (worker){.e = e, .strategies = wk->owned};
+        sm_session_params sp = sm_session_default_params();
+        sp.n_ctx = bp.n_ctx_seq;
+        if (*single) {
+            sp.batch = *single;
+            sp.n_ctx = (uint32_t)sm_session_n_ctx(e->single);
+            if (!(wk->single = sm_session_new(e->model, &sp, &err))) return eval_error("%s", err.message), false;
+        }
+        if (*fused) {
+            sp.batch = *fused;
+            sp.n_ctx = (uint32_t)sm_session_n_ctx(e->fused);
+            if (!(wk->fused = sm_session_new_fused(e->fusion_models, e->opt.n_models, &sp, &err)))
+                return eval_error("%s", err.message), false;
+        }
+        for (int32_t i = 0; i < e->n_strategies; i++) {
+            char msg[512];
+            if (eval_strategy_parse(e->opt.strategies[i], &wk->owned[i], msg, sizeof msg) != 0)
+                return eval_error("%s", msg), false;
+            wk->n_owned++;
+            wk->owned[i].gen = e->strategies[i].gen; /* n_predict, stops */
+            wk->owned[i].gen.operators = wk->owned[i].operators;
+        }
     }
     return true;
+}
+
+static void free_workers(worker *workers, int32_t n) {
+    for (int32_t w = 0; w < n; w++) {
+        for (int32_t i = 0; i < workers[w].n_owned; i++) eval_strategy_free(&workers[w].owned[i]);
+        sm_session_free(workers[w].single);
+        sm_session_free(workers[w].fused);
+    }
 }
 
 static bool run_all(evaluation *e) {
     e->bar = (progress){.on = !e->opt.quiet && isatty(STDERR_FILENO), .t0 = now_s()};
     for (int32_t i = 0; i < e->n_strategies; i++) e->bar.total += (int64_t)e->prompts.n * seeds_of(e, &e->strategies[i]);
-    for (int32_t i = 0; i < e->n_strategies; i++) {
-        const eval_strategy *st = &e->strategies[i];
+    queue = (work_queue){.items = malloc(sizeof(work_item) * (size_t)(e->bar.total > 0 ? e->bar.total : 1))};
+    if (!queue.items) return eval_error("out of memory"), false;
+    for (int32_t i = 0; i < e->n_strategies; i++)
         for (int32_t p = 0; p < e->prompts.n; p++)
-            for (int32_t k = 0; k < seeds_of(e, st); k++) {
-                progress_show(&e->bar, st->spec);
-                if (!run_one(e, i, p, k)) {
-                    progress_end(&e->bar);
-                    return false;
-                }
-                e->bar.done++;
-            }
+            for (int32_t k = 0; k < seeds_of(e, &e->strategies[i]); k++) queue.items[queue.n++] = (work_item){i, p, k};
+    int32_t n = e->opt.n_parallel;
+    bool ok = true;
+    if (n <= 1) {
+        worker w = {.e = e, .single = e->single, .fused = e->fused, .strategies = e->strategies};
+        work(&w);
+        ok = !w.failed;
+    } else {
+        worker *workers = calloc((size_t)n, sizeof *workers);
+        pthread_t *threads = calloc((size_t)n, sizeof *threads);
+        sm_batch *single = NULL, *fused = NULL;
+        ok = workers && threads && make_workers(e, workers, n, &single, &fused);
+        for (int32_t w = 0; ok && w < n; w++) pthread_create(&threads[w], NULL, work, &workers[w]);
+        for (int32_t w = 0; ok && w < n; w++) {
+            pthread_join(threads[w], NULL);
+            ok = ok && !workers[w].failed;
+        }
+        if (workers) free_workers(workers, n);
+        sm_batch_free(single);
+        sm_batch_free(fused);
+        free(workers);
+        free(threads);
+        qsort(e->outputs, (size_t)e->n_outputs, sizeof *e->outputs, by_item);
     }
+    free(queue.items);
     progress_end(&e->bar);
+    if (!ok) return false;
     return true;
 }
 

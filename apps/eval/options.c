@@ -20,6 +20,7 @@ enum {
     OPT_LIMIT,
     OPT_CTX_SIZE,
     OPT_THREADS,
+    OPT_PARALLEL,
     OPT_STOP,
     OPT_CSV,
     OPT_JSON,
@@ -41,6 +42,7 @@ static const struct option long_options[] = {
     {"limit", required_argument, NULL, OPT_LIMIT},
     {"ctx-size", required_argument, NULL, OPT_CTX_SIZE},
     {"threads", required_argument, NULL, OPT_THREADS},
+    {"parallel", required_argument, NULL, OPT_PARALLEL},
     {"stop", required_argument, NULL, OPT_STOP},
     {"csv", required_argument, NULL, OPT_CSV},
     {"json", required_argument, NULL, OPT_JSON},
@@ -97,6 +99,8 @@ void eval_print_help(FILE *out) {
         "      --stop STR            stop an output when STR appears; repeatable\n"
         "      --ctx-size N          context size; 0 = the models' training context (default: 0)\n"
         "      --threads N           CPU threads; 0 = all online cores (default: 0)\n"
+        "      --parallel N          generate N outputs at once, their tokens decoded together\n"
+        "                            in one batch (default: 1; same outputs: greedy exactly)\n"
         "\n"
         "output:\n"
         "      --csv FILE            one row per strategy\n"
@@ -200,6 +204,8 @@ static bool apply_option(FILE *err, eval_options *opt, int c, const char *arg) {
     }
     case OPT_THREADS:
         return parse_int_in(err, "--threads", arg, 0, 1024, "an integer in [0, 1024] (0 = all cores)", &opt->n_threads);
+    case OPT_PARALLEL:
+        return parse_int_in(err, "--parallel", arg, 1, 256, "an integer in [1, 256]", &opt->n_parallel);
     case OPT_STOP:
         if (!*arg) return report(err, "--stop", arg, "a non-empty string");
         if (opt->n_stops >= EVAL_MAX_STOPS) return report(err, "--stop", arg, "at most 16 stop strings");
@@ -238,7 +244,7 @@ static bool check_options(FILE *err, eval_options *opt) {
 }
 
 eval_parse_result eval_parse_args(int argc, char **argv, eval_options *opt, FILE *err) {
-    *opt = (eval_options){.n_predict = 64, .n_seeds = 3, .first_seed = 1};
+    *opt = (eval_options){.n_predict = 64, .n_seeds = 3, .first_seed = 1, .n_parallel = 1};
     optind = 0; /* getopt_long starts afresh: main may have used it */
     opterr = 0;
     int c;
