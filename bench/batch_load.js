@@ -11,7 +11,8 @@ async function one(i) {
   const res = await fetch(url + '/v1/completions', {
     method: 'POST',
     headers: { 'Content-Type': 'application/json' },
-    body: JSON.stringify({ prompt: `Story ${i}: once upon a time`, max_tokens: Number(tokens), temperature: 0 }),
+    // selfmod on (llama-server ignores the field): the policy watches every token
+    body: JSON.stringify({ prompt: `Story ${i}: once upon a time`, max_tokens: Number(tokens), temperature: 0, selfmod: {} }),
   });
   const body = await res.json();
   if (!res.ok) throw new Error(`HTTP ${res.status}: ${JSON.stringify(body)}`);

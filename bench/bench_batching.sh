@@ -15,6 +15,8 @@ ctx_slot=512
 llama_server=${LLAMA_SERVER:-$("$root/scripts/build_llama_server.sh")}
 
 start() { # NAME CMD... -> sets url and pid
+    local name=$1
+    shift
     "$@" > "/tmp/bench_batching.$$.log" 2>&1 &
     pid=$!
     url=
@@ -23,7 +25,7 @@ start() { # NAME CMD... -> sets url and pid
         if [[ -n $port ]] && curl -sf "$port/health" > /dev/null 2>&1; then url=$port; break; fi
         sleep 0.1
     done
-    [[ -n $url ]] || { echo "bench_batching: $1 did not start"; cat "/tmp/bench_batching.$$.log"; exit 1; }
+    [[ -n $url ]] || { echo "bench_batching: $name did not start"; cat "/tmp/bench_batching.$$.log"; exit 1; }
 }
 rss_mb() { awk '/VmRSS/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
 median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }

@@ -37,6 +37,18 @@ reply api_health(server *srv) {
     cJSON_AddNumberToObject(o, "requests_waiting", waiting);
     cJSON_AddNumberToObject(o, "requests_total", (double)atomic_load(&srv->n_requests));
     cJSON_AddNumberToObject(o, "generations_cancelled", (double)atomic_load(&srv->n_cancelled));
+    /* continuous batching: how many sessions' decodes each llama_decode took */
+    sm_batch_stats total = {0};
+    for (int t = 0; t < 1 + SM_MAX_MODELS; t++) {
+        if (!srv->slots.batches[t]) continue;
+        sm_batch_stats st = sm_batch_get_stats(srv->slots.batches[t]);
+        total.n_decodes += st.n_decodes;
+        total.n_requests += st.n_requests;
+        total.n_tokens += st.n_tokens;
+    }
+    cJSON_AddNumberToObject(o, "batch_decodes", (double)total.n_decodes);
+    cJSON_AddNumberToObject(o, "batch_requests", (double)total.n_requests);
+    cJSON_AddNumberToObject(o, "batch_tokens", (double)total.n_tokens);
     return reply_json(200, o);
 }
 
