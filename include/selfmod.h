@@ -721,6 +721,7 @@ typedef struct sm_batch_stats {
     int64_t n_decodes;        /* llama_decode calls                         */
     int64_t n_tokens;         /* tokens they decoded                        */
     int64_t n_requests;       /* sessions' decodes gathered into them       */
+    double ms_decoding;       /* time inside llama_decode                   */
 } sm_batch_stats;
 sm_batch_stats sm_batch_get_stats(sm_batch *batch);
 

@@ -27,6 +27,7 @@
 #include <string.h>
 #include <time.h>
 
+/* The longest a decode waits for a busy session that is not handing in. */
 enum { WAIT_MS = 20 };
 
 typedef struct request {
@@ -61,6 +62,7 @@ struct sm_batch {
     int32_t n_busy;          /* sessions inside a generation or a prompt  */
     bool *seq_taken;
     int64_t n_decodes, n_tokens_decoded, n_requests;
+    double ms_decoding;
 };
 
 sm_batch_params sm_batch_default_params(void) {
@@ -119,7 +121,7 @@ sm_batch *sm_batch_new(sm_model *const *models, int32_t n_models, const sm_batch
             .n_ctx = n_ctx_seq * (uint32_t)p.n_seq,
             .n_batch = p.n_batch,
             .n_seq_max = (uint32_t)p.n_seq,
-            .kv_unified = true, /* one pool of cells (measured: separate streams decode 2.5x slower) */
+            .kv_unified = true,
             .n_threads = p.n_threads,
             .what = "a batch context",
         };
@@ -154,7 +156,7 @@ uint32_t sm_batch_n_ctx_seq(const sm_batch *b) { return b->n_ctx_seq; }
 
 sm_batch_stats sm_batch_get_stats(sm_batch *b) {
     pthread_mutex_lock(&b->mutex);
-    sm_batch_stats st = {b->n_decodes, b->n_tokens_decoded, b->n_requests};
+    sm_batch_stats st = {b->n_decodes, b->n_tokens_decoded, b->n_requests, b->ms_decoding};
     pthread_mutex_unlock(&b->mutex);
     return st;
 }
@@ -187,14 +189,22 @@ void sm_batch_busy(sm_batch *b, int32_t delta) {
     pthread_mutex_lock(&b->mutex);
     b->n_busy += delta;
     /* one fewer to wait for: the others may be complete now */
-    if (delta < 0) pthread_cond_signal(&b->submitted);
+    if (delta < 0) pthread_cond_signal(&b->submitted); /* one fewer to wait for */
     pthread_mutex_unlock(&b->mutex);
 }
 
 /* Decodes every pending request of model m, in as few llama_decode calls
  * as n_batch allows. Called with the mutex held. */
+static int by_seq(const void *a, const void *b) {
+    llama_seq_id x = (*(request *const *)a)->seq, y = (*(request *const *)b)->seq;
+    return (x > y) - (x < y);
+}
+
 static void decode_pending(sm_batch *b, batch_model *bm) {
     const int32_t n_vocab = bm->model->n_vocab;
+    /* in sequence order, whatever the order they came in: the same batch
+     * shape step after step, so llama.cpp can reuse its graph */
+    qsort(bm->pending, (size_t)bm->n_pending, sizeof *bm->pending, by_seq);
     int32_t first = 0;
     while (first < bm->n_pending) {
         llama_batch *lb = &bm->batch;
@@ -212,7 +222,11 @@ static void decode_pending(sm_batch *b, batch_model *bm) {
             }
             last++;
         }
+        double t0 = sm_now_ms();
+        pthread_mutex_unlock(&b->mutex); /* sessions may hand in while this decodes */
         int32_t rc = smx_decode(bm->ctx, *lb);
+        pthread_mutex_lock(&b->mutex);
+        b->ms_decoding += sm_now_ms() - t0;
         b->n_decodes++;
         b->n_tokens_decoded += lb->n_tokens;
         int32_t at = 0;

@@ -6,6 +6,7 @@
  */
 #include "internal.h"
 
+#include <stdlib.h>
 #include <unistd.h>
 
 int32_t sm_online_cores(void) {

@@ -45,10 +45,12 @@ reply api_health(server *srv) {
         total.n_decodes += st.n_decodes;
         total.n_requests += st.n_requests;
         total.n_tokens += st.n_tokens;
+        total.ms_decoding += st.ms_decoding;
     }
     cJSON_AddNumberToObject(o, "batch_decodes", (double)total.n_decodes);
     cJSON_AddNumberToObject(o, "batch_requests", (double)total.n_requests);
     cJSON_AddNumberToObject(o, "batch_tokens", (double)total.n_tokens);
+    cJSON_AddNumberToObject(o, "batch_ms_decoding", total.ms_decoding);
     return reply_json(200, o);
 }
 
