@@ -149,6 +149,10 @@ more_reports() {
     done
     echo '```'
     echo
+    echo "### Continuous batching: 8 concurrent requests of 48 tokens, random 110M, $threads threads, 8 slots"
+    echo
+    bash "$root/bench/bench_batching.sh" "$build" "$random_model" 8 48 3
+    echo
     echo "### Threads under load (wall ms, median of 3)"
     echo
     bash "$root/bench/bench_threads.sh" "$build" "$models" "$random_model"
