@@ -51,6 +51,7 @@ typedef struct batch_model {
 
 struct sm_batch {
     pthread_mutex_t mutex;
+    pthread_mutex_t context_mutex; /* the contexts: a decode, or a cache operation */
     pthread_cond_t decoded;      /* requests are done                      */
     pthread_cond_t submitted;    /* the decoder has work, or should stop   */
     pthread_t decoder;
@@ -85,6 +86,7 @@ void sm_batch_free(sm_batch *b) {
     }
     free(b->seq_taken);
     pthread_mutex_destroy(&b->mutex);
+    pthread_mutex_destroy(&b->context_mutex);
     pthread_cond_destroy(&b->decoded);
     pthread_cond_destroy(&b->submitted);
     free(b);
@@ -104,6 +106,7 @@ sm_batch *sm_batch_new(sm_model *const *models, int32_t n_models, const sm_batch
         return NULL;
     }
     pthread_mutex_init(&b->mutex, NULL);
+    pthread_mutex_init(&b->context_mutex, NULL);
     pthread_cond_init(&b->decoded, NULL);
     pthread_cond_init(&b->submitted, NULL);
     b->n_seq = p.n_seq;
@@ -175,9 +178,14 @@ int32_t sm_batch_take_seq(sm_batch *b) {
     return seq;
 }
 
+void sm_batch_lock_context(sm_batch *b) { pthread_mutex_lock(&b->context_mutex); }
+void sm_batch_unlock_context(sm_batch *b) { pthread_mutex_unlock(&b->context_mutex); }
+
 void sm_batch_give_seq(sm_batch *b, int32_t seq) {
+    sm_batch_lock_context(b);
     for (int32_t m = 0; m < b->n_models; m++)
         llama_memory_seq_rm(llama_get_memory(b->models[m].ctx), seq, -1, -1);
+    sm_batch_unlock_context(b);
     pthread_mutex_lock(&b->mutex);
     b->seq_taken[seq] = false;
     pthread_mutex_unlock(&b->mutex);
@@ -223,19 +231,24 @@ static void decode_pending(sm_batch *b, batch_model *bm) {
             last++;
         }
         double t0 = sm_now_ms();
-        pthread_mutex_unlock(&b->mutex); /* sessions may hand in while this decodes */
+        /* sessions may hand in while this decodes, but not touch the context */
+        pthread_mutex_lock(&b->context_mutex);
+        pthread_mutex_unlock(&b->mutex);
         int32_t rc = smx_decode(bm->ctx, *lb);
-        pthread_mutex_lock(&b->mutex);
-        b->ms_decoding += sm_now_ms() - t0;
-        b->n_decodes++;
-        b->n_tokens_decoded += lb->n_tokens;
         int32_t at = 0;
         for (int32_t i = first; i < last; i++) {
             request *r = bm->pending[i];
             at += r->n;
-            r->rc = rc;
             if (rc == 0) memcpy(r->logits, llama_get_logits_ith(bm->ctx, at - 1), sizeof(float) * (size_t)n_vocab);
-            r->done = true;
+        }
+        pthread_mutex_unlock(&b->context_mutex);
+        pthread_mutex_lock(&b->mutex);
+        b->ms_decoding += sm_now_ms() - t0;
+        b->n_decodes++;
+        b->n_tokens_decoded += lb->n_tokens;
+        for (int32_t i = first; i < last; i++) {
+            bm->pending[i]->rc = rc;
+            bm->pending[i]->done = true;
         }
         first = last;
     }

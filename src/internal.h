@@ -42,6 +42,10 @@ int32_t sm_online_cores(void);
 int32_t sm_batch_take_seq(sm_batch *b);            /* -1: every one is taken */
 void sm_batch_give_seq(sm_batch *b, int32_t seq);  /* its cells are cleared  */
 struct llama_context *sm_batch_context(const sm_batch *b, int32_t m);
+/* Held around any other use of a batch context (a session's cache
+ * operations): the decoder thread holds it while it decodes. */
+void sm_batch_lock_context(sm_batch *b);
+void sm_batch_unlock_context(sm_batch *b);
 /* A session enters (+1) or leaves (-1) a stretch of decodes. */
 void sm_batch_busy(sm_batch *b, int32_t delta);
 /* Decodes tokens at pos.. of seq with the other busy sessions' tokens;

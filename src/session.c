@@ -375,9 +375,27 @@ const sm_token *sm_session_tokens(const sm_session *s, int32_t *n_tokens) {
     return s->tokens;
 }
 
+/* The session's sequence in a member's cache from pos on (-1: all of it).
+ * On a batch the context is shared with the decoder thread: every cache
+ * operation waits for the decode in progress (llama.cpp's contexts are not
+ * safe to touch from two threads). */
+static bool seq_rm(const sm_session *s, const member *mb, int32_t pos) {
+    if (s->batch) sm_batch_lock_context(s->batch);
+    bool ok = llama_memory_seq_rm(mb->mem, s->seq, pos < 0 ? -1 : pos, -1);
+    if (s->batch) sm_batch_unlock_context(s->batch);
+    return ok;
+}
+
+static llama_pos seq_pos_max(const sm_session *s, int32_t m) {
+    if (s->batch) sm_batch_lock_context(s->batch);
+    llama_pos pos = llama_memory_seq_pos_max(s->members[m].mem, s->seq);
+    if (s->batch) sm_batch_unlock_context(s->batch);
+    return pos;
+}
+
 int32_t sm_session_model_kv_pos(const sm_session *s, int32_t m) {
     if (m < 0 || m >= s->n_models) return -1;
-    return (int32_t)llama_memory_seq_pos_max(s->members[m].mem, s->seq) + 1;
+    return (int32_t)seq_pos_max(s, m) + 1;
 }
 
 int32_t sm_session_kv_pos(const sm_session *s) { return sm_session_model_kv_pos(s, 0); }
@@ -496,7 +514,7 @@ static sm_status sync_aligned(sm_session *s, member *mb) {
     while (common < n && common < mb->n_tokens && mb->tokens[common] == s->align_buf[common]) common++;
     if (common == n && common == mb->n_tokens) return SM_OK; /* its logits are current */
     if (common == n) common--; /* decode the last token again for its distribution */
-    if (!llama_memory_seq_rm(mb->mem, s->seq, common, -1))
+    if (!seq_rm(s, mb, common))
         return sm_session_fail(s, SM_ERR_STATE, "'%s' cannot remove part of its cache", mb->model->path);
     mb->n_tokens = common;
     if (sm_loop_reserve(&mb->tokens, &mb->cap_tokens, n) != 0) return sm_session_fail(s, SM_ERR_NO_MEMORY, "out of memory");
@@ -505,7 +523,7 @@ static sm_status sync_aligned(sm_session *s, member *mb) {
         memcpy(mb->tokens + at, s->align_buf + at, sizeof(sm_token) * (size_t)chunk);
         int32_t rc = smx_decode(mb->ctx, llama_batch_get_one(mb->tokens + at, chunk));
         if (rc != 0) {
-            llama_memory_seq_rm(mb->mem, s->seq, at, -1);
+            seq_rm(s, mb, at);
             return sm_session_fail(s, SM_ERR_DECODE, "llama_decode failed (code %d) in '%s'", rc, mb->model->path);
         }
         at += chunk;
@@ -541,7 +559,7 @@ sm_status sm_loop_decode_append(sm_session *s, const sm_token *toks, int32_t n) 
             if (s->members[m].rc == 0) continue;
             int32_t rc = s->members[m].rc;
             for (int32_t k = 0; k < s->n_models; k++) {
-                if (!s->members[k].aligned) llama_memory_seq_rm(s->members[k].mem, s->seq, s->n_tokens, -1);
+                if (!s->members[k].aligned) seq_rm(s, &s->members[k], s->n_tokens);
                 s->members[k].rc = 0;
             }
             s->logits = NULL;
@@ -558,7 +576,7 @@ sm_status sm_loop_decode_append(sm_session *s, const sm_token *toks, int32_t n) 
         if (st != SM_OK) {
             s->n_tokens -= n;
             for (int32_t k = 0; k < s->n_models; k++)
-                if (!s->members[k].aligned) llama_memory_seq_rm(s->members[k].mem, s->seq, s->n_tokens, -1);
+                if (!s->members[k].aligned) seq_rm(s, &s->members[k], s->n_tokens);
             s->logits = NULL;
             return st;
         }
@@ -577,7 +595,7 @@ static void forget_ring_after(sm_session *s, int32_t pos) {
  * the text catch up at the next decode. */
 static bool remove_from(sm_session *s, int32_t pos) {
     for (int32_t m = 0; m < s->n_models; m++)
-        if (!s->members[m].aligned && !llama_memory_seq_rm(s->members[m].mem, s->seq, pos, -1)) return false;
+        if (!s->members[m].aligned && !seq_rm(s, &s->members[m], pos)) return false;
     return true;
 }
 
@@ -631,7 +649,7 @@ sm_status sm_session_rewind(sm_session *s, int32_t n) {
 
 sm_status sm_session_clear(sm_session *s) {
     for (int32_t m = 0; m < s->n_models; m++) {
-        if (s->batch) llama_memory_seq_rm(s->members[m].mem, s->seq, -1, -1); /* its own cells only */
+        if (s->batch) seq_rm(s, &s->members[m], -1); /* its own cells only */
         else llama_memory_clear(s->members[m].mem, true);
         s->members[m].n_tokens = 0;
     }
