@@ -94,6 +94,7 @@ void sm_batch_free(sm_batch *b) {
 
 static void *decoder_loop(void *arg);
 
+
 sm_batch *sm_batch_new(sm_model *const *models, int32_t n_models, const sm_batch_params *params, sm_error *err) {
     sm_batch_params p = params ? *params : sm_batch_default_params();
     if (!models || n_models < 1 || n_models > SM_MAX_MODELS || p.n_seq < 1 || p.n_seq > 256 || p.n_batch < 1) {
@@ -124,7 +125,7 @@ sm_batch *sm_batch_new(sm_model *const *models, int32_t n_models, const sm_batch
             .n_ctx = n_ctx_seq * (uint32_t)p.n_seq,
             .n_batch = p.n_batch,
             .n_seq_max = (uint32_t)p.n_seq,
-            .kv_unified = true,
+            .kv_unified = false, /* a stream per sequence: its attention spans its own cells only */
             .n_threads = p.n_threads,
             .what = "a batch context",
         };
@@ -136,6 +137,9 @@ sm_batch *sm_batch_new(sm_model *const *models, int32_t n_models, const sm_batch
             return NULL;
         }
         b->n_models++;
+        /* clearing writes the whole cache now: its pages are not first
+         * touched in the middle of the first requests' decodes */
+        llama_memory_clear(llama_get_memory(bm->ctx), true);
         bm->batch = llama_batch_init((int32_t)p.n_batch, 0, 1);
         bm->pending = calloc((size_t)p.n_seq, sizeof *bm->pending);
         if (!bm->batch.token || !bm->pending) break;
