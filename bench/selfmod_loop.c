@@ -55,6 +55,7 @@ static sm_session *open_session(sm_model *model, const bench_options *opt) {
 static sm_gen_params greedy_monitored_params(int32_t n_predict, event_counts *counts) {
     sm_gen_params params = sm_gen_default_params();
     params.n_predict = n_predict;
+    params.stop_at_bos = false; /* the plain loop does not stop there either */
     params.sampling.temperature = 0.0f;
     params.policy.enabled = true;
     params.policy.retract = 0;
