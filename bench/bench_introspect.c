@@ -110,6 +110,7 @@ typedef struct config_run {
 
 static void setup_params(config_run *run, int32_t n_predict) {
     run->gp = sm_gen_default_params();
+    run->gp.stop_at_bos = false; /* as the plain loop: every run the same length */
     run->gp.n_predict = n_predict;
     run->gp.sampling.temperature = 0.0f;
     run->gp.policy.enabled = false;

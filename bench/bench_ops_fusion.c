@@ -83,6 +83,7 @@ static const sm_operator_vtable no_eog_vt = {.name = "no_eog", .decide = no_eog_
 
 static sm_gen_params greedy(int32_t n) {
     sm_gen_params gp = sm_gen_default_params();
+    gp.stop_at_bos = false; /* as the plain loop: every run the same length */
     gp.n_predict = n;
     gp.sampling.temperature = 0.0f;
     gp.sampling.repeat_penalty = 1.0f;
