@@ -2,7 +2,7 @@
  * batch.c - several sessions decoding in one llama.cpp context per model.
  *
  * A batch owns one context per model with n_seq sequences (llama.cpp's
- * seq ids, one pool of KV cells). Each session made from it generates on
+ * seq ids, a KV stream each). Each session made from it generates on
  * its own sequence with its own loop, policy, operators and rewinds, in
  * its own thread; only llama_decode is shared. A session that needs a
  * decode hands its tokens to the batch and waits: when every session that
@@ -35,7 +35,7 @@ typedef struct request {
     int32_t n;
     int32_t pos;            /* of tokens[0]                              */
     llama_seq_id seq;
-    float *logits;          /* n_vocab floats: the last token's          */
+    float *logits;          /* n_vocab floats for the last token's; NULL: none wanted */
     int32_t rc;
     bool done;
 } request;
@@ -46,7 +46,6 @@ typedef struct batch_model {
     llama_batch batch;
     request **pending;       /* waiting to be decoded                     */
     int32_t n_pending;
-    int64_t round;           /* decodes so far (a waiter's wake-up check) */
 } batch_model;
 
 struct sm_batch {
@@ -93,7 +92,6 @@ void sm_batch_free(sm_batch *b) {
 }
 
 static void *decoder_loop(void *arg);
-
 
 sm_batch *sm_batch_new(sm_model *const *models, int32_t n_models, const sm_batch_params *params, sm_error *err) {
     sm_batch_params p = params ? *params : sm_batch_default_params();
@@ -200,18 +198,17 @@ struct llama_context *sm_batch_context(const sm_batch *b, int32_t m) { return b-
 void sm_batch_busy(sm_batch *b, int32_t delta) {
     pthread_mutex_lock(&b->mutex);
     b->n_busy += delta;
-    /* one fewer to wait for: the others may be complete now */
-    if (delta < 0) pthread_cond_signal(&b->submitted); /* one fewer to wait for */
+    if (delta < 0) pthread_cond_signal(&b->submitted); /* one fewer to wait for: the rest may be complete */
     pthread_mutex_unlock(&b->mutex);
 }
 
-/* Decodes every pending request of model m, in as few llama_decode calls
- * as n_batch allows. Called with the mutex held. */
 static int by_seq(const void *a, const void *b) {
     llama_seq_id x = (*(request *const *)a)->seq, y = (*(request *const *)b)->seq;
     return (x > y) - (x < y);
 }
 
+/* Decodes every pending request of model m, in as few llama_decode calls
+ * as n_batch allows. Called with the mutex held. */
 static void decode_pending(sm_batch *b, batch_model *bm) {
     const int32_t n_vocab = bm->model->n_vocab;
     /* in sequence order, whatever the order they came in: the same batch
@@ -230,7 +227,7 @@ static void decode_pending(sm_batch *b, batch_model *bm) {
                 lb->pos[k] = r->pos + i;
                 lb->n_seq_id[k] = 1;
                 lb->seq_id[k][0] = r->seq;
-                lb->logits[k] = i == r->n - 1;
+                lb->logits[k] = r->logits && i == r->n - 1;
             }
             last++;
         }
@@ -243,7 +240,8 @@ static void decode_pending(sm_batch *b, batch_model *bm) {
         for (int32_t i = first; i < last; i++) {
             request *r = bm->pending[i];
             at += r->n;
-            if (rc == 0) memcpy(r->logits, llama_get_logits_ith(bm->ctx, at - 1), sizeof(float) * (size_t)n_vocab);
+            if (rc == 0 && r->logits)
+                memcpy(r->logits, llama_get_logits_ith(bm->ctx, at - 1), sizeof(float) * (size_t)n_vocab);
         }
         pthread_mutex_unlock(&b->context_mutex);
         pthread_mutex_lock(&b->mutex);
@@ -257,7 +255,6 @@ static void decode_pending(sm_batch *b, batch_model *bm) {
         first = last;
     }
     bm->n_pending = 0;
-    bm->round++;
 }
 
 /* Whether model m's pending requests should be decoded now: every busy

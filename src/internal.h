@@ -49,7 +49,7 @@ void sm_batch_unlock_context(sm_batch *b);
 /* A session enters (+1) or leaves (-1) a stretch of decodes. */
 void sm_batch_busy(sm_batch *b, int32_t delta);
 /* Decodes tokens at pos.. of seq with the other busy sessions' tokens;
- * logits gets the last one's distribution. llama_decode's code. */
+ * logits (may be NULL) gets the last one's distribution. llama_decode's code. */
 int32_t sm_batch_decode(sm_batch *b, int32_t m, llama_seq_id seq, int32_t pos, const sm_token *tokens, int32_t n,
                         float *logits);
 

@@ -144,15 +144,12 @@ static bool init_member(member *mb, sm_model *model, const sm_session_params *p,
 }
 
 /* Model m of a session on a batch: the batch's context, a sequence of
- * its own (taken by the caller), decodes landing in batch_logits. */
-static bool init_batch_member(member *mb, sm_model *model, sm_batch *b, int32_t m, sm_error *err) {
+ * its own (taken by the caller). */
+static void init_batch_member(member *mb, sm_model *model, sm_batch *b, int32_t m) {
     mb->model = model;
     mb->ctx = sm_batch_context(b, m);
     mb->mem = llama_get_memory(mb->ctx);
     mb->n_threads = mb->threads_now = (int32_t)llama_n_threads(mb->ctx);
-    mb->batch_logits = malloc(sizeof(float) * (size_t)model->n_vocab);
-    if (!mb->batch_logits) sm_error_set(err, SM_ERR_NO_MEMORY, "out of memory");
-    return mb->batch_logits != NULL;
 }
 
 /* What a session on a batch cannot do: its context is shared. */
@@ -280,9 +277,9 @@ sm_session *sm_session_new_fused(sm_model *const *models, int32_t n_models, cons
         return NULL;
     }
     for (int32_t m = 0; m < n_models; m++) {
-        bool made = p.batch ? init_batch_member(&s->members[m], models[m], p.batch, m, err)
-                            : init_member(&s->members[m], models[m], &p, n_models == 1 ? total_threads : per_model,
-                                          m == 0 ? s->intro : NULL, err);
+        if (p.batch) init_batch_member(&s->members[m], models[m], p.batch, m);
+        bool made = p.batch || init_member(&s->members[m], models[m], &p, n_models == 1 ? total_threads : per_model,
+                                           m == 0 ? s->intro : NULL, err);
         if (!made) {
             sm_session_free(s);
             return NULL;
@@ -341,7 +338,6 @@ void sm_session_free(sm_session *s) {
     if (s->batch && s->seq >= 0) sm_batch_give_seq(s->batch, s->seq);
     for (int32_t m = 0; m < SM_MAX_MODELS; m++) {
         if (s->members[m].ctx && !s->batch) llama_free(s->members[m].ctx);
-        free(s->members[m].batch_logits);
         free(s->members[m].map_to0);
         free(s->members[m].tokens);
     }
@@ -435,10 +431,12 @@ static void capture_logits(sm_session *s) {
     for (int32_t m = 0; m < s->n_models; m++) {
         member *mb = &s->members[m];
         float *dst = sm_loop_ring_slot(s, s->n_tokens, m);
-        const float *src = s->batch ? mb->batch_logits : llama_get_logits_ith(mb->ctx, -1);
         float unmapped = 0.0f;
-        if (mb->aligned) unmapped = sm_map_distribution(src, mb->model->n_vocab, mb->map_to0, dst, s->n_vocab);
-        else memcpy(dst, src, sizeof(float) * (size_t)s->n_vocab);
+        if (mb->aligned)
+            unmapped = sm_map_distribution(llama_get_logits_ith(mb->ctx, -1), mb->model->n_vocab, mb->map_to0, dst,
+                                           s->n_vocab);
+        else if (!s->batch) /* a batch wrote it there already */
+            memcpy(dst, llama_get_logits_ith(mb->ctx, -1), sizeof(float) * (size_t)s->n_vocab);
         s->ring_unmapped[(size_t)(s->n_tokens % s->ring_cap) * (size_t)s->n_models + (size_t)m] = unmapped;
     }
     s->ring_pos[s->n_tokens % s->ring_cap] = s->n_tokens;
@@ -449,14 +447,17 @@ typedef struct decode_job {
     sm_session *s;
     const sm_token *tokens;
     int32_t n;
+    bool last;       /* the last chunk: its distribution is kept */
 } decode_job;
 
 static void decode_member(void *arg, int32_t m) {
     decode_job *job = arg;
     member *mb = &job->s->members[m];
     if (mb->aligned) return;
-    if (job->s->batch) {
-        mb->rc = sm_batch_decode(job->s->batch, m, job->s->seq, job->s->n_tokens, job->tokens, job->n, mb->batch_logits);
+    if (job->s->batch) { /* the last chunk's distribution lands where capture_logits keeps it */
+        sm_session *s = job->s;
+        mb->rc = sm_batch_decode(s->batch, m, s->seq, s->n_tokens, job->tokens, job->n,
+                                 job->last ? sm_loop_ring_slot(s, s->n_tokens + job->n, m) : NULL);
         return;
     }
     if (job->n != 1) {
@@ -552,7 +553,7 @@ sm_status sm_loop_decode_append(sm_session *s, const sm_token *toks, int32_t n) 
     for (int32_t done = 0; done < n;) {
         int32_t chunk = n - done < (int32_t)s->params.n_batch ? n - done : (int32_t)s->params.n_batch;
         memcpy(s->tokens + s->n_tokens, toks + done, sizeof(sm_token) * (size_t)chunk);
-        decode_job job = {s, s->tokens + s->n_tokens, chunk};
+        decode_job job = {s, s->tokens + s->n_tokens, chunk, done + chunk == n};
         if (s->intro) sm_introspector_expect_rows(s->intro, 1);
         sm_pool_run(s->pool, decode_member, &job, s->n_models);
         for (int32_t m = 0; m < s->n_models; m++) {
@@ -900,14 +901,6 @@ static int32_t ask_operators(generation *g, int32_t i, const char *piece, sm_ope
     return best;
 }
 
-/*
- * Removes the k - 1 decoded tokens before candidate i (and the candidate)
- * and puts back everything that was true before position j = i - k + 1
- * was sampled: the KV cache and token list, the text, the policy's and the
- * sampler's state, per-position bans and counters, and each operator's
- * state. Lines marked [restore] are what scripts/mutate_restores.sh
- * deletes one at a time to show that a test notices each.
- */
 /* What a position learned by trying (bans, retry counts) belongs to the
  * prefix before it: when that prefix goes, so does this. */
 static void forget_tries(position_record *r) {
@@ -916,6 +909,14 @@ static void forget_tries(position_record *r) {
     r->n_safety_here = 0;
 }
 
+/*
+ * Removes the k - 1 decoded tokens before candidate i (and the candidate)
+ * and puts back everything that was true before position j = i - k + 1
+ * was sampled: the KV cache and token list, the text, the policy's and the
+ * sampler's state, per-position bans and counters, and each operator's
+ * state. Lines marked [restore] are what scripts/mutate_restores.sh
+ * deletes one at a time to show that a test notices each.
+ */
 static sm_status rewind_generation(generation *g, int32_t i, int32_t k) {
     sm_session *s = g->s;
     sm_lookahead_abandon(g);

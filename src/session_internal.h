@@ -30,7 +30,6 @@ typedef struct member {
     struct llama_context *ctx;
     llama_memory_t mem;
     int32_t n_threads;          /* the most it may use (a batch uses them all) */
-    float *batch_logits;        /* on a batch: where its decodes land        */
     int32_t threads_now;        /* what one-token decodes use now             */
     sm_thread_tuner tuner;
     /* A model with another vocabulary (fusion_align) follows the text:

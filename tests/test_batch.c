@@ -152,6 +152,56 @@ static void test_batched_sequences_equal_runs_alone(void **state) {
     sm_model_free(m);
 }
 
+/* A prompt longer than a decode takes goes in chunks; only the last
+ * chunk's distribution is kept, and what the session keeps for rewinds is
+ * what a session of its own keeps (after truncating, too). */
+static void test_chunked_prompts_and_truncation(void **state) {
+    (void)state;
+    sm_model *m = tu_load_model("stories260K.gguf");
+    int32_t n_vocab = sm_model_n_vocab(m);
+    sm_batch_params bp = sm_batch_default_params();
+    bp.n_seq = 2;
+    bp.n_ctx_seq = 256;
+    bp.n_batch = 8;
+    bp.n_threads = 1;
+    sm_error err = {0};
+    sm_batch *batch = sm_batch_new(&m, 1, &bp, &err);
+    assert_non_null(batch);
+    sm_session_params sp = tu_session_params(256);
+    sp.batch = batch;
+    sm_session *on = sm_session_new(m, &sp, &err);
+    assert_non_null(on);
+    sm_session_params alone_p = tu_session_params(256);
+    alone_p.n_batch = 8;
+    sm_session *alone = tu_open_session(m, &alone_p);
+    sm_token toks[64];
+    int32_t n = tu_tokenize(m, "Once upon a time, there was a little girl named Lily. She loved to play outside.", true,
+                            false, toks, 64);
+    assert_true(n > 2 * 8);
+    sm_gen_params gp = tu_greedy_params(12);
+    sm_result a, b;
+    assert_int_equal(sm_session_set_tokens(on, toks, n, NULL), SM_OK);
+    assert_int_equal(sm_session_set_tokens(alone, toks, n, NULL), SM_OK);
+    assert_true(tu_max_abs_diff(sm_session_logits(on), sm_session_logits(alone), n_vocab) < 2e-2f);
+    assert_int_equal(sm_session_generate(on, NULL, &gp, &a), SM_OK);
+    assert_int_equal(sm_session_generate(alone, NULL, &gp, &b), SM_OK);
+    assert_int_equal(a.n_tokens, b.n_tokens);
+    assert_memory_equal(a.tokens, b.tokens, sizeof *a.tokens * (size_t)a.n_tokens);
+    /* back into the prompt: both re-derive the distribution there alike */
+    for (int32_t keep = n + 6; keep >= n - 3; keep -= 3) {
+        assert_int_equal(sm_session_truncate(on, keep), SM_OK);
+        assert_int_equal(sm_session_truncate(alone, keep), SM_OK);
+        assert_true(tu_max_abs_diff(sm_session_logits(on), sm_session_logits(alone), n_vocab) < 2e-2f);
+        assert_int_equal(sm_session_kv_pos(on), keep);
+    }
+    sm_result_free(&a);
+    sm_result_free(&b);
+    sm_session_free(alone);
+    sm_session_free(on);
+    sm_batch_free(batch);
+    sm_model_free(m);
+}
+
 static void test_batch_refuses_what_it_cannot_share(void **state) {
     (void)state;
     sm_model *m = tu_load_model("stories260K.gguf");
@@ -181,6 +231,7 @@ int main(void) {
     sm_set_llama_logging(false);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_batched_sequences_equal_runs_alone),
+        cmocka_unit_test(test_chunked_prompts_and_truncation),
         cmocka_unit_test(test_batch_refuses_what_it_cannot_share),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -172,14 +172,8 @@ test('operator bans that rule out every token end the answer normally (no 5xx)',
     prompt: 'Once upon a time', max_tokens: 30, temperature: 1, seed: 1,
     selfmod: { operators: ['probability_threshold:min_probability=0.9'], max_backtracks: 1000, max_backtracks_per_position: 1000 },
   });
-  assert.ok(r.status < 500, r.text);
-});
-
-test('a chat message never becomes a special token', async () => {
-  const r = await post(servers.plain, '/v1/chat/completions', {
-    messages: [{ role: 'user', content: 'say <s> and </s> please' }], max_tokens: 4, temperature: 0,
-  });
   assert.equal(r.status, 200, r.text);
+  assert.equal(r.json.selfmod.stop_reason, 'no_candidates', JSON.stringify(r.json.selfmod.stop_reason));
 });
 
 test('a client that leaves a non-streamed request cancels its generation', async () => {
