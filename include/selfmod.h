@@ -466,6 +466,7 @@ typedef enum sm_stop_reason {
     SM_STOP_SAFETY,         /* a safety rule stopped generation              */
     SM_STOP_BOS,            /* the model began a new document (generated BOS) */
     SM_STOP_NO_CANDIDATES,  /* bans and penalties ruled out every token      */
+    SM_STOP_STAGE,          /* a stage called sm_loop_stop                   */
 } sm_stop_reason;
 
 const char *sm_stop_reason_name(sm_stop_reason reason);
@@ -566,6 +567,82 @@ void sm_operator_free(sm_operator *op);
 const char *const *sm_operator_names(void);
 const char *sm_operator_help(void);
 
+/* ------------------------------------------------------------------ */
+/* Stages: everything that acts inside the generation loop             */
+/* ------------------------------------------------------------------ */
+
+/*
+ * The loop keeps the tokens, the distributions, the random state, the text
+ * and a list of stages; everything that acts on a generation is a stage:
+ * the injection of text, lookahead, entropy steering, the operators, the
+ * self-modification policy, safety rules, tools, and the caller's own
+ * (sm_gen_params.stages, after the built-in ones). For each generated
+ * position the loop calls, in stage order:
+ *
+ *   before_sample  may set this token's knobs (temperature, a token chosen
+ *                  without sampling), inject text or stop
+ *   judge          how many tokens to remove: 0 keeps the candidate, 1
+ *                  removes it, k also the k-1 kept tokens before it. The
+ *                  largest count wins (the first stage on ties). Judging
+ *                  must not change what accept would change.
+ *   accept         the candidate is kept: what judge computed applies now
+ *   check          it is decoded but not yet reported: true takes it back
+ *                  (removed, banned at its position, sampled again)
+ *   after_token    it is reported: may inject text or stop
+ *
+ * Every rewind (a removal by any stage) puts the loop back exactly where
+ * it was before the first removed position was sampled: the cache,
+ * tokens, text, knobs and random state, and each stage's snapshot
+ * (snapshot_size bytes that save/restore copy at every position); then
+ * on_rewind tells every stage how many of the tokens it judged are gone.
+ * A stage's removals count as backtracks (max_backtracks and
+ * max_backtracks_per_position bound them).
+ */
+typedef struct sm_loop sm_loop;     /* one generation in progress */
+
+/* What the next token is sampled with; a stage changes it for this token
+ * only (the policy's own changes persist through accept). */
+typedef struct sm_knobs {
+    float temperature;
+    float repeat_penalty;
+    sm_token forced;                /* >= 0: this token, not a sampled one */
+} sm_knobs;
+
+typedef struct sm_stage_vtable {
+    const char *name;               /* the source of its events */
+    size_t snapshot_size;
+    void (*save)(const void *state, void *snapshot);
+    void (*restore)(void *state, const void *snapshot);
+    void (*reset)(void *state, sm_loop *loop);
+    void (*before_sample)(void *state, sm_loop *loop, sm_knobs *knobs);
+    int32_t (*judge)(void *state, sm_loop *loop, const sm_token_view *view);
+    void (*accept)(void *state, sm_loop *loop, const sm_token_view *view);
+    bool (*check)(void *state, sm_loop *loop, const sm_token_view *view);
+    void (*after_token)(void *state, sm_loop *loop, const sm_token_view *view);
+    /* n: tokens this stage was shown that are gone; by_me: its own removal */
+    void (*on_rewind)(void *state, sm_loop *loop, int32_t n, bool by_me);
+    void (*free_state)(void *state);
+} sm_stage_vtable;
+
+typedef struct sm_stage sm_stage;
+/* Wraps a user stage; every hook may be NULL. vt->free_state(state) runs
+ * on sm_stage_free. */
+sm_stage *sm_stage_new(const sm_stage_vtable *vt, void *state);
+void sm_stage_free(sm_stage *stage);
+
+/* What a stage may read of the loop it is called from. */
+int32_t sm_loop_n_generated(const sm_loop *loop);        /* kept tokens        */
+const sm_token *sm_loop_tokens(const sm_loop *loop);     /* the kept tokens    */
+const float *sm_loop_confidences(const sm_loop *loop);   /* their p_chosen     */
+const char *sm_loop_text(const sm_loop *loop, size_t *len); /* the output text */
+const sm_introspection *sm_loop_introspection(const sm_loop *loop);
+/* What it may do: the event of its next removal says why (kept until the
+ * removal or the next candidate); text enters the context and the output
+ * (never rewound); generation stops after this hook (SM_STOP_STAGE). */
+void sm_loop_describe(sm_loop *loop, const char *why);
+sm_status sm_loop_inject(sm_loop *loop, const char *text, size_t len);
+void sm_loop_stop(sm_loop *loop, const char *why);
+
 typedef enum sm_combine_mode {
     SM_COMBINE_FIRST = 0,  /* the first operator (in order) that fires wins */
     SM_COMBINE_MAX,        /* the largest count wins                        */
@@ -590,6 +667,9 @@ typedef struct sm_gen_params {
     /* Backtracking operators (issue 3); may be empty. Not owned. */
     sm_operator *const *operators;
     int32_t n_operators;
+    /* The caller's stages, after the built-in ones. Not owned. */
+    sm_stage *const *stages;
+    int32_t n_stages;
     sm_combine_mode combine;
     int32_t backtrack_every_n;      /* ask operators every n tokens (1)      */
     int32_t max_backtracks;         /* per generation (64); then stop         */

@@ -12,7 +12,7 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 BUILD="$(cd "${1:-$ROOT/build}" && pwd)"
 PREFIX="$(cat "$BUILD/llama_prefix")"
 MODELS="${SM_MODELS:-$ROOT/../shared/models}"
-TESTS=(test_exactness test_session test_intervene test_operators_e2e test_operators)
+TESTS=(test_exactness test_stages test_session test_intervene test_operators_e2e test_operators)
 
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT

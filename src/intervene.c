@@ -1,8 +1,8 @@
 /*
- * Interventions inside the one generation loop (docs/INTROSPECTION.md):
- * lookahead over branched sequences, activation safety rules, tools on a
- * marker in the output, gradual injection, and entropy-steered temperature.
- * session.c calls these at fixed points of the loop.
+ * Interventions inside the one generation loop (docs/INTROSPECTION.md), each
+ * a stage with its own state: lookahead over branched sequences, gradual
+ * injection, activation safety rules, and tools on a marker in the output.
+ * Also the loop's injection primitive they share.
  */
 #include "session_internal.h"
 
@@ -19,80 +19,55 @@
 static const char DEFAULT_TOOL_MARKER[] = "[INTROSPECT:";
 static const char DEFAULT_TOOL_MARKER_END[] = "]";
 
-bool sm_lookahead_active(const generation *g) { return g->plan.chosen >= 0; }
+/* The lookahead stage: the branch chosen for commitment, per branch and
+ * step its token, the distribution after it and its stats (stride = steps
+ * kept per branch). */
+typedef struct lookahead_stage {
+    const sm_lookahead_params *la;
+    sm_token *tokens;
+    float *logits;
+    unsigned char *records;
+    float *hidden;
+    int32_t stride, depth;
+    int32_t chosen;                 /* the branch being committed; -1 = none  */
+    int32_t next;                   /* its next step to commit                */
+    sm_lookahead_info info;
+} lookahead_stage;
 
-static size_t plan_at(const branch_plan *pl, int32_t branch, int32_t step) {
+static bool plan_active(const lookahead_stage *pl) { return pl->chosen >= 0; }
+
+static size_t plan_at(const lookahead_stage *pl, int32_t branch, int32_t step) {
     return (size_t)branch * (size_t)pl->stride + (size_t)step;
 }
 
-static const float *plan_logits(const generation *g, int32_t branch, int32_t step) {
-    return g->plan.logits + plan_at(&g->plan, branch, step) * (size_t)g->s->n_vocab;
+static const float *plan_logits(const lookahead_stage *pl, const sm_session *s, int32_t branch, int32_t step) {
+    return pl->logits + plan_at(pl, branch, step) * (size_t)s->n_vocab;
 }
 
 /* Drops the branch being committed from the cache; the cells sequence 0
  * has taken over from it stay. */
-void sm_lookahead_abandon(generation *g) {
-    if (!sm_lookahead_active(g)) return;
-    llama_memory_seq_rm(g->s->members[0].mem, g->plan.chosen + 1, -1, -1);
-    g->plan.chosen = -1;
+static void lookahead_drop(void *state, generation *g) {
+    lookahead_stage *pl = state;
+    if (!plan_active(pl)) return;
+    llama_memory_seq_rm(g->s->members[0].mem, pl->chosen + 1, -1, -1);
+    pl->chosen = -1;
 }
 
-sm_token sm_lookahead_planned_token(const generation *g) {
-    const branch_plan *pl = &g->plan;
-    return sm_lookahead_active(g) ? pl->tokens[plan_at(pl, pl->chosen, pl->next)] : -1;
-}
-
-int sm_lookahead_open(generation *g) {
-    const sm_lookahead_params *la = &g->gp->lookahead;
-    sm_session *s = g->s;
-    g->plan.chosen = -1;
-    if (la->k == 0) return 0;
-    size_t n = (size_t)la->k * (size_t)la->depth;
-    g->plan.stride = la->depth;
-    g->plan.tokens = malloc(sizeof(sm_token) * n);
-    g->plan.logits = malloc(sizeof(float) * n * (size_t)s->n_vocab);
-    if (!g->plan.tokens || !g->plan.logits) return -1;
-    if (!s->intro) return 0;
-    g->plan.records = malloc(sm_introspector_record_size(s->intro) * n);
-    size_t hidden_floats = sm_introspector_hidden_floats(s->intro);
-    if (hidden_floats) g->plan.hidden = malloc(sizeof(float) * hidden_floats * n);
-    return g->plan.records && (!hidden_floats || g->plan.hidden) ? 0 : -1;
-}
-
-void sm_lookahead_free(branch_plan *pl) {
+static void lookahead_free(void *state) {
+    lookahead_stage *pl = state;
     free(pl->tokens);
     free(pl->logits);
     free(pl->records);
     free(pl->hidden);
-}
-
-/* The temperature token i is sampled with: the policy's, or for this token
- * alone what entropy steering makes of it. */
-float sm_loop_token_temperature(generation *g, int32_t i) {
-    const sm_policy_params *pp = &g->gp->policy;
-    float t = g->policy.temperature;
-    if (pp->entropy_mode == 0) return t;
-    sm_signals sig;
-    sm_signals_compute(g->dist, g->s->n_vocab, -1, &sig, NULL);
-    sm_policy_mod mod;
-    if (!sm_policy_entropy_steer(pp, sig.entropy, sig.varentropy, &t, &mod)) return t;
-    sm_event e = sm_loop_base_event(g, SM_EVENT_MODIFICATION, i);
-    e.mod = mod.type;
-    e.confidence = sig.p_top1;
-    e.description = mod.description;
-    e.source = "entropy";
-    e.temperature_before = mod.t_before;
-    e.temperature_after = mod.t_after;
-    sm_loop_emit(g, &e);
-    return t;
+    free(pl);
 }
 
 /* One batched decode: tokens[b] at position pos in sequence b + 1, every
  * row an output; keeps each row's distribution and stats as step `step`
  * of branch b. Returns llama_decode's code. */
-static int decode_branches(generation *g, const sm_token *tokens, int32_t n, int32_t pos, int32_t step) {
+static int decode_branches(generation *g, lookahead_stage *pl, const sm_token *tokens, int32_t n, int32_t pos,
+                           int32_t step) {
     sm_session *s = g->s;
-    branch_plan *pl = &g->plan;
     llama_batch *b = &s->branch_batch;
     b->n_tokens = n;
     for (int32_t j = 0; j < n; j++) {
@@ -171,9 +146,9 @@ static void emit_lookahead(generation *g, int32_t i, const sm_lookahead_info *in
  * branch's cells instead of being decoded. Nothing happens where the
  * entropy is low or the cache has no room for the branches.
  */
-sm_status sm_lookahead_run(generation *g, int32_t i) {
+static sm_status lookahead_run(generation *g, lookahead_stage *pl, int32_t i) {
     sm_session *s = g->s;
-    const sm_lookahead_params *la = &g->gp->lookahead;
+    const sm_lookahead_params *la = pl->la;
     sm_signals sig;
     sm_dist_stats stats;
     sm_signals_compute(s->logits, s->n_vocab, -1, &sig, &stats);
@@ -192,7 +167,7 @@ sm_status sm_lookahead_run(generation *g, int32_t i) {
         next[b] = first[b];
     }
     for (int32_t step = 0; step < depth; step++) {
-        int rc = decode_branches(g, next, n, s->n_tokens + step, step);
+        int rc = decode_branches(g, pl, next, n, s->n_tokens + step, step);
         if (rc != 0) {
             drop_branches(s, n, -1);
             if (rc == 1) return SM_OK; /* no room in the cache: sample as usual */
@@ -200,14 +175,14 @@ sm_status sm_lookahead_run(generation *g, int32_t i) {
         }
         for (int32_t b = 0; b < n; b++) {
             sm_signals bs;
-            sm_signals_compute(plan_logits(g, b, step), s->n_vocab, -1, &bs, NULL);
+            sm_signals_compute(plan_logits(pl, s, b, step), s->n_vocab, -1, &bs, NULL);
             margin[b] += bs.p_top1 - bs.p_top2;
             if (step + 1 == depth) continue;
             next[b] = bs.top1_token; /* greedy inside the branch */
             logprob[b] += log(bs.p_top1);
         }
     }
-    sm_lookahead_info *info = &g->la_info;
+    sm_lookahead_info *info = &pl->info;
     *info = (sm_lookahead_info){.n_branches = n, .depth = depth, .entropy = sig.entropy};
     for (int32_t b = 0; b < n; b++) {
         info->first[b] = first[b];
@@ -215,9 +190,9 @@ sm_status sm_lookahead_run(generation *g, int32_t i) {
         if (info->score[b] > info->score[info->chosen]) info->chosen = b; /* ties: the more probable first token */
     }
     drop_branches(s, n, info->chosen);
-    g->plan.chosen = info->chosen;
-    g->plan.next = 0;
-    g->plan.depth = depth;
+    pl->chosen = info->chosen;
+    pl->next = 0;
+    pl->depth = depth;
     g->res->n_lookaheads++;
     emit_lookahead(g, i, info);
     return SM_OK;
@@ -239,90 +214,148 @@ static sm_status append_predecoded(sm_session *s, sm_token t, llama_seq_id from,
     return SM_OK;
 }
 
-/* Generated token i enters the context: decoded, or taken over from the
- * lookahead branch that decoded it. Its stats are kept per position. */
-sm_status sm_loop_append_token(generation *g, int32_t i, sm_token t) {
+/* The token the loop keeps enters sequence 0 from the branch that decoded
+ * it; when the plan is all in sequence 0 the branch goes. */
+static bool lookahead_append(void *state, generation *g, sm_token t, sm_status *status) {
+    lookahead_stage *pl = state;
     sm_session *s = g->s;
-    branch_plan *pl = &g->plan;
-    if (sm_lookahead_active(g)) {
-        size_t at = plan_at(pl, pl->chosen, pl->next);
-        sm_status st = append_predecoded(s, t, pl->chosen + 1, pl->logits + at * (size_t)s->n_vocab);
-        if (st != SM_OK) return st;
-        if (s->intro) {
-            size_t hf = sm_introspector_hidden_floats(s->intro);
-            sm_loop_remember_introspection(s, pl->records + at * sm_introspector_record_size(s->intro),
-                                   hf ? pl->hidden + at * hf : NULL);
-        }
-        if (++pl->next == pl->depth) sm_lookahead_abandon(g); /* all of it is in sequence 0 now */
-    } else {
-        sm_status st = sm_loop_decode_append(s, &t, 1);
-        if (st != SM_OK) return st;
-        g->res->n_decoded++;
-    }
+    if (!plan_active(pl)) return false;
+    size_t at = plan_at(pl, pl->chosen, pl->next);
+    *status = append_predecoded(s, t, pl->chosen + 1, pl->logits + at * (size_t)s->n_vocab);
+    if (*status != SM_OK) return true;
     if (s->intro) {
-        size_t rs = sm_introspector_record_size(s->intro);
-        memcpy(g->intro_rec + rs * (size_t)i, s->intro_last, rs);
+        size_t hf = sm_introspector_hidden_floats(s->intro);
+        sm_loop_remember_introspection(s, pl->records + at * sm_introspector_record_size(s->intro),
+                                       hf ? pl->hidden + at * hf : NULL);
     }
-    return SM_OK;
+    if (++pl->next == pl->depth) lookahead_drop(pl, g); /* all of it is in sequence 0 now */
+    return true;
 }
 
-/* Removes generated token i again after it was decoded (the ring still
- * holds the distribution it was sampled from: nothing is re-decoded), bans
- * it there, and restores what was true before it was sampled. */
-static sm_status reject_decoded(generation *g, int32_t i, const sm_safety_rule *rule, const char *why) {
-    sm_session *s = g->s;
-    position_record *r = &g->rec[i];
-    bool stop = rule->action == SM_SAFETY_STOP || r->n_safety_here >= g->gp->safety_max_retries;
-    float t_before = g->policy.temperature, rp_before = g->policy.repeat_penalty;
-    sm_lookahead_abandon(g);
-    sm_status st = sm_session_truncate(s, s->n_tokens - 1); /* [restore] */
-    if (st != SM_OK) return st;
-    sm_text_pop(&g->text, 1); /* [restore] */
-    sm_loop_restore_position(g, i);
-    r->n_safety_here++;
-    if (sm_loop_add_ban(r, r->token) != 0) return sm_session_fail(s, SM_ERR_NO_MEMORY, "out of memory");
-    sm_loop_operators_backtracked(g, 1);
-    g->res->n_tokens_removed++;
-    g->res->n_safety_triggers++;
-    char desc[256];
-    if (stop) snprintf(desc, sizeof desc, "%s: token %d removed, stopping", why, r->token);
-    else snprintf(desc, sizeof desc, "%s: token %d removed and banned here, sampling again (%d of %d)", why, r->token,
-                  r->n_safety_here, g->gp->safety_max_retries);
-    sm_event e = sm_loop_base_event(g, SM_EVENT_BACKTRACK, i);
-    e.mod = SM_MOD_SAFETY;
-    e.confidence = r->signals.p_chosen;
-    e.description = desc;
-    e.source = "safety";
-    e.temperature_before = t_before;
-    e.repeat_penalty_before = rp_before;
-    e.n_removed = 1;
-    sm_loop_emit(g, &e);
-    if (stop) g->stop = SM_STOP_SAFETY;
-    return SM_OK;
+/* Chooses the next token: the plan's, or after branching at an uncertain
+ * position, the best branch's first. */
+static void lookahead_before_sample(void *state, sm_loop *g, sm_knobs *knobs) {
+    lookahead_stage *pl = state;
+    if (!plan_active(pl)) {
+        sm_status st = lookahead_run(g, pl, sm_loop_generated(g));
+        if (st != SM_OK) {
+            g->status = st;
+            return;
+        }
+    }
+    if (plan_active(pl)) knobs->forced = pl->tokens[plan_at(pl, pl->chosen, pl->next)];
 }
 
-/* The safety rules, on the stats of generated token i just decoded. */
-sm_status sm_loop_check_safety(generation *g, int32_t i, bool *rejected) {
-    *rejected = false;
-    const sm_gen_params *gp = g->gp;
+static void lookahead_on_rewind(void *state, sm_loop *g, int32_t n, bool by_me) {
+    (void)n;
+    (void)by_me;
+    lookahead_drop(state, g);
+}
+
+static const sm_stage_vtable lookahead_vt = {
+    .name = "lookahead",
+    .before_sample = lookahead_before_sample,
+    .on_rewind = lookahead_on_rewind,
+    .free_state = lookahead_free,
+};
+static const stage_ext lookahead_ext = {.append = lookahead_append, .drop = lookahead_drop};
+
+sm_stage *sm_lookahead_stage_new(generation *g, void **lookahead_state) {
+    const sm_lookahead_params *la = &g->gp->lookahead;
     sm_session *s = g->s;
-    if (gp->n_safety_rules == 0 || !s->intro) return SM_OK;
+    lookahead_stage *pl = calloc(1, sizeof *pl);
+    if (!pl) return NULL;
+    pl->la = la;
+    pl->chosen = -1;
+    size_t n = (size_t)la->k * (size_t)la->depth;
+    pl->stride = la->depth;
+    pl->tokens = malloc(sizeof(sm_token) * n);
+    pl->logits = malloc(sizeof(float) * n * (size_t)s->n_vocab);
+    bool ok = pl->tokens && pl->logits;
+    if (ok && s->intro) {
+        pl->records = malloc(sm_introspector_record_size(s->intro) * n);
+        size_t hidden_floats = sm_introspector_hidden_floats(s->intro);
+        if (hidden_floats) pl->hidden = malloc(sizeof(float) * hidden_floats * n);
+        ok = pl->records && (!hidden_floats || pl->hidden);
+    }
+    if (!ok) {
+        lookahead_free(pl);
+        return NULL;
+    }
+    *lookahead_state = pl;
+    return sm_stage_builtin(&lookahead_vt, &lookahead_ext, pl);
+}
+
+/* The safety stage: the rules, on the stats of the token just decoded. A
+ * rule that fires takes the token back; it is banned there and sampled
+ * again, up to safety_max_retries times, or generation stops. */
+typedef struct safety_stage {
+    const sm_gen_params *gp;
+    const sm_safety_rule *fired;
+    bool stopping;
+    char why[256];
+} safety_stage;
+
+static bool safety_check(void *state, sm_loop *g, const sm_token_view *view) {
+    safety_stage *ss = state;
+    const sm_gen_params *gp = ss->gp;
+    sm_session *s = g->s;
+    int32_t i = view->position;
     size_t rs = sm_introspector_record_size(s->intro);
     float value;
     char why[160];
     int32_t rule = sm_safety_check(s->intro, gp->safety_rules, gp->n_safety_rules, g->intro_rec, i,
                                    g->intro_rec + rs * (size_t)i, &value, why, sizeof why);
-    if (rule < 0) return SM_OK;
-    *rejected = true;
-    return reject_decoded(g, i, &gp->safety_rules[rule], why);
+    if (rule < 0) return false;
+    const position_record *r = &g->rec[i];
+    ss->fired = &gp->safety_rules[rule];
+    ss->stopping = ss->fired->action == SM_SAFETY_STOP || r->n_rejected_here >= gp->safety_max_retries;
+    if (ss->stopping) snprintf(ss->why, sizeof ss->why, "%s: token %d removed, stopping", why, r->token);
+    else snprintf(ss->why, sizeof ss->why, "%s: token %d removed and banned here, sampling again (%d of %d)", why,
+                  r->token, r->n_rejected_here + 1, gp->safety_max_retries);
+    if (ss->stopping) sm_loop_stop_with(g, SM_STOP_SAFETY);
+    return true;
+}
+
+static void safety_on_rewind(void *state, sm_loop *g, int32_t n, bool by_me) {
+    if (!by_me) return;
+    safety_stage *ss = state;
+    g->res->n_safety_triggers++;
+    int32_t i = sm_loop_generated(g);
+    sm_event e = sm_loop_rewind_event(g, SM_EVENT_BACKTRACK, i);
+    e.mod = SM_MOD_SAFETY;
+    e.confidence = g->rec[i].signals.p_chosen;
+    e.description = ss->why;
+    e.source = "safety";
+    e.n_removed = n;
+    sm_loop_emit(g, &e);
+    g->reported = true;
+}
+
+static const sm_stage_vtable safety_vt = {
+    .name = "safety",
+    .check = safety_check,
+    .on_rewind = safety_on_rewind,
+    .free_state = free,
+};
+static const stage_ext safety_ext = {.reports_takebacks = true};
+
+sm_stage *sm_safety_stage_new(generation *g) {
+    safety_stage *ss = calloc(1, sizeof *ss);
+    if (!ss) return NULL;
+    ss->gp = g->gp;
+    return sm_stage_builtin(&safety_vt, &safety_ext, ss);
 }
 
 /* Appends text to the context as injected tokens: part of the context and
  * of the output text, never generated tokens, and never rewound (rewinds
  * stop at the last injection). */
-static sm_status inject(generation *g, const char *text, size_t len, sm_mod_type mod, const char *what) {
+sm_status sm_loop_inject_as(generation *g, const char *text, size_t len, sm_mod_type mod, const char *what) {
     sm_session *s = g->s;
-    sm_lookahead_abandon(g);
+    for (int32_t k = 0; k < g->n_stages; k++) { /* a branch planned on the old context is void */
+        sm_stage *st = g->stages[k];
+        if (st->ext && st->ext->drop) st->ext->drop(st->state, g);
+    }
     sm_tokens tokens;
     sm_error err = {0};
     sm_status st = sm_tokenize(s->model, text, len, false, false, &tokens, &err);
@@ -338,22 +371,24 @@ static sm_status inject(generation *g, const char *text, size_t len, sm_mod_type
     else if (n > 0) st = sm_loop_decode_append(s, toks, n);
     free(toks);
     if (st == SM_OK && n > 0 && g->stop == SM_STOP_NONE) {
+        g->injected = true;
         g->n_injected += n;
         g->floor = sm_loop_generated(g);
         g->res->n_injected_tokens += n;
         g->res->n_decoded += n;
         if (sm_text_push(&g->text, copy, len) != 0) st = sm_session_fail(s, SM_ERR_NO_MEMORY, "out of memory");
-        g->text_floor = g->marker_from = g->text.len;
+        g->text_floor = g->text.len;
         char desc[200];
         snprintf(desc, sizeof desc, "%s: %d tokens injected", what, n);
         sm_event e = sm_loop_base_event(g, SM_EVENT_MODIFICATION, sm_loop_generated(g));
         e.mod = mod;
         e.description = desc;
-        e.source = mod == SM_MOD_TOOL ? "tool" : "inject";
+        e.source = mod == SM_MOD_TOOL ? "tool" : mod == SM_MOD_INJECT && g->current ? g->current->vt->name : "inject";
         e.piece = copy;
         sm_loop_emit(g, &e);
     }
     free(copy);
+    if (st != SM_OK && g->status == SM_OK) g->status = st;
     return st;
 }
 
@@ -371,20 +406,45 @@ static size_t chunk_length(const char *text) {
     return i;
 }
 
-bool sm_injection_due(const generation *g) {
-    return g->inject_next && *g->inject_next && sm_loop_generated(g) >= g->next_inject_at && !sm_lookahead_active(g);
+/* The injection stage: what is left of inject_text, and when the next
+ * sentence is due. It waits while a lookahead branch is being committed. */
+typedef struct injection_stage {
+    const sm_gen_params *gp;
+    const lookahead_stage *lookahead;
+    const char *next;
+    int32_t next_at;
+    int32_t n_chunks;
+} injection_stage;
+
+static void injection_before_sample(void *state, sm_loop *g, sm_knobs *knobs) {
+    (void)knobs;
+    injection_stage *is = state;
+    if (!*is->next || sm_loop_generated(g) < is->next_at || (is->lookahead && plan_active(is->lookahead))) return;
+    const char *chunk = is->next;
+    size_t len = chunk_length(chunk);
+    is->next += len;
+    is->n_chunks++;
+    char what[96];
+    snprintf(what, sizeof what, "chunk %d of inject_text after %d generated tokens", is->n_chunks, sm_loop_generated(g));
+    sm_loop_inject_as(g, chunk, len, SM_MOD_INJECT, what);
+    is->next_at = sm_loop_generated(g) + is->gp->inject_every;
 }
 
-sm_status sm_inject_next_chunk(generation *g) {
-    const char *chunk = g->inject_next;
-    size_t len = chunk_length(chunk);
-    g->inject_next += len;
-    g->n_chunks++;
-    char what[96];
-    snprintf(what, sizeof what, "chunk %d of inject_text after %d generated tokens", g->n_chunks, sm_loop_generated(g));
-    sm_status st = inject(g, chunk, len, SM_MOD_INJECT, what);
-    g->next_inject_at = sm_loop_generated(g) + g->gp->inject_every;
-    return st;
+static const sm_stage_vtable injection_vt = {
+    .name = "inject",
+    .before_sample = injection_before_sample,
+    .free_state = free,
+};
+static const stage_ext injection_ext = {0};
+
+sm_stage *sm_injection_stage_new(generation *g, const void *lookahead_state) {
+    injection_stage *is = calloc(1, sizeof *is);
+    if (!is) return NULL;
+    is->gp = g->gp;
+    is->lookahead = lookahead_state;
+    is->next = g->gp->inject_text;
+    is->next_at = g->gp->inject_every;
+    return sm_stage_builtin(&injection_vt, &injection_ext, is);
 }
 
 /* The first occurrence of needle in [hay, hay + n), or NULL. */
@@ -400,25 +460,38 @@ static char *trimmed_copy(const char *from, const char *to) {
     return strndup(from, (size_t)(to - from));
 }
 
-/* After generated token i was committed with `piece`: when the output
- * since the last injection holds a complete tool marker, the tool runs
- * and its text is injected. */
-sm_status sm_tool_run_if_marked(generation *g, int32_t i, const char *piece) {
-    const sm_gen_params *gp = g->gp;
+/* The tools stage: after a token was reported, when the output since the
+ * last injection holds a complete tool marker, the tool runs and its text
+ * is injected. marker_from: where the next marker may begin. */
+typedef struct tools_stage {
+    const sm_gen_params *gp;
+    size_t marker_from;
+    size_t floor_seen;
+} tools_stage;
+
+static void tools_after_token(void *state, sm_loop *g, const sm_token_view *view) {
+    tools_stage *ts = state;
+    const sm_gen_params *gp = ts->gp;
+    int32_t i = view->position;
+    const char *piece = view->piece;
+    if (g->text_floor != ts->floor_seen) ts->marker_from = ts->floor_seen = g->text_floor; /* text was injected */
     const char *open = gp->tool_marker ? gp->tool_marker : DEFAULT_TOOL_MARKER;
     const char *close = gp->tool_marker_end ? gp->tool_marker_end : DEFAULT_TOOL_MARKER_END;
     size_t open_len = strlen(open), close_len = strlen(close);
-    if (!strchr(piece, close[close_len - 1])) return SM_OK; /* a marker can only have ended with this token */
+    if (!strchr(piece, close[close_len - 1])) return; /* a marker can only have ended with this token */
     const char *text = g->text.bytes;
-    size_t len = g->text.len, from = g->marker_from <= len ? g->marker_from : g->text_floor;
+    size_t len = g->text.len, from = ts->marker_from <= len ? ts->marker_from : g->text_floor;
     const char *o = find_bytes(text + from, len - from, open, open_len);
-    if (!o) return SM_OK;
+    if (!o) return;
     const char *args = o + open_len;
     const char *c = find_bytes(args, (size_t)(text + len - args), close, close_len);
-    if (!c) return SM_OK;
+    if (!c) return;
     char *arg_text = trimmed_copy(args, c);
-    if (!arg_text) return sm_session_fail(g->s, SM_ERR_NO_MEMORY, "out of memory");
-    g->marker_from = (size_t)(c - text) + close_len;
+    if (!arg_text) {
+        g->status = sm_session_fail(g->s, SM_ERR_NO_MEMORY, "out of memory");
+        return;
+    }
+    ts->marker_from = (size_t)(c - text) + close_len;
     sm_tool_context ctx = {
         .args = arg_text,
         .token_index = i + 1,
@@ -430,9 +503,8 @@ sm_status sm_tool_run_if_marked(generation *g, int32_t i, const char *piece) {
     g->res->n_tool_calls++;
     char what[120];
     snprintf(what, sizeof what, "tool call \"%.80s\"", arg_text);
-    sm_status st = SM_OK;
     if (out && *out) {
-        st = inject(g, out, strlen(out), SM_MOD_TOOL, what);
+        sm_loop_inject_as(g, out, strlen(out), SM_MOD_TOOL, what);
     } else {
         char desc[160];
         snprintf(desc, sizeof desc, "%s: the tool returned nothing", what);
@@ -445,7 +517,29 @@ sm_status sm_tool_run_if_marked(generation *g, int32_t i, const char *piece) {
     }
     free(out);
     free(arg_text);
-    return st;
+}
+
+/* A rewind can remove a marker's closing token: the marker may end again. */
+static void tools_on_rewind(void *state, sm_loop *g, int32_t n, bool by_me) {
+    (void)n;
+    (void)by_me;
+    tools_stage *ts = state;
+    if (ts->marker_from > g->text.len) ts->marker_from = g->text_floor;
+}
+
+static const sm_stage_vtable tools_vt = {
+    .name = "tool",
+    .after_token = tools_after_token,
+    .on_rewind = tools_on_rewind,
+    .free_state = free,
+};
+static const stage_ext tools_ext = {0};
+
+sm_stage *sm_tools_stage_new(generation *g) {
+    tools_stage *ts = calloc(1, sizeof *ts);
+    if (!ts) return NULL;
+    ts->gp = g->gp;
+    return sm_stage_builtin(&tools_vt, &tools_ext, ts);
 }
 
 /* What needs the session: lookahead room, observed layers for the rules. */

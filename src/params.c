@@ -69,6 +69,7 @@ const char *sm_stop_reason_name(sm_stop_reason reason) {
     case SM_STOP_SAFETY: return "safety";
     case SM_STOP_BOS: return "bos";
     case SM_STOP_NO_CANDIDATES: return "no_candidates";
+    case SM_STOP_STAGE: return "stage";
     }
     return "unknown";
 }
@@ -180,6 +181,8 @@ sm_status sm_gen_params_validate(const sm_gen_params *p, char *msg, size_t msg_s
     CHECK(p->n_operators >= 0 && (p->n_operators == 0 || p->operators), "operators: count %d without an array", p->n_operators);
     for (int32_t i = 0; i < p->n_operators; i++)
         CHECK(p->operators[i] && p->operators[i]->vt && p->operators[i]->vt->decide, "operator %d has no decide function", i);
+    CHECK(p->n_stages >= 0 && (p->n_stages == 0 || p->stages), "stages: count %d without an array", p->n_stages);
+    for (int32_t i = 0; i < p->n_stages; i++) CHECK(p->stages[i], "stages[%d] is NULL", i);
     CHECK(p->combine == SM_COMBINE_FIRST || p->combine == SM_COMBINE_MAX, "combine mode must be first or max");
     CHECK(p->backtrack_every_n >= 1, "backtrack_every_n must be >= 1 (got %d)", p->backtrack_every_n);
     CHECK(p->max_backtracks >= 0, "max_backtracks must be >= 0 (got %d)", p->max_backtracks);

@@ -2,8 +2,13 @@
  * THE generation loop, and the only place that calls llama_decode for
  * generation:
  *
- *   distribution -> sample -> signals -> decisions (policy, operators)
- *                -> commit (decode the token) | rewind (no decode at all)
+ *   distribution -> stages' knobs -> sample -> signals -> stages judge
+ *                -> accept, decode, check, report | rewind (no decode at all)
+ *
+ * Everything that acts on a generation is a stage (src/stage.c, the policy,
+ * the operators, lookahead, injection, safety, tools, the caller's); the loop
+ * keeps the tokens, the distributions, knobs and random state, the text,
+ * and the one rewind that puts all of it back.
  *
  * A candidate token is judged before it is decoded, so a rejected token
  * costs nothing. Every generated position keeps the distribution it was
@@ -708,6 +713,11 @@ static int ensure_records(generation *g, int32_t n) {
     if (t) g->gen_tokens = t;
     if (f) g->fusion = f;
     if (!r || !c || !t || !f) return -1;
+    if (g->snap_size) {
+        unsigned char *sn = realloc(g->snaps, g->snap_size * (size_t)cap);
+        if (!sn) return -1;
+        g->snaps = sn;
+    }
     if (g->s->intro) {
         unsigned char *ir = realloc(g->intro_rec, sm_introspector_record_size(g->s->intro) * (size_t)cap);
         if (!ir) return -1;
@@ -759,7 +769,7 @@ static int32_t settled_tokens(const generation *g) {
         int64_t left = (int64_t)gp->policy.max_retractions - g->res->n_retractions;
         reach += (left > 0 ? left : 0) * per;
     }
-    if (gp->n_operators > 0) {
+    if (gp->n_operators > 0 || gp->n_stages > 0) {
         int64_t left = (int64_t)gp->max_backtracks - g->res->n_backtracks;
         reach += (left > 0 ? left : 0) * max_rewind;
     }
@@ -776,12 +786,19 @@ sm_event sm_loop_base_event(const generation *g, sm_event_type type, int32_t ind
         .n_settled = settled_tokens(g),
         .description = "",
         .source = "",
-        .temperature_before = g->policy.temperature,
-        .temperature_after = g->policy.temperature,
-        .repeat_penalty_before = g->policy.repeat_penalty,
-        .repeat_penalty_after = g->policy.repeat_penalty,
+        .temperature_before = g->knobs.temperature,
+        .temperature_after = g->knobs.temperature,
+        .repeat_penalty_before = g->knobs.repeat_penalty,
+        .repeat_penalty_after = g->knobs.repeat_penalty,
         .token = -1,
     };
+}
+
+sm_event sm_loop_rewind_event(const generation *g, sm_event_type type, int32_t index) {
+    sm_event e = sm_loop_base_event(g, type, index);
+    e.temperature_before = g->knobs_before.temperature;
+    e.repeat_penalty_before = g->knobs_before.repeat_penalty;
+    return e;
 }
 
 int sm_loop_add_ban(position_record *r, sm_token t) {
@@ -798,6 +815,119 @@ int sm_loop_add_ban(position_record *r, sm_token t) {
     return 0;
 }
 
+void sm_loop_stop_with(generation *g, sm_stop_reason reason) {
+    if (g->stop == SM_STOP_NONE) g->stop = reason;
+}
+
+/* ------------------------------------------------------------------ */
+/* Positions: what is saved before a token is sampled, and put back     */
+/* ------------------------------------------------------------------ */
+
+static unsigned char *snapshot_at(const generation *g, int32_t i) { return g->snaps + g->snap_size * (size_t)i; }
+
+/* Everything a rewind to generated position i must restore, saved before
+ * any stage acts there. */
+static void save_position(generation *g, int32_t i) {
+    position_record *r = &g->rec[i];
+    r->knobs = g->knobs;
+    r->sample_rng = g->rng;
+    unsigned char *snap = snapshot_at(g, i);
+    for (int32_t k = 0; k < g->n_stages; k++) {
+        const sm_stage *st = g->stages[k];
+        if (!st->vt->snapshot_size) continue;
+        st->vt->save(st->state, snap);
+        snap += st->vt->snapshot_size;
+    }
+}
+
+static void restore_position(generation *g, int32_t j) {
+    const position_record *r = &g->rec[j];
+    g->knobs = r->knobs; /* [restore] */
+    g->rng = r->sample_rng; /* [restore] */
+    const unsigned char *snap = snapshot_at(g, j);
+    for (int32_t k = 0; k < g->n_stages; k++) {
+        sm_stage *st = g->stages[k];
+        if (!st->vt->snapshot_size) continue;
+        st->vt->restore(st->state, snap); /* [restore] */
+        snap += st->vt->snapshot_size;
+    }
+}
+
+/* What a position learned by trying (bans, retry counts) belongs to the
+ * prefix before it: when that prefix goes, so does this. */
+static void forget_tries(position_record *r) {
+    r->n_bans = 0;
+    r->n_backtracks_here = 0;
+    r->n_rejected_here = 0;
+}
+
+static void drop_stage_work(generation *g) {
+    for (int32_t k = 0; k < g->n_stages; k++) {
+        sm_stage *st = g->stages[k];
+        if (st->ext && st->ext->drop) st->ext->drop(st->state, g);
+    }
+}
+
+/*
+ * THE rewind. Removes the last k tokens that entered the context from the
+ * generation (n_decoded of them are decoded; the candidate, when it is one
+ * of the k, is not), and puts back everything that was true before the
+ * first removed position j was sampled: the KV cache and token list, the
+ * text, the knobs and random state, every stage's snapshot, the bans and
+ * counters of later positions. Then every stage hears how many of the
+ * tokens it judged are gone; `by` removed them and reports the event (or
+ * the loop reports it). The candidate at j is banned there.
+ * Lines marked [restore] are what scripts/mutate_restores.sh deletes one
+ * at a time to show that a test notices each.
+ */
+static sm_status rewind_to(generation *g, int32_t j, int32_t k, int32_t n_decoded, sm_stage *by) {
+    sm_session *s = g->s;
+    drop_stage_work(g);
+    g->knobs_before = g->knobs;
+    sm_status st = sm_session_truncate(s, s->n_tokens - n_decoded); /* [restore] */
+    if (st != SM_OK) return st;
+    sm_text_pop(&g->text, n_decoded); /* [restore] */
+    restore_position(g, j);
+    for (int32_t p = j + 1; p < j + k; p++) forget_tries(&g->rec[p]); /* [restore] later prefixes are gone */
+    position_record *r = &g->rec[j];
+    if (sm_loop_add_ban(r, r->token) != 0) return sm_session_fail(s, SM_ERR_NO_MEMORY, "out of memory");
+    g->res->n_tokens_removed += k;
+    g->reported = false;
+    for (int32_t o = 0; o < g->n_stages; o++) {
+        sm_stage *stg = g->stages[o];
+        g->current = stg;
+        if (stg->vt->on_rewind) stg->vt->on_rewind(stg->state, g, k, stg == by);
+    }
+    g->current = NULL;
+    return SM_OK;
+}
+
+/* A user stage's removal: counted as a backtrack, reported here. */
+static void report_stage_removal(generation *g, const sm_stage *by, int32_t k, bool takeback) {
+    if (g->reported || (by->ext && (takeback ? by->ext->reports_takebacks : by->ext->retracts))) return;
+    if (!by->ext) g->res->n_backtracks++;
+    int32_t j = sm_loop_generated(g);
+    sm_event e = sm_loop_rewind_event(g, SM_EVENT_BACKTRACK, j);
+    e.mod = SM_MOD_BACKTRACK;
+    e.confidence = g->rec[j + k - 1].signals.p_chosen;
+    e.description = g->why;
+    e.source = by->vt->name ? by->vt->name : "stage";
+    e.n_removed = k;
+    sm_loop_emit(g, &e);
+}
+
+/* Clamps a removal so it stays within the generated tokens and the
+ * distributions the ring still holds. */
+int32_t sm_loop_clamp_removal(const generation *g, int32_t i, int32_t k) {
+    if (k > i - g->floor + 1) k = i - g->floor + 1; /* never across an injection */
+    if (k - 1 > g->s->params.max_rewind) k = g->s->params.max_rewind + 1;
+    return k;
+}
+
+/* ------------------------------------------------------------------ */
+/* One step                                                            */
+/* ------------------------------------------------------------------ */
+
 /* The distribution generated token i is sampled from: the model's own, or
  * the fusion of every model's at this position. */
 static void prepare_distribution(generation *g, int32_t i) {
@@ -812,17 +942,11 @@ static void prepare_distribution(generation *g, int32_t i) {
     g->dist = s->fused;
 }
 
-/* Samples the candidate at generated position i from the current
- * distribution, recording what a rewind to i must restore. */
-static sm_token sample_candidate(generation *g, int32_t i) {
+/* Samples the candidate at generated position i with this token's knobs
+ * (or takes the one a stage chose) and computes its signals. */
+static sm_token sample_candidate(generation *g, int32_t i, const sm_knobs *knobs) {
     sm_session *s = g->s;
-    prepare_distribution(g, i);
     position_record *r = &g->rec[i];
-    r->temperature = g->policy.temperature;
-    r->repeat_penalty = g->policy.repeat_penalty;
-    r->sample_rng = g->rng;
-    r->policy_rng = g->policy.rng;
-
     int32_t last_n = g->gp->sampling.repeat_last_n;
     int32_t n_recent = s->n_tokens < last_n ? s->n_tokens : last_n;
     sm_sample_input in = {
@@ -832,8 +956,8 @@ static sm_token sample_candidate(generation *g, int32_t i) {
         .n_recent = n_recent,
         .bans = r->bans,
         .n_bans = r->n_bans,
-        .temperature = g->policy.temperature,
-        .repeat_penalty = g->policy.repeat_penalty,
+        .temperature = knobs->temperature,
+        .repeat_penalty = knobs->repeat_penalty,
         .frequency_penalty = g->gp->sampling.frequency_penalty,
         .presence_penalty = g->gp->sampling.presence_penalty,
         .logit_bias = g->gp->sampling.logit_bias,
@@ -848,12 +972,9 @@ static sm_token sample_candidate(generation *g, int32_t i) {
         .dry_allowed_length = g->gp->sampling.dry_allowed_length,
         .dry_penalty_last_n = g->gp->sampling.dry_penalty_last_n,
     };
-    float p_sampled = 1.0f; /* a token a lookahead chose was not drawn */
-    sm_token t = sm_lookahead_planned_token(g);
-    if (t < 0) {
-        in.temperature = sm_loop_token_temperature(g, i);
-        t = sm_sample(&in, &g->rng, &s->work, &p_sampled);
-    }
+    float p_sampled = 1.0f; /* a token a stage chose was not drawn */
+    sm_token t = knobs->forced;
+    if (t < 0) t = sm_sample(&in, &g->rng, &s->work, &p_sampled);
     if (t < 0) return t;
     sm_dist_stats stats;
     sm_signals_compute(g->dist, s->n_vocab, t, &r->signals, &stats);
@@ -865,17 +986,17 @@ static sm_token sample_candidate(generation *g, int32_t i) {
     return t;
 }
 
-/* Asks every operator about the candidate; returns tokens to remove and
- * which operator decided. */
-static int32_t ask_operators(generation *g, int32_t i, const char *piece, sm_operator **who) {
-    const sm_gen_params *gp = g->gp;
-    *who = NULL;
-    if (gp->n_operators == 0) return 0;
+/* What every stage is shown of the candidate at i. The top-n view costs a
+ * pass over the vocabulary: only operators and user stages get it. */
+static sm_token_view candidate_view(generation *g, int32_t i, const char *piece) {
     sm_session *s = g->s;
-    position_record *r = &g->rec[i];
-    sm_dist_stats stats = {.log_z = r->log_z};
-    int32_t n_top = sm_top_candidates(g->dist, s->n_vocab, &stats, gp->top_n_view, s->top_view);
-    sm_token_view view = {
+    const position_record *r = &g->rec[i];
+    int32_t n_top = 0;
+    if (g->gp->n_operators > 0 || g->gp->n_stages > 0) {
+        sm_dist_stats stats = {.log_z = r->log_z};
+        n_top = sm_top_candidates(g->dist, s->n_vocab, &stats, g->gp->top_n_view, s->top_view);
+    }
+    return (sm_token_view){
         .position = i,
         .token = r->token,
         .prob = r->signals.p_chosen,
@@ -887,191 +1008,119 @@ static int32_t ask_operators(generation *g, int32_t i, const char *piece, sm_ope
         .piece = piece,
         .signals = &r->signals,
     };
-    bool ask = (i + 1) % gp->backtrack_every_n == 0;
-    int32_t best = 0;
-    for (int32_t k = 0; k < gp->n_operators; k++) {
-        sm_operator *op = gp->operators[k];
-        int32_t n = op->vt->decide(op->state, &view); /* every operator sees every candidate */
-        if (!ask || n <= 0) continue;
-        if ((gp->combine == SM_COMBINE_FIRST && best == 0) || (gp->combine == SM_COMBINE_MAX && n > best)) {
-            best = n;
-            *who = op;
-        }
-    }
-    return best;
 }
 
-/* What a position learned by trying (bans, retry counts) belongs to the
- * prefix before it: when that prefix goes, so does this. */
-static void forget_tries(position_record *r) {
-    r->n_bans = 0;
-    r->n_backtracks_here = 0;
-    r->n_safety_here = 0;
-}
-
-/*
- * Removes the k - 1 decoded tokens before candidate i (and the candidate)
- * and puts back everything that was true before position j = i - k + 1
- * was sampled: the KV cache and token list, the text, the policy's and the
- * sampler's state, per-position bans and counters, and each operator's
- * state. Lines marked [restore] are what scripts/mutate_restores.sh
- * deletes one at a time to show that a test notices each.
- */
-static sm_status rewind_generation(generation *g, int32_t i, int32_t k) {
-    sm_session *s = g->s;
-    sm_lookahead_abandon(g);
-    sm_status st = sm_session_truncate(s, s->n_tokens - (k - 1)); /* [restore] */
-    if (st != SM_OK) return st;
-    sm_text_pop(&g->text, k - 1); /* [restore] */
-    int32_t j = i - (k - 1); /* the position generation resumes at */
-    position_record *r = &g->rec[j];
-    sm_loop_restore_position(g, j);
-    for (int32_t p = j + 1; p <= i; p++) forget_tries(&g->rec[p]); /* [restore] later prefixes are gone */
-    r->n_backtracks_here++;
-    if (sm_loop_add_ban(r, r->token) != 0) return sm_session_fail(s, SM_ERR_NO_MEMORY, "out of memory");
-    sm_loop_operators_backtracked(g, k);
-    g->res->n_tokens_removed += k;
-    return SM_OK;
-}
-
-void sm_loop_restore_position(generation *g, int32_t j) {
-    const position_record *r = &g->rec[j];
-    g->policy.temperature = r->temperature;       /* [restore] */
-    g->policy.repeat_penalty = r->repeat_penalty; /* [restore] */
-    g->policy.rng = r->policy_rng;                /* [restore] */
-    g->rng = r->sample_rng;                       /* [restore] */
-}
-
-void sm_loop_operators_backtracked(generation *g, int32_t k) {
-    for (int32_t o = 0; o < g->gp->n_operators; o++) {
-        sm_operator *op = g->gp->operators[o];
-        if (op->vt->on_backtrack) op->vt->on_backtrack(op->state, k); /* [restore] */
-    }
-}
-
-/* Clamps a removal so it stays within the generated tokens and the
- * distributions the ring still holds. */
-static int32_t clamp_removal(const generation *g, int32_t i, int32_t k) {
-    if (k > i - g->floor + 1) k = i - g->floor + 1; /* never across an injection */
-    if (k - 1 > g->s->params.max_rewind) k = g->s->params.max_rewind + 1;
-    return k;
-}
-
-static void emit_policy_mods(generation *g, int32_t i, const sm_policy_action *a) {
-    for (int32_t m = 0; m < a->n_mods; m++) {
-        const sm_policy_mod *pm = &a->mods[m];
-        sm_event e = sm_loop_base_event(g, SM_EVENT_MODIFICATION, i);
-        e.mod = pm->type;
-        e.confidence = a->window_mean;
-        e.description = pm->description;
-        e.source = "policy";
-        e.temperature_before = pm->t_before;
-        e.temperature_after = pm->t_after;
-        e.repeat_penalty_before = pm->rp_before;
-        e.repeat_penalty_after = pm->rp_after;
-        sm_loop_emit(g, &e);
-    }
-}
-
-static sm_status do_retraction(generation *g, int32_t i, int32_t k, float mean) {
-    const sm_policy_params *pp = &g->gp->policy;
-    float t_before = g->policy.temperature, rp_before = g->policy.repeat_penalty;
-    sm_status st = rewind_generation(g, i, k);
-    if (st != SM_OK) return st;
-    sm_policy_after_retraction(pp, &g->policy);
-    g->res->n_retractions++;
-    char desc[160];
-    snprintf(desc, sizeof desc, "mean confidence %.3f < %.2f: retracted %d token%s, regenerating from #%d", mean,
-             pp->critical_threshold, k, k == 1 ? "" : "s", i - k + 1);
-    sm_event e = sm_loop_base_event(g, SM_EVENT_RETRACTION, i - k + 1);
-    e.mod = SM_MOD_RETRACT;
-    e.confidence = mean;
-    e.description = desc;
-    e.source = "policy";
-    e.temperature_before = t_before;
-    e.repeat_penalty_before = rp_before;
-    e.temperature_after = g->policy.temperature;
-    e.repeat_penalty_after = g->policy.repeat_penalty;
-    e.n_removed = k;
-    sm_loop_emit(g, &e);
-    return SM_OK;
-}
-
-static sm_status do_backtrack(generation *g, int32_t i, int32_t k, sm_operator *op) {
-    float conf = g->rec[i].signals.p_chosen;
-    float t_before = g->policy.temperature, rp_before = g->policy.repeat_penalty;
-    sm_status st = rewind_generation(g, i, k);
-    if (st != SM_OK) return st;
-    g->res->n_backtracks++;
-    sm_event e = sm_loop_base_event(g, SM_EVENT_BACKTRACK, i - k + 1);
-    e.mod = SM_MOD_BACKTRACK;
-    e.confidence = conf;
-    e.description = op->description;
-    e.source = op->vt->name ? op->vt->name : "operator";
-    e.temperature_before = t_before;
-    e.repeat_penalty_before = rp_before;
-    e.n_removed = k;
-    sm_loop_emit(g, &e);
-    return SM_OK;
-}
-
-/* Decides about the candidate at i. Returns true when it was removed. */
-static sm_status decide(generation *g, int32_t i, const char *piece, bool *removed) {
+/* Every stage judges the candidate at i; the largest count wins (the first
+ * stage on ties). A backtrack is bounded per position (then the token is
+ * kept) and per generation (then generation stops). Returns true when the
+ * candidate was removed or generation stops. */
+static sm_status judge(generation *g, int32_t i, const sm_token_view *view, bool *removed) {
     const sm_gen_params *gp = g->gp;
     *removed = false;
-    /* The policy decides on a copy of its state: the step takes effect
-     * only if the candidate is kept. */
-    sm_policy_state next = g->policy;
-    sm_policy_action action;
-    sm_policy_step(&gp->policy, g->confidences, g->gen_tokens, i + 1, g->res->n_retractions, &next, &action);
-
-    sm_operator *op = NULL;
-    int32_t k_op = ask_operators(g, i, piece, &op);
-    if (k_op > 0) {
-        int32_t k = clamp_removal(g, i, k_op);
-        if (g->rec[i - k + 1].n_backtracks_here >= gp->max_backtracks_per_position) {
-            k_op = 0; /* this position has been retried enough: keep the token */
-        } else if (g->res->n_backtracks >= gp->max_backtracks) {
-            g->stop = SM_STOP_BACKTRACK_LIMIT;
-            *removed = true;
-            return SM_OK;
-        } else if (k >= action.retract) {
-            *removed = true;
-            return do_backtrack(g, i, k, op);
+    int32_t best = 0;
+    sm_stage *winner = NULL;
+    bool backtrack_over_limit = false;
+    g->why[0] = '\0';
+    for (int32_t k = 0; k < g->n_stages; k++) {
+        sm_stage *st = g->stages[k];
+        if (!st->vt->judge) continue;
+        g->current = st;
+        int32_t n = st->vt->judge(st->state, g, view);
+        if (n <= 0) continue;
+        bool retracts = st->ext && st->ext->retracts;
+        if (!retracts) {
+            int32_t clamped = sm_loop_clamp_removal(g, i, n);
+            if (g->rec[i - clamped + 1].n_backtracks_here >= gp->max_backtracks_per_position) continue; /* retried enough: keep */
+            if (g->res->n_backtracks >= gp->max_backtracks) backtrack_over_limit = true;
+        }
+        if (n > best) {
+            best = n;
+            winner = st;
         }
     }
-    if (action.retract > 0) {
+    g->current = NULL;
+    if (backtrack_over_limit) {
+        sm_loop_stop_with(g, SM_STOP_BACKTRACK_LIMIT);
         *removed = true;
-        return do_retraction(g, i, clamp_removal(g, i, action.retract), action.window_mean);
+        return SM_OK;
     }
-    g->policy = next; /* [restore] the step applies to a kept token */
-    emit_policy_mods(g, i, &action);
+    if (g->stop != SM_STOP_NONE) {
+        *removed = true;
+        return SM_OK;
+    }
+    if (!winner) return SM_OK;
+    *removed = true;
+    int32_t k = sm_loop_clamp_removal(g, i, best);
+    int32_t j = i - k + 1;
+    g->rec[j].n_backtracks_here++;
+    sm_status st = rewind_to(g, j, k, k - 1, winner);
+    if (st == SM_OK) report_stage_removal(g, winner, k, false);
+    return st;
+}
+
+/* The candidate is kept: every stage applies what it judged. */
+static void accept_candidate(generation *g, const sm_token_view *view) {
+    for (int32_t k = 0; k < g->n_stages; k++) {
+        sm_stage *st = g->stages[k];
+        g->current = st;
+        if (st->vt->accept) st->vt->accept(st->state, g, view);
+    }
+    g->current = NULL;
+}
+
+/* Token i enters the context: from a stage that already decoded it
+ * (lookahead), or decoded here. Its stats are kept per position. */
+static sm_status append_token(generation *g, int32_t i, sm_token t) {
+    sm_session *s = g->s;
+    bool appended = false;
+    for (int32_t k = 0; k < g->n_stages && !appended; k++) {
+        sm_stage *st = g->stages[k];
+        sm_status status = SM_OK;
+        if (st->ext && st->ext->append) appended = st->ext->append(st->state, g, t, &status);
+        if (status != SM_OK) return status;
+    }
+    if (!appended) {
+        sm_status st = sm_loop_decode_append(s, &t, 1);
+        if (st != SM_OK) return st;
+        g->res->n_decoded++;
+    }
+    if (s->intro) {
+        size_t rs = sm_introspector_record_size(s->intro);
+        memcpy(g->intro_rec + rs * (size_t)i, s->intro_last, rs);
+    }
     return SM_OK;
 }
 
-/* Decodes the accepted candidate and reports it. */
-static sm_status commit(generation *g, int32_t i, const char *piece, int32_t piece_len) {
+/* The stages check the decoded token before it is reported; the first
+ * that objects takes it back (nothing is re-decoded: the ring still holds
+ * the distribution it was sampled from), and it is banned there. */
+static sm_status check_decoded(generation *g, int32_t i, const sm_token_view *view, bool *taken_back) {
+    *taken_back = false;
+    for (int32_t k = 0; k < g->n_stages; k++) {
+        sm_stage *st = g->stages[k];
+        if (!st->vt->check) continue;
+        g->current = st;
+        g->why[0] = '\0';
+        bool object = st->vt->check(st->state, g, view);
+        g->current = NULL;
+        if (!object) continue;
+        *taken_back = true;
+        bool counted = st->ext && st->ext->reports_takebacks;
+        if (!counted && g->res->n_backtracks >= g->gp->max_backtracks) sm_loop_stop_with(g, SM_STOP_BACKTRACK_LIMIT);
+        g->rec[i].n_rejected_here++;
+        sm_status status = rewind_to(g, i, 1, 1, st);
+        if (status == SM_OK) report_stage_removal(g, st, 1, true);
+        return status;
+    }
+    return SM_OK;
+}
+
+static void report_token(generation *g, int32_t i, const sm_token_view *view, int32_t piece_len) {
     sm_session *s = g->s;
-    sm_token t = g->rec[i].token;
-    size_t text_before = g->text.len;
-    const sm_fusion_info *fusion = NULL;
-    if (s->n_models > 1) {
-        sm_fusion_agreement(g->dists, s->n_models, s->n_vocab, t, g->participating, &g->fusion[i]);
-        for (int32_t m = 0; m < s->n_models; m++) g->fusion[i].unmapped_mass[m] = ring_unmapped(s, s->n_tokens, m);
-        fusion = &g->fusion[i];
-    }
-    if (sm_text_push(&g->text, piece, (size_t)piece_len) != 0) return sm_session_fail(s, SM_ERR_NO_MEMORY, "out of memory");
-    sm_status st = sm_loop_append_token(g, i, t);
-    if (st != SM_OK) {
-        sm_text_pop(&g->text, 1);
-        return st;
-    }
-    bool rejected = false;
-    st = sm_loop_check_safety(g, i, &rejected);
-    if (st != SM_OK || rejected) return st;
+    (void)piece_len;
     sm_event e = sm_loop_base_event(g, SM_EVENT_TOKEN, i);
-    e.token = t;
-    e.piece = piece;
+    e.token = view->token;
+    e.piece = view->piece;
     /* From the end of the complete text before this token to the end of
      * the complete text after it. */
     size_t text_from = sm_utf8_complete_prefix(g->text.bytes, g->text.offsets[g->text.n_tokens - 1]);
@@ -1079,23 +1128,66 @@ static sm_status commit(generation *g, int32_t i, const char *piece, int32_t pie
     e.text = g->text.bytes + text_from;
     e.text_len = text_to > text_from ? text_to - text_from : 0;
     e.signals = g->rec[i].signals;
-    e.temperature_before = g->rec[i].temperature; /* what sampled this token */
-    e.repeat_penalty_before = g->rec[i].repeat_penalty;
+    e.temperature_before = g->rec[i].knobs.temperature; /* what sampled this token */
+    e.repeat_penalty_before = g->rec[i].knobs.repeat_penalty;
     e.confidence = g->rec[i].signals.p_chosen;
-    e.fusion = fusion;
+    e.fusion = s->n_models > 1 ? &g->fusion[i] : NULL;
     e.introspection = sm_session_introspection(s);
-    if (g->gp->n_probs > 0) { /* g->dist is still the distribution t was sampled from */
+    if (g->gp->n_probs > 0) { /* g->dist is still the distribution the token was sampled from */
         sm_dist_stats stats = {.log_z = g->rec[i].log_z};
         e.n_top = sm_top_candidates(g->dist, s->n_vocab, &stats, g->gp->n_probs < 1000 ? g->gp->n_probs : 1000,
                                     s->top_view);
         e.top = s->top_view;
     }
     sm_loop_emit(g, &e);
+}
+
+/* Decodes the kept candidate, lets the stages check it, reports it. */
+static sm_status commit(generation *g, int32_t i, const sm_token_view *view, int32_t piece_len) {
+    sm_session *s = g->s;
+    sm_token t = view->token;
+    size_t text_before = g->text.len;
+    if (s->n_models > 1) {
+        sm_fusion_agreement(g->dists, s->n_models, s->n_vocab, t, g->participating, &g->fusion[i]);
+        for (int32_t m = 0; m < s->n_models; m++) g->fusion[i].unmapped_mass[m] = ring_unmapped(s, s->n_tokens, m);
+    }
+    if (sm_text_push(&g->text, view->piece, (size_t)piece_len) != 0) return sm_session_fail(s, SM_ERR_NO_MEMORY, "out of memory");
+    sm_status st = append_token(g, i, t);
+    if (st != SM_OK) {
+        sm_text_pop(&g->text, 1);
+        return st;
+    }
+    bool taken_back = false;
+    st = check_decoded(g, i, view, &taken_back);
+    if (st != SM_OK || taken_back) return st;
+    report_token(g, i, view, piece_len);
     if (g->gp->n_stop_strings > 0 &&
         sm_text_find_stop(&g->text, text_before, g->gp->stop_strings, g->gp->n_stop_strings) >= 0)
         g->stop = SM_STOP_STOP_STRING;
-    if (g->gp->tools && g->stop == SM_STOP_NONE) return sm_tool_run_if_marked(g, i, piece);
-    return SM_OK;
+    for (int32_t k = 0; k < g->n_stages && g->stop == SM_STOP_NONE && !g->injected; k++) {
+        sm_stage *stg = g->stages[k];
+        if (!stg->vt->after_token) continue;
+        g->current = stg;
+        stg->vt->after_token(stg->state, g, view);
+        g->current = NULL;
+    }
+    return g->status;
+}
+
+/* The stages prepare this token's knobs; one that injects text or stops
+ * ends the step. Returns false then. */
+static bool before_sample(generation *g, sm_knobs *knobs) {
+    *knobs = g->knobs;
+    knobs->forced = -1;
+    for (int32_t k = 0; k < g->n_stages; k++) {
+        sm_stage *st = g->stages[k];
+        if (!st->vt->before_sample) continue;
+        g->current = st;
+        st->vt->before_sample(st->state, g, knobs);
+        g->current = NULL;
+        if (g->injected || g->stop != SM_STOP_NONE || g->status != SM_OK) return false;
+    }
+    return true;
 }
 
 static sm_status generation_step(generation *g) {
@@ -1110,13 +1202,13 @@ static sm_status generation_step(generation *g) {
         return SM_OK;
     }
     if (ensure_records(g, i + 1) != 0) return sm_session_fail(s, SM_ERR_NO_MEMORY, "out of memory");
-    if (sm_injection_due(g)) return sm_inject_next_chunk(g);
-    if (g->gp->lookahead.k > 0 && !sm_lookahead_active(g)) {
-        sm_status la_status = sm_lookahead_run(g, i);
-        if (la_status != SM_OK) return la_status;
-    }
-    sm_token t = sample_candidate(g, i);
-    if (t < 0) { /* the operators' bans left nothing to sample: the text so far is the answer */
+    g->injected = false;
+    save_position(g, i);
+    prepare_distribution(g, i);
+    sm_knobs knobs;
+    if (!before_sample(g, &knobs)) return g->status;
+    sm_token t = sample_candidate(g, i, &knobs);
+    if (t < 0) { /* the bans left nothing to sample: the text so far is the answer */
         g->stop = SM_STOP_NO_CANDIDATES;
         return SM_OK;
     }
@@ -1125,10 +1217,12 @@ static sm_status generation_step(generation *g) {
     char piece[256];
     int32_t piece_len = sm_token_piece(s->model->vocab, t, piece, (int32_t)sizeof piece - 1);
     piece[piece_len] = '\0';
+    sm_token_view view = candidate_view(g, i, piece);
 
     bool removed;
-    sm_status st = decide(g, i, piece, &removed);
+    sm_status st = judge(g, i, &view, &removed);
     if (st != SM_OK || removed) return st;
+    accept_candidate(g, &view);
     if (llama_vocab_is_eog(s->model->vocab, t)) {
         g->stop = SM_STOP_EOG;
         return SM_OK;
@@ -1137,17 +1231,18 @@ static sm_status generation_step(generation *g) {
         g->stop = SM_STOP_BOS;
         return SM_OK;
     }
-    return commit(g, i, piece, piece_len);
+    return commit(g, i, &view, piece_len);
 }
 
 static void generation_free(generation *g) {
+    sm_stages_close(g);
     for (int32_t i = 0; i < g->cap_rec; i++) free(g->rec[i].bans);
     free(g->rec);
+    free(g->snaps);
     free(g->confidences);
     free(g->gen_tokens);
     free(g->fusion);
     free(g->intro_rec);
-    sm_lookahead_free(&g->plan);
     sm_text_free(&g->text);
 }
 
@@ -1170,8 +1265,8 @@ static sm_status finish_result(generation *g) {
     double sum = 0.0;
     for (int32_t i = 0; i < n; i++) sum += g->confidences[i];
     r->avg_confidence = n > 0 ? (float)(sum / n) : 0.0f;
-    r->final_temperature = g->policy.temperature;
-    r->final_repeat_penalty = g->policy.repeat_penalty;
+    r->final_temperature = g->knobs.temperature;
+    r->final_repeat_penalty = g->knobs.repeat_penalty;
     size_t len = g->text.len;
     if (g->stop == SM_STOP_STOP_STRING) {
         long at = sm_text_find_stop(&g->text, 0, g->gp->stop_strings, g->gp->n_stop_strings);
@@ -1185,12 +1280,13 @@ static sm_status finish_result(generation *g) {
     return SM_OK;
 }
 
-static void reset_operators(const sm_gen_params *gp) {
-    for (int32_t i = 0; i < gp->n_operators; i++) {
-        sm_operator *op = gp->operators[i];
-        if (op->vt->reset) op->vt->reset(op->state);
-        op->description[0] = '\0';
+static void reset_stages(generation *g) {
+    for (int32_t k = 0; k < g->n_stages; k++) {
+        sm_stage *st = g->stages[k];
+        g->current = st;
+        if (st->vt->reset) st->vt->reset(st->state, g);
     }
+    g->current = NULL;
 }
 
 static sm_status generate_impl(sm_session *s, const char *prompt, const sm_gen_params *gp, sm_result *res) {
@@ -1226,26 +1322,20 @@ static sm_status generate_impl(sm_session *s, const char *prompt, const sm_gen_p
     if (!s->logits) return sm_session_fail(s, SM_ERR_STATE, "nothing to continue from: give a prompt first");
 
     generation g = {.s = s, .gp = gp, .res = res, .start = s->n_tokens, .stop = SM_STOP_NONE};
-    g.policy = (sm_policy_state){
-        .temperature = gp->sampling.temperature,
-        .repeat_penalty = gp->sampling.repeat_penalty,
-        .rng = gp->sampling.seed ^ 0x5deece66dULL,
-    };
+    g.knobs = (sm_knobs){gp->sampling.temperature, gp->sampling.repeat_penalty, -1};
     g.rng = gp->sampling.seed;
     sm_text_init(&g.text);
-    g.inject_next = gp->inject_every > 0 ? gp->inject_text : NULL;
-    g.next_inject_at = gp->inject_every;
-    if (sm_lookahead_open(&g) != 0) {
+    sm_status st = sm_stages_open(&g);
+    if (st != SM_OK) {
         generation_free(&g);
-        return sm_session_fail(s, SM_ERR_NO_MEMORY, "out of memory for lookahead branches");
+        return st;
     }
-    reset_operators(gp);
+    reset_stages(&g);
     double t1 = sm_now_ms();
     res->t_prompt_ms = t1 - t0;
 
     sm_event start = sm_loop_base_event(&g, SM_EVENT_START, 0);
     sm_loop_emit(&g, &start);
-    sm_status st = SM_OK;
     while (st == SM_OK && g.stop == SM_STOP_NONE) {
         if (g.cancelled) {
             g.stop = SM_STOP_CANCELLED;
@@ -1253,7 +1343,7 @@ static sm_status generate_impl(sm_session *s, const char *prompt, const sm_gen_p
         }
         st = generation_step(&g);
     }
-    sm_lookahead_abandon(&g);
+    drop_stage_work(&g);
     if (st != SM_OK) g.stop = SM_STOP_ERROR;
     sm_status fin = finish_result(&g);
     if (st == SM_OK) st = fin;
@@ -1262,7 +1352,7 @@ static sm_status generate_impl(sm_session *s, const char *prompt, const sm_gen_p
     sm_event done = sm_loop_base_event(&g, SM_EVENT_DONE, sm_loop_generated(&g));
     done.stop_reason = g.stop;
     done.confidence = res->avg_confidence;
-    done.description = st == SM_OK ? "" : s->error;
+    done.description = st == SM_OK ? (g.stop == SM_STOP_STAGE ? g.why : "") : s->error;
     if (g.gp->on_event) g.gp->on_event(&done, g.gp->user_data);
     generation_free(&g);
     return st;

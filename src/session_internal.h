@@ -1,7 +1,8 @@
 /*
- * The generation loop's private state, shared by session.c (the loop) and
- * intervene.c (lookahead, safety rules, tools and injection, which the loop
- * calls at fixed points). Nothing else includes this.
+ * The generation loop's private state, shared by session.c (the loop),
+ * stage.c (the stage list, the policy, the operators, entropy steering) and
+ * intervene.c (lookahead, injection, safety rules and tools). Nothing else
+ * includes this.
  */
 #ifndef SELFMOD_SESSION_INTERNAL_H
 #define SELFMOD_SESSION_INTERNAL_H
@@ -9,17 +10,16 @@
 #include "internal.h"
 
 /* What was true at a generated position just before its token was
- * sampled: enough to rewind to it exactly. */
+ * sampled: enough to rewind to it exactly (with the stages' snapshots,
+ * loop->snaps + index * loop->snap_size). */
 typedef struct position_record {
     sm_token token;
     sm_signals signals;
     float log_z;                /* of the raw distribution, for top-n views */
-    float temperature;
-    float repeat_penalty;
+    sm_knobs knobs;             /* the loop's knobs (the policy's values)   */
     uint64_t sample_rng;
-    uint64_t policy_rng;
     int32_t n_backtracks_here;  /* rewinds that landed on this position */
-    int32_t n_safety_here;      /* tokens safety rules removed here      */
+    int32_t n_rejected_here;    /* tokens a check took back here         */
     sm_token *bans;             /* tokens no longer allowed here         */
     int32_t n_bans, cap_bans;
 } position_record;
@@ -86,84 +86,100 @@ struct sm_session {
     char error[512];
 };
 
-/* The lookahead branch chosen for commitment: per branch and step its
- * token, the distribution after it and its stats; stride = steps kept per
- * branch. */
-typedef struct branch_plan {
-    sm_token *tokens;
-    float *logits;
-    unsigned char *records;
-    float *hidden;
-    int32_t stride, depth;
-    int32_t chosen;                 /* the branch being committed; -1 = none  */
-    int32_t next;                   /* its next step to commit                */
-} branch_plan;
+/* The library's own stages use more of the loop than a user stage can:
+ * these hooks are theirs alone. */
+typedef struct stage_ext {
+    /* Its removals are retractions: counted and bounded by the stage, not
+     * as backtracks, and it reports them itself. */
+    bool retracts;
+    /* Its takebacks (check) are counted and reported by the stage. */
+    bool reports_takebacks;
+    /* Puts token t, which the stage already decoded, into the context;
+     * returns false when it did not have it. */
+    bool (*append)(void *state, struct sm_loop *g, sm_token t, sm_status *status);
+    /* The context changed under the stage (an injection) or generation ended. */
+    void (*drop)(void *state, struct sm_loop *g);
+} stage_ext;
 
-typedef struct generation {
+struct sm_stage {
+    const sm_stage_vtable *vt;
+    void *state;
+    const stage_ext *ext;       /* NULL for a user stage */
+    bool owned;                 /* a built-in made for one generation */
+};
+
+/* One generation in progress. The loop keeps the tokens (in the session),
+ * the distributions (the session's ring), the knobs and random state, the
+ * text and the stages; the stages keep everything else. */
+typedef struct sm_loop {
     sm_session *s;
     const sm_gen_params *gp;
     sm_result *res;
     int32_t start;                  /* context position of generated token 0 */
     position_record *rec;
     int32_t cap_rec;
+    unsigned char *snaps;           /* every stage's snapshot per position    */
+    size_t snap_size;
     float *confidences;             /* p_chosen per generated position        */
     sm_token *gen_tokens;           /* token per generated position           */
     sm_fusion_info *fusion;         /* agreement per generated position       */
+    unsigned char *intro_rec;       /* stats record per generated position    */
     const float *dist;              /* the distribution sampled at this step  */
     sm_model_dist dists[SM_MAX_MODELS];
     bool participating[SM_MAX_MODELS];
-    sm_policy_state policy;
+    sm_knobs knobs;                 /* what the policy set; persists          */
     uint64_t rng;
     sm_text text;
+    sm_stage **stages;
+    int32_t n_stages;
+    const sm_stage *current;        /* the stage whose hook is running        */
+    char why[256];                  /* sm_loop_describe of the current stage  */
+    bool reported;                  /* the removing stage emitted its event   */
+    sm_knobs knobs_before;          /* before the rewind being reported       */
+    bool injected;                  /* this step put text into the context    */
+    sm_status status;               /* the first failure inside a stage hook  */
     int32_t n_events, cap_events;
     sm_stop_reason stop;
     bool cancelled;
-    /* Introspection and intervention (docs/INTROSPECTION.md). */
-    unsigned char *intro_rec;       /* stats record per generated position    */
-    branch_plan plan;               /* the lookahead branch being committed   */
-    sm_lookahead_info la_info;
     /* Injected tokens sit between generated ones in the context, so the
      * generated index is the context position minus start and n_injected;
      * rewinds never remove generated tokens below floor. */
     int32_t n_injected;
     int32_t floor;
     size_t text_floor;              /* text length after the last injection   */
-    size_t marker_from;             /* where a tool marker may begin          */
-    const char *inject_next;        /* what is left of inject_text            */
-    int32_t next_inject_at;
-    int32_t n_chunks;
 } generation;
 
 static inline int32_t sm_loop_generated(const generation *g) { return g->s->n_tokens - g->start - g->n_injected; }
 
-/* session.c: what the interventions use of the loop. */
+/* session.c: what the stages use of the loop. */
 sm_status sm_session_fail(sm_session *s, sm_status status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 int sm_loop_add_ban(position_record *r, sm_token t);
-/* The policy's and the sampler's state as they were before position j was
- * sampled (the one rewind of both: backtracks, retractions, safety). */
-void sm_loop_restore_position(generation *g, int32_t j);
-/* Tells every operator that its last k observed tokens are gone. */
-void sm_loop_operators_backtracked(generation *g, int32_t k);
 sm_event sm_loop_base_event(const generation *g, sm_event_type type, int32_t index);
+/* The event of a rewind just done: knobs before and after it. */
+sm_event sm_loop_rewind_event(const generation *g, sm_event_type type, int32_t index);
 sm_status sm_loop_decode_append(sm_session *s, const sm_token *toks, int32_t n);
 void sm_loop_emit(generation *g, const sm_event *e);
 void sm_loop_remember_introspection(sm_session *s, const void *record, const float *hidden);
 int sm_loop_reserve(sm_token **buf, int32_t *cap, int32_t n);
 float *sm_loop_ring_slot(const sm_session *s, int32_t pos, int32_t m);
+void sm_loop_stop_with(generation *g, sm_stop_reason reason);
+/* Appends text to the context as injected tokens (an event of type mod). */
+sm_status sm_loop_inject_as(generation *g, const char *text, size_t len, sm_mod_type mod, const char *what);
+int32_t sm_loop_clamp_removal(const generation *g, int32_t i, int32_t k);
 
-/* intervene.c: what the loop calls at its fixed points. */
-void sm_lookahead_abandon(generation *g);
-sm_status sm_loop_append_token(generation *g, int32_t i, sm_token t);
-sm_status sm_loop_check_safety(generation *g, int32_t i, bool *rejected);
-void sm_lookahead_free(branch_plan *pl);
-sm_status sm_inject_next_chunk(generation *g);
-bool sm_injection_due(const generation *g);
+/* stage.c: the stage list of one generation. */
+sm_status sm_stages_open(generation *g);
+void sm_stages_close(generation *g);
+sm_stage *sm_stage_builtin(const sm_stage_vtable *vt, const stage_ext *ext, void *state);
+sm_stage *sm_policy_stage_new(generation *g);
+sm_stage *sm_operators_stage_new(generation *g);
+sm_stage *sm_entropy_stage_new(generation *g);
+
+/* intervene.c: the interventions as stages. */
+sm_stage *sm_lookahead_stage_new(generation *g, void **lookahead_state);
+sm_stage *sm_injection_stage_new(generation *g, const void *lookahead_state);
+sm_stage *sm_safety_stage_new(generation *g);
+sm_stage *sm_tools_stage_new(generation *g);
 bool sm_intervention_fits(const sm_session *s, const sm_gen_params *gp, char *msg, size_t size);
-int sm_lookahead_open(generation *g);
-bool sm_lookahead_active(const generation *g);
-sm_token sm_lookahead_planned_token(const generation *g);
-sm_status sm_lookahead_run(generation *g, int32_t i);
-sm_status sm_tool_run_if_marked(generation *g, int32_t i, const char *piece);
-float sm_loop_token_temperature(generation *g, int32_t i);
 
 #endif

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's custom operator: greedy stories260K says "Lily" without it;
+# The README's custom operator and custom stage. The operator: greedy stories260K says "Lily" without it;
 # with the word filter the same generation never does, and it backtracked.
 set -u
 bin="$SM_BUILD/custom_operator"
@@ -13,3 +13,15 @@ if grep -q "Lily" <<<"$filtered"; then echo "FAIL: 'Lily' still generated: $filt
 [ "${backtracks:-0}" -gt 0 ] || { echo "FAIL: no backtracks reported"; exit 1; }
 [ -n "$filtered" ] || { echo "FAIL: empty output"; exit 1; }
 echo "ok: $backtracks backtracks; filtered text: ${filtered:0:80}..."
+
+# The README's custom stage: generation ends after exactly N sentences.
+bin="$SM_BUILD/custom_stage"
+for n in 1 3; do
+  out=$("$bin" "$model" "$n" "Once upon a time" 2>/tmp/sm_stage_err.$$) || { echo "FAIL: custom_stage $n did not run"; exit 1; }
+  stop=$(sed -n 's/^stop: //p' /tmp/sm_stage_err.$$); rm -f /tmp/sm_stage_err.$$
+  ends=$(tr -cd '.!?' <<<"$out" | wc -c)
+  [ "$stop" = "stage" ] || { echo "FAIL: custom_stage $n stopped by '$stop', not the stage: $out"; exit 1; }
+  [ "$ends" -eq "$n" ] || { echo "FAIL: custom_stage $n wrote $ends sentence ends: $out"; exit 1; }
+done
+"$bin" "$model" 0 2>/dev/null && { echo "FAIL: custom_stage accepted N = 0"; exit 1; }
+echo "ok: custom_stage stops after exactly 1 and 3 sentences"
