@@ -5,15 +5,17 @@
  */
 #include "testutil.h"
 
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-enum { N_SEQ = 4, N_PREDICT = 48 };
+enum { N_SEQ = 8, N_PREDICT = 48 };
 
 static const char *const PROMPTS[N_SEQ] = {
     "Once upon a time", "The little dog", "One day, Lily went to the park", "Tom and Sue",
+    "The sun was hot", "A big red ball", "Mom said", "Once there was a cat",
 };
 
 typedef struct job {
@@ -38,7 +40,7 @@ static bool check_cells(const sm_event *e, void *user_data) {
 
 static sm_gen_params params_for(int i, sm_operator **op) {
     sm_gen_params gp = sm_gen_default_params();
-    gp.n_predict = N_PREDICT;
+    gp.n_predict = i % 3 == 2 ? N_PREDICT / 3 : N_PREDICT; /* some finish early, the rest go on */
     gp.stop_at_bos = false;
     gp.sampling.temperature = i % 2 ? 0.0f : 0.8f; /* greedy and sampled */
     gp.sampling.seed = 100 + (uint64_t)i;
@@ -48,10 +50,54 @@ static sm_gen_params params_for(int i, sm_operator **op) {
     gp.policy.retract = 1;
     gp.policy.critical_threshold = 0.45f;
     gp.policy.confidence_threshold = 0.6f;
-    *op = tu_backtrack_once(10 + i, 3); /* every sequence rewinds at its own moment */
+    *op = tu_backtrack_once(3 + i, 3); /* every sequence rewinds at its own moment */
     gp.operators = op;
     gp.n_operators = 1;
     return gp;
+}
+
+/* What the run alone sampled each kept token with, and how far apart its
+ * two most probable tokens were. */
+typedef struct token_trace {
+    float temperature[N_PREDICT];
+    float repeat_penalty[N_PREDICT];
+} token_trace;
+
+static bool trace_tokens(const sm_event *e, void *user_data) {
+    token_trace *tr = user_data;
+    if (e->type != SM_EVENT_TOKEN || e->token_index >= N_PREDICT) return true;
+    tr->temperature[e->token_index] = e->temperature_before;
+    tr->repeat_penalty[e->token_index] = e->repeat_penalty_before;
+    return true;
+}
+
+/* What greedy sampling compared at generated position `at` of sequence i
+ * run alone: the logit of token a minus that of token b after the repeat,
+ * frequency and presence penalties (the sampler's rules). */
+static float penalized_gap(sm_model *m, int i, int32_t at, float repeat_penalty, sm_token a, sm_token b) {
+    sm_session *s = tu_open_session(m, NULL);
+    sm_operator *op;
+    sm_gen_params gp = params_for(i, &op);
+    gp.n_predict = at;
+    sm_result r;
+    assert_int_equal(sm_session_generate(s, PROMPTS[i], &gp, &r), SM_OK);
+    int32_t n_ctx;
+    const sm_token *ctx = sm_session_tokens(s, &n_ctx);
+    const float *logits = sm_session_logits(s);
+    int32_t from = n_ctx > gp.sampling.repeat_last_n ? n_ctx - gp.sampling.repeat_last_n : 0;
+    float pen[2] = {logits[a], logits[b]};
+    sm_token tok[2] = {a, b};
+    for (int k = 0; k < 2; k++) {
+        int32_t count = 0;
+        for (int32_t p = from; p < n_ctx; p++) count += ctx[p] == tok[k];
+        if (count == 0) continue;
+        pen[k] = pen[k] > 0 ? pen[k] / repeat_penalty : pen[k] * repeat_penalty;
+        pen[k] -= (float)count * gp.sampling.frequency_penalty + gp.sampling.presence_penalty;
+    }
+    sm_result_free(&r);
+    sm_operator_free(op);
+    sm_session_free(s);
+    return pen[0] - pen[1];
 }
 
 static void *run(void *arg) {
@@ -109,22 +155,33 @@ static void test_batched_sequences_equal_runs_alone(void **state) {
         sm_operator *op;
         sm_gen_params gp = params_for(i, &op);
         sm_result r;
+        token_trace tr;
+        gp.n_probs = 2;
+        gp.on_event = trace_tokens;
+        gp.user_data = &tr;
         assert_int_equal(sm_session_generate(alone, PROMPTS[i], &gp, &r), SM_OK);
         int32_t same = 0;
         while (same < r.n_tokens && same < j->result.n_tokens && r.tokens[same] == j->result.tokens[same]) same++;
-        bool greedy = gp.sampling.temperature == 0.0f;
+        bool greedy = gp.sampling.temperature == 0.0f, all_same = same == r.n_tokens && r.n_tokens == j->result.n_tokens;
         fprintf(stderr, "batch: sequence %d (%s): %d of %d tokens as alone\n", i, greedy ? "greedy" : "sampled", same,
                 r.n_tokens);
-        /* Greedy choices are never this close: they must all agree. A
-         * sampled token whose draw lands within a rounding difference of
-         * its neighbour may differ (then so does everything after it). */
-        if (greedy && (same != r.n_tokens || r.n_tokens != j->result.n_tokens))
-            fail_msg("greedy sequence %d differs from its run alone at token %d", i, same);
-        if (greedy) {
+        /* A greedy choice may only differ where the policy had raised the
+         * temperature or the two best logits are within the rounding
+         * difference of batched decodes (below); a sampled token whose draw
+         * lands within a rounding difference of its neighbour may differ.
+         * Everything after a difference differs too. */
+        if (greedy && !all_same && same < r.n_tokens) {
+            float gap = penalized_gap(m, i, same, tr.repeat_penalty[same], r.tokens[same], j->result.tokens[same]);
+            fprintf(stderr, "batch: sequence %d differs at %d: temperature %.3f, the two tokens %.2e apart\n", i, same,
+                    tr.temperature[same], gap);
+            if (tr.temperature[same] == 0.0f && fabsf(gap) > 2e-2f)
+                fail_msg("greedy sequence %d differs from its run alone at token %d", i, same);
+        }
+        if (greedy && all_same) {
             assert_int_equal(r.n_retractions, j->result.n_retractions);
             assert_int_equal(r.n_backtracks, j->result.n_backtracks);
         }
-        if (same == r.n_tokens && r.n_tokens == j->result.n_tokens) { /* the same context: compare its distribution */
+        if (all_same) { /* the same context: compare its distribution */
             double d = tu_max_abs_diff(j->logits, sm_session_logits(alone), n_vocab);
             if (d > worst) worst = d;
         }
