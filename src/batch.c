@@ -23,6 +23,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <semaphore.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -37,7 +38,8 @@ typedef struct request {
     llama_seq_id seq;
     float *logits;          /* n_vocab floats for the last token's; NULL: none wanted */
     int32_t rc;
-    bool done;
+    sem_t done;             /* posted once rc is set: the waiting session
+                               wakes alone, without the batch's mutex    */
 } request;
 
 typedef struct batch_model {
@@ -51,7 +53,6 @@ typedef struct batch_model {
 struct sm_batch {
     pthread_mutex_t mutex;
     pthread_mutex_t context_mutex; /* the contexts: a decode, or a cache operation */
-    pthread_cond_t decoded;      /* requests are done                      */
     pthread_cond_t submitted;    /* the decoder has work, or should stop   */
     pthread_t decoder;
     bool decoder_running, stopping;
@@ -86,7 +87,6 @@ void sm_batch_free(sm_batch *b) {
     free(b->seq_taken);
     pthread_mutex_destroy(&b->mutex);
     pthread_mutex_destroy(&b->context_mutex);
-    pthread_cond_destroy(&b->decoded);
     pthread_cond_destroy(&b->submitted);
     free(b);
 }
@@ -106,7 +106,6 @@ sm_batch *sm_batch_new(sm_model *const *models, int32_t n_models, const sm_batch
     }
     pthread_mutex_init(&b->mutex, NULL);
     pthread_mutex_init(&b->context_mutex, NULL);
-    pthread_cond_init(&b->decoded, NULL);
     pthread_cond_init(&b->submitted, NULL);
     b->n_seq = p.n_seq;
     b->n_batch = p.n_batch;
@@ -214,12 +213,17 @@ static void decode_pending(sm_batch *b, batch_model *bm) {
     /* in sequence order, whatever the order they came in: the same batch
      * shape step after step, so llama.cpp can reuse its graph */
     qsort(bm->pending, (size_t)bm->n_pending, sizeof *bm->pending, by_seq);
+    /* Only what is pending now: a session woken by this pass hands in its
+     * next request while the pass goes on, and that one waits for the
+     * other sessions of its step (decoding it at once would split the
+     * step into decodes of one token). */
+    const int32_t n_now = bm->n_pending;
     int32_t first = 0;
-    while (first < bm->n_pending) {
+    while (first < n_now) {
         llama_batch *lb = &bm->batch;
         lb->n_tokens = 0;
         int32_t last = first;
-        while (last < bm->n_pending && (lb->n_tokens == 0 || lb->n_tokens + bm->pending[last]->n <= (int32_t)b->n_batch)) {
+        while (last < n_now && (lb->n_tokens == 0 || lb->n_tokens + bm->pending[last]->n <= (int32_t)b->n_batch)) {
             request *r = bm->pending[last];
             for (int32_t i = 0; i < r->n; i++) {
                 int32_t k = lb->n_tokens++;
@@ -249,12 +253,14 @@ static void decode_pending(sm_batch *b, batch_model *bm) {
         b->n_decodes++;
         b->n_tokens_decoded += lb->n_tokens;
         for (int32_t i = first; i < last; i++) {
-            bm->pending[i]->rc = rc;
-            bm->pending[i]->done = true;
+            request *r = bm->pending[i];
+            r->rc = rc;
+            sem_post(&r->done); /* r may be gone from here on */
         }
         first = last;
     }
-    bm->n_pending = 0;
+    bm->n_pending -= n_now;
+    memmove(bm->pending, bm->pending + n_now, sizeof *bm->pending * (size_t)bm->n_pending);
 }
 
 /* Whether model m's pending requests should be decoded now: every busy
@@ -273,10 +279,7 @@ static void *decoder_loop(void *arg) {
                 decode_pending(b, &b->models[m]);
                 any = true;
             }
-        if (any) {
-            pthread_cond_broadcast(&b->decoded);
-            continue;
-        }
+        if (any) continue;
         /* something pending but incomplete: a busy session is elsewhere,
          * so it is not waited for past WAIT_MS */
         bool pending = false;
@@ -295,7 +298,6 @@ static void *decoder_loop(void *arg) {
         if (pthread_cond_timedwait(&b->submitted, &b->mutex, &until) == ETIMEDOUT) {
             for (int32_t m = 0; m < b->n_models; m++)
                 if (b->models[m].n_pending > 0) decode_pending(b, &b->models[m]);
-            pthread_cond_broadcast(&b->decoded);
         }
     }
     pthread_mutex_unlock(&b->mutex);
@@ -307,11 +309,16 @@ int32_t sm_batch_decode(sm_batch *b, int32_t m, llama_seq_id seq, int32_t pos, c
     if (n > (int32_t)b->n_batch) return -1; /* the session chunks by n_batch */
     batch_model *bm = &b->models[m];
     request r = {.tokens = tokens, .n = n, .pos = pos, .seq = seq, .logits = logits};
+    if (sem_init(&r.done, 0, 0) != 0) return -1;
     pthread_mutex_lock(&b->mutex);
     b->n_requests++;
     bm->pending[bm->n_pending++] = &r;
-    pthread_cond_signal(&b->submitted);
-    while (!r.done) pthread_cond_wait(&b->decoded, &b->mutex);
+    /* The decoder needs waking for the first request (to start waiting
+     * for the rest) and for the one that completes the step; the others
+     * would only wake it to find the step incomplete. */
+    if (bm->n_pending == 1 || complete(b, bm)) pthread_cond_signal(&b->submitted);
     pthread_mutex_unlock(&b->mutex);
+    while (sem_wait(&r.done) != 0 && errno == EINTR) {}
+    sem_destroy(&r.done);
     return r.rc;
 }

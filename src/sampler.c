@@ -9,6 +9,7 @@
  * it is reset and shown the kept tokens before every use.
  */
 #include "internal.h"
+#include "fastmath.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -159,20 +160,23 @@ static int32_t select_top_k(const float *logits, int32_t n_vocab, int32_t k, sm_
  */
 static int32_t select_above_min_p(const float *logits, int32_t n_vocab, float min_p, sm_candidate *out) {
     float max = -INFINITY;
-    for (int32_t t = 0; t < n_vocab; t++)
-        if (logits[t] > max) max = logits[t];
+    for (int32_t t = 0; t < n_vocab; t++) max = logits[t] > max ? logits[t] : max;
     if (max == -INFINITY) return 0;
     const float floor_logit = max + logf(min_p) - 1e-3f;
-    double z = 0.0;
-    int32_t n = 0;
-    for (int32_t t = 0; t < n_vocab; t++) {
-        float x = logits[t];
-        if (x == -INFINITY) continue;
-        z += expf(x - max);
-        if (x >= floor_logit) out[n++] = (sm_candidate){t, x, 0.0f};
+    /* the partition sum in fixed lanes (it vectorises; fastmath.h), then
+     * the few tokens above the floor */
+    float lanes[SM_LANES] = {0};
+    const int32_t full = n_vocab - n_vocab % SM_LANES;
+    for (int32_t i = 0; i < n_vocab; i += SM_LANES) {
+        const int32_t width = i < full ? SM_LANES : n_vocab - full;
+        for (int32_t k = 0; k < width; k++) lanes[k] += sm_exp_nonpositive(logits[i + k] - max); /* -inf: ~1e-38 */
     }
+    const float z = sm_lane_sum(lanes);
+    int32_t n = 0;
+    for (int32_t t = 0; t < n_vocab; t++)
+        if (logits[t] >= floor_logit) out[n++] = (sm_candidate){t, logits[t], 0.0f};
     qsort(out, (size_t)n, sizeof *out, by_logit_desc);
-    for (int32_t i = 0; i < n; i++) out[i].prob = (float)(expf(out[i].logit - max) / z);
+    for (int32_t i = 0; i < n; i++) out[i].prob = sm_exp_nonpositive(out[i].logit - max) / z;
     return n;
 }
 

@@ -368,7 +368,12 @@ int32_t sm_session_n_ctx(const sm_session *s) { return s->n_ctx; }
 int32_t sm_session_n_threads(const sm_session *s) { return s->members[0].threads_now; }
 int64_t sm_session_n_decoded_total(const sm_session *s) { return s->n_decoded_total; }
 const sm_model *sm_session_model(const sm_session *s) { return s->model; }
-const float *sm_session_logits(const sm_session *s) { return s->logits; }
+/* The distribution after the last token: a deferred token is decoded
+ * now (the observable state is the same; only when it is computed moves). */
+const float *sm_session_logits(const sm_session *s) {
+    if (s->deferred && sm_session_flush_deferred((sm_session *)s) != SM_OK) return NULL;
+    return s->logits;
+}
 int32_t sm_session_n_models(const sm_session *s) { return s->n_models; }
 
 const sm_token *sm_session_tokens(const sm_session *s, int32_t *n_tokens) {
@@ -395,6 +400,7 @@ static llama_pos seq_pos_max(const sm_session *s, int32_t m) {
 }
 
 int32_t sm_session_model_kv_pos(const sm_session *s, int32_t m) {
+    if (s->deferred) sm_session_flush_deferred((sm_session *)s);
     if (m < 0 || m >= s->n_models) return -1;
     return (int32_t)seq_pos_max(s, m) + 1;
 }
@@ -423,6 +429,7 @@ float *sm_loop_ring_slot(const sm_session *s, int32_t pos, int32_t m) {
 
 /* Model m's distribution at the current end of the context. */
 const float *sm_session_model_logits(const sm_session *s, int32_t m) {
+    if (s->deferred) sm_session_flush_deferred((sm_session *)s);
     if (!s->logits || m < 0 || m >= s->n_models) return NULL;
     return sm_loop_ring_slot(s, s->n_tokens, m);
 }
@@ -549,8 +556,28 @@ void sm_loop_remember_introspection(sm_session *s, const void *record, const flo
 
 /* Decodes tokens in batches in every model and appends them. A failure in
  * any model undoes the batch in all of them: none is left behind. */
+/* Takes a deferred token out of the token list: the cache never had it,
+ * and the distribution it was sampled from is the ring's. */
+static void undefer(sm_session *s) {
+    if (!s->deferred) return;
+    s->deferred = false;
+    s->n_tokens--;
+    s->logits = s->ring_pos[s->n_tokens % s->ring_cap] == s->n_tokens ? sm_loop_ring_slot(s, s->n_tokens, 0) : NULL;
+}
+
+sm_status sm_session_flush_deferred(sm_session *s) {
+    if (!s->deferred) return SM_OK;
+    sm_token last = s->tokens[s->n_tokens - 1];
+    undefer(s);
+    return sm_loop_decode_append(s, &last, 1);
+}
+
 sm_status sm_loop_decode_append(sm_session *s, const sm_token *toks, int32_t n) {
     if (n <= 0) return SM_OK;
+    if (s->deferred) {
+        sm_status st = sm_session_flush_deferred(s);
+        if (st != SM_OK) return st;
+    }
     if (s->n_tokens + n > s->n_ctx)
         return sm_session_fail(s, SM_ERR_PROMPT_TOO_LONG, "%d tokens do not fit: %d of %d context tokens are used", n,
                     s->n_tokens, s->n_ctx);
@@ -608,7 +635,9 @@ static bool remove_from(sm_session *s, int32_t pos) {
 static sm_status truncate_impl(sm_session *s, int32_t n_keep) {
     if (n_keep < 0 || n_keep > s->n_tokens)
         return sm_session_fail(s, SM_ERR_INVALID_ARGUMENT, "cannot keep %d tokens of %d", n_keep, s->n_tokens);
-    if (n_keep == s->n_tokens) return SM_OK;
+    if (n_keep == s->n_tokens) return sm_session_flush_deferred(s);
+    undefer(s);
+    if (n_keep == s->n_tokens && s->logits) return SM_OK;
     if (!remove_from(s, n_keep))
         return sm_session_fail(s, SM_ERR_STATE, "this model's memory cannot remove a partial sequence (recurrent model?)");
     s->n_tokens = n_keep;
@@ -631,6 +660,7 @@ static sm_status set_tokens_impl(sm_session *s, const sm_token *tokens, int32_t 
     if (n < 1 || !tokens) return sm_session_fail(s, SM_ERR_INVALID_ARGUMENT, "set_tokens needs at least one token");
     if (n > s->n_ctx)
         return sm_session_fail(s, SM_ERR_PROMPT_TOO_LONG, "%d tokens do not fit the context of %d", n, s->n_ctx);
+    undefer(s); /* if it is among the new tokens it is decoded with them */
     int32_t common = 0;
     while (common < s->n_tokens && common < n - 1 && s->tokens[common] == tokens[common]) common++;
     if (common < s->n_tokens) {
@@ -660,6 +690,7 @@ sm_status sm_session_clear(sm_session *s) {
         s->members[m].n_tokens = 0;
     }
     s->n_tokens = 0;
+    s->deferred = false;
     s->logits = NULL;
     s->intro_has_last = false;
     forget_ring_after(s, -1);
@@ -1068,6 +1099,17 @@ static void accept_candidate(generation *g, const sm_token_view *view) {
     g->current = NULL;
 }
 
+/* The last token n_predict allows need not be decoded: nothing reads the
+ * distribution after it unless the session goes on, and then it is decoded
+ * first. Only where no one looks at it decoded: no stage that checks or
+ * follows tokens, no introspection, one model. */
+static bool may_defer(const generation *g, int32_t i) {
+    if (g->gp->n_predict < 0 || i + 1 != g->gp->n_predict || g->s->intro || g->s->n_models != 1) return false;
+    for (int32_t k = 0; k < g->n_stages; k++)
+        if (g->stages[k]->vt->check || g->stages[k]->vt->after_token) return false;
+    return true;
+}
+
 /* Token i enters the context: from a stage that already decoded it
  * (lookahead), or decoded here. Its stats are kept per position. */
 static sm_status append_token(generation *g, int32_t i, sm_token t) {
@@ -1078,6 +1120,13 @@ static sm_status append_token(generation *g, int32_t i, sm_token t) {
         sm_status status = SM_OK;
         if (st->ext && st->ext->append) appended = st->ext->append(st->state, g, t, &status);
         if (status != SM_OK) return status;
+    }
+    if (!appended && may_defer(g, i)) {
+        if (sm_loop_reserve(&s->tokens, &s->cap_tokens, s->n_tokens + 1) != 0) return sm_session_fail(s, SM_ERR_NO_MEMORY, "out of memory");
+        s->tokens[s->n_tokens++] = t;
+        s->deferred = true;
+        s->logits = NULL;
+        return SM_OK;
     }
     if (!appended) {
         sm_status st = sm_loop_decode_append(s, &t, 1);
@@ -1319,6 +1368,8 @@ static sm_status generate_impl(sm_session *s, const char *prompt, const sm_gen_p
         if (st != SM_OK) return st;
         res->n_prompt_tokens = n;
     }
+    sm_status flushed = sm_session_flush_deferred(s);
+    if (flushed != SM_OK) return flushed;
     if (!s->logits) return sm_session_fail(s, SM_ERR_STATE, "nothing to continue from: give a prompt first");
 
     generation g = {.s = s, .gp = gp, .res = res, .start = s->n_tokens, .stop = SM_STOP_NONE};
@@ -1418,6 +1469,8 @@ sm_status sm_session_save_prefix(sm_session *s, const char *path) {
     if (s->n_models != 1) return sm_session_fail(s, SM_ERR_STATE, "the prompt cache holds one model's state: this session has %d", s->n_models);
     if (s->batch) return sm_session_fail(s, SM_ERR_STATE, "a session on a batch has no prompt cache");
     if (s->n_tokens == 0) return sm_session_fail(s, SM_ERR_STATE, "the context is empty: no prefix to save");
+    sm_status flushed = sm_session_flush_deferred(s);
+    if (flushed != SM_OK) return flushed;
     sm_error err = {0};
     size_t bytes = 0;
     if (!smx_state_seq_save_file(s->members[0].ctx, path, 0, s->tokens, (size_t)s->n_tokens, &bytes, &err))

@@ -63,6 +63,10 @@ struct sm_session {
     int32_t *ring_pos;
     int32_t ring_cap;
     const float *logits;         /* model 0's distribution at n_tokens, or NULL */
+    /* The last token of a generation that stopped after it is kept but
+     * not decoded until something needs it (what llama-server does too):
+     * tokens[n_tokens - 1] is then in no cache and logits is NULL. */
+    bool deferred;
 
     int64_t n_decoded_total;
     sm_sampler_work work;
@@ -158,6 +162,8 @@ sm_event sm_loop_base_event(const generation *g, sm_event_type type, int32_t ind
 /* The event of a rewind just done: knobs before and after it. */
 sm_event sm_loop_rewind_event(const generation *g, sm_event_type type, int32_t index);
 sm_status sm_loop_decode_append(sm_session *s, const sm_token *toks, int32_t n);
+/* Decodes a deferred last token (a no-op without one). */
+sm_status sm_session_flush_deferred(sm_session *s);
 void sm_loop_emit(generation *g, const sm_event *e);
 void sm_loop_remember_introspection(sm_session *s, const void *record, const float *hidden);
 int sm_loop_reserve(sm_token **buf, int32_t *cap, int32_t n);

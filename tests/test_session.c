@@ -70,9 +70,9 @@ static void test_greedy_generation(void **state) {
     assert_int_equal(r.n_tokens, 48);
     assert_int_equal(r.stop_reason, SM_STOP_N_PREDICT);
     assert_true(r.text_len > 20);
-    assert_int_equal(r.n_decoded, 48);
+    assert_int_equal(r.n_decoded, 47); /* the last token is decoded only when something needs it */
     assert_int_equal(sm_session_n_past(f->session), r.n_prompt_tokens + 48);
-    assert_int_equal(sm_session_kv_pos(f->session), sm_session_n_past(f->session));
+    assert_int_equal(sm_session_kv_pos(f->session), sm_session_n_past(f->session)); /* asking decodes it */
     assert_text_matches_tokens(f->model, f->session, &r);
     /* greedy: every kept token is the argmax of its raw distribution when no penalty applies */
     assert_true(r.avg_confidence > 0.0f && r.avg_confidence <= 1.0f);
@@ -221,8 +221,9 @@ static void test_retraction_state_equals_clean_run(void **state) {
     assert_memory_equal(log.committed, r.tokens, sizeof(sm_token) * (size_t)r.n_tokens);
     /* the retracted token was banned where generation resumed */
     if (log.last_banned >= 0 && log.last_index < r.n_tokens) assert_int_not_equal(r.tokens[log.last_index], log.last_banned);
-    /* a retraction decodes nothing: every decode is a kept token or a removed one */
-    assert_int_equal(r.n_decoded, r.n_tokens + r.n_tokens_removed - r.n_retractions - r.n_backtracks);
+    /* a retraction decodes nothing: every decode is a kept token (but the
+     * last, see test_greedy_generation) or a removed one */
+    assert_int_equal(r.n_decoded, r.n_tokens - 1 + r.n_tokens_removed - r.n_retractions - r.n_backtracks);
     assert_int_equal(sm_session_kv_pos(s), sm_session_n_past(s));
     assert_int_equal(sm_session_n_past(s), r.n_prompt_tokens + r.n_tokens);
     assert_text_matches_tokens(m, s, &r);
@@ -395,8 +396,56 @@ static void test_set_tokens_reuses_the_common_prefix(void **state) {
     sm_session_free(s);
 }
 
+/* A generation that ends at n_predict leaves its last token undecoded until
+ * something needs it. Going on from there (generate without a prompt, new
+ * tokens through set_tokens, truncation) is what it would have been had the
+ * token been decoded at once, and the token is decoded once at most. */
+static void test_deferred_last_token(void **state) {
+    fixture *f = *state;
+    sm_session *s = new_session(f->model, 512);
+    sm_gen_params gp = tu_greedy_params(40);
+    sm_result whole, first, second;
+    assert_int_equal(sm_session_generate(s, PROMPT, &gp, &whole), SM_OK);
+    assert_int_equal(sm_session_clear(s), SM_OK);
+    gp.n_predict = 20;
+    assert_int_equal(sm_session_generate(s, PROMPT, &gp, &first), SM_OK);
+    int64_t decoded = sm_session_n_decoded_total(s);
+    assert_int_equal(sm_session_generate(s, NULL, &gp, &second), SM_OK); /* goes on */
+    assert_int_equal(sm_session_n_decoded_total(s) - decoded, 20); /* the deferred one, and 19 of its own */
+    assert_memory_equal(whole.tokens, first.tokens, 20 * sizeof(sm_token));
+    assert_memory_equal(whole.tokens + 20, second.tokens, 20 * sizeof(sm_token));
+
+    /* set_tokens with the deferred token among the new ones: decoded with them */
+    int32_t n_ctx;
+    const sm_token *ctx = sm_session_tokens(s, &n_ctx);
+    sm_token *again = malloc(sizeof(sm_token) * (size_t)(n_ctx + 1));
+    memcpy(again, ctx, sizeof(sm_token) * (size_t)n_ctx);
+    again[n_ctx] = again[n_ctx - 1];
+    int32_t reused = -1;
+    decoded = sm_session_n_decoded_total(s);
+    assert_int_equal(sm_session_set_tokens(s, again, n_ctx + 1, &reused), SM_OK);
+    assert_int_equal(reused, n_ctx - 1);
+    assert_int_equal(sm_session_n_decoded_total(s) - decoded, 2);
+    assert_int_equal(sm_session_kv_pos(s), n_ctx + 1);
+
+    /* truncation below a deferred token never decodes it */
+    sm_result r;
+    assert_int_equal(sm_session_generate(s, NULL, &gp, &r), SM_OK);
+    sm_result_free(&r);
+    decoded = sm_session_n_decoded_total(s);
+    assert_int_equal(sm_session_truncate(s, sm_session_n_past(s) - 3), SM_OK);
+    assert_int_equal(sm_session_n_decoded_total(s), decoded); /* the ring had the distribution */
+    assert_int_equal(sm_session_kv_pos(s), sm_session_n_past(s));
+    free(again);
+    sm_result_free(&whole);
+    sm_result_free(&first);
+    sm_result_free(&second);
+    sm_session_free(s);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_deferred_last_token),
         cmocka_unit_test(test_set_tokens_reuses_the_common_prefix),
         cmocka_unit_test(test_greedy_generation),
         cmocka_unit_test(test_sampling_is_seeded_and_temperature_matters),
