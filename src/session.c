@@ -309,7 +309,10 @@ sm_session *sm_session_new_fused(sm_model *const *models, int32_t n_models, cons
         if (n_train > 0 && n_train < s->n_ctx) s->n_ctx = n_train;
     }
     s->params.n_batch = llama_n_batch(s->members[0].ctx); /* llama.cpp caps it at n_ctx */
-    s->ring_cap = p.max_rewind + 2;
+    /* A session of its own holds every distribution a rewind of max_rewind
+     * can need; one on a batch (a server slot, eight or more of them) starts
+     * small and grows to what its generations can rewind (grow_ring). */
+    s->ring_cap = p.batch ? 2 : p.max_rewind + 2;
     size_t slots = (size_t)s->ring_cap * (size_t)n_models;
     s->ring = malloc(sizeof(float) * slots * (size_t)s->n_vocab);
     s->ring_unmapped = calloc(slots, sizeof(float));
@@ -432,6 +435,53 @@ const float *sm_session_model_logits(const sm_session *s, int32_t m) {
     if (s->deferred) sm_session_flush_deferred((sm_session *)s);
     if (!s->logits || m < 0 || m >= s->n_models) return NULL;
     return sm_loop_ring_slot(s, s->n_tokens, m);
+}
+
+/* Makes room for cap positions in the ring; the distributions it holds
+ * keep their positions. Returns 0, or -1 out of memory (the ring unchanged). */
+static int grow_ring(sm_session *s, int32_t cap) {
+    if (cap <= s->ring_cap) return 0;
+    const size_t row = (size_t)s->n_vocab, n_models = (size_t)s->n_models;
+    float *ring = malloc(sizeof(float) * (size_t)cap * n_models * row);
+    float *unmapped = calloc((size_t)cap * n_models, sizeof(float));
+    int32_t *pos = malloc(sizeof(int32_t) * (size_t)cap);
+    if (!ring || !unmapped || !pos) {
+        free(ring);
+        free(unmapped);
+        free(pos);
+        return -1;
+    }
+    for (int32_t i = 0; i < cap; i++) pos[i] = -1;
+    for (int32_t i = 0; i < s->ring_cap; i++) {
+        int32_t p = s->ring_pos[i];
+        if (p < 0) continue;
+        size_t to = (size_t)(p % cap);
+        memcpy(ring + to * n_models * row, s->ring + (size_t)i * n_models * row, sizeof(float) * n_models * row);
+        memcpy(unmapped + to * n_models, s->ring_unmapped + (size_t)i * n_models, sizeof(float) * n_models);
+        pos[to] = p;
+    }
+    bool current = s->logits != NULL;
+    free(s->ring);
+    free(s->ring_unmapped);
+    free(s->ring_pos);
+    s->ring = ring;
+    s->ring_unmapped = unmapped;
+    s->ring_pos = pos;
+    s->ring_cap = cap;
+    if (current) s->logits = sm_loop_ring_slot(s, s->n_tokens, 0);
+    return 0;
+}
+
+/* How far back the rewinds of a generation with these parameters can
+ * reach, at most (settled_tokens' budget at its start), and the ring that
+ * holds every distribution they can return to. */
+static int32_t ring_needed(const sm_session *s, const sm_gen_params *gp) {
+    const int64_t max_rewind = s->params.max_rewind;
+    int64_t reach = 1; /* a check takes the last token back */
+    if (sm_policy_retraction_enabled(&gp->policy))
+        reach += (int64_t)gp->policy.max_retractions * (gp->policy.retract_tokens - 1);
+    if (gp->n_operators > 0 || gp->n_stages > 0) reach += (int64_t)gp->max_backtracks * max_rewind;
+    return (int32_t)((reach < max_rewind ? reach : max_rewind) + 2);
 }
 
 static float ring_unmapped(const sm_session *s, int32_t pos, int32_t m) {
@@ -1351,6 +1401,7 @@ static sm_status generate_impl(sm_session *s, const char *prompt, const sm_gen_p
             return sm_session_fail(s, SM_ERR_INVALID_ARGUMENT, "logit_bias[%d]: token %d is outside the vocabulary (%d)", i,
                                    gp->sampling.logit_bias[i].token, s->n_vocab);
 
+    if (grow_ring(s, ring_needed(s, gp)) != 0) return sm_session_fail(s, SM_ERR_NO_MEMORY, "out of memory for the distributions a rewind needs");
     double t0 = sm_now_ms();
     if (prompt && *prompt) {
         sm_tokens toks;
