@@ -117,8 +117,8 @@ static void setup_params(config_run *run, int32_t n_predict) {
     run->gp.on_event = read_stats;
     run->gp.user_data = &run->sink;
     if (run->c->lookahead) {
-        run->gp.lookahead.k = run->c->lookahead;
-        run->gp.lookahead.depth = 4;
+        run->gp.interventions.lookahead.k = run->c->lookahead;
+        run->gp.interventions.lookahead.depth = 4;
     }
 }
 

@@ -113,8 +113,8 @@ static void bench_operators(const char *path, const options *o) {
             exit(1);
         }
         sm_gen_params none = greedy(o->n), with = greedy(o->n);
-        with.operators = &op;
-        with.n_operators = 1;
+        with.backtrack.operators = &op;
+        with.backtrack.n_operators = 1;
         double a[MAX_REPS], b[MAX_REPS];
         for (int r = 0; r <= o->reps; r++) { /* round 0 warms up */
             sm_result ra, rb;
@@ -141,8 +141,8 @@ static void bench_operators(const char *path, const options *o) {
         sm_error err = {0};
         sm_operator *op = sm_operator_from_spec(name, &err);
         sm_gen_params gp = greedy(o->n);
-        gp.operators = &op;
-        gp.n_operators = 1;
+        gp.backtrack.operators = &op;
+        gp.backtrack.n_operators = 1;
         sm_result r;
         timed_run(s, &gp, &r);
         printf("| %s | %d | %d | %.3f | %s |\n", name, r.n_tokens, r.n_backtracks,
@@ -166,9 +166,9 @@ static void bench_fusion(const char *path_a, const char *path_b, const options *
                            session_of(models, 2, o->threads)};
     sm_gen_params gp = greedy(o->n);
     gp.fusion.mode = SM_FUSION_AVERAGE;
-    gp.operators = &no_eog;
-    gp.n_operators = 1;
-    gp.max_backtracks = 1000000;
+    gp.backtrack.operators = &no_eog;
+    gp.backtrack.n_operators = 1;
+    gp.backtrack.max_backtracks = 1000000;
     double lat[5][MAX_REPS];
     for (int r = 0; r <= o->reps; r++) {
         for (int k = 0; k < 5; k++) {

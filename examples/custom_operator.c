@@ -75,8 +75,8 @@ int main(int argc, char **argv) {
     sm_gen_params params = sm_gen_default_params();
     params.n_predict = 80;
     params.sampling.temperature = 0.0f; /* greedy: the filter alone changes the text */
-    params.operators = &op;
-    params.n_operators = 1;
+    params.backtrack.operators = &op;
+    params.backtrack.n_operators = 1;
     sm_result result;
     const char *prompt = argc > 3 ? argv[3] : "Once upon a time";
     int rc = 0;

@@ -652,32 +652,20 @@ typedef enum sm_combine_mode {
 /* Generation                                                          */
 /* ------------------------------------------------------------------ */
 
-typedef struct sm_gen_params {
-    int32_t n_predict;              /* 256 kept tokens; < 0 = until stop     */
-    /* Stop when the model generates BOS (true): models trained on
-     * documents separated by BOS (llama2.c's TinyStories) start a new one
-     * there, as llama2.c's run.c knows. */
-    bool stop_at_bos;
-    sm_sampling_params sampling;
-    sm_policy_params policy;
-    /* Stop strings: generation ends when the text contains one; the text
-     * returned ends before it. */
-    const char *const *stop_strings;
-    int32_t n_stop_strings;
-    /* Backtracking operators (issue 3); may be empty. Not owned. */
-    sm_operator *const *operators;
+/* Backtracking operators (backtracking-llm) and the bounds on every
+ * stage's removals. */
+typedef struct sm_backtrack_params {
+    sm_operator *const *operators;  /* may be empty; not owned               */
     int32_t n_operators;
-    /* The caller's stages, after the built-in ones. Not owned. */
-    sm_stage *const *stages;
-    int32_t n_stages;
     sm_combine_mode combine;
-    int32_t backtrack_every_n;      /* ask operators every n tokens (1)      */
+    int32_t every_n;                /* ask operators every n tokens (1)      */
     int32_t max_backtracks;         /* per generation (64); then stop         */
-    int32_t max_backtracks_per_position; /* (4); then the token is kept     */
+    int32_t max_per_position;       /* removals landing on one position (4); then the token is kept */
     int32_t top_n_view;             /* candidates shown to operators (10)    */
-    int32_t n_probs;                /* TOKEN events carry the top n (0; <= 1000) */
-    sm_fusion_params fusion;        /* used when the session has several models */
-    /* Introspection and intervention (docs/INTROSPECTION.md). */
+} sm_backtrack_params;
+
+/* Introspection and intervention (docs/INTROSPECTION.md). */
+typedef struct sm_intervention_params {
     const sm_safety_rule *safety_rules; /* not owned; layers must be observed */
     int32_t n_safety_rules;
     int32_t safety_max_retries;     /* resamples per position (3), then stop */
@@ -693,6 +681,27 @@ typedef struct sm_gen_params {
      * tokens. NULL or 0 = off. */
     const char *inject_text;
     int32_t inject_every;
+} sm_intervention_params;
+
+typedef struct sm_gen_params {
+    int32_t n_predict;              /* 256 kept tokens; < 0 = until stop     */
+    /* Stop when the model generates BOS (true): models trained on
+     * documents separated by BOS (llama2.c's TinyStories) start a new one
+     * there, as llama2.c's run.c knows. */
+    bool stop_at_bos;
+    /* Stop strings: generation ends when the text contains one; the text
+     * returned ends before it. */
+    const char *const *stop_strings;
+    int32_t n_stop_strings;
+    int32_t n_probs;                /* TOKEN events carry the top n (0; <= 1000) */
+    sm_sampling_params sampling;
+    sm_policy_params policy;
+    sm_backtrack_params backtrack;
+    sm_fusion_params fusion;        /* used when the session has several models */
+    sm_intervention_params interventions;
+    /* The caller's stages, after the built-in ones. Not owned. */
+    sm_stage *const *stages;
+    int32_t n_stages;
     sm_event_fn on_event;           /* may be NULL                           */
     void *user_data;
 } sm_gen_params;

@@ -288,17 +288,17 @@ static void add_stop_strings(cJSON *json, const sm_gen_params *params) {
 
 static void add_operators(cJSON *json, const sm_gen_params *params) {
     cJSON *names = cJSON_AddArrayToObject(json, "operators");
-    for (int32_t i = 0; names && i < params->n_operators; i++) {
-        const sm_operator *op = params->operators[i];
+    for (int32_t i = 0; names && i < params->backtrack.n_operators; i++) {
+        const sm_operator *op = params->backtrack.operators[i];
         const char *name = op && op->vt && op->vt->name ? op->vt->name : "unnamed";
         cJSON_AddItemToArray(names, cJSON_CreateString(name));
     }
-    if (params->n_operators > 0) {
-        cJSON_AddStringToObject(json, "combine", params->combine == SM_COMBINE_MAX ? "max" : "first");
-        cJSON_AddNumberToObject(json, "backtrack_every_n", params->backtrack_every_n);
-        cJSON_AddNumberToObject(json, "max_backtracks", params->max_backtracks);
+    if (params->backtrack.n_operators > 0) {
+        cJSON_AddStringToObject(json, "combine", params->backtrack.combine == SM_COMBINE_MAX ? "max" : "first");
+        cJSON_AddNumberToObject(json, "backtrack_every_n", params->backtrack.every_n);
+        cJSON_AddNumberToObject(json, "max_backtracks", params->backtrack.max_backtracks);
         cJSON_AddNumberToObject(json, "max_backtracks_per_position",
-                                params->max_backtracks_per_position);
+                                params->backtrack.max_per_position);
     }
 }
 

@@ -119,7 +119,7 @@ static void emit_lookahead(generation *g, int32_t i, const sm_lookahead_info *in
     char desc[512];
     size_t len = 0;
     int n = snprintf(desc, sizeof desc, "entropy %.3f > %.2f: %d branches of %d tokens, scores", info->entropy,
-                     g->gp->lookahead.entropy, info->n_branches, info->depth);
+                     g->gp->interventions.lookahead.entropy, info->n_branches, info->depth);
     len = n > 0 ? (size_t)n : 0;
     for (int32_t b = 0; b < info->n_branches && len < sizeof desc; b++) {
         char piece[64];
@@ -261,7 +261,7 @@ static const sm_stage_vtable lookahead_vt = {
 static const stage_ext lookahead_ext = {.append = lookahead_append, .drop = lookahead_drop};
 
 sm_stage *sm_lookahead_stage_new(generation *g, void **lookahead_state) {
-    const sm_lookahead_params *la = &g->gp->lookahead;
+    const sm_lookahead_params *la = &g->gp->interventions.lookahead;
     sm_session *s = g->s;
     lookahead_stage *pl = calloc(1, sizeof *pl);
     if (!pl) return NULL;
@@ -304,15 +304,15 @@ static bool safety_check(void *state, sm_loop *g, const sm_token_view *view) {
     size_t rs = sm_introspector_record_size(s->intro);
     float value;
     char why[160];
-    int32_t rule = sm_safety_check(s->intro, gp->safety_rules, gp->n_safety_rules, g->intro_rec, i,
+    int32_t rule = sm_safety_check(s->intro, gp->interventions.safety_rules, gp->interventions.n_safety_rules, g->intro_rec, i,
                                    g->intro_rec + rs * (size_t)i, &value, why, sizeof why);
     if (rule < 0) return false;
     const position_record *r = &g->rec[i];
-    ss->fired = &gp->safety_rules[rule];
-    ss->stopping = ss->fired->action == SM_SAFETY_STOP || r->n_rejected_here >= gp->safety_max_retries;
+    ss->fired = &gp->interventions.safety_rules[rule];
+    ss->stopping = ss->fired->action == SM_SAFETY_STOP || r->n_rejected_here >= gp->interventions.safety_max_retries;
     if (ss->stopping) snprintf(ss->why, sizeof ss->why, "%s: token %d removed, stopping", why, r->token);
     else snprintf(ss->why, sizeof ss->why, "%s: token %d removed and banned here, sampling again (%d of %d)", why,
-                  r->token, r->n_rejected_here + 1, gp->safety_max_retries);
+                  r->token, r->n_rejected_here + 1, gp->interventions.safety_max_retries);
     if (ss->stopping) sm_loop_stop_with(g, SM_STOP_SAFETY);
     return true;
 }
@@ -427,7 +427,7 @@ static void injection_before_sample(void *state, sm_loop *g, sm_knobs *knobs) {
     char what[96];
     snprintf(what, sizeof what, "chunk %d of inject_text after %d generated tokens", is->n_chunks, sm_loop_generated(g));
     sm_loop_inject_as(g, chunk, len, SM_MOD_INJECT, what);
-    is->next_at = sm_loop_generated(g) + is->gp->inject_every;
+    is->next_at = sm_loop_generated(g) + is->gp->interventions.inject_every;
 }
 
 static const sm_stage_vtable injection_vt = {
@@ -442,8 +442,8 @@ sm_stage *sm_injection_stage_new(generation *g, const void *lookahead_state) {
     if (!is) return NULL;
     is->gp = g->gp;
     is->lookahead = lookahead_state;
-    is->next = g->gp->inject_text;
-    is->next_at = g->gp->inject_every;
+    is->next = g->gp->interventions.inject_text;
+    is->next_at = g->gp->interventions.inject_every;
     return sm_stage_builtin(&injection_vt, &injection_ext, is);
 }
 
@@ -475,8 +475,8 @@ static void tools_after_token(void *state, sm_loop *g, const sm_token_view *view
     int32_t i = view->position;
     const char *piece = view->piece;
     if (g->text_floor != ts->floor_seen) ts->marker_from = ts->floor_seen = g->text_floor; /* text was injected */
-    const char *open = gp->tool_marker ? gp->tool_marker : DEFAULT_TOOL_MARKER;
-    const char *close = gp->tool_marker_end ? gp->tool_marker_end : DEFAULT_TOOL_MARKER_END;
+    const char *open = gp->interventions.tool_marker ? gp->interventions.tool_marker : DEFAULT_TOOL_MARKER;
+    const char *close = gp->interventions.tool_marker_end ? gp->interventions.tool_marker_end : DEFAULT_TOOL_MARKER_END;
     size_t open_len = strlen(open), close_len = strlen(close);
     if (!strchr(piece, close[close_len - 1])) return; /* a marker can only have ended with this token */
     const char *text = g->text.bytes;
@@ -499,7 +499,7 @@ static void tools_after_token(void *state, sm_loop *g, const sm_token_view *view
         .text = text,
         .text_len = len,
     };
-    char *out = (gp->tool ? gp->tool : sm_tool_introspect)(&ctx, gp->tool_user_data);
+    char *out = (gp->interventions.tool ? gp->interventions.tool : sm_tool_introspect)(&ctx, gp->interventions.tool_user_data);
     g->res->n_tool_calls++;
     char what[120];
     snprintf(what, sizeof what, "tool call \"%.80s\"", arg_text);
@@ -544,11 +544,11 @@ sm_stage *sm_tools_stage_new(generation *g) {
 
 /* What needs the session: lookahead room, observed layers for the rules. */
 bool sm_intervention_fits(const sm_session *s, const sm_gen_params *gp, char *msg, size_t size) {
-    if (gp->lookahead.k > s->params.max_branches) {
+    if (gp->interventions.lookahead.k > s->params.max_branches) {
         snprintf(msg, size, "lookahead with %d branches needs a session made with max_branches >= %d (this one has %d)",
-                 gp->lookahead.k, gp->lookahead.k, s->params.max_branches);
+                 gp->interventions.lookahead.k, gp->interventions.lookahead.k, s->params.max_branches);
         return false;
     }
-    return gp->n_safety_rules == 0 || sm_safety_rules_check_layers(s->intro, gp->safety_rules, gp->n_safety_rules, msg, size);
+    return gp->interventions.n_safety_rules == 0 || sm_safety_rules_check_layers(s->intro, gp->interventions.safety_rules, gp->interventions.n_safety_rules, msg, size);
 }
 

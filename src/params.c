@@ -119,14 +119,11 @@ sm_gen_params sm_gen_default_params(void) {
         .stop_at_bos = true,
         .sampling = sm_sampling_default_params(),
         .policy = sm_policy_default_params(),
-        .combine = SM_COMBINE_FIRST,
-        .backtrack_every_n = 1,
-        .max_backtracks = 64,
-        .max_backtracks_per_position = 4,
-        .top_n_view = 10,
+        .backtrack = {.combine = SM_COMBINE_FIRST, .every_n = 1, .max_backtracks = 64, .max_per_position = 4,
+                      .top_n_view = 10},
         .fusion = {.mode = SM_FUSION_CONFIDENCE, .turn = 1, .alpha = 0.1f, .beta = 0.5f, .abstain_below = 0.3f},
-        .safety_max_retries = 3,
-        .lookahead = {.k = 0, .depth = 4, .entropy = 2.5f, .score = SM_LOOKAHEAD_MEAN_LOGPROB},
+        .interventions = {.safety_max_retries = 3,
+                          .lookahead = {.k = 0, .depth = 4, .entropy = 2.5f, .score = SM_LOOKAHEAD_MEAN_LOGPROB}},
     };
 }
 
@@ -178,16 +175,17 @@ sm_status sm_gen_params_validate(const sm_gen_params *p, char *msg, size_t msg_s
     CHECK(p->n_stop_strings >= 0 && (p->n_stop_strings == 0 || p->stop_strings), "stop strings: count %d without an array", p->n_stop_strings);
     for (int32_t i = 0; i < p->n_stop_strings; i++)
         CHECK(p->stop_strings[i] && p->stop_strings[i][0], "stop string %d is empty", i);
-    CHECK(p->n_operators >= 0 && (p->n_operators == 0 || p->operators), "operators: count %d without an array", p->n_operators);
-    for (int32_t i = 0; i < p->n_operators; i++)
-        CHECK(p->operators[i] && p->operators[i]->vt && p->operators[i]->vt->decide, "operator %d has no decide function", i);
+    const sm_backtrack_params *bt = &p->backtrack;
+    CHECK(bt->n_operators >= 0 && (bt->n_operators == 0 || bt->operators), "operators: count %d without an array", bt->n_operators);
+    for (int32_t i = 0; i < bt->n_operators; i++)
+        CHECK(bt->operators[i] && bt->operators[i]->vt && bt->operators[i]->vt->decide, "operator %d has no decide function", i);
     CHECK(p->n_stages >= 0 && (p->n_stages == 0 || p->stages), "stages: count %d without an array", p->n_stages);
     for (int32_t i = 0; i < p->n_stages; i++) CHECK(p->stages[i], "stages[%d] is NULL", i);
-    CHECK(p->combine == SM_COMBINE_FIRST || p->combine == SM_COMBINE_MAX, "combine mode must be first or max");
-    CHECK(p->backtrack_every_n >= 1, "backtrack_every_n must be >= 1 (got %d)", p->backtrack_every_n);
-    CHECK(p->max_backtracks >= 0, "max_backtracks must be >= 0 (got %d)", p->max_backtracks);
-    CHECK(p->max_backtracks_per_position >= 0, "max_backtracks_per_position must be >= 0 (got %d)", p->max_backtracks_per_position);
-    CHECK(p->top_n_view >= 1 && p->top_n_view <= 1000, "top_n_view must be in [1, 1000] (got %d)", p->top_n_view);
+    CHECK(bt->combine == SM_COMBINE_FIRST || bt->combine == SM_COMBINE_MAX, "combine mode must be first or max");
+    CHECK(bt->every_n >= 1, "backtrack_every_n must be >= 1 (got %d)", bt->every_n);
+    CHECK(bt->max_backtracks >= 0, "max_backtracks must be >= 0 (got %d)", bt->max_backtracks);
+    CHECK(bt->max_per_position >= 0, "max_backtracks_per_position must be >= 0 (got %d)", bt->max_per_position);
+    CHECK(bt->top_n_view >= 1 && bt->top_n_view <= 1000, "top_n_view must be in [1, 1000] (got %d)", bt->top_n_view);
     CHECK(p->n_probs >= 0 && p->n_probs <= 1000, "n_probs must be in [0, 1000] (got %d)", p->n_probs);
     return sm_intervention_params_validate(p, msg, msg_size);
 }
@@ -206,18 +204,19 @@ sm_status sm_intervention_params_validate(const sm_gen_params *p, char *msg, siz
         CHECK(isfinite(q->entropy_raise) && q->entropy_raise > 0.0f && q->entropy_raise <= 10.0f,
               "entropy_raise must be in (0, 10] (got %g)", q->entropy_raise);
     }
-    CHECK(p->n_safety_rules >= 0 && (p->n_safety_rules == 0 || p->safety_rules),
-          "safety rules: count %d without an array", p->n_safety_rules);
-    for (int32_t i = 0; i < p->n_safety_rules; i++) {
-        const sm_safety_rule *r = &p->safety_rules[i];
+    const sm_intervention_params *iv = &p->interventions;
+    CHECK(iv->n_safety_rules >= 0 && (iv->n_safety_rules == 0 || iv->safety_rules),
+          "safety rules: count %d without an array", iv->n_safety_rules);
+    for (int32_t i = 0; i < iv->n_safety_rules; i++) {
+        const sm_safety_rule *r = &iv->safety_rules[i];
         CHECK(r->metric >= SM_SAFETY_MAX_ABS && r->metric <= SM_SAFETY_NORM_ZSCORE, "safety rule %d: unknown metric %d", i,
               (int)r->metric);
         CHECK(r->action == SM_SAFETY_RESAMPLE || r->action == SM_SAFETY_STOP, "safety rule %d: unknown action %d", i,
               (int)r->action);
         CHECK(isfinite(r->threshold), "safety rule %d: the threshold must be a finite number", i);
     }
-    CHECK(p->safety_max_retries >= 0, "safety_max_retries must be >= 0 (got %d)", p->safety_max_retries);
-    const sm_lookahead_params *la = &p->lookahead;
+    CHECK(iv->safety_max_retries >= 0, "safety_max_retries must be >= 0 (got %d)", iv->safety_max_retries);
+    const sm_lookahead_params *la = &iv->lookahead;
     CHECK(la->k == 0 || (la->k >= 2 && la->k <= SM_MAX_BRANCHES), "lookahead k must be 0 (off) or in [2, %d] (got %d)",
           SM_MAX_BRANCHES, la->k);
     if (la->k != 0) {
@@ -226,8 +225,8 @@ sm_status sm_intervention_params_validate(const sm_gen_params *p, char *msg, siz
         CHECK(la->score == SM_LOOKAHEAD_MEAN_LOGPROB || la->score == SM_LOOKAHEAD_MARGIN,
               "lookahead score must be mean_logprob or margin (got %d)", (int)la->score);
     }
-    CHECK(!p->tool_marker || p->tool_marker[0], "the tool marker must not be empty");
-    CHECK(!p->tool_marker_end || p->tool_marker_end[0], "the tool marker's end must not be empty");
-    CHECK(p->inject_every >= 0, "inject_every must be >= 0 (got %d)", p->inject_every);
+    CHECK(!iv->tool_marker || iv->tool_marker[0], "the tool marker must not be empty");
+    CHECK(!iv->tool_marker_end || iv->tool_marker_end[0], "the tool marker's end must not be empty");
+    CHECK(iv->inject_every >= 0, "inject_every must be >= 0 (got %d)", iv->inject_every);
     return SM_OK;
 }

@@ -480,7 +480,7 @@ static int32_t ring_needed(const sm_session *s, const sm_gen_params *gp) {
     int64_t reach = 1; /* a check takes the last token back */
     if (sm_policy_retraction_enabled(&gp->policy))
         reach += (int64_t)gp->policy.max_retractions * (gp->policy.retract_tokens - 1);
-    if (gp->n_operators > 0 || gp->n_stages > 0) reach += (int64_t)gp->max_backtracks * max_rewind;
+    if (gp->backtrack.n_operators > 0 || gp->n_stages > 0) reach += (int64_t)gp->backtrack.max_backtracks * max_rewind;
     return (int32_t)((reach < max_rewind ? reach : max_rewind) + 2);
 }
 
@@ -850,8 +850,8 @@ static int32_t settled_tokens(const generation *g) {
         int64_t left = (int64_t)gp->policy.max_retractions - g->res->n_retractions;
         reach += (left > 0 ? left : 0) * per;
     }
-    if (gp->n_operators > 0 || gp->n_stages > 0) {
-        int64_t left = (int64_t)gp->max_backtracks - g->res->n_backtracks;
+    if (gp->backtrack.n_operators > 0 || gp->n_stages > 0) {
+        int64_t left = (int64_t)gp->backtrack.max_backtracks - g->res->n_backtracks;
         reach += (left > 0 ? left : 0) * max_rewind;
     }
     int64_t generated = sm_loop_generated(g);
@@ -1073,9 +1073,9 @@ static sm_token_view candidate_view(generation *g, int32_t i, const char *piece)
     sm_session *s = g->s;
     const position_record *r = &g->rec[i];
     int32_t n_top = 0;
-    if (g->gp->n_operators > 0 || g->gp->n_stages > 0) {
+    if (g->gp->backtrack.n_operators > 0 || g->gp->n_stages > 0) {
         sm_dist_stats stats = {.log_z = r->log_z};
-        n_top = sm_top_candidates(g->dist, s->n_vocab, &stats, g->gp->top_n_view, s->top_view);
+        n_top = sm_top_candidates(g->dist, s->n_vocab, &stats, g->gp->backtrack.top_n_view, s->top_view);
     }
     return (sm_token_view){
         .position = i,
@@ -1111,8 +1111,8 @@ static sm_status judge(generation *g, int32_t i, const sm_token_view *view, bool
         bool retracts = st->ext && st->ext->retracts;
         if (!retracts) {
             int32_t clamped = sm_loop_clamp_removal(g, i, n);
-            if (g->rec[i - clamped + 1].n_backtracks_here >= gp->max_backtracks_per_position) continue; /* retried enough: keep */
-            if (g->res->n_backtracks >= gp->max_backtracks) backtrack_over_limit = true;
+            if (g->rec[i - clamped + 1].n_backtracks_here >= gp->backtrack.max_per_position) continue; /* retried enough: keep */
+            if (g->res->n_backtracks >= gp->backtrack.max_backtracks) backtrack_over_limit = true;
         }
         if (n > best) {
             best = n;
@@ -1205,7 +1205,7 @@ static sm_status check_decoded(generation *g, int32_t i, const sm_token_view *vi
         if (!object) continue;
         *taken_back = true;
         bool counted = st->ext && st->ext->reports_takebacks;
-        if (!counted && g->res->n_backtracks >= g->gp->max_backtracks) sm_loop_stop_with(g, SM_STOP_BACKTRACK_LIMIT);
+        if (!counted && g->res->n_backtracks >= g->gp->backtrack.max_backtracks) sm_loop_stop_with(g, SM_STOP_BACKTRACK_LIMIT);
         g->rec[i].n_rejected_here++;
         sm_status status = rewind_to(g, i, 1, 1, st);
         if (status == SM_OK) report_stage_removal(g, st, 1, true);

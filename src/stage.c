@@ -94,14 +94,14 @@ sm_status sm_stages_open(generation *g) {
     if (!g->stages) return sm_session_fail(g->s, SM_ERR_NO_MEMORY, "out of memory for the generation's stages");
     sm_status st = SM_OK;
     void *lookahead = NULL;
-    if (gp->lookahead.k > 0) st = add_stage(g, sm_lookahead_stage_new(g, &lookahead));
-    if (st == SM_OK && gp->inject_every > 0 && gp->inject_text && *gp->inject_text)
+    if (gp->interventions.lookahead.k > 0) st = add_stage(g, sm_lookahead_stage_new(g, &lookahead));
+    if (st == SM_OK && gp->interventions.inject_every > 0 && gp->interventions.inject_text && *gp->interventions.inject_text)
         st = add_stage(g, sm_injection_stage_new(g, lookahead));
     if (st == SM_OK && gp->policy.entropy_mode != 0) st = add_stage(g, sm_entropy_stage_new(g));
-    if (st == SM_OK && gp->n_operators > 0) st = add_stage(g, sm_operators_stage_new(g));
+    if (st == SM_OK && gp->backtrack.n_operators > 0) st = add_stage(g, sm_operators_stage_new(g));
     if (st == SM_OK) st = add_stage(g, sm_policy_stage_new(g));
-    if (st == SM_OK && gp->n_safety_rules > 0 && g->s->intro) st = add_stage(g, sm_safety_stage_new(g));
-    if (st == SM_OK && gp->tools) st = add_stage(g, sm_tools_stage_new(g));
+    if (st == SM_OK && gp->interventions.n_safety_rules > 0 && g->s->intro) st = add_stage(g, sm_safety_stage_new(g));
+    if (st == SM_OK && gp->interventions.tools) st = add_stage(g, sm_tools_stage_new(g));
     for (int32_t i = 0; st == SM_OK && i < gp->n_stages; i++) {
         const sm_stage_vtable *vt = gp->stages[i]->vt;
         if (vt->snapshot_size && (!vt->save || !vt->restore))
@@ -135,8 +135,8 @@ typedef struct operators_stage {
 static void operators_reset(void *state, sm_loop *g) {
     (void)g;
     operators_stage *os = state;
-    for (int32_t i = 0; i < os->gp->n_operators; i++) {
-        sm_operator *op = os->gp->operators[i];
+    for (int32_t i = 0; i < os->gp->backtrack.n_operators; i++) {
+        sm_operator *op = os->gp->backtrack.operators[i];
         if (op->vt->reset) op->vt->reset(op->state);
         op->description[0] = '\0';
     }
@@ -149,13 +149,13 @@ static int32_t operators_judge(void *state, sm_loop *g, const sm_token_view *vie
     operators_stage *os = state;
     const sm_gen_params *gp = os->gp;
     os->decided = NULL;
-    bool ask = (view->position + 1) % gp->backtrack_every_n == 0;
+    bool ask = (view->position + 1) % gp->backtrack.every_n == 0;
     int32_t best = 0;
-    for (int32_t k = 0; k < gp->n_operators; k++) {
-        sm_operator *op = gp->operators[k];
+    for (int32_t k = 0; k < gp->backtrack.n_operators; k++) {
+        sm_operator *op = gp->backtrack.operators[k];
         int32_t n = op->vt->decide(op->state, view);
         if (!ask || n <= 0) continue;
-        if ((gp->combine == SM_COMBINE_FIRST && best == 0) || (gp->combine == SM_COMBINE_MAX && n > best)) {
+        if ((gp->backtrack.combine == SM_COMBINE_FIRST && best == 0) || (gp->backtrack.combine == SM_COMBINE_MAX && n > best)) {
             best = n;
             os->decided = op;
         }
@@ -165,8 +165,8 @@ static int32_t operators_judge(void *state, sm_loop *g, const sm_token_view *vie
 
 static void operators_on_rewind(void *state, sm_loop *g, int32_t n, bool by_me) {
     operators_stage *os = state;
-    for (int32_t o = 0; o < os->gp->n_operators; o++) {
-        sm_operator *op = os->gp->operators[o];
+    for (int32_t o = 0; o < os->gp->backtrack.n_operators; o++) {
+        sm_operator *op = os->gp->backtrack.operators[o];
         if (op->vt->on_backtrack) op->vt->on_backtrack(op->state, n); /* [restore] */
     }
     if (!by_me || !os->decided) return;

@@ -53,8 +53,8 @@ static sm_gen_params params_for(int i, sm_operator **op) {
     *op = tu_backtrack_once(3 + i, 3); /* every sequence rewinds at its own moment */
     /* with an operator a session's ring holds max_rewind distributions;
      * without, only what the policy's retractions can reach (grow_ring) */
-    gp.operators = op;
-    gp.n_operators = i % 4 == 3 ? 0 : 1;
+    gp.backtrack.operators = op;
+    gp.backtrack.n_operators = i % 4 == 3 ? 0 : 1;
     return gp;
 }
 

@@ -354,8 +354,8 @@ static void test_operators_start_fresh_each_turn(void **state) {
     sm_operator *op = sm_operator_new(&vt, &probe);
     assert_non_null(op);
     sm_gen_params gp = tu_greedy_params(20);
-    gp.operators = &op;
-    gp.n_operators = 1;
+    gp.backtrack.operators = &op;
+    gp.backtrack.n_operators = 1;
     for (int turn = 0; turn < 3; turn++) {
         sm_result res;
         run_turn(f->chat, QUESTIONS[turn], &gp, &res);

@@ -56,7 +56,7 @@ static sm_gen_params busy_params(uint64_t seed, int32_t n_predict) {
     gp.policy.aggressive = true;
     gp.policy.retract = 0;
     gp.policy.exploration_prob = 0.5f;
-    gp.max_backtracks_per_position = 8;
+    gp.backtrack.max_per_position = 8;
     return gp;
 }
 
@@ -89,14 +89,14 @@ static void assert_same_generation(fixture *f, const sm_result *a, const float *
 static void run_both(fixture *f, sm_gen_params gp, sm_operator **ops_a, int32_t n_a, sm_operator **ops_b,
                      int32_t n_b, const char *what, sm_result *a, sm_result *b) {
     int32_t n_vocab = sm_model_n_vocab(f->model);
-    gp.operators = ops_a;
-    gp.n_operators = n_a;
+    gp.backtrack.operators = ops_a;
+    gp.backtrack.n_operators = n_a;
     generate(f, &gp, a);
     float *logits_a = malloc(sizeof(float) * (size_t)n_vocab);
     memcpy(logits_a, sm_session_logits(f->session), sizeof(float) * (size_t)n_vocab);
     int32_t past_a = sm_session_n_past(f->session);
-    gp.operators = ops_b;
-    gp.n_operators = n_b;
+    gp.backtrack.operators = ops_b;
+    gp.backtrack.n_operators = n_b;
     generate(f, &gp, b);
     assert_same_generation(f, a, logits_a, past_a, b, what);
     free(logits_a);
@@ -215,7 +215,7 @@ static void test_tries_do_not_outlive_their_prefix(void **state) {
             const script_step steps_b[] = {{a_pos, 1, 1}, {a_pos + 1, 1, 1}};
             sm_operator *op_a = scripted(steps_a, 3), *op_b = scripted(steps_b, 2);
             sm_gen_params gp = busy_params(seed, 40);
-            gp.max_backtracks_per_position = 1;
+            gp.backtrack.max_per_position = 1;
             sm_result a, b;
             run_both(f, gp, &op_a, 1, &op_b, 1, "tries after a rewind", &a, &b);
             assert_int_equal(a.n_backtracks, 3);
@@ -304,9 +304,9 @@ static void test_settled_tokens_are_never_rewound(void **state) {
         gp.policy.retract = 1;
         gp.policy.critical_threshold = 0.6f;
         gp.policy.max_retractions = 2; /* a budget of 2 * 2 + 2 * 16 tokens of rewind */
-        gp.max_backtracks = 2;
-        gp.operators = &op;
-        gp.n_operators = 1;
+        gp.backtrack.max_backtracks = 2;
+        gp.backtrack.operators = &op;
+        gp.backtrack.n_operators = 1;
         settle_watch w = {0};
         gp.on_event = watch_settled;
         gp.user_data = &w;
@@ -356,9 +356,9 @@ static void test_backtrack_limit_keeps_kept_state(void **state) {
     fixture *f = *state;
     sm_operator *op = tu_backtrack_once(10, 1);
     sm_gen_params gp = busy_params(5, 40);
-    gp.operators = &op;
-    gp.n_operators = 1;
-    gp.max_backtracks = 0; /* the first backtrack asked for stops */
+    gp.backtrack.operators = &op;
+    gp.backtrack.n_operators = 1;
+    gp.backtrack.max_backtracks = 0; /* the first backtrack asked for stops */
     sm_result a;
     generate(f, &gp, &a);
     assert_int_equal(a.stop_reason, SM_STOP_BACKTRACK_LIMIT);

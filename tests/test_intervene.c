@@ -108,8 +108,8 @@ static void test_safety_rule_rejects_and_bans_deterministically(void **state) {
     assert_int_equal(w.n_triggers, 0);
     /* a threshold just below what the first token showed: that token fires */
     sm_safety_rule rule = {.layer = -1, .metric = SM_SAFETY_MAX_ABS, .threshold = w.values[0] - 1e-3f};
-    gp.safety_rules = &rule;
-    gp.n_safety_rules = 1;
+    gp.interventions.safety_rules = &rule;
+    gp.interventions.n_safety_rules = 1;
 
     sm_result a = generate_watched(s, &gp, &w);
     assert_true(w.n_triggers >= 1);
@@ -175,8 +175,8 @@ static void test_safety_zscore_waits_for_history(void **state) {
     sm_session *s = tu_open_session(m, &sp);
     sm_safety_rule rule = {.layer = 2, .metric = SM_SAFETY_NORM_ZSCORE, .threshold = -1000.0f, .action = SM_SAFETY_STOP};
     sm_gen_params gp = tu_greedy_params(30);
-    gp.safety_rules = &rule;
-    gp.n_safety_rules = 1;
+    gp.interventions.safety_rules = &rule;
+    gp.interventions.n_safety_rules = 1;
     safety_watch w;
     sm_result r = generate_watched(s, &gp, &w);
     assert_int_equal(r.stop_reason, SM_STOP_SAFETY);
@@ -288,9 +288,9 @@ static void test_lookahead_commits_best_branch_and_cache_equals_direct_run(void 
     sp.n_introspect_layers = 1;
     sm_session *s = tu_open_session(m, &sp);
     sm_gen_params gp = tu_greedy_params(24);
-    gp.lookahead.k = 3;
-    gp.lookahead.depth = 4;
-    gp.lookahead.entropy = 0.0f; /* branch everywhere */
+    gp.interventions.lookahead.k = 3;
+    gp.interventions.lookahead.depth = 4;
+    gp.interventions.lookahead.entropy = 0.0f; /* branch everywhere */
     lookahead_watch w = {0};
     gp.on_event = watch_lookahead;
     gp.user_data = &w;
@@ -327,7 +327,7 @@ static void test_lookahead_commits_best_branch_and_cache_equals_direct_run(void 
     sm_result_free(&r);
 
     /* the margin score; and a session without room refuses */
-    gp.lookahead.score = SM_LOOKAHEAD_MARGIN;
+    gp.interventions.lookahead.score = SM_LOOKAHEAD_MARGIN;
     assert_int_equal(sm_session_clear(s), SM_OK);
     memset(&w, 0, sizeof w);
     assert_int_equal(sm_session_generate(s, PROMPT, &gp, &r), SM_OK);
@@ -337,7 +337,7 @@ static void test_lookahead_commits_best_branch_and_cache_equals_direct_run(void 
         assert_true(w.first.score[b] <= w.first.score[w.first.chosen]);
     }
     sm_result_free(&r);
-    gp.lookahead.k = 4;
+    gp.interventions.lookahead.k = 4;
     assert_int_equal(sm_session_generate(s, PROMPT, &gp, &r), SM_ERR_INVALID_ARGUMENT);
     assert_non_null(strstr(sm_session_last_error(s), "max_branches"));
     sm_session_free(s);
@@ -377,11 +377,11 @@ static void test_lookahead_with_rewinds(void **state) {
     sm_session *s = tu_open_session(m, &sp);
     sm_operator *op = tu_backtrack_once(10, 4);
     sm_gen_params gp = tu_greedy_params(20);
-    gp.lookahead.k = 2;
-    gp.lookahead.depth = 3;
-    gp.lookahead.entropy = 0.0f;
-    gp.operators = &op;
-    gp.n_operators = 1;
+    gp.interventions.lookahead.k = 2;
+    gp.interventions.lookahead.depth = 3;
+    gp.interventions.lookahead.entropy = 0.0f;
+    gp.backtrack.operators = &op;
+    gp.backtrack.n_operators = 1;
     finite_watch w = {0};
     gp.on_event = watch_finite;
     gp.user_data = &w;
@@ -459,11 +459,11 @@ static void test_tool_marker_injects_and_rewinds_never_cross(void **state) {
     sm_session *s = tu_open_session(m, &sp);
     tool_log log = {0};
     sm_gen_params gp = tu_greedy_params(30);
-    gp.tools = true;
-    gp.tool_marker = "named ";
-    gp.tool_marker_end = ".";
-    gp.tool = echo_tool;
-    gp.tool_user_data = &log;
+    gp.interventions.tools = true;
+    gp.interventions.tool_marker = "named ";
+    gp.interventions.tool_marker_end = ".";
+    gp.interventions.tool = echo_tool;
+    gp.interventions.tool_user_data = &log;
     sm_result r;
     assert_int_equal(sm_session_generate(s, PROMPT, &gp, &r), SM_OK);
     assert_int_equal(log.calls, 1);
@@ -483,9 +483,9 @@ static void test_tool_marker_injects_and_rewinds_never_cross(void **state) {
     sm_operator *op = sm_operator_new(&vt, NULL);
     rewind_watch w = {.inject_index = -1, .lowest_resume = 1 << 30};
     memset(&log, 0, sizeof log);
-    gp.operators = &op;
-    gp.n_operators = 1;
-    gp.max_backtracks = 6;
+    gp.backtrack.operators = &op;
+    gp.backtrack.n_operators = 1;
+    gp.backtrack.max_backtracks = 6;
     gp.on_event = watch_rewinds;
     gp.user_data = &w;
     assert_int_equal(sm_session_clear(s), SM_OK);
@@ -522,8 +522,8 @@ static void test_gradual_injection(void **state) {
     sm_session *s = tu_open_session(m, &sp);
     inject_watch w = {0};
     sm_gen_params gp = tu_greedy_params(20);
-    gp.inject_text = "The sun was hot.\nThe dog ran away! Tom";
-    gp.inject_every = 6;
+    gp.interventions.inject_text = "The sun was hot.\nThe dog ran away! Tom";
+    gp.interventions.inject_every = 6;
     gp.on_event = watch_injections;
     gp.user_data = &w;
     sm_result r;

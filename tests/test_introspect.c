@@ -334,8 +334,8 @@ static void test_hidden_states_npy_follow_rewinds(void **state) {
 
     sm_operator *op = tu_backtrack_once(8, 3);
     sm_gen_params gp = tu_greedy_params(16);
-    gp.operators = &op;
-    gp.n_operators = 1;
+    gp.backtrack.operators = &op;
+    gp.backtrack.n_operators = 1;
     gp.on_event = feed_writer;
     gp.user_data = &w;
     sm_result r;

@@ -47,8 +47,8 @@ static void generate(fixture *f, const sm_gen_params *gp, sm_result *result)
 static void generate_with(fixture *f, sm_operator *op, sm_result *result)
 {
     sm_gen_params gp = tu_greedy_params(N_PREDICT);
-    gp.operators = &op;
-    gp.n_operators = 1;
+    gp.backtrack.operators = &op;
+    gp.backtrack.n_operators = 1;
     generate(f, &gp, result);
 }
 
@@ -157,12 +157,12 @@ static void test_always_firing_operator_stops_at_the_backtrack_limit(void **stat
     sm_operator *op = sm_operator_new(&ALWAYS_VT, NULL);
     assert_non_null(op);
     sm_gen_params gp = tu_greedy_params(N_PREDICT);
-    gp.operators = &op;
-    gp.n_operators = 1;
+    gp.backtrack.operators = &op;
+    gp.backtrack.n_operators = 1;
     sm_result result;
     generate(*state, &gp, &result);
     assert_int_equal(result.stop_reason, SM_STOP_BACKTRACK_LIMIT);
-    assert_int_equal(result.n_backtracks, gp.max_backtracks);
+    assert_int_equal(result.n_backtracks, gp.backtrack.max_backtracks);
     assert_true(result.n_tokens < N_PREDICT);
     sm_result_free(&result);
     sm_operator_free(op);
@@ -173,14 +173,14 @@ static void test_always_firing_operator_is_capped_per_position(void **state)
     sm_operator *op = sm_operator_new(&ALWAYS_VT, NULL);
     assert_non_null(op);
     sm_gen_params gp = tu_greedy_params(10);
-    gp.operators = &op;
-    gp.n_operators = 1;
-    gp.max_backtracks = 1000;
+    gp.backtrack.operators = &op;
+    gp.backtrack.n_operators = 1;
+    gp.backtrack.max_backtracks = 1000;
     sm_result result;
     generate(*state, &gp, &result);
     assert_int_equal(result.stop_reason, SM_STOP_N_PREDICT);
     assert_int_equal(result.n_tokens, 10);
-    assert_int_equal(result.n_backtracks, 10 * gp.max_backtracks_per_position);
+    assert_int_equal(result.n_backtracks, 10 * gp.backtrack.max_per_position);
     sm_result_free(&result);
     sm_operator_free(op);
 }

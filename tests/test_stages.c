@@ -102,8 +102,8 @@ static void test_snapshot_follows_every_rewind(void **state) {
     gp.policy.max_retractions = 6;
     gp.policy.aggressive = true;           /* and the knobs move, too */
     gp.policy.exploration_prob = 0.5f;
-    gp.operators = &op;
-    gp.n_operators = 1;
+    gp.backtrack.operators = &op;
+    gp.backtrack.n_operators = 1;
     gp.stages = &stage;
     gp.n_stages = 1;
     sm_result r;
@@ -187,8 +187,8 @@ static void test_check_takes_tokens_back(void **state) {
     int32_t n_checked = 0;
     sm_stage *stage = sm_stage_new(&no_e_vt, &n_checked);
     sm_gen_params gp = tu_greedy_params(40);
-    gp.max_backtracks = 100000;
-    gp.max_backtracks_per_position = 100000;
+    gp.backtrack.max_backtracks = 100000;
+    gp.backtrack.max_per_position = 100000;
     gp.stages = &stage;
     gp.n_stages = 1;
     sm_result r;
@@ -201,7 +201,7 @@ static void test_check_takes_tokens_back(void **state) {
     sm_result_free(&r);
 
     /* the backtrack limit bounds a check too */
-    gp.max_backtracks = 3;
+    gp.backtrack.max_backtracks = 3;
     generate(f, "Once upon a time", &gp, &r);
     assert_int_equal(r.stop_reason, SM_STOP_BACKTRACK_LIMIT);
     sm_result_free(&r);

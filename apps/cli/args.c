@@ -366,13 +366,13 @@ static bool apply_option(int c, const char *arg, cli_options *opt, FILE *err) {
         return add_to_list(err, "--operator", arg, opt->operator_specs, &opt->n_operator_specs);
     case OPT_BACKTRACK_EVERY:
         return parse_int_in(err, "--backtrack-every", arg, 1, INT32_MAX, "an integer >= 1",
-                            &opt->gen.backtrack_every_n);
+                            &opt->gen.backtrack.every_n);
     case OPT_MAX_BACKTRACKS:
         return parse_int_in(err, "--max-backtracks", arg, 0, INT32_MAX, "an integer >= 0",
-                            &opt->gen.max_backtracks);
+                            &opt->gen.backtrack.max_backtracks);
     case OPT_COMBINE:
-        if (strcmp(arg, "first") == 0) opt->gen.combine = SM_COMBINE_FIRST;
-        else if (strcmp(arg, "max") == 0) opt->gen.combine = SM_COMBINE_MAX;
+        if (strcmp(arg, "first") == 0) opt->gen.backtrack.combine = SM_COMBINE_FIRST;
+        else if (strcmp(arg, "max") == 0) opt->gen.backtrack.combine = SM_COMBINE_MAX;
         else return report(err, "--combine", arg, "first or max");
         return true;
     case OPT_MEMORY_FILE: opt->memory_file = *arg ? arg : NULL; return true;

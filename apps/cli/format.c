@@ -98,7 +98,7 @@ void format_settings(char *buf, size_t size, const char *model_description,
         s->repeat_penalty, s->repeat_last_n, (unsigned long long)s->seed,
         p->policy.enabled ? "on" : "off", p->policy.aggressive ? " (aggressive)" : "",
         retract_mode(&p->policy), p->policy.max_retractions);
-    for (int32_t i = 0; i < p->n_operators; i++)
-        add(&l, "%s%s", i == 0 ? ", operators: " : ", ", p->operators[i]->vt->name);
+    for (int32_t i = 0; i < p->backtrack.n_operators; i++)
+        add(&l, "%s%s", i == 0 ? ", operators: " : ", ", p->backtrack.operators[i]->vt->name);
     if (style.color) add(&l, RESET);
 }

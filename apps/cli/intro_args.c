@@ -104,32 +104,32 @@ bool cli_intro_apply(int c, const char *arg, struct cli_options *opt, FILE *err)
     case OPT_CONTROL_VECTOR_LAYERS: return parse_layer_range(err, arg, io);
     case OPT_SAFETY: return add_safety_rule(err, arg, io);
     case OPT_SAFETY_RETRIES:
-        return int_in(err, "--safety-retries", arg, 0, INT32_MAX, "an integer >= 0", &gen->safety_max_retries);
+        return int_in(err, "--safety-retries", arg, 0, INT32_MAX, "an integer >= 0", &gen->interventions.safety_max_retries);
     case OPT_LOOKAHEAD:
-        if (!int_in(err, "--lookahead", arg, 2, SM_MAX_BRANCHES, "an integer in [2, 16]", &gen->lookahead.k)) return false;
-        opt->session.max_branches = gen->lookahead.k;
+        if (!int_in(err, "--lookahead", arg, 2, SM_MAX_BRANCHES, "an integer in [2, 16]", &gen->interventions.lookahead.k)) return false;
+        opt->session.max_branches = gen->interventions.lookahead.k;
         return true;
     case OPT_LOOKAHEAD_DEPTH:
-        return int_in(err, "--lookahead-depth", arg, 1, 64, "an integer in [1, 64]", &gen->lookahead.depth);
-    case OPT_LOOKAHEAD_ENTROPY: return nonnegative_float(err, "--lookahead-entropy", arg, &gen->lookahead.entropy);
+        return int_in(err, "--lookahead-depth", arg, 1, 64, "an integer in [1, 64]", &gen->interventions.lookahead.depth);
+    case OPT_LOOKAHEAD_ENTROPY: return nonnegative_float(err, "--lookahead-entropy", arg, &gen->interventions.lookahead.entropy);
     case OPT_LOOKAHEAD_SCORE:
-        if (strcmp(arg, "mean_logprob") == 0) gen->lookahead.score = SM_LOOKAHEAD_MEAN_LOGPROB;
-        else if (strcmp(arg, "margin") == 0) gen->lookahead.score = SM_LOOKAHEAD_MARGIN;
+        if (strcmp(arg, "mean_logprob") == 0) gen->interventions.lookahead.score = SM_LOOKAHEAD_MEAN_LOGPROB;
+        else if (strcmp(arg, "margin") == 0) gen->interventions.lookahead.score = SM_LOOKAHEAD_MARGIN;
         else return bad_value(err, "--lookahead-score", arg, "mean_logprob or margin");
         return true;
-    case OPT_TOOLS: gen->tools = true; return true;
+    case OPT_TOOLS: gen->interventions.tools = true; return true;
     case OPT_TOOL_MARKER:
         if (!*arg) return bad_value(err, "--tool-marker", arg, "a non-empty opening string");
-        gen->tools = true;
-        gen->tool_marker = arg;
+        gen->interventions.tools = true;
+        gen->interventions.tool_marker = arg;
         return true;
     case OPT_TOOL_MARKER_END:
         if (!*arg) return bad_value(err, "--tool-marker-end", arg, "a non-empty closing string");
-        gen->tool_marker_end = arg;
+        gen->interventions.tool_marker_end = arg;
         return true;
     case OPT_INJECT: io->inject_file = arg; return true;
     case OPT_INJECT_EVERY:
-        return int_in(err, "--inject-every", arg, 1, INT32_MAX, "an integer >= 1", &gen->inject_every);
+        return int_in(err, "--inject-every", arg, 1, INT32_MAX, "an integer >= 1", &gen->interventions.inject_every);
     case OPT_PROMPT_CACHE:
         if (!*arg) return bad_value(err, "--prompt-cache", arg, "a file name");
         io->prompt_cache = arg;
@@ -155,9 +155,9 @@ bool cli_intro_check(struct cli_options *opt, FILE *err) {
         return refuse(err, "--introspect-attention and --hidden-states need --introspect-layers");
     if (!observes && io->n_safety > 0)
         return refuse(err, "--safety needs --introspect-layers with the rules' layers");
-    opt->gen.safety_rules = io->safety;
-    opt->gen.n_safety_rules = io->n_safety;
-    if ((io->inject_file == NULL) != (opt->gen.inject_every == 0))
+    opt->gen.interventions.safety_rules = io->safety;
+    opt->gen.interventions.n_safety_rules = io->n_safety;
+    if ((io->inject_file == NULL) != (opt->gen.interventions.inject_every == 0))
         return refuse(err, "--inject FILE and --inject-every N go together");
     if (io->prompt_cache && !opt->prompt)
         return refuse(err, "--prompt-cache works with --prompt (one generation), not in interactive mode");

@@ -83,7 +83,7 @@ bool cli_intro_before_load(cli_app *app) {
             cli_error("--inject: cannot read '%s': %s", io->inject_file, strerror(errno));
             return false;
         }
-        app->gen.inject_text = in->inject_text;
+        app->gen.interventions.inject_text = in->inject_text;
     }
     if (io->trace_file && !(in->trace = fopen(io->trace_file, "w"))) {
         cli_error("--trace-file: cannot write '%s': %s", io->trace_file, strerror(errno));

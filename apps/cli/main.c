@@ -46,8 +46,8 @@ static bool create_operators(cli_app *app) {
         }
         app->operators[app->n_operators++] = op;
     }
-    app->gen.operators = app->operators;
-    app->gen.n_operators = app->n_operators;
+    app->gen.backtrack.operators = app->operators;
+    app->gen.backtrack.n_operators = app->n_operators;
     return true;
 }
 

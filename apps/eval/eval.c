@@ -380,7 +380,7 @@ static bool make_workers(evaluation *e, worker *workers, int32_t n, sm_batch **s
                 return eval_error("%s", msg), false;
             wk->n_owned++;
             wk->owned[i].gen = e->strategies[i].gen; /* n_predict, stops */
-            wk->owned[i].gen.operators = wk->owned[i].operators;
+            wk->owned[i].gen.backtrack.operators = wk->owned[i].operators;
         }
     }
     return true;

@@ -215,8 +215,8 @@ int eval_strategy_parse(const char *spec, eval_strategy *out, char *err, size_t 
         eval_strategy_free(out);
         return -1;
     }
-    out->gen.operators = out->operators;
-    out->gen.n_operators = out->n_operators;
+    out->gen.backtrack.operators = out->operators;
+    out->gen.backtrack.n_operators = out->n_operators;
     const sm_policy_params *p = &out->gen.policy;
     bool explores = p->enabled && p->aggressive && p->exploration_prob > 0.0f;
     out->deterministic = out->gen.sampling.temperature == 0.0f && !explores;

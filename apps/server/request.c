@@ -322,15 +322,15 @@ static bool parse_selfmod_key(const cJSON *o, const cJSON *v, gen_request *r, ap
         return get_i32(o, k, param, 1, 4096, &p->repetition_min_distinct, err);
     if (strcmp(k, "operators") == 0) return parse_operators(v, r, err);
     if (strcmp(k, "combine") == 0) {
-        if (cJSON_IsString(v) && strcmp(v->valuestring, "first") == 0) g->combine = SM_COMBINE_FIRST;
-        else if (cJSON_IsString(v) && strcmp(v->valuestring, "max") == 0) g->combine = SM_COMBINE_MAX;
+        if (cJSON_IsString(v) && strcmp(v->valuestring, "first") == 0) g->backtrack.combine = SM_COMBINE_FIRST;
+        else if (cJSON_IsString(v) && strcmp(v->valuestring, "max") == 0) g->backtrack.combine = SM_COMBINE_MAX;
         else return api_fail(err, 400, param, "'%s' must be \"first\" or \"max\"", param);
         return true;
     }
-    if (strcmp(k, "backtrack_every_n") == 0) return get_i32(o, k, param, 1, 1 << 20, &g->backtrack_every_n, err);
-    if (strcmp(k, "max_backtracks") == 0) return get_i32(o, k, param, 0, 1 << 20, &g->max_backtracks, err);
+    if (strcmp(k, "backtrack_every_n") == 0) return get_i32(o, k, param, 1, 1 << 20, &g->backtrack.every_n, err);
+    if (strcmp(k, "max_backtracks") == 0) return get_i32(o, k, param, 0, 1 << 20, &g->backtrack.max_backtracks, err);
     if (strcmp(k, "max_backtracks_per_position") == 0)
-        return get_i32(o, k, param, 0, 1 << 20, &g->max_backtracks_per_position, err);
+        return get_i32(o, k, param, 0, 1 << 20, &g->backtrack.max_per_position, err);
     if (strcmp(k, "events") == 0) return get_bool_field(o, k, param, &r->live_events, err);
     if (strcmp(k, "fusion_mode") == 0) return parse_fusion_mode(v, f, err);
     if (strcmp(k, "fusion_weights") == 0) return parse_fusion_weights(v, f, err);
@@ -527,8 +527,8 @@ bool gen_request_parse(const cJSON *body, api_kind api, const model_set *models,
 void gen_request_bind(gen_request *r) {
     r->params.stop_strings = (const char *const *)r->stops;
     r->params.n_stop_strings = r->n_stops;
-    r->params.operators = r->operators;
-    r->params.n_operators = r->n_operators;
+    r->params.backtrack.operators = r->operators;
+    r->params.backtrack.n_operators = r->n_operators;
     r->params.sampling.logit_bias = r->logit_bias;
     r->params.sampling.n_logit_bias = r->n_logit_bias;
 }
