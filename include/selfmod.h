@@ -8,8 +8,11 @@
  *          -> commit, or rewind
  *
  * Conventions follow llama.h: opaque handles, *_default_params() structs,
- * explicit *_free(), status codes plus a human-readable last error.
- * The library keeps no global state and never prints or exits.
+ * explicit *_free(). One error convention: a call that can fail returns an
+ * sm_status (a constructor: NULL) and says why in one line, in the sm_error
+ * it was given (constructors and free functions; NULL is allowed) or, for
+ * an object's methods, in its *_last_error(). The library keeps no global
+ * state and never prints or exits.
  */
 #ifndef SELFMOD_H
 #define SELFMOD_H
@@ -403,7 +406,7 @@ typedef struct sm_safety_rule {
 const char *sm_safety_metric_name(sm_safety_metric metric);
 /* Parses "layer=L,METRIC>T[,action=resample|stop]" with METRIC one of
  * max_abs, norm, norm_z; e.g. "layer=-1,max_abs>8". */
-sm_status sm_safety_rule_parse(const char *spec, sm_safety_rule *rule, char *msg, size_t msg_size);
+sm_status sm_safety_rule_parse(const char *spec, sm_safety_rule *rule, sm_error *err);
 
 /* Mid-generation tools: when the output completes a marker (by default
  * "[INTROSPECT: ...]"), generation pauses, the tool is called, and its text
@@ -710,7 +713,7 @@ sm_sampling_params sm_sampling_default_params(void);
 sm_policy_params sm_policy_default_params(void);
 sm_gen_params sm_gen_default_params(void);
 /* Validates every field; on failure writes a message naming the field. */
-sm_status sm_gen_params_validate(const sm_gen_params *params, char *msg, size_t msg_size);
+sm_status sm_gen_params_validate(const sm_gen_params *params, sm_error *err);
 
 typedef struct sm_result {
     char *text;                 /* generated text, UTF-8, NUL-terminated     */
@@ -824,7 +827,7 @@ sm_session *sm_session_new(sm_model *model, const sm_session_params *params, sm_
 sm_session *sm_session_new_fused(sm_model *const *models, int32_t n_models,
                                  const sm_session_params *params, sm_error *err);
 /* Compares two vocabularies; on mismatch writes what differs first. */
-bool sm_vocab_equal(const sm_model *a, const sm_model *b, char *why, size_t why_size);
+bool sm_vocab_equal(const sm_model *a, const sm_model *b, sm_error *why);
 int32_t sm_session_n_models(const sm_session *session);
 /* Model m's own context: its KV position and its raw distribution. */
 int32_t sm_session_model_kv_pos(const sm_session *session, int32_t m);
@@ -1080,7 +1083,7 @@ typedef struct sm_tree_params {
 
 sm_tree_params sm_tree_default_params(void);
 /* Checks every field; on failure writes a message naming the field. */
-sm_status sm_tree_params_validate(const sm_tree_params *params, char *msg, size_t msg_size);
+sm_status sm_tree_params_validate(const sm_tree_params *params, sm_error *err);
 
 /* Why a node is a leaf. */
 typedef enum sm_tree_end {

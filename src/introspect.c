@@ -396,7 +396,16 @@ static bool parse_rule_item(const char *item, size_t len, sm_safety_rule *rule, 
     return false;
 }
 
-sm_status sm_safety_rule_parse(const char *spec, sm_safety_rule *rule, char *msg, size_t msg_size) {
+static sm_status parse_safety_rule(const char *spec, sm_safety_rule *rule, char *msg, size_t msg_size);
+
+sm_status sm_safety_rule_parse(const char *spec, sm_safety_rule *rule, sm_error *err) {
+    sm_error scratch;
+    if (!err) err = &scratch;
+    err->status = parse_safety_rule(spec, rule, err->message, sizeof err->message);
+    return err->status;
+}
+
+static sm_status parse_safety_rule(const char *spec, sm_safety_rule *rule, char *msg, size_t msg_size) {
     if (!spec || !rule) {
         snprintf(msg, msg_size, "safety rule: nothing given");
         return SM_ERR_INVALID_ARGUMENT;

@@ -137,7 +137,16 @@ static bool in_range(float v, float lo, float hi) { return isfinite(v) && v >= l
         }                                                  \
     } while (0)
 
-sm_status sm_gen_params_validate(const sm_gen_params *p, char *msg, size_t msg_size) {
+static sm_status validate_gen_params(const sm_gen_params *p, char *msg, size_t msg_size);
+
+sm_status sm_gen_params_validate(const sm_gen_params *p, sm_error *err) {
+    sm_error scratch;
+    if (!err) err = &scratch;
+    err->status = validate_gen_params(p, err->message, sizeof err->message);
+    return err->status;
+}
+
+static sm_status validate_gen_params(const sm_gen_params *p, char *msg, size_t msg_size) {
     const sm_sampling_params *s = &p->sampling;
     const sm_policy_params *q = &p->policy;
     CHECK(p->n_predict >= -1, "n_predict must be >= 0, or -1 for no limit (got %d)", p->n_predict);

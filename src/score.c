@@ -53,12 +53,12 @@ sm_judge *sm_judge_new(sm_model *judge, const sm_model *generator, const sm_judg
         sm_error_set(err, SM_ERR_INVALID_ARGUMENT, "judge n_threads must be >= 0 (got %d)", p.n_threads);
         return NULL;
     }
-    char why[256];
-    if (generator && !sm_vocab_equal(generator, judge, why, sizeof why)) {
+    sm_error mismatch;
+    if (generator && !sm_vocab_equal(generator, judge, &mismatch)) {
         sm_error_set(err, SM_ERR_VOCAB_MISMATCH,
                      "the judge '%s' cannot score the tokens of '%s': their vocabularies differ (%s); "
                      "a judge must share the generating model's vocabulary",
-                     judge->path, generator->path, why);
+                     judge->path, generator->path, mismatch.message);
         return NULL;
     }
     uint32_t n_ctx = p.n_ctx;

@@ -51,7 +51,17 @@ static void piece_of(const struct llama_vocab *vocab, sm_token t, char *buf, int
     buf[n] = '\0';
 }
 
-bool sm_vocab_equal(const sm_model *a, const sm_model *b, char *why, size_t why_size) {
+static bool vocab_equal(const sm_model *a, const sm_model *b, char *why, size_t why_size);
+
+bool sm_vocab_equal(const sm_model *a, const sm_model *b, sm_error *err) {
+    sm_error scratch;
+    if (!err) err = &scratch;
+    bool equal = vocab_equal(a, b, err->message, sizeof err->message);
+    err->status = equal ? SM_OK : SM_ERR_VOCAB_MISMATCH;
+    return equal;
+}
+
+static bool vocab_equal(const sm_model *a, const sm_model *b, char *why, size_t why_size) {
     const struct llama_vocab *va = a->vocab, *vb = b->vocab;
     if (llama_vocab_type(va) != llama_vocab_type(vb)) {
         snprintf(why, why_size, "vocabulary types differ (%d vs %d)", llama_vocab_type(va), llama_vocab_type(vb));
@@ -250,7 +260,7 @@ sm_session *sm_session_new_fused(sm_model *const *models, int32_t n_models, cons
     bool aligned[SM_MAX_MODELS] = {false};
     for (int32_t m = 1; m < n_models; m++) {
         char why[256];
-        if (sm_vocab_equal(models[0], models[m], why, sizeof why)) continue;
+        if (vocab_equal(models[0], models[m], why, sizeof why)) continue;
         if (!p.fusion_align) {
             sm_error_set(err, SM_ERR_VOCAB_MISMATCH,
                          "'%s' and '%s' do not share a vocabulary: %s (use fusion alignment to map tokens by text)",
@@ -1392,7 +1402,8 @@ static sm_status generate_impl(sm_session *s, const char *prompt, const sm_gen_p
     if (!s || !gp || !res) return s ? sm_session_fail(s, SM_ERR_INVALID_ARGUMENT, "missing params or result") : SM_ERR_INVALID_ARGUMENT;
     memset(res, 0, sizeof *res);
     char msg[256];
-    if (sm_gen_params_validate(gp, msg, sizeof msg) != SM_OK) return sm_session_fail(s, SM_ERR_INVALID_ARGUMENT, "%s", msg);
+    sm_error invalid;
+    if (sm_gen_params_validate(gp, &invalid) != SM_OK) return sm_session_fail(s, invalid.status, "%s", invalid.message);
     if (s->n_models > 1 && sm_fusion_params_validate(&gp->fusion, s->n_models, msg, sizeof msg) != SM_OK)
         return sm_session_fail(s, SM_ERR_INVALID_ARGUMENT, "%s", msg);
     if (!sm_intervention_fits(s, gp, msg, sizeof msg)) return sm_session_fail(s, SM_ERR_INVALID_ARGUMENT, "%s", msg);

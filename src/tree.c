@@ -94,7 +94,16 @@ const char *sm_tree_end_name(sm_tree_end end) {
     return "unknown";
 }
 
-sm_status sm_tree_params_validate(const sm_tree_params *p, char *msg, size_t msg_size) {
+static sm_status validate_tree_params(const sm_tree_params *p, char *msg, size_t msg_size);
+
+sm_status sm_tree_params_validate(const sm_tree_params *p, sm_error *err) {
+    sm_error scratch;
+    if (!err) err = &scratch;
+    err->status = validate_tree_params(p, err->message, sizeof err->message);
+    return err->status;
+}
+
+static sm_status validate_tree_params(const sm_tree_params *p, char *msg, size_t msg_size) {
     const char *field = NULL, *range = NULL;
     char value[64] = "";
     if (p->max_depth < 1) {
@@ -160,11 +169,11 @@ static bool check_models(sm_model *const *models, int32_t n_models, sm_error *er
             return false;
         }
     for (int32_t m = 1; m < n_models; m++) {
-        char why[256];
-        if (!sm_vocab_equal(models[0], models[m], why, sizeof why)) {
+        sm_error mismatch;
+        if (!sm_vocab_equal(models[0], models[m], &mismatch)) {
             sm_error_set(err, SM_ERR_VOCAB_MISMATCH,
                          "'%s' and '%s' do not share a vocabulary, which mixing in a tree needs: %s",
-                         models[0]->path, models[m]->path, why);
+                         models[0]->path, models[m]->path, mismatch.message);
             return false;
         }
     }
@@ -663,7 +672,7 @@ static sm_status tokenize_prefix(sm_tree *t, const char *prefix, sm_token **toke
 static sm_status check_call(sm_tree *t, const char *prefix, const sm_tree_params *p, sm_tree_result *out) {
     if (!prefix || !p || !out)
         return fail(t, SM_ERR_INVALID_ARGUMENT, "sm_tree_expand needs a prefix, parameters and a result");
-    sm_status st = sm_tree_params_validate(p, t->error, sizeof t->error);
+    sm_status st = validate_tree_params(p, t->error, sizeof t->error);
     if (st != SM_OK) return st;
     if (p->beam_limit > t->max_beam_limit)
         return fail(t, SM_ERR_INVALID_ARGUMENT,

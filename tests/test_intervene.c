@@ -42,25 +42,25 @@ static float *logits_of_direct_run(sm_model *m, const sm_token *tokens, int32_t 
 static void test_safety_rule_parsing(void **state) {
     (void)state;
     sm_safety_rule r;
-    char msg[256];
-    assert_int_equal(sm_safety_rule_parse("layer=-1,max_abs>8", &r, msg, sizeof msg), SM_OK);
+    sm_error invalid;
+    assert_int_equal(sm_safety_rule_parse("layer=-1,max_abs>8", &r, &invalid), SM_OK);
     assert_int_equal(r.layer, -1);
     assert_int_equal(r.metric, SM_SAFETY_MAX_ABS);
     assert_float_equal(r.threshold, 8.0f, 0.0f);
     assert_int_equal(r.action, SM_SAFETY_RESAMPLE);
-    assert_int_equal(sm_safety_rule_parse("norm_z>2.5,layer=3,action=stop", &r, msg, sizeof msg), SM_OK);
+    assert_int_equal(sm_safety_rule_parse("norm_z>2.5,layer=3,action=stop", &r, &invalid), SM_OK);
     assert_int_equal(r.metric, SM_SAFETY_NORM_ZSCORE);
     assert_int_equal(r.layer, 3);
     assert_int_equal(r.action, SM_SAFETY_STOP);
-    assert_int_equal(sm_safety_rule_parse("layer=2,norm>40", &r, msg, sizeof msg), SM_OK);
+    assert_int_equal(sm_safety_rule_parse("layer=2,norm>40", &r, &invalid), SM_OK);
     assert_int_equal(r.metric, SM_SAFETY_NORM);
-    assert_int_equal(sm_safety_rule_parse("layer=2", &r, msg, sizeof msg), SM_ERR_INVALID_ARGUMENT);
-    assert_non_null(strstr(msg, "needs a condition"));
-    assert_int_equal(sm_safety_rule_parse("layer=x,norm>1", &r, msg, sizeof msg), SM_ERR_INVALID_ARGUMENT);
-    assert_non_null(strstr(msg, "not a layer"));
-    assert_int_equal(sm_safety_rule_parse("layer=1,mean>1", &r, msg, sizeof msg), SM_ERR_INVALID_ARGUMENT);
-    assert_non_null(strstr(msg, "cannot read 'mean>1'"));
-    assert_int_equal(sm_safety_rule_parse("layer=1,norm>1,action=halt", &r, msg, sizeof msg), SM_ERR_INVALID_ARGUMENT);
+    assert_int_equal(sm_safety_rule_parse("layer=2", &r, &invalid), SM_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(invalid.message, "needs a condition"));
+    assert_int_equal(sm_safety_rule_parse("layer=x,norm>1", &r, &invalid), SM_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(invalid.message, "not a layer"));
+    assert_int_equal(sm_safety_rule_parse("layer=1,mean>1", &r, &invalid), SM_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(invalid.message, "cannot read 'mean>1'"));
+    assert_int_equal(sm_safety_rule_parse("layer=1,norm>1,action=halt", &r, &invalid), SM_ERR_INVALID_ARGUMENT);
 }
 
 typedef struct safety_watch {

@@ -400,10 +400,10 @@ static void test_entropy_steer_rules(void **state) {
     assert_false(sm_policy_entropy_steer(&p, 3.5f, 0.0f, &t, &mod)); /* greedy stays greedy */
 
     sm_gen_params gp = sm_gen_default_params();
-    char msg[256];
+    sm_error invalid;
     gp.policy.entropy_mode = 3;
-    assert_int_equal(sm_gen_params_validate(&gp, msg, sizeof msg), SM_ERR_INVALID_ARGUMENT);
-    assert_non_null(strstr(msg, "entropy mode"));
+    assert_int_equal(sm_gen_params_validate(&gp, &invalid), SM_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(invalid.message, "entropy mode"));
 }
 
 typedef struct steer_count {

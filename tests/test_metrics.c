@@ -351,9 +351,9 @@ static void test_dry_cuts_greedy_loops(void **unused) {
         fail_msg("greedy rep-4 %.3f, with DRY %.3f: DRY should at least halve it", a.rep[4], b.rep[4]);
     /* invalid DRY settings are refused by name */
     gp.sampling.dry_base = 0.5f;
-    char msg[256];
-    assert_int_equal(sm_gen_params_validate(&gp, msg, sizeof msg), SM_ERR_INVALID_ARGUMENT);
-    assert_non_null(strstr(msg, "dry_base"));
+    sm_error invalid;
+    assert_int_equal(sm_gen_params_validate(&gp, &invalid), SM_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(invalid.message, "dry_base"));
     sm_result_free(&plain);
     sm_result_free(&dry);
     sm_session_free(s);

@@ -446,9 +446,9 @@ static bool check_combination(cli_options *opt, FILE *err) {
     opt->gen.n_stop_strings = opt->n_stops;
     if (!cli_intro_check(opt, err)) return false;
     if (!cli_fusion_check(&opt->fusion, &opt->gen.fusion, err)) return false;
-    char msg[256];
-    if (sm_gen_params_validate(&opt->gen, msg, sizeof msg) != SM_OK) {
-        fprintf(err, "llama_selfmod: error: invalid parameters: %s\n", msg);
+    sm_error invalid;
+    if (sm_gen_params_validate(&opt->gen, &invalid) != SM_OK) {
+        fprintf(err, "llama_selfmod: error: invalid parameters: %s\n", invalid.message);
         return false;
     }
     return true;

@@ -64,9 +64,9 @@ static bool add_safety_rule(FILE *err, const char *text, cli_intro_options *io) 
         fprintf(err, "llama_selfmod: error: --safety given more than %d times\n", CLI_INTRO_MAX_LIST);
         return false;
     }
-    char msg[256];
-    if (sm_safety_rule_parse(text, &io->safety[io->n_safety], msg, sizeof msg) != SM_OK) {
-        fprintf(err, "llama_selfmod: error: --safety '%s': %s\n", text, msg);
+    sm_error invalid;
+    if (sm_safety_rule_parse(text, &io->safety[io->n_safety], &invalid) != SM_OK) {
+        fprintf(err, "llama_selfmod: error: --safety '%s': %s\n", text, invalid.message);
         return false;
     }
     io->n_safety++;

@@ -175,9 +175,9 @@ static bool set_up_judge(evaluation *e) {
         eval_error("--judge: %s", err.message);
         return false;
     }
-    char why[256];
-    if (needs(e, true) && !sm_vocab_equal(e->fusion_models[0], e->judge_model, why, sizeof why)) {
-        eval_error("--judge: '%s' cannot score the tokens of '%s': %s", e->opt.judge_path, e->opt.model_paths[0], why);
+    sm_error mismatch;
+    if (needs(e, true) && !sm_vocab_equal(e->fusion_models[0], e->judge_model, &mismatch)) {
+        eval_error("--judge: '%s' cannot score the tokens of '%s': %s", e->opt.judge_path, e->opt.model_paths[0], mismatch.message);
         return false;
     }
     return true;

@@ -206,9 +206,9 @@ int eval_strategy_parse(const char *spec, eval_strategy *out, char *err, size_t 
         }
     }
     free(copy);
-    char msg[256];
-    if (rc == 0 && sm_gen_params_validate(&out->gen, msg, sizeof msg) != SM_OK) {
-        snprintf(err, err_size, "strategy '%s': %s", spec, msg);
+    sm_error invalid;
+    if (rc == 0 && sm_gen_params_validate(&out->gen, &invalid) != SM_OK) {
+        snprintf(err, err_size, "strategy '%s': %s", spec, invalid.message);
         rc = -1;
     }
     if (rc != 0) {

@@ -71,8 +71,8 @@ static bool parse_loom(const cJSON *body, const model_set *models, loom_request 
     r->params.split_limit = (int32_t)split;
     r->params.cutoff = (float)cutoff;
     r->params.multiplier = (float)multiplier;
-    char msg[256];
-    if (sm_tree_params_validate(&r->params, msg, sizeof msg) != SM_OK) return api_fail(err, 400, NULL, "%s", msg);
+    sm_error invalid;
+    if (sm_tree_params_validate(&r->params, &invalid) != SM_OK) return api_fail(err, 400, NULL, "%s", invalid.message);
     return true;
 }
 

@@ -519,8 +519,8 @@ bool gen_request_parse(const cJSON *body, api_kind api, const model_set *models,
     if (!ok) return false;
     gen_request_bind(r);
     r->params.n_probs = r->n_probs;
-    char msg[256];
-    if (sm_gen_params_validate(&r->params, msg, sizeof msg) != SM_OK) return api_fail(err, 400, NULL, "%s", msg);
+    sm_error invalid;
+    if (sm_gen_params_validate(&r->params, &invalid) != SM_OK) return api_fail(err, 400, NULL, "%s", invalid.message);
     return true;
 }
 
