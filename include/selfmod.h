@@ -7,6 +7,16 @@
  *   decode -> signals -> decisions (policy, operators, fusion) -> sample
  *          -> commit, or rewind
  *
+ * The header is an index, one section per object, in this order:
+ *   errors (sm_status, sm_error)     models and tokens (sm_model)
+ *   signals, sampling, policy, fusion, introspection: the parameters
+ *   events (sm_event)                operators (sm_operator)
+ *   stages (sm_stage, sm_loop)       generation (sm_gen_params, sm_result)
+ *   sessions (sm_session)            batches of sessions (sm_batch)
+ *   chat (sm_chat)                   JSON forms
+ *   metrics and the judge (sm_judge) the tree (sm_tree, the LLooM)
+ *   introspection: control vectors, steering, hidden-state files
+ *
  * Conventions follow llama.h: opaque handles, *_default_params() structs,
  * explicit *_free(). One error convention: a call that can fail returns an
  * sm_status (a constructor: NULL) and says why in one line, in the sm_error
