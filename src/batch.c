@@ -239,7 +239,7 @@ static void decode_pending(sm_batch *b, batch_model *bm) {
         /* sessions may hand in while this decodes, but not touch the context */
         pthread_mutex_lock(&b->context_mutex);
         pthread_mutex_unlock(&b->mutex);
-        int32_t rc = smx_decode(bm->ctx, *lb);
+        int32_t rc = sm_decode(bm->ctx, lb);
         int32_t at = 0;
         for (int32_t i = first; i < last; i++) {
             request *r = bm->pending[i];

@@ -1,8 +1,14 @@
 /*
- * context.c - every llama.cpp context the library makes (sessions, the
- * LLooM tree, the judge, steering) is made here, so that its settings,
- * its thread default and the error that says why one could not be made
- * are written once.
+ * context.c - the context layer. Every llama.cpp context the library makes
+ * (sessions, batches, the LLooM tree, the judge, steering) is made here, so
+ * that its settings, its thread default and the error that says why one
+ * could not be made are written once; and every decode goes through
+ * sm_decode, the one call of llama_decode (behind guard.cpp's exception
+ * wall). sm_models_decode is the parallel decode of a set of models, each
+ * with its context, that sessions and the tree are algorithms over.
+ *
+ * Invariant: after sm_models_decode every model has decoded the batch, or
+ * (when any failed) none of them keeps any of it.
  */
 #include "internal.h"
 
@@ -44,4 +50,34 @@ struct llama_context *sm_context_new(const sm_model *model, const sm_context_opt
         return NULL;
     }
     return ctx;
+}
+
+int32_t sm_decode(struct llama_context *ctx, const llama_batch *batch) { return smx_decode(ctx, *batch); }
+
+typedef struct models_job {
+    int32_t (*decode)(void *arg, int32_t m);
+    void *arg;
+    int32_t rc[SM_MAX_MODELS];
+} models_job;
+
+static void run_one(void *p, int32_t m) {
+    models_job *job = p;
+    job->rc[m] = job->decode(job->arg, m);
+}
+
+int32_t sm_models_decode(sm_pool *pool, int32_t n_models, int32_t (*decode)(void *arg, int32_t m),
+                         void (*undo)(void *arg, int32_t m), void *arg, int32_t *failed) {
+    models_job job = {.decode = decode, .arg = arg};
+    if (n_models == 1 || !pool) {
+        for (int32_t m = 0; m < n_models; m++) run_one(&job, m);
+    } else {
+        sm_pool_run(pool, run_one, &job, n_models);
+    }
+    int32_t first = -1;
+    for (int32_t m = 0; m < n_models && first < 0; m++)
+        if (job.rc[m] != 0) first = m;
+    if (failed) *failed = first;
+    if (first < 0) return 0;
+    for (int32_t m = 0; undo && m < n_models; m++) undo(arg, m); /* none keeps a part of it, the failed one included */
+    return job.rc[first];
 }

@@ -237,7 +237,7 @@ static sm_status accumulate_prompt(steer_run *run, const char *prompt, double *a
         sm_error_set(err, SM_ERR_NO_MEMORY, "out of memory");
         return SM_ERR_NO_MEMORY;
     }
-    int rc = smx_decode(run->ctx, run->batch);
+    int rc = sm_decode(run->ctx, &run->batch);
     if (rc != 0) {
         sm_error_set(err, SM_ERR_DECODE, "llama_decode failed (code %d) on steering prompt '%.60s'", rc, prompt);
         return SM_ERR_DECODE;

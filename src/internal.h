@@ -37,6 +37,15 @@ typedef struct sm_context_opts {
 } sm_context_opts;
 struct llama_context *sm_context_new(const sm_model *model, const sm_context_opts *opts, sm_error *err);
 int32_t sm_online_cores(void);
+/* THE decode: llama_decode's code (exceptions become -1000, see guard.h). */
+int32_t sm_decode(struct llama_context *ctx, const llama_batch *batch);
+/* Decodes in every model at once: decode(arg, m) returns llama_decode's
+ * code for model m. When any fails, undo(arg, m) (may be NULL) removes the
+ * batch from every model (a failed decode may have kept part of it); returns the first failing
+ * model's code (its index in *failed, -1 when all succeeded), else 0. */
+typedef struct sm_pool sm_pool;
+int32_t sm_models_decode(sm_pool *pool, int32_t n_models, int32_t (*decode)(void *arg, int32_t m),
+                         void (*undo)(void *arg, int32_t m), void *arg, int32_t *failed);
 
 /* batch.c: what sessions on a batch call. */
 int32_t sm_batch_take_seq(sm_batch *b);            /* -1: every one is taken */
@@ -124,7 +133,6 @@ float sm_map_distribution(const float *logits_m, int32_t n_vocab_m, const int32_
 sm_status sm_fusion_params_validate(const sm_fusion_params *fp, int32_t n_models, char *msg, size_t size);
 
 /* pool.c: run fn(arg, i) for i in [0, n) in parallel, 0 on the caller. */
-typedef struct sm_pool sm_pool;
 sm_pool *sm_pool_new(int32_t n_workers);
 void sm_pool_run(sm_pool *pool, void (*fn)(void *arg, int32_t index), void *arg, int32_t n);
 void sm_pool_free(sm_pool *pool);

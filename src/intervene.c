@@ -78,7 +78,7 @@ static int decode_branches(generation *g, lookahead_stage *pl, const sm_token *t
         b->logits[j] = 1;
     }
     if (s->intro) sm_introspector_expect_rows(s->intro, n);
-    int rc = smx_decode(s->members[0].ctx, *b);
+    int rc = sm_decode(s->members[0].ctx, b);
     if (rc != 0) return rc;
     s->n_decoded_total += n;
     g->res->n_decoded += n;

@@ -146,7 +146,7 @@ sm_status sm_judge_score_tokens(sm_judge *j, const sm_token *context, int32_t n_
     j->batch.n_tokens = 0;
     for (int32_t i = 0; i < n_context; i++) batch_add(&j->batch, context[i], i, i == n_context - 1);
     for (int32_t i = 0; i + 1 < n_continuation; i++) batch_add(&j->batch, continuation[i], n_context + i, true);
-    int32_t rc = smx_decode(j->ctx, j->batch);
+    int32_t rc = sm_decode(j->ctx, &j->batch);
     if (rc != 0) return judge_fail(j, SM_ERR_DECODE, "the judge's llama_decode failed (code %d) on %d tokens", rc, n_feed);
 
     double sum = 0.0;

@@ -522,28 +522,34 @@ typedef struct decode_job {
     bool last;       /* the last chunk: its distribution is kept */
 } decode_job;
 
-static void decode_member(void *arg, int32_t m) {
+/* Model m decodes the job's tokens: through the batch, or in its own
+ * context (one-token decodes with the tuned thread count). */
+static int32_t decode_member(void *arg, int32_t m) {
     decode_job *job = arg;
-    member *mb = &job->s->members[m];
-    if (mb->aligned) return;
-    if (job->s->batch) { /* the last chunk's distribution lands where capture_logits keeps it */
-        sm_session *s = job->s;
-        mb->rc = sm_batch_decode(s->batch, m, s->seq, s->n_tokens, job->tokens, job->n,
-                                 job->last ? sm_loop_ring_slot(s, s->n_tokens + job->n, m) : NULL);
-        return;
-    }
-    if (job->n != 1) {
-        mb->rc = smx_decode(mb->ctx, llama_batch_get_one((sm_token *)job->tokens, job->n));
-        return;
-    }
+    sm_session *s = job->s;
+    member *mb = &s->members[m];
+    if (mb->aligned) return 0; /* it follows the text afterwards (sync_aligned) */
+    if (s->batch) /* the last chunk's distribution lands where capture_logits keeps it */
+        return sm_batch_decode(s->batch, m, s->seq, s->n_tokens, job->tokens, job->n,
+                               job->last ? sm_loop_ring_slot(s, s->n_tokens + job->n, m) : NULL);
+    llama_batch b = llama_batch_get_one((sm_token *)job->tokens, job->n);
+    if (job->n != 1) return sm_decode(mb->ctx, &b);
     int32_t threads = sm_thread_tuner_next(&mb->tuner);
     if (threads != mb->threads_now) {
         llama_set_n_threads(mb->ctx, threads, mb->n_threads);
         mb->threads_now = threads;
     }
     double t0 = sm_now_ms();
-    mb->rc = smx_decode(mb->ctx, llama_batch_get_one((sm_token *)job->tokens, job->n));
+    int32_t rc = sm_decode(mb->ctx, &b);
     sm_thread_tuner_record(&mb->tuner, threads, sm_now_ms() - t0);
+    return rc;
+}
+
+/* A chunk that some model could not decode leaves no other model with it. */
+static void undo_member(void *arg, int32_t m) {
+    decode_job *job = arg;
+    member *mb = &job->s->members[m];
+    if (!mb->aligned) seq_rm(job->s, mb, job->s->n_tokens);
 }
 
 /*
@@ -594,7 +600,8 @@ static sm_status sync_aligned(sm_session *s, member *mb) {
     for (int32_t at = common; at < n;) {
         int32_t chunk = n - at < (int32_t)s->params.n_batch ? n - at : (int32_t)s->params.n_batch;
         memcpy(mb->tokens + at, s->align_buf + at, sizeof(sm_token) * (size_t)chunk);
-        int32_t rc = smx_decode(mb->ctx, llama_batch_get_one(mb->tokens + at, chunk));
+        llama_batch b = llama_batch_get_one(mb->tokens + at, chunk);
+        int32_t rc = sm_decode(mb->ctx, &b);
         if (rc != 0) {
             seq_rm(s, mb, at);
             return sm_session_fail(s, SM_ERR_DECODE, "llama_decode failed (code %d) in '%s'", rc, mb->model->path);
@@ -647,17 +654,12 @@ sm_status sm_loop_decode_append(sm_session *s, const sm_token *toks, int32_t n) 
         memcpy(s->tokens + s->n_tokens, toks + done, sizeof(sm_token) * (size_t)chunk);
         decode_job job = {s, s->tokens + s->n_tokens, chunk, done + chunk == n};
         if (s->intro) sm_introspector_expect_rows(s->intro, 1);
-        sm_pool_run(s->pool, decode_member, &job, s->n_models);
-        for (int32_t m = 0; m < s->n_models; m++) {
-            if (s->members[m].rc == 0) continue;
-            int32_t rc = s->members[m].rc;
-            for (int32_t k = 0; k < s->n_models; k++) {
-                if (!s->members[k].aligned) seq_rm(s, &s->members[k], s->n_tokens);
-                s->members[k].rc = 0;
-            }
+        int32_t failed;
+        int32_t rc = sm_models_decode(s->pool, s->n_models, decode_member, undo_member, &job, &failed);
+        if (rc != 0) {
             s->logits = NULL;
             return sm_session_fail(s, SM_ERR_DECODE, "llama_decode failed (code %d) in '%s' at position %d", rc,
-                        s->members[m].model->path, s->n_tokens);
+                                   s->members[failed].model->path, s->n_tokens);
         }
         s->n_tokens += chunk;
         s->n_decoded_total += chunk;

@@ -39,8 +39,6 @@ typedef struct member {
     int32_t *map_to0;
     sm_token *tokens;
     int32_t n_tokens, cap_tokens;
-    /* results of the last parallel decode */
-    int32_t rc;
 } member;
 
 struct sm_session {

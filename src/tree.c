@@ -35,7 +35,6 @@ typedef struct tree_member {
     struct llama_context *ctx;
     llama_memory_t mem;
     float *probs;              /* rows of n_vocab: this model's distributions */
-    int32_t rc;                /* of the last llama_decode                    */
 } tree_member;
 
 struct sm_tree {
@@ -279,7 +278,7 @@ typedef struct decode_job {
     bool one_by_one;
 } decode_job;
 
-static void decode_model(void *arg, int32_t m) {
+static int32_t decode_model(void *arg, int32_t m) {
     decode_job *job = arg;
     sm_tree *t = job->tree;
     tree_member *mb = &t->members[m];
@@ -287,10 +286,10 @@ static void decode_model(void *arg, int32_t m) {
     const size_t row = (size_t)t->n_vocab;
     int32_t r = 0;
     if (!job->one_by_one) {
-        mb->rc = smx_decode(mb->ctx, *b);
-        for (int32_t i = 0; mb->rc == 0 && i < b->n_tokens; i++)
+        int32_t rc = sm_decode(mb->ctx, b);
+        for (int32_t i = 0; rc == 0 && i < b->n_tokens; i++)
             if (b->logits[i]) sm_softmax(llama_get_logits_ith(mb->ctx, i), t->n_vocab, mb->probs + row * (size_t)r++);
-        return;
+        return rc;
     }
     for (int32_t i = 0; i < b->n_tokens; i++) {
         struct llama_batch one = {
@@ -301,27 +300,34 @@ static void decode_model(void *arg, int32_t m) {
             .seq_id = b->seq_id + i,
             .logits = b->logits + i,
         };
-        mb->rc = smx_decode(mb->ctx, one);
-        if (mb->rc != 0) return;
+        int32_t rc = sm_decode(mb->ctx, &one);
+        if (rc != 0) return rc;
         if (b->logits[i]) sm_softmax(llama_get_logits_ith(mb->ctx, 0), t->n_vocab, mb->probs + row * (size_t)r++);
     }
+    return 0;
+}
+
+/* A level some model could not decode leaves no cell of it in any model. */
+static void undo_model(void *arg, int32_t m) {
+    const decode_job *job = arg;
+    const struct llama_batch *b = &job->tree->batch;
+    llama_memory_t mem = job->tree->members[m].mem;
+    for (int32_t i = 0; i < b->n_tokens; i++) llama_memory_seq_rm(mem, b->seq_id[i][0], b->pos[i], b->pos[i] + 1);
 }
 
 /* Decodes t->batch in every model, then mixes the models' rows. */
 static sm_status decode_batch(sm_tree *t, bool one_by_one, const char *what) {
     decode_job job = {t, one_by_one};
-    sm_pool_run(t->pool, decode_model, &job, t->n_models);
-    for (int32_t m = 0; m < t->n_models; m++) {
-        int32_t rc = t->members[m].rc;
-        if (rc == 1)
-            return fail(t, SM_ERR_CONTEXT,
-                        "no room left in the context of %u tokens for %s in '%s': use a larger context, "
-                        "or a smaller beam limit or depth",
-                        t->n_ctx, what, t->members[m].model->path);
-        if (rc != 0)
-            return fail(t, SM_ERR_DECODE, "llama_decode failed (code %d) for %s in '%s'", rc, what,
-                        t->members[m].model->path);
-    }
+    int32_t failed;
+    int32_t rc = sm_models_decode(t->pool, t->n_models, decode_model, undo_model, &job, &failed);
+    if (rc == 1)
+        return fail(t, SM_ERR_CONTEXT,
+                    "no room left in the context of %u tokens for %s in '%s': use a larger context, "
+                    "or a smaller beam limit or depth",
+                    t->n_ctx, what, t->members[failed].model->path);
+    if (rc != 0)
+        return fail(t, SM_ERR_DECODE, "llama_decode failed (code %d) for %s in '%s'", rc, what,
+                    t->members[failed].model->path);
     if (t->n_models > 1) {
         int32_t n_rows = 0;
         for (int32_t i = 0; i < t->batch.n_tokens; i++) n_rows += t->batch.logits[i] != 0;
