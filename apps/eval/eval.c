@@ -344,17 +344,32 @@ static int by_item(const void *a, const void *b) {
  * model set, so their generations decode together in one llama_decode
  * per step; the outputs are put back in report order afterwards.
  */
+/* What one output can occupy: its prompt (never more tokens than bytes,
+ * with BOS and a leading-space token) and n_predict tokens. A batch's
+ * cache is n_seq times this and is written at creation, so sizing it to
+ * the model's training context would cost more than the outputs. */
+static uint32_t output_context(const evaluation *e, int32_t session_n_ctx) {
+    if (e->opt.n_ctx > 0) return (uint32_t)session_n_ctx; /* the user's --ctx-size */
+    size_t longest = 0;
+    for (int32_t p = 0; p < e->prompts.n; p++) {
+        size_t len = strlen(e->prompts.items[p].text);
+        if (len > longest) longest = len;
+    }
+    uint64_t need = (uint64_t)longest + 4 + (uint64_t)e->opt.n_predict;
+    return need < (uint64_t)session_n_ctx ? (uint32_t)need : (uint32_t)session_n_ctx;
+}
+
 static bool make_workers(evaluation *e, worker *workers, int32_t n, sm_batch **single, sm_batch **fused) {
     sm_batch_params bp = sm_batch_default_params();
     bp.n_seq = n;
     bp.n_threads = e->opt.n_threads;
     sm_error err = {0};
     if (e->single) {
-        bp.n_ctx_seq = (uint32_t)sm_session_n_ctx(e->single);
+        bp.n_ctx_seq = output_context(e, sm_session_n_ctx(e->single));
         if (!(*single = sm_batch_new(&e->model, 1, &bp, &err))) return eval_error("%s", err.message), false;
     }
     if (e->fused) {
-        bp.n_ctx_seq = (uint32_t)sm_session_n_ctx(e->fused);
+        bp.n_ctx_seq = output_context(e, sm_session_n_ctx(e->fused));
         if (!(*fused = sm_batch_new(e->fusion_models, e->opt.n_models, &bp, &err)))
             return eval_error("%s", err.message), false;
     }
@@ -365,12 +380,12 @@ static bool make_workers(evaluation *e, worker *workers, int32_t n, sm_batch **s
         sp.n_ctx = bp.n_ctx_seq;
         if (*single) {
             sp.batch = *single;
-            sp.n_ctx = (uint32_t)sm_session_n_ctx(e->single);
+            sp.n_ctx = sm_batch_n_ctx_seq(*single);
             if (!(wk->single = sm_session_new(e->model, &sp, &err))) return eval_error("%s", err.message), false;
         }
         if (*fused) {
             sp.batch = *fused;
-            sp.n_ctx = (uint32_t)sm_session_n_ctx(e->fused);
+            sp.n_ctx = sm_batch_n_ctx_seq(*fused);
             if (!(wk->fused = sm_session_new_fused(e->fusion_models, e->opt.n_models, &sp, &err)))
                 return eval_error("%s", err.message), false;
         }
