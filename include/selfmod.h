@@ -1016,8 +1016,10 @@ bool sm_reference_contains_match(const char *output, const char *reference);
  * A judge scores text that other models generated: the log-likelihood of
  * each continuation token given everything before it, from ONE batched
  * llama_decode with logits at every continuation position, in its own
- * llama context. It reads the generator's token ids, so both must share a
- * vocabulary.
+ * llama context. sm_judge_score_text reads text through the judge's own
+ * tokenizer, so any model can judge any other, and reports bits per byte
+ * (comparable across vocabularies); sm_judge_score_tokens reads the
+ * generator's token ids, which needs a shared vocabulary.
  */
 typedef struct sm_judge sm_judge;
 
@@ -1040,6 +1042,8 @@ typedef struct sm_judge_score {
     double sum_logprob;    /* sum_j ln p(c_j | context, c_0 .. c_j-1)      */
     int32_t n_scored;      /* continuation tokens scored                   */
     double mean_nll;       /* -sum_logprob / n_scored; NaN when none       */
+    int64_t n_bytes;       /* text: the continuation's bytes; tokens: 0    */
+    double bits_per_byte;  /* -sum_logprob / ln 2 / n_bytes; NaN for tokens */
 } sm_judge_score;
 
 /* Scores `continuation` given `context` (at least one token, usually the
@@ -1050,6 +1054,14 @@ typedef struct sm_judge_score {
 sm_status sm_judge_score_tokens(sm_judge *judge, const sm_token *context, int32_t n_context,
                                 const sm_token *continuation, int32_t n_continuation, float *logprobs,
                                 sm_judge_score *out);
+/* Scores the text `continuation` after the text `context` (may be "":
+ * then after BOS alone; a vocabulary without BOS keeps its first token as
+ * context) through the judge's tokenizer: the tokens of
+ * context + continuation that are not tokens of the context alone are
+ * scored (a token that spans the boundary is scored whole), and
+ * bits_per_byte divides by the continuation's bytes. SM_ERR_PROMPT_TOO_LONG
+ * when the text does not fit the judge's context. */
+sm_status sm_judge_score_text(sm_judge *judge, const char *context, const char *continuation, sm_judge_score *out);
 
 /* ------------------------------------------------------------------ */
 /* Tree exploration (the LLooM)                                        */

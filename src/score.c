@@ -10,6 +10,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 struct sm_judge {
@@ -161,4 +162,46 @@ sm_status sm_judge_score_tokens(sm_judge *j, const sm_token *context, int32_t n_
     out->n_scored = n_continuation;
     out->mean_nll = -sum / n_continuation;
     return SM_OK;
+}
+
+/* text with the judge's BOS (when its vocabulary adds one), as the judge's tokens */
+static sm_status judge_tokens(sm_judge *j, const char *text, size_t len, sm_tokens *out) {
+    sm_error err = {0};
+    sm_status st = sm_tokenize(j->model, text, len, true, false, out, &err);
+    return st == SM_OK ? SM_OK : judge_fail(j, st, "the judge cannot tokenize the text: %s", err.message);
+}
+
+sm_status sm_judge_score_text(sm_judge *j, const char *context, const char *continuation, sm_judge_score *out) {
+    if (!j || !out) return j ? judge_fail(j, SM_ERR_INVALID_ARGUMENT, "no score to write") : SM_ERR_INVALID_ARGUMENT;
+    *out = (sm_judge_score){.mean_nll = NAN, .bits_per_byte = NAN};
+    if (!context || !continuation) return judge_fail(j, SM_ERR_INVALID_ARGUMENT, "no text to score");
+    size_t n_context = strlen(context), n_cont = strlen(continuation);
+    if (n_cont == 0) return SM_OK;
+    char *whole = malloc(n_context + n_cont + 1);
+    if (!whole) return judge_fail(j, SM_ERR_NO_MEMORY, "out of memory");
+    memcpy(whole, context, n_context);
+    memcpy(whole + n_context, continuation, n_cont + 1);
+    sm_tokens all = {0}, head = {0};
+    sm_status st = judge_tokens(j, whole, n_context + n_cont, &all);
+    if (st == SM_OK) st = judge_tokens(j, context, n_context, &head);
+    free(whole);
+    if (st == SM_OK) {
+        /* the context's tokens as the whole text has them; at least BOS or
+         * the first token stays context, the rest is scored */
+        int32_t common = 0;
+        while (common < head.n && common < all.n && head.data[common] == all.data[common]) common++;
+        if (common < 1) common = 1;
+        if (all.n <= common) {
+            st = judge_fail(j, SM_ERR_INVALID_ARGUMENT, "the judge's tokenizer left nothing of the continuation to score");
+        } else {
+            st = sm_judge_score_tokens(j, all.data, common, all.data + common, all.n - common, NULL, out);
+            if (st == SM_OK) {
+                out->n_bytes = (int64_t)n_cont;
+                out->bits_per_byte = -out->sum_logprob / log(2.0) / (double)n_cont;
+            }
+        }
+    }
+    sm_tokens_free(&all);
+    sm_tokens_free(&head);
+    return st;
 }

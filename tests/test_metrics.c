@@ -274,6 +274,64 @@ static void test_judge_rejects_another_vocabulary(void **unused) {
     sm_model_free(generator);
 }
 
+/* Text through the judge's own tokenizer: the score is the judge's own
+ * log-likelihood of exactly the tokens that are not the context's, summed
+ * token by token in a session of its own; bits per byte divide it by the
+ * continuation's bytes. */
+static void test_judge_scores_text(void **unused) {
+    (void)unused;
+    sm_model *m = tu_load_model("tinystories-656K.gguf"); /* its own 2048-token vocabulary */
+    sm_judge *judge = one_thread_judge(m, NULL, 0);
+    const char *context = "Once upon a time, there was a little girl.";
+    const char *cont = " She liked to play with her red ball in the park.";
+    sm_judge_score score;
+    assert_int_equal(sm_judge_score_text(judge, context, cont, &score), SM_OK);
+    char whole[256];
+    snprintf(whole, sizeof whole, "%s%s", context, cont);
+    sm_token all[128], head[128];
+    int32_t n_all = tu_tokenize(m, whole, true, false, all, 128);
+    int32_t n_head = tu_tokenize(m, context, true, false, head, 128);
+    int32_t common = 0;
+    while (common < n_head && all[common] == head[common]) common++;
+    double per_token[128];
+    double expected = sequential_sum(m, all, common, all + common, n_all - common, per_token);
+    assert_int_equal(score.n_scored, n_all - common);
+    assert_true(fabs(score.sum_logprob - expected) < 1e-3 * (n_all - common));
+    assert_int_equal(score.n_bytes, (int64_t)strlen(cont));
+    assert_true(fabs(score.bits_per_byte - (-expected / log(2.0) / (double)strlen(cont))) < 1e-3);
+
+    /* what the judge finds plausible costs fewer bits than letters at random */
+    sm_judge_score noise;
+    assert_int_equal(sm_judge_score_text(judge, context, " Qzx vbk wqj pflm rrt kxq zzv jjw.", &noise), SM_OK);
+    assert_true(score.bits_per_byte < noise.bits_per_byte);
+    /* an empty continuation scores nothing; an empty context is BOS alone */
+    assert_int_equal(sm_judge_score_text(judge, context, "", &noise), SM_OK);
+    assert_int_equal(noise.n_scored, 0);
+    assert_int_equal(sm_judge_score_text(judge, "", cont, &noise), SM_OK);
+    assert_true(noise.n_scored > 0 && isfinite(noise.bits_per_byte));
+    assert_int_equal(sm_judge_score_text(judge, NULL, cont, &noise), SM_ERR_INVALID_ARGUMENT);
+    sm_judge_free(judge);
+    sm_model_free(m);
+}
+
+/* Judges whose vocabularies differ from the generator's, babyllama's with
+ * no byte tokens among them, score the same text. */
+static void test_judges_of_any_vocabulary(void **unused) {
+    (void)unused;
+    const char *names[] = {"stories260K.gguf", "tinystories-656K.gguf", "babyllama-tok105-1M.gguf",
+                           "cardputer-chat-3M.gguf"};
+    for (int i = 0; i < 4; i++) {
+        sm_model *m = tu_load_model(names[i]);
+        sm_judge *judge = one_thread_judge(m, NULL, 0);
+        sm_judge_score s;
+        if (sm_judge_score_text(judge, "Tom had a dog.", " The dog ran to the park and played (all day).", &s) != SM_OK)
+            fail_msg("%s: %s", names[i], sm_judge_last_error(judge));
+        assert_true(s.n_scored > 0 && s.bits_per_byte > 0.0 && s.bits_per_byte < 20.0);
+        sm_judge_free(judge);
+        sm_model_free(m);
+    }
+}
+
 static void test_judge_bad_input(void **unused) {
     sm_model *m = tu_load_model("stories260K.gguf");
     sm_judge *judge = one_thread_judge(m, m, 16);
@@ -373,6 +431,8 @@ int main(void) {
         cmocka_unit_test(test_judge_equals_token_by_token_other_model),
         cmocka_unit_test(test_judge_rejects_another_vocabulary),
         cmocka_unit_test(test_judge_bad_input),
+        cmocka_unit_test(test_judge_scores_text),
+        cmocka_unit_test(test_judges_of_any_vocabulary),
         cmocka_unit_test(test_dry_penalises_extending_a_repeat),
         cmocka_unit_test(test_dry_cuts_greedy_loops),
     };
