@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `llama_selfmod eval` end to end on real models: 3 prompts x 2 strategies
-# on stories260K with a judge write a table, a CSV and a JSON file whose
+# on stories260K with a panel of two judges (one with a vocabulary of its own) write a table, a CSV and a JSON file whose
 # numbers agree with each other and with metrics recomputed here from the
 # output tokens, and an SVG chart that parses as XML; bad input is refused
 # with a clear message.
@@ -11,8 +11,9 @@ set -u
 STORIES="$SM_MODELS/stories260K.gguf"
 SALTY="$SM_MODELS/llama2xs-salty-280K.gguf"
 AIDREAMS="$SM_MODELS/aidreams260K.gguf"
+TINY="$SM_MODELS/tinystories-656K.gguf"
 PROMPTS="$SM_SRC/data/prompts/stories.txt"
-for f in "$STORIES" "$SALTY" "$AIDREAMS" "$PROMPTS" "$SM_SRC/data/prompts/chat.jsonl"; do
+for f in "$STORIES" "$SALTY" "$AIDREAMS" "$TINY" "$PROMPTS" "$SM_SRC/data/prompts/chat.jsonl"; do
   [ -r "$f" ] || { echo "FAIL: missing: $f"; exit 1; }
 done
 
@@ -24,7 +25,7 @@ passed=0
 ok() { passed=$((passed + 1)); echo "ok - $*"; }
 
 # ---------------------------------------------------------------------------
-"$SM_BIN" eval -f "$PROMPTS" --limit 3 -m "$STORIES" --judge "$SALTY" \
+"$SM_BIN" eval -f "$PROMPTS" --limit 3 -m "$STORIES" --judge "$SALTY,$TINY" \
   --strategies greedy,selfmod -n 24 --seeds 2 --threads 1 --quiet \
   --csv out.csv --json out.json --chart out.svg > table.txt 2> err.txt \
   || fail "eval exited $?: $(cat err.txt)"
@@ -50,7 +51,9 @@ if (s['baseline'], s['deterministic'], s['outputs'], s['seeds']) != ('0', '0', '
 for r in rows:
     for k in ('rep_2', 'rep_3', 'rep_4', 'diversity', 'distinct_1', 'distinct_2'):
         if not 0 <= float(r[k]) <= 1: sys.exit(f'{r["strategy"]} {k} = {r[k]}')
-    if not 0 < float(r['judge_nll']) < 20: sys.exit(f'{r["strategy"]} judge_nll = {r["judge_nll"]}')
+    for k in ('judge_bpb', 'judge_1_bpb', 'judge_2_bpb'):
+        if not 0 < float(r[k]) < 20: sys.exit(f'{r["strategy"]} {k} = {r[k]}')
+    if r['judge_3_bpb'] != '': sys.exit('a panel of two has no third judge')
     # every kept token is decoded but the last of each output (decoded only when needed)
     if float(r['decoded_per_kept']) < 1 - 1 / float(r['mean_length']) - 1e-6 or float(r['tokens_per_s']) <= 0: sys.exit(f'cost columns: {r}')
 if s['rep_4_se'] == '' or g['rep_4_se'] != '': sys.exit('standard errors: only the sampling strategy has one')
@@ -65,7 +68,9 @@ outs = data['outputs']
 if len(outs) != 9: sys.exit(f'{len(outs)} outputs, expected 3 + 3 x 2')
 for o in outs:
     if not 0 < o['n_tokens'] <= 24 or len(o['tokens']) != o['n_tokens'] or not o['text']: sys.exit(f'output: {o}')
-    if o['judge_nll'] is None or o['judge_nll'] <= 0: sys.exit(f'unjudged output: {o}')
+    each = o['judge_each_bpb']
+    if o['judge_bpb'] is None or len(each) != 2 or min(each) <= 0: sys.exit(f'unjudged output: {o}')
+    if abs(o['judge_bpb'] - sum(each) / 2) > 1e-12: sys.exit(f'the panel score is not the judges\' mean: {o}')
 # The program's numbers equal the ones recomputed from the tokens.
 greedy = [o['tokens'] for o in outs if o['strategy'] == 'greedy']
 for n in (2, 3, 4):
@@ -77,8 +82,11 @@ per_seed = [rep([o['tokens'] for o in outs if o['strategy'] == 'selfmod' and o['
 m = data['strategies'][1]['metrics']['rep_4']
 if abs(m['mean'] - sum(per_seed) / 2) > 1e-9: sys.exit(f'selfmod rep-4 {m["mean"]}, per seed {per_seed}')
 if abs(m['se'] - abs(per_seed[0] - per_seed[1]) / 2) > 1e-9: sys.exit(f'selfmod rep-4 SE {m["se"]}, per seed {per_seed}')
-nll = [o['judge_nll'] for o in outs if o['strategy'] == 'greedy']
-if abs(data['strategies'][0]['metrics']['judge_nll']['mean'] - sum(nll) / 3) > 1e-9: sys.exit('greedy judge NLL')
+bpb = [o['judge_bpb'] for o in outs if o['strategy'] == 'greedy']
+if abs(data['strategies'][0]['metrics']['judge_bpb']['mean'] - sum(bpb) / 3) > 1e-9: sys.exit('greedy judge bits/byte')
+first = [o['judge_each_bpb'][0] for o in outs if o['strategy'] == 'greedy']
+if abs(data['strategies'][0]['metrics']['judge_1_bpb']['mean'] - sum(first) / 3) > 1e-9: sys.exit('greedy judge 1')
+if len(data['config']['judges']) != 2: sys.exit(f'judges in the config: {data["config"]["judges"]}')
 EOF
 ok "the CSV and JSON are valid and agree with metrics recomputed from the tokens"
 
@@ -108,7 +116,7 @@ rows = {r['strategy']: r for r in csv.DictReader(open('refs.csv'))}
 if set(rows) != {'greedy', 'fusion:average'}: sys.exit(f'strategies {set(rows)}')
 for r in rows.values():
     if r['exact_match'] == '' or not 0 <= float(r['contains_match']) <= 1: sys.exit(f'reference columns: {r}')
-    if r['judge_nll'] != '': sys.exit('no judge was given, yet there is a judge NLL')
+    if r['judge_bpb'] != '': sys.exit('no judge was given, yet there is a judge score')
 EOF
 grep -q "contains" refs.txt || fail "the table has no reference columns: $(cat refs.txt)"
 ok "JSONL references give exact/contains columns; fusion:average runs on --models"
@@ -135,19 +143,20 @@ python3 - par1.json par3.json <<'PY' || fail "--parallel 3 gave other outputs th
 import json, sys
 def outputs(path):
     d = json.load(open(path))
-    return [(o["strategy"], o["prompt"], o["seed"], o["text"], o.get("judge_nll")) for o in d["outputs"]]
+    return [(o["strategy"], o["prompt"], o["seed"], o["text"], o.get("judge_bpb")) for o in d["outputs"]]
 a, b = outputs(sys.argv[1]), outputs(sys.argv[2])
 sys.exit(0 if a == b and len(a) == 8 else 1)
 PY
 ok "--parallel 3 gives the outputs of --parallel 1, in the same order"
 
-expect_error 1 "vocabular" -f "$PROMPTS" --limit 1 -m "$STORIES" --judge "$AIDREAMS" --strategies greedy --threads 1
+expect_error 1 "never judges its own" -f "$PROMPTS" --limit 1 -m "$STORIES" --judge "$SALTY,$STORIES" --strategies greedy --threads 1
+expect_error 2 "at most 4 judges" -f "$PROMPTS" -m "$STORIES" --judge "$SALTY,$SALTY,$SALTY,$SALTY,$SALTY"
 expect_error 2 "unknown strategy 'nonsense'" -f "$PROMPTS" -m "$STORIES" --strategies greedy,nonsense
 expect_error 2 "op:nosuchop" -f "$PROMPTS" -m "$STORIES" --strategies op:nosuchop
 expect_error 2 "--models" -f "$PROMPTS" -m "$STORIES" --strategies fusion:average
 expect_error 2 "baseline" -f "$PROMPTS" -m "$STORIES" --strategies sample --baseline greedy
 expect_error 1 "no-such-file.txt" -f no-such-file.txt -m "$STORIES"
 expect_error 2 "--seeds" -f "$PROMPTS" -m "$STORIES" --seeds 0
-ok "a judge with another vocabulary and bad flags are refused with clear messages"
+ok "a judge that generates, too many judges and bad flags are refused with clear messages"
 
 echo "$passed passed, 0 failed"

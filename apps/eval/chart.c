@@ -1,6 +1,6 @@
 /*
  * The evaluation's chart, an SVG drawn here: one numbered point per
- * strategy, rep-4 (up = more repetitive) against judge NLL and against
+ * strategy, rep-4 (up = more repetitive) against judge bits/byte and against
  * tokens decoded per kept token, with ±1 standard error bars over seeds,
  * and a legend of the numbers.
  */
@@ -170,7 +170,7 @@ int eval_write_chart(FILE *f, const eval_report *r) {
         const eval_summary *s = &r->summaries[i];
         const char *color = COLORS[i % (int)(sizeof COLORS / sizeof COLORS[0])];
         double y = s->metric[EVAL_REP_4].mean, y_err = s->metric[EVAL_REP_4].se;
-        by_nll[i] = (point){r->strategies[i].spec, s->metric[EVAL_JUDGE_NLL].mean, y, s->metric[EVAL_JUDGE_NLL].se,
+        by_nll[i] = (point){r->strategies[i].spec, s->metric[EVAL_JUDGE_BPB].mean, y, s->metric[EVAL_JUDGE_BPB].se,
                             y_err, color};
         by_cost[i] = (point){r->strategies[i].spec, s->metric[EVAL_DECODED_PER_KEPT].mean, y,
                              s->metric[EVAL_DECODED_PER_KEPT].se, y_err, color};
@@ -189,8 +189,8 @@ int eval_write_chart(FILE *f, const eval_report *r) {
     fputs("</title>\n", f);
     double ox = 0;
     if (judged) {
-        draw_panel(f, ox, by_nll, n, "judge NLL (nats per token; lower = more plausible)",
-                   "repetition vs judge NLL: lower-left is better");
+        draw_panel(f, ox, by_nll, n, "judge bits per byte (lower = more plausible)",
+                   "repetition vs judge bits/byte: lower-left is better");
         ox += PANEL_W;
     }
     draw_panel(f, ox, by_cost, n, "tokens decoded per kept token (cost)", "repetition vs cost: lower-left is better");

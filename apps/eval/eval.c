@@ -12,6 +12,7 @@
 #include "eval/stats.h"
 #include "eval/strategy.h"
 
+#include <limits.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -40,12 +41,13 @@ typedef struct evaluation {
     eval_strategy strategies[EVAL_MAX_STRATEGIES];
     int32_t n_strategies;
     int32_t baseline;
-    loaded_model loaded[SM_MAX_MODELS + 2]; /* each file loaded once */
+    loaded_model loaded[SM_MAX_MODELS + 1 + EVAL_MAX_JUDGES]; /* each file loaded once */
     int32_t n_loaded;
-    sm_model *model, *judge_model;
+    sm_model *model, *judge_models[EVAL_MAX_JUDGES];
     sm_model *fusion_models[SM_MAX_MODELS];
     sm_session *single, *fused;
-    sm_judge *judge;
+    sm_judge *judges[EVAL_MAX_JUDGES];
+    int32_t n_judges;
     FILE *csv, *json, *chart;
     eval_output *outputs;
     int32_t n_outputs, cap_outputs;
@@ -163,22 +165,36 @@ static bool needs(const evaluation *e, bool fused) {
     return false;
 }
 
-static bool set_up_judge(evaluation *e) {
-    if (!e->opt.judge_path) return true;
-    e->judge_model = load_model(e, e->opt.judge_path, "--judge");
-    if (!e->judge_model) return false;
-    sm_judge_params jp = sm_judge_default_params();
-    jp.n_threads = e->opt.n_threads;
-    sm_error err = {0};
-    e->judge = sm_judge_new(e->judge_model, e->model, &jp, &err);
-    if (!e->judge) {
-        eval_error("--judge: %s", err.message);
-        return false;
-    }
-    sm_error mismatch;
-    if (needs(e, true) && !sm_vocab_equal(e->fusion_models[0], e->judge_model, &mismatch)) {
-        eval_error("--judge: '%s' cannot score the tokens of '%s': %s", e->opt.judge_path, e->opt.model_paths[0], mismatch.message);
-        return false;
+/* Whether the judge at path is one of the models that generate. */
+static bool generates(const evaluation *e, const char *path) {
+    char judge[PATH_MAX], other[PATH_MAX];
+    if (!realpath(path, judge)) return false;
+    const char *paths[SM_MAX_MODELS + 1] = {e->opt.model_path};
+    int32_t n = 1;
+    for (int32_t m = 0; m < e->opt.n_models; m++) paths[n++] = e->opt.model_paths[m];
+    for (int32_t i = 0; i < n; i++)
+        if (paths[i] && realpath(paths[i], other) && strcmp(judge, other) == 0) return true;
+    return false;
+}
+
+/* The panel: every judge reads the outputs' text through its own
+ * tokenizer, so its vocabulary is its own business. */
+static bool set_up_judges(evaluation *e) {
+    for (int32_t k = 0; k < e->opt.n_judges; k++) {
+        const char *path = e->opt.judge_paths[k];
+        if (generates(e, path)) {
+            eval_error("--judge: '%s' is a model that generates: a model never judges its own outputs", path);
+            return false;
+        }
+        if (!(e->judge_models[k] = load_model(e, path, "--judge"))) return false;
+        sm_judge_params jp = sm_judge_default_params();
+        jp.n_threads = e->opt.n_threads;
+        sm_error err = {0};
+        if (!(e->judges[k] = sm_judge_new(e->judge_models[k], NULL, &jp, &err))) {
+            eval_error("--judge: %s", err.message);
+            return false;
+        }
+        e->n_judges++;
     }
     return true;
 }
@@ -193,7 +209,7 @@ static bool set_up_models(evaluation *e) {
         if (!(e->fused = new_session(e, e->fusion_models, e->opt.n_models))) return false;
     }
     if (needs(e, false) && !(e->single = new_session(e, &e->model, 1))) return false;
-    return set_up_judge(e);
+    return set_up_judges(e);
 }
 
 /* ------------------------------------------------------------------ */
@@ -214,23 +230,30 @@ static bool append_output(evaluation *e, const eval_output *o) {
     return true;
 }
 
-/* Scores the output given its prompt, both as the session holds them. */
-static bool judge_output(evaluation *e, sm_session *s, eval_output *o) {
-    o->judge_nll = NAN;
-    if (!e->judge || o->n_tokens == 0) return true;
-    int32_t n_context;
-    const sm_token *context = sm_session_tokens(s, &n_context);
-    sm_judge_score score;
-    sm_status st = sm_judge_score_tokens(e->judge, context, o->n_prompt_tokens, o->tokens, o->n_tokens, NULL, &score);
-    if (st == SM_ERR_PROMPT_TOO_LONG) {
-        e->n_unjudged++;
-        return true;
+/* Every judge scores the output's text after its prompt's; the panel's
+ * score is their mean (an output some judge cannot hold is unjudged). */
+static bool judge_output(evaluation *e, const char *prompt, eval_output *o) {
+    o->judge_bpb = NAN;
+    for (int k = 0; k < 4; k++) o->judge_each_bpb[k] = NAN;
+    if (e->n_judges == 0 || o->n_tokens == 0 || !o->text || !*o->text) return true;
+    double sum = 0;
+    for (int32_t k = 0; k < e->n_judges; k++) {
+        sm_judge_score score;
+        sm_status st = sm_judge_score_text(e->judges[k], prompt, o->text, &score);
+        if (st == SM_ERR_PROMPT_TOO_LONG) {
+            e->n_unjudged++;
+            for (int32_t i = 0; i < k; i++) o->judge_each_bpb[i] = NAN;
+            return true;
+        }
+        if (st != SM_OK) {
+            eval_error("judging an output of '%s' with '%s': %s", e->strategies[o->strategy].spec,
+                       e->opt.judge_paths[k], sm_judge_last_error(e->judges[k]));
+            return false;
+        }
+        o->judge_each_bpb[k] = score.bits_per_byte;
+        sum += score.bits_per_byte;
     }
-    if (st != SM_OK) {
-        eval_error("judging an output of '%s': %s", e->strategies[o->strategy].spec, sm_judge_last_error(e->judge));
-        return false;
-    }
-    o->judge_nll = score.mean_nll;
+    o->judge_bpb = sum / e->n_judges;
     return true;
 }
 
@@ -291,7 +314,7 @@ static bool run_one(worker *w, int32_t si, int32_t p, int32_t k) {
         o.contains = sm_reference_contains_match(o.text, prompt->reference);
     }
     pthread_mutex_lock(&eval_mutex); /* the judge and the outputs are shared */
-    bool ok = judge_output(e, s, &o) && append_output(e, &o);
+    bool ok = judge_output(e, prompt->text, &o) && append_output(e, &o);
     pthread_mutex_unlock(&eval_mutex);
     if (!ok) eval_output_free(&o);
     return ok;
@@ -494,9 +517,12 @@ static bool report_results(evaluation *e, int argc, char **argv, double wall_sec
     if (!ok) {
         eval_error("out of memory summarising the results");
     } else {
-        char judge_description[256];
-        if (e->judge_model) snprintf(judge_description, sizeof judge_description, "%s (%s)", e->opt.judge_path,
-                                     sm_model_description(e->judge_model));
+        char judge_description[1024] = "";
+        for (int32_t k = 0, len = 0; k < e->n_judges && len < (int32_t)sizeof judge_description; k++) {
+            int n = snprintf(judge_description + len, sizeof judge_description - (size_t)len, "%s%d: %s (%s)",
+                             k ? ", " : "", k + 1, e->opt.judge_paths[k], sm_model_description(e->judge_models[k]));
+            if (n > 0) len += n;
+        }
         char model_description[256];
         snprintf(model_description, sizeof model_description, "%s (%s)", e->opt.model_path,
                  sm_model_description(e->model));
@@ -504,7 +530,7 @@ static bool report_results(evaluation *e, int argc, char **argv, double wall_sec
             .opt = &e->opt,
             .command = command,
             .model_description = model_description,
-            .judge_description = e->judge_model ? judge_description : NULL,
+            .judge_description = e->n_judges ? judge_description : NULL,
             .prompts = &e->prompts,
             .strategies = e->strategies,
             .summaries = summaries,
@@ -530,7 +556,7 @@ static void evaluation_free(evaluation *e) {
     for (int32_t i = 0; i < e->n_outputs; i++) eval_output_free(&e->outputs[i]);
     free(e->outputs);
     for (int32_t i = 0; i < e->n_strategies; i++) eval_strategy_free(&e->strategies[i]);
-    sm_judge_free(e->judge);
+    for (int32_t k = 0; k < e->n_judges; k++) sm_judge_free(e->judges[k]);
     sm_session_free(e->single);
     sm_session_free(e->fused);
     for (int32_t i = 0; i < e->n_loaded; i++) sm_model_free(e->loaded[i].model);

@@ -66,7 +66,10 @@ void eval_print_help(FILE *out) {
         "  -m, --model PATH          the generating model (default: the first of --models)\n"
         "      --models A,B,...      the models that fusion:MODE strategies fuse (A generates\n"
         "                            the tokens; the vocabularies must be the same)\n"
-        "      --judge PATH          scores every output's tokens; must share the vocabulary\n"
+        "      --judge A[,B,...]     a panel of up to 4 judges: each scores every output's text\n"
+        "                            through its own tokenizer (any vocabulary), in bits per\n"
+        "                            byte; the panel's mean is judge_bpb. A generating model\n"
+        "                            never judges its own outputs.\n"
         "      --limit N             only the first N prompts (default: all)\n"
         "\n"
         "strategies:\n"
@@ -105,7 +108,7 @@ void eval_print_help(FILE *out) {
         "output:\n"
         "      --csv FILE            one row per strategy\n"
         "      --json FILE           every metric, every output\n"
-        "      --chart FILE.svg      rep-4 against judge NLL and against cost, per strategy\n"
+        "      --chart FILE.svg      rep-4 against judge bits/byte and against cost, per strategy\n"
         "      --quiet               no progress bar\n"
         "  -h, --help                this help\n",
         out);
@@ -183,12 +186,25 @@ static bool add_models(FILE *err, eval_options *opt, const char *list) {
     return true;
 }
 
+static bool add_judges(FILE *err, eval_options *opt, const char *list) {
+    free(opt->judges_buffer);
+    opt->judges_buffer = strdup(list); /* the paths point into it */
+    if (!opt->judges_buffer) return false;
+    opt->n_judges = 0;
+    for (char *save = NULL, *p = strtok_r(opt->judges_buffer, ",", &save); p; p = strtok_r(NULL, ",", &save)) {
+        if (opt->n_judges >= EVAL_MAX_JUDGES) return report(err, "--judge", list, "at most 4 judges");
+        opt->judge_paths[opt->n_judges++] = p;
+    }
+    if (opt->n_judges == 0) return report(err, "--judge", list, "one or more comma-separated model paths");
+    return true;
+}
+
 static bool apply_option(FILE *err, eval_options *opt, int c, const char *arg) {
     switch (c) {
     case 'f': opt->prompts_path = arg; return true;
     case 'm': opt->model_path = arg; return true;
     case OPT_MODELS: return add_models(err, opt, arg);
-    case OPT_JUDGE: opt->judge_path = arg; return true;
+    case OPT_JUDGE: return add_judges(err, opt, arg);
     case OPT_STRATEGIES: return add_strategy_list(err, opt, arg);
     case OPT_STRATEGY: return add_strategy(err, opt, arg, strlen(arg));
     case OPT_BASELINE: opt->baseline = arg; return true;
@@ -287,4 +303,6 @@ void eval_options_free(eval_options *opt) {
     opt->n_strategies = 0;
     free(opt->models_buffer);
     opt->models_buffer = NULL;
+    free(opt->judges_buffer);
+    opt->judges_buffer = NULL;
 }

@@ -9,6 +9,7 @@
 
 #define EVAL_MAX_STRATEGIES 64
 #define EVAL_MAX_STOPS 16
+#define EVAL_MAX_JUDGES 4
 
 typedef struct eval_options {
     const char *prompts_path;
@@ -16,7 +17,9 @@ typedef struct eval_options {
     const char *model_paths[SM_MAX_MODELS]; /* --models, for fusion:      */
     int32_t n_models;
     char *models_buffer;               /* owns the --models paths          */
-    const char *judge_path;            /* NULL: no judge                   */
+    const char *judge_paths[EVAL_MAX_JUDGES]; /* --judge A,B: the panel    */
+    int32_t n_judges;
+    char *judges_buffer;               /* owns the --judge paths           */
     char *strategies[EVAL_MAX_STRATEGIES]; /* one spec each, owned      */
     int32_t n_strategies;
     const char *baseline;              /* a strategy spec                  */

@@ -117,7 +117,7 @@ void eval_print_tables(FILE *out, const eval_report *r) {
         {"dist-1", EVAL_DISTINCT_1, 6, 3, false},
         {"dist-2", EVAL_DISTINCT_2, 6, 3, false},
         {"length", EVAL_LENGTH, 6, 1, false},
-        {"judge NLL", EVAL_JUDGE_NLL, 12, 3, true},
+        {"judge b/B", EVAL_JUDGE_BPB, 12, 3, true},
         {"exact", EVAL_EXACT_MATCH, 5, 2, false},
         {"contains", EVAL_CONTAINS_MATCH, 8, 2, false},
     };
@@ -153,13 +153,13 @@ void eval_print_tables(FILE *out, const eval_report *r) {
             {"Δrep-4", EVAL_REP_4, 15, 3, false},
             {"Δdiversity", EVAL_DIVERSITY, 15, 3, false},
             {"Δseq-rep-4", EVAL_SEQ_REP_4, 15, 3, false},
-            {"Δjudge NLL", EVAL_JUDGE_NLL, 15, 3, false},
+            {"Δjudge b/B", EVAL_JUDGE_BPB, 15, 3, false},
             {"Δlength", EVAL_LENGTH, 13, 1, false},
         };
         print_table(out, r, diffs, 5, true);
     }
     if (r->n_unjudged > 0)
-        fprintf(out, "\nnote: %d outputs were longer than the judge's context and have no judge NLL\n", r->n_unjudged);
+        fprintf(out, "\nnote: %d outputs were longer than a judge's context and have no judge score\n", r->n_unjudged);
 }
 
 /* ------------------------------------------------------------------ */
@@ -222,8 +222,8 @@ static cJSON *config_json(const eval_report *r) {
     cJSON_AddStringToObject(c, "model_description", r->model_description);
     cJSON *models = cJSON_AddArrayToObject(c, "fusion_models");
     for (int32_t m = 0; m < o->n_models; m++) cJSON_AddItemToArray(models, cJSON_CreateString(o->model_paths[m]));
-    if (o->judge_path) cJSON_AddStringToObject(c, "judge", o->judge_path);
-    else cJSON_AddNullToObject(c, "judge");
+    cJSON *judges = cJSON_AddArrayToObject(c, "judges");
+    for (int32_t k = 0; k < o->n_judges; k++) cJSON_AddItemToArray(judges, cJSON_CreateString(o->judge_paths[k]));
     cJSON_AddNumberToObject(c, "n_predict", o->n_predict);
     cJSON_AddNumberToObject(c, "n_seeds", o->n_seeds);
     sm_json_add_u64(c, "first_seed", o->first_seed);
@@ -277,7 +277,9 @@ static cJSON *output_json(const eval_report *r, const eval_output *o) {
     cJSON_AddNumberToObject(j, "n_backtracks", o->n_backtracks);
     cJSON_AddStringToObject(j, "stop_reason", sm_stop_reason_name(o->stop));
     cJSON_AddNumberToObject(j, "t_generate_ms", o->t_generate_ms);
-    cJSON_AddNumberToObject(j, "judge_nll", o->judge_nll);
+    cJSON_AddNumberToObject(j, "judge_bpb", o->judge_bpb);
+    cJSON *each = cJSON_AddArrayToObject(j, "judge_each_bpb");
+    for (int k = 0; k < 4 && !isnan(o->judge_each_bpb[k]); k++) cJSON_AddItemToArray(each, cJSON_CreateNumber(o->judge_each_bpb[k]));
     if (o->exact >= 0) {
         cJSON_AddBoolToObject(j, "exact_match", o->exact);
         cJSON_AddBoolToObject(j, "contains_match", o->contains);

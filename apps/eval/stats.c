@@ -21,7 +21,11 @@ static const struct {
     [EVAL_DISTINCT_1] = {"distinct_1", "distinct-1"},
     [EVAL_DISTINCT_2] = {"distinct_2", "distinct-2"},
     [EVAL_LENGTH] = {"mean_length", "length"},
-    [EVAL_JUDGE_NLL] = {"judge_nll", "judge NLL"},
+    [EVAL_JUDGE_BPB] = {"judge_bpb", "judge b/B"},
+    [EVAL_JUDGE_1_BPB] = {"judge_1_bpb", "judge 1 b/B"},
+    [EVAL_JUDGE_2_BPB] = {"judge_2_bpb", "judge 2 b/B"},
+    [EVAL_JUDGE_3_BPB] = {"judge_3_bpb", "judge 3 b/B"},
+    [EVAL_JUDGE_4_BPB] = {"judge_4_bpb", "judge 4 b/B"},
     [EVAL_EXACT_MATCH] = {"exact_match", "exact"},
     [EVAL_CONTAINS_MATCH] = {"contains_match", "contains"},
     [EVAL_DECODED_PER_KEPT] = {"decoded_per_kept", "decoded/kept"},
@@ -63,16 +67,23 @@ static int group_metrics(const eval_output *outputs, int32_t n_outputs, const gr
         return -1;
     }
     int32_t n = 0, n_judged = 0, n_ref = 0, n_exact = 0, n_contains = 0;
-    double nll_sum = 0, kept = 0, decoded = 0, sampled = 0, removals = 0, ms = 0;
+    double bpb_sum = 0, kept = 0, decoded = 0, sampled = 0, removals = 0, ms = 0;
+    double each_sum[4] = {0};
+    int32_t n_each[4] = {0};
     for (int32_t i = 0; i < n_outputs; i++) {
         const eval_output *o = &outputs[i];
         if (!in_group(o, g)) continue;
         tokens[n] = o->tokens;
         lengths[n++] = o->n_tokens;
-        if (!isnan(o->judge_nll)) {
-            nll_sum += o->judge_nll;
+        if (!isnan(o->judge_bpb)) {
+            bpb_sum += o->judge_bpb;
             n_judged++;
         }
+        for (int k = 0; k < 4; k++)
+            if (!isnan(o->judge_each_bpb[k])) {
+                each_sum[k] += o->judge_each_bpb[k];
+                n_each[k]++;
+            }
         if (o->exact >= 0) {
             n_ref++;
             n_exact += o->exact;
@@ -97,7 +108,8 @@ static int group_metrics(const eval_output *outputs, int32_t n_outputs, const gr
     v[EVAL_DISTINCT_1] = tm.distinct[1];
     v[EVAL_DISTINCT_2] = tm.distinct[2];
     v[EVAL_LENGTH] = tm.mean_length;
-    v[EVAL_JUDGE_NLL] = ratio(nll_sum, n_judged);
+    v[EVAL_JUDGE_BPB] = ratio(bpb_sum, n_judged);
+    for (int k = 0; k < 4; k++) v[EVAL_JUDGE_1_BPB + k] = ratio(each_sum[k], n_each[k]);
     v[EVAL_EXACT_MATCH] = ratio(n_exact, n_ref);
     v[EVAL_CONTAINS_MATCH] = ratio(n_contains, n_ref);
     v[EVAL_DECODED_PER_KEPT] = ratio(decoded, kept);
@@ -184,7 +196,7 @@ int eval_summarize(const eval_output *outputs, int32_t n_outputs, int32_t strate
         const eval_output *o = &outputs[i];
         if (o->strategy != strategy) continue;
         out->n_outputs++;
-        out->n_judged += !isnan(o->judge_nll);
+        out->n_judged += !isnan(o->judge_bpb);
         if (o->stop >= 0 && o->stop <= SM_STOP_ERROR) out->stops[o->stop]++;
     }
     if (estimate_over_seeds(outputs, n_outputs, strategy, n_seeds, out) != 0) return -1;

@@ -15,7 +15,11 @@ typedef enum eval_metric {
     EVAL_DISTINCT_1,
     EVAL_DISTINCT_2,
     EVAL_LENGTH,
-    EVAL_JUDGE_NLL,
+    EVAL_JUDGE_BPB,             /* the panel's mean                        */
+    EVAL_JUDGE_1_BPB,           /* each judge of the panel                 */
+    EVAL_JUDGE_2_BPB,
+    EVAL_JUDGE_3_BPB,
+    EVAL_JUDGE_4_BPB,
     EVAL_EXACT_MATCH,
     EVAL_CONTAINS_MATCH,
     EVAL_DECODED_PER_KEPT,
@@ -40,7 +44,8 @@ typedef struct eval_output {
     int64_t n_decoded;          /* tokens decoded while generating         */
     int32_t n_sampled, n_retractions, n_backtracks;
     double t_generate_ms;
-    double judge_nll;           /* mean per token; NaN: not judged         */
+    double judge_bpb;           /* the panel's mean bits/byte; NaN: not judged */
+    double judge_each_bpb[4];   /* per judge of the panel; NaN: none       */
     int8_t exact, contains;     /* -1: the prompt has no reference         */
 } eval_output;
 
