@@ -231,8 +231,22 @@ typedef struct sm_sampling_params {
  *        (EXPLORATION_BURST), and every factor's step is 1.5x larger.
  * The adapted T and rp are used to sample the next token.
  */
+/* How the policy's rules are applied. */
+typedef enum sm_policy_style {
+    SM_POLICY_FIXED = 0,    /* this project's first policy (the default today):
+                               confidence = p(chosen) over the raw distribution;
+                               caps never lower a value already above them;
+                               aggressive makes every step 1.5 times larger   */
+    SM_POLICY_ORIGINAL,     /* the Rust llama_selfmod's code, rule for rule:
+                               confidence = the chosen token's probability
+                               renormalised over the top 40 penalised logits at
+                               T = 1; T = min(f T, cap) even above the cap;
+                               aggressive only enables retraction and bursts  */
+} sm_policy_style;
+
 typedef struct sm_policy_params {
     bool enabled;                /* false: no adaptation at all              */
+    sm_policy_style style;
     bool aggressive;
     /* Retraction at critical confidence: -1 = only when aggressive (the
      * original's behaviour, the default), 0 = never, 1 = always. */
@@ -724,6 +738,15 @@ sm_policy_params sm_policy_default_params(void);
 sm_gen_params sm_gen_default_params(void);
 /* Validates every field; on failure writes a message naming the field. */
 sm_status sm_gen_params_validate(const sm_gen_params *params, sm_error *err);
+/* Sets the policy's style and thresholds to a named preset: "original"
+ * (the Rust llama_selfmod's policy, SM_POLICY_ORIGINAL, at its
+ * thresholds), "fixed" (sm_policy_default_params) or "tuned" (fixed with
+ * confidence_threshold 0 and sharpen_threshold 0.5: docs/EVAL.md). Whether
+ * it is aggressive, retracts, and what it holds are left as they are. The
+ * sampling defaults are the original's flags' defaults already (T 0.7,
+ * top-k 40, top-p 0.95, min-p 0.05, repeat penalty 1.1 over 64 tokens).
+ * SM_ERR_INVALID_ARGUMENT names the presets. */
+sm_status sm_policy_preset(sm_policy_params *policy, const char *name, sm_error *err);
 
 typedef struct sm_result {
     char *text;                 /* generated text, UTF-8, NUL-terminated     */

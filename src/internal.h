@@ -187,6 +187,7 @@ void sm_sampler_work_free(sm_sampler_work *w);
 /* Returns the chosen token (or -1 when every token is banned) and its
  * probability under the final distribution in *p_sampled. */
 sm_token sm_sample(const sm_sample_input *in, uint64_t *rng, sm_sampler_work *w, float *p_sampled);
+float sm_topk_confidence(const float *logits, int32_t n_vocab, int32_t k, sm_token t, sm_candidate *work);
 uint64_t sm_rng_next(uint64_t *state);
 double sm_rng_uniform(uint64_t *state); /* [0, 1) */
 

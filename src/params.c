@@ -113,6 +113,32 @@ sm_policy_params sm_policy_default_params(void) {
     };
 }
 
+sm_status sm_policy_preset(sm_policy_params *p, const char *name, sm_error *err) {
+    sm_error scratch;
+    if (!err) err = &scratch;
+    static const char *const NAMES[] = {"original", "fixed", "tuned"};
+    int which = -1;
+    for (int i = 0; name && i < 3; i++)
+        if (strcmp(name, NAMES[i]) == 0) which = i;
+    if (!p || which < 0) {
+        sm_error_set(err, SM_ERR_INVALID_ARGUMENT, "unknown policy preset '%s' (presets: original, fixed, tuned)",
+                     name ? name : "");
+        return SM_ERR_INVALID_ARGUMENT;
+    }
+    const sm_policy_params d = sm_policy_default_params();
+    p->style = which == 0 ? SM_POLICY_ORIGINAL : SM_POLICY_FIXED;
+    p->window = d.window;
+    p->critical_threshold = d.critical_threshold;
+    p->confidence_threshold = which == 2 ? 0.0f : d.confidence_threshold;
+    p->sharpen_threshold = which == 2 ? 0.5f : d.sharpen_threshold;
+    p->retract_tokens = d.retract_tokens;
+    p->exploration_prob = d.exploration_prob;
+    p->repetition_window = d.repetition_window;
+    p->repetition_min_distinct = d.repetition_min_distinct;
+    err->status = SM_OK;
+    return SM_OK;
+}
+
 sm_gen_params sm_gen_default_params(void) {
     return (sm_gen_params){
         .n_predict = 256,
@@ -172,6 +198,8 @@ static sm_status validate_gen_params(const sm_gen_params *p, char *msg, size_t m
               s->dry_penalty_last_n);
     }
     CHECK(q->window >= 1, "policy window must be >= 1 (got %d)", q->window);
+    CHECK(q->style == SM_POLICY_FIXED || q->style == SM_POLICY_ORIGINAL, "policy style must be fixed or original (got %d)",
+          (int)q->style);
     CHECK(in_range(q->critical_threshold, 0.0f, 1.0f), "critical threshold must be in [0, 1] (got %g)", q->critical_threshold);
     CHECK(in_range(q->confidence_threshold, 0.0f, 1.0f), "confidence threshold must be in [0, 1] (got %g)", q->confidence_threshold);
     CHECK(in_range(q->sharpen_threshold, 0.0f, 1.0f), "sharpen threshold must be in [0, 1] (got %g)", q->sharpen_threshold);

@@ -27,11 +27,17 @@
 #define AGGRESSIVE_STEP 1.5f
 
 static float step(const sm_policy_params *p, float factor) {
-    return p->aggressive ? 1.0f + (factor - 1.0f) * AGGRESSIVE_STEP : factor;
+    return p->aggressive && p->style == SM_POLICY_FIXED ? 1.0f + (factor - 1.0f) * AGGRESSIVE_STEP : factor;
 }
 
 static float minf(float a, float b) { return a < b ? a : b; }
 static float maxf(float a, float b) { return a > b ? a : b; }
+
+/* value * factor, at most cap: the original's min(f v, cap) even when v
+ * is above the cap already; the fixed style never lowers such a value. */
+static float raise_to_cap(const sm_policy_params *p, float value, float factor, float cap) {
+    return minf(value * step(p, factor), p->style == SM_POLICY_ORIGINAL ? cap : maxf(cap, value));
+}
 
 bool sm_policy_retraction_enabled(const sm_policy_params *p) {
     return p->enabled && (p->retract == 1 || (p->retract == -1 && p->aggressive));
@@ -105,8 +111,8 @@ void sm_policy_step(const sm_policy_params *p, const float *confidences, const s
     }
     if (mean < p->confidence_threshold) {
         sm_policy_mod *m = add_mod(a, SM_MOD_PARAM_ADJUST, st);
-        st->temperature = minf(st->temperature * step(p, ADJUST_T_FACTOR), maxf(ADJUST_T_CAP, st->temperature));
-        st->repeat_penalty = minf(st->repeat_penalty * step(p, ADJUST_RP_FACTOR), maxf(ADJUST_RP_CAP, st->repeat_penalty));
+        st->temperature = raise_to_cap(p, st->temperature, ADJUST_T_FACTOR, ADJUST_T_CAP);
+        st->repeat_penalty = raise_to_cap(p, st->repeat_penalty, ADJUST_RP_FACTOR, ADJUST_RP_CAP);
         finish_mod(m, st);
         snprintf(m->description, sizeof m->description,
                  "mean confidence %.3f < %.2f: raise temperature and repeat penalty", mean,
@@ -122,8 +128,7 @@ void sm_policy_step(const sm_policy_params *p, const float *confidences, const s
         int32_t distinct = count_distinct(tokens + n - p->repetition_window, p->repetition_window);
         if (distinct < p->repetition_min_distinct) {
             sm_policy_mod *m = add_mod(a, SM_MOD_ANTI_REPETITION, st);
-            st->repeat_penalty = minf(st->repeat_penalty * step(p, REPETITION_RP_FACTOR),
-                                      maxf(REPETITION_RP_CAP, st->repeat_penalty));
+            st->repeat_penalty = raise_to_cap(p, st->repeat_penalty, REPETITION_RP_FACTOR, REPETITION_RP_CAP);
             finish_mod(m, st);
             snprintf(m->description, sizeof m->description,
                      "%d distinct tokens in the last %d: raise repeat penalty", distinct,
@@ -143,7 +148,7 @@ void sm_policy_step(const sm_policy_params *p, const float *confidences, const s
 
 void sm_policy_after_retraction(const sm_policy_params *p, sm_policy_state *st) {
     if (p->hold_temperature) return;
-    st->temperature = minf(st->temperature * step(p, CRITICAL_T_FACTOR), maxf(CRITICAL_T_CAP, st->temperature));
+    st->temperature = raise_to_cap(p, st->temperature, CRITICAL_T_FACTOR, CRITICAL_T_CAP);
 }
 
 /* Entropix's regimes, reduced to the two that act on one token: the

@@ -240,3 +240,19 @@ sm_token sm_sample(const sm_sample_input *in, uint64_t *rng, sm_sampler_work *w,
     *p_sampled = c[pick].prob;
     return c[pick].token;
 }
+
+/* The Rust llama_selfmod's confidence: t's probability renormalised over
+ * the k largest of the (penalised) logits at T = 1; 0 when t is not among
+ * them. k <= 0 or >= n_vocab: the whole vocabulary. */
+float sm_topk_confidence(const float *logits, int32_t n_vocab, int32_t k, sm_token t, sm_candidate *work) {
+    if (k <= 0 || k > n_vocab) k = n_vocab;
+    int32_t n = sm_select_largest(logits, n_vocab, k, work);
+    if (n == 0) return 0.0f;
+    double z = 0.0, p = 0.0;
+    for (int32_t i = 0; i < n; i++) {
+        double e = exp((double)work[i].logit - work[0].logit);
+        z += e;
+        if (work[i].token == t) p = e;
+    }
+    return (float)(p / z);
+}

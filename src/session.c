@@ -1067,7 +1067,8 @@ static sm_token sample_candidate(generation *g, int32_t i, const sm_knobs *knobs
     };
     float p_sampled = 1.0f; /* a token a stage chose was not drawn */
     sm_token t = knobs->forced;
-    if (t < 0) t = sm_sample(&in, &g->rng, &s->work, &p_sampled);
+    bool sampled = t < 0;
+    if (sampled) t = sm_sample(&in, &g->rng, &s->work, &p_sampled);
     if (t < 0) return t;
     sm_dist_stats stats;
     sm_signals_compute(g->dist, s->n_vocab, t, &r->signals, &stats);
@@ -1075,6 +1076,8 @@ static sm_token sample_candidate(generation *g, int32_t i, const sm_knobs *knobs
     r->log_z = stats.log_z;
     r->token = t;
     g->confidences[i] = r->signals.p_chosen;
+    if (g->gp->policy.style == SM_POLICY_ORIGINAL && sampled) /* over the sampler's penalised logits */
+        g->confidences[i] = sm_topk_confidence(s->work.logits, s->n_vocab, g->gp->sampling.top_k, t, s->work.cand);
     g->gen_tokens[i] = t;
     return t;
 }
@@ -1241,7 +1244,7 @@ static void report_token(generation *g, int32_t i, const sm_token_view *view, in
     e.signals = g->rec[i].signals;
     e.temperature_before = g->rec[i].knobs.temperature; /* what sampled this token */
     e.repeat_penalty_before = g->rec[i].knobs.repeat_penalty;
-    e.confidence = g->rec[i].signals.p_chosen;
+    e.confidence = g->confidences[i]; /* the policy's confidence (its style's definition) */
     e.fusion = s->n_models > 1 ? &g->fusion[i] : NULL;
     e.introspection = sm_session_introspection(s);
     if (g->gp->n_probs > 0) { /* g->dist is still the distribution the token was sampled from */

@@ -17,6 +17,10 @@ tuned=$(gen --seed 9 --preset tuned) || fail "--preset tuned run"
 explicit=$(gen --seed 9 --confidence-threshold 0 --sharpen-threshold 0.5) || fail "explicit thresholds"
 [ "$tuned" = "$explicit" ] || fail "--preset tuned is not --confidence-threshold 0 --sharpen-threshold 0.5"
 [ "$tuned" != "$orig" ] || fail "--preset tuned generated the same text as the defaults"
+fixed=$(gen --seed 9 --preset fixed) || fail "--preset fixed run"
+[ "$fixed" = "$orig" ] || fail "--preset fixed is not the default policy"
+original=$(gen --seed 9 --preset original --aggressive) || fail "--preset original run"
+[ -n "$original" ] || fail "--preset original wrote nothing"
 
 for bad in "--dry-multiplier -1" "--dry-base 0.5" "--dry-allowed-length 0" "--dry-penalty-last-n -2" \
            "--preset fast" "--sharpen-threshold 2" "--critical-threshold x"; do

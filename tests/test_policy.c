@@ -4,6 +4,7 @@
 #include "internal.h"
 
 #include <math.h>
+#include <string.h>
 
 static sm_policy_state state_at(float t, float rp) { return (sm_policy_state){t, rp, 99}; }
 
@@ -83,6 +84,46 @@ static void test_param_adjust_edge_and_caps(void **unused) {
     step_const(&p, 0.4f, 5, &st, &a);
     assert_float_equal(st.temperature, 0.65f, 1e-6);
     assert_float_equal(st.repeat_penalty, 1.15f, 1e-6);
+}
+
+/* The original's rules (ANCHORS.md): T = min(1.2T, 1.3) even from above
+ * the cap, aggressive only adds retraction and bursts (steps unscaled). */
+static void test_original_style(void **unused) {
+    sm_policy_params p = sm_policy_default_params();
+    assert_int_equal(sm_policy_preset(&p, "original", NULL), SM_OK);
+    assert_int_equal(p.style, SM_POLICY_ORIGINAL);
+    sm_policy_state st = state_at(1.45f, 1.8f);
+    sm_policy_action a;
+    step_const(&p, 0.4f, 5, &st, &a);
+    assert_float_equal(st.temperature, 1.3f, 1e-6); /* lowered to the cap */
+    assert_float_equal(st.repeat_penalty, 1.5f, 1e-6);
+    p.aggressive = true;
+    p.exploration_prob = 0.0f;
+    st = state_at(0.5f, 1.0f);
+    step_const(&p, 0.4f, 5, &st, &a);
+    assert_float_equal(st.temperature, 0.6f, 1e-6); /* 1.2x, not the fixed style's 1.3x */
+    assert_float_equal(st.repeat_penalty, 1.1f, 1e-6);
+    step_const(&p, 0.3f, 5, &st, &a); /* aggressive: critical retracts */
+    assert_int_equal(a.retract, 3);
+    st = state_at(1.45f, 1.0f);
+    sm_policy_after_retraction(&p, &st);
+    assert_float_equal(st.temperature, 1.5f, 1e-6); /* min(1.4T, 1.5) */
+    st = state_at(1.6f, 1.0f);
+    sm_policy_after_retraction(&p, &st);
+    assert_float_equal(st.temperature, 1.5f, 1e-6);
+    /* the fixed style never lowers a value above its cap */
+    assert_int_equal(sm_policy_preset(&p, "fixed", NULL), SM_OK);
+    p.aggressive = false;
+    st = state_at(1.45f, 1.8f);
+    step_const(&p, 0.4f, 5, &st, &a);
+    assert_float_equal(st.temperature, 1.45f, 1e-6);
+    /* tuned: no heating, earlier cooling; unknown names are refused by name */
+    assert_int_equal(sm_policy_preset(&p, "tuned", NULL), SM_OK);
+    assert_float_equal(p.confidence_threshold, 0.0f, 0);
+    assert_float_equal(p.sharpen_threshold, 0.5f, 0);
+    sm_error err;
+    assert_int_equal(sm_policy_preset(&p, "fast", &err), SM_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(err.message, "original, fixed, tuned"));
 }
 
 /* At the caps the rule changes nothing, so there is no modification. */
@@ -196,6 +237,7 @@ int main(void) {
         cmocka_unit_test(test_param_adjust_edge_and_caps), cmocka_unit_test(test_no_event_at_the_caps), cmocka_unit_test(test_sharpen_edges),
         cmocka_unit_test(test_window_mean_uses_last_five), cmocka_unit_test(test_repetition_edges),
         cmocka_unit_test(test_exploration_bursts), cmocka_unit_test(test_disabled_and_after_retraction),
+        cmocka_unit_test(test_original_style),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

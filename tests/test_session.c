@@ -443,6 +443,48 @@ static void test_deferred_last_token(void **state) {
     sm_session_free(s);
 }
 
+/* The original style's confidence is the chosen token's probability
+ * renormalised over the 40 most probable (penalised, T = 1) tokens: with
+ * no penalty, p_chosen over the sum of the top 40 raw probabilities. */
+typedef struct conf_check {
+    int32_t n, n_above;
+    double worst;
+} conf_check;
+
+static bool check_original_confidence(const sm_event *e, void *user_data) {
+    conf_check *c = user_data;
+    if (e->type != SM_EVENT_TOKEN) return true;
+    double top = 0;
+    for (int32_t k = 0; k < e->n_top; k++) top += e->top[k].prob;
+    double expected = e->signals.p_chosen / top;
+    double d = fabs(expected - e->confidence);
+    if (d > c->worst) c->worst = d;
+    c->n++;
+    c->n_above += e->confidence > e->signals.p_chosen + 1e-6f;
+    return true;
+}
+
+static void test_original_style_confidence(void **state) {
+    fixture *f = *state;
+    sm_gen_params gp = tu_greedy_params(30);
+    assert_int_equal(sm_policy_preset(&gp.policy, "original", NULL), SM_OK);
+    gp.policy.enabled = true;
+    gp.policy.hold_temperature = true; /* stay greedy: no penalty, so the sampler's logits are the raw ones */
+    gp.policy.hold_repeat_penalty = true;
+    gp.sampling.top_k = 40;
+    gp.n_probs = 40;
+    conf_check c = {0};
+    gp.on_event = check_original_confidence;
+    gp.user_data = &c;
+    sm_result r;
+    assert_int_equal(sm_session_clear(f->session), SM_OK);
+    assert_int_equal(sm_session_generate(f->session, PROMPT, &gp, &r), SM_OK);
+    assert_int_equal(c.n, r.n_tokens);
+    assert_true(c.worst < 1e-5);
+    assert_true(c.n_above > 0); /* renormalised over 40 of 512 tokens: higher than over all */
+    sm_result_free(&r);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_deferred_last_token),
@@ -455,6 +497,7 @@ int main(void) {
         cmocka_unit_test(test_stop_string_and_context_full),
         cmocka_unit_test(test_prompt_too_long_and_bad_params),
         cmocka_unit_test(test_bad_model_files),
+        cmocka_unit_test(test_original_style_confidence),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

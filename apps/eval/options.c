@@ -84,6 +84,8 @@ void eval_print_help(FILE *out) {
         "    selfmod               sample + the default self-modification policy\n"
         "    selfmod-aggressive    sample + the aggressive policy (retraction, bursts)\n"
         "    selfmod-retract       selfmod that also retracts at critical confidence\n"
+        "    original              sample + the Rust llama_selfmod's policy (--preset original)\n"
+        "    original-aggressive   original with its --aggressive (retraction and bursts)\n"
         "    dry                   sample with llama.cpp's DRY (0.8, 1.75, 2, whole context)\n"
         "                          instead of the repeat penalty\n"
         "    min-p                 T 1, min-p 0.1, no top-k/top-p, no repeat penalty\n"

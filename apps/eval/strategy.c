@@ -25,6 +25,12 @@ static void setup_sample(sm_gen_params *g) { no_policy(g); }
 static void setup_selfmod(sm_gen_params *g) { (void)g; }
 static void setup_selfmod_aggressive(sm_gen_params *g) { g->policy.aggressive = true; }
 static void setup_selfmod_retract(sm_gen_params *g) { g->policy.retract = 1; }
+/* The Rust llama_selfmod's policy, as its code applies it (sm_policy_preset). */
+static void setup_original(sm_gen_params *g) { sm_policy_preset(&g->policy, "original", NULL); }
+static void setup_original_aggressive(sm_gen_params *g) {
+    setup_original(g);
+    g->policy.aggressive = true;
+}
 
 /* DRY replaces the repeat penalty, as llama.cpp's documentation advises. */
 static void setup_dry(sm_gen_params *g) {
@@ -49,6 +55,8 @@ static const base_def BASES[] = {
     {"selfmod", setup_selfmod},
     {"selfmod-aggressive", setup_selfmod_aggressive},
     {"selfmod-retract", setup_selfmod_retract},
+    {"original", setup_original},
+    {"original-aggressive", setup_original_aggressive},
     {"dry", setup_dry},
     {"min-p", setup_min_p},
 };
@@ -135,7 +143,7 @@ static int parse_base(const char *part, eval_strategy *out, char *err, size_t er
     int rc = 0;
     if (!base) {
         snprintf(err, err_size,
-                 "unknown strategy '%s' (bases: greedy, sample, selfmod, selfmod-aggressive, selfmod-retract, dry, "
+                 "unknown strategy '%s' (bases: greedy, sample, selfmod, selfmod-aggressive, selfmod-retract, original, original-aggressive, dry, "
                  "min-p; modifiers: op:NAME, fusion:MODE)",
                  copy);
         rc = -1;

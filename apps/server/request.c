@@ -306,7 +306,7 @@ static bool parse_selfmod_key(const cJSON *o, const cJSON *v, gen_request *r, ap
     const char *k = v->string;
     char param[96];
     snprintf(param, sizeof param, "selfmod.%s", k);
-    if (cJSON_IsNull(v)) return true;
+    if (cJSON_IsNull(v) || strcmp(k, "preset") == 0) return true; /* the preset went first */
     if (strcmp(k, "enabled") == 0) return get_bool_field(o, k, param, &p->enabled, err);
     if (strcmp(k, "aggressive") == 0) return get_bool_field(o, k, param, &p->aggressive, err);
     if (strcmp(k, "retract") == 0) return parse_retract(v, p, err);
@@ -350,6 +350,15 @@ static bool parse_selfmod(const cJSON *b, gen_request *r, int n_models, bool sel
     if (!o) return true;
     if (!cJSON_IsObject(o)) return api_fail(err, 400, "selfmod", "'selfmod' must be an object");
     r->live_events = true;
+    /* A preset first, wherever it stands: the object's other keys refine it. */
+    const cJSON *preset = json_field(o, "preset");
+    if (preset && !cJSON_IsNull(preset)) {
+        sm_error invalid;
+        if (!cJSON_IsString(preset))
+            return api_fail(err, 400, "selfmod.preset", "'selfmod.preset' must be a string (original, fixed, tuned)");
+        if (sm_policy_preset(&r->params.policy, preset->valuestring, &invalid) != SM_OK)
+            return api_fail(err, 400, "selfmod.preset", "'selfmod.preset': %s", invalid.message);
+    }
     const cJSON *v;
     cJSON_ArrayForEach(v, o) {
         if (is_fusion_key(v->string) && !cJSON_IsNull(v) && n_models < 2)

@@ -137,6 +137,8 @@ test('400 names the invalid field', async () => {
     ['/v1/completions', { prompt: 'a', selfmod: { agressive: true } }, 'selfmod.agressive'],
     ['/v1/completions', { prompt: 'a', selfmod: { operators: ['no_such_operator'] } }, 'selfmod.operators[0]'],
     ['/v1/completions', { prompt: 'a', selfmod: { fusion_mode: 'voting' } }, 'selfmod.fusion_mode'],
+    ['/v1/completions', { prompt: 'a', selfmod: { preset: 'fast' } }, 'selfmod.preset'],
+    ['/v1/completions', { prompt: 'a', selfmod: { preset: 3 } }, 'selfmod.preset'],
     ['/v1/chat/completions', { messages: [] }, 'messages'],
     ['/v1/chat/completions', { messages: [{ role: 'user' }] }, 'messages[0].content'],
     ['/v1/chat/completions', { messages: [{ role: 'wizard', content: 'hi' }] }, 'messages[0].role'],
@@ -157,6 +159,18 @@ test('400 names the invalid field', async () => {
   // A prompt longer than the context.
   const long = await post(base(), '/v1/completions', { prompt: 'a b '.repeat(3000), max_tokens: 1 });
   assert.equal(assertError(long, 400).code, 'context_length_exceeded');
+});
+
+test('selfmod.preset original runs the original policy, and later keys refine it', async () => {
+  const res = await post(base(), '/v1/completions', {
+    prompt: 'Once upon a time', max_tokens: 8, selfmod: { confidence_threshold: 0.9, preset: 'original', aggressive: true },
+  });
+  assert.equal(res.status, 200, res.text);
+  assert.ok(res.json.choices[0].text.length > 0);
+  // the threshold given before the preset still holds: the policy reacts below 0.90
+  const events = res.json.selfmod.events || [];
+  const adjust = events.filter((e) => /< 0\.90/.test(e.description || ''));
+  assert.ok(adjust.length > 0, JSON.stringify(events));
 });
 
 test('404 for an unknown model or path, 405 for a wrong method', async () => {
