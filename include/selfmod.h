@@ -242,6 +242,17 @@ typedef enum sm_policy_style {
                                renormalised over the top 40 penalised logits at
                                T = 1; T = min(f T, cap) even above the cap;
                                aggressive only enables retraction and bursts  */
+    SM_POLICY_CALIBRATED,   /* relative to the model's own confidence: the
+                               window mean's z-score against the running mean
+                               and spread of this generation's confidence
+                               (after 2 windows) raises T (z < -2) or lowers it
+                               (z > 2), at most 1.5x / at least 0.5x the
+                               requested T; otherwise T and the penalty relax
+                               back by a fifth each token. A candidate that
+                               completes a 4-gram already in the last 64
+                               tokens is retracted with that 4-gram (the
+                               token that began it is banned there), unless
+                               retract is 0                                  */
 } sm_policy_style;
 
 typedef struct sm_policy_params {

@@ -196,6 +196,11 @@ typedef struct sm_policy_state {
     float temperature;
     float repeat_penalty;
     uint64_t rng;          /* exploration bursts */
+    /* SM_POLICY_CALIBRATED: the running mean and variance of the kept
+     * tokens' confidence (Welford), and the values it relaxes back to. */
+    int32_t n_seen;
+    double conf_mean, conf_m2;
+    float base_temperature, base_repeat_penalty;
 } sm_policy_state;
 
 typedef struct sm_policy_mod {
@@ -207,11 +212,14 @@ typedef struct sm_policy_mod {
 typedef struct sm_policy_action {
     float window_mean;
     int32_t retract;       /* tokens to remove, candidate included; 0 = none */
+    bool loop;             /* the retraction removes a repeated n-gram      */
     int32_t n_mods;
     sm_policy_mod mods[4];
 } sm_policy_action;
 
 bool sm_policy_retraction_enabled(const sm_policy_params *p);
+/* The most tokens one retraction removes. */
+int32_t sm_policy_retraction_tokens(const sm_policy_params *p);
 /* confidences/tokens: the generated ones, the candidate last (n >= 1). */
 void sm_policy_step(const sm_policy_params *p, const float *confidences, const sm_token *tokens,
                     int32_t n, int32_t n_retractions_done, sm_policy_state *state,

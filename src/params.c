@@ -116,17 +116,17 @@ sm_policy_params sm_policy_default_params(void) {
 sm_status sm_policy_preset(sm_policy_params *p, const char *name, sm_error *err) {
     sm_error scratch;
     if (!err) err = &scratch;
-    static const char *const NAMES[] = {"original", "fixed", "tuned"};
+    static const char *const NAMES[] = {"original", "fixed", "tuned", "calibrated"};
     int which = -1;
-    for (int i = 0; name && i < 3; i++)
+    for (int i = 0; name && i < 4; i++)
         if (strcmp(name, NAMES[i]) == 0) which = i;
     if (!p || which < 0) {
-        sm_error_set(err, SM_ERR_INVALID_ARGUMENT, "unknown policy preset '%s' (presets: original, fixed, tuned)",
+        sm_error_set(err, SM_ERR_INVALID_ARGUMENT, "unknown policy preset '%s' (presets: original, fixed, tuned, calibrated)",
                      name ? name : "");
         return SM_ERR_INVALID_ARGUMENT;
     }
     const sm_policy_params d = sm_policy_default_params();
-    p->style = which == 0 ? SM_POLICY_ORIGINAL : SM_POLICY_FIXED;
+    p->style = which == 0 ? SM_POLICY_ORIGINAL : which == 3 ? SM_POLICY_CALIBRATED : SM_POLICY_FIXED;
     p->window = d.window;
     p->critical_threshold = d.critical_threshold;
     p->confidence_threshold = which == 2 ? 0.0f : d.confidence_threshold;
@@ -198,8 +198,8 @@ static sm_status validate_gen_params(const sm_gen_params *p, char *msg, size_t m
               s->dry_penalty_last_n);
     }
     CHECK(q->window >= 1, "policy window must be >= 1 (got %d)", q->window);
-    CHECK(q->style == SM_POLICY_FIXED || q->style == SM_POLICY_ORIGINAL, "policy style must be fixed or original (got %d)",
-          (int)q->style);
+    CHECK(q->style == SM_POLICY_FIXED || q->style == SM_POLICY_ORIGINAL || q->style == SM_POLICY_CALIBRATED,
+          "policy style must be fixed, original or calibrated (got %d)", (int)q->style);
     CHECK(in_range(q->critical_threshold, 0.0f, 1.0f), "critical threshold must be in [0, 1] (got %g)", q->critical_threshold);
     CHECK(in_range(q->confidence_threshold, 0.0f, 1.0f), "confidence threshold must be in [0, 1] (got %g)", q->confidence_threshold);
     CHECK(in_range(q->sharpen_threshold, 0.0f, 1.0f), "sharpen threshold must be in [0, 1] (got %g)", q->sharpen_threshold);

@@ -7,6 +7,7 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <string.h>
 
 /* The original's factors and caps. */
 #define CRITICAL_T_FACTOR 1.4f
@@ -23,6 +24,9 @@
 #define EXPLORE_RANGE 0.15f
 #define EXPLORE_T_MIN 0.3f
 #define EXPLORE_T_MAX 1.5f
+/* The calibrated style's loops: an n-gram seen again within the lookback. */
+#define LOOP_NGRAM 4
+#define LOOP_LOOKBACK 64
 /* Aggressive mode makes every step 1.5 times larger. */
 #define AGGRESSIVE_STEP 1.5f
 
@@ -40,7 +44,12 @@ static float raise_to_cap(const sm_policy_params *p, float value, float factor, 
 }
 
 bool sm_policy_retraction_enabled(const sm_policy_params *p) {
+    if (p->style == SM_POLICY_CALIBRATED) return p->enabled && p->retract != 0; /* loops, by default */
     return p->enabled && (p->retract == 1 || (p->retract == -1 && p->aggressive));
+}
+
+int32_t sm_policy_retraction_tokens(const sm_policy_params *p) {
+    return p->style == SM_POLICY_CALIBRATED && p->retract_tokens < LOOP_NGRAM ? LOOP_NGRAM : p->retract_tokens;
 }
 
 static sm_policy_mod *add_mod(sm_policy_action *a, sm_mod_type type, const sm_policy_state *before) {
@@ -90,11 +99,70 @@ static int32_t count_distinct(const sm_token *tokens, int32_t n) {
     return distinct;
 }
 
+/* Whether tokens[n-N..n) occurs earlier among the last LOOP_LOOKBACK. */
+static bool repeats_ngram(const sm_token *tokens, int32_t n) {
+    if (n < 2 * LOOP_NGRAM) return false;
+    const sm_token *last = tokens + n - LOOP_NGRAM;
+    int32_t from = n - LOOP_LOOKBACK > 0 ? n - LOOP_LOOKBACK : 0;
+    for (int32_t at = from; at + LOOP_NGRAM <= n - LOOP_NGRAM; at++)
+        if (memcmp(tokens + at, last, sizeof *last * LOOP_NGRAM) == 0) return true;
+    return false;
+}
+
+#define CALIBRATED_Z 2.0f
+#define CALIBRATED_RAISE 1.15f
+#define CALIBRATED_LOWER 0.9f
+#define CALIBRATED_RELAX 0.2f
+
+static void calibrated_step(const sm_policy_params *p, const float *confidences, const sm_token *tokens, int32_t n,
+                            int32_t n_retractions_done, sm_policy_state *st, sm_policy_action *a) {
+    if (p->retract != 0 && n_retractions_done < p->max_retractions && repeats_ngram(tokens, n)) {
+        a->retract = LOOP_NGRAM;
+        a->loop = true;
+        return;
+    }
+    const float mean = a->window_mean;
+    const int32_t w = n < p->window ? n : p->window;
+    float z = 0.0f;
+    if (st->n_seen >= 2 * p->window) {
+        double sd = sqrt(st->conf_m2 / (st->n_seen - 1)) / sqrt((double)w);
+        z = sd > 1e-6 ? (float)((mean - st->conf_mean) / sd) : 0.0f;
+    }
+    const float t0 = st->base_temperature, rp0 = st->base_repeat_penalty;
+    if (z < -CALIBRATED_Z && t0 > 0.0f) {
+        sm_policy_mod *m = add_mod(a, SM_MOD_PARAM_ADJUST, st);
+        st->temperature = minf(st->temperature * CALIBRATED_RAISE, 1.5f * t0);
+        finish_mod(m, st);
+        snprintf(m->description, sizeof m->description, "mean confidence %.3f, %.1f sd below this text's %.3f: raise temperature",
+                 mean, -z, st->conf_mean);
+    } else if (z > CALIBRATED_Z && t0 > 0.0f) {
+        sm_policy_mod *m = add_mod(a, SM_MOD_SHARPEN, st);
+        st->temperature = maxf(st->temperature * CALIBRATED_LOWER, 0.5f * t0);
+        finish_mod(m, st);
+        snprintf(m->description, sizeof m->description, "mean confidence %.3f, %.1f sd above this text's %.3f: lower temperature",
+                 mean, z, st->conf_mean);
+    } else if (st->temperature != t0 || st->repeat_penalty != rp0) {
+        sm_policy_mod *m = add_mod(a, SM_MOD_PARAM_ADJUST, st);
+        st->temperature += (t0 - st->temperature) * CALIBRATED_RELAX;
+        st->repeat_penalty += (rp0 - st->repeat_penalty) * CALIBRATED_RELAX;
+        if (fabsf(st->temperature - t0) < 1e-3f) st->temperature = t0;
+        if (fabsf(st->repeat_penalty - rp0) < 1e-3f) st->repeat_penalty = rp0;
+        finish_mod(m, st);
+        snprintf(m->description, sizeof m->description, "confidence back to this text's usual: relax towards T %.2f", t0);
+    }
+    /* the candidate's confidence joins the running statistics (Welford) */
+    double c = confidences[n - 1], d = c - st->conf_mean;
+    st->n_seen++;
+    st->conf_mean += d / st->n_seen;
+    st->conf_m2 += d * (c - st->conf_mean);
+}
+
 void sm_policy_step(const sm_policy_params *p, const float *confidences, const sm_token *tokens,
                     int32_t n, int32_t n_retractions_done, sm_policy_state *st,
                     sm_policy_action *a) {
     a->n_mods = 0;
     a->retract = 0;
+    a->loop = false;
     a->window_mean = 0.0f;
     if (!p->enabled || n <= 0) return;
 
@@ -103,6 +171,12 @@ void sm_policy_step(const sm_policy_params *p, const float *confidences, const s
     for (int32_t i = n - w; i < n; i++) sum += confidences[i];
     const float mean = (float)(sum / w);
     a->window_mean = mean;
+    if (p->style == SM_POLICY_CALIBRATED) {
+        calibrated_step(p, confidences, tokens, n, n_retractions_done, st, a);
+        hold_values(p, a, st);
+        drop_unchanged(a);
+        return;
+    }
 
     if (mean < p->critical_threshold && sm_policy_retraction_enabled(p) &&
         n_retractions_done < p->max_retractions) {
@@ -147,7 +221,7 @@ void sm_policy_step(const sm_policy_params *p, const float *confidences, const s
 }
 
 void sm_policy_after_retraction(const sm_policy_params *p, sm_policy_state *st) {
-    if (p->hold_temperature) return;
+    if (p->hold_temperature || p->style == SM_POLICY_CALIBRATED) return; /* a loop is fixed by the ban, not by heat */
     st->temperature = raise_to_cap(p, st->temperature, CRITICAL_T_FACTOR, CRITICAL_T_CAP);
 }
 

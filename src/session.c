@@ -489,7 +489,7 @@ static int32_t ring_needed(const sm_session *s, const sm_gen_params *gp) {
     const int64_t max_rewind = s->params.max_rewind;
     int64_t reach = 1; /* a check takes the last token back */
     if (sm_policy_retraction_enabled(&gp->policy))
-        reach += (int64_t)gp->policy.max_retractions * (gp->policy.retract_tokens - 1);
+        reach += (int64_t)gp->policy.max_retractions * (sm_policy_retraction_tokens(&gp->policy) - 1);
     if (gp->backtrack.n_operators > 0 || gp->n_stages > 0) reach += (int64_t)gp->backtrack.max_backtracks * max_rewind;
     return (int32_t)((reach < max_rewind ? reach : max_rewind) + 2);
 }
@@ -858,7 +858,7 @@ static int32_t settled_tokens(const generation *g) {
     const int64_t max_rewind = g->s->params.max_rewind;
     int64_t reach = 0;
     if (sm_policy_retraction_enabled(&gp->policy)) {
-        int64_t per = gp->policy.retract_tokens - 1 < max_rewind ? gp->policy.retract_tokens - 1 : max_rewind;
+        int64_t per = sm_policy_retraction_tokens(&gp->policy) - 1 < max_rewind ? sm_policy_retraction_tokens(&gp->policy) - 1 : max_rewind;
         int64_t left = (int64_t)gp->policy.max_retractions - g->res->n_retractions;
         reach += (left > 0 ? left : 0) * per;
     }

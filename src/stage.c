@@ -203,23 +203,32 @@ sm_stage *sm_operators_stage_new(generation *g) {
 /* ------------------------------------------------------------------ */
 
 /* The policy's knobs are the loop's (g->knobs, which the loop snapshots);
- * its own state is the random state of exploration bursts. It decides on a
+ * its own state (mem: the random state of exploration bursts, the
+ * calibrated style's running statistics) is its snapshot. It decides on a
  * copy: the step takes effect only when the candidate is kept. */
 typedef struct policy_stage {
     const sm_policy_params *p;
-    uint64_t rng;
+    sm_policy_state mem;
     sm_policy_state next;
     sm_policy_action action;
 } policy_stage;
 
-static void policy_save(const void *state, void *snap) { memcpy(snap, &((const policy_stage *)state)->rng, sizeof(uint64_t)); }
+static void policy_save(const void *state, void *snap) { memcpy(snap, &((const policy_stage *)state)->mem, sizeof(sm_policy_state)); }
 static void policy_restore(void *state, const void *snap) {
-    memcpy(&((policy_stage *)state)->rng, snap, sizeof(uint64_t)); /* [restore] */
+    memcpy(&((policy_stage *)state)->mem, snap, sizeof(sm_policy_state)); /* [restore] */
+}
+
+/* The policy's state with the loop's knobs in it. */
+static sm_policy_state policy_now(const policy_stage *ps, const sm_loop *g) {
+    sm_policy_state st = ps->mem;
+    st.temperature = g->knobs.temperature;
+    st.repeat_penalty = g->knobs.repeat_penalty;
+    return st;
 }
 
 static int32_t policy_judge(void *state, sm_loop *g, const sm_token_view *view) {
     policy_stage *ps = state;
-    ps->next = (sm_policy_state){g->knobs.temperature, g->knobs.repeat_penalty, ps->rng};
+    ps->next = policy_now(ps, g);
     sm_policy_step(ps->p, g->confidences, g->gen_tokens, view->position + 1, g->res->n_retractions, &ps->next, &ps->action);
     return ps->action.retract;
 }
@@ -228,7 +237,7 @@ static void policy_accept(void *state, sm_loop *g, const sm_token_view *view) {
     policy_stage *ps = state;
     g->knobs.temperature = ps->next.temperature;   /* [restore] the step applies to a kept token */
     g->knobs.repeat_penalty = ps->next.repeat_penalty; /* [restore] */
-    ps->rng = ps->next.rng;                            /* [restore] */
+    ps->mem = ps->next;                                /* [restore] */
     const sm_policy_action *a = &ps->action;
     for (int32_t m = 0; m < a->n_mods; m++) {
         const sm_policy_mod *pm = &a->mods[m];
@@ -248,15 +257,18 @@ static void policy_accept(void *state, sm_loop *g, const sm_token_view *view) {
 static void policy_on_rewind(void *state, sm_loop *g, int32_t n, bool by_me) {
     if (!by_me) return;
     policy_stage *ps = state;
-    sm_policy_state st = {g->knobs.temperature, g->knobs.repeat_penalty, ps->rng};
+    sm_policy_state st = policy_now(ps, g);
     sm_policy_after_retraction(ps->p, &st);
     g->knobs.temperature = st.temperature;
     g->knobs.repeat_penalty = st.repeat_penalty;
     g->res->n_retractions++;
     int32_t j = sm_loop_generated(g);
     char desc[160];
-    snprintf(desc, sizeof desc, "mean confidence %.3f < %.2f: retracted %d token%s, regenerating from #%d",
-             ps->action.window_mean, ps->p->critical_threshold, n, n == 1 ? "" : "s", j);
+    if (ps->action.loop)
+        snprintf(desc, sizeof desc, "the last %d tokens repeated earlier text: retracted them, the first banned at #%d", n, j);
+    else
+        snprintf(desc, sizeof desc, "mean confidence %.3f < %.2f: retracted %d token%s, regenerating from #%d",
+                 ps->action.window_mean, ps->p->critical_threshold, n, n == 1 ? "" : "s", j);
     sm_event e = sm_loop_rewind_event(g, SM_EVENT_RETRACTION, j);
     e.mod = SM_MOD_RETRACT;
     e.confidence = ps->action.window_mean;
@@ -269,7 +281,7 @@ static void policy_on_rewind(void *state, sm_loop *g, int32_t n, bool by_me) {
 
 static const sm_stage_vtable policy_vt = {
     .name = "policy",
-    .snapshot_size = sizeof(uint64_t),
+    .snapshot_size = sizeof(sm_policy_state),
     .save = policy_save,
     .restore = policy_restore,
     .judge = policy_judge,
@@ -283,7 +295,11 @@ sm_stage *sm_policy_stage_new(generation *g) {
     policy_stage *ps = calloc(1, sizeof *ps);
     if (!ps) return NULL;
     ps->p = &g->gp->policy;
-    ps->rng = g->gp->sampling.seed ^ 0x5deece66dULL;
+    ps->mem = (sm_policy_state){
+        .rng = g->gp->sampling.seed ^ 0x5deece66dULL,
+        .base_temperature = g->gp->sampling.temperature,
+        .base_repeat_penalty = g->gp->sampling.repeat_penalty,
+    };
     return sm_stage_builtin(&policy_vt, &policy_ext, ps);
 }
 

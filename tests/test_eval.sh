@@ -82,10 +82,13 @@ per_seed = [rep([o['tokens'] for o in outs if o['strategy'] == 'selfmod' and o['
 m = data['strategies'][1]['metrics']['rep_4']
 if abs(m['mean'] - sum(per_seed) / 2) > 1e-9: sys.exit(f'selfmod rep-4 {m["mean"]}, per seed {per_seed}')
 if abs(m['se'] - abs(per_seed[0] - per_seed[1]) / 2) > 1e-9: sys.exit(f'selfmod rep-4 SE {m["se"]}, per seed {per_seed}')
-bpb = [o['judge_bpb'] for o in outs if o['strategy'] == 'greedy']
-if abs(data['strategies'][0]['metrics']['judge_bpb']['mean'] - sum(bpb) / 3) > 1e-9: sys.exit('greedy judge bits/byte')
-first = [o['judge_each_bpb'][0] for o in outs if o['strategy'] == 'greedy']
-if abs(data['strategies'][0]['metrics']['judge_1_bpb']['mean'] - sum(first) / 3) > 1e-9: sys.exit('greedy judge 1')
+# pooled over bytes: total bits / total bytes
+g_outs = [o for o in outs if o['strategy'] == 'greedy']
+nbytes = [len(o['text'].encode()) for o in g_outs]
+pooled = sum(o['judge_bpb'] * b for o, b in zip(g_outs, nbytes)) / sum(nbytes)
+if abs(data['strategies'][0]['metrics']['judge_bpb']['mean'] - pooled) > 1e-9: sys.exit('greedy judge bits/byte')
+first = sum(o['judge_each_bpb'][0] * b for o, b in zip(g_outs, nbytes)) / sum(nbytes)
+if abs(data['strategies'][0]['metrics']['judge_1_bpb']['mean'] - first) > 1e-9: sys.exit('greedy judge 1')
 if len(data['config']['judges']) != 2: sys.exit(f'judges in the config: {data["config"]["judges"]}')
 EOF
 ok "the CSV and JSON are valid and agree with metrics recomputed from the tokens"

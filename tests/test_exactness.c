@@ -41,8 +41,11 @@ static int teardown(void **state) {
 
 /* Sampling at T > 0 with every penalty, and a policy that moves T and the
  * repeat penalty on most tokens and bursts often (its own random state). */
+static sm_policy_style busy_style = SM_POLICY_FIXED;
+
 static sm_gen_params busy_params(uint64_t seed, int32_t n_predict) {
     sm_gen_params gp = sm_gen_default_params();
+    gp.policy.style = busy_style;
     gp.n_predict = n_predict;
     gp.stop_at_bos = false;
     gp.sampling.temperature = 0.9f;
@@ -126,6 +129,18 @@ static void test_backtracks_at_temperature(void **state) {
     const int32_t cases[][2] = {{12, 4}, {20, 8}, {9, 2}, {30, 12}, {3, 2}, {4, 3}, {5, 4}};
     for (uint64_t seed = 1; seed <= 4; seed++)
         for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) check_backtrack(f, seed, cases[c][0], cases[c][1]);
+}
+
+/* The calibrated policy keeps running statistics of the text's confidence
+ * (its snapshot): after a backtrack they are those of a run that never saw
+ * the removed tokens. */
+static void test_backtracks_with_the_calibrated_policy(void **state) {
+    fixture *f = *state;
+    busy_style = SM_POLICY_CALIBRATED;
+    const int32_t cases[][2] = {{12, 4}, {20, 8}, {30, 12}, {40, 6}};
+    for (uint64_t seed = 1; seed <= 4; seed++)
+        for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) check_backtrack(f, seed, cases[c][0], cases[c][1]);
+    busy_style = SM_POLICY_FIXED;
 }
 
 /*
@@ -323,6 +338,26 @@ static void test_settled_tokens_are_never_rewound(void **state) {
         sm_operator_free(op);
     }
     assert_true(n_settled_runs > 0);
+    /* the calibrated policy's loop retractions remove 4 tokens each */
+    for (uint64_t seed = 1; seed <= 4; seed++) {
+        sm_gen_params gp = busy_params(seed, 80);
+        gp.policy.style = SM_POLICY_CALIBRATED;
+        gp.policy.retract = -1;
+        gp.policy.max_retractions = 6;
+        gp.sampling.temperature = 0.0f; /* greedy stories260K loops */
+        gp.sampling.repeat_penalty = 1.0f;
+        gp.sampling.frequency_penalty = 0.0f;
+        gp.sampling.presence_penalty = 0.0f;
+        settle_watch w = {0};
+        gp.on_event = watch_settled;
+        gp.user_data = &w;
+        sm_result r;
+        generate(f, &gp, &r);
+        assert_true(r.n_retractions > 0);
+        assert_int_equal(w.n_violations, 0);
+        assert_int_equal(w.n_decreases, 0);
+        sm_result_free(&r);
+    }
 }
 
 /* An operator with state of its own (n-gram overlap counts every n-gram
@@ -378,6 +413,7 @@ static void test_backtrack_limit_keeps_kept_state(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_backtracks_at_temperature, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_backtracks_with_the_calibrated_policy, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bans_do_not_outlive_their_prefix, setup, teardown),
         cmocka_unit_test_setup_teardown(test_operator_state_rolls_back, setup, teardown),
         cmocka_unit_test_setup_teardown(test_backtrack_limit_keeps_kept_state, setup, teardown),

@@ -6,7 +6,9 @@
 #include <math.h>
 #include <string.h>
 
-static sm_policy_state state_at(float t, float rp) { return (sm_policy_state){t, rp, 99}; }
+static sm_policy_state state_at(float t, float rp) {
+    return (sm_policy_state){.temperature = t, .repeat_penalty = rp, .rng = 99, .base_temperature = t, .base_repeat_penalty = rp};
+}
 
 /* n tokens of the same confidence, all different token ids. */
 static void step_const(const sm_policy_params *p, float conf, int32_t n, sm_policy_state *st, sm_policy_action *a) {
@@ -126,6 +128,56 @@ static void test_original_style(void **unused) {
     assert_non_null(strstr(err.message, "original, fixed, tuned"));
 }
 
+/* The calibrated style: relative to the text's own confidence, relaxing
+ * back, and retracting exactly a repeated 4-gram. */
+static void test_calibrated_style(void **unused) {
+    sm_policy_params p = sm_policy_default_params();
+    assert_int_equal(sm_policy_preset(&p, "calibrated", NULL), SM_OK);
+    assert_true(sm_policy_retraction_enabled(&p)); /* loops are retracted by default */
+    assert_int_equal(sm_policy_retraction_tokens(&p), 4);
+    sm_policy_state st = state_at(0.7f, 1.1f);
+    sm_policy_action a;
+    float c[64];
+    sm_token t[64];
+    /* 20 tokens around 0.3 (this model's usual: no absolute threshold fires) */
+    for (int32_t i = 0; i < 20; i++) {
+        c[i] = 0.3f + 0.02f * (float)(i % 3);
+        t[i] = i;
+        sm_policy_step(&p, c, t, i + 1, 0, &st, &a);
+        assert_int_equal(a.retract, 0);
+        assert_int_equal(a.n_mods, 0);
+    }
+    assert_float_equal(st.temperature, 0.7f, 0);
+    /* a collapse relative to it raises T, bounded by 1.5x the requested */
+    for (int32_t i = 20; i < 30; i++) {
+        c[i] = 0.05f;
+        t[i] = i;
+        sm_policy_step(&p, c, t, i + 1, 0, &st, &a);
+    }
+    assert_true(st.temperature > 0.7f && st.temperature <= 1.05f + 1e-6f);
+    /* confidence back to usual: T relaxes to what was asked for */
+    for (int32_t i = 30; i < 60; i++) {
+        c[i] = 0.3f + 0.02f * (float)(i % 3);
+        t[i] = i;
+        sm_policy_step(&p, c, t, i + 1, 0, &st, &a);
+    }
+    assert_float_equal(st.temperature, 0.7f, 1e-3);
+    /* a candidate that completes a 4-gram seen before: retract those 4 */
+    sm_token loop[12] = {1, 2, 3, 4, 9, 8, 7, 1, 2, 3, 4};
+    float lc[12] = {0};
+    for (int i = 0; i < 12; i++) lc[i] = 0.5f;
+    sm_policy_step(&p, lc, loop, 10, 0, &st, &a); /* 1 2 3 after 1 2 3 4: not yet */
+    assert_int_equal(a.retract, 0);
+    sm_policy_step(&p, lc, loop, 11, 0, &st, &a);
+    assert_int_equal(a.retract, 4);
+    assert_true(a.loop);
+    sm_policy_step(&p, lc, loop, 11, p.max_retractions, &st, &a); /* budget spent */
+    assert_int_equal(a.retract, 0);
+    p.retract = 0;
+    sm_policy_step(&p, lc, loop, 11, 0, &st, &a);
+    assert_int_equal(a.retract, 0);
+}
+
 /* At the caps the rule changes nothing, so there is no modification. */
 static void test_no_event_at_the_caps(void **unused) {
     sm_policy_params p = sm_policy_default_params();
@@ -238,6 +290,7 @@ int main(void) {
         cmocka_unit_test(test_window_mean_uses_last_five), cmocka_unit_test(test_repetition_edges),
         cmocka_unit_test(test_exploration_bursts), cmocka_unit_test(test_disabled_and_after_retraction),
         cmocka_unit_test(test_original_style),
+        cmocka_unit_test(test_calibrated_style),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

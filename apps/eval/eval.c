@@ -254,6 +254,7 @@ static bool judge_output(evaluation *e, const char *prompt, eval_output *o) {
         sum += score.bits_per_byte;
     }
     o->judge_bpb = sum / e->n_judges;
+    o->n_judged_bytes = (int64_t)strlen(o->text);
     return true;
 }
 

@@ -86,6 +86,7 @@ void eval_print_help(FILE *out) {
         "    selfmod-retract       selfmod that also retracts at critical confidence\n"
         "    original              sample + the Rust llama_selfmod's policy (--preset original)\n"
         "    original-aggressive   original with its --aggressive (retraction and bursts)\n"
+        "    calibrated            sample + the calibrated policy (--preset calibrated)\n"
         "    dry                   sample with llama.cpp's DRY (0.8, 1.75, 2, whole context)\n"
         "                          instead of the repeat penalty\n"
         "    min-p                 T 1, min-p 0.1, no top-k/top-p, no repeat penalty\n"

@@ -67,22 +67,24 @@ static int group_metrics(const eval_output *outputs, int32_t n_outputs, const gr
         return -1;
     }
     int32_t n = 0, n_judged = 0, n_ref = 0, n_exact = 0, n_contains = 0;
-    double bpb_sum = 0, kept = 0, decoded = 0, sampled = 0, removals = 0, ms = 0;
-    double each_sum[4] = {0};
-    int32_t n_each[4] = {0};
+    /* judge scores are pooled over bytes: total bits / total bytes, so a
+     * short output weighs what its bytes weigh */
+    double bits = 0, bytes = 0, kept = 0, decoded = 0, sampled = 0, removals = 0, ms = 0;
+    double each_bits[4] = {0}, each_bytes[4] = {0};
     for (int32_t i = 0; i < n_outputs; i++) {
         const eval_output *o = &outputs[i];
         if (!in_group(o, g)) continue;
         tokens[n] = o->tokens;
         lengths[n++] = o->n_tokens;
         if (!isnan(o->judge_bpb)) {
-            bpb_sum += o->judge_bpb;
+            bits += o->judge_bpb * (double)o->n_judged_bytes;
+            bytes += (double)o->n_judged_bytes;
             n_judged++;
         }
         for (int k = 0; k < 4; k++)
             if (!isnan(o->judge_each_bpb[k])) {
-                each_sum[k] += o->judge_each_bpb[k];
-                n_each[k]++;
+                each_bits[k] += o->judge_each_bpb[k] * (double)o->n_judged_bytes;
+                each_bytes[k] += (double)o->n_judged_bytes;
             }
         if (o->exact >= 0) {
             n_ref++;
@@ -108,8 +110,8 @@ static int group_metrics(const eval_output *outputs, int32_t n_outputs, const gr
     v[EVAL_DISTINCT_1] = tm.distinct[1];
     v[EVAL_DISTINCT_2] = tm.distinct[2];
     v[EVAL_LENGTH] = tm.mean_length;
-    v[EVAL_JUDGE_BPB] = ratio(bpb_sum, n_judged);
-    for (int k = 0; k < 4; k++) v[EVAL_JUDGE_1_BPB + k] = ratio(each_sum[k], n_each[k]);
+    v[EVAL_JUDGE_BPB] = n_judged > 0 ? ratio(bits, bytes) : NAN;
+    for (int k = 0; k < 4; k++) v[EVAL_JUDGE_1_BPB + k] = ratio(each_bits[k], each_bytes[k]);
     v[EVAL_EXACT_MATCH] = ratio(n_exact, n_ref);
     v[EVAL_CONTAINS_MATCH] = ratio(n_contains, n_ref);
     v[EVAL_DECODED_PER_KEPT] = ratio(decoded, kept);

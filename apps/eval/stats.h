@@ -45,6 +45,7 @@ typedef struct eval_output {
     int32_t n_sampled, n_retractions, n_backtracks;
     double t_generate_ms;
     double judge_bpb;           /* the panel's mean bits/byte; NaN: not judged */
+    int64_t n_judged_bytes;     /* the text's bytes the judges scored       */
     double judge_each_bpb[4];   /* per judge of the panel; NaN: none       */
     int8_t exact, contains;     /* -1: the prompt has no reference         */
 } eval_output;

@@ -27,6 +27,7 @@ static void setup_selfmod_aggressive(sm_gen_params *g) { g->policy.aggressive = 
 static void setup_selfmod_retract(sm_gen_params *g) { g->policy.retract = 1; }
 /* The Rust llama_selfmod's policy, as its code applies it (sm_policy_preset). */
 static void setup_original(sm_gen_params *g) { sm_policy_preset(&g->policy, "original", NULL); }
+static void setup_calibrated(sm_gen_params *g) { sm_policy_preset(&g->policy, "calibrated", NULL); }
 static void setup_original_aggressive(sm_gen_params *g) {
     setup_original(g);
     g->policy.aggressive = true;
@@ -57,6 +58,7 @@ static const base_def BASES[] = {
     {"selfmod-retract", setup_selfmod_retract},
     {"original", setup_original},
     {"original-aggressive", setup_original_aggressive},
+    {"calibrated", setup_calibrated},
     {"dry", setup_dry},
     {"min-p", setup_min_p},
 };
@@ -143,7 +145,7 @@ static int parse_base(const char *part, eval_strategy *out, char *err, size_t er
     int rc = 0;
     if (!base) {
         snprintf(err, err_size,
-                 "unknown strategy '%s' (bases: greedy, sample, selfmod, selfmod-aggressive, selfmod-retract, original, original-aggressive, dry, "
+                 "unknown strategy '%s' (bases: greedy, sample, selfmod, selfmod-aggressive, selfmod-retract, original, original-aggressive, calibrated, dry, "
                  "min-p; modifiers: op:NAME, fusion:MODE)",
                  copy);
         rc = -1;
