@@ -23,7 +23,8 @@ original=$(gen --seed 9 --preset original --aggressive) || fail "--preset origin
 [ -n "$original" ] || fail "--preset original wrote nothing"
 
 for bad in "--dry-multiplier -1" "--dry-base 0.5" "--dry-allowed-length 0" "--dry-penalty-last-n -2" \
-           "--preset fast" "--sharpen-threshold 2" "--critical-threshold x"; do
+           "--preset fast" "--sharpen-threshold 2" "--critical-threshold x" "--preset calibrated --aggressive" \
+           "--preset calibrated --confidence-threshold 0.4"; do
   err=$(gen $bad 2>&1 >/dev/null); rc=$?
   [ $rc -eq 2 ] || fail "'$bad': exit $rc, expected 2"
   grep -q -- "${bad%% *}" <<<"$err" || fail "'$bad': message does not name the flag: $err"

@@ -395,6 +395,18 @@ static const char *typed_flag(char **argv, int index) {
  * heating below sharpening (0 switches heating off). */
 static bool check_thresholds(const cli_options *opt, FILE *err) {
     const sm_policy_params *p = &opt->gen.policy;
+    if (p->style == SM_POLICY_CALIBRATED) { /* it has no absolute thresholds and no bursts */
+        const char *flag = opt->confidence_given ? "--confidence-threshold"
+                           : opt->critical_given ? "--critical-threshold"
+                           : opt->sharpen_given  ? "--sharpen-threshold"
+                           : p->aggressive       ? "--aggressive"
+                                                 : NULL;
+        if (flag) {
+            fprintf(err, "llama_selfmod: error: %s belongs to the fixed and original policies, not --preset calibrated "
+                         "(which moves T relative to the text's own confidence and retracts repeated 4-grams)\n", flag);
+            return false;
+        }
+    }
     if ((opt->critical_given || opt->confidence_given) && p->confidence_threshold > 0 &&
         p->critical_threshold > p->confidence_threshold) {
         fprintf(err, "llama_selfmod: error: --critical-threshold %g is above --confidence-threshold %g: retraction "

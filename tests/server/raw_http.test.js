@@ -139,6 +139,7 @@ test('400 names the invalid field', async () => {
     ['/v1/completions', { prompt: 'a', selfmod: { fusion_mode: 'voting' } }, 'selfmod.fusion_mode'],
     ['/v1/completions', { prompt: 'a', selfmod: { preset: 'fast' } }, 'selfmod.preset'],
     ['/v1/completions', { prompt: 'a', selfmod: { preset: 3 } }, 'selfmod.preset'],
+    ['/v1/completions', { prompt: 'a', selfmod: { preset: 'calibrated', confidence_threshold: 0.4 } }, 'selfmod.preset'],
     ['/v1/chat/completions', { messages: [] }, 'messages'],
     ['/v1/chat/completions', { messages: [{ role: 'user' }] }, 'messages[0].content'],
     ['/v1/chat/completions', { messages: [{ role: 'wizard', content: 'hi' }] }, 'messages[0].role'],
