@@ -11,8 +11,10 @@ async function one(i) {
   const res = await fetch(url + '/v1/completions', {
     method: 'POST',
     headers: { 'Content-Type': 'application/json' },
-    // selfmod on (llama-server ignores the field): the policy watches every token
-    body: JSON.stringify({ prompt: `Story ${i}: once upon a time`, max_tokens: Number(tokens), temperature: 0, selfmod: {} }),
+    // selfmod on (llama-server ignores the field): the policy watches every token;
+// BENCH_SELFMOD: the selfmod object (default {}: the default policy)
+    body: JSON.stringify({ prompt: `Story ${i}: once upon a time`, max_tokens: Number(tokens), temperature: 0,
+                           selfmod: JSON.parse(process.env.BENCH_SELFMOD || '{}') }),
   });
   const body = await res.json();
   if (!res.ok) throw new Error(`HTTP ${res.status}: ${JSON.stringify(body)}`);

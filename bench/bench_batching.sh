@@ -31,19 +31,26 @@ rss_mb() { awk '/VmRSS/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
 median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 declare -A rates rss
-names=(selfmod_batched selfmod_no_batch llama_server)
+# selfmod_no_retract: the policy on but never retracting: on the random model
+# the default policy retracts its loops, which costs decodes llama-server
+# does not make; this row is the loop's own overhead.
+names=(selfmod_batched selfmod_no_retract selfmod_no_batch llama_server)
 for ((r = 0; r < rounds; r++)); do
     for name in "${names[@]}"; do
         port=$((18400 + RANDOM % 1000))
         case $name in
         selfmod_batched) start "$name" "$build/llama_selfmod" serve -m "$model" --port "$port" --parallel "$requests" \
                              --ctx-size "$ctx_slot" --threads "$threads" --quiet ;;
+        selfmod_no_retract) start "$name" "$build/llama_selfmod" serve -m "$model" --port "$port" --parallel "$requests" \
+                             --ctx-size "$ctx_slot" --threads "$threads" --quiet ;;
         selfmod_no_batch) start "$name" "$build/llama_selfmod" serve -m "$model" --port "$port" --parallel "$requests" \
                              --ctx-size "$ctx_slot" --threads 1 --no-batch --quiet ;;
         llama_server) start "$name" "$llama_server" -m "$model" --host 127.0.0.1 --port "$port" --parallel "$requests" \
                           --ctx-size $((ctx_slot * requests)) --threads "$threads" --threads-batch "$threads" ;;
         esac
-        line=$(node "$root/bench/batch_load.js" "$url" "$requests" "$tokens") || { kill "$pid"; exit 1; }
+        selfmod='{}'
+        [[ $name == selfmod_no_retract ]] && selfmod='{"retract": 0}'
+        line=$(BENCH_SELFMOD="$selfmod" node "$root/bench/batch_load.js" "$url" "$requests" "$tokens") || { kill "$pid"; exit 1; }
         rates[$name]+="$(node -e 'console.log(JSON.parse(process.argv[1]).tokens_per_s)' "$line") "
         rss[$name]=$(rss_mb "$pid")
         kill "$pid"; wait "$pid" 2> /dev/null

@@ -233,7 +233,8 @@ typedef struct sm_sampling_params {
  */
 /* How the policy's rules are applied. */
 typedef enum sm_policy_style {
-    SM_POLICY_FIXED = 0,    /* this project's first policy (the default today):
+    SM_POLICY_FIXED = 0,    /* this project's first policy (the default before
+                               the calibrated one):
                                confidence = p(chosen) over the raw distribution;
                                caps never lower a value already above them;
                                aggressive makes every step 1.5 times larger   */
@@ -751,7 +752,8 @@ sm_gen_params sm_gen_default_params(void);
 sm_status sm_gen_params_validate(const sm_gen_params *params, sm_error *err);
 /* Sets the policy's style and thresholds to a named preset: "original"
  * (the Rust llama_selfmod's policy, SM_POLICY_ORIGINAL, at its
- * thresholds), "fixed" (sm_policy_default_params) or "tuned" (fixed with
+ * thresholds), "calibrated" (sm_policy_default_params: SM_POLICY_CALIBRATED),
+ * "fixed" (the first policy, SM_POLICY_FIXED) or "tuned" (fixed with
  * confidence_threshold 0 and sharpen_threshold 0.5: docs/EVAL.md). Whether
  * it is aggressive, retracts, and what it holds are left as they are. The
  * sampling defaults are the original's flags' defaults already (T 0.7,

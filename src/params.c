@@ -93,6 +93,7 @@ sm_sampling_params sm_sampling_default_params(void) {
 sm_policy_params sm_policy_default_params(void) {
     return (sm_policy_params){
         .enabled = true,
+        .style = SM_POLICY_CALIBRATED, /* docs/EVAL.md: the fixed thresholds ratchet T up on small models */
         .aggressive = false,
         .retract = -1,
         .window = 5,

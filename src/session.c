@@ -491,7 +491,9 @@ static int32_t ring_needed(const sm_session *s, const sm_gen_params *gp) {
     if (sm_policy_retraction_enabled(&gp->policy))
         reach += (int64_t)gp->policy.max_retractions * (sm_policy_retraction_tokens(&gp->policy) - 1);
     if (gp->backtrack.n_operators > 0 || gp->n_stages > 0) reach += (int64_t)gp->backtrack.max_backtracks * max_rewind;
-    return (int32_t)((reach < max_rewind ? reach : max_rewind) + 2);
+    /* a rewind lands at most `reach` positions behind the furthest one
+     * written, so reach + 1 slots hold every distribution it can need */
+    return (int32_t)((reach < max_rewind ? reach : max_rewind) + 1);
 }
 
 static float ring_unmapped(const sm_session *s, int32_t pos, int32_t m) {

@@ -46,6 +46,7 @@ static sm_gen_params params_for(int i, sm_operator **op) {
     gp.sampling.seed = 100 + (uint64_t)i;
     gp.sampling.repeat_penalty = 1.2f;
     gp.sampling.frequency_penalty = 0.2f;
+    gp.policy.style = SM_POLICY_FIXED; /* retraction at critical confidence */
     gp.policy.aggressive = true;
     gp.policy.retract = 1;
     gp.policy.critical_threshold = 0.45f;

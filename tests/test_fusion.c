@@ -193,6 +193,7 @@ static void test_retraction_rewinds_every_model(void **unused) {
     sm_gen_params gp = tu_greedy_params(40);
     gp.fusion.mode = SM_FUSION_CONFIDENCE;
     gp.policy.enabled = true;
+    gp.policy.style = SM_POLICY_FIXED; /* retraction at critical confidence */
     gp.policy.retract = 1;
     gp.policy.critical_threshold = 0.9f;
     sm_result r = run(s, &gp);

@@ -6,6 +6,14 @@
 #include <math.h>
 #include <string.h>
 
+/* The fixed style's rules (most of this file): sm_policy_default_params is
+ * the calibrated style now. */
+static sm_policy_params fixed_params(void) {
+    sm_policy_params p = sm_policy_default_params();
+    p.style = SM_POLICY_FIXED;
+    return p;
+}
+
 static sm_policy_state state_at(float t, float rp) {
     return (sm_policy_state){.temperature = t, .repeat_penalty = rp, .rng = 99, .base_temperature = t, .base_repeat_penalty = rp};
 }
@@ -19,7 +27,7 @@ static void step_const(const sm_policy_params *p, float conf, int32_t n, sm_poli
 }
 
 static void test_critical_edge_and_flag(void **unused) {
-    sm_policy_params p = sm_policy_default_params();
+    sm_policy_params p = fixed_params();
     p.aggressive = true;
     sm_policy_state st = state_at(0.7f, 1.1f);
     sm_policy_action a;
@@ -49,7 +57,7 @@ static void test_critical_edge_and_flag(void **unused) {
 }
 
 static void test_max_retractions(void **unused) {
-    sm_policy_params p = sm_policy_default_params();
+    sm_policy_params p = fixed_params();
     p.retract = 1;
     p.max_retractions = 2;
     float c[5] = {0.1f, 0.1f, 0.1f, 0.1f, 0.1f};
@@ -64,7 +72,7 @@ static void test_max_retractions(void **unused) {
 }
 
 static void test_param_adjust_edge_and_caps(void **unused) {
-    sm_policy_params p = sm_policy_default_params();
+    sm_policy_params p = fixed_params();
     sm_policy_state st = state_at(0.7f, 1.1f);
     sm_policy_action a;
     step_const(&p, 0.5f, 5, &st, &a);
@@ -91,7 +99,7 @@ static void test_param_adjust_edge_and_caps(void **unused) {
 /* The original's rules (ANCHORS.md): T = min(1.2T, 1.3) even from above
  * the cap, aggressive only adds retraction and bursts (steps unscaled). */
 static void test_original_style(void **unused) {
-    sm_policy_params p = sm_policy_default_params();
+    sm_policy_params p = fixed_params();
     assert_int_equal(sm_policy_preset(&p, "original", NULL), SM_OK);
     assert_int_equal(p.style, SM_POLICY_ORIGINAL);
     sm_policy_state st = state_at(1.45f, 1.8f);
@@ -131,7 +139,7 @@ static void test_original_style(void **unused) {
 /* The calibrated style: relative to the text's own confidence, relaxing
  * back, and retracting exactly a repeated 4-gram. */
 static void test_calibrated_style(void **unused) {
-    sm_policy_params p = sm_policy_default_params();
+    sm_policy_params p = fixed_params();
     assert_int_equal(sm_policy_preset(&p, "calibrated", NULL), SM_OK);
     assert_true(sm_policy_retraction_enabled(&p)); /* loops are retracted by default */
     assert_int_equal(sm_policy_retraction_tokens(&p), 4);
@@ -180,7 +188,7 @@ static void test_calibrated_style(void **unused) {
 
 /* At the caps the rule changes nothing, so there is no modification. */
 static void test_no_event_at_the_caps(void **unused) {
-    sm_policy_params p = sm_policy_default_params();
+    sm_policy_params p = fixed_params();
     sm_policy_state st = state_at(1.3f, 1.5f);
     sm_policy_action a;
     step_const(&p, 0.4f, 5, &st, &a);
@@ -193,7 +201,7 @@ static void test_no_event_at_the_caps(void **unused) {
 }
 
 static void test_sharpen_edges(void **unused) {
-    sm_policy_params p = sm_policy_default_params();
+    sm_policy_params p = fixed_params();
     sm_policy_state st = state_at(0.7f, 1.1f);
     sm_policy_action a;
     step_const(&p, 0.85f, 5, &st, &a);
@@ -216,7 +224,7 @@ static void test_sharpen_edges(void **unused) {
 }
 
 static void test_window_mean_uses_last_five(void **unused) {
-    sm_policy_params p = sm_policy_default_params();
+    sm_policy_params p = fixed_params();
     float c[7] = {0.0f, 0.0f, 0.6f, 0.6f, 0.6f, 0.6f, 0.6f};
     sm_token t[7] = {1, 2, 3, 4, 5, 6, 7};
     sm_policy_state st = state_at(0.7f, 1.1f);
@@ -227,7 +235,7 @@ static void test_window_mean_uses_last_five(void **unused) {
 }
 
 static void test_repetition_edges(void **unused) {
-    sm_policy_params p = sm_policy_default_params();
+    sm_policy_params p = fixed_params();
     float c[10];
     for (int i = 0; i < 10; i++) c[i] = 0.7f;
     sm_token four[10] = {1, 2, 3, 4, 1, 2, 3, 4, 1, 2};
@@ -248,7 +256,7 @@ static void test_repetition_edges(void **unused) {
 }
 
 static void test_exploration_bursts(void **unused) {
-    sm_policy_params p = sm_policy_default_params();
+    sm_policy_params p = fixed_params();
     p.aggressive = true;
     int bursts = 0;
     sm_policy_state st = state_at(0.7f, 1.1f);
@@ -269,13 +277,13 @@ static void test_exploration_bursts(void **unused) {
 }
 
 static void test_disabled_and_after_retraction(void **unused) {
-    sm_policy_params p = sm_policy_default_params();
+    sm_policy_params p = fixed_params();
     p.enabled = false;
     sm_policy_state st = state_at(0.7f, 1.1f);
     sm_policy_action a;
     step_const(&p, 0.01f, 5, &st, &a);
     assert_int_equal(a.n_mods + a.retract, 0);
-    p = sm_policy_default_params();
+    p = fixed_params();
     sm_policy_after_retraction(&p, &st);
     assert_float_equal(st.temperature, 0.98f, 1e-6);
     st.temperature = 1.2f;

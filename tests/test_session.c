@@ -202,6 +202,7 @@ static void test_retraction_state_equals_clean_run(void **state) {
     const int32_t n_vocab = sm_model_n_vocab(m);
     sm_gen_params gp = tu_greedy_params(40);
     gp.policy.enabled = true;
+    gp.policy.style = SM_POLICY_FIXED; /* retraction at critical confidence */
     gp.policy.retract = 1;
     gp.policy.critical_threshold = 0.9f; /* stories260K is rarely that sure */
     gp.policy.max_retractions = 3;
@@ -258,6 +259,7 @@ static void test_retraction_flag(void **state) {
     fixture *f = *state;
     sm_gen_params gp = tu_greedy_params(30);
     gp.policy.enabled = true;
+    gp.policy.style = SM_POLICY_FIXED;
     gp.policy.critical_threshold = 0.9f;
     sm_result r;
     gp.policy.retract = -1;

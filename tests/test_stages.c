@@ -97,6 +97,7 @@ static void test_snapshot_follows_every_rewind(void **state) {
     gp.stop_at_bos = false;
     gp.sampling.seed = 7;
     gp.sampling.temperature = 1.0f;
+    gp.policy.style = SM_POLICY_FIXED; /* retraction at critical confidence */
     gp.policy.retract = 1;
     gp.policy.critical_threshold = 0.6f;
     gp.policy.max_retractions = 6;

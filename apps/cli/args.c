@@ -152,9 +152,11 @@ void cli_print_help(FILE *out) {
         "                                rise (default: 0.5)\n"
         "      --critical-threshold F    mean confidence below which to retract (default: 0.35)\n"
         "      --sharpen-threshold F     mean confidence above which T falls (default: 0.85)\n"
-        "      --preset NAME             the policy's style and thresholds: original (the Rust\n"
-        "                                llama_selfmod's rules, confidence over the top 40),\n"
-        "                                fixed (the default), tuned (fixed with\n"
+        "      --preset NAME             the policy: calibrated (the default: relative to the\n"
+        "                                text's own confidence, retracts repeated 4-grams),\n"
+        "                                original (the Rust llama_selfmod's rules), fixed (the\n"
+        "                                first policy; the threshold flags and --aggressive\n"
+        "                                choose it when no --preset is given), tuned (fixed with\n"
         "                                --confidence-threshold 0 --sharpen-threshold 0.5)\n"
         "      --aggressive              larger adjustments, exploration bursts, retraction\n"
         "                                (default: off)\n"
@@ -323,6 +325,7 @@ static bool apply_option(int c, const char *arg, cli_options *opt, FILE *err) {
         /* docs/EVAL.md: on the shipped prompts "tuned" (no heating, earlier
          * cooling) is the best sampler measured on judge perplexity. */
         sm_error invalid;
+        opt->preset_given = true;
         if (sm_policy_preset(p, arg, &invalid) == SM_OK) return true;
         fprintf(err, "llama_selfmod: error: --preset: %s\n", invalid.message);
         return false;
@@ -393,14 +396,21 @@ static const char *typed_flag(char **argv, int index) {
 
 /* Thresholds the user set that contradict each other: retraction below
  * heating below sharpening (0 switches heating off). */
-static bool check_thresholds(const cli_options *opt, FILE *err) {
-    const sm_policy_params *p = &opt->gen.policy;
+static bool check_thresholds(cli_options *opt, FILE *err) {
+    sm_policy_params *p = &opt->gen.policy;
     if (p->style == SM_POLICY_CALIBRATED) { /* it has no absolute thresholds and no bursts */
         const char *flag = opt->confidence_given ? "--confidence-threshold"
                            : opt->critical_given ? "--critical-threshold"
                            : opt->sharpen_given  ? "--sharpen-threshold"
                            : p->aggressive       ? "--aggressive"
+                           : p->retract == 1     ? "--retract"
                                                  : NULL;
+        /* Without --preset these flags choose the policy they belong to,
+         * as they did before the calibrated policy became the default. */
+        if (flag && !opt->preset_given) {
+            p->style = SM_POLICY_FIXED;
+            flag = NULL;
+        }
         if (flag) {
             fprintf(err, "llama_selfmod: error: %s belongs to the fixed and original policies, not --preset calibrated "
                          "(which moves T relative to the text's own confidence and retracts repeated 4-grams)\n", flag);
@@ -424,7 +434,8 @@ static bool check_thresholds(const cli_options *opt, FILE *err) {
 /* Flags that do nothing in this combination: said once, not refused. */
 static void warn_inert(const cli_options *opt, FILE *err) {
     const sm_policy_params *p = &opt->gen.policy;
-    bool retracts = p->enabled && (p->retract == 1 || (p->retract == -1 && p->aggressive));
+    bool retracts = p->style == SM_POLICY_CALIBRATED ? p->enabled && p->retract != 0
+                                                     : p->enabled && (p->retract == 1 || (p->retract == -1 && p->aggressive));
     if (retracts) return;
     const char *why = !p->enabled ? "--no-selfmod is given" : "retraction is off (it needs --aggressive or --retract)";
     if (opt->max_retractions_given) fprintf(err, "llama_selfmod: warning: --max-retractions has no effect: %s\n", why);

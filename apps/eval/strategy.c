@@ -23,8 +23,17 @@ static void setup_greedy(sm_gen_params *g) {
 
 static void setup_sample(sm_gen_params *g) { no_policy(g); }
 static void setup_selfmod(sm_gen_params *g) { (void)g; }
-static void setup_selfmod_aggressive(sm_gen_params *g) { g->policy.aggressive = true; }
-static void setup_selfmod_retract(sm_gen_params *g) { g->policy.retract = 1; }
+/* --aggressive and retraction at critical confidence belong to the fixed
+ * policy (the default before the calibrated one), as on the CLI. */
+static void setup_selfmod_aggressive(sm_gen_params *g) {
+    g->policy.style = SM_POLICY_FIXED;
+    g->policy.aggressive = true;
+}
+static void setup_selfmod_retract(sm_gen_params *g) {
+    g->policy.style = SM_POLICY_FIXED;
+    g->policy.retract = 1;
+}
+static void setup_fixed(sm_gen_params *g) { g->policy.style = SM_POLICY_FIXED; }
 /* The Rust llama_selfmod's policy, as its code applies it (sm_policy_preset). */
 static void setup_original(sm_gen_params *g) { sm_policy_preset(&g->policy, "original", NULL); }
 static void setup_calibrated(sm_gen_params *g) { sm_policy_preset(&g->policy, "calibrated", NULL); }
@@ -59,6 +68,7 @@ static const base_def BASES[] = {
     {"original", setup_original},
     {"original-aggressive", setup_original_aggressive},
     {"calibrated", setup_calibrated},
+    {"fixed", setup_fixed},
     {"dry", setup_dry},
     {"min-p", setup_min_p},
 };
@@ -92,11 +102,16 @@ static bool set_base_key(sm_gen_params *g, const char *key, double v) {
         {"max_retractions", NULL, &p->max_retractions}, {"exploration", &p->exploration_prob, NULL},
         {"rep_window", NULL, &p->repetition_window},    {"rep_min_distinct", NULL, &p->repetition_min_distinct},
     };
+    static const char *const FIXED_ONLY[] = {"critical", "confidence", "sharpen", "exploration", "rep_window",
+                                             "rep_min_distinct"};
     for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++) {
         if (strcmp(keys[k].name, key) != 0) continue;
         if (keys[k].f) *keys[k].f = (float)v;
         else if (integral) *keys[k].i = (int32_t)v;
         else return false;
+        /* a fixed policy's key chooses that policy (the calibrated one has no such key) */
+        for (size_t f = 0; f < sizeof FIXED_ONLY / sizeof *FIXED_ONLY; f++)
+            if (strcmp(key, FIXED_ONLY[f]) == 0 && p->style == SM_POLICY_CALIBRATED) p->style = SM_POLICY_FIXED;
         return true;
     }
     return false;
@@ -145,7 +160,7 @@ static int parse_base(const char *part, eval_strategy *out, char *err, size_t er
     int rc = 0;
     if (!base) {
         snprintf(err, err_size,
-                 "unknown strategy '%s' (bases: greedy, sample, selfmod, selfmod-aggressive, selfmod-retract, original, original-aggressive, calibrated, dry, "
+                 "unknown strategy '%s' (bases: greedy, sample, selfmod, selfmod-aggressive, selfmod-retract, original, original-aggressive, calibrated, fixed, dry, "
                  "min-p; modifiers: op:NAME, fusion:MODE)",
                  copy);
         rc = -1;
@@ -155,6 +170,11 @@ static int parse_base(const char *part, eval_strategy *out, char *err, size_t er
         out->gen.policy = sm_policy_default_params();
         base->setup(&out->gen);
         if (colon) rc = parse_pairs(part, colon + 1, set_base_key_cb, &out->gen, err, err_size);
+        if (rc == 0 && strcmp(base->name, "calibrated") == 0 && out->gen.policy.style != SM_POLICY_CALIBRATED) {
+            snprintf(err, err_size, "'%s': the calibrated policy has no absolute thresholds, bursts or repetition window",
+                     part);
+            rc = -1;
+        }
     }
     free(copy);
     return rc;

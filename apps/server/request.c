@@ -372,10 +372,15 @@ static bool parse_selfmod(const cJSON *b, gen_request *r, int n_models, bool sel
         static const char *const FIXED_ONLY[] = {"confidence_threshold", "critical_threshold", "sharpen_threshold",
                                                  "aggressive", "exploration_prob", "repetition_window",
                                                  "repetition_min_distinct"};
-        for (size_t i = 0; i < sizeof FIXED_ONLY / sizeof *FIXED_ONLY; i++)
-            if (json_field(o, FIXED_ONLY[i]))
-                return api_fail(err, 400, "selfmod.preset",
-                                "'selfmod.%s' belongs to the fixed and original presets, not 'calibrated'", FIXED_ONLY[i]);
+        for (size_t i = 0; i < sizeof FIXED_ONLY / sizeof *FIXED_ONLY; i++) {
+            if (!json_field(o, FIXED_ONLY[i])) continue;
+            if (!preset || cJSON_IsNull(preset)) { /* the key chooses the policy it belongs to */
+                r->params.policy.style = SM_POLICY_FIXED;
+                break;
+            }
+            return api_fail(err, 400, "selfmod.preset",
+                            "'selfmod.%s' belongs to the fixed and original presets, not 'calibrated'", FIXED_ONLY[i]);
+        }
     }
     const sm_fusion_params *f = &r->params.fusion;
     if (f->n_weights != 0 && f->n_weights != n_models)
