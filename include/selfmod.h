@@ -760,6 +760,11 @@ sm_status sm_gen_params_validate(const sm_gen_params *params, sm_error *err);
  * top-k 40, top-p 0.95, min-p 0.05, repeat penalty 1.1 over 64 tokens).
  * SM_ERR_INVALID_ARGUMENT names the presets. */
 sm_status sm_policy_preset(sm_policy_params *policy, const char *name, sm_error *err);
+/* Loads a preset file (what `llama_selfmod tune` writes): a JSON object
+ * with "preset" (a name above) and values that refine it ("temperature",
+ * "repeat_penalty", "max_retractions", "window", "retract"); unknown keys
+ * and values out of range fail naming them, and params is then unchanged. */
+sm_status sm_gen_params_load_preset(const char *path, sm_gen_params *params, sm_error *err);
 
 typedef struct sm_result {
     char *text;                 /* generated text, UTF-8, NUL-terminated     */

@@ -119,7 +119,7 @@ void cli_print_version(FILE *out) {
 void cli_print_help(FILE *out) {
     fputs(
         "usage: llama_selfmod [options]\n"
-        "       llama_selfmod eval|serve|steer [options]   (subcommands; each takes --help)\n"
+        "       llama_selfmod eval|serve|steer|tune [options]   (subcommands; each takes --help)\n"
         "A self-modifying inference engine: generation adapts its own sampling from the model's\n"
         "confidence, and can retract and regenerate text. Without --prompt it runs a chat.\n"
         "\n"
@@ -157,7 +157,8 @@ void cli_print_help(FILE *out) {
         "                                original (the Rust llama_selfmod's rules), fixed (the\n"
         "                                first policy; the threshold flags and --aggressive\n"
         "                                choose it when no --preset is given), tuned (fixed with\n"
-        "                                --confidence-threshold 0 --sharpen-threshold 0.5)\n"
+        "                                --confidence-threshold 0 --sharpen-threshold 0.5);\n"
+        "                                or a FILE.json that llama_selfmod tune wrote\n"
         "      --aggressive              larger adjustments, exploration bursts, retraction\n"
         "                                (default: off)\n"
         "      --max-retractions N       retractions per generation at most (default: 3)\n"
@@ -326,6 +327,10 @@ static bool apply_option(int c, const char *arg, cli_options *opt, FILE *err) {
          * cooling) is the best sampler measured on judge perplexity. */
         sm_error invalid;
         opt->preset_given = true;
+        if (strchr(arg, '/') || strstr(arg, ".json")) /* a file from llama_selfmod tune */
+            return sm_gen_params_load_preset(arg, &opt->gen, &invalid) == SM_OK
+                       ? true
+                       : (fprintf(err, "llama_selfmod: error: --preset: %s\n", invalid.message), false);
         if (sm_policy_preset(p, arg, &invalid) == SM_OK) return true;
         fprintf(err, "llama_selfmod: error: --preset: %s\n", invalid.message);
         return false;

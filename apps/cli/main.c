@@ -5,6 +5,7 @@
  */
 #include "app.h"
 #include "eval/eval.h"
+#include "tune/tune.h"
 #include "generate.h"
 #include "interactive.h"
 #include "intro_run.h"
@@ -161,13 +162,13 @@ static int setup_and_run(cli_app *app) {
     return code;
 }
 
-/* `llama_selfmod eval|serve|steer ...` are subcommands living in
- * apps/eval, apps/server and apps/steer. */
+/* `llama_selfmod eval|serve|steer|tune ...` are subcommands living in
+ * apps/eval, apps/server, apps/steer and apps/tune. */
 static int run_subcommand(int argc, char **argv, bool *handled) {
     static const struct {
         const char *name;
         int (*main)(int, char **);
-    } subcommands[] = {{"eval", eval_main}, {"serve", serve_main}, {"steer", steer_main}};
+    } subcommands[] = {{"eval", eval_main}, {"serve", serve_main}, {"steer", steer_main}, {"tune", tune_main}};
     *handled = false;
     if (argc < 2) return 0;
     for (size_t i = 0; i < sizeof subcommands / sizeof *subcommands; i++) {
