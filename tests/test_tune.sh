@@ -37,7 +37,14 @@ PY
 "$SM_BIN" -m "$STORIES" -p "Once upon a time" -n 16 --preset best.json --no-memory --quiet > gen.txt 2> err.txt \
   || fail "--preset best.json: $(cat err.txt)"
 [ -s gen.txt ] || fail "--preset best.json generated nothing"
-echo "ok - tune writes its trials, names the best and a preset --preset loads"
+"$SM_BIN" eval -f "$PROMPTS" --limit 2 -m "$STORIES" --judge "$SALTY" --strategies "greedy,preset:best.json" -n 16 \
+  --seeds 1 --threads 1 --quiet --json ev.json > /dev/null 2> err.txt || fail "eval preset:best.json: $(cat err.txt)"
+python3 -c "
+import json, sys
+p = json.load(open('best.json')); s = json.load(open('ev.json'))['strategies'][1]['params']
+sys.exit(0 if abs(s['temperature'] - p['temperature']) < 1e-6 and s['max_retractions'] == p['max_retractions'] else 1)
+" || fail "eval's preset:FILE strategy does not use the file's settings"
+echo "ok - tune writes its trials, names the best and a preset --preset (and eval's preset:FILE) loads"
 
 expect_error() { # code pattern args...
   local code=$1 pattern=$2; shift 2

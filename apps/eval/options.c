@@ -88,6 +88,7 @@ void eval_print_help(FILE *out) {
         "    original-aggressive   original with its --aggressive (retraction and bursts)\n"
         "    calibrated            sample + the calibrated policy (--preset calibrated)\n"
         "    fixed                 sample + the fixed policy (the default before; --preset fixed)\n"
+        "    preset:FILE.json      a preset file that llama_selfmod tune wrote\n"
         "    dry                   sample with llama.cpp's DRY (0.8, 1.75, 2, whole context)\n"
         "                          instead of the repeat penalty\n"
         "    min-p                 T 1, min-p 0.1, no top-k/top-p, no repeat penalty\n"

@@ -226,6 +226,14 @@ int eval_strategy_parse(const char *spec, eval_strategy *out, char *err, size_t 
     for (char *save = NULL, *part = strtok_r(copy, "+", &save); part && rc == 0; part = strtok_r(NULL, "+", &save)) {
         if (starts_with(part, "op:")) {
             rc = parse_operator(part, out, err, err_size);
+        } else if (starts_with(part, "preset:")) { /* a file llama_selfmod tune wrote: a base of its own */
+            sm_error e;
+            out->gen.sampling = sm_sampling_default_params();
+            out->gen.policy = sm_policy_default_params();
+            rc = n_bases++ ? (snprintf(err, err_size, "'%s': one base strategy at most ('%s' is a second)", spec, part), -1)
+                 : sm_gen_params_load_preset(part + strlen("preset:"), &out->gen, &e) != SM_OK
+                     ? (snprintf(err, err_size, "'%s': %s", part, e.message), -1)
+                     : 0;
         } else if (starts_with(part, "fusion:")) {
             rc = n_fusions++ ? (snprintf(err, err_size, "'%s': one fusion mode per strategy", spec), -1)
                              : parse_fusion(part, out, err, err_size);
