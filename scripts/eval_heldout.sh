@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The issue-12 measurements of docs/EVAL.md: every strategy on the held-out
+# prompts for the four shared models, each judged by a panel of the others;
+# CSV, SVG and (with rsvg-convert, Debian's librsvg2-bin) PNG into docs/.
+#   scripts/eval_heldout.sh [BUILD]
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+BIN="${1:-$ROOT/build}/llama_selfmod"
+M="${SM_MODELS:-$ROOT/../shared/models}"
+S="greedy,sample,selfmod,original,calibrated:temp=0,calibrated:temp=0.2,dry,min-p,greedy+op:ngram_overlap,fixed"
+run() { # NAME PROMPTS MODEL JUDGES N
+  "$BIN" eval -f "$ROOT/data/prompts/$2" -m "$M/$3" --judge "$4" --strategies "$S" -n "$5" --seeds 3 --threads 2 \
+    --quiet --csv "$ROOT/docs/eval-heldout-$1.csv" --chart "$ROOT/docs/eval-heldout-$1.svg"
+  if command -v rsvg-convert > /dev/null; then
+    rsvg-convert -b white "$ROOT/docs/eval-heldout-$1.svg" -o "$ROOT/docs/eval-heldout-$1.png"
+  else
+    echo "eval_heldout: no rsvg-convert (apt-get install librsvg2-bin): no PNG for $1" >&2
+  fi
+}
+run stories260K stories-heldout.txt stories260K.gguf "$M/llama2xs-salty-280K.gguf,$M/tinystories-656K.gguf" 96
+run llama2xs-salty-280K stories-heldout.txt llama2xs-salty-280K.gguf "$M/stories260K.gguf,$M/tinystories-656K.gguf" 96
+run tinystories-656K stories-heldout.txt tinystories-656K.gguf "$M/stories260K.gguf,$M/llama2xs-salty-280K.gguf" 96
+run chat chat-heldout.jsonl cardputer-chat-3M.gguf \
+  "$M/stories260K.gguf,$M/tinystories-656K.gguf,$M/cardputer-brainrot-3M.sharedvocab12688.gguf" 64
