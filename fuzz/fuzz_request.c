@@ -29,6 +29,8 @@ static void load(server *srv, const char *name) {
     srv->slots.session_params = sm_session_default_params();
     srv->slots.session_params.n_ctx = 256;
     srv->opt.max_body = 1 << 20;
+    srv->opt.base = sm_gen_default_params();
+    srv->opt.base.sampling.repeat_penalty = 1.0f;
 }
 
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
@@ -60,7 +62,7 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size) {
         }
         gen_request req;
         api_error err;
-        bool ok = gen_request_parse(json, apis[kind], &srv->models, kind == 2, &req, &err);
+        bool ok = gen_request_parse(json, apis[kind], &srv->models, &srv->opt.base, kind == 2, &req, &err);
         cJSON_Delete(json);
         if (ok) generation_validate(srv, &req, &err);
         else gen_request_free(&req);

@@ -49,7 +49,8 @@ start_server() {
 API_KEY="test-key-$RANDOM$RANDOM"
 start_server plain -m "$SM_MODELS/stories260K.gguf" --parallel 2
 printf '%s\n' "$API_KEY" > "$WORK/api-key"   # from a file: a key on the command line shows in ps
-start_server keyed -m "$SM_MODELS/stories260K.gguf" --parallel 1 --api-key-file "$WORK/api-key" --alias tiny-stories --quiet
+start_server keyed -m "$SM_MODELS/stories260K.gguf" --parallel 1 --api-key-file "$WORK/api-key" --alias tiny-stories --quiet \
+  --preset original
 start_server fused --models "$SM_MODELS/stories260K.gguf,llama2xs-salty-280K" --parallel 2
 # A model slow enough (a random-weight 110M Llama, about 20 tokens/s on one
 # thread) that a generation is still running when its client leaves.

@@ -60,5 +60,7 @@ expect_error 2 'unknown key "temprature"' -m "$STORIES" -p hi --preset typo.json
 echo '{"preset": "calibrated", "temperature": -1}' > range.json
 expect_error 2 '"temperature" is out of range' -m "$STORIES" -p hi --preset range.json
 expect_error 2 "cannot read preset file" -m "$STORIES" -p hi --preset ./no-such.json
-echo "ok - bad tune flags and bad preset files are refused by name"
+expect_error 2 'unknown key "temprature"' serve -m "$STORIES" --preset typo.json
+expect_error 2 "unknown policy preset 'loud'" serve -m "$STORIES" --preset loud
+echo "ok - bad tune flags and bad preset files are refused by name (serve --preset too)"
 echo "2 passed, 0 failed"

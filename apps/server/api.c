@@ -125,7 +125,7 @@ static reply generate(server *srv, int client_fd, const char *body, size_t len, 
     if (!json) return bad;
     gen_request req;
     api_error err;
-    bool ok = gen_request_parse(json, api, &srv->models, srv->opt.selfmod_default, &req, &err);
+    bool ok = gen_request_parse(json, api, &srv->models, &srv->opt.base, srv->opt.selfmod_default, &req, &err);
     cJSON_Delete(json);
     if (!ok) {
         gen_request_free(&req);

@@ -27,6 +27,7 @@ enum {
     OPT_CORS_ORIGINS,
     OPT_MAX_CONNECTIONS,
     OPT_SELFMOD,
+    OPT_PRESET,
     OPT_HEADER_TIMEOUT,
     OPT_NO_BATCH,
     OPT_USER_LABEL,
@@ -54,6 +55,7 @@ static const struct option long_options[] = {
     {"cors-origins", required_argument, NULL, OPT_CORS_ORIGINS},
     {"max-connections", required_argument, NULL, OPT_MAX_CONNECTIONS},
     {"selfmod", no_argument, NULL, OPT_SELFMOD},
+    {"preset", required_argument, NULL, OPT_PRESET},
     {"header-timeout", required_argument, NULL, OPT_HEADER_TIMEOUT},
     {"no-batch", no_argument, NULL, OPT_NO_BATCH},
     {"user-label", required_argument, NULL, OPT_USER_LABEL},
@@ -86,6 +88,9 @@ static void print_usage(FILE *out) {
           "                            an idle connection stays open (default: 15)\n"
           "      --selfmod             adapt sampling (the policy) for requests that send no\n"
           "                            \"selfmod\" object (default: they sample as asked)\n"
+          "      --preset NAME|FILE    the policy requests start from: calibrated (default),\n"
+          "                            original, fixed, tuned, or a file llama_selfmod tune\n"
+          "                            wrote (its values are the requests' defaults too)\n"
           "      --parallel N          requests generating at once; more wait (default: 2)\n"
           "      --threads N           CPU threads that decode the requests together; 0 = all\n"
           "                            cores (with --no-batch: per request, 0 = cores / parallel)\n"
@@ -241,6 +246,15 @@ static bool apply_option(server_options *opt, int c, const char *arg, FILE *err)
         opt->max_connections = (int)v;
         return true;
     case OPT_SELFMOD: opt->selfmod_default = true; return true;
+    case OPT_PRESET: {
+        sm_error invalid;
+        bool file = strchr(arg, '/') || strstr(arg, ".json");
+        if ((file ? sm_gen_params_load_preset(arg, &opt->base, &invalid)
+                  : sm_policy_preset(&opt->base.policy, arg, &invalid)) == SM_OK)
+            return true;
+        fprintf(err, "llama_selfmod serve: error: --preset: %s\n", invalid.message);
+        return false;
+    }
     case OPT_NO_BATCH: opt->no_batch = true; return true;
     case OPT_HEADER_TIMEOUT:
         if (!parse_long(err, "--header-timeout", arg, 1, 3600, &v)) return false;
@@ -262,7 +276,9 @@ options_result server_parse_options(int argc, char **argv, server_options *opt, 
         .loom_max_beams = 64,
         .max_connections = 64,
         .header_timeout = 15,
+        .base = sm_gen_default_params(),
     };
+    opt->base.sampling.repeat_penalty = 1.0f; /* none unless asked for, as with OpenAI and llama-server */
     optind = 0; /* 0, not 1: glibc then also forgets a short-option group left half-read */
     opterr = 0;
     for (;;) {

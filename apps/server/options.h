@@ -21,6 +21,9 @@ typedef struct server_options {
     int max_connections;                   /* open connections at most (64)    */
     int header_timeout;                    /* seconds for a request's headers  */
     bool selfmod_default;                  /* --selfmod: adapt without asking  */
+    /* What a request starts from: the library's defaults without a repeat
+     * penalty (OpenAI's), refined by --preset NAME|FILE. */
+    sm_gen_params base;
     bool no_batch;                         /* --no-batch: a context per slot   */
     const char *user_label, *assistant_label; /* the plain chat form's         */
     int parallel;                          /* slots generating at once (2)     */

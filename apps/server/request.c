@@ -521,14 +521,12 @@ bool check_known_fields(const cJSON *body, const char *const *known_fields, size
     return true;
 }
 
-bool gen_request_parse(const cJSON *body, api_kind api, const model_set *models, bool selfmod_default,
-                       gen_request *r, api_error *err) {
+bool gen_request_parse(const cJSON *body, api_kind api, const model_set *models, const sm_gen_params *base,
+                       bool selfmod_default, gen_request *r, api_error *err) {
     memset(r, 0, sizeof *r);
     memset(err, 0, sizeof *err);
     r->api = api;
-    r->params = sm_gen_default_params();
-    /* No repeat penalty unless asked for, as with OpenAI and llama-server. */
-    r->params.sampling.repeat_penalty = 1.0f;
+    r->params = *base; /* serve's defaults: no repeat penalty unless asked for; --preset */
     if (!cJSON_IsObject(body)) return api_fail(err, 400, NULL, "the request body must be a JSON object");
     if (!check_known_fields(body, KNOWN_FIELDS, sizeof KNOWN_FIELDS / sizeof *KNOWN_FIELDS, err)) return false;
     if (!parse_model(body, models, r, err)) return false;

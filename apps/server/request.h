@@ -54,10 +54,11 @@ typedef struct gen_request {
     bool has_system;
 } gen_request;
 
-/* selfmod_default: whether the policy adapts sampling when a request has
+/* base: what a request starts from (serve's defaults and --preset);
+ * selfmod_default: whether the policy adapts sampling when a request has
  * no "selfmod" object (serve --selfmod). */
-bool gen_request_parse(const cJSON *body, api_kind api, const model_set *models, bool selfmod_default,
-                       gen_request *req, api_error *err);
+bool gen_request_parse(const cJSON *body, api_kind api, const model_set *models, const sm_gen_params *base,
+                       bool selfmod_default, gen_request *req, api_error *err);
 void gen_request_free(gen_request *req);
 /* Points req->params at req's own stop strings and operators again (after
  * the struct was copied). */

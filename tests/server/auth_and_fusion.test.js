@@ -28,6 +28,20 @@ test('--api-key: 401 without the right bearer token, /health stays open', async 
   assert.equal(byFile.usage.completion_tokens, 2);
 });
 
+test('serve --preset original: requests start from the original policy; a request may choose another', async () => {
+  const auth = { Authorization: `Bearer ${servers.apiKey}` };
+  const body = { prompt: 'Once upon a time', max_tokens: 24, selfmod: {} };
+  const orig = await post(servers.keyed, '/v1/completions', body, auth);
+  assert.equal(orig.status, 200, orig.text);
+  const said = orig.json.selfmod.events.map((e) => e.description || '');
+  // the original's absolute thresholds speak; the calibrated policy's relative ones never do
+  assert.ok(said.some((d) => /[<>] 0\.(50|85)/.test(d)), JSON.stringify(said));
+  assert.ok(!said.some((d) => /sd (below|above)/.test(d)), JSON.stringify(said));
+  const cal = await post(servers.keyed, '/v1/completions', { ...body, selfmod: { preset: 'calibrated' } }, auth);
+  assert.equal(cal.status, 200, cal.text);
+  assert.ok(!cal.json.selfmod.events.some((e) => /[<>] 0\.(50|85)/.test(e.description || '')));
+});
+
 test('fusion: /v1/models lists the fused set and each model', async () => {
   const list = await new OpenAI({ baseURL: servers.fused + '/v1', apiKey: 'x', maxRetries: 0 }).models.list();
   assert.deepEqual(list.data.map((m) => m.id), ['stories260K+llama2xs-salty-280K', 'stories260K', 'llama2xs-salty-280K']);
