@@ -41,8 +41,8 @@ typedef struct trial {
 
 static void usage(FILE *f) {
     fputs("usage: llama_selfmod tune -f PROMPTS -m MODEL --judge A[,B,...] [options]\n"
-          "Searches the calibrated policy's settings (temperature, repeat penalty, loop retractions,\n"
-          "window) on your model and prompts: random search with successive halving (3 rounds on\n"
+          "Searches the calibrated policy's settings (temperature from 0, 0.1, 0.2, 0.3, 0.5, 0.7, 1 in\n"
+          "turn; repeat penalty, loop retractions, window at random) on your model and prompts: random search with successive halving (3 rounds on\n"
           "1/4, 1/2 and all of the prompts, the best third surviving each). Objective: the judges'\n"
           "bits per byte + 10 x (rep-4 above --max-rep4).\n\n"
           "  -f, --prompts FILE     prompts, as for eval\n"
@@ -140,9 +140,12 @@ static double uniform(uint64_t *state) {
     return (double)(*state >> 11) / 9007199254740992.0;
 }
 
-/* A random setting of the calibrated policy. */
-static void draw(trial *t, uint64_t *rng) {
-    t->temperature = (float)(round(uniform(rng) * 20.0) / 20.0);          /* 0 .. 1 by 0.05 */
+/* A random setting of the calibrated policy; the temperature comes from a
+ * ladder in turn, so every run tries greedy and the low temperatures
+ * (random draws almost never hit T = 0, often the best). */
+static void draw(trial *t, int32_t index, uint64_t *rng) {
+    static const float LADDER[] = {0.0f, 0.1f, 0.2f, 0.3f, 0.5f, 0.7f, 1.0f};
+    t->temperature = LADDER[index % (int32_t)(sizeof LADDER / sizeof *LADDER)];
     t->repeat_penalty = (float)(1.0 + round(uniform(rng) * 30.0) / 100.0); /* 1 .. 1.3 */
     t->max_retractions = (int32_t)(uniform(rng) * 13.0);                   /* 0 .. 12 */
     t->window = 3 + (int32_t)(uniform(rng) * 8.0);                         /* 3 .. 10 */
@@ -274,7 +277,7 @@ int tune_main(int argc, char **argv) {
     trial *live[MAX_TRIALS];
     uint64_t rng = o.seed * 0x9e3779b97f4a7c15ULL + 1;
     for (int32_t i = 0; i < o.trials; i++) {
-        draw(&trials[i], &rng);
+        draw(&trials[i], i, &rng);
         live[i] = &trials[i];
     }
     char json_path[] = "/tmp/llama_selfmod_tune_XXXXXX";
