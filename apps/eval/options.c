@@ -178,28 +178,29 @@ static bool add_strategy_list(FILE *err, eval_options *opt, const char *list) {
     }
 }
 
-static bool add_models(FILE *err, eval_options *opt, const char *list) {
-    free(opt->models_buffer);
-    opt->models_buffer = strdup(list); /* the paths point into it */
-    if (!opt->models_buffer) return false;
-    opt->n_models = 0;
-    for (char *save = NULL, *p = strtok_r(opt->models_buffer, ",", &save); p; p = strtok_r(NULL, ",", &save)) {
-        if (opt->n_models >= SM_MAX_MODELS) return report(err, "--models", list, "at most 8 models");
-        opt->model_paths[opt->n_models++] = p;
+/* Splits a comma-separated list of paths into paths[0..max): *buffer owns
+ * the copy they point into. Returns how many, or -1 for more than max. */
+static int32_t split_paths(const char *list, char **buffer, const char **paths, int32_t max) {
+    free(*buffer);
+    if (!(*buffer = strdup(list))) return -1;
+    int32_t n = 0;
+    for (char *save = NULL, *p = strtok_r(*buffer, ",", &save); p; p = strtok_r(NULL, ",", &save)) {
+        if (n == max) return -1;
+        paths[n++] = p;
     }
+    return n;
+}
+
+static bool add_models(FILE *err, eval_options *opt, const char *list) {
+    opt->n_models = split_paths(list, &opt->models_buffer, opt->model_paths, SM_MAX_MODELS);
+    if (opt->n_models < 0) return report(err, "--models", list, "at most 8 models");
     if (opt->n_models < 2) return report(err, "--models", list, "at least two comma-separated model paths");
     return true;
 }
 
 static bool add_judges(FILE *err, eval_options *opt, const char *list) {
-    free(opt->judges_buffer);
-    opt->judges_buffer = strdup(list); /* the paths point into it */
-    if (!opt->judges_buffer) return false;
-    opt->n_judges = 0;
-    for (char *save = NULL, *p = strtok_r(opt->judges_buffer, ",", &save); p; p = strtok_r(NULL, ",", &save)) {
-        if (opt->n_judges >= EVAL_MAX_JUDGES) return report(err, "--judge", list, "at most 4 judges");
-        opt->judge_paths[opt->n_judges++] = p;
-    }
+    opt->n_judges = split_paths(list, &opt->judges_buffer, opt->judge_paths, EVAL_MAX_JUDGES);
+    if (opt->n_judges < 0) return report(err, "--judge", list, "at most 4 judges");
     if (opt->n_judges == 0) return report(err, "--judge", list, "one or more comma-separated model paths");
     return true;
 }
