@@ -677,7 +677,8 @@ const char *sm_loop_text(const sm_loop *loop, size_t *len); /* the output text *
 const sm_introspection *sm_loop_introspection(const sm_loop *loop);
 /* What it may do: the event of its next removal says why (kept until the
  * removal or the next candidate); text enters the context and the output
- * (never rewound); generation stops after this hook (SM_STOP_STAGE). */
+ * (never rewound; only from before_sample and after_token, else
+ * SM_ERR_STATE); generation stops after this hook (SM_STOP_STAGE). */
 void sm_loop_describe(sm_loop *loop, const char *why);
 sm_status sm_loop_inject(sm_loop *loop, const char *text, size_t len);
 void sm_loop_stop(sm_loop *loop, const char *why);

@@ -1284,7 +1284,9 @@ static sm_status commit(generation *g, int32_t i, const sm_token_view *view, int
         sm_stage *stg = g->stages[k];
         if (!stg->vt->after_token) continue;
         g->current = stg;
+        g->may_inject = true;
         stg->vt->after_token(stg->state, g, view);
+        g->may_inject = false;
         g->current = NULL;
     }
     return g->status;
@@ -1299,7 +1301,9 @@ static bool before_sample(generation *g, sm_knobs *knobs) {
         sm_stage *st = g->stages[k];
         if (!st->vt->before_sample) continue;
         g->current = st;
+        g->may_inject = true;
         st->vt->before_sample(st->state, g, knobs);
+        g->may_inject = false;
         g->current = NULL;
         if (g->injected || g->stop != SM_STOP_NONE || g->status != SM_OK) return false;
     }

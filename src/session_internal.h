@@ -139,6 +139,7 @@ typedef struct sm_loop {
     bool reported;                  /* the removing stage emitted its event   */
     sm_knobs knobs_before;          /* before the rewind being reported       */
     bool injected;                  /* this step put text into the context    */
+    bool may_inject;                /* inside before_sample or after_token    */
     sm_status status;               /* the first failure inside a stage hook  */
     int32_t n_events, cap_events;
     sm_stop_reason stop;

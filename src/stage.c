@@ -65,6 +65,9 @@ void sm_loop_stop(sm_loop *loop, const char *why) {
 }
 
 sm_status sm_loop_inject(sm_loop *loop, const char *text, size_t len) {
+    if (!loop->may_inject) /* a candidate is being judged or decoded: text cannot go in under it */
+        return sm_session_fail(loop->s, SM_ERR_STATE, "sm_loop_inject: only from before_sample or after_token");
+    if (!text) return sm_session_fail(loop->s, SM_ERR_INVALID_ARGUMENT, "sm_loop_inject: no text");
     char what[96];
     snprintf(what, sizeof what, "%s", loop->current && loop->current->vt->name ? loop->current->vt->name : "stage");
     return sm_loop_inject_as(loop, text, len, SM_MOD_INJECT, what);

@@ -131,6 +131,8 @@ typedef struct remover {
 
 static int32_t remover_judge(void *state, sm_loop *loop, const sm_token_view *view) {
     remover *rm = state;
+    /* text cannot go in under a candidate being judged */
+    assert_int_equal(sm_loop_inject(loop, "x", 1), SM_ERR_STATE);
     if (rm->fired || view->position != rm->at) return 0;
     rm->fired = true;
     sm_loop_describe(loop, "three tokens had to go");
