@@ -27,7 +27,7 @@ build: $(BUILD)/llama_prefix
 	@cmake --build $(BUILD) -j$(JOBS)
 
 run: build
-	$(BUILD)/llama_selfmod -m $(MODEL) -p "$(PROMPT)" -n 120 --seed 7 --aggressive --verbose-events
+	$(BUILD)/llama_selfmod -m $(MODEL) -p "$(PROMPT)" -n 120 --seed 7 --verbose-events
 
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j$(JOBS)

@@ -249,11 +249,15 @@ typedef enum sm_policy_style {
                                (after 2 windows) raises T (z < -2) or lowers it
                                (z > 2), at most 1.5x / at least 0.5x the
                                requested T; otherwise T and the penalty relax
-                               back by a fifth each token. A candidate that
+                               back a fifth of the way each token (at least
+                               0.01). A candidate that
                                completes a 4-gram already in the last 64
                                tokens is retracted with that 4-gram (the
                                token that began it is banned there), unless
-                               retract is 0                                  */
+                               retract is 0. aggressive, exploration and the
+                               fixed thresholds and retract_tokens do not
+                               apply (the CLI, server and eval choose the
+                               fixed policy when they are given)              */
 } sm_policy_style;
 
 typedef struct sm_policy_params {

@@ -352,10 +352,7 @@ sm_stage *sm_safety_stage_new(generation *g) {
  * stop at the last injection). */
 sm_status sm_loop_inject_as(generation *g, const char *text, size_t len, sm_mod_type mod, const char *what) {
     sm_session *s = g->s;
-    for (int32_t k = 0; k < g->n_stages; k++) { /* a branch planned on the old context is void */
-        sm_stage *st = g->stages[k];
-        if (st->ext && st->ext->drop) st->ext->drop(st->state, g);
-    }
+    sm_loop_drop_stage_work(g); /* a branch planned on the old context is void */
     sm_tokens tokens;
     sm_error err = {0};
     sm_status st = sm_tokenize(s->model, text, len, false, false, &tokens, &err);

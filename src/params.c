@@ -201,6 +201,8 @@ static sm_status validate_gen_params(const sm_gen_params *p, char *msg, size_t m
     CHECK(q->window >= 1, "policy window must be >= 1 (got %d)", q->window);
     CHECK(q->style == SM_POLICY_FIXED || q->style == SM_POLICY_ORIGINAL || q->style == SM_POLICY_CALIBRATED,
           "policy style must be fixed, original or calibrated (got %d)", (int)q->style);
+    CHECK(!(q->style == SM_POLICY_CALIBRATED && q->enabled && q->aggressive),
+          "aggressive belongs to the fixed and original policies: the calibrated one has no bursts or larger steps");
     CHECK(in_range(q->critical_threshold, 0.0f, 1.0f), "critical threshold must be in [0, 1] (got %g)", q->critical_threshold);
     CHECK(in_range(q->confidence_threshold, 0.0f, 1.0f), "confidence threshold must be in [0, 1] (got %g)", q->confidence_threshold);
     CHECK(in_range(q->sharpen_threshold, 0.0f, 1.0f), "sharpen threshold must be in [0, 1] (got %g)", q->sharpen_threshold);

@@ -113,6 +113,15 @@ static bool repeats_ngram(const sm_token *tokens, int32_t n) {
 #define CALIBRATED_RAISE 1.15f
 #define CALIBRATED_LOWER 0.9f
 #define CALIBRATED_RELAX 0.2f
+#define CALIBRATED_SNAP 0.01f
+
+/* A fifth of the way back to the value asked for, but at least a step a
+ * reader can tell apart (events show 2 decimals), and never past it. */
+static float relax_towards(float v, float target) {
+    float gap = target - v, step = fabsf(gap) * CALIBRATED_RELAX;
+    if (step < CALIBRATED_SNAP) step = CALIBRATED_SNAP;
+    return fabsf(gap) <= step ? target : v + (gap > 0 ? step : -step);
+}
 
 static void calibrated_step(const sm_policy_params *p, const float *confidences, const sm_token *tokens, int32_t n,
                             int32_t n_retractions_done, sm_policy_state *st, sm_policy_action *a) {
@@ -143,10 +152,8 @@ static void calibrated_step(const sm_policy_params *p, const float *confidences,
                  mean, z, st->conf_mean);
     } else if (st->temperature != t0 || st->repeat_penalty != rp0) {
         sm_policy_mod *m = add_mod(a, SM_MOD_PARAM_ADJUST, st);
-        st->temperature += (t0 - st->temperature) * CALIBRATED_RELAX;
-        st->repeat_penalty += (rp0 - st->repeat_penalty) * CALIBRATED_RELAX;
-        if (fabsf(st->temperature - t0) < 1e-3f) st->temperature = t0;
-        if (fabsf(st->repeat_penalty - rp0) < 1e-3f) st->repeat_penalty = rp0;
+        st->temperature = relax_towards(st->temperature, t0);
+        st->repeat_penalty = relax_towards(st->repeat_penalty, rp0);
         finish_mod(m, st);
         snprintf(m->description, sizeof m->description, "confidence back to this text's usual: relax towards T %.2f", t0);
     }

@@ -860,7 +860,8 @@ static int32_t settled_tokens(const generation *g) {
     const int64_t max_rewind = g->s->params.max_rewind;
     int64_t reach = 0;
     if (sm_policy_retraction_enabled(&gp->policy)) {
-        int64_t per = sm_policy_retraction_tokens(&gp->policy) - 1 < max_rewind ? sm_policy_retraction_tokens(&gp->policy) - 1 : max_rewind;
+        int64_t per = sm_policy_retraction_tokens(&gp->policy) - 1;
+        if (per > max_rewind) per = max_rewind;
         int64_t left = (int64_t)gp->policy.max_retractions - g->res->n_retractions;
         reach += (left > 0 ? left : 0) * per;
     }
@@ -956,7 +957,7 @@ static void forget_tries(position_record *r) {
     r->n_rejected_here = 0;
 }
 
-static void drop_stage_work(generation *g) {
+void sm_loop_drop_stage_work(generation *g) {
     for (int32_t k = 0; k < g->n_stages; k++) {
         sm_stage *st = g->stages[k];
         if (st->ext && st->ext->drop) st->ext->drop(st->state, g);
@@ -977,7 +978,7 @@ static void drop_stage_work(generation *g) {
  */
 static sm_status rewind_to(generation *g, int32_t j, int32_t k, int32_t n_decoded, sm_stage *by) {
     sm_session *s = g->s;
-    drop_stage_work(g);
+    sm_loop_drop_stage_work(g);
     g->knobs_before = g->knobs;
     sm_status st = sm_session_truncate(s, s->n_tokens - n_decoded); /* [restore] */
     if (st != SM_OK) return st;
@@ -1231,9 +1232,8 @@ static sm_status check_decoded(generation *g, int32_t i, const sm_token_view *vi
     return SM_OK;
 }
 
-static void report_token(generation *g, int32_t i, const sm_token_view *view, int32_t piece_len) {
+static void report_token(generation *g, int32_t i, const sm_token_view *view) {
     sm_session *s = g->s;
-    (void)piece_len;
     sm_event e = sm_loop_base_event(g, SM_EVENT_TOKEN, i);
     e.token = view->token;
     e.piece = view->piece;
@@ -1276,7 +1276,7 @@ static sm_status commit(generation *g, int32_t i, const sm_token_view *view, int
     bool taken_back = false;
     st = check_decoded(g, i, view, &taken_back);
     if (st != SM_OK || taken_back) return st;
-    report_token(g, i, view, piece_len);
+    report_token(g, i, view);
     if (g->gp->n_stop_strings > 0 &&
         sm_text_find_stop(&g->text, text_before, g->gp->stop_strings, g->gp->n_stop_strings) >= 0)
         g->stop = SM_STOP_STOP_STRING;
@@ -1467,7 +1467,7 @@ static sm_status generate_impl(sm_session *s, const char *prompt, const sm_gen_p
         }
         st = generation_step(&g);
     }
-    drop_stage_work(&g);
+    sm_loop_drop_stage_work(&g);
     if (st != SM_OK) g.stop = SM_STOP_ERROR;
     sm_status fin = finish_result(&g);
     if (st == SM_OK) st = fin;

@@ -168,6 +168,8 @@ void sm_loop_remember_introspection(sm_session *s, const void *record, const flo
 int sm_loop_reserve(sm_token **buf, int32_t *cap, int32_t n);
 float *sm_loop_ring_slot(const sm_session *s, int32_t pos, int32_t m);
 void sm_loop_stop_with(generation *g, sm_stop_reason reason);
+/* Every stage drops what it built on the context (a lookahead branch). */
+void sm_loop_drop_stage_work(generation *g);
 /* Appends text to the context as injected tokens (an event of type mod). */
 sm_status sm_loop_inject_as(generation *g, const char *text, size_t len, sm_mod_type mod, const char *what);
 int32_t sm_loop_clamp_removal(const generation *g, int32_t i, int32_t k);

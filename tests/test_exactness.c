@@ -46,6 +46,7 @@ static sm_policy_style busy_style = SM_POLICY_FIXED;
 static sm_gen_params busy_params(uint64_t seed, int32_t n_predict) {
     sm_gen_params gp = sm_gen_default_params();
     gp.policy.style = busy_style;
+    gp.policy.aggressive = busy_style != SM_POLICY_CALIBRATED; /* it has no aggressive mode */
     gp.n_predict = n_predict;
     gp.stop_at_bos = false;
     gp.sampling.temperature = 0.9f;
@@ -56,7 +57,6 @@ static sm_gen_params busy_params(uint64_t seed, int32_t n_predict) {
     gp.sampling.presence_penalty = 0.2f;
     gp.policy.confidence_threshold = 0.95f;
     gp.policy.sharpen_threshold = 0.97f;
-    gp.policy.aggressive = true;
     gp.policy.retract = 0;
     gp.policy.exploration_prob = 0.5f;
     gp.backtrack.max_per_position = 8;
@@ -342,6 +342,7 @@ static void test_settled_tokens_are_never_rewound(void **state) {
     for (uint64_t seed = 1; seed <= 4; seed++) {
         sm_gen_params gp = busy_params(seed, 80);
         gp.policy.style = SM_POLICY_CALIBRATED;
+        gp.policy.aggressive = false;
         gp.policy.retract = -1;
         gp.policy.max_retractions = 6;
         gp.sampling.temperature = 0.0f; /* greedy stories260K loops */

@@ -163,13 +163,28 @@ static void test_calibrated_style(void **unused) {
         sm_policy_step(&p, c, t, i + 1, 0, &st, &a);
     }
     assert_true(st.temperature > 0.7f && st.temperature <= 1.05f + 1e-6f);
-    /* confidence back to usual: T relaxes to what was asked for */
+    /* confidence back to usual: T relaxes to what was asked for, in steps a
+     * reader can see (no "T 0.70 -> 0.70" events), and then stays there */
+    int32_t n_relax = 0;
     for (int32_t i = 30; i < 60; i++) {
         c[i] = 0.3f + 0.02f * (float)(i % 3);
         t[i] = i;
         sm_policy_step(&p, c, t, i + 1, 0, &st, &a);
+        for (int32_t m = 0; m < a.n_mods; m++) {
+            n_relax++;
+            float d = fabsf(a.mods[m].t_after - a.mods[m].t_before);
+            if (!(d >= 0.005f || a.mods[m].t_after == 0.7f)) fail_msg("step %d: %s T %.4f -> %.4f", i, a.mods[m].description, a.mods[m].t_before, a.mods[m].t_after);
+        }
     }
-    assert_float_equal(st.temperature, 0.7f, 1e-3);
+    assert_float_equal(st.temperature, 0.7f, 0);
+    assert_true(n_relax > 0 && n_relax < 15);
+    /* the calibrated policy has no aggressive mode: refused, not ignored */
+    sm_gen_params gp = sm_gen_default_params();
+    gp.policy = p;
+    gp.policy.aggressive = true;
+    sm_error err;
+    assert_int_equal(sm_gen_params_validate(&gp, &err), SM_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(err.message, "aggressive"));
     /* a candidate that completes a 4-gram seen before: retract those 4 */
     sm_token loop[12] = {1, 2, 3, 4, 9, 8, 7, 1, 2, 3, 4};
     float lc[12] = {0};

@@ -103,7 +103,7 @@ static bool set_base_key(sm_gen_params *g, const char *key, double v) {
         {"rep_window", NULL, &p->repetition_window},    {"rep_min_distinct", NULL, &p->repetition_min_distinct},
     };
     static const char *const FIXED_ONLY[] = {"critical", "confidence", "sharpen", "exploration", "rep_window",
-                                             "rep_min_distinct"};
+                                             "rep_min_distinct", "retract_tokens"};
     for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++) {
         if (strcmp(keys[k].name, key) != 0) continue;
         if (keys[k].f) *keys[k].f = (float)v;

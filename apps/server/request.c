@@ -371,7 +371,7 @@ static bool parse_selfmod(const cJSON *b, gen_request *r, int n_models, bool sel
     if (r->params.policy.style == SM_POLICY_CALIBRATED) { /* no absolute thresholds, no bursts: refused, not ignored */
         static const char *const FIXED_ONLY[] = {"confidence_threshold", "critical_threshold", "sharpen_threshold",
                                                  "aggressive", "exploration_prob", "repetition_window",
-                                                 "repetition_min_distinct"};
+                                                 "repetition_min_distinct", "retract_tokens"};
         for (size_t i = 0; i < sizeof FIXED_ONLY / sizeof *FIXED_ONLY; i++) {
             if (!json_field(o, FIXED_ONLY[i])) continue;
             if (!preset || cJSON_IsNull(preset)) { /* the key chooses the policy it belongs to */
