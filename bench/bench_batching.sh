@@ -17,6 +17,7 @@ llama_server=${LLAMA_SERVER:-$("$root/scripts/build_llama_server.sh")}
 start() { # NAME CMD... -> sets url and pid
     local name=$1
     shift
+    : > "/tmp/bench_batching.$$.log"
     "$@" > "/tmp/bench_batching.$$.log" 2>&1 &
     pid=$!
     url=

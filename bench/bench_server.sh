@@ -44,6 +44,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
+: > "$log"
 "$bin" serve -m "$model" --host 127.0.0.1 --port 0 --parallel 4 --threads "$threads" --quiet >"$log" 2>&1 &
 server_pid=$!
 port=

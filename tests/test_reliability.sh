@@ -25,6 +25,7 @@ check_unknown() {
 for case in "Once upon a time (in a land)" "café" "a party 🎉"; do check_unknown "$TINY" "$case"; done
 for case in "a party 🎉" $'two\nlines'; do check_unknown "$BABY" "$case"; done
 # ... and the server, which llama.cpp's exception used to kill, answers
+rm -f serve.log; : > serve.log   # exists before the poll (the child opens it after the fork)
 "$SM_BIN" serve -m "$TINY" --host 127.0.0.1 --port 0 --quiet > serve.log 2>&1 &
 spid=$!
 for _ in $(seq 100); do grep -q "listening on" serve.log && break; sleep 0.1; done
@@ -71,7 +72,7 @@ echo "ok: write errors"
 
 # --- SIGTERM and SIGHUP stop like Ctrl-C: text written, record kept.
 for sig in TERM HUP; do
-  rm -f "$MEM"
+  rm -f "$MEM"; : > out.jsonl
   "$SM_BIN" -m "$STORIES" -p "Once" -n -1 --no-stop-at-bos --ctx-size 2048 --threads 1 --seed 1 --json-stream \
     --memory-file "$MEM" > out.jsonl 2> /dev/null &
   pid=$!

@@ -31,6 +31,7 @@ trap cleanup EXIT
 start_server() {
   local name="$1"; shift
   local log="$WORK/$name.log"
+  : > "$log"   # the child opens it after the fork: the poll below must not find it missing
   "$SM_BIN" serve --host 127.0.0.1 --port 0 --threads 1 --web-dir "$SM_SRC/web" "$@" >"$log" 2>&1 &
   PIDS+=("$!")
   local pid="$!" port=""
