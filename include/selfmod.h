@@ -361,6 +361,9 @@ typedef struct sm_fusion_info {
     sm_token top1[SM_MAX_MODELS];   /* each model's top-1 token               */
     float unmapped_mass[SM_MAX_MODELS]; /* --fusion-align: mass that found no token */
     bool reference_differs;         /* some model's top-1 differs from model 0's */
+    float p_fused;                  /* the chosen token's fused probability   */
+    int32_t n_participating;        /* models the mode let take part (harmony
+                                     * and adaptive leave unsure ones out)    */
 } sm_fusion_info;
 
 /* ------------------------------------------------------------------ */
@@ -1008,6 +1011,19 @@ char *sm_event_to_json(const sm_event *event);
  * model, parameters, token counts, stop reason and timings. */
 typedef struct sm_memlog sm_memlog;
 sm_memlog *sm_memlog_open(const char *path, sm_error *err);
+typedef enum sm_memlog_format {
+    SM_MEMLOG_NATIVE,   /* the record above                                */
+    /* The Rust original's record and nothing else: modifications carry
+     * token_idx, mod_type (a retraction is CRITICAL_RETRACT), confidence
+     * and description; with several models num_models, fusion_mode and
+     * FUSION_SAMPLE modifications with fusion_data at every kept token whose
+     * agreement is below 0.5 and every 50th. model_path may then list the
+     * models separated by commas (their file names name them). */
+    SM_MEMLOG_ORIGINAL,
+} sm_memlog_format;
+/* "native" or "original"; false for any other name. */
+bool sm_memlog_format_from_name(const char *name, sm_memlog_format *format);
+void sm_memlog_set_format(sm_memlog *log, sm_memlog_format format);
 sm_status sm_memlog_append(sm_memlog *log, const char *model_path, const char *prompt,
                            const sm_gen_params *params, const sm_result *result,
                            sm_error *err);

@@ -230,6 +230,34 @@ void sm_json_add_modification_fields(cJSON *json, const sm_event *event) {
         sm_json_add_text(json, "injected", event->piece, strlen(event->piece));
 }
 
+const char *sm_model_file_name(const char *path) {
+    if (!path) return "";
+    const char *slash = strrchr(path, '/');
+    return slash ? slash + 1 : path;
+}
+
+cJSON *sm_json_fusion_data_original(const sm_fusion_info *f, const char *const *names, float temperature) {
+    cJSON *json = cJSON_CreateObject();
+    if (!json) return NULL;
+    int32_t n = f->n_models < SM_MAX_MODELS ? f->n_models : SM_MAX_MODELS;
+    cJSON *confidences = cJSON_AddArrayToObject(json, "model_confidences");
+    for (int32_t m = 0; confidences && m < n; m++) {
+        cJSON *pair = cJSON_CreateArray();
+        if (!pair) break;
+        cJSON_AddItemToArray(pair, cJSON_CreateString(names[m]));
+        cJSON_AddItemToArray(pair, cJSON_CreateNumber(json_float(f->p_top1[m])));
+        cJSON_AddItemToArray(confidences, pair);
+    }
+    cJSON_AddStringToObject(json, "leading_model", f->leading_model >= 0 && f->leading_model < n
+                                                       ? names[f->leading_model] : "ensemble");
+    sm_json_add_float(json, "agreement_score", f->top3_agreement);
+    sm_json_add_float(json, "harmony_score", 1.0f - f->js_divergence);
+    sm_json_add_float(json, "diversity_score", f->js_divergence);
+    cJSON_AddNumberToObject(json, "num_abstentions", f->n_models - f->n_participating);
+    sm_json_add_float(json, "adaptive_temp", temperature);
+    return json;
+}
+
 cJSON *sm_event_to_cjson(const sm_event *event) {
     cJSON *json = cJSON_CreateObject();
     if (!json) return NULL;

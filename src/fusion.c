@@ -218,6 +218,7 @@ void sm_fusion_agreement(const sm_model_dist *d, int32_t n_models, int32_t n_voc
         n_in++;
         agree3 += d[m].top[0] == chosen || d[m].top[1] == chosen || d[m].top[2] == chosen;
     }
+    info->n_participating = n_in;
     info->top1_agreement = (float)agree1 / (float)n_models;
     info->top3_agreement = n_in ? (float)agree3 / (float)n_in : 0.0f;
     double js = 0.0;

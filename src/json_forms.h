@@ -23,4 +23,15 @@ void sm_json_add_result_counts(cJSON *object, const sm_result *result);
 /* "timings": {t_prompt_ms, t_generate_ms, tokens_per_s} */
 void sm_json_add_timings(cJSON *object, const sm_result *result);
 
+/* The original llama_selfmod's forms (its --json-stream and memory file). */
+/* A model's name there: the file name of its path. */
+const char *sm_model_file_name(const char *path);
+/* Its per-token fusion_data: model_confidences [[name, top-1 p]...],
+ * leading_model (a name; "ensemble" when no model's top-1 won),
+ * agreement_score (models with the token in their top 3), and the later
+ * version's harmony_score (1 - mean JS divergence), diversity_score (the
+ * divergence), num_abstentions and adaptive_temp (the token's temperature).
+ * names[m] names model m. */
+cJSON *sm_json_fusion_data_original(const sm_fusion_info *f, const char *const *names, float temperature);
+
 #endif

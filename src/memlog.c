@@ -23,6 +23,7 @@
 
 struct sm_memlog {
     int fd;
+    sm_memlog_format format;
     bool can_read; /* opened read-write, so the last byte can be checked */
     char *path;
 };
@@ -73,6 +74,18 @@ sm_memlog *sm_memlog_open(const char *path, sm_error *err) {
     return log;
 }
 
+bool sm_memlog_format_from_name(const char *name, sm_memlog_format *format) {
+    if (!name) return false;
+    if (strcmp(name, "native") == 0) *format = SM_MEMLOG_NATIVE;
+    else if (strcmp(name, "original") == 0) *format = SM_MEMLOG_ORIGINAL;
+    else return false;
+    return true;
+}
+
+void sm_memlog_set_format(sm_memlog *log, sm_memlog_format format) {
+    if (log) log->format = format;
+}
+
 void sm_memlog_close(sm_memlog *log) {
     if (!log) return;
     close(log->fd);
@@ -97,8 +110,6 @@ static cJSON *modifications_json(const sm_result *result) {
         const sm_event *event = &result->events[i];
         cJSON *item = cJSON_CreateObject();
         if (!item) break;
-        /* The original's name for the position, then the shared fields. */
-        cJSON_AddNumberToObject(item, "token_idx", event->token_index);
         sm_json_add_modification_fields(item, event);
         cJSON_AddItemToArray(array, item);
     }
@@ -151,6 +162,93 @@ static void add_fusion_fields(cJSON *json, const sm_gen_params *params, const sm
     cJSON_AddItemToObject(json, "agreement", agreement);
     cJSON_AddItemToObject(json, "low_agreement_events", low);
 }
+
+/* ---- The original's record ---------------------------------------- */
+
+/* Its name for a modification: a retraction was CRITICAL_RETRACT. */
+static const char *original_mod_type(sm_mod_type mod) {
+    return mod == SM_MOD_RETRACT ? "CRITICAL_RETRACT" : sm_mod_type_name(mod);
+}
+
+static cJSON *original_modification(int32_t token_idx, const char *mod_type, float confidence,
+                                    const char *description) {
+    cJSON *item = cJSON_CreateObject();
+    if (!item) return NULL;
+    cJSON_AddNumberToObject(item, "token_idx", token_idx);
+    cJSON_AddStringToObject(item, "mod_type", mod_type);
+    sm_json_add_float(item, "confidence", confidence);
+    cJSON_AddStringToObject(item, "description", description);
+    return item;
+}
+
+/* Up to SM_MAX_MODELS file names from "a.gguf,dir/b.gguf", in place. */
+static int32_t split_model_names(char *paths, const char **names) {
+    int32_t n = 0;
+    for (char *save = NULL, *p = strtok_r(paths, ",", &save); p && n < SM_MAX_MODELS;
+         p = strtok_r(NULL, ",", &save))
+        names[n++] = sm_model_file_name(p);
+    return n;
+}
+
+/* Its sample of the fusion: every kept token where fewer than half the
+ * models had the token in their top 3, and every 50th token. */
+static void add_fusion_samples(cJSON *array, const sm_result *r, int32_t i, const char *const *names,
+                               float temperature) {
+    const sm_fusion_info *f = &r->fusion[i];
+    if (!(f->top3_agreement < 0.5f || i % 50 == 0)) return;
+    char description[160];
+    snprintf(description, sizeof description, "Leader: %s, Agreement: %.0f%%",
+             f->leading_model >= 0 ? names[f->leading_model] : "ensemble", f->top3_agreement * 100.0);
+    cJSON *item = original_modification(i, "FUSION_SAMPLE", f->p_fused, description);
+    if (!item) return;
+    cJSON_AddItemToObject(item, "fusion_data", sm_json_fusion_data_original(f, names, temperature));
+    cJSON_AddItemToArray(array, item);
+}
+
+static cJSON *original_record_json(const char *model_path, const char *prompt,
+                                   const sm_gen_params *params, const sm_result *result) {
+    cJSON *json = cJSON_CreateObject();
+    if (!json) return NULL;
+    char timestamp[64];
+    format_timestamp(timestamp, sizeof timestamp);
+    cJSON_AddStringToObject(json, "timestamp", timestamp);
+    sm_json_add_text(json, "prompt", prompt ? prompt : "", prompt ? strlen(prompt) : 0);
+    sm_json_add_text(json, "response", result->text ? result->text : "", result->text ? result->text_len : 0);
+
+    bool fused = result->n_models > 1 && result->fusion;
+    char *paths = strdup(model_path ? model_path : "");
+    const char *names[SM_MAX_MODELS];
+    int32_t n_names = paths ? split_model_names(paths, names) : 0;
+    for (int32_t m = n_names; m < SM_MAX_MODELS; m++) names[m] = "model";
+    /* In the order they happened: the events in theirs, each kept token's
+     * fusion sample after the events at or before it (the original logged
+     * it after deciding on the token). */
+    cJSON *mods = cJSON_AddArrayToObject(json, "modifications");
+    int32_t next_sample = 0;
+    float temperature = params ? params->sampling.temperature : result->final_temperature; /* in effect */
+    for (int32_t k = 0; mods && k < result->n_events; k++) {
+        const sm_event *e = &result->events[k];
+        for (; fused && next_sample < e->token_index && next_sample < result->n_tokens; next_sample++)
+            add_fusion_samples(mods, result, next_sample, names, temperature);
+        cJSON_AddItemToArray(mods, original_modification(e->token_index, original_mod_type(e->mod), e->confidence,
+                                                         e->description ? e->description : ""));
+        temperature = e->temperature_after;
+    }
+    for (; fused && mods && next_sample < result->n_tokens; next_sample++)
+        add_fusion_samples(mods, result, next_sample, names, temperature);
+    free(paths);
+    sm_json_add_float(json, "avg_confidence", result->avg_confidence);
+    sm_json_add_float(json, "final_temperature", result->final_temperature);
+    cJSON_AddNumberToObject(json, "retractions", result->n_retractions);
+    if (fused) {
+        cJSON_AddNumberToObject(json, "num_models", result->n_models);
+        cJSON_AddStringToObject(json, "fusion_mode",
+                                sm_fusion_mode_name(params ? params->fusion.mode : SM_FUSION_CONFIDENCE));
+    }
+    return json;
+}
+
+/* ---- The native record --------------------------------------------- */
 
 static cJSON *record_json(const char *model_path, const char *prompt,
                           const sm_gen_params *params, const sm_result *result) {
@@ -209,7 +307,8 @@ sm_status sm_memlog_append(sm_memlog *log, const char *model_path, const char *p
                   !log ? "log" : "result");
         return SM_ERR_INVALID_ARGUMENT;
     }
-    cJSON *json = record_json(model_path, prompt, params, result);
+    cJSON *json = log->format == SM_MEMLOG_ORIGINAL ? original_record_json(model_path, prompt, params, result)
+                                                    : record_json(model_path, prompt, params, result);
     char *body = json ? cJSON_PrintUnformatted(json) : NULL;
     cJSON_Delete(json);
     if (!body) {

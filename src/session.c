@@ -1265,6 +1265,7 @@ static sm_status commit(generation *g, int32_t i, const sm_token_view *view, int
     size_t text_before = g->text.len;
     if (s->n_models > 1) {
         sm_fusion_agreement(g->dists, s->n_models, s->n_vocab, t, g->participating, &g->fusion[i]);
+        g->fusion[i].p_fused = view->prob;
         for (int32_t m = 0; m < s->n_models; m++) g->fusion[i].unmapped_mass[m] = ring_unmapped(s, s->n_tokens, m);
     }
     if (sm_text_push(&g->text, view->piece, (size_t)piece_len) != 0) return sm_session_fail(s, SM_ERR_NO_MEMORY, "out of memory");

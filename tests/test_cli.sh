@@ -73,7 +73,7 @@ for n, line in enumerate(lines[first - 1:-1], first):
     for k in ('t_prompt_ms', 't_generate_ms', 'tokens_per_s'):
         if k not in r['timings']: sys.exit(f'memory line {n}: timings lack {k}')
     for m in r['modifications']:
-        for k in ('token_idx', 'mod_type', 'confidence', 'description'):
+        for k in ('token_index', 'mod_type', 'confidence', 'description'):
             if k not in m: sys.exit(f'memory line {n}: a modification lacks {k}')
 EOF
 }
@@ -161,6 +161,62 @@ logged="$(python3 -c 'import json,sys; print(json.loads(open(sys.argv[1]).readli
   || fail "--no-retract run failed"
 read -r n_retractions n_tokens < <(check_json_stream noretract.out) || fail "--no-retract json-stream invalid"
 [ "$n_retractions" = 0 ] || fail "--no-retract still retracted $n_retractions times"
+
+# The Rust original's stream and record --------------------------------
+# --json-stream=original (or LLAMA_SELFMOD_JSON_STREAM=original, for its GUI
+# that passes a fixed command line): init, token, modification, complete
+# with its keys; a retraction is a CRITICAL_RETRACT modification; the
+# counts in complete match the lines. --memory-format original writes its
+# record; --wrap-prompt feeds "User: ...\nAssistant:" and records the prompt.
+for how in flag env; do
+  if [ "$how" = flag ]; then stream=(--json-stream=original); else stream=(--json-stream); fi
+  rm -f orig.jsonl
+  LLAMA_SELFMOD_JSON_STREAM=$([ "$how" = env ] && echo original) \
+  "$SM_BIN" -m "$CHAT" -p "Once upon a time" -n 80 --seed 5 --aggressive --max-retractions 2 \
+    --temperature 1.5 --top-k 0 --top-p 1 --min-p 0 --memory-file orig.jsonl --memory-format original \
+    --wrap-prompt "${stream[@]}" "${COMMON[@]}" > orig.out || fail "--json-stream=original ($how) run failed"
+  python3 - orig.out orig.jsonl <<'EOF' || fail "--json-stream=original ($how): not the original's stream"
+import json, sys
+objs = [json.loads(l) for l in open(sys.argv[1])]
+keys = lambda o: list(o.keys())
+if keys(objs[0]) != ['type', 'num_models', 'fusion_mode', 'model_names'] or objs[0]['type'] != 'init':
+    sys.exit(f'first line {objs[0]}')
+if objs[0]['model_names'] != ['cardputer-chat-3M.gguf']: sys.exit(f'model_names {objs[0]["model_names"]}')
+if keys(objs[-1]) != ['type', 'total_tokens', 'avg_confidence', 'modifications', 'retractions']: sys.exit(f'last line {objs[-1]}')
+tokens = [o for o in objs if o['type'] == 'token']
+mods = [o for o in objs if o['type'] == 'modification']
+if len(tokens) + len(mods) + 2 != len(objs): sys.exit('a line of another type')
+for t in tokens:
+    if keys(t) != ['type', 'text', 'confidence', 'consciousness']: sys.exit(f'token keys {keys(t)}')
+    if keys(t['consciousness']) != ['human_emotions', 'ai_states', 'metrics']: sys.exit('consciousness keys')
+retracts = [m for m in mods if m['mod_type'] == 'CRITICAL_RETRACT']
+done = objs[-1]
+if not retracts or done['retractions'] != len(retracts): sys.exit(f'{len(retracts)} CRITICAL_RETRACT lines, complete says {done["retractions"]}')
+if done['modifications'] != len(mods): sys.exit(f'{len(mods)} modification lines, complete says {done["modifications"]}')
+removed = sum(m['n_removed'] for m in retracts)
+if done['total_tokens'] != len(tokens) - removed: sys.exit(f'total_tokens {done["total_tokens"]} != {len(tokens)} - {removed}')
+# the first token after a retraction: "flow" drops to 0.6, as in the original
+after = objs.index(retracts[0]) + 1
+later = [o for o in objs[after:] if o['type'] == 'token']
+if later and later[0]['consciousness']['ai_states']['flow'] != 0.6: sys.exit('flow after a retraction')
+r = json.loads(open(sys.argv[2]).readline())
+if keys(r) != ['timestamp', 'prompt', 'response', 'modifications', 'avg_confidence', 'final_temperature', 'retractions']:
+    sys.exit(f'record keys {keys(r)}')
+if r['prompt'] != 'Once upon a time': sys.exit(f'record prompt {r["prompt"]!r}')
+if r['retractions'] != done['retractions']: sys.exit('record retractions')
+if [m['mod_type'] for m in r['modifications']].count('CRITICAL_RETRACT') != len(retracts): sys.exit('record retracts')
+for m in r['modifications']:
+    if keys(m) != ['token_idx', 'mod_type', 'confidence', 'description']: sys.exit(f'record modification {keys(m)}')
+EOF
+done
+# --wrap-prompt changes what the model sees, and only that
+"$SM_BIN" -m "$STORIES" -p "hi" -n 1 --wrap-prompt --json-stream --no-memory "${COMMON[@]}" > wrapped.out
+grep -q '"prompt":"User: hi\\nAssistant:"' wrapped.out || fail "--wrap-prompt: $(head -c 300 wrapped.out)"
+for bad in "--wrap-prompt" "--json-stream=xml -p hi" "--memory-format xml -p hi"; do
+  # shellcheck disable=SC2086
+  "$SM_BIN" -m "$STORIES" $bad --no-memory > /dev/null 2> bad.err
+  [ $? = 2 ] && [ "$(wc -l < bad.err)" = 1 ] || fail "'$bad': not a one-line usage error: $(cat bad.err)"
+done
 
 # Operators from the command line: backtracks are streamed, and replaying
 # them still spells the final text -----------------------------------------

@@ -33,6 +33,33 @@ for k in ("timestamp", "prompt", "response", "modifications", "avg_confidence", 
     assert k in rec, k
 PY
 
+# The Rust original's forms with two models: fusion_data on every token,
+# naming the models by file name, and FUSION_SAMPLE records where the
+# agreement was below 0.5 and at every 50th token, each with fusion_data.
+run --models "$PAIR" --fusion-mode harmony -n 60 --json-stream=original --memory-file "$tmp/orig.jsonl" \
+  --memory-format original > "$tmp/orig_stream.jsonl" || fail "original-format fusion run failed"
+python3 - "$tmp/orig_stream.jsonl" "$tmp/orig.jsonl" <<'PY' || fail "original fusion forms"
+import json, sys
+events = [json.loads(l) for l in open(sys.argv[1])]
+names = ["stories260K.gguf", "llama2xs-salty-280K.gguf"]
+assert events[0] == {"type": "init", "num_models": 2, "fusion_mode": "harmony", "model_names": names}, events[0]
+tokens = [e for e in events if e["type"] == "token"]
+want = ["model_confidences", "leading_model", "agreement_score", "harmony_score", "diversity_score",
+        "num_abstentions", "adaptive_temp"]
+for t in tokens:
+    f = t["fusion_data"]
+    assert list(f) == want, list(f)
+    assert [c[0] for c in f["model_confidences"]] == names and f["leading_model"] in names + ["ensemble"], f
+rec = json.loads(open(sys.argv[2]).read())
+assert rec["num_models"] == 2 and rec["fusion_mode"] == "harmony", rec
+samples = [m for m in rec["modifications"] if m["mod_type"] == "FUSION_SAMPLE"]
+kept = rec["modifications"]
+assert any(m["token_idx"] == 0 for m in samples) and any(m["token_idx"] == 50 for m in samples), samples
+for m in samples:
+    assert list(m["fusion_data"]) == want
+    assert m["token_idx"] % 50 == 0 or m["fusion_data"]["agreement_score"] < 0.5, m
+PY
+
 # weights 1,0 reproduce model 0 alone (greedy)
 a=$(run -m "$M/stories260K.gguf" -t 0 --no-memory) || fail "single run"
 b=$(run --models "$PAIR" --fusion-mode average --fusion-weights 1,0 -t 0 --no-memory) || fail "weighted run"

@@ -4,6 +4,7 @@
 #include "testutil.h"
 
 #include <fcntl.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -178,7 +179,8 @@ static void test_three_appends_are_three_valid_lines(void **state) {
         assert_int_equal(cJSON_GetArraySize(mods), i == 1 ? 1 : 0);
         if (i == 1) {
             const cJSON *mod = cJSON_GetArrayItem(mods, 0);
-            assert_int_equal((int)number_field(mod, "token_idx"), 17);
+            assert_int_equal((int)number_field(mod, "token_index"), 17);
+            assert_false(cJSON_HasObjectItem(mod, "token_idx")); /* once, not twice */
             assert_string_equal(string_field(mod, "mod_type"), sm_mod_type_name(SM_MOD_RETRACT));
             assert_true(number_field(mod, "confidence") == 0.25);
             assert_string_equal(string_field(mod, "description"), event.description);
@@ -187,6 +189,104 @@ static void test_three_appends_are_three_valid_lines(void **state) {
         }
         cJSON_Delete(record);
     }
+    free(data);
+    temp_file_remove(&t);
+}
+
+/* Keys of a JSON object, in order, joined by ','. */
+static void keys_of(const cJSON *object, char *out, size_t size) {
+    out[0] = '\0';
+    for (const cJSON *item = object->child; item; item = item->next)
+        snprintf(out + strlen(out), size - strlen(out), "%s%s", out[0] ? "," : "", item->string);
+}
+
+/* --memory-format original: exactly the Rust original's record: its keys
+ * in its order, a retraction named CRITICAL_RETRACT, and with two models a
+ * FUSION_SAMPLE (with fusion_data naming the models by file name) at every
+ * kept token whose top-3 agreement is below 0.5 and at every 50th token,
+ * each after the modifications of its token. */
+static void test_original_format_is_the_rust_record(void **state) {
+    temp_file t;
+    temp_file_make(&t);
+    sm_error err = {0};
+    sm_memlog *log = sm_memlog_open(t.path, &err);
+    assert_non_null(log);
+    sm_memlog_format format;
+    assert_true(sm_memlog_format_from_name("original", &format));
+    assert_false(sm_memlog_format_from_name("Original", &format));
+    sm_memlog_set_format(log, SM_MEMLOG_ORIGINAL);
+
+    sm_gen_params params = sm_gen_default_params();
+    params.fusion.mode = SM_FUSION_HARMONY;
+    sm_event events[2] = {sample_retraction(), sample_retraction()};
+    events[0].type = SM_EVENT_MODIFICATION;
+    events[0].mod = SM_MOD_SHARPEN;
+    events[0].token_index = 3;
+    events[0].description = "sharpen";
+    sm_result result = sample_result("fused", events, 2);
+    result.n_tokens = 60;
+    result.n_models = 2;
+    sm_fusion_info fusion[60];
+    memset(fusion, 0, sizeof fusion);
+    for (int i = 0; i < 60; i++) {
+        fusion[i].n_models = 2;
+        fusion[i].n_participating = 2;
+        fusion[i].top3_agreement = (i == 3 || i == 20) ? 0.0f : 1.0f;
+        fusion[i].leading_model = i == 20 ? -1 : 1;
+        fusion[i].p_top1[0] = 0.5f;
+        fusion[i].p_top1[1] = 0.75f;
+        fusion[i].p_fused = 0.625f;
+        fusion[i].js_divergence = 0.25f;
+    }
+    fusion[20].n_participating = 1;
+    result.fusion = fusion;
+    sm_status st = sm_memlog_append(log, "dir/a.gguf,b.gguf", "p", &params, &result, &err);
+    if (st != SM_OK) fail_msg("append failed: %s", err.message);
+    sm_memlog_close(log);
+
+    size_t len;
+    char *data = read_file(t.path, &len);
+    cJSON *record = cJSON_Parse(data);
+    assert_non_null(record);
+    char keys[512];
+    keys_of(record, keys, sizeof keys);
+    assert_string_equal(keys, "timestamp,prompt,response,modifications,avg_confidence,final_temperature,"
+                              "retractions,num_models,fusion_mode");
+    assert_string_equal(string_field(record, "fusion_mode"), "harmony");
+    assert_int_equal((int)number_field(record, "num_models"), 2);
+    const cJSON *mods = cJSON_GetObjectItemCaseSensitive(record, "modifications");
+    /* token 0 (every 50th), SHARPEN at 3 then token 3's sample (agreement
+     * 0), the retraction back to 17, token 20 (agreement 0), token 50. */
+    static const struct { int idx; const char *type; } want[] = {
+        {0, "FUSION_SAMPLE"}, {3, "SHARPEN"}, {3, "FUSION_SAMPLE"}, {17, "CRITICAL_RETRACT"},
+        {20, "FUSION_SAMPLE"}, {50, "FUSION_SAMPLE"}};
+    assert_int_equal(cJSON_GetArraySize(mods), 6);
+    for (int k = 0; k < 6; k++) {
+        const cJSON *mod = cJSON_GetArrayItem(mods, k);
+        assert_int_equal((int)number_field(mod, "token_idx"), want[k].idx);
+        assert_string_equal(string_field(mod, "mod_type"), want[k].type);
+        keys_of(mod, keys, sizeof keys);
+        bool sample = strcmp(want[k].type, "FUSION_SAMPLE") == 0;
+        assert_string_equal(keys, sample ? "token_idx,mod_type,confidence,description,fusion_data"
+                                         : "token_idx,mod_type,confidence,description");
+        if (!sample) continue;
+        assert_true(number_field(mod, "confidence") == 0.625);
+        const cJSON *fd = cJSON_GetObjectItemCaseSensitive(mod, "fusion_data");
+        const cJSON *conf = cJSON_GetObjectItemCaseSensitive(fd, "model_confidences");
+        assert_string_equal(cJSON_GetArrayItem(cJSON_GetArrayItem(conf, 0), 0)->valuestring, "a.gguf");
+        assert_true(cJSON_GetArrayItem(cJSON_GetArrayItem(conf, 1), 1)->valuedouble == 0.75);
+        assert_string_equal(string_field(fd, "leading_model"), want[k].idx == 20 ? "ensemble" : "b.gguf");
+        assert_int_equal((int)number_field(fd, "num_abstentions"), want[k].idx == 20 ? 1 : 0);
+        assert_true(number_field(fd, "harmony_score") == 0.75);
+        /* the temperature in effect: the sharpen event's result after it */
+        double t_in_effect = want[k].idx == 0 ? (double)params.sampling.temperature : 0.98; /* after SHARPEN */
+        assert_true(fabs(number_field(fd, "adaptive_temp") - t_in_effect) < 1e-6);
+        char description[64];
+        snprintf(description, sizeof description, "Leader: %s, Agreement: %s",
+                 want[k].idx == 20 ? "ensemble" : "b.gguf", want[k].idx == 3 || want[k].idx == 20 ? "0%" : "100%");
+        assert_string_equal(string_field(mod, "description"), description);
+    }
+    cJSON_Delete(record);
     free(data);
     temp_file_remove(&t);
 }
@@ -371,6 +471,7 @@ static void test_retraction_event_json_has_modification_fields(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_three_appends_are_three_valid_lines),
+        cmocka_unit_test(test_original_format_is_the_rust_record),
         cmocka_unit_test(test_truncated_last_line_is_kept_and_new_record_starts_a_line),
         cmocka_unit_test(test_unwritable_path_fails_with_io_error_naming_it),
         cmocka_unit_test(test_empty_path_is_an_invalid_argument),

@@ -5,6 +5,7 @@
 #include "args.h"
 #include "display.h"
 #include "format.h"
+#include "jsonout.h"
 
 #include "selfmod.h"
 
@@ -24,6 +25,8 @@ typedef struct cli_app {
     line_style style;             /* of the lines on stderr                  */
     struct cli_intro *intro;      /* introspection flags at run time (intro_run.c) */
     bool prompt_fed;              /* --prompt-cache fed the prompt already    */
+    const char *prompt_text;      /* -p as fed (--wrap-prompt wraps it)       */
+    json_original json_original;  /* --json-stream=original's running state   */
     int64_t n_unknown_reported;   /* characters outside the vocabulary, said  */
 } cli_app;
 

@@ -54,6 +54,8 @@ enum {
     OPT_NO_STOP_AT_BOS,
     OPT_NO_COLOR,
     OPT_JSON_STREAM,
+    OPT_MEMORY_FORMAT,
+    OPT_WRAP_PROMPT,
 };
 
 static const struct option long_options[] = {
@@ -100,7 +102,9 @@ static const struct option long_options[] = {
     {"verbose-events", no_argument, NULL, OPT_VERBOSE_EVENTS},
     {"no-stop-at-bos", no_argument, NULL, OPT_NO_STOP_AT_BOS},
     {"no-color", no_argument, NULL, OPT_NO_COLOR},
-    {"json-stream", no_argument, NULL, OPT_JSON_STREAM},
+    {"json-stream", optional_argument, NULL, OPT_JSON_STREAM},
+    {"memory-format", required_argument, NULL, OPT_MEMORY_FORMAT},
+    {"wrap-prompt", no_argument, NULL, OPT_WRAP_PROMPT},
     CLI_INTRO_LONG_OPTIONS
     CLI_FUSION_LONG_OPTIONS
     {"help", no_argument, NULL, 'h'},
@@ -189,7 +193,13 @@ void cli_print_help(FILE *out) {
         "      --memory-file PATH        append one JSON line per generation; \"\" = off\n"
         "                                (default: " CLI_DEFAULT_MEMORY_FILE ")\n"
         "      --no-memory               do not write the memory file\n"
-        "      --json-stream             stdout carries only JSON events, one per line\n"
+        "      --memory-format FORMAT    native (default) or original: the Rust llama_selfmod's\n"
+        "                                record (CRITICAL_RETRACT, FUSION_SAMPLE with fusion_data)\n"
+        "      --json-stream[=FORMAT]    stdout carries only JSON events, one per line: native\n"
+        "                                (start/token/done), or original: the Rust llama_selfmod's\n"
+        "                                init/token/modification/complete, which its GUI reads\n"
+        "                                (default FORMAT: $LLAMA_SELFMOD_JSON_STREAM, else native)\n"
+        "      --wrap-prompt             send -p as \"User: PROMPT\\nAssistant:\", as the original did\n"
         "      --quiet                   no event lines or summary\n"
         "      --verbose                 llama.cpp's own log lines too (default: hidden)\n"
         "      --verbose-events          event lines with descriptions, and the settings used\n"
@@ -389,7 +399,21 @@ static bool apply_option(int c, const char *arg, cli_options *opt, FILE *err) {
     case OPT_NO_STOP_AT_BOS: opt->gen.stop_at_bos = false; return true;
     case OPT_VERBOSE_EVENTS: opt->verbose_events = true; return true;
     case OPT_NO_COLOR: opt->no_color = true; return true;
-    case OPT_JSON_STREAM: opt->json_stream = true; return true;
+    case OPT_JSON_STREAM: {
+        /* A front-end that passes a fixed command line (the original's GUI)
+         * chooses the format through the environment. */
+        const char *format = arg ? arg : getenv("LLAMA_SELFMOD_JSON_STREAM");
+        opt->json_stream = true;
+        if (!format || !*format || strcmp(format, "native") == 0) opt->json_original = false;
+        else if (strcmp(format, "original") == 0) opt->json_original = true;
+        else return report(err, arg ? "--json-stream" : "LLAMA_SELFMOD_JSON_STREAM", format, "native or original");
+        return true;
+    }
+    case OPT_MEMORY_FORMAT:
+        if (!sm_memlog_format_from_name(arg, &opt->memory_format))
+            return report(err, "--memory-format", arg, "native or original");
+        return true;
+    case OPT_WRAP_PROMPT: opt->wrap_prompt = true; return true;
     }
     return false;
 }
@@ -456,6 +480,11 @@ static bool check_combination(cli_options *opt, FILE *err) {
     }
     if (!check_thresholds(opt, err)) return false;
     warn_inert(opt, err);
+    if (opt->wrap_prompt && !opt->prompt) {
+        fprintf(err, "llama_selfmod: error: --wrap-prompt wraps the one-shot prompt: give it with -p (interactive "
+                     "mode already uses \"User:\"/\"Assistant:\" where the model has no chat template)\n");
+        return false;
+    }
     if (opt->prompt && !*opt->prompt) {
         fprintf(err, "llama_selfmod: error: empty prompt (--prompt \"\"): give some text, or leave "
                      "out --prompt for interactive mode\n");

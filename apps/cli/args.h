@@ -39,6 +39,9 @@ typedef struct cli_options {
     bool verbose_events;
     bool no_color;
     bool json_stream;
+    bool json_original;          /* --json-stream=original                 */
+    sm_memlog_format memory_format;
+    bool wrap_prompt;            /* -p goes in as "User: ...\nAssistant:" */
 
     cli_intro_options intro;     /* introspection and intervention flags   */
     cli_fusion_options fusion;   /* --models and the --fusion-* flags      */

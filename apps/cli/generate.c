@@ -40,7 +40,9 @@ static void note(cli_app *app, const char *line) {
 
 static void on_start(event_sink *sink) {
     cli_app *app = sink->app;
-    if (app->opt->json_stream)
+    if (app->opt->json_original)
+        json_original_init(stdout, &app->json_original, app->model_label, sm_fusion_mode_name(app->gen.fusion.mode));
+    else if (app->opt->json_stream)
         json_print_start(stdout, app->model_label, sm_model_description(app->model),
                          sink->input, &app->gen, sm_session_n_ctx(app->session),
                          sm_session_n_past(app->session));
@@ -66,7 +68,8 @@ static bool on_event(const sm_event *event, void *user_data) {
         on_start(sink);
         break;
     case SM_EVENT_TOKEN:
-        if (app->opt->json_stream) json_print_event(stdout, event);
+        if (app->opt->json_original) json_original_event(stdout, &app->json_original, event);
+        else if (app->opt->json_stream) json_print_event(stdout, event);
         else if (app->stream_to_terminal) display_token(&app->disp, event->token_index, event->piece);
         break;
     case SM_EVENT_RETRACTION:
@@ -75,7 +78,8 @@ static bool on_event(const sm_event *event, void *user_data) {
         if (app->stream_to_terminal) display_keep_tokens(&app->disp, event->token_index);
         /* fall through */
     case SM_EVENT_MODIFICATION:
-        if (app->opt->json_stream) json_print_event(stdout, event);
+        if (app->opt->json_original) json_original_event(stdout, &app->json_original, event);
+        else if (app->opt->json_stream) json_print_event(stdout, event);
         if (!app->opt->quiet) {
             char line[512];
             format_event_line(line, sizeof line, event, app->style);
@@ -133,7 +137,9 @@ static void note_unknown_chars(cli_app *app) {
 }
 
 static void write_output(cli_app *app, const sm_result *result) {
-    if (app->opt->json_stream) {
+    if (app->opt->json_original) {
+        json_original_complete(stdout, &app->json_original, result);
+    } else if (app->opt->json_stream) {
         json_print_done(stdout, result);
     } else if (app->stream_to_terminal) {
         display_finish(&app->disp, result->text, result->text_len);
@@ -158,7 +164,9 @@ static const char *failure_message(const cli_app *app, const sm_chat *chat) {
 static bool append_memory(cli_app *app, const char *input, const sm_result *result) {
     if (!app->memlog) return true;
     sm_error err = {0};
-    if (sm_memlog_append(app->memlog, app->model_label, input, &app->gen, result, &err) ==
+    /* The record keeps the prompt as given (the original did too). */
+    const char *prompt = input && input == app->prompt_text ? app->opt->prompt : input;
+    if (sm_memlog_append(app->memlog, app->model_label, prompt, &app->gen, result, &err) ==
         SM_OK)
         return true;
     cli_error("%s", err.message);

@@ -117,7 +117,7 @@ bool cli_intro_after_load(cli_app *app) {
 bool cli_intro_prepare_prompt(cli_app *app) {
     const char *path = app->opt->intro.prompt_cache;
     if (!path) return true;
-    const char *prompt = app->opt->prompt;
+    const char *prompt = app->prompt_text;
     sm_tokens toks;
     sm_error err = {0};
     /* as the session tokenizes a prompt: plain text, BOS first */

@@ -60,6 +60,7 @@ static bool open_memory_file(cli_app *app) {
         cli_error("%s (--memory-file; --no-memory disables it)", err.message);
         return false;
     }
+    sm_memlog_set_format(app->memlog, app->opt->memory_format);
     return true;
 }
 
@@ -127,7 +128,7 @@ static void print_settings(const cli_app *app) {
 
 static int run_single_prompt(cli_app *app) {
     if (!cli_intro_prepare_prompt(app)) return EXIT_FAILURE;
-    switch (cli_generate(app, NULL, app->opt->prompt)) {
+    switch (cli_generate(app, NULL, app->prompt_text)) {
     case GENERATE_OK: return EXIT_SUCCESS;
     case GENERATE_INTERRUPTED: return 128 + cli_interrupting_signal(); /* as a shell reports it */
     case GENERATE_FAILED: break;
@@ -140,14 +141,36 @@ static void app_free(cli_app *app) {
     sm_session_free(app->session);
     for (int32_t m = 0; m < app->n_models; m++) sm_model_free(app->models[m]);
     sm_memlog_close(app->memlog);
+    json_original_free(&app->json_original);
     cli_intro_free(app);
     for (int32_t i = 0; i < app->n_operators; i++) sm_operator_free(app->operators[i]);
 }
+
+static int run_app(cli_app *app);
 
 /* Everything that can be refused is checked before the model loads. */
 static int setup_and_run(cli_app *app) {
     const cli_options *opt = app->opt;
     if (!create_operators(app)) return CLI_EXIT_USAGE;
+    char *wrapped = NULL;
+    app->prompt_text = opt->prompt;
+    if (opt->prompt && opt->wrap_prompt) { /* the original's one-shot form; the record keeps the prompt */
+        size_t size = strlen(opt->prompt) + sizeof "User: \nAssistant:";
+        wrapped = malloc(size);
+        if (!wrapped) {
+            cli_error("out of memory");
+            return EXIT_FAILURE;
+        }
+        snprintf(wrapped, size, "User: %s\nAssistant:", opt->prompt);
+        app->prompt_text = wrapped;
+    }
+    int code = run_app(app);
+    free(wrapped);
+    return code;
+}
+
+static int run_app(cli_app *app) {
+    const cli_options *opt = app->opt;
     if (!open_memory_file(app)) return EXIT_FAILURE;
     if (!cli_intro_before_load(app)) return EXIT_FAILURE;
     sm_set_llama_logging(opt->verbose);
