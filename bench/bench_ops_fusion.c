@@ -93,9 +93,9 @@ static sm_gen_params greedy(int32_t n) {
 
 /* Specs that keep each operator silent, and the operator names. */
 static const char *const silent_specs[] = {
-    "probability_threshold:min_probability=0", "entropy_threshold:max_entropy=1000",
+    "probability_threshold:min_probability=1e-30", "entropy_threshold:max_entropy=1000",
     "probability_margin:min_margin=0",         "probability_drop:max_drop=1",
-    "probability_trend:drop_threshold=0",      "repetition:max_repetitions=100000",
+    "probability_trend:drop_threshold=1e-30",  "repetition:max_repetitions=100000",
     "ngram_overlap:ngram_size=1000",           "logit_threshold:min_logit=-1e30",
     "never",
 };

@@ -584,9 +584,11 @@ typedef struct sm_token_view {
 /*
  * An operator decides how many tokens to remove after each sampled token
  * (0 = keep; 1 = the candidate itself; k = the candidate and the k-1 kept
- * tokens before it). It is shown every candidate exactly once, in order,
- * and told with on_backtrack(n) whenever the last n tokens it was shown are
- * gone, so it can roll back its own state exactly.
+ * tokens before it; with SM_OPERATOR_INPUT_ORIGINAL the k tokens before
+ * it). It is shown every candidate exactly once, in order (with
+ * every_n_only every every_n-th), and told with on_backtrack(n) whenever
+ * the last n candidates it was shown are gone, so it can roll back its own
+ * state exactly.
  */
 typedef struct sm_operator_vtable {
     const char *name;
@@ -601,6 +603,13 @@ typedef struct sm_operator {
     void *state;
     char description[128];       /* the signal that fired last, for events   */
 } sm_operator;
+
+/* Rewrites view (token, logits and n_vocab set) into backtracking-llm's
+ * input (SM_OPERATOR_INPUT_ORIGINAL): top = the k largest logits divided
+ * by temperature (none when it is 0), with their softmax as prob; the
+ * view's prob and logit are the candidate's entry (p 0 and its scaled
+ * logit when it is not among them). top must hold k entries. */
+void sm_operator_view_original(sm_token_view *view, int32_t k, float temperature, sm_candidate *top);
 
 /* Creates a built-in operator from "name" or "name:key=value,key=value".
  * Unknown names, keys or out-of-range values fail with a message listing
@@ -701,14 +710,35 @@ typedef enum sm_combine_mode {
 
 /* Backtracking operators (backtracking-llm) and the bounds on every
  * stage's removals. */
+/* What operators are shown of a candidate (sm_token_view). */
+typedef enum sm_operator_input {
+    /* prob and logit are the raw ones over the whole vocabulary at T 1;
+     * top holds the top_n_view most probable. One setting means the same
+     * whatever the sampler does, and the full distribution is there. */
+    SM_OPERATOR_INPUT_FULL,
+    /* backtracking-llm's: the top_n_view largest logits divided by the
+     * temperature (input_temperature, or the one the token was sampled
+     * at; 0 divides by nothing), their softmax, the candidate's entry of
+     * both (p 0 when it is not among them); and a count k removes the
+     * candidate and the k tokens before it, as its generator did.
+     * sm_operator_view_original computes it. */
+    SM_OPERATOR_INPUT_ORIGINAL,
+} sm_operator_input;
+
 typedef struct sm_backtrack_params {
     sm_operator *const *operators;  /* may be empty; not owned               */
     int32_t n_operators;
     sm_combine_mode combine;
-    int32_t every_n;                /* ask operators every n tokens (1)      */
+    int32_t every_n;                /* heed operators every n tokens (1)     */
+    /* false: operators see every candidate (their history is complete)
+     * and are heeded every n-th; true: they are shown only every n-th, as
+     * backtracking-llm's backtrack_every_n did. */
+    bool every_n_only;
     int32_t max_backtracks;         /* per generation (64); then stop         */
     int32_t max_per_position;       /* removals landing on one position (4); then the token is kept */
-    int32_t top_n_view;             /* candidates shown to operators (10)    */
+    int32_t top_n_view;             /* candidates shown to operators (10; backtracking-llm's top-k: 50) */
+    sm_operator_input input;        /* SM_OPERATOR_INPUT_FULL                */
+    float input_temperature;        /* INPUT_ORIGINAL: 0 = the token's own   */
 } sm_backtrack_params;
 
 /* Introspection and intervention (docs/INTROSPECTION.md). */
@@ -768,6 +798,12 @@ sm_status sm_gen_params_validate(const sm_gen_params *params, sm_error *err);
  * top-k 40, top-p 0.95, min-p 0.05, repeat penalty 1.1 over 64 tokens).
  * SM_ERR_INVALID_ARGUMENT names the presets. */
 sm_status sm_policy_preset(sm_policy_params *policy, const char *name, sm_error *err);
+/* Every preset a front-end offers by name: the policy presets above, and
+ * "backtracking-llm": its generation defaults (top-k 50, T 1, no top-p,
+ * min-p or repeat penalty, no self-modification) with its operators'
+ * input (SM_OPERATOR_INPUT_ORIGINAL, a top-50 view, shown only every
+ * every_n-th token). */
+sm_status sm_gen_params_preset(sm_gen_params *params, const char *name, sm_error *err);
 /* Loads a preset file (what `llama_selfmod tune` writes): a JSON object
  * with "preset" (a name above) and values that refine it ("temperature",
  * "repeat_penalty", "max_retractions", "window", "retract"); unknown keys

@@ -327,6 +327,11 @@ static void add_operators(cJSON *json, const sm_gen_params *params) {
         cJSON_AddNumberToObject(json, "max_backtracks", params->backtrack.max_backtracks);
         cJSON_AddNumberToObject(json, "max_backtracks_per_position",
                                 params->backtrack.max_per_position);
+        cJSON_AddBoolToObject(json, "backtrack_every_only", params->backtrack.every_n_only);
+        cJSON_AddStringToObject(json, "operator_input",
+                                params->backtrack.input == SM_OPERATOR_INPUT_ORIGINAL ? "original" : "full");
+        cJSON_AddNumberToObject(json, "operator_top_k", params->backtrack.top_n_view);
+        sm_json_add_float(json, "operator_temperature", params->backtrack.input_temperature);
     }
 }
 

@@ -15,7 +15,10 @@
  *   - entropy_threshold measures, by default (scope=topk), the entropy in
  *     nats of the top-k view renormalised, as backtracking-llm did;
  *     scope=full uses the full-vocabulary entropy instead;
- *   - repetition compares token ids, not token text;
+ *   - repetition and ngram_overlap compare token ids (compare=text: the
+ *     tokens' text, as backtracking-llm did);
+ *   - its bounds are kept: probabilities strictly inside (0, 1), windows
+ *     and n-grams of at least 2;
  *   - thresholds are stored as floats, so a value equal to its threshold as
  *     written (p = 0.05f against min_probability=0.05) never fires;
  *   - every piece of state is rolled back exactly on a backtrack.
@@ -53,12 +56,14 @@ typedef struct op_config {
     int32_t max_repetitions;
     int32_t ngram_size;
     entropy_scope scope;
+    bool compare_text; /* repetition, ngram_overlap: by the tokens' text */
 } op_config;
 
 typedef enum param_type {
     PARAM_REAL,  /* a float in [min, max]              */
     PARAM_COUNT, /* an int32 in [min, max]             */
     PARAM_SCOPE, /* "topk" or "full"                   */
+    PARAM_COMPARE, /* "id" or "text"                   */
 } param_type;
 
 enum { MAX_PARAMS = 3 }; /* the most keys any built-in takes */
@@ -66,24 +71,31 @@ enum { MAX_PARAMS = 3 }; /* the most keys any built-in takes */
 typedef struct param_def {
     const char *key;
     param_type type;
-    double min, max;        /* inclusive bounds                     */
+    double min, max;        /* bounds, inclusive unless open         */
     const char *valid;      /* the bounds in words, for messages    */
     size_t offset;          /* of the field in op_config            */
+    bool open;              /* both bounds excluded                 */
 } param_def;
 
 #define REAL_PARAM(field, lo, hi, words) \
-    { #field, PARAM_REAL, (lo), (hi), (words), offsetof(op_config, field) }
+    { #field, PARAM_REAL, (lo), (hi), (words), offsetof(op_config, field), false }
+#define OPEN_PARAM(field, lo, hi, words) \
+    { #field, PARAM_REAL, (lo), (hi), (words), offsetof(op_config, field), true }
 #define COUNT_PARAM(field) \
-    { #field, PARAM_COUNT, 1, INT32_MAX, "an integer >= 1", offsetof(op_config, field) }
+    { #field, PARAM_COUNT, 1, INT32_MAX, "an integer >= 1", offsetof(op_config, field), false }
+#define COUNT_FROM_2_PARAM(field) \
+    { #field, PARAM_COUNT, 2, INT32_MAX, "an integer >= 2", offsetof(op_config, field), false }
+#define COMPARE_PARAM \
+    { "compare", PARAM_COMPARE, 0, 0, "'id' or 'text'", offsetof(op_config, compare_text), false }
 
 static const param_def PROBABILITY_THRESHOLD_PARAMS[] = {
-    REAL_PARAM(min_probability, 0.0, 1.0, "a number in [0, 1]"),
+    OPEN_PARAM(min_probability, 0.0, 1.0, "a number in (0, 1)"),
     COUNT_PARAM(backtrack_count),
 };
 static const param_def ENTROPY_THRESHOLD_PARAMS[] = {
     REAL_PARAM(max_entropy, 0.0, FLT_MAX, "a number >= 0 (nats)"),
     COUNT_PARAM(backtrack_count),
-    { "scope", PARAM_SCOPE, 0, 0, "'topk' or 'full'", offsetof(op_config, scope) },
+    { "scope", PARAM_SCOPE, 0, 0, "'topk' or 'full'", offsetof(op_config, scope), false },
 };
 static const param_def PROBABILITY_MARGIN_PARAMS[] = {
     REAL_PARAM(min_margin, 0.0, 1.0, "a number in [0, 1]"),
@@ -94,16 +106,18 @@ static const param_def PROBABILITY_DROP_PARAMS[] = {
     COUNT_PARAM(backtrack_count),
 };
 static const param_def PROBABILITY_TREND_PARAMS[] = {
-    COUNT_PARAM(window_size),
-    REAL_PARAM(drop_threshold, 0.0, 1.0, "a number in [0, 1]"),
+    COUNT_FROM_2_PARAM(window_size),
+    OPEN_PARAM(drop_threshold, 0.0, 1.0, "a number in (0, 1)"),
     COUNT_PARAM(backtrack_count),
 };
 static const param_def REPETITION_PARAMS[] = {
     COUNT_PARAM(max_repetitions),
+    COMPARE_PARAM,
 };
 static const param_def NGRAM_OVERLAP_PARAMS[] = {
-    COUNT_PARAM(ngram_size),
+    COUNT_FROM_2_PARAM(ngram_size),
     COUNT_PARAM(backtrack_count),
+    COMPARE_PARAM,
 };
 static const param_def LOGIT_THRESHOLD_PARAMS[] = {
     REAL_PARAM(min_logit, -FLT_MAX, FLT_MAX, "a finite number"),
@@ -113,6 +127,7 @@ static const param_def LOGIT_THRESHOLD_PARAMS[] = {
 #define N_PARAMS(table) (sizeof(table) / sizeof((table)[0]))
 _Static_assert(N_PARAMS(ENTROPY_THRESHOLD_PARAMS) <= MAX_PARAMS, "raise MAX_PARAMS");
 _Static_assert(N_PARAMS(PROBABILITY_TREND_PARAMS) <= MAX_PARAMS, "raise MAX_PARAMS");
+_Static_assert(N_PARAMS(NGRAM_OVERLAP_PARAMS) <= MAX_PARAMS, "raise MAX_PARAMS");
 
 typedef struct builtin_state builtin_state;
 
@@ -329,6 +344,83 @@ static void ngram_remove(ngram_table *t, const op_history *h, int32_t n, int32_t
 }
 
 /* ------------------------------------------------------------------ */
+/* Token texts as small ids (compare=text)                             */
+/* ------------------------------------------------------------------ */
+
+/*
+ * Every distinct text gets the next id, so two tokens compare equal
+ * exactly when their texts do (byte for byte), and the history and the
+ * n-gram table keep working on ids. Ids are never taken back: a rewind
+ * leaves the table as it is, which changes no decision.
+ */
+typedef struct text_slot {
+    char *text; /* NULL: empty */
+    uint64_t hash;
+    int32_t id;
+} text_slot;
+
+typedef struct text_ids {
+    text_slot *slots;
+    size_t cap; /* a power of two, at least twice n */
+    int32_t n;
+} text_ids;
+
+static uint64_t text_hash(const char *text)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (const unsigned char *p = (const unsigned char *)text; *p; p++)
+        h = (h ^ *p) * 1099511628211ULL;
+    return h;
+}
+
+static bool text_ids_grow(text_ids *t)
+{
+    size_t cap = t->cap ? t->cap * 2 : 256;
+    text_slot *slots = calloc(cap, sizeof *slots);
+    if (!slots)
+        return false;
+    for (size_t i = 0; i < t->cap; i++) {
+        if (!t->slots[i].text)
+            continue;
+        size_t j = t->slots[i].hash & (cap - 1);
+        while (slots[j].text)
+            j = (j + 1) & (cap - 1);
+        slots[j] = t->slots[i];
+    }
+    free(t->slots);
+    t->slots = slots;
+    t->cap = cap;
+    return true;
+}
+
+/* The id of text, or -1 when out of memory. */
+static int32_t text_id(text_ids *t, const char *text)
+{
+    if ((size_t)(t->n + 1) * 2 > t->cap && !text_ids_grow(t))
+        return -1;
+    uint64_t hash = text_hash(text);
+    size_t i = hash & (t->cap - 1);
+    for (; t->slots[i].text; i = (i + 1) & (t->cap - 1))
+        if (t->slots[i].hash == hash && strcmp(t->slots[i].text, text) == 0)
+            return t->slots[i].id;
+    size_t len = strlen(text);
+    char *copy = malloc(len + 1);
+    if (!copy)
+        return -1;
+    memcpy(copy, text, len + 1);
+    t->slots[i] = (text_slot){ .text = copy, .hash = hash, .id = t->n };
+    return t->n++;
+}
+
+static void text_ids_free(text_ids *t)
+{
+    for (size_t i = 0; i < t->cap; i++)
+        free(t->slots[i].text);
+    free(t->slots);
+    memset(t, 0, sizeof *t);
+}
+
+/* ------------------------------------------------------------------ */
 /* Built-in operator state                                             */
 /* ------------------------------------------------------------------ */
 
@@ -338,6 +430,7 @@ struct builtin_state {
     op_config config;
     op_history history;
     ngram_table ngrams;        /* ngram_overlap only                       */
+    text_ids texts;            /* compare=text only                        */
     int32_t newest_ngram_seen; /* times the newest n-gram was held before */
     /* Set when memory ran out mid-generation: the history no longer
      * matches what was shown, so the operator stays silent until reset. */
@@ -357,7 +450,9 @@ static void describe(builtin_state *s, const char *fmt, ...)
 static bool record(builtin_state *s, const sm_token_view *view)
 {
     op_history *h = &s->history;
-    if (!history_push(h, view->token, view->prob))
+    /* What "the same token" means: its id, or its text. */
+    sm_token key = s->config.compare_text ? text_id(&s->texts, view->piece ? view->piece : "") : view->token;
+    if (key < 0 || !history_push(h, key, view->prob))
         return false;
     s->newest_ngram_seen = 0;
     int32_t n = s->config.ngram_size;
@@ -417,6 +512,7 @@ static void builtin_free(void *state)
         return;
     history_free(&s->history);
     free(s->ngrams.slots);
+    text_ids_free(&s->texts);
     free(s);
 }
 
@@ -556,8 +652,12 @@ static int32_t rule_repetition(builtin_state *s, const sm_token_view *view)
     int32_t run = h->run_lengths[h->n - 1];
     if (run <= s->config.max_repetitions)
         return 0;
-    describe(s, "run of %d identical tokens (id %d) > max_repetitions %d", run, (int)view->token,
-             s->config.max_repetitions);
+    if (s->config.compare_text)
+        describe(s, "run of %d tokens reading '%.40s' > max_repetitions %d", run, view->piece ? view->piece : "",
+                 s->config.max_repetitions);
+    else
+        describe(s, "run of %d identical tokens (id %d) > max_repetitions %d", run, (int)view->token,
+                 s->config.max_repetitions);
     return run;
 }
 
@@ -641,10 +741,11 @@ const char *sm_operator_help(void)
 {
     return "Backtracking operators: --operator NAME[:key=value,...] (repeatable).\n"
            "After each sampled token an operator may remove it and tokens before it.\n"
-           "Probabilities and logits are raw, over the full vocabulary, at temperature 1.\n"
+           "Probabilities and logits are raw, over the full vocabulary, at temperature 1\n"
+           "(--operator-input original: backtracking-llm's top-k at the temperature).\n"
            "\n"
            "  probability_threshold  the chosen token's p < min_probability\n"
-           "      min_probability=0.05   a number in [0, 1]\n"
+           "      min_probability=0.05   a number in (0, 1)\n"
            "      backtrack_count=1      an integer >= 1\n"
            "  entropy_threshold      the entropy (nats) > max_entropy\n"
            "      max_entropy=0.2        a number >= 0\n"
@@ -658,15 +759,17 @@ const char *sm_operator_help(void)
            "      backtrack_count=1      an integer >= 1\n"
            "  probability_trend      p < mean of the last window_size p * drop_threshold\n"
            "                         (once at least window_size/2 values are held)\n"
-           "      window_size=10         an integer >= 1\n"
-           "      drop_threshold=0.5     a number in [0, 1]\n"
+           "      window_size=10         an integer >= 2\n"
+           "      drop_threshold=0.5     a number in (0, 1)\n"
            "      backtrack_count=1      an integer >= 1\n"
            "  repetition             a run of identical tokens longer than max_repetitions;\n"
            "                         removes the whole run\n"
            "      max_repetitions=3      an integer >= 1\n"
+           "      compare=id             id: token ids; text: the tokens' text (backtracking-llm)\n"
            "  ngram_overlap          the newest n-gram was generated before\n"
-           "      ngram_size=4           an integer >= 1\n"
+           "      ngram_size=4           an integer >= 2\n"
            "      backtrack_count=1      an integer >= 1\n"
+           "      compare=id             id or text, as for repetition\n"
            "  logit_threshold        the chosen token's raw logit < min_logit\n"
            "      min_logit=-20          a finite number\n"
            "      backtrack_count=1      an integer >= 1\n"
@@ -764,7 +867,8 @@ static bool set_param(const builtin_def *def, const param_def *param, const char
     bool ok;
     switch (param->type) {
     case PARAM_REAL:
-        ok = parse_real(value, &real) && real >= param->min && real <= param->max;
+        ok = parse_real(value, &real) && (param->open ? real > param->min && real < param->max
+                                                      : real >= param->min && real <= param->max);
         if (ok)
             *(float *)field = (float)real;
         break;
@@ -777,6 +881,11 @@ static bool set_param(const builtin_def *def, const param_def *param, const char
         ok = strcmp(value, "topk") == 0 || strcmp(value, "full") == 0;
         if (ok)
             *(entropy_scope *)field = strcmp(value, "full") == 0 ? SCOPE_FULL : SCOPE_TOPK;
+        break;
+    case PARAM_COMPARE:
+        ok = strcmp(value, "id") == 0 || strcmp(value, "text") == 0;
+        if (ok)
+            *(bool *)field = strcmp(value, "text") == 0;
         break;
     default:
         ok = false;

@@ -140,6 +140,36 @@ sm_status sm_policy_preset(sm_policy_params *p, const char *name, sm_error *err)
     return SM_OK;
 }
 
+sm_status sm_gen_params_preset(sm_gen_params *gp, const char *name, sm_error *err) {
+    sm_error scratch;
+    if (!err) err = &scratch;
+    if (!gp || !name || strcmp(name, "backtracking-llm") != 0) {
+        sm_status st = gp ? sm_policy_preset(&gp->policy, name, err) : SM_ERR_INVALID_ARGUMENT;
+        if (st != SM_OK)
+            sm_error_set(err, SM_ERR_INVALID_ARGUMENT, "unknown preset '%s' (presets: original, fixed, tuned, calibrated, "
+                         "backtracking-llm)", name ? name : "");
+        return st;
+    }
+    /* backtracking_llm.generation.Generator.generate's defaults: logits / T,
+     * top-k 50, a draw from their softmax; nothing else. */
+    sm_sampling_params *s = &gp->sampling;
+    s->temperature = 1.0f;
+    s->top_k = 50;
+    s->top_p = 1.0f;
+    s->min_p = 0.0f;
+    s->repeat_penalty = 1.0f;
+    s->frequency_penalty = 0.0f;
+    s->presence_penalty = 0.0f;
+    s->dry_multiplier = 0.0f;
+    gp->policy.enabled = false;
+    gp->backtrack.input = SM_OPERATOR_INPUT_ORIGINAL;
+    gp->backtrack.top_n_view = 50;
+    gp->backtrack.input_temperature = 0.0f;
+    gp->backtrack.every_n_only = true;
+    err->status = SM_OK;
+    return SM_OK;
+}
+
 sm_gen_params sm_gen_default_params(void) {
     return (sm_gen_params){
         .n_predict = 256,
@@ -226,6 +256,10 @@ static sm_status validate_gen_params(const sm_gen_params *p, char *msg, size_t m
     CHECK(bt->max_backtracks >= 0, "max_backtracks must be >= 0 (got %d)", bt->max_backtracks);
     CHECK(bt->max_per_position >= 0, "max_backtracks_per_position must be >= 0 (got %d)", bt->max_per_position);
     CHECK(bt->top_n_view >= 1 && bt->top_n_view <= 1000, "top_n_view must be in [1, 1000] (got %d)", bt->top_n_view);
+    CHECK(bt->input == SM_OPERATOR_INPUT_FULL || bt->input == SM_OPERATOR_INPUT_ORIGINAL,
+          "operator input must be full or original (got %d)", (int)bt->input);
+    CHECK(isfinite(bt->input_temperature) && bt->input_temperature >= 0.0f,
+          "operator input temperature must be >= 0 (got %g; 0 = the token's own)", bt->input_temperature);
     CHECK(p->n_probs >= 0 && p->n_probs <= 1000, "n_probs must be in [0, 1000] (got %d)", p->n_probs);
     return sm_intervention_params_validate(p, msg, msg_size);
 }

@@ -1090,12 +1090,14 @@ static sm_token sample_candidate(generation *g, int32_t i, const sm_knobs *knobs
 static sm_token_view candidate_view(generation *g, int32_t i, const char *piece) {
     sm_session *s = g->s;
     const position_record *r = &g->rec[i];
+    const sm_backtrack_params *bt = &g->gp->backtrack;
     int32_t n_top = 0;
-    if (g->gp->backtrack.n_operators > 0 || g->gp->n_stages > 0) {
+    bool wanted = bt->n_operators > 0 || g->gp->n_stages > 0;
+    if (wanted && bt->input == SM_OPERATOR_INPUT_FULL) {
         sm_dist_stats stats = {.log_z = r->log_z};
-        n_top = sm_top_candidates(g->dist, s->n_vocab, &stats, g->gp->backtrack.top_n_view, s->top_view);
+        n_top = sm_top_candidates(g->dist, s->n_vocab, &stats, bt->top_n_view, s->top_view);
     }
-    return (sm_token_view){
+    sm_token_view view = {
         .position = i,
         .token = r->token,
         .prob = r->signals.p_chosen,
@@ -1107,6 +1109,10 @@ static sm_token_view candidate_view(generation *g, int32_t i, const char *piece)
         .piece = piece,
         .signals = &r->signals,
     };
+    if (wanted && bt->input == SM_OPERATOR_INPUT_ORIGINAL) /* over the raw logits, as its generator's were */
+        sm_operator_view_original(&view, bt->top_n_view,
+                                  bt->input_temperature > 0.0f ? bt->input_temperature : r->knobs.temperature, s->top_view);
+    return view;
 }
 
 /* Every stage judges the candidate at i; the largest count wins (the first

@@ -93,3 +93,27 @@ void sm_softmax(const float *logits, int32_t n, float *out) {
     const float inv = 1.0f / sm_lane_sum(lanes);
     for (int32_t i = 0; i < n; i++) out[i] *= inv;
 }
+
+/* backtracking_llm's Generator: logits / T, torch.topk, F.softmax over the
+ * k; its operators get the scaled top-k logits, their probabilities and
+ * the chosen token's index in them. */
+void sm_operator_view_original(sm_token_view *view, int32_t k, float temperature, sm_candidate *top) {
+    if (!view || !view->logits || view->n_vocab <= 0 || !top || k <= 0) return;
+    const bool scale = temperature > 0.0f;
+    int32_t n = sm_select_largest(view->logits, view->n_vocab, k, top);
+    double z = 0.0;
+    for (int32_t i = 0; i < n; i++) {
+        top[i].logit = scale ? top[i].logit / temperature : top[i].logit;
+        z += exp((double)top[i].logit - (double)top[0].logit);
+    }
+    view->prob = 0.0f;
+    view->logit = view->token >= 0 && view->token < view->n_vocab
+                      ? (scale ? view->logits[view->token] / temperature : view->logits[view->token])
+                      : -INFINITY;
+    for (int32_t i = 0; i < n; i++) {
+        top[i].prob = (float)(exp((double)top[i].logit - (double)top[0].logit) / z);
+        if (top[i].token == view->token) view->prob = top[i].prob;
+    }
+    view->top = top;
+    view->n_top = n;
+}

@@ -145,36 +145,47 @@ static void operators_reset(void *state, sm_loop *g) {
     }
 }
 
-/* Every operator sees every candidate; on every backtrack_every_n-th the
- * combine mode picks the count. */
+/* Whether the candidate at position is one the operators are heeded on:
+ * every backtrack_every_n-th, counting from the first generated token. */
+static bool heeded_at(const sm_backtrack_params *bt, int32_t position) { return (position + 1) % bt->every_n == 0; }
+
+/* Every operator sees every candidate (with every_n_only: the heeded
+ * ones); on the heeded ones the combine mode picks the count. */
 static int32_t operators_judge(void *state, sm_loop *g, const sm_token_view *view) {
     (void)g;
     operators_stage *os = state;
-    const sm_gen_params *gp = os->gp;
+    const sm_backtrack_params *bt = &os->gp->backtrack;
     os->decided = NULL;
-    bool ask = (view->position + 1) % gp->backtrack.every_n == 0;
+    bool ask = heeded_at(bt, view->position);
+    if (!ask && bt->every_n_only) return 0;
     int32_t best = 0;
-    for (int32_t k = 0; k < gp->backtrack.n_operators; k++) {
-        sm_operator *op = gp->backtrack.operators[k];
+    for (int32_t k = 0; k < bt->n_operators; k++) {
+        sm_operator *op = bt->operators[k];
         int32_t n = op->vt->decide(op->state, view);
         if (!ask || n <= 0) continue;
-        if ((gp->backtrack.combine == SM_COMBINE_FIRST && best == 0) || (gp->backtrack.combine == SM_COMBINE_MAX && n > best)) {
+        if ((bt->combine == SM_COMBINE_FIRST && best == 0) || (bt->combine == SM_COMBINE_MAX && n > best)) {
             best = n;
             os->decided = op;
         }
     }
+    /* backtracking-llm dropped the candidate and then k tokens. */
+    if (best > 0 && bt->input == SM_OPERATOR_INPUT_ORIGINAL) best++;
     return best;
 }
 
 static void operators_on_rewind(void *state, sm_loop *g, int32_t n, bool by_me) {
     operators_stage *os = state;
-    for (int32_t o = 0; o < os->gp->backtrack.n_operators; o++) {
-        sm_operator *op = os->gp->backtrack.operators[o];
-        if (op->vt->on_backtrack) op->vt->on_backtrack(op->state, n); /* [restore] */
+    const sm_backtrack_params *bt = &os->gp->backtrack;
+    /* The operators are told how many of the candidates they saw are gone:
+     * all n, or with every_n_only the heeded positions among [j, j + n). */
+    int32_t j = sm_loop_generated(g);
+    int32_t seen = bt->every_n_only ? (j + n) / bt->every_n - j / bt->every_n : n;
+    for (int32_t o = 0; o < bt->n_operators && seen > 0; o++) {
+        sm_operator *op = bt->operators[o];
+        if (op->vt->on_backtrack) op->vt->on_backtrack(op->state, seen); /* [restore] */
     }
     if (!by_me || !os->decided) return;
     g->res->n_backtracks++;
-    int32_t j = sm_loop_generated(g);
     sm_event e = sm_loop_rewind_event(g, SM_EVENT_BACKTRACK, j);
     e.mod = SM_MOD_BACKTRACK;
     e.confidence = g->rec[j + n - 1].signals.p_chosen;

@@ -218,6 +218,35 @@ for bad in "--wrap-prompt" "--json-stream=xml -p hi" "--memory-format xml -p hi"
   [ $? = 2 ] && [ "$(wc -l < bad.err)" = 1 ] || fail "'$bad': not a one-line usage error: $(cat bad.err)"
 done
 
+# backtracking-llm's semantics from the command line: the preset's
+# defaults, refined by flags on either side of it; with every-2 heeding a
+# backtrack lands on an odd position and (its count 1) removes the token
+# and the one before it.
+"$SM_BIN" -m "$STORIES" -p "Once upon a time" -n 40 --seed 1 --no-memory --json-stream -t 0.9 \
+  --preset backtracking-llm --operator probability_threshold:min_probability=0.3 --backtrack-every 2 \
+  "${COMMON[@]}" > btllm.out || fail "--preset backtracking-llm run failed"
+python3 - btllm.out <<'EOF' || fail "--preset backtracking-llm: not its semantics"
+import json, sys
+objs = [json.loads(l) for l in open(sys.argv[1])]
+p = objs[0]['parameters']
+want = {"temperature": 0.9, 'top_k': 50, 'top_p': 1, 'min_p': 0, 'repeat_penalty': 1, 'operator_input': 'original',
+        'operator_top_k': 50, 'backtrack_every_only': True}
+got = {k: p.get(k) for k in want}
+if got != want: sys.exit(f'parameters {got}')
+if p['selfmod']: sys.exit('self-modification on')
+bts = [o for o in objs if o['type'] == 'backtrack']
+if not bts: sys.exit('no backtrack')
+for b in bts:
+    if b['n_removed'] != 2 or b['token_index'] % 2 != 0: sys.exit(f'backtrack {b}')
+EOF
+for bad in "--operator-input topk" "--operator-top-k 0" "--operator-top-k 1001" "--operator-temperature -1" \
+           "--preset nope"; do
+  # shellcheck disable=SC2086
+  "$SM_BIN" -m "$STORIES" -p hi $bad --no-memory > /dev/null 2> bad.err
+  [ $? = 2 ] && [ "$(wc -l < bad.err)" = 1 ] || fail "'$bad': not a one-line usage error: $(cat bad.err)"
+done
+grep -q "backtracking-llm" bad.err || fail "--preset nope does not list backtracking-llm: $(cat bad.err)"
+
 # Operators from the command line: backtracks are streamed, and replaying
 # them still spells the final text -----------------------------------------
 "$SM_BIN" -m "$STORIES" -p "Once upon a time" -n 80 --seed 2 --operator probability_threshold:min_probability=0.3 \

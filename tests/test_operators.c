@@ -635,18 +635,141 @@ static void test_backtrack_past_the_history_is_clamped(void **state)
 /* Spec parsing                                                        */
 /* ------------------------------------------------------------------ */
 
+/* ------------------------------------------------------------------ */
+/* backtracking-llm's input and comparisons                            */
+/* ------------------------------------------------------------------ */
+
+/* Its formulas, written out: z = logits / T (when T > 0), the k largest,
+ * softmax over them; the chosen token's entry of both. */
+static void reference_view(const float *logits, int32_t n, int32_t k, float t, sm_token chosen,
+                           double *top_p, int32_t *top_id, double *chosen_p, double *chosen_logit)
+{
+    double *z = malloc(sizeof *z * (size_t)n);
+    bool *taken = calloc((size_t)n, 1);
+    for (int32_t i = 0; i < n; i++)
+        z[i] = t > 0 ? (double)(logits[i] / t) : (double)logits[i];
+    for (int32_t j = 0; j < k; j++) { /* selection, ties to the lower id */
+        int32_t best = -1;
+        for (int32_t i = 0; i < n; i++)
+            if (!taken[i] && (best < 0 || z[i] > z[best]))
+                best = i;
+        taken[best] = true;
+        top_id[j] = best;
+    }
+    double sum = 0;
+    for (int32_t j = 0; j < k; j++)
+        sum += exp(z[top_id[j]] - z[top_id[0]]);
+    *chosen_p = 0;
+    for (int32_t j = 0; j < k; j++) {
+        top_p[j] = exp(z[top_id[j]] - z[top_id[0]]) / sum;
+        if (top_id[j] == chosen)
+            *chosen_p = top_p[j];
+    }
+    *chosen_logit = z[chosen];
+    free(z);
+    free(taken);
+}
+
+/* On synthetic distributions (flat, peaked, random; T 0, 0.5, 1, 1.7) the
+ * view equals the formulas; and the example from the issue: on a flat
+ * 512-token distribution a full-vocabulary p and the top-50 p differ by
+ * an order of magnitude, so the same min_probability fires differently. */
+static void test_original_input_is_backtracking_llms_top_k_at_temperature(void **state)
+{
+    (void)state;
+    enum { N = 512, K = 50 };
+    static float logits[N];
+    sm_candidate top[K];
+    srand(7);
+    const float temps[] = { 0.0f, 0.5f, 1.0f, 1.7f };
+    for (int shape = 0; shape < 3; shape++) {
+        for (int32_t i = 0; i < N; i++)
+            logits[i] = shape == 0 ? 0.01f * (float)(i % 3)
+                        : shape == 1 ? (i == 17 ? 9.0f : -1.0f + 0.001f * (float)i)
+                                     : (float)rand() / (float)RAND_MAX * 8.0f - 4.0f;
+        for (size_t ti = 0; ti < sizeof temps / sizeof *temps; ti++) {
+            for (sm_token chosen = 0; chosen < N; chosen += 37) {
+                sm_token_view view = { .token = chosen, .logits = logits, .n_vocab = N };
+                sm_operator_view_original(&view, K, temps[ti], top);
+                double want_p[K], chosen_p, chosen_logit;
+                int32_t want_id[K];
+                reference_view(logits, N, K, temps[ti], chosen, want_p, want_id, &chosen_p, &chosen_logit);
+                assert_int_equal(view.n_top, K);
+                assert_ptr_equal(view.top, top);
+                for (int j = 0; j < K; j++) {
+                    assert_int_equal(top[j].token, want_id[j]);
+                    assert_true(fabs(top[j].prob - want_p[j]) < 1e-6);
+                }
+                assert_true(fabs(view.prob - chosen_p) < 1e-6);
+                assert_true(fabs(view.logit - chosen_logit) < 1e-5);
+            }
+        }
+    }
+    /* a flat distribution: 1/512 of the mass each in full, 1/50 in the view */
+    for (int32_t i = 0; i < N; i++)
+        logits[i] = 0.0f;
+    sm_token_view view = { .token = 3, .logits = logits, .n_vocab = N, .prob = 1.0f / N };
+    sm_operator *op = make("probability_threshold:min_probability=0.01");
+    assert_int_equal(op->vt->decide(op->state, &view), 1); /* p = 0.00195 < 0.01 */
+    sm_operator_view_original(&view, K, 1.0f, top);
+    assert_true(fabs(view.prob - 1.0 / K) < 1e-7);
+    reset(op);
+    assert_int_equal(op->vt->decide(op->state, &view), 0); /* p = 0.02 */
+    sm_operator_free(op);
+    /* top-k entropy: the view's own entropy (ln 50 when flat) */
+    op = make("entropy_threshold:max_entropy=3.9");
+    assert_int_equal(op->vt->decide(op->state, &view), 2); /* ln 50 = 3.912; its count is 2 */
+    sm_operator_free(op);
+}
+
+/* compare=text: tokens with different ids and the same text are the same
+ * token to repetition and ngram_overlap (backtracking-llm compared the
+ * decoded strings); compare=id tells them apart. */
+static void test_text_comparison_joins_ids_with_the_same_text(void **state)
+{
+    (void)state;
+    sm_operator *by_text = make("repetition:max_repetitions=2,compare=text");
+    sm_operator *by_id = make("repetition:max_repetitions=2");
+    const sm_token ids[] = { 5, 905, 77 }; /* "ab" as 5, as 905, then "ab" as 77 */
+    int32_t fired_text = 0, fired_id = 0;
+    for (int i = 0; i < 3; i++) {
+        sm_token_view view = { .token = ids[i], .piece = "ab", .prob = 0.5f };
+        fired_text = by_text->vt->decide(by_text->state, &view);
+        fired_id = by_id->vt->decide(by_id->state, &view);
+    }
+    assert_int_equal(fired_text, 3); /* the run of three "ab" */
+    assert_int_equal(fired_id, 0);
+    /* a rewind forgets the text run exactly */
+    backtrack(by_text, 1);
+    sm_token_view other = { .token = 5, .piece = "abc", .prob = 0.5f };
+    assert_int_equal(by_text->vt->decide(by_text->state, &other), 0);
+    sm_operator_free(by_text);
+    sm_operator_free(by_id);
+
+    sm_operator *ngrams = make("ngram_overlap:ngram_size=2,compare=text");
+    const char *pieces[] = { "a", "b", "c", "a", "b" };
+    const sm_token ngram_ids[] = { 1, 2, 3, 101, 102 }; /* the second "a b" has other ids */
+    int32_t last = 0;
+    for (int i = 0; i < 5; i++) {
+        sm_token_view view = { .token = ngram_ids[i], .piece = pieces[i], .prob = 0.5f };
+        last = ngrams->vt->decide(ngrams->state, &view);
+    }
+    assert_int_equal(last, 1);
+    sm_operator_free(ngrams);
+}
+
 static void test_spec_accepts_every_key(void **state)
 {
     (void)state;
     const char *specs[] = {
-        "probability_threshold:min_probability=0,backtrack_count=5",
-        "probability_threshold:min_probability=1",
+        "probability_threshold:min_probability=1e-9,backtrack_count=5",
+        "probability_threshold:min_probability=0.999",
         "entropy_threshold:scope=topk,max_entropy=1.5",
         "probability_margin:min_margin=1e-3",
         "probability_drop:max_drop=1",
-        "probability_trend:window_size=1,drop_threshold=0.9",
-        "repetition:max_repetitions=+2",
-        "ngram_overlap:ngram_size=1",
+        "probability_trend:window_size=2,drop_threshold=0.9",
+        "repetition:max_repetitions=+2,compare=text",
+        "ngram_overlap:ngram_size=2,compare=id",
         "logit_threshold:min_logit=-1e3",
     };
     for (size_t i = 0; i < sizeof specs / sizeof specs[0]; i++)
@@ -690,10 +813,19 @@ static void test_spec_rejects_malformed_lists(void **state)
 static void test_spec_rejects_bad_values_naming_key_and_range(void **state)
 {
     (void)state;
-    expect_refused("probability_threshold:min_probability=1.5", "'min_probability'", "[0, 1]",
+    expect_refused("probability_threshold:min_probability=1.5", "'min_probability'", "(0, 1)",
                    "1.5", NULL);
-    expect_refused("probability_threshold:min_probability=-0.1", "'min_probability'", "[0, 1]",
+    expect_refused("probability_threshold:min_probability=-0.1", "'min_probability'", "(0, 1)",
                    NULL);
+    /* backtracking-llm's bounds: 0 < probabilities < 1, windows and
+     * n-grams of at least 2 */
+    expect_refused("probability_threshold:min_probability=0", "'min_probability'", "(0, 1)", NULL);
+    expect_refused("probability_threshold:min_probability=1", "'min_probability'", "(0, 1)", NULL);
+    expect_refused("probability_trend:drop_threshold=0", "'drop_threshold'", "(0, 1)", NULL);
+    expect_refused("probability_trend:drop_threshold=1", "'drop_threshold'", "(0, 1)", NULL);
+    expect_refused("probability_trend:window_size=1", "'window_size'", ">= 2", NULL);
+    expect_refused("ngram_overlap:ngram_size=1", "'ngram_size'", ">= 2", NULL);
+    expect_refused("repetition:compare=bytes", "'compare'", "'id' or 'text'", NULL);
     expect_refused("probability_threshold:min_probability=0.1x", "'min_probability'", "0.1x",
                    NULL);
     expect_refused("probability_threshold:min_probability= 0.1", "'min_probability'", NULL);
@@ -709,10 +841,10 @@ static void test_spec_rejects_bad_values_naming_key_and_range(void **state)
     expect_refused("entropy_threshold:scope=all", "'scope'", "topk", "full", NULL);
     expect_refused("probability_margin:min_margin=2", "'min_margin'", "[0, 1]", NULL);
     expect_refused("probability_drop:max_drop=1.01", "'max_drop'", "[0, 1]", NULL);
-    expect_refused("probability_trend:window_size=0", "'window_size'", ">= 1", NULL);
-    expect_refused("probability_trend:drop_threshold=3", "'drop_threshold'", "[0, 1]", NULL);
+    expect_refused("probability_trend:window_size=0", "'window_size'", ">= 2", NULL);
+    expect_refused("probability_trend:drop_threshold=3", "'drop_threshold'", "(0, 1)", NULL);
     expect_refused("repetition:max_repetitions=0", "'max_repetitions'", ">= 1", NULL);
-    expect_refused("ngram_overlap:ngram_size=0", "'ngram_size'", ">= 1", NULL);
+    expect_refused("ngram_overlap:ngram_size=0", "'ngram_size'", ">= 2", NULL);
     expect_refused("logit_threshold:min_logit=inf", "'min_logit'", "finite", NULL);
     expect_refused("logit_threshold:min_logit=1e300", "'min_logit'", "finite", NULL);
 }
@@ -743,6 +875,8 @@ int main(void)
         cmocka_unit_test(test_never_never_fires),
         cmocka_unit_test(test_reset_clears_all_state),
         cmocka_unit_test(test_backtrack_past_the_history_is_clamped),
+        cmocka_unit_test(test_original_input_is_backtracking_llms_top_k_at_temperature),
+        cmocka_unit_test(test_text_comparison_joins_ids_with_the_same_text),
         cmocka_unit_test(test_spec_accepts_every_key),
         cmocka_unit_test(test_spec_rejects_unknown_names_listing_all),
         cmocka_unit_test(test_spec_rejects_unknown_keys_listing_valid_ones),

@@ -3,6 +3,8 @@
  * tokens; an operator that always fires still terminates. */
 #include "testutil.h"
 
+#include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* Greedy stories260K turns this into "00000000 pictures. ..." and later
@@ -185,6 +187,101 @@ static void test_always_firing_operator_is_capped_per_position(void **state)
     sm_operator_free(op);
 }
 
+/* Records what it is shown: the positions (a stack that on_backtrack pops)
+ * and the view's shape. Fires once, with count 1, at fire_at. */
+typedef struct recorder {
+    int32_t stack[4 * N_PREDICT];
+    int32_t n;
+    int32_t fire_at;
+    int32_t every;   /* shown every n-th only (0: every candidate) */
+    bool fired;
+    int32_t shown, bad_order, bad_held, bad_view;
+} recorder;
+
+static int32_t record_decide(void *state, const sm_token_view *view)
+{
+    recorder *r = state;
+    r->shown++;
+    /* after exact rollbacks, what it still holds all came before */
+    if (r->n > 0 && r->stack[r->n - 1] >= view->position)
+        r->bad_order++;
+    /* ... and it holds exactly the candidates it was shown before this one */
+    if (r->n != (r->every ? view->position / r->every : view->position))
+        r->bad_held++;
+    if (r->n < 4 * N_PREDICT)
+        r->stack[r->n++] = view->position;
+    double total = 0;
+    bool found = false;
+    for (int32_t i = 0; i < view->n_top; i++) {
+        total += view->top[i].prob;
+        found |= view->top[i].token == view->token && view->top[i].prob == view->prob;
+    }
+    if (view->n_top != 50 || fabs(total - 1.0) > 1e-4 || !(found || view->prob == 0.0f))
+        r->bad_view++;
+    if (view->position == r->fire_at && !r->fired) {
+        r->fired = true;
+        return 1;
+    }
+    return 0;
+}
+
+static void record_backtrack(void *state, int32_t n)
+{
+    recorder *r = state;
+    r->n = n > r->n ? 0 : r->n - n;
+}
+
+static const sm_operator_vtable RECORDER_VT = { .name = "recorder", .decide = record_decide,
+                                                .on_backtrack = record_backtrack };
+
+/* The backtracking-llm preset: operators see only every n-th candidate,
+ * backtracking-llm's top-50 at the temperature, and a count of 1 removes
+ * the candidate and the token before it; the operator's history rolls
+ * back exactly (what it holds always precedes what it is shown). */
+static void test_backtracking_llm_preset_shows_every_nth_top_50_and_counts_as_it_did(void **state)
+{
+    recorder *r = calloc(1, sizeof *r);
+    r->fire_at = 11; /* heeded: (11 + 1) % 3 == 0 */
+    r->every = 3;
+    sm_operator *op = sm_operator_new(&RECORDER_VT, r);
+    sm_gen_params gp = tu_greedy_params(60);
+    sm_error err = { 0 };
+    assert_int_equal(sm_gen_params_preset(&gp, "backtracking-llm", &err), SM_OK);
+    assert_int_equal(gp.sampling.top_k, 50);
+    assert_true(gp.sampling.temperature == 1.0f && gp.sampling.repeat_penalty == 1.0f && !gp.policy.enabled);
+    gp.sampling.seed = 3;
+    gp.backtrack.every_n = 3;
+    gp.backtrack.operators = &op;
+    gp.backtrack.n_operators = 1;
+    sm_result result;
+    generate(*state, &gp, &result);
+    const sm_event *e = first_backtrack(&result);
+    assert_non_null(e);
+    assert_int_equal(e->n_removed, 2);  /* the candidate and one token before it */
+    assert_int_equal(e->token_index, 10);
+    assert_int_equal(r->bad_order, 0);
+    assert_int_equal(r->bad_held, 0);
+    assert_int_equal(r->bad_view, 0);
+    /* shown once per heeded position, plus the re-sampled ones */
+    assert_true(r->shown >= result.n_tokens / 3 && r->shown <= result.n_tokens / 3 + 2);
+    sm_result_free(&result);
+
+    /* every_n_only off: it sees every candidate, and still rolls back exactly */
+    memset(r, 0, sizeof *r);
+    r->fire_at = 11;
+    gp.backtrack.every_n_only = false;
+    generate(*state, &gp, &result);
+    assert_int_equal(r->bad_order, 0);
+    assert_int_equal(r->bad_held, 0);
+    assert_true(r->shown >= result.n_tokens);
+    sm_result_free(&result);
+    sm_operator_free(op);
+    free(r);
+
+    assert_int_equal(sm_gen_params_preset(&gp, "no-such", &err), SM_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(err.message, "backtracking-llm"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -193,6 +290,7 @@ int main(void)
         cmocka_unit_test(test_ngram_overlap_keeps_no_repeated_4gram),
         cmocka_unit_test(test_always_firing_operator_stops_at_the_backtrack_limit),
         cmocka_unit_test(test_always_firing_operator_is_capped_per_position),
+        cmocka_unit_test(test_backtracking_llm_preset_shows_every_nth_top_50_and_counts_as_it_did),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

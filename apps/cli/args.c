@@ -55,6 +55,10 @@ enum {
     OPT_NO_COLOR,
     OPT_JSON_STREAM,
     OPT_MEMORY_FORMAT,
+    OPT_OPERATOR_INPUT,
+    OPT_OPERATOR_TOP_K,
+    OPT_OPERATOR_TEMPERATURE,
+    OPT_BACKTRACK_EVERY_ONLY,
     OPT_WRAP_PROMPT,
 };
 
@@ -89,6 +93,10 @@ static const struct option long_options[] = {
     {"stop", required_argument, NULL, OPT_STOP},
     {"operator", required_argument, NULL, OPT_OPERATOR},
     {"backtrack-every", required_argument, NULL, OPT_BACKTRACK_EVERY},
+    {"backtrack-every-only", no_argument, NULL, OPT_BACKTRACK_EVERY_ONLY},
+    {"operator-input", required_argument, NULL, OPT_OPERATOR_INPUT},
+    {"operator-top-k", required_argument, NULL, OPT_OPERATOR_TOP_K},
+    {"operator-temperature", required_argument, NULL, OPT_OPERATOR_TEMPERATURE},
     {"max-backtracks", required_argument, NULL, OPT_MAX_BACKTRACKS},
     {"combine", required_argument, NULL, OPT_COMBINE},
     {"memory-file", required_argument, NULL, OPT_MEMORY_FILE},
@@ -162,7 +170,10 @@ void cli_print_help(FILE *out) {
         "                                first policy; the threshold flags and --aggressive\n"
         "                                choose it when no --preset is given), tuned (fixed with\n"
         "                                --confidence-threshold 0 --sharpen-threshold 0.5);\n"
-        "                                or a FILE.json that llama_selfmod tune wrote\n"
+        "                                or a FILE.json that llama_selfmod tune wrote;\n"
+        "                                backtracking-llm: its defaults (top-k 50, T 1, nothing\n"
+        "                                else, no self-modification) and its operator input.\n"
+        "                                Other flags refine a preset wherever they stand\n"
         "      --aggressive              larger adjustments, exploration bursts, retraction\n"
         "                                (default: off)\n"
         "      --max-retractions N       retractions per generation at most (default: 3)\n"
@@ -175,7 +186,15 @@ void cli_print_help(FILE *out) {
         "backtracking operators:\n"
         "      --operator NAME[:k=v,..]  add an operator, e.g. probability_threshold:min_probability=0.1;\n"
         "                                repeatable (default: none; --operator help lists them)\n"
-        "      --backtrack-every N       ask the operators every N tokens (default: 1)\n"
+        "      --backtrack-every N       heed the operators every N tokens (default: 1)\n"
+        "      --backtrack-every-only    show them only every N-th token, as backtracking-llm did\n"
+        "                                (default: they see every token, so their history is whole)\n"
+        "      --operator-input MODE     full: raw p over the whole vocabulary at T 1 and the top\n"
+        "                                --operator-top-k (default 10); original: backtracking-llm's\n"
+        "                                top-k (default 50) of logits / T, renormalised, and a count k\n"
+        "                                removes the token and k before it (default: full)\n"
+        "      --operator-top-k N        candidates in the operators' view\n"
+        "      --operator-temperature T  original input: divide by T (default 0: the token's own)\n"
         "      --max-backtracks N        backtracks per generation, then stop (default: 64)\n"
         "      --combine first|max       several operators: the first that fires, or the largest\n"
         "                                count (default: first)\n"
@@ -273,6 +292,19 @@ static void set_defaults(cli_options *opt) {
     opt->chat = sm_chat_default_params();
 }
 
+/* --preset, applied before every other flag so that they refine it
+ * wherever they stand (a preset that sets T must not undo a -t before it). */
+static bool apply_preset(const char *arg, cli_options *opt, FILE *err) {
+    sm_error invalid;
+    opt->preset_given = true;
+    bool file = strchr(arg, '/') || strstr(arg, ".json"); /* from llama_selfmod tune */
+    if ((file ? sm_gen_params_load_preset(arg, &opt->gen, &invalid) : sm_gen_params_preset(&opt->gen, arg, &invalid)) ==
+        SM_OK)
+        return true;
+    fprintf(err, "llama_selfmod: error: --preset: %s\n", invalid.message);
+    return false;
+}
+
 /* Applies one flag. Returns false after printing an error. */
 static bool apply_option(int c, const char *arg, cli_options *opt, FILE *err) {
     sm_sampling_params *s = &opt->gen.sampling;
@@ -332,19 +364,7 @@ static bool apply_option(int c, const char *arg, cli_options *opt, FILE *err) {
         opt->sharpen_given = true;
         return parse_float_in(err, "--sharpen-threshold", arg, 0.0f, CLOSED, 1.0f, CLOSED,
                               "a number in [0, 1]", &p->sharpen_threshold);
-    case OPT_PRESET: {
-        /* docs/EVAL.md: on the shipped prompts "tuned" (no heating, earlier
-         * cooling) is the best sampler measured on judge perplexity. */
-        sm_error invalid;
-        opt->preset_given = true;
-        if (strchr(arg, '/') || strstr(arg, ".json")) /* a file from llama_selfmod tune */
-            return sm_gen_params_load_preset(arg, &opt->gen, &invalid) == SM_OK
-                       ? true
-                       : (fprintf(err, "llama_selfmod: error: --preset: %s\n", invalid.message), false);
-        if (sm_policy_preset(p, arg, &invalid) == SM_OK) return true;
-        fprintf(err, "llama_selfmod: error: --preset: %s\n", invalid.message);
-        return false;
-    }
+    case OPT_PRESET: return true; /* applied before the other flags: apply_preset */
     case OPT_CONFIDENCE_THRESHOLD:
         opt->confidence_given = true;
         return parse_float_in(err, "--confidence-threshold", arg, 0.0f, CLOSED, 1.0f, CLOSED,
@@ -380,6 +400,21 @@ static bool apply_option(int c, const char *arg, cli_options *opt, FILE *err) {
     case OPT_BACKTRACK_EVERY:
         return parse_int_in(err, "--backtrack-every", arg, 1, INT32_MAX, "an integer >= 1",
                             &opt->gen.backtrack.every_n);
+    case OPT_BACKTRACK_EVERY_ONLY: opt->gen.backtrack.every_n_only = true; return true;
+    case OPT_OPERATOR_INPUT:
+        if (strcmp(arg, "full") == 0) opt->gen.backtrack.input = SM_OPERATOR_INPUT_FULL;
+        else if (strcmp(arg, "original") == 0) {
+            opt->gen.backtrack.input = SM_OPERATOR_INPUT_ORIGINAL;
+            if (!opt->operator_top_k_given) opt->gen.backtrack.top_n_view = 50; /* its top-k */
+        } else return report(err, "--operator-input", arg, "full or original");
+        return true;
+    case OPT_OPERATOR_TOP_K:
+        opt->operator_top_k_given = true;
+        return parse_int_in(err, "--operator-top-k", arg, 1, 1000, "an integer in [1, 1000]",
+                            &opt->gen.backtrack.top_n_view);
+    case OPT_OPERATOR_TEMPERATURE:
+        return parse_float_in(err, "--operator-temperature", arg, 0.0f, CLOSED, 100.0f, CLOSED,
+                              "a number in [0, 100] (0 = the token's own)", &opt->gen.backtrack.input_temperature);
     case OPT_MAX_BACKTRACKS:
         return parse_int_in(err, "--max-backtracks", arg, 0, INT32_MAX, "an integer >= 0",
                             &opt->gen.backtrack.max_backtracks);
@@ -509,8 +544,12 @@ static bool check_combination(cli_options *opt, FILE *err) {
 cli_parse_outcome cli_parse_args(int argc, char **argv, cli_options *opt, FILE *err) {
     set_defaults(opt);
     opterr = 0;
-    optind = 0; /* 0, not 1: glibc then also forgets a short-option group left half-read */
     int c;
+    /* First the presets (the last one given wins), then every other flag. */
+    optind = 0; /* 0, not 1: glibc then also forgets a short-option group left half-read */
+    while ((c = getopt_long(argc, argv, short_options, long_options, NULL)) != -1)
+        if (c == OPT_PRESET && !apply_preset(optarg, opt, err)) return CLI_PARSE_ERROR;
+    optind = 0;
     while ((c = getopt_long(argc, argv, short_options, long_options, NULL)) != -1) {
         switch (c) {
         case 'h':

@@ -22,6 +22,7 @@ typedef struct cli_options {
     bool ctx_size_given;         /* --ctx-size was on the command line     */
     bool confidence_given, critical_given, sharpen_given, max_retractions_given;
     bool preset_given;                 /* --preset chose the policy's style  */
+    bool operator_top_k_given;
 
     sm_session_params session;   /* --ctx-size, --threads, --max-rewind    */
     int32_t n_gpu_layers;
