@@ -941,6 +941,46 @@ sm_status sm_session_feed_tokens(sm_session *session, const sm_token *tokens, in
 sm_status sm_session_generate(sm_session *session, const char *prompt,
                               const sm_gen_params *params, sm_result *result);
 
+/* ------------------------------------------------------------------ */
+/* Steps: the caller drives, one token at a time                       */
+/* ------------------------------------------------------------------ */
+
+/*
+ * backtracking-llm's GenerationSession in C: step() samples one token
+ * with the generation's sampler and penalties, decodes it and returns it
+ * with the view operators see under
+ * params->backtrack (sm_gen_params_preset "backtracking-llm" makes that
+ * its own: the top-50 logits / T and their softmax); backtrack(n) removes
+ * the last n stepped tokens exactly. The
+ * random state moves on with every step, so a step after a backtrack may
+ * choose differently; the same calls with the same seed give the same
+ * tokens. The stepper uses the session; free it before using the session
+ * otherwise.
+ */
+typedef struct sm_stepper sm_stepper;
+typedef struct sm_step {
+    sm_token token;
+    const char *piece;           /* its text; valid until the next call       */
+    float prob, logit;           /* in the view (SM_OPERATOR_INPUT_ORIGINAL)   */
+    const sm_candidate *top;     /* the view's candidates, descending          */
+    int32_t n_top;
+    bool done;                   /* an end-of-generation token or a full context:
+                                  * token is then not kept and nothing more comes */
+} sm_step;
+/* Feeds prompt (NULL or "" continues the context) when the first step
+ * comes. params are copied (n_predict is ignored); what adapts over a
+ * generation is refused (the policy on, operators, stages, every_n > 1):
+ * the caller decides. */
+sm_stepper *sm_stepper_new(sm_session *session, const char *prompt, const sm_gen_params *params, sm_error *err);
+sm_status sm_stepper_step(sm_stepper *stepper, sm_step *step);
+/* Removes the last n stepped tokens (n <= the tokens stepped and kept). */
+sm_status sm_stepper_backtrack(sm_stepper *stepper, int32_t n);
+/* The tokens stepped and kept, in order. */
+const sm_token *sm_stepper_tokens(const sm_stepper *stepper, int32_t *n_tokens);
+bool sm_stepper_done(const sm_stepper *stepper);
+const char *sm_stepper_last_error(const sm_stepper *stepper);
+void sm_stepper_free(sm_stepper *stepper);
+
 /* Low-level control, used by the chat layer, the tree search and tests. */
 sm_status sm_session_clear(sm_session *session);
 /* Removes the last n tokens of the context. Needs no decode when the
