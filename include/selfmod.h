@@ -1207,20 +1207,27 @@ sm_status sm_judge_score_text(sm_judge *judge, const char *context, const char *
 
 /*
  * Expands a tree of continuations of a prefix, breadth-first, as the LLooM
- * does. From every live beam (a partial continuation) the most probable
- * next tokens are taken in order: the first always; each further one only
- * while its probability is >= the cutoff (and > 0), the beam has fewer than
- * split_limit children and the tree stays within beam_limit leaves. The
- * token chosen after d tokens meets the cutoff  cutoff * multiplier^d.
- * A beam ends (becomes a suggestion) at max_depth tokens, at a token whose
- * text holds an auto-stop character (stop characters that open a
- * suggestion do not count: it goes on until it has some other text), at an
- * end-of-generation token, or when the finished and live beams together
- * reach beam_limit: then every live beam ends as it is.
+ * does. Every live beam (a partial continuation) offers its most probable
+ * next tokens in order: the first always; each further one only while its
+ * probability is >= the cutoff (and > 0) and the beam has fewer than
+ * split_limit children. The token chosen after d tokens meets the cutoff
+ * cutoff * multiplier^d. Of a level's offers the best by score take the
+ * places left (beam_limit less the suggestions already finished); a beam
+ * none of whose children kept a place ends as SM_TREE_END_BEAM_LIMIT and
+ * is no suggestion. So at most beam_limit suggestions come back, each
+ * complete: a beam ends (becomes a suggestion) at max_depth tokens, at a
+ * token whose text holds an auto-stop character (stop characters that open
+ * a suggestion do not count: it goes on until it has some other text; the
+ * suggestion's text is cut after that character, ", and" ending as ","),
+ * or at an end-of-generation token. With no stop characters every
+ * suggestion has max_depth tokens (or ends at an end of generation).
+ * Suggestions whose texts differ only by a leading space are one.
  *
  * Score = sum of log-probabilities of a beam's tokens (score_sum_probs:
- * the LLooM's sum of probabilities). Several models mix democratically:
- * each token's probability is the mean of the models' probabilities.
+ * the LLooM's arithmetic: the sum of probabilities, and several models'
+ * probabilities add up, so the cutoff applies to their sum). Otherwise
+ * several models mix democratically: each token's probability is the mean
+ * of the models' probabilities.
  *
  * All live beams of a level are decoded in ONE llama_decode call per model:
  * each beam is a sequence of the same context, branched from its parent
@@ -1232,7 +1239,7 @@ typedef struct sm_tree sm_tree;
 
 typedef struct sm_tree_params {
     int32_t max_depth;     /* 12: tokens in the longest suggestion             */
-    int32_t beam_limit;    /* 25: the most suggestions (finished + live beams) */
+    int32_t beam_limit;    /* 25: the most suggestions, and of live beams     */
     float cutoff;          /* 0.2: least probability to split, in [0, 1]       */
     float multiplier;      /* 1.0: the cutoff after d tokens is cutoff * m^d   */
     int32_t split_limit;   /* 3: most children of a beam; 0 = only beam_limit  */
@@ -1251,7 +1258,7 @@ typedef enum sm_tree_end {
     SM_TREE_END_MAX_DEPTH,    /* max_depth tokens                           */
     SM_TREE_END_STOP_CHAR,    /* its token holds an auto-stop character     */
     SM_TREE_END_EOG,          /* an end-of-generation token                 */
-    SM_TREE_END_BEAM_LIMIT,   /* the tree reached beam_limit leaves         */
+    SM_TREE_END_BEAM_LIMIT,   /* dropped: better beams took the places (no suggestion) */
 } sm_tree_end;
 
 const char *sm_tree_end_name(sm_tree_end end);
@@ -1270,7 +1277,8 @@ typedef struct sm_tree_node {
 
 typedef struct sm_suggestion {
     char *text;            /* its tokens' pieces joined (a SentencePiece
-                            * model's usually begins with a space)          */
+                            * model's usually begins with a space), cut
+                            * after the stop character that ended it       */
     sm_token *tokens;
     float *probs;          /* per token                                     */
     int32_t n_tokens;

@@ -52,6 +52,7 @@ struct sm_tree {
     int32_t n_prefix, cap_prefix;
     llama_seq_id *free_seqs;
     int32_t n_free;
+    bool mix_sum;              /* several models' probabilities add up (the LLooM's) */
     char error[512];
 };
 
@@ -332,7 +333,7 @@ static sm_status decode_batch(sm_tree *t, bool one_by_one, const char *what) {
         int32_t n_rows = 0;
         for (int32_t i = 0; i < t->batch.n_tokens; i++) n_rows += t->batch.logits[i] != 0;
         const size_t end = (size_t)n_rows * (size_t)t->n_vocab;
-        const float inv = 1.0f / (float)t->n_models;
+        const float inv = t->mix_sum ? 1.0f : 1.0f / (float)t->n_models;
         for (size_t i = 0; i < end; i++) {
             float sum = 0.0f;
             for (int32_t m = 0; m < t->n_models; m++) sum += t->members[m].probs[i];
@@ -412,6 +413,8 @@ typedef struct expansion {
     int32_t n_finished;    /* leaves                                         */
     sm_candidate *cand;
     int32_t max_cand;
+    struct offer *offers;  /* this level's possible children                 */
+    int32_t n_offers;
     sm_tree_result *out;
 } expansion;
 
@@ -506,40 +509,81 @@ static sm_status assign_sequences(expansion *e, const beam *parent, int32_t firs
     return SM_OK;
 }
 
-/* Splits live beam j on its distribution (row j of the mixed rows). */
-static sm_status split_beam(expansion *e, int32_t j) {
+/* A possible child: which live beam, which token, what it would score. */
+typedef struct offer {
+    int32_t parent;        /* index in live                                  */
+    sm_candidate cand;
+    double score;
+    int32_t order;         /* creation order: parents in turn, tokens by p   */
+} offer;
+
+/* The children live beam j offers: its most probable token always, each
+ * further one while it meets the cutoff at the beam's depth and the beam
+ * has fewer than split_limit children. */
+static void offer_children(expansion *e, int32_t j) {
     const sm_tree_params *p = e->p;
     const beam *parent = &e->live[j];
     const float *row = e->tree->mixed + (size_t)j * (size_t)e->tree->n_vocab;
     int32_t n_cand = top_tokens(row, e->tree->n_vocab, e->max_cand, e->cand);
     const double cutoff = (double)p->cutoff * pow((double)p->multiplier, parent->depth);
-    const int32_t first_child = e->n_next;
     for (int32_t c = 0; c < n_cand; c++) {
-        if (c > 0) {
-            if ((double)e->cand[c].prob < cutoff || e->cand[c].prob <= 0.0f) break;
-            /* Leaves if this child is added: the parents still to expand
-             * will each leave at least one. */
-            int32_t leaves = e->n_finished + e->n_next + (e->n_live - j - 1) + 1;
-            if (leaves > p->beam_limit) break;
-        }
-        beam child;
-        int32_t node = add_node(e, parent, &e->cand[c], &child);
-        if (node < 0) return fail(e->tree, SM_ERR_NO_MEMORY, "out of memory for the tree's nodes");
-        if (e->nodes[node].end != SM_TREE_END_NONE) e->n_finished++;
-        else e->next[e->n_next++] = child;
+        if (c > 0 && ((double)e->cand[c].prob < cutoff || e->cand[c].prob <= 0.0f)) break;
+        double gain = p->score_sum_probs ? (double)e->cand[c].prob : log((double)e->cand[c].prob);
+        e->offers[e->n_offers] = (offer){.parent = j, .cand = e->cand[c], .score = parent->score + gain,
+                                         .order = e->n_offers};
+        e->n_offers++;
     }
-    return assign_sequences(e, parent, first_child);
 }
 
-/* Once the leaves reach beam_limit, every live beam ends as it is. */
-static void end_at_beam_limit(expansion *e) {
-    if (e->n_next == 0 || e->n_finished + e->n_next < e->p->beam_limit) return;
-    for (int32_t i = 0; i < e->n_next; i++) {
-        e->nodes[e->next[i].node].end = SM_TREE_END_BEAM_LIMIT;
-        release_seq(e->tree, e->next[i].seq);
+static int by_score_then_order(const void *a, const void *b) {
+    const offer *x = a, *y = b;
+    if (x->score != y->score) return x->score < y->score ? 1 : -1;
+    return (x->order > y->order) - (x->order < y->order);
+}
+
+static int by_order(const void *a, const void *b) {
+    const offer *x = a, *y = b;
+    return (x->order > y->order) - (x->order < y->order);
+}
+
+/*
+ * One level: every live beam offers its children, and the best of them by
+ * score take the places left (beam_limit less the suggestions finished),
+ * so the tree keeps its best beams and each goes on to max_depth, a stop
+ * character or an end of generation. Kept children become nodes in
+ * creation order (a parent's children together, most probable first).
+ */
+static sm_status grow_level(expansion *e) {
+    e->n_offers = 0;
+    for (int32_t j = 0; j < e->n_live; j++) offer_children(e, j);
+    int32_t places = e->p->beam_limit - e->n_finished;
+    if (e->n_offers > places) {
+        qsort(e->offers, (size_t)e->n_offers, sizeof *e->offers, by_score_then_order);
+        e->n_offers = places > 0 ? places : 0;
+        qsort(e->offers, (size_t)e->n_offers, sizeof *e->offers, by_order);
     }
-    e->n_finished += e->n_next;
     e->n_next = 0;
+    /* A parent none of whose children was kept frees its sequence first,
+     * so that the sequences in use never exceed the children kept. */
+    for (int32_t j = 0, k = 0; j < e->n_live; j++) {
+        while (k < e->n_offers && e->offers[k].parent < j) k++;
+        if (k < e->n_offers && e->offers[k].parent == j) continue;
+        release_seq(e->tree, e->live[j].seq);
+        if (e->live[j].node >= 0) e->nodes[e->live[j].node].end = SM_TREE_END_BEAM_LIMIT; /* dropped */
+    }
+    for (int32_t k = 0; k < e->n_offers;) {
+        const int32_t j = e->offers[k].parent, first_child = e->n_next;
+        for (; k < e->n_offers && e->offers[k].parent == j; k++) {
+            beam child;
+            int32_t node = add_node(e, &e->live[j], &e->offers[k].cand, &child);
+            if (node < 0) return fail(e->tree, SM_ERR_NO_MEMORY, "out of memory for the tree's nodes");
+            if (e->nodes[node].end != SM_TREE_END_NONE) e->n_finished++;
+            else e->next[e->n_next++] = child;
+        }
+        sm_status st = assign_sequences(e, &e->live[j], first_child);
+        if (st != SM_OK) return st;
+    }
+    return SM_OK;
 }
 
 /* Decodes the last token of every live beam; row i gets beam i's
@@ -561,18 +605,14 @@ static sm_status decode_level(expansion *e) {
 
 static sm_status grow(expansion *e) {
     for (;;) {
-        e->n_next = 0;
-        for (int32_t j = 0; j < e->n_live; j++) {
-            sm_status st = split_beam(e, j);
-            if (st != SM_OK) return st;
-        }
-        end_at_beam_limit(e);
+        sm_status st = grow_level(e);
+        if (st != SM_OK) return st;
         if (e->n_next == 0) return SM_OK;
         beam *swap = e->live;
         e->live = e->next;
         e->next = swap;
         e->n_live = e->n_next;
-        sm_status st = decode_level(e);
+        st = decode_level(e);
         if (st != SM_OK) return st;
     }
 }
@@ -593,6 +633,22 @@ static void sort_leaves(const sm_tree_node *nodes, int32_t *leaves, int32_t n) {
         leaves[j] = x;
     }
 }
+
+/* Cuts a stop-char suggestion's text after its first stop character past
+ * the opening ones (", and" ends as ","), as the LLooM did. */
+static void trim_after_stop(char *text, const char *stops) {
+    bool has_text = false;
+    for (char *c = text; *c; c++) {
+        if (!strchr(stops, *c)) has_text = true;
+        else if (has_text) {
+            c[1] = '\0';
+            return;
+        }
+    }
+}
+
+/* The text two suggestions are compared by: without one leading space. */
+static const char *dedup_key(const char *text) { return text[0] == ' ' ? text + 1 : text; }
 
 /* The suggestion that ends at `leaf`: tokens, probabilities, text. */
 static bool make_suggestion(const sm_tree_node *nodes, int32_t leaf, sm_suggestion *s) {
@@ -628,8 +684,9 @@ static void suggestion_free(sm_suggestion *s) {
     free(s->probs);
 }
 
-/* The leaves by score, best first, one per text (the best scoring). */
-static sm_status collect_suggestions(sm_tree *t, sm_tree_result *out) {
+/* The leaves by score, best first, one per text (the best scoring; texts
+ * that differ only by a leading space are one, as in the LLooM). */
+static sm_status collect_suggestions(sm_tree *t, const sm_tree_params *p, sm_tree_result *out) {
     int32_t *leaves = malloc(sizeof(int32_t) * (size_t)(out->n_nodes ? out->n_nodes : 1));
     out->suggestions = calloc((size_t)(out->n_nodes ? out->n_nodes : 1), sizeof(sm_suggestion));
     if (!leaves || !out->suggestions) {
@@ -637,8 +694,8 @@ static sm_status collect_suggestions(sm_tree *t, sm_tree_result *out) {
         return fail(t, SM_ERR_NO_MEMORY, "out of memory for the suggestions");
     }
     int32_t n_leaves = 0;
-    for (int32_t i = 0; i < out->n_nodes; i++)
-        if (out->nodes[i].end != SM_TREE_END_NONE) leaves[n_leaves++] = i;
+    for (int32_t i = 0; i < out->n_nodes; i++) /* the dropped beams are no suggestions */
+        if (out->nodes[i].end != SM_TREE_END_NONE && out->nodes[i].end != SM_TREE_END_BEAM_LIMIT) leaves[n_leaves++] = i;
     sort_leaves(out->nodes, leaves, n_leaves);
     for (int32_t i = 0; i < n_leaves; i++) {
         sm_suggestion *s = &out->suggestions[out->n_suggestions];
@@ -647,8 +704,10 @@ static sm_status collect_suggestions(sm_tree *t, sm_tree_result *out) {
             free(leaves);
             return fail(t, SM_ERR_NO_MEMORY, "out of memory for the suggestions");
         }
+        if (s->end == SM_TREE_END_STOP_CHAR && p->stop_chars) trim_after_stop(s->text, p->stop_chars);
         bool seen = false;
-        for (int32_t k = 0; k < out->n_suggestions && !seen; k++) seen = strcmp(out->suggestions[k].text, s->text) == 0;
+        for (int32_t k = 0; k < out->n_suggestions && !seen; k++)
+            seen = strcmp(dedup_key(out->suggestions[k].text), dedup_key(s->text)) == 0;
         if (seen) suggestion_free(s);
         else out->n_suggestions++;
     }
@@ -730,14 +789,18 @@ sm_status sm_tree_expand(sm_tree *t, const char *prefix, const sm_tree_params *p
     e.live = malloc(sizeof(beam) * (size_t)p->beam_limit);
     e.next = malloc(sizeof(beam) * (size_t)p->beam_limit);
     e.cand = malloc(sizeof(sm_candidate) * (size_t)e.max_cand);
-    if (!e.live || !e.next || !e.cand) st = fail(t, SM_ERR_NO_MEMORY, "out of memory for %d beams", p->beam_limit);
+    e.offers = malloc(sizeof(offer) * (size_t)p->beam_limit * (size_t)e.max_cand);
+    t->mix_sum = p->score_sum_probs;
+    if (!e.live || !e.next || !e.cand || !e.offers)
+        st = fail(t, SM_ERR_NO_MEMORY, "out of memory for %d beams", p->beam_limit);
     if (st == SM_OK) st = expand(t, prefix, p, &e);
     out->nodes = e.nodes;
     out->n_nodes = e.n_nodes;
-    if (st == SM_OK) st = collect_suggestions(t, out);
+    if (st == SM_OK) st = collect_suggestions(t, p, out);
     free(e.live);
     free(e.next);
     free(e.cand);
+    free(e.offers);
     if (st != SM_OK) {
         sm_tree_result_free(out);
         return st;

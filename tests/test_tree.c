@@ -77,6 +77,8 @@ static bool stops_early(const sm_tree_result *r, int32_t leaf, const char *stops
     return false;
 }
 
+static const char *dedup(const char *text) { return text[0] == ' ' ? text + 1 : text; }
+
 /* The text of the path root..node, rebuilt from the nodes' pieces. */
 static void path_text(const sm_tree_result *r, int32_t node, char *buf, size_t size) {
     int32_t path[1024], n = 0;
@@ -102,7 +104,7 @@ static tree_shape check_tree(const sm_tree_result *r, const sm_tree_params *p) {
         assert_true(nd->parent >= -1 && nd->parent < i);
         assert_int_equal(nd->depth, nd->parent < 0 ? 1 : r->nodes[nd->parent].depth + 1);
         assert_true(nd->depth <= p->max_depth);
-        assert_true(nd->prob > 0.0f && nd->prob <= 1.0f);
+        assert_true(nd->prob > 0.0f && nd->prob <= (p->score_sum_probs ? 2.0f : 1.0f)); /* two models add up */
         const double parent_score = nd->parent < 0 ? 0.0 : r->nodes[nd->parent].score;
         const double gain = p->score_sum_probs ? (double)nd->prob : log((double)nd->prob);
         assert_true(fabs(nd->score - (parent_score + gain)) < 1e-9);
@@ -116,7 +118,7 @@ static tree_shape check_tree(const sm_tree_result *r, const sm_tree_params *p) {
             assert_true(nd->prob <= r->nodes[i - 1].prob || r->nodes[i - 1].parent != nd->parent);
         }
         (*n_siblings)++;
-        if (nd->end != SM_TREE_END_NONE) n_leaves++;
+        if (nd->end != SM_TREE_END_NONE && nd->end != SM_TREE_END_BEAM_LIMIT) n_leaves++;
         shape.n_by_end[nd->end]++;
     }
     for (int32_t i = 0; i <= r->n_nodes; i++) {
@@ -137,9 +139,16 @@ static tree_shape check_tree(const sm_tree_result *r, const sm_tree_params *p) {
         assert_int_equal(s->end, leaf->end);
         assert_true(s->end != SM_TREE_END_NONE);
         assert_true(s->score == leaf->score);
+        assert_true(s->end != SM_TREE_END_BEAM_LIMIT); /* a dropped beam is no suggestion */
         char text[4096];
         path_text(r, s->node, text, sizeof text);
-        assert_string_equal(s->text, text);
+        if (s->end == SM_TREE_END_STOP_CHAR) {
+            /* cut after the stop character that ended it */
+            assert_true(strncmp(text, s->text, strlen(s->text)) == 0);
+            assert_non_null(strchr(p->stop_chars, s->text[strlen(s->text) - 1]));
+        } else {
+            assert_string_equal(s->text, text);
+        }
         /* The tokens and probabilities are the path's, in order. */
         int32_t k = s->n_tokens;
         for (int32_t n = s->node; n >= 0; n = r->nodes[n].parent) {
@@ -152,22 +161,27 @@ static tree_shape check_tree(const sm_tree_result *r, const sm_tree_params *p) {
         switch (s->end) {
         case SM_TREE_END_MAX_DEPTH: assert_int_equal(s->n_tokens, p->max_depth); break;
         case SM_TREE_END_STOP_CHAR: assert_true(has_stop_char(last_piece, p->stop_chars)); break;
-        case SM_TREE_END_BEAM_LIMIT:
+        case SM_TREE_END_BEAM_LIMIT: fail_msg("suggestion %d was dropped", i); break;
         case SM_TREE_END_EOG: break;
         case SM_TREE_END_NONE: fail_msg("suggestion %d is not a leaf", i);
         }
         assert_false(stops_early(r, s->node, p->stop_chars));
         if (i > 0) assert_true(r->suggestions[i - 1].score >= s->score);
-        for (int32_t j = 0; j < i; j++) assert_string_not_equal(r->suggestions[j].text, s->text);
+        /* one per text, a leading space aside */
+        for (int32_t j = 0; j < i; j++) assert_string_not_equal(dedup(r->suggestions[j].text), dedup(s->text));
     }
-    /* Every leaf is a suggestion, or one with its text scores at least as well. */
+    /* Every finished leaf is a suggestion, or one with its text scores at least as well. */
     for (int32_t i = 0; i < r->n_nodes; i++) {
-        if (r->nodes[i].end == SM_TREE_END_NONE) continue;
+        if (r->nodes[i].end == SM_TREE_END_NONE || r->nodes[i].end == SM_TREE_END_BEAM_LIMIT) continue;
         char text[4096];
         path_text(r, i, text, sizeof text);
         bool covered = false;
         for (int32_t k = 0; k < r->n_suggestions && !covered; k++)
-            covered = strcmp(r->suggestions[k].text, text) == 0 && r->suggestions[k].score >= r->nodes[i].score;
+            covered = strncmp(text, r->suggestions[k].text, strlen(r->suggestions[k].text)) == 0 &&
+                      r->suggestions[k].score >= r->nodes[i].score;
+        if (!covered) /* or its text was a leading space away from a better one's */
+            for (int32_t k = 0; k < r->n_suggestions && !covered; k++)
+                covered = strncmp(dedup(text), dedup(r->suggestions[k].text), strlen(dedup(r->suggestions[k].text))) == 0;
         assert_true(covered);
     }
     return shape;
@@ -200,8 +214,9 @@ static void test_limits_hold(void **state) {
     assert_true(total.n_by_end[SM_TREE_END_BEAM_LIMIT] > 0);
 }
 
-/* Whatever the limit, the tree never holds more leaves than beam_limit;
- * once it has that many, every live beam ends where it is. */
+/* Whatever the limit, the tree never returns more suggestions than
+ * beam_limit, and never decodes more beams at once; with limit 1 it is
+ * the greedy continuation to max_depth or a stop character. */
 static void test_beam_limit_is_never_exceeded(void **state) {
     fixture *f = *state;
     for (int32_t limit = 1; limit <= 30; limit++) {
@@ -209,12 +224,37 @@ static void test_beam_limit_is_never_exceeded(void **state) {
         sm_tree_result r;
         expand(f->tree, PREFIX, &p, &r);
         check_tree(&r, &p);
+        assert_true(r.max_live_beams <= limit);
         if (limit == 1) {
-            /* The LLooM's rule: one leaf reaches the limit at once. */
             assert_int_equal(r.n_suggestions, 1);
-            assert_int_equal(r.suggestions[0].n_tokens, 1);
-            assert_int_equal(r.suggestions[0].end, SM_TREE_END_BEAM_LIMIT);
+            assert_true(r.suggestions[0].end != SM_TREE_END_BEAM_LIMIT);
+            assert_true(r.suggestions[0].n_tokens == p.max_depth || r.suggestions[0].end != SM_TREE_END_MAX_DEPTH);
         }
+        sm_tree_result_free(&r);
+    }
+}
+
+/* The seed's promise (issue 13): with Auto-Stop off every beam has
+ * exactly Max Depth tokens, and Maximum Suggestions is the most completed
+ * suggestions returned; even with cutoff 0 and no split limit (the whole
+ * vocabulary offered) the best beams go on to max_depth. */
+static void test_without_auto_stop_every_suggestion_reaches_max_depth(void **state) {
+    fixture *f = *state;
+    const float cutoffs[] = {0.0f, 0.05f};
+    for (int c = 0; c < 2; c++) {
+        sm_tree_params p = tree_params(cutoffs[c], 0, 6, 5);
+        p.stop_chars = "";
+        sm_tree_result r;
+        expand(f->tree, "Once upon a time", &p, &r);
+        check_tree(&r, &p);
+        assert_true(r.n_suggestions >= 1 && r.n_suggestions <= 5);
+        if (cutoffs[c] == 0.0f) assert_int_equal(r.n_suggestions, 5);
+        for (int32_t i = 0; i < r.n_suggestions; i++)
+            if (r.suggestions[i].end != SM_TREE_END_EOG) {
+                assert_int_equal(r.suggestions[i].n_tokens, 6);
+                assert_int_equal(r.suggestions[i].end, SM_TREE_END_MAX_DEPTH);
+            }
+        assert_int_equal(r.n_levels, 5); /* every token but the last is decoded */
         sm_tree_result_free(&r);
     }
 }
@@ -627,6 +667,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_limits_hold),
         cmocka_unit_test(test_beam_limit_is_never_exceeded),
+        cmocka_unit_test(test_without_auto_stop_every_suggestion_reaches_max_depth),
         cmocka_unit_test(test_first_children_are_greedy),
         cmocka_unit_test(test_probabilities_match_a_plain_session),
         cmocka_unit_test(test_batched_equals_beam_by_beam),
