@@ -347,6 +347,9 @@ typedef struct sm_fusion_params {
     float alpha;                  /* contrastive plausibility (0.1)        */
     float beta;                   /* contrastive amateur weight (0.5)      */
     float abstain_below;          /* harmony/adaptive (0.3)                */
+    /* The model the reference mode takes its tokens from and every mode
+     * compares the others with (reference_differs): 0 by default. */
+    int32_t reference;
 } sm_fusion_params;
 
 /* Per generated token, with several models. */
@@ -360,7 +363,7 @@ typedef struct sm_fusion_info {
     float p_top1[SM_MAX_MODELS];    /* each model's top probability           */
     sm_token top1[SM_MAX_MODELS];   /* each model's top-1 token               */
     float unmapped_mass[SM_MAX_MODELS]; /* --fusion-align: mass that found no token */
-    bool reference_differs;         /* some model's top-1 differs from model 0's */
+    bool reference_differs;         /* some model's top-1 differs from the reference's */
     float p_fused;                  /* the chosen token's fused probability   */
     int32_t n_participating;        /* models the mode let take part (harmony
                                      * and adaptive leave unsure ones out)    */

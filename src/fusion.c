@@ -55,6 +55,10 @@ sm_status sm_fusion_params_validate(const sm_fusion_params *fp, int32_t n_models
         snprintf(msg, size, "contrastive alpha must be in [0, 1] and beta >= 0 (got %g, %g)", fp->alpha, fp->beta);
         return SM_ERR_INVALID_ARGUMENT;
     }
+    if (fp->reference < 0 || fp->reference >= n_models) {
+        snprintf(msg, size, "fusion reference %d is not a model (0 to %d)", fp->reference, n_models - 1);
+        return SM_ERR_INVALID_ARGUMENT;
+    }
     if (fp->mode == SM_FUSION_CONTRASTIVE && n_models < 2) {
         snprintf(msg, size, "contrastive fusion needs two models (expert, amateur)");
         return SM_ERR_INVALID_ARGUMENT;
@@ -160,8 +164,8 @@ void sm_fuse(const sm_fusion_params *fp, const sm_model_dist *d, int32_t n_model
         return;
     }
     case SM_FUSION_REFERENCE:
-        for (int32_t m = 0; m < n_models; m++) participating[m] = m == 0;
-        copy_model(&d[0], n_vocab, out);
+        for (int32_t m = 0; m < n_models; m++) participating[m] = m == fp->reference;
+        copy_model(&d[fp->reference], n_vocab, out);
         return;
     case SM_FUSION_CONTRASTIVE: {
         const float floor_lp = logf(fp->alpha) + (logf(d[0].max_p));
@@ -199,7 +203,7 @@ static float js_divergence(const sm_model_dist *a, const sm_model_dist *b, int32
 }
 
 void sm_fusion_agreement(const sm_model_dist *d, int32_t n_models, int32_t n_vocab, sm_token chosen,
-                         const bool *participating, sm_fusion_info *info) {
+                         const bool *participating, int32_t reference, sm_fusion_info *info) {
     memset(info, 0, sizeof *info);
     info->n_models = n_models;
     info->leading_model = -1;
@@ -213,7 +217,7 @@ void sm_fusion_agreement(const sm_model_dist *d, int32_t n_models, int32_t n_voc
             agree1++;
             if (d[m].max_p > best) { best = d[m].max_p; info->leading_model = m; }
         }
-        if (m > 0 && d[m].top[0] != d[0].top[0]) info->reference_differs = true;
+        if (m != reference && d[m].top[0] != d[reference].top[0]) info->reference_differs = true;
         if (!participating[m]) continue;
         n_in++;
         agree3 += d[m].top[0] == chosen || d[m].top[1] == chosen || d[m].top[2] == chosen;

@@ -125,7 +125,7 @@ void sm_model_dist_summarize(const float *logits, int32_t n_vocab, sm_model_dist
 void sm_fuse(const sm_fusion_params *fp, const sm_model_dist *d, int32_t n_models, int32_t n_vocab,
              int32_t index, float *out, bool *participating);
 void sm_fusion_agreement(const sm_model_dist *d, int32_t n_models, int32_t n_vocab, sm_token chosen,
-                         const bool *participating, sm_fusion_info *info);
+                         const bool *participating, int32_t reference, sm_fusion_info *info);
 /* Model m's distribution mapped onto model 0's vocabulary through
  * map[t_m] = t_0 or -1; returns the probability mass that found no token. */
 float sm_map_distribution(const float *logits_m, int32_t n_vocab_m, const int32_t *map, float *out,

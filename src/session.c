@@ -1270,7 +1270,8 @@ static sm_status commit(generation *g, int32_t i, const sm_token_view *view, int
     sm_token t = view->token;
     size_t text_before = g->text.len;
     if (s->n_models > 1) {
-        sm_fusion_agreement(g->dists, s->n_models, s->n_vocab, t, g->participating, &g->fusion[i]);
+        sm_fusion_agreement(g->dists, s->n_models, s->n_vocab, t, g->participating, g->gp->fusion.reference,
+                            &g->fusion[i]);
         g->fusion[i].p_fused = view->prob;
         for (int32_t m = 0; m < s->n_models; m++) g->fusion[i].unmapped_mass[m] = ring_unmapped(s, s->n_tokens, m);
     }

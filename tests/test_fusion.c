@@ -254,7 +254,7 @@ static void test_fusion_rules_synthetic(void **unused) {
     assert_true(out[2] == -INFINITY);
     sm_fusion_info info;
     bool all[2] = {true, true};
-    sm_fusion_agreement(d, 2, 3, 1, all, &info);
+    sm_fusion_agreement(d, 2, 3, 1, all, 0, &info);
     assert_float_equal(info.top1_agreement, 0.5f, 0);
     assert_float_equal(info.top3_agreement, 1.0f, 0);
     assert_int_equal(info.leading_model, 1);

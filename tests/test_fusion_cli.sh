@@ -60,6 +60,18 @@ for m in samples:
     assert m["token_idx"] % 50 == 0 or m["fusion_data"]["agreement_score"] < 0.5, m
 PY
 
+# --fusion-reference R: reference mode follows model R (greedy, no penalty:
+# the same text as R alone), and R names a model
+for r in 0 1; do
+  alone=$("$BIN" -m "$M/$( [ $r = 0 ] && echo stories260K || echo llama2xs-salty-280K ).gguf" -p "Once upon a time" -n 40 \
+    -t 0 --repeat-penalty 1 --no-selfmod --quiet --no-memory) || fail "model $r alone"
+  ref=$(run --models "$PAIR" --fusion-mode reference --fusion-reference $r -n 40 -t 0 --repeat-penalty 1 --no-selfmod \
+    --no-memory) || fail "--fusion-reference $r"
+  [ "$alone" = "$ref" ] || fail "--fusion-reference $r does not follow model $r: '$ref' vs '$alone'"
+done
+"$BIN" --models "$PAIR" --fusion-reference 2 -p x --no-memory 2> "$tmp/err" && fail "--fusion-reference 2 accepted"
+grep -q "models are 0 to 1" "$tmp/err" || fail "--fusion-reference 2: $(cat "$tmp/err")"
+
 # weights 1,0 reproduce model 0 alone (greedy)
 a=$(run -m "$M/stories260K.gguf" -t 0 --no-memory) || fail "single run"
 b=$(run --models "$PAIR" --fusion-mode average --fusion-weights 1,0 -t 0 --no-memory) || fail "weighted run"

@@ -79,6 +79,9 @@ bool cli_fusion_apply(int c, const char *arg, cli_fusion_options *fo, sm_fusion_
     case OPT_FUSION_ALPHA: return parse_float(err, "--fusion-alpha", arg, 0.0f, 1.0f, "a number in [0, 1]", &fp->alpha);
     case OPT_FUSION_BETA: return parse_float(err, "--fusion-beta", arg, 0.0f, 100.0f, "a number in [0, 100]", &fp->beta);
     case OPT_FUSION_ALIGN: fo->align = true; return true;
+    case OPT_FUSION_REFERENCE:
+        return flag_int_in(err, "llama_selfmod", "--fusion-reference", arg, 0, SM_MAX_MODELS - 1, "a model index, 0 to 7",
+                           &fp->reference);
     }
     return false;
 }
@@ -97,6 +100,10 @@ bool cli_fusion_check(const cli_fusion_options *fo, const sm_fusion_params *fp, 
             fprintf(err, "llama_selfmod: error: --fusion-weights: not all weights may be 0\n");
             return false;
         }
+    }
+    if (fp->reference >= n) {
+        fprintf(err, "llama_selfmod: error: --fusion-reference %d: the models are 0 to %d\n", fp->reference, n - 1);
+        return false;
     }
     if (fp->mode == SM_FUSION_CONTRASTIVE && n < 2) {
         fprintf(err, "llama_selfmod: error: --fusion-mode contrastive needs --models EXPERT,AMATEUR\n");

@@ -24,6 +24,7 @@ enum {
     OPT_FUSION_ALPHA,
     OPT_FUSION_BETA,
     OPT_FUSION_ALIGN,
+    OPT_FUSION_REFERENCE,
 };
 
 #define CLI_FUSION_LONG_OPTIONS                                          \
@@ -33,7 +34,8 @@ enum {
     {"fusion-weights", required_argument, NULL, OPT_FUSION_WEIGHTS},     \
     {"fusion-alpha", required_argument, NULL, OPT_FUSION_ALPHA},         \
     {"fusion-beta", required_argument, NULL, OPT_FUSION_BETA},           \
-    {"fusion-align", no_argument, NULL, OPT_FUSION_ALIGN},
+    {"fusion-align", no_argument, NULL, OPT_FUSION_ALIGN},               \
+    {"fusion-reference", required_argument, NULL, OPT_FUSION_REFERENCE},
 
 #define CLI_FUSION_HELP                                                                              \
     "multi-model fusion (several models decode in parallel; one response):\n"                       \
@@ -45,6 +47,7 @@ enum {
     "      --fusion-alpha F          contrastive: keep tokens with p >= F * max p (default: 0.1)\n"  \
     "      --fusion-beta F           contrastive: amateur weight (default: 0.5)\n"                  \
     "      --fusion-align            models with different vocabularies: map tokens by text\n"      \
+    "      --fusion-reference N      the model reference mode follows and all compare with (0)\n"   \
     "\n"
 
 /* Applies one fusion flag to the fusion options and the generation params.

@@ -335,6 +335,16 @@ static bool parse_selfmod_key(const cJSON *o, const cJSON *v, gen_request *r, ap
     if (strcmp(k, "fusion_mode") == 0) return parse_fusion_mode(v, f, err);
     if (strcmp(k, "fusion_weights") == 0) return parse_fusion_weights(v, f, err);
     if (strcmp(k, "fusion_turn") == 0) return get_i32(o, k, param, 1, 1 << 20, &f->turn, err);
+    if (strcmp(k, "fusion_reference") == 0) return get_i32(o, k, param, 0, SM_MAX_MODELS - 1, &f->reference, err);
+    if (strcmp(k, "backtrack_every_only") == 0) return get_bool_field(o, k, param, &g->backtrack.every_n_only, err);
+    if (strcmp(k, "operator_top_k") == 0) return get_i32(o, k, param, 1, 1000, &g->backtrack.top_n_view, err);
+    if (strcmp(k, "operator_temperature") == 0) return get_float(o, k, param, 0, 100, &g->backtrack.input_temperature, err);
+    if (strcmp(k, "operator_input") == 0) {
+        if (cJSON_IsString(v) && strcmp(v->valuestring, "full") == 0) g->backtrack.input = SM_OPERATOR_INPUT_FULL;
+        else if (cJSON_IsString(v) && strcmp(v->valuestring, "original") == 0) g->backtrack.input = SM_OPERATOR_INPUT_ORIGINAL;
+        else return api_fail(err, 400, param, "'%s' must be \"full\" or \"original\"", param);
+        return true;
+    }
     if (strcmp(k, "fusion_alpha") == 0) return get_float(o, k, param, 0, 1, &f->alpha, err);
     if (strcmp(k, "fusion_beta") == 0) return get_float(o, k, param, 0, 100, &f->beta, err);
     if (strcmp(k, "fusion_abstain_below") == 0 || strcmp(k, "abstain_below") == 0)
@@ -368,6 +378,9 @@ static bool parse_selfmod(const cJSON *b, gen_request *r, int n_models, bool sel
                             v->string);
         if (!parse_selfmod_key(o, v, r, err)) return false;
     }
+    if (r->params.fusion.reference >= n_models && n_models > 1)
+        return api_fail(err, 400, "selfmod.fusion_reference", "'selfmod.fusion_reference' is %d, but the models are 0 to %d",
+                        r->params.fusion.reference, n_models - 1);
     if (r->params.policy.style == SM_POLICY_CALIBRATED) { /* no absolute thresholds, no bursts: refused, not ignored */
         static const char *const FIXED_ONLY[] = {"confidence_threshold", "critical_threshold", "sharpen_threshold",
                                                  "aggressive", "exploration_prob", "repetition_window",
