@@ -13,7 +13,10 @@ const state = {
   lastTree: null,
   insp: null,           // the generation on screen
   abort: null,
+  autoChain: 0,         // suggestions auto-accepted in a row
 };
+
+const MODEL_COLOURS = ['#3a6ff7', '#e07b00', '#2a9d5b', '#b44be1', '#d9534f', '#1aa3b8', '#8a6d3b', '#555'];
 
 /* ------------------------------------------------------------------ */
 /* HTTP                                                                 */
@@ -106,10 +109,46 @@ async function loadProps() {
     const modes = $('fusion_mode');
     modes.innerHTML = '';
     props.fusion_modes.forEach((m) => modes.append(el('option', { value: m }, m)));
+    // With several models: each can be switched off, and any can be the reference.
+    const members = props.n_models > 1 ? props.models.slice(1) : [];
+    const ref = $('fusion_reference');
+    const switches = $('model-switches');
+    ref.innerHTML = '';
+    switches.innerHTML = '';
+    members.forEach((name, m) => {
+      ref.append(el('option', { value: String(m) }, name));
+      const box = el('input', { type: 'checkbox', id: 'model_on_' + m, class: 'model-on', checked: 'checked' });
+      const swatch = el('span', { class: 'swatch' });
+      swatch.style.background = MODEL_COLOURS[m % MODEL_COLOURS.length];
+      switches.append(el('label', { title: 'off: its weight is 0' }, box, ' ', swatch, ' ' + name));
+    });
+    capInputs(props);
     updateFusionBox();
   } catch (e) {
     $('server-status').textContent = 'server: ' + e.message;
   }
+}
+
+/* Inputs hold only what the server allows: its beams, its context. */
+function capInputs(props) {
+  const cap = (id, max) => {
+    const input = $(id);
+    input.max = String(max);
+    if (Number(input.value) > max) input.value = String(max);
+  };
+  if (props.loom_max_beams) cap('beam_limit', props.loom_max_beams);
+  if (props.n_ctx) {
+    cap('max_depth', Math.min(512, props.n_ctx - 1));
+    cap('max_tokens', props.n_ctx - 1);
+  }
+}
+
+/* A number typed beyond an input's bounds is brought back inside them. */
+function clampNumber(input) {
+  const v = Number(input.value);
+  if (input.value === '' || !isFinite(v)) return;
+  if (input.max !== '' && v > Number(input.max)) input.value = input.max;
+  if (input.min !== '' && v < Number(input.min)) input.value = input.min;
 }
 
 function updateFusionBox() {
@@ -129,6 +168,7 @@ function showView(name) {
 
 function loomParams() {
   const num = (id) => Number($(id).value);
+  state.lastPrefix = $('story').value;
   return {
     model: $('model').value || undefined,
     prefix: $('story').value,
@@ -155,11 +195,19 @@ async function expand() {
     state.lastTree = tree;
     renderSuggestions(tree);
     renderTree(tree);
+    $('export_dot').disabled = $('export_png').disabled = !tree.nodes.length;
     const wall = performance.now() - t0;
+    const rate = tree.elapsed_ms > 0 ? tree.tokens_decoded / (tree.elapsed_ms / 1000) : 0;
     $('loom-status').textContent =
-      `${tree.suggestions.length} suggestions in ${fmt(tree.elapsed_ms, 1)} ms ` +
+      `${tree.suggestions.length} suggestions in ${fmt(tree.elapsed_ms, 1)} ms, ${fmt(rate, 0)} tokens/s ` +
       `(${tree.levels} levels, up to ${tree.max_live_beams} beams at once, ${tree.decode_calls} decode calls; ` +
       `${fmt(wall, 0)} ms with HTTP)`;
+    if (tree.suggestions.length === 1 && $('auto_accept').checked && state.autoChain < 20) {
+      state.autoChain++;
+      state.loomBusy = false;
+      return await accept(shownText(tree.suggestions[0]));
+    }
+    state.autoChain = 0;
     return tree;
   } catch (e) {
     $('loom-status').textContent = 'error: ' + e.message;
@@ -170,6 +218,10 @@ async function expand() {
     $('expand').disabled = false;
   }
 }
+
+/* A suggestion as shown: without its leading space (the LLooM's way;
+ * "prefix space" puts one back when it is accepted). */
+const shownText = (s) => (s.text.startsWith(' ') ? s.text.slice(1) : s.text);
 
 /* A suggestion's weight: its probability (log scores) or its score
  * (sums of probabilities). Bars are drawn relative to the best one. */
@@ -190,11 +242,18 @@ function renderSuggestions(tree) {
     const bar = el('div', { class: 'bar', title: `score ${fmt(s.score, 4)}` }, el('span'));
     bar.firstChild.style.width = (frac * 100).toFixed(1) + '%';
     const text = el('span', { class: 'sugg-text', contenteditable: 'true', spellcheck: 'false', title: 'edit, then Enter to accept' });
-    for (const t of s.tokens) {
-      const span = el('span', { title: `${JSON.stringify(t.piece)} p=${fmt(t.prob)}` }, t.piece);
+    // The tokens' pieces, the first without its leading space, the last cut
+    // where the suggestion's text ends (after its stop character).
+    let left = shownText(s).length;
+    s.tokens.forEach((t, k) => {
+      let piece = k === 0 && s.text.startsWith(' ') ? t.piece.replace(/^ /, '') : t.piece;
+      piece = piece.slice(0, Math.max(0, left));
+      left -= piece.length;
+      if (!piece) return;
+      const span = el('span', { title: `${JSON.stringify(t.piece)} p=${fmt(t.prob)}` }, piece);
       span.style.background = confidenceColor(t.prob);
       text.append(span);
-    }
+    });
     text.addEventListener('keydown', (ev) => {
       if (ev.key === 'Enter') {
         ev.preventDefault();
@@ -211,7 +270,7 @@ function renderSuggestions(tree) {
 
 function accept(text) {
   state.loomHistory.push($('story').value);
-  $('story').value += text;
+  $('story').value += ($('prefix_space').checked ? ' ' : '') + text;
   $('undo').disabled = false;
   return expand();
 }
@@ -230,7 +289,7 @@ async function autopilot() {
     let tree = state.lastTree && state.lastTree.suggestions.length ? state.lastTree : await expand();
     for (let i = 0; i < n && tree && tree.suggestions.length; i++) {
       $('loom-status').textContent = `autopilot ${i + 1}/${n}…`;
-      tree = await accept(tree.suggestions[0].text);
+      tree = await accept(shownText(tree.suggestions[0]));
     }
   } finally {
     $('autopilot').disabled = false;
@@ -289,13 +348,72 @@ function renderTree(tree) {
     t.textContent = showPercent ? `${label} ${Math.round(n.prob * 100)}%` : label;
     g.append(t);
     const title = svg('title');
-    title.textContent = `${JSON.stringify(n.piece)}  p=${fmt(n.prob)}  score=${fmt(n.score)}${n.end ? '  end: ' + n.end : ''}`;
+    title.textContent = `${JSON.stringify(n.piece)}  p=${fmt(n.prob)}  score=${fmt(n.score)}` +
+      (n.end === 'beam_limit' ? '  dropped: better beams took the places' : n.end ? '  end: ' + n.end : '');
     g.append(title);
     const sg = leafSuggestion.get(i);
-    if (leaf && sg) g.addEventListener('click', () => accept(sg.text));
+    if (n.end === 'beam_limit') g.classList.add('dropped');
+    if (leaf && sg) g.addEventListener('click', () => accept(shownText(sg)));
     s.append(g);
   });
   box.append(s);
+  // Show the prefix: on a narrow screen the first rows are far-right leaves.
+  box.scrollTop = Math.max(0, rootY - box.clientHeight / 2);
+}
+
+/* Saves text or a data URL as a file. */
+function download(name, href) {
+  const a = el('a', { href, download: name });
+  document.body.append(a);
+  a.click();
+  a.remove();
+}
+
+/* The tree in Graphviz's DOT: the prefix, each token with its probability,
+ * edges as thick as they are probable; dropped beams grey. */
+function treeDot(tree) {
+  const q = (s) => '"' + s.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n') + '"';
+  const lines = ['digraph lloom {', '  rankdir=LR;', '  node [shape=box, fontname="monospace"];',
+    `  prefix [label=${q(state.lastPrefix || 'prefix')}];`];
+  tree.nodes.forEach((n, i) => {
+    const colour = n.end === 'beam_limit' ? ', color=grey, fontcolor=grey' : n.end ? ', color=darkgreen' : '';
+    lines.push(`  n${i} [label=${q(n.piece + '\n' + Math.round(n.prob * 100) + '%')}${colour}];`);
+    lines.push(`  ${n.parent < 0 ? 'prefix' : 'n' + n.parent} -> n${i} [penwidth=${(0.5 + 3 * n.prob).toFixed(2)}];`);
+  });
+  lines.push('}');
+  return lines.join('\n') + '\n';
+}
+
+function exportDot() {
+  if (!state.lastTree) return;
+  download('lloom-tree.dot', 'data:text/vnd.graphviz;charset=utf-8,' + encodeURIComponent(treeDot(state.lastTree)));
+}
+
+/* The drawn tree as a PNG: its SVG with the page's tree styles inlined,
+ * painted on a white canvas. */
+function exportPng() {
+  const drawn = document.querySelector('#tree svg');
+  if (!drawn) return Promise.resolve();
+  const copy = drawn.cloneNode(true);
+  copy.setAttribute('xmlns', SVG_NS);
+  const style = document.createElementNS(SVG_NS, 'style');
+  style.textContent = 'text{font-family:monospace;font-size:11px}.node rect{fill:#eef2ff;stroke:#9db3f5}' +
+    '.node.leaf rect{fill:#e7f7ea;stroke:#86c795}.node.dropped rect{fill:#f0f0f0;stroke:#bbb}.edge{stroke:#b7bfd0;fill:none}';
+  copy.prepend(style);
+  const img = new Image();
+  const w = Number(drawn.getAttribute('width')), h = Number(drawn.getAttribute('height'));
+  return new Promise((resolve) => {
+    img.onload = () => {
+      const canvas = el('canvas', { width: String(w), height: String(h) });
+      const ctx = canvas.getContext('2d');
+      ctx.fillStyle = '#fff';
+      ctx.fillRect(0, 0, w, h);
+      ctx.drawImage(img, 0, 0);
+      download('lloom-tree.png', canvas.toDataURL('image/png'));
+      resolve();
+    };
+    img.src = 'data:image/svg+xml;charset=utf-8,' + encodeURIComponent(new XMLSerializer().serializeToString(copy));
+  });
 }
 
 /* ------------------------------------------------------------------ */
@@ -317,12 +435,19 @@ function inspectorRequest() {
   if (ops.length) selfmod.operators = ops;
   if (!$('fusion-box').classList.contains('hidden')) {
     selfmod.fusion_mode = $('fusion_mode').value;
-    const w = $('fusion_weights').value.split(',').map((x) => x.trim()).filter(Boolean).map(Number);
+    selfmod.fusion_reference = Number($('fusion_reference').value) || 0;
+    const switches = [...document.querySelectorAll('.model-on')];
+    let w = $('fusion_weights').value.split(',').map((x) => x.trim()).filter(Boolean).map(Number);
+    // A model switched off weighs 0 (VisuaLL's checkboxes).
+    if (switches.some((c) => !c.checked)) {
+      if (w.length !== switches.length) w = switches.map(() => 1);
+      w = w.map((x, m) => (switches[m].checked ? x : 0));
+    }
     if (w.length) selfmod.fusion_weights = w;
   }
+  const system = $('system').value.trim();
   const req = {
     model: $('model').value || undefined,
-    prompt: $('prompt').value,
     max_tokens: num('max_tokens'),
     temperature: num('temperature'),
     top_p: num('top_p'),
@@ -332,6 +457,14 @@ function inspectorRequest() {
   };
   if (num('seed') >= 0) req.seed = num('seed');
   if ($('stop_str').value) req.stop = $('stop_str').value;
+  // With a system prompt it is a chat, rendered through the model's template.
+  if (system) {
+    req.messages = [{ role: 'system', content: system }, { role: 'user', content: $('prompt').value }];
+    req.top_logprobs = req.logprobs;
+    req.logprobs = req.logprobs > 0;
+  } else {
+    req.prompt = $('prompt').value;
+  }
   return req;
 }
 
@@ -355,6 +488,15 @@ function applyEvent(insp, ev) {
   }
 }
 
+/* A token's background: its confidence, or the model that led it. */
+function tokenColour(ev) {
+  if ($('color_by').value === 'model' && ev.fusion) {
+    const m = ev.fusion.leading_model;
+    return m >= 0 ? MODEL_COLOURS[m % MODEL_COLOURS.length] + '40' : '#eeeeee';
+  }
+  return confidenceColor(ev.p_chosen);
+}
+
 function renderOutput(insp) {
   const out = $('output');
   out.innerHTML = '';
@@ -374,7 +516,7 @@ function renderOutput(insp) {
       class: 'tok' + (item.removed ? ' removed' : '') + (disagree ? ' disagree' : ''),
       title: `p=${fmt(ev.p_chosen)} top1=${fmt(ev.p_top1)} H=${fmt(ev.entropy, 2)}`,
     }, ev.piece);
-    if (!item.removed) span.style.background = confidenceColor(ev.p_chosen);
+    if (!item.removed) span.style.background = tokenColour(ev);
     span.addEventListener('click', () => {
       document.querySelectorAll('.tok.selected').forEach((t) => t.classList.remove('selected'));
       span.classList.add('selected');
@@ -422,7 +564,7 @@ function renderChart(insp) {
   const box = $('chart');
   box.innerHTML = '';
   const kept = insp.live;
-  const W = Math.max(360, box.clientWidth || 600), H = 170, L = 30, R = 8, T = 8, B = 20;
+  const W = Math.max(240, box.clientWidth || 600), H = 170, L = 30, R = 8, T = 8, B = 8;
   const s = svg('svg', { width: W, height: H, viewBox: `0 0 ${W} ${H}` });
   const n = Math.max(kept.length, 2);
   const x = (i) => L + (i / (n - 1)) * (W - L - R);
@@ -436,9 +578,20 @@ function renderChart(insp) {
     const xi = x(Math.min(m.ev.token_index, n - 1));
     s.append(svg('line', { x1: xi, x2: xi, y1: T, y2: H - B, stroke: m.ev.type === 'backtrack' ? '#c77700' : '#d9534f', 'stroke-dasharray': '3,2' }));
   }
+  const path = (values, attrs) => {
+    const d = values.map((v, i) => `${i ? 'L' : 'M'}${x(i).toFixed(1)},${y(v).toFixed(1)}`).join(' ');
+    s.append(svg('path', Object.assign({ d, fill: 'none' }, attrs)));
+  };
   if (kept.length) {
-    const line = kept.map((it, i) => `${i ? 'L' : 'M'}${x(i).toFixed(1)},${y(it.ev.p_top1).toFixed(1)}`).join(' ');
-    s.append(svg('path', { d: line, fill: 'none', stroke: '#3a6ff7', 'stroke-width': 1.5 }));
+    // Cumulative probability of the alternatives shown (VisuaLL's top-N line).
+    if (kept[0].ev.top) path(kept.map((it) => Math.min(1, (it.ev.top || []).reduce((a, t) => a + t.prob, 0))),
+      { class: 'cumulative', stroke: '#9aa3b5', 'stroke-width': 1.2, 'stroke-dasharray': '4,2' });
+    // Each model's own top-1 probability, with several models.
+    const nm = kept[0].ev.fusion ? kept[0].ev.fusion.p_top1.length : 0;
+    for (let m = 0; m < nm; m++)
+      path(kept.map((it) => (it.ev.fusion ? it.ev.fusion.p_top1[m] : 0)),
+        { class: 'model-line', stroke: MODEL_COLOURS[m % MODEL_COLOURS.length], 'stroke-width': 1, opacity: 0.7 });
+    path(kept.map((it) => it.ev.p_top1), { class: 'top1', stroke: '#3a6ff7', 'stroke-width': 1.5 });
     kept.forEach((it, i) => {
       const c = svg('circle', { cx: x(i), cy: y(it.ev.p_chosen), r: 2.2, fill: it.ev.fusion && it.ev.fusion.reference_differs ? '#b44be1' : '#e07b00' });
       const title = svg('title');
@@ -447,8 +600,9 @@ function renderChart(insp) {
       s.append(c);
     });
   }
-  s.append(Object.assign(svg('text', { x: L, y: H - 5 }), { textContent: 'line: top-1 probability · dots: chosen token · dashes: retraction / backtrack' }));
   box.append(s);
+  box.append(el('div', { class: 'muted chart-caption' },
+    'blue: top-1 · grey dashes: cumulative top-N · thin: each model\'s top-1 · dots: chosen · red/orange dashes: removals'));
 }
 
 function renderSummary(insp, error) {
@@ -467,11 +621,24 @@ function renderSummary(insp, error) {
   item('sampled', sm.tokens_sampled);
   item('retractions', sm.retractions);
   item('backtracks', sm.backtracks);
-  item('removed', sm.tokens_removed);
+  // What each count counts: struck-through tokens were shown and then
+  // removed; the total also holds candidates removed before they were shown.
+  item('struck through', insp.items.filter((it) => it.kind === 'token' && it.removed).length);
+  item('removed in all (shown or not)', sm.tokens_removed);
   item('avg confidence', fmt(sm.avg_confidence));
   item('final T', fmt(sm.final_temperature, 2));
   item('seed', sm.seed);
   if (insp.timings) item('tokens/s', fmt(insp.timings.predicted_per_second, 0));
+  // VisuaLL's determinism (mean top-1 probability) and creativity (1 - it).
+  const models = (insp.models && insp.models.length) ? insp.models : ['model'];
+  const fused = insp.live.filter((it) => it.ev.fusion);
+  models.forEach((name, m) => {
+    const values = fused.length ? fused.map((it) => it.ev.fusion.p_top1[m]) : insp.live.map((it) => it.ev.p_top1);
+    if (!values.length) return;
+    const det = values.reduce((a, v) => a + v, 0) / values.length;
+    box.append(el('span', { class: 'model-stat' }, name + ': determinism ', el('b', {}, fmt(det, 2)),
+      ', creativity ', el('b', {}, fmt(1 - det, 2))));
+  });
   if (sm.n_models > 1) {
     item('fusion', sm.fusion_mode);
     const agree = insp.live.filter((it) => it.ev.fusion);
@@ -481,6 +648,20 @@ function renderSummary(insp, error) {
   }
 }
 
+/* The colour of each model, for the text coloured by model and the chart. */
+function renderModelLegend(models) {
+  const legend = $('legend-models');
+  legend.innerHTML = '';
+  models.forEach((name, m) => {
+    const swatch = el('span', { class: 'swatch' });
+    swatch.style.background = MODEL_COLOURS[m % MODEL_COLOURS.length];
+    legend.append(el('span', {}, swatch, ' ' + name));
+  });
+  const byModel = $('color_by').value === 'model' && models.length > 0;
+  legend.classList.toggle('hidden', !byModel);
+  $('legend-confidence').classList.toggle('hidden', byModel);
+}
+
 async function generate() {
   const insp = newInspection();
   state.insp = insp;
@@ -488,6 +669,7 @@ async function generate() {
   if (state.props && state.props.n_models > 1 && req.model === state.props.default_model) {
     insp.models = state.props.models.slice(1);
   }
+  renderModelLegend(insp.models || []);
   state.abort = new AbortController();
   $('generate').disabled = true;
   $('stop').disabled = false;
@@ -501,9 +683,10 @@ async function generate() {
     requestAnimationFrame(() => { pending = false; renderOutput(insp); renderChart(insp); });
   };
   try {
-    await streamPost('/v1/completions', req, (chunk) => {
+    await streamPost(req.messages ? '/v1/chat/completions' : '/v1/completions', req, (chunk) => {
       const choice = chunk.choices && chunk.choices[0];
       if (choice && choice.text) insp.finalText += choice.text;
+      if (choice && choice.delta && choice.delta.content) insp.finalText += choice.delta.content;
       if (chunk.selfmod && chunk.selfmod.events) chunk.selfmod.events.forEach((ev) => applyEvent(insp, ev));
       if (chunk.selfmod && chunk.selfmod.stop_reason) insp.summary = chunk.selfmod;
       if (chunk.timings) insp.timings = chunk.timings;
@@ -549,6 +732,20 @@ function init() {
     }
   });
   $('generate').addEventListener('click', generate);
+  $('export_dot').addEventListener('click', exportDot);
+  $('export_png').addEventListener('click', exportPng);
+  $('story_preset').addEventListener('change', () => {
+    if (!$('story_preset').value) return;
+    $('story').value = $('story_preset').value;
+    $('story_preset').value = '';
+    state.loomHistory = [];
+    $('undo').disabled = true;
+  });
+  $('color_by').addEventListener('change', () => {
+    renderModelLegend((state.insp && state.insp.models) || []);
+    if (state.insp) renderOutput(state.insp);
+  });
+  document.querySelectorAll('input[type=number]').forEach((i) => i.addEventListener('change', () => clampNumber(i)));
   $('stop').addEventListener('click', () => state.abort && state.abort.abort());
   loadProps();
 }

@@ -48,7 +48,7 @@ test('the LLooM and the Inspector work in a browser', { timeout: 120000 }, async
     const before = await page.inputValue('#story');
     await page.click('#suggestions .suggestion .accept');
     await page.waitForFunction((b) => document.querySelector('#story').value !== b, before);
-    assert.equal(await page.inputValue('#story'), before + first);
+    assert.equal(await page.inputValue('#story'), before + ' ' + first); // "prefix space"
     await page.waitForSelector('#expand:not([disabled])');
     await page.waitForSelector('#suggestions .suggestion');
     await page.screenshot({ path: path.join(SHOTS, 'server-screenshot-loom.png'), fullPage: true });
