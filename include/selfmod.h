@@ -365,6 +365,10 @@ typedef struct sm_fusion_info {
     float unmapped_mass[SM_MAX_MODELS]; /* --fusion-align: mass that found no token */
     bool reference_differs;         /* some model's top-1 differs from the reference's */
     float p_fused;                  /* the chosen token's fused probability   */
+    /* Each model's three most probable tokens and their probabilities,
+     * descending (VisuaLL's per-model table; top1/p_top1 are the first). */
+    sm_token top3[SM_MAX_MODELS][3];
+    float p_top3[SM_MAX_MODELS][3];
     int32_t n_participating;        /* models the mode let take part (harmony
                                      * and adaptive leave unsure ones out)    */
 } sm_fusion_info;

@@ -184,6 +184,17 @@ static void add_fusion(cJSON *json, const sm_fusion_info *f) {
     cJSON_AddItemToObject(fusion, "p_top1", float_array(f->p_top1, n));
     cJSON *top1 = cJSON_AddArrayToObject(fusion, "top1");
     for (int32_t i = 0; top1 && i < n; i++) cJSON_AddItemToArray(top1, cJSON_CreateNumber(f->top1[i]));
+    cJSON *top3 = cJSON_AddArrayToObject(fusion, "top3"); /* per model: [{token, prob}] x 3 */
+    for (int32_t i = 0; top3 && i < n; i++) {
+        cJSON *list = cJSON_CreateArray();
+        for (int k = 0; list && k < 3 && f->top3[i][k] >= 0; k++) {
+            cJSON *c = cJSON_CreateObject();
+            cJSON_AddNumberToObject(c, "token", f->top3[i][k]);
+            sm_json_add_float(c, "prob", f->p_top3[i][k]);
+            cJSON_AddItemToArray(list, c);
+        }
+        cJSON_AddItemToArray(top3, list);
+    }
     cJSON_AddBoolToObject(fusion, "reference_differs", f->reference_differs);
 }
 

@@ -212,6 +212,10 @@ void sm_fusion_agreement(const sm_model_dist *d, int32_t n_models, int32_t n_voc
     for (int32_t m = 0; m < n_models; m++) {
         info->top1[m] = d[m].top[0];
         info->p_top1[m] = d[m].max_p;
+        for (int k = 0; k < 3; k++) {
+            info->top3[m][k] = d[m].top[k];
+            info->p_top3[m][k] = d[m].top[k] >= 0 ? prob(&d[m], d[m].top[k]) : 0.0f;
+        }
         info->p_chosen[m] = chosen >= 0 ? prob(&d[m], chosen) : 0.0f;
         if (d[m].top[0] == chosen) {
             agree1++;

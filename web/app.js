@@ -547,12 +547,20 @@ function showToken(item) {
     const models = (state.insp && state.insp.models) || [];
     box.append(el('div', {}, `agreement: top-1 ${fmt(f.top1_agreement, 2)}, top-3 ${fmt(f.top3_agreement, 2)}, JS divergence ${fmt(f.js_divergence, 3)} bits` +
       (f.reference_differs ? ' — reference disagrees' : '')));
-    const ft = el('table');
-    ft.append(el('tr', {}, el('td', {}, 'model'), el('td', {}, 'p(chosen)'), el('td', {}, 'its top-1')));
+    // VisuaLL's per-model table: each model's own top 3, the chosen token bold.
+    const ft = el('table', { class: 'model-top' });
+    ft.append(el('tr', {}, el('td', {}, 'model'), el('td', {}, 'p(chosen)'), el('td', {}, 'its top 3')));
     for (let m = 0; m < f.p_chosen.length; m++) {
-      const top1 = f.top1_piece ? JSON.stringify(f.top1_piece[m]) : f.top1[m];
-      ft.append(el('tr', {}, el('td', {}, models[m] || `model ${m}`), el('td', {}, fmt(f.p_chosen[m])),
-        el('td', {}, `${top1} (${fmt(f.p_top1[m])})`)));
+      const cells = el('td', {});
+      (f.top3 ? f.top3[m] : [{ token: f.top1[m], piece: f.top1_piece ? f.top1_piece[m] : String(f.top1[m]), prob: f.p_top1[m] }])
+        .forEach((t, k) => {
+          const entry = el(t.token === ev.token ? 'b' : 'span', { class: t.token === ev.token ? 'chosen-alt' : '' },
+            `${JSON.stringify(t.piece)} ${fmt(t.prob)}`);
+          cells.append(k ? ' · ' : '', entry);
+        });
+      const swatch = el('span', { class: 'swatch' });
+      swatch.style.background = MODEL_COLOURS[m % MODEL_COLOURS.length];
+      ft.append(el('tr', {}, el('td', {}, swatch, ' ' + (models[m] || `model ${m}`)), el('td', {}, fmt(f.p_chosen[m])), cells));
     }
     box.append(ft);
   }

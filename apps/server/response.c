@@ -159,6 +159,8 @@ static void add_fusion(const job *j, cJSON *o, const sm_fusion_info *f) {
         const char *piece = piece_of(j->vocab, f->top1[m], &len);
         cJSON_AddItemToArray(pieces, json_text(piece, len));
     }
+    const cJSON *list;
+    cJSON_ArrayForEach(list, cJSON_GetObjectItemCaseSensitive(fusion, "top3")) add_pieces(j, (cJSON *)list, "token", "piece");
 }
 
 cJSON *response_event(const job *j, const sm_event *e) {

@@ -172,7 +172,10 @@ test('VisuaLL in the Inspector: model lines, switches, reference, colours, count
     const colours = await page.$$eval('#output .tok:not(.removed)', (spans) => spans.map((s) => s.style.background));
     const rgb = (hex) => `rgba(${parseInt(hex.slice(1, 3), 16)}, ${parseInt(hex.slice(3, 5), 16)}, ${parseInt(hex.slice(5, 7), 16)}`;
     assert.ok(colours.some((c) => c.startsWith(rgb(MODEL_COLOURS[0]))), `model colours: ${colours.slice(0, 4)}`);
+    // Each model's own top 3 at a chosen token, the chosen token marked.
     await page.click('#output .tok >> nth=2');
+    assert.equal(await page.locator('#token-details table.model-top tr').count(), 3);
+    assert.ok(await page.locator('#token-details table.model-top b.chosen-alt').count() >= 1);
     await page.screenshot({ path: path.join(SHOTS, 'page-inspector-desktop.png'), fullPage: true });
   });
 });
