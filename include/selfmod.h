@@ -127,6 +127,12 @@ typedef struct sm_tokens {
 sm_status sm_tokenize(const sm_model *model, const char *text, size_t len, bool add_special,
                       bool parse_special, sm_tokens *out, sm_error *err);
 void sm_tokens_free(sm_tokens *tokens);
+/* Text that continues other text (an assistant prefill): no BOS, no
+ * special tokens, and where the tokenizer puts a space in front of text
+ * (SentencePiece), a leading space of the text is that space, so that the
+ * pieces spell the text exactly. */
+sm_status sm_tokenize_continuation(const sm_model *model, const char *text, size_t len, sm_tokens *out,
+                                   sm_error *err);
 /* Characters mapped to the unknown token by every tokenization so far;
  * first (may be NULL) gets the first of them, NUL-terminated. */
 int64_t sm_model_n_unknown_chars(const sm_model *model, char first[8]);
@@ -778,6 +784,11 @@ typedef struct sm_gen_params {
     const char *const *stop_strings;
     int32_t n_stop_strings;
     int32_t n_probs;                /* TOKEN events carry the top n (0; <= 1000) */
+    /* The first generated tokens, as given (an assistant prefill, forced
+     * words): nothing samples them, they are reported and counted as
+     * generated tokens, and the stages see them like any other. Not owned. */
+    const sm_token *forced_tokens;
+    int32_t n_forced_tokens;
     sm_sampling_params sampling;
     sm_policy_params policy;
     sm_backtrack_params backtrack;

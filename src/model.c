@@ -304,6 +304,26 @@ sm_status sm_tokenize(const sm_model *model, const char *text, size_t len, bool 
     return SM_OK;
 }
 
+/* Whether tokenizing puts a space in front of the text (SentencePiece's
+ * dummy prefix): the first piece of "a" is then " a". */
+static bool adds_space_prefix(const sm_model *model) {
+    sm_tokens t;
+    sm_error err;
+    if (sm_tokenize(model, "a", 1, false, false, &t, &err) != SM_OK || t.n == 0) return false;
+    char piece[16];
+    int32_t n = sm_token_piece(model->vocab, t.data[0], piece, (int32_t)sizeof piece - 1);
+    sm_tokens_free(&t);
+    return n > 0 && piece[0] == ' ';
+}
+
+sm_status sm_tokenize_continuation(const sm_model *model, const char *text, size_t len, sm_tokens *out, sm_error *err) {
+    if (text && len > 0 && text[0] == ' ' && adds_space_prefix(model)) { /* the tokenizer puts that space back */
+        text++;
+        len--;
+    }
+    return sm_tokenize(model, text, len, false, false, out, err);
+}
+
 void sm_tokens_free(sm_tokens *t) {
     if (!t) return;
     free(t->data);

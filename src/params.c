@@ -261,6 +261,10 @@ static sm_status validate_gen_params(const sm_gen_params *p, char *msg, size_t m
     CHECK(isfinite(bt->input_temperature) && bt->input_temperature >= 0.0f,
           "operator input temperature must be >= 0 (got %g; 0 = the token's own)", bt->input_temperature);
     CHECK(p->n_probs >= 0 && p->n_probs <= 1000, "n_probs must be in [0, 1000] (got %d)", p->n_probs);
+    CHECK(p->n_forced_tokens >= 0 && (p->n_forced_tokens == 0 || p->forced_tokens),
+          "forced tokens: count %d without an array", p->n_forced_tokens);
+    for (int32_t i = 0; i < p->n_forced_tokens; i++)
+        CHECK(p->forced_tokens[i] >= 0, "forced token %d is %d: token ids are >= 0", i, p->forced_tokens[i]);
     return sm_intervention_params_validate(p, msg, msg_size);
 }
 

@@ -1430,6 +1430,10 @@ static sm_status generate_impl(sm_session *s, const char *prompt, const sm_gen_p
         if (gp->sampling.logit_bias[i].token >= s->n_vocab)
             return sm_session_fail(s, SM_ERR_INVALID_ARGUMENT, "logit_bias[%d]: token %d is outside the vocabulary (%d)", i,
                                    gp->sampling.logit_bias[i].token, s->n_vocab);
+    for (int32_t i = 0; i < gp->n_forced_tokens; i++)
+        if (gp->forced_tokens[i] >= s->n_vocab)
+            return sm_session_fail(s, SM_ERR_INVALID_ARGUMENT, "forced token %d is %d, outside the vocabulary (%d)", i,
+                                   gp->forced_tokens[i], s->n_vocab);
 
     if (grow_ring(s, ring_needed(s, gp)) != 0) return sm_session_fail(s, SM_ERR_NO_MEMORY, "out of memory for the distributions a rewind needs");
     double t0 = sm_now_ms();

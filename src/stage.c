@@ -77,6 +77,21 @@ sm_status sm_loop_inject(sm_loop *loop, const char *text, size_t len) {
 /* The stage list of one generation                                    */
 /* ------------------------------------------------------------------ */
 
+/* ------------------------------------------------------------------ */
+/* Forced tokens: the first ones of a generation, as given             */
+/* ------------------------------------------------------------------ */
+
+static void forced_before_sample(void *state, sm_loop *g, sm_knobs *knobs) {
+    const sm_gen_params *gp = state;
+    int32_t i = sm_loop_generated(g);
+    if (i < gp->n_forced_tokens) knobs->forced = gp->forced_tokens[i];
+}
+
+static const sm_stage_vtable forced_vt = {.name = "forced", .before_sample = forced_before_sample};
+static const stage_ext forced_ext = {0};
+
+static sm_stage *forced_stage_new(generation *g) { return sm_stage_builtin(&forced_vt, &forced_ext, (void *)g->gp); }
+
 static sm_status add_stage(generation *g, sm_stage *st) {
     if (!st) return sm_session_fail(g->s, SM_ERR_NO_MEMORY, "out of memory for the generation's stages");
     g->stages[g->n_stages++] = st;
@@ -93,11 +108,12 @@ static sm_status add_stage(generation *g, sm_stage *st) {
  */
 sm_status sm_stages_open(generation *g) {
     const sm_gen_params *gp = g->gp;
-    g->stages = calloc((size_t)(8 + gp->n_stages), sizeof *g->stages);
+    g->stages = calloc((size_t)(9 + gp->n_stages), sizeof *g->stages);
     if (!g->stages) return sm_session_fail(g->s, SM_ERR_NO_MEMORY, "out of memory for the generation's stages");
     sm_status st = SM_OK;
     void *lookahead = NULL;
-    if (gp->interventions.lookahead.k > 0) st = add_stage(g, sm_lookahead_stage_new(g, &lookahead));
+    if (gp->n_forced_tokens > 0) st = add_stage(g, forced_stage_new(g)); /* first: nothing overrides it */
+    if (st == SM_OK && gp->interventions.lookahead.k > 0) st = add_stage(g, sm_lookahead_stage_new(g, &lookahead));
     if (st == SM_OK && gp->interventions.inject_every > 0 && gp->interventions.inject_text && *gp->interventions.inject_text)
         st = add_stage(g, sm_injection_stage_new(g, lookahead));
     if (st == SM_OK && gp->policy.entropy_mode != 0) st = add_stage(g, sm_entropy_stage_new(g));

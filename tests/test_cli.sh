@@ -212,7 +212,11 @@ done
 # --wrap-prompt changes what the model sees, and only that
 "$SM_BIN" -m "$STORIES" -p "hi" -n 1 --wrap-prompt --json-stream --no-memory "${COMMON[@]}" > wrapped.out
 grep -q '"prompt":"User: hi\\nAssistant:"' wrapped.out || fail "--wrap-prompt: $(head -c 300 wrapped.out)"
-for bad in "--wrap-prompt" "--json-stream=xml -p hi" "--memory-format xml -p hi"; do
+# --prefill: the answer begins with the text, spelled exactly, and goes on
+out=$("$SM_BIN" -m "$STORIES" -p "Once upon a time" --prefill " there was a purple dragon" -n 40 -t 0 --no-memory \
+  "${COMMON[@]}") || fail "--prefill run failed"
+[[ "$out" == " there was a purple dragon"?* ]] || fail "--prefill: '$out'"
+for bad in "--wrap-prompt" "--json-stream=xml -p hi" "--memory-format xml -p hi" "--prefill= -p hi"; do
   # shellcheck disable=SC2086
   "$SM_BIN" -m "$STORIES" $bad --no-memory > /dev/null 2> bad.err
   [ $? = 2 ] && [ "$(wc -l < bad.err)" = 1 ] || fail "'$bad': not a one-line usage error: $(cat bad.err)"

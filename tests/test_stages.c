@@ -281,9 +281,52 @@ static void test_bad_stages(void **state) {
     sm_result_free(&r);
 }
 
+/* Forced tokens (an assistant prefill): the generation begins with them,
+ * as given even where the model would not choose them, they are reported
+ * as tokens, and the model goes on after them; ids outside the vocabulary
+ * or below 0 are refused. sm_tokenize_continuation spells the text. */
+static bool count_tokens(const sm_event *e, void *user_data) {
+    if (e->type == SM_EVENT_TOKEN) (*(int *)user_data)++;
+    return true;
+}
+
+static void test_forced_tokens_begin_the_generation(void **state) {
+    fixture *f = *state;
+    sm_tokens forced;
+    sm_error err = {0};
+    assert_int_equal(sm_tokenize_continuation(f->model, " a purple dragon", 16, &forced, &err), SM_OK);
+    sm_gen_params gp = tu_greedy_params(forced.n + 6);
+    gp.forced_tokens = forced.data;
+    gp.n_forced_tokens = forced.n;
+    int n_events = 0;
+    gp.on_event = count_tokens;
+    gp.user_data = &n_events;
+    sm_result res;
+    generate(f, "Once upon a time, there was", &gp, &res);
+    assert_true(res.n_tokens > forced.n);
+    assert_memory_equal(res.tokens, forced.data, sizeof(sm_token) * (size_t)forced.n);
+    assert_int_equal(strncmp(res.text, " a purple dragon", 16), 0);
+    assert_int_equal(n_events, res.n_tokens);
+    sm_result_free(&res);
+
+    int32_t n_vocab = sm_model_n_vocab(f->model);
+    sm_token bad = n_vocab;
+    gp = tu_greedy_params(4);
+    gp.forced_tokens = &bad;
+    gp.n_forced_tokens = 1;
+    assert_int_equal(sm_session_generate(f->session, "x", &gp, &res), SM_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(sm_session_last_error(f->session), "outside the vocabulary"));
+    sm_result_free(&res);
+    bad = -3;
+    assert_int_equal(sm_session_generate(f->session, "x", &gp, &res), SM_ERR_INVALID_ARGUMENT);
+    sm_result_free(&res);
+    sm_tokens_free(&forced);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_snapshot_follows_every_rewind),
+        cmocka_unit_test(test_forced_tokens_begin_the_generation),
         cmocka_unit_test(test_judge_removes_tokens),
         cmocka_unit_test(test_check_takes_tokens_back),
         cmocka_unit_test(test_stage_injects_and_stops),

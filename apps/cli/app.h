@@ -27,6 +27,7 @@ typedef struct cli_app {
     bool prompt_fed;              /* --prompt-cache fed the prompt already    */
     const char *prompt_text;      /* -p as fed (--wrap-prompt wraps it)       */
     json_original json_original;  /* --json-stream=original's running state   */
+    sm_tokens prefill;            /* --prefill's tokens (gen.forced_tokens)   */
     int64_t n_unknown_reported;   /* characters outside the vocabulary, said  */
 } cli_app;
 

@@ -60,6 +60,7 @@ enum {
     OPT_OPERATOR_TEMPERATURE,
     OPT_BACKTRACK_EVERY_ONLY,
     OPT_WRAP_PROMPT,
+    OPT_PREFILL,
 };
 
 static const struct option long_options[] = {
@@ -113,6 +114,7 @@ static const struct option long_options[] = {
     {"json-stream", optional_argument, NULL, OPT_JSON_STREAM},
     {"memory-format", required_argument, NULL, OPT_MEMORY_FORMAT},
     {"wrap-prompt", no_argument, NULL, OPT_WRAP_PROMPT},
+    {"prefill", required_argument, NULL, OPT_PREFILL},
     CLI_INTRO_LONG_OPTIONS
     CLI_FUSION_LONG_OPTIONS
     {"help", no_argument, NULL, 'h'},
@@ -219,6 +221,8 @@ void cli_print_help(FILE *out) {
         "                                init/token/modification/complete, which its GUI reads\n"
         "                                (default FORMAT: $LLAMA_SELFMOD_JSON_STREAM, else native)\n"
         "      --wrap-prompt             send -p as \"User: PROMPT\\nAssistant:\", as the original did\n"
+        "      --prefill TEXT            the answer begins with TEXT (its tokens are forced, then the\n"
+        "                                model goes on; every chat turn too)\n"
         "      --quiet                   no event lines or summary\n"
         "      --verbose                 llama.cpp's own log lines too (default: hidden)\n"
         "      --verbose-events          event lines with descriptions, and the settings used\n"
@@ -449,6 +453,10 @@ static bool apply_option(int c, const char *arg, cli_options *opt, FILE *err) {
             return report(err, "--memory-format", arg, "native or original");
         return true;
     case OPT_WRAP_PROMPT: opt->wrap_prompt = true; return true;
+    case OPT_PREFILL:
+        if (!*arg) return report(err, "--prefill", arg, "some text (the answer's first words)");
+        opt->prefill = arg;
+        return true;
     }
     return false;
 }

@@ -43,6 +43,7 @@ typedef struct cli_options {
     bool json_original;          /* --json-stream=original                 */
     sm_memlog_format memory_format;
     bool wrap_prompt;            /* -p goes in as "User: ...\nAssistant:" */
+    const char *prefill;         /* --prefill: the answer's first words    */
 
     cli_intro_options intro;     /* introspection and intervention flags   */
     cli_fusion_options fusion;   /* --models and the --fusion-* flags      */

@@ -142,11 +142,27 @@ static void app_free(cli_app *app) {
     for (int32_t m = 0; m < app->n_models; m++) sm_model_free(app->models[m]);
     sm_memlog_close(app->memlog);
     json_original_free(&app->json_original);
+    sm_tokens_free(&app->prefill);
     cli_intro_free(app);
     for (int32_t i = 0; i < app->n_operators; i++) sm_operator_free(app->operators[i]);
 }
 
 static int run_app(cli_app *app);
+
+/* --prefill: the answer's first tokens, as the model spells the text
+ * where it continues other text. */
+static bool tokenize_prefill(cli_app *app) {
+    const char *text = app->opt->prefill;
+    if (!text) return true;
+    sm_error err = {0};
+    if (sm_tokenize_continuation(app->model, text, strlen(text), &app->prefill, &err) != SM_OK || app->prefill.n == 0) {
+        cli_error("--prefill: cannot tokenize '%s': %s", text, app->prefill.n == 0 && !*err.message ? "no tokens" : err.message);
+        return false;
+    }
+    app->gen.forced_tokens = app->prefill.data;
+    app->gen.n_forced_tokens = app->prefill.n;
+    return true;
+}
 
 /* Everything that can be refused is checked before the model loads. */
 static int setup_and_run(cli_app *app) {
@@ -175,6 +191,7 @@ static int run_app(cli_app *app) {
     if (!cli_intro_before_load(app)) return EXIT_FAILURE;
     sm_set_llama_logging(opt->verbose);
     if (!load_model(app)) return EXIT_FAILURE;
+    if (!tokenize_prefill(app)) return EXIT_FAILURE;
     if (!cli_intro_after_load(app)) return EXIT_FAILURE;
 
     app->stream_to_terminal = !opt->json_stream && isatty(STDOUT_FILENO);
