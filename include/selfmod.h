@@ -509,6 +509,7 @@ typedef enum sm_mod_type {
     SM_MOD_SAFETY,          /* a safety rule removed a decoded token          */
     SM_MOD_TOOL,            /* a tool's text was injected (event.piece)       */
     SM_MOD_INJECT,          /* a chunk of inject_text was injected (piece)    */
+    SM_MOD_STEER,           /* a steer rule changed its vector's strength     */
 } sm_mod_type;
 
 const char *sm_mod_type_name(sm_mod_type type);
@@ -755,6 +756,41 @@ typedef struct sm_backtrack_params {
 } sm_backtrack_params;
 
 /* Introspection and intervention (docs/INTROSPECTION.md). */
+/*
+ * A control vector whose strength follows a rule, token by token (the
+ * manual generation loop's #3, a vector that changes mid-generation, and
+ * #7, decoding conditioned on a target activation, closed loop). Before
+ * each token is sampled the rule reads a signal and sets the strength s;
+ * layers il_start..il_end then get s * vector added for the next decode.
+ *   switch (gain == 0): s = on while signal > threshold (below: < it),
+ *                       else off;
+ *   closed loop (gain != 0): s += gain * (target - signal), clamped to
+ *                       [min_strength, max_strength], starting at off.
+ * A change is a MODIFICATION event (SM_MOD_STEER). The strength is part of
+ * the rewind state: a rewind puts it (and the context's vector) back. The
+ * session's control vector is replaced while the rule runs and removed at
+ * the end of the generation. One session, not a batch.
+ */
+typedef enum sm_steer_signal {
+    SM_STEER_SIGNAL_ENTROPY = 0,    /* nats, of the distribution to sample   */
+    SM_STEER_SIGNAL_CONFIDENCE,     /* p of the last kept token               */
+    SM_STEER_SIGNAL_LAYER_NORM,     /* L2 norm of an observed layer's output
+                                       at the last decoded token             */
+} sm_steer_signal;
+
+typedef struct sm_steer_rule {
+    const float *vector;            /* llama.cpp's layout; NULL = off. Not owned */
+    int32_t len, n_embd;            /* floats; per layer                     */
+    int32_t il_start, il_end;       /* -1 -1: every layer it holds           */
+    sm_steer_signal signal;
+    int32_t layer;                  /* LAYER_NORM: the (observed) model layer */
+    float threshold;
+    bool below;
+    float on, off;                  /* switch strengths (1, 0)               */
+    float target, gain;             /* closed loop when gain != 0            */
+    float min_strength, max_strength;
+} sm_steer_rule;
+
 typedef struct sm_intervention_params {
     const sm_safety_rule *safety_rules; /* not owned; layers must be observed */
     int32_t n_safety_rules;
@@ -771,6 +807,7 @@ typedef struct sm_intervention_params {
      * tokens. NULL or 0 = off. */
     const char *inject_text;
     int32_t inject_every;
+    sm_steer_rule steer_rule;       /* vector NULL: off                      */
 } sm_intervention_params;
 
 typedef struct sm_gen_params {

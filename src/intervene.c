@@ -541,6 +541,16 @@ sm_stage *sm_tools_stage_new(generation *g) {
 
 /* What needs the session: lookahead room, observed layers for the rules. */
 bool sm_intervention_fits(const sm_session *s, const sm_gen_params *gp, char *msg, size_t size) {
+    const sm_steer_rule *sr = &gp->interventions.steer_rule;
+    if (sr->vector && s->batch) {
+        snprintf(msg, size, "a steer rule changes the context's control vector: a session of a batch shares it");
+        return false;
+    }
+    if (sr->vector && sr->signal == SM_STEER_SIGNAL_LAYER_NORM && (!s->intro || sm_introspector_slot(s->intro, sr->layer) < 0)) {
+        snprintf(msg, size, "the steer rule watches layer %d, which the session does not observe (add it to the "
+                 "introspection layers)", sr->layer);
+        return false;
+    }
     if (gp->interventions.lookahead.k > s->params.max_branches) {
         snprintf(msg, size, "lookahead with %d branches needs a session made with max_branches >= %d (this one has %d)",
                  gp->interventions.lookahead.k, gp->interventions.lookahead.k, s->params.max_branches);
@@ -549,3 +559,158 @@ bool sm_intervention_fits(const sm_session *s, const sm_gen_params *gp, char *ms
     return gp->interventions.n_safety_rules == 0 || sm_safety_rules_check_layers(s->intro, gp->interventions.safety_rules, gp->interventions.n_safety_rules, msg, size);
 }
 
+
+/* ------------------------------------------------------------------ */
+/* A control vector whose strength follows a rule                      */
+/* ------------------------------------------------------------------ */
+
+typedef struct steer_stage {
+    const sm_steer_rule *r;
+    sm_session *s;
+    float strength;         /* what the rule set last (the snapshot)       */
+    float applied;          /* what the context holds; NAN: nothing yet    */
+    float *scaled;          /* strength * vector                           */
+    char desc[160];
+} steer_stage;
+
+/* Puts strength * vector into every model's context (0: none at all). */
+static sm_status steer_apply(steer_stage *st, float strength) {
+    if (st->applied == strength) return SM_OK;
+    const sm_steer_rule *r = st->r;
+    sm_status status;
+    if (strength == 0.0f) {
+        status = sm_session_set_control_vector(st->s, NULL, 0, r->n_embd, -1, -1);
+    } else {
+        for (int32_t i = 0; i < r->len; i++) st->scaled[i] = strength * r->vector[i];
+        status = sm_session_set_control_vector(st->s, st->scaled, r->len, r->n_embd, r->il_start, r->il_end);
+    }
+    if (status == SM_OK) st->applied = strength;
+    return status;
+}
+
+/* The signal the rule reads now; false when there is none yet. */
+static bool steer_signal(steer_stage *st, sm_loop *g, float *value) {
+    const sm_steer_rule *r = st->r;
+    switch (r->signal) {
+    case SM_STEER_SIGNAL_ENTROPY: {
+        sm_signals sig;
+        sm_signals_compute(g->dist, st->s->n_vocab, -1, &sig, NULL);
+        *value = sig.entropy;
+        return true;
+    }
+    case SM_STEER_SIGNAL_CONFIDENCE: {
+        int32_t n = sm_loop_n_generated(g);
+        if (n == 0) return false;
+        *value = sm_loop_confidences(g)[n - 1];
+        return true;
+    }
+    case SM_STEER_SIGNAL_LAYER_NORM: {
+        const sm_introspection *in = sm_loop_introspection(g);
+        for (int32_t l = 0; in && l < in->n_layers; l++)
+            if (in->layers[l].layer == r->layer || (r->layer < 0 && l == in->n_layers + r->layer)) {
+                *value = in->layers[l].norm;
+                return true;
+            }
+        return false;
+    }
+    }
+    return false;
+}
+
+static const char *steer_signal_name(sm_steer_signal s) {
+    return s == SM_STEER_SIGNAL_ENTROPY ? "entropy" : s == SM_STEER_SIGNAL_CONFIDENCE ? "confidence" : "layer norm";
+}
+
+static void steer_before_sample(void *state, sm_loop *g, sm_knobs *knobs) {
+    (void)knobs;
+    steer_stage *st = state;
+    const sm_steer_rule *r = st->r;
+    float v;
+    if (!steer_signal(st, g, &v) || !isfinite(v)) { /* no signal yet: the context holds the strength as it is */
+        if (steer_apply(st, st->strength) != SM_OK) sm_loop_stop(g, "the steer rule could not set the control vector");
+        return;
+    }
+    float next;
+    if (r->gain != 0.0f) {
+        next = st->strength + r->gain * (r->target - v);
+        next = next < r->min_strength ? r->min_strength : next > r->max_strength ? r->max_strength : next;
+    } else {
+        next = (r->below ? v < r->threshold : v > r->threshold) ? r->on : r->off;
+    }
+    if (next == st->strength && next == st->applied) return;
+    float before = st->strength;
+    st->strength = next;
+    sm_status status = steer_apply(st, next);
+    if (status != SM_OK) {
+        sm_loop_stop(g, "the steer rule could not set the control vector");
+        return;
+    }
+    if (r->gain != 0.0f)
+        snprintf(st->desc, sizeof st->desc, "steer: %s %.4g (target %.4g): strength %.3f -> %.3f", steer_signal_name(r->signal),
+                 v, r->target, before, next);
+    else
+        snprintf(st->desc, sizeof st->desc, "steer: %s %.4g %s %.4g: strength %.3f -> %.3f", steer_signal_name(r->signal), v,
+                 (r->below ? v < r->threshold : v > r->threshold) ? (r->below ? "<" : ">") : (r->below ? ">=" : "<="),
+                 r->threshold, before, next);
+    sm_event e = sm_loop_base_event(g, SM_EVENT_MODIFICATION, sm_loop_generated(g));
+    e.mod = SM_MOD_STEER;
+    e.confidence = v;
+    e.description = st->desc;
+    e.source = "steer";
+    sm_loop_emit(g, &e);
+}
+
+static void steer_save(const void *state, void *snapshot) { memcpy(snapshot, &((const steer_stage *)state)->strength, sizeof(float)); }
+
+/* A rewind puts the strength back; the next before_sample, which comes
+ * before any decode, puts the context's vector in line with it. */
+static void steer_restore(void *state, const void *snapshot) {
+    steer_stage *st = state;
+    memcpy(&st->strength, snapshot, sizeof(float)); /* [restore] */
+}
+
+static void steer_reset(void *state, sm_loop *g) {
+    (void)g;
+    steer_stage *st = state;
+    st->strength = st->r->off;
+    st->applied = NAN;
+    steer_apply(st, st->strength);
+}
+
+/* The generation is over: the context is left without the rule's vector. */
+static void steer_drop(void *state, sm_loop *g) {
+    (void)g;
+    steer_apply(state, 0.0f);
+}
+
+static void steer_free(void *state) {
+    steer_stage *st = state;
+    if (!st) return;
+    free(st->scaled);
+    free(st);
+}
+
+static const sm_stage_vtable steer_vt = {
+    .name = "steer",
+    .snapshot_size = sizeof(float),
+    .save = steer_save,
+    .restore = steer_restore,
+    .reset = steer_reset,
+    .before_sample = steer_before_sample,
+    .free_state = steer_free,
+};
+static const stage_ext steer_ext = {.drop = steer_drop};
+
+sm_stage *sm_steer_stage_new(generation *g) {
+    steer_stage *st = calloc(1, sizeof *st);
+    if (!st) return NULL;
+    st->r = &g->gp->interventions.steer_rule;
+    st->s = g->s;
+    st->applied = NAN;
+    st->scaled = malloc(sizeof(float) * (size_t)st->r->len);
+    if (!st->scaled) {
+        free(st);
+        return NULL;
+    }
+    return sm_stage_builtin(&steer_vt, &steer_ext, st);
+}

@@ -52,6 +52,7 @@ const char *sm_mod_type_name(sm_mod_type type) {
     case SM_MOD_SAFETY: return "SAFETY";
     case SM_MOD_TOOL: return "TOOL";
     case SM_MOD_INJECT: return "INJECT";
+    case SM_MOD_STEER: return "STEER";
     }
     return "UNKNOWN";
 }
@@ -180,7 +181,9 @@ sm_gen_params sm_gen_default_params(void) {
                       .top_n_view = 10},
         .fusion = {.mode = SM_FUSION_CONFIDENCE, .turn = 1, .alpha = 0.1f, .beta = 0.5f, .abstain_below = 0.3f},
         .interventions = {.safety_max_retries = 3,
-                          .lookahead = {.k = 0, .depth = 4, .entropy = 2.5f, .score = SM_LOOKAHEAD_MEAN_LOGPROB}},
+                          .lookahead = {.k = 0, .depth = 4, .entropy = 2.5f, .score = SM_LOOKAHEAD_MEAN_LOGPROB},
+                          .steer_rule = {.il_start = -1, .il_end = -1, .on = 1.0f, .off = 0.0f,
+                                         .min_strength = -4.0f, .max_strength = 4.0f}},
     };
 }
 
@@ -294,6 +297,18 @@ sm_status sm_intervention_params_validate(const sm_gen_params *p, char *msg, siz
         CHECK(isfinite(r->threshold), "safety rule %d: the threshold must be a finite number", i);
     }
     CHECK(iv->safety_max_retries >= 0, "safety_max_retries must be >= 0 (got %d)", iv->safety_max_retries);
+    const sm_steer_rule *sr = &iv->steer_rule;
+    if (sr->vector) {
+        CHECK(sr->n_embd >= 1 && sr->len >= sr->n_embd && sr->len % sr->n_embd == 0,
+              "steer rule: a vector of %d floats is not a whole number of %d-float layers", sr->len, sr->n_embd);
+        CHECK(sr->signal >= SM_STEER_SIGNAL_ENTROPY && sr->signal <= SM_STEER_SIGNAL_LAYER_NORM,
+              "steer rule: unknown signal %d", (int)sr->signal);
+        CHECK(isfinite(sr->threshold) && isfinite(sr->on) && isfinite(sr->off) && isfinite(sr->target) &&
+                  isfinite(sr->gain) && isfinite(sr->min_strength) && isfinite(sr->max_strength),
+              "steer rule: its numbers must be finite");
+        CHECK(sr->gain == 0.0f || sr->min_strength <= sr->max_strength,
+              "steer rule: min_strength %g is above max_strength %g", sr->min_strength, sr->max_strength);
+    }
     const sm_lookahead_params *la = &iv->lookahead;
     CHECK(la->k == 0 || (la->k >= 2 && la->k <= SM_MAX_BRANCHES), "lookahead k must be 0 (off) or in [2, %d] (got %d)",
           SM_MAX_BRANCHES, la->k);

@@ -181,6 +181,7 @@ sm_stage *sm_stage_builtin(const sm_stage_vtable *vt, const stage_ext *ext, void
 sm_stage *sm_policy_stage_new(generation *g);
 sm_stage *sm_operators_stage_new(generation *g);
 sm_stage *sm_entropy_stage_new(generation *g);
+sm_stage *sm_steer_stage_new(generation *g);
 
 /* intervene.c: the interventions as stages. */
 sm_stage *sm_lookahead_stage_new(generation *g, void **lookahead_state);

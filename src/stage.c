@@ -108,7 +108,7 @@ static sm_status add_stage(generation *g, sm_stage *st) {
  */
 sm_status sm_stages_open(generation *g) {
     const sm_gen_params *gp = g->gp;
-    g->stages = calloc((size_t)(9 + gp->n_stages), sizeof *g->stages);
+    g->stages = calloc((size_t)(10 + gp->n_stages), sizeof *g->stages);
     if (!g->stages) return sm_session_fail(g->s, SM_ERR_NO_MEMORY, "out of memory for the generation's stages");
     sm_status st = SM_OK;
     void *lookahead = NULL;
@@ -117,6 +117,7 @@ sm_status sm_stages_open(generation *g) {
     if (st == SM_OK && gp->interventions.inject_every > 0 && gp->interventions.inject_text && *gp->interventions.inject_text)
         st = add_stage(g, sm_injection_stage_new(g, lookahead));
     if (st == SM_OK && gp->policy.entropy_mode != 0) st = add_stage(g, sm_entropy_stage_new(g));
+    if (st == SM_OK && gp->interventions.steer_rule.vector) st = add_stage(g, sm_steer_stage_new(g));
     if (st == SM_OK && gp->backtrack.n_operators > 0) st = add_stage(g, sm_operators_stage_new(g));
     if (st == SM_OK) st = add_stage(g, sm_policy_stage_new(g));
     if (st == SM_OK && gp->interventions.n_safety_rules > 0 && g->s->intro) st = add_stage(g, sm_safety_stage_new(g));

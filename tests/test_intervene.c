@@ -622,6 +622,120 @@ static void test_prompt_cache_reload_equals_fresh_decode(void **state) {
     sm_model_free(m);
 }
 
+/* ------------------------------------------------------------------ */
+/* Steer rules: a control vector whose strength follows a rule         */
+/* ------------------------------------------------------------------ */
+
+typedef struct steer_watch {
+    int32_t n_steer;
+    float last_before, last_after;
+    float conf[256];               /* the rule's signal: each kept token's confidence */
+} steer_watch;
+
+static bool watch_steer(const sm_event *e, void *user_data) {
+    steer_watch *w = user_data;
+    if (e->type == SM_EVENT_TOKEN && e->token_index < 256) w->conf[e->token_index] = e->confidence;
+    if (e->type != SM_EVENT_MODIFICATION || e->mod != SM_MOD_STEER) return true;
+    w->n_steer++;
+    const char *at = strstr(e->description, "strength ");
+    if (at) sscanf(at, "strength %f -> %f", &w->last_before, &w->last_after);
+    return true;
+}
+
+/* Fires once, at position 12, removing 4 tokens. */
+static int32_t once_at_12(void *state, const sm_token_view *view) {
+    bool *fired = state;
+    if (*fired || view->position != 12) return 0;
+    *fired = true;
+    return 4;
+}
+
+static const sm_operator_vtable ONCE_VT = {.name = "once", .decide = once_at_12};
+
+/*
+ * A switch on the entropy turns a strong vector on and off, each change an
+ * event, and changes the text; a closed loop on the confidence ends at the
+ * strength its kept tokens give, rewinds included (the strength of
+ * removed tokens is taken back), and the context is left without the
+ * vector afterwards.
+ */
+static void test_steer_rule_switches_and_closes_the_loop(void **state) {
+    (void)state;
+    sm_model *m = tu_load_model("stories260K.gguf");
+    sm_session_params sp = base_params();
+    sm_session *s = tu_open_session(m, &sp);
+    const int32_t n_embd = llama_model_n_embd(m->lm), n_layer = llama_model_n_layer(m->lm);
+    const int32_t len = n_embd * (n_layer - 1);
+    float *vector = malloc(sizeof(float) * (size_t)len);
+    for (int32_t i = 0; i < len; i++) vector[i] = (i % 7 == 0) ? 1.0f : -0.25f;
+
+    sm_gen_params plain = tu_greedy_params(40);
+    sm_result r0;
+    assert_int_equal(sm_session_clear(s), SM_OK);
+    assert_int_equal(sm_session_generate(s, PROMPT, &plain, &r0), SM_OK);
+
+    sm_gen_params gp = plain;
+    sm_steer_rule *rule = &gp.interventions.steer_rule;
+    rule->vector = vector;
+    rule->len = len;
+    rule->n_embd = n_embd;
+    rule->signal = SM_STEER_SIGNAL_ENTROPY;
+    rule->threshold = 0.5f;
+    rule->below = true; /* on while the model is sure: the vector unsettles it, and goes off again */
+    rule->on = 3.0f;
+    steer_watch w = {0};
+    gp.on_event = watch_steer;
+    gp.user_data = &w;
+    sm_result r1;
+    assert_int_equal(sm_session_clear(s), SM_OK);
+    assert_int_equal(sm_session_generate(s, PROMPT, &gp, &r1), SM_OK);
+    if (w.n_steer < 4) fail_msg("%d steer events in %d tokens", w.n_steer, r1.n_tokens);
+    assert_false(r0.n_tokens == r1.n_tokens && memcmp(r0.tokens, r1.tokens, sizeof(sm_token) * (size_t)r0.n_tokens) == 0);
+    sm_result_free(&r1);
+
+    /* Afterwards the context has no vector: the plain run is the plain run. */
+    sm_result r2;
+    assert_int_equal(sm_session_clear(s), SM_OK);
+    assert_int_equal(sm_session_generate(s, PROMPT, &plain, &r2), SM_OK);
+    assert_int_equal(r2.n_tokens, r0.n_tokens);
+    assert_memory_equal(r2.tokens, r0.tokens, sizeof(sm_token) * (size_t)r0.n_tokens);
+    sm_result_free(&r2);
+
+    /* Closed loop on the confidence, with a backtrack of 4 at position 12. */
+    bool fired = false;
+    sm_operator *op = sm_operator_new(&ONCE_VT, &fired);
+    gp.backtrack.operators = &op;
+    gp.backtrack.n_operators = 1;
+    rule->signal = SM_STEER_SIGNAL_CONFIDENCE;
+    rule->gain = 0.05f; /* small steps, wide bounds: the strength never saturates */
+    rule->target = 0.6f;
+    rule->off = 0.0f;
+    rule->min_strength = -50.0f;
+    rule->max_strength = 50.0f;
+    memset(&w, 0, sizeof w);
+    sm_result r3;
+    assert_int_equal(sm_session_clear(s), SM_OK);
+    assert_int_equal(sm_session_generate(s, PROMPT, &gp, &r3), SM_OK);
+    assert_true(fired);
+    assert_int_equal(r3.n_backtracks, 1);
+    /* The strength the kept tokens give: before token i, s += gain * (target
+     * - confidence of token i - 1), clamped; what removed tokens added is
+     * gone with them. */
+    float strength = 0.0f;
+    for (int32_t i = 1; i < r3.n_tokens; i++) {
+        strength += 0.05f * (0.6f - w.conf[i - 1]);
+        strength = strength < -50.0f ? -50.0f : strength > 50.0f ? 50.0f : strength;
+    }
+    assert_true(w.n_steer > 10);
+    if (fabsf(w.last_after - strength) > 2e-3f) fail_msg("final strength %g, the kept tokens give %g", w.last_after, strength);
+    sm_result_free(&r3);
+    sm_operator_free(op);
+    sm_result_free(&r0);
+    free(vector);
+    sm_session_free(s);
+    sm_model_free(m);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_safety_rule_parsing),
@@ -631,6 +745,7 @@ int main(void) {
         cmocka_unit_test(test_lookahead_with_rewinds),
         cmocka_unit_test(test_tool_marker_injects_and_rewinds_never_cross),
         cmocka_unit_test(test_gradual_injection),
+        cmocka_unit_test(test_steer_rule_switches_and_closes_the_loop),
         cmocka_unit_test(test_prompt_cache_reload_equals_fresh_decode),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

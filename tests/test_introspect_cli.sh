@@ -103,6 +103,44 @@ cmp -s plain.txt steer.txt && fail "the steer vector changed nothing"
 "$SM_BIN" steer -m "$STORIES" --positive pos.txt -o x.gguf 2> steer.err
 [ $? -eq 2 ] && grep -q "both --positive" steer.err || fail "steer without --negative: $(cat steer.err)"
 
+# --- steer rules: the vector's strength follows a signal ---------------------
+# A switch on the entropy (on while the model is sure; the vector unsettles
+# it): STEER events, each strength 0 or 6 as the entropy says; a closed loop on an observed layer's norm: the strength
+# moves by the gain times the error, within its bounds.
+"$SM_BIN" -m "$STORIES" -p "$PROMPT" -n 30 "${COMMON[@]}" --control-vector steer.gguf --steer-when "entropy<1.0:6" \
+  --json-stream > when.jsonl || fail "--steer-when run failed"
+python3 - <<'EOF' || fail "--steer-when: wrong events"
+import json, re, sys
+ev = [json.loads(l) for l in open('when.jsonl')]
+steer = [e for e in ev if e.get('mod_type') == 'STEER']
+if len(steer) < 2: sys.exit(f'{len(steer)} STEER events')
+for e in steer:
+    m = re.search(r'entropy ([\d.e+-]+) (>=|<) 1: strength [\d.]+ -> ([\d.]+)', e['description'])
+    if not m: sys.exit(e['description'])
+    if (m.group(2) == '<') != (float(m.group(3)) == 6.0): sys.exit(e['description'])
+EOF
+"$SM_BIN" -m "$STORIES" -p "$PROMPT" -n 30 "${COMMON[@]}" --control-vector steer.gguf --introspect-layers 3 \
+  --steer-target "norm@3=8:0.05:-3:3" --json-stream > target.jsonl || fail "--steer-target run failed"
+python3 - <<'EOF' || fail "--steer-target: wrong events"
+import json, re, sys
+ev = [json.loads(l) for l in open('target.jsonl')]
+steer = [e for e in ev if e.get('mod_type') == 'STEER']
+if len(steer) < 20: sys.exit(f'{len(steer)} STEER events')
+for e in steer:
+    m = re.search(r'layer norm ([\d.e+-]+) \(target 8\): strength (-?[\d.]+) -> (-?[\d.]+)', e['description'])
+    if not m: sys.exit(e['description'])
+    norm, before, after = map(float, m.groups())
+    want = max(-3, min(3, before + 0.05 * (8 - norm)))
+    if abs(after - want) > 2e-3: sys.exit(f'{e["description"]}: expected {want}')
+EOF
+for bad in "--steer-when entropy>1" "--control-vector steer.gguf --steer-when bogus>1" \
+           "--control-vector steer.gguf --steer-target norm@3=8:0.05" "--control-vector steer.gguf --steer-target entropy=1:0" \
+           "--control-vector steer.gguf --steer-when entropy>1 --steer-when entropy<1"; do
+  # shellcheck disable=SC2086
+  "$SM_BIN" -m "$STORIES" -p "$PROMPT" $bad --no-memory > /dev/null 2> bad.err
+  [ $? = 2 ] && [ "$(wc -l < bad.err)" = 1 ] || fail "'$bad': not a one-line usage error: $(cat bad.err)"
+done
+
 # --- prompt cache ---------------------------------------------------------
 "$SM_BIN" -m "$STORIES" -p "$PROMPT, there was a dog" -n 10 --threads 1 --no-memory -t 0 --prompt-cache pc.bin \
   > pc1.txt 2> pc1.err || fail "first cached run failed"

@@ -35,7 +35,8 @@ static const char *mod_color(sm_mod_type type) {
     case SM_MOD_EXPLORATION_BURST: return "\033[32m";
     case SM_MOD_SAFETY: return "\033[31m";
     case SM_MOD_LOOKAHEAD: return "\033[35m";
-    case SM_MOD_ENTROPY_STEER: return "\033[36m";
+    case SM_MOD_ENTROPY_STEER:
+    case SM_MOD_STEER: return "\033[36m";
     case SM_MOD_TOOL:
     case SM_MOD_INJECT: return "\033[32m";
     case SM_MOD_NONE: break;

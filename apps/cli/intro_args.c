@@ -27,6 +27,81 @@ static bool nonnegative_float(FILE *err, const char *flag, const char *text, flo
 }
 
 /* "0,4,-1" or "all". */
+static bool refuse(FILE *err, const char *message);
+
+/* "entropy", "confidence" or "norm@LAYER" at the start of text; *end
+ * gets what follows. */
+static bool parse_steer_signal(const char *text, sm_steer_rule *r, const char **end) {
+    if (strncmp(text, "entropy", 7) == 0) {
+        r->signal = SM_STEER_SIGNAL_ENTROPY;
+        *end = text + 7;
+    } else if (strncmp(text, "confidence", 10) == 0) {
+        r->signal = SM_STEER_SIGNAL_CONFIDENCE;
+        *end = text + 10;
+    } else if (strncmp(text, "norm@", 5) == 0) {
+        char *after;
+        errno = 0;
+        long layer = strtol(text + 5, &after, 10);
+        if (after == text + 5 || errno || layer < -4096 || layer > 4096) return false;
+        r->signal = SM_STEER_SIGNAL_LAYER_NORM;
+        r->layer = (int32_t)layer;
+        *end = after;
+    } else {
+        return false;
+    }
+    return true;
+}
+
+/* Up to n ':'-separated finite numbers; false on anything else. */
+static int parse_numbers(const char *text, float *out, int n) {
+    int got = 0;
+    while (*text && got < n) {
+        char *after;
+        errno = 0;
+        double v = strtod(text, &after);
+        if (after == text || errno || !isfinite(v)) return -1;
+        out[got++] = (float)v;
+        if (*after == '\0') return got;
+        if (*after != ':') return -1;
+        text = after + 1;
+    }
+    return *text ? -1 : got;
+}
+
+/* --steer-when SIGNAL<T|SIGNAL>T[:ON[:OFF]] and --steer-target
+ * SIGNAL=TARGET:GAIN[:MIN:MAX]; the vector comes from --control-vector. */
+static bool parse_steer_rule(FILE *err, bool target, const char *text, cli_intro_options *io, sm_steer_rule *r) {
+    const char *flag = target ? "--steer-target" : "--steer-when";
+    const char *expected = target ? "SIGNAL=TARGET:GAIN[:MIN:MAX], SIGNAL entropy, confidence or norm@LAYER"
+                                  : "SIGNAL<T or SIGNAL>T[:ON[:OFF]], SIGNAL entropy, confidence or norm@LAYER";
+    if (io->steer_rule) return refuse(err, "give one steer rule: --steer-when or --steer-target, once");
+    const char *rest;
+    if (!parse_steer_signal(text, r, &rest)) return bad_value(err, flag, text, expected);
+    float v[4];
+    if (target) {
+        int n = *rest == '=' ? parse_numbers(rest + 1, v, 4) : -1;
+        if (n != 2 && n != 4) return bad_value(err, flag, text, expected);
+        if (v[1] == 0.0f) return bad_value(err, flag, text, "a GAIN other than 0");
+        r->target = v[0];
+        r->gain = v[1];
+        if (n == 4) {
+            if (v[2] > v[3]) return bad_value(err, flag, text, "MIN <= MAX");
+            r->min_strength = v[2];
+            r->max_strength = v[3];
+        }
+    } else {
+        int n = *rest == '<' || *rest == '>' ? parse_numbers(rest + 1, v, 3) : -1;
+        if (n < 1) return bad_value(err, flag, text, expected);
+        r->below = *rest == '<';
+        r->threshold = v[0];
+        if (n >= 2) r->on = v[1];
+        if (n == 3) r->off = v[2];
+        r->gain = 0.0f;
+    }
+    io->steer_rule = true;
+    return true;
+}
+
 static bool parse_layers(FILE *err, const char *text, cli_intro_options *io) {
     if (strcmp(text, "all") == 0) {
         io->all_layers = true;
@@ -102,6 +177,8 @@ bool cli_intro_apply(int c, const char *arg, struct cli_options *opt, FILE *err)
         io->control_vectors[io->n_control_vectors++] = arg;
         return true;
     case OPT_CONTROL_VECTOR_LAYERS: return parse_layer_range(err, arg, io);
+    case OPT_STEER_WHEN:
+    case OPT_STEER_TARGET: return parse_steer_rule(err, c == OPT_STEER_TARGET, arg, io, &gen->interventions.steer_rule);
     case OPT_SAFETY: return add_safety_rule(err, arg, io);
     case OPT_SAFETY_RETRIES:
         return int_in(err, "--safety-retries", arg, 0, INT32_MAX, "an integer >= 0", &gen->interventions.safety_max_retries);
@@ -163,5 +240,9 @@ bool cli_intro_check(struct cli_options *opt, FILE *err) {
         return refuse(err, "--prompt-cache works with --prompt (one generation), not in interactive mode");
     if (io->n_control_vectors == 0 && io->cv_layer_start > 0)
         return refuse(err, "--control-vector-layers needs --control-vector");
+    if (io->steer_rule && io->n_control_vectors == 0)
+        return refuse(err, "--steer-when and --steer-target steer with the --control-vector they are given");
+    if (io->steer_rule && opt->gen.interventions.steer_rule.signal == SM_STEER_SIGNAL_LAYER_NORM && !observes)
+        return refuse(err, "a steer rule on norm@LAYER needs --introspect-layers with that layer");
     return true;
 }

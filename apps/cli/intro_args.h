@@ -25,6 +25,7 @@ typedef struct cli_intro_options {
     int32_t n_safety;
     const char *inject_file;               /* --inject                      */
     const char *prompt_cache;              /* --prompt-cache                */
+    bool steer_rule;                       /* --steer-when / --steer-target */
 } cli_intro_options;
 
 enum {
@@ -51,6 +52,8 @@ enum {
     OPT_INJECT,
     OPT_INJECT_EVERY,
     OPT_PROMPT_CACHE,
+    OPT_STEER_WHEN,
+    OPT_STEER_TARGET,
 };
 
 /* Entries for getopt_long's table. */
@@ -76,7 +79,9 @@ enum {
     {"tool-marker-end", required_argument, NULL, OPT_TOOL_MARKER_END},          \
     {"inject", required_argument, NULL, OPT_INJECT},                            \
     {"inject-every", required_argument, NULL, OPT_INJECT_EVERY},                \
-    {"prompt-cache", required_argument, NULL, OPT_PROMPT_CACHE},
+    {"prompt-cache", required_argument, NULL, OPT_PROMPT_CACHE},                \
+    {"steer-when", required_argument, NULL, OPT_STEER_WHEN},                    \
+    {"steer-target", required_argument, NULL, OPT_STEER_TARGET},
 
 #define CLI_INTRO_HELP                                                                          \
     "introspection and intervention (docs/INTROSPECTION.md):\n"                                 \
@@ -89,6 +94,11 @@ enum {
     "      --entropy-high F --entropy-low F --varentropy-low F  its thresholds (3.0, 0.5, 1.0)\n" \
     "      --control-vector FILE[:SCALE]  add a llama.cpp control vector; repeatable, summed\n" \
     "      --control-vector-layers A-B  the layers it applies to (default: all it has)\n"      \
+    "      --steer-when SIGNAL<T|SIGNAL>T[:ON[:OFF]]  the control vector's strength follows a\n" \
+    "                                rule: ON (1) while it holds, else OFF (0); SIGNAL is entropy,\n" \
+    "                                confidence or norm@LAYER (an observed layer's norm)\n"   \
+    "      --steer-target SIGNAL=TARGET:GAIN[:MIN:MAX]  closed loop: strength += GAIN *\n"     \
+    "                                (TARGET - SIGNAL) per token, within MIN..MAX (-4..4)\n"    \
     "      --safety layer=L,max_abs>T|norm>T|norm_z>T[,action=resample|stop]  reject decoded\n" \
     "                                tokens whose activations break the rule; repeatable\n"     \
     "      --safety-retries N        resamples per position before stopping (3)\n"             \

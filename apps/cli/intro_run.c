@@ -106,6 +106,15 @@ bool cli_intro_after_load(cli_app *app) {
     if (!in->cv.data) return true;
     int32_t start = io->cv_layer_start > 0 ? io->cv_layer_start : -1;
     int32_t end = io->cv_layer_start > 0 ? io->cv_layer_end : -1;
+    if (io->steer_rule) { /* the rule applies the vector, at the strength it sets */
+        sm_steer_rule *r = &app->gen.interventions.steer_rule;
+        r->vector = in->cv.data;
+        r->len = in->cv.n_embd * in->cv.n_layers;
+        r->n_embd = in->cv.n_embd;
+        r->il_start = start;
+        r->il_end = end;
+        return true;
+    }
     if (sm_session_set_control_vector(app->session, in->cv.data, in->cv.n_embd * in->cv.n_layers, in->cv.n_embd, start,
                                       end) != SM_OK) {
         cli_error("--control-vector: %s", sm_session_last_error(app->session));
