@@ -416,6 +416,13 @@ typedef enum sm_lookahead_score {
     SM_LOOKAHEAD_MEAN_LOGPROB = 0, /* mean ln p of the branch's tokens     */
     SM_LOOKAHEAD_MARGIN,           /* CoT-decoding: mean p_top1 - p_top2 of
                                       the distributions along the branch   */
+    /* Internal coherence (manual generation loop #4), in a session that
+     * observes layers: 0.5 z(mean ln p) + 0.3 z(stability) + 0.2 z(focus),
+     * each z standardised over the branches; stability = minus the mean
+     * relative change of the observed layers' norms from token to token
+     * along the branch (from the context's last token on), focus = minus
+     * the mean attention entropy (0 unless attention is observed). */
+    SM_LOOKAHEAD_COHERENCE,
 } sm_lookahead_score;
 
 typedef struct sm_lookahead_params {

@@ -138,6 +138,56 @@ static void emit_lookahead(generation *g, int32_t i, const sm_lookahead_info *in
     sm_loop_emit(g, &e);
 }
 
+/* Values standardised over the n branches (all 0 when they are equal). */
+static void standardise(double *v, int32_t n) {
+    double mean = 0, var = 0;
+    for (int32_t b = 0; b < n; b++) mean += v[b] / n;
+    for (int32_t b = 0; b < n; b++) var += (v[b] - mean) * (v[b] - mean) / n;
+    double sd = sqrt(var);
+    for (int32_t b = 0; b < n; b++) v[b] = sd > 1e-12 ? (v[b] - mean) / sd : 0.0;
+}
+
+/* SM_LOOKAHEAD_COHERENCE: likelihood, stability of the observed layers'
+ * norms from token to token, and attention focus, each standardised. */
+static void coherence_scores(generation *g, const lookahead_stage *pl, int32_t n, int32_t depth, const double *logprob,
+                             double *out) {
+    sm_session *s = g->s;
+    const sm_introspection *start = sm_session_introspection(s); /* the context's last token */
+    double lp[SM_MAX_BRANCHES], stability[SM_MAX_BRANCHES], focus[SM_MAX_BRANCHES];
+    size_t rs = sm_introspector_record_size(s->intro);
+    for (int32_t b = 0; b < n; b++) {
+        lp[b] = logprob[b] / depth;
+        double change = 0, entropy = 0;
+        int32_t n_change = 0, n_entropy = 0;
+        sm_layer_stats prev[64];
+        int32_t n_prev = 0;
+        if (start)
+            for (int32_t l = 0; l < start->n_layers && l < 64; l++) prev[n_prev++] = start->layers[l];
+        for (int32_t step = 0; step < depth; step++) {
+            sm_introspection now;
+            sm_introspector_view(s->intro, pl->records + plan_at(pl, b, step) * rs, NULL, &now);
+            for (int32_t l = 0; l < now.n_layers && l < 64; l++) {
+                if (l < n_prev && prev[l].norm > 0) {
+                    change += fabs(now.layers[l].norm - prev[l].norm) / prev[l].norm;
+                    n_change++;
+                }
+                prev[l] = now.layers[l];
+            }
+            n_prev = now.n_layers < 64 ? now.n_layers : 64;
+            for (int32_t k = 0; now.attn_entropy && k < now.n_layers * now.n_heads; k++) {
+                entropy += now.attn_entropy[k];
+                n_entropy++;
+            }
+        }
+        stability[b] = n_change ? -change / n_change : 0.0;
+        focus[b] = n_entropy ? -entropy / n_entropy : 0.0;
+    }
+    standardise(lp, n);
+    standardise(stability, n);
+    standardise(focus, n);
+    for (int32_t b = 0; b < n; b++) out[b] = 0.5 * lp[b] + 0.3 * stability[b] + 0.2 * focus[b];
+}
+
 /*
  * At an uncertain position: the top-k candidates become sequences 1..k of
  * the cache (sharing sequence 0's cells), each continued greedily for
@@ -184,9 +234,12 @@ static sm_status lookahead_run(generation *g, lookahead_stage *pl, int32_t i) {
     }
     sm_lookahead_info *info = &pl->info;
     *info = (sm_lookahead_info){.n_branches = n, .depth = depth, .entropy = sig.entropy};
+    double coherence[SM_MAX_BRANCHES];
+    if (la->score == SM_LOOKAHEAD_COHERENCE) coherence_scores(g, pl, n, depth, logprob, coherence);
     for (int32_t b = 0; b < n; b++) {
         info->first[b] = first[b];
-        info->score[b] = (float)((la->score == SM_LOOKAHEAD_MARGIN ? margin[b] : logprob[b]) / depth);
+        info->score[b] = (float)(la->score == SM_LOOKAHEAD_COHERENCE ? coherence[b]
+                                 : (la->score == SM_LOOKAHEAD_MARGIN ? margin[b] : logprob[b]) / depth);
         if (info->score[b] > info->score[info->chosen]) info->chosen = b; /* ties: the more probable first token */
     }
     drop_branches(s, n, info->chosen);
@@ -541,6 +594,10 @@ sm_stage *sm_tools_stage_new(generation *g) {
 
 /* What needs the session: lookahead room, observed layers for the rules. */
 bool sm_intervention_fits(const sm_session *s, const sm_gen_params *gp, char *msg, size_t size) {
+    if (gp->interventions.lookahead.k > 0 && gp->interventions.lookahead.score == SM_LOOKAHEAD_COHERENCE && !s->intro) {
+        snprintf(msg, size, "lookahead scored by coherence reads the branches' activations: the session must observe layers");
+        return false;
+    }
     const sm_steer_rule *sr = &gp->interventions.steer_rule;
     if (sr->vector && s->batch) {
         snprintf(msg, size, "a steer rule changes the context's control vector: a session of a batch shares it");

@@ -315,8 +315,8 @@ sm_status sm_intervention_params_validate(const sm_gen_params *p, char *msg, siz
     if (la->k != 0) {
         CHECK(la->depth >= 1 && la->depth <= 64, "lookahead depth must be in [1, 64] (got %d)", la->depth);
         CHECK(in_range(la->entropy, 0.0f, 1e6f), "lookahead entropy must be >= 0 (got %g)", la->entropy);
-        CHECK(la->score == SM_LOOKAHEAD_MEAN_LOGPROB || la->score == SM_LOOKAHEAD_MARGIN,
-              "lookahead score must be mean_logprob or margin (got %d)", (int)la->score);
+        CHECK(la->score == SM_LOOKAHEAD_MEAN_LOGPROB || la->score == SM_LOOKAHEAD_MARGIN || la->score == SM_LOOKAHEAD_COHERENCE,
+              "lookahead score must be mean_logprob, margin or coherence (got %d)", (int)la->score);
     }
     CHECK(!iv->tool_marker || iv->tool_marker[0], "the tool marker must not be empty");
     CHECK(!iv->tool_marker_end || iv->tool_marker_end[0], "the tool marker's end must not be empty");

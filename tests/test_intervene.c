@@ -401,6 +401,65 @@ static void test_lookahead_with_rewinds(void **state) {
     sm_model_free(m);
 }
 
+/* Lookahead scored by internal coherence: each branching's scores are
+ * weighted sums of standardised values, so they add up to 0 over the
+ * branches (unless all are equal); the best one is committed; the cache
+ * is the direct run's; a session that observes nothing is refused. */
+typedef struct coherence_watch {
+    int32_t n_branchings, bad_sum, bad_choice;
+} coherence_watch;
+
+static bool watch_coherence(const sm_event *e, void *user_data) {
+    coherence_watch *w = user_data;
+    if (!e->lookahead) return true;
+    const sm_lookahead_info *info = e->lookahead;
+    w->n_branchings++;
+    double sum = 0;
+    for (int32_t b = 0; b < info->n_branches; b++) {
+        sum += info->score[b];
+        if (info->score[b] > info->score[info->chosen]) w->bad_choice++;
+    }
+    if (fabs(sum) > 1e-4) w->bad_sum++;
+    return true;
+}
+
+static void test_lookahead_scored_by_coherence(void **state) {
+    (void)state;
+    sm_model *m = tu_load_model("stories260K.gguf");
+    sm_session_params sp = base_params();
+    sp.max_branches = 3;
+    int32_t layers[] = {1, 3, -1};
+    sp.introspect_layers = layers;
+    sp.n_introspect_layers = 3;
+    sp.introspect_attention = true;
+    sm_session *s = tu_open_session(m, &sp);
+    sm_gen_params gp = tu_greedy_params(24);
+    gp.interventions.lookahead.k = 3;
+    gp.interventions.lookahead.depth = 3;
+    gp.interventions.lookahead.entropy = 0.3f;
+    gp.interventions.lookahead.score = SM_LOOKAHEAD_COHERENCE;
+    coherence_watch w = {0};
+    gp.on_event = watch_coherence;
+    gp.user_data = &w;
+    sm_result r;
+    if (sm_session_generate(s, PROMPT, &gp, &r) != SM_OK) fail_msg("%s", sm_session_last_error(s));
+    assert_true(w.n_branchings > 0);
+    assert_int_equal(w.bad_sum, 0);
+    assert_int_equal(w.bad_choice, 0);
+    assert_direct_run_agrees(m, s, &r);
+    sm_result_free(&r);
+    sm_session_free(s);
+
+    sm_session_params plain = base_params();
+    plain.max_branches = 3;
+    s = tu_open_session(m, &plain);
+    assert_int_equal(sm_session_generate(s, PROMPT, &gp, &r), SM_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(sm_session_last_error(s), "observe layers"));
+    sm_result_free(&r);
+    sm_session_free(s);
+    sm_model_free(m);
+}
+
 /* ------------------------------------------------------------------ */
 /* Tools and injection                                                 */
 /* ------------------------------------------------------------------ */
@@ -743,6 +802,7 @@ int main(void) {
         cmocka_unit_test(test_safety_zscore_waits_for_history),
         cmocka_unit_test(test_lookahead_commits_best_branch_and_cache_equals_direct_run),
         cmocka_unit_test(test_lookahead_with_rewinds),
+        cmocka_unit_test(test_lookahead_scored_by_coherence),
         cmocka_unit_test(test_tool_marker_injects_and_rewinds_never_cross),
         cmocka_unit_test(test_gradual_injection),
         cmocka_unit_test(test_steer_rule_switches_and_closes_the_loop),

@@ -192,7 +192,8 @@ bool cli_intro_apply(int c, const char *arg, struct cli_options *opt, FILE *err)
     case OPT_LOOKAHEAD_SCORE:
         if (strcmp(arg, "mean_logprob") == 0) gen->interventions.lookahead.score = SM_LOOKAHEAD_MEAN_LOGPROB;
         else if (strcmp(arg, "margin") == 0) gen->interventions.lookahead.score = SM_LOOKAHEAD_MARGIN;
-        else return bad_value(err, "--lookahead-score", arg, "mean_logprob or margin");
+        else if (strcmp(arg, "coherence") == 0) gen->interventions.lookahead.score = SM_LOOKAHEAD_COHERENCE;
+        else return bad_value(err, "--lookahead-score", arg, "mean_logprob, margin or coherence");
         return true;
     case OPT_TOOLS: gen->interventions.tools = true; return true;
     case OPT_TOOL_MARKER:
@@ -240,6 +241,8 @@ bool cli_intro_check(struct cli_options *opt, FILE *err) {
         return refuse(err, "--prompt-cache works with --prompt (one generation), not in interactive mode");
     if (io->n_control_vectors == 0 && io->cv_layer_start > 0)
         return refuse(err, "--control-vector-layers needs --control-vector");
+    if (opt->gen.interventions.lookahead.score == SM_LOOKAHEAD_COHERENCE && !observes)
+        return refuse(err, "--lookahead-score coherence reads the branches' activations: it needs --introspect-layers");
     if (io->steer_rule && io->n_control_vectors == 0)
         return refuse(err, "--steer-when and --steer-target steer with the --control-vector they are given");
     if (io->steer_rule && opt->gen.interventions.steer_rule.signal == SM_STEER_SIGNAL_LAYER_NORM && !observes)

@@ -105,7 +105,9 @@ enum {
     "      --lookahead K             branch the top K tokens at uncertain positions (off)\n"   \
     "      --lookahead-depth D --lookahead-entropy T  tokens per branch (4), entropy above\n"  \
     "                                which to branch (2.5)\n"                                   \
-    "      --lookahead-score mean_logprob|margin  how branches are compared (mean_logprob)\n" \
+    "      --lookahead-score mean_logprob|margin|coherence  how branches are compared: likelihood,\n" \
+    "                                CoT margin, or internal coherence (layer-norm stability and\n" \
+    "                                attention focus too; needs --introspect-layers) (mean_logprob)\n" \
     "      --tools                   run the built-in tool on [INTROSPECT: ...] in the output\n" \
     "      --tool-marker STR         the marker's opening string (implies --tools)\n"           \
     "      --tool-marker-end STR     its closing string (default: ])\n"                       \
