@@ -168,7 +168,7 @@ expect_usage "need --introspect-layers" --hidden-states x.npy
 expect_usage "off, seed or entropix" --entropy-policy hot
 expect_usage "needs a condition" --introspect-layers 1 --safety layer=1
 expect_usage "in \[2, 16\]" --lookahead 1
-expect_usage "mean_logprob or margin" --lookahead 2 --lookahead-score best
+expect_usage "margin or coherence" --lookahead 2 --lookahead-score best
 expect_usage "go together" --inject x.txt
 expect_usage "A-B" --control-vector x.gguf --control-vector-layers 3-1
 echo "PASS"
