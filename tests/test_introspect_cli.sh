@@ -169,6 +169,7 @@ expect_usage "off, seed or entropix" --entropy-policy hot
 expect_usage "needs a condition" --introspect-layers 1 --safety layer=1
 expect_usage "in \[2, 16\]" --lookahead 1
 expect_usage "margin or coherence" --lookahead 2 --lookahead-score best
+expect_usage "needs --introspect-layers" --lookahead 2 --lookahead-score coherence
 expect_usage "go together" --inject x.txt
 expect_usage "A-B" --control-vector x.gguf --control-vector-layers 3-1
 echo "PASS"
