@@ -1308,7 +1308,22 @@ typedef struct sm_tree_params {
     const char *stop_chars;/* ".,": ASCII auto-stop characters; NULL/"" = off  */
     bool score_sum_probs;  /* false: sum of ln p; true: the LLooM's sum of p   */
     bool batched;          /* true: one llama_decode per level and model       */
+    /* Activation scoring (the manual generation loop's #6), in a tree made
+     * by sm_tree_new_observed, batched: each decoded token of a beam also
+     * adds stability_weight * stability + focus_weight * focus to its
+     * score, where stability = minus the mean relative change of the
+     * observed layers' norms from the token before, and focus = minus the
+     * mean attention entropy of the observed layers (0 without attention).
+     * 0 and 0 (the default): likelihood only. */
+    float stability_weight;
+    float focus_weight;
 } sm_tree_params;
+
+/* A plain beam search as a tree: `width` beams, each offering its `width`
+ * most probable tokens, the best `width` kept per level by the sum of ln
+ * p, to n_tokens tokens (or an end of generation): the best suggestion is
+ * the beam search's answer. */
+sm_tree_params sm_beam_search_params(int32_t width, int32_t n_tokens);
 
 sm_tree_params sm_tree_default_params(void);
 /* Checks every field; on failure writes a message naming the field. */
@@ -1378,6 +1393,12 @@ typedef struct sm_tree_result {
  */
 sm_tree *sm_tree_new(sm_model *const *models, int32_t n_models, uint32_t n_ctx, int32_t n_threads,
                      int32_t max_beam_limit, sm_error *err);
+/* The same, with model 0's context observing `layers` (negative from the
+ * end; at most 16) and, with attention, their heads' attention entropy:
+ * what activation scoring reads. */
+sm_tree *sm_tree_new_observed(sm_model *const *models, int32_t n_models, uint32_t n_ctx, int32_t n_threads,
+                              int32_t max_beam_limit, const int32_t *layers, int32_t n_layers, bool attention,
+                              sm_error *err);
 void sm_tree_free(sm_tree *tree);
 
 /* Tokenizes the prefix as plain text (with the model's BOS when it wants

@@ -28,6 +28,7 @@
 
 #define PREFIX_SEQ 0
 #define MAX_PIECE 256
+#define MAX_OBSERVED 16 /* layers activation scoring reads */
 
 /* One model and its context. */
 typedef struct tree_member {
@@ -53,6 +54,8 @@ struct sm_tree {
     llama_seq_id *free_seqs;
     int32_t n_free;
     bool mix_sum;              /* several models' probabilities add up (the LLooM's) */
+    sm_introspector *intro;    /* model 0's observed layers; NULL: none       */
+    float prefix_norms[MAX_OBSERVED]; /* at the prefix's last token          */
     char error[512];
 };
 
@@ -81,6 +84,16 @@ sm_tree_params sm_tree_default_params(void) {
         .score_sum_probs = false,
         .batched = true,
     };
+}
+
+sm_tree_params sm_beam_search_params(int32_t width, int32_t n_tokens) {
+    sm_tree_params p = sm_tree_default_params();
+    p.max_depth = n_tokens;
+    p.beam_limit = width;
+    p.split_limit = width;
+    p.cutoff = 0.0f;
+    p.stop_chars = "";
+    return p;
 }
 
 const char *sm_tree_end_name(sm_tree_end end) {
@@ -121,6 +134,12 @@ static sm_status validate_tree_params(const sm_tree_params *p, char *msg, size_t
     } else if (p->split_limit < 0) {
         field = "split_limit", range = ">= 0 (0 = no limit but beam_limit)";
         snprintf(value, sizeof value, "%d", p->split_limit);
+    } else if (!(p->stability_weight >= 0.0f && isfinite(p->stability_weight))) {
+        field = "stability_weight", range = ">= 0 and finite";
+        snprintf(value, sizeof value, "%g", p->stability_weight);
+    } else if (!(p->focus_weight >= 0.0f && isfinite(p->focus_weight))) {
+        field = "focus_weight", range = ">= 0 and finite";
+        snprintf(value, sizeof value, "%g", p->focus_weight);
     } else if (p->stop_chars) {
         for (const char *c = p->stop_chars; *c; c++)
             if ((unsigned char)*c >= 0x80) {
@@ -140,8 +159,11 @@ static sm_status validate_tree_params(const sm_tree_params *p, char *msg, size_t
 
 
 static bool init_member(sm_tree *t, tree_member *mb, sm_model *model, uint32_t n_ctx, int32_t n_threads,
-                        sm_error *err) {
+                        sm_introspector *intro, bool attention, sm_error *err) {
     sm_context_opts o = {
+        .cb_eval = intro ? sm_introspector_cb : NULL,
+        .cb_eval_user_data = intro,
+        .no_flash_attention = attention,
         .n_ctx = n_ctx,
         .n_seq_max = (uint32_t)t->max_beam_limit + 1,
         /* One cell pool for all sequences: a branch shares its parent's
@@ -182,7 +204,17 @@ static bool check_models(sm_model *const *models, int32_t n_models, sm_error *er
 
 sm_tree *sm_tree_new(sm_model *const *models, int32_t n_models, uint32_t n_ctx, int32_t n_threads,
                      int32_t max_beam_limit, sm_error *err) {
+    return sm_tree_new_observed(models, n_models, n_ctx, n_threads, max_beam_limit, NULL, 0, false, err);
+}
+
+sm_tree *sm_tree_new_observed(sm_model *const *models, int32_t n_models, uint32_t n_ctx, int32_t n_threads,
+                              int32_t max_beam_limit, const int32_t *layers, int32_t n_layers, bool attention,
+                              sm_error *err) {
     if (!check_models(models, n_models, err)) return NULL;
+    if (n_layers < 0 || n_layers > MAX_OBSERVED || (n_layers > 0 && !layers)) {
+        sm_error_set(err, SM_ERR_INVALID_ARGUMENT, "a tree observes 0 to %d layers (got %d)", MAX_OBSERVED, n_layers);
+        return NULL;
+    }
     /* llama.cpp allows LLAMA_MAX_SEQ (256) sequences; one holds the prefix. */
     if (max_beam_limit < 1 || max_beam_limit > 255 || n_threads < 0) {
         sm_error_set(err, SM_ERR_INVALID_ARGUMENT,
@@ -197,11 +229,21 @@ sm_tree *sm_tree_new(sm_model *const *models, int32_t n_models, uint32_t n_ctx, 
     }
     t->max_beam_limit = max_beam_limit;
     t->n_vocab = models[0]->n_vocab;
+    if (n_layers > 0) {
+        char msg[256];
+        t->intro = sm_introspector_new(models[0]->lm, layers, n_layers, false, attention, false,
+                                       max_beam_limit > 512 ? max_beam_limit : 512, msg, sizeof msg);
+        if (!t->intro) {
+            sm_error_set(err, SM_ERR_INVALID_ARGUMENT, "%s", msg);
+            free(t);
+            return NULL;
+        }
+    }
     if (n_ctx == 0) n_ctx = (uint32_t)sm_model_n_ctx_train(models[0]);
     int32_t total_threads = n_threads ? n_threads : sm_online_cores();
     int32_t per_model = total_threads / n_models > 0 ? total_threads / n_models : 1;
     for (int32_t m = 0; m < n_models; m++) {
-        if (!init_member(t, &t->members[m], models[m], n_ctx, per_model, err)) {
+        if (!init_member(t, &t->members[m], models[m], n_ctx, per_model, m == 0 ? t->intro : NULL, attention, err)) {
             sm_tree_free(t);
             return NULL;
         }
@@ -232,6 +274,7 @@ void sm_tree_free(sm_tree *t) {
     if (t->n_models > 1) free(t->mixed);
     free(t->prefix);
     free(t->free_seqs);
+    sm_introspector_free(t->intro);
     free(t);
 }
 
@@ -287,6 +330,11 @@ static int32_t decode_model(void *arg, int32_t m) {
     const size_t row = (size_t)t->n_vocab;
     int32_t r = 0;
     if (!job->one_by_one) {
+        if (m == 0 && t->intro) {
+            int32_t rows = 0;
+            for (int32_t i = 0; i < b->n_tokens; i++) rows += b->logits[i] != 0;
+            sm_introspector_expect_rows(t->intro, rows);
+        }
         int32_t rc = sm_decode(mb->ctx, b);
         for (int32_t i = 0; rc == 0 && i < b->n_tokens; i++)
             if (b->logits[i]) sm_softmax(llama_get_logits_ith(mb->ctx, i), t->n_vocab, mb->probs + row * (size_t)r++);
@@ -301,6 +349,7 @@ static int32_t decode_model(void *arg, int32_t m) {
             .seq_id = b->seq_id + i,
             .logits = b->logits + i,
         };
+        if (m == 0 && t->intro) sm_introspector_expect_rows(t->intro, 1);
         int32_t rc = sm_decode(mb->ctx, &one);
         if (rc != 0) return rc;
         if (b->logits[i]) sm_softmax(llama_get_logits_ith(mb->ctx, 0), t->n_vocab, mb->probs + row * (size_t)r++);
@@ -385,6 +434,11 @@ static sm_status decode_prefix(sm_tree *t, const sm_token *tokens, int32_t n, in
     }
     memcpy(t->prefix, tokens, sizeof *tokens * (size_t)n);
     t->n_prefix = n;
+    if (t->intro) { /* the prefix's last token: what the first level's stability compares with */
+        sm_introspection now;
+        sm_introspector_view(t->intro, sm_introspector_record(t->intro, 0), NULL, &now);
+        for (int32_t l = 0; l < now.n_layers && l < MAX_OBSERVED; l++) t->prefix_norms[l] = now.layers[l].norm;
+    }
     return SM_OK;
 }
 
@@ -399,6 +453,7 @@ typedef struct beam {
     int32_t depth;
     double score;
     bool has_text;         /* its text has more than leading stop characters */
+    float norms[MAX_OBSERVED]; /* activation scoring: at its last decoded token */
 } beam;
 
 typedef struct expansion {
@@ -467,6 +522,7 @@ static int32_t add_node(expansion *e, const beam *parent, const sm_candidate *c,
         .score = parent->score + (e->p->score_sum_probs ? (double)c->prob : log((double)c->prob)),
         .has_text = parent->has_text,
     };
+    memcpy(child->norms, parent->norms, sizeof child->norms);
     sm_tree_end end = SM_TREE_END_NONE;
     if (llama_vocab_is_eog(e->vocab, c->token)) end = SM_TREE_END_EOG;
     else if (hits_stop_char(piece, e->p->stop_chars, &child->has_text)) end = SM_TREE_END_STOP_CHAR;
@@ -603,6 +659,31 @@ static sm_status decode_level(expansion *e) {
     return st;
 }
 
+/* Activation scoring: each live beam's last token, just decoded (row j),
+ * adds its stability and focus to the beam's score. */
+static void score_activations(expansion *e) {
+    const sm_tree_params *p = e->p;
+    sm_introspector *in = e->tree->intro;
+    for (int32_t j = 0; j < e->n_live; j++) {
+        beam *b = &e->live[j];
+        sm_introspection now;
+        sm_introspector_view(in, sm_introspector_record(in, j), NULL, &now);
+        double change = 0, entropy = 0;
+        int32_t n_change = 0, n_entropy = 0;
+        for (int32_t l = 0; l < now.n_layers && l < MAX_OBSERVED; l++) {
+            if (b->norms[l] > 0) {
+                change += fabs(now.layers[l].norm - b->norms[l]) / b->norms[l];
+                n_change++;
+            }
+            b->norms[l] = now.layers[l].norm;
+        }
+        for (int32_t k = 0; now.attn_entropy && k < now.n_layers * now.n_heads; k++, n_entropy++) entropy += now.attn_entropy[k];
+        double stability = n_change ? -change / n_change : 0.0, focus = n_entropy ? -entropy / n_entropy : 0.0;
+        b->score += p->stability_weight * stability + p->focus_weight * focus;
+        e->nodes[b->node].score = b->score;
+    }
+}
+
 static sm_status grow(expansion *e) {
     for (;;) {
         sm_status st = grow_level(e);
@@ -614,6 +695,7 @@ static sm_status grow(expansion *e) {
         e->n_live = e->n_next;
         st = decode_level(e);
         if (st != SM_OK) return st;
+        if (e->p->stability_weight > 0 || e->p->focus_weight > 0) score_activations(e);
     }
 }
 
@@ -739,6 +821,9 @@ static sm_status check_call(sm_tree *t, const char *prefix, const sm_tree_params
         return fail(t, SM_ERR_INVALID_ARGUMENT, "sm_tree_expand needs a prefix, parameters and a result");
     sm_status st = validate_tree_params(p, t->error, sizeof t->error);
     if (st != SM_OK) return st;
+    if ((p->stability_weight > 0 || p->focus_weight > 0) && (!t->intro || !p->batched))
+        return fail(t, SM_ERR_INVALID_ARGUMENT, "activation scoring needs a tree that observes layers "
+                    "(sm_tree_new_observed) and batched decoding");
     if (p->beam_limit > t->max_beam_limit)
         return fail(t, SM_ERR_INVALID_ARGUMENT,
                     "tree parameter beam_limit %d exceeds the %d beams this tree was created for", p->beam_limit,
@@ -769,6 +854,7 @@ static sm_status expand(sm_tree *t, const char *prefix, const sm_tree_params *p,
     free(tokens);
     if (st != SM_OK) return st;
     e->live[0] = (beam){.node = -1, .seq = PREFIX_SEQ, .depth = 0, .score = 0.0};
+    memcpy(e->live[0].norms, t->prefix_norms, sizeof t->prefix_norms);
     e->n_live = 1;
     return grow(e);
 }

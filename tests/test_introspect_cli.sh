@@ -172,4 +172,23 @@ expect_usage "margin or coherence" --lookahead 2 --lookahead-score best
 expect_usage "needs --introspect-layers" --lookahead 2 --lookahead-score coherence
 expect_usage "go together" --inject x.txt
 expect_usage "A-B" --control-vector x.gguf --control-vector-layers 3-1
+# --- beam search: width 1 is greedy; activation scoring needs layers --------
+greedy=$("$SM_BIN" -m "$STORIES" -p "$PROMPT" -n 12 "${COMMON[@]}" --repeat-penalty 1) || fail "greedy run failed"
+beam1=$("$SM_BIN" -m "$STORIES" -p "$PROMPT" -n 12 --beam-search 1 --quiet --no-memory --threads 1) || fail "--beam-search 1 failed"
+[ "$greedy" = "$beam1" ] || fail "--beam-search 1 is not greedy: '$beam1' vs '$greedy'"
+"$SM_BIN" -m "$STORIES" -p "$PROMPT" -n 10 --beam-search 4 --introspect-layers 1,-1 --introspect-attention \
+  --beam-stability 0.5 --beam-focus 0.3 --json-stream --quiet --no-memory --threads 1 > beams.jsonl || fail "scored beam search failed"
+python3 - <<'EOF' || fail "--beam-search --json-stream: wrong beams"
+import json, sys
+beams = [json.loads(l) for l in open('beams.jsonl')]
+if not 1 <= len(beams) <= 4: sys.exit(f'{len(beams)} beams')
+if [b['rank'] for b in beams] != list(range(len(beams))): sys.exit('ranks')
+if any(beams[i]['score'] < beams[i + 1]['score'] for i in range(len(beams) - 1)): sys.exit('not best first')
+for b in beams:
+    if b['end'] != 'eog' and len(b['tokens']) != 10: sys.exit(f'{len(b["tokens"])} tokens')
+EOF
+expect_usage "not with --operator" -p x --beam-search 2 --operator repetition
+expect_usage "give --introspect-layers" -p x --beam-search 2 --beam-stability 1
+expect_usage "weigh --beam-search" -p x --beam-focus 1
+
 echo "PASS"

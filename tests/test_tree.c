@@ -663,6 +663,87 @@ static void test_bad_parameters_are_named(void **state) {
     assert_int_equal(err.status, SM_ERR_INVALID_ARGUMENT);
 }
 
+/* A plain beam search: width 1 is greedy decoding; width 4 returns 4
+ * complete beams of n tokens, best first, by the sum of ln p. */
+static void test_plain_beam_search(void **state) {
+    fixture *f = *state;
+    sm_tree_params p = sm_beam_search_params(1, 10);
+    sm_tree_result r;
+    expand(f->tree, PREFIX, &p, &r);
+    assert_int_equal(r.n_suggestions, 1);
+    sm_session_params sp = sm_session_default_params();
+    sp.n_ctx = 512;
+    sp.n_threads = 1;
+    sm_error err = {0};
+    sm_session *s = sm_session_new(f->model, &sp, &err);
+    assert_non_null(s);
+    sm_gen_params gp = tu_greedy_params(10);
+    gp.sampling.repeat_penalty = 1.0f;
+    gp.stop_at_bos = false;
+    sm_result g;
+    assert_int_equal(sm_session_generate(s, PREFIX, &gp, &g), SM_OK);
+    assert_int_equal(r.suggestions[0].n_tokens, g.n_tokens);
+    assert_memory_equal(r.suggestions[0].tokens, g.tokens, sizeof(sm_token) * (size_t)g.n_tokens);
+    sm_result_free(&g);
+    sm_session_free(s);
+    sm_tree_result_free(&r);
+
+    p = sm_beam_search_params(4, 10);
+    expand(f->tree, PREFIX, &p, &r);
+    check_tree(&r, &p);
+    assert_true(r.n_suggestions >= 1 && r.n_suggestions <= 4);
+    assert_true(r.max_live_beams <= 4);
+    for (int32_t i = 0; i < r.n_suggestions; i++) {
+        double lp = 0;
+        for (int32_t k = 0; k < r.suggestions[i].n_tokens; k++) lp += log(r.suggestions[i].probs[k]);
+        assert_true(fabs(lp - r.suggestions[i].score) < 1e-6);
+        if (r.suggestions[i].end != SM_TREE_END_EOG) assert_int_equal(r.suggestions[i].n_tokens, 10);
+    }
+    sm_tree_result_free(&r);
+}
+
+/* Beam search with activation scoring, in a tree that observes layers:
+ * with weights 0 it is the plain search (observing changes nothing); with
+ * weights each beam's score is its sum of ln p plus the (never positive)
+ * stability and focus terms, and some of them are not 0; an unobserved
+ * tree refuses the weights. */
+static void test_beam_search_with_activation_scoring(void **state) {
+    fixture *f = *state;
+    int32_t layers[] = {1, -1};
+    sm_error err = {0};
+    sm_tree *observed = sm_tree_new_observed(&f->model, 1, 512, 1, 8, layers, 2, true, &err);
+    if (!observed) fail_msg("%s", err.message);
+    sm_tree_params p = sm_beam_search_params(4, 8);
+    sm_tree_result plain, seen;
+    expand(f->tree, PREFIX, &p, &plain);
+    expand(observed, PREFIX, &p, &seen);
+    assert_int_equal(plain.n_suggestions, seen.n_suggestions);
+    for (int32_t i = 0; i < plain.n_suggestions; i++) assert_string_equal(plain.suggestions[i].text, seen.suggestions[i].text);
+    sm_tree_result_free(&seen);
+
+    p.stability_weight = 0.3f;
+    p.focus_weight = 0.2f;
+    expand(observed, PREFIX, &p, &seen);
+    int32_t n_adjusted = 0;
+    for (int32_t i = 0; i < seen.n_suggestions; i++) {
+        double lp = 0;
+        for (int32_t k = 0; k < seen.suggestions[i].n_tokens; k++) lp += log(seen.suggestions[i].probs[k]);
+        double extra = seen.suggestions[i].score - lp;
+        assert_true(extra <= 1e-9);
+        n_adjusted += extra < -1e-6;
+        if (i > 0) assert_true(seen.suggestions[i - 1].score >= seen.suggestions[i].score);
+    }
+    assert_true(n_adjusted > 0);
+    sm_tree_result_free(&seen);
+    sm_tree_result_free(&plain);
+
+    assert_int_equal(sm_tree_expand(f->tree, PREFIX, &p, &seen), SM_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(sm_tree_last_error(f->tree), "observes layers"));
+    p.stability_weight = -1.0f;
+    assert_int_equal(sm_tree_expand(observed, PREFIX, &p, &seen), SM_ERR_INVALID_ARGUMENT);
+    sm_tree_free(observed);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_limits_hold),
@@ -681,6 +762,8 @@ int main(void) {
         cmocka_unit_test(test_leading_stop_characters_continue),
         cmocka_unit_test(test_end_of_generation_ends_a_beam),
         cmocka_unit_test(test_bad_parameters_are_named),
+        cmocka_unit_test(test_plain_beam_search),
+        cmocka_unit_test(test_beam_search_with_activation_scoring),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

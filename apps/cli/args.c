@@ -61,6 +61,9 @@ enum {
     OPT_BACKTRACK_EVERY_ONLY,
     OPT_WRAP_PROMPT,
     OPT_PREFILL,
+    OPT_BEAM_SEARCH,
+    OPT_BEAM_STABILITY,
+    OPT_BEAM_FOCUS,
 };
 
 static const struct option long_options[] = {
@@ -115,6 +118,9 @@ static const struct option long_options[] = {
     {"memory-format", required_argument, NULL, OPT_MEMORY_FORMAT},
     {"wrap-prompt", no_argument, NULL, OPT_WRAP_PROMPT},
     {"prefill", required_argument, NULL, OPT_PREFILL},
+    {"beam-search", required_argument, NULL, OPT_BEAM_SEARCH},
+    {"beam-stability", required_argument, NULL, OPT_BEAM_STABILITY},
+    {"beam-focus", required_argument, NULL, OPT_BEAM_FOCUS},
     CLI_INTRO_LONG_OPTIONS
     CLI_FUSION_LONG_OPTIONS
     {"help", no_argument, NULL, 'h'},
@@ -221,6 +227,11 @@ void cli_print_help(FILE *out) {
         "                                init/token/modification/complete, which its GUI reads\n"
         "                                (default FORMAT: $LLAMA_SELFMOD_JSON_STREAM, else native)\n"
         "      --wrap-prompt             send -p as \"User: PROMPT\\nAssistant:\", as the original did\n"
+        "      --beam-search W           a beam search of width W to -n tokens instead of sampling: the\n"
+        "                                best beam's text (--json-stream: every beam); -p only\n"
+        "      --beam-stability F --beam-focus F  activation scoring: each token also adds F times\n"
+        "                                the observed layers' norm stability / attention focus\n"
+        "                                (needs --introspect-layers; default: 0, likelihood only)\n"
         "      --prefill TEXT            the answer begins with TEXT (its tokens are forced, then the\n"
         "                                model goes on; every chat turn too)\n"
         "      --quiet                   no event lines or summary\n"
@@ -453,6 +464,14 @@ static bool apply_option(int c, const char *arg, cli_options *opt, FILE *err) {
             return report(err, "--memory-format", arg, "native or original");
         return true;
     case OPT_WRAP_PROMPT: opt->wrap_prompt = true; return true;
+    case OPT_BEAM_SEARCH:
+        return parse_int_in(err, "--beam-search", arg, 1, 64, "a beam width in [1, 64]", &opt->beam_width);
+    case OPT_BEAM_STABILITY:
+        return parse_float_in(err, "--beam-stability", arg, 0.0f, CLOSED, 100.0f, CLOSED, "a weight in [0, 100]",
+                              &opt->beam_stability);
+    case OPT_BEAM_FOCUS:
+        return parse_float_in(err, "--beam-focus", arg, 0.0f, CLOSED, 100.0f, CLOSED, "a weight in [0, 100]",
+                              &opt->beam_focus);
     case OPT_PREFILL:
         if (!*arg) return report(err, "--prefill", arg, "some text (the answer's first words)");
         opt->prefill = arg;
@@ -523,6 +542,29 @@ static bool check_combination(cli_options *opt, FILE *err) {
     }
     if (!check_thresholds(opt, err)) return false;
     warn_inert(opt, err);
+    if (opt->beam_width > 0) {
+        const char *clash = !opt->prompt ? "interactive mode (give -p)"
+                            : opt->n_operator_specs > 0 ? "--operator"
+                            : opt->prefill ? "--prefill"
+                            : opt->gen.interventions.lookahead.k > 0 ? "--lookahead"
+                            : opt->intro.n_safety > 0 ? "--safety"
+                            : opt->intro.steer_rule ? "--steer-when/--steer-target"
+                            : opt->intro.inject_file ? "--inject"
+                            : opt->gen.interventions.tools ? "--tools"
+                            : opt->json_original ? "--json-stream=original" : NULL;
+        if (clash) {
+            fprintf(err, "llama_selfmod: error: --beam-search searches beams and samples nothing: not with %s\n", clash);
+            return false;
+        }
+        if ((opt->beam_stability > 0 || opt->beam_focus > 0) && opt->intro.n_layers == 0) {
+            fprintf(err, "llama_selfmod: error: --beam-stability and --beam-focus read activations: give "
+                         "--introspect-layers L,.. (at most 16)\n");
+            return false;
+        }
+    } else if (opt->beam_stability > 0 || opt->beam_focus > 0) {
+        fprintf(err, "llama_selfmod: error: --beam-stability and --beam-focus weigh --beam-search's beams\n");
+        return false;
+    }
     if (opt->wrap_prompt && !opt->prompt) {
         fprintf(err, "llama_selfmod: error: --wrap-prompt wraps the one-shot prompt: give it with -p (interactive "
                      "mode already uses \"User:\"/\"Assistant:\" where the model has no chat template)\n");

@@ -44,6 +44,8 @@ typedef struct cli_options {
     sm_memlog_format memory_format;
     bool wrap_prompt;            /* -p goes in as "User: ...\nAssistant:" */
     const char *prefill;         /* --prefill: the answer's first words    */
+    int32_t beam_width;          /* --beam-search; 0 = sample             */
+    float beam_stability, beam_focus;
 
     cli_intro_options intro;     /* introspection and intervention flags   */
     cli_fusion_options fusion;   /* --models and the --fusion-* flags      */

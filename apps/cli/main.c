@@ -6,6 +6,7 @@
 #include "app.h"
 #include "eval/eval.h"
 #include "tune/tune.h"
+#include "beam.h"
 #include "generate.h"
 #include "interactive.h"
 #include "intro_run.h"
@@ -197,7 +198,7 @@ static int run_app(cli_app *app) {
     app->stream_to_terminal = !opt->json_stream && isatty(STDOUT_FILENO);
     if (app->stream_to_terminal) display_init(&app->disp, stdout, stderr);
     if (opt->verbose_events && !opt->quiet) print_settings(app);
-    int code = opt->prompt ? run_single_prompt(app) : cli_interactive(app);
+    int code = opt->beam_width > 0 ? cli_beam_search(app) : opt->prompt ? run_single_prompt(app) : cli_interactive(app);
     if (!cli_intro_free(app) && code == EXIT_SUCCESS) code = EXIT_FAILURE; /* an output file is incomplete */
     return code;
 }
