@@ -1117,6 +1117,12 @@ void sm_chat_free(sm_chat *chat);
  * turns are dropped (see sm_chat_last_turn_info). */
 sm_status sm_chat_turn(sm_chat *chat, const char *user_message, const sm_gen_params *params,
                        sm_result *result);
+/* The same with the answer's beginning given (an assistant prefill, as
+ * llama-server takes a final assistant message): prefill goes into the
+ * context after the answer's opening, the result holds what the model
+ * wrote after it, and the history holds prefill + that. */
+sm_status sm_chat_turn_prefilled(sm_chat *chat, const char *user_message, const char *prefill,
+                                 const sm_gen_params *params, sm_result *result);
 /* Replaces the history (e.g. the user edited an earlier message). The next
  * turn re-uses the KV cache up to the first token that differs. */
 sm_status sm_chat_set_history(sm_chat *chat, const sm_chat_message *messages, int32_t n_messages);

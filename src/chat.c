@@ -1017,8 +1017,39 @@ static sm_status commit_history(sm_chat *chat, const turn_plan *plan, const char
     return SM_OK;
 }
 
+/* An assistant prefill goes into the context right after the answer's
+ * opening, as text the answer continues. */
+static sm_status add_prefill(sm_chat *chat, turn_plan *plan, const char *prefill) {
+    sm_tokens toks;
+    sm_error err = {0};
+    if (sm_tokenize_continuation(sm_session_model(chat->session), prefill, strlen(prefill), &toks, &err) != SM_OK)
+        return fail(chat, err.status, "the assistant prefill: %s", err.message);
+    sm_token *grown = realloc(plan->feed.data, sizeof *grown * (size_t)(plan->feed.len + toks.n + 1));
+    bool ok = grown && text_append(&plan->rendered, prefill);
+    if (grown) {
+        plan->feed.data = grown;
+        if (toks.n) memcpy(grown + plan->feed.len, toks.data, sizeof *grown * (size_t)toks.n);
+        plan->feed.len += toks.n;
+    }
+    sm_tokens_free(&toks);
+    return ok ? SM_OK : fail(chat, SM_ERR_NO_MEMORY, "out of memory");
+}
+
+static sm_status turn(sm_chat *chat, const char *user_message, const char *prefill, const sm_gen_params *params,
+                      sm_result *result);
+
 sm_status sm_chat_turn(sm_chat *chat, const char *user_message, const sm_gen_params *params,
                        sm_result *result) {
+    return turn(chat, user_message, NULL, params, result);
+}
+
+sm_status sm_chat_turn_prefilled(sm_chat *chat, const char *user_message, const char *prefill,
+                                 const sm_gen_params *params, sm_result *result) {
+    return turn(chat, user_message, prefill && *prefill ? prefill : NULL, params, result);
+}
+
+static sm_status turn(sm_chat *chat, const char *user_message, const char *prefill, const sm_gen_params *params,
+                      sm_result *result) {
     if (!chat) return SM_ERR_INVALID_ARGUMENT;
     if (!result) return fail(chat, SM_ERR_INVALID_ARGUMENT, "sm_chat_turn: result is NULL");
     memset(result, 0, sizeof *result);
@@ -1032,6 +1063,10 @@ sm_status sm_chat_turn(sm_chat *chat, const char *user_message, const sm_gen_par
     turn_plan plan;
     sm_status status = plan_turn(chat, user_message, params, &plan);
     if (status != SM_OK) return status;
+    if (prefill && (status = add_prefill(chat, &plan, prefill)) != SM_OK) {
+        plan_free(&plan);
+        return status;
+    }
 
     int64_t decoded_before = sm_session_n_decoded_total(chat->session);
     status = prepare_context(chat, &plan);
@@ -1046,7 +1081,18 @@ sm_status sm_chat_turn(sm_chat *chat, const char *user_message, const sm_gen_par
     }
     if (status == SM_OK && !remember_context(chat, &plan))
         status = fail(chat, SM_ERR_NO_MEMORY, "out of memory recording the context");
-    if (status == SM_OK) status = commit_history(chat, &plan, user_message, result->text);
+    if (status == SM_OK && prefill) { /* the history holds the whole answer */
+        size_t n = strlen(prefill) + (result->text ? result->text_len : 0) + 1;
+        char *whole = malloc(n);
+        if (!whole) status = fail(chat, SM_ERR_NO_MEMORY, "out of memory");
+        else {
+            snprintf(whole, n, "%s%s", prefill, result->text ? result->text : "");
+            status = commit_history(chat, &plan, user_message, whole);
+            free(whole);
+        }
+    } else if (status == SM_OK) {
+        status = commit_history(chat, &plan, user_message, result->text);
+    }
     if (status != SM_OK) chat->kv_valid = false;
     plan_free(&plan);
     return status;

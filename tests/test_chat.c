@@ -444,8 +444,40 @@ static void test_message_text_never_becomes_special(void **state) {
     assert_true(n_tokens > 5 && n_tokens < 40);
 }
 
+/* An assistant prefill: the context holds the prompt with the prefill
+ * after the answer's opening (so the answer is the plain continuation of
+ * that text: the same tokens a session fed the rendered text generates),
+ * the result holds what came after it, and the history holds both. */
+static void test_prefilled_turn_continues_the_given_words(void **state) {
+    fixture *f = *state;
+    sm_gen_params gp = tu_greedy_params(12);
+    sm_result res;
+    assert_int_equal(sm_chat_turn_prefilled(f->chat, "Tell me a story", " Once upon a time, a dragon", &gp, &res), SM_OK);
+    assert_true(res.n_tokens > 0);
+    const sm_chat_message *h = sm_chat_messages(f->chat);
+    assert_int_equal(sm_chat_n_messages(f->chat), 2);
+    char whole[512];
+    snprintf(whole, sizeof whole, "Once upon a time, a dragon%s", res.text);
+    /* the history's answer is trimmed as every answer is */
+    const char *trimmed = whole;
+    while (*trimmed == ' ') trimmed++;
+    assert_int_equal(strncmp(h[1].content, trimmed, strlen(h[1].content)), 0);
+
+    /* the same continuation from the rendered text fed as a plain prompt */
+    sm_session *plain = new_session(f->model, 512);
+    sm_result direct;
+    gp.stop_at_bos = true;
+    assert_int_equal(sm_session_generate(plain, "User: Tell me a story\nBot: Once upon a time, a dragon", &gp, &direct),
+                     SM_OK);
+    assert_string_equal(direct.text, res.text);
+    sm_result_free(&direct);
+    sm_session_free(plain);
+    sm_result_free(&res);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_prefilled_turn_continues_the_given_words, setup_256, teardown),
         cmocka_unit_test(test_defaults),
         cmocka_unit_test_setup_teardown(test_message_text_never_becomes_special, setup_256, teardown),
         cmocka_unit_test_setup_teardown(test_three_turns_decode_only_new_tokens, setup_256, teardown),

@@ -198,7 +198,7 @@ static sm_status run_chat(job *j, sm_result *res, char *why, size_t why_size) {
     const sm_chat_message *last = &j->req.messages[j->req.n_messages - 1];
     sm_status st = sm_chat_set_history(chat, j->req.messages, j->req.n_messages - 1);
     double t0 = now_ms();
-    if (st == SM_OK) st = sm_chat_turn(chat, last->content, &j->req.params, res);
+    if (st == SM_OK) st = sm_chat_turn_prefilled(chat, last->content, j->req.prefill, &j->req.params, res);
     if (st != SM_OK) {
         snprintf(why, why_size, "%s", sm_chat_last_error(chat));
         return st;
@@ -253,7 +253,15 @@ static bool generate_in_slot(job *j, sm_result *res, api_error *err) {
     }
     if (hashes) { /* the conversation the next turn will send back */
         bool ok = st == SM_OK && res->text;
-        if (ok) hashes[j->req.n_messages] = message_hash("assistant", res->text);
+        char *whole = NULL; /* a prefilled answer is the prefill and what followed */
+        if (ok && j->req.prefill) {
+            size_t n = strlen(j->req.prefill) + res->text_len + 1;
+            whole = malloc(n);
+            if (whole) snprintf(whole, n, "%s%s", j->req.prefill, res->text);
+            else ok = false;
+        }
+        if (ok) hashes[j->req.n_messages] = message_hash("assistant", whole ? whole : res->text);
+        free(whole);
         slot_set_chat_messages(j->slot, j->req.target, hashes, ok ? j->req.n_messages + 1 : 0);
         free(hashes);
     } else {

@@ -459,8 +459,10 @@ static const char *message_role(const cJSON *m, int i, int n, api_error *err) {
         api_fail(err, 400, param, "role '%s' is not supported (system, user, assistant)", name);
         return NULL;
     }
-    if (i == n - 1 && strcmp(name, "user") != 0) {
-        api_fail(err, 400, param, "the last message must be the user's");
+    /* The last message is the user's, or the beginning of the answer to it
+     * (an assistant prefill, as llama-server takes it). */
+    if (i == n - 1 && strcmp(name, "user") != 0 && !(strcmp(name, "assistant") == 0 && i > 0)) {
+        api_fail(err, 400, param, "the last message must be the user's (or the start of the assistant's answer to it)");
         return NULL;
     }
     return system ? "system" : name;
@@ -493,6 +495,13 @@ static bool parse_messages(const cJSON *b, gen_request *r, api_error *err) {
         if (!r->messages[i - 1].role) return api_fail(err, 500, NULL, "out of memory");
     }
     r->has_system = strcmp(r->messages[0].role, "system") == 0;
+    if (strcmp(r->messages[n - 1].role, "assistant") == 0) { /* the prefill: the answer goes on from it */
+        if (strcmp(r->messages[n - 2].role, "user") != 0)
+            return api_fail(err, 400, "messages", "an assistant message to continue must follow the user's");
+        r->prefill = (char *)r->messages[n - 1].content;
+        free((char *)r->messages[n - 1].role);
+        r->n_messages = n - 1;
+    }
     return true;
 }
 
@@ -570,6 +579,7 @@ void gen_request_bind(gen_request *r) {
 void gen_request_free(gen_request *r) {
     for (int i = 0; i < r->n_stops; i++) free(r->stops[i]);
     for (int i = 0; i < r->n_operators; i++) sm_operator_free(r->operators[i]);
+    free(r->prefill);
     for (int i = 0; i < r->n_messages; i++) {
         free((char *)r->messages[i].role);
         free((char *)r->messages[i].content);

@@ -52,6 +52,7 @@ typedef struct gen_request {
     sm_chat_message *messages;      /* chat; strings owned                */
     int n_messages;
     bool has_system;
+    char *prefill;                  /* chat: the answer's given beginning, or NULL */
 } gen_request;
 
 /* base: what a request starts from (serve's defaults and --preset);

@@ -146,6 +146,8 @@ test('400 names the invalid field', async () => {
     ['/v1/chat/completions', { messages: [{ role: 'system', content: 'be brief' }] }, 'messages[0].role'],
     ['/v1/chat/completions', { messages: [{ role: 'user', content: 'a' }, { role: 'system', content: 'b' }, { role: 'user', content: 'c' }] }, 'messages[1].role'],
     ['/v1/chat/completions', { messages: [{ role: 'user', content: 'hi' }], top_logprobs: 2 }, 'top_logprobs'],
+    ['/v1/chat/completions', { messages: [{ role: 'assistant', content: 'x' }] }, 'messages[0].role'],
+    ['/v1/chat/completions', { messages: [{ role: 'system', content: 's' }, { role: 'assistant', content: 'x' }] }, 'messages'],
     ['/completion', { prompt: 'a', n_probs: -1 }, 'n_probs'],
     ['/tokenize', { content: 5 }, 'content'],
     ['/detokenize', { tokens: [1, 99999] }, 'tokens[1]'],
@@ -160,6 +162,23 @@ test('400 names the invalid field', async () => {
   // A prompt longer than the context.
   const long = await post(base(), '/v1/completions', { prompt: 'a b '.repeat(3000), max_tokens: 1 });
   assert.equal(assertError(long, 400).code, 'context_length_exceeded');
+});
+
+test('a final assistant message is the start of the answer (a prefill): the reply continues it', async () => {
+  const ask = (messages) => post(base(), '/v1/chat/completions', { messages, max_tokens: 10, temperature: 0 });
+  const prefill = 'Once upon a time, a dragon';
+  const r = await ask([{ role: 'user', content: 'Tell me a story' }, { role: 'assistant', content: prefill }]);
+  assert.equal(r.status, 200, r.text);
+  const reply = r.json.choices[0].message.content;
+  assert.ok(reply.length > 0 && !reply.startsWith(prefill), reply);
+  // The same words as a plain completion of the prompt with the prefill in it.
+  const plain = await post(base(), '/v1/completions', { prompt: 'User: Tell me a story\nAssistant: ' + prefill, max_tokens: 10, temperature: 0 });
+  const tmpl = await post(base(), '/apply-template', { messages: [{ role: 'user', content: 'Tell me a story' }] });
+  if (tmpl.status === 200 && tmpl.json.prompt === 'User: Tell me a story\nAssistant:') assert.equal(reply, plain.json.choices[0].text);
+  // The next turn, sending the whole answer back, reuses the cached conversation.
+  const next = await ask([{ role: 'user', content: 'Tell me a story' }, { role: 'assistant', content: prefill + reply },
+    { role: 'user', content: 'And then?' }]);
+  assert.equal(next.status, 200, next.text);
 });
 
 test('selfmod.preset original runs the original policy, and later keys refine it', async () => {
