@@ -78,9 +78,12 @@ static const route ROUTES[] = {
     {"/health", ROUTE_GET, true, api_health, NULL},
     {"/v1/health", ROUTE_GET, true, api_health, NULL},
     {"/v1/models", ROUTE_GET, false, api_models, NULL},
+    {"/models", ROUTE_GET, false, api_models, NULL},   /* llama-server's unprefixed names too */
     {"/props", ROUTE_GET, false, api_props, NULL},
     {"/v1/completions", ROUTE_POST, false, NULL, api_completions},
+    {"/completions", ROUTE_POST, false, NULL, api_llama_completion}, /* as llama-server: its own form */
     {"/v1/chat/completions", ROUTE_POST, false, NULL, api_chat_completions},
+    {"/chat/completions", ROUTE_POST, false, NULL, api_chat_completions},
     {"/completion", ROUTE_POST, false, NULL, api_llama_completion},
     {"/tokenize", ROUTE_POST, false, NULL, api_tokenize},
     {"/detokenize", ROUTE_POST, false, NULL, api_detokenize},
@@ -103,6 +106,8 @@ static bool same_secret(const char *a, const char *b) {
 
 static bool authorized(const server *srv, struct MHD_Connection *conn) {
     if (!srv->opt.api_key) return true;
+    const char *x_key = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Api-Key"); /* Anthropic's clients */
+    if (x_key && same_secret(x_key, srv->opt.api_key)) return true;
     const char *auth = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
     if (!auth || strncasecmp(auth, "Bearer ", 7) != 0) return false;
     auth += 7;
@@ -241,6 +246,18 @@ static bool is_loopback_host(const char *host) {
            strcmp(name, "::1") == 0;
 }
 
+/* http(s)://localhost, 127.x.x.x or [::1], with any port. */
+static bool is_loopback_origin(const char *origin) {
+    const char *host = strncasecmp(origin, "http://", 7) == 0 ? origin + 7 : strncasecmp(origin, "https://", 8) == 0 ? origin + 8 : NULL;
+    if (!host) return false;
+    size_t n = strcspn(host, "/");
+    char name[128];
+    if (n >= sizeof name) return false;
+    memcpy(name, host, n);
+    name[n] = '\0';
+    return is_loopback_host(name) && (strncasecmp(name, "localhost", 9) != 0 || name[9] == '\0' || name[9] == ':');
+}
+
 /* Whether a page from `origin` may call the API: its own pages (the
  * origin is this server, as the Host header names it) or an origin the
  * operator listed with --cors-origins. */
@@ -255,6 +272,8 @@ static bool origin_allowed(const server *srv, const char *origin, const char *ho
         size_t len = comma ? (size_t)(comma - p) : strlen(p);
         while (len > 0 && p[len - 1] == '/') len--;
         if (len == n && strncasecmp(p, origin, n) == 0) return true;
+        /* "localhost": a page on this machine, any port, as llama-server's --cors-origins localhost */
+        if (len == 9 && strncasecmp(p, "localhost", 9) == 0 && is_loopback_origin(origin)) return true;
         if (!comma) break;
         p = comma + 1;
         while (*p == ' ') p++;
@@ -289,10 +308,13 @@ static reply check_headers(server *srv, struct MHD_Connection *conn, const char 
         return refuse(403, "forbidden", "Host '%.100s' is not this server (it listens on loopback only)", host);
     const char *origin = header(conn, "Origin");
     if (origin) {
-        if (!origin_allowed(srv, origin, host))
+        bool allowed = origin_allowed(srv, origin, host);
+        /* A preflight is answered either way: without the CORS headers the
+         * browser keeps the page out. Anything else from such a page is refused. */
+        if (!allowed && strcmp(method, "OPTIONS") != 0)
             return refuse(403, "forbidden", "pages from origin '%.100s' may not use this server (see --cors-origins)",
                           origin);
-        rs->cors = origin;
+        if (allowed) rs->cors = origin;
     }
     bool is_post = strcmp(method, "POST") == 0;
     const route *rt = find_route(url);
@@ -342,11 +364,14 @@ static enum MHD_Result queue(server *srv, struct MHD_Connection *conn, reply r, 
     return result;
 }
 
-static reply preflight(void) {
-    reply r = reply_bytes(204, "text/plain", "", 0);
-    if (r.response) {
+/* The answer to a browser's preflight: for an allowed origin, what it may
+ * send (queue adds the origin itself); otherwise nothing that allows. */
+static reply preflight(bool allowed) {
+    reply r = reply_bytes(200, "text/plain", "", 0);
+    if (r.response && allowed) {
         MHD_add_response_header(r.response, "Access-Control-Allow-Methods", "GET, POST, OPTIONS");
-        MHD_add_response_header(r.response, "Access-Control-Allow-Headers", "Authorization, Content-Type");
+        MHD_add_response_header(r.response, "Access-Control-Allow-Headers", "*");
+        MHD_add_response_header(r.response, "Access-Control-Allow-Credentials", "true");
         MHD_add_response_header(r.response, "Access-Control-Max-Age", "86400");
     }
     return r;
@@ -387,7 +412,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (rs->early.status != 0) return MHD_YES; /* already answered */
     watchdog_answering(&srv->watchdog, connection_watch(conn));
     atomic_fetch_add(&srv->n_requests, 1);
-    if (strcmp(method, "OPTIONS") == 0) return queue(srv, conn, preflight(), method, url, rs);
+    if (strcmp(method, "OPTIONS") == 0) return queue(srv, conn, preflight(rs->cors != NULL), method, url, rs);
     return queue(srv, conn, dispatch(srv, conn, url, method, rs), method, url, rs);
 }
 

@@ -5,6 +5,7 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/stat.h>
 
 enum {
@@ -32,6 +33,9 @@ enum {
     OPT_NO_BATCH,
     OPT_USER_LABEL,
     OPT_ASSISTANT_LABEL,
+    OPT_TEMPERATURE,
+    OPT_SEED,
+    OPT_N_PREDICT,
 };
 
 static const struct option long_options[] = {
@@ -60,6 +64,10 @@ static const struct option long_options[] = {
     {"no-batch", no_argument, NULL, OPT_NO_BATCH},
     {"user-label", required_argument, NULL, OPT_USER_LABEL},
     {"assistant-label", required_argument, NULL, OPT_ASSISTANT_LABEL},
+    {"temperature", required_argument, NULL, OPT_TEMPERATURE},
+    {"temp", required_argument, NULL, OPT_TEMPERATURE},
+    {"seed", required_argument, NULL, OPT_SEED},
+    {"n-predict", required_argument, NULL, OPT_N_PREDICT},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -100,6 +108,8 @@ static void print_usage(FILE *out) {
           "      --max-body BYTES      largest request body, else 413 (default: 1048576)\n"
           "      --web-dir DIR         the web page's folder (default: found beside the program)\n"
           "      --chat-template NAME  a llama.cpp template name (default: the model's own)\n"
+          "      --temp F --seed N --n-predict N  what requests that do not say get\n"
+          "                            (llama-server's names; default: 0.7, 42, 256)\n"
           "      --user-label STR --assistant-label STR   the plain chat form's labels\n"
           "                            (default: read off the model's template, else\n"
           "                            \"User:\" and \"Assistant:\")\n"
@@ -256,6 +266,24 @@ static bool apply_option(server_options *opt, int c, const char *arg, FILE *err)
         return false;
     }
     case OPT_NO_BATCH: opt->no_batch = true; return true;
+    case OPT_TEMPERATURE: {
+        char *end;
+        double t = strtod(arg, &end);
+        if (end == arg || *end || !(t >= 0 && t <= 100)) {
+            fprintf(err, "llama_selfmod serve: error: invalid value '%s' for --temp: expected a number in [0, 100]\n", arg);
+            return false;
+        }
+        opt->base.sampling.temperature = (float)t;
+        return true;
+    }
+    case OPT_SEED:
+        if (!parse_long(err, "--seed", arg, -1, LONG_MAX, &v)) return false;
+        opt->base.sampling.seed = v < 0 ? (uint64_t)time(NULL) : (uint64_t)v;
+        return true;
+    case OPT_N_PREDICT:
+        if (!parse_long(err, "--n-predict", arg, -1, INT32_MAX, &v)) return false;
+        opt->base.n_predict = (int32_t)v;
+        return true;
     case OPT_HEADER_TIMEOUT:
         if (!parse_long(err, "--header-timeout", arg, 1, 3600, &v)) return false;
         opt->header_timeout = (int)v;
