@@ -833,6 +833,9 @@ typedef struct sm_gen_params {
      * generated tokens, and the stages see them like any other. Not owned. */
     const sm_token *forced_tokens;
     int32_t n_forced_tokens;
+    /* End-of-generation tokens are never sampled (llama-server's
+     * ignore_eos): generation goes on to n_predict or a stop. */
+    bool ignore_eos;
     sm_sampling_params sampling;
     sm_policy_params policy;
     sm_backtrack_params backtrack;

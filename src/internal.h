@@ -163,6 +163,8 @@ typedef struct sm_sample_input {
     int32_t n_recent;
     const sm_token *bans;       /* tokens that may not be chosen here      */
     int32_t n_bans;
+    const sm_token *never;      /* nor these, anywhere (ignore_eos)        */
+    int32_t n_never;
     float temperature;
     float repeat_penalty;
     float frequency_penalty;

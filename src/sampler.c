@@ -199,6 +199,8 @@ sm_token sm_sample(const sm_sample_input *in, uint64_t *rng, sm_sampler_work *w,
     }
     for (int32_t i = 0; i < in->n_bans; i++)
         if (in->bans[i] >= 0 && in->bans[i] < in->n_vocab) logits[in->bans[i]] = -INFINITY;
+    for (int32_t i = 0; i < in->n_never; i++)
+        if (in->never[i] >= 0 && in->never[i] < in->n_vocab) logits[in->never[i]] = -INFINITY;
     apply_repeat_penalty(logits, in);
     apply_count_penalties(logits, in, w);
     if (in->dry_multiplier > 0.0f) apply_dry(logits, in, w);

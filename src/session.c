@@ -364,6 +364,7 @@ void sm_session_free(sm_session *s) {
     free(s->ring_unmapped);
     free(s->ring_pos);
     free(s->top_view);
+    free(s->eog);
     free(s->fused);
     free(s->text_buf);
     free(s->align_buf);
@@ -1052,6 +1053,8 @@ static sm_token sample_candidate(generation *g, int32_t i, const sm_knobs *knobs
         .n_recent = n_recent,
         .bans = r->bans,
         .n_bans = r->n_bans,
+        .never = g->gp->ignore_eos ? s->eog : NULL,
+        .n_never = g->gp->ignore_eos ? s->n_eog : 0,
         .temperature = knobs->temperature,
         .repeat_penalty = knobs->repeat_penalty,
         .frequency_penalty = g->gp->sampling.frequency_penalty,
@@ -1436,6 +1439,12 @@ static sm_status generate_impl(sm_session *s, const char *prompt, const sm_gen_p
                                    gp->forced_tokens[i], s->n_vocab);
 
     if (grow_ring(s, ring_needed(s, gp)) != 0) return sm_session_fail(s, SM_ERR_NO_MEMORY, "out of memory for the distributions a rewind needs");
+    if (gp->ignore_eos && !s->eog) { /* the vocabulary's end-of-generation tokens, found once */
+        s->eog = malloc(sizeof *s->eog * (size_t)s->n_vocab);
+        if (!s->eog) return sm_session_fail(s, SM_ERR_NO_MEMORY, "out of memory");
+        for (sm_token t = 0; t < s->n_vocab; t++)
+            if (llama_vocab_is_eog(s->model->vocab, t)) s->eog[s->n_eog++] = t;
+    }
     double t0 = sm_now_ms();
     if (prompt && *prompt) {
         sm_tokens toks;

@@ -43,6 +43,8 @@ typedef struct member {
 
 struct sm_session {
     sm_model *model;             /* model 0: tokenizer, vocabulary */
+    sm_token *eog;               /* its end-of-generation tokens (ignore_eos); NULL until asked */
+    int32_t n_eog;
     member members[SM_MAX_MODELS];
     int32_t n_models;
     sm_pool *pool;

@@ -188,6 +188,10 @@ static bool on_event(const sm_event *e, void *user_data) {
 /* Keeps the longest prefix of the prompt the slot's context already holds
  * and decodes the rest. */
 static sm_status feed_prompt(job *j) {
+    if (!j->req.cache_prompt) { /* cache_prompt: false decodes the whole prompt again */
+        sm_status st = sm_session_clear(j->session);
+        if (st != SM_OK) return st;
+    }
     return sm_session_set_tokens(j->session, j->prompt_tokens, j->n_prompt_tokens, &j->n_cached);
 }
 

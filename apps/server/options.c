@@ -1,4 +1,5 @@
 #include "server/options.h"
+#include "server/request.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -259,9 +260,12 @@ static bool apply_option(server_options *opt, int c, const char *arg, FILE *err)
     case OPT_PRESET: {
         sm_error invalid;
         bool file = strchr(arg, '/') || strstr(arg, ".json");
-        if ((file ? sm_gen_params_load_preset(arg, &opt->base, &invalid)
-                  : sm_policy_preset(&opt->base.policy, arg, &invalid)) == SM_OK)
-            return true;
+        int32_t n_predict = opt->base.n_predict; /* may be N_PREDICT_UNSET, which no generation takes */
+        opt->base.n_predict = 256;
+        sm_status st = file ? sm_gen_params_load_preset(arg, &opt->base, &invalid)
+                            : sm_policy_preset(&opt->base.policy, arg, &invalid);
+        opt->base.n_predict = n_predict;
+        if (st == SM_OK) return true;
         fprintf(err, "llama_selfmod serve: error: --preset: %s\n", invalid.message);
         return false;
     }
@@ -307,6 +311,7 @@ options_result server_parse_options(int argc, char **argv, server_options *opt, 
         .base = sm_gen_default_params(),
     };
     opt->base.sampling.repeat_penalty = 1.0f; /* none unless asked for, as with OpenAI and llama-server */
+    opt->base.n_predict = N_PREDICT_UNSET;   /* each API's own default, unless --n-predict */
     optind = 0; /* 0, not 1: glibc then also forgets a short-option group left half-read */
     opterr = 0;
     for (;;) {

@@ -182,7 +182,7 @@ static bool parse_stop(const cJSON *b, gen_request *r, api_error *err) {
 
 static bool parse_length(const cJSON *b, gen_request *r, api_error *err) {
     sm_gen_params *p = &r->params;
-    p->n_predict = r->api == API_COMPLETIONS ? 16 : -1;
+    if (p->n_predict == N_PREDICT_UNSET) p->n_predict = r->api == API_COMPLETIONS ? 16 : -1;
     if (!get_i32(b, "n_predict", "n_predict", -1, 1 << 30, &p->n_predict, err) ||
         !get_i32(b, "max_tokens", "max_tokens", 0, 1 << 30, &p->n_predict, err) ||
         !get_i32(b, "max_completion_tokens", "max_completion_tokens", 0, 1 << 30, &p->n_predict, err))
@@ -221,6 +221,18 @@ static bool parse_logprobs(const cJSON *b, gen_request *r, api_error *err) {
         r->n_probs = (int)n;
         return true;
     }
+    return true;
+}
+
+/* llama-server's: return_tokens, cache_prompt, ignore_eos, timings_per_token. */
+static bool parse_llama_fields(const cJSON *b, gen_request *r, api_error *err) {
+    r->cache_prompt = true;
+    if (!get_bool_field(b, "return_tokens", "return_tokens", &r->return_tokens, err) ||
+        !get_bool_field(b, "cache_prompt", "cache_prompt", &r->cache_prompt, err) ||
+        !get_bool_field(b, "ignore_eos", "ignore_eos", &r->params.ignore_eos, err) ||
+        !get_bool_field(b, "timings_per_token", "timings_per_token", &r->timings_per_token, err))
+        return false;
+    if (r->params.ignore_eos) r->params.stop_at_bos = false; /* nothing but the length or a stop ends it */
     return true;
 }
 
@@ -526,7 +538,8 @@ static const char *const KNOWN_FIELDS[] = {
     "model", "prompt", "messages", "max_tokens", "max_completion_tokens", "n_predict", "n", "temperature", "top_p",
     "top_k", "min_p", "repeat_penalty", "repeat_last_n", "dry_multiplier", "dry_base", "dry_allowed_length",
     "dry_penalty_last_n", "seed", "frequency_penalty", "presence_penalty", "logit_bias", "stop", "logprobs",
-    "top_logprobs", "n_probs", "stream", "stream_options", "selfmod",
+    "top_logprobs", "n_probs", "stream", "stream_options", "selfmod", "return_tokens", "cache_prompt", "ignore_eos",
+    "timings_per_token",
     "user", /* OpenAI's end-user id: no effect on generation there either */
 };
 
@@ -557,7 +570,7 @@ bool gen_request_parse(const cJSON *body, api_kind api, const model_set *models,
     bool ok = (api == API_CHAT ? parse_messages(body, r, err) : parse_prompt(body, r, err)) &&
               parse_length(body, r, err) && parse_sampling(body, r, err) && parse_stop(body, r, err) &&
               parse_logit_bias(body, r, sm_model_n_vocab(target_models[0]), err) &&
-              parse_logprobs(body, r, err) && parse_stream(body, r, err) &&
+              parse_logprobs(body, r, err) && parse_stream(body, r, err) && parse_llama_fields(body, r, err) &&
               parse_selfmod(body, r, n_models, selfmod_default, err);
     if (!ok) return false;
     gen_request_bind(r);

@@ -53,7 +53,15 @@ typedef struct gen_request {
     int n_messages;
     bool has_system;
     char *prefill;                  /* chat: the answer's given beginning, or NULL */
+    /* llama-server's fields */
+    bool return_tokens;             /* /completion lists the token ids     */
+    bool cache_prompt;              /* reuse the slot's cached prefix (true) */
+    bool timings_per_token;         /* every stream chunk carries timings  */
 } gen_request;
+
+/* serve's --n-predict when given, else the API's own default (16 tokens
+ * for /v1/completions, until a stop otherwise). */
+#define N_PREDICT_UNSET INT32_MIN
 
 /* base: what a request starts from (serve's defaults and --preset);
  * selfmod_default: whether the policy adapts sampling when a request has

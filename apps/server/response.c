@@ -1,6 +1,8 @@
 #include "server/response.h"
 #include "server/json_util.h"
 
+#include "json_forms.h"
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -321,8 +323,9 @@ static cJSON *openai_choice(const job *j, const char *text, size_t len, int32_t 
 static cJSON *llama_body(const job *j, const char *text, size_t len, int32_t tok_from, int32_t tok_to, bool stop) {
     cJSON *o = cJSON_CreateObject();
     json_add_text(o, "content", text, len);
-    cJSON *ids = cJSON_AddArrayToObject(o, "tokens");
-    for (int32_t i = tok_from; i < tok_to; i++) cJSON_AddItemToArray(ids, cJSON_CreateNumber(j->tr.tokens[i].id));
+    cJSON *ids = cJSON_AddArrayToObject(o, "tokens"); /* llama-server: only when return_tokens asks */
+    for (int32_t i = tok_from; j->req.return_tokens && i < tok_to; i++)
+        cJSON_AddItemToArray(ids, cJSON_CreateNumber(j->tr.tokens[i].id));
     cJSON_AddBoolToObject(o, "stop", stop);
     cJSON_AddNumberToObject(o, "id_slot", j->slot ? j->slot->index : -1);
     cJSON_AddNumberToObject(o, "index", 0);
@@ -339,6 +342,13 @@ cJSON *response_chunk(const job *j, const char *text, size_t len, int32_t tok_fr
         cJSON *choices = cJSON_AddArrayToObject(o, "choices");
         cJSON_AddItemToArray(choices, openai_choice(j, len || j->req.api != API_CHAT ? text : NULL, len, tok_from,
                                                     tok_to, true, NULL));
+    }
+    if (j->req.timings_per_token) { /* llama-server's: where the generation stands, chunk by chunk */
+        cJSON *t = cJSON_AddObjectToObject(o, "timings");
+        cJSON_AddNumberToObject(t, "prompt_n", j->n_prompt - j->n_cached);
+        cJSON_AddNumberToObject(t, "cached_n", j->n_cached);
+        json_add_float(t, "prompt_ms", j->t_prompt_ms);
+        cJSON_AddNumberToObject(t, "predicted_n", tok_to);
     }
     if (events) {
         cJSON *sm = cJSON_AddObjectToObject(o, "selfmod");
@@ -373,6 +383,10 @@ cJSON *response_final_chunk(const job *j, const sm_result *res, const char *text
         cJSON_AddStringToObject(o, "stop_type", llama_stop_type(res->stop_reason));
         cJSON_AddStringToObject(o, "stopping_word", stopping_word(j, res));
         cJSON_AddItemToObject(o, "timings", timings(j, res));
+        /* A prompt that does not fit is refused, never cut: nothing is truncated. */
+        cJSON_AddBoolToObject(o, "truncated", false);
+        cJSON_AddBoolToObject(o, "has_new_line", res->text && memchr(res->text, '\n', res->text_len) != NULL);
+        cJSON_AddItemToObject(o, "generation_settings", sm_gen_params_to_cjson(&j->req.params));
     } else {
         o = openai_envelope(j, j->req.api == API_CHAT ? "chat.completion.chunk" : "text_completion");
         cJSON *choices = cJSON_AddArrayToObject(o, "choices");
