@@ -282,7 +282,7 @@ static bool apply_option(server_options *opt, int c, const char *arg, FILE *err)
     }
     case OPT_SEED:
         if (!parse_long(err, "--seed", arg, -1, LONG_MAX, &v)) return false;
-        opt->base.sampling.seed = v < 0 ? (uint64_t)time(NULL) : (uint64_t)v;
+        opt->base.sampling.seed = v < 0 ? SEED_UNSET : (uint64_t)v;
         return true;
     case OPT_N_PREDICT:
         if (!parse_long(err, "--n-predict", arg, -1, INT32_MAX, &v)) return false;
@@ -312,6 +312,7 @@ options_result server_parse_options(int argc, char **argv, server_options *opt, 
     };
     opt->base.sampling.repeat_penalty = 1.0f; /* none unless asked for, as with OpenAI and llama-server */
     opt->base.n_predict = N_PREDICT_UNSET;   /* each API's own default, unless --n-predict */
+    opt->base.sampling.seed = SEED_UNSET;    /* fresh per request, unless --seed */
     optind = 0; /* 0, not 1: glibc then also forgets a short-option group left half-read */
     opterr = 0;
     for (;;) {

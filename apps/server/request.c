@@ -106,7 +106,8 @@ static bool parse_sampling(const cJSON *b, gen_request *r, api_error *err) {
     r->params.policy.hold_repeat_penalty = json_field(b, "repeat_penalty") || json_field(b, "frequency_penalty") ||
                                            json_field(b, "presence_penalty");
     r->seed_given = seed >= 0;
-    s->seed = seed >= 0 ? (uint64_t)seed : fresh_seed();
+    /* Unsent: serve --seed's when it was given (as llama-server), else a fresh one. */
+    s->seed = seed >= 0 ? (uint64_t)seed : s->seed != SEED_UNSET ? s->seed : fresh_seed();
     return true;
 }
 

@@ -62,6 +62,8 @@ typedef struct gen_request {
 /* serve's --n-predict when given, else the API's own default (16 tokens
  * for /v1/completions, until a stop otherwise). */
 #define N_PREDICT_UNSET INT32_MIN
+/* No serve --seed: each request that sends none gets a fresh one. */
+#define SEED_UNSET UINT64_MAX
 
 /* base: what a request starts from (serve's defaults and --preset);
  * selfmod_default: whether the policy adapts sampling when a request has
