@@ -274,3 +274,68 @@ reply api_detokenize(server *srv, int client_fd, const char *body, size_t len) {
     free(text);
     return reply_json(200, o);
 }
+
+/* GET /metrics: llama-server's Prometheus counters and gauges, under its
+ * names (only with --metrics, as there; 501 otherwise). Speculative
+ * decoding is not done here: its counters stay 0. */
+reply api_metrics(server *srv) {
+    if (!srv->opt.metrics) {
+        api_error err;
+        api_fail(&err, 501, NULL, "/metrics is off: start the server with --metrics");
+        err.type = "not_supported_error";
+        return reply_error(&err);
+    }
+    int busy, waiting;
+    slot_pool_counts(&srv->slots, &busy, &waiting);
+    double n_decodes = 0, n_requests = 0;
+    for (int t = 0; t < 1 + SM_MAX_MODELS; t++) {
+        if (!srv->slots.batches[t]) continue;
+        sm_batch_stats st = sm_batch_get_stats(srv->slots.batches[t]);
+        n_decodes += (double)st.n_decodes;
+        n_requests += (double)st.n_requests;
+    }
+    pthread_mutex_lock(&srv->metrics_mutex);
+    __typeof__(srv->metrics) m = srv->metrics;
+    pthread_mutex_unlock(&srv->metrics_mutex);
+    if (n_decodes == 0) n_decodes = m.prompt_tokens > 0 || m.predicted_tokens > 0 ? m.predicted_tokens + 1 : 0;
+    static const struct { const char *name, *type, *help; } METRICS[] = {
+        {"prompt_tokens_total", "counter", "Number of prompt tokens processed."},
+        {"prompt_tokens_cached_total", "counter", "Number of prompt tokens reused from the cache."},
+        {"prompt_seconds_total", "counter", "Prompt process time"},
+        {"tokens_predicted_total", "counter", "Number of generation tokens processed."},
+        {"tokens_predicted_seconds_total", "counter", "Predict process time"},
+        {"n_decode_total", "counter", "Total number of llama_decode() calls"},
+        {"n_tokens_max", "counter", "Largest observed n_tokens."},
+        {"spec_decode_num_draft_tokens_total", "counter", "Drafted tokens (no speculative decoding here)."},
+        {"spec_decode_num_accepted_tokens_total", "counter", "Accepted drafted tokens."},
+        {"spec_decode_num_drafts_total", "counter", "Drafts."},
+        {"prompt_tokens_seconds", "gauge", "Average prompt throughput in tokens/s."},
+        {"predicted_tokens_seconds", "gauge", "Average generation throughput in tokens/s."},
+        {"requests_processing", "gauge", "Number of requests processing."},
+        {"requests_deferred", "gauge", "Number of requests deferred."},
+        {"n_busy_slots_per_decode", "gauge", "Average number of busy slots per llama_decode() call"},
+    };
+    const double values[] = {
+        m.prompt_tokens, m.prompt_cached, m.prompt_seconds, m.predicted_tokens, m.predicted_seconds, n_decodes,
+        m.n_tokens_max, 0, 0, 0,
+        m.prompt_seconds > 0 ? m.prompt_tokens / m.prompt_seconds : 0,
+        m.predicted_seconds > 0 ? m.predicted_tokens / m.predicted_seconds : 0,
+        busy, waiting, n_decodes > 0 && n_requests > 0 ? n_requests / n_decodes : 0,
+    };
+    char *text = NULL;
+    size_t len = 0;
+    FILE *out = open_memstream(&text, &len);
+    if (!out) return reply_bytes(500, "text/plain", "out of memory\n", 14);
+    for (size_t i = 0; i < sizeof METRICS / sizeof *METRICS; i++)
+        fprintf(out, "# HELP llamacpp:%s %s\n# TYPE llamacpp:%s %s\nllamacpp:%s %.17g\n", METRICS[i].name,
+                METRICS[i].help, METRICS[i].name, METRICS[i].type, METRICS[i].name, values[i]);
+    fclose(out);
+    reply r = reply_bytes(200, "text/plain; version=0.0.4", text, len);
+    free(text);
+    if (r.response) {
+        char started[32];
+        snprintf(started, sizeof started, "%.0f", srv->started_unix);
+        MHD_add_response_header(r.response, "Process-Start-Time-Unix", started);
+    }
+    return r;
+}

@@ -25,6 +25,15 @@ typedef struct server {
     atomic_long n_cancelled;      /* generations whose client went away    */
     bool loopback_only;           /* bound to a loopback address           */
     watchdog watchdog;            /* deadlines for slow clients            */
+    /* /metrics (llama-server's Prometheus counters), under metrics_mutex */
+    pthread_mutex_t metrics_mutex;
+    struct {
+        double prompt_tokens, prompt_cached, prompt_seconds;
+        double predicted_tokens, predicted_seconds;
+        double n_tokens_max;
+        double last_prompt_rate, last_predicted_rate;
+    } metrics;
+    double started_unix;          /* for the Process-Start-Time-Unix header */
 } server;
 
 #endif

@@ -272,6 +272,19 @@ static bool generate_in_slot(job *j, sm_result *res, api_error *err) {
         slot_set_chat_messages(j->slot, j->req.target, NULL, 0); /* the context is no conversation now */
     }
     slot_release(&srv->slots, j->slot);
+    if (st == SM_OK) { /* llama-server's counters for /metrics */
+        pthread_mutex_lock(&srv->metrics_mutex);
+        double decoded = j->n_prompt - j->n_cached;
+        srv->metrics.prompt_tokens += decoded;
+        srv->metrics.prompt_cached += j->n_cached;
+        srv->metrics.prompt_seconds += j->t_prompt_ms / 1e3;
+        srv->metrics.predicted_tokens += res->n_tokens;
+        srv->metrics.predicted_seconds += res->t_generate_ms / 1e3;
+        if (j->n_prompt + res->n_tokens > srv->metrics.n_tokens_max) srv->metrics.n_tokens_max = j->n_prompt + res->n_tokens;
+        srv->metrics.last_prompt_rate = j->t_prompt_ms > 0 ? decoded * 1e3 / j->t_prompt_ms : 0;
+        srv->metrics.last_predicted_rate = res->t_generate_ms > 0 ? res->n_tokens * 1e3 / res->t_generate_ms : 0;
+        pthread_mutex_unlock(&srv->metrics_mutex);
+    }
     if (st == SM_OK && j->out_of_memory) {
         st = SM_ERR_NO_MEMORY;
         snprintf(why, sizeof why, "out of memory recording the tokens");

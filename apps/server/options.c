@@ -37,6 +37,7 @@ enum {
     OPT_TEMPERATURE,
     OPT_SEED,
     OPT_N_PREDICT,
+    OPT_METRICS,
 };
 
 static const struct option long_options[] = {
@@ -69,6 +70,7 @@ static const struct option long_options[] = {
     {"temp", required_argument, NULL, OPT_TEMPERATURE},
     {"seed", required_argument, NULL, OPT_SEED},
     {"n-predict", required_argument, NULL, OPT_N_PREDICT},
+    {"metrics", no_argument, NULL, OPT_METRICS},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -109,6 +111,7 @@ static void print_usage(FILE *out) {
           "      --max-body BYTES      largest request body, else 413 (default: 1048576)\n"
           "      --web-dir DIR         the web page's folder (default: found beside the program)\n"
           "      --chat-template NAME  a llama.cpp template name (default: the model's own)\n"
+          "      --metrics             GET /metrics: llama-server's Prometheus counters\n"
           "      --temp F --seed N --n-predict N  what requests that do not say get\n"
           "                            (llama-server's names; default: 0.7, 42, 256)\n"
           "      --user-label STR --assistant-label STR   the plain chat form's labels\n"
@@ -284,6 +287,7 @@ static bool apply_option(server_options *opt, int c, const char *arg, FILE *err)
         if (!parse_long(err, "--seed", arg, -1, LONG_MAX, &v)) return false;
         opt->base.sampling.seed = v < 0 ? SEED_UNSET : (uint64_t)v;
         return true;
+    case OPT_METRICS: opt->metrics = true; return true;
     case OPT_N_PREDICT:
         if (!parse_long(err, "--n-predict", arg, -1, INT32_MAX, &v)) return false;
         opt->base.n_predict = (int32_t)v;

@@ -25,6 +25,7 @@ typedef struct server_options {
      * penalty (OpenAI's), refined by --preset NAME|FILE. */
     sm_gen_params base;
     bool no_batch;                         /* --no-batch: a context per slot   */
+    bool metrics;                          /* --metrics: GET /metrics          */
     const char *user_label, *assistant_label; /* the plain chat form's         */
     int parallel;                          /* slots generating at once (2)     */
     int n_threads;                         /* per slot; 0 = cores / parallel   */

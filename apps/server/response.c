@@ -232,13 +232,22 @@ static cJSON *selfmod_summary(const job *j, const sm_result *res, bool events) {
 
 static cJSON *timings(const job *j, const sm_result *res) {
     cJSON *o = cJSON_CreateObject();
-    cJSON_AddNumberToObject(o, "prompt_n", j->n_prompt - j->n_cached);
+    int32_t prompt_n = j->n_prompt - j->n_cached;
+    cJSON_AddNumberToObject(o, "prompt_n", prompt_n);
     cJSON_AddNumberToObject(o, "cached_n", j->n_cached);
+    cJSON_AddNumberToObject(o, "cache_n", j->n_cached); /* llama-server's name */
     json_add_float(o, "prompt_ms", j->t_prompt_ms);
+    json_add_float(o, "prompt_per_token_ms", prompt_n > 0 ? j->t_prompt_ms / prompt_n : 0.0);
+    json_add_float(o, "prompt_per_second", j->t_prompt_ms > 0 ? prompt_n * 1000.0 / j->t_prompt_ms : 0.0);
     cJSON_AddNumberToObject(o, "predicted_n", res->n_tokens);
-    json_add_float(o, "predicted_ms", res->t_generate_ms);
-    json_add_float(o, "predicted_per_second",
-                   res->t_generate_ms > 0 ? res->n_tokens * 1000.0 / res->t_generate_ms : 0.0);
+    /* As llama-server: the first token comes from the prompt's last decode,
+     * so the rate is over the n - 1 decode steps after it (full doubles:
+     * a client can recompute the rate from the time). */
+    cJSON_AddNumberToObject(o, "predicted_ms", res->t_generate_ms);
+    int32_t steps = res->n_tokens > 1 ? res->n_tokens - 1 : 0;
+    cJSON_AddNumberToObject(o, "predicted_per_token_ms", steps > 0 ? res->t_generate_ms / steps : 0.0);
+    cJSON_AddNumberToObject(o, "predicted_per_second",
+                            steps > 0 && res->t_generate_ms > 0 ? 1e3 / res->t_generate_ms * steps : 0.0);
     return o;
 }
 

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -172,12 +173,17 @@ int serve_main(int argc, char **argv) {
     }
     sm_set_llama_logging(false);
     pthread_mutex_init(&srv.workers_mutex, NULL);
+    pthread_mutex_init(&srv.metrics_mutex, NULL);
     pthread_cond_init(&srv.workers_done, NULL);
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    srv.started_unix = (double)now.tv_sec;
     int code = run(&srv);
     slot_pool_free(&srv.slots);
     model_set_free(&srv.models);
     server_options_free(&srv.opt);
     pthread_mutex_destroy(&srv.workers_mutex);
+    pthread_mutex_destroy(&srv.metrics_mutex);
     pthread_cond_destroy(&srv.workers_done);
     return code;
 }

@@ -56,6 +56,9 @@ def main(argv):
             hf_file, i = value, i + 2
         elif a == "--ctx-size":
             ctx, i = int(value), i + 2
+        elif a == "--metrics":
+            out.append(a)
+            i += 1
         elif a == "--parallel":
             parallel, i = int(value), i + 2
             out += ["--parallel", value]
