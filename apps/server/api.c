@@ -114,7 +114,45 @@ reply api_props(server *srv) {
     json_add_float(defaults, "confidence_threshold", g.policy.confidence_threshold);
     json_add_float(defaults, "critical_threshold", g.policy.critical_threshold);
     cJSON_AddNumberToObject(defaults, "max_retractions", g.policy.max_retractions);
+    /* llama-server's fields */
+    sm_model *members[SM_MAX_MODELS];
+    model_set_target_models(&srv->models, 0, members);
+    cJSON_AddStringToObject(o, "model_path", sm_model_path(members[0]));
+    cJSON *dgs = cJSON_AddObjectToObject(o, "default_generation_settings");
+    cJSON_AddNumberToObject(dgs, "n_ctx", srv->slots.session_params.n_ctx);
+    cJSON *params = cJSON_AddObjectToObject(dgs, "params");
+    const sm_gen_params *base = &srv->opt.base;
+    if (base->sampling.seed != SEED_UNSET) cJSON_AddNumberToObject(params, "seed", (double)base->sampling.seed);
+    else cJSON_AddNumberToObject(params, "seed", -1);
+    json_add_float(params, "temperature", base->sampling.temperature);
+    cJSON_AddNumberToObject(params, "top_k", base->sampling.top_k);
+    json_add_float(params, "top_p", base->sampling.top_p);
+    json_add_float(params, "min_p", base->sampling.min_p);
+    cJSON_AddNumberToObject(params, "n_predict", base->n_predict == N_PREDICT_UNSET ? -1 : base->n_predict);
     return reply_json(200, o);
+}
+
+/* GET /slots (with --slots, as llama-server; 501 otherwise): each slot's
+ * context size and whether it is generating. */
+reply api_slots(server *srv) {
+    if (!srv->opt.slots) {
+        api_error err;
+        api_fail(&err, 501, NULL, "/slots is off: start the server with --slots");
+        err.type = "not_supported_error";
+        return reply_error(&err);
+    }
+    cJSON *list = cJSON_CreateArray();
+    slot_pool *pool = &srv->slots;
+    pthread_mutex_lock(&pool->mutex);
+    for (int i = 0; i < pool->n_slots; i++) {
+        cJSON *s = cJSON_CreateObject();
+        cJSON_AddNumberToObject(s, "id", pool->slots[i].index);
+        cJSON_AddNumberToObject(s, "n_ctx", pool->session_params.n_ctx);
+        cJSON_AddBoolToObject(s, "is_processing", pool->slots[i].busy);
+        cJSON_AddItemToArray(list, s);
+    }
+    pthread_mutex_unlock(&pool->mutex);
+    return reply_json(200, list);
 }
 
 /* ------------------------------------------------------------------ */

@@ -81,6 +81,7 @@ static const route ROUTES[] = {
     {"/models", ROUTE_GET, false, api_models, NULL},   /* llama-server's unprefixed names too */
     {"/props", ROUTE_GET, false, api_props, NULL},
     {"/metrics", ROUTE_GET, false, api_metrics, NULL},
+    {"/slots", ROUTE_GET, false, api_slots, NULL},
     {"/v1/completions", ROUTE_POST, false, NULL, api_completions},
     {"/completions", ROUTE_POST, false, NULL, api_llama_completion}, /* as llama-server: its own form */
     {"/v1/chat/completions", ROUTE_POST, false, NULL, api_chat_completions},

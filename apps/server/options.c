@@ -38,6 +38,8 @@ enum {
     OPT_SEED,
     OPT_N_PREDICT,
     OPT_METRICS,
+    OPT_SLOTS,
+    OPT_NO_UI,
 };
 
 static const struct option long_options[] = {
@@ -71,6 +73,8 @@ static const struct option long_options[] = {
     {"seed", required_argument, NULL, OPT_SEED},
     {"n-predict", required_argument, NULL, OPT_N_PREDICT},
     {"metrics", no_argument, NULL, OPT_METRICS},
+    {"slots", no_argument, NULL, OPT_SLOTS},
+    {"no-ui", no_argument, NULL, OPT_NO_UI},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -112,6 +116,8 @@ static void print_usage(FILE *out) {
           "      --web-dir DIR         the web page's folder (default: found beside the program)\n"
           "      --chat-template NAME  a llama.cpp template name (default: the model's own)\n"
           "      --metrics             GET /metrics: llama-server's Prometheus counters\n"
+          "      --slots               GET /slots: each slot's context and state\n"
+          "      --no-ui               no web page (the API only)\n"
           "      --temp F --seed N --n-predict N  what requests that do not say get\n"
           "                            (llama-server's names; default: 0.7, 42, 256)\n"
           "      --user-label STR --assistant-label STR   the plain chat form's labels\n"
@@ -288,6 +294,8 @@ static bool apply_option(server_options *opt, int c, const char *arg, FILE *err)
         opt->base.sampling.seed = v < 0 ? SEED_UNSET : (uint64_t)v;
         return true;
     case OPT_METRICS: opt->metrics = true; return true;
+    case OPT_SLOTS: opt->slots = true; return true;
+    case OPT_NO_UI: opt->no_ui = true; return true;
     case OPT_N_PREDICT:
         if (!parse_long(err, "--n-predict", arg, -1, INT32_MAX, &v)) return false;
         opt->base.n_predict = (int32_t)v;

@@ -26,6 +26,8 @@ typedef struct server_options {
     sm_gen_params base;
     bool no_batch;                         /* --no-batch: a context per slot   */
     bool metrics;                          /* --metrics: GET /metrics          */
+    bool slots;                            /* --slots: GET /slots              */
+    bool no_ui;                            /* --no-ui: no web page             */
     const char *user_label, *assistant_label; /* the plain chat form's         */
     int parallel;                          /* slots generating at once (2)     */
     int n_threads;                         /* per slot; 0 = cores / parallel   */

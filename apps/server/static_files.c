@@ -33,7 +33,8 @@ static bool safe_name(const char *name) {
 
 reply static_file(server *srv, const char *url) {
     const char *name = strcmp(url, "/") == 0 ? "index.html" : url + 1;
-    if (!srv->web_dir[0] || url[0] != '/' || !safe_name(name)) return reply_not_found("no such endpoint or file", url);
+    if (srv->opt.no_ui || !srv->web_dir[0] || url[0] != '/' || !safe_name(name))
+        return reply_not_found("no such endpoint or file", url);
     char path[PATH_MAX + 160];
     snprintf(path, sizeof path, "%s/%s", srv->web_dir, name);
     FILE *f = fopen(path, "rb");
