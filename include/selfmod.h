@@ -216,6 +216,19 @@ typedef struct sm_sampling_params {
     float dry_base;            /* 1.75; >= 1                                */
     int32_t dry_allowed_length;/* 2; >= 1                                   */
     int32_t dry_penalty_last_n;/* -1 = the whole context; 0 = off           */
+    /* llama.cpp's other samplers, with its names and its semantics (the
+     * chain: penalties, DRY, top-n-sigma, top-k, typical, top-p, min-p,
+     * XTC, temperature or dynamic temperature, draw; mirostat v2 replaces
+     * everything after the penalties with temperature and itself). */
+    float top_n_sigma;         /* <= 0 = off: keep logits >= max - n * std  */
+    float typical_p;           /* 1 = off: locally typical sampling          */
+    float xtc_probability;     /* 0 = off: chance to exclude top choices     */
+    float xtc_threshold;       /* 0.1: their least probability (> 0.5: off)  */
+    float dynatemp_range;      /* 0 = off: T varies in [T - r, T + r] ...    */
+    float dynatemp_exponent;   /* 1: ... with the normalised entropy ^ this */
+    int32_t mirostat;          /* 0 = off, 2 = mirostat v2                   */
+    float mirostat_tau;        /* 5: target surprise (bits)                  */
+    float mirostat_eta;        /* 0.1: learning rate                         */
 } sm_sampling_params;
 
 /* ------------------------------------------------------------------ */

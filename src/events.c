@@ -370,6 +370,22 @@ cJSON *sm_gen_params_to_cjson(const sm_gen_params *params) {
         cJSON_AddNumberToObject(json, "dry_allowed_length", s->dry_allowed_length);
         cJSON_AddNumberToObject(json, "dry_penalty_last_n", s->dry_penalty_last_n);
     }
+    /* llama.cpp's other samplers, when on */
+    if (s->top_n_sigma > 0) sm_json_add_float(json, "top_n_sigma", s->top_n_sigma);
+    if (s->typical_p < 1) sm_json_add_float(json, "typical_p", s->typical_p);
+    if (s->xtc_probability > 0) {
+        sm_json_add_float(json, "xtc_probability", s->xtc_probability);
+        sm_json_add_float(json, "xtc_threshold", s->xtc_threshold);
+    }
+    if (s->dynatemp_range > 0) {
+        sm_json_add_float(json, "dynatemp_range", s->dynatemp_range);
+        sm_json_add_float(json, "dynatemp_exponent", s->dynatemp_exponent);
+    }
+    if (s->mirostat) {
+        cJSON_AddNumberToObject(json, "mirostat", s->mirostat);
+        sm_json_add_float(json, "mirostat_tau", s->mirostat_tau);
+        sm_json_add_float(json, "mirostat_eta", s->mirostat_eta);
+    }
 
     cJSON_AddBoolToObject(json, "selfmod", p->enabled);
     cJSON_AddBoolToObject(json, "aggressive", p->aggressive);

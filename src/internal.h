@@ -143,6 +143,7 @@ typedef struct sm_sampler_work {
     sm_token *counted;    /* the recent tokens, sorted, to count them      */
     int32_t cap_counted;
     sm_candidate *cand;   /* candidates after top-k                        */
+    sm_candidate *cand2;  /* scratch (typical)                             */
     int32_t n_vocab;
     /* The DRY stage: llama.cpp's own sampler, made when first needed and
      * again when its settings change. vocab (for the sequence breakers;
@@ -182,6 +183,11 @@ typedef struct sm_sample_input {
     float dry_base;
     int32_t dry_allowed_length;
     int32_t dry_penalty_last_n;
+    float top_n_sigma, typical_p, xtc_probability, xtc_threshold, dynatemp_range, dynatemp_exponent;
+    int32_t mirostat;
+    float mirostat_tau, mirostat_eta;
+    float mirostat_mu;          /* in: mu before this token              */
+    float *mirostat_mu_next;    /* out: mu after it (when mirostat)      */
 } sm_sample_input;
 
 int sm_sampler_work_init(sm_sampler_work *w, int32_t n_vocab);

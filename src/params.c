@@ -88,6 +88,15 @@ sm_sampling_params sm_sampling_default_params(void) {
         .dry_base = 1.75f,
         .dry_allowed_length = 2,
         .dry_penalty_last_n = -1,
+        .top_n_sigma = -1.0f,
+        .typical_p = 1.0f,
+        .xtc_probability = 0.0f,
+        .xtc_threshold = 0.1f,
+        .dynatemp_range = 0.0f,
+        .dynatemp_exponent = 1.0f,
+        .mirostat = 0,
+        .mirostat_tau = 5.0f,
+        .mirostat_eta = 0.1f,
     };
 }
 
@@ -230,6 +239,18 @@ static sm_status validate_gen_params(const sm_gen_params *p, char *msg, size_t m
         CHECK(s->dry_allowed_length >= 1, "dry_allowed_length must be >= 1 (got %d)", s->dry_allowed_length);
         CHECK(s->dry_penalty_last_n >= -1, "dry_penalty_last_n must be >= 0, or -1 for the whole context (got %d)",
               s->dry_penalty_last_n);
+    }
+    CHECK(isfinite(s->top_n_sigma) && s->top_n_sigma <= 100.0f, "top_n_sigma must be <= 100 (<= 0 = off; got %g)", s->top_n_sigma);
+    CHECK(in_range(s->typical_p, 0.0f, 1.0f), "typical_p must be in [0, 1] (1 = off; got %g)", s->typical_p);
+    CHECK(in_range(s->xtc_probability, 0.0f, 1.0f), "xtc_probability must be in [0, 1] (got %g)", s->xtc_probability);
+    CHECK(in_range(s->xtc_threshold, 0.0f, 1.0f), "xtc_threshold must be in [0, 1] (got %g)", s->xtc_threshold);
+    CHECK(in_range(s->dynatemp_range, 0.0f, 100.0f), "dynatemp_range must be in [0, 100] (got %g)", s->dynatemp_range);
+    CHECK(in_range(s->dynatemp_exponent, 0.0f, 100.0f), "dynatemp_exponent must be in [0, 100] (got %g)", s->dynatemp_exponent);
+    CHECK(s->mirostat == 0 || s->mirostat == 2, "mirostat must be 0 (off) or 2 (mirostat v2; v1 is not offered) (got %d)",
+          s->mirostat);
+    if (s->mirostat) {
+        CHECK(in_range(s->mirostat_tau, 0.0f, 100.0f), "mirostat_tau must be in [0, 100] (got %g)", s->mirostat_tau);
+        CHECK(in_range(s->mirostat_eta, 0.0f, 10.0f), "mirostat_eta must be in [0, 10] (got %g)", s->mirostat_eta);
     }
     CHECK(q->window >= 1, "policy window must be >= 1 (got %d)", q->window);
     CHECK(q->style == SM_POLICY_FIXED || q->style == SM_POLICY_ORIGINAL || q->style == SM_POLICY_CALIBRATED,

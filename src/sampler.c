@@ -1,7 +1,11 @@
 /*
  * The sampling chain: logit bias -> bans -> repeat, frequency and
- * presence penalties -> DRY -> top-k -> top-p ->
- * min-p -> temperature -> draw. Written here rather than with llama_sampler because
+ * presence penalties -> DRY -> top-n-sigma -> top-k -> typical -> top-p ->
+ * min-p -> XTC -> temperature (or dynamic temperature) -> draw; mirostat
+ * v2 replaces everything after DRY with temperature -> mirostat. These
+ * follow llama.cpp's samplers step for step (tests/test_sampler.c holds
+ * them to llama.cpp's on the same logits), drawing from our own random
+ * state. Written here rather than with llama_sampler because
  * the policy changes temperature and penalty every token and a rewind must
  * restore the penalty history and the random state exactly: both are plain
  * values owned by the session (the kept token list and a 64-bit state).
@@ -29,13 +33,15 @@ int sm_sampler_work_init(sm_sampler_work *w, int32_t n_vocab) {
     *w = (sm_sampler_work){.n_vocab = n_vocab};
     w->logits = malloc(sizeof(float) * (size_t)n_vocab);
     w->cand = malloc(sizeof(sm_candidate) * (size_t)n_vocab);
+    w->cand2 = malloc(sizeof(sm_candidate) * (size_t)n_vocab);
     w->dry_cur = malloc(sizeof(llama_token_data) * (size_t)n_vocab);
-    return w->logits && w->cand && w->dry_cur ? 0 : -1;
+    return w->logits && w->cand && w->cand2 && w->dry_cur ? 0 : -1;
 }
 
 void sm_sampler_work_free(sm_sampler_work *w) {
     free(w->logits);
     free(w->cand);
+    free(w->cand2);
     free(w->dry_cur);
     free(w->counted);
     w->counted = NULL;
@@ -190,6 +196,128 @@ static void softmax(sm_candidate *c, int32_t n, float temperature) {
     for (int32_t i = 0; i < n; i++) c[i].prob = (float)(c[i].prob / sum);
 }
 
+/* top-n-sigma: logits below max - n * std (over the finite ones) go. */
+static void apply_top_n_sigma(float *logits, int32_t n_vocab, float n_sigma) {
+    float max = -INFINITY;
+    double sum = 0.0;
+    int32_t valid = 0;
+    for (int32_t t = 0; t < n_vocab; t++) {
+        if (logits[t] != -INFINITY) {
+            valid++;
+            sum += logits[t];
+        }
+        if (logits[t] > max) max = logits[t];
+    }
+    if (valid == 0) return;
+    double mean = sum / valid, acc = 0.0;
+    for (int32_t t = 0; t < n_vocab; t++)
+        if (logits[t] != -INFINITY) acc += (logits[t] - mean) * (logits[t] - mean);
+    float floor_logit = max - n_sigma * (float)sqrt(acc / valid);
+    for (int32_t t = 0; t < n_vocab; t++)
+        if (logits[t] < floor_logit) logits[t] = -INFINITY;
+}
+
+static int by_prob_desc(const void *a, const void *b) {
+    float x = ((const sm_candidate *)a)->prob, y = ((const sm_candidate *)b)->prob;
+    return (x < y) - (x > y);
+}
+
+/* Locally typical sampling: the tokens whose surprise is closest to the
+ * entropy, until their probability reaches p (then sorted by p again). */
+static void apply_typical(sm_candidate *c, int32_t *n, float p, sm_candidate *scratch) {
+    double entropy = 0.0;
+    for (int32_t i = 0; i < *n; i++)
+        if (c[i].prob > 0) entropy -= c[i].prob * log(c[i].prob);
+    for (int32_t i = 0; i < *n; i++) {
+        scratch[i] = c[i];
+        scratch[i].logit = (float)fabs(-log(c[i].prob) - entropy); /* the shifted score, for sorting */
+    }
+    /* ascending shifted score; a stable order among equals */
+    for (int32_t i = 1; i < *n; i++) {
+        sm_candidate x = scratch[i];
+        int32_t j = i;
+        while (j > 0 && scratch[j - 1].logit > x.logit) {
+            scratch[j] = scratch[j - 1];
+            j--;
+        }
+        scratch[j] = x;
+    }
+    double cum = 0.0;
+    int32_t last = *n;
+    for (int32_t i = 0; i < *n; i++) {
+        cum += scratch[i].prob;
+        if (cum > p && i >= 0) { /* min_keep 1 */
+            last = i + 1;
+            break;
+        }
+    }
+    /* the kept tokens with their logits back, by probability */
+    int32_t kept = 0;
+    for (int32_t i = 0; i < last; i++)
+        for (int32_t k = 0; k < *n; k++)
+            if (c[k].token == scratch[i].token) {
+                scratch[kept++] = c[k];
+                break;
+            }
+    memcpy(c, scratch, sizeof *c * (size_t)kept);
+    qsort(c, (size_t)kept, sizeof *c, by_prob_desc);
+    *n = kept;
+}
+
+/* XTC: with its probability, the tokens above the threshold are removed,
+ * all but the least probable of them (c sorted, probabilities normalised). */
+static void apply_xtc(sm_candidate *c, int32_t *n, const sm_sample_input *in, uint64_t *rng) {
+    if (*n < 2 || in->xtc_threshold > 0.5f) return;
+    if (sm_rng_uniform(rng) > in->xtc_probability) return;
+    int32_t above = 0;
+    while (above < *n && c[above].prob >= in->xtc_threshold) above++;
+    int32_t cut = above - 1; /* keep the last token above the threshold */
+    if (cut < 1 || *n - cut < 1) return;
+    memmove(c, c + cut, sizeof *c * (size_t)(*n - cut));
+    *n -= cut;
+    softmax(c, *n, 1.0f);
+}
+
+/* llama.cpp's temp_ext: the temperature from the normalised entropy of
+ * the current candidates. */
+static float dynamic_temperature(const sm_candidate *c, int32_t n, const sm_sample_input *in) {
+    if (n <= 1) return in->temperature;
+    double entropy = 0.0, z = 0.0;
+    for (int32_t i = 0; i < n; i++) z += exp((double)c[i].logit - c[0].logit);
+    for (int32_t i = 0; i < n; i++) {
+        double p = exp((double)c[i].logit - c[0].logit) / z;
+        if (p > 0) entropy -= p * log(p);
+    }
+    double normalised = entropy / log((double)n);
+    float lo = in->temperature - in->dynatemp_range > 0 ? in->temperature - in->dynatemp_range : 0.0f;
+    float hi = in->temperature + in->dynatemp_range;
+    return lo + (hi - lo) * (float)pow(normalised, in->dynatemp_exponent);
+}
+
+/* Mirostat v2 over c (all candidates, by logit): surprise above mu goes,
+ * draw, and mu learns from the surprise of the token drawn. */
+static sm_token mirostat_v2(sm_candidate *c, int32_t n, const sm_sample_input *in, uint64_t *rng, float *p_sampled) {
+    for (int32_t i = 0; i < n; i++) c[i].logit /= in->temperature; /* llama.cpp's temp, then mirostat */
+    softmax(c, n, 1.0f);
+    int32_t keep = 0;
+    while (keep < n && -log2f(c[keep].prob) <= in->mirostat_mu) keep++;
+    if (keep == 0) keep = 1;
+    softmax(c, keep, 1.0f);
+    double u = sm_rng_uniform(rng), cum = 0.0;
+    int32_t pick = keep - 1;
+    for (int32_t i = 0; i < keep; i++) {
+        cum += c[i].prob;
+        if (u < cum) {
+            pick = i;
+            break;
+        }
+    }
+    float surprise = -log2f(c[pick].prob);
+    if (in->mirostat_mu_next) *in->mirostat_mu_next = in->mirostat_mu - in->mirostat_eta * (surprise - in->mirostat_tau);
+    *p_sampled = c[pick].prob;
+    return c[pick].token;
+}
+
 sm_token sm_sample(const sm_sample_input *in, uint64_t *rng, sm_sampler_work *w, float *p_sampled) {
     float *logits = w->logits;
     memcpy(logits, in->logits, sizeof(float) * (size_t)in->n_vocab);
@@ -204,18 +332,31 @@ sm_token sm_sample(const sm_sample_input *in, uint64_t *rng, sm_sampler_work *w,
     apply_repeat_penalty(logits, in);
     apply_count_penalties(logits, in, w);
     if (in->dry_multiplier > 0.0f) apply_dry(logits, in, w);
+    if (in->mirostat_mu_next) *in->mirostat_mu_next = in->mirostat_mu;
 
     if (in->temperature <= 0.0f) {
         *p_sampled = 1.0f;
         return argmax(logits, in->n_vocab);
     }
     sm_candidate *c = w->cand;
+    if (in->mirostat == 2) {
+        int32_t n = select_top_k(logits, in->n_vocab, 0, c);
+        return n > 0 ? mirostat_v2(c, n, in, rng, p_sampled) : -1;
+    }
+    if (in->top_n_sigma > 0.0f) apply_top_n_sigma(logits, in->n_vocab, in->top_n_sigma);
     bool whole_vocab = in->top_k <= 0 || in->top_k >= in->n_vocab;
-    int32_t n = whole_vocab && in->min_p > 0.0f ? select_above_min_p(logits, in->n_vocab, in->min_p, c)
-                                                : select_top_k(logits, in->n_vocab, in->top_k, c);
+    /* The min-p shortcut holds only when nothing between top-k and min-p
+     * looks at the tokens it leaves out. */
+    bool shortcut = whole_vocab && in->min_p > 0.0f && in->typical_p >= 1.0f;
+    int32_t n = shortcut ? select_above_min_p(logits, in->n_vocab, in->min_p, c)
+                         : select_top_k(logits, in->n_vocab, in->top_k, c);
     if (n == 0) return -1;
 
-    if (!(whole_vocab && in->min_p > 0.0f)) softmax(c, n, 1.0f);
+    if (!shortcut) softmax(c, n, 1.0f);
+    if (in->typical_p < 1.0f) {
+        apply_typical(c, &n, in->typical_p, w->cand2);
+        softmax(c, n, 1.0f); /* over what is left, as llama.cpp's next step sees it */
+    }
     if (in->top_p < 1.0f) {
         double cum = 0.0;
         int32_t keep = n;
@@ -231,7 +372,11 @@ sm_token sm_sample(const sm_sample_input *in, uint64_t *rng, sm_sampler_work *w,
         while (keep < n && c[keep].prob >= floor_p) keep++;
         n = keep;
     }
-    softmax(c, n, in->temperature);
+    if (in->xtc_probability > 0.0f) {
+        softmax(c, n, 1.0f);
+        apply_xtc(c, &n, in, rng);
+    }
+    softmax(c, n, in->dynatemp_range > 0.0f ? dynamic_temperature(c, n, in) : in->temperature);
 
     double u = sm_rng_uniform(rng), cum = 0.0;
     int32_t pick = n - 1;

@@ -1070,11 +1070,24 @@ static sm_token sample_candidate(generation *g, int32_t i, const sm_knobs *knobs
         .dry_base = g->gp->sampling.dry_base,
         .dry_allowed_length = g->gp->sampling.dry_allowed_length,
         .dry_penalty_last_n = g->gp->sampling.dry_penalty_last_n,
+        .top_n_sigma = g->gp->sampling.top_n_sigma,
+        .typical_p = g->gp->sampling.typical_p,
+        .xtc_probability = g->gp->sampling.xtc_probability,
+        .xtc_threshold = g->gp->sampling.xtc_threshold,
+        .dynatemp_range = g->gp->sampling.dynatemp_range,
+        .dynatemp_exponent = g->gp->sampling.dynatemp_exponent,
+        .mirostat = g->gp->sampling.mirostat,
+        .mirostat_tau = g->gp->sampling.mirostat_tau,
+        .mirostat_eta = g->gp->sampling.mirostat_eta,
+        /* mirostat's mu follows the kept tokens: what the one before left */
+        .mirostat_mu = i == 0 ? 2.0f * g->gp->sampling.mirostat_tau : g->rec[i - 1].mirostat_mu_next,
+        .mirostat_mu_next = &r->mirostat_mu_next,
     };
     float p_sampled = 1.0f; /* a token a stage chose was not drawn */
     sm_token t = knobs->forced;
     bool sampled = t < 0;
     if (sampled) t = sm_sample(&in, &g->rng, &s->work, &p_sampled);
+    else r->mirostat_mu_next = in.mirostat_mu; /* a chosen token teaches mirostat nothing */
     if (t < 0) return t;
     sm_dist_stats stats;
     sm_signals_compute(g->dist, s->n_vocab, t, &r->signals, &stats);

@@ -22,6 +22,7 @@ typedef struct position_record {
     int32_t n_rejected_here;    /* tokens a check took back here         */
     sm_token *bans;             /* tokens no longer allowed here         */
     int32_t n_bans, cap_bans;
+    float mirostat_mu_next;     /* mirostat's mu after this token        */
 } position_record;
 
 /* One model of the session and its context. */

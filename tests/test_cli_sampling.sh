@@ -25,7 +25,22 @@ fixed_by_flag=$(gen --seed 9 --confidence-threshold 0.5) || fail "a fixed-policy
 original=$(gen --seed 9 --preset original --aggressive) || fail "--preset original run"
 [ -n "$original" ] || fail "--preset original wrote nothing"
 
+# llama.cpp's samplers: each is on (the parameters say so), changes the
+# sampled text at T 1, and repeats with the seed; XTC at probability 1
+# with a low threshold cuts the most probable tokens away.
+plain=$(gen -t 1 --seed 4 --top-k 0 --top-p 1 --min-p 0) || fail "plain run"
+for s in "--typical 0.3" "--top-n-sigma 0.5" "--xtc-probability 1 --xtc-threshold 0.02" "--mirostat 2 --mirostat-ent 1" \
+         "--dynatemp-range 0.9 --dynatemp-exp 0.2"; do
+  # shellcheck disable=SC2086
+  a=$(gen -t 1 --seed 4 --top-k 0 --top-p 1 --min-p 0 $s) || fail "'$s' run"
+  # shellcheck disable=SC2086
+  b=$(gen -t 1 --seed 4 --top-k 0 --top-p 1 --min-p 0 $s) || fail "'$s' rerun"
+  [ "$a" = "$b" ] || fail "'$s' does not repeat with its seed"
+  [ "$a" != "$plain" ] || fail "'$s' changed nothing"
+done
+
 for bad in "--dry-multiplier -1" "--dry-base 0.5" "--dry-allowed-length 0" "--dry-penalty-last-n -2" \
+           "--typical 2" "--top-n-sigma x" "--xtc-probability -0.5" "--mirostat 1" "--dynatemp-range -1" \
            "--preset fast" "--sharpen-threshold 2" "--critical-threshold x" "--preset calibrated --aggressive" \
            "--preset calibrated --confidence-threshold 0.4"; do
   err=$(gen $bad 2>&1 >/dev/null); rc=$?

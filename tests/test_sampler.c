@@ -3,11 +3,13 @@
 #include "internal.h"
 
 #include <math.h>
+#include <stdarg.h>
 #include <stdlib.h>
 
 static sm_sample_input input(const float *logits, int32_t n) {
     return (sm_sample_input){.logits = logits, .n_vocab = n, .temperature = 1.0f, .repeat_penalty = 1.0f,
-                             .top_k = 0, .top_p = 1.0f, .min_p = 0.0f};
+                             .top_k = 0, .top_p = 1.0f, .min_p = 0.0f, .typical_p = 1.0f, .xtc_threshold = 0.1f,
+                             .dynatemp_exponent = 1.0f};
 }
 
 /* Frequency of each token over many draws. */
@@ -187,11 +189,114 @@ static void test_min_p_fast_path_matches_reference(void **unused) {
     sm_sampler_work_free(&w);
 }
 
+/* llama.cpp's own samplers on the same logits: the distribution a draw
+ * comes from. The chain is applied to a copy, then what is left is
+ * normalised (the final softmax of its dist sampler). */
+static int32_t llama_reference(const float *logits, int32_t n, struct llama_sampler *chain, sm_token *ids, float *p) {
+    llama_token_data *data = malloc(sizeof *data * (size_t)n);
+    for (int32_t t = 0; t < n; t++) data[t] = (llama_token_data){t, logits[t], 0.0f};
+    llama_token_data_array arr = {data, (size_t)n, -1, false};
+    llama_sampler_apply(chain, &arr);
+    double max = -INFINITY, z = 0;
+    for (size_t i = 0; i < arr.size; i++) max = arr.data[i].logit > max ? arr.data[i].logit : max;
+    for (size_t i = 0; i < arr.size; i++) z += exp(arr.data[i].logit - max);
+    int32_t kept = 0;
+    for (size_t i = 0; i < arr.size; i++) {
+        if (arr.data[i].logit == -INFINITY) continue;
+        ids[kept] = arr.data[i].id;
+        p[kept++] = (float)(exp(arr.data[i].logit - max) / z);
+    }
+    free(data);
+    return kept;
+}
+
+/* Every draw of ours comes from llama.cpp's distribution: its token is
+ * one llama.cpp keeps, with the probability llama.cpp gives it. */
+static void assert_draws_match(const sm_sample_input *in, struct llama_sampler *chain, const char *what) {
+    sm_token ids[512];
+    float ref[512];
+    int32_t kept = llama_reference(in->logits, in->n_vocab, chain, ids, ref);
+    sm_sampler_work w;
+    assert_int_equal(sm_sampler_work_init(&w, in->n_vocab), 0);
+    int32_t n_distinct = 0;
+    bool seen[512] = {false};
+    for (uint64_t seed = 1; seed <= 400; seed++) {
+        uint64_t rng = seed;
+        float p;
+        sm_token t = sm_sample(in, &rng, &w, &p);
+        int32_t at = -1;
+        for (int32_t k = 0; k < kept; k++)
+            if (ids[k] == t) at = k;
+        if (at < 0) fail_msg("%s: drew token %d, which llama.cpp leaves out (it keeps %d)", what, t, kept);
+        if (fabsf(p - ref[at]) > 2e-5f) fail_msg("%s: token %d has p %g here, %g in llama.cpp", what, t, p, ref[at]);
+        if (!seen[t]) n_distinct++;
+        seen[t] = true;
+    }
+    if (kept > 1) assert_true(n_distinct > 1);
+    sm_sampler_work_free(&w);
+    llama_sampler_free(chain);
+}
+
+static struct llama_sampler *chain_of(int n, ...) {
+    struct llama_sampler *chain = llama_sampler_chain_init(llama_sampler_chain_default_params());
+    va_list ap;
+    va_start(ap, n);
+    for (int i = 0; i < n; i++) llama_sampler_chain_add(chain, va_arg(ap, struct llama_sampler *));
+    va_end(ap);
+    return chain;
+}
+
+static void test_llama_cpp_samplers_match(void **unused) {
+    (void)unused;
+    enum { N = 512 };
+    float logits[N];
+    srand(11);
+    for (int shape = 0; shape < 2; shape++) {
+        for (int32_t t = 0; t < N; t++)
+            logits[t] = shape == 0 ? (float)rand() / RAND_MAX * 6.0f - 3.0f : (t < 20 ? 4.0f - 0.2f * t : -2.0f + 0.001f * t);
+        sm_sample_input in = input(logits, N);
+        in.temperature = 0.8f;
+        in.top_n_sigma = 1.5f;
+        assert_draws_match(&in, chain_of(2, llama_sampler_init_top_n_sigma(1.5f), llama_sampler_init_temp(0.8f)), "top-n-sigma");
+
+        in = input(logits, N);
+        in.top_k = 40;
+        in.typical_p = 0.6f;
+        assert_draws_match(&in, chain_of(3, llama_sampler_init_top_k(40), llama_sampler_init_typical(0.6f, 1),
+                                         llama_sampler_init_temp(1.0f)), "typical");
+
+        in = input(logits, N);
+        in.top_k = 40;
+        in.xtc_probability = 1.0f; /* always: then it is deterministic, and comparable */
+        in.xtc_threshold = 0.05f;
+        assert_draws_match(&in, chain_of(3, llama_sampler_init_top_k(40), llama_sampler_init_xtc(1.0f, 0.05f, 1, 5),
+                                         llama_sampler_init_temp(1.0f)), "xtc");
+
+        in = input(logits, N);
+        in.top_k = 50;
+        in.temperature = 0.9f;
+        in.dynatemp_range = 0.5f;
+        in.dynatemp_exponent = 1.5f;
+        assert_draws_match(&in, chain_of(2, llama_sampler_init_top_k(50), llama_sampler_init_temp_ext(0.9f, 0.5f, 1.5f)),
+                           "dynamic temperature");
+
+        in = input(logits, N);
+        in.mirostat = 2;
+        in.mirostat_tau = 3.0f;
+        in.mirostat_eta = 0.1f;
+        in.mirostat_mu = 6.0f; /* its first token: 2 tau */
+        in.temperature = 0.7f;
+        assert_draws_match(&in, chain_of(2, llama_sampler_init_temp(0.7f), llama_sampler_init_mirostat_v2(5, 3.0f, 0.1f)),
+                           "mirostat v2");
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_greedy_bans_and_penalty), cmocka_unit_test(test_top_k_top_p_min_p),
         cmocka_unit_test(test_temperature_changes_the_draw), cmocka_unit_test(test_seed_determinism),
         cmocka_unit_test(test_signals), cmocka_unit_test(test_min_p_fast_path_matches_reference),
+        cmocka_unit_test(test_llama_cpp_samplers_match),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -23,6 +23,15 @@ enum {
     OPT_CONFIDENCE_THRESHOLD,
     OPT_CRITICAL_THRESHOLD,
     OPT_DRY_MULTIPLIER,
+    OPT_TOP_N_SIGMA,
+    OPT_TYPICAL,
+    OPT_XTC_PROBABILITY,
+    OPT_XTC_THRESHOLD,
+    OPT_DYNATEMP_RANGE,
+    OPT_DYNATEMP_EXP,
+    OPT_MIROSTAT,
+    OPT_MIROSTAT_LR,
+    OPT_MIROSTAT_ENT,
     OPT_DRY_BASE,
     OPT_DRY_ALLOWED_LENGTH,
     OPT_DRY_LAST_N,
@@ -80,6 +89,15 @@ static const struct option long_options[] = {
     {"confidence-threshold", required_argument, NULL, OPT_CONFIDENCE_THRESHOLD},
     {"critical-threshold", required_argument, NULL, OPT_CRITICAL_THRESHOLD},
     {"dry-multiplier", required_argument, NULL, OPT_DRY_MULTIPLIER},
+    {"top-n-sigma", required_argument, NULL, OPT_TOP_N_SIGMA},
+    {"typical", required_argument, NULL, OPT_TYPICAL},
+    {"xtc-probability", required_argument, NULL, OPT_XTC_PROBABILITY},
+    {"xtc-threshold", required_argument, NULL, OPT_XTC_THRESHOLD},
+    {"dynatemp-range", required_argument, NULL, OPT_DYNATEMP_RANGE},
+    {"dynatemp-exp", required_argument, NULL, OPT_DYNATEMP_EXP},
+    {"mirostat", required_argument, NULL, OPT_MIROSTAT},
+    {"mirostat-lr", required_argument, NULL, OPT_MIROSTAT_LR},
+    {"mirostat-ent", required_argument, NULL, OPT_MIROSTAT_ENT},
     {"dry-base", required_argument, NULL, OPT_DRY_BASE},
     {"dry-allowed-length", required_argument, NULL, OPT_DRY_ALLOWED_LENGTH},
     {"dry-penalty-last-n", required_argument, NULL, OPT_DRY_LAST_N},
@@ -160,6 +178,9 @@ void cli_print_help(FILE *out) {
         "  -n, --n-predict N             tokens to generate; -1 = until a stop (default: 256)\n"
         "      --seed N                  random seed (default: taken from the clock, reported)\n"
         "      --dry-multiplier F        llama.cpp's DRY repetition penalty; 0 = off (default: 0)\n"
+        "      --top-n-sigma F --typical F --xtc-probability F --xtc-threshold F --dynatemp-range F\n"
+        "      --dynatemp-exp F --mirostat 2 --mirostat-lr F --mirostat-ent F   llama.cpp's samplers,\n"
+        "                                its names and defaults (off: -1, 1, 0, 0.1, 0, 1, 0, 0.1, 5)\n"
         "      --dry-base F --dry-allowed-length N --dry-penalty-last-n N   its settings\n"
         "                                (defaults: 1.75, 2, -1 = the whole context)\n"
         "      --stop STR                stop when STR appears; repeatable (default: none)\n"
@@ -359,6 +380,33 @@ static bool apply_option(int c, const char *arg, cli_options *opt, FILE *err) {
     case 'n':
         return parse_int_in(err, "--n-predict", arg, -1, INT32_MAX,
                             "an integer >= 0, or -1 for no limit", &opt->gen.n_predict);
+    case OPT_TOP_N_SIGMA:
+        return parse_float_in(err, "--top-n-sigma", arg, -1.0f, CLOSED, 100.0f, CLOSED, "a number <= 100 (-1 = off)",
+                              &s->top_n_sigma);
+    case OPT_TYPICAL:
+        return parse_float_in(err, "--typical", arg, 0.0f, CLOSED, 1.0f, CLOSED, "a number in [0, 1] (1 = off)", &s->typical_p);
+    case OPT_XTC_PROBABILITY:
+        return parse_float_in(err, "--xtc-probability", arg, 0.0f, CLOSED, 1.0f, CLOSED, "a number in [0, 1]",
+                              &s->xtc_probability);
+    case OPT_XTC_THRESHOLD:
+        return parse_float_in(err, "--xtc-threshold", arg, 0.0f, CLOSED, 1.0f, CLOSED, "a number in [0, 1]",
+                              &s->xtc_threshold);
+    case OPT_DYNATEMP_RANGE:
+        return parse_float_in(err, "--dynatemp-range", arg, 0.0f, CLOSED, 100.0f, CLOSED, "a number in [0, 100]",
+                              &s->dynatemp_range);
+    case OPT_DYNATEMP_EXP:
+        return parse_float_in(err, "--dynatemp-exp", arg, 0.0f, CLOSED, 100.0f, CLOSED, "a number in [0, 100]",
+                              &s->dynatemp_exponent);
+    case OPT_MIROSTAT:
+        if (strcmp(arg, "0") == 0) s->mirostat = 0;
+        else if (strcmp(arg, "2") == 0) s->mirostat = 2;
+        else return report(err, "--mirostat", arg, "0 (off) or 2 (mirostat v2)");
+        return true;
+    case OPT_MIROSTAT_LR:
+        return parse_float_in(err, "--mirostat-lr", arg, 0.0f, CLOSED, 10.0f, CLOSED, "a number in [0, 10]", &s->mirostat_eta);
+    case OPT_MIROSTAT_ENT:
+        return parse_float_in(err, "--mirostat-ent", arg, 0.0f, CLOSED, 100.0f, CLOSED, "a number in [0, 100]",
+                              &s->mirostat_tau);
     case OPT_DRY_MULTIPLIER:
         return parse_float_in(err, "--dry-multiplier", arg, 0.0f, CLOSED, 100.0f, CLOSED,
                               "a number in [0, 100] (0 = off)", &s->dry_multiplier);

@@ -94,8 +94,18 @@ static bool parse_sampling(const cJSON *b, gen_request *r, api_error *err) {
         !get_float(b, "dry_base", "dry_base", 1, 100, &s->dry_base, err) ||
         !get_i32(b, "dry_allowed_length", "dry_allowed_length", 1, 1 << 30, &s->dry_allowed_length, err) ||
         !get_i32(b, "dry_penalty_last_n", "dry_penalty_last_n", -1, 1 << 30, &s->dry_penalty_last_n, err) ||
+        !get_float(b, "top_n_sigma", "top_n_sigma", -1e6, 100, &s->top_n_sigma, err) ||
+        !get_float(b, "typical_p", "typical_p", 0, 1, &s->typical_p, err) ||
+        !get_float(b, "xtc_probability", "xtc_probability", 0, 1, &s->xtc_probability, err) ||
+        !get_float(b, "xtc_threshold", "xtc_threshold", 0, 1, &s->xtc_threshold, err) ||
+        !get_float(b, "dynatemp_range", "dynatemp_range", 0, 100, &s->dynatemp_range, err) ||
+        !get_float(b, "dynatemp_exponent", "dynatemp_exponent", 0, 100, &s->dynatemp_exponent, err) ||
+        !get_i32(b, "mirostat", "mirostat", 0, 2, &s->mirostat, err) ||
+        !get_float(b, "mirostat_tau", "mirostat_tau", 0, 100, &s->mirostat_tau, err) ||
+        !get_float(b, "mirostat_eta", "mirostat_eta", 0, 10, &s->mirostat_eta, err) ||
         !get_int_field(b, "seed", "seed", -1, 9007199254740992LL, &seed, err))
         return false;
+    if (s->mirostat == 1) return api_fail(err, 400, "mirostat", "'mirostat' 1 (v1) is not offered: 0 or 2");
     if (s->top_p <= 0.0f) return api_fail(err, 400, "top_p", "'top_p' must be in (0, 1]");
     if (s->min_p >= 1.0f) return api_fail(err, 400, "min_p", "'min_p' must be in [0, 1)");
     if (!get_float(b, "frequency_penalty", "frequency_penalty", -2, 2, &s->frequency_penalty, err) ||
@@ -538,7 +548,8 @@ static bool parse_model(const cJSON *b, const model_set *models, gen_request *r,
 static const char *const KNOWN_FIELDS[] = {
     "model", "prompt", "messages", "max_tokens", "max_completion_tokens", "n_predict", "n", "temperature", "top_p",
     "top_k", "min_p", "repeat_penalty", "repeat_last_n", "dry_multiplier", "dry_base", "dry_allowed_length",
-    "dry_penalty_last_n", "seed", "frequency_penalty", "presence_penalty", "logit_bias", "stop", "logprobs",
+    "dry_penalty_last_n", "top_n_sigma", "typical_p", "xtc_probability", "xtc_threshold", "dynatemp_range",
+    "dynatemp_exponent", "mirostat", "mirostat_tau", "mirostat_eta", "seed", "frequency_penalty", "presence_penalty", "logit_bias", "stop", "logprobs",
     "top_logprobs", "n_probs", "stream", "stream_options", "selfmod", "return_tokens", "cache_prompt", "ignore_eos",
     "timings_per_token",
     "user", /* OpenAI's end-user id: no effect on generation there either */
