@@ -849,6 +849,12 @@ typedef struct sm_gen_params {
     /* End-of-generation tokens are never sampled (llama-server's
      * ignore_eos): generation goes on to n_predict or a stop. */
     bool ignore_eos;
+    /* A GBNF grammar (llama.cpp's, root rule "root") the generated text
+     * must follow: tokens it does not allow are never sampled, and once it
+     * is complete only an end of generation is. Its state follows the kept
+     * tokens, so every rewind leaves it exact. NULL = none. With
+     * SM_GRAMMAR_JSON: any JSON object (OpenAI's response_format json_object). */
+    const char *grammar;
     sm_sampling_params sampling;
     sm_policy_params policy;
     sm_backtrack_params backtrack;
@@ -860,6 +866,12 @@ typedef struct sm_gen_params {
     sm_event_fn on_event;           /* may be NULL                           */
     void *user_data;
 } sm_gen_params;
+
+/* Whether grammar parses as GBNF for this model's vocabulary (llama.cpp
+ * prints the parser's complaint on stderr). */
+sm_status sm_grammar_check(const sm_model *model, const char *grammar, sm_error *err);
+/* A GBNF grammar of one JSON object (for sm_gen_params.grammar). */
+extern const char *const SM_GRAMMAR_JSON;
 
 sm_sampling_params sm_sampling_default_params(void);
 sm_policy_params sm_policy_default_params(void);

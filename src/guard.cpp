@@ -70,6 +70,26 @@ bool smx_chat_apply_template(const char *tmpl, const struct llama_chat_message *
     });
 }
 
+struct llama_sampler *smx_grammar_new(const struct llama_vocab *vocab, const char *grammar, const char *root,
+                                      sm_error *err) {
+    struct llama_sampler *s = nullptr;
+    guarded(err, SM_ERR_INVALID_ARGUMENT, "llama_sampler_init_grammar",
+            [&] { s = llama_sampler_init_grammar(vocab, grammar, root); });
+    return s;
+}
+
+bool smx_sampler_apply(struct llama_sampler *smpl, llama_token_data_array *cur, sm_error *err) {
+    return guarded(err, SM_ERR_INVALID_ARGUMENT, "llama_sampler_apply", [&] { llama_sampler_apply(smpl, cur); });
+}
+
+bool smx_sampler_accept(struct llama_sampler *smpl, llama_token token, sm_error *err) {
+    return guarded(err, SM_ERR_INVALID_ARGUMENT, "llama_sampler_accept", [&] { llama_sampler_accept(smpl, token); });
+}
+
+bool smx_sampler_reset(struct llama_sampler *smpl, sm_error *err) {
+    return guarded(err, SM_ERR_INVALID_ARGUMENT, "llama_sampler_reset", [&] { llama_sampler_reset(smpl); });
+}
+
 struct llama_model *smx_model_load(const char *path, struct llama_model_params params, sm_error *err) {
     struct llama_model *model = nullptr;
     guarded(err, SM_ERR_MODEL, "llama_model_load_from_file", [&] { model = llama_model_load_from_file(path, params); });

@@ -31,6 +31,15 @@ struct llama_model *smx_model_load(const char *path, struct llama_model_params p
 struct llama_context *smx_init_from_model(struct llama_model *model, struct llama_context_params params,
                                           sm_error *err);
 
+/* A GBNF grammar as llama.cpp's grammar sampler (NULL: it does not parse,
+ * or llama.cpp threw); applying it (invalid tokens' logits become -inf)
+ * and accepting a token (false: the grammar does not allow it). */
+struct llama_sampler *smx_grammar_new(const struct llama_vocab *vocab, const char *grammar, const char *root,
+                                      sm_error *err);
+bool smx_sampler_apply(struct llama_sampler *smpl, llama_token_data_array *cur, sm_error *err);
+bool smx_sampler_accept(struct llama_sampler *smpl, llama_token token, sm_error *err);
+bool smx_sampler_reset(struct llama_sampler *smpl, sm_error *err);
+
 /* llama_decode's own codes (0 ok, 1 no KV slot, 2 aborted, -1 invalid
  * batch, < -1 fatal), or this one when it threw. */
 #define SMX_DECODE_THREW (-100)

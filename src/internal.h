@@ -186,6 +186,7 @@ typedef struct sm_sample_input {
     float top_n_sigma, typical_p, xtc_probability, xtc_threshold, dynatemp_range, dynatemp_exponent;
     int32_t mirostat;
     float mirostat_tau, mirostat_eta;
+    struct llama_sampler *grammar; /* applied after the penalties, or NULL */
     float mirostat_mu;          /* in: mu before this token              */
     float *mirostat_mu_next;    /* out: mu after it (when mirostat)      */
 } sm_sample_input;

@@ -180,6 +180,35 @@ sm_status sm_gen_params_preset(sm_gen_params *gp, const char *name, sm_error *er
     return SM_OK;
 }
 
+sm_status sm_grammar_check(const sm_model *model, const char *grammar, sm_error *err) {
+    sm_error scratch;
+    if (!err) err = &scratch;
+    if (!model || !grammar) {
+        sm_error_set(err, SM_ERR_INVALID_ARGUMENT, "sm_grammar_check: no model or grammar");
+        return SM_ERR_INVALID_ARGUMENT;
+    }
+    struct llama_sampler *g = smx_grammar_new(model->vocab, grammar, "root", err);
+    if (!g) {
+        if (!*err->message || err->status == SM_OK)
+            sm_error_set(err, SM_ERR_INVALID_ARGUMENT, "the grammar does not parse as GBNF (root rule 'root')");
+        return SM_ERR_INVALID_ARGUMENT;
+    }
+    llama_sampler_free(g);
+    err->status = SM_OK;
+    return SM_OK;
+}
+
+/* One JSON object: objects, arrays, strings with escapes, numbers, true,
+ * false, null; white space bounded so that it cannot run on forever. */
+const char *const SM_GRAMMAR_JSON =
+    "root   ::= object\n"
+    "value  ::= object | array | string | number | (\"true\" | \"false\" | \"null\") ws\n"
+    "object ::= \"{\" ws ( string \":\" ws value (\",\" ws string \":\" ws value)* )? \"}\" ws\n"
+    "array  ::= \"[\" ws ( value (\",\" ws value)* )? \"]\" ws\n"
+    "string ::= \"\\\"\" ( [^\"\\\\\\x7F\\x00-\\x1F] | \"\\\\\" ([\"\\\\/bfnrt] | \"u\" [0-9a-fA-F]{4,4}) )* \"\\\"\" ws\n"
+    "number ::= \"-\"? ([0-9] | [1-9] [0-9]{0,15}) (\".\" [0-9]{1,16})? ([eE] [-+]? [0-9]{1,3})? ws\n"
+    "ws     ::= | \" \" | \"\\n\" [ \\t]{0,20}\n";
+
 sm_gen_params sm_gen_default_params(void) {
     return (sm_gen_params){
         .n_predict = 256,
@@ -285,6 +314,8 @@ static sm_status validate_gen_params(const sm_gen_params *p, char *msg, size_t m
     CHECK(isfinite(bt->input_temperature) && bt->input_temperature >= 0.0f,
           "operator input temperature must be >= 0 (got %g; 0 = the token's own)", bt->input_temperature);
     CHECK(p->n_probs >= 0 && p->n_probs <= 1000, "n_probs must be in [0, 1000] (got %d)", p->n_probs);
+    CHECK(!p->grammar || (!p->interventions.tools && !(p->interventions.inject_every > 0 && p->interventions.inject_text)),
+          "a grammar follows the generated tokens: injected text (tools, inject_text) would step outside it");
     CHECK(p->n_forced_tokens >= 0 && (p->n_forced_tokens == 0 || p->forced_tokens),
           "forced tokens: count %d without an array", p->n_forced_tokens);
     for (int32_t i = 0; i < p->n_forced_tokens; i++)

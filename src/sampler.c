@@ -332,6 +332,17 @@ sm_token sm_sample(const sm_sample_input *in, uint64_t *rng, sm_sampler_work *w,
     apply_repeat_penalty(logits, in);
     apply_count_penalties(logits, in, w);
     if (in->dry_multiplier > 0.0f) apply_dry(logits, in, w);
+    if (in->grammar) { /* llama.cpp's grammar sampler: what it does not allow gets -inf */
+        llama_token_data *cur = w->dry_cur;
+        for (int32_t t = 0; t < in->n_vocab; t++) cur[t] = (llama_token_data){t, logits[t], 0.0f};
+        llama_token_data_array arr = {cur, (size_t)in->n_vocab, -1, false};
+        sm_error err;
+        if (!smx_sampler_apply(in->grammar, &arr, &err)) return -1;
+        for (size_t i = 0; i < arr.size; i++) logits[arr.data[i].id] = arr.data[i].logit;
+        bool any = false;
+        for (int32_t t = 0; t < in->n_vocab && !any; t++) any = logits[t] > -INFINITY;
+        if (!any) return -1;
+    }
     if (in->mirostat_mu_next) *in->mirostat_mu_next = in->mirostat_mu;
 
     if (in->temperature <= 0.0f) {

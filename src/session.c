@@ -1041,8 +1041,26 @@ static void prepare_distribution(generation *g, int32_t i) {
 
 /* Samples the candidate at generated position i with this token's knobs
  * (or takes the one a stage chose) and computes its signals. */
+/* The grammar's state follows the kept tokens: it has accepted exactly
+ * gen_tokens[0..i) (replayed from the start after a rewind). */
+static bool grammar_sync(generation *g, int32_t i) {
+    sm_error err;
+    if (g->grammar_n > i) {
+        if (!smx_sampler_reset(g->grammar, &err)) return false;
+        g->grammar_n = 0;
+    }
+    for (; g->grammar_n < i; g->grammar_n++)
+        if (!smx_sampler_accept(g->grammar, g->gen_tokens[g->grammar_n], &err)) return false;
+    return true;
+}
+
 static sm_token sample_candidate(generation *g, int32_t i, const sm_knobs *knobs) {
     sm_session *s = g->s;
+    if (g->grammar && !grammar_sync(g, i)) {
+        sm_session_fail(s, SM_ERR_INVALID_ARGUMENT, "the grammar does not allow token %d at position %d (a forced token?)",
+                        g->gen_tokens[g->grammar_n], g->grammar_n);
+        return -2;
+    }
     position_record *r = &g->rec[i];
     int32_t last_n = g->gp->sampling.repeat_last_n;
     int32_t n_recent = s->n_tokens < last_n ? s->n_tokens : last_n;
@@ -1082,6 +1100,7 @@ static sm_token sample_candidate(generation *g, int32_t i, const sm_knobs *knobs
         /* mirostat's mu follows the kept tokens: what the one before left */
         .mirostat_mu = i == 0 ? 2.0f * g->gp->sampling.mirostat_tau : g->rec[i - 1].mirostat_mu_next,
         .mirostat_mu_next = &r->mirostat_mu_next,
+        .grammar = g->grammar,
     };
     float p_sampled = 1.0f; /* a token a stage chose was not drawn */
     sm_token t = knobs->forced;
@@ -1352,6 +1371,7 @@ static sm_status generation_step(generation *g) {
     sm_knobs knobs;
     if (!before_sample(g, &knobs)) return g->status;
     sm_token t = sample_candidate(g, i, &knobs);
+    if (t == -2) return SM_ERR_INVALID_ARGUMENT; /* the grammar refused a forced token (the message is set) */
     if (t < 0) { /* the bans left nothing to sample: the text so far is the answer */
         g->stop = SM_STOP_NO_CANDIDATES;
         return SM_OK;
@@ -1385,6 +1405,7 @@ static void generation_free(generation *g) {
     free(g->snaps);
     free(g->confidences);
     free(g->gen_tokens);
+    if (g->grammar) llama_sampler_free(g->grammar);
     free(g->fusion);
     free(g->intro_rec);
     sm_text_free(&g->text);
@@ -1480,6 +1501,13 @@ static sm_status generate_impl(sm_session *s, const char *prompt, const sm_gen_p
     if (!s->logits) return sm_session_fail(s, SM_ERR_STATE, "nothing to continue from: give a prompt first");
 
     generation g = {.s = s, .gp = gp, .res = res, .start = s->n_tokens, .stop = SM_STOP_NONE};
+    if (gp->grammar) {
+        sm_error gerr = {0};
+        g.grammar = smx_grammar_new(s->model->vocab, gp->grammar, "root", &gerr);
+        if (!g.grammar)
+            return sm_session_fail(s, SM_ERR_INVALID_ARGUMENT, "the grammar does not parse as GBNF (root rule 'root')%s%s",
+                                   *gerr.message ? ": " : "", gerr.message);
+    }
     g.knobs = (sm_knobs){gp->sampling.temperature, gp->sampling.repeat_penalty, -1};
     g.rng = gp->sampling.seed;
     sm_text_init(&g.text);

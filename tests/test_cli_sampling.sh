@@ -39,6 +39,15 @@ for s in "--typical 0.3" "--top-n-sigma 0.5" "--xtc-probability 1 --xtc-threshol
   [ "$a" != "$plain" ] || fail "'$s' changed nothing"
 done
 
+# Grammars: the text follows one; --json-output is one JSON object; a
+# grammar that does not parse is one line, before anything is generated.
+yes=$(gen -n 8 --grammar 'root ::= " yes" | " no"') || fail "--grammar run"
+[[ "$yes" == " yes" || "$yes" == " no" ]] || fail "--grammar: '$yes'"
+json=$("$SM_BIN" -m "$M" -p "Once upon a time" -n 120 --no-memory --quiet --threads 1 --seed 2 --json-output) || fail "--json-output run"
+[[ "$json" == "{"* ]] || fail "--json-output: '$json'"
+err=$("$SM_BIN" -m "$M" -p x --no-memory --grammar 'root ::= (' 2>&1 >/dev/null); rc=$?
+[ $rc -eq 1 ] && [ "$(wc -l <<<"$err")" = 1 ] && grep -q "does not parse" <<<"$err" || fail "a bad grammar: rc $rc: $err"
+
 for bad in "--dry-multiplier -1" "--dry-base 0.5" "--dry-allowed-length 0" "--dry-penalty-last-n -2" \
            "--typical 2" "--top-n-sigma x" "--xtc-probability -0.5" "--mirostat 1" "--dynatemp-range -1" \
            "--preset fast" "--sharpen-threshold 2" "--critical-threshold x" "--preset calibrated --aggressive" \

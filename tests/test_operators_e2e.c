@@ -282,6 +282,46 @@ static void test_backtracking_llm_preset_shows_every_nth_top_50_and_counts_as_it
     assert_non_null(strstr(err.message, "backtracking-llm"));
 }
 
+/* A grammar holds under backtracking: its state follows the kept tokens
+ * (replayed after every rewind), so a sequence it dictates word by word
+ * comes out whole even when tokens in its middle are removed; JSON output
+ * is one JSON object; a grammar that does not parse is refused. */
+static void test_grammar_holds_under_backtracks(void **state)
+{
+    fixture *f = *state;
+    const char *grammar = "root ::= (\" one\" \" two\" \" three\"){3,3}";
+    const char *want = " one two three one two three one two three";
+    for (int variant = 0; variant < 2; variant++) {
+        sm_operator *op = tu_backtrack_once(6, 3);
+        sm_gen_params gp = tu_greedy_params(60);
+        gp.sampling.temperature = variant ? 1.0f : 0.0f;
+        gp.sampling.seed = 9;
+        gp.grammar = grammar;
+        gp.backtrack.operators = &op;
+        gp.backtrack.n_operators = 1;
+        sm_result r;
+        generate(f, &gp, &r);
+        assert_int_equal(r.n_backtracks, 1);
+        assert_string_equal(r.text, want);
+        sm_result_free(&r);
+        sm_operator_free(op);
+    }
+    sm_gen_params gp = tu_greedy_params(200);
+    gp.grammar = SM_GRAMMAR_JSON;
+    gp.sampling.temperature = 0.8f;
+    sm_result r;
+    generate(f, &gp, &r);
+    assert_int_equal(r.text[0], '{');
+    if (r.stop_reason == SM_STOP_EOG) assert_non_null(strrchr(r.text, '}'));
+    sm_result_free(&r);
+
+    gp.grammar = "root ::= (";
+    assert_int_equal(sm_session_clear(f->session), SM_OK);
+    assert_int_equal(sm_session_generate(f->session, LOOPING_PROMPT, &gp, &r), SM_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(sm_session_last_error(f->session), "does not parse"));
+    sm_result_free(&r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -291,6 +331,7 @@ int main(void)
         cmocka_unit_test(test_always_firing_operator_stops_at_the_backtrack_limit),
         cmocka_unit_test(test_always_firing_operator_is_capped_per_position),
         cmocka_unit_test(test_backtracking_llm_preset_shows_every_nth_top_50_and_counts_as_it_did),
+        cmocka_unit_test(test_grammar_holds_under_backtracks),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -70,6 +70,9 @@ enum {
     OPT_BACKTRACK_EVERY_ONLY,
     OPT_WRAP_PROMPT,
     OPT_PREFILL,
+    OPT_GRAMMAR,
+    OPT_GRAMMAR_FILE,
+    OPT_JSON_OUTPUT,
     OPT_BEAM_SEARCH,
     OPT_BEAM_STABILITY,
     OPT_BEAM_FOCUS,
@@ -136,6 +139,9 @@ static const struct option long_options[] = {
     {"memory-format", required_argument, NULL, OPT_MEMORY_FORMAT},
     {"wrap-prompt", no_argument, NULL, OPT_WRAP_PROMPT},
     {"prefill", required_argument, NULL, OPT_PREFILL},
+    {"grammar", required_argument, NULL, OPT_GRAMMAR},
+    {"grammar-file", required_argument, NULL, OPT_GRAMMAR_FILE},
+    {"json-output", no_argument, NULL, OPT_JSON_OUTPUT},
     {"beam-search", required_argument, NULL, OPT_BEAM_SEARCH},
     {"beam-stability", required_argument, NULL, OPT_BEAM_STABILITY},
     {"beam-focus", required_argument, NULL, OPT_BEAM_FOCUS},
@@ -248,6 +254,9 @@ void cli_print_help(FILE *out) {
         "                                init/token/modification/complete, which its GUI reads\n"
         "                                (default FORMAT: $LLAMA_SELFMOD_JSON_STREAM, else native)\n"
         "      --wrap-prompt             send -p as \"User: PROMPT\\nAssistant:\", as the original did\n"
+        "      --grammar GBNF            the text follows this llama.cpp grammar (root rule: root)\n"
+        "      --grammar-file FILE       ... the grammar in FILE\n"
+        "      --json-output             ... one JSON object\n"
         "      --beam-search W           a beam search of width W to -n tokens instead of sampling: the\n"
         "                                best beam's text (--json-stream: every beam); -p only\n"
         "      --beam-stability F --beam-focus F  activation scoring: each token also adds F times\n"
@@ -520,6 +529,17 @@ static bool apply_option(int c, const char *arg, cli_options *opt, FILE *err) {
     case OPT_BEAM_FOCUS:
         return parse_float_in(err, "--beam-focus", arg, 0.0f, CLOSED, 100.0f, CLOSED, "a weight in [0, 100]",
                               &opt->beam_focus);
+    case OPT_GRAMMAR:
+    case OPT_GRAMMAR_FILE:
+    case OPT_JSON_OUTPUT:
+        if (opt->grammar || opt->grammar_file || opt->json_output) {
+            fprintf(err, "llama_selfmod: error: give one of --grammar, --grammar-file and --json-output\n");
+            return false;
+        }
+        if (c == OPT_GRAMMAR) opt->grammar = arg;
+        else if (c == OPT_GRAMMAR_FILE) opt->grammar_file = arg;
+        else opt->json_output = true;
+        return true;
     case OPT_PREFILL:
         if (!*arg) return report(err, "--prefill", arg, "some text (the answer's first words)");
         opt->prefill = arg;

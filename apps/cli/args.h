@@ -44,6 +44,9 @@ typedef struct cli_options {
     sm_memlog_format memory_format;
     bool wrap_prompt;            /* -p goes in as "User: ...\nAssistant:" */
     const char *prefill;         /* --prefill: the answer's first words    */
+    const char *grammar;         /* --grammar                              */
+    const char *grammar_file;    /* --grammar-file                         */
+    bool json_output;            /* --json-output                          */
     int32_t beam_width;          /* --beam-search; 0 = sample             */
     float beam_stability, beam_focus;
 

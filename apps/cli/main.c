@@ -144,6 +144,7 @@ static void app_free(cli_app *app) {
     sm_memlog_close(app->memlog);
     json_original_free(&app->json_original);
     sm_tokens_free(&app->prefill);
+    free(app->grammar_text);
     cli_intro_free(app);
     for (int32_t i = 0; i < app->n_operators; i++) sm_operator_free(app->operators[i]);
 }
@@ -186,12 +187,79 @@ static int setup_and_run(cli_app *app) {
     return code;
 }
 
+/* --grammar, --grammar-file, --json-output: the grammar the text follows. */
+static bool load_grammar(cli_app *app) {
+    const cli_options *opt = app->opt;
+    if (opt->json_output) app->gen.grammar = SM_GRAMMAR_JSON;
+    if (opt->grammar) app->gen.grammar = opt->grammar;
+    if (!opt->grammar_file) return true;
+    FILE *f = fopen(opt->grammar_file, "rb");
+    size_t len = 0, cap = 0;
+    char *text = NULL;
+    for (int ch; f && (ch = fgetc(f)) != EOF;) {
+        if (len + 2 > cap) {
+            char *grown = realloc(text, cap = cap ? cap * 2 : 4096);
+            if (!grown || cap > (1u << 20)) {
+                free(grown ? grown : text);
+                fclose(f);
+                cli_error("--grammar-file '%s': larger than 1 MB or out of memory", opt->grammar_file);
+                return false;
+            }
+            text = grown;
+        }
+        text[len++] = (char)ch;
+    }
+    if (!f) {
+        cli_error("--grammar-file: cannot read '%s': %s", opt->grammar_file, strerror(errno));
+        return false;
+    }
+    fclose(f);
+    app->grammar_text = text ? text : calloc(1, 1);
+    if (!app->grammar_text) return false;
+    app->grammar_text[len] = '\0';
+    app->gen.grammar = app->grammar_text;
+    return true;
+}
+
+/* The grammar is parsed before anything is generated; llama.cpp's parser
+ * writes its complaint to stderr, which becomes our one line. */
+static bool check_grammar(cli_app *app) {
+    if (!app->gen.grammar) return true;
+    fflush(stderr);
+    int saved = dup(STDERR_FILENO);
+    FILE *capture = tmpfile();
+    if (saved >= 0 && capture) dup2(fileno(capture), STDERR_FILENO);
+    sm_error err = {0};
+    sm_status st = sm_grammar_check(app->model, app->gen.grammar, &err);
+    fflush(stderr);
+    if (saved >= 0) {
+        dup2(saved, STDERR_FILENO);
+        close(saved);
+    }
+    char why[256] = "";
+    if (capture) {
+        rewind(capture);
+        char line[512];
+        while (!*why && fgets(line, sizeof line, capture)) {
+            const char *at = strstr(line, "error parsing grammar: ");
+            if (at) snprintf(why, sizeof why, "%s", at + strlen("error parsing grammar: "));
+        }
+        fclose(capture);
+    }
+    why[strcspn(why, "\n")] = '\0';
+    if (st == SM_OK) return true;
+    cli_error("the grammar does not parse%s%s", *why ? ": " : "", *why ? why : err.message);
+    return false;
+}
+
 static int run_app(cli_app *app) {
     const cli_options *opt = app->opt;
+    if (!load_grammar(app)) return EXIT_FAILURE;
     if (!open_memory_file(app)) return EXIT_FAILURE;
     if (!cli_intro_before_load(app)) return EXIT_FAILURE;
     sm_set_llama_logging(opt->verbose);
     if (!load_model(app)) return EXIT_FAILURE;
+    if (!check_grammar(app)) return EXIT_FAILURE;
     if (!tokenize_prefill(app)) return EXIT_FAILURE;
     if (!cli_intro_after_load(app)) return EXIT_FAILURE;
 

@@ -235,6 +235,43 @@ static bool parse_logprobs(const cJSON *b, gen_request *r, api_error *err) {
     return true;
 }
 
+/* A grammar: llama-server's "grammar" (GBNF), or OpenAI's response_format
+ * json_object; JSON schemas need llama.cpp's converter (not here yet):
+ * refused rather than ignored. */
+static bool parse_grammar(const cJSON *b, gen_request *r, sm_model *model, api_error *err) {
+    const cJSON *g = json_field(b, "grammar"), *rf = json_field(b, "response_format");
+    if (json_field(b, "json_schema"))
+        return api_fail(err, 400, "json_schema", "'json_schema' is not supported yet: give a GBNF 'grammar' or "
+                        "response_format {\"type\": \"json_object\"}");
+    const char *grammar = NULL;
+    if (g && !cJSON_IsNull(g)) {
+        if (!cJSON_IsString(g)) return api_fail(err, 400, "grammar", "'grammar' must be a GBNF string");
+        if (*g->valuestring) grammar = g->valuestring;
+    }
+    if (rf && !cJSON_IsNull(rf)) {
+        const cJSON *type = cJSON_IsObject(rf) ? json_field(rf, "type") : NULL;
+        if (!cJSON_IsString(type))
+            return api_fail(err, 400, "response_format", "'response_format' must be an object with a 'type'");
+        if (strcmp(type->valuestring, "json_object") == 0) {
+            if (grammar) return api_fail(err, 400, "response_format", "give 'grammar' or 'response_format', not both");
+            grammar = SM_GRAMMAR_JSON;
+        } else if (strcmp(type->valuestring, "json_schema") == 0) {
+            return api_fail(err, 400, "response_format", "response_format json_schema is not supported yet: "
+                            "use {\"type\": \"json_object\"} or a GBNF 'grammar'");
+        } else if (strcmp(type->valuestring, "text") != 0) {
+            return api_fail(err, 400, "response_format.type", "'response_format.type' must be text, json_object or json_schema");
+        }
+    }
+    if (!grammar) return true;
+    sm_error invalid;
+    if (sm_grammar_check(model, grammar, &invalid) != SM_OK)
+        return api_fail(err, 400, g ? "grammar" : "response_format", "the grammar does not parse as GBNF (root rule 'root')");
+    r->grammar = strdup(grammar);
+    if (!r->grammar) return api_fail(err, 500, NULL, "out of memory");
+    r->params.grammar = r->grammar;
+    return true;
+}
+
 /* llama-server's: return_tokens, cache_prompt, ignore_eos, timings_per_token. */
 static bool parse_llama_fields(const cJSON *b, gen_request *r, api_error *err) {
     r->cache_prompt = true;
@@ -551,7 +588,7 @@ static const char *const KNOWN_FIELDS[] = {
     "dry_penalty_last_n", "top_n_sigma", "typical_p", "xtc_probability", "xtc_threshold", "dynatemp_range",
     "dynatemp_exponent", "mirostat", "mirostat_tau", "mirostat_eta", "seed", "frequency_penalty", "presence_penalty", "logit_bias", "stop", "logprobs",
     "top_logprobs", "n_probs", "stream", "stream_options", "selfmod", "return_tokens", "cache_prompt", "ignore_eos",
-    "timings_per_token",
+    "timings_per_token", "grammar", "response_format", "json_schema",
     "user", /* OpenAI's end-user id: no effect on generation there either */
 };
 
@@ -583,6 +620,7 @@ bool gen_request_parse(const cJSON *body, api_kind api, const model_set *models,
               parse_length(body, r, err) && parse_sampling(body, r, err) && parse_stop(body, r, err) &&
               parse_logit_bias(body, r, sm_model_n_vocab(target_models[0]), err) &&
               parse_logprobs(body, r, err) && parse_stream(body, r, err) && parse_llama_fields(body, r, err) &&
+              parse_grammar(body, r, target_models[0], err) &&
               parse_selfmod(body, r, n_models, selfmod_default, err);
     if (!ok) return false;
     gen_request_bind(r);
@@ -599,12 +637,14 @@ void gen_request_bind(gen_request *r) {
     r->params.backtrack.n_operators = r->n_operators;
     r->params.sampling.logit_bias = r->logit_bias;
     r->params.sampling.n_logit_bias = r->n_logit_bias;
+    r->params.grammar = r->grammar;
 }
 
 void gen_request_free(gen_request *r) {
     for (int i = 0; i < r->n_stops; i++) free(r->stops[i]);
     for (int i = 0; i < r->n_operators; i++) sm_operator_free(r->operators[i]);
     free(r->prefill);
+    free(r->grammar);
     for (int i = 0; i < r->n_messages; i++) {
         free((char *)r->messages[i].role);
         free((char *)r->messages[i].content);

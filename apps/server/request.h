@@ -57,6 +57,7 @@ typedef struct gen_request {
     bool return_tokens;             /* /completion lists the token ids     */
     bool cache_prompt;              /* reuse the slot's cached prefix (true) */
     bool timings_per_token;         /* every stream chunk carries timings  */
+    char *grammar;                  /* owned; params.grammar points here    */
 } gen_request;
 
 /* serve's --n-predict when given, else the API's own default (16 tokens

@@ -164,6 +164,24 @@ test('400 names the invalid field', async () => {
   assert.equal(assertError(long, 400).code, 'context_length_exceeded');
 });
 
+test('grammars: GBNF on /completion, response_format json_object on chat, refusals', async () => {
+  const g = await post(base(), '/completion', { prompt: 'Once', n_predict: 6, grammar: 'root ::= "a"{5,5}' });
+  assert.equal(g.status, 200, g.text);
+  assert.equal(g.json.content, 'aaaaa');
+  const j = await post(base(), '/v1/chat/completions', {
+    messages: [{ role: 'user', content: 'hi' }], max_tokens: 60, temperature: 0.5, seed: 3,
+    response_format: { type: 'json_object' },
+  });
+  assert.equal(j.status, 200, j.text);
+  const text = j.json.choices[0].message.content;
+  assert.ok(text.startsWith('{'), text);
+  if (j.json.choices[0].finish_reason === 'stop') JSON.parse(text);
+  assertError(await post(base(), '/completion', { prompt: 'x', grammar: 'root ::= (' }), 400, 'grammar');
+  assertError(await post(base(), '/completion', { prompt: 'x', json_schema: {} }), 400, 'json_schema');
+  assertError(await post(base(), '/v1/chat/completions', { messages: [{ role: 'user', content: 'x' }],
+    response_format: { type: 'yaml' } }), 400, 'response_format.type');
+});
+
 test('a final assistant message is the start of the answer (a prefill): the reply continues it', async () => {
   const ask = (messages) => post(base(), '/v1/chat/completions', { messages, max_tokens: 10, temperature: 0 });
   const prefill = 'Once upon a time, a dragon';
