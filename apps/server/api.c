@@ -85,6 +85,16 @@ reply api_models(server *srv) {
     return reply_json(200, o);
 }
 
+/* GET /v1/models/{id}: one model, as OpenAI answers it (404 in its shape). */
+reply api_model_named(server *srv, const char *name) {
+    for (int t = 0; t < model_set_n_targets(&srv->models); t++)
+        if (strcmp(model_set_target_id(&srv->models, t), name) == 0) return reply_json(200, model_entry(srv, t));
+    api_error err;
+    api_fail(&err, 404, "model", "The model '%.200s' does not exist", name);
+    err.code = "model_not_found";
+    return reply_error(&err);
+}
+
 /* What the web page needs to build its forms. */
 reply api_props(server *srv) {
     cJSON *o = cJSON_CreateObject();

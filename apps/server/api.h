@@ -9,6 +9,7 @@ reply api_models(server *srv);
 reply api_props(server *srv);
 reply api_metrics(server *srv);
 reply api_slots(server *srv);
+reply api_model_named(server *srv, const char *name);
 reply api_completions(server *srv, int client_fd, const char *body, size_t len);
 reply api_chat_completions(server *srv, int client_fd, const char *body, size_t len);
 reply api_llama_completion(server *srv, int client_fd, const char *body, size_t len);

@@ -72,29 +72,35 @@ typedef struct route {
     bool public;                 /* no API key needed */
     reply (*get)(server *srv);
     api_handler post;
+    reply (*get_named)(server *srv, const char *name); /* path is a prefix: GET path<name> */
 } route;
 
 static const route ROUTES[] = {
-    {"/health", ROUTE_GET, true, api_health, NULL},
-    {"/v1/health", ROUTE_GET, true, api_health, NULL},
-    {"/v1/models", ROUTE_GET, false, api_models, NULL},
-    {"/models", ROUTE_GET, false, api_models, NULL},   /* llama-server's unprefixed names too */
-    {"/props", ROUTE_GET, false, api_props, NULL},
-    {"/metrics", ROUTE_GET, false, api_metrics, NULL},
-    {"/slots", ROUTE_GET, false, api_slots, NULL},
-    {"/v1/completions", ROUTE_POST, false, NULL, api_completions},
-    {"/completions", ROUTE_POST, false, NULL, api_llama_completion}, /* as llama-server: its own form */
-    {"/v1/chat/completions", ROUTE_POST, false, NULL, api_chat_completions},
-    {"/chat/completions", ROUTE_POST, false, NULL, api_chat_completions},
-    {"/completion", ROUTE_POST, false, NULL, api_llama_completion},
-    {"/tokenize", ROUTE_POST, false, NULL, api_tokenize},
-    {"/detokenize", ROUTE_POST, false, NULL, api_detokenize},
-    {"/loom/expand", ROUTE_POST, false, NULL, api_loom_expand},
+    {"/health", ROUTE_GET, true, api_health, NULL, NULL},
+    {"/v1/health", ROUTE_GET, true, api_health, NULL, NULL},
+    {"/v1/models", ROUTE_GET, false, api_models, NULL, NULL},
+    {"/models", ROUTE_GET, false, api_models, NULL, NULL},   /* llama-server's unprefixed names too */
+    {"/props", ROUTE_GET, false, api_props, NULL, NULL},
+    {"/metrics", ROUTE_GET, false, api_metrics, NULL, NULL},
+    {"/slots", ROUTE_GET, false, api_slots, NULL, NULL},
+    {"/v1/completions", ROUTE_POST, false, NULL, api_completions, NULL},
+    {"/completions", ROUTE_POST, false, NULL, api_llama_completion, NULL}, /* as llama-server: its own form */
+    {"/v1/chat/completions", ROUTE_POST, false, NULL, api_chat_completions, NULL},
+    {"/chat/completions", ROUTE_POST, false, NULL, api_chat_completions, NULL},
+    {"/completion", ROUTE_POST, false, NULL, api_llama_completion, NULL},
+    {"/tokenize", ROUTE_POST, false, NULL, api_tokenize, NULL},
+    {"/detokenize", ROUTE_POST, false, NULL, api_detokenize, NULL},
+    {"/loom/expand", ROUTE_POST, false, NULL, api_loom_expand, NULL},
+    {"/v1/models/", ROUTE_GET, false, NULL, NULL, api_model_named},
+    {"/models/", ROUTE_GET, false, NULL, NULL, api_model_named},
 };
 
 static const route *find_route(const char *url) {
-    for (size_t i = 0; i < sizeof ROUTES / sizeof ROUTES[0]; i++)
-        if (strcmp(url, ROUTES[i].path) == 0) return &ROUTES[i];
+    for (size_t i = 0; i < sizeof ROUTES / sizeof ROUTES[0]; i++) {
+        const route *r = &ROUTES[i];
+        if (r->get_named ? strncmp(url, r->path, strlen(r->path)) == 0 && url[strlen(r->path)] : strcmp(url, r->path) == 0)
+            return r;
+    }
     return NULL;
 }
 
@@ -342,6 +348,8 @@ static reply dispatch(server *srv, struct MHD_Connection *conn, const char *url,
     const route *rt = find_route(url);
     if (!rt) return is_get ? static_file(srv, url) : reply_not_found("no such endpoint", url);
     if (!rt->public && !authorized(srv, conn)) return unauthorized();
+    if (rt->kind == ROUTE_GET && rt->get_named)
+        return is_get ? rt->get_named(srv, url + strlen(rt->path)) : method_not_allowed(rt, method);
     if (rt->kind == ROUTE_GET) return is_get ? rt->get(srv) : method_not_allowed(rt, method);
     if (strcmp(method, "POST") != 0) return method_not_allowed(rt, method);
     if (rs->too_large) return too_large(srv);

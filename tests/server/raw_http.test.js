@@ -164,6 +164,24 @@ test('400 names the invalid field', async () => {
   assert.equal(assertError(long, 400).code, 'context_length_exceeded');
 });
 
+test('GET /v1/models/{id}, assistant content null, tool calls refused', async () => {
+  const list = await get(base(), '/v1/models');
+  const id = list.json.data[0].id;
+  const one = await get(base(), '/v1/models/' + encodeURIComponent(id));
+  assert.equal(one.status, 200, one.text);
+  assert.equal(one.json.id, id);
+  assert.equal(one.json.object, 'model');
+  const none = await get(base(), '/v1/models/no-such-model');
+  assert.equal(assertError(none, 404, 'model').code, 'model_not_found');
+  const nul = await post(base(), '/v1/chat/completions', { max_tokens: 3, messages: [
+    { role: 'user', content: 'a' }, { role: 'assistant', content: null }, { role: 'user', content: 'b' }] });
+  assert.equal(nul.status, 200, nul.text);
+  assertError(await post(base(), '/v1/chat/completions', { messages: [{ role: 'user', content: 'a' },
+    { role: 'assistant', content: null, tool_calls: [] }, { role: 'user', content: 'b' }] }), 400, 'messages[1].content');
+  assertError(await post(base(), '/v1/chat/completions', { messages: [{ role: 'tool', content: 'x' },
+    { role: 'user', content: 'b' }] }), 400, 'messages[0].role');
+});
+
 test('grammars: GBNF on /completion, response_format json_object on chat, refusals', async () => {
   const g = await post(base(), '/completion', { prompt: 'Once', n_predict: 6, grammar: 'root ::= "a"{5,5}' });
   assert.equal(g.status, 200, g.text);
