@@ -33,6 +33,14 @@ static void job_free(job *j) {
 }
 
 
+/* A prompt too long: OpenAI's code, llama-server's type and numbers. */
+static void context_exceeded(api_error *err, int32_t n_prompt_tokens, int32_t n_ctx) {
+    err->code = "context_length_exceeded";
+    err->type = "exceed_context_size_error";
+    err->n_prompt_tokens = n_prompt_tokens;
+    err->n_ctx = n_ctx;
+}
+
 static bool tokenize_prompt(job *j, api_error *err) {
     const sm_model *model = j->vocab->model;
     /* A completion prompt is raw model input, as in llama-server: the text
@@ -47,9 +55,9 @@ static bool tokenize_prompt(job *j, api_error *err) {
     if (j->n_prompt_tokens <= 0) return api_fail(err, 400, "prompt", "the prompt is empty: give some text");
     int32_t n_ctx = (int32_t)j->srv->slots.session_params.n_ctx;
     if (j->n_prompt_tokens >= n_ctx) {
-        api_fail(err, 400, "prompt", "the prompt is %d tokens but the context holds %d: nothing left to generate into",
-                 j->n_prompt_tokens, n_ctx);
-        err->code = "context_length_exceeded";
+        api_fail(err, 400, "prompt", "the prompt is %d tokens, which exceeds the available context size (%d tokens): "
+                 "nothing left to generate into", j->n_prompt_tokens, n_ctx);
+        context_exceeded(err, j->n_prompt_tokens, n_ctx);
         return false;
     }
     return true;
@@ -73,10 +81,10 @@ static bool chat_fits(job *j, api_error *err) {
     int32_t n_ctx = (int32_t)j->srv->slots.session_params.n_ctx;
     if (n_tokens >= n_ctx) {
         api_fail(err, 400, "messages",
-                 "the last message%s takes %d tokens with the chat template but the context holds %d: nothing left "
-                 "to answer into",
+                 "the last message%s takes %d tokens with the chat template, which exceeds the available context "
+                 "size (%d tokens): nothing left to answer into",
                  r->has_system ? " and the system prompt" : "", n_tokens, n_ctx);
-        err->code = "context_length_exceeded";
+        context_exceeded(err, n_tokens, n_ctx);
         return false;
     }
     return true;

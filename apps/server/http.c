@@ -38,7 +38,13 @@ reply reply_json(unsigned status, cJSON *json) {
 reply reply_error(const api_error *err) {
     unsigned status = err->status ? err->status : 500;
     const char *type = err->type ? err->type : (status >= 500 ? "server_error" : "invalid_request_error");
-    return reply_json(status, json_error_object(err->message, type, err->param, err->code));
+    cJSON *body = json_error_object(err->message, type, err->param, err->code);
+    if (body && err->n_ctx > 0) {
+        cJSON *e = cJSON_GetObjectItemCaseSensitive(body, "error");
+        cJSON_AddNumberToObject(e, "n_prompt_tokens", err->n_prompt_tokens);
+        cJSON_AddNumberToObject(e, "n_ctx", err->n_ctx);
+    }
+    return reply_json(status, body);
 }
 
 reply reply_error_simple(unsigned status, const char *param, const char *message) {

@@ -24,6 +24,7 @@ typedef struct api_error {
     const char *code;   /* NULL or e.g. "model_not_found"              */
     char param[96];
     char message[512];
+    int32_t n_prompt_tokens, n_ctx; /* a prompt too long: both set (llama-server's fields) */
 } api_error;
 
 /* Fills err; returns false so callers can `return api_fail(...)`. */
