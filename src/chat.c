@@ -922,7 +922,8 @@ static int32_t count_turns(const sm_chat *chat) {
     return n;
 }
 
-/* Drops the oldest turns until the prompt plus the answer's room fits. */
+/* Drops the oldest turns until the prompt plus the answer's room fits (a
+ * prompt that fits with no turn left to drop goes as it is). */
 static sm_status plan_turn(sm_chat *chat, const char *user_message, const sm_gen_params *params,
                            turn_plan *plan) {
     int32_t n_ctx = sm_session_n_ctx(chat->session);
@@ -933,12 +934,14 @@ static sm_status plan_turn(sm_chat *chat, const char *user_message, const sm_gen
         if (status != SM_OK) return status;
         int32_t n_prompt = plan->n_keep + plan->feed.len;
         if (n_prompt + room <= n_ctx) return SM_OK;
+        /* Nothing more to drop: a prompt that fits is answered in what is
+         * left (the answer ends when the context is full), not refused. */
+        if (n_drop == n_turns && n_prompt < n_ctx) return SM_OK;
         plan_free(plan);
         if (n_drop == n_turns)
             return fail(chat, SM_ERR_PROMPT_TOO_LONG,
-                        "the message needs %d tokens with the chat template%s, plus %d kept for "
-                        "the answer: more than the context's %d tokens",
-                        n_prompt, chat->system_prompt ? " and the system prompt" : "", room, n_ctx);
+                        "the message needs %d tokens with the chat template%s: more than the context's %d tokens",
+                        n_prompt, chat->system_prompt ? " and the system prompt" : "", n_ctx);
     }
 }
 

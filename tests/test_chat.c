@@ -267,6 +267,26 @@ static void test_message_longer_than_context(void **state) {
     assert_string_equal(sm_chat_messages(f->chat)[0].content, QUESTIONS[0]);
 }
 
+/* A message that fits the context, but not with the usual room for the
+ * answer, is answered in what is left rather than refused. */
+static void test_message_that_fits_is_answered(void **state) {
+    fixture *f = *state;
+    char long_message[8192] = "";
+    int32_t n_ctx = sm_session_n_ctx(f->session), n = 0;
+    while (n < n_ctx * 8 / 10) { /* grow it to about 80% of the context */
+        strcat(long_message, "The cat sat on the mat. ");
+        n = count_tokens(f->model, long_message);
+    }
+    /* It fits, but not with the quarter of the context kept for an unbounded answer. */
+    assert_true(n < n_ctx - 24 && n + n_ctx / 4 > n_ctx);
+    sm_gen_params gp = tu_greedy_params(-1);
+    gp.stop_at_bos = false;
+    sm_result res;
+    if (sm_chat_turn(f->chat, long_message, &gp, &res) != SM_OK) fail_msg("%s", sm_chat_last_error(f->chat));
+    assert_true(res.n_tokens > 0);
+    sm_result_free(&res);
+}
+
 static void test_unknown_template_rejected(void **state) {
     fixture *f = *state;
     sm_chat_params cp = sm_chat_default_params();
@@ -480,6 +500,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_prefilled_turn_continues_the_given_words, setup_256, teardown),
         cmocka_unit_test(test_defaults),
         cmocka_unit_test_setup_teardown(test_message_text_never_becomes_special, setup_256, teardown),
+        cmocka_unit_test_setup_teardown(test_message_that_fits_is_answered, setup_256, teardown),
         cmocka_unit_test_setup_teardown(test_three_turns_decode_only_new_tokens, setup_256, teardown),
         cmocka_unit_test_setup_teardown(test_edited_history_reuses_common_prefix, setup_256, teardown),
         cmocka_unit_test_setup_teardown(test_context_overflow_drops_oldest_turns, setup_256, teardown),
