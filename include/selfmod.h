@@ -129,8 +129,9 @@ sm_status sm_tokenize(const sm_model *model, const char *text, size_t len, bool 
 void sm_tokens_free(sm_tokens *tokens);
 /* Text that continues other text (an assistant prefill): no BOS, no
  * special tokens, and where the tokenizer puts a space in front of text
- * (SentencePiece), a leading space of the text is that space, so that the
- * pieces spell the text exactly. */
+ * (SentencePiece), a leading space of the text is that space and text
+ * without one gets none, so that the pieces spell the text exactly (as
+ * when the whole prompt is tokenized at once). */
 sm_status sm_tokenize_continuation(const sm_model *model, const char *text, size_t len, sm_tokens *out,
                                    sm_error *err);
 /* Characters mapped to the unknown token by every tokenization so far;
@@ -141,6 +142,10 @@ int64_t sm_model_n_unknown_chars(const sm_model *model, char first[8]);
  * NULL with err filled when a token is outside the vocabulary. */
 char *sm_detokenize(const sm_model *model, const sm_token *tokens, int32_t n_tokens, size_t *len,
                     sm_error *err);
+/* The same with special tokens written as their text ("<s>", "<|im_start|>"),
+ * as llama-server shows a prompt. */
+char *sm_detokenize_special(const sm_model *model, const sm_token *tokens, int32_t n_tokens, size_t *len,
+                            sm_error *err);
 /* The length of the longest prefix of s[0..len) that does not end inside
  * a UTF-8 character still waiting for its next bytes (a stray byte that no
  * later byte can complete counts as complete). */
@@ -872,6 +877,10 @@ typedef struct sm_gen_params {
 sm_status sm_grammar_check(const sm_model *model, const char *grammar, sm_error *err);
 /* A GBNF grammar of one JSON object (for sm_gen_params.grammar). */
 extern const char *const SM_GRAMMAR_JSON;
+/* A JSON schema (its text) as a GBNF grammar of the JSON it allows, by
+ * llama.cpp's own converter (as llama-server's json_schema); NULL with
+ * err set when the schema is not JSON or not supported. Free with free(). */
+char *sm_grammar_from_json_schema(const char *schema_json, sm_error *err);
 
 sm_sampling_params sm_sampling_default_params(void);
 sm_policy_params sm_policy_default_params(void);
@@ -1125,9 +1134,22 @@ typedef struct sm_chat_params {
      * them ('User: ' ... '\nBot:'), else "User:" and "Assistant:". */
     const char *fallback_user;
     const char *fallback_assistant;
+    /* A Jinja chat template's text (llama-server's --chat-template-file);
+     * NULL: none. Not with template_name. */
+    const char *template_source;
+    /* Render the model's own template with llama.cpp's Jinja engine, as
+     * llama-server does (default true); false: llama.cpp's built-in
+     * templates recognised by heuristics, as llama-server --no-jinja. */
+    bool jinja;
+    /* Never drop the oldest turns to fit the context: a conversation that
+     * does not fit fails with SM_ERR_PROMPT_TOO_LONG (as OpenAI's and
+     * llama-server's APIs refuse it). Default false: they are dropped. */
+    bool keep_all_turns;
 } sm_chat_params;
 
 sm_chat_params sm_chat_default_params(void);
+/* Whether llama.cpp renders a template of this name (template_name). */
+bool sm_chat_template_known(const char *name);
 
 /* The chat drives `session` (not owned): the KV cache is kept between
  * turns and only new tokens are decoded. */
@@ -1138,11 +1160,16 @@ sm_chat *sm_chat_new(sm_session *session, const sm_chat_params *params, sm_error
  * refuse a conversation too long for its context before it answers. */
 sm_status sm_chat_prompt_tokens(const sm_model *model, const sm_chat_params *params, const sm_chat_message *messages,
                                 int32_t n_messages, int32_t *n_tokens, sm_error *err);
+/* The prompt text a conversation renders to (the system prompt of params,
+ * then messages, the assistant's turn opened), as llama-server's
+ * /apply-template returns it; *text is malloc'd. */
+sm_status sm_chat_render(const sm_model *model, const sm_chat_params *params, const sm_chat_message *messages,
+                         int32_t n_messages, char **text, sm_error *err);
 void sm_chat_free(sm_chat *chat);
 
 /* (history, user message) -> answer. The answer is result->text; the
  * history gains both messages. When the context would overflow, the oldest
- * turns are dropped (see sm_chat_last_turn_info). */
+ * turns are dropped (see sm_chat_last_turn_info), unless keep_all_turns. */
 sm_status sm_chat_turn(sm_chat *chat, const char *user_message, const sm_gen_params *params,
                        sm_result *result);
 /* The same with the answer's beginning given (an assistant prefill, as
@@ -1157,9 +1184,13 @@ sm_status sm_chat_set_history(sm_chat *chat, const sm_chat_message *messages, in
 sm_status sm_chat_reset(sm_chat *chat);
 int32_t sm_chat_n_messages(const sm_chat *chat);
 const sm_chat_message *sm_chat_messages(const sm_chat *chat);
-/* The template's name, "model" for the model's own, or the plain form
+/* The template's name, "jinja (the model's own)", "jinja (given)",
+ * "model" for the model's own read by llama.cpp's heuristics, or the plain form
  * with its labels ("plain \"User: ...\nBot:\" ..."). */
 const char *sm_chat_template_used(const sm_chat *chat);
+/* The template's text: the Jinja source rendered, the model's template or
+ * the built-in name llama.cpp renders, "" for the plain form. */
+const char *sm_chat_template_text(const sm_chat *chat);
 
 typedef struct sm_chat_turn_info {
     int32_t n_reused;        /* context tokens kept from before the turn   */

@@ -12,7 +12,7 @@ NPM_SHA256=a0d9dd80eacd2ab1cfe71aee57ac8a806487fd70b3d2a38fbec637752d9e5c5f
 
 CACHE="${LLAMA_SELFMOD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/llama_selfmod}"
 CMAKE_OPTS=(-DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON -DGGML_NATIVE=ON
-  -DLLAMA_BUILD_COMMON=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF
+  -DLLAMA_BUILD_COMMON=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF
   -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF
   -DLLAMA_OPENSSL=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DGGML_CCACHE=ON)
 
@@ -53,12 +53,19 @@ if [ ! -f "$PREFIX/.complete" ]; then
   export CCACHE_BASEDIR="$SRC" CCACHE_DIR="$CACHE/ccache"
   cmake -S "$SRC" -B "$PREFIX/build" "${CMAKE_OPTS[@]}" -DCMAKE_INSTALL_PREFIX="$PREFIX" >"$PREFIX/cmake.log" 2>&1 \
     || { log "cmake configure failed, see $PREFIX/cmake.log"; exit 1; }
-  cmake --build "$PREFIX/build" --target llama -j"$(nproc)" >>"$PREFIX/cmake.log" 2>&1 \
+  cmake --build "$PREFIX/build" --target llama llama-common -j"$(nproc)" >>"$PREFIX/cmake.log" 2>&1 \
     || { log "build failed, see $PREFIX/cmake.log"; exit 1; }
   mkdir -p "$PREFIX/include" "$PREFIX/lib"
   cp "$SRC"/include/llama.h "$SRC"/include/llama-cpp.h "$PREFIX/include/" 2>/dev/null || cp "$SRC"/include/llama.h "$PREFIX/include/"
   cp "$SRC"/ggml/include/*.h "$PREFIX/include/"
   find "$PREFIX/build" -name '*.so*' \( -type f -o -type l \) -exec cp -P {} "$PREFIX/lib/" \;
   touch "$PREFIX/.complete"
+fi
+# llama.cpp's common library (chat templates, JSON schema to grammar) is
+# reached through src/jinja.cpp, which needs its headers.
+if [ ! -f "$PREFIX/include/common/chat.h" ]; then
+  mkdir -p "$PREFIX/include/common/jinja"
+  cp "$SRC"/common/*.h "$SRC"/common/*.hpp "$PREFIX/include/common/"
+  cp "$SRC"/common/jinja/*.h "$PREFIX/include/common/jinja/"
 fi
 echo "$PREFIX"

@@ -27,6 +27,7 @@
  * they tokenize: those turns take the slow path, correctness over speed.
  */
 #include "internal.h"
+#include "jinja.h"
 
 #include <stdarg.h>
 #include <stdint.h>
@@ -54,6 +55,10 @@ struct sm_chat {
     /* What llama_chat_apply_template is given (a built-in name or the
      * model's own template); NULL selects the plain fallback. */
     char *template_arg;
+    /* The model's Jinja template (or one given), rendered by llama.cpp's
+     * own engine as llama-server renders it; when set it is used. */
+    smj_template *jinja;
+    bool keep_all_turns;        /* never drop turns to fit (params)      */
     char *template_label;
     char *fallback_user;
     char *fallback_assistant;
@@ -147,6 +152,10 @@ static sm_status fail(sm_chat *chat, sm_status status, const char *fmt, ...) {
 static sm_status session_fail(sm_chat *chat, sm_status status, const char *what) {
     const char *detail = sm_session_last_error(chat->session);
     return fail(chat, status, "%s: %s", what, detail && *detail ? detail : sm_status_name(status));
+}
+
+static bool is_known_role(const char *role) {
+    return strcmp(role, "user") == 0 || strcmp(role, "assistant") == 0 || strcmp(role, "system") == 0;
 }
 
 static bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
@@ -347,6 +356,24 @@ static bool render_fallback(const sm_chat *chat, const struct llama_chat_message
     return ok;
 }
 
+/* Renders msgs (the assistant's turn opened) with the chat's template. */
+static sm_status render_messages(sm_chat *chat, const struct llama_chat_message *msgs, size_t n, text_buf *out) {
+    if (chat->jinja) {
+        char why[CHAT_ERROR_SIZE - 64];
+        char *text = smj_render(chat->jinja, msgs, n, true, why, sizeof why);
+        /* A template that raises (roles that do not alternate, a system
+         * message where it takes none) refuses this conversation. */
+        if (!text) return fail(chat, SM_ERR_INVALID_ARGUMENT, "the model's template refused the conversation: %s", why);
+        out->len = 0;
+        bool ok = text_append(out, text);
+        free(text);
+        return ok ? SM_OK : fail(chat, SM_ERR_NO_MEMORY, "out of memory rendering the chat");
+    }
+    bool ok = chat->template_arg ? apply_llama_template(chat->template_arg, msgs, n, out) >= 0
+                                 : render_fallback(chat, msgs, n, out);
+    return ok ? SM_OK : fail(chat, SM_ERR_NO_MEMORY, "cannot render the conversation with template %s", chat->template_label);
+}
+
 /* ------------------------------------------------------------------ */
 /* Message content stays text                                          */
 /* ------------------------------------------------------------------ */
@@ -411,11 +438,7 @@ static sm_status render_with_spans(sm_chat *chat, const struct llama_chat_messag
         snprintf(names[i], sizeof names[i], CONTENT_PLACEHOLDER, (int)i);
         marked[i] = (struct llama_chat_message){msgs[i].role, names[i]};
     }
-    if (st == SM_OK) {
-        bool ok = chat->template_arg ? apply_llama_template(chat->template_arg, marked, n, &skeleton) >= 0
-                                     : render_fallback(chat, marked, n, &skeleton);
-        if (!ok) st = fail(chat, SM_ERR_NO_MEMORY, "cannot render the conversation with template %s", chat->template_label);
-    }
+    if (st == SM_OK) st = render_messages(chat, marked, n, &skeleton);
     int32_t n_spans = 0;
     size_t cursor = 0;
     out->len = 0;
@@ -429,13 +452,14 @@ static sm_status render_with_spans(sm_chat *chat, const struct llama_chat_messag
             continue;
         }
         size_t at = (size_t)(hit - skeleton.data);
-        if (!text_append_n(out, skeleton.data + cursor, at - cursor)) st = SM_ERR_NO_MEMORY;
+        if (!text_append_n(out, skeleton.data + cursor, at - cursor))
+            st = fail(chat, SM_ERR_NO_MEMORY, "out of memory rendering the chat");
         spans[n_spans++] = (content_span){out->len, strlen(msgs[i].content)};
-        if (st == SM_OK && !text_append(out, msgs[i].content)) st = SM_ERR_NO_MEMORY;
+        if (st == SM_OK && !text_append(out, msgs[i].content))
+            st = fail(chat, SM_ERR_NO_MEMORY, "out of memory rendering the chat");
         cursor = at + strlen(names[i]);
     }
-    if (st == SM_OK && !text_append(out, skeleton.data + cursor)) st = SM_ERR_NO_MEMORY;
-    if (st == SM_ERR_NO_MEMORY) fail(chat, st, "out of memory rendering the chat");
+    if (st == SM_OK && !text_append(out, skeleton.data + cursor)) st = fail(chat, SM_ERR_NO_MEMORY, "out of memory rendering the chat");
     text_free(&skeleton);
     free(marked);
     free(names);
@@ -486,9 +510,7 @@ static sm_status render_conversation(sm_chat *chat, int32_t first, const char *u
     if (protect) {
         st = render_with_spans(chat, msgs, n, out, spans, n_spans);
     } else {
-        bool ok = chat->template_arg ? apply_llama_template(chat->template_arg, msgs, n, out) >= 0
-                                     : render_fallback(chat, msgs, n, out);
-        if (!ok) st = fail(chat, SM_ERR_NO_MEMORY, "cannot render the conversation with template %s", chat->template_label);
+        st = render_messages(chat, msgs, n, out);
     }
     free(msgs);
     return st;
@@ -556,10 +578,33 @@ static bool labels_from_template(const char *tmpl, char *user, char *assistant, 
     return *user && *assistant && strchr(user, '\n') == NULL;
 }
 
-static sm_status choose_template(sm_chat *chat, const char *requested) {
+/* A Jinja template that renders the probe conversation (or the probe
+ * without its system message, for templates that take none); NULL with
+ * why set otherwise. */
+static smj_template *working_jinja(const sm_chat *chat, const char *source, char *why, size_t why_size) {
+    smj_template *t = smj_template_new(sm_model_llama(chat->model), source, why, why_size);
+    if (!t) return NULL;
+    for (size_t skip = 0; skip < 2; skip++) {
+        char *text = smj_render(t, PROBE_CHAT + skip, PROBE_CHAT_LEN - skip, true, why, why_size);
+        free(text);
+        if (text) return t;
+    }
+    smj_template_free(t);
+    return NULL;
+}
+
+static sm_status choose_template(sm_chat *chat, const sm_chat_params *params) {
+    const char *requested = params->template_name;
     const char *label = "fallback";
     const char *arg = NULL;
-    if (requested) {
+    if (requested && params->template_source)
+        return fail(chat, SM_ERR_INVALID_ARGUMENT, "give a chat template's name or its Jinja text, not both");
+    if (params->template_source) {
+        char why[CHAT_ERROR_SIZE - 64] = "";
+        chat->jinja = working_jinja(chat, params->template_source, why, sizeof why);
+        if (!chat->jinja) return fail(chat, SM_ERR_INVALID_ARGUMENT, "the given chat template does not work: %s", why);
+        label = "jinja (given)";
+    } else if (requested) {
         if (!is_builtin_template(requested) || !template_renders(requested)) {
             char names[2048];
             list_builtin_templates(names, sizeof names);
@@ -570,7 +615,10 @@ static sm_status choose_template(sm_chat *chat, const char *requested) {
     } else {
         const struct llama_model *model = sm_model_llama(chat->model);
         const char *own = llama_model_chat_template(model, NULL);
-        if (own && template_renders(own)) {
+        char why[CHAT_ERROR_SIZE - 64] = "";
+        if (own && params->jinja && (chat->jinja = working_jinja(chat, NULL, why, sizeof why))) {
+            label = "jinja (the model's own)";
+        } else if (own && template_renders(own)) {
             arg = own;
             label = identify_template(own);
         } else if (own) {
@@ -588,12 +636,19 @@ static sm_status choose_template(sm_chat *chat, const char *requested) {
 /* Construction and history                                            */
 /* ------------------------------------------------------------------ */
 
+bool sm_chat_template_known(const char *name) {
+    return name && is_builtin_template(name) && template_renders(name);
+}
+
 sm_chat_params sm_chat_default_params(void) {
     return (sm_chat_params){
         .system_prompt = NULL,
         .template_name = NULL,
         .fallback_user = NULL,
         .fallback_assistant = NULL,
+        .template_source = NULL,
+        .jinja = true,
+        .keep_all_turns = false,
     };
 }
 
@@ -614,15 +669,16 @@ static sm_chat *chat_open(const sm_model *model, sm_session *session, const sm_c
     }
     chat->session = session;
     chat->model = model;
+    chat->keep_all_turns = params->keep_all_turns;
     chat->vocab = llama_model_get_vocab(sm_model_llama(model));
-    sm_status status = choose_template(chat, params->template_name);
+    sm_status status = choose_template(chat, params);
     const char *user = params->fallback_user        ? params->fallback_user
                        : *chat->template_user       ? chat->template_user
                                                     : "User:";
     const char *assistant = params->fallback_assistant  ? params->fallback_assistant
                             : *chat->template_assistant ? chat->template_assistant
                                                         : "Assistant:";
-    if (status == SM_OK && !chat->template_arg) { /* say which plain form, and where its labels came from */
+    if (status == SM_OK && !chat->template_arg && !chat->jinja) { /* say which plain form, and where its labels came from */
         char label[256];
         bool from_model = !params->fallback_user && !params->fallback_assistant && *chat->template_user;
         snprintf(label, sizeof label, "plain \"%s ...\\n%s\"%s", user, assistant,
@@ -685,9 +741,39 @@ sm_status sm_chat_prompt_tokens(const sm_model *model, const sm_chat_params *par
     return st;
 }
 
+sm_status sm_chat_render(const sm_model *model, const sm_chat_params *params, const sm_chat_message *messages,
+                         int32_t n_messages, char **text, sm_error *err) {
+    if (!model || !text || n_messages < 0 || (n_messages > 0 && !messages)) {
+        report(err, SM_ERR_INVALID_ARGUMENT, "sm_chat_render: a model, messages and somewhere to put the text");
+        return SM_ERR_INVALID_ARGUMENT;
+    }
+    *text = NULL;
+    sm_chat *chat = chat_open(model, NULL, params, err);
+    if (!chat) return err ? err->status : SM_ERR_NO_MEMORY;
+    struct llama_chat_message *msgs = malloc(sizeof *msgs * (size_t)(n_messages + 1));
+    size_t n = 0;
+    sm_status st = msgs ? SM_OK : fail(chat, SM_ERR_NO_MEMORY, "out of memory rendering the chat");
+    if (st == SM_OK && chat->system_prompt) msgs[n++] = (struct llama_chat_message){"system", chat->system_prompt};
+    for (int32_t i = 0; st == SM_OK && i < n_messages; i++) {
+        if (!messages[i].role || !messages[i].content || !is_known_role(messages[i].role))
+            st = fail(chat, SM_ERR_INVALID_ARGUMENT, "message %d: a role (system, user, assistant) and content", i);
+        else msgs[n++] = (struct llama_chat_message){messages[i].role, messages[i].content};
+    }
+    text_buf out = {0};
+    if (st == SM_OK) st = render_messages(chat, msgs, n, &out);
+    if (st == SM_OK) *text = out.data ? out.data : copy_string("");
+    else text_free(&out);
+    if (st == SM_OK && !*text) st = fail(chat, SM_ERR_NO_MEMORY, "out of memory rendering the chat");
+    if (st != SM_OK) report(err, st, chat->error);
+    free(msgs);
+    sm_chat_free(chat);
+    return st;
+}
+
 void sm_chat_free(sm_chat *chat) {
     if (!chat) return;
     free(chat->template_arg);
+    smj_template_free(chat->jinja);
     free(chat->template_label);
     free(chat->fallback_user);
     free(chat->fallback_assistant);
@@ -711,19 +797,23 @@ const char *sm_chat_template_used(const sm_chat *chat) {
     return chat ? chat->template_label : NULL;
 }
 
+const char *sm_chat_template_text(const sm_chat *chat) {
+    if (!chat) return NULL;
+    if (chat->jinja) return smj_source(chat->jinja);
+    return chat->template_arg ? chat->template_arg : "";
+}
+
 int32_t sm_chat_n_messages(const sm_chat *chat) { return chat ? chat->n_messages : 0; }
 
 const sm_chat_message *sm_chat_messages(const sm_chat *chat) {
     return chat ? chat->messages : NULL;
 }
 
-static bool is_turn_role(const char *role) {
-    return strcmp(role, "user") == 0 || strcmp(role, "assistant") == 0;
-}
-
-/* The history is the user/assistant turns; the system prompt is kept
- * apart (sm_chat_messages never lists it) so that a caller who passes back
- * only the turns keeps it. A leading "system" message replaces it. */
+/* The history is the turns; the system prompt is kept apart
+ * (sm_chat_messages never lists it) so that a caller who passes back only
+ * the turns keeps it. A leading "system" message replaces it; a later one
+ * stays in the history where it stands (the template places it, or
+ * refuses the conversation). */
 sm_status sm_chat_set_history(sm_chat *chat, const sm_chat_message *messages, int32_t n_messages) {
     if (!chat) return SM_ERR_INVALID_ARGUMENT;
     if (n_messages < 0 || (n_messages > 0 && !messages))
@@ -734,12 +824,9 @@ sm_status sm_chat_set_history(sm_chat *chat, const sm_chat_message *messages, in
         if (!role || !messages[i].content)
             return fail(chat, SM_ERR_INVALID_ARGUMENT, "message %d has no %s", i,
                         role ? "content" : "role");
-        bool leading_system = i == 0 && strcmp(role, "system") == 0;
-        if (!leading_system && !is_turn_role(role))
+        if (!is_known_role(role))
             return fail(chat, SM_ERR_INVALID_ARGUMENT,
-                        "message %d has role '%s'; expected \"user\" or \"assistant\" "
-                        "(\"system\" only as the first message)",
-                        i, role);
+                        "message %d has role '%s'; expected \"system\", \"user\" or \"assistant\"", i, role);
     }
     bool has_system = n_messages > 0 && strcmp(messages[0].role, "system") == 0;
     int32_t n_turns = n_messages - (has_system ? 1 : 0);
@@ -928,7 +1015,7 @@ static sm_status plan_turn(sm_chat *chat, const char *user_message, const sm_gen
                            turn_plan *plan) {
     int32_t n_ctx = sm_session_n_ctx(chat->session);
     int32_t room = answer_room(params, n_ctx);
-    int32_t n_turns = count_turns(chat);
+    int32_t n_droppable = chat->keep_all_turns ? 0 : count_turns(chat);
     for (int32_t n_drop = 0;; n_drop++) {
         sm_status status = plan_with_drops(chat, user_message, n_drop, plan);
         if (status != SM_OK) return status;
@@ -936,12 +1023,13 @@ static sm_status plan_turn(sm_chat *chat, const char *user_message, const sm_gen
         if (n_prompt + room <= n_ctx) return SM_OK;
         /* Nothing more to drop: a prompt that fits is answered in what is
          * left (the answer ends when the context is full), not refused. */
-        if (n_drop == n_turns && n_prompt < n_ctx) return SM_OK;
+        if (n_drop == n_droppable && n_prompt < n_ctx) return SM_OK;
         plan_free(plan);
-        if (n_drop == n_turns)
+        if (n_drop == n_droppable)
             return fail(chat, SM_ERR_PROMPT_TOO_LONG,
-                        "the message needs %d tokens with the chat template%s: more than the context's %d tokens",
-                        n_prompt, chat->system_prompt ? " and the system prompt" : "", n_ctx);
+                        "the %s needs %d tokens with the chat template%s: more than the context's %d tokens",
+                        n_drop == 0 && chat->n_messages > 0 ? "conversation" : "message", n_prompt,
+                        chat->system_prompt ? " and the system prompt" : "", n_ctx);
     }
 }
 

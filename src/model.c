@@ -316,10 +316,56 @@ static bool adds_space_prefix(const sm_model *model) {
     return n > 0 && piece[0] == ' ';
 }
 
+/* Drops from t the tokens that spell `prefix` exactly at its start;
+ * false when no token boundary falls at its end. */
+static bool drop_spelled_prefix(const sm_model *model, sm_tokens *t, const char *prefix) {
+    size_t want = strlen(prefix), have = 0;
+    int32_t k = 0;
+    char piece[256];
+    while (k < t->n && have < want) {
+        int32_t n = sm_token_piece(model->vocab, t->data[k], piece, (int32_t)sizeof piece);
+        if (n <= 0 || have + (size_t)n > want || memcmp(prefix + have, piece, (size_t)n) != 0) return false;
+        have += (size_t)n;
+        k++;
+    }
+    if (have != want) return false;
+    memmove(t->data, t->data + k, sizeof *t->data * (size_t)(t->n - k));
+    t->n -= k;
+    return true;
+}
+
+/* Whether the pieces of t spell text[0..len) byte for byte. */
+static bool pieces_spell(const sm_model *model, const sm_tokens *t, const char *text, size_t len) {
+    size_t at = 0;
+    char piece[256];
+    for (int32_t i = 0; i < t->n; i++) {
+        int32_t n = sm_token_piece(model->vocab, t->data[i], piece, (int32_t)sizeof piece);
+        if (n < 0 || at + (size_t)n > len || memcmp(text + at, piece, (size_t)n) != 0) return false;
+        at += (size_t)n;
+    }
+    return at == len;
+}
+
 sm_status sm_tokenize_continuation(const sm_model *model, const char *text, size_t len, sm_tokens *out, sm_error *err) {
-    if (text && len > 0 && text[0] == ' ' && adds_space_prefix(model)) { /* the tokenizer puts that space back */
-        text++;
-        len--;
+    bool space_prefix = text && len > 0 && adds_space_prefix(model);
+    if (space_prefix && text[0] == ' ') /* the tokenizer puts that space back */
+        return sm_tokenize(model, text + 1, len - 1, false, false, out, err);
+    if (space_prefix) {
+        /* Text that goes on from other text takes no space in front: it is
+         * tokenized after a newline, the newline's tokens are dropped, and
+         * the rest is kept when its pieces spell the text exactly. */
+        char *framed = malloc(len + 2);
+        if (!framed) {
+            sm_error_set(err, SM_ERR_NO_MEMORY, "out of memory tokenizing");
+            return SM_ERR_NO_MEMORY;
+        }
+        framed[0] = '\n';
+        memcpy(framed + 1, text, len);
+        sm_status st = sm_tokenize(model, framed, len + 1, false, false, out, err);
+        free(framed);
+        if (st != SM_OK) return st;
+        if (drop_spelled_prefix(model, out, " \n") && pieces_spell(model, out, text, len)) return SM_OK;
+        sm_tokens_free(out);
     }
     return sm_tokenize(model, text, len, false, false, out, err);
 }
@@ -340,7 +386,8 @@ int64_t sm_model_n_unknown_chars(const sm_model *model, char first[8]) {
     return n;
 }
 
-char *sm_detokenize(const sm_model *m, const sm_token *tokens, int32_t n_tokens, size_t *len_out, sm_error *err) {
+static char *detokenize(const sm_model *m, const sm_token *tokens, int32_t n_tokens, bool special, size_t *len_out,
+                        sm_error *err) {
     for (int32_t i = 0; i < n_tokens; i++)
         if (tokens[i] < 0 || tokens[i] >= m->n_vocab) {
             sm_error_set(err, SM_ERR_INVALID_ARGUMENT, "token %d at index %d is outside the vocabulary (%d)",
@@ -352,7 +399,7 @@ char *sm_detokenize(const sm_model *m, const sm_token *tokens, int32_t n_tokens,
         char *text = malloc((size_t)cap + 1);
         if (!text) break;
         int32_t n;
-        if (!smx_detokenize(m->vocab, tokens, n_tokens, text, cap, false, false, &n, err)) {
+        if (!smx_detokenize(m->vocab, tokens, n_tokens, text, cap, false, special, &n, err)) {
             free(text);
             return NULL;
         }
@@ -366,6 +413,15 @@ char *sm_detokenize(const sm_model *m, const sm_token *tokens, int32_t n_tokens,
     }
     sm_error_set(err, SM_ERR_NO_MEMORY, "out of memory detokenizing %d tokens", n_tokens);
     return NULL;
+}
+
+char *sm_detokenize(const sm_model *m, const sm_token *tokens, int32_t n_tokens, size_t *len_out, sm_error *err) {
+    return detokenize(m, tokens, n_tokens, false, len_out, err);
+}
+
+char *sm_detokenize_special(const sm_model *m, const sm_token *tokens, int32_t n_tokens, size_t *len_out,
+                            sm_error *err) {
+    return detokenize(m, tokens, n_tokens, true, len_out, err);
 }
 
 int32_t sm_token_to_piece(const sm_model *m, sm_token token, char *buf, int32_t size, bool special) {

@@ -1,5 +1,6 @@
 /* Default parameters, their validation, and the names of enums. */
 #include "internal.h"
+#include "jinja.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -178,6 +179,20 @@ sm_status sm_gen_params_preset(sm_gen_params *gp, const char *name, sm_error *er
     gp->backtrack.every_n_only = true;
     err->status = SM_OK;
     return SM_OK;
+}
+
+char *sm_grammar_from_json_schema(const char *schema_json, sm_error *err) {
+    sm_error scratch;
+    if (!err) err = &scratch;
+    if (!schema_json) {
+        sm_error_set(err, SM_ERR_INVALID_ARGUMENT, "sm_grammar_from_json_schema: schema is NULL");
+        return NULL;
+    }
+    char why[sizeof err->message - 32] = "";
+    char *grammar = smj_schema_to_grammar(schema_json, why, sizeof why);
+    if (!grammar) sm_error_set(err, SM_ERR_INVALID_ARGUMENT, "%s", *why ? why : "out of memory converting the schema");
+    else err->status = SM_OK;
+    return grammar;
 }
 
 sm_status sm_grammar_check(const sm_model *model, const char *grammar, sm_error *err) {

@@ -108,7 +108,8 @@ static void test_three_turns_decode_only_new_tokens(void **state) {
     fixture *f = *state;
     const sm_model *model = f->model;
     sm_gen_params gp = tu_greedy_params(40);
-    assert_true(strncmp(sm_chat_template_used(f->chat), "plain \"User: ...", 16) == 0);
+    /* The model's Jinja template, rendered by llama.cpp's engine. */
+    assert_string_equal(sm_chat_template_used(f->chat), "jinja (the model's own)");
 
     sm_result res;
     run_turn(f->chat, QUESTIONS[0], &gp, &res);
@@ -285,6 +286,61 @@ static void test_message_that_fits_is_answered(void **state) {
     if (sm_chat_turn(f->chat, long_message, &gp, &res) != SM_OK) fail_msg("%s", sm_chat_last_error(f->chat));
     assert_true(res.n_tokens > 0);
     sm_result_free(&res);
+}
+
+/* The chat template's forms: the model's own by Jinja (its text is read
+ * the way llama-server reads it), llama.cpp's heuristics or the plain
+ * labels without Jinja, a template given as Jinja text, and the errors. */
+static void test_jinja_templates(void **state) {
+    fixture *f = *state;
+    static const sm_chat_message conversation[] = {
+        {"system", "Be kind."}, {"user", "Hi."}, {"assistant", "Hello."}, {"user", "Who are you?"}};
+    int32_t n_tokens = 0;
+    sm_error err = {0};
+    sm_chat_params cp = sm_chat_default_params();
+    assert_true(cp.jinja);
+
+    /* The model's template takes no system message: llama.cpp puts it
+     * before the first user message, as llama-server does. */
+    assert_int_equal(sm_chat_prompt_tokens(f->model, &cp, conversation, 4, &n_tokens, &err), SM_OK);
+    assert_int_equal(n_tokens, count_tokens(f->model, "User: Be kind.\nHi.\nBot: Hello.<|endoftext|>\nUser: Who are you?\nBot:"));
+
+    /* Without Jinja: the plain form with the labels read off the template. */
+    cp.jinja = false;
+    sm_chat *plain = sm_chat_new(f->session, &cp, &err);
+    assert_non_null(plain);
+    assert_true(strncmp(sm_chat_template_used(plain), "plain \"User: ...", 16) == 0);
+    sm_chat_free(plain);
+    assert_int_equal(sm_chat_prompt_tokens(f->model, &cp, conversation, 4, &n_tokens, &err), SM_OK);
+    assert_int_equal(n_tokens, count_tokens(f->model, "Be kind.\nUser: Hi.\nBot: Hello.<|endoftext|>\nUser: Who are you?\nBot:"));
+
+    /* A template given as Jinja text. */
+    cp = sm_chat_default_params();
+    cp.template_source = "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}"
+                         "{% if add_generation_prompt %}[assistant]{% endif %}";
+    sm_chat *given = sm_chat_new(f->session, &cp, &err);
+    assert_non_null(given);
+    assert_string_equal(sm_chat_template_used(given), "jinja (given)");
+    sm_chat_free(given);
+    assert_int_equal(sm_chat_prompt_tokens(f->model, &cp, conversation, 4, &n_tokens, &err), SM_OK);
+    assert_int_equal(n_tokens, count_tokens(f->model, "[system] Be kind.\n[user] Hi.\n[assistant] Hello.\n[user] Who are you?\n[assistant]"));
+
+    /* One that does not parse, one that raises, and both forms at once. */
+    cp.template_source = "{% for m in messages %}";
+    assert_null(sm_chat_new(f->session, &cp, &err));
+    assert_int_equal(err.status, SM_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(err.message, "chat template"));
+    cp.template_source = "{% for m in messages %}{% if 'forbidden' in m.content %}"
+                         "{{ raise_exception('no forbidden words') }}{% endif %}{{ m.content }}{% endfor %}";
+    sm_chat *raising = sm_chat_new(f->session, &cp, &err);
+    assert_non_null(raising); /* it renders other conversations */
+    sm_chat_free(raising);
+    static const sm_chat_message refused[] = {{"user", "a forbidden word"}};
+    assert_int_equal(sm_chat_prompt_tokens(f->model, &cp, refused, 1, &n_tokens, &err), SM_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(err.message, "no forbidden words"));
+    cp.template_name = "chatml";
+    assert_null(sm_chat_new(f->session, &cp, &err));
+    assert_int_equal(err.status, SM_ERR_INVALID_ARGUMENT);
 }
 
 static void test_unknown_template_rejected(void **state) {
@@ -501,6 +557,7 @@ int main(void) {
         cmocka_unit_test(test_defaults),
         cmocka_unit_test_setup_teardown(test_message_text_never_becomes_special, setup_256, teardown),
         cmocka_unit_test_setup_teardown(test_message_that_fits_is_answered, setup_256, teardown),
+        cmocka_unit_test_setup_teardown(test_jinja_templates, setup_256, teardown),
         cmocka_unit_test_setup_teardown(test_three_turns_decode_only_new_tokens, setup_256, teardown),
         cmocka_unit_test_setup_teardown(test_edited_history_reuses_common_prefix, setup_256, teardown),
         cmocka_unit_test_setup_teardown(test_context_overflow_drops_oldest_turns, setup_256, teardown),

@@ -48,6 +48,35 @@ json=$("$SM_BIN" -m "$M" -p "Once upon a time" -n 120 --no-memory --quiet --thre
 err=$("$SM_BIN" -m "$M" -p x --no-memory --grammar 'root ::= (' 2>&1 >/dev/null); rc=$?
 [ $rc -eq 1 ] && [ "$(wc -l <<<"$err")" = 1 ] && grep -q "does not parse" <<<"$err" || fail "a bad grammar: rc $rc: $err"
 
+# JSON schemas (llama.cpp's converter): the text follows the schema, from
+# the flag or a file; a schema that is not JSON, or one the converter
+# refuses, is one line naming the flag.
+schema='{"type":"object","properties":{"age":{"type":"integer"}},"required":["age"],"additionalProperties":false}'
+out=$("$SM_BIN" -m "$M" -p "Once" -n 40 --no-memory --quiet --threads 1 --seed 3 --json-schema "$schema") || fail "--json-schema run"
+[[ "$out" =~ ^\{[[:space:]]*\"age\"[[:space:]]*:[[:space:]]*-?[0-9] ]] || fail "--json-schema: '$out'"
+sfile=$(mktemp); printf '%s' '{"enum":["red","green"]}' > "$sfile"
+out=$("$SM_BIN" -m "$M" -p "Colour:" -n 10 --no-memory --quiet --threads 1 --seed 3 --json-schema-file "$sfile") || fail "--json-schema-file run"
+[[ "$out" == '"red"' || "$out" == '"green"' ]] || fail "--json-schema-file: '$out'"
+for bad in '{"type":' '{"anyOf":[]}'; do
+  err=$("$SM_BIN" -m "$M" -p x --no-memory --json-schema "$bad" 2>&1 >/dev/null); rc=$?
+  [ $rc -eq 1 ] && [ "$(wc -l <<<"$err")" = 1 ] && grep -q -- "--json-schema" <<<"$err" || fail "schema '$bad': rc $rc: $err"
+done
+err=$("$SM_BIN" -m "$M" -p x --no-memory --json-schema-file /nonexistent 2>&1 >/dev/null); rc=$?
+[ $rc -eq 1 ] && grep -q -- "--json-schema-file: cannot read '/nonexistent'" <<<"$err" || fail "missing schema file: $err"
+err=$("$SM_BIN" -m "$M" -p x --no-memory --json-schema '{}' --json-output 2>&1 >/dev/null); rc=$?
+[ $rc -eq 2 ] || fail "--json-schema with --json-output: exit $rc"
+rm -f "$sfile"
+
+# A Jinja chat template from a file renders the chat; one that does not
+# parse is one line.
+tfile=$(mktemp); printf '%s' '{% for m in messages %}Q: {{ m.content }}{% endfor %}{% if add_generation_prompt %} A:{% endif %}' > "$tfile"
+err=$(printf 'hi\n' | "$SM_BIN" -m "$M" -n 4 --no-memory --seed 1 --chat-template-file "$tfile" 2>&1 >/dev/null) || fail "--chat-template-file run: $err"
+grep -q "format: jinja (given)" <<<"$err" || fail "--chat-template-file: not used: $err"
+printf '%s' '{% for m in messages %}' > "$tfile"
+err=$(printf 'hi\n' | "$SM_BIN" -m "$M" -n 4 --no-memory --chat-template-file "$tfile" 2>&1 >/dev/null); rc=$?
+[ $rc -ne 0 ] && grep -q "chat template" <<<"$err" || fail "a bad chat template: rc $rc: $err"
+rm -f "$tfile"
+
 for bad in "--dry-multiplier -1" "--dry-base 0.5" "--dry-allowed-length 0" "--dry-penalty-last-n -2" \
            "--typical 2" "--top-n-sigma x" "--xtc-probability -0.5" "--mirostat 1" "--dynatemp-range -1" \
            "--preset fast" "--sharpen-threshold 2" "--critical-threshold x" "--preset calibrated --aggressive" \

@@ -19,9 +19,13 @@ CACHE="${SM_LLAMA_CACHE:-$HOME/.cache/llama_selfmod}"
 SUITE="$(ls -d "$CACHE"/src/llama.cpp-*/tools/server/tests 2> /dev/null | head -1)"
 [ -d "$SUITE" ] || { echo "test_peer: llama.cpp's source is not in $CACHE/src (scripts/setup_llama.sh)"; exit 1; }
 
-WORK="$(mktemp -d)"
-trap 'rm -rf "$WORK"' EXIT
+ROOT="$(mktemp -d)"
+trap 'rm -rf "$ROOT"' EXIT
+# The suite's layout: its chat-template files are ../../../models/templates.
+WORK="$ROOT/tools/server/tests"
+mkdir -p "$WORK" "$ROOT/models"
 cp -r "$SUITE"/. "$WORK/"
+ln -s "$SUITE/../../../models/templates" "$ROOT/models/templates"
 FILES=(test_tokenize.py test_basic.py test_completion.py test_chat_completion.py test_ctx_shift.py
        test_ignore_eos.py test_metrics.py test_slot_save.py test_security.py)
 DESELECT=()

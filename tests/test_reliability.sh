@@ -127,6 +127,8 @@ echo "ok: joinable text"
 # --- Chat: the model's own labels, EXIT, and no special tokens from a message.
 printf 'hello\nEXIT\nnot reached\n' | "$SM_BIN" -m "$CHAT" -n 8 --seed 1 --no-memory > out.txt 2> err.txt
 [ $? = 0 ] || fail "chat EXIT: non-zero exit"
-grep -q 'format: plain "User: ...\\nBot:" (the labels of the model' err.txt || fail "chat: not the model's labels: $(head -2 err.txt)"
+grep -q "format: jinja (the model's own)" err.txt || fail "chat: not the model's template: $(head -2 err.txt)"
+printf 'hello\nEXIT\n' | "$SM_BIN" -m "$CHAT" -n 8 --seed 1 --no-memory --no-jinja > out.txt 2> err.txt
+grep -q 'format: plain "User: ...\\nBot:" (the labels of the model' err.txt || fail "chat --no-jinja: not the model's labels: $(head -2 err.txt)"
 [ "$(grep -c 'tokens,' err.txt)" = 1 ] || fail "chat: EXIT did not leave"
 echo "reliability: all checks passed"

@@ -52,6 +52,11 @@ start_server plain -m "$SM_MODELS/stories260K.gguf" --parallel 2
 printf '%s\n' "$API_KEY" > "$WORK/api-key"   # from a file: a key on the command line shows in ps
 start_server keyed -m "$SM_MODELS/stories260K.gguf" --parallel 1 --api-key-file "$WORK/api-key" --alias tiny-stories --quiet \
   --preset original
+# A Jinja chat template from a file (llama-server's --chat-template-file).
+printf '%s' '{% for m in messages %}<{{ m.role }}>{{ m.content }}</{{ m.role }}>{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}' \
+  > "$WORK/template.jinja"
+start_server templated -m "$SM_MODELS/cardputer-chat-3M.gguf" --parallel 1 --quiet --chat-template-file "$WORK/template.jinja"
+export SM_TEMPLATE_FILE="$WORK/template.jinja"
 start_server fused --models "$SM_MODELS/stories260K.gguf,llama2xs-salty-280K" --parallel 2
 # A model slow enough (a random-weight 110M Llama, about 20 tokens/s on one
 # thread) that a generation is still running when its client leaves.
@@ -65,6 +70,7 @@ start_server guarded -m "$SM_MODELS/stories260K.gguf" --parallel 1 --header-time
   --cors-origins http://allowed.example --quiet
 
 export SM_SERVER_URL="$URL_plain" SM_SERVER_KEY_URL="$URL_keyed" SM_SERVER_FUSED_URL="$URL_fused"
+export SM_SERVER_TEMPLATED_URL="$URL_templated"
 export SM_SERVER_GUARDED_URL="$URL_guarded" SM_SERVER_SLOW_URL="$URL_slow"
 export SM_API_KEY="$API_KEY" SM_SCREENSHOT_DIR="$PWD"
 

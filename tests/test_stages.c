@@ -5,6 +5,7 @@
 #include "testutil.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 typedef struct fixture {
@@ -308,6 +309,17 @@ static void test_forced_tokens_begin_the_generation(void **state) {
     assert_int_equal(strncmp(res.text, " a purple dragon", 16), 0);
     assert_int_equal(n_events, res.n_tokens);
     sm_result_free(&res);
+    /* Text without a leading space goes on without one, though this
+     * SentencePiece vocabulary puts a space in front of what it tokenizes. */
+    sm_tokens glued;
+    assert_int_equal(sm_tokenize_continuation(f->model, "Whill\n\nx", 9, &glued, &err), SM_OK);
+    char *spelled = sm_detokenize(f->model, glued.data, glued.n, NULL, &err);
+    char first[16];
+    assert_true(sm_token_to_piece(f->model, glued.data[0], first, sizeof first, false) > 0);
+    assert_true(first[0] == 'W');
+    assert_non_null(strstr(spelled, "Whill\n\nx"));
+    free(spelled);
+    sm_tokens_free(&glued);
 
     int32_t n_vocab = sm_model_n_vocab(f->model);
     sm_token bad = n_vocab;

@@ -28,7 +28,8 @@ typedef struct cli_app {
     const char *prompt_text;      /* -p as fed (--wrap-prompt wraps it)       */
     json_original json_original;  /* --json-stream=original's running state   */
     sm_tokens prefill;            /* --prefill's tokens (gen.forced_tokens)   */
-    char *grammar_text;           /* --grammar-file's contents                */
+    char *grammar_text;           /* --grammar-file's contents, or --json-schema's grammar */
+    char *chat_template_text;     /* --chat-template-file's contents          */
     int64_t n_unknown_reported;   /* characters outside the vocabulary, said  */
 } cli_app;
 

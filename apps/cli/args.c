@@ -73,6 +73,11 @@ enum {
     OPT_GRAMMAR,
     OPT_GRAMMAR_FILE,
     OPT_JSON_OUTPUT,
+    OPT_JSON_SCHEMA,
+    OPT_JSON_SCHEMA_FILE,
+    OPT_CHAT_TEMPLATE_FILE,
+    OPT_JINJA,
+    OPT_NO_JINJA,
     OPT_BEAM_SEARCH,
     OPT_BEAM_STABILITY,
     OPT_BEAM_FOCUS,
@@ -142,6 +147,11 @@ static const struct option long_options[] = {
     {"grammar", required_argument, NULL, OPT_GRAMMAR},
     {"grammar-file", required_argument, NULL, OPT_GRAMMAR_FILE},
     {"json-output", no_argument, NULL, OPT_JSON_OUTPUT},
+    {"json-schema", required_argument, NULL, OPT_JSON_SCHEMA},
+    {"json-schema-file", required_argument, NULL, OPT_JSON_SCHEMA_FILE},
+    {"chat-template-file", required_argument, NULL, OPT_CHAT_TEMPLATE_FILE},
+    {"jinja", no_argument, NULL, OPT_JINJA},
+    {"no-jinja", no_argument, NULL, OPT_NO_JINJA},
     {"beam-search", required_argument, NULL, OPT_BEAM_SEARCH},
     {"beam-stability", required_argument, NULL, OPT_BEAM_STABILITY},
     {"beam-focus", required_argument, NULL, OPT_BEAM_FOCUS},
@@ -237,6 +247,9 @@ void cli_print_help(FILE *out) {
         "chat (interactive mode):\n"
         "      --chat-template NAME      a llama.cpp template name (default: the model's own,\n"
         "                                else the plain User:/Assistant: form)\n"
+        "      --chat-template-file F    a Jinja chat template from a file\n"
+        "      --jinja, --no-jinja       render the model's template with llama.cpp's Jinja engine,\n"
+        "                                as llama-server does (default), or by its heuristics\n"
         "      --system PROMPT           system prompt (default: none)\n"
         "      --user-label STR          plain form's user label (default: \"User:\")\n"
         "      --assistant-label STR     plain form's assistant label (default: \"Assistant:\")\n"
@@ -257,6 +270,8 @@ void cli_print_help(FILE *out) {
         "      --grammar GBNF            the text follows this llama.cpp grammar (root rule: root)\n"
         "      --grammar-file FILE       ... the grammar in FILE\n"
         "      --json-output             ... one JSON object\n"
+        "      --json-schema SCHEMA      ... JSON that follows this JSON schema (llama.cpp's converter)\n"
+        "      --json-schema-file FILE   ... the schema in FILE\n"
         "      --beam-search W           a beam search of width W to -n tokens instead of sampling: the\n"
         "                                best beam's text (--json-stream: every beam); -p only\n"
         "      --beam-stability F --beam-focus F  activation scoring: each token also adds F times\n"
@@ -532,14 +547,22 @@ static bool apply_option(int c, const char *arg, cli_options *opt, FILE *err) {
     case OPT_GRAMMAR:
     case OPT_GRAMMAR_FILE:
     case OPT_JSON_OUTPUT:
-        if (opt->grammar || opt->grammar_file || opt->json_output) {
-            fprintf(err, "llama_selfmod: error: give one of --grammar, --grammar-file and --json-output\n");
+    case OPT_JSON_SCHEMA:
+    case OPT_JSON_SCHEMA_FILE:
+        if (opt->grammar || opt->grammar_file || opt->json_output || opt->json_schema || opt->json_schema_file) {
+            fprintf(err, "llama_selfmod: error: give one of --grammar, --grammar-file, --json-output, "
+                         "--json-schema and --json-schema-file\n");
             return false;
         }
         if (c == OPT_GRAMMAR) opt->grammar = arg;
         else if (c == OPT_GRAMMAR_FILE) opt->grammar_file = arg;
+        else if (c == OPT_JSON_SCHEMA) opt->json_schema = arg;
+        else if (c == OPT_JSON_SCHEMA_FILE) opt->json_schema_file = arg;
         else opt->json_output = true;
         return true;
+    case OPT_CHAT_TEMPLATE_FILE: opt->chat_template_file = arg; return true;
+    case OPT_JINJA: opt->chat.jinja = true; return true;
+    case OPT_NO_JINJA: opt->chat.jinja = false; return true;
     case OPT_PREFILL:
         if (!*arg) return report(err, "--prefill", arg, "some text (the answer's first words)");
         opt->prefill = arg;

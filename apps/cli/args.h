@@ -47,6 +47,9 @@ typedef struct cli_options {
     const char *grammar;         /* --grammar                              */
     const char *grammar_file;    /* --grammar-file                         */
     bool json_output;            /* --json-output                          */
+    const char *json_schema;     /* --json-schema                          */
+    const char *json_schema_file;/* --json-schema-file                     */
+    const char *chat_template_file; /* --chat-template-file                */
     int32_t beam_width;          /* --beam-search; 0 = sample             */
     float beam_stability, beam_focus;
 

@@ -176,7 +176,9 @@ static command_result run_command(cli_app *app, sm_chat *chat, const char *line)
 
 int cli_interactive(cli_app *app) {
     sm_error err = {0};
-    sm_chat *chat = sm_chat_new(app->session, &app->opt->chat, &err);
+    sm_chat_params cp = app->opt->chat;
+    cp.template_source = app->chat_template_text;
+    sm_chat *chat = sm_chat_new(app->session, &cp, &err);
     if (!chat) {
         cli_error("%s", err.message);
         return 1;

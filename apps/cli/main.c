@@ -145,6 +145,7 @@ static void app_free(cli_app *app) {
     json_original_free(&app->json_original);
     sm_tokens_free(&app->prefill);
     free(app->grammar_text);
+    free(app->chat_template_text);
     cli_intro_free(app);
     for (int32_t i = 0; i < app->n_operators; i++) sm_operator_free(app->operators[i]);
 }
@@ -187,38 +188,54 @@ static int setup_and_run(cli_app *app) {
     return code;
 }
 
-/* --grammar, --grammar-file, --json-output: the grammar the text follows. */
-static bool load_grammar(cli_app *app) {
-    const cli_options *opt = app->opt;
-    if (opt->json_output) app->gen.grammar = SM_GRAMMAR_JSON;
-    if (opt->grammar) app->gen.grammar = opt->grammar;
-    if (!opt->grammar_file) return true;
-    FILE *f = fopen(opt->grammar_file, "rb");
-    size_t len = 0, cap = 0;
-    char *text = NULL;
-    for (int ch; f && (ch = fgetc(f)) != EOF;) {
+/* A file a flag names, whole (up to 1 MB); NULL after saying why. */
+static char *read_flag_file(const char *flag, const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        cli_error("%s: cannot read '%s': %s", flag, path, strerror(errno));
+        return NULL;
+    }
+    size_t len = 0, cap = 4096;
+    char *text = malloc(cap);
+    for (int ch; text && (ch = fgetc(f)) != EOF;) {
         if (len + 2 > cap) {
-            char *grown = realloc(text, cap = cap ? cap * 2 : 4096);
-            if (!grown || cap > (1u << 20)) {
-                free(grown ? grown : text);
+            char *grown = cap < (1u << 20) ? realloc(text, cap *= 2) : NULL;
+            if (!grown) {
+                free(text);
                 fclose(f);
-                cli_error("--grammar-file '%s': larger than 1 MB or out of memory", opt->grammar_file);
-                return false;
+                cli_error("%s '%s': larger than 1 MB or out of memory", flag, path);
+                return NULL;
             }
             text = grown;
         }
         text[len++] = (char)ch;
     }
-    if (!f) {
-        cli_error("--grammar-file: cannot read '%s': %s", opt->grammar_file, strerror(errno));
-        return false;
-    }
     fclose(f);
-    app->grammar_text = text ? text : calloc(1, 1);
-    if (!app->grammar_text) return false;
-    app->grammar_text[len] = '\0';
-    app->gen.grammar = app->grammar_text;
-    return true;
+    if (text) text[len] = '\0';
+    else cli_error("%s: out of memory", flag);
+    return text;
+}
+
+/* --grammar, --grammar-file, --json-output, --json-schema(-file): the
+ * grammar the text follows; --chat-template-file: the chat's template. */
+static bool load_grammar(cli_app *app) {
+    const cli_options *opt = app->opt;
+    if (opt->chat_template_file && !(app->chat_template_text = read_flag_file("--chat-template-file", opt->chat_template_file)))
+        return false;
+    if (opt->json_output) app->gen.grammar = SM_GRAMMAR_JSON;
+    if (opt->grammar) app->gen.grammar = opt->grammar;
+    if (opt->grammar_file && !(app->gen.grammar = app->grammar_text = read_flag_file("--grammar-file", opt->grammar_file)))
+        return false;
+    const char *schema = opt->json_schema;
+    char *schema_text = NULL;
+    if (opt->json_schema_file && !(schema = schema_text = read_flag_file("--json-schema-file", opt->json_schema_file)))
+        return false;
+    if (!schema) return true;
+    sm_error err = {0};
+    app->gen.grammar = app->grammar_text = sm_grammar_from_json_schema(schema, &err);
+    free(schema_text);
+    if (!app->grammar_text) cli_error("%s: %s", opt->json_schema ? "--json-schema" : "--json-schema-file", err.message);
+    return app->grammar_text != NULL;
 }
 
 /* The grammar is parsed before anything is generated; llama.cpp's parser
@@ -248,7 +265,8 @@ static bool check_grammar(cli_app *app) {
     }
     why[strcspn(why, "\n")] = '\0';
     if (st == SM_OK) return true;
-    cli_error("the grammar does not parse%s%s", *why ? ": " : "", *why ? why : err.message);
+    if (*why) cli_error("the grammar does not parse: %s", why);
+    else cli_error("%s", err.message);
     return false;
 }
 

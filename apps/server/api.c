@@ -128,6 +128,7 @@ reply api_props(server *srv) {
     sm_model *members[SM_MAX_MODELS];
     model_set_target_models(&srv->models, 0, members);
     cJSON_AddStringToObject(o, "model_path", sm_model_path(members[0]));
+    cJSON_AddStringToObject(o, "chat_template", srv->chat_template ? srv->chat_template : "");
     cJSON *dgs = cJSON_AddObjectToObject(o, "default_generation_settings");
     cJSON_AddNumberToObject(dgs, "n_ctx", srv->slots.session_params.n_ctx);
     cJSON *params = cJSON_AddObjectToObject(dgs, "params");
@@ -187,6 +188,84 @@ static reply generate(server *srv, int client_fd, const char *body, size_t len, 
     cJSON *response = NULL;
     if (!generation_run(srv, &req, client_fd, &response, &err)) return reply_error(&err);
     return reply_json(200, response);
+}
+
+/* A chat request for the two endpoints that only look at its prompt:
+ * parsed as /v1/chat/completions parses it; members[0] gets the model. */
+static bool parse_chat_only(server *srv, const char *body, size_t len, gen_request *req, sm_model **model,
+                            reply *bad) {
+    cJSON *json = api_parse_body(body, len, bad);
+    if (!json) return false;
+    api_error err;
+    bool ok = gen_request_parse(json, API_CHAT, &srv->models, &srv->opt.base, srv->opt.selfmod_default, req, &err);
+    cJSON_Delete(json);
+    if (!ok) {
+        gen_request_free(req);
+        *bad = reply_error(&err);
+        return false;
+    }
+    sm_model *members[SM_MAX_MODELS];
+    model_set_target_models(&srv->models, req->target, members);
+    *model = members[0];
+    return true;
+}
+
+/* POST /apply-template (llama-server's): the prompt a chat request's
+ * messages render to, the assistant's turn opened (and a final assistant
+ * message continued), without generating. */
+reply api_apply_template(server *srv, int client_fd, const char *body, size_t len) {
+    (void)client_fd;
+    reply bad;
+    gen_request req;
+    sm_model *model;
+    if (!parse_chat_only(srv, body, len, &req, &model, &bad)) return bad;
+    char *text = NULL;
+    sm_error why = {0};
+    sm_status st = sm_chat_render(model, &srv->slots.chat_params, req.messages, req.n_messages, &text, &why);
+    if (st != SM_OK) {
+        gen_request_free(&req);
+        return reply_error_simple(st == SM_ERR_NO_MEMORY ? 500 : 400, "messages", why.message);
+    }
+    cJSON *o = cJSON_CreateObject();
+    size_t n = strlen(text), extra = req.prefill ? strlen(req.prefill) : 0;
+    char *prompt = malloc(n + extra + 1);
+    bool made = prompt != NULL;
+    if (made) {
+        memcpy(prompt, text, n);
+        if (extra) memcpy(prompt + n, req.prefill, extra);
+        prompt[n + extra] = '\0';
+        cJSON_AddStringToObject(o, "prompt", prompt);
+    }
+    free(prompt);
+    free(text);
+    gen_request_free(&req);
+    if (!made) {
+        cJSON_Delete(o);
+        return reply_error_simple(500, NULL, "out of memory");
+    }
+    return reply_json(200, o);
+}
+
+/* POST /chat/completions/input_tokens (llama-server's): how many tokens
+ * the request's prompt takes, without generating. */
+reply api_input_tokens(server *srv, int client_fd, const char *body, size_t len) {
+    (void)client_fd;
+    reply bad;
+    gen_request req;
+    sm_model *model;
+    if (!parse_chat_only(srv, body, len, &req, &model, &bad)) return bad;
+    int32_t n_tokens = 0;
+    sm_error why = {0};
+    sm_status st = sm_chat_prompt_tokens(model, &srv->slots.chat_params, req.messages, req.n_messages, &n_tokens, &why);
+    sm_tokens prefill = {0};
+    if (st == SM_OK && req.prefill)
+        st = sm_tokenize_continuation(model, req.prefill, strlen(req.prefill), &prefill, &why);
+    gen_request_free(&req);
+    if (st != SM_OK) return reply_error_simple(st == SM_ERR_NO_MEMORY ? 500 : 400, "messages", why.message);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "input_tokens", n_tokens + prefill.n);
+    sm_tokens_free(&prefill);
+    return reply_json(200, o);
 }
 
 reply api_completions(server *srv, int client_fd, const char *body, size_t len) { return generate(srv, client_fd, body, len, API_COMPLETIONS); }

@@ -14,6 +14,8 @@ reply api_completions(server *srv, int client_fd, const char *body, size_t len);
 reply api_chat_completions(server *srv, int client_fd, const char *body, size_t len);
 reply api_llama_completion(server *srv, int client_fd, const char *body, size_t len);
 reply api_tokenize(server *srv, int client_fd, const char *body, size_t len);
+reply api_apply_template(server *srv, int client_fd, const char *body, size_t len);
+reply api_input_tokens(server *srv, int client_fd, const char *body, size_t len);
 reply api_detokenize(server *srv, int client_fd, const char *body, size_t len);
 reply api_loom_expand(server *srv, int client_fd, const char *body, size_t len);
 

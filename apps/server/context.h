@@ -34,6 +34,7 @@ typedef struct server {
         double last_prompt_rate, last_predicted_rate;
     } metrics;
     double started_unix;          /* for the Process-Start-Time-Unix header */
+    char *chat_template;          /* the template's text, for /props        */
 } server;
 
 #endif

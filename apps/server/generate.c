@@ -29,6 +29,7 @@ static void job_free(job *j) {
     gen_request_free(&j->req);
     tracker_free(&j->tr);
     free(j->prompt_tokens);
+    free(j->verbose_prompt);
     free(j);
 }
 
@@ -63,27 +64,32 @@ static bool tokenize_prompt(job *j, api_error *err) {
     return true;
 }
 
-/* A chat drops its oldest turns to fit the context, but not the system
- * prompt and the new message: when those alone do not fit, the request is
- * refused now, before a stream has answered 200. */
+/* A conversation that does not fit the context is refused now, before a
+ * stream has answered 200 (as OpenAI and llama-server refuse it). With
+ * --drop-old-turns the oldest turns are dropped instead, but never the
+ * system prompt and the new message: only when those alone do not fit. */
 static bool chat_fits(job *j, api_error *err) {
     const gen_request *r = &j->req;
+    bool dropping = j->srv->opt.drop_old_turns;
     sm_chat_message minimal[2];
     int n = 0;
     if (r->has_system) minimal[n++] = r->messages[0];
     minimal[n++] = r->messages[r->n_messages - 1];
+    const sm_chat_message *checked = dropping ? minimal : r->messages;
+    if (!dropping) n = r->n_messages;
     int32_t n_tokens = 0;
     sm_error e = {0};
     sm_model *models[SM_MAX_MODELS];
     model_set_target_models(&j->srv->models, r->target, models);
-    if (sm_chat_prompt_tokens(models[0], &j->srv->slots.chat_params, minimal, n, &n_tokens, &e) != SM_OK)
+    if (sm_chat_prompt_tokens(models[0], &j->srv->slots.chat_params, checked, n, &n_tokens, &e) != SM_OK)
         return api_fail(err, e.status == SM_ERR_NO_MEMORY ? 500 : 400, "messages", "%s", e.message);
     int32_t n_ctx = (int32_t)j->srv->slots.session_params.n_ctx;
     if (n_tokens >= n_ctx) {
         api_fail(err, 400, "messages",
-                 "the last message%s takes %d tokens with the chat template, which exceeds the available context "
+                 "%s takes %d tokens with the chat template, which exceeds the available context "
                  "size (%d tokens): nothing left to answer into",
-                 r->has_system ? " and the system prompt" : "", n_tokens, n_ctx);
+                 dropping ? (r->has_system ? "the last message and the system prompt" : "the last message")
+                          : "the conversation", n_tokens, n_ctx);
         context_exceeded(err, n_tokens, n_ctx);
         return false;
     }
@@ -173,6 +179,11 @@ static bool on_event(const sm_event *e, void *user_data) {
     switch (e->type) {
     case SM_EVENT_START:
         j->n_prompt = sm_session_n_past(j->session);
+        if (job_verbose(j) && !j->verbose_prompt) {
+            int32_t n = 0;
+            const sm_token *toks = sm_session_tokens(j->session, &n);
+            j->verbose_prompt = sm_detokenize_special(sm_session_model(j->session), toks, n, NULL, NULL);
+        }
         break;
     case SM_EVENT_TOKEN:
         if (!tracker_add(&j->tr, e)) j->out_of_memory = true;

@@ -27,6 +27,10 @@ typedef struct job {
     int client_fd;               /* a non-streamed request's socket, or -1 */
     double next_client_check;    /* when to look at it again (ms)         */
     bool client_gone;
+    char *verbose_prompt;        /* --verbose: the context at the start, as text */
 } job;
+
+/* Whether the reply carries llama-server's "__verbose" object. */
+static inline bool job_verbose(const job *j) { return j->req.verbose >= 0 ? j->req.verbose == 1 : j->srv->opt.verbose; }
 
 #endif

@@ -106,7 +106,9 @@ int model_set_n_targets(const model_set *set) { return set->n_models > 1 ? 1 + s
 
 int model_set_resolve(const model_set *set, const char *name) {
     if (!name || !*name || strcmp(name, set->default_id) == 0) return 0;
-    if (set->n_models == 1) return strcmp(name, set->models[0].id) == 0 ? 0 : -1;
+    /* One model: as llama-server, it answers whatever name a client sends
+     * (many send "gpt-3.5-turbo"); the response's "model" says which it is. */
+    if (set->n_models == 1) return 0;
     for (int i = 0; i < set->n_models; i++)
         if (strcmp(name, set->models[i].id) == 0) return 1 + i;
     return -1;

@@ -21,10 +21,15 @@ enum {
     OPT_MAX_BODY,
     OPT_WEB_DIR,
     OPT_CHAT_TEMPLATE,
+    OPT_CHAT_TEMPLATE_FILE,
+    OPT_JINJA,
+    OPT_NO_JINJA,
     OPT_FUSION_ALIGN,
     OPT_LOOM_MAX_BEAMS,
     OPT_N_GPU_LAYERS,
     OPT_QUIET,
+    OPT_VERBOSE,
+    OPT_DROP_OLD_TURNS,
     OPT_API_KEY_FILE,
     OPT_CORS_ORIGINS,
     OPT_MAX_CONNECTIONS,
@@ -55,10 +60,15 @@ static const struct option long_options[] = {
     {"max-body", required_argument, NULL, OPT_MAX_BODY},
     {"web-dir", required_argument, NULL, OPT_WEB_DIR},
     {"chat-template", required_argument, NULL, OPT_CHAT_TEMPLATE},
+    {"chat-template-file", required_argument, NULL, OPT_CHAT_TEMPLATE_FILE},
+    {"jinja", no_argument, NULL, OPT_JINJA},
+    {"no-jinja", no_argument, NULL, OPT_NO_JINJA},
     {"fusion-align", no_argument, NULL, OPT_FUSION_ALIGN},
     {"loom-max-beams", required_argument, NULL, OPT_LOOM_MAX_BEAMS},
     {"n-gpu-layers", required_argument, NULL, OPT_N_GPU_LAYERS},
     {"quiet", no_argument, NULL, OPT_QUIET},
+    {"verbose", no_argument, NULL, OPT_VERBOSE},
+    {"drop-old-turns", no_argument, NULL, OPT_DROP_OLD_TURNS},
     {"api-key-file", required_argument, NULL, OPT_API_KEY_FILE},
     {"cors-origins", required_argument, NULL, OPT_CORS_ORIGINS},
     {"max-connections", required_argument, NULL, OPT_MAX_CONNECTIONS},
@@ -115,6 +125,9 @@ static void print_usage(FILE *out) {
           "      --max-body BYTES      largest request body, else 413 (default: 1048576)\n"
           "      --web-dir DIR         the web page's folder (default: found beside the program)\n"
           "      --chat-template NAME  a llama.cpp template name (default: the model's own)\n"
+          "      --chat-template-file F  a Jinja chat template from a file\n"
+          "      --jinja, --no-jinja   the model's template by llama.cpp's Jinja engine (default),\n"
+          "                            or by llama.cpp's built-in heuristics\n"
           "      --metrics             GET /metrics: llama-server's Prometheus counters\n"
           "      --slots               GET /slots: each slot's context and state\n"
           "      --no-ui               no web page (the API only)\n"
@@ -127,6 +140,10 @@ static void print_usage(FILE *out) {
           "      --loom-max-beams N    the largest beam_limit /loom/expand accepts (default: 64)\n"
           "      --n-gpu-layers N      layers to offload (default: 0)\n"
           "      --quiet               no request log\n"
+          "      --drop-old-turns      a chat too long for the context drops its oldest turns\n"
+          "                            (default: refused with 400, as OpenAI and llama-server)\n"
+          "      --verbose             responses carry llama-server's \"__verbose\" object (the\n"
+          "                            prompt as the model saw it, with its special tokens)\n"
           "  -h, --help                this help\n",
           out);
 }
@@ -207,6 +224,25 @@ static bool read_key_file(server_options *opt, const char *path, FILE *err) {
     return true;
 }
 
+/* --chat-template-file: a Jinja template, the whole file. */
+static bool read_template_file(server_options *opt, const char *path, FILE *err) {
+    FILE *f = fopen(path, "rb");
+    char *text = NULL;
+    size_t cap = 0;
+    ssize_t n = f ? getdelim(&text, &cap, '\0', f) : -1;
+    int saved = errno;
+    if (f) fclose(f);
+    if (n <= 0) {
+        free(text);
+        fprintf(err, "llama_selfmod serve: error: --chat-template-file '%s': %s\n", path,
+                f ? "the file is empty" : strerror(saved));
+        return false;
+    }
+    free(opt->chat_template_text);
+    opt->chat_template_text = text;
+    return true;
+}
+
 static bool apply_option(server_options *opt, int c, const char *arg, FILE *err) {
     long v;
     switch (c) {
@@ -243,6 +279,9 @@ static bool apply_option(server_options *opt, int c, const char *arg, FILE *err)
         return true;
     case OPT_WEB_DIR: opt->web_dir = arg; return true;
     case OPT_CHAT_TEMPLATE: opt->chat_template = arg; return true;
+    case OPT_CHAT_TEMPLATE_FILE: return read_template_file(opt, arg, err);
+    case OPT_JINJA: opt->no_jinja = false; return true;
+    case OPT_NO_JINJA: opt->no_jinja = true; return true;
     case OPT_FUSION_ALIGN: opt->fusion_align = true; return true;
     case OPT_LOOM_MAX_BEAMS:
         if (!parse_long(err, "--loom-max-beams", arg, 1, 255, &v)) return false;
@@ -253,6 +292,8 @@ static bool apply_option(server_options *opt, int c, const char *arg, FILE *err)
         opt->n_gpu_layers = (int)v;
         return true;
     case OPT_QUIET: opt->quiet = true; return true;
+    case OPT_VERBOSE: opt->verbose = true; return true;
+    case OPT_DROP_OLD_TURNS: opt->drop_old_turns = true; return true;
     case OPT_API_KEY_FILE: return read_key_file(opt, arg, err);
     case OPT_CORS_ORIGINS:
         if (!*arg) {
@@ -364,4 +405,6 @@ void server_options_free(server_options *opt) {
     opt->n_models = 0;
     free(opt->api_key_owned);
     opt->api_key_owned = NULL;
+    free(opt->chat_template_text);
+    opt->chat_template_text = NULL;
 }

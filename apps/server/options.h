@@ -35,6 +35,10 @@ typedef struct server_options {
     size_t max_body;                       /* request bytes (1 MiB)            */
     const char *web_dir;                   /* NULL: found at start-up          */
     const char *chat_template;             /* NULL: the model's own            */
+    char *chat_template_text;              /* --chat-template-file's Jinja     */
+    bool no_jinja;                         /* --no-jinja                       */
+    bool verbose;                          /* --verbose: "__verbose" in replies */
+    bool drop_old_turns;                   /* --drop-old-turns                 */
     bool fusion_align;
     int loom_max_beams;                    /* most beams a tree expands (64)   */
     int n_gpu_layers;

@@ -235,38 +235,73 @@ static bool parse_logprobs(const cJSON *b, gen_request *r, api_error *err) {
     return true;
 }
 
-/* A grammar: llama-server's "grammar" (GBNF), or OpenAI's response_format
- * json_object; JSON schemas need llama.cpp's converter (not here yet):
- * refused rather than ignored. */
+/* The JSON schema a request gives, as llama-server reads it: its
+ * "json_schema", or response_format's "schema" (json_object) or
+ * "json_schema.schema" (json_schema). NULL: none; *bad on a wrong shape. */
+static const cJSON *requested_schema(const cJSON *b, const cJSON *rf, const char **bad) {
+    const cJSON *schema = json_field(b, "json_schema");
+    if (schema && cJSON_IsNull(schema)) schema = NULL;
+    if (!rf || cJSON_IsNull(rf)) return schema;
+    const cJSON *type = json_field(rf, "type");
+    if (strcmp(type->valuestring, "json_object") == 0) {
+        const cJSON *inner = json_field(rf, "schema");
+        return inner && !cJSON_IsNull(inner) ? inner : schema;
+    }
+    if (strcmp(type->valuestring, "json_schema") == 0) {
+        const cJSON *wrapper = json_field(rf, "json_schema");
+        const cJSON *inner = cJSON_IsObject(wrapper) ? json_field(wrapper, "schema") : NULL;
+        if (!cJSON_IsObject(inner)) *bad = "response_format.json_schema.schema";
+        return inner;
+    }
+    return schema;
+}
+
+/* A grammar: llama-server's "grammar" (GBNF) or "json_schema", or
+ * OpenAI's response_format (json_object, json_schema); schemas become GBNF
+ * by llama.cpp's own converter. */
 static bool parse_grammar(const cJSON *b, gen_request *r, sm_model *model, api_error *err) {
     const cJSON *g = json_field(b, "grammar"), *rf = json_field(b, "response_format");
-    if (json_field(b, "json_schema"))
-        return api_fail(err, 400, "json_schema", "'json_schema' is not supported yet: give a GBNF 'grammar' or "
-                        "response_format {\"type\": \"json_object\"}");
     const char *grammar = NULL;
     if (g && !cJSON_IsNull(g)) {
         if (!cJSON_IsString(g)) return api_fail(err, 400, "grammar", "'grammar' must be a GBNF string");
         if (*g->valuestring) grammar = g->valuestring;
     }
+    bool json_object = false;
     if (rf && !cJSON_IsNull(rf)) {
         const cJSON *type = cJSON_IsObject(rf) ? json_field(rf, "type") : NULL;
         if (!cJSON_IsString(type))
             return api_fail(err, 400, "response_format", "'response_format' must be an object with a 'type'");
-        if (strcmp(type->valuestring, "json_object") == 0) {
-            if (grammar) return api_fail(err, 400, "response_format", "give 'grammar' or 'response_format', not both");
-            grammar = SM_GRAMMAR_JSON;
-        } else if (strcmp(type->valuestring, "json_schema") == 0) {
-            return api_fail(err, 400, "response_format", "response_format json_schema is not supported yet: "
-                            "use {\"type\": \"json_object\"} or a GBNF 'grammar'");
-        } else if (strcmp(type->valuestring, "text") != 0) {
+        if (strcmp(type->valuestring, "json_object") != 0 && strcmp(type->valuestring, "json_schema") != 0 &&
+            strcmp(type->valuestring, "text") != 0)
             return api_fail(err, 400, "response_format.type", "'response_format.type' must be text, json_object or json_schema");
-        }
+        json_object = strcmp(type->valuestring, "json_object") == 0;
+    }
+    const char *bad = NULL;
+    const cJSON *schema = requested_schema(b, rf, &bad);
+    if (bad) return api_fail(err, 400, bad, "'%s' must be a JSON schema object", bad);
+    if (schema && !cJSON_IsObject(schema) && !cJSON_IsTrue(schema))
+        return api_fail(err, 400, "json_schema", "'json_schema' must be a JSON schema object");
+    if (grammar && (schema || json_object))
+        return api_fail(err, 400, "grammar", "give 'grammar' or a JSON schema (json_schema, response_format), not both");
+    char *converted = NULL;
+    if (schema) {
+        /* An empty schema means any JSON object, as in llama-server. */
+        char *text = cJSON_GetArraySize(schema) == 0 ? strdup("{\"type\": \"object\"}") : cJSON_PrintUnformatted(schema);
+        sm_error why = {0};
+        converted = text ? sm_grammar_from_json_schema(text, &why) : NULL;
+        free(text);
+        if (!converted) return api_fail(err, 400, "json_schema", "the JSON schema cannot be used: %s", why.message);
+        grammar = converted;
+    } else if (json_object) {
+        grammar = SM_GRAMMAR_JSON;
     }
     if (!grammar) return true;
     sm_error invalid;
-    if (sm_grammar_check(model, grammar, &invalid) != SM_OK)
-        return api_fail(err, 400, g ? "grammar" : "response_format", "the grammar does not parse as GBNF (root rule 'root')");
-    r->grammar = strdup(grammar);
+    if (sm_grammar_check(model, grammar, &invalid) != SM_OK) {
+        free(converted);
+        return api_fail(err, 400, g ? "grammar" : "json_schema", "the grammar does not parse as GBNF (root rule 'root')");
+    }
+    r->grammar = converted ? converted : strdup(grammar);
     if (!r->grammar) return api_fail(err, 500, NULL, "out of memory");
     r->params.grammar = r->grammar;
     return true;
@@ -280,6 +315,13 @@ static bool parse_llama_fields(const cJSON *b, gen_request *r, api_error *err) {
         !get_bool_field(b, "ignore_eos", "ignore_eos", &r->params.ignore_eos, err) ||
         !get_bool_field(b, "timings_per_token", "timings_per_token", &r->timings_per_token, err))
         return false;
+    bool verbose = false;
+    if (json_field(b, "verbose")) {
+        if (!get_bool_field(b, "verbose", "verbose", &verbose, err)) return false;
+        r->verbose = verbose ? 1 : 0;
+    } else {
+        r->verbose = -1;
+    }
     if (r->params.ignore_eos) r->params.stop_at_bos = false; /* nothing but the length or a stop ends it */
     return true;
 }
@@ -492,12 +534,16 @@ static char *message_text(const cJSON *content, const char *param, api_error *er
             api_fail(err, 400, param, "'%s': only text parts ({\"type\": \"text\", \"text\": ...}) are supported", param);
             return NULL;
         }
-        len += strlen(text->valuestring);
+        len += strlen(text->valuestring) + 2;
     }
+    /* The parts joined by a blank line, as llama-server joins them. */
     char *out = malloc(len + 1);
     if (!out) return NULL;
     out[0] = '\0';
-    cJSON_ArrayForEach(part, content) strcat(out, cJSON_GetObjectItemCaseSensitive(part, "text")->valuestring);
+    cJSON_ArrayForEach(part, content) {
+        if (part != content->child) strcat(out, "\n\n");
+        strcat(out, cJSON_GetObjectItemCaseSensitive(part, "text")->valuestring);
+    }
     return out;
 }
 
@@ -511,10 +557,6 @@ static const char *message_role(const cJSON *m, int i, int n, api_error *err) {
     }
     const char *name = role->valuestring;
     bool system = strcmp(name, "system") == 0 || strcmp(name, "developer") == 0;
-    if (system && i != 0) {
-        api_fail(err, 400, param, "a system message may only come first");
-        return NULL;
-    }
     if (!system && strcmp(name, "user") != 0 && strcmp(name, "assistant") != 0) {
         api_fail(err, 400, param, "role '%s' is not supported (system, user, assistant)", name);
         return NULL;
@@ -570,6 +612,24 @@ static bool parse_messages(const cJSON *b, gen_request *r, api_error *err) {
     return true;
 }
 
+/* vLLM's and transformers' continue_final_message (with
+ * add_generation_prompt false): the final assistant message is continued,
+ * which is what a final assistant message does here anyway. */
+static bool parse_continuation(const cJSON *b, gen_request *r, api_error *err) {
+    bool add_generation_prompt = true, continue_final = false;
+    if (!get_bool_field(b, "add_generation_prompt", "add_generation_prompt", &add_generation_prompt, err) ||
+        !get_bool_field(b, "continue_final_message", "continue_final_message", &continue_final, err))
+        return false;
+    if (add_generation_prompt && continue_final)
+        return api_fail(err, 400, "continue_final_message",
+                        "continue_final_message and add_generation_prompt cannot both be true");
+    if ((continue_final || !add_generation_prompt) && !r->prefill)
+        return api_fail(err, 400, continue_final ? "continue_final_message" : "add_generation_prompt",
+                        "the last message must be the assistant's to continue it (a conversation that ends "
+                        "with the user's opens the assistant's turn)");
+    return true;
+}
+
 /* ------------------------------------------------------------------ */
 
 static bool parse_model(const cJSON *b, const model_set *models, gen_request *r, api_error *err) {
@@ -593,7 +653,8 @@ static const char *const KNOWN_FIELDS[] = {
     "dry_penalty_last_n", "top_n_sigma", "typical_p", "xtc_probability", "xtc_threshold", "dynatemp_range",
     "dynatemp_exponent", "mirostat", "mirostat_tau", "mirostat_eta", "seed", "frequency_penalty", "presence_penalty", "logit_bias", "stop", "logprobs",
     "top_logprobs", "n_probs", "stream", "stream_options", "selfmod", "return_tokens", "cache_prompt", "ignore_eos",
-    "timings_per_token", "grammar", "response_format", "json_schema",
+    "timings_per_token", "grammar", "response_format", "json_schema", "add_generation_prompt", "continue_final_message",
+    "verbose",
     "user", /* OpenAI's end-user id: no effect on generation there either */
 };
 
@@ -621,7 +682,13 @@ bool gen_request_parse(const cJSON *body, api_kind api, const model_set *models,
     if (!parse_model(body, models, r, err)) return false;
     sm_model *target_models[SM_MAX_MODELS];
     int n_models = model_set_target_models(models, r->target, target_models);
-    bool ok = (api == API_CHAT ? parse_messages(body, r, err) : parse_prompt(body, r, err)) &&
+    if (api != API_CHAT)
+        for (const char *const *chat_only = (const char *const[]){"add_generation_prompt", "continue_final_message", NULL};
+             *chat_only; chat_only++)
+            if (json_field(body, *chat_only))
+                return api_fail(err, 400, *chat_only, "'%s' is for chat requests (messages)", *chat_only);
+    bool ok = (api == API_CHAT ? parse_messages(body, r, err) && parse_continuation(body, r, err)
+                               : parse_prompt(body, r, err)) &&
               parse_length(body, r, err) && parse_sampling(body, r, err) && parse_stop(body, r, err) &&
               parse_logit_bias(body, r, sm_model_n_vocab(target_models[0]), err) &&
               parse_logprobs(body, r, err) && parse_stream(body, r, err) && parse_llama_fields(body, r, err) &&

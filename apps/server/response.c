@@ -304,7 +304,8 @@ static cJSON *openai_envelope(const job *j, const char *object) {
     cJSON_AddStringToObject(o, "object", object);
     cJSON_AddNumberToObject(o, "created", (double)j->created);
     cJSON_AddStringToObject(o, "model", j->model_id);
-    cJSON_AddStringToObject(o, "system_fingerprint", "llama_selfmod-" SM_VERSION);
+    /* llama-server's form, "b" and a build, which clients match on */
+    cJSON_AddStringToObject(o, "system_fingerprint", "b" SM_VERSION "-llama_selfmod");
     return o;
 }
 
@@ -414,10 +415,24 @@ cJSON *response_usage_chunk(const job *j, const sm_result *res) {
     return o;
 }
 
+/* llama-server's --verbose object: the reply in its own form, with the
+ * prompt as the model saw it. */
+static cJSON *verbose_json(const job *j, const sm_result *res) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "prompt", j->verbose_prompt ? j->verbose_prompt : "");
+    cJSON_AddStringToObject(o, "content", res->text ? res->text : "");
+    cJSON_AddNumberToObject(o, "tokens_predicted", res->n_tokens);
+    cJSON_AddNumberToObject(o, "tokens_evaluated", j->n_prompt);
+    cJSON_AddStringToObject(o, "stop_type", llama_stop_type(res->stop_reason));
+    cJSON_AddItemToObject(o, "generation_settings", sm_gen_params_to_cjson(&j->req.params));
+    return o;
+}
+
 cJSON *response_complete(const job *j, const sm_result *res) {
     int32_t n_tok = tracker_tokens_touching(&j->tr, res->text_len);
     if (j->req.api == API_LLAMA) {
         cJSON *o = response_final_chunk(j, res, res->text, res->text_len, 0, n_tok);
+        if (job_verbose(j)) cJSON_AddItemToObject(o, "__verbose", verbose_json(j, res));
         return o;
     }
     cJSON *o = openai_envelope(j, j->req.api == API_CHAT ? "chat.completion" : "text_completion");
@@ -427,5 +442,6 @@ cJSON *response_complete(const job *j, const sm_result *res) {
     cJSON_AddItemToObject(o, "usage", usage(j, res));
     cJSON_AddItemToObject(o, "timings", timings(j, res));
     cJSON_AddItemToObject(o, "selfmod", selfmod_summary(j, res, true));
+    if (job_verbose(j)) cJSON_AddItemToObject(o, "__verbose", verbose_json(j, res));
     return o;
 }

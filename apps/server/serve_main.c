@@ -85,7 +85,14 @@ static bool start_slots(server *srv) {
     sp.n_threads = threads_per_slot(srv);
     sp.fusion_align = srv->opt.fusion_align;
     sm_chat_params cp = sm_chat_default_params();
-    cp.template_name = srv->opt.chat_template;
+    /* As llama-server: with Jinja, --chat-template's value is a template's
+     * text unless it names one of llama.cpp's. */
+    const char *named = srv->opt.chat_template;
+    bool as_text = named && !srv->opt.no_jinja && !sm_chat_template_known(named);
+    cp.template_name = as_text ? NULL : named;
+    cp.template_source = as_text ? named : srv->opt.chat_template_text;
+    cp.jinja = !srv->opt.no_jinja;
+    cp.keep_all_turns = !srv->opt.drop_old_turns;
     cp.fallback_user = srv->opt.user_label;
     cp.fallback_assistant = srv->opt.assistant_label;
     if (!slot_pool_init(&srv->slots, srv->opt.parallel, &srv->models, &sp, &cp, srv->opt.loom_max_beams)) {
@@ -104,6 +111,7 @@ static bool start_slots(server *srv) {
     sm_chat *chat = ok ? slot_chat(&srv->slots, s, 0, false, why, sizeof why) : NULL;
     ok = ok && chat;
     if (ok) fprintf(stderr, "llama_selfmod serve: chat format %s\n", sm_chat_template_used(chat));
+    if (ok) ok = (srv->chat_template = strdup(sm_chat_template_text(chat))) != NULL;
     slot_release(&srv->slots, s);
     if (!ok) fprintf(stderr, "llama_selfmod serve: error: %s\n", why);
     return ok;
@@ -182,6 +190,7 @@ int serve_main(int argc, char **argv) {
     slot_pool_free(&srv.slots);
     model_set_free(&srv.models);
     server_options_free(&srv.opt);
+    free(srv.chat_template);
     pthread_mutex_destroy(&srv.workers_mutex);
     pthread_mutex_destroy(&srv.metrics_mutex);
     pthread_cond_destroy(&srv.workers_done);

@@ -24,7 +24,7 @@ STORIES = os.path.join(MODELS, "stories260K.gguf")
 DROPPED = {
     "--offline": False, "--cont-batching": False, "--kv-unified": False, "--swa-full": False,
     "--batch-size": True, "--ubatch-size": True, "-fa": True, "--no-slots": False,
-    "--no-jinja": False, "--jinja": False, "--no-models-autoload": False, "--no-mmproj": False,
+    "--no-models-autoload": False, "--no-mmproj": False,
     "--embedding": False, "--reranking": False, "--pooling": True, "--lora": True, "--model-draft": True,
     "--spec-type": True, "--spec-draft-n-max": True, "--spec-draft-n-min": True, "--spec-synth-len": True,
     "--spec-synth-rates": True, "--mmproj-url": True, "--media-path": True, "--models-dir": True,
@@ -69,6 +69,10 @@ def main(argv):
         model = STORIES
     if model is not None:
         out = ["--model", model] + out
+    # llama-server gives a model without a chat template chatml; ours gets
+    # the plain "User: ... Assistant:" form unless asked (stories260K has none).
+    if model == STORIES and "--chat-template" not in out and "--chat-template-file" not in out:
+        out += ["--chat-template", "chatml"]
     if "--cors-origins" not in out:  # llama-server answers every origin unless told otherwise; we do not
         out += ["--cors-origins", "*"]
     if ctx is not None:  # llama-server's --ctx-size is shared by its slots

@@ -144,7 +144,6 @@ test('400 names the invalid field', async () => {
     ['/v1/chat/completions', { messages: [{ role: 'user' }] }, 'messages[0].content'],
     ['/v1/chat/completions', { messages: [{ role: 'wizard', content: 'hi' }] }, 'messages[0].role'],
     ['/v1/chat/completions', { messages: [{ role: 'system', content: 'be brief' }] }, 'messages[0].role'],
-    ['/v1/chat/completions', { messages: [{ role: 'user', content: 'a' }, { role: 'system', content: 'b' }, { role: 'user', content: 'c' }] }, 'messages[1].role'],
     ['/v1/chat/completions', { messages: [{ role: 'user', content: 'hi' }], top_logprobs: 2 }, 'top_logprobs'],
     ['/v1/chat/completions', { messages: [{ role: 'assistant', content: 'x' }] }, 'messages[0].role'],
     ['/v1/chat/completions', { messages: [{ role: 'system', content: 's' }, { role: 'assistant', content: 'x' }] }, 'messages'],
@@ -195,7 +194,21 @@ test('grammars: GBNF on /completion, response_format json_object on chat, refusa
   assert.ok(text.startsWith('{'), text);
   if (j.json.choices[0].finish_reason === 'stop') JSON.parse(text);
   assertError(await post(base(), '/completion', { prompt: 'x', grammar: 'root ::= (' }), 400, 'grammar');
-  assertError(await post(base(), '/completion', { prompt: 'x', json_schema: {} }), 400, 'json_schema');
+  // JSON schemas, by llama.cpp's converter: the text follows the schema
+  const schema = { type: 'object', properties: { n: { type: 'integer' } }, required: ['n'], additionalProperties: false };
+  for (const body of [{ prompt: 'Count:', n_predict: 24, json_schema: schema },
+    { prompt: 'Count:', n_predict: 24, response_format: { type: 'json_schema', json_schema: { schema } } },
+    { prompt: 'Count:', n_predict: 24, response_format: { type: 'json_object', schema } }]) {
+    const r = await post(base(), '/completion', body);
+    assert.equal(r.status, 200, r.text);
+    assert.match(r.json.content, /^\{\s*"n"\s*:\s*-?\d/, r.json.content);
+    if (r.json.stop_type !== 'limit') assert.equal(typeof JSON.parse(r.json.content).n, 'number');
+  }
+  assertError(await post(base(), '/completion', { prompt: 'x', json_schema: 5 }), 400, 'json_schema');
+  assertError(await post(base(), '/completion', { prompt: 'x', json_schema: { type: 'hiccup' } }), 400, 'json_schema');
+  assertError(await post(base(), '/completion', { prompt: 'x', grammar: 'root ::= "a"', json_schema: {} }), 400, 'grammar');
+  assertError(await post(base(), '/v1/chat/completions', { messages: [{ role: 'user', content: 'x' }],
+    response_format: { type: 'json_schema', json_schema: { name: 'no schema' } } }), 400, 'response_format.json_schema.schema');
   assertError(await post(base(), '/v1/chat/completions', { messages: [{ role: 'user', content: 'x' }],
     response_format: { type: 'yaml' } }), 400, 'response_format.type');
 });
@@ -208,9 +221,11 @@ test('a final assistant message is the start of the answer (a prefill): the repl
   const reply = r.json.choices[0].message.content;
   assert.ok(reply.length > 0 && !reply.startsWith(prefill), reply);
   // The same words as a plain completion of the prompt with the prefill in it.
-  const plain = await post(base(), '/v1/completions', { prompt: 'User: Tell me a story\nAssistant: ' + prefill, max_tokens: 10, temperature: 0 });
+  // (the prompt /apply-template shows, then the prefill as it is: no space is put between)
   const tmpl = await post(base(), '/apply-template', { messages: [{ role: 'user', content: 'Tell me a story' }] });
-  if (tmpl.status === 200 && tmpl.json.prompt === 'User: Tell me a story\nAssistant:') assert.equal(reply, plain.json.choices[0].text);
+  assert.equal(tmpl.json.prompt, 'User: Tell me a story\nAssistant:');
+  const plain = await post(base(), '/v1/completions', { prompt: tmpl.json.prompt + prefill, max_tokens: 10, temperature: 0 });
+  assert.equal(reply, plain.json.choices[0].text);
   // The next turn, sending the whole answer back, reuses the cached conversation.
   const next = await ask([{ role: 'user', content: 'Tell me a story' }, { role: 'assistant', content: prefill + reply },
     { role: 'user', content: 'And then?' }]);
@@ -229,11 +244,50 @@ test('selfmod.preset original runs the original policy, and later keys refine it
   assert.ok(adjust.length > 0, JSON.stringify(events));
 });
 
-test('404 for an unknown model or path, 405 for a wrong method', async () => {
-  const e = assertError(await post(base(), '/v1/completions', { model: 'gpt-4', prompt: 'a' }), 404, 'model');
+test('one model answers any model name (as llama-server); with several, 404 for an unknown one', async () => {
+  const models = (await get(base(), '/v1/models')).json.data;
+  assert.equal(models.length, 1);
+  const any = await post(base(), '/v1/completions', { model: 'gpt-3.5-turbo', prompt: 'a', max_tokens: 2 });
+  assert.equal(any.status, 200, any.text);
+  assert.equal(any.json.model, models[0].id); /* says which model answered */
+  const e = assertError(await post(servers.fused, '/v1/completions', { model: 'gpt-4', prompt: 'a' }), 404, 'model');
   assert.equal(e.code, 'model_not_found');
-  assertError(await post(base(), '/v1/chat/completions', { model: 'nope', messages: [{ role: 'user', content: 'a' }] }), 404);
-  assertError(await post(base(), '/loom/expand', { model: 'nope', prefix: 'a' }), 404);
+  assertError(await post(servers.fused, '/v1/chat/completions', { model: 'nope', messages: [{ role: 'user', content: 'a' }] }), 404);
+  assertError(await post(servers.fused, '/loom/expand', { model: 'nope', prefix: 'a' }), 404);
+});
+
+test('chat templates: /apply-template, a Jinja template file, system messages anywhere, a prefill', async () => {
+  const messages = [{ role: 'system', content: 'S' }, { role: 'user', content: 'Hi' },
+    { role: 'assistant', content: 'Yo' }, { role: 'system', content: 'Be brief.' }, { role: 'user', content: 'Bye' }];
+  const templated = process.env.SM_SERVER_TEMPLATED_URL;
+  const t = await post(templated, '/apply-template', { messages });
+  assert.equal(t.status, 200, t.text);
+  assert.equal(t.json.prompt, '<system>S</system><user>Hi</user><assistant>Yo</assistant><system>Be brief.</system>' +
+    '<user>Bye</user><assistant>');
+  const pre = await post(templated, '/apply-template', { messages: [...messages, { role: 'assistant', content: 'Well,' }] });
+  assert.equal(pre.json.prompt, t.json.prompt + 'Well,');
+  const props = await get(templated, '/props');
+  assert.equal(props.json.chat_template, require('node:fs').readFileSync(process.env.SM_TEMPLATE_FILE, 'utf8'));
+  // the chat answers from exactly that prompt
+  const c = await post(templated, '/v1/chat/completions', { messages, max_tokens: 4 });
+  assert.equal(c.status, 200, c.text);
+  const tok = await post(templated, '/tokenize', { content: t.json.prompt, add_special: true });
+  assert.equal(c.json.usage.prompt_tokens, tok.json.tokens.length);
+  const counted = await post(templated, '/v1/chat/completions/input_tokens', { messages });
+  assert.equal(counted.json.input_tokens, tok.json.tokens.length);
+  // a model without a template: the plain form, system messages where they stand
+  const p = await post(base(), '/apply-template', { messages });
+  assert.equal(p.status, 200, p.text);
+  assert.ok(p.json.prompt.startsWith('S\nUser: Hi\nAssistant: Yo'), p.json.prompt);
+  assert.ok(p.json.prompt.endsWith('Be brief.\nUser: Bye\nAssistant:'), p.json.prompt);
+  assertError(await post(base(), '/apply-template', { messages: [{ role: 'wizard', content: 'x' }] }), 400);
+  // text parts are joined by a blank line, as llama-server joins them
+  const parts = await post(templated, '/apply-template', { messages: [{ role: 'user',
+    content: [{ type: 'text', text: 'What is' }, { type: 'text', text: 'the best book' }] }] });
+  assert.equal(parts.json.prompt, '<user>What is\n\nthe best book</user><assistant>');
+});
+
+test('404 for an unknown path, 405 for a wrong method', async () => {
   assertError(await post(base(), '/v2/everything', {}), 404);
   const m = await get(base(), '/v1/completions');
   assertError(m, 405);
