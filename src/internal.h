@@ -140,6 +140,7 @@ void sm_pool_free(sm_pool *pool);
 /* sampler.c: the sampling chain (see sm_sampling_params). */
 typedef struct sm_sampler_work {
     float *logits;        /* penalised copy, n_vocab                       */
+    float *masked;        /* for sm_sample_input.masked_out, n_vocab       */
     sm_token *counted;    /* the recent tokens, sorted, to count them      */
     int32_t cap_counted;
     sm_candidate *cand;   /* candidates after top-k                        */
@@ -187,6 +188,10 @@ typedef struct sm_sample_input {
     int32_t mirostat;
     float mirostat_tau, mirostat_eta;
     struct llama_sampler *grammar; /* applied after the penalties, or NULL */
+    /* With a grammar, when not NULL: gets `logits` with what the grammar
+     * (and the bans) rule out at -inf, the distribution the text is
+     * written from (n_vocab). */
+    float *masked_out;
     float mirostat_mu;          /* in: mu before this token              */
     float *mirostat_mu_next;    /* out: mu after it (when mirostat)      */
 } sm_sample_input;

@@ -32,14 +32,17 @@ double sm_rng_uniform(uint64_t *state) { return (double)(sm_rng_next(state) >> 1
 int sm_sampler_work_init(sm_sampler_work *w, int32_t n_vocab) {
     *w = (sm_sampler_work){.n_vocab = n_vocab};
     w->logits = malloc(sizeof(float) * (size_t)n_vocab);
+    w->masked = malloc(sizeof(float) * (size_t)n_vocab);
     w->cand = malloc(sizeof(sm_candidate) * (size_t)n_vocab);
     w->cand2 = malloc(sizeof(sm_candidate) * (size_t)n_vocab);
     w->dry_cur = malloc(sizeof(llama_token_data) * (size_t)n_vocab);
-    return w->logits && w->cand && w->cand2 && w->dry_cur ? 0 : -1;
+    return w->logits && w->masked && w->cand && w->cand2 && w->dry_cur ? 0 : -1;
 }
 
 void sm_sampler_work_free(sm_sampler_work *w) {
     free(w->logits);
+    free(w->masked);
+    w->masked = NULL;
     free(w->cand);
     free(w->cand2);
     free(w->dry_cur);
@@ -342,6 +345,8 @@ sm_token sm_sample(const sm_sample_input *in, uint64_t *rng, sm_sampler_work *w,
         bool any = false;
         for (int32_t t = 0; t < in->n_vocab && !any; t++) any = logits[t] > -INFINITY;
         if (!any) return -1;
+        if (in->masked_out)
+            for (int32_t t = 0; t < in->n_vocab; t++) in->masked_out[t] = logits[t] == -INFINITY ? -INFINITY : in->logits[t];
     }
     if (in->mirostat_mu_next) *in->mirostat_mu_next = in->mirostat_mu;
 

@@ -1101,13 +1101,25 @@ static sm_token sample_candidate(generation *g, int32_t i, const sm_knobs *knobs
         .mirostat_mu = i == 0 ? 2.0f * g->gp->sampling.mirostat_tau : g->rec[i - 1].mirostat_mu_next,
         .mirostat_mu_next = &r->mirostat_mu_next,
         .grammar = g->grammar,
+        .masked_out = g->grammar ? s->work.masked : NULL,
     };
     float p_sampled = 1.0f; /* a token a stage chose was not drawn */
     sm_token t = knobs->forced;
     bool sampled = t < 0;
     if (sampled) t = sm_sample(&in, &g->rng, &s->work, &p_sampled);
     else r->mirostat_mu_next = in.mirostat_mu; /* a chosen token teaches mirostat nothing */
+    if (t < 0 && sampled && g->grammar && in.n_bans > 0) {
+        /* Backtracks banned every token the grammar allows here: the
+         * grammar wins (a backtrack never ends the text outside it), so
+         * this position samples again without its bans. */
+        in.bans = NULL;
+        in.n_bans = 0;
+        t = sm_sample(&in, &g->rng, &s->work, &p_sampled);
+    }
     if (t < 0) return t;
+    /* Under a grammar the text is written from what it allows: confidence,
+     * the operators' view and the reported probabilities are over that. */
+    if (g->grammar && sampled) g->dist = s->work.masked;
     sm_dist_stats stats;
     sm_signals_compute(g->dist, s->n_vocab, t, &r->signals, &stats);
     r->signals.p_sampled = p_sampled;
@@ -1373,6 +1385,13 @@ static sm_status generation_step(generation *g) {
     sm_token t = sample_candidate(g, i, &knobs);
     if (t == -2) return SM_ERR_INVALID_ARGUMENT; /* the grammar refused a forced token (the message is set) */
     if (t < 0) { /* the bans left nothing to sample: the text so far is the answer */
+        /* A grammar that no token of this vocabulary can begin (a model
+         * without a '{' cannot write JSON) is a request this model cannot
+         * serve: say so rather than answer nothing. */
+        if (g->grammar && g->res->n_sampled == 0)
+            return sm_session_fail(s, SM_ERR_INVALID_ARGUMENT,
+                                   "the grammar allows none of this model's tokens: its vocabulary cannot spell "
+                                   "what the grammar needs first");
         g->stop = SM_STOP_NO_CANDIDATES;
         return SM_OK;
     }
