@@ -860,6 +860,10 @@ typedef struct sm_gen_params {
      * tokens, so every rewind leaves it exact. NULL = none. With
      * SM_GRAMMAR_JSON: any JSON object (OpenAI's response_format json_object). */
     const char *grammar;
+    /* Text the grammar takes as already written before the first token
+     * (a tool-call grammar that begins with the template's generation
+     * prompt, as llama.cpp's common sampler prefills it). NULL = none. */
+    const char *grammar_prefill;
     sm_sampling_params sampling;
     sm_policy_params policy;
     sm_backtrack_params backtrack;
@@ -1191,6 +1195,39 @@ const char *sm_chat_template_used(const sm_chat *chat);
 /* The template's text: the Jinja source rendered, the model's template or
  * the built-in name llama.cpp renders, "" for the plain form. */
 const char *sm_chat_template_text(const sm_chat *chat);
+
+/* Tool calls. A conversation with tools in OpenAI's JSON forms: messages
+ * (which may hold assistant tool_calls and role "tool" results), tools,
+ * tool_choice ("auto", "required", "none"; NULL: auto). It is rendered by
+ * the Jinja template (params' template file, else the model's own, else
+ * chatml, as llama-server) with llama.cpp's own tool-call formats; the
+ * model's answer is parsed back into tool calls. The prompt is template
+ * markup and user text together: tokenize it with special-token parsing
+ * only after checking the user's parts (sm_text_has_special_tokens). */
+typedef struct sm_tool_prompt sm_tool_prompt;
+sm_tool_prompt *sm_tool_prompt_new(const sm_model *model, const sm_chat_params *params, const char *messages_json,
+                                   const char *tools_json, const char *tool_choice, bool parallel_tool_calls,
+                                   sm_error *err);
+void sm_tool_prompt_free(sm_tool_prompt *p);
+const char *sm_tool_prompt_text(const sm_tool_prompt *p);
+/* The grammar of the answer when it holds from the first token (with
+ * tool_choice "required"); NULL otherwise: llama.cpp's lazy tool-call
+ * grammar, which starts at a trigger, is not applied here. */
+const char *sm_tool_prompt_grammar(const sm_tool_prompt *p);
+/* What that grammar takes as already written (sm_gen_params.grammar_prefill):
+ * the template's generation prompt. */
+const char *sm_tool_prompt_grammar_prefill(const sm_tool_prompt *p);
+int32_t sm_tool_prompt_n_stops(const sm_tool_prompt *p);
+const char *sm_tool_prompt_stop(const sm_tool_prompt *p, int32_t i);
+/* llama.cpp's name of the tool-call format the template uses. */
+const char *sm_tool_prompt_format(const sm_tool_prompt *p);
+/* The answer as OpenAI's assistant message, JSON ({"role", "content",
+ * "tool_calls": [{"type": "function", "id", "function": {"name",
+ * "arguments"}}]}); free() it. */
+char *sm_tool_prompt_parse(const sm_tool_prompt *p, const char *text, sm_error *err);
+/* Whether text holds the text of one of the model's special tokens (so
+ * that tokenizing it with special-token parsing would make it one). */
+bool sm_text_has_special_tokens(const sm_model *model, const char *text);
 
 typedef struct sm_chat_turn_info {
     int32_t n_reused;        /* context tokens kept from before the turn   */

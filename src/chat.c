@@ -1188,3 +1188,92 @@ static sm_status turn(sm_chat *chat, const char *user_message, const char *prefi
     plan_free(&plan);
     return status;
 }
+
+/* ------------------------------------------------------------------ */
+/* Tool calls                                                          */
+/* ------------------------------------------------------------------ */
+
+struct sm_tool_prompt {
+    smj_template *jinja;
+    smj_tool_prompt *prompt;
+};
+
+sm_tool_prompt *sm_tool_prompt_new(const sm_model *model, const sm_chat_params *params, const char *messages_json,
+                                   const char *tools_json, const char *tool_choice, bool parallel_tool_calls,
+                                   sm_error *err) {
+    sm_chat_params defaults = sm_chat_default_params();
+    if (!params) params = &defaults;
+    if (!model || !messages_json) {
+        report(err, SM_ERR_INVALID_ARGUMENT, "sm_tool_prompt_new: a model and messages");
+        return NULL;
+    }
+    if (!params->jinja || (params->template_name && strcmp(params->template_name, "chatml") != 0)) {
+        report(err, SM_ERR_INVALID_ARGUMENT, "tools need a Jinja chat template (the model's own, a template file, "
+                                             "or chatml), not --no-jinja or a named template");
+        return NULL;
+    }
+    sm_tool_prompt *p = calloc(1, sizeof *p);
+    char why[sizeof err->message - 16] = "";
+    if (p) p->jinja = smj_template_new(sm_model_llama(model), params->template_source, why, sizeof why);
+    if (p && p->jinja)
+        p->prompt = smj_tool_prompt_new(p->jinja, messages_json, tools_json, tool_choice, parallel_tool_calls, why,
+                                        sizeof why);
+    if (!p || !p->prompt) {
+        report(err, p ? SM_ERR_INVALID_ARGUMENT : SM_ERR_NO_MEMORY, p ? why : "out of memory");
+        sm_tool_prompt_free(p);
+        return NULL;
+    }
+    return p;
+}
+
+void sm_tool_prompt_free(sm_tool_prompt *p) {
+    if (!p) return;
+    smj_tool_prompt_free(p->prompt);
+    smj_template_free(p->jinja);
+    free(p);
+}
+
+const char *sm_tool_prompt_text(const sm_tool_prompt *p) { return p ? smj_tool_prompt_text(p->prompt) : NULL; }
+
+const char *sm_tool_prompt_grammar(const sm_tool_prompt *p) {
+    if (!p || smj_tool_prompt_grammar_lazy(p->prompt)) return NULL;
+    const char *g = smj_tool_prompt_grammar(p->prompt);
+    return *g ? g : NULL;
+}
+
+const char *sm_tool_prompt_grammar_prefill(const sm_tool_prompt *p) {
+    return sm_tool_prompt_grammar(p) ? smj_tool_prompt_generation_prompt(p->prompt) : NULL;
+}
+
+int32_t sm_tool_prompt_n_stops(const sm_tool_prompt *p) { return p ? smj_tool_prompt_n_stops(p->prompt) : 0; }
+
+const char *sm_tool_prompt_stop(const sm_tool_prompt *p, int32_t i) {
+    return p && i >= 0 && i < smj_tool_prompt_n_stops(p->prompt) ? smj_tool_prompt_stop(p->prompt, i) : NULL;
+}
+
+const char *sm_tool_prompt_format(const sm_tool_prompt *p) { return p ? smj_tool_prompt_format(p->prompt) : NULL; }
+
+char *sm_tool_prompt_parse(const sm_tool_prompt *p, const char *text, sm_error *err) {
+    if (!p) {
+        report(err, SM_ERR_INVALID_ARGUMENT, "sm_tool_prompt_parse: no prompt");
+        return NULL;
+    }
+    char why[sizeof err->message - 16] = "";
+    char *json = smj_tool_prompt_parse(p->prompt, text, why, sizeof why);
+    if (!json) report(err, SM_ERR_INVALID_ARGUMENT, why);
+    return json;
+}
+
+bool sm_text_has_special_tokens(const sm_model *model, const char *text) {
+    sm_tokens parsed, plain;
+    size_t len = strlen(text);
+    if (sm_tokenize(model, text, len, false, true, &parsed, NULL) != SM_OK) return true; /* cautious */
+    if (sm_tokenize(model, text, len, false, false, &plain, NULL) != SM_OK) {
+        sm_tokens_free(&parsed);
+        return true;
+    }
+    bool same = parsed.n == plain.n && memcmp(parsed.data, plain.data, sizeof *plain.data * (size_t)plain.n) == 0;
+    sm_tokens_free(&parsed);
+    sm_tokens_free(&plain);
+    return !same;
+}

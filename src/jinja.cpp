@@ -96,6 +96,71 @@ extern "C" char *smj_caps_json(const smj_template *t) {
     });
 }
 
+struct smj_tool_prompt {
+    common_chat_params params;
+    common_chat_parser_params parser;
+};
+
+extern "C" smj_tool_prompt *smj_tool_prompt_new(const smj_template *t, const char *messages_json,
+                                                const char *tools_json, const char *tool_choice,
+                                                bool parallel_tool_calls, char *err_out, size_t err_size) {
+    return guarded(err_out, err_size, "tools", [&]() -> smj_tool_prompt * {
+        common_chat_templates_inputs inputs;
+        inputs.use_jinja = true;
+        inputs.add_generation_prompt = true;
+        inputs.messages = common_chat_msgs_parse_oaicompat(common_json::parse(messages_json ? messages_json : "[]"));
+        if (tools_json) inputs.tools = common_chat_tools_parse_oaicompat(common_json::parse(tools_json));
+        inputs.tool_choice = common_chat_tool_choice_parse_oaicompat(tool_choice ? tool_choice : "auto");
+        inputs.parallel_tool_calls = parallel_tool_calls;
+        smj_tool_prompt *p = new smj_tool_prompt;
+        p->params = common_chat_templates_apply(t->tmpls.get(), inputs);
+        // A template that drops what it does not know would drop tools and
+        // tool calls silently: each must show in the prompt.
+        std::string missing;
+        for (const auto &tool : inputs.tools)
+            if (p->params.prompt.find(tool.name) == std::string::npos) missing = "the tool '" + tool.name + "'";
+        for (const auto &msg : inputs.messages) {
+            for (const auto &call : msg.tool_calls)
+                if (p->params.prompt.find(call.name) == std::string::npos) missing = "the tool call '" + call.name + "'";
+            if (msg.role == "tool" && p->params.prompt.find(msg.content) == std::string::npos)
+                missing = "a tool result";
+        }
+        if (!missing.empty()) {
+            delete p;
+            throw std::invalid_argument("the chat template does not render " + missing +
+                                        ": give one that takes tools (--chat-template-file)");
+        }
+        p->parser = common_chat_parser_params(p->params);
+        p->parser.parse_tool_calls = !inputs.tools.empty() && inputs.tool_choice != COMMON_CHAT_TOOL_CHOICE_NONE;
+        if (!p->params.parser.empty()) p->parser.parser.load(p->params.parser);
+        return p;
+    });
+}
+
+extern "C" void smj_tool_prompt_free(smj_tool_prompt *p) { delete p; }
+extern "C" const char *smj_tool_prompt_text(const smj_tool_prompt *p) { return p->params.prompt.c_str(); }
+extern "C" const char *smj_tool_prompt_grammar(const smj_tool_prompt *p) { return p->params.grammar.c_str(); }
+extern "C" bool smj_tool_prompt_grammar_lazy(const smj_tool_prompt *p) { return p->params.grammar_lazy; }
+extern "C" const char *smj_tool_prompt_generation_prompt(const smj_tool_prompt *p) {
+    return p->params.generation_prompt.c_str();
+}
+extern "C" int smj_tool_prompt_n_stops(const smj_tool_prompt *p) { return (int)p->params.additional_stops.size(); }
+extern "C" const char *smj_tool_prompt_stop(const smj_tool_prompt *p, int i) {
+    return p->params.additional_stops[(size_t)i].c_str();
+}
+extern "C" const char *smj_tool_prompt_format(const smj_tool_prompt *p) { return common_chat_format_name(p->params.format); }
+
+extern "C" char *smj_tool_prompt_parse(const smj_tool_prompt *p, const char *text, char *err_out, size_t err_size) {
+    return guarded(err_out, err_size, "the answer's tool calls", [&]() -> char * {
+        common_chat_msg msg = common_chat_parse(text ? text : "", false, p->parser);
+        msg.role = "assistant";
+        int n = 0;
+        for (auto &call : msg.tool_calls)
+            if (call.id.empty()) call.id = "call_" + std::to_string(n++);
+        return copy_out(msg.to_json_oaicompat().dump());
+    });
+}
+
 extern "C" char *smj_schema_to_grammar(const char *schema_json, char *err_out, size_t err_size) {
     return guarded(err_out, err_size, "json_schema", [&]() -> char * {
         return copy_out(json_schema_to_grammar(common_json::parse(schema_json ? schema_json : "")));

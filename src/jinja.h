@@ -41,6 +41,28 @@ bool smj_is_explicit(const smj_template *t);
  * lists them (malloc'd). */
 char *smj_caps_json(const smj_template *t);
 
+/* A conversation with tools, in OpenAI's JSON forms (messages, which may
+ * hold tool_calls and role "tool"; tools; tool_choice "auto", "required"
+ * or "none"), rendered as llama-server renders it: the prompt, the grammar
+ * of a tool call (lazy: it applies once the model starts one), the stop
+ * strings, and what parsing the answer needs. */
+typedef struct smj_tool_prompt smj_tool_prompt;
+smj_tool_prompt *smj_tool_prompt_new(const smj_template *t, const char *messages_json, const char *tools_json,
+                                     const char *tool_choice, bool parallel_tool_calls, char *err_out,
+                                     size_t err_size);
+void smj_tool_prompt_free(smj_tool_prompt *p);
+const char *smj_tool_prompt_text(const smj_tool_prompt *p);
+const char *smj_tool_prompt_grammar(const smj_tool_prompt *p); /* "" when none */
+bool smj_tool_prompt_grammar_lazy(const smj_tool_prompt *p);
+/* The template's generation prompt, which the tool-call grammar begins with. */
+const char *smj_tool_prompt_generation_prompt(const smj_tool_prompt *p);
+int smj_tool_prompt_n_stops(const smj_tool_prompt *p);
+const char *smj_tool_prompt_stop(const smj_tool_prompt *p, int i);
+const char *smj_tool_prompt_format(const smj_tool_prompt *p);
+/* The model's answer as OpenAI's assistant message (JSON: role, content,
+ * tool_calls with ids "call_<n>"); malloc'd. */
+char *smj_tool_prompt_parse(const smj_tool_prompt *p, const char *text, char *err_out, size_t err_size);
+
 /* A JSON schema (its text) as a GBNF grammar, by llama.cpp's converter;
  * malloc'd. */
 char *smj_schema_to_grammar(const char *schema_json, char *err_out, size_t err_size);

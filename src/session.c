@@ -1043,12 +1043,35 @@ static void prepare_distribution(generation *g, int32_t i) {
  * (or takes the one a stage chose) and computes its signals. */
 /* The grammar's state follows the kept tokens: it has accepted exactly
  * gen_tokens[0..i) (replayed from the start after a rewind). */
+/* grammar_prefill's tokens as llama.cpp's common sampler takes them: the
+ * template's text, special tokens parsed, without a space some tokenizers
+ * put in front. */
+static sm_status grammar_prefill_tokens(sm_session *s, const char *text, sm_tokens *out) {
+    sm_error err = {0};
+    sm_status st = sm_tokenize(s->model, text, strlen(text), false, true, out, &err);
+    if (st != SM_OK) return sm_session_fail(s, st, "grammar_prefill: %s", err.message);
+    char piece[64];
+    if (out->n > 0 && !isspace((unsigned char)text[0]) &&
+        sm_token_text(s->model->vocab, out->data[0], piece, (int32_t)sizeof piece) > 0 && isspace((unsigned char)piece[0])) {
+        memmove(out->data, out->data + 1, sizeof *out->data * (size_t)(out->n - 1));
+        out->n--;
+    }
+    return SM_OK;
+}
+
+/* The grammar as it stands before the first generated token: after the
+ * text it takes as already written (grammar_prefill). */
+static bool grammar_restart(generation *g, sm_error *err) {
+    if (!smx_sampler_reset(g->grammar, err)) return false;
+    for (int32_t k = 0; k < g->grammar_prefill.n; k++)
+        if (!smx_sampler_accept(g->grammar, g->grammar_prefill.data[k], err)) return false;
+    g->grammar_n = 0;
+    return true;
+}
+
 static bool grammar_sync(generation *g, int32_t i) {
     sm_error err;
-    if (g->grammar_n > i) {
-        if (!smx_sampler_reset(g->grammar, &err)) return false;
-        g->grammar_n = 0;
-    }
+    if (g->grammar_n > i && !grammar_restart(g, &err)) return false;
     for (; g->grammar_n < i; g->grammar_n++)
         if (!smx_sampler_accept(g->grammar, g->gen_tokens[g->grammar_n], &err)) return false;
     return true;
@@ -1425,6 +1448,7 @@ static void generation_free(generation *g) {
     free(g->confidences);
     free(g->gen_tokens);
     if (g->grammar) llama_sampler_free(g->grammar);
+    sm_tokens_free(&g->grammar_prefill);
     free(g->fusion);
     free(g->intro_rec);
     sm_text_free(&g->text);
@@ -1526,6 +1550,15 @@ static sm_status generate_impl(sm_session *s, const char *prompt, const sm_gen_p
         if (!g.grammar)
             return sm_session_fail(s, SM_ERR_INVALID_ARGUMENT, "the grammar does not parse as GBNF (root rule 'root')%s%s",
                                    *gerr.message ? ": " : "", gerr.message);
+        sm_status pst = gp->grammar_prefill ? grammar_prefill_tokens(s, gp->grammar_prefill, &g.grammar_prefill) : SM_OK;
+        if (pst == SM_OK && !grammar_restart(&g, &gerr))
+            pst = sm_session_fail(s, SM_ERR_INVALID_ARGUMENT, "the grammar does not begin with its prefill '%s'",
+                                  gp->grammar_prefill);
+        if (pst != SM_OK) {
+            llama_sampler_free(g.grammar);
+            sm_tokens_free(&g.grammar_prefill);
+            return pst;
+        }
     }
     g.knobs = (sm_knobs){gp->sampling.temperature, gp->sampling.repeat_penalty, -1};
     g.rng = gp->sampling.seed;

@@ -129,6 +129,7 @@ typedef struct sm_loop {
     sm_token *gen_tokens;           /* token per generated position           */
     struct llama_sampler *grammar;  /* gp->grammar's state, or NULL           */
     int32_t grammar_n;              /* kept tokens it has accepted            */
+    sm_tokens grammar_prefill;      /* gp->grammar_prefill's tokens, accepted first */
     sm_fusion_info *fusion;         /* agreement per generated position       */
     unsigned char *intro_rec;       /* stats record per generated position    */
     const float *dist;              /* the distribution sampled at this step  */

@@ -57,6 +57,10 @@ printf '%s' '{% for m in messages %}<{{ m.role }}>{{ m.content }}</{{ m.role }}>
   > "$WORK/template.jinja"
 start_server templated -m "$SM_MODELS/cardputer-chat-3M.gguf" --parallel 1 --quiet --chat-template-file "$WORK/template.jinja"
 export SM_TEMPLATE_FILE="$WORK/template.jinja"
+# Tool calls need a template that renders tools: Qwen2.5's, from llama.cpp's
+# pinned source in the cache (its files are never committed here).
+TOOLS_TEMPLATE="$(ls "${SM_LLAMA_CACHE:-$HOME/.cache/llama_selfmod}"/src/llama.cpp-*/models/templates/Qwen-Qwen2.5-7B-Instruct.jinja | head -1)"
+start_server tools -m "$SM_MODELS/stories260K.gguf" --parallel 1 --quiet --chat-template-file "$TOOLS_TEMPLATE"
 start_server fused --models "$SM_MODELS/stories260K.gguf,llama2xs-salty-280K" --parallel 2
 # A model slow enough (a random-weight 110M Llama, about 20 tokens/s on one
 # thread) that a generation is still running when its client leaves.
@@ -70,7 +74,7 @@ start_server guarded -m "$SM_MODELS/stories260K.gguf" --parallel 1 --header-time
   --cors-origins http://allowed.example --quiet
 
 export SM_SERVER_URL="$URL_plain" SM_SERVER_KEY_URL="$URL_keyed" SM_SERVER_FUSED_URL="$URL_fused"
-export SM_SERVER_TEMPLATED_URL="$URL_templated"
+export SM_SERVER_TEMPLATED_URL="$URL_templated" SM_SERVER_TOOLS_URL="$URL_tools"
 export SM_SERVER_GUARDED_URL="$URL_guarded" SM_SERVER_SLOW_URL="$URL_slow"
 export SM_API_KEY="$API_KEY" SM_SCREENSHOT_DIR="$PWD"
 

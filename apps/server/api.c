@@ -221,7 +221,16 @@ reply api_apply_template(server *srv, int client_fd, const char *body, size_t le
     if (!parse_chat_only(srv, body, len, &req, &model, &bad)) return bad;
     char *text = NULL;
     sm_error why = {0};
-    sm_status st = sm_chat_render(model, &srv->slots.chat_params, req.messages, req.n_messages, &text, &why);
+    sm_status st;
+    if (req.tool_mode) { /* a conversation with tools: llama.cpp's tool format */
+        sm_tool_prompt *tp = sm_tool_prompt_new(model, &srv->slots.chat_params, req.messages_json, req.tools_json,
+                                                req.tool_choice, req.parallel_tool_calls, &why);
+        text = tp ? strdup(sm_tool_prompt_text(tp)) : NULL;
+        st = tp ? (text ? SM_OK : SM_ERR_NO_MEMORY) : why.status;
+        sm_tool_prompt_free(tp);
+    } else {
+        st = sm_chat_render(model, &srv->slots.chat_params, req.messages, req.n_messages, &text, &why);
+    }
     if (st != SM_OK) {
         gen_request_free(&req);
         return reply_error_simple(st == SM_ERR_NO_MEMORY ? 500 : 400, "messages", why.message);

@@ -30,6 +30,7 @@ static void job_free(job *j) {
     tracker_free(&j->tr);
     free(j->prompt_tokens);
     free(j->verbose_prompt);
+    sm_tool_prompt_free(j->tools);
     free(j);
 }
 
@@ -96,6 +97,50 @@ static bool chat_fits(job *j, api_error *err) {
     return true;
 }
 
+/* Every string in a request's messages and tools stays text: none may
+ * spell a special token, since the rendered prompt is tokenized with
+ * special-token parsing (the template's markup must become its tokens). */
+static bool strings_are_plain(const sm_model *model, const cJSON *item, api_error *err) {
+    if (cJSON_IsString(item) && sm_text_has_special_tokens(model, item->valuestring))
+        return api_fail(err, 400, "messages", "the request's text contains the text of a special token of the model, "
+                                              "which a conversation with tools cannot keep as text");
+    const cJSON *child;
+    cJSON_ArrayForEach(child, item) if (!strings_are_plain(model, child, err)) return false;
+    return true;
+}
+
+/* A conversation with tools: the template renders it in llama.cpp's
+ * tool-call format; a grammar that holds from the first token (tool_choice
+ * "required") and the format's stop strings join the request's. */
+static bool prepare_tools(job *j, api_error *err) {
+    gen_request *r = &j->req;
+    sm_model *models[SM_MAX_MODELS];
+    model_set_target_models(&j->srv->models, r->target, models);
+    for (const char *json = r->messages_json; json; json = json == r->messages_json ? r->tools_json : NULL) {
+        cJSON *parsed = cJSON_Parse(json);
+        bool plain = parsed && strings_are_plain(models[0], parsed, err);
+        cJSON_Delete(parsed);
+        if (!plain) return err->status ? false : api_fail(err, 500, NULL, "out of memory");
+    }
+    sm_error e = {0};
+    j->tools = sm_tool_prompt_new(models[0], &j->srv->slots.chat_params, r->messages_json, r->tools_json,
+                                  r->tool_choice, r->parallel_tool_calls, &e);
+    if (!j->tools) return api_fail(err, e.status == SM_ERR_NO_MEMORY ? 500 : 400, "messages", "%s", e.message);
+    const char *grammar = sm_tool_prompt_grammar(j->tools);
+    if (grammar && r->grammar)
+        return api_fail(err, 400, "tool_choice", "tool_choice \"required\" brings its own grammar: give no other");
+    r->prompt = strdup(sm_tool_prompt_text(j->tools));
+    if (grammar) r->grammar = strdup(grammar);
+    for (int32_t i = 0; i < sm_tool_prompt_n_stops(j->tools); i++) {
+        if (r->n_stops == MAX_STOPS) return api_fail(err, 400, "stop", "too many stop strings with the tool format's own");
+        if (!(r->stops[r->n_stops] = strdup(sm_tool_prompt_stop(j->tools, i)))) break;
+        r->n_stops++;
+    }
+    gen_request_bind(r);
+    r->params.grammar_prefill = sm_tool_prompt_grammar_prefill(j->tools);
+    return r->prompt && (!grammar || r->grammar) ? true : api_fail(err, 500, NULL, "out of memory");
+}
+
 static job *job_new(server *srv, gen_request *req, api_error *err) {
     job *j = calloc(1, sizeof *j);
     if (!j) {
@@ -111,13 +156,17 @@ static job *job_new(server *srv, gen_request *req, api_error *err) {
     make_id(j->id, sizeof j->id, j->req.api == API_CHAT ? "chatcmpl" : "cmpl");
     j->model_id = model_set_target_id(&srv->models, j->req.target);
     j->vocab = model_set_target_vocab(&srv->models, j->req.target);
-    tracker_init(&j->tr, false, (const char *const *)j->req.stops, j->req.n_stops);
-    j->client_fd = -1;
-    if (j->req.api != API_CHAT && !tokenize_prompt(j, err)) {
+    if (j->req.tool_mode && !prepare_tools(j, err)) {
         job_free(j);
         return NULL;
     }
-    if (j->req.api == API_CHAT && !chat_fits(j, err)) {
+    tracker_init(&j->tr, false, (const char *const *)j->req.stops, j->req.n_stops);
+    j->client_fd = -1;
+    if ((j->req.api != API_CHAT || j->req.tool_mode) && !tokenize_prompt(j, err)) {
+        job_free(j);
+        return NULL;
+    }
+    if (j->req.api == API_CHAT && !j->req.tool_mode && !chat_fits(j, err)) {
         job_free(j);
         return NULL;
     }
@@ -153,6 +202,11 @@ static void stream_progress(job *j, const sm_event *e) {
         cJSON_AddItemToArray(events, response_event(j, e));
     }
     if (!events && end == t->sent && tok_to == t->sent_tokens) return;
+    if (j->tools && !events) return; /* tool calls are parsed from the whole answer, sent at the end */
+    if (j->tools) { /* the events alone */
+        send_json(j, response_chunk(j, t->text, 0, t->sent_tokens, t->sent_tokens, events));
+        return;
+    }
     cJSON *chunk = response_chunk(j, t->text + t->sent, end - t->sent, t->sent_tokens, tok_to, events);
     t->sent = end;
     t->sent_tokens = tok_to;
@@ -263,7 +317,7 @@ static slot *acquire_slot(job *j, uint64_t *hashes) {
 /* Generates in a slot; the slot is released before returning. */
 static bool generate_in_slot(job *j, sm_result *res, api_error *err) {
     server *srv = j->srv;
-    uint64_t *hashes = j->req.api == API_CHAT ? chat_hashes(&j->req) : NULL;
+    uint64_t *hashes = j->req.api == API_CHAT && !j->req.tool_mode ? chat_hashes(&j->req) : NULL;
     j->slot = acquire_slot(j, hashes);
     char why[512] = "";
     j->session = slot_session(&srv->slots, j->slot, j->req.target, why, sizeof why);
@@ -272,7 +326,8 @@ static bool generate_in_slot(job *j, sm_result *res, api_error *err) {
         j->tr.hold_back = j->ch != NULL; /* a stream never sends what a rewind could take back */
         j->req.params.on_event = on_event;
         j->req.params.user_data = j;
-        st = j->req.api == API_CHAT ? run_chat(j, res, why, sizeof why) : run_completion(j, res, why, sizeof why);
+        st = j->req.api == API_CHAT && !j->req.tool_mode ? run_chat(j, res, why, sizeof why)
+                                                         : run_completion(j, res, why, sizeof why);
     }
     if (hashes) { /* the conversation the next turn will send back */
         bool ok = st == SM_OK && res->text;

@@ -28,6 +28,7 @@ typedef struct job {
     double next_client_check;    /* when to look at it again (ms)         */
     bool client_gone;
     char *verbose_prompt;        /* --verbose: the context at the start, as text */
+    sm_tool_prompt *tools;       /* a conversation with tools, or NULL    */
 } job;
 
 /* Whether the reply carries llama-server's "__verbose" object. */

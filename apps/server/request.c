@@ -570,7 +570,64 @@ static const char *message_role(const cJSON *m, int i, int n, api_error *err) {
     return system ? "system" : name;
 }
 
+/* A conversation with tools (tools given, or tool calls and results in
+ * the messages): kept as OpenAI's JSON for the template. Each message is
+ * an object with a role; llama.cpp's parser checks the rest. */
+static bool uses_tools(const cJSON *b) {
+    const cJSON *tools = json_field(b, "tools"), *messages = json_field(b, "messages"), *m;
+    if (cJSON_IsArray(tools) && cJSON_GetArraySize(tools) > 0) return true;
+    cJSON_ArrayForEach(m, messages) {
+        const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
+        if (cJSON_GetObjectItemCaseSensitive(m, "tool_calls") ||
+            (cJSON_IsString(role) && strcmp(role->valuestring, "tool") == 0))
+            return true;
+    }
+    return false;
+}
+
+static bool parse_tool_request(const cJSON *b, gen_request *r, api_error *err) {
+    const cJSON *messages = json_field(b, "messages"), *tools = json_field(b, "tools"), *m;
+    if (!cJSON_IsArray(messages) || cJSON_GetArraySize(messages) == 0)
+        return api_fail(err, 400, "messages", "'messages' must be a non-empty array");
+    int i = 0;
+    cJSON_ArrayForEach(m, messages) {
+        const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
+        if (!cJSON_IsObject(m) || !cJSON_IsString(role))
+            return api_fail(err, 400, "messages", "messages[%d] must be an object with a role", i);
+        i++;
+    }
+    if (tools && !cJSON_IsNull(tools) && !cJSON_IsArray(tools))
+        return api_fail(err, 400, "tools", "'tools' must be an array of {\"type\": \"function\", \"function\": ...}");
+    r->tool_mode = true;
+    r->messages_json = cJSON_PrintUnformatted(messages);
+    r->tools_json = cJSON_IsArray(tools) ? cJSON_PrintUnformatted(tools) : NULL;
+    if (!r->messages_json || (cJSON_IsArray(tools) && !r->tools_json)) return api_fail(err, 500, NULL, "out of memory");
+    return true;
+}
+
+/* tool_choice ("auto", "required", "none"; naming one function is not
+ * supported by llama.cpp's formats) and parallel_tool_calls. */
+static bool parse_tool_choice(const cJSON *b, gen_request *r, api_error *err) {
+    const cJSON *choice = json_field(b, "tool_choice");
+    if (choice && !cJSON_IsNull(choice)) {
+        if (!cJSON_IsString(choice) || (strcmp(choice->valuestring, "auto") != 0 &&
+                                        strcmp(choice->valuestring, "required") != 0 &&
+                                        strcmp(choice->valuestring, "none") != 0))
+            return api_fail(err, 400, "tool_choice", "'tool_choice' must be \"auto\", \"required\" or \"none\" "
+                                                     "(naming one function is not supported)");
+        if (!r->tool_mode && strcmp(choice->valuestring, "required") == 0)
+            return api_fail(err, 400, "tool_choice", "tool_choice \"required\" needs 'tools'");
+        r->tool_choice = strdup(choice->valuestring);
+        if (!r->tool_choice) return api_fail(err, 500, NULL, "out of memory");
+    }
+    return get_bool_field(b, "parallel_tool_calls", "parallel_tool_calls", &r->parallel_tool_calls, err);
+}
+
 static bool parse_messages(const cJSON *b, gen_request *r, api_error *err) {
+    const cJSON *tools = json_field(b, "tools");
+    if (tools && !cJSON_IsNull(tools) && !cJSON_IsArray(tools))
+        return api_fail(err, 400, "tools", "'tools' must be an array of {\"type\": \"function\", \"function\": ...}");
+    if (uses_tools(b)) return parse_tool_request(b, r, err);
     const cJSON *messages = json_field(b, "messages");
     if (!cJSON_IsArray(messages) || cJSON_GetArraySize(messages) == 0)
         return api_fail(err, 400, "messages", "'messages' must be a non-empty array");
@@ -654,7 +711,7 @@ static const char *const KNOWN_FIELDS[] = {
     "dynatemp_exponent", "mirostat", "mirostat_tau", "mirostat_eta", "seed", "frequency_penalty", "presence_penalty", "logit_bias", "stop", "logprobs",
     "top_logprobs", "n_probs", "stream", "stream_options", "selfmod", "return_tokens", "cache_prompt", "ignore_eos",
     "timings_per_token", "grammar", "response_format", "json_schema", "add_generation_prompt", "continue_final_message",
-    "verbose",
+    "verbose", "tools", "tool_choice", "parallel_tool_calls",
     "user", /* OpenAI's end-user id: no effect on generation there either */
 };
 
@@ -687,7 +744,13 @@ bool gen_request_parse(const cJSON *body, api_kind api, const model_set *models,
              *chat_only; chat_only++)
             if (json_field(body, *chat_only))
                 return api_fail(err, 400, *chat_only, "'%s' is for chat requests (messages)", *chat_only);
-    bool ok = (api == API_CHAT ? parse_messages(body, r, err) && parse_continuation(body, r, err)
+    if (api != API_CHAT)
+        for (const char *const *chat_only = (const char *const[]){"tools", "tool_choice", "parallel_tool_calls", NULL};
+             *chat_only; chat_only++)
+            if (json_field(body, *chat_only))
+                return api_fail(err, 400, *chat_only, "'%s' is for chat requests (messages)", *chat_only);
+    bool ok = (api == API_CHAT ? parse_messages(body, r, err) && parse_continuation(body, r, err) &&
+                                     parse_tool_choice(body, r, err)
                                : parse_prompt(body, r, err)) &&
               parse_length(body, r, err) && parse_sampling(body, r, err) && parse_stop(body, r, err) &&
               parse_logit_bias(body, r, sm_model_n_vocab(target_models[0]), err) &&
@@ -717,6 +780,9 @@ void gen_request_free(gen_request *r) {
     for (int i = 0; i < r->n_operators; i++) sm_operator_free(r->operators[i]);
     free(r->prefill);
     free(r->grammar);
+    cJSON_free(r->messages_json);
+    cJSON_free(r->tools_json);
+    free(r->tool_choice);
     for (int i = 0; i < r->n_messages; i++) {
         free((char *)r->messages[i].role);
         free((char *)r->messages[i].content);

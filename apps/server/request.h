@@ -54,6 +54,11 @@ typedef struct gen_request {
     int n_messages;
     bool has_system;
     char *prefill;                  /* chat: the answer's given beginning, or NULL */
+    /* Tool calls: the conversation goes to the template as OpenAI's JSON
+     * (messages with tool_calls and role "tool"), rendered to `prompt`. */
+    bool tool_mode;
+    char *messages_json, *tools_json, *tool_choice;
+    bool parallel_tool_calls;
     /* llama-server's fields */
     bool return_tokens;             /* /completion lists the token ids     */
     bool cache_prompt;              /* reuse the slot's cached prefix (true) */

@@ -309,12 +309,49 @@ static cJSON *openai_envelope(const job *j, const char *object) {
     return o;
 }
 
+/* A conversation with tools: the whole answer parsed into the message's
+ * content and tool_calls (in a stream's delta each call has its index).
+ * Returns whether it holds tool calls. */
+static bool add_tool_message(const job *j, cJSON *msg, const char *text, size_t len, bool stream) {
+    char *copy = malloc(len + 1);
+    if (copy) {
+        memcpy(copy, text ? text : "", len);
+        copy[len] = '\0';
+    }
+    sm_error err = {0};
+    char *json = copy ? sm_tool_prompt_parse(j->tools, copy, &err) : NULL;
+    cJSON *parsed = json ? cJSON_Parse(json) : NULL;
+    free(json);
+    free(copy);
+    const cJSON *content = cJSON_GetObjectItemCaseSensitive(parsed, "content");
+    cJSON *calls = cJSON_DetachItemFromObjectCaseSensitive(parsed, "tool_calls");
+    bool has_calls = cJSON_IsArray(calls) && cJSON_GetArraySize(calls) > 0;
+    if (!parsed) json_add_text(msg, "content", text, len); /* unparsable: the text as it is */
+    else if (cJSON_IsString(content) && (*content->valuestring || !has_calls))
+        cJSON_AddStringToObject(msg, "content", content->valuestring);
+    else cJSON_AddNullToObject(msg, "content");
+    if (has_calls) {
+        int index = 0;
+        cJSON *call;
+        cJSON_ArrayForEach(call, calls) if (stream) cJSON_AddNumberToObject(call, "index", index++);
+        cJSON_AddItemToObject(msg, "tool_calls", calls);
+    } else {
+        cJSON_Delete(calls);
+    }
+    cJSON_Delete(parsed);
+    return has_calls;
+}
+
 /* choices[0] of a chunk or response; `text` NULL leaves the content out. */
 static cJSON *openai_choice(const job *j, const char *text, size_t len, int32_t tok_from, int32_t tok_to,
                             bool stream, const char *finish) {
     cJSON *c = cJSON_CreateObject();
     cJSON_AddNumberToObject(c, "index", 0);
-    if (j->req.api == API_CHAT) {
+    if (j->req.api == API_CHAT && j->tools && finish) {
+        cJSON *msg = cJSON_AddObjectToObject(c, stream ? "delta" : "message");
+        if (!stream) cJSON_AddStringToObject(msg, "role", "assistant");
+        if (add_tool_message(j, msg, text, len, stream)) finish = "tool_calls";
+    } else if (j->req.api == API_CHAT) {
         cJSON *msg = cJSON_AddObjectToObject(c, stream ? "delta" : "message");
         if (!stream) cJSON_AddStringToObject(msg, "role", "assistant");
         if (text) json_add_text(msg, "content", text, len);
@@ -374,7 +411,7 @@ cJSON *response_role_chunk(const job *j) {
     cJSON_AddNumberToObject(c, "index", 0);
     cJSON *delta = cJSON_AddObjectToObject(c, "delta");
     cJSON_AddStringToObject(delta, "role", "assistant");
-    cJSON_AddStringToObject(delta, "content", "");
+    cJSON_AddNullToObject(delta, "content"); /* as llama-server */
     cJSON_AddNullToObject(c, "logprobs");
     cJSON_AddNullToObject(c, "finish_reason");
     cJSON_AddItemToArray(choices, c);

@@ -158,3 +158,50 @@ test('operators backtrack and report it', async () => {
   const events = chunks.flatMap((c) => (c.selfmod && c.selfmod.events) || []);
   assert.equal(events.filter((e) => e.type === 'backtrack').length, r.selfmod.backtracks);
 });
+
+test('response_format json_schema: the answer is JSON that matches the schema', async () => {
+  const schema = { type: 'object', properties: { name: { type: 'string', maxLength: 12 }, age: { type: 'integer' } },
+    required: ['name', 'age'], additionalProperties: false };
+  const r = await client().chat.completions.create({
+    model: 'stories260K', messages: [{ role: 'user', content: 'Describe a hero.' }], max_tokens: 80, seed: 4,
+    response_format: { type: 'json_schema', json_schema: { name: 'hero', schema, strict: true } },
+  });
+  const choice = r.choices[0];
+  assert.equal(choice.finish_reason, 'stop', choice.message.content);
+  const hero = JSON.parse(choice.message.content);
+  assert.deepEqual(Object.keys(hero).sort(), ['age', 'name']);
+  assert.equal(typeof hero.name, 'string');
+  assert.ok(Number.isInteger(hero.age));
+});
+
+test('an assistant prefill: the reply continues the given words', async () => {
+  const r = await client().chat.completions.create({
+    model: 'stories260K', max_tokens: 8, temperature: 0,
+    messages: [{ role: 'user', content: 'Tell me a story' }, { role: 'assistant', content: 'Once upon a time' }],
+  });
+  assert.equal(r.choices[0].finish_reason, 'length');
+  assert.ok(r.choices[0].message.content.length > 0);
+  assert.ok(!r.choices[0].message.content.startsWith('Once upon a time'));
+});
+
+test('tools: the tool call comes back as tool_calls, and its result goes back in', async () => {
+  const tools = new OpenAI({ baseURL: servers.tools + '/v1', apiKey: 'unused', maxRetries: 0, timeout: 60000 });
+  const defs = [{ type: 'function', function: { name: 'get_weather', description: 'The weather in a city',
+    parameters: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] } } }];
+  const messages = [{ role: 'user', content: 'What is the weather in Paris?' }];
+  // (a tiny story model calls no tool by itself: a grammar, a llama-server field, writes the call)
+  const r = await tools.chat.completions.create({
+    model: 'stories260K', messages, tools: defs, max_tokens: 60, seed: 1,
+    grammar: 'root ::= "<tool_call>\\n{\\"name\\": \\"get_weather\\", \\"arguments\\": {\\"city\\": \\"Paris\\"}}\\n</tool_call>"',
+  });
+  const msg = r.choices[0].message;
+  assert.equal(r.choices[0].finish_reason, 'tool_calls');
+  assert.equal(msg.tool_calls[0].function.name, 'get_weather');
+  assert.deepEqual(JSON.parse(msg.tool_calls[0].function.arguments), { city: 'Paris' });
+  const next = await tools.chat.completions.create({
+    model: 'stories260K', tools: defs, max_tokens: 6, seed: 1,
+    messages: [...messages, msg, { role: 'tool', tool_call_id: msg.tool_calls[0].id, content: 'Sunny' }],
+  });
+  assert.equal(typeof next.choices[0].message.content, 'string');
+  assert.ok(next.usage.prompt_tokens > r.usage.prompt_tokens);
+});

@@ -163,7 +163,7 @@ test('400 names the invalid field', async () => {
   assert.equal(assertError(long, 400).code, 'context_length_exceeded');
 });
 
-test('GET /v1/models/{id}, assistant content null, tool calls refused', async () => {
+test('GET /v1/models/{id}, assistant content null, tool calls a template cannot render refused', async () => {
   const list = await get(base(), '/v1/models');
   const id = list.json.data[0].id;
   const one = await get(base(), '/v1/models/' + encodeURIComponent(id));
@@ -175,10 +175,15 @@ test('GET /v1/models/{id}, assistant content null, tool calls refused', async ()
   const nul = await post(base(), '/v1/chat/completions', { max_tokens: 3, messages: [
     { role: 'user', content: 'a' }, { role: 'assistant', content: null }, { role: 'user', content: 'b' }] });
   assert.equal(nul.status, 200, nul.text);
-  assertError(await post(base(), '/v1/chat/completions', { messages: [{ role: 'user', content: 'a' },
-    { role: 'assistant', content: null, tool_calls: [] }, { role: 'user', content: 'b' }] }), 400, 'messages[1].content');
-  assertError(await post(base(), '/v1/chat/completions', { messages: [{ role: 'tool', content: 'x' },
-    { role: 'user', content: 'b' }] }), 400, 'messages[0].role');
+  // a template that does not render tool calls or their results refuses them (tools.test.js has one that does)
+  const call = { id: 'c1', type: 'function', function: { name: 'lookup', arguments: '{}' } };
+  const e1 = assertError(await post(base(), '/v1/chat/completions', { messages: [{ role: 'user', content: 'a' },
+    { role: 'assistant', content: null, tool_calls: [call] }, { role: 'user', content: 'b' }] }), 400, 'messages');
+  assert.match(e1.message, /does not render the tool call 'lookup'/);
+  const e2 = assertError(await post(base(), '/v1/chat/completions', { messages: [{ role: 'user', content: 'a' },
+    { role: 'assistant', content: null, tool_calls: [call] }, { role: 'tool', tool_call_id: 'c1', content: 'found it' },
+    { role: 'user', content: 'b' }] }), 400, 'messages');
+  assert.match(e2.message, /does not render/);
 });
 
 test('grammars: GBNF on /completion, response_format json_object on chat, refusals', async () => {

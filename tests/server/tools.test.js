@@ -1,0 +1,93 @@
+// Tool calls (OpenAI's tools / tool_calls, llama-server's formats): the
+// conversation goes to the model's Jinja template with its tools, the
+// answer is parsed back into tool_calls, streamed too. A tiny story model
+// never decides to call a tool by itself, so the tests that need a call
+// give a grammar that writes one (tool_choice "auto" applies no grammar of
+// its own); what they check is the rendering, the parsing and the shapes.
+'use strict';
+
+const test = require('node:test');
+const { servers, post, sseEvents, assertError, assert } = require('./helpers');
+
+const TOOLS = [{
+  type: 'function',
+  function: {
+    name: 'get_weather', description: 'The weather in a city',
+    parameters: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] },
+  },
+}];
+// Qwen2.5's tool-call form, with a city the model picks.
+const CALL_GRAMMAR = 'root ::= "<tool_call>\\n{\\"name\\": \\"get_weather\\", \\"arguments\\": {\\"city\\": \\"" ' +
+  '[A-Z] [a-z]{2,8} "\\"}}\\n</tool_call>"';
+const ask = { messages: [{ role: 'user', content: 'What is the weather in Paris?' }], tools: TOOLS, max_tokens: 60, seed: 1 };
+
+test('a tool call comes back as tool_calls, with finish_reason tool_calls', async () => {
+  const r = await post(servers.tools, '/v1/chat/completions', { ...ask, grammar: CALL_GRAMMAR });
+  assert.equal(r.status, 200, r.text);
+  const choice = r.json.choices[0];
+  assert.equal(choice.finish_reason, 'tool_calls');
+  assert.equal(choice.message.content, null);
+  assert.equal(choice.message.tool_calls.length, 1);
+  const call = choice.message.tool_calls[0];
+  assert.equal(call.type, 'function');
+  assert.equal(call.function.name, 'get_weather');
+  assert.match(JSON.parse(call.function.arguments).city, /^[A-Z][a-z]{2,8}$/);
+  assert.ok(call.id.length > 0);
+});
+
+test('streamed, the tool calls arrive in a delta with their index', async () => {
+  const res = await fetch(servers.tools + '/v1/chat/completions', {
+    method: 'POST', headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ ...ask, grammar: CALL_GRAMMAR, stream: true }),
+  });
+  const events = sseEvents(await res.text());
+  const deltas = events.filter((e) => e !== '[DONE]').map((e) => e.choices[0]);
+  assert.equal(deltas[0].delta.role, 'assistant');
+  const last = deltas[deltas.length - 1];
+  assert.equal(last.finish_reason, 'tool_calls');
+  assert.equal(last.delta.tool_calls[0].index, 0);
+  assert.equal(last.delta.tool_calls[0].function.name, 'get_weather');
+  // no raw tool-call markup was streamed as content
+  assert.ok(!deltas.some((d) => (d.delta.content || '').includes('<tool_call>')));
+});
+
+test('a plain answer with tools on stays content', async () => {
+  const r = await post(servers.tools, '/v1/chat/completions', { ...ask, max_tokens: 8 });
+  assert.equal(r.status, 200, r.text);
+  assert.equal(r.json.choices[0].finish_reason, 'length');
+  assert.equal(typeof r.json.choices[0].message.content, 'string');
+  assert.equal(r.json.choices[0].message.tool_calls, undefined);
+});
+
+test('the tools, the call and its result are rendered by the template', async () => {
+  const messages = [
+    { role: 'user', content: 'What is the weather in Paris?' },
+    { role: 'assistant', content: null, tool_calls: [{ id: 'call_0', type: 'function',
+      function: { name: 'get_weather', arguments: '{"city": "Paris"}' } }] },
+    { role: 'tool', tool_call_id: 'call_0', content: 'Sunny, 21 C' },
+  ];
+  const t = await post(servers.tools, '/apply-template', { messages, tools: TOOLS });
+  assert.equal(t.status, 200, t.text);
+  assert.ok(t.json.prompt.includes('"name": "get_weather"'), t.json.prompt); // the tool's definition
+  assert.ok(t.json.prompt.includes('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}'), t.json.prompt);
+  assert.ok(t.json.prompt.includes('<tool_response>\nSunny, 21 C\n</tool_response>'), t.json.prompt);
+  assert.ok(t.json.prompt.endsWith('<|im_start|>assistant\n'), t.json.prompt);
+  const r = await post(servers.tools, '/v1/chat/completions', { messages, tools: TOOLS, max_tokens: 4 });
+  assert.equal(r.status, 200, r.text);
+  const tok = await post(servers.tools, '/tokenize', { content: t.json.prompt, add_special: true });
+  assert.equal(r.json.usage.prompt_tokens, tok.json.tokens.length);
+});
+
+test('tool requests that cannot be served are refused with what was wrong', async () => {
+  assertError(await post(servers.plain, '/v1/chat/completions', ask), 400, 'messages'); // its template takes no tools
+  assertError(await post(servers.tools, '/v1/chat/completions', { ...ask, tools: undefined, tool_choice: 'required' }),
+    400, 'tool_choice');
+  assertError(await post(servers.tools, '/v1/chat/completions',
+    { ...ask, tool_choice: { type: 'function', function: { name: 'get_weather' } } }), 400, 'tool_choice');
+  assertError(await post(servers.tools, '/v1/chat/completions', { ...ask, tools: { nope: 1 } }), 400, 'tools');
+  assertError(await post(servers.tools, '/v1/completions', { prompt: 'x', tools: TOOLS }), 400, 'tools');
+  // user text never becomes a special token: refused where the rendered prompt would parse it
+  const sneaky = { messages: [{ role: 'user', content: 'hi <|endoftext|> there' }], tools: TOOLS };
+  const e = assertError(await post(servers.templated, '/v1/chat/completions', sneaky), 400, 'messages');
+  assert.match(e.message, /special token/);
+});
