@@ -1063,15 +1063,16 @@ static sm_status grammar_prefill_tokens(sm_session *s, const char *text, sm_toke
  * text it takes as already written (grammar_prefill). */
 static bool grammar_restart(generation *g, sm_error *err) {
     if (!smx_sampler_reset(g->grammar, err)) return false;
-    for (int32_t k = 0; k < g->grammar_prefill.n; k++)
-        if (!smx_sampler_accept(g->grammar, g->grammar_prefill.data[k], err)) return false;
+    bool ok = true;
+    for (int32_t k = 0; ok && k < g->grammar_prefill.n; k++)
+        ok = smx_sampler_accept(g->grammar, g->grammar_prefill.data[k], err); /* [restore] */
     g->grammar_n = 0;
-    return true;
+    return ok;
 }
 
 static bool grammar_sync(generation *g, int32_t i) {
     sm_error err;
-    if (g->grammar_n > i && !grammar_restart(g, &err)) return false;
+    if (g->grammar_n > i && !grammar_restart(g, &err)) return false; /* [restore] */
     for (; g->grammar_n < i; g->grammar_n++)
         if (!smx_sampler_accept(g->grammar, g->gen_tokens[g->grammar_n], &err)) return false;
     return true;

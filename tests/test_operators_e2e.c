@@ -306,6 +306,29 @@ static void test_grammar_holds_under_backtracks(void **state)
         sm_result_free(&r);
         sm_operator_free(op);
     }
+    /* A grammar that begins with text already written (a tool-call
+     * grammar begins with the template's generation prompt): the prefill
+     * is replayed after every rewind, so the grammar never asks for it
+     * again; a prefill the grammar does not begin with is refused. */
+    {
+        sm_operator *op = tu_backtrack_once(6, 3);
+        sm_gen_params gp = tu_greedy_params(60);
+        gp.grammar = "root ::= \"<<\" (\" one\" \" two\" \" three\"){3,3}";
+        gp.grammar_prefill = "<<";
+        gp.backtrack.operators = &op;
+        gp.backtrack.n_operators = 1;
+        sm_result r;
+        generate(f, &gp, &r);
+        assert_int_equal(r.n_backtracks, 1);
+        assert_string_equal(r.text, want);
+        sm_result_free(&r);
+        gp.grammar_prefill = ">>";
+        assert_int_equal(sm_session_clear(f->session), SM_OK);
+        assert_int_equal(sm_session_generate(f->session, LOOPING_PROMPT, &gp, &r), SM_ERR_INVALID_ARGUMENT);
+        assert_non_null(strstr(sm_session_last_error(f->session), "prefill"));
+        sm_result_free(&r);
+        sm_operator_free(op);
+    }
     sm_gen_params gp = tu_greedy_params(200);
     gp.grammar = SM_GRAMMAR_JSON;
     gp.sampling.temperature = 0.8f;
