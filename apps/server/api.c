@@ -168,6 +168,51 @@ reply api_slots(server *srv) {
 
 /* ------------------------------------------------------------------ */
 
+/* Choice i of OpenAI's n > 1 joins the first answer's choices (index i)
+ * and its completion tokens join the usage. */
+static void merge_choice(cJSON *into, cJSON *from, int i) {
+    cJSON *choice = cJSON_DetachItemFromArray(cJSON_GetObjectItemCaseSensitive(from, "choices"), 0);
+    if (choice) {
+        cJSON_ReplaceItemInObjectCaseSensitive(choice, "index", cJSON_CreateNumber(i));
+        cJSON_AddItemToArray(cJSON_GetObjectItemCaseSensitive(into, "choices"), choice);
+    }
+    cJSON *u_into = cJSON_GetObjectItemCaseSensitive(into, "usage"), *u_from = cJSON_GetObjectItemCaseSensitive(from, "usage");
+    cJSON *a = cJSON_GetObjectItemCaseSensitive(u_into, "completion_tokens");
+    cJSON *b = cJSON_GetObjectItemCaseSensitive(u_from, "completion_tokens");
+    cJSON *prompt = cJSON_GetObjectItemCaseSensitive(u_into, "prompt_tokens");
+    cJSON *total = cJSON_GetObjectItemCaseSensitive(u_into, "total_tokens");
+    if (cJSON_IsNumber(a) && cJSON_IsNumber(b)) cJSON_SetNumberValue(a, a->valuedouble + b->valuedouble);
+    if (cJSON_IsNumber(total) && cJSON_IsNumber(prompt) && cJSON_IsNumber(a))
+        cJSON_SetNumberValue(total, prompt->valuedouble + a->valuedouble);
+}
+
+/* OpenAI's n > 1: the answers one after another in the same slot (its
+ * prompt is cached after the first); with a seed, answer i uses seed + i,
+ * so they differ and each can be reproduced. */
+static reply generate_choices(server *srv, int client_fd, const cJSON *json, api_kind api, int n) {
+    cJSON *merged = NULL;
+    for (int i = 0; i < n; i++) {
+        gen_request req;
+        api_error err;
+        cJSON *response = NULL;
+        bool ok = gen_request_parse(json, api, &srv->models, &srv->opt.base, srv->opt.selfmod_default, &req, &err);
+        if (ok && req.seed_given) req.params.sampling.seed += (uint64_t)i;
+        if (!ok) gen_request_free(&req);
+        else ok = generation_run(srv, &req, client_fd, &response, &err);
+        if (!ok) {
+            cJSON_Delete(merged);
+            return reply_error(&err);
+        }
+        if (!merged) {
+            merged = response;
+        } else {
+            merge_choice(merged, response, i);
+            cJSON_Delete(response);
+        }
+    }
+    return reply_json(200, merged);
+}
+
 static reply generate(server *srv, int client_fd, const char *body, size_t len, api_kind api) {
     reply bad;
     cJSON *json = api_parse_body(body, len, &bad);
@@ -175,6 +220,15 @@ static reply generate(server *srv, int client_fd, const char *body, size_t len, 
     gen_request req;
     api_error err;
     bool ok = gen_request_parse(json, api, &srv->models, &srv->opt.base, srv->opt.selfmod_default, &req, &err);
+    if (ok && req.n_choices > 1 && req.stream) {
+        ok = api_fail(&err, 400, "n", "'n' > 1 is not supported with stream yet: ask without stream, or once per answer");
+    } else if (ok && req.n_choices > 1) {
+        int n = req.n_choices;
+        gen_request_free(&req);
+        reply r = generate_choices(srv, client_fd, json, api, n);
+        cJSON_Delete(json);
+        return r;
+    }
     cJSON_Delete(json);
     if (!ok) {
         gen_request_free(&req);

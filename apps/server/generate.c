@@ -156,6 +156,12 @@ static job *job_new(server *srv, gen_request *req, api_error *err) {
     make_id(j->id, sizeof j->id, j->req.api == API_CHAT ? "chatcmpl" : "cmpl");
     j->model_id = model_set_target_id(&srv->models, j->req.target);
     j->vocab = model_set_target_vocab(&srv->models, j->req.target);
+    if (j->req.id_slot >= srv->slots.n_slots) { /* it would wait for a slot that never comes */
+        api_fail(err, 400, "id_slot", "id_slot %d: this server has %d slots (0 to %d)", j->req.id_slot,
+                 srv->slots.n_slots, srv->slots.n_slots - 1);
+        job_free(j);
+        return NULL;
+    }
     if (j->req.tool_mode && !prepare_tools(j, err)) {
         job_free(j);
         return NULL;
@@ -310,6 +316,7 @@ static uint64_t *chat_hashes(const gen_request *r) {
 
 static slot *acquire_slot(job *j, uint64_t *hashes) {
     slot_pool *pool = &j->srv->slots;
+    if (j->req.id_slot >= 0) return slot_acquire_index(pool, j->req.target, j->req.id_slot);
     if (j->req.api == API_CHAT && hashes) return slot_acquire_for_chat(pool, j->req.target, hashes, j->req.n_messages);
     return slot_acquire(pool, j->req.target, j->prompt_tokens, j->n_prompt_tokens);
 }

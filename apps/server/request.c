@@ -199,8 +199,9 @@ static bool parse_length(const cJSON *b, gen_request *r, api_error *err) {
         !get_i32(b, "max_completion_tokens", "max_completion_tokens", 0, 1 << 30, &p->n_predict, err))
         return false;
     long long n = 1;
-    if (!get_int_field(b, "n", "n", 1, 128, &n, err)) return false;
-    if (n != 1) return api_fail(err, 400, "n", "only n = 1 is supported");
+    if (!get_int_field(b, "n", "n", 1, MAX_CHOICES, &n, err)) return false;
+    if (n > 1 && r->api == API_LLAMA) return api_fail(err, 400, "n", "'n' > 1 is for the OpenAI endpoints");
+    r->n_choices = (int)n;
     return true;
 }
 
@@ -315,6 +316,9 @@ static bool parse_llama_fields(const cJSON *b, gen_request *r, api_error *err) {
         !get_bool_field(b, "ignore_eos", "ignore_eos", &r->params.ignore_eos, err) ||
         !get_bool_field(b, "timings_per_token", "timings_per_token", &r->timings_per_token, err))
         return false;
+    long long id_slot = -1;
+    if (!get_int_field(b, "id_slot", "id_slot", -1, 1 << 20, &id_slot, err)) return false;
+    r->id_slot = (int)id_slot;
     bool verbose = false;
     if (json_field(b, "verbose")) {
         if (!get_bool_field(b, "verbose", "verbose", &verbose, err)) return false;
@@ -711,7 +715,7 @@ static const char *const KNOWN_FIELDS[] = {
     "dynatemp_exponent", "mirostat", "mirostat_tau", "mirostat_eta", "seed", "frequency_penalty", "presence_penalty", "logit_bias", "stop", "logprobs",
     "top_logprobs", "n_probs", "stream", "stream_options", "selfmod", "return_tokens", "cache_prompt", "ignore_eos",
     "timings_per_token", "grammar", "response_format", "json_schema", "add_generation_prompt", "continue_final_message",
-    "verbose", "tools", "tool_choice", "parallel_tool_calls",
+    "verbose", "tools", "tool_choice", "parallel_tool_calls", "id_slot",
     "user", /* OpenAI's end-user id: no effect on generation there either */
 };
 

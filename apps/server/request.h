@@ -31,7 +31,7 @@ typedef struct api_error {
 bool api_fail(api_error *err, unsigned status, const char *param, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
-enum { MAX_STOPS = 16, MAX_OPERATORS = 16, MAX_TOP_LOGPROBS = 20, MAX_N_PROBS = 100, MAX_LOGIT_BIAS = 1024 };
+enum { MAX_CHOICES = 16, MAX_STOPS = 16, MAX_OPERATORS = 16, MAX_TOP_LOGPROBS = 20, MAX_N_PROBS = 100, MAX_LOGIT_BIAS = 1024 };
 
 typedef struct gen_request {
     api_kind api;
@@ -43,6 +43,8 @@ typedef struct gen_request {
     int n_operators;
     sm_logit_bias *logit_bias;      /* owned; params.sampling points here */
     int n_logit_bias;
+    int n_choices;                  /* OpenAI's n: answers generated one by one */
+    int id_slot;                    /* llama-server's: this slot, or -1    */
     bool stream;
     bool include_usage;             /* stream_options.include_usage       */
     bool logprobs;                  /* per-token log-probabilities        */

@@ -71,6 +71,7 @@ typedef struct slot_wish {
     const char *tree_prefix;
     const uint64_t *messages;
     int n_messages;
+    int only;                 /* that slot's index, or -1 for any */
 } slot_wish;
 
 static int32_t affinity(const slot *s, const slot_wish *w) {
@@ -84,7 +85,7 @@ static slot *best_free_slot(slot_pool *pool, const slot_wish *w) {
     int32_t best_common = -1;
     for (int i = 0; i < pool->n_slots; i++) {
         slot *s = &pool->slots[i];
-        if (s->busy) continue;
+        if (s->busy || (w->only >= 0 && s->index != w->only)) continue;
         int32_t common = affinity(s, w);
         if (common > best_common || (common == best_common && s->last_used < best->last_used)) {
             best = s;
@@ -107,17 +108,22 @@ static slot *acquire(slot_pool *pool, const slot_wish *w) {
 }
 
 slot *slot_acquire(slot_pool *pool, int target, const sm_token *prompt, int32_t n_prompt) {
-    slot_wish w = {.target = target, .prompt = prompt, .n_prompt = n_prompt};
+    slot_wish w = {.target = target, .prompt = prompt, .n_prompt = n_prompt, .only = -1};
+    return acquire(pool, &w);
+}
+
+slot *slot_acquire_index(slot_pool *pool, int target, int index) {
+    slot_wish w = {.target = target, .only = index};
     return acquire(pool, &w);
 }
 
 slot *slot_acquire_for_tree(slot_pool *pool, int target, const char *prefix) {
-    slot_wish w = {.target = target, .tree_prefix = prefix ? prefix : ""};
+    slot_wish w = {.target = target, .tree_prefix = prefix ? prefix : "", .only = -1};
     return acquire(pool, &w);
 }
 
 slot *slot_acquire_for_chat(slot_pool *pool, int target, const uint64_t *messages, int n_messages) {
-    slot_wish w = {.target = target, .messages = messages, .n_messages = n_messages};
+    slot_wish w = {.target = target, .messages = messages, .n_messages = n_messages, .only = -1};
     return acquire(pool, &w);
 }
 

@@ -55,6 +55,8 @@ void slot_pool_free(slot_pool *pool);
 /* Waits for a free slot; prefers the one whose target session holds the
  * longest prefix of `prompt` (may be NULL), then the least recently used. */
 slot *slot_acquire(slot_pool *pool, int target, const sm_token *prompt, int32_t n_prompt);
+/* The same for one slot, by index (llama-server's id_slot): waits for it. */
+slot *slot_acquire_index(slot_pool *pool, int target, int index);
 /* The same for the tree search: prefers the slot whose tree last expanded
  * the longest prefix of `prefix`. */
 slot *slot_acquire_for_tree(slot_pool *pool, int target, const char *prefix);

@@ -205,3 +205,21 @@ test('tools: the tool call comes back as tool_calls, and its result goes back in
   assert.equal(typeof next.choices[0].message.content, 'string');
   assert.ok(next.usage.prompt_tokens > r.usage.prompt_tokens);
 });
+
+test('n > 1: several answers, each reproducible with its own seed (seed + index)', async () => {
+  const params = { model: 'stories260K', messages: [{ role: 'user', content: 'Hi' }], max_tokens: 8, seed: 21 };
+  const r = await client().chat.completions.create({ ...params, n: 3 });
+  assert.equal(r.choices.length, 3);
+  assert.deepEqual(r.choices.map((c) => c.index), [0, 1, 2]);
+  const texts = r.choices.map((c) => c.message.content);
+  assert.ok(new Set(texts).size > 1, 'the answers differ: ' + JSON.stringify(texts));
+  for (let i = 0; i < 3; i++) {
+    const one = await client().chat.completions.create({ ...params, seed: 21 + i });
+    assert.equal(one.choices[0].message.content, texts[i]);
+  }
+  if (r.choices.every((ch) => ch.finish_reason === 'length')) assert.equal(r.usage.completion_tokens, 3 * 8);
+  assert.equal(r.usage.total_tokens, r.usage.prompt_tokens + r.usage.completion_tokens);
+  const c = await client().completions.create({ model: 'stories260K', prompt: PROMPT, max_tokens: 4, n: 2, seed: 3 });
+  assert.equal(c.choices.length, 2);
+  assert.equal(c.choices[1].index, 1);
+});

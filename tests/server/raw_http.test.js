@@ -129,7 +129,11 @@ test('400 names the invalid field', async () => {
     ['/v1/completions', { prompt: 'a', max_tokens: -5 }, 'max_tokens'],
     ['/v1/completions', { prompt: 'a', top_p: 0 }, 'top_p'],
     ['/v1/completions', { prompt: 'a', stop: 5 }, 'stop'],
-    ['/v1/completions', { prompt: 'a', n: 2 }, 'n'],
+    ['/v1/completions', { prompt: 'a', n: 2, stream: true }, 'n'],
+    ['/v1/completions', { prompt: 'a', n: 17 }, 'n'],
+    ['/completion', { prompt: 'a', n: 2 }, 'n'],
+    ['/completion', { prompt: 'a', id_slot: 2 }, 'id_slot'],
+    ['/completion', { prompt: 'a', id_slot: -2 }, 'id_slot'],
     ['/v1/completions', { prompt: 7 }, 'prompt'],
     ['/v1/completions', { max_tokens: 3 }, 'prompt'],
     ['/v1/completions', { prompt: 'a', logprobs: 50 }, 'logprobs'],
@@ -290,6 +294,14 @@ test('chat templates: /apply-template, a Jinja template file, system messages an
   const parts = await post(templated, '/apply-template', { messages: [{ role: 'user',
     content: [{ type: 'text', text: 'What is' }, { type: 'text', text: 'the best book' }] }] });
   assert.equal(parts.json.prompt, '<user>What is\n\nthe best book</user><assistant>');
+});
+
+test('id_slot picks the slot (llama-server\'s field)', async () => {
+  for (const id of [1, 0, 1]) {
+    const r = await post(base(), '/completion', { prompt: 'Once', n_predict: 2, id_slot: id });
+    assert.equal(r.status, 200, r.text);
+    assert.equal(r.json.id_slot, id);
+  }
 });
 
 test('404 for an unknown path, 405 for a wrong method', async () => {
