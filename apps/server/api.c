@@ -168,9 +168,9 @@ reply api_slots(server *srv) {
 
 /* ------------------------------------------------------------------ */
 
-/* Choice i of OpenAI's n > 1 joins the first answer's choices (index i)
- * and its completion tokens join the usage. */
-static void merge_choice(cJSON *into, cJSON *from, int i) {
+/* Choice i (of n > 1, or of several prompts) joins the first answer's
+ * choices and its tokens join the usage (a new prompt's prompt tokens too). */
+static void merge_choice(cJSON *into, cJSON *from, int i, bool new_prompt) {
     cJSON *choice = cJSON_DetachItemFromArray(cJSON_GetObjectItemCaseSensitive(from, "choices"), 0);
     if (choice) {
         cJSON_ReplaceItemInObjectCaseSensitive(choice, "index", cJSON_CreateNumber(i));
@@ -182,35 +182,64 @@ static void merge_choice(cJSON *into, cJSON *from, int i) {
     cJSON *prompt = cJSON_GetObjectItemCaseSensitive(u_into, "prompt_tokens");
     cJSON *total = cJSON_GetObjectItemCaseSensitive(u_into, "total_tokens");
     if (cJSON_IsNumber(a) && cJSON_IsNumber(b)) cJSON_SetNumberValue(a, a->valuedouble + b->valuedouble);
+    cJSON *prompt_from = cJSON_GetObjectItemCaseSensitive(u_from, "prompt_tokens");
+    if (new_prompt && cJSON_IsNumber(prompt) && cJSON_IsNumber(prompt_from))
+        cJSON_SetNumberValue(prompt, prompt->valuedouble + prompt_from->valuedouble);
     if (cJSON_IsNumber(total) && cJSON_IsNumber(prompt) && cJSON_IsNumber(a))
         cJSON_SetNumberValue(total, prompt->valuedouble + a->valuedouble);
 }
 
-/* OpenAI's n > 1: the answers one after another in the same slot (its
- * prompt is cached after the first); with a seed, answer i uses seed + i,
- * so they differ and each can be reproduced. */
-static reply generate_choices(server *srv, int client_fd, const cJSON *json, api_kind api, int n) {
-    cJSON *merged = NULL;
-    for (int i = 0; i < n; i++) {
-        gen_request req;
-        api_error err;
-        cJSON *response = NULL;
-        bool ok = gen_request_parse(json, api, &srv->models, &srv->opt.base, srv->opt.selfmod_default, &req, &err);
-        if (ok && req.seed_given) req.params.sampling.seed += (uint64_t)i;
-        if (!ok) gen_request_free(&req);
-        else ok = generation_run(srv, &req, client_fd, &response, &err);
-        if (!ok) {
-            cJSON_Delete(merged);
-            return reply_error(&err);
-        }
-        if (!merged) {
-            merged = response;
-        } else {
-            merge_choice(merged, response, i);
-            cJSON_Delete(response);
-        }
+/* One answer of a request that asks for several, as the request `json`
+ * would get it alone, with its seed (when given) moved on by offset. */
+static bool run_one(server *srv, int client_fd, const cJSON *json, api_kind api, int offset, cJSON **response,
+                    api_error *err) {
+    gen_request req;
+    if (!gen_request_parse(json, api, &srv->models, &srv->opt.base, srv->opt.selfmod_default, &req, err)) {
+        gen_request_free(&req);
+        return false;
     }
-    return reply_json(200, merged);
+    if (req.seed_given) req.params.sampling.seed += (uint64_t)offset;
+    return generation_run(srv, &req, client_fd, response, err);
+}
+
+/* Several prompts (llama-server's prompt arrays) and OpenAI's n > 1: the
+ * answers one after another (a slot keeps each prompt cached for the next
+ * answer to it); with a seed, answer i of a prompt uses seed + i, so they
+ * differ and each can be reproduced. /completion answers with a list, the
+ * OpenAI endpoints with choices indexed prompt by prompt. */
+static reply generate_several(server *srv, int client_fd, const cJSON *json, api_kind api, int n) {
+    const cJSON *prompts = json_field(json, "prompt");
+    bool several = api != API_CHAT && prompt_is_several(prompts);
+    int n_prompts = several ? cJSON_GetArraySize(prompts) : 1;
+    cJSON *merged = NULL, *list = api == API_LLAMA ? cJSON_CreateArray() : NULL;
+    api_error err;
+    for (int p = 0; p < n_prompts; p++) {
+        cJSON *one = cJSON_Duplicate(json, true);
+        if (several && one)
+            cJSON_ReplaceItemInObjectCaseSensitive(one, "prompt", cJSON_Duplicate(cJSON_GetArrayItem(prompts, p), true));
+        for (int i = 0; i < n; i++) {
+            cJSON *response = NULL;
+            bool ok = one ? run_one(srv, client_fd, one, api, i, &response, &err)
+                          : api_fail(&err, 500, NULL, "out of memory");
+            if (!ok) {
+                cJSON_Delete(one);
+                cJSON_Delete(merged);
+                cJSON_Delete(list);
+                return reply_error(&err);
+            }
+            if (list) {
+                cJSON_ReplaceItemInObjectCaseSensitive(response, "index", cJSON_CreateNumber(p));
+                cJSON_AddItemToArray(list, response);
+            } else if (!merged) {
+                merged = response;
+            } else {
+                merge_choice(merged, response, p * n + i, i == 0);
+                cJSON_Delete(response);
+            }
+        }
+        cJSON_Delete(one);
+    }
+    return reply_json(200, list ? list : merged);
 }
 
 static reply generate(server *srv, int client_fd, const char *body, size_t len, api_kind api) {
@@ -219,13 +248,21 @@ static reply generate(server *srv, int client_fd, const char *body, size_t len, 
     if (!json) return bad;
     gen_request req;
     api_error err;
-    bool ok = gen_request_parse(json, api, &srv->models, &srv->opt.base, srv->opt.selfmod_default, &req, &err);
-    if (ok && req.n_choices > 1 && req.stream) {
-        ok = api_fail(&err, 400, "n", "'n' > 1 is not supported with stream yet: ask without stream, or once per answer");
-    } else if (ok && req.n_choices > 1) {
+    bool several = api != API_CHAT && prompt_is_several(json_field(json, "prompt"));
+    cJSON *first = several ? cJSON_Duplicate(json, true) : NULL;
+    if (first) /* the first prompt stands for the rest in the checks */
+        cJSON_ReplaceItemInObjectCaseSensitive(first, "prompt",
+                                               cJSON_Duplicate(cJSON_GetArrayItem(json_field(json, "prompt"), 0), true));
+    bool ok = gen_request_parse(first ? first : json, api, &srv->models, &srv->opt.base, srv->opt.selfmod_default,
+                                &req, &err);
+    cJSON_Delete(first);
+    if (ok && (req.n_choices > 1 || several) && req.stream) {
+        ok = api_fail(&err, 400, several ? "prompt" : "n", "%s is not supported with stream yet: ask without stream, "
+                      "or once per answer", several ? "several prompts" : "'n' > 1");
+    } else if (ok && (req.n_choices > 1 || several)) {
         int n = req.n_choices;
         gen_request_free(&req);
-        reply r = generate_choices(srv, client_fd, json, api, n);
+        reply r = generate_several(srv, client_fd, json, api, n);
         cJSON_Delete(json);
         return r;
     }

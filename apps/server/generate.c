@@ -43,13 +43,53 @@ static void context_exceeded(api_error *err, int32_t n_prompt_tokens, int32_t n_
     err->n_ctx = n_ctx;
 }
 
+/* Token ids mixed with strings, as llama-server reads them: each string
+ * tokenized in place, with a BOS only when the prompt begins with one. */
+static sm_status tokenize_mixed(const sm_model *model, const cJSON *parts, sm_tokens *out, sm_error *err) {
+    *out = (sm_tokens){0};
+    int32_t cap = 0;
+    const cJSON *item;
+    bool first = true;
+    cJSON_ArrayForEach(item, parts) {
+        sm_tokens piece = {0};
+        sm_token one;
+        if (cJSON_IsString(item)) {
+            sm_status st = sm_tokenize(model, item->valuestring, strlen(item->valuestring), first, true, &piece, err);
+            if (st != SM_OK) {
+                sm_tokens_free(out);
+                return st;
+            }
+        } else {
+            one = (sm_token)item->valuedouble;
+            piece.data = &one;
+            piece.n = 1;
+        }
+        if (out->n + piece.n > cap) {
+            cap = (out->n + piece.n) * 2;
+            sm_token *grown = realloc(out->data, sizeof *grown * (size_t)cap);
+            if (!grown) {
+                if (cJSON_IsString(item)) sm_tokens_free(&piece);
+                sm_tokens_free(out);
+                return SM_ERR_NO_MEMORY;
+            }
+            out->data = grown;
+        }
+        if (piece.n) memcpy(out->data + out->n, piece.data, sizeof *piece.data * (size_t)piece.n);
+        out->n += piece.n;
+        if (cJSON_IsString(item)) sm_tokens_free(&piece);
+        first = false;
+    }
+    return SM_OK;
+}
+
 static bool tokenize_prompt(job *j, api_error *err) {
     const sm_model *model = j->vocab->model;
     /* A completion prompt is raw model input, as in llama-server: the text
      * of special tokens becomes those tokens. Chat messages never do. */
     sm_tokens toks;
     sm_error terr = {0};
-    sm_status st = sm_tokenize(model, j->req.prompt, strlen(j->req.prompt), true, true, &toks, &terr);
+    sm_status st = j->req.prompt_mixed ? tokenize_mixed(model, j->req.prompt_mixed, &toks, &terr)
+                                       : sm_tokenize(model, j->req.prompt, strlen(j->req.prompt), true, true, &toks, &terr);
     if (st == SM_ERR_NO_MEMORY) return api_fail(err, 500, NULL, "out of memory");
     if (st != SM_OK) return api_fail(err, 400, "prompt", "%s", terr.message);
     j->prompt_tokens = toks.data;

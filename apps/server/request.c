@@ -512,14 +512,52 @@ static bool parse_selfmod(const cJSON *b, gen_request *r, int n_models, bool sel
 /* Prompts and messages                                                */
 /* ------------------------------------------------------------------ */
 
-static bool parse_prompt(const cJSON *b, gen_request *r, api_error *err) {
+/* One prompt, in llama-server's forms: a string; token ids, alone or
+ * mixed with strings ([1, 2, "text", 3]: the strings tokenized in place, a
+ * BOS only when a string comes first); {"prompt_string": "..."}. Several
+ * prompts (an array of those) are split by the caller, one request each. */
+bool prompt_is_several(const cJSON *prompt) {
+    if (!cJSON_IsArray(prompt) || cJSON_GetArraySize(prompt) < 2) return false;
+    const cJSON *item;
+    cJSON_ArrayForEach(item, prompt) if (cJSON_IsNumber(item)) return false; /* one mixed prompt */
+    return true;
+}
+
+static bool parse_prompt(const cJSON *b, gen_request *r, int32_t n_vocab, api_error *err) {
     const cJSON *prompt = json_field(b, "prompt");
     if (cJSON_IsArray(prompt) && cJSON_GetArraySize(prompt) == 1) prompt = cJSON_GetArrayItem(prompt, 0);
     if (!prompt) return api_fail(err, 400, "prompt", "'prompt' is required");
-    if (!cJSON_IsString(prompt))
-        return api_fail(err, 400, "prompt", "'prompt' must be a string (or an array of one string)");
-    r->prompt = strdup(prompt->valuestring);
-    return r->prompt ? true : api_fail(err, 500, NULL, "out of memory");
+    if (cJSON_IsObject(prompt)) {
+        const cJSON *text = cJSON_GetObjectItemCaseSensitive(prompt, "prompt_string");
+        const cJSON *item;
+        cJSON_ArrayForEach(item, prompt)
+            if (strcmp(item->string, "prompt_string") != 0)
+                return api_fail(err, 400, "prompt", "a prompt object takes only 'prompt_string' here ('%s': "
+                                                    "multimodal data is not supported)", item->string);
+        if (!cJSON_IsString(text)) return api_fail(err, 400, "prompt", "'prompt.prompt_string' must be a string");
+        prompt = text;
+    }
+    if (cJSON_IsString(prompt)) {
+        r->prompt = strdup(prompt->valuestring);
+        return r->prompt ? true : api_fail(err, 500, NULL, "out of memory");
+    }
+    if (!cJSON_IsArray(prompt) || prompt_is_several(prompt))
+        return api_fail(err, 400, "prompt", "'prompt' must be a string, token ids (mixed with strings), "
+                                            "{\"prompt_string\": ...}, or an array of those");
+    const cJSON *item;
+    int i = 0;
+    cJSON_ArrayForEach(item, prompt) {
+        if (cJSON_IsNumber(item) && (item->valuedouble < 0 || item->valuedouble >= n_vocab ||
+                                     item->valuedouble != (double)(int32_t)item->valuedouble))
+            return api_fail(err, 400, "prompt", "prompt[%d]: %g is not a token id of this model (0 to %d)", i,
+                            item->valuedouble, n_vocab - 1);
+        if (!cJSON_IsNumber(item) && !cJSON_IsString(item))
+            return api_fail(err, 400, "prompt", "prompt[%d] must be a token id or a string", i);
+        i++;
+    }
+    if (i == 0) return api_fail(err, 400, "prompt", "the prompt is empty: give some text");
+    r->prompt_mixed = cJSON_Duplicate(prompt, true);
+    return r->prompt_mixed ? true : api_fail(err, 500, NULL, "out of memory");
 }
 
 /* A message's content: a string, or an array of {"type": "text", "text"}. */
@@ -755,7 +793,7 @@ bool gen_request_parse(const cJSON *body, api_kind api, const model_set *models,
                 return api_fail(err, 400, *chat_only, "'%s' is for chat requests (messages)", *chat_only);
     bool ok = (api == API_CHAT ? parse_messages(body, r, err) && parse_continuation(body, r, err) &&
                                      parse_tool_choice(body, r, err)
-                               : parse_prompt(body, r, err)) &&
+                               : parse_prompt(body, r, sm_model_n_vocab(target_models[0]), err)) &&
               parse_length(body, r, err) && parse_sampling(body, r, err) && parse_stop(body, r, err) &&
               parse_logit_bias(body, r, sm_model_n_vocab(target_models[0]), err) &&
               parse_logprobs(body, r, err) && parse_stream(body, r, err) && parse_llama_fields(body, r, err) &&
@@ -793,6 +831,7 @@ void gen_request_free(gen_request *r) {
     }
     free(r->messages);
     free(r->prompt);
+    cJSON_Delete(r->prompt_mixed);
     free(r->logit_bias);
     memset(r, 0, sizeof *r);
 }

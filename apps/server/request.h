@@ -52,6 +52,7 @@ typedef struct gen_request {
     bool live_events;               /* stream the library's events too    */
     bool seed_given;
     char *prompt;                   /* completions and /completion        */
+    cJSON *prompt_mixed;            /* ... or token ids and strings, in order */
     sm_chat_message *messages;      /* chat; strings owned                */
     int n_messages;
     bool has_system;
@@ -78,6 +79,8 @@ typedef struct gen_request {
 /* base: what a request starts from (serve's defaults and --preset);
  * selfmod_default: whether the policy adapts sampling when a request has
  * no "selfmod" object (serve --selfmod). */
+/* Whether a "prompt" holds several prompts (each answered in turn). */
+bool prompt_is_several(const cJSON *prompt);
 bool gen_request_parse(const cJSON *body, api_kind api, const model_set *models, const sm_gen_params *base,
                        bool selfmod_default, gen_request *req, api_error *err);
 void gen_request_free(gen_request *req);

@@ -296,6 +296,41 @@ test('chat templates: /apply-template, a Jinja template file, system messages an
   assert.equal(parts.json.prompt, '<user>What is\n\nthe best book</user><assistant>');
 });
 
+test('prompts as token ids, mixed with strings, as prompt objects, and several at once', async () => {
+  const text = 'Once upon a time';
+  const ids = (await post(base(), '/tokenize', { content: text, add_special: true })).json.tokens;
+  const ask = (prompt, more = {}) => post(base(), '/completion', { prompt, n_predict: 6, temperature: 0, ...more });
+  const plain = await ask(text);
+  assert.equal(plain.status, 200, plain.text);
+  for (const prompt of [ids, { prompt_string: text }, [ids[0], ...ids.slice(1)]]) {
+    const r = await ask(prompt);
+    assert.equal(r.status, 200, r.text);
+    assert.equal(r.json.content, plain.json.content, JSON.stringify(prompt));
+  }
+  // a mixed prompt: the ids in place, the strings tokenized where they stand (no BOS: a token came first)
+  const mixed = await ask([ids[0], ' Once upon', ' a time'], { return_tokens: true });
+  assert.equal(mixed.status, 200, mixed.text);
+  assert.equal(mixed.json.tokens_evaluated, 1 + (await post(base(), '/tokenize', { content: ' Once upon' })).json.tokens.length +
+    (await post(base(), '/tokenize', { content: ' a time' })).json.tokens.length);
+  // several prompts: a list from /completion, choices prompt by prompt from /v1/completions
+  const list = await ask([ids, text, { prompt_string: text }]);
+  assert.equal(list.status, 200, list.text);
+  assert.deepEqual(list.json.map((x) => x.content), [0, 1, 2].map(() => plain.json.content));
+  assert.deepEqual(list.json.map((x) => x.index), [0, 1, 2]);
+  const v1 = await post(base(), '/v1/completions', { prompt: ['Once', 'Lily'], max_tokens: 3, n: 2, temperature: 0 });
+  assert.equal(v1.status, 200, v1.text);
+  assert.deepEqual(v1.json.choices.map((c) => c.index), [0, 1, 2, 3]);
+  const one = await post(base(), '/v1/completions', { prompt: 'Lily', max_tokens: 3, temperature: 0 });
+  assert.equal(v1.json.choices[2].text, one.json.choices[0].text);
+  assert.equal(v1.json.usage.prompt_tokens, 2 * one.json.usage.prompt_tokens);
+  // refusals
+  assertError(await ask([1, 2, 99999]), 400, 'prompt');
+  assertError(await ask([1, 2.5]), 400, 'prompt');
+  assertError(await ask({ prompt_string: 'x', multimodal_data: ['a'] }), 400, 'prompt');
+  assertError(await ask([[1, 2], 'b'], { stream: true }), 400, 'prompt');
+  assertError(await ask([]), 400, 'prompt');
+});
+
 test('id_slot picks the slot (llama-server\'s field)', async () => {
   for (const id of [1, 0, 1]) {
     const r = await post(base(), '/completion', { prompt: 'Once', n_predict: 2, id_slot: id });
