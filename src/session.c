@@ -1745,6 +1745,66 @@ sm_status sm_session_load_prefix(sm_session *s, const char *path, const sm_token
     return st;
 }
 
+sm_status sm_session_save_state(sm_session *s, const char *path, int32_t *n_saved, size_t *n_bytes) {
+    if (!s || !path || !*path) return s ? sm_session_fail(s, SM_ERR_INVALID_ARGUMENT, "no slot file given") : SM_ERR_INVALID_ARGUMENT;
+    if (s->n_models != 1) return sm_session_fail(s, SM_ERR_STATE, "a slot file holds one model's state: this session has %d", s->n_models);
+    /* All the tokens, a deferred last one too (its cell is not there yet:
+     * a restore decodes the last token again anyway), so that a restored
+     * session goes on exactly as this one. */
+    int32_t n = s->n_tokens;
+    if (n <= 0) return sm_session_fail(s, SM_ERR_STATE, "the context is empty: nothing to save");
+    sm_error err = {0};
+    size_t bytes = 0;
+    if (s->batch) sm_batch_lock_context(s->batch);
+    bool ok = smx_state_seq_save_file(s->members[0].ctx, path, s->seq, s->tokens, (size_t)n, &bytes, &err);
+    if (s->batch) sm_batch_unlock_context(s->batch);
+    if (!ok) return sm_session_fail(s, err.status ? err.status : SM_ERR_IO, "%s", err.message);
+    if (bytes == 0) return sm_session_fail(s, SM_ERR_IO, "cannot write the slot file '%s'", path);
+    if (n_saved) *n_saved = n;
+    if (n_bytes) *n_bytes = bytes;
+    return SM_OK;
+}
+
+static sm_status load_state(sm_session *s, const char *path, int32_t *n_restored, size_t *n_bytes) {
+    if (!s || !path || !*path) return s ? sm_session_fail(s, SM_ERR_INVALID_ARGUMENT, "no slot file given") : SM_ERR_INVALID_ARGUMENT;
+    if (s->n_models != 1) return sm_session_fail(s, SM_ERR_STATE, "a slot file holds one model's state: this session has %d", s->n_models);
+    sm_token *saved = malloc(sizeof(sm_token) * (size_t)s->n_ctx);
+    if (!saved) return sm_session_fail(s, SM_ERR_NO_MEMORY, "out of memory");
+    sm_session_clear(s);
+    size_t n = 0, bytes = 0;
+    sm_error err = {0};
+    if (s->batch) sm_batch_lock_context(s->batch);
+    bool loaded = smx_state_seq_load_file(s->members[0].ctx, path, s->seq, saved, (size_t)s->n_ctx, &n, &bytes, &err);
+    if (s->batch) sm_batch_unlock_context(s->batch);
+    if (!loaded || bytes == 0 || n == 0) {
+        free(saved);
+        sm_session_clear(s);
+        return sm_session_fail(s, SM_ERR_IO, "'%s' is not a slot file of this model and context (another model, a "
+                                             "longer context, or not a slot file)", path);
+    }
+    /* The cells are there; the last token is decoded again for its distribution. */
+    int32_t keep = (int32_t)n - 1;
+    sm_status st = seq_rm(s, &s->members[0], keep) ? SM_OK : SM_ERR_STATE;
+    if (st == SM_OK && sm_loop_reserve(&s->tokens, &s->cap_tokens, (int32_t)n) != 0) st = SM_ERR_NO_MEMORY;
+    if (st == SM_OK) {
+        memcpy(s->tokens, saved, sizeof(sm_token) * (size_t)keep);
+        s->n_tokens = keep;
+        s->members[0].n_tokens = 0;
+        int32_t reused = 0;
+        st = sm_session_set_tokens(s, saved, (int32_t)n, &reused);
+    } else {
+        sm_session_fail(s, st, "cannot take the slot file's cells");
+    }
+    free(saved);
+    if (st != SM_OK) {
+        sm_session_clear(s);
+        return st;
+    }
+    if (n_restored) *n_restored = (int32_t)n;
+    if (n_bytes) *n_bytes = bytes;
+    return SM_OK;
+}
+
 /* ------------------------------------------------------------------ */
 /* Entry points that decode: on a batch, the session is busy meanwhile */
 /* ------------------------------------------------------------------ */
@@ -1783,6 +1843,14 @@ sm_status sm_session_feed_tokens(sm_session *s, const sm_token *tokens, int32_t 
 sm_status sm_session_feed_text(sm_session *s, const char *text, bool add_bos) {
     busy_enter(s);
     sm_status st = feed_text_impl(s, text, add_bos);
+    busy_leave(s);
+    return st;
+}
+
+sm_status sm_session_load_state(sm_session *s, const char *path, int32_t *n_restored, size_t *n_bytes) {
+    if (!s) return SM_ERR_INVALID_ARGUMENT;
+    busy_enter(s);
+    sm_status st = load_state(s, path, n_restored, n_bytes);
     busy_leave(s);
     return st;
 }

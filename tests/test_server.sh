@@ -48,7 +48,9 @@ start_server() {
 }
 
 API_KEY="test-key-$RANDOM$RANDOM"
-start_server plain -m "$SM_MODELS/stories260K.gguf" --parallel 2
+mkdir -p "$WORK/slots"
+printf 'not a slot file' > "$WORK/slots/garbage.bin"
+start_server plain -m "$SM_MODELS/stories260K.gguf" --parallel 2 --slot-save-path "$WORK/slots"
 printf '%s\n' "$API_KEY" > "$WORK/api-key"   # from a file: a key on the command line shows in ps
 start_server keyed -m "$SM_MODELS/stories260K.gguf" --parallel 1 --api-key-file "$WORK/api-key" --alias tiny-stories --quiet \
   --preset original

@@ -398,6 +398,48 @@ static void test_set_tokens_reuses_the_common_prefix(void **state) {
     sm_session_free(s);
 }
 
+/* A slot file: a session's context saved and restored into another
+ * holds the same tokens and goes on exactly as the first (greedy); a file
+ * that is not one is refused and leaves the session empty and usable. */
+static void test_slot_file_round_trip(void **state) {
+    fixture *f = *state;
+    char path[] = "/tmp/sm_slot_XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    sm_session *a = new_session(f->model, 512), *b = new_session(f->model, 512);
+    sm_gen_params gp = tu_greedy_params(12);
+    sm_result r;
+    assert_int_equal(sm_session_generate(a, "Once upon a time", &gp, &r), SM_OK);
+    sm_result_free(&r);
+    int32_t n_saved = 0, n_restored = 0;
+    size_t bytes = 0;
+    assert_int_equal(sm_session_save_state(a, path, &n_saved, &bytes), SM_OK);
+    assert_true(n_saved > 12 && bytes > 0);
+    assert_int_equal(sm_session_load_state(b, path, &n_restored, &bytes), SM_OK);
+    assert_int_equal(n_restored, n_saved);
+    int32_t na = 0, nb = 0;
+    const sm_token *ta = sm_session_tokens(a, &na), *tb = sm_session_tokens(b, &nb);
+    assert_int_equal(nb, n_saved);
+    assert_memory_equal(ta, tb, sizeof(sm_token) * (size_t)nb);
+    sm_result ra, rb;
+    assert_int_equal(sm_session_generate(a, NULL, &gp, &ra), SM_OK);
+    assert_int_equal(sm_session_generate(b, NULL, &gp, &rb), SM_OK);
+    assert_string_equal(ra.text, rb.text);
+    sm_result_free(&ra);
+    sm_result_free(&rb);
+    FILE *garbage = fopen(path, "wb");
+    fputs("not a slot file", garbage);
+    fclose(garbage);
+    assert_int_equal(sm_session_load_state(b, path, &n_restored, &bytes), SM_ERR_IO);
+    assert_int_equal(sm_session_n_past(b), 0);
+    assert_int_equal(sm_session_generate(b, "Once", &gp, &rb), SM_OK);
+    sm_result_free(&rb);
+    unlink(path);
+    sm_session_free(a);
+    sm_session_free(b);
+}
+
 /* A generation that ends at n_predict leaves its last token undecoded until
  * something needs it. Going on from there (generate without a prompt, new
  * tokens through set_tokens, truncation) is what it would have been had the
@@ -491,6 +533,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_deferred_last_token),
         cmocka_unit_test(test_set_tokens_reuses_the_common_prefix),
+        cmocka_unit_test(test_slot_file_round_trip),
         cmocka_unit_test(test_greedy_generation),
         cmocka_unit_test(test_sampling_is_seeded_and_temperature_matters),
         cmocka_unit_test(test_rewind_logits_equal_uninterrupted_run),

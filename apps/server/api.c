@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 cJSON *api_parse_body(const char *body, size_t len, reply *error_reply) {
     const char *end = NULL;
@@ -164,6 +165,90 @@ reply api_slots(server *srv) {
     }
     pthread_mutex_unlock(&pool->mutex);
     return reply_json(200, list);
+}
+
+/* A slot file's name: a plain file name in --slot-save-path, never a
+ * path (no separators, no leading dot, no control characters). */
+static bool plain_file_name(const char *name) {
+    size_t n = strlen(name);
+    if (n == 0 || n > 255 || name[0] == '.') return false;
+    for (const unsigned char *p = (const unsigned char *)name; *p; p++)
+        if (*p < 0x20 || *p == 0x7f || *p == '/' || *p == '\\' || *p == ':') return false;
+    return true;
+}
+
+static double wall_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+reply api_slot_action(server *srv, const char *name, const char *action, const char *body, size_t len) {
+    api_error err = {0};
+    slot_pool *pool = &srv->slots;
+    char *end = NULL;
+    long id = strtol(name, &end, 10);
+    char msg[600];
+    if (!*name || *end || id < 0 || id >= pool->n_slots) {
+        snprintf(msg, sizeof msg, "no slot '%.100s': this server has slots 0 to %d", name, pool->n_slots - 1);
+        return reply_error_simple(400, "id_slot", msg);
+    }
+    if (!action || (strcmp(action, "save") != 0 && strcmp(action, "restore") != 0 && strcmp(action, "erase") != 0))
+        return reply_error_simple(400, "action", "'action' must be save, restore or erase");
+    bool erase = strcmp(action, "erase") == 0, save = strcmp(action, "save") == 0;
+    if (!erase && !srv->opt.slot_save_path) {
+        api_fail(&err, 501, NULL, "saving and restoring slots needs a folder: start the server with --slot-save-path DIR");
+        err.type = "not_supported_error";
+        return reply_error(&err);
+    }
+    char path[4096] = "", filename[256] = "";
+    if (!erase) {
+        reply bad;
+        cJSON *json = len ? api_parse_body(body, len, &bad) : cJSON_CreateObject();
+        if (!json) return bad;
+        const cJSON *f = json_field(json, "filename");
+        bool ok = cJSON_IsString(f) && plain_file_name(f->valuestring);
+        if (ok) snprintf(filename, sizeof filename, "%s", f->valuestring);
+        cJSON_Delete(json);
+        if (!ok) return reply_error_simple(400, "filename", "'filename' must be a plain file name (no path)");
+        snprintf(path, sizeof path, "%s/%s", srv->opt.slot_save_path, filename);
+        if (!save && access(path, R_OK) != 0) {
+            snprintf(msg, sizeof msg, "no slot file '%s' to restore (save one first)", filename);
+            return reply_error_simple(404, "filename", msg);
+        }
+    }
+    slot *s = slot_acquire_index(pool, 0, (int)id);
+    char why[512] = "";
+    sm_session *session = slot_session(pool, s, 0, why, sizeof why);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "id_slot", (double)id);
+    double t0 = wall_ms();
+    sm_status st = session ? SM_OK : SM_ERR_CONTEXT;
+    int32_t n = 0;
+    size_t bytes = 0;
+    if (st == SM_OK && erase) {
+        n = sm_session_n_past(session);
+        st = sm_session_clear(session);
+        cJSON_AddNumberToObject(o, "n_erased", n);
+    } else if (st == SM_OK) {
+        st = save ? sm_session_save_state(session, path, &n, &bytes) : sm_session_load_state(session, path, &n, &bytes);
+        if (st != SM_OK) /* the file by its name: the server's folder is its own business */
+            snprintf(why, sizeof why, "slot file '%s': %s", filename,
+                     save ? "cannot be written" : "not a slot file of this model and context");
+        cJSON_AddStringToObject(o, "filename", filename);
+        cJSON_AddNumberToObject(o, save ? "n_saved" : "n_restored", n);
+        cJSON_AddNumberToObject(o, save ? "n_written" : "n_read", (double)bytes);
+        cJSON *timings = cJSON_AddObjectToObject(o, "timings");
+        cJSON_AddNumberToObject(timings, save ? "save_ms" : "restore_ms", wall_ms() - t0);
+    }
+    /* What the slot's chat remembers no longer matches the context. */
+    slot_set_chat_messages(s, 0, NULL, 0);
+    slot_release(pool, s);
+    if (st != SM_OK) {
+        cJSON_Delete(o);
+        return reply_error_simple(st == SM_ERR_NO_MEMORY ? 500 : 400, save || erase ? NULL : "filename", why);
+    }
+    return reply_json(200, o);
 }
 
 /* ------------------------------------------------------------------ */

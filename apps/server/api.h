@@ -10,6 +10,8 @@ reply api_props(server *srv);
 reply api_metrics(server *srv);
 reply api_slots(server *srv);
 reply api_model_named(server *srv, const char *name);
+/* POST /slots/{id}?action=save|restore|erase (llama-server's, with --slot-save-path). */
+reply api_slot_action(server *srv, const char *name, const char *action, const char *body, size_t len);
 reply api_completions(server *srv, int client_fd, const char *body, size_t len);
 reply api_chat_completions(server *srv, int client_fd, const char *body, size_t len);
 reply api_llama_completion(server *srv, int client_fd, const char *body, size_t len);

@@ -79,35 +79,39 @@ typedef struct route {
     reply (*get)(server *srv);
     api_handler post;
     reply (*get_named)(server *srv, const char *name); /* path is a prefix: GET path<name> */
+    /* path is a prefix: POST path<name>?action=... */
+    reply (*post_named)(server *srv, const char *name, const char *action, const char *body, size_t len);
 } route;
 
 static const route ROUTES[] = {
-    {"/health", ROUTE_GET, true, api_health, NULL, NULL},
-    {"/v1/health", ROUTE_GET, true, api_health, NULL, NULL},
-    {"/v1/models", ROUTE_GET, false, api_models, NULL, NULL},
-    {"/models", ROUTE_GET, false, api_models, NULL, NULL},   /* llama-server's unprefixed names too */
-    {"/props", ROUTE_GET, false, api_props, NULL, NULL},
-    {"/metrics", ROUTE_GET, false, api_metrics, NULL, NULL},
-    {"/slots", ROUTE_GET, false, api_slots, NULL, NULL},
-    {"/v1/completions", ROUTE_POST, false, NULL, api_completions, NULL},
-    {"/completions", ROUTE_POST, false, NULL, api_llama_completion, NULL}, /* as llama-server: its own form */
-    {"/v1/chat/completions", ROUTE_POST, false, NULL, api_chat_completions, NULL},
-    {"/chat/completions", ROUTE_POST, false, NULL, api_chat_completions, NULL},
-    {"/completion", ROUTE_POST, false, NULL, api_llama_completion, NULL},
-    {"/tokenize", ROUTE_POST, false, NULL, api_tokenize, NULL},
-    {"/apply-template", ROUTE_POST, false, NULL, api_apply_template, NULL},
-    {"/chat/completions/input_tokens", ROUTE_POST, false, NULL, api_input_tokens, NULL},
-    {"/v1/chat/completions/input_tokens", ROUTE_POST, false, NULL, api_input_tokens, NULL},
-    {"/detokenize", ROUTE_POST, false, NULL, api_detokenize, NULL},
-    {"/loom/expand", ROUTE_POST, false, NULL, api_loom_expand, NULL},
-    {"/v1/models/", ROUTE_GET, false, NULL, NULL, api_model_named},
-    {"/models/", ROUTE_GET, false, NULL, NULL, api_model_named},
+    {"/health", ROUTE_GET, true, api_health, NULL, NULL, NULL},
+    {"/v1/health", ROUTE_GET, true, api_health, NULL, NULL, NULL},
+    {"/v1/models", ROUTE_GET, false, api_models, NULL, NULL, NULL},
+    {"/models", ROUTE_GET, false, api_models, NULL, NULL, NULL},   /* llama-server's unprefixed names too */
+    {"/props", ROUTE_GET, false, api_props, NULL, NULL, NULL},
+    {"/metrics", ROUTE_GET, false, api_metrics, NULL, NULL, NULL},
+    {"/slots", ROUTE_GET, false, api_slots, NULL, NULL, NULL},
+    {"/v1/completions", ROUTE_POST, false, NULL, api_completions, NULL, NULL},
+    {"/completions", ROUTE_POST, false, NULL, api_llama_completion, NULL, NULL}, /* as llama-server: its own form */
+    {"/v1/chat/completions", ROUTE_POST, false, NULL, api_chat_completions, NULL, NULL},
+    {"/chat/completions", ROUTE_POST, false, NULL, api_chat_completions, NULL, NULL},
+    {"/completion", ROUTE_POST, false, NULL, api_llama_completion, NULL, NULL},
+    {"/tokenize", ROUTE_POST, false, NULL, api_tokenize, NULL, NULL},
+    {"/apply-template", ROUTE_POST, false, NULL, api_apply_template, NULL, NULL},
+    {"/chat/completions/input_tokens", ROUTE_POST, false, NULL, api_input_tokens, NULL, NULL},
+    {"/v1/chat/completions/input_tokens", ROUTE_POST, false, NULL, api_input_tokens, NULL, NULL},
+    {"/detokenize", ROUTE_POST, false, NULL, api_detokenize, NULL, NULL},
+    {"/loom/expand", ROUTE_POST, false, NULL, api_loom_expand, NULL, NULL},
+    {"/v1/models/", ROUTE_GET, false, NULL, NULL, api_model_named, NULL},
+    {"/models/", ROUTE_GET, false, NULL, NULL, api_model_named, NULL},
+    {"/slots/", ROUTE_POST, false, NULL, NULL, NULL, api_slot_action},
 };
 
 static const route *find_route(const char *url) {
     for (size_t i = 0; i < sizeof ROUTES / sizeof ROUTES[0]; i++) {
         const route *r = &ROUTES[i];
-        if (r->get_named ? strncmp(url, r->path, strlen(r->path)) == 0 && url[strlen(r->path)] : strcmp(url, r->path) == 0)
+        bool prefix = r->get_named || r->post_named;
+        if (prefix ? strncmp(url, r->path, strlen(r->path)) == 0 && url[strlen(r->path)] : strcmp(url, r->path) == 0)
             return r;
     }
     return NULL;
@@ -362,6 +366,9 @@ static reply dispatch(server *srv, struct MHD_Connection *conn, const char *url,
     if (rt->kind == ROUTE_GET) return is_get ? rt->get(srv) : method_not_allowed(rt, method);
     if (strcmp(method, "POST") != 0) return method_not_allowed(rt, method);
     if (rs->too_large) return too_large(srv);
+    if (rt->post_named)
+        return rt->post_named(srv, url + strlen(rt->path), MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "action"),
+                              rs->body ? rs->body : "", rs->len);
     return rt->post(srv, client_fd(conn), rs->body ? rs->body : "", rs->len);
 }
 

@@ -44,6 +44,7 @@ enum {
     OPT_N_PREDICT,
     OPT_METRICS,
     OPT_SLOTS,
+    OPT_SLOT_SAVE_PATH,
     OPT_NO_UI,
 };
 
@@ -68,6 +69,7 @@ static const struct option long_options[] = {
     {"n-gpu-layers", required_argument, NULL, OPT_N_GPU_LAYERS},
     {"quiet", no_argument, NULL, OPT_QUIET},
     {"verbose", no_argument, NULL, OPT_VERBOSE},
+    {"slot-save-path", required_argument, NULL, OPT_SLOT_SAVE_PATH},
     {"drop-old-turns", no_argument, NULL, OPT_DROP_OLD_TURNS},
     {"api-key-file", required_argument, NULL, OPT_API_KEY_FILE},
     {"cors-origins", required_argument, NULL, OPT_CORS_ORIGINS},
@@ -130,6 +132,7 @@ static void print_usage(FILE *out) {
           "                            or by llama.cpp's built-in heuristics\n"
           "      --metrics             GET /metrics: llama-server's Prometheus counters\n"
           "      --slots               GET /slots: each slot's context and state\n"
+          "      --slot-save-path DIR  POST /slots/{id}?action=save|restore (files in DIR) and erase\n"
           "      --no-ui               no web page (the API only)\n"
           "      --temp F --seed N --n-predict N  what requests that do not say get\n"
           "                            (llama-server's names; default: 0.7, 42, 256)\n"
@@ -293,6 +296,15 @@ static bool apply_option(server_options *opt, int c, const char *arg, FILE *err)
         return true;
     case OPT_QUIET: opt->quiet = true; return true;
     case OPT_VERBOSE: opt->verbose = true; return true;
+    case OPT_SLOT_SAVE_PATH: {
+        struct stat st;
+        if (stat(arg, &st) != 0 || !S_ISDIR(st.st_mode)) {
+            fprintf(err, "llama_selfmod serve: error: --slot-save-path '%s': not a folder\n", arg);
+            return false;
+        }
+        opt->slot_save_path = arg;
+        return true;
+    }
     case OPT_DROP_OLD_TURNS: opt->drop_old_turns = true; return true;
     case OPT_API_KEY_FILE: return read_key_file(opt, arg, err);
     case OPT_CORS_ORIGINS:

@@ -331,6 +331,43 @@ test('prompts as token ids, mixed with strings, as prompt objects, and several a
   assertError(await ask([]), 400, 'prompt');
 });
 
+test('slot files: save a slot, restore it into another, erase one (--slot-save-path)', async () => {
+  const ask = (prompt, id) => post(base(), '/completion', { prompt, id_slot: id, cache_prompt: true, n_predict: 24, temperature: 0 });
+  const france = 'What is the capital of France?', germany = 'What is the capital of Germany?';
+  const first = await ask(france, 1);
+  assert.equal(first.status, 200, first.text);
+  const n_all = first.json.tokens_evaluated; // (the slot may have held a prefix of it before)
+  const saved = await post(base(), '/slots/1?action=save', { filename: 'slot1.bin' });
+  assert.equal(saved.status, 200, saved.text);
+  assert.equal(saved.json.id_slot, 1);
+  assert.equal(saved.json.n_saved, first.json.tokens_evaluated + first.json.tokens_predicted); // prompt and answer
+  assert.ok(saved.json.n_written > 0);
+  const again = await ask(germany, 1);
+  const n_new = again.json.timings.prompt_n;
+  assert.ok(n_new < n_all, `only the new part is decoded: ${n_new} of ${n_all}`);
+  const restored = await post(base(), '/slots/0?action=restore', { filename: 'slot1.bin' });
+  assert.equal(restored.status, 200, restored.text);
+  assert.equal(restored.json.n_restored, saved.json.n_saved);
+  // slot 0 now holds what slot 1 held: the same new part decoded, the same greedy answer
+  const moved = await ask(germany, 0);
+  assert.equal(moved.json.timings.prompt_n, n_new);
+  assert.equal(moved.json.content, again.json.content);
+  const erased = await post(base(), '/slots/1?action=erase', {});
+  assert.equal(erased.status, 200, erased.text);
+  assert.ok(erased.json.n_erased > 0);
+  assert.equal((await ask(france, 1)).json.timings.prompt_n, n_all);
+  // refusals
+  assertError(await post(base(), '/slots/0?action=restore', { filename: '../x.bin' }), 400, 'filename');
+  assertError(await post(base(), '/slots/0?action=save', { filename: '.hidden' }), 400, 'filename');
+  assertError(await post(base(), '/slots/0?action=restore', { filename: 'nothere.bin' }), 404, 'filename');
+  assertError(await post(base(), '/slots/0?action=restore', { filename: 'garbage.bin' }), 400, 'filename');
+  assertError(await post(base(), '/slots/0?action=dance', {}), 400, 'action');
+  assertError(await post(base(), '/slots/9?action=erase', {}), 400, 'id_slot');
+  assert.equal((await post(servers.templated, '/slots/0?action=save', { filename: 'a.bin' })).status, 501);
+  // the slot still works after a refused restore
+  assert.equal((await ask(france, 0)).status, 200);
+});
+
 test('id_slot picks the slot (llama-server\'s field)', async () => {
   for (const id of [1, 0, 1]) {
     const r = await post(base(), '/completion', { prompt: 'Once', n_predict: 2, id_slot: id });
