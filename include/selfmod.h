@@ -100,6 +100,8 @@ void sm_model_free(sm_model *model);
 const char *sm_model_path(const sm_model *model);
 const char *sm_model_description(const sm_model *model); /* e.g. "llama 260K F32" */
 int32_t sm_model_n_vocab(const sm_model *model);
+/* Whether the token ends a generation (EOS, EOT and the like). */
+bool sm_model_token_is_eog(const sm_model *model, sm_token token);
 int32_t sm_model_n_ctx_train(const sm_model *model);
 /* The underlying llama.cpp handle, for code that needs llama.h directly. */
 struct llama_model *sm_model_llama(const sm_model *model);

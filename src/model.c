@@ -137,6 +137,10 @@ void sm_model_free(sm_model *model) {
 const char *sm_model_path(const sm_model *m) { return m->path; }
 const char *sm_model_description(const sm_model *m) { return m->description; }
 int32_t sm_model_n_vocab(const sm_model *m) { return m->n_vocab; }
+
+bool sm_model_token_is_eog(const sm_model *m, sm_token token) {
+    return m && token >= 0 && token < m->n_vocab && llama_vocab_is_eog(m->vocab, token);
+}
 int32_t sm_model_n_ctx_train(const sm_model *m) { return llama_model_n_ctx_train(m->lm); }
 struct llama_model *sm_model_llama(const sm_model *m) { return m->lm; }
 

@@ -137,11 +137,26 @@ static bool add_bias(gen_request *r, double token, const cJSON *bias, const char
     return true;
 }
 
-static bool parse_logit_bias(const cJSON *b, gen_request *r, int n_vocab, api_error *err) {
+/* A bias on a text (llama-server's form): on each of its tokens. */
+static bool add_text_bias(gen_request *r, const sm_model *model, const char *text, const cJSON *bias, const char *param,
+                          api_error *err) {
+    sm_tokens toks;
+    sm_error terr = {0};
+    if (!*text) return api_fail(err, 400, param, "'%s': an empty text has no tokens", param);
+    if (sm_tokenize(model, text, strlen(text), false, false, &toks, &terr) != SM_OK)
+        return api_fail(err, 400, param, "'%s': %s", param, terr.message);
+    bool ok = true;
+    for (int32_t k = 0; ok && k < toks.n; k++) ok = add_bias(r, toks.data[k], bias, param, sm_model_n_vocab(model), err);
+    sm_tokens_free(&toks);
+    return ok;
+}
+
+static bool parse_logit_bias(const cJSON *b, gen_request *r, const sm_model *model, api_error *err) {
+    int n_vocab = sm_model_n_vocab(model);
     const cJSON *lb = json_field(b, "logit_bias");
     if (!lb) return true;
     if (!cJSON_IsObject(lb) && !cJSON_IsArray(lb))
-        return api_fail(err, 400, "logit_bias", "'logit_bias' must be an object of token id -> bias");
+        return api_fail(err, 400, "logit_bias", "'logit_bias' must be an object of token id (or text) -> bias");
     r->logit_bias = calloc(MAX_LOGIT_BIAS, sizeof *r->logit_bias);
     if (!r->logit_bias) return api_fail(err, 500, NULL, "out of memory");
     const cJSON *item;
@@ -152,13 +167,17 @@ static bool parse_logit_bias(const cJSON *b, gen_request *r, int n_vocab, api_er
             snprintf(param, sizeof param, "logit_bias.%.40s", item->string);
             char *end;
             double token = strtod(item->string, &end);
-            if (end == item->string || *end) return api_fail(err, 400, param, "'%s': keys are token ids", param);
-            if (!add_bias(r, token, item, param, n_vocab, err)) return false;
+            bool is_id = end != item->string && !*end;
+            if (!(is_id ? add_bias(r, token, item, param, n_vocab, err)
+                        : add_text_bias(r, model, item->string, item, param, err)))
+                return false;
         } else {
             snprintf(param, sizeof param, "logit_bias[%d]", i);
-            if (!cJSON_IsArray(item) || cJSON_GetArraySize(item) != 2 || !cJSON_IsNumber(cJSON_GetArrayItem(item, 0)))
-                return api_fail(err, 400, param, "'%s' must be [token id, bias]", param);
-            if (!add_bias(r, cJSON_GetArrayItem(item, 0)->valuedouble, cJSON_GetArrayItem(item, 1), param, n_vocab, err))
+            const cJSON *key = cJSON_GetArrayItem(item, 0);
+            if (!cJSON_IsArray(item) || cJSON_GetArraySize(item) != 2 || !(cJSON_IsNumber(key) || cJSON_IsString(key)))
+                return api_fail(err, 400, param, "'%s' must be [token id or text, bias]", param);
+            if (!(cJSON_IsNumber(key) ? add_bias(r, key->valuedouble, cJSON_GetArrayItem(item, 1), param, n_vocab, err)
+                                      : add_text_bias(r, model, key->valuestring, cJSON_GetArrayItem(item, 1), param, err)))
                 return false;
         }
         i++;
@@ -795,7 +814,7 @@ bool gen_request_parse(const cJSON *body, api_kind api, const model_set *models,
                                      parse_tool_choice(body, r, err)
                                : parse_prompt(body, r, sm_model_n_vocab(target_models[0]), err)) &&
               parse_length(body, r, err) && parse_sampling(body, r, err) && parse_stop(body, r, err) &&
-              parse_logit_bias(body, r, sm_model_n_vocab(target_models[0]), err) &&
+              parse_logit_bias(body, r, target_models[0], err) &&
               parse_logprobs(body, r, err) && parse_stream(body, r, err) && parse_llama_fields(body, r, err) &&
               parse_grammar(body, r, target_models[0], err) &&
               parse_selfmod(body, r, n_models, selfmod_default, err);

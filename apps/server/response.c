@@ -294,6 +294,32 @@ static const char *stopping_word(const job *j, const sm_result *res) {
     return best;
 }
 
+/* The request's settings, with llama-server's logit_bias list: the
+ * request's biases and, with ignore_eos, every end-of-generation token at
+ * -inf (null). */
+static cJSON *generation_settings(const job *j) {
+    cJSON *o = sm_gen_params_to_cjson(&j->req.params);
+    if (!o) return NULL;
+    cJSON_DeleteItemFromObjectCaseSensitive(o, "logit_bias");
+    cJSON *list = cJSON_AddArrayToObject(o, "logit_bias");
+    for (int i = 0; i < j->req.n_logit_bias; i++) {
+        cJSON *e = cJSON_CreateObject();
+        cJSON_AddNumberToObject(e, "token", j->req.logit_bias[i].token);
+        if (isinf(j->req.logit_bias[i].bias)) cJSON_AddNullToObject(e, "bias");
+        else cJSON_AddNumberToObject(e, "bias", j->req.logit_bias[i].bias);
+        cJSON_AddItemToArray(list, e);
+    }
+    const sm_model *model = j->vocab->model;
+    for (sm_token t = 0; j->req.params.ignore_eos && t < sm_model_n_vocab(model); t++) {
+        if (!sm_model_token_is_eog(model, t)) continue;
+        cJSON *e = cJSON_CreateObject();
+        cJSON_AddNumberToObject(e, "token", t);
+        cJSON_AddNullToObject(e, "bias");
+        cJSON_AddItemToArray(list, e);
+    }
+    return o;
+}
+
 /* ------------------------------------------------------------------ */
 /* Chunks and responses                                                */
 /* ------------------------------------------------------------------ */
@@ -433,7 +459,7 @@ cJSON *response_final_chunk(const job *j, const sm_result *res, const char *text
         /* A prompt that does not fit is refused, never cut: nothing is truncated. */
         cJSON_AddBoolToObject(o, "truncated", false);
         cJSON_AddBoolToObject(o, "has_new_line", res->text && memchr(res->text, '\n', res->text_len) != NULL);
-        cJSON_AddItemToObject(o, "generation_settings", sm_gen_params_to_cjson(&j->req.params));
+        cJSON_AddItemToObject(o, "generation_settings", generation_settings(j));
     } else {
         o = openai_envelope(j, j->req.api == API_CHAT ? "chat.completion.chunk" : "text_completion");
         cJSON *choices = cJSON_AddArrayToObject(o, "choices");
@@ -461,7 +487,7 @@ static cJSON *verbose_json(const job *j, const sm_result *res) {
     cJSON_AddNumberToObject(o, "tokens_predicted", res->n_tokens);
     cJSON_AddNumberToObject(o, "tokens_evaluated", j->n_prompt);
     cJSON_AddStringToObject(o, "stop_type", llama_stop_type(res->stop_reason));
-    cJSON_AddItemToObject(o, "generation_settings", sm_gen_params_to_cjson(&j->req.params));
+    cJSON_AddItemToObject(o, "generation_settings", generation_settings(j));
     return o;
 }
 

@@ -151,6 +151,28 @@ test('logit_bias bans a token, frequency and presence penalties change greedy te
   assertError(await post(servers.plain, '/v1/completions', { ...base, logit_bias: { 5: 'x' } }), 400, 'logit_bias.5');
 });
 
+test('logit_bias by text (llama-server\'s form) bans each of its tokens; generation_settings lists the biases', async () => {
+  const base = { prompt: 'Once upon a time', n_predict: 40, temperature: 0 };
+  const plain = await post(servers.plain, '/completion', base);
+  const words = plain.json.content.trim().split(/\s+/).slice(0, 3).map((w) => ' ' + w);
+  const ids = [];
+  for (const w of words) ids.push(...(await post(servers.plain, '/tokenize', { content: w })).json.tokens);
+  for (const logit_bias of [words.map((w) => [w, -100]), Object.fromEntries(words.map((w) => [w, false]))]) {
+    const r = await post(servers.plain, '/completion', { ...base, logit_bias, return_tokens: true });
+    assert.equal(r.status, 200, r.text);
+    assert.ok(!r.json.tokens.some((t) => ids.includes(t)), `a banned token appeared: ${r.json.content}`);
+    const listed = r.json.generation_settings.logit_bias;
+    assert.deepEqual([...new Set(listed.map((e) => e.token))].sort(), [...new Set(ids)].sort());
+    assert.ok(listed.every((e) => e.bias === null));
+  }
+  // ignore_eos: every end-of-generation token listed at -inf (null), as llama-server lists it
+  const eos = await post(servers.plain, '/completion', { ...base, n_predict: 4, ignore_eos: true });
+  assert.ok(eos.json.generation_settings.logit_bias.length > 0);
+  assert.ok(eos.json.generation_settings.logit_bias.every((e) => e.bias === null));
+  assert.deepEqual(plain.json.generation_settings.logit_bias, []);
+  assertError(await post(servers.plain, '/completion', { ...base, logit_bias: [['', -1]] }), 400, 'logit_bias[0]');
+});
+
 test('explicit sampling values are held; without a selfmod object nothing adapts', async () => {
   const r = await post(servers.plain, '/v1/completions', {
     prompt: 'Once upon a time', max_tokens: 30, temperature: 0.2, seed: 3, selfmod: { confidence_threshold: 0.99, sharpen_threshold: 0.995 },
