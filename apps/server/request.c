@@ -338,6 +338,16 @@ static bool parse_llama_fields(const cJSON *b, gen_request *r, api_error *err) {
     long long id_slot = -1;
     if (!get_int_field(b, "id_slot", "id_slot", -1, 1 << 20, &id_slot, err)) return false;
     r->id_slot = (int)id_slot;
+    const cJSON *fields = json_field(b, "response_fields"), *field;
+    if (fields && !cJSON_IsNull(fields)) {
+        if (!cJSON_IsArray(fields)) return api_fail(err, 400, "response_fields", "'response_fields' must be an array of strings");
+        cJSON_ArrayForEach(field, fields)
+            if (!cJSON_IsString(field)) return api_fail(err, 400, "response_fields", "'response_fields' must be an array of strings");
+        if (r->api != API_LLAMA && cJSON_GetArraySize(fields) > 0)
+            return api_fail(err, 400, "response_fields", "'response_fields' is for /completion");
+        if (cJSON_GetArraySize(fields) > 0 && !(r->response_fields = cJSON_Duplicate(fields, true)))
+            return api_fail(err, 500, NULL, "out of memory");
+    }
     bool verbose = false;
     if (json_field(b, "verbose")) {
         if (!get_bool_field(b, "verbose", "verbose", &verbose, err)) return false;
@@ -772,7 +782,7 @@ static const char *const KNOWN_FIELDS[] = {
     "dynatemp_exponent", "mirostat", "mirostat_tau", "mirostat_eta", "seed", "frequency_penalty", "presence_penalty", "logit_bias", "stop", "logprobs",
     "top_logprobs", "n_probs", "stream", "stream_options", "selfmod", "return_tokens", "cache_prompt", "ignore_eos",
     "timings_per_token", "grammar", "response_format", "json_schema", "add_generation_prompt", "continue_final_message",
-    "verbose", "tools", "tool_choice", "parallel_tool_calls", "id_slot",
+    "verbose", "tools", "tool_choice", "parallel_tool_calls", "id_slot", "response_fields",
     "user", /* OpenAI's end-user id: no effect on generation there either */
 };
 
@@ -851,6 +861,7 @@ void gen_request_free(gen_request *r) {
     free(r->messages);
     free(r->prompt);
     cJSON_Delete(r->prompt_mixed);
+    cJSON_Delete(r->response_fields);
     free(r->logit_bias);
     memset(r, 0, sizeof *r);
 }

@@ -53,6 +53,7 @@ typedef struct gen_request {
     bool seed_given;
     char *prompt;                   /* completions and /completion        */
     cJSON *prompt_mixed;            /* ... or token ids and strings, in order */
+    cJSON *response_fields;         /* /completion: the fields to answer with, or NULL */
     sm_chat_message *messages;      /* chat; strings owned                */
     int n_messages;
     bool has_system;

@@ -491,12 +491,32 @@ static cJSON *verbose_json(const job *j, const sm_result *res) {
     return o;
 }
 
+/* llama-server's response_fields: only the fields asked for, each under
+ * its path ("generation_settings/n_predict"); paths that lead nowhere are
+ * left out. */
+static cJSON *select_fields(cJSON *full, const cJSON *fields) {
+    cJSON *out = cJSON_CreateObject();
+    const cJSON *field;
+    cJSON_ArrayForEach(field, fields) {
+        char path[256];
+        snprintf(path, sizeof path, "%s", field->valuestring);
+        const cJSON *at = full;
+        char *save = NULL;
+        for (char *part = strtok_r(path, "/", &save); part && at; part = strtok_r(NULL, "/", &save))
+            at = cJSON_GetObjectItemCaseSensitive(at, part);
+        if (at) cJSON_AddItemToObject(out, field->valuestring, cJSON_Duplicate(at, true));
+    }
+    cJSON_Delete(full);
+    return out;
+}
+
 cJSON *response_complete(const job *j, const sm_result *res) {
     int32_t n_tok = tracker_tokens_touching(&j->tr, res->text_len);
     if (j->req.api == API_LLAMA) {
         cJSON *o = response_final_chunk(j, res, res->text, res->text_len, 0, n_tok);
+        cJSON_AddStringToObject(o, "prompt", j->verbose_prompt ? j->verbose_prompt : "");
         if (job_verbose(j)) cJSON_AddItemToObject(o, "__verbose", verbose_json(j, res));
-        return o;
+        return j->req.response_fields ? select_fields(o, j->req.response_fields) : o;
     }
     cJSON *o = openai_envelope(j, j->req.api == API_CHAT ? "chat.completion" : "text_completion");
     cJSON *choices = cJSON_AddArrayToObject(o, "choices");

@@ -368,6 +368,19 @@ test('slot files: save a slot, restore it into another, erase one (--slot-save-p
   assert.equal((await ask(france, 0)).status, 200);
 });
 
+test('response_fields: /completion answers with the fields asked for, by path', async () => {
+  const r = await post(base(), '/completion', { prompt: 'Once upon', n_predict: 5,
+    response_fields: ['content', 'generation_settings/n_predict', 'prompt', 'no/such'] });
+  assert.equal(r.status, 200, r.text);
+  assert.deepEqual(Object.keys(r.json).sort(), ['content', 'generation_settings/n_predict', 'prompt']);
+  assert.equal(r.json['generation_settings/n_predict'], 5);
+  assert.equal(r.json.prompt, '<s> Once upon'); // the prompt as the model saw it
+  const all = await post(base(), '/completion', { prompt: 'Once upon', n_predict: 2, response_fields: [] });
+  assert.ok('generation_settings' in all.json);
+  assertError(await post(base(), '/completion', { prompt: 'x', response_fields: 'content' }), 400, 'response_fields');
+  assertError(await post(base(), '/v1/completions', { prompt: 'x', response_fields: ['content'] }), 400, 'response_fields');
+});
+
 test('id_slot picks the slot (llama-server\'s field)', async () => {
   for (const id of [1, 0, 1]) {
     const r = await post(base(), '/completion', { prompt: 'Once', n_predict: 2, id_slot: id });
