@@ -13,9 +13,20 @@
 
 static double ln_prob(float p) { return p > 0.0f ? log((double)p) : -9999.0; }
 
+/* A candidate's text; a token that writes none (an end of text) goes by
+ * its name ("</s>", "<|endoftext|>"), so that it can be told apart. */
+static const char *candidate_name(const job *j, sm_token token, char *buf, int32_t size, size_t *len) {
+    const char *piece = piece_of(j->vocab, token, len);
+    if (*len > 0) return piece;
+    int32_t n = sm_token_to_piece(j->vocab->model, token, buf, size, true);
+    *len = n > 0 ? (size_t)n : 0;
+    return buf;
+}
+
 static cJSON *openai_top_entry(const job *j, const sm_candidate *c, bool with_bytes) {
     size_t len;
-    const char *piece = piece_of(j->vocab, c->token, &len);
+    char name[128];
+    const char *piece = candidate_name(j, c->token, name, sizeof name, &len);
     cJSON *o = cJSON_CreateObject();
     json_add_text(o, "token", piece, len);
     json_add_float(o, "logprob", ln_prob(c->prob));
@@ -58,7 +69,8 @@ static cJSON *completion_logprobs(const job *j, int32_t from, int32_t to) {
         for (int32_t k = 0; k < tok->n_top && k < j->req.n_probs; k++) {
             const sm_candidate *c = &t->top[tok->top_at + k];
             size_t len;
-            const char *piece = piece_of(j->vocab, c->token, &len);
+            char name[128];
+            const char *piece = candidate_name(j, c->token, name, sizeof name, &len);
             cJSON *key = json_text(piece, len);
             if (!cJSON_GetObjectItemCaseSensitive(top, key->valuestring))
                 cJSON_AddItemToObject(top, key->valuestring, json_float(ln_prob(c->prob)));

@@ -223,3 +223,16 @@ test('n > 1: several answers, each reproducible with its own seed (seed + index)
   assert.equal(c.choices.length, 2);
   assert.equal(c.choices[1].index, 1);
 });
+
+test('logprobs name the end-of-text token among the alternatives, and list only the returned tokens', async () => {
+  const chat = new OpenAI({ baseURL: servers.templated + '/v1', apiKey: 'unused', maxRetries: 0, timeout: 60000 });
+  const r = await chat.completions.create({ // the model's own chat form, as a raw prompt
+    model: 'cardputer-chat-3M', prompt: 'User: Hello! How are you?\nBot:', max_tokens: 80, temperature: 0, logprobs: 5,
+  });
+  const choice = r.choices[0];
+  assert.equal(choice.finish_reason, 'stop');
+  assert.equal(choice.logprobs.tokens.join(''), choice.text); // the returned tokens, nothing more
+  const names = choice.logprobs.top_logprobs.flatMap((top) => Object.keys(top));
+  assert.ok(!names.includes(''), 'every alternative has a name');
+  assert.ok(names.includes('<|endoftext|>'), JSON.stringify(names));
+});
