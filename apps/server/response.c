@@ -468,8 +468,9 @@ cJSON *response_final_chunk(const job *j, const sm_result *res, const char *text
         cJSON_AddStringToObject(o, "stop_type", llama_stop_type(res->stop_reason));
         cJSON_AddStringToObject(o, "stopping_word", stopping_word(j, res));
         cJSON_AddItemToObject(o, "timings", timings(j, res));
-        /* A prompt that does not fit is refused, never cut: nothing is truncated. */
-        cJSON_AddBoolToObject(o, "truncated", false);
+        /* As llama-server: the answer ran into the end of the context (a
+         * prompt that does not fit is refused, never cut). */
+        cJSON_AddBoolToObject(o, "truncated", res->stop_reason == SM_STOP_CONTEXT_FULL);
         cJSON_AddBoolToObject(o, "has_new_line", res->text && memchr(res->text, '\n', res->text_len) != NULL);
         cJSON_AddItemToObject(o, "generation_settings", generation_settings(j));
     } else {

@@ -381,6 +381,16 @@ test('response_fields: /completion answers with the fields asked for, by path', 
   assertError(await post(base(), '/v1/completions', { prompt: 'x', response_fields: ['content'] }), 400, 'response_fields');
 });
 
+test('truncated: an answer that ran into the end of the context says so', async () => {
+  const short = await post(base(), '/completion', { prompt: 'Once', n_predict: 4 });
+  assert.equal(short.json.truncated, false);
+  const full = await post(base(), '/completion', { prompt: 'Once', n_predict: -1, ignore_eos: true });
+  assert.equal(full.status, 200, full.text);
+  assert.equal(full.json.truncated, true);
+  const n_ctx = (await get(base(), '/props')).json.n_ctx;
+  assert.equal(full.json.tokens_evaluated + full.json.tokens_predicted, n_ctx);
+});
+
 test('id_slot picks the slot (llama-server\'s field)', async () => {
   for (const id of [1, 0, 1]) {
     const r = await post(base(), '/completion', { prompt: 'Once', n_predict: 2, id_slot: id });
