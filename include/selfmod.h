@@ -866,6 +866,11 @@ typedef struct sm_gen_params {
      * (a tool-call grammar that begins with the template's generation
      * prompt, as llama.cpp's common sampler prefills it). NULL = none. */
     const char *grammar_prefill;
+    /* Regular expressions that make the grammar lazy: it applies only
+     * once the text matches one, from the match on (llama.cpp's lazy
+     * grammar, as a tool-call grammar triggers on "<tool_call>"). */
+    const char *const *grammar_triggers;
+    int32_t n_grammar_triggers;
     sm_sampling_params sampling;
     sm_policy_params policy;
     sm_backtrack_params backtrack;
@@ -1212,10 +1217,12 @@ sm_tool_prompt *sm_tool_prompt_new(const sm_model *model, const sm_chat_params *
                                    sm_error *err);
 void sm_tool_prompt_free(sm_tool_prompt *p);
 const char *sm_tool_prompt_text(const sm_tool_prompt *p);
-/* The grammar of the answer when it holds from the first token (with
- * tool_choice "required"); NULL otherwise: llama.cpp's lazy tool-call
- * grammar, which starts at a trigger, is not applied here. */
+/* The grammar of a tool call (NULL: none): from the first token with
+ * tool_choice "required"; with "auto" it is lazy, applying once the text
+ * matches one of the trigger patterns (sm_gen_params.grammar_triggers). */
 const char *sm_tool_prompt_grammar(const sm_tool_prompt *p);
+int32_t sm_tool_prompt_n_triggers(const sm_tool_prompt *p);
+const char *const *sm_tool_prompt_triggers(const sm_tool_prompt *p);
 /* What that grammar takes as already written (sm_gen_params.grammar_prefill):
  * the template's generation prompt. */
 const char *sm_tool_prompt_grammar_prefill(const sm_tool_prompt *p);

@@ -1236,13 +1236,29 @@ void sm_tool_prompt_free(sm_tool_prompt *p) {
 const char *sm_tool_prompt_text(const sm_tool_prompt *p) { return p ? smj_tool_prompt_text(p->prompt) : NULL; }
 
 const char *sm_tool_prompt_grammar(const sm_tool_prompt *p) {
-    if (!p || smj_tool_prompt_grammar_lazy(p->prompt)) return NULL;
+    if (!p) return NULL;
     const char *g = smj_tool_prompt_grammar(p->prompt);
-    return *g ? g : NULL;
+    int n = 0;
+    smj_tool_prompt_triggers(p->prompt, &n);
+    /* a lazy grammar without triggers would never apply */
+    return *g && (!smj_tool_prompt_grammar_lazy(p->prompt) || n > 0) ? g : NULL;
 }
 
+int32_t sm_tool_prompt_n_triggers(const sm_tool_prompt *p) {
+    int n = 0;
+    if (p && smj_tool_prompt_grammar_lazy(p->prompt)) smj_tool_prompt_triggers(p->prompt, &n);
+    return n;
+}
+
+const char *const *sm_tool_prompt_triggers(const sm_tool_prompt *p) {
+    int n = 0;
+    return p && smj_tool_prompt_grammar_lazy(p->prompt) ? smj_tool_prompt_triggers(p->prompt, &n) : NULL;
+}
+
+/* A lazy grammar starts at its trigger: it takes nothing as written. */
 const char *sm_tool_prompt_grammar_prefill(const sm_tool_prompt *p) {
-    return sm_tool_prompt_grammar(p) ? smj_tool_prompt_generation_prompt(p->prompt) : NULL;
+    return sm_tool_prompt_grammar(p) && sm_tool_prompt_n_triggers(p) == 0 ? smj_tool_prompt_generation_prompt(p->prompt)
+                                                                          : NULL;
 }
 
 int32_t sm_tool_prompt_n_stops(const sm_tool_prompt *p) { return p ? smj_tool_prompt_n_stops(p->prompt) : 0; }

@@ -78,6 +78,16 @@ struct llama_sampler *smx_grammar_new(const struct llama_vocab *vocab, const cha
     return s;
 }
 
+struct llama_sampler *smx_grammar_new_lazy(const struct llama_vocab *vocab, const char *grammar, const char *root,
+                                           const char *const *patterns, size_t n_patterns, sm_error *err) {
+    struct llama_sampler *s = nullptr;
+    guarded(err, SM_ERR_INVALID_ARGUMENT, "llama_sampler_init_grammar_lazy_patterns", [&] {
+        s = llama_sampler_init_grammar_lazy_patterns(vocab, grammar, root, const_cast<const char **>(patterns),
+                                                     n_patterns, nullptr, 0);
+    });
+    return s;
+}
+
 bool smx_sampler_apply(struct llama_sampler *smpl, llama_token_data_array *cur, sm_error *err) {
     return guarded(err, SM_ERR_INVALID_ARGUMENT, "llama_sampler_apply", [&] { llama_sampler_apply(smpl, cur); });
 }

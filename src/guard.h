@@ -36,6 +36,10 @@ struct llama_context *smx_init_from_model(struct llama_model *model, struct llam
  * and accepting a token (false: the grammar does not allow it). */
 struct llama_sampler *smx_grammar_new(const struct llama_vocab *vocab, const char *grammar, const char *root,
                                       sm_error *err);
+/* The same grammar applying only once the text matches one of the
+ * patterns (regular expressions), from the match on. */
+struct llama_sampler *smx_grammar_new_lazy(const struct llama_vocab *vocab, const char *grammar, const char *root,
+                                           const char *const *patterns, size_t n_patterns, sm_error *err);
 bool smx_sampler_apply(struct llama_sampler *smpl, llama_token_data_array *cur, sm_error *err);
 bool smx_sampler_accept(struct llama_sampler *smpl, llama_token token, sm_error *err);
 bool smx_sampler_reset(struct llama_sampler *smpl, sm_error *err);

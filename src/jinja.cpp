@@ -99,6 +99,8 @@ extern "C" char *smj_caps_json(const smj_template *t) {
 struct smj_tool_prompt {
     common_chat_params params;
     common_chat_parser_params parser;
+    std::vector<std::string> triggers; // as regular expressions, as common's sampler makes them
+    std::vector<const char *> trigger_ptrs;
 };
 
 extern "C" smj_tool_prompt *smj_tool_prompt_new(const smj_template *t, const char *messages_json,
@@ -133,6 +135,19 @@ extern "C" smj_tool_prompt *smj_tool_prompt_new(const smj_template *t, const cha
         p->parser = common_chat_parser_params(p->params);
         p->parser.parse_tool_calls = !inputs.tools.empty() && inputs.tool_choice != COMMON_CHAT_TOOL_CHOICE_NONE;
         if (!p->params.parser.empty()) p->parser.parser.load(p->params.parser);
+        for (const auto &trigger : p->params.grammar_triggers) {
+            switch (trigger.type) {
+            case COMMON_GRAMMAR_TRIGGER_TYPE_PATTERN: p->triggers.push_back(trigger.value); break;
+            case COMMON_GRAMMAR_TRIGGER_TYPE_PATTERN_FULL: {
+                const std::string &v = trigger.value;
+                p->triggers.push_back(v.empty() ? "^$" : (v.front() != '^' ? "^" : "") + v + (v.back() != '$' ? "$" : ""));
+                break;
+            }
+            default: p->triggers.push_back(regex_escape(trigger.value)); break; // a word, or a token's text
+            }
+        }
+        for (const auto &pattern : p->triggers) p->trigger_ptrs.push_back(pattern.c_str());
+        p->trigger_ptrs.push_back(nullptr);
         return p;
     });
 }
@@ -141,6 +156,11 @@ extern "C" void smj_tool_prompt_free(smj_tool_prompt *p) { delete p; }
 extern "C" const char *smj_tool_prompt_text(const smj_tool_prompt *p) { return p->params.prompt.c_str(); }
 extern "C" const char *smj_tool_prompt_grammar(const smj_tool_prompt *p) { return p->params.grammar.c_str(); }
 extern "C" bool smj_tool_prompt_grammar_lazy(const smj_tool_prompt *p) { return p->params.grammar_lazy; }
+extern "C" const char *const *smj_tool_prompt_triggers(const smj_tool_prompt *p, int *n) {
+    *n = (int)p->triggers.size();
+    return p->trigger_ptrs.data();
+}
+
 extern "C" const char *smj_tool_prompt_generation_prompt(const smj_tool_prompt *p) {
     return p->params.generation_prompt.c_str();
 }

@@ -54,6 +54,8 @@ void smj_tool_prompt_free(smj_tool_prompt *p);
 const char *smj_tool_prompt_text(const smj_tool_prompt *p);
 const char *smj_tool_prompt_grammar(const smj_tool_prompt *p); /* "" when none */
 bool smj_tool_prompt_grammar_lazy(const smj_tool_prompt *p);
+/* A lazy grammar's triggers as regular expressions (NULL-terminated). */
+const char *const *smj_tool_prompt_triggers(const smj_tool_prompt *p, int *n);
 /* The template's generation prompt, which the tool-call grammar begins with. */
 const char *smj_tool_prompt_generation_prompt(const smj_tool_prompt *p);
 int smj_tool_prompt_n_stops(const smj_tool_prompt *p);

@@ -1547,7 +1547,10 @@ static sm_status generate_impl(sm_session *s, const char *prompt, const sm_gen_p
     generation g = {.s = s, .gp = gp, .res = res, .start = s->n_tokens, .stop = SM_STOP_NONE};
     if (gp->grammar) {
         sm_error gerr = {0};
-        g.grammar = smx_grammar_new(s->model->vocab, gp->grammar, "root", &gerr);
+        g.grammar = gp->n_grammar_triggers > 0
+                        ? smx_grammar_new_lazy(s->model->vocab, gp->grammar, "root", gp->grammar_triggers,
+                                               (size_t)gp->n_grammar_triggers, &gerr)
+                        : smx_grammar_new(s->model->vocab, gp->grammar, "root", &gerr);
         if (!g.grammar)
             return sm_session_fail(s, SM_ERR_INVALID_ARGUMENT, "the grammar does not parse as GBNF (root rule 'root')%s%s",
                                    *gerr.message ? ": " : "", gerr.message);

@@ -329,6 +329,39 @@ static void test_grammar_holds_under_backtracks(void **state)
         sm_result_free(&r);
         sm_operator_free(op);
     }
+    /* A lazy grammar (a tool call's, with tool_choice auto): the text is
+     * the model's own until it matches a trigger, the grammar's from
+     * there; with a backtrack too. */
+    for (int variant = 0; variant < 2; variant++) {
+        sm_gen_params free_run = tu_greedy_params(60);
+        sm_result plain;
+        generate(f, &free_run, &plain);
+        const char *at = strstr(plain.text, " the");
+        assert_non_null(at); /* the greedy story says " the" early on */
+        sm_operator *op = tu_backtrack_once(13, 2); /* inside the grammar: its trigger replayed */
+        sm_gen_params gp = tu_greedy_params(60);
+        static const char *const triggers[] = {" the"};
+        gp.grammar = "root ::= \" the\" \" end\" \".\"";
+        gp.grammar_triggers = triggers;
+        gp.n_grammar_triggers = 1;
+        if (variant) {
+            gp.backtrack.operators = &op;
+            gp.backtrack.n_operators = 1;
+        }
+        sm_result r;
+        generate(f, &gp, &r);
+        size_t n = strlen(r.text);
+        assert_true(n >= 9);
+        assert_string_equal(r.text + n - 9, " the end.");
+        assert_int_equal(r.stop_reason, SM_STOP_EOG);
+        if (!variant) /* before the trigger, the free text */
+            assert_memory_equal(r.text, plain.text, (size_t)(at - plain.text));
+        else
+            assert_int_equal(r.n_backtracks, 1);
+        sm_result_free(&r);
+        sm_result_free(&plain);
+        sm_operator_free(op);
+    }
     sm_gen_params gp = tu_greedy_params(200);
     gp.grammar = SM_GRAMMAR_JSON;
     gp.sampling.temperature = 0.8f;

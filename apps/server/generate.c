@@ -167,8 +167,10 @@ static bool prepare_tools(job *j, api_error *err) {
                                   r->tool_choice, r->parallel_tool_calls, &e);
     if (!j->tools) return api_fail(err, e.status == SM_ERR_NO_MEMORY ? 500 : 400, "messages", "%s", e.message);
     const char *grammar = sm_tool_prompt_grammar(j->tools);
-    if (grammar && r->grammar)
+    bool lazy = sm_tool_prompt_n_triggers(j->tools) > 0;
+    if (grammar && !lazy && r->grammar)
         return api_fail(err, 400, "tool_choice", "tool_choice \"required\" brings its own grammar: give no other");
+    if (r->grammar) grammar = NULL; /* a grammar of the request's own replaces the lazy tool-call one */
     r->prompt = strdup(sm_tool_prompt_text(j->tools));
     if (grammar) r->grammar = strdup(grammar);
     for (int32_t i = 0; i < sm_tool_prompt_n_stops(j->tools); i++) {
@@ -177,7 +179,11 @@ static bool prepare_tools(job *j, api_error *err) {
         r->n_stops++;
     }
     gen_request_bind(r);
-    r->params.grammar_prefill = sm_tool_prompt_grammar_prefill(j->tools);
+    r->params.grammar_prefill = grammar ? sm_tool_prompt_grammar_prefill(j->tools) : NULL;
+    if (grammar && lazy) {
+        r->params.grammar_triggers = sm_tool_prompt_triggers(j->tools);
+        r->params.n_grammar_triggers = sm_tool_prompt_n_triggers(j->tools);
+    }
     return r->prompt && (!grammar || r->grammar) ? true : api_fail(err, 500, NULL, "out of memory");
 }
 
