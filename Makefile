@@ -8,7 +8,7 @@ JOBS       ?= $(shell nproc)
 FUZZ_SECONDS ?= 60
 FUZZ_SEED  ?= 1
 
-.PHONY: all deps llama build run test test-asan fuzz mutate bench clean
+.PHONY: all deps llama build run test test-asan fuzz mutate bench install uninstall clean
 
 all: build
 
@@ -45,6 +45,16 @@ mutate: build
 
 bench: build
 	bench/run.sh $(BUILD)
+
+# Installs into $(PREFIX) (default /usr/local; DESTDIR for staging);
+# uninstall removes what the last install put there.
+PREFIX ?= /usr/local
+install: build
+	DESTDIR="$(DESTDIR)" cmake --install $(BUILD) --prefix "$(PREFIX)"
+
+uninstall:
+	@test -f $(BUILD)/install_manifest.txt || { echo "nothing installed from $(BUILD)"; exit 1; }
+	sed 's|^|$(DESTDIR)|' $(BUILD)/install_manifest.txt | xargs -d '\n' rm -f
 
 clean:
 	rm -rf build build-asan build-fuzz

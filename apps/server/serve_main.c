@@ -40,16 +40,23 @@ static bool find_web_dir(server *srv) {
         fprintf(stderr, "llama_selfmod serve: error: --web-dir '%s' has no index.html\n", srv->opt.web_dir);
         return false;
     }
-#ifdef SELFMOD_WEB_DIR
-    if (use_dir(srv, SELFMOD_WEB_DIR)) return true;
-#endif
+    /* An installed copy's own page first (PREFIX/share/llama_selfmod/web
+     * beside PREFIX/bin), then the checkout it was built from. */
     char exe[PATH_MAX];
     ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
     if (n > 0) {
         exe[n] = '\0';
         char *slash = strrchr(exe, '/');
         if (slash) *slash = '\0';
-        static const char *const CANDIDATES[] = {"%s/../web", "%s/web", "%s/../share/llama_selfmod/web", "%s/../../web"};
+        char dir[2 * PATH_MAX];
+        snprintf(dir, sizeof dir, "%s/../share/llama_selfmod/web", exe);
+        if (use_dir(srv, dir)) return true;
+    }
+#ifdef SELFMOD_WEB_DIR
+    if (use_dir(srv, SELFMOD_WEB_DIR)) return true;
+#endif
+    if (n > 0) {
+        static const char *const CANDIDATES[] = {"%s/../web", "%s/web", "%s/../../web"};
         for (size_t i = 0; i < sizeof CANDIDATES / sizeof CANDIDATES[0]; i++) {
             char dir[2 * PATH_MAX];
             snprintf(dir, sizeof dir, CANDIDATES[i], exe);

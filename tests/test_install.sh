@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# make install, as a user would use it (issue 16): installed into a
+# temporary prefix, then used from outside the checkout with no
+# LD_LIBRARY_PATH: the program generates, the server serves its web page,
+# examples/custom_operator.c compiles against the installed header and
+# library through pkg-config and runs; DESTDIR stages an install and the
+# manifest removes it again.
+set -u
+fail() { echo "FAIL: $*"; exit 1; }
+: "${SM_BUILD:?}" "${SM_SRC:?}" "${SM_MODELS:?}"
+TMP="$(mktemp -d)"
+PID=""
+trap '[ -n "$PID" ] && kill "$PID" 2>/dev/null; rm -rf "$TMP"' EXIT
+PREFIX="$TMP/usr"
+cmake --install "$SM_BUILD" --prefix "$PREFIX" > "$TMP/install.log" 2>&1 || fail "cmake --install: $(tail -3 "$TMP/install.log")"
+for f in bin/llama_selfmod lib/libselfmod.a lib/libselfmod.so include/selfmod.h lib/pkgconfig/selfmod.pc \
+         share/llama_selfmod/web/index.html share/man/man1/llama_selfmod.1; do
+  [ -e "$PREFIX/$f" ] || fail "not installed: $f"
+done
+[ -L "$PREFIX/lib/libselfmod.so" ] && [ -e "$PREFIX/lib/libselfmod.so.0" ] || fail "no versioned soname"
+grep -q '^\.TH LLAMA_SELFMOD 1' "$PREFIX/share/man/man1/llama_selfmod.1" || fail "the man page has no .TH"
+grep -q -- '--json-schema' "$PREFIX/share/man/man1/llama_selfmod.1" || fail "the man page lacks the flags"
+
+cd "$TMP"
+unset LD_LIBRARY_PATH
+out=$("$PREFIX/bin/llama_selfmod" -m "$SM_MODELS/stories260K.gguf" -p "Once upon a time" -n 8 --seed 1 --no-memory 2> "$TMP/err") \
+  || fail "the installed program: $(tail -2 "$TMP/err")"
+[ -n "$out" ] || fail "the installed program wrote nothing"
+# every library it loads from llama.cpp and this project is the installed one
+for lib in libllama.so libllama-common.so libggml.so libggml-base.so libggml-cpu.so; do
+  ldd "$PREFIX/bin/llama_selfmod" | grep -q "$lib.* => $PREFIX/\(bin/\.\./\)\?lib/" || fail "$lib is not the installed one: $(ldd "$PREFIX/bin/llama_selfmod" | grep "$lib")"
+done
+
+"$PREFIX/bin/llama_selfmod" serve -m "$SM_MODELS/stories260K.gguf" --port 0 --threads 1 > "$TMP/serve.log" 2>&1 &
+PID=$!
+port=""
+for _ in $(seq 1 100); do
+  port="$(sed -n 's|.*listening on http://127\.0\.0\.1:\([0-9]*\).*|\1|p' "$TMP/serve.log")"
+  [ -n "$port" ] && break
+  sleep 0.1
+done
+[ -n "$port" ] || fail "the installed server did not start: $(cat "$TMP/serve.log")"
+grep -q "web page from $PREFIX/share/llama_selfmod/web" "$TMP/serve.log" || fail "the server did not take the installed page"
+curl -sf "http://127.0.0.1:$port/" | grep -qi "<html" || fail "GET / served no page"
+kill "$PID"; wait "$PID" 2>/dev/null; PID=""
+
+export PKG_CONFIG_PATH="$PREFIX/lib/pkgconfig"
+flags=$(pkg-config --cflags --libs selfmod) || fail "pkg-config does not know selfmod"
+# a sanitized build's library needs the sanitizers in the program too
+if nm -D "$PREFIX/lib/libselfmod.so" | grep -q __asan; then flags="$flags -fsanitize=address,undefined"; fi
+# shellcheck disable=SC2086
+cc -o "$TMP/custom_operator" "$SM_SRC/examples/custom_operator.c" $flags 2> "$TMP/cc.log" || fail "compile: $(cat "$TMP/cc.log")"
+"$TMP/custom_operator" "$SM_MODELS/stories260K.gguf" the > "$TMP/op.out" 2>&1 || fail "custom_operator: $(tail -2 "$TMP/op.out")"
+grep -q "backtracks:" "$TMP/op.out" || fail "custom_operator printed no summary"
+ldd "$TMP/custom_operator" | grep -q "libselfmod.so.0 => $PREFIX/lib" || fail "the example does not use the installed library"
+ldd "$TMP/custom_operator" | grep -q "libggml.so.* => $PREFIX/lib" || fail "the example's libggml is not the installed one"
+
+# DESTDIR stages under a root; the manifest takes it all away again
+DESTDIR="$TMP/stage" cmake --install "$SM_BUILD" --prefix /opt/selfmod > /dev/null 2>&1 || fail "DESTDIR install"
+[ -x "$TMP/stage/opt/selfmod/bin/llama_selfmod" ] || fail "DESTDIR: no program under the stage"
+# (the manifest names the files without DESTDIR, as `make uninstall DESTDIR=...` reads it)
+make -s -C "$SM_SRC" uninstall BUILD="$SM_BUILD" DESTDIR="$TMP/stage" > /dev/null || fail "make uninstall"
+[ -z "$(find "$TMP/stage" -type f)" ] || fail "the manifest left files: $(find "$TMP/stage" -type f | head -3)"
+echo "install: program, server page, pkg-config build of the example, DESTDIR and uninstall all work"
