@@ -407,6 +407,7 @@ options_result server_parse_options(int argc, char **argv, server_options *opt, 
     }
     if (opt->n_models == 0) {
         fprintf(err, "llama_selfmod serve: error: no model: give one with -m PATH (see --help)\n");
+        server_options_free(opt);
         return OPTIONS_ERROR;
     }
     return OPTIONS_RUN;
