@@ -327,6 +327,39 @@ static reply generate_several(server *srv, int client_fd, const cJSON *json, api
     return reply_json(200, list ? list : merged);
 }
 
+enum { MAX_ANSWERS = 64 }; /* prompts times n in one request */
+
+/* The stream of several answers: each one's request (prompt p of several,
+ * answer i of n with seed + i when a seed is given) checked first, then
+ * streamed in turn on one channel. */
+static reply stream_several(server *srv, const cJSON *json, api_kind api, int n) {
+    const cJSON *prompts = json_field(json, "prompt");
+    bool several = api != API_CHAT && prompt_is_several(prompts);
+    int n_prompts = several ? cJSON_GetArraySize(prompts) : 1, total = n_prompts * n;
+    gen_request *reqs = calloc((size_t)total, sizeof *reqs);
+    api_error err;
+    if (!reqs) return reply_error_simple(500, NULL, "out of memory");
+    for (int k = 0; k < total; k++) {
+        cJSON *one = cJSON_Duplicate(json, true);
+        if (one && several)
+            cJSON_ReplaceItemInObjectCaseSensitive(one, "prompt", cJSON_Duplicate(cJSON_GetArrayItem(prompts, k / n), true));
+        bool ok = one && gen_request_parse(one, api, &srv->models, &srv->opt.base, srv->opt.selfmod_default, &reqs[k], &err);
+        if (!one) api_fail(&err, 500, NULL, "out of memory");
+        cJSON_Delete(one);
+        if (ok && reqs[k].seed_given) reqs[k].params.sampling.seed += (uint64_t)(k % n);
+        if (!ok) {
+            for (int i = 0; i <= k; i++) gen_request_free(&reqs[i]);
+            free(reqs);
+            return reply_error(&err);
+        }
+        gen_request_bind(&reqs[k]);
+    }
+    channel *ch = NULL;
+    bool ok = generation_start_stream_many(srv, reqs, total, n, &ch, &err);
+    free(reqs);
+    return ok ? reply_stream(ch) : reply_error(&err);
+}
+
 static reply generate(server *srv, int client_fd, const char *body, size_t len, api_kind api) {
     reply bad;
     cJSON *json = api_parse_body(body, len, &bad);
@@ -341,13 +374,15 @@ static reply generate(server *srv, int client_fd, const char *body, size_t len, 
     bool ok = gen_request_parse(first ? first : json, api, &srv->models, &srv->opt.base, srv->opt.selfmod_default,
                                 &req, &err);
     cJSON_Delete(first);
-    if (ok && (req.n_choices > 1 || several) && req.stream) {
-        ok = api_fail(&err, 400, several ? "prompt" : "n", "%s is not supported with stream yet: ask without stream, "
-                      "or once per answer", several ? "several prompts" : "'n' > 1");
+    int n_prompts = several ? cJSON_GetArraySize(json_field(json, "prompt")) : 1;
+    if (ok && n_prompts * req.n_choices > MAX_ANSWERS) {
+        ok = api_fail(&err, 400, several ? "prompt" : "n", "at most %d answers in one request (prompts times n)",
+                      MAX_ANSWERS);
     } else if (ok && (req.n_choices > 1 || several)) {
         int n = req.n_choices;
+        bool stream = req.stream;
         gen_request_free(&req);
-        reply r = generate_several(srv, client_fd, json, api, n);
+        reply r = stream ? stream_several(srv, json, api, n) : generate_several(srv, client_fd, json, api, n);
         cJSON_Delete(json);
         return r;
     }

@@ -442,45 +442,106 @@ bool generation_run(server *srv, gen_request *req, int client_fd, cJSON **respon
     return ok;
 }
 
-/* The rest of the stream once the generation has ended. */
-static void finish_stream(job *j, const sm_result *res) {
+/* Usage over every answer of a stream: the prompts' tokens (each prompt
+ * once) and all the answers' tokens. */
+typedef struct stream_usage {
+    double prompt, completion, cached;
+} stream_usage;
+
+/* The rest of one answer's stream once its generation has ended. */
+static void finish_answer(job *j, const sm_result *res) {
     tracker *t = &j->tr;
     size_t sent = t->sent <= res->text_len ? t->sent : res->text_len;
     int32_t tok_to = tracker_tokens_touching(t, res->text_len);
     send_json(j, response_final_chunk(j, res, res->text + sent, res->text_len - sent, t->sent_tokens, tok_to));
-    if (j->req.include_usage && j->req.api != API_LLAMA) send_json(j, response_usage_chunk(j, res));
-    send_done(j);
+}
+
+static void send_usage(job *j, const sm_result *res, const stream_usage *u) {
+    cJSON *chunk = response_usage_chunk(j, res);
+    cJSON *usage = cJSON_GetObjectItemCaseSensitive(chunk, "usage");
+    cJSON_ReplaceItemInObjectCaseSensitive(usage, "prompt_tokens", cJSON_CreateNumber(u->prompt));
+    cJSON_ReplaceItemInObjectCaseSensitive(usage, "completion_tokens", cJSON_CreateNumber(u->completion));
+    cJSON_ReplaceItemInObjectCaseSensitive(usage, "total_tokens", cJSON_CreateNumber(u->prompt + u->completion));
+    send_json(j, chunk);
 }
 
 static void *stream_worker(void *arg) {
-    job *j = arg;
-    server *srv = j->srv;
-    if (j->req.api == API_CHAT) send_json(j, response_role_chunk(j));
-    sm_result res = {0};
-    api_error err = {0};
-    if (generate_in_slot(j, &res, &err)) {
-        if (res.stop_reason != SM_STOP_CANCELLED) finish_stream(j, &res);
-        else atomic_fetch_add(&srv->n_cancelled, 1);
-    } else {
-        send_json(j, json_error_object(err.message, err.type, err.param, err.code));
-        send_done(j);
+    job *first = arg;
+    server *srv = first->srv;
+    channel *ch = first->ch;
+    stream_usage u = {0};
+    bool go_on = true, closed = false;
+    for (job *j = first, *next; j; j = next) {
+        next = j->next;
+        sm_result res = {0};
+        api_error err = {0};
+        bool last = next == NULL;
+        if (go_on && j->req.api == API_CHAT) send_json(j, response_role_chunk(j));
+        if (!go_on) {
+            /* an earlier answer failed or was cancelled: the rest is dropped */
+        } else if (generate_in_slot(j, &res, &err)) {
+            if (res.stop_reason != SM_STOP_CANCELLED) {
+                finish_answer(j, &res);
+                if (j->new_prompt) u.prompt += j->n_prompt;
+                u.completion += res.n_tokens;
+                if (last && j->req.include_usage && j->req.api != API_LLAMA) send_usage(j, &res, &u);
+                if (last) send_done(j);
+            } else {
+                atomic_fetch_add(&srv->n_cancelled, 1);
+                go_on = false;
+            }
+        } else {
+            send_json(j, json_error_object(err.message, err.type, err.param, err.code));
+            send_done(j);
+            go_on = false;
+        }
+        sm_result_free(&res);
+        if ((last || !go_on) && !closed) {
+            channel_close(ch);
+            closed = true;
+        }
+        j->ch = NULL;
+        job_free(j);
     }
-    sm_result_free(&res);
-    channel_close(j->ch);
-    job_free(j);
     pthread_mutex_lock(&srv->workers_mutex);
     if (--srv->n_workers == 0) pthread_cond_broadcast(&srv->workers_done);
     pthread_mutex_unlock(&srv->workers_mutex);
     return NULL;
 }
 
-bool generation_start_stream(server *srv, gen_request *req, channel **out, api_error *err) {
-    job *j = job_new(srv, req, err);
-    if (!j) return false;
-    j->ch = channel_new(&srv->stopping);
-    if (!j->ch) {
+static void free_chain(job *j) {
+    while (j) {
+        job *next = j->next;
         job_free(j);
+        j = next;
+    }
+}
+
+bool generation_start_stream_many(server *srv, gen_request *reqs, int n, int n_per_prompt, channel **out,
+                                  api_error *err) {
+    /* Every answer's request is checked before the stream answers 200. */
+    job *first = NULL, **tail = &first;
+    for (int i = 0; i < n; i++) {
+        job *j = job_new(srv, &reqs[i], err);
+        if (!j) {
+            for (int k = i + 1; k < n; k++) gen_request_free(&reqs[k]);
+            free_chain(first);
+            return false;
+        }
+        j->choice_index = i;
+        j->new_prompt = i % n_per_prompt == 0;
+        *tail = j;
+        tail = &j->next;
+    }
+    channel *ch = channel_new(&srv->stopping);
+    if (!ch) {
+        free_chain(first);
         return api_fail(err, 500, NULL, "out of memory");
+    }
+    for (job *j = first; j; j = j->next) { /* one completion: one id, one creation time */
+        j->ch = ch;
+        memcpy(j->id, first->id, sizeof j->id);
+        j->created = first->created;
     }
     pthread_mutex_lock(&srv->workers_mutex);
     srv->n_workers++;
@@ -489,8 +550,7 @@ bool generation_start_stream(server *srv, gen_request *req, channel **out, api_e
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     pthread_t thread;
-    channel *ch = j->ch;
-    int rc = pthread_create(&thread, &attr, stream_worker, j);
+    int rc = pthread_create(&thread, &attr, stream_worker, first);
     pthread_attr_destroy(&attr);
     if (rc != 0) {
         pthread_mutex_lock(&srv->workers_mutex);
@@ -498,9 +558,14 @@ bool generation_start_stream(server *srv, gen_request *req, channel **out, api_e
         pthread_mutex_unlock(&srv->workers_mutex);
         channel_close(ch);
         channel_consumer_done(ch);
-        job_free(j);
+        for (job *j = first; j; j = j->next) j->ch = NULL;
+        free_chain(first);
         return api_fail(err, 503, NULL, "cannot start a thread for the stream");
     }
     *out = ch;
     return true;
+}
+
+bool generation_start_stream(server *srv, gen_request *req, channel **out, api_error *err) {
+    return generation_start_stream_many(srv, req, 1, 1, out, err);
 }

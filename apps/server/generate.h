@@ -23,5 +23,9 @@ bool generation_validate(server *srv, gen_request *req, api_error *err);
  * server-sent events to *out (the caller turns it into the HTTP response).
  * Takes ownership of *req either way. */
 bool generation_start_stream(server *srv, gen_request *req, channel **out, api_error *err);
+/* The same for several answers (n > 1, several prompts), streamed in turn
+ * on one channel, each chunk with its answer's index. Takes reqs[0..n). */
+bool generation_start_stream_many(server *srv, gen_request *reqs, int n, int n_per_prompt, channel **out,
+                                  api_error *err);
 
 #endif

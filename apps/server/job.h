@@ -29,6 +29,11 @@ typedef struct job {
     bool client_gone;
     char *verbose_prompt;        /* --verbose: the context at the start, as text */
     sm_tool_prompt *tools;       /* a conversation with tools, or NULL    */
+    /* A stream of several answers (n > 1, several prompts): this one's
+     * index, and the answers after it, streamed in turn on one channel. */
+    int choice_index;
+    bool new_prompt;             /* the first answer to its prompt (usage counts its prompt) */
+    struct job *next;
 } job;
 
 /* Whether the reply carries llama-server's "__verbose" object. */

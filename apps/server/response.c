@@ -384,7 +384,7 @@ static bool add_tool_message(const job *j, cJSON *msg, const char *text, size_t 
 static cJSON *openai_choice(const job *j, const char *text, size_t len, int32_t tok_from, int32_t tok_to,
                             bool stream, const char *finish) {
     cJSON *c = cJSON_CreateObject();
-    cJSON_AddNumberToObject(c, "index", 0);
+    cJSON_AddNumberToObject(c, "index", j->choice_index);
     if (j->req.api == API_CHAT && j->tools && finish) {
         cJSON *msg = cJSON_AddObjectToObject(c, stream ? "delta" : "message");
         if (!stream) cJSON_AddStringToObject(msg, "role", "assistant");
@@ -413,7 +413,7 @@ static cJSON *llama_body(const job *j, const char *text, size_t len, int32_t tok
         cJSON_AddItemToArray(ids, cJSON_CreateNumber(j->tr.tokens[i].id));
     cJSON_AddBoolToObject(o, "stop", stop);
     cJSON_AddNumberToObject(o, "id_slot", j->slot ? j->slot->index : -1);
-    cJSON_AddNumberToObject(o, "index", 0);
+    cJSON_AddNumberToObject(o, "index", j->choice_index);
     if (j->req.n_probs > 0) cJSON_AddItemToObject(o, "completion_probabilities", llama_probabilities(j, tok_from, tok_to));
     return o;
 }
@@ -446,7 +446,7 @@ cJSON *response_role_chunk(const job *j) {
     cJSON *o = openai_envelope(j, "chat.completion.chunk");
     cJSON *choices = cJSON_AddArrayToObject(o, "choices");
     cJSON *c = cJSON_CreateObject();
-    cJSON_AddNumberToObject(c, "index", 0);
+    cJSON_AddNumberToObject(c, "index", j->choice_index);
     cJSON *delta = cJSON_AddObjectToObject(c, "delta");
     cJSON_AddStringToObject(delta, "role", "assistant");
     cJSON_AddNullToObject(delta, "content"); /* as llama-server */

@@ -129,7 +129,6 @@ test('400 names the invalid field', async () => {
     ['/v1/completions', { prompt: 'a', max_tokens: -5 }, 'max_tokens'],
     ['/v1/completions', { prompt: 'a', top_p: 0 }, 'top_p'],
     ['/v1/completions', { prompt: 'a', stop: 5 }, 'stop'],
-    ['/v1/completions', { prompt: 'a', n: 2, stream: true }, 'n'],
     ['/v1/completions', { prompt: 'a', n: 17 }, 'n'],
     ['/completion', { prompt: 'a', n: 2 }, 'n'],
     ['/completion', { prompt: 'a', id_slot: 2 }, 'id_slot'],
@@ -327,7 +326,6 @@ test('prompts as token ids, mixed with strings, as prompt objects, and several a
   assertError(await ask([1, 2, 99999]), 400, 'prompt');
   assertError(await ask([1, 2.5]), 400, 'prompt');
   assertError(await ask({ prompt_string: 'x', multimodal_data: ['a'] }), 400, 'prompt');
-  assertError(await ask([[1, 2], 'b'], { stream: true }), 400, 'prompt');
   assertError(await ask([]), 400, 'prompt');
 });
 
@@ -389,6 +387,34 @@ test('truncated: an answer that ran into the end of the context says so', async 
   assert.equal(full.json.truncated, true);
   const n_ctx = (await get(base(), '/props')).json.n_ctx;
   assert.equal(full.json.tokens_evaluated + full.json.tokens_predicted, n_ctx);
+});
+
+test('streams of several answers: n > 1 and several prompts, each chunk with its index, one id, one usage', async () => {
+  const res = await fetch(base() + '/v1/chat/completions', { method: 'POST', headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ messages: [{ role: 'user', content: 'Hi' }], max_tokens: 4, n: 2, seed: 3, stream: true,
+      stream_options: { include_usage: true } }) });
+  const events = sseEvents(await res.text());
+  assert.equal(events[events.length - 1], '[DONE]');
+  const chunks = events.slice(0, -1);
+  assert.equal(new Set(chunks.map((c) => c.id)).size, 1);
+  const texts = ['', ''];
+  for (const c of chunks) for (const ch of c.choices) texts[ch.index] += ch.delta.content || '';
+  const finished = chunks.flatMap((c) => c.choices).filter((ch) => ch.finish_reason);
+  assert.deepEqual(finished.map((ch) => ch.index), [0, 1]);
+  const usage = chunks.filter((c) => c.usage);
+  assert.equal(usage.length, 1);
+  // each answer as the same request without stream would give it
+  const whole = await post(base(), '/v1/chat/completions', { messages: [{ role: 'user', content: 'Hi' }], max_tokens: 4, n: 2, seed: 3 });
+  assert.deepEqual(texts, whole.json.choices.map((c) => c.message.content));
+  assert.equal(usage[0].usage.completion_tokens, whole.json.usage.completion_tokens);
+  assert.equal(usage[0].usage.prompt_tokens, whole.json.usage.prompt_tokens);
+  // several prompts on /completion: each result's chunks carry its index
+  const several = await fetch(base() + '/completion', { method: 'POST', headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ prompt: ['Once', 'Lily'], n_predict: 3, temperature: 0, stream: true }) });
+  const parts = sseEvents(await several.text());
+  assert.deepEqual([...new Set(parts.map((p) => p.index))], [0, 1]);
+  assert.equal(parts.filter((p) => p.stop).length, 2);
+  assertError(await post(base(), '/v1/completions', { prompt: Array(20).fill('a'), n: 4, stream: true }), 400, 'prompt');
 });
 
 test('id_slot picks the slot (llama-server\'s field)', async () => {
