@@ -718,8 +718,6 @@ static bool parse_messages(const cJSON *b, gen_request *r, api_error *err) {
         char param[48];
         snprintf(param, sizeof param, "messages[%d].content", i);
         const cJSON *content_item = cJSON_GetObjectItemCaseSensitive(m, "content");
-        if (cJSON_GetObjectItemCaseSensitive(m, "tool_calls"))
-            return api_fail(err, 400, param, "tool calls are not supported yet (no tools, no tool_calls)");
         /* an assistant turn may come with no text (OpenAI's content: null) */
         bool empty = strcmp(role, "assistant") == 0 && (!content_item || cJSON_IsNull(content_item));
         char *content = empty ? strdup("") : message_text(content_item, param, err);
