@@ -848,6 +848,10 @@ typedef struct sm_gen_params {
     const char *const *stop_strings;
     int32_t n_stop_strings;
     int32_t n_probs;                /* TOKEN events carry the top n (0; <= 1000) */
+    /* ... of the distribution the token was drawn from, after every
+     * truncation and the temperature (llama-server's post_sampling_probs),
+     * instead of the model's own. */
+    bool n_probs_post_sampling;
     /* The first generated tokens, as given (an assistant prefill, forced
      * words): nothing samples them, they are reported and counted as
      * generated tokens, and the stages see them like any other. Not owned. */

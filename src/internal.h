@@ -192,6 +192,12 @@ typedef struct sm_sample_input {
      * (and the bans) rule out at -inf, the distribution the text is
      * written from (n_vocab). */
     float *masked_out;
+    /* When not NULL: the candidates the draw chose from, with the
+     * probabilities it drew with (after every truncation and the
+     * temperature), the most probable first, at most max_kept. */
+    sm_candidate *kept_out;
+    int32_t *n_kept_out;
+    int32_t max_kept;
     float mirostat_mu;          /* in: mu before this token              */
     float *mirostat_mu_next;    /* out: mu after it (when mirostat)      */
 } sm_sample_input;

@@ -299,6 +299,24 @@ static float dynamic_temperature(const sm_candidate *c, int32_t n, const sm_samp
 
 /* Mirostat v2 over c (all candidates, by logit): surprise above mu goes,
  * draw, and mu learns from the surprise of the token drawn. */
+/* The draw's candidates for kept_out, most probable first. */
+static void keep_candidates(const sm_sample_input *in, const sm_candidate *c, int32_t n) {
+    if (!in->kept_out || !in->n_kept_out || in->max_kept <= 0) return;
+    int32_t k = 0;
+    for (int32_t i = 0; i < n; i++) {
+        if (!(c[i].prob > 0.0f)) continue; /* never a token it could not draw */
+        if (k < in->max_kept) {
+            in->kept_out[k++] = c[i];
+            continue;
+        }
+        int32_t low = 0; /* full: replace the least probable kept one */
+        for (int32_t j = 1; j < k; j++) if (in->kept_out[j].prob < in->kept_out[low].prob) low = j;
+        if (c[i].prob > in->kept_out[low].prob) in->kept_out[low] = c[i];
+    }
+    qsort(in->kept_out, (size_t)k, sizeof *in->kept_out, by_prob_desc);
+    *in->n_kept_out = k;
+}
+
 static sm_token mirostat_v2(sm_candidate *c, int32_t n, const sm_sample_input *in, uint64_t *rng, float *p_sampled) {
     for (int32_t i = 0; i < n; i++) c[i].logit /= in->temperature; /* llama.cpp's temp, then mirostat */
     softmax(c, n, 1.0f);
@@ -306,6 +324,7 @@ static sm_token mirostat_v2(sm_candidate *c, int32_t n, const sm_sample_input *i
     while (keep < n && -log2f(c[keep].prob) <= in->mirostat_mu) keep++;
     if (keep == 0) keep = 1;
     softmax(c, keep, 1.0f);
+    keep_candidates(in, c, keep);
     double u = sm_rng_uniform(rng), cum = 0.0;
     int32_t pick = keep - 1;
     for (int32_t i = 0; i < keep; i++) {
@@ -350,9 +369,15 @@ sm_token sm_sample(const sm_sample_input *in, uint64_t *rng, sm_sampler_work *w,
     }
     if (in->mirostat_mu_next) *in->mirostat_mu_next = in->mirostat_mu;
 
+    if (in->n_kept_out) *in->n_kept_out = 0;
     if (in->temperature <= 0.0f) {
         *p_sampled = 1.0f;
-        return argmax(logits, in->n_vocab);
+        sm_token best = argmax(logits, in->n_vocab);
+        if (in->kept_out && in->max_kept > 0) {
+            in->kept_out[0] = (sm_candidate){.token = best, .logit = logits[best], .prob = 1.0f};
+            *in->n_kept_out = 1;
+        }
+        return best;
     }
     sm_candidate *c = w->cand;
     if (in->mirostat == 2) {
@@ -393,6 +418,7 @@ sm_token sm_sample(const sm_sample_input *in, uint64_t *rng, sm_sampler_work *w,
         apply_xtc(c, &n, in, rng);
     }
     softmax(c, n, in->dynatemp_range > 0.0f ? dynamic_temperature(c, n, in) : in->temperature);
+    keep_candidates(in, c, n);
 
     double u = sm_rng_uniform(rng), cum = 0.0;
     int32_t pick = n - 1;

@@ -328,9 +328,10 @@ sm_session *sm_session_new_fused(sm_model *const *models, int32_t n_models, cons
     s->ring_unmapped = calloc(slots, sizeof(float));
     s->ring_pos = malloc(sizeof(int32_t) * (size_t)s->ring_cap);
     s->top_view = malloc(sizeof(sm_candidate) * 1000);
+    s->post_top = malloc(sizeof(sm_candidate) * 1000);
     s->fused = n_models > 1 ? malloc(sizeof(float) * (size_t)s->n_vocab) : NULL;
     s->pool = n_models > 1 ? sm_pool_new(n_models - 1) : NULL;
-    if (!s->ring || !s->ring_unmapped || !s->ring_pos || !s->top_view || (n_models > 1 && (!s->fused || !s->pool)) ||
+    if (!s->ring || !s->ring_unmapped || !s->ring_pos || !s->top_view || !s->post_top || (n_models > 1 && (!s->fused || !s->pool)) ||
         sm_sampler_work_init(&s->work, s->n_vocab) != 0) {
         sm_session_free(s);
         sm_error_set(err, SM_ERR_NO_MEMORY, "out of memory for a session of vocabulary %d", s->n_vocab);
@@ -364,6 +365,7 @@ void sm_session_free(sm_session *s) {
     free(s->ring_unmapped);
     free(s->ring_pos);
     free(s->top_view);
+    free(s->post_top);
     free(s->eog);
     free(s->fused);
     free(s->text_buf);
@@ -1126,7 +1128,11 @@ static sm_token sample_candidate(generation *g, int32_t i, const sm_knobs *knobs
         .mirostat_mu_next = &r->mirostat_mu_next,
         .grammar = g->grammar,
         .masked_out = g->grammar ? s->work.masked : NULL,
+        .kept_out = g->gp->n_probs_post_sampling ? s->post_top : NULL,
+        .n_kept_out = &s->n_post_top,
+        .max_kept = g->gp->n_probs < 1000 ? g->gp->n_probs : 1000,
     };
+    s->n_post_top = 0; /* a token a stage chose was not drawn */
     float p_sampled = 1.0f; /* a token a stage chose was not drawn */
     sm_token t = knobs->forced;
     bool sampled = t < 0;
@@ -1326,7 +1332,10 @@ static void report_token(generation *g, int32_t i, const sm_token_view *view) {
     e.confidence = g->confidences[i]; /* the policy's confidence (its style's definition) */
     e.fusion = s->n_models > 1 ? &g->fusion[i] : NULL;
     e.introspection = sm_session_introspection(s);
-    if (g->gp->n_probs > 0) { /* g->dist is still the distribution the token was sampled from */
+    if (g->gp->n_probs > 0 && g->gp->n_probs_post_sampling) { /* what the draw chose among */
+        e.n_top = s->n_post_top;
+        e.top = s->post_top;
+    } else if (g->gp->n_probs > 0) { /* g->dist is still the distribution the token was sampled from */
         sm_dist_stats stats = {.log_z = g->rec[i].log_z};
         e.n_top = sm_top_candidates(g->dist, s->n_vocab, &stats, g->gp->n_probs < 1000 ? g->gp->n_probs : 1000,
                                     s->top_view);

@@ -72,6 +72,8 @@ struct sm_session {
     int64_t n_decoded_total;
     sm_sampler_work work;
     sm_candidate *top_view;      /* operators' top-n view                 */
+    sm_candidate *post_top;      /* the last draw's candidates (n_probs_post_sampling) */
+    int32_t n_post_top;
     float *fused;                /* the fused distribution (several models) */
     char *text_buf;              /* aligned models: the context as text    */
     size_t text_cap;

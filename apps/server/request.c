@@ -335,6 +335,8 @@ static bool parse_llama_fields(const cJSON *b, gen_request *r, api_error *err) {
         !get_bool_field(b, "ignore_eos", "ignore_eos", &r->params.ignore_eos, err) ||
         !get_bool_field(b, "timings_per_token", "timings_per_token", &r->timings_per_token, err))
         return false;
+    if (!get_bool_field(b, "post_sampling_probs", "post_sampling_probs", &r->params.n_probs_post_sampling, err))
+        return false;
     long long id_slot = -1;
     if (!get_int_field(b, "id_slot", "id_slot", -1, 1 << 20, &id_slot, err)) return false;
     r->id_slot = (int)id_slot;
@@ -780,7 +782,7 @@ static const char *const KNOWN_FIELDS[] = {
     "dynatemp_exponent", "mirostat", "mirostat_tau", "mirostat_eta", "seed", "frequency_penalty", "presence_penalty", "logit_bias", "stop", "logprobs",
     "top_logprobs", "n_probs", "stream", "stream_options", "selfmod", "return_tokens", "cache_prompt", "ignore_eos",
     "timings_per_token", "grammar", "response_format", "json_schema", "add_generation_prompt", "continue_final_message",
-    "verbose", "tools", "tool_choice", "parallel_tool_calls", "id_slot", "response_fields",
+    "verbose", "tools", "tool_choice", "parallel_tool_calls", "id_slot", "response_fields", "post_sampling_probs",
     "user", /* OpenAI's end-user id: no effect on generation there either */
 };
 

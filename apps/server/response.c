@@ -92,12 +92,20 @@ static cJSON *llama_probabilities(const job *j, int32_t from, int32_t to) {
         cJSON_AddNumberToObject(o, "id", tok->id);
         json_add_text(o, "token", t->text + tok->offset, tok->len);
         cJSON_AddItemToObject(o, "bytes", json_byte_array(t->text + tok->offset, tok->len));
-        json_add_float(o, "logprob", tok->logprob > -INFINITY ? tok->logprob : -9999.0);
-        cJSON *top = cJSON_AddArrayToObject(o, "top_logprobs");
+        /* post_sampling_probs: probabilities in the draw (llama-server's
+         * prob / top_probs), else the model's log-probabilities */
+        bool post = j->req.params.n_probs_post_sampling;
+        if (post) json_add_float(o, "prob", tok->p_sampled);
+        else json_add_float(o, "logprob", tok->logprob > -INFINITY ? tok->logprob : -9999.0);
+        cJSON *top = cJSON_AddArrayToObject(o, post ? "top_probs" : "top_logprobs");
         for (int32_t k = 0; k < tok->n_top && k < j->req.n_probs; k++) {
             const sm_candidate *c = &t->top[tok->top_at + k];
             cJSON *entry = openai_top_entry(j, c, true);
             cJSON_AddNumberToObject(entry, "id", c->token);
+            if (post) {
+                cJSON_DeleteItemFromObjectCaseSensitive(entry, "logprob");
+                json_add_float(entry, "prob", c->prob);
+            }
             cJSON_AddItemToArray(top, entry);
         }
         cJSON_AddItemToArray(list, o);

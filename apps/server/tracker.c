@@ -50,6 +50,7 @@ bool tracker_add(tracker *t, const sm_event *e) {
         .offset = t->len,
         .len = plen,
         .logprob = p > 0.0f ? logf(p) : -INFINITY,
+        .p_sampled = e->signals.p_sampled,
         .top_at = (int32_t)t->n_top,
         .n_top = n_top,
     };

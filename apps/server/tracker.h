@@ -19,6 +19,7 @@ typedef struct tracked_token {
     sm_token id;
     size_t offset, len;     /* its bytes in the text            */
     float logprob;          /* ln of its raw probability        */
+    float p_sampled;        /* its probability in the draw      */
     int32_t top_at, n_top;  /* its alternatives in tracker.top  */
 } tracked_token;
 

@@ -417,6 +417,27 @@ test('streams of several answers: n > 1 and several prompts, each chunk with its
   assertError(await post(base(), '/v1/completions', { prompt: Array(20).fill('a'), n: 4, stream: true }), 400, 'prompt');
 });
 
+test('post_sampling_probs: the probabilities the draw used, after truncation and temperature', async () => {
+  const body = { prompt: 'Today was the day. Today I would finally become a', n_probs: 10, temperature: 1.0, n_predict: 6,
+    seed: 5, top_k: 40, top_p: 0.9, min_p: 0.05 };
+  const r = await post(base(), '/completion', { ...body, post_sampling_probs: true });
+  assert.equal(r.status, 200, r.text);
+  for (const tok of r.json.completion_probabilities) {
+    assert.ok(tok.prob > 0 && tok.prob <= 1, JSON.stringify(tok));
+    assert.ok(tok.top_probs.length > 0 && tok.top_probs.length <= 10);
+    assert.ok(tok.top_probs.every((t) => t.prob > 0 && t.prob <= 1 && Number.isInteger(t.id) && typeof t.token === 'string'));
+    for (let k = 1; k < tok.top_probs.length; k++) assert.ok(tok.top_probs[k - 1].prob >= tok.top_probs[k].prob);
+    const sum = tok.top_probs.reduce((a, t) => a + t.prob, 0);
+    if (tok.top_probs.length < 10) assert.ok(Math.abs(sum - 1) < 1e-4, `fewer than asked, so all of them: ${sum}`);
+    const chosen = tok.top_probs.find((t) => t.id === tok.id);
+    if (chosen) assert.ok(Math.abs(chosen.prob - tok.prob) < 1e-6);
+  }
+  // the same seed without the flag: the same tokens, the model's own log-probabilities
+  const raw = await post(base(), '/completion', body);
+  assert.deepEqual(raw.json.completion_probabilities.map((t) => t.id), r.json.completion_probabilities.map((t) => t.id));
+  assert.ok('logprob' in raw.json.completion_probabilities[0] && 'top_logprobs' in raw.json.completion_probabilities[0]);
+});
+
 test('id_slot picks the slot (llama-server\'s field)', async () => {
   for (const id of [1, 0, 1]) {
     const r = await post(base(), '/completion', { prompt: 'Once', n_predict: 2, id_slot: id });
