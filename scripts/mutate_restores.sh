@@ -17,7 +17,7 @@ TESTS=(test_exactness test_stages test_session test_intervene test_operators_e2e
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 cp -r "$ROOT/CMakeLists.txt" "$ROOT/src" "$ROOT/include" "$ROOT/apps" "$ROOT/tests" "$ROOT/bench" \
-  "$ROOT/examples" "$ROOT/web" "$WORK/"
+  "$ROOT/examples" "$ROOT/web" "$ROOT/scripts" "$WORK/"
 cmake -S "$WORK" -B "$WORK/build" -DLLAMA_PREFIX="$PREFIX" -DSHARED_MODELS_DIR="$MODELS" > "$WORK/cmake.log"
 cmake --build "$WORK/build" -j"$(nproc)" --target "${TESTS[@]}" > "$WORK/build.log" 2>&1 \
   || { echo "the unmutated tree does not build: $WORK/build.log"; exit 1; }

@@ -1214,7 +1214,9 @@ sm_tool_prompt *sm_tool_prompt_new(const sm_model *model, const sm_chat_params *
     }
     sm_tool_prompt *p = calloc(1, sizeof *p);
     char why[sizeof err->message - 16] = "";
-    if (p) p->jinja = smj_template_new(sm_model_llama(model), params->template_source, why, sizeof why);
+    /* the chat's own template: a file's text, chatml by name, else the model's */
+    const char *source = params->template_source ? params->template_source : params->template_name;
+    if (p) p->jinja = smj_template_new(sm_model_llama(model), source, why, sizeof why);
     if (p && p->jinja)
         p->prompt = smj_tool_prompt_new(p->jinja, messages_json, tools_json, tool_choice, parallel_tool_calls, why,
                                         sizeof why);

@@ -77,25 +77,6 @@ extern "C" char *smj_render(const smj_template *t, const struct llama_chat_messa
 
 extern "C" const char *smj_source(const smj_template *t) { return t ? t->source.c_str() : ""; }
 
-extern "C" bool smj_is_explicit(const smj_template *t) {
-    try {
-        return t && common_chat_templates_was_explicit(t->tmpls.get());
-    } catch (...) {
-        return false;
-    }
-}
-
-extern "C" char *smj_caps_json(const smj_template *t) {
-    return guarded(nullptr, 0, "caps", [&]() -> char * {
-        std::string out = "{";
-        for (const auto &kv : common_chat_templates_get_caps(t->tmpls.get())) {
-            if (out.size() > 1) out += ",";
-            out += "\"" + kv.first + "\":" + (kv.second ? "true" : "false");
-        }
-        return copy_out(out + "}");
-    });
-}
-
 struct smj_tool_prompt {
     common_chat_params params;
     common_chat_parser_params parser;

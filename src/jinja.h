@@ -35,12 +35,6 @@ char *smj_render(const smj_template *t, const struct llama_chat_message *msgs, s
 
 /* The template's Jinja text (not owned). */
 const char *smj_source(const smj_template *t);
-/* Whether the template was the model's own or given (false: the chatml default). */
-bool smj_is_explicit(const smj_template *t);
-/* The template's capabilities as a JSON object, as llama-server's /props
- * lists them (malloc'd). */
-char *smj_caps_json(const smj_template *t);
-
 /* A conversation with tools, in OpenAI's JSON forms (messages, which may
  * hold tool_calls and role "tool"; tools; tool_choice "auto", "required"
  * or "none"), rendered as llama-server renders it: the prompt, the grammar

@@ -329,6 +329,10 @@ static sm_status validate_gen_params(const sm_gen_params *p, char *msg, size_t m
     CHECK(isfinite(bt->input_temperature) && bt->input_temperature >= 0.0f,
           "operator input temperature must be >= 0 (got %g; 0 = the token's own)", bt->input_temperature);
     CHECK(p->n_probs >= 0 && p->n_probs <= 1000, "n_probs must be in [0, 1000] (got %d)", p->n_probs);
+    CHECK(p->grammar || (!p->grammar_prefill && p->n_grammar_triggers == 0),
+          "grammar_prefill and grammar_triggers belong to a grammar: none is given");
+    CHECK(p->n_grammar_triggers >= 0 && (p->n_grammar_triggers == 0 || p->grammar_triggers),
+          "grammar_triggers: %d patterns without an array", p->n_grammar_triggers);
     CHECK(!p->grammar || (!p->interventions.tools && !(p->interventions.inject_every > 0 && p->interventions.inject_text)),
           "a grammar follows the generated tokens: injected text (tools, inject_text) would step outside it");
     CHECK(p->n_forced_tokens >= 0 && (p->n_forced_tokens == 0 || p->forced_tokens),

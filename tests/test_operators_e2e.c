@@ -322,6 +322,12 @@ static void test_grammar_holds_under_backtracks(void **state)
         assert_int_equal(r.n_backtracks, 1);
         assert_string_equal(r.text, want);
         sm_result_free(&r);
+        gp.grammar = NULL; /* a prefill without a grammar is refused, not ignored */
+        assert_int_equal(sm_session_clear(f->session), SM_OK);
+        assert_int_equal(sm_session_generate(f->session, LOOPING_PROMPT, &gp, &r), SM_ERR_INVALID_ARGUMENT);
+        assert_non_null(strstr(sm_session_last_error(f->session), "grammar_prefill"));
+        sm_result_free(&r);
+        gp.grammar = "root ::= \"<<\" (\" one\" \" two\" \" three\"){3,3}";
         gp.grammar_prefill = ">>";
         assert_int_equal(sm_session_clear(f->session), SM_OK);
         assert_int_equal(sm_session_generate(f->session, LOOPING_PROMPT, &gp, &r), SM_ERR_INVALID_ARGUMENT);

@@ -1,5 +1,6 @@
 /* The introspection and intervention flags at run time. */
 #include "intro_run.h"
+#include "common/flags.h"
 
 #include <errno.h>
 #include <math.h>
@@ -32,31 +33,6 @@ struct cli_intro {
     int32_t n_turns, cap_turns;
 };
 
-static char *read_file(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    size_t cap = 4096, len = 0;
-    char *text = malloc(cap);
-    for (size_t got; text && (got = fread(text + len, 1, cap - len - 1, f)) > 0;) {
-        len += got;
-        if (cap - len > 1) continue;
-        char *bigger = realloc(text, cap *= 2);
-        if (!bigger) {
-            free(text);
-            text = NULL;
-            break;
-        }
-        text = bigger;
-    }
-    bool failed = ferror(f);
-    fclose(f);
-    if (!text || failed) {
-        free(text);
-        return NULL;
-    }
-    text[len] = '\0';
-    return text;
-}
 
 static bool load_control_vectors(cli_app *app, struct cli_intro *in) {
     const cli_intro_options *io = &app->opt->intro;
@@ -78,9 +54,10 @@ bool cli_intro_before_load(cli_app *app) {
     }
     app->intro = in;
     if (io->inject_file) {
-        in->inject_text = read_file(io->inject_file);
+        in->inject_text = flag_read_file(io->inject_file, 1u << 20);
         if (!in->inject_text) {
-            cli_error("--inject: cannot read '%s': %s", io->inject_file, strerror(errno));
+            cli_error("--inject: cannot read '%s': %s", io->inject_file,
+                      errno == EFBIG ? "larger than 1 MB" : strerror(errno));
             return false;
         }
         app->gen.interventions.inject_text = in->inject_text;

@@ -3,6 +3,7 @@
  * before anything loads (flags, operators, the memory file), loads the
  * model, and runs one prompt or a chat; all generation is the library's.
  */
+#include "common/flags.h"
 #include "app.h"
 #include "eval/eval.h"
 #include "tune/tune.h"
@@ -190,29 +191,8 @@ static int setup_and_run(cli_app *app) {
 
 /* A file a flag names, whole (up to 1 MB); NULL after saying why. */
 static char *read_flag_file(const char *flag, const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        cli_error("%s: cannot read '%s': %s", flag, path, strerror(errno));
-        return NULL;
-    }
-    size_t len = 0, cap = 4096;
-    char *text = malloc(cap);
-    for (int ch; text && (ch = fgetc(f)) != EOF;) {
-        if (len + 2 > cap) {
-            char *grown = cap < (1u << 20) ? realloc(text, cap *= 2) : NULL;
-            if (!grown) {
-                free(text);
-                fclose(f);
-                cli_error("%s '%s': larger than 1 MB or out of memory", flag, path);
-                return NULL;
-            }
-            text = grown;
-        }
-        text[len++] = (char)ch;
-    }
-    fclose(f);
-    if (text) text[len] = '\0';
-    else cli_error("%s: out of memory", flag);
+    char *text = flag_read_file(path, 1u << 20);
+    if (!text) cli_error("%s: cannot read '%s': %s", flag, path, errno == EFBIG ? "larger than 1 MB" : strerror(errno));
     return text;
 }
 

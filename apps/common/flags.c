@@ -51,3 +51,32 @@ bool flag_int_in(FILE *err, const char *program, const char *flag, const char *t
     *out = (int32_t)v;
     return true;
 }
+
+char *flag_read_file(const char *path, size_t max_bytes) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    size_t cap = 4096, len = 0;
+    char *text = malloc(cap);
+    for (size_t got; text && (got = fread(text + len, 1, cap - len - 1, f)) > 0;) {
+        len += got;
+        if (len > max_bytes) {
+            free(text);
+            fclose(f);
+            errno = EFBIG;
+            return NULL;
+        }
+        if (cap - len > 1) continue;
+        char *bigger = realloc(text, cap *= 2);
+        if (!bigger) free(text);
+        text = bigger;
+    }
+    int failed = ferror(f) ? EIO : 0;
+    fclose(f);
+    if (!text || failed) {
+        free(text);
+        errno = failed ? failed : ENOMEM;
+        return NULL;
+    }
+    text[len] = '\0';
+    return text;
+}

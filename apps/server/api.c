@@ -274,85 +274,72 @@ static void merge_choice(cJSON *into, cJSON *from, int i, bool new_prompt) {
         cJSON_SetNumberValue(total, prompt->valuedouble + a->valuedouble);
 }
 
-/* One answer of a request that asks for several, as the request `json`
- * would get it alone, with its seed (when given) moved on by offset. */
-static bool run_one(server *srv, int client_fd, const cJSON *json, api_kind api, int offset, cJSON **response,
-                    api_error *err) {
-    gen_request req;
-    if (!gen_request_parse(json, api, &srv->models, &srv->opt.base, srv->opt.selfmod_default, &req, err)) {
-        gen_request_free(&req);
+/* Answer k of a request that may ask for several (prompt k / n of
+ * llama-server's prompt arrays, answer k % n of OpenAI's n), parsed as that
+ * answer's request alone: with a seed, answer i of a prompt uses seed + i,
+ * so they differ and each can be reproduced. Takes *req either way. */
+static bool parse_answer(server *srv, const cJSON *json, api_kind api, int k, int n, gen_request *req,
+                         api_error *err) {
+    const cJSON *prompts = json_field(json, "prompt");
+    cJSON *one = NULL;
+    if (api != API_CHAT && prompt_is_several(prompts)) {
+        one = cJSON_Duplicate(json, true);
+        if (!one) {
+            memset(req, 0, sizeof *req);
+            return api_fail(err, 500, NULL, "out of memory");
+        }
+        cJSON_ReplaceItemInObjectCaseSensitive(one, "prompt", cJSON_Duplicate(cJSON_GetArrayItem(prompts, k / n), true));
+    }
+    bool ok = gen_request_parse(one ? one : json, api, &srv->models, &srv->opt.base, srv->opt.selfmod_default, req, err);
+    cJSON_Delete(one);
+    if (!ok) {
+        gen_request_free(req);
         return false;
     }
-    if (req.seed_given) req.params.sampling.seed += (uint64_t)offset;
-    return generation_run(srv, &req, client_fd, response, err);
+    if (req->seed_given) req->params.sampling.seed += (uint64_t)(k % n);
+    return true;
 }
 
-/* Several prompts (llama-server's prompt arrays) and OpenAI's n > 1: the
- * answers one after another (a slot keeps each prompt cached for the next
- * answer to it); with a seed, answer i of a prompt uses seed + i, so they
- * differ and each can be reproduced. /completion answers with a list, the
- * OpenAI endpoints with choices indexed prompt by prompt. */
-static reply generate_several(server *srv, int client_fd, const cJSON *json, api_kind api, int n) {
-    const cJSON *prompts = json_field(json, "prompt");
-    bool several = api != API_CHAT && prompt_is_several(prompts);
-    int n_prompts = several ? cJSON_GetArraySize(prompts) : 1;
+/* Several answers (several prompts, OpenAI's n > 1), one after another (a
+ * slot keeps each prompt cached for the next answer to it): /completion
+ * answers with a list, the OpenAI endpoints with choices indexed prompt by
+ * prompt. */
+static reply generate_several(server *srv, int client_fd, const cJSON *json, api_kind api, int n, int total) {
     cJSON *merged = NULL, *list = api == API_LLAMA ? cJSON_CreateArray() : NULL;
     api_error err;
-    for (int p = 0; p < n_prompts; p++) {
-        cJSON *one = cJSON_Duplicate(json, true);
-        if (several && one)
-            cJSON_ReplaceItemInObjectCaseSensitive(one, "prompt", cJSON_Duplicate(cJSON_GetArrayItem(prompts, p), true));
-        for (int i = 0; i < n; i++) {
-            cJSON *response = NULL;
-            bool ok = one ? run_one(srv, client_fd, one, api, i, &response, &err)
-                          : api_fail(&err, 500, NULL, "out of memory");
-            if (!ok) {
-                cJSON_Delete(one);
-                cJSON_Delete(merged);
-                cJSON_Delete(list);
-                return reply_error(&err);
-            }
-            if (list) {
-                cJSON_ReplaceItemInObjectCaseSensitive(response, "index", cJSON_CreateNumber(p));
-                cJSON_AddItemToArray(list, response);
-            } else if (!merged) {
-                merged = response;
-            } else {
-                merge_choice(merged, response, p * n + i, i == 0);
-                cJSON_Delete(response);
-            }
+    for (int k = 0; k < total; k++) {
+        gen_request req;
+        cJSON *response = NULL;
+        if (!parse_answer(srv, json, api, k, n, &req, &err) || !generation_run(srv, &req, client_fd, &response, &err)) {
+            cJSON_Delete(merged);
+            cJSON_Delete(list);
+            return reply_error(&err);
         }
-        cJSON_Delete(one);
+        if (list) {
+            cJSON_ReplaceItemInObjectCaseSensitive(response, "index", cJSON_CreateNumber(k / n));
+            cJSON_AddItemToArray(list, response);
+        } else if (!merged) {
+            merged = response;
+        } else {
+            merge_choice(merged, response, k, k % n == 0);
+            cJSON_Delete(response);
+        }
     }
     return reply_json(200, list ? list : merged);
 }
 
-enum { MAX_ANSWERS = 64 }; /* prompts times n in one request */
-
-/* The stream of several answers: each one's request (prompt p of several,
- * answer i of n with seed + i when a seed is given) checked first, then
- * streamed in turn on one channel. */
-static reply stream_several(server *srv, const cJSON *json, api_kind api, int n) {
-    const cJSON *prompts = json_field(json, "prompt");
-    bool several = api != API_CHAT && prompt_is_several(prompts);
-    int n_prompts = several ? cJSON_GetArraySize(prompts) : 1, total = n_prompts * n;
+/* The same streamed: every answer's request checked first, then streamed
+ * in turn on one channel. */
+static reply stream_several(server *srv, const cJSON *json, api_kind api, int n, int total) {
     gen_request *reqs = calloc((size_t)total, sizeof *reqs);
     api_error err;
     if (!reqs) return reply_error_simple(500, NULL, "out of memory");
     for (int k = 0; k < total; k++) {
-        cJSON *one = cJSON_Duplicate(json, true);
-        if (one && several)
-            cJSON_ReplaceItemInObjectCaseSensitive(one, "prompt", cJSON_Duplicate(cJSON_GetArrayItem(prompts, k / n), true));
-        bool ok = one && gen_request_parse(one, api, &srv->models, &srv->opt.base, srv->opt.selfmod_default, &reqs[k], &err);
-        if (!one) api_fail(&err, 500, NULL, "out of memory");
-        cJSON_Delete(one);
-        if (ok && reqs[k].seed_given) reqs[k].params.sampling.seed += (uint64_t)(k % n);
-        if (!ok) {
-            for (int i = 0; i <= k; i++) gen_request_free(&reqs[i]);
+        if (!parse_answer(srv, json, api, k, n, &reqs[k], &err)) {
+            for (int i = 0; i < k; i++) gen_request_free(&reqs[i]);
             free(reqs);
             return reply_error(&err);
         }
-        gen_request_bind(&reqs[k]);
     }
     channel *ch = NULL;
     bool ok = generation_start_stream_many(srv, reqs, total, n, &ch, &err);
@@ -360,37 +347,33 @@ static reply stream_several(server *srv, const cJSON *json, api_kind api, int n)
     return ok ? reply_stream(ch) : reply_error(&err);
 }
 
+enum { MAX_ANSWERS = 64 }; /* prompts times n in one request */
+
 static reply generate(server *srv, int client_fd, const char *body, size_t len, api_kind api) {
     reply bad;
     cJSON *json = api_parse_body(body, len, &bad);
     if (!json) return bad;
     gen_request req;
     api_error err;
-    bool several = api != API_CHAT && prompt_is_several(json_field(json, "prompt"));
-    cJSON *first = several ? cJSON_Duplicate(json, true) : NULL;
-    if (first) /* the first prompt stands for the rest in the checks */
-        cJSON_ReplaceItemInObjectCaseSensitive(first, "prompt",
-                                               cJSON_Duplicate(cJSON_GetArrayItem(json_field(json, "prompt"), 0), true));
-    bool ok = gen_request_parse(first ? first : json, api, &srv->models, &srv->opt.base, srv->opt.selfmod_default,
-                                &req, &err);
-    cJSON_Delete(first);
-    int n_prompts = several ? cJSON_GetArraySize(json_field(json, "prompt")) : 1;
+    /* the first answer's request stands for the rest in the checks */
+    bool ok = parse_answer(srv, json, api, 0, 1, &req, &err);
+    const cJSON *prompts = json_field(json, "prompt");
+    int n_prompts = api != API_CHAT && prompt_is_several(prompts) ? cJSON_GetArraySize(prompts) : 1;
     if (ok && n_prompts * req.n_choices > MAX_ANSWERS) {
-        ok = api_fail(&err, 400, several ? "prompt" : "n", "at most %d answers in one request (prompts times n)",
+        gen_request_free(&req);
+        ok = api_fail(&err, 400, n_prompts > 1 ? "prompt" : "n", "at most %d answers in one request (prompts times n)",
                       MAX_ANSWERS);
-    } else if (ok && (req.n_choices > 1 || several)) {
+    } else if (ok && n_prompts * req.n_choices > 1) {
         int n = req.n_choices;
         bool stream = req.stream;
         gen_request_free(&req);
-        reply r = stream ? stream_several(srv, json, api, n) : generate_several(srv, client_fd, json, api, n);
+        reply r = stream ? stream_several(srv, json, api, n, n_prompts * n)
+                         : generate_several(srv, client_fd, json, api, n, n_prompts * n);
         cJSON_Delete(json);
         return r;
     }
     cJSON_Delete(json);
-    if (!ok) {
-        gen_request_free(&req);
-        return reply_error(&err);
-    }
+    if (!ok) return reply_error(&err);
     if (req.stream) {
         channel *ch = NULL;
         if (!generation_start_stream(srv, &req, &ch, &err)) return reply_error(&err);

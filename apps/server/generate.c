@@ -285,7 +285,8 @@ static bool on_event(const sm_event *e, void *user_data) {
     switch (e->type) {
     case SM_EVENT_START:
         j->n_prompt = sm_session_n_past(j->session);
-        if ((job_verbose(j) || j->req.api == API_LLAMA) && !j->verbose_prompt) {
+        /* for __verbose, and the prompt a /completion answer shows (not a stream's) */
+        if ((job_verbose(j) || (j->req.api == API_LLAMA && !j->ch)) && !j->verbose_prompt) {
             int32_t n = 0;
             const sm_token *toks = sm_session_tokens(j->session, &n);
             j->verbose_prompt = sm_detokenize_special(sm_session_model(j->session), toks, n, NULL, NULL);

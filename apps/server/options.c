@@ -1,4 +1,5 @@
 #include "server/options.h"
+#include "common/flags.h"
 #include "server/request.h"
 
 #include <errno.h>
@@ -229,16 +230,11 @@ static bool read_key_file(server_options *opt, const char *path, FILE *err) {
 
 /* --chat-template-file: a Jinja template, the whole file. */
 static bool read_template_file(server_options *opt, const char *path, FILE *err) {
-    FILE *f = fopen(path, "rb");
-    char *text = NULL;
-    size_t cap = 0;
-    ssize_t n = f ? getdelim(&text, &cap, '\0', f) : -1;
-    int saved = errno;
-    if (f) fclose(f);
-    if (n <= 0) {
-        free(text);
+    char *text = flag_read_file(path, 1u << 20);
+    if (!text || !*text) {
         fprintf(err, "llama_selfmod serve: error: --chat-template-file '%s': %s\n", path,
-                f ? "the file is empty" : strerror(saved));
+                text ? "the file is empty" : errno == EFBIG ? "larger than 1 MB" : strerror(errno));
+        free(text);
         return false;
     }
     free(opt->chat_template_text);

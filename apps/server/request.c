@@ -810,16 +810,10 @@ bool gen_request_parse(const cJSON *body, api_kind api, const model_set *models,
     if (!parse_model(body, models, r, err)) return false;
     sm_model *target_models[SM_MAX_MODELS];
     int n_models = model_set_target_models(models, r->target, target_models);
-    if (api != API_CHAT)
-        for (const char *const *chat_only = (const char *const[]){"add_generation_prompt", "continue_final_message", NULL};
-             *chat_only; chat_only++)
-            if (json_field(body, *chat_only))
-                return api_fail(err, 400, *chat_only, "'%s' is for chat requests (messages)", *chat_only);
-    if (api != API_CHAT)
-        for (const char *const *chat_only = (const char *const[]){"tools", "tool_choice", "parallel_tool_calls", NULL};
-             *chat_only; chat_only++)
-            if (json_field(body, *chat_only))
-                return api_fail(err, 400, *chat_only, "'%s' is for chat requests (messages)", *chat_only);
+    static const char *const CHAT_ONLY[] = {"add_generation_prompt", "continue_final_message", "tools", "tool_choice",
+                                            "parallel_tool_calls", NULL};
+    for (const char *const *field = CHAT_ONLY; api != API_CHAT && *field; field++)
+        if (json_field(body, *field)) return api_fail(err, 400, *field, "'%s' is for chat requests (messages)", *field);
     bool ok = (api == API_CHAT ? parse_messages(body, r, err) && parse_continuation(body, r, err) &&
                                      parse_tool_choice(body, r, err)
                                : parse_prompt(body, r, sm_model_n_vocab(target_models[0]), err)) &&
