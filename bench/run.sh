@@ -133,6 +133,10 @@ more_reports() {
     echo
     "$build/bench_ops_fusion" operators "$models/stories260K.gguf" -n 256 -t "$threads" --reps 5
     echo
+    echo "### An operator written in Python (python/selfmod) against one in C"
+    echo
+    python3 "$root/bench/bench_python.py" "$build" "$models/stories260K.gguf" 512 5 1
+    echo
     echo "### Fusion: cardputer-chat-3M + cardputer-brainrot-3M (shared vocabulary), 128 tokens, average mode"
     echo
     "$build/bench_ops_fusion" fusion "$models/cardputer-chat-3M.sharedvocab12688.gguf" \

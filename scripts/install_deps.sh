@@ -3,7 +3,7 @@
 set -euo pipefail
 PACKAGES=(build-essential cmake pkg-config git ccache tmux libcjson-dev libmicrohttpd-dev
           libcmocka-dev libreadline-dev python3 clang libclang-rt-14-dev curl
-          python3-pytest python3-requests python3-filelock python3-wget) # the last four: tests/test_peer.sh
+          python3-pytest python3-requests python3-filelock python3-wget) # tests/test_peer.sh; pytest also tests/test_python.sh
 # npm fetches llama.cpp's source; a node install from elsewhere brings its own.
 command -v npm >/dev/null || PACKAGES+=(npm)
 missing=()

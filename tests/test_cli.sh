@@ -311,4 +311,13 @@ rest = out[len(expected):].decode()
 if not rest.startswith('[stats] n_reused=') or 'n_reused=0 ' in rest: sys.exit(f'stats line: {rest!r}')
 EOF
 
+# --ignore-eos: the one story model that ends stories with EOS goes on to -n.
+TINY="$SM_MODELS/tinystories-656K.gguf"
+"$SM_BIN" -m "$TINY" -p "Once upon a time" -n 300 -t 0 --no-selfmod --no-memory --json-stream > eos.out 2> /dev/null \
+  || fail "tinystories run failed"
+grep -q '"stop_reason":"eog"' eos.out || fail "tinystories-656K no longer ends its story by itself: pick another model"
+"$SM_BIN" -m "$TINY" -p "Once upon a time" -n 300 -t 0 --no-selfmod --no-memory --json-stream --ignore-eos > eos.out \
+  2> /dev/null || fail "--ignore-eos run failed"
+grep -q '"stop_reason":"n_predict".*"n_tokens":300' eos.out || fail "--ignore-eos: $(tail -1 eos.out | cut -c1-200)"
+
 echo "llama_selfmod CLI: all checks passed"

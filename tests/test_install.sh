@@ -13,7 +13,7 @@ PID=""
 trap '[ -n "$PID" ] && kill "$PID" 2>/dev/null; rm -rf "$TMP"' EXIT
 PREFIX="$TMP/usr"
 cmake --install "$SM_BUILD" --prefix "$PREFIX" > "$TMP/install.log" 2>&1 || fail "cmake --install: $(tail -3 "$TMP/install.log")"
-for f in bin/llama_selfmod lib/libselfmod.a lib/libselfmod.so include/selfmod.h lib/pkgconfig/selfmod.pc \
+for f in bin/llama_selfmod lib/libselfmod.a lib/libselfmod.so lib/libselfmod_cli.so include/selfmod.h lib/pkgconfig/selfmod.pc \
          share/llama_selfmod/web/index.html share/man/man1/llama_selfmod.1; do
   [ -e "$PREFIX/$f" ] || fail "not installed: $f"
 done
@@ -54,6 +54,19 @@ cc -o "$TMP/custom_operator" "$SM_SRC/examples/custom_operator.c" $flags 2> "$TM
 grep -q "backtracks:" "$TMP/op.out" || fail "custom_operator printed no summary"
 ldd "$TMP/custom_operator" | grep -q "libselfmod.so.0 => $PREFIX/lib" || fail "the example does not use the installed library"
 ldd "$TMP/custom_operator" | grep -q "libggml.so.* => $PREFIX/lib" || fail "the example's libggml is not the installed one"
+
+# the installed Python package, from outside the checkout, finds the installed libraries
+[ -f "$PREFIX/lib/python3/dist-packages/selfmod/__init__.py" ] || fail "the Python package is not installed"
+if ! nm -D "$PREFIX/lib/libselfmod.so" | grep -q __asan; then  # (a sanitized library needs its runtime preloaded)
+  py=$(env -u SELFMOD_LIBRARY_PATH PYTHONPATH="$PREFIX/lib/python3/dist-packages" /usr/bin/python3 -c '
+import sys, selfmod
+m = selfmod.Model(sys.argv[1], threads=1)
+r = m.generate("Once upon a time", n_predict=8, temperature=0, selfmod=False)
+print(selfmod.__file__, len(r.tokens), r.text)' "$SM_MODELS/stories260K.gguf" 2> "$TMP/py.err") || fail "the installed package: $(tail -3 "$TMP/py.err")"
+  case "$py" in "$PREFIX/lib/python3/dist-packages/selfmod/__init__.py 8 "*) ;; *) fail "the installed package: $py";; esac
+  cli_text=$("$PREFIX/bin/llama_selfmod" -m "$SM_MODELS/stories260K.gguf" -p "Once upon a time" -n 8 -t 0 --no-selfmod --no-memory 2> /dev/null)
+  [ "${py#* 8 }" = "$cli_text" ] || fail "the installed package wrote '${py#* 8 }', the program '$cli_text'"
+fi
 
 # DESTDIR stages under a root; the manifest takes it all away again
 DESTDIR="$TMP/stage" cmake --install "$SM_BUILD" --prefix /opt/selfmod > /dev/null 2>&1 || fail "DESTDIR install"

@@ -12,8 +12,13 @@
 typedef struct cli_app {
     const cli_options *opt;
     sm_gen_params gen;            /* opt->gen with operators and the event sink */
-    sm_operator *operators[CLI_MAX_LIST];
+    sm_operator *operators[2 * CLI_MAX_LIST]; /* --operator's, then the extra ones */
     int32_t n_operators;
+    int32_t n_owned_operators;    /* the first ones, made from --operator     */
+    sm_operator *const *extra_operators; /* a binding's own, not owned        */
+    int32_t n_extra_operators;
+    FILE *out;                    /* the text or the JSON lines: stdout, or a binding's sink */
+    char *wrapped_prompt;         /* --wrap-prompt's form of -p               */
     sm_model *model;              /* models[0]: tokenizer, descriptions      */
     sm_model *models[SM_MAX_MODELS];
     int32_t n_models;
@@ -33,7 +38,9 @@ typedef struct cli_app {
     int64_t n_unknown_reported;   /* characters outside the vocabulary, said  */
 } cli_app;
 
-/* Prints `llama_selfmod: error: ...` on stderr. */
+/* Prints `llama_selfmod: error: ...` on stderr, or on the stream this
+ * thread set with cli_set_error_stream (NULL: stderr again). */
 void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void cli_set_error_stream(FILE *out);
 
 #endif

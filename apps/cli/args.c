@@ -81,6 +81,7 @@ enum {
     OPT_BEAM_SEARCH,
     OPT_BEAM_STABILITY,
     OPT_BEAM_FOCUS,
+    OPT_IGNORE_EOS,
 };
 
 static const struct option long_options[] = {
@@ -139,6 +140,7 @@ static const struct option long_options[] = {
     {"verbose", no_argument, NULL, OPT_VERBOSE},
     {"verbose-events", no_argument, NULL, OPT_VERBOSE_EVENTS},
     {"no-stop-at-bos", no_argument, NULL, OPT_NO_STOP_AT_BOS},
+    {"ignore-eos", no_argument, NULL, OPT_IGNORE_EOS},
     {"no-color", no_argument, NULL, OPT_NO_COLOR},
     {"json-stream", optional_argument, NULL, OPT_JSON_STREAM},
     {"memory-format", required_argument, NULL, OPT_MEMORY_FORMAT},
@@ -161,6 +163,13 @@ static const struct option long_options[] = {
     {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0},
 };
+
+int cli_flag_arity(const char *name) {
+    for (const struct option *o = long_options; name && o->name; o++)
+        if (strcmp(o->name, name) == 0)
+            return o->has_arg == no_argument ? 0 : o->has_arg == required_argument ? 1 : 2;
+    return -1;
+}
 
 /* Leading ':' makes getopt report a missing argument as ':' and stay
  * silent, so every message has this program's one format. */
@@ -203,6 +212,8 @@ void cli_print_help(FILE *out) {
         "      --no-stop-at-bos          go on when the model generates BOS, which models trained\n"
         "                                on BOS-separated documents use to start a new one\n"
         "                                (default: stop there, as llama2.c's run.c does)\n"
+        "      --ignore-eos              never sample an end-of-generation token: go on to -n or a\n"
+        "                                stop, as llama.cpp's --ignore-eos (default: off)\n"
         "\n"
         "self-modification:\n"
         "      --confidence-threshold F  mean confidence below which T and the repeat penalty\n"
@@ -519,6 +530,7 @@ static bool apply_option(int c, const char *arg, cli_options *opt, FILE *err) {
     case OPT_QUIET: opt->quiet = true; return true;
     case OPT_VERBOSE: opt->verbose = true; return true;
     case OPT_NO_STOP_AT_BOS: opt->gen.stop_at_bos = false; return true;
+    case OPT_IGNORE_EOS: opt->gen.ignore_eos = true; return true;
     case OPT_VERBOSE_EVENTS: opt->verbose_events = true; return true;
     case OPT_NO_COLOR: opt->no_color = true; return true;
     case OPT_JSON_STREAM: {

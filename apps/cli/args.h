@@ -70,6 +70,9 @@ typedef enum cli_parse_outcome {
 cli_parse_outcome cli_parse_args(int argc, char **argv, cli_options *opt, FILE *err);
 
 void cli_print_help(FILE *out);
+/* Whether --name is a flag: -1 no, 0 it takes no value, 1 it takes one,
+ * 2 it may take one (--json-stream[=FORMAT]). */
+int cli_flag_arity(const char *name);
 void cli_print_version(FILE *out);
 
 #endif

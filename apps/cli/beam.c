@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static void print_beam_json(const sm_suggestion *s, int32_t rank) {
+static void print_beam_json(FILE *out, const sm_suggestion *s, int32_t rank) {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "type", "beam");
     cJSON_AddNumberToObject(o, "rank", rank);
@@ -18,7 +18,7 @@ static void print_beam_json(const sm_suggestion *s, int32_t rank) {
     cJSON *tokens = cJSON_AddArrayToObject(o, "tokens");
     for (int32_t k = 0; k < s->n_tokens; k++) cJSON_AddItemToArray(tokens, cJSON_CreateNumber(s->tokens[k]));
     char *text = cJSON_PrintUnformatted(o);
-    if (text) puts(text);
+    if (text) fprintf(out, "%s\n", text);
     free(text);
     cJSON_Delete(o);
 }
@@ -66,12 +66,12 @@ int cli_beam_search(cli_app *app) {
         return EXIT_FAILURE;
     }
     if (opt->json_stream) {
-        for (int32_t i = 0; i < r.n_suggestions; i++) print_beam_json(&r.suggestions[i], i);
+        for (int32_t i = 0; i < r.n_suggestions; i++) print_beam_json(app->out, &r.suggestions[i], i);
     } else if (r.n_suggestions > 0) {
-        fputs(r.suggestions[0].text, stdout);
-        fputc('\n', stdout);
+        fputs(r.suggestions[0].text, app->out);
+        fputc('\n', app->out);
     }
-    fflush(stdout);
+    fflush(app->out);
     if (!opt->quiet && r.n_suggestions > 0)
         fprintf(stderr, "[beam] width %d: %d beams, best score %.4f (%s), %d levels, %.1f ms\n", opt->beam_width,
                 r.n_suggestions, r.suggestions[0].score, scored ? "ln p + activation terms" : "sum of ln p", r.n_levels,

@@ -41,9 +41,9 @@ static void note(cli_app *app, const char *line) {
 static void on_start(event_sink *sink) {
     cli_app *app = sink->app;
     if (app->opt->json_original)
-        json_original_init(stdout, &app->json_original, app->model_label, sm_fusion_mode_name(app->gen.fusion.mode));
+        json_original_init(app->out, &app->json_original, app->model_label, sm_fusion_mode_name(app->gen.fusion.mode));
     else if (app->opt->json_stream)
-        json_print_start(stdout, app->model_label, sm_model_description(app->model),
+        json_print_start(app->out, app->model_label, sm_model_description(app->model),
                          sink->input, &app->gen, sm_session_n_ctx(app->session),
                          sm_session_n_past(app->session));
     if (sink->chat && !app->opt->quiet) {
@@ -68,8 +68,8 @@ static bool on_event(const sm_event *event, void *user_data) {
         on_start(sink);
         break;
     case SM_EVENT_TOKEN:
-        if (app->opt->json_original) json_original_event(stdout, &app->json_original, event);
-        else if (app->opt->json_stream) json_print_event(stdout, event);
+        if (app->opt->json_original) json_original_event(app->out, &app->json_original, event);
+        else if (app->opt->json_stream) json_print_event(app->out, event);
         else if (app->stream_to_terminal) display_token(&app->disp, event->token_index, event->piece);
         break;
     case SM_EVENT_RETRACTION:
@@ -78,8 +78,8 @@ static bool on_event(const sm_event *event, void *user_data) {
         if (app->stream_to_terminal) display_keep_tokens(&app->disp, event->token_index);
         /* fall through */
     case SM_EVENT_MODIFICATION:
-        if (app->opt->json_original) json_original_event(stdout, &app->json_original, event);
-        else if (app->opt->json_stream) json_print_event(stdout, event);
+        if (app->opt->json_original) json_original_event(app->out, &app->json_original, event);
+        else if (app->opt->json_stream) json_print_event(app->out, event);
         if (!app->opt->quiet) {
             char line[512];
             format_event_line(line, sizeof line, event, app->style);
@@ -90,7 +90,7 @@ static bool on_event(const sm_event *event, void *user_data) {
         break; /* the done line is written from the result */
     }
     /* stdout gone (a closed pipe, a full disk): stop, keep what was made */
-    return !interrupted && !ferror(stdout);
+    return !interrupted && !ferror(app->out);
 }
 
 /* With several models: how much they agreed, who led, and in reference
@@ -138,15 +138,15 @@ static void note_unknown_chars(cli_app *app) {
 
 static void write_output(cli_app *app, const sm_result *result) {
     if (app->opt->json_original) {
-        json_original_complete(stdout, &app->json_original, result);
+        json_original_complete(app->out, &app->json_original, result);
     } else if (app->opt->json_stream) {
-        json_print_done(stdout, result);
+        json_print_done(app->out, result);
     } else if (app->stream_to_terminal) {
         display_finish(&app->disp, result->text, result->text_len);
     } else {
-        fwrite(result->text, 1, result->text_len, stdout);
-        fputc('\n', stdout);
-        fflush(stdout);
+        fwrite(result->text, 1, result->text_len, app->out);
+        fputc('\n', app->out);
+        fflush(app->out);
     }
     if (!app->opt->quiet) {
         char line[512];
@@ -204,7 +204,7 @@ generate_outcome cli_generate(cli_app *app, sm_chat *chat, const char *input) {
     note_unknown_chars(app);
     errno = 0;
     write_output(app, &result);
-    bool written = fflush(stdout) == 0 && !ferror(stdout);
+    bool written = fflush(app->out) == 0 && !ferror(app->out);
     int write_errno = errno;
     bool logged = append_memory(app, input, &result); /* recorded even when stdout is gone */
     sm_result_free(&result);

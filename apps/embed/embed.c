@@ -1,0 +1,456 @@
+/*
+ * The command line as a library (embed.h). Invariant: a runner's cli_app
+ * always holds the loaded models (not its own) and either no session or
+ * the session for `session_params`; everything a run prepares is freed
+ * before the run returns (cli_app_free_run), except the chat and the flags
+ * it was created with.
+ */
+#define _GNU_SOURCE /* fopencookie, open_memstream */
+#include "embed.h"
+
+#include "cli/generate.h"
+#include "cli/setup.h"
+
+#include <cjson/cJSON.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ------------------------------------------------------------------ */
+/* Flags: copied, parsed by the program's own parser                   */
+/* ------------------------------------------------------------------ */
+
+typedef struct flags {
+    int argc;
+    char **argv; /* argv[0] is the program's name; each string owned */
+} flags;
+
+static void flags_free(flags *f) {
+    for (int i = 0; f->argv && i < f->argc; i++) free(f->argv[i]);
+    free(f->argv);
+    f->argv = NULL;
+    f->argc = 0;
+}
+
+/* "llama_selfmod", then a, then b: copies, since the parsed options point
+ * into them and getopt permutes the array. */
+static bool flags_join(flags *out, int an, const char *const *a, int bn, const char *const *b) {
+    out->argc = 0;
+    out->argv = calloc((size_t)(1 + an + bn + 1), sizeof *out->argv);
+    if (!out->argv) return false;
+    out->argv[out->argc++] = strdup("llama_selfmod");
+    for (int i = 0; i < an; i++) out->argv[out->argc++] = strdup(a[i] ? a[i] : "");
+    for (int i = 0; i < bn; i++) out->argv[out->argc++] = strdup(b[i] ? b[i] : "");
+    for (int i = 0; i < out->argc; i++)
+        if (!out->argv[i]) return false;
+    return true;
+}
+
+static void set_err(char *err, size_t size, const char *message) {
+    if (err && size) snprintf(err, size, "%s", message);
+}
+
+/* What the program printed on its error stream: the last error is the
+ * message; warnings go to the caller as lines. */
+typedef struct messages {
+    char *text;
+    size_t len;
+    FILE *stream;
+} messages;
+
+static bool messages_open(messages *m) {
+    memset(m, 0, sizeof *m);
+    m->stream = open_memstream(&m->text, &m->len);
+    if (m->stream) cli_set_error_stream(m->stream);
+    return m->stream != NULL;
+}
+
+static const char ERROR_PREFIX[] = "llama_selfmod: error: ";
+static const char WARNING_PREFIX[] = "llama_selfmod: warning: ";
+
+/* Closes the stream; the last error line to err, every warning to the
+ * callback. Returns whether there was an error line. */
+static bool messages_close(messages *m, smx_line_fn on_line, void *user_data, char *err, size_t err_size) {
+    cli_set_error_stream(NULL);
+    fclose(m->stream);
+    bool had_error = false;
+    for (char *line = m->text, *next; line && *line; line = next) {
+        next = strchr(line, '\n');
+        if (next) *next++ = '\0';
+        else next = line + strlen(line);
+        if (strncmp(line, ERROR_PREFIX, sizeof ERROR_PREFIX - 1) == 0) {
+            set_err(err, err_size, line + sizeof ERROR_PREFIX - 1);
+            had_error = true;
+        } else if (on_line && strncmp(line, WARNING_PREFIX, sizeof WARNING_PREFIX - 1) == 0) {
+            cJSON *o = cJSON_CreateObject();
+            cJSON_AddStringToObject(o, "type", "warning");
+            cJSON_AddStringToObject(o, "message", line + sizeof WARNING_PREFIX - 1);
+            char *json = cJSON_PrintUnformatted(o);
+            if (json) on_line(json, strlen(json), user_data);
+            free(json);
+            cJSON_Delete(o);
+        }
+    }
+    free(m->text);
+    return had_error;
+}
+
+/* Parses f into *opt; false with the message in err. */
+static bool parse(flags *f, cli_options *opt, messages *msgs, char *err, size_t err_size) {
+    switch (cli_parse_args(f->argc, f->argv, opt, msgs->stream)) {
+    case CLI_PARSE_RUN: return true;
+    case CLI_PARSE_EXIT_OK: set_err(err, err_size, "--help and --version are for the command line"); return false;
+    case CLI_PARSE_ERROR: break;
+    }
+    set_err(err, err_size, "invalid flags");
+    return false;
+}
+
+/* ------------------------------------------------------------------ */
+/* Models                                                              */
+/* ------------------------------------------------------------------ */
+
+struct smx_models {
+    flags loaded_with;   /* the flags given; opt points into them           */
+    flags flags;         /* the ones that chose the models: a run's first   */
+    cli_options *opt;    /* as parsed at load                               */
+    cli_app app;         /* holds the models                               */
+};
+
+/* -m PATH or --models A,B,..., and --n-gpu-layers N: what every run
+ * repeats so that its options name the models that are loaded (the other
+ * flags given at load were only checked). */
+static bool model_flags(smx_models *m) {
+    const cli_options *o = m->opt;
+    char gpu[16], *joined = NULL;
+    snprintf(gpu, sizeof gpu, "%d", (int)o->n_gpu_layers);
+    if (o->fusion.n_models > 0) {
+        size_t size = 1;
+        for (int32_t i = 0; i < o->fusion.n_models; i++) size += strlen(o->fusion.model_paths[i]) + 1;
+        if (!(joined = calloc(1, size))) return false;
+        for (int32_t i = 0; i < o->fusion.n_models; i++) {
+            if (i) strcat(joined, ",");
+            strcat(joined, o->fusion.model_paths[i]);
+        }
+    }
+    const char *items[] = {joined ? "--models" : "-m", joined ? joined : o->model_path, "--n-gpu-layers", gpu};
+    bool ok = flags_join(&m->flags, 4, items, 0, NULL);
+    free(joined);
+    return ok;
+}
+
+smx_models *smx_models_load(int argc, const char *const *argv, char *err, size_t err_size) {
+    smx_models *m = calloc(1, sizeof *m);
+    flags all = {0};
+    messages msgs;
+    if (!m || !(m->opt = calloc(1, sizeof *m->opt)) || !flags_join(&all, argc, argv, 0, NULL) || !messages_open(&msgs)) {
+        set_err(err, err_size, "out of memory");
+        flags_free(&all);
+        if (m) free(m->opt);
+        free(m);
+        return NULL;
+    }
+    bool ok = parse(&all, m->opt, &msgs, err, err_size);
+    if (ok) {
+        m->app.opt = m->opt;
+        m->app.out = stdout;
+        sm_set_llama_logging(m->opt->verbose);
+        ok = cli_app_load_models(&m->app);
+    }
+    if (messages_close(&msgs, NULL, NULL, err, err_size)) ok = false;
+    if (!ok) {
+        if (m->app.n_models == 0 && err && !*err) set_err(err, err_size, "the models did not load");
+        cli_app_free_models(&m->app);
+        flags_free(&all);
+        free(m->opt);
+        free(m);
+        return NULL;
+    }
+    m->loaded_with = all;
+    if (!model_flags(m)) {
+        set_err(err, err_size, "out of memory");
+        smx_models_free(m);
+        return NULL;
+    }
+    return m;
+}
+
+void smx_models_free(smx_models *m) {
+    if (!m) return;
+    cli_app_free_models(&m->app);
+    flags_free(&m->flags);
+    flags_free(&m->loaded_with);
+    free(m->opt);
+    free(m);
+}
+
+int32_t smx_models_count(const smx_models *m) { return m ? m->app.n_models : 0; }
+
+sm_model *smx_models_get(const smx_models *m, int32_t i) {
+    return m && i >= 0 && i < m->app.n_models ? m->app.models[i] : NULL;
+}
+
+/* The flags that chose the models cannot change after they loaded. */
+static const char *changed_model_flag(const cli_options *at_load, const cli_options *now) {
+    if (strcmp(at_load->model_path, now->model_path) != 0) return "-m/--model";
+    if (at_load->fusion.n_models != now->fusion.n_models) return "--models";
+    for (int32_t i = 0; i < now->fusion.n_models; i++)
+        if (strcmp(at_load->fusion.model_paths[i], now->fusion.model_paths[i]) != 0) return "--models";
+    if (at_load->n_gpu_layers != now->n_gpu_layers) return "--n-gpu-layers";
+    return NULL;
+}
+
+/* ------------------------------------------------------------------ */
+/* Runners                                                             */
+/* ------------------------------------------------------------------ */
+
+enum { MAX_KEPT_LAYERS = 256 };
+
+struct smx_runner {
+    smx_models *models;
+    cli_app app;                 /* models borrowed from `models`           */
+    sm_session_params session_params; /* of app.session                     */
+    int32_t layers[MAX_KEPT_LAYERS];  /* its introspect_layers, copied       */
+    bool steered;                /* a control vector was applied to it      */
+    sm_chat *chat;
+    flags chat_flags;            /* the flags the chat was created with     */
+    cli_options *chat_opt;       /* ... parsed                              */
+};
+
+smx_runner *smx_runner_new(smx_models *models) {
+    if (!models) return NULL;
+    smx_runner *r = calloc(1, sizeof *r);
+    if (!r) return NULL;
+    r->models = models;
+    r->app.model = models->app.model;
+    r->app.n_models = models->app.n_models;
+    memcpy(r->app.models, models->app.models, sizeof r->app.models);
+    memcpy(r->app.model_label, models->app.model_label, sizeof r->app.model_label);
+    return r;
+}
+
+void smx_chat_reset(smx_runner *r) {
+    if (!r) return;
+    sm_chat_free(r->chat);
+    r->chat = NULL;
+    flags_free(&r->chat_flags);
+    free(r->chat_opt);
+    r->chat_opt = NULL;
+}
+
+bool smx_chat_active(const smx_runner *r) { return r && r->chat; }
+
+static void close_session(smx_runner *r) {
+    sm_session_free(r->app.session);
+    r->app.session = NULL;
+    r->steered = false;
+}
+
+void smx_runner_free(smx_runner *r) {
+    if (!r) return;
+    smx_chat_reset(r);
+    close_session(r);
+    free(r);
+}
+
+static bool same_session(const sm_session_params *a, const sm_session_params *b) {
+    if (a->n_ctx != b->n_ctx || a->n_batch != b->n_batch || a->n_threads != b->n_threads ||
+        a->max_rewind != b->max_rewind || a->fusion_align != b->fusion_align ||
+        a->n_introspect_layers != b->n_introspect_layers || a->introspect_all_layers != b->introspect_all_layers ||
+        a->introspect_attention != b->introspect_attention || a->introspect_hidden != b->introspect_hidden ||
+        a->max_branches != b->max_branches)
+        return false;
+    for (int32_t i = 0; i < a->n_introspect_layers; i++)
+        if (a->introspect_layers[i] != b->introspect_layers[i]) return false;
+    return true;
+}
+
+/* The session this run's flags ask for: kept when it is the current one
+ * (and no control vector changed it), else opened anew. A chat keeps its
+ * own. */
+static bool use_session(smx_runner *r, bool chat_turn) {
+    sm_session_params want = cli_app_session_params(&r->app);
+    /* A control vector changes what the cached tokens mean: a session it
+     * touched is not reused by a later generation. */
+    bool wants_vector = r->app.opt->intro.n_control_vectors > 0;
+    bool same = r->app.session && same_session(&r->session_params, &want);
+    if (chat_turn && r->chat) {
+        if (same && wants_vector == r->steered) return true; /* ready applies the vector again */
+        cli_error("this turn asks for another context (--ctx-size, --threads, introspection, lookahead or a control "
+                  "vector) than the chat began with: give such flags when the chat starts");
+        return false;
+    }
+    if (same && !r->steered && !wants_vector) return true;
+    close_session(r);
+    if (want.n_introspect_layers > MAX_KEPT_LAYERS) want.n_introspect_layers = MAX_KEPT_LAYERS;
+    if (want.introspect_layers) {
+        memcpy(r->layers, want.introspect_layers, (size_t)want.n_introspect_layers * sizeof *r->layers);
+        want.introspect_layers = r->layers;
+    }
+    if (!cli_app_open_session(&r->app)) return false;
+    r->session_params = want;
+    r->steered = wants_vector;
+    return true;
+}
+
+/* Each JSON line the program writes goes to the caller's callback. */
+typedef struct line_sink {
+    smx_line_fn on_line;
+    void *user_data;
+    char *buf;
+    size_t len, cap;
+    bool stopped;
+} line_sink;
+
+static ssize_t sink_write(void *cookie, const char *data, size_t n) {
+    line_sink *s = cookie;
+    if (s->stopped) return -1;
+    if (s->len + n + 1 > s->cap) {
+        size_t cap = (s->len + n + 1) * 2;
+        char *grown = realloc(s->buf, cap);
+        if (!grown) return -1;
+        s->buf = grown;
+        s->cap = cap;
+    }
+    memcpy(s->buf + s->len, data, n);
+    s->len += n;
+    size_t start = 0;
+    for (size_t i = 0; i < s->len && !s->stopped; i++) {
+        if (s->buf[i] != '\n') continue;
+        s->buf[i] = '\0';
+        if (s->on_line && s->on_line(s->buf + start, i - start, s->user_data) != 0) s->stopped = true;
+        start = i + 1;
+    }
+    memmove(s->buf, s->buf + start, s->len - start);
+    s->len -= start;
+    return s->stopped ? -1 : (ssize_t)n;
+}
+
+static int run_turn(smx_runner *r, const char *message) {
+    if (!r->chat) {
+        sm_error e = {0};
+        sm_chat_params cp = r->app.opt->chat;
+        cp.template_source = r->app.chat_template_text;
+        if (!(r->chat = sm_chat_new(r->app.session, &cp, &e))) {
+            cli_error("%s", e.message);
+            return SMX_FAILED;
+        }
+    }
+    switch (cli_generate(&r->app, r->chat, message)) {
+    case GENERATE_OK: return SMX_OK;
+    case GENERATE_INTERRUPTED: return 128 + cli_interrupting_signal();
+    case GENERATE_FAILED: break;
+    }
+    return SMX_FAILED;
+}
+
+/* The run proper, with the options parsed and messages captured. */
+static int run_parsed(smx_runner *r, cli_options *opt, const char *message, sm_stage *const *stages,
+                      int32_t n_stages) {
+    const char *changed = changed_model_flag(r->models->opt, opt);
+    if (changed) {
+        cli_error("%s chooses the models, which load once: give it when they load", changed);
+        return SMX_USAGE;
+    }
+    if (message && opt->prompt) {
+        cli_error("a chat turn takes a message, not -p/--prompt");
+        return SMX_USAGE;
+    }
+    if (!message && r->chat) {
+        cli_error("this runner holds a chat: generate on another one");
+        return SMX_USAGE;
+    }
+    if (!message && !opt->prompt) {
+        cli_error("give the prompt (-p/--prompt)");
+        return SMX_USAGE;
+    }
+    cli_app *app = &r->app;
+    app->opt = opt;
+    app->gen = opt->gen;
+    app->gen.stages = stages;
+    app->gen.n_stages = n_stages;
+    int code = cli_app_prepare(app);
+    if (code == SMX_OK) {
+        sm_set_llama_logging(opt->verbose);
+        if (!use_session(r, message != NULL) || !cli_app_ready(app)) code = SMX_FAILED;
+        else if (message) code = run_turn(r, message);
+        else if (sm_session_clear(app->session) != SM_OK) { /* a one-shot run starts from nothing, as the program's */
+            cli_error("%s", sm_session_last_error(app->session));
+            code = SMX_FAILED;
+        } else code = cli_app_run(app);
+    }
+    cli_app_free_run(app);
+    return code;
+}
+
+int smx_run(smx_runner *r, int argc, const char *const *argv, const char *message, sm_operator *const *operators,
+            int32_t n_operators, sm_stage *const *stages, int32_t n_stages, smx_line_fn on_line, void *user_data,
+            char *err, size_t err_size) {
+    set_err(err, err_size, "");
+    if (!r || argc < 0 || (argc > 0 && !argv) || n_operators < 0 || n_operators > CLI_MAX_LIST || n_stages < 0) {
+        set_err(err, err_size, "invalid arguments");
+        return SMX_USAGE;
+    }
+    flags f = {0};
+    cli_options *opt = calloc(1, sizeof *opt);
+    line_sink sink = {.on_line = on_line, .user_data = user_data};
+    static const cookie_io_functions_t io = {.write = sink_write};
+    FILE *out = fopencookie(&sink, "w", io);
+    messages msgs;
+    if (!opt || !out || !flags_join(&f, r->models->flags.argc - 1, (const char *const *)r->models->flags.argv + 1, argc, argv) ||
+        !messages_open(&msgs)) {
+        set_err(err, err_size, "out of memory");
+        if (out) fclose(out);
+        flags_free(&f);
+        free(opt);
+        return SMX_FAILED;
+    }
+    setvbuf(out, NULL, _IOLBF, 0);
+    int code = SMX_USAGE;
+    if (parse(&f, opt, &msgs, err, err_size)) {
+        /* the program's JSON lines, quietly: everything reaches the caller as lines */
+        opt->json_stream = true;
+        r->app.out = out;
+        r->app.extra_operators = operators;
+        r->app.n_extra_operators = n_operators;
+        code = run_parsed(r, opt, message, stages, n_stages);
+        r->app.extra_operators = NULL;
+        r->app.n_extra_operators = 0;
+    }
+    fclose(out); /* flushes the last line */
+    r->app.out = stdout;
+    r->app.opt = NULL;
+    if (messages_close(&msgs, on_line, user_data, err, err_size) && code == SMX_OK) code = SMX_FAILED;
+    if (code != SMX_OK && err && !*err) set_err(err, err_size, code >= 128 ? "interrupted" : "the run failed");
+    if (message && r->chat && !r->chat_opt) { /* the chat's flags live as long as it does */
+        r->chat_flags = f;
+        r->chat_opt = opt;
+    } else {
+        flags_free(&f);
+        free(opt);
+    }
+    free(sink.buf);
+    return code;
+}
+
+int smx_flag_arity(const char *name) { return cli_flag_arity(name); }
+
+size_t smx_struct_size(const char *name) {
+#define SIZE_OF(type) if (name && strcmp(name, #type) == 0) return sizeof(type)
+    SIZE_OF(sm_signals);
+    SIZE_OF(sm_candidate);
+    SIZE_OF(sm_token_view);
+    SIZE_OF(sm_operator_vtable);
+    SIZE_OF(sm_stage_vtable);
+    SIZE_OF(sm_knobs);
+    SIZE_OF(sm_tree_params);
+    SIZE_OF(sm_tree_node);
+    SIZE_OF(sm_suggestion);
+    SIZE_OF(sm_tree_result);
+    SIZE_OF(sm_text_metrics);
+    SIZE_OF(sm_error);
+    SIZE_OF(sm_tokens);
+#undef SIZE_OF
+    return 0;
+}

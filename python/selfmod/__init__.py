@@ -1,0 +1,744 @@
+"""llama_selfmod from Python: the C library through ctypes (standard library only).
+
+    import selfmod
+    m = selfmod.Model("../shared/models/stories260K.gguf")
+    r = m.generate("Once upon a time", n_predict=24, temperature=0, selfmod=False)
+    print(r.text, r.stop_reason, len(r.events))
+    for event in m.stream("Once upon a time", n_predict=64, operators=["ngram_overlap"]):
+        if event["type"] == "token":
+            print(event["text"], end="", flush=True)
+
+Settings are the command line's long flags with '_' for '-' (temperature=0
+is --temperature 0, no_retract=True or retract=False is --no-retract,
+operators=[...] repeats --operator). They are parsed and checked by the
+program's own code, so every flag works here with the same defaults and
+the same messages. Settings given to Model are defaults for every call; a
+call's settings replace them by name.
+
+Events are the program's --json-stream lines as dicts: start, token,
+modification, retraction, backtrack, done (and warning).
+"""
+from __future__ import annotations
+
+import ctypes
+import math
+import queue
+import threading
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Optional, Sequence
+
+from . import _native as _n
+from ._native import cli as _cli
+from ._native import lib as _lib
+
+__all__ = ["SelfmodError", "Model", "Chat", "Result", "TokenView", "Operator", "Stage", "Loop", "TreeResult",
+           "Suggestion", "metrics", "flags"]
+
+__version__ = "0.1.0"
+
+
+class SelfmodError(Exception):
+    """A setting, a file or a generation the library refused; str() is its one-line message."""
+
+
+# ---------------------------------------------------------------------------
+# Settings as flags
+# ---------------------------------------------------------------------------
+
+# Flags that may be given several times; a list repeats them.
+_REPEATABLE = {"stop", "operator", "control-vector", "safety"}
+# Plural names for repeatable flags.
+_PLURALS = {"operators": "operator", "stops": "stop", "control_vectors": "control-vector"}
+# Chosen when the models load.
+_LOAD_ONLY = {"model", "models", "n_gpu_layers"}
+# Not settings: the prompt is an argument, the output is always the JSON stream.
+_NOT_SETTINGS = {"prompt", "help", "version", "quiet"}
+
+
+def _arity(flag: str) -> int:
+    return _cli.smx_flag_arity(flag.encode())
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise SelfmodError(f"{value!r} is not a finite number")
+        return repr(value)
+    text = str(value)
+    if "\0" in text:
+        raise SelfmodError("a setting holds a NUL character")
+    return text
+
+
+def flags(**settings: Any) -> list[str]:
+    """The command-line flags for settings (what Model and generate pass on)."""
+    out: list[str] = []
+    for name, value in settings.items():
+        if value is None:
+            continue
+        if name in _NOT_SETTINGS:
+            raise SelfmodError(f"'{name}' is not a setting here"
+                               + (": give the prompt as the first argument" if name == "prompt" else ""))
+        flag = _PLURALS.get(name, name).replace("_", "-")
+        arity = _arity(flag)
+        negative = _arity("no-" + flag)
+        if isinstance(value, bool):
+            if arity == -1 and negative == -1:
+                raise SelfmodError(f"unknown setting '{name}' (the program has no --{flag})")
+            if value and arity in (0, 2):
+                out.append("--" + flag)
+            elif not value and negative == 0:
+                out.append("--no-" + flag)
+            elif arity == 1:
+                raise SelfmodError(f"'{name}' takes a value (--{flag} VALUE), not {value}")
+            # else: True for a switch that is on by default, False for one that is off
+            continue
+        if arity == -1:
+            raise SelfmodError(f"unknown setting '{name}' (the program has no --{flag})")
+        if arity == 0:
+            raise SelfmodError(f"'{name}' is a switch: give True or False")
+        if isinstance(value, (list, tuple)):
+            values = [_text(v) for v in value] if flag in _REPEATABLE else [",".join(_text(v) for v in value)]
+        else:
+            values = [_text(value)]
+        for v in values:
+            out.extend([f"--{flag}={v}"] if arity == 2 else ["--" + flag, v])
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Operators and stages written in Python
+# ---------------------------------------------------------------------------
+
+@dataclass
+class TokenView:
+    """What an operator or stage sees of a candidate token (sm_token_view).
+
+    logits is the raw distribution over the whole vocabulary, readable only
+    during the call (a ctypes float array of n_vocab entries)."""
+    position: int
+    token: int
+    prob: float
+    logit: float
+    piece: str
+    top: list[tuple[int, float, float]]  # (token, prob, logit), most probable first
+    signals: dict[str, float]
+    n_vocab: int
+    logits: Any = field(repr=False, default=None)
+
+    @staticmethod
+    def _from_c(v: "_n.TokenView") -> "TokenView":
+        top = [(v.top[i].token, v.top[i].prob, v.top[i].logit) for i in range(v.n_top)]
+        sig = v.signals.contents if v.signals else None
+        signals = {name: getattr(sig, name) for name, _ in _n.Signals._fields_} if sig else {}
+        logits = (ctypes.c_float * v.n_vocab).from_address(ctypes.addressof(v.logits.contents)) \
+            if v.logits and v.n_vocab > 0 else None
+        piece = (v.piece or b"").decode("utf-8", "replace")
+        return TokenView(v.position, v.token, v.prob, v.logit, piece, top, signals, v.n_vocab, logits)
+
+
+class Operator:
+    """A backtracking operator (backtracking-llm's Operator, C's sm_operator).
+
+    decide(view) returns how many tokens to remove: 0 keeps the candidate,
+    1 removes it, k also the k-1 kept tokens before it. on_backtrack(n) says
+    the last n candidates it was shown are gone: roll your state back
+    exactly. reset() starts a new generation. Subclass it, or pass any
+    object with decide() (the other two are optional)."""
+
+    name = "python"
+
+    def decide(self, view: TokenView) -> int:
+        return 0
+
+    def on_backtrack(self, n_removed: int) -> None:
+        pass
+
+    def reset(self) -> None:
+        pass
+
+
+class Loop:
+    """What a stage may read and do in the loop it is called from (sm_loop)."""
+
+    def __init__(self, pointer: int):
+        self._p = pointer
+
+    @property
+    def n_generated(self) -> int:
+        return _lib.sm_loop_n_generated(self._p)
+
+    @property
+    def text(self) -> str:
+        n = ctypes.c_size_t()
+        p = _lib.sm_loop_text(self._p, ctypes.byref(n))
+        return ctypes.string_at(p, n.value).decode("utf-8", "replace") if p else ""
+
+    def describe(self, why: str) -> None:
+        _lib.sm_loop_describe(self._p, why.encode())
+
+    def inject(self, text: str) -> None:
+        data = text.encode()
+        status = _lib.sm_loop_inject(self._p, data, len(data))
+        if status != 0:
+            raise SelfmodError(f"inject: {_lib.sm_status_name(status).decode()}")
+
+    def stop(self, why: str) -> None:
+        _lib.sm_loop_stop(self._p, why.encode())
+
+
+class Stage:
+    """A stage of the generation loop (C's sm_stage_vtable), every hook optional:
+
+    before_sample(loop, knobs) may set knobs.temperature, knobs.repeat_penalty
+    or knobs.forced (a token chosen without sampling) for this token;
+    judge(loop, view) -> int removes tokens like an operator; accept(loop, view)
+    the candidate is kept; after_token(loop, view) it was reported;
+    on_rewind(loop, n, by_me) n tokens it was shown are gone; reset(loop).
+    A Python stage keeps no snapshot: roll its state back in on_rewind."""
+
+    name = "python_stage"
+
+
+class _Native:
+    """The C objects behind Python operators and stages for one run; the
+    callbacks and vtables live as long as it does."""
+
+    def __init__(self, operators: Sequence[Any], stages: Sequence[Any]):
+        self.error: Optional[BaseException] = None
+        self._keep: list[Any] = []
+        self.operators = [self._operator(op) for op in operators]
+        self.stages = [self._stage(st) for st in stages]
+
+    def _guard(self, fn, default):
+        def call(*args):
+            if self.error is not None:
+                return default
+            try:
+                return fn(*args)
+            except BaseException as e:  # noqa: BLE001 - handed back to the caller
+                self.error = e
+                return default
+        return call
+
+    def _operator(self, op: Any) -> int:
+        if not callable(getattr(op, "decide", None)):
+            raise SelfmodError(f"operator {op!r} has no decide(view) method (or give a built-in by name)")
+
+        def decide(_state, view):
+            n = op.decide(TokenView._from_c(view.contents))
+            if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+                raise SelfmodError(f"{type(op).__name__}.decide returned {n!r}: give an int >= 0")
+            return n
+
+        def on_backtrack(_state, n):
+            if hasattr(op, "on_backtrack"):
+                op.on_backtrack(int(n))
+
+        def reset(_state):
+            if hasattr(op, "reset"):
+                op.reset()
+
+        name = str(getattr(op, "name", type(op).__name__)).encode()
+        vt = _n.OperatorVtable(name, _n.DECIDE_FN(self._guard(decide, 0)),
+                               _n.BACKTRACK_FN(self._guard(on_backtrack, None)),
+                               _n.RESET_FN(self._guard(reset, None)), _n.FREE_FN(0))
+        self._keep += [vt, name]
+        pointer = _lib.sm_operator_new(ctypes.byref(vt), None)
+        if not pointer:
+            raise MemoryError("sm_operator_new")
+        return pointer
+
+    def _stage(self, st: Any) -> int:
+        def hook(name, ftype, adapt):
+            """The C hook calling st.name through adapt; NULL when st has none."""
+            fn = getattr(st, name, None)
+            return ftype(self._guard(adapt(fn), None)) if callable(fn) else ftype(0)
+
+        def view_hook(fn):
+            return lambda _s, loop, view: fn(Loop(loop), TokenView._from_c(view.contents))
+
+        def judge(_s, loop, view):
+            n = st.judge(Loop(loop), TokenView._from_c(view.contents))
+            if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+                raise SelfmodError(f"{type(st).__name__}.judge returned {n!r}: give an int >= 0")
+            return n
+
+        name = str(getattr(st, "name", type(st).__name__)).encode()
+        vt = _n.StageVtable(
+            name, 0, _n.STAGE_SAVE_FN(0), _n.STAGE_RESTORE_FN(0),
+            hook("reset", _n.STAGE_RESET_FN, lambda f: lambda _s, loop: f(Loop(loop))),
+            hook("before_sample", _n.STAGE_BEFORE_FN, lambda f: lambda _s, loop, k: f(Loop(loop), k.contents)),
+            _n.STAGE_JUDGE_FN(self._guard(judge, 0)) if callable(getattr(st, "judge", None)) else _n.STAGE_JUDGE_FN(0),
+            hook("accept", _n.STAGE_VIEW_FN, view_hook),
+            _n.STAGE_CHECK_FN(0),
+            hook("after_token", _n.STAGE_VIEW_FN, view_hook),
+            hook("on_rewind", _n.STAGE_REWIND_FN, lambda f: lambda _s, loop, n, me: f(Loop(loop), int(n), bool(me))),
+            _n.FREE_FN(0))
+        self._keep += [vt, name]
+        pointer = _lib.sm_stage_new(ctypes.byref(vt), None)
+        if not pointer:
+            raise MemoryError("sm_stage_new")
+        return pointer
+
+    def arrays(self):
+        ops = (ctypes.c_void_p * max(1, len(self.operators)))(*self.operators)
+        sts = (ctypes.c_void_p * max(1, len(self.stages)))(*self.stages)
+        return ops, len(self.operators), sts, len(self.stages)
+
+    def free(self) -> None:
+        for p in self.operators:
+            _lib.sm_operator_free(p)
+        for p in self.stages:
+            _lib.sm_stage_free(p)
+        self.operators, self.stages = [], []
+
+
+# ---------------------------------------------------------------------------
+# Results
+# ---------------------------------------------------------------------------
+
+@dataclass
+class Result:
+    """One generation: the done event's fields, the kept tokens, every event."""
+    text: str
+    stop_reason: str
+    tokens: list[int]
+    events: list[dict]
+    seed: Optional[int] = None
+    n_retractions: int = 0
+    n_backtracks: int = 0
+    avg_confidence: float = 0.0
+    done: dict = field(default_factory=dict, repr=False)
+
+    @staticmethod
+    def from_events(events: list[dict]) -> "Result":
+        tokens: list[int] = []
+        seed = None
+        done: dict = {}
+        for e in events:
+            kind = e.get("type")
+            if kind == "start":
+                seed = e.get("seed")
+            elif kind == "token" and "token" in e:
+                del tokens[e["index"]:]
+                tokens.append(e["token"])
+            elif kind in ("retraction", "backtrack") and "token_index" in e:
+                del tokens[e["token_index"]:]
+            elif kind in ("done", "complete"):
+                done = e
+        beams = [e for e in events if e.get("type") == "beam"]
+        if not done and beams:  # --beam-search: the best beam is the answer
+            best = beams[0]
+            return Result(best.get("text", ""), best.get("end", ""), list(best.get("tokens", [])), events,
+                          done=best)
+        return Result(done.get("text", ""), done.get("stop_reason", ""), tokens, events, seed,
+                      done.get("n_retractions", done.get("retractions", 0)), done.get("n_backtracks", 0),
+                      done.get("avg_confidence", 0.0), done)
+
+
+def _warn(event: dict) -> None:
+    warnings.warn(event.get("message", ""), RuntimeWarning, stacklevel=4)
+
+
+class _Run:
+    """One call of smx_run, its events delivered to `sink` as dicts."""
+
+    def __init__(self, runner: int, settings: list[str], message: Optional[str], operators, stages):
+        self.runner = runner
+        self.argv, self._buffers = _n.argv(settings)
+        self.n = len(settings)
+        self.message = message.encode() if message is not None else None
+        self.native = _Native(operators, stages)
+        self.stopped = False
+
+    def run(self, sink) -> int:
+        import json
+
+        def on_line(data, length, _ud):
+            if self.stopped or self.native.error is not None:
+                return 1
+            try:
+                event = json.loads(ctypes.string_at(data, length).decode("utf-8", "replace"))
+                if sink(event) is False:
+                    self.stopped = True
+            except BaseException as e:  # noqa: BLE001
+                self.native.error = e
+            return 1 if self.stopped or self.native.error is not None else 0
+
+        callback = _n.LINE_FN(on_line)
+        err = ctypes.create_string_buffer(1024)
+        ops, n_ops, sts, n_sts = self.native.arrays()
+        try:
+            code = _cli.smx_run(self.runner, self.n, self.argv, self.message, ops, n_ops, sts, n_sts, callback,
+                                None, err, len(err))
+        finally:
+            self.native.free()
+        if self.native.error is not None:
+            raise self.native.error
+        if self.stopped:
+            return 0
+        if code >= 128:
+            raise KeyboardInterrupt(_n.error_text(err))
+        if code != 0:
+            raise SelfmodError(_n.error_text(err))
+        return code
+
+
+def _iterate(start_run) -> Iterator[dict]:
+    """Runs start_run(sink) in a thread; yields its events as they come.
+    Closing the iterator stops the generation."""
+    events: "queue.Queue" = queue.Queue(maxsize=64)
+    stop = threading.Event()
+    DONE = object()
+    outcome: list[BaseException] = []
+
+    def sink(event):
+        while not stop.is_set():
+            try:
+                events.put(event, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work():
+        try:
+            start_run(sink)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
+            outcome.append(e)
+        finally:
+            while True:
+                try:
+                    events.put(DONE, timeout=0.1)
+                    break
+                except queue.Full:
+                    if stop.is_set():
+                        break
+
+    thread = threading.Thread(target=work, name="selfmod-stream", daemon=True)
+    thread.start()
+    try:
+        while True:
+            event = events.get()
+            if event is DONE:
+                break
+            if event.get("type") == "warning":
+                _warn(event)
+                continue
+            yield event
+    finally:
+        stop.set()
+        thread.join()
+    if outcome:
+        raise outcome[0]
+
+
+# ---------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------
+
+class Model:
+    """One model (path), or several fused (models=[...]); loaded once.
+
+    Settings given here are checked now and are every call's defaults;
+    model, models and n_gpu_layers choose what loads."""
+
+    def __init__(self, path: Optional[str] = None, *, models: Optional[Sequence[str]] = None, verbose: bool = False,
+                 **settings: Any):
+        if (path is None) == (models is None):
+            raise SelfmodError("give a model path, or models=[...] to fuse several")
+        load = {"model": path, "models": list(models) if models is not None else None, "verbose": verbose or None}
+        self.settings = dict(settings)
+        self._load_flags = flags(**load, n_gpu_layers=settings.pop("n_gpu_layers", None))
+        self.settings.pop("n_gpu_layers", None)
+        # checked as a one-shot run's flags would be (some need a prompt)
+        argv, keep = _n.argv(self._load_flags + flags(**{k: v for k, v in self.settings.items()
+                                                         if k not in ("operators", "stages")}) + ["-p", "."])
+        err = ctypes.create_string_buffer(1024)
+        self._models = _cli.smx_models_load(len(keep), argv, err, len(err))
+        if not self._models:
+            raise SelfmodError(_n.error_text(err))
+        self._runner = _cli.smx_runner_new(self._models)
+        self._lock = threading.Lock()
+        self._trees: dict = {}
+        self.path = path if path is not None else ",".join(models or [])
+
+    # -- life -----------------------------------------------------------------
+    def close(self) -> None:
+        """Frees the models (also when the object is collected)."""
+        for tree in getattr(self, "_trees", {}).values():
+            _lib.sm_tree_free(tree)
+        self._trees = {}
+        if getattr(self, "_runner", None):
+            _cli.smx_runner_free(self._runner)
+            self._runner = None
+        if getattr(self, "_models", None):
+            _cli.smx_models_free(self._models)
+            self._models = None
+
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+    def _check_open(self) -> None:
+        if not self._models:
+            raise SelfmodError("the model is closed")
+
+
+    # -- information -------------------------------------------------------
+    @property
+    def n_models(self) -> int:
+        return _cli.smx_models_count(self._models)
+
+    def _model(self, i: int = 0) -> int:
+        self._check_open()
+        return _cli.smx_models_get(self._models, i)
+
+    @property
+    def description(self) -> str:
+        return _lib.sm_model_description(self._model()).decode()
+
+    @property
+    def n_vocab(self) -> int:
+        return _lib.sm_model_n_vocab(self._model())
+
+    @property
+    def n_ctx_train(self) -> int:
+        return _lib.sm_model_n_ctx_train(self._model())
+
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
+        data = text.encode()
+        toks, err = _n.Tokens(), _n.Error()
+        if _lib.sm_tokenize(self._model(), data, len(data), add_special, parse_special, ctypes.byref(toks),
+                            ctypes.byref(err)) != 0:
+            raise SelfmodError(err.message.decode("utf-8", "replace"))
+        try:
+            return toks.data[:toks.n] if toks.n else []
+        finally:
+            _lib.sm_tokens_free(ctypes.byref(toks))
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        arr = (ctypes.c_int32 * max(1, len(tokens)))(*tokens)
+        n, err = ctypes.c_size_t(), _n.Error()
+        p = _lib.sm_detokenize(self._model(), arr, len(tokens), ctypes.byref(n), ctypes.byref(err))
+        if not p:
+            raise SelfmodError(err.message.decode("utf-8", "replace"))
+        try:
+            return ctypes.string_at(p, n.value).decode("utf-8", "replace")
+        finally:
+            _n.libc.free(p)
+
+    # -- generation --------------------------------------------------------
+    def _run(self, runner, prompt: Optional[str], message: Optional[str], call: dict, sink, *layers: dict) -> None:
+        """Runs on runner with the settings of every layer (Model's, a
+        chat's), the call's last: each replaces the ones before by name."""
+        for name in _LOAD_ONLY & call.keys():
+            raise SelfmodError(f"'{name}' chooses what loads: give it to Model(...)")
+        settings: dict = {}
+        for layer in (self.settings, *layers, call):
+            settings.update(layer)
+        operators = settings.pop("operators", None) or []
+        if isinstance(operators, str) or not isinstance(operators, (list, tuple)):
+            operators = [operators]
+        settings["operators"] = [o for o in operators if isinstance(o, str)] or None
+        python_operators = [o for o in operators if not isinstance(o, str)]
+        stages = list(settings.pop("stages", None) or [])
+        argv = ["--quiet", "--no-memory"] + flags(**settings)
+        if prompt is not None:
+            if not isinstance(prompt, str):
+                raise SelfmodError("the prompt must be a str")
+            argv += ["--prompt", _text(prompt)]
+        if message is not None and not isinstance(message, str):
+            raise SelfmodError("the message must be a str")
+        _Run(runner, argv, message, python_operators, stages).run(sink)
+
+    def generate(self, prompt: str, **settings: Any) -> Result:
+        """One generation (or --beam-search) from prompt; returns when done.
+
+        operators=[...] takes built-in specs ("ngram_overlap",
+        "probability_threshold:min_probability=0.1") and Python operators
+        alike; stages=[...] takes Python stages."""
+        self._check_open()
+        events: list[dict] = []
+
+        def sink(e):
+            if e.get("type") == "warning":
+                _warn(e)
+            else:
+                events.append(e)
+        with self._lock:
+            self._run(self._runner, prompt, None, dict(settings), sink)
+        return Result.from_events(events)
+
+    def stream(self, prompt: str, **settings: Any) -> Iterator[dict]:
+        """The generation's events as they happen (token, modification,
+        retraction, backtrack, ..., done). Breaking out stops it."""
+        self._check_open()
+        settings = dict(settings)
+
+        def start(sink):
+            with self._lock:
+                self._run(self._runner, prompt, None, settings, sink)
+        return _iterate(start)
+
+    def chat(self, system: Optional[str] = None, **settings: Any) -> "Chat":
+        """A conversation on its own session: history and KV cache carry
+        over from turn to turn. system and the chat template settings
+        (chat_template, chat_template_file, jinja, user_label,
+        assistant_label) are fixed here."""
+        self._check_open()
+        return Chat(self, system, settings)
+
+    # -- the LLooM tree ----------------------------------------------------
+    def tree(self, prefix: str, *, max_depth: int = 12, beam_limit: int = 25, cutoff: float = 0.2,
+             multiplier: float = 1.0, split_limit: int = 3, stop_chars: Optional[str] = ".,",
+             score_sum_probs: bool = False, n_ctx: int = 0, threads: int = 0) -> "TreeResult":
+        """The LLooM's expansion of prefix: every continuation whose
+        probability stays above the cutoff, best first (sm_tree_expand;
+        with several models their probabilities are mixed)."""
+        self._check_open()
+        p = _lib.sm_tree_default_params()
+        p.max_depth, p.beam_limit, p.cutoff, p.multiplier = max_depth, beam_limit, cutoff, multiplier
+        p.split_limit, p.score_sum_probs = split_limit, score_sum_probs
+        stops = (stop_chars or "").encode()
+        p.stop_chars = stops
+        err = _n.Error()
+        if _lib.sm_tree_params_validate(ctypes.byref(p), ctypes.byref(err)) != 0:
+            raise SelfmodError(err.message.decode("utf-8", "replace"))
+        key = (n_ctx, threads)
+        tree = self._trees.get(key)
+        if tree is None:
+            models = (ctypes.c_void_p * self.n_models)(*[self._model(i) for i in range(self.n_models)])
+            tree = _lib.sm_tree_new(models, self.n_models, n_ctx, threads, 255, ctypes.byref(err))
+            if not tree:
+                raise SelfmodError(err.message.decode("utf-8", "replace"))
+            self._trees[key] = tree
+        out = _n.TreeResult()
+        with self._lock:
+            status = _lib.sm_tree_expand(tree, prefix.encode(), ctypes.byref(p), ctypes.byref(out))
+        if status != 0:
+            raise SelfmodError(_lib.sm_tree_last_error(tree).decode("utf-8", "replace"))
+        try:
+            return TreeResult._from_c(out)
+        finally:
+            _lib.sm_tree_result_free(ctypes.byref(out))
+
+
+class Chat:
+    """A multi-turn chat (see Model.chat)."""
+
+    _FIXED = {"system", "chat_template", "chat_template_file", "jinja", "no_jinja", "user_label", "assistant_label"}
+
+    def __init__(self, model: Model, system: Optional[str], settings: dict):
+        self.model = model
+        self.settings = dict(settings)
+        if system is not None:
+            self.settings["system"] = system
+        self._runner = _cli.smx_runner_new(model._models)
+        self.history: list[dict] = []
+
+    def _settings(self, turn: dict) -> dict:
+        for name in self._FIXED & turn.keys():
+            raise SelfmodError(f"'{name}' is fixed when the chat starts: give it to Model.chat(...)")
+        return dict(turn)
+
+    def send(self, message: str, **settings: Any) -> Result:
+        """One turn: the answer to message (the settings apply to this turn)."""
+        events: list[dict] = []
+
+        def sink(e):
+            if e.get("type") == "warning":
+                _warn(e)
+            else:
+                events.append(e)
+        self.model._check_open()
+        self.model._run(self._runner, None, message, self._settings(settings), sink, self.settings)
+        result = Result.from_events(events)
+        self.history += [{"role": "user", "content": message}, {"role": "assistant", "content": result.text}]
+        return result
+
+    def stream(self, message: str, **settings: Any) -> Iterator[dict]:
+        """One turn's events as they happen."""
+        merged = self._settings(settings)
+        text: list[str] = []
+
+        def start(sink):
+            def keep(e):
+                if e.get("type") == "done":
+                    text.append(e.get("text", ""))
+                return sink(e)
+            self.model._run(self._runner, None, message, merged, keep, self.settings)
+            self.history += [{"role": "user", "content": message},
+                             {"role": "assistant", "content": text[0] if text else ""}]
+        return _iterate(start)
+
+    def reset(self) -> None:
+        """Forgets the conversation (the next turn starts a new one)."""
+        _cli.smx_chat_reset(self._runner)
+        self.history = []
+
+    def close(self) -> None:
+        if getattr(self, "_runner", None):
+            _cli.smx_runner_free(self._runner)
+            self._runner = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+@dataclass
+class Suggestion:
+    text: str
+    tokens: list[int]
+    probs: list[float]
+    score: float
+    end: str
+
+
+@dataclass
+class TreeResult:
+    suggestions: list[Suggestion]
+    nodes: list[dict]
+    n_levels: int
+    n_decode_calls: int
+    elapsed_ms: float
+
+    @staticmethod
+    def _from_c(r: "_n.TreeResult") -> "TreeResult":
+        def end(e):
+            return _lib.sm_tree_end_name(e).decode()
+        sugg = [Suggestion(s.text.decode("utf-8", "replace"), s.tokens[:s.n_tokens], s.probs[:s.n_tokens], s.score,
+                           end(s.end)) for s in (r.suggestions[i] for i in range(r.n_suggestions))]
+        nodes = [{"parent": n.parent, "token": n.token, "piece": (n.piece or b"").decode("utf-8", "replace"),
+                  "prob": n.prob, "score": n.score, "depth": n.depth, "end": end(n.end)}
+                 for n in (r.nodes[i] for i in range(r.n_nodes))]
+        return TreeResult(sugg, nodes, r.n_levels, r.n_decode_calls, r.elapsed_ms)
+
+
+def metrics(texts: Iterable[str], model: Model) -> dict[str, float]:
+    """eval's text metrics over texts, read through model's tokenizer:
+    rep_2..rep_4, diversity, seq_rep_4, distinct_1, distinct_2, mean_length."""
+    seqs = [model.tokenize(t, add_special=False) for t in texts]
+    arrays = [(ctypes.c_int32 * max(1, len(s)))(*s) for s in seqs]
+    ptrs = (ctypes.POINTER(ctypes.c_int32) * max(1, len(seqs)))(
+        *[ctypes.cast(a, ctypes.POINTER(ctypes.c_int32)) for a in arrays])
+    lens = (ctypes.c_int32 * max(1, len(seqs)))(*[len(s) for s in seqs])
+    out = _n.TextMetrics()
+    if _lib.sm_text_metrics_compute(ptrs, lens, len(seqs), ctypes.byref(out)) != 0:
+        raise SelfmodError("the metrics could not be computed")
+    return {"n_outputs": out.n_outputs, "n_tokens": out.n_tokens, "rep_2": out.rep[2], "rep_3": out.rep[3],
+            "rep_4": out.rep[4], "diversity": out.diversity, "seq_rep_4": out.seq_rep_4,
+            "distinct_1": out.distinct[1], "distinct_2": out.distinct[2], "mean_length": out.mean_length}
