@@ -342,6 +342,18 @@ def _warn(event: dict) -> None:
     warnings.warn(event.get("message", ""), RuntimeWarning, stacklevel=4)
 
 
+def _collector():
+    """A list and a sink that fills it (warnings become Python warnings)."""
+    events: list[dict] = []
+
+    def sink(event: dict) -> None:
+        if event.get("type") == "warning":
+            _warn(event)
+        else:
+            events.append(event)
+    return events, sink
+
+
 class _Run:
     """One call of smx_run, its events delivered to `sink` as dicts."""
 
@@ -569,13 +581,7 @@ class Model:
         "probability_threshold:min_probability=0.1") and Python operators
         alike; stages=[...] takes Python stages."""
         self._check_open()
-        events: list[dict] = []
-
-        def sink(e):
-            if e.get("type") == "warning":
-                _warn(e)
-            else:
-                events.append(e)
+        events, sink = _collector()
         with self._lock:
             self._run(self._runner, prompt, None, dict(settings), sink)
         return Result.from_events(events)
@@ -654,13 +660,7 @@ class Chat:
 
     def send(self, message: str, **settings: Any) -> Result:
         """One turn: the answer to message (the settings apply to this turn)."""
-        events: list[dict] = []
-
-        def sink(e):
-            if e.get("type") == "warning":
-                _warn(e)
-            else:
-                events.append(e)
+        events, sink = _collector()
         self.model._check_open()
         self.model._run(self._runner, None, message, self._settings(settings), sink, self.settings)
         result = Result.from_events(events)

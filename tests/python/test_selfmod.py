@@ -312,3 +312,11 @@ def test_the_readme_example_runs(capsys):
             b = baby.generate(PROMPT, n_predict=80, seed=seed, operators=["repetition:max_repetitions=1"])
             assert a.n_backtracks == b.n_backtracks > 0 and a.text == b.text
             assert not any(x == y for x, y in zip(a.tokens, a.tokens[1:]))
+
+
+def test_the_programs_warnings_become_python_warnings(stories):
+    with pytest.warns(RuntimeWarning, match="--max-retractions has no effect"):
+        r = stories.generate(PROMPT, n_predict=2, selfmod=False, max_retractions=2)
+    assert len(r.tokens) == 2 and all(e["type"] != "warning" for e in r.events)
+    with pytest.warns(RuntimeWarning, match="--max-retractions has no effect"):
+        assert [e["type"] for e in stories.stream(PROMPT, n_predict=1, selfmod=False, max_retractions=2)][0] == "start"
