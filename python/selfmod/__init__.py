@@ -196,7 +196,10 @@ class Stage:
     judge(loop, view) -> int removes tokens like an operator; accept(loop, view)
     the candidate is kept; after_token(loop, view) it was reported;
     on_rewind(loop, n, by_me) n tokens it was shown are gone; reset(loop).
-    A Python stage keeps no snapshot: roll its state back in on_rewind."""
+
+    Exact rollback: give save() -> any object and restore(obj), and the loop
+    saves the stage at every position and restores it on every rewind, as
+    it does a C stage's snapshot; or roll back by hand in on_rewind."""
 
     name = "python_stage"
 
@@ -208,6 +211,7 @@ class _Native:
     def __init__(self, operators: Sequence[Any], stages: Sequence[Any]):
         self.error: Optional[BaseException] = None
         self._keep: list[Any] = []
+        self._snapshots: list[Any] = []  # the Python stages' saved states, by key
         self.operators = [self._operator(op) for op in operators]
         self.stages = [self._stage(st) for st in stages]
 
@@ -265,9 +269,22 @@ class _Native:
                 raise SelfmodError(f"{type(st).__name__}.judge returned {n!r}: give an int >= 0")
             return n
 
+        # A snapshot is a key (8 bytes) into the run's saved objects.
+        snapshots = self._snapshots
+        has_snapshot = callable(getattr(st, "save", None)) and callable(getattr(st, "restore", None))
+
+        def save(_s, snapshot):
+            snapshots.append(st.save())
+            ctypes.c_int64.from_address(snapshot).value = len(snapshots) - 1
+
+        def restore(_s, snapshot):
+            st.restore(snapshots[ctypes.c_int64.from_address(snapshot).value])
+
         name = str(getattr(st, "name", type(st).__name__)).encode()
         vt = _n.StageVtable(
-            name, 0, _n.STAGE_SAVE_FN(0), _n.STAGE_RESTORE_FN(0),
+            name, 8 if has_snapshot else 0,
+            _n.STAGE_SAVE_FN(self._guard(save, None)) if has_snapshot else _n.STAGE_SAVE_FN(0),
+            _n.STAGE_RESTORE_FN(self._guard(restore, None)) if has_snapshot else _n.STAGE_RESTORE_FN(0),
             hook("reset", _n.STAGE_RESET_FN, lambda f: lambda _s, loop: f(Loop(loop))),
             hook("before_sample", _n.STAGE_BEFORE_FN, lambda f: lambda _s, loop, k: f(Loop(loop), k.contents)),
             _n.STAGE_JUDGE_FN(self._guard(judge, 0)) if callable(getattr(st, "judge", None)) else _n.STAGE_JUDGE_FN(0),

@@ -320,3 +320,28 @@ def test_the_programs_warnings_become_python_warnings(stories):
     assert len(r.tokens) == 2 and all(e["type"] != "warning" for e in r.events)
     with pytest.warns(RuntimeWarning, match="--max-retractions has no effect"):
         assert [e["type"] for e in stories.stream(PROMPT, n_predict=1, selfmod=False, max_retractions=2)][0] == "start"
+
+
+class PieceLog(selfmod.Stage):
+    """Keeps the text of every token it accepted; save/restore make it exact."""
+
+    def __init__(self):
+        self.pieces = []
+
+    def accept(self, loop, view):
+        self.pieces.append(view.piece)
+
+    def save(self):
+        return list(self.pieces)
+
+    def restore(self, saved):
+        self.pieces = list(saved)
+
+
+def test_a_python_stage_with_save_and_restore_is_exact_under_rewinds(stories):
+    log = PieceLog()
+    ban = BanWord(" Lily")
+    r = stories.generate(PROMPT, n_predict=80, seed=2, temperature=0.8, operators=[ban], stages=[log],
+                         aggressive=True, retract=True)
+    assert r.n_backtracks + r.n_retractions > 0
+    assert log.pieces == kept_pieces(r.events)
