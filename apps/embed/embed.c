@@ -71,7 +71,7 @@ static const char WARNING_PREFIX[] = "llama_selfmod: warning: ";
 
 /* Closes the stream; the last error line to err, every warning to the
  * callback. Returns whether there was an error line. */
-static bool messages_close(messages *m, smx_line_fn on_line, void *user_data, char *err, size_t err_size) {
+static bool messages_close(messages *m, smcli_line_fn on_line, void *user_data, char *err, size_t err_size) {
     cli_set_error_stream(NULL);
     fclose(m->stream);
     bool had_error = false;
@@ -111,7 +111,7 @@ static bool parse(flags *f, cli_options *opt, messages *msgs, char *err, size_t 
 /* Models                                                              */
 /* ------------------------------------------------------------------ */
 
-struct smx_models {
+struct smcli_models {
     flags loaded_with;   /* the flags given; opt points into them           */
     flags flags;         /* the ones that chose the models: a run's first   */
     cli_options *opt;    /* as parsed at load                               */
@@ -121,7 +121,7 @@ struct smx_models {
 /* -m PATH or --models A,B,..., and --n-gpu-layers N: what every run
  * repeats so that its options name the models that are loaded (the other
  * flags given at load were only checked). */
-static bool model_flags(smx_models *m) {
+static bool model_flags(smcli_models *m) {
     const cli_options *o = m->opt;
     char gpu[16], *joined = NULL;
     snprintf(gpu, sizeof gpu, "%d", (int)o->n_gpu_layers);
@@ -140,8 +140,8 @@ static bool model_flags(smx_models *m) {
     return ok;
 }
 
-smx_models *smx_models_load(int argc, const char *const *argv, char *err, size_t err_size) {
-    smx_models *m = calloc(1, sizeof *m);
+smcli_models *smcli_models_load(int argc, const char *const *argv, char *err, size_t err_size) {
+    smcli_models *m = calloc(1, sizeof *m);
     flags all = {0};
     messages msgs;
     if (!m || !(m->opt = calloc(1, sizeof *m->opt)) || !flags_join(&all, argc, argv, 0, NULL) || !messages_open(&msgs)) {
@@ -170,13 +170,13 @@ smx_models *smx_models_load(int argc, const char *const *argv, char *err, size_t
     m->loaded_with = all;
     if (!model_flags(m)) {
         set_err(err, err_size, "out of memory");
-        smx_models_free(m);
+        smcli_models_free(m);
         return NULL;
     }
     return m;
 }
 
-void smx_models_free(smx_models *m) {
+void smcli_models_free(smcli_models *m) {
     if (!m) return;
     cli_app_free_models(&m->app);
     flags_free(&m->flags);
@@ -185,9 +185,9 @@ void smx_models_free(smx_models *m) {
     free(m);
 }
 
-int32_t smx_models_count(const smx_models *m) { return m ? m->app.n_models : 0; }
+int32_t smcli_models_count(const smcli_models *m) { return m ? m->app.n_models : 0; }
 
-sm_model *smx_models_get(const smx_models *m, int32_t i) {
+sm_model *smcli_models_get(const smcli_models *m, int32_t i) {
     return m && i >= 0 && i < m->app.n_models ? m->app.models[i] : NULL;
 }
 
@@ -207,8 +207,8 @@ static const char *changed_model_flag(const cli_options *at_load, const cli_opti
 
 enum { MAX_KEPT_LAYERS = 256 };
 
-struct smx_runner {
-    smx_models *models;
+struct smcli_runner {
+    smcli_models *models;
     cli_app app;                 /* models borrowed from `models`           */
     sm_session_params session_params; /* of app.session                     */
     int32_t layers[MAX_KEPT_LAYERS];  /* its introspect_layers, copied       */
@@ -218,9 +218,9 @@ struct smx_runner {
     cli_options *chat_opt;       /* ... parsed                              */
 };
 
-smx_runner *smx_runner_new(smx_models *models) {
+smcli_runner *smcli_runner_new(smcli_models *models) {
     if (!models) return NULL;
-    smx_runner *r = calloc(1, sizeof *r);
+    smcli_runner *r = calloc(1, sizeof *r);
     if (!r) return NULL;
     r->models = models;
     r->app.model = models->app.model;
@@ -230,7 +230,7 @@ smx_runner *smx_runner_new(smx_models *models) {
     return r;
 }
 
-void smx_chat_reset(smx_runner *r) {
+void smcli_chat_reset(smcli_runner *r) {
     if (!r) return;
     sm_chat_free(r->chat);
     r->chat = NULL;
@@ -239,17 +239,17 @@ void smx_chat_reset(smx_runner *r) {
     r->chat_opt = NULL;
 }
 
-bool smx_chat_active(const smx_runner *r) { return r && r->chat; }
+bool smcli_chat_active(const smcli_runner *r) { return r && r->chat; }
 
-static void close_session(smx_runner *r) {
+static void close_session(smcli_runner *r) {
     sm_session_free(r->app.session);
     r->app.session = NULL;
     r->steered = false;
 }
 
-void smx_runner_free(smx_runner *r) {
+void smcli_runner_free(smcli_runner *r) {
     if (!r) return;
-    smx_chat_reset(r);
+    smcli_chat_reset(r);
     close_session(r);
     free(r);
 }
@@ -269,7 +269,7 @@ static bool same_session(const sm_session_params *a, const sm_session_params *b)
 /* The session this run's flags ask for: kept when it is the current one
  * (and no control vector changed it), else opened anew. A chat keeps its
  * own. */
-static bool use_session(smx_runner *r, bool chat_turn) {
+static bool use_session(smcli_runner *r, bool chat_turn) {
     sm_session_params want = cli_app_session_params(&r->app);
     /* A control vector changes what the cached tokens mean: a session it
      * touched is not reused by a later generation. */
@@ -296,7 +296,7 @@ static bool use_session(smx_runner *r, bool chat_turn) {
 
 /* Each JSON line the program writes goes to the caller's callback. */
 typedef struct line_sink {
-    smx_line_fn on_line;
+    smcli_line_fn on_line;
     void *user_data;
     char *buf;
     size_t len, cap;
@@ -327,43 +327,43 @@ static ssize_t sink_write(void *cookie, const char *data, size_t n) {
     return s->stopped ? -1 : (ssize_t)n;
 }
 
-static int run_turn(smx_runner *r, const char *message) {
+static int run_turn(smcli_runner *r, const char *message) {
     if (!r->chat) {
         sm_error e = {0};
         sm_chat_params cp = r->app.opt->chat;
         cp.template_source = r->app.chat_template_text;
         if (!(r->chat = sm_chat_new(r->app.session, &cp, &e))) {
             cli_error("%s", e.message);
-            return SMX_FAILED;
+            return SMCLI_FAILED;
         }
     }
     switch (cli_generate(&r->app, r->chat, message)) {
-    case GENERATE_OK: return SMX_OK;
+    case GENERATE_OK: return SMCLI_OK;
     case GENERATE_INTERRUPTED: return 128 + cli_interrupting_signal();
     case GENERATE_FAILED: break;
     }
-    return SMX_FAILED;
+    return SMCLI_FAILED;
 }
 
 /* The run proper, with the options parsed and messages captured. */
-static int run_parsed(smx_runner *r, cli_options *opt, const char *message, sm_stage *const *stages,
+static int run_parsed(smcli_runner *r, cli_options *opt, const char *message, sm_stage *const *stages,
                       int32_t n_stages) {
     const char *changed = changed_model_flag(r->models->opt, opt);
     if (changed) {
         cli_error("%s chooses the models, which load once: give it when they load", changed);
-        return SMX_USAGE;
+        return SMCLI_USAGE;
     }
     if (message && opt->prompt) {
         cli_error("a chat turn takes a message, not -p/--prompt");
-        return SMX_USAGE;
+        return SMCLI_USAGE;
     }
     if (!message && r->chat) {
         cli_error("this runner holds a chat: generate on another one");
-        return SMX_USAGE;
+        return SMCLI_USAGE;
     }
     if (!message && !opt->prompt) {
         cli_error("give the prompt (-p/--prompt)");
-        return SMX_USAGE;
+        return SMCLI_USAGE;
     }
     cli_app *app = &r->app;
     app->opt = opt;
@@ -371,26 +371,26 @@ static int run_parsed(smx_runner *r, cli_options *opt, const char *message, sm_s
     app->gen.stages = stages;
     app->gen.n_stages = n_stages;
     int code = cli_app_prepare(app);
-    if (code == SMX_OK) {
+    if (code == SMCLI_OK) {
         sm_set_llama_logging(opt->verbose);
-        if (!use_session(r, message != NULL) || !cli_app_ready(app)) code = SMX_FAILED;
+        if (!use_session(r, message != NULL) || !cli_app_ready(app)) code = SMCLI_FAILED;
         else if (message) code = run_turn(r, message);
         else if (sm_session_clear(app->session) != SM_OK) { /* a one-shot run starts from nothing, as the program's */
             cli_error("%s", sm_session_last_error(app->session));
-            code = SMX_FAILED;
+            code = SMCLI_FAILED;
         } else code = cli_app_run(app);
     }
     cli_app_free_run(app);
     return code;
 }
 
-int smx_run(smx_runner *r, int argc, const char *const *argv, const char *message, sm_operator *const *operators,
-            int32_t n_operators, sm_stage *const *stages, int32_t n_stages, smx_line_fn on_line, void *user_data,
+int smcli_run(smcli_runner *r, int argc, const char *const *argv, const char *message, sm_operator *const *operators,
+            int32_t n_operators, sm_stage *const *stages, int32_t n_stages, smcli_line_fn on_line, void *user_data,
             char *err, size_t err_size) {
     set_err(err, err_size, "");
     if (!r || argc < 0 || (argc > 0 && !argv) || n_operators < 0 || n_operators > CLI_MAX_LIST || n_stages < 0) {
         set_err(err, err_size, "invalid arguments");
-        return SMX_USAGE;
+        return SMCLI_USAGE;
     }
     flags f = {0};
     cli_options *opt = calloc(1, sizeof *opt);
@@ -404,10 +404,10 @@ int smx_run(smx_runner *r, int argc, const char *const *argv, const char *messag
         if (out) fclose(out);
         flags_free(&f);
         free(opt);
-        return SMX_FAILED;
+        return SMCLI_FAILED;
     }
     setvbuf(out, NULL, _IOLBF, 0);
-    int code = SMX_USAGE;
+    int code = SMCLI_USAGE;
     if (parse(&f, opt, &msgs, err, err_size)) {
         /* the program's JSON lines, quietly: everything reaches the caller as lines */
         opt->json_stream = true;
@@ -421,8 +421,8 @@ int smx_run(smx_runner *r, int argc, const char *const *argv, const char *messag
     fclose(out); /* flushes the last line */
     r->app.out = stdout;
     r->app.opt = NULL;
-    if (messages_close(&msgs, on_line, user_data, err, err_size) && code == SMX_OK) code = SMX_FAILED;
-    if (code != SMX_OK && err && !*err) set_err(err, err_size, code >= 128 ? "interrupted" : "the run failed");
+    if (messages_close(&msgs, on_line, user_data, err, err_size) && code == SMCLI_OK) code = SMCLI_FAILED;
+    if (code != SMCLI_OK && err && !*err) set_err(err, err_size, code >= 128 ? "interrupted" : "the run failed");
     if (message && r->chat && !r->chat_opt) { /* the chat's flags live as long as it does */
         r->chat_flags = f;
         r->chat_opt = opt;
@@ -434,9 +434,9 @@ int smx_run(smx_runner *r, int argc, const char *const *argv, const char *messag
     return code;
 }
 
-int smx_flag_arity(const char *name) { return cli_flag_arity(name); }
+int smcli_flag_arity(const char *name) { return cli_flag_arity(name); }
 
-size_t smx_struct_size(const char *name) {
+size_t smcli_struct_size(const char *name) {
 #define SIZE_OF(type) if (name && strcmp(name, #type) == 0) return sizeof(type)
     SIZE_OF(sm_signals);
     SIZE_OF(sm_candidate);

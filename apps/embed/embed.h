@@ -6,12 +6,12 @@
  * messages. Output IS the program's --json-stream: each JSON line is handed
  * to a callback as it is written.
  *
- *   smx_models  the models a command line names (-m, or --models and the
+ *   smcli_models  the models a command line names (-m, or --models and the
  *               fusion flags; --n-gpu-layers), loaded once
- *   smx_runner  a session on them: one-shot generations, or one chat whose
+ *   smcli_runner  a session on them: one-shot generations, or one chat whose
  *               history and KV cache carry from turn to turn
  *
- * smx_models_load checks every flag it is given, but a run's flags are
+ * smcli_models_load checks every flag it is given, but a run's flags are
  * only the ones that chose the models (-m or --models, --n-gpu-layers)
  * followed by the call's: a binding keeps its own defaults. A run that
  * asks for a different context (--ctx-size, --threads, introspection,
@@ -35,46 +35,46 @@ extern "C" {
 #endif
 
 /* Non-zero stops the generation (what it made so far is kept). */
-typedef int (*smx_line_fn)(const char *line, size_t len, void *user_data);
+typedef int (*smcli_line_fn)(const char *line, size_t len, void *user_data);
 
-typedef struct smx_models smx_models;
-typedef struct smx_runner smx_runner;
+typedef struct smcli_models smcli_models;
+typedef struct smcli_runner smcli_runner;
 
-smx_models *smx_models_load(int argc, const char *const *argv, char *err, size_t err_size);
-void smx_models_free(smx_models *models);
-int32_t smx_models_count(const smx_models *models);
-sm_model *smx_models_get(const smx_models *models, int32_t i);
+smcli_models *smcli_models_load(int argc, const char *const *argv, char *err, size_t err_size);
+void smcli_models_free(smcli_models *models);
+int32_t smcli_models_count(const smcli_models *models);
+sm_model *smcli_models_get(const smcli_models *models, int32_t i);
 
-smx_runner *smx_runner_new(smx_models *models);
-void smx_runner_free(smx_runner *runner);
+smcli_runner *smcli_runner_new(smcli_models *models);
+void smcli_runner_free(smcli_runner *runner);
 
 /* Exit codes, as the program's. */
-enum { SMX_OK = 0, SMX_FAILED = 1, SMX_USAGE = 2, SMX_INTERRUPTED = 130 };
+enum { SMCLI_OK = 0, SMCLI_FAILED = 1, SMCLI_USAGE = 2, SMCLI_INTERRUPTED = 130 };
 
 /*
  * One run: with message == NULL, what the program does for these flags
  * (argv must give -p: a generation or a beam search); otherwise one turn
  * of the runner's chat (created by the first turn, with its --system and
  * template flags). operators and stages are the caller's, added after the
- * --operator ones (not owned). Returns an exit code; SMX_INTERRUPTED when
+ * --operator ones (not owned). Returns an exit code; SMCLI_INTERRUPTED when
  * a signal (Ctrl-C) stopped the generation, whose lines were delivered.
  */
-int smx_run(smx_runner *runner, int argc, const char *const *argv, const char *message,
+int smcli_run(smcli_runner *runner, int argc, const char *const *argv, const char *message,
             sm_operator *const *operators, int32_t n_operators, sm_stage *const *stages, int32_t n_stages,
-            smx_line_fn on_line, void *user_data, char *err, size_t err_size);
+            smcli_line_fn on_line, void *user_data, char *err, size_t err_size);
 
 /* Forgets the chat (the next turn starts a new one). */
-void smx_chat_reset(smx_runner *runner);
+void smcli_chat_reset(smcli_runner *runner);
 /* Whether the runner holds a chat. */
-bool smx_chat_active(const smx_runner *runner);
+bool smcli_chat_active(const smcli_runner *runner);
 
 /* Whether --name is one of the program's flags: -1 no, 0 it takes no
  * value, 1 it takes one, 2 it may take one. */
-int smx_flag_arity(const char *name);
+int smcli_flag_arity(const char *name);
 
 /* sizeof of the library's structs a binding mirrors (by their C name,
  * e.g. "sm_token_view"); 0 for a name it does not know. */
-size_t smx_struct_size(const char *name);
+size_t smcli_struct_size(const char *name);
 
 #ifdef __cplusplus
 }

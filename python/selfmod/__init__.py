@@ -57,7 +57,7 @@ _NOT_SETTINGS = {"prompt", "help", "version", "quiet"}
 
 
 def _arity(flag: str) -> int:
-    return _cli.smx_flag_arity(flag.encode())
+    return _cli.smcli_flag_arity(flag.encode())
 
 
 def _text(value: Any) -> str:
@@ -372,7 +372,7 @@ def _collector():
 
 
 class _Run:
-    """One call of smx_run, its events delivered to `sink` as dicts."""
+    """One call of smcli_run, its events delivered to `sink` as dicts."""
 
     def __init__(self, runner: int, settings: list[str], message: Optional[str], operators, stages):
         self.runner = runner
@@ -400,7 +400,7 @@ class _Run:
         err = ctypes.create_string_buffer(1024)
         ops, n_ops, sts, n_sts = self.native.arrays()
         try:
-            code = _cli.smx_run(self.runner, self.n, self.argv, self.message, ops, n_ops, sts, n_sts, callback,
+            code = _cli.smcli_run(self.runner, self.n, self.argv, self.message, ops, n_ops, sts, n_sts, callback,
                                 None, err, len(err))
         finally:
             self.native.free()
@@ -486,10 +486,10 @@ class Model:
         argv, keep = _n.argv(self._load_flags + flags(**{k: v for k, v in self.settings.items()
                                                          if k not in ("operators", "stages")}) + ["-p", "."])
         err = ctypes.create_string_buffer(1024)
-        self._models = _cli.smx_models_load(len(keep), argv, err, len(err))
+        self._models = _cli.smcli_models_load(len(keep), argv, err, len(err))
         if not self._models:
             raise SelfmodError(_n.error_text(err))
-        self._runner = _cli.smx_runner_new(self._models)
+        self._runner = _cli.smcli_runner_new(self._models)
         self._lock = threading.Lock()
         self._trees: dict = {}
         self.path = path if path is not None else ",".join(models or [])
@@ -501,10 +501,10 @@ class Model:
             _lib.sm_tree_free(tree)
         self._trees = {}
         if getattr(self, "_runner", None):
-            _cli.smx_runner_free(self._runner)
+            _cli.smcli_runner_free(self._runner)
             self._runner = None
         if getattr(self, "_models", None):
-            _cli.smx_models_free(self._models)
+            _cli.smcli_models_free(self._models)
             self._models = None
 
     def __enter__(self) -> "Model":
@@ -527,11 +527,11 @@ class Model:
     # -- information -------------------------------------------------------
     @property
     def n_models(self) -> int:
-        return _cli.smx_models_count(self._models)
+        return _cli.smcli_models_count(self._models)
 
     def _model(self, i: int = 0) -> int:
         self._check_open()
-        return _cli.smx_models_get(self._models, i)
+        return _cli.smcli_models_get(self._models, i)
 
     @property
     def description(self) -> str:
@@ -667,7 +667,7 @@ class Chat:
         self.settings = dict(settings)
         if system is not None:
             self.settings["system"] = system
-        self._runner = _cli.smx_runner_new(model._models)
+        self._runner = _cli.smcli_runner_new(model._models)
         self.history: list[dict] = []
 
     def _settings(self, turn: dict) -> dict:
@@ -701,12 +701,12 @@ class Chat:
 
     def reset(self) -> None:
         """Forgets the conversation (the next turn starts a new one)."""
-        _cli.smx_chat_reset(self._runner)
+        _cli.smcli_chat_reset(self._runner)
         self.history = []
 
     def close(self) -> None:
         if getattr(self, "_runner", None):
-            _cli.smx_runner_free(self._runner)
+            _cli.smcli_runner_free(self._runner)
             self._runner = None
 
     def __del__(self) -> None:

@@ -2,7 +2,7 @@
 libselfmod_cli (the program's flags and runs as a library, apps/embed).
 
 Only this module knows C. Structures mirror include/selfmod.h; their sizes
-are checked against the C compiler's (smx_struct_size) when the library
+are checked against the C compiler's (smcli_struct_size) when the library
 loads, so a header change that this file missed fails at import, not in
 memory.
 """
@@ -174,25 +174,25 @@ _fn(lib, "sm_text_metrics_compute", c_int, POINTER(POINTER(c_int32)), POINTER(c_
 _fn(lib, "sm_status_name", c_char_p, c_int)
 
 # libselfmod_cli
-_fn(cli, "smx_models_load", c_void_p, c_int, POINTER(c_char_p), c_char_p, c_size_t)
-_fn(cli, "smx_models_free", None, c_void_p)
-_fn(cli, "smx_models_count", c_int32, c_void_p)
-_fn(cli, "smx_models_get", c_void_p, c_void_p, c_int32)
-_fn(cli, "smx_runner_new", c_void_p, c_void_p)
-_fn(cli, "smx_runner_free", None, c_void_p)
-_fn(cli, "smx_run", c_int, c_void_p, c_int, POINTER(c_char_p), c_char_p, POINTER(c_void_p), c_int32,
+_fn(cli, "smcli_models_load", c_void_p, c_int, POINTER(c_char_p), c_char_p, c_size_t)
+_fn(cli, "smcli_models_free", None, c_void_p)
+_fn(cli, "smcli_models_count", c_int32, c_void_p)
+_fn(cli, "smcli_models_get", c_void_p, c_void_p, c_int32)
+_fn(cli, "smcli_runner_new", c_void_p, c_void_p)
+_fn(cli, "smcli_runner_free", None, c_void_p)
+_fn(cli, "smcli_run", c_int, c_void_p, c_int, POINTER(c_char_p), c_char_p, POINTER(c_void_p), c_int32,
     POINTER(c_void_p), c_int32, LINE_FN, c_void_p, c_char_p, c_size_t)
-_fn(cli, "smx_chat_reset", None, c_void_p)
-_fn(cli, "smx_chat_active", c_bool, c_void_p)
-_fn(cli, "smx_flag_arity", c_int, c_char_p)
-_fn(cli, "smx_struct_size", c_size_t, c_char_p)
+_fn(cli, "smcli_chat_reset", None, c_void_p)
+_fn(cli, "smcli_chat_active", c_bool, c_void_p)
+_fn(cli, "smcli_flag_arity", c_int, c_char_p)
+_fn(cli, "smcli_struct_size", c_size_t, c_char_p)
 
 _fn(lib, "free", None, c_void_p) if hasattr(lib, "free") else None
 libc = ctypes.CDLL(None)
 _fn(libc, "free", None, c_void_p)
 
 for _name, _type in MIRRORED.items():
-    _c = cli.smx_struct_size(_name.encode())
+    _c = cli.smcli_struct_size(_name.encode())
     if _c != ctypes.sizeof(_type):
         raise ImportError(f"selfmod: {_name} is {_c} bytes in the C library but {ctypes.sizeof(_type)} here: "
                           "python/selfmod/_native.py does not match include/selfmod.h")
