@@ -537,6 +537,7 @@ typedef enum sm_mod_type {
     SM_MOD_TOOL,            /* a tool's text was injected (event.piece)       */
     SM_MOD_INJECT,          /* a chunk of inject_text was injected (piece)    */
     SM_MOD_STEER,           /* a steer rule changed its vector's strength     */
+    SM_MOD_CONTEXT_SHIFT,   /* the full context dropped n_removed tokens (context_shift) */
 } sm_mod_type;
 
 const char *sm_mod_type_name(sm_mod_type type);
@@ -860,6 +861,16 @@ typedef struct sm_gen_params {
     /* End-of-generation tokens are never sampled (llama-server's
      * ignore_eos): generation goes on to n_predict or a stop. */
     bool ignore_eos;
+    /* Context shift (llama-server's --context-shift): when the context is
+     * full, the n_discard tokens after the first n_keep leave the KV cache,
+     * the rest move down, and generation goes on (SM_STOP_CONTEXT_FULL
+     * without it). n_keep counts from after a BOS (which always stays);
+     * -1 keeps everything before this generation. n_discard 0 = half of
+     * what follows n_keep. Nothing before a shift can be rewound after it
+     * (as after an injection). Not with fusion_align. */
+    bool context_shift;
+    int32_t n_keep;
+    int32_t n_discard;
     /* A GBNF grammar (llama.cpp's, root rule "root") the generated text
      * must follow: tokens it does not allow are never sampled, and once it
      * is complete only an end of generation is. Its state follows the kept
@@ -951,6 +962,7 @@ typedef struct sm_result {
     int32_t n_lookaheads;       /* branchings                                 */
     int32_t n_tool_calls;
     int32_t n_injected_tokens;  /* in the context and the text, not in tokens */
+    int32_t n_context_shifts;   /* context shifts (context_shift)             */
 } sm_result;
 
 void sm_result_free(sm_result *result);

@@ -400,6 +400,11 @@ cJSON *sm_gen_params_to_cjson(const sm_gen_params *params) {
     cJSON_AddNumberToObject(json, "repetition_window", p->repetition_window);
     cJSON_AddNumberToObject(json, "repetition_min_distinct", p->repetition_min_distinct);
 
+    if (params->context_shift) {
+        cJSON_AddBoolToObject(json, "context_shift", true);
+        cJSON_AddNumberToObject(json, "n_keep", params->n_keep);
+        cJSON_AddNumberToObject(json, "n_discard", params->n_discard);
+    }
     add_stop_strings(json, params);
     add_operators(json, params);
     return json;
@@ -412,6 +417,7 @@ void sm_json_add_result_counts(cJSON *json, const sm_result *r) {
     cJSON_AddNumberToObject(json, "n_decoded", r->n_decoded);
     cJSON_AddNumberToObject(json, "n_backtracks", r->n_backtracks);
     cJSON_AddNumberToObject(json, "n_tokens_removed", r->n_tokens_removed);
+    if (r->n_context_shifts > 0) cJSON_AddNumberToObject(json, "n_context_shifts", r->n_context_shifts);
     sm_json_add_float(json, "final_repeat_penalty", r->final_repeat_penalty);
     sm_json_add_timings(json, r);
 }

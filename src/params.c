@@ -54,6 +54,7 @@ const char *sm_mod_type_name(sm_mod_type type) {
     case SM_MOD_TOOL: return "TOOL";
     case SM_MOD_INJECT: return "INJECT";
     case SM_MOD_STEER: return "STEER";
+    case SM_MOD_CONTEXT_SHIFT: return "CONTEXT_SHIFT";
     }
     return "UNKNOWN";
 }
@@ -335,6 +336,8 @@ static sm_status validate_gen_params(const sm_gen_params *p, char *msg, size_t m
           "grammar_triggers: %d patterns without an array", p->n_grammar_triggers);
     CHECK(!p->grammar || (!p->interventions.tools && !(p->interventions.inject_every > 0 && p->interventions.inject_text)),
           "a grammar follows the generated tokens: injected text (tools, inject_text) would step outside it");
+    CHECK(p->n_keep >= -1, "n_keep: %d (give -1 for the whole prompt, or a count >= 0)", p->n_keep);
+    CHECK(p->n_discard >= 0, "n_discard: %d (give 0 for half, or a count >= 1)", p->n_discard);
     CHECK(p->n_forced_tokens >= 0 && (p->n_forced_tokens == 0 || p->forced_tokens),
           "forced tokens: count %d without an array", p->n_forced_tokens);
     for (int32_t i = 0; i < p->n_forced_tokens; i++)

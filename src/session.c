@@ -1398,6 +1398,73 @@ static bool before_sample(generation *g, sm_knobs *knobs) {
     return true;
 }
 
+/* Moves model m's cells at [from, n_tokens) down by n after removing the
+ * n before them (under the batch's lock: its decoder thread shares them). */
+static bool shift_cells(const sm_session *s, const member *mb, int32_t from, int32_t n) {
+    if (s->batch) sm_batch_lock_context(s->batch);
+    bool ok = llama_memory_can_shift(mb->mem) && llama_memory_seq_rm(mb->mem, s->seq, from - n, from);
+    if (ok) llama_memory_seq_add(mb->mem, s->seq, from, -1, -n);
+    if (s->batch) sm_batch_unlock_context(s->batch);
+    return ok;
+}
+
+/*
+ * llama-server's context shift: the context is full, so the n_discard
+ * tokens after the first n_keep (a BOS stays too) leave it and the rest
+ * move down. The distribution at the end moves with its position; every
+ * other one the ring held belongs to positions that are gone or moved, so
+ * the ring forgets them, and the floor forbids rewinds across the shift.
+ * Returns false when nothing can be discarded.
+ */
+static bool shift_context(generation *g, sm_status *status) {
+    sm_session *s = g->s;
+    const sm_gen_params *gp = g->gp;
+    bool bos = s->n_tokens > 0 && llama_vocab_get_add_bos(s->model->vocab) && s->tokens[0] == llama_vocab_bos(s->model->vocab);
+    int32_t n_keep = gp->n_keep < 0 ? g->n_before : gp->n_keep + (bos ? 1 : 0);
+    if (n_keep > s->n_ctx - 4) n_keep = s->n_ctx - 4;
+    if (n_keep < 0) n_keep = 0;
+    int32_t n_left = s->n_tokens - n_keep;
+    int32_t n_discard = gp->n_discard > 0 ? gp->n_discard : n_left / 2;
+    if (n_discard > n_left - 1) n_discard = n_left - 1;
+    if (n_discard <= 0) return false;
+    sm_loop_drop_stage_work(g); /* a lookahead branch planned on the old context is void */
+    for (int32_t m = 0; m < s->n_models; m++) {
+        if (!shift_cells(s, &s->members[m], n_keep + n_discard, n_discard)) {
+            *status = sm_session_fail(s, SM_ERR_STATE, "the context of '%s' cannot be shifted",
+                                      s->members[m].model->path);
+            return false;
+        }
+    }
+    memmove(s->tokens + n_keep, s->tokens + n_keep + n_discard, sizeof *s->tokens * (size_t)(n_left - n_discard));
+    int32_t old_end = s->n_tokens;
+    s->n_tokens -= n_discard;
+    if (s->logits && s->ring_cap > 0 && old_end % s->ring_cap != s->n_tokens % s->ring_cap) {
+        for (int32_t m = 0; m < s->n_models; m++) {
+            memcpy(sm_loop_ring_slot(s, s->n_tokens, m), sm_loop_ring_slot(s, old_end, m), sizeof(float) * (size_t)s->n_vocab);
+            s->ring_unmapped[(size_t)(s->n_tokens % s->ring_cap) * (size_t)s->n_models + (size_t)m] =
+                s->ring_unmapped[(size_t)(old_end % s->ring_cap) * (size_t)s->n_models + (size_t)m];
+        }
+    }
+    for (int32_t i = 0; i < s->ring_cap; i++) s->ring_pos[i] = -1;
+    if (s->logits) {
+        s->ring_pos[s->n_tokens % s->ring_cap] = s->n_tokens;
+        s->logits = sm_loop_ring_slot(s, s->n_tokens, 0);
+    }
+    g->start -= n_discard;
+    g->floor = sm_loop_generated(g);
+    g->res->n_context_shifts++;
+    char desc[160];
+    snprintf(desc, sizeof desc, "context full: %d tokens after the first %d dropped, %d kept", n_discard, n_keep,
+             s->n_tokens);
+    sm_event e = sm_loop_base_event(g, SM_EVENT_MODIFICATION, sm_loop_generated(g));
+    e.mod = SM_MOD_CONTEXT_SHIFT;
+    e.description = desc;
+    e.source = "context";
+    e.n_removed = n_discard;
+    sm_loop_emit(g, &e);
+    return true;
+}
+
 static sm_status generation_step(generation *g) {
     sm_session *s = g->s;
     const int32_t i = sm_loop_generated(g);
@@ -1406,8 +1473,12 @@ static sm_status generation_step(generation *g) {
         return SM_OK;
     }
     if (s->n_tokens >= s->n_ctx) {
-        g->stop = SM_STOP_CONTEXT_FULL;
-        return SM_OK;
+        sm_status shifted = SM_OK;
+        if (!g->gp->context_shift || !shift_context(g, &shifted)) {
+            if (shifted != SM_OK) return shifted;
+            g->stop = SM_STOP_CONTEXT_FULL;
+            return SM_OK;
+        }
     }
     if (ensure_records(g, i + 1) != 0) return sm_session_fail(s, SM_ERR_NO_MEMORY, "out of memory");
     g->injected = false;
@@ -1553,7 +1624,12 @@ static sm_status generate_impl(sm_session *s, const char *prompt, const sm_gen_p
     if (flushed != SM_OK) return flushed;
     if (!s->logits) return sm_session_fail(s, SM_ERR_STATE, "nothing to continue from: give a prompt first");
 
-    generation g = {.s = s, .gp = gp, .res = res, .start = s->n_tokens, .stop = SM_STOP_NONE};
+    if (gp->context_shift)
+        for (int32_t m = 0; m < s->n_models; m++)
+            if (s->members[m].aligned)
+                return sm_session_fail(s, SM_ERR_INVALID_ARGUMENT,
+                                       "context_shift does not work with fusion_align (an aligned model keeps its own tokens)");
+    generation g = {.s = s, .gp = gp, .res = res, .start = s->n_tokens, .n_before = s->n_tokens, .stop = SM_STOP_NONE};
     if (gp->grammar) {
         sm_error gerr = {0};
         g.grammar = gp->n_grammar_triggers > 0

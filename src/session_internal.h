@@ -122,7 +122,9 @@ typedef struct sm_loop {
     sm_session *s;
     const sm_gen_params *gp;
     sm_result *res;
-    int32_t start;                  /* context position of generated token 0 */
+    int32_t start;                  /* context position of generated token 0 (a
+                                       context shift moves it down)          */
+    int32_t n_before;               /* context tokens before the generation   */
     position_record *rec;
     int32_t cap_rec;
     unsigned char *snaps;           /* every stage's snapshot per position    */

@@ -82,6 +82,8 @@ enum {
     OPT_BEAM_STABILITY,
     OPT_BEAM_FOCUS,
     OPT_IGNORE_EOS,
+    OPT_CONTEXT_SHIFT,
+    OPT_KEEP,
 };
 
 static const struct option long_options[] = {
@@ -141,6 +143,8 @@ static const struct option long_options[] = {
     {"verbose-events", no_argument, NULL, OPT_VERBOSE_EVENTS},
     {"no-stop-at-bos", no_argument, NULL, OPT_NO_STOP_AT_BOS},
     {"ignore-eos", no_argument, NULL, OPT_IGNORE_EOS},
+    {"context-shift", no_argument, NULL, OPT_CONTEXT_SHIFT},
+    {"keep", required_argument, NULL, OPT_KEEP},
     {"no-color", no_argument, NULL, OPT_NO_COLOR},
     {"json-stream", optional_argument, NULL, OPT_JSON_STREAM},
     {"memory-format", required_argument, NULL, OPT_MEMORY_FORMAT},
@@ -214,6 +218,9 @@ void cli_print_help(FILE *out) {
         "                                (default: stop there, as llama2.c's run.c does)\n"
         "      --ignore-eos              never sample an end-of-generation token: go on to -n or a\n"
         "                                stop, as llama.cpp's --ignore-eos (default: off)\n"
+        "      --context-shift           a full context drops half of what follows the first --keep\n"
+        "                                tokens and generation goes on, as llama.cpp's (default: stop)\n"
+        "      --keep N                  prompt tokens a context shift keeps; -1 = all (default: 0)\n"
         "\n"
         "self-modification:\n"
         "      --confidence-threshold F  mean confidence below which T and the repeat penalty\n"
@@ -531,6 +538,10 @@ static bool apply_option(int c, const char *arg, cli_options *opt, FILE *err) {
     case OPT_VERBOSE: opt->verbose = true; return true;
     case OPT_NO_STOP_AT_BOS: opt->gen.stop_at_bos = false; return true;
     case OPT_IGNORE_EOS: opt->gen.ignore_eos = true; return true;
+    case OPT_CONTEXT_SHIFT: opt->gen.context_shift = true; return true;
+    case OPT_KEEP:
+        return parse_int_in(err, "--keep", arg, -1, INT32_MAX, "an integer >= 0, or -1 for the whole prompt",
+                            &opt->gen.n_keep);
     case OPT_VERBOSE_EVENTS: opt->verbose_events = true; return true;
     case OPT_NO_COLOR: opt->no_color = true; return true;
     case OPT_JSON_STREAM: {

@@ -39,6 +39,7 @@ static const char *mod_color(sm_mod_type type) {
     case SM_MOD_STEER: return "\033[36m";
     case SM_MOD_TOOL:
     case SM_MOD_INJECT: return "\033[32m";
+    case SM_MOD_CONTEXT_SHIFT: return "\033[33m";
     case SM_MOD_NONE: break;
     }
     return "";
@@ -50,6 +51,11 @@ void format_event_line(char *buf, size_t size, const sm_event *e, line_style sty
     if (style.color) add(&l, "%s%s", DIM, mod_color(e->mod));
     add(&l, "[selfmod] #%d %s", e->token_index, sm_mod_type_name(e->mod));
     if (e->type == SM_EVENT_BACKTRACK && e->source && *e->source) add(&l, " %s", e->source);
+    if (e->mod == SM_MOD_CONTEXT_SHIFT) {
+        add(&l, " (%s)", e->description ? e->description : "");
+        if (style.color) add(&l, RESET);
+        return;
+    }
     add(&l, " conf=%.2f", e->confidence);
     if (e->type == SM_EVENT_RETRACTION || e->type == SM_EVENT_BACKTRACK)
         add(&l, " removed %d", e->n_removed);

@@ -31,6 +31,8 @@ enum {
     OPT_QUIET,
     OPT_VERBOSE,
     OPT_DROP_OLD_TURNS,
+    OPT_CONTEXT_SHIFT,
+    OPT_KEEP,
     OPT_API_KEY_FILE,
     OPT_CORS_ORIGINS,
     OPT_MAX_CONNECTIONS,
@@ -72,6 +74,8 @@ static const struct option long_options[] = {
     {"verbose", no_argument, NULL, OPT_VERBOSE},
     {"slot-save-path", required_argument, NULL, OPT_SLOT_SAVE_PATH},
     {"drop-old-turns", no_argument, NULL, OPT_DROP_OLD_TURNS},
+    {"context-shift", no_argument, NULL, OPT_CONTEXT_SHIFT},
+    {"keep", required_argument, NULL, OPT_KEEP},
     {"api-key-file", required_argument, NULL, OPT_API_KEY_FILE},
     {"cors-origins", required_argument, NULL, OPT_CORS_ORIGINS},
     {"max-connections", required_argument, NULL, OPT_MAX_CONNECTIONS},
@@ -145,6 +149,9 @@ static void print_usage(FILE *out) {
           "      --n-gpu-layers N      layers to offload (default: 0)\n"
           "      --quiet               no request log\n"
           "      --drop-old-turns      a chat too long for the context drops its oldest turns\n"
+          "      --context-shift       a full context drops the older half after --keep tokens and\n"
+          "                            generation goes on (llama-server's; requests: n_keep, n_discard)\n"
+          "      --keep N              tokens of the prompt a context shift keeps; -1 = all (default: 0)\n"
           "                            (default: refused with 400, as OpenAI and llama-server)\n"
           "      --verbose             responses carry llama-server's \"__verbose\" object (the\n"
           "                            prompt as the model saw it, with its special tokens)\n"
@@ -302,6 +309,10 @@ static bool apply_option(server_options *opt, int c, const char *arg, FILE *err)
         return true;
     }
     case OPT_DROP_OLD_TURNS: opt->drop_old_turns = true; return true;
+    case OPT_CONTEXT_SHIFT: opt->base.context_shift = true; return true;
+    case OPT_KEEP:
+        return flag_int_in(err, "llama_selfmod serve", "--keep", arg, -1, INT32_MAX, "an integer >= 0, or -1 for the whole prompt",
+                           &opt->base.n_keep);
     case OPT_API_KEY_FILE: return read_key_file(opt, arg, err);
     case OPT_CORS_ORIGINS:
         if (!*arg) {

@@ -335,7 +335,9 @@ static bool parse_llama_fields(const cJSON *b, gen_request *r, api_error *err) {
         !get_bool_field(b, "ignore_eos", "ignore_eos", &r->params.ignore_eos, err) ||
         !get_bool_field(b, "timings_per_token", "timings_per_token", &r->timings_per_token, err))
         return false;
-    if (!get_bool_field(b, "post_sampling_probs", "post_sampling_probs", &r->params.n_probs_post_sampling, err))
+    if (!get_bool_field(b, "post_sampling_probs", "post_sampling_probs", &r->params.n_probs_post_sampling, err) ||
+        !get_i32(b, "n_keep", "n_keep", -1, 1 << 30, &r->params.n_keep, err) ||
+        !get_i32(b, "n_discard", "n_discard", 0, 1 << 30, &r->params.n_discard, err))
         return false;
     long long id_slot = -1;
     if (!get_int_field(b, "id_slot", "id_slot", -1, 1 << 20, &id_slot, err)) return false;
@@ -358,6 +360,9 @@ static bool parse_llama_fields(const cJSON *b, gen_request *r, api_error *err) {
         r->verbose = -1;
     }
     if (r->params.ignore_eos) r->params.stop_at_bos = false; /* nothing but the length or a stop ends it */
+    if (!r->params.context_shift && (json_field(b, "n_keep") || json_field(b, "n_discard")))
+        return api_fail(err, 400, json_field(b, "n_keep") ? "n_keep" : "n_discard",
+                        "n_keep and n_discard shape a context shift: start the server with --context-shift");
     return true;
 }
 
@@ -781,6 +786,7 @@ static const char *const KNOWN_FIELDS[] = {
     "dry_penalty_last_n", "top_n_sigma", "typical_p", "xtc_probability", "xtc_threshold", "dynatemp_range",
     "dynatemp_exponent", "mirostat", "mirostat_tau", "mirostat_eta", "seed", "frequency_penalty", "presence_penalty", "logit_bias", "stop", "logprobs",
     "top_logprobs", "n_probs", "stream", "stream_options", "selfmod", "return_tokens", "cache_prompt", "ignore_eos",
+    "n_keep", "n_discard",
     "timings_per_token", "grammar", "response_format", "json_schema", "add_generation_prompt", "continue_final_message",
     "verbose", "tools", "tool_choice", "parallel_tool_calls", "id_slot", "response_fields", "post_sampling_probs",
     "user", /* OpenAI's end-user id: no effect on generation there either */

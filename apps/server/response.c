@@ -478,7 +478,7 @@ cJSON *response_final_chunk(const job *j, const sm_result *res, const char *text
         cJSON_AddItemToObject(o, "timings", timings(j, res));
         /* As llama-server: the answer ran into the end of the context (a
          * prompt that does not fit is refused, never cut). */
-        cJSON_AddBoolToObject(o, "truncated", res->stop_reason == SM_STOP_CONTEXT_FULL);
+        cJSON_AddBoolToObject(o, "truncated", res->stop_reason == SM_STOP_CONTEXT_FULL || res->n_context_shifts > 0);
         cJSON_AddBoolToObject(o, "has_new_line", res->text && memchr(res->text, '\n', res->text_len) != NULL);
         cJSON_AddItemToObject(o, "generation_settings", generation_settings(j));
     } else {
