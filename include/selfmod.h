@@ -1123,6 +1123,13 @@ sm_status sm_session_truncate(sm_session *session, int32_t n_keep);
  * of its cache starts from empty. *n_reused (may be NULL) gets the tokens
  * kept; n - *n_reused were decoded. */
 sm_status sm_session_set_tokens(sm_session *session, const sm_token *tokens, int32_t n, int32_t *n_reused);
+/* Progress of the prompts sm_session_set_tokens decodes (a chat turn's
+ * too; llama-server's return_progress): fn is called once before the first
+ * chunk and once after each chunk (n_batch tokens at most) with the
+ * prompt's tokens, how many the cache already held, and how many are in
+ * the context now (cached <= processed <= total). NULL turns it off. */
+typedef void (*sm_prompt_progress_fn)(int32_t total, int32_t cached, int32_t processed, void *user_data);
+void sm_session_set_prompt_progress(sm_session *session, sm_prompt_progress_fn fn, void *user_data);
 int32_t sm_session_n_past(const sm_session *session);       /* tokens in context  */
 int32_t sm_session_kv_pos(const sm_session *session);       /* llama's seq_pos_max + 1 */
 const sm_token *sm_session_tokens(const sm_session *session, int32_t *n_tokens);

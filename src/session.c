@@ -669,6 +669,8 @@ sm_status sm_loop_decode_append(sm_session *s, const sm_token *toks, int32_t n) 
         s->n_tokens += chunk;
         s->n_decoded_total += chunk;
         done += chunk;
+        if (s->progress && s->progress_total > 0)
+            s->progress(s->progress_total, s->progress_cached, s->n_tokens, s->progress_data);
     }
     for (int32_t m = 1; m < s->n_models; m++) {
         if (!s->members[m].aligned) continue;
@@ -741,7 +743,19 @@ static sm_status set_tokens_impl(sm_session *s, const sm_token *tokens, int32_t 
         s->logits = NULL;
     }
     if (n_reused) *n_reused = common;
-    return sm_session_feed_tokens(s, tokens + common, n - common);
+    if (!s->progress) return sm_session_feed_tokens(s, tokens + common, n - common);
+    s->progress(n, common, common, s->progress_data);
+    s->progress_total = n;
+    s->progress_cached = common;
+    sm_status st = sm_session_feed_tokens(s, tokens + common, n - common);
+    s->progress_total = 0;
+    return st;
+}
+
+void sm_session_set_prompt_progress(sm_session *s, sm_prompt_progress_fn fn, void *user_data) {
+    if (!s) return;
+    s->progress = fn;
+    s->progress_data = user_data;
 }
 
 sm_status sm_session_rewind(sm_session *s, int32_t n) {

@@ -90,6 +90,9 @@ struct sm_session {
     sm_batch *batch;             /* the batch it decodes in, or NULL      */
     llama_seq_id seq;            /* its sequence (0 without a batch)      */
     int32_t busy_depth;          /* nested public calls that decode       */
+    sm_prompt_progress_fn progress; /* set_tokens reports its prompt's decode */
+    void *progress_data;
+    int32_t progress_total, progress_cached; /* of the prompt being reported; total 0: none */
     char error[512];
 };
 

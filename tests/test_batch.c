@@ -262,6 +262,76 @@ static void test_chunked_prompts_and_truncation(void **state) {
     sm_model_free(m);
 }
 
+typedef struct progress_log {
+    int32_t n, total[64], cached[64], processed[64];
+} progress_log;
+
+static void log_progress(int32_t total, int32_t cached, int32_t processed, void *user_data) {
+    progress_log *p = user_data;
+    if (p->n < 64) {
+        p->total[p->n] = total;
+        p->cached[p->n] = cached;
+        p->processed[p->n] = processed;
+    }
+    p->n++;
+}
+
+/* A prompt's decode reports before its first chunk and after each, on a
+ * batch and alone alike; a prompt that the cache mostly holds reports
+ * what it held. */
+static void test_prompt_progress(void **state) {
+    (void)state;
+    sm_model *m = tu_load_model("stories260K.gguf");
+    sm_batch_params bp = sm_batch_default_params();
+    bp.n_seq = 1;
+    bp.n_ctx_seq = 256;
+    bp.n_batch = 8;
+    bp.n_threads = 1;
+    sm_error err = {0};
+    sm_batch *batch = sm_batch_new(&m, 1, &bp, &err);
+    assert_non_null(batch);
+    sm_session_params sp = tu_session_params(256);
+    sp.n_batch = 8;
+    sm_session *alone = tu_open_session(m, &sp);
+    sp.batch = batch;
+    sm_session *on = sm_session_new(m, &sp, &err);
+    assert_non_null(on);
+    sm_token toks[64];
+    int32_t n = tu_tokenize(m, "Once upon a time, there was a little girl named Lily. She loved to play outside.", true,
+                            false, toks, 64);
+    sm_session *both[2] = {alone, on};
+    for (int k = 0; k < 2; k++) {
+        progress_log p = {0};
+        sm_session_set_prompt_progress(both[k], log_progress, &p);
+        assert_int_equal(sm_session_set_tokens(both[k], toks, n, NULL), SM_OK);
+        assert_int_equal(p.n, 1 + (n + 7) / 8);
+        assert_int_equal(p.processed[0], 0);
+        for (int32_t i = 0; i < p.n; i++) {
+            assert_int_equal(p.total[i], n);
+            assert_int_equal(p.cached[i], 0);
+            if (i > 0) assert_true(p.processed[i] > p.processed[i - 1]);
+        }
+        assert_int_equal(p.processed[p.n - 1], n);
+        /* the same prompt again: all but its last token come from the cache */
+        progress_log again = {0};
+        sm_session_set_prompt_progress(both[k], log_progress, &again);
+        assert_int_equal(sm_session_set_tokens(both[k], toks, n, NULL), SM_OK);
+        assert_int_equal(again.n, 2);
+        assert_int_equal(again.cached[0], n - 1);
+        assert_int_equal(again.processed[0], n - 1);
+        assert_int_equal(again.processed[1], n);
+        /* off: nothing more is reported */
+        sm_session_set_prompt_progress(both[k], NULL, NULL);
+        assert_int_equal(sm_session_clear(both[k]), SM_OK);
+        assert_int_equal(sm_session_set_tokens(both[k], toks, n, NULL), SM_OK);
+        assert_int_equal(again.n, 2);
+    }
+    sm_session_free(alone);
+    sm_session_free(on);
+    sm_batch_free(batch);
+    sm_model_free(m);
+}
+
 static void test_batch_refuses_what_it_cannot_share(void **state) {
     (void)state;
     sm_model *m = tu_load_model("stories260K.gguf");
@@ -292,6 +362,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_batched_sequences_equal_runs_alone),
         cmocka_unit_test(test_chunked_prompts_and_truncation),
+        cmocka_unit_test(test_prompt_progress),
         cmocka_unit_test(test_batch_refuses_what_it_cannot_share),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -242,6 +242,14 @@ static void send_done(job *j) {
     if (j->req.api != API_LLAMA) channel_write_str(j->ch, "data: [DONE]\n\n");
 }
 
+/* return_progress: a chunk before the prompt's first decode and after
+ * each (the session calls it from sm_session_set_tokens). */
+static void on_prompt_progress(int32_t total, int32_t cached, int32_t processed, void *user_data) {
+    job *j = user_data;
+    double elapsed = processed > cached ? now_ms() - j->t_prompt_start : 0.0;
+    send_json(j, response_progress_chunk(j, total, cached, processed, elapsed));
+}
+
 /* Sends whatever text has settled, with the event when the client asked
  * for the library's events. */
 static void stream_progress(job *j, const sm_event *e) {
@@ -380,8 +388,12 @@ static bool generate_in_slot(job *j, sm_result *res, api_error *err) {
         j->tr.hold_back = j->ch != NULL; /* a stream never sends what a rewind could take back */
         j->req.params.on_event = on_event;
         j->req.params.user_data = j;
+        bool progress = j->ch && j->req.return_progress;
+        if (progress) sm_session_set_prompt_progress(j->session, on_prompt_progress, j);
+        j->t_prompt_start = now_ms();
         st = j->req.api == API_CHAT && !j->req.tool_mode ? run_chat(j, res, why, sizeof why)
                                                          : run_completion(j, res, why, sizeof why);
+        if (progress) sm_session_set_prompt_progress(j->session, NULL, NULL);
     }
     if (hashes) { /* the conversation the next turn will send back */
         bool ok = st == SM_OK && res->text;

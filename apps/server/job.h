@@ -23,6 +23,7 @@ typedef struct job {
     int32_t n_prompt;            /* tokens in the context when generation began */
     int32_t n_cached;            /* of which the slot already held         */
     double t_prompt_ms;
+    double t_prompt_start;       /* when the prompt's decode began (ms)   */
     bool out_of_memory;
     int client_fd;               /* a non-streamed request's socket, or -1 */
     double next_client_check;    /* when to look at it again (ms)         */

@@ -32,6 +32,7 @@ enum {
     OPT_VERBOSE,
     OPT_DROP_OLD_TURNS,
     OPT_CONTEXT_SHIFT,
+    OPT_BATCH_SIZE,
     OPT_KEEP,
     OPT_API_KEY_FILE,
     OPT_CORS_ORIGINS,
@@ -61,6 +62,7 @@ static const struct option long_options[] = {
     {"parallel", required_argument, NULL, OPT_PARALLEL},
     {"threads", required_argument, NULL, OPT_THREADS},
     {"ctx-size", required_argument, NULL, OPT_CTX_SIZE},
+    {"batch-size", required_argument, NULL, OPT_BATCH_SIZE},
     {"max-body", required_argument, NULL, OPT_MAX_BODY},
     {"web-dir", required_argument, NULL, OPT_WEB_DIR},
     {"chat-template", required_argument, NULL, OPT_CHAT_TEMPLATE},
@@ -129,6 +131,7 @@ static void print_usage(FILE *out) {
           "      --no-batch            a context per request instead of one for all (default:\n"
           "                            continuous batching: every request's tokens in one decode)\n"
           "      --ctx-size N          context tokens per slot; 0 = the model's (default: 2048)\n"
+          "      --batch-size N        prompt tokens one decode takes at most (default: 512)\n"
           "      --max-body BYTES      largest request body, else 413 (default: 1048576)\n"
           "      --web-dir DIR         the web page's folder (default: found beside the program)\n"
           "      --chat-template NAME  a llama.cpp template name (default: the model's own)\n"
@@ -274,6 +277,10 @@ static bool apply_option(server_options *opt, int c, const char *arg, FILE *err)
     case OPT_THREADS:
         if (!parse_long(err, "--threads", arg, 0, 1024, &v)) return false;
         opt->n_threads = (int)v;
+        return true;
+    case OPT_BATCH_SIZE:
+        if (!parse_long(err, "--batch-size", arg, 1, 1 << 20, &v)) return false;
+        opt->n_batch = (uint32_t)v;
         return true;
     case OPT_CTX_SIZE:
         if (!parse_long(err, "--ctx-size", arg, 0, INT32_MAX, &v)) return false;

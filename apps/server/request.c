@@ -327,13 +327,14 @@ static bool parse_grammar(const cJSON *b, gen_request *r, sm_model *model, api_e
     return true;
 }
 
-/* llama-server's: return_tokens, cache_prompt, ignore_eos, timings_per_token. */
+/* llama-server's: return_tokens, cache_prompt, ignore_eos, timings_per_token, return_progress. */
 static bool parse_llama_fields(const cJSON *b, gen_request *r, api_error *err) {
     r->cache_prompt = true;
     if (!get_bool_field(b, "return_tokens", "return_tokens", &r->return_tokens, err) ||
         !get_bool_field(b, "cache_prompt", "cache_prompt", &r->cache_prompt, err) ||
         !get_bool_field(b, "ignore_eos", "ignore_eos", &r->params.ignore_eos, err) ||
-        !get_bool_field(b, "timings_per_token", "timings_per_token", &r->timings_per_token, err))
+        !get_bool_field(b, "timings_per_token", "timings_per_token", &r->timings_per_token, err) ||
+        !get_bool_field(b, "return_progress", "return_progress", &r->return_progress, err))
         return false;
     if (!get_bool_field(b, "post_sampling_probs", "post_sampling_probs", &r->params.n_probs_post_sampling, err) ||
         !get_i32(b, "n_keep", "n_keep", -1, 1 << 30, &r->params.n_keep, err) ||
@@ -787,7 +788,7 @@ static const char *const KNOWN_FIELDS[] = {
     "dynatemp_exponent", "mirostat", "mirostat_tau", "mirostat_eta", "seed", "frequency_penalty", "presence_penalty", "logit_bias", "stop", "logprobs",
     "top_logprobs", "n_probs", "stream", "stream_options", "selfmod", "return_tokens", "cache_prompt", "ignore_eos",
     "n_keep", "n_discard",
-    "timings_per_token", "grammar", "response_format", "json_schema", "add_generation_prompt", "continue_final_message",
+    "timings_per_token", "return_progress", "grammar", "response_format", "json_schema", "add_generation_prompt", "continue_final_message",
     "verbose", "tools", "tool_choice", "parallel_tool_calls", "id_slot", "response_fields", "post_sampling_probs",
     "user", /* OpenAI's end-user id: no effect on generation there either */
 };

@@ -67,6 +67,7 @@ typedef struct gen_request {
     bool return_tokens;             /* /completion lists the token ids     */
     bool cache_prompt;              /* reuse the slot's cached prefix (true) */
     bool timings_per_token;         /* every stream chunk carries timings  */
+    bool return_progress;           /* a stream reports the prompt's decode */
     signed char verbose;            /* "verbose": 1, 0, or -1 (serve --verbose) */
     char *grammar;                  /* owned; params.grammar points here    */
 } gen_request;

@@ -450,6 +450,36 @@ cJSON *response_chunk(const job *j, const char *text, size_t len, int32_t tok_fr
     return o;
 }
 
+cJSON *response_progress_chunk(const job *j, int32_t total, int32_t cached, int32_t processed, double elapsed_ms) {
+    cJSON *o;
+    if (j->req.api == API_LLAMA) {
+        o = llama_body(j, "", 0, 0, 0, false);
+    } else if (j->req.api == API_CHAT) {
+        o = response_role_chunk(j); /* as llama-server: the role, no content, and the progress */
+    } else {
+        o = openai_envelope(j, "text_completion");
+        cJSON_AddItemToArray(cJSON_AddArrayToObject(o, "choices"), openai_choice(j, "", 0, 0, 0, true, NULL));
+    }
+    cJSON *p = cJSON_AddObjectToObject(o, "prompt_progress");
+    cJSON_AddNumberToObject(p, "total", total);
+    cJSON_AddNumberToObject(p, "cache", cached);
+    cJSON_AddNumberToObject(p, "processed", processed);
+    cJSON_AddNumberToObject(p, "time_ms", (double)(int64_t)elapsed_ms);
+    if (j->req.timings_per_token) {
+        cJSON *t = cJSON_AddObjectToObject(o, "timings");
+        cJSON_AddNumberToObject(t, "cache_n", cached);
+        cJSON_AddNumberToObject(t, "prompt_n", processed - cached);
+        json_add_float(t, "prompt_ms", elapsed_ms);
+        json_add_float(t, "prompt_per_token_ms", processed > cached ? elapsed_ms / (processed - cached) : 0.0);
+        json_add_float(t, "prompt_per_second", elapsed_ms > 0 ? (processed - cached) * 1e3 / elapsed_ms : 0.0);
+        cJSON_AddNumberToObject(t, "predicted_n", 0);
+        json_add_float(t, "predicted_ms", 0.0);
+        json_add_float(t, "predicted_per_token_ms", 0.0);
+        json_add_float(t, "predicted_per_second", 0.0);
+    }
+    return o;
+}
+
 cJSON *response_role_chunk(const job *j) {
     cJSON *o = openai_envelope(j, "chat.completion.chunk");
     cJSON *choices = cJSON_AddArrayToObject(o, "choices");
@@ -496,6 +526,7 @@ cJSON *response_usage_chunk(const job *j, const sm_result *res) {
     cJSON *o = openai_envelope(j, j->req.api == API_CHAT ? "chat.completion.chunk" : "text_completion");
     cJSON_AddArrayToObject(o, "choices");
     cJSON_AddItemToObject(o, "usage", usage(j, res));
+    if (j->req.timings_per_token) cJSON_AddItemToObject(o, "timings", timings(j, res)); /* the whole answer's */
     return o;
 }
 

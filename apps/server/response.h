@@ -21,6 +21,8 @@ cJSON *response_final_chunk(const job *j, const sm_result *res, const char *text
 cJSON *response_usage_chunk(const job *j, const sm_result *res);
 /* The first chunk of a chat stream: {"delta": {"role": "assistant"}}. */
 cJSON *response_role_chunk(const job *j);
+/* return_progress: where the prompt's decode stands (llama-server's prompt_progress). */
+cJSON *response_progress_chunk(const job *j, int32_t total, int32_t cached, int32_t processed, double elapsed_ms);
 /* The whole response of a request that did not stream. */
 cJSON *response_complete(const job *j, const sm_result *res);
 

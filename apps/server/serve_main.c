@@ -89,6 +89,7 @@ static int threads_per_slot(const server *srv) {
 static bool start_slots(server *srv) {
     sm_session_params sp = sm_session_default_params();
     sp.n_ctx = context_size(srv);
+    if (srv->opt.n_batch > 0) sp.n_batch = srv->opt.n_batch;
     sp.n_threads = threads_per_slot(srv);
     sp.fusion_align = srv->opt.fusion_align;
     sm_chat_params cp = sm_chat_default_params();

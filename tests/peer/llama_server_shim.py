@@ -23,7 +23,7 @@ STORIES = os.path.join(MODELS, "stories260K.gguf")
 # the suite starts once at session start to fetch their models.
 DROPPED = {
     "--offline": False, "--cont-batching": False, "--kv-unified": False, "--swa-full": False,
-    "--batch-size": True, "--ubatch-size": True, "-fa": True, "--no-slots": False,
+    "--ubatch-size": True, "-fa": True, "--no-slots": False,
     "--no-models-autoload": False, "--no-mmproj": False,
     "--embedding": False, "--reranking": False, "--pooling": True, "--lora": True, "--model-draft": True,
     "--spec-type": True, "--spec-draft-n-max": True, "--spec-draft-n-min": True, "--spec-synth-len": True,
