@@ -1025,6 +1025,11 @@ typedef struct sm_batch_params {
     uint32_t n_ctx_seq;     /* context of each (2048; at most the model's)  */
     uint32_t n_batch;       /* tokens one decode takes at most (512)        */
     int32_t n_threads;      /* 0 = the online cores                         */
+    /* One pool of n_ctx_seq cells for all sequences (llama.cpp's unified
+     * KV cache, llama-server's --kv-unified): each may use all of it, and
+     * a decode that finds no room fails for every sequence in it. false:
+     * each sequence has n_ctx_seq cells of its own. */
+    bool kv_unified;
 } sm_batch_params;
 sm_batch_params sm_batch_default_params(void);
 sm_batch *sm_batch_new(sm_model *const *models, int32_t n_models, const sm_batch_params *params, sm_error *err);

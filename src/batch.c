@@ -119,10 +119,12 @@ sm_batch *sm_batch_new(sm_model *const *models, int32_t n_models, const sm_batch
     b->n_ctx_seq = n_ctx_seq;
     for (int32_t m = 0; m < n_models && b->seq_taken; m++) {
         sm_context_opts o = {
-            .n_ctx = n_ctx_seq * (uint32_t)p.n_seq,
+            /* a stream per sequence (its attention spans its own cells only),
+             * or one pool they share */
+            .n_ctx = p.kv_unified ? n_ctx_seq : n_ctx_seq * (uint32_t)p.n_seq,
             .n_batch = p.n_batch,
             .n_seq_max = (uint32_t)p.n_seq,
-            .kv_unified = false, /* a stream per sequence: its attention spans its own cells only */
+            .kv_unified = p.kv_unified,
             .n_threads = p.n_threads,
             .what = "a batch context",
         };

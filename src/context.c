@@ -54,6 +54,15 @@ struct llama_context *sm_context_new(const sm_model *model, const sm_context_opt
 
 int32_t sm_decode(struct llama_context *ctx, const llama_batch *batch) { return smx_decode(ctx, *batch); }
 
+const char *sm_decode_failure(int32_t rc) {
+    switch (rc) {
+    case 1: return "no room left in the KV cache: the context size has been exceeded";
+    case 2: return "aborted";
+    case -1: return "an invalid batch";
+    default: return rc < 0 ? "an error inside llama.cpp" : "a warning from llama.cpp";
+    }
+}
+
 typedef struct models_job {
     int32_t (*decode)(void *arg, int32_t m);
     void *arg;

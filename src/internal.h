@@ -39,6 +39,8 @@ struct llama_context *sm_context_new(const sm_model *model, const sm_context_opt
 int32_t sm_online_cores(void);
 /* THE decode: llama_decode's code (exceptions become -1000, see guard.h). */
 int32_t sm_decode(struct llama_context *ctx, const llama_batch *batch);
+/* What a non-zero llama_decode code means, for messages. */
+const char *sm_decode_failure(int32_t rc);
 /* Decodes in every model at once: decode(arg, m) returns llama_decode's
  * code for model m. When any fails, undo(arg, m) (may be NULL) removes the
  * batch from every model (a failed decode may have kept part of it); returns the first failing

@@ -609,7 +609,8 @@ static sm_status sync_aligned(sm_session *s, member *mb) {
         int32_t rc = sm_decode(mb->ctx, &b);
         if (rc != 0) {
             seq_rm(s, mb, at);
-            return sm_session_fail(s, SM_ERR_DECODE, "llama_decode failed (code %d) in '%s'", rc, mb->model->path);
+            return sm_session_fail(s, SM_ERR_DECODE, "llama_decode failed in '%s' (code %d: %s)", mb->model->path, rc,
+                                   sm_decode_failure(rc));
         }
         at += chunk;
         mb->n_tokens = at;
@@ -663,8 +664,8 @@ sm_status sm_loop_decode_append(sm_session *s, const sm_token *toks, int32_t n) 
         int32_t rc = sm_models_decode(s->pool, s->n_models, decode_member, undo_member, &job, &failed);
         if (rc != 0) {
             s->logits = NULL;
-            return sm_session_fail(s, SM_ERR_DECODE, "llama_decode failed (code %d) in '%s' at position %d", rc,
-                                   s->members[failed].model->path, s->n_tokens);
+            return sm_session_fail(s, SM_ERR_DECODE, "llama_decode failed in '%s' at position %d (code %d: %s)",
+                                   s->members[failed].model->path, s->n_tokens, rc, sm_decode_failure(rc));
         }
         s->n_tokens += chunk;
         s->n_decoded_total += chunk;

@@ -332,6 +332,47 @@ static void test_prompt_progress(void **state) {
     sm_model_free(m);
 }
 
+/* kv_unified: one pool of n_ctx_seq cells; a sequence alone may fill it,
+ * and a decode that finds it full fails, saying so. */
+static void test_unified_pool(void **state) {
+    (void)state;
+    sm_model *m = tu_load_model("stories260K.gguf");
+    sm_batch_params bp = sm_batch_default_params();
+    bp.n_seq = 2;
+    bp.n_ctx_seq = 256; /* llama.cpp pads a cache to 256 cells */
+    bp.n_threads = 1;
+    bp.kv_unified = true;
+    sm_error err = {0};
+    sm_batch *batch = sm_batch_new(&m, 1, &bp, &err);
+    assert_non_null(batch);
+    sm_session_params sp = tu_session_params(256);
+    sp.batch = batch;
+    sm_session *a = sm_session_new(m, &sp, &err), *b = sm_session_new(m, &sp, &err);
+    assert_non_null(a);
+    assert_non_null(b);
+    sm_gen_params gp = tu_greedy_params(200);
+    gp.stop_at_bos = false;
+    sm_result r;
+    assert_int_equal(sm_session_generate(a, "Once upon a time", &gp, &r), SM_OK); /* 205 of the pool's 256 */
+    assert_int_equal(r.n_tokens, 200);
+    assert_int_equal(sm_session_kv_pos(a), sm_session_n_past(a));
+    sm_result_free(&r);
+    /* a's cells stay (its cache): b finds 51 free and fails there */
+    sm_status st = sm_session_generate(b, "Once upon a time", &gp, &r);
+    assert_int_equal(st, SM_ERR_DECODE);
+    assert_non_null(strstr(sm_session_last_error(b), "the context size has been exceeded"));
+    /* freed cells are free for the other */
+    assert_int_equal(sm_session_clear(a), SM_OK);
+    assert_int_equal(sm_session_clear(b), SM_OK);
+    assert_int_equal(sm_session_generate(b, "Once upon a time", &gp, &r), SM_OK);
+    assert_int_equal(r.n_tokens, 200);
+    sm_result_free(&r);
+    sm_session_free(a);
+    sm_session_free(b);
+    sm_batch_free(batch);
+    sm_model_free(m);
+}
+
 static void test_batch_refuses_what_it_cannot_share(void **state) {
     (void)state;
     sm_model *m = tu_load_model("stories260K.gguf");
@@ -363,6 +404,7 @@ int main(void) {
         cmocka_unit_test(test_batched_sequences_equal_runs_alone),
         cmocka_unit_test(test_chunked_prompts_and_truncation),
         cmocka_unit_test(test_prompt_progress),
+        cmocka_unit_test(test_unified_pool),
         cmocka_unit_test(test_batch_refuses_what_it_cannot_share),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

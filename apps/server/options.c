@@ -33,6 +33,7 @@ enum {
     OPT_DROP_OLD_TURNS,
     OPT_CONTEXT_SHIFT,
     OPT_BATCH_SIZE,
+    OPT_KV_UNIFIED,
     OPT_KEEP,
     OPT_API_KEY_FILE,
     OPT_CORS_ORIGINS,
@@ -63,6 +64,7 @@ static const struct option long_options[] = {
     {"threads", required_argument, NULL, OPT_THREADS},
     {"ctx-size", required_argument, NULL, OPT_CTX_SIZE},
     {"batch-size", required_argument, NULL, OPT_BATCH_SIZE},
+    {"kv-unified", no_argument, NULL, OPT_KV_UNIFIED},
     {"max-body", required_argument, NULL, OPT_MAX_BODY},
     {"web-dir", required_argument, NULL, OPT_WEB_DIR},
     {"chat-template", required_argument, NULL, OPT_CHAT_TEMPLATE},
@@ -132,6 +134,9 @@ static void print_usage(FILE *out) {
           "                            continuous batching: every request's tokens in one decode)\n"
           "      --ctx-size N          context tokens per slot; 0 = the model's (default: 2048)\n"
           "      --batch-size N        prompt tokens one decode takes at most (default: 512)\n"
+          "      --kv-unified          the slots share one pool of --ctx-size tokens, each may use all\n"
+          "                            of it, and a decode that finds it full fails for every request\n"
+          "                            in it (llama-server's --kv-unified; default: --ctx-size per slot)\n"
           "      --max-body BYTES      largest request body, else 413 (default: 1048576)\n"
           "      --web-dir DIR         the web page's folder (default: found beside the program)\n"
           "      --chat-template NAME  a llama.cpp template name (default: the model's own)\n"
@@ -278,6 +283,7 @@ static bool apply_option(server_options *opt, int c, const char *arg, FILE *err)
         if (!parse_long(err, "--threads", arg, 0, 1024, &v)) return false;
         opt->n_threads = (int)v;
         return true;
+    case OPT_KV_UNIFIED: opt->kv_unified = true; return true;
     case OPT_BATCH_SIZE:
         if (!parse_long(err, "--batch-size", arg, 1, 1 << 20, &v)) return false;
         opt->n_batch = (uint32_t)v;
@@ -421,6 +427,12 @@ options_result server_parse_options(int argc, char **argv, server_options *opt, 
     }
     if (opt->n_models == 0) {
         fprintf(err, "llama_selfmod serve: error: no model: give one with -m PATH (see --help)\n");
+        server_options_free(opt);
+        return OPTIONS_ERROR;
+    }
+    if (opt->kv_unified && (opt->no_batch || opt->fusion_align)) {
+        fprintf(err, "llama_selfmod serve: error: --kv-unified shares the batch's context: not with %s\n",
+                opt->no_batch ? "--no-batch" : "--fusion-align");
         server_options_free(opt);
         return OPTIONS_ERROR;
     }

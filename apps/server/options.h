@@ -33,6 +33,7 @@ typedef struct server_options {
     int n_threads;                         /* per slot; 0 = cores / parallel   */
     uint32_t n_ctx;                        /* per slot (2048)                  */
     uint32_t n_batch;                      /* --batch-size; 0 = the library's  */
+    bool kv_unified;                       /* --kv-unified: one pool of n_ctx  */
     size_t max_body;                       /* request bytes (1 MiB)            */
     const char *web_dir;                   /* NULL: found at start-up          */
     const char *chat_template;             /* NULL: the model's own            */

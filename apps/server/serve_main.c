@@ -110,6 +110,7 @@ static bool start_slots(server *srv) {
     /* Continuous batching: one context per model for every slot, decoding
      * with all the threads (a batch cannot map vocabularies by text). */
     srv->slots.batched = !srv->opt.no_batch && !srv->opt.fusion_align;
+    srv->slots.kv_unified = srv->opt.kv_unified;
     srv->slots.batch_threads = srv->opt.n_threads;
     /* Make one slot's sessions now, so that a problem (a vocabulary
      * mismatch, a context too large) shows before the server listens. */

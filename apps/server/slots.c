@@ -173,6 +173,7 @@ sm_session *slot_session(slot_pool *pool, slot *s, int target, char *err, size_t
             bp.n_seq = pool->n_slots;
             bp.n_ctx_seq = sp.n_ctx;
             bp.n_batch = sp.n_batch;
+            bp.kv_unified = pool->kv_unified;
             bp.n_threads = pool->batch_threads;
             pool->batches[target] = sm_batch_new(models, n, &bp, &e);
         }

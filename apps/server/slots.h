@@ -44,6 +44,7 @@ typedef struct slot_pool {
     sm_chat_params chat_params;
     int32_t tree_max_beams;
     bool batched;                            /* sessions share a batch per target */
+    bool kv_unified;                         /* ... whose cells are one pool      */
     int32_t batch_threads;                   /* its decode threads              */
     sm_batch *batches[1 + SM_MAX_MODELS];    /* per target, made on first use   */
 } slot_pool;

@@ -22,7 +22,7 @@ STORIES = os.path.join(MODELS, "stories260K.gguf")
 # (embeddings, reranking, LoRA, speculation, vision, routers, tools), which
 # the suite starts once at session start to fetch their models.
 DROPPED = {
-    "--offline": False, "--cont-batching": False, "--kv-unified": False, "--swa-full": False,
+    "--offline": False, "--cont-batching": False, "--swa-full": False,
     "--ubatch-size": True, "-fa": True, "--no-slots": False,
     "--no-models-autoload": False, "--no-mmproj": False,
     "--embedding": False, "--reranking": False, "--pooling": True, "--lora": True, "--model-draft": True,
@@ -75,7 +75,9 @@ def main(argv):
         out += ["--chat-template", "chatml"]
     if "--cors-origins" not in out:  # llama-server answers every origin unless told otherwise; we do not
         out += ["--cors-origins", "*"]
-    if ctx is not None:  # llama-server's --ctx-size is shared by its slots
+    if ctx is not None and "--kv-unified" in out:  # one pool: each slot may use all of it
+        out += ["--ctx-size", str(ctx)]
+    elif ctx is not None:  # llama-server's --ctx-size is shared by its slots
         out += ["--ctx-size", str(max(ctx // parallel, 64))]
     os.execv(SM_BIN, [SM_BIN, "serve", "--quiet"] + out)
 
