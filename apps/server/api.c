@@ -61,6 +61,11 @@ static cJSON *model_entry(server *srv, int target) {
     cJSON_AddStringToObject(m, "object", "model");
     cJSON_AddNumberToObject(m, "created", (double)srv->models.created);
     cJSON_AddStringToObject(m, "owned_by", "llama_selfmod");
+    if (target == 0) { /* llama-server's: every name it answers to, and its labels */
+        cJSON *aliases = cJSON_AddArrayToObject(m, "aliases"), *tags = cJSON_AddArrayToObject(m, "tags");
+        for (int i = 0; i < srv->models.n_aliases; i++) cJSON_AddItemToArray(aliases, cJSON_CreateString(srv->models.aliases[i]));
+        for (int i = 0; i < srv->models.n_tags; i++) cJSON_AddItemToArray(tags, cJSON_CreateString(srv->models.tags[i]));
+    }
     cJSON *meta = cJSON_AddObjectToObject(m, "meta");
     sm_model *models[SM_MAX_MODELS];
     int n = model_set_target_models(&srv->models, target, models);

@@ -495,30 +495,61 @@ static bool resolve_host(const char *host, int port, struct sockaddr_storage *ad
     return true;
 }
 
-struct MHD_Daemon *http_start(server *srv, char *err, size_t err_size) {
-    struct sockaddr_storage addr;
-    socklen_t addr_len;
-    int family;
-    if (!resolve_host(srv->opt.host, srv->opt.port, &addr, &addr_len, &family, err, err_size)) return NULL;
+/* One daemon on one address (port 0: any free port). */
+static struct MHD_Daemon *listen_on(server *srv, const struct sockaddr_storage *addr, int family, int port) {
     unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG;
     if (family == AF_INET6) flags |= MHD_USE_IPv6;
-    srv->loopback_only = is_loopback_address(&addr);
-    if (!watchdog_start(&srv->watchdog, srv->opt.header_timeout)) {
-        snprintf(err, err_size, "cannot start the connection watchdog thread");
-        return NULL;
-    }
-    struct MHD_Daemon *d = MHD_start_daemon(flags, (uint16_t)srv->opt.port, NULL, NULL, on_request, srv,
-                                            MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
+    return MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, on_request, srv,
+                                            MHD_OPTION_SOCK_ADDR, (const struct sockaddr *)addr,
                                             MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
                                             MHD_OPTION_NOTIFY_CONNECTION, on_connection, srv,
                                             MHD_OPTION_CONNECTION_LIMIT, (unsigned)srv->opt.max_connections,
                                             MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
                                             MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(256 * 1024),
                                             MHD_OPTION_END);
-    if (!d) watchdog_stop(&srv->watchdog);
-    if (!d) snprintf(err, err_size, "cannot listen on %s:%d (in use, or not an address of this machine)",
-                     srv->opt.host, srv->opt.port);
-    return d;
+}
+
+int http_start(server *srv, struct MHD_Daemon **daemons, int max, char *err, size_t err_size) {
+    /* --host A,B: one daemon per address, all on one port (the first's
+     * when --port is 0); loopback-only when every address is loopback */
+    char hosts[512];
+    snprintf(hosts, sizeof hosts, "%s", srv->opt.host);
+    struct sockaddr_storage addrs[8];
+    int families[8], n = 0, port = srv->opt.port;
+    srv->loopback_only = true;
+    for (char *save = NULL, *h = strtok_r(hosts, ",", &save); h; h = strtok_r(NULL, ",", &save)) {
+        if (n == max || n == 8) {
+            snprintf(err, err_size, "--host: more than %d addresses", n);
+            return 0;
+        }
+        socklen_t len;
+        if (!resolve_host(h, port, &addrs[n], &len, &families[n], err, err_size)) return 0;
+        srv->loopback_only = srv->loopback_only && is_loopback_address(&addrs[n]);
+        n++;
+    }
+    if (n == 0) {
+        snprintf(err, err_size, "--host: no address");
+        return 0;
+    }
+    if (!watchdog_start(&srv->watchdog, srv->opt.header_timeout)) {
+        snprintf(err, err_size, "cannot start the connection watchdog thread");
+        return 0;
+    }
+    for (int i = 0; i < n; i++) {
+        if (i > 0 && port == 0) { /* the port the first one took */
+            port = http_bound_port(daemons[0]);
+            if (families[i] == AF_INET6) ((struct sockaddr_in6 *)&addrs[i])->sin6_port = htons((uint16_t)port);
+            else ((struct sockaddr_in *)&addrs[i])->sin_port = htons((uint16_t)port);
+        }
+        if (!(daemons[i] = listen_on(srv, &addrs[i], families[i], port))) {
+            for (int k = 0; k < i; k++) MHD_stop_daemon(daemons[k]);
+            watchdog_stop(&srv->watchdog);
+            snprintf(err, err_size, "cannot listen on %s:%d (in use, or not an address of this machine)", srv->opt.host,
+                     port);
+            return 0;
+        }
+    }
+    return n;
 }
 
 int http_bound_port(struct MHD_Daemon *daemon) {

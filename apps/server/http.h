@@ -26,8 +26,9 @@ reply reply_bytes(unsigned status, const char *content_type, const void *data, s
 /* A POST handler: the body is complete and within the size limit. */
 typedef reply (*api_handler)(server *srv, int client_fd, const char *body, size_t len);
 
-/* Starts listening; NULL (with a message in err) on failure. */
-struct MHD_Daemon *http_start(server *srv, char *err, size_t err_size);
+/* Listens on every address of --host (a comma-separated list): writes up
+ * to max daemons and returns how many, or 0 with err set. */
+int http_start(server *srv, struct MHD_Daemon **daemons, int max, char *err, size_t err_size);
 /* The port actually bound (for --port 0). */
 int http_bound_port(struct MHD_Daemon *daemon);
 

@@ -51,9 +51,38 @@ const char *piece_of(const served_model *m, sm_token token, size_t *len) {
     return t->bytes + t->offsets[token];
 }
 
-static void set_default_id(model_set *set, const char *alias) {
-    if (alias) {
-        snprintf(set->default_id, sizeof set->default_id, "%s", alias);
+static int by_bytes(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+bool model_names_parse(const char *list, char **names, int *n, const char *flag, char *err, size_t err_size) {
+    *n = 0;
+    for (const char *p = list; p && *p;) {
+        size_t len = strcspn(p, ",");
+        if (len > 0) {
+            if (*n == MODEL_MAX_NAMES) {
+                snprintf(err, err_size, "%s: more than %d names", flag, MODEL_MAX_NAMES);
+                return false;
+            }
+            if (!(names[*n] = strndup(p, len))) {
+                snprintf(err, err_size, "out of memory");
+                return false;
+            }
+            (*n)++;
+        }
+        p += len + (p[len] == ',');
+    }
+    qsort(names, (size_t)*n, sizeof *names, by_bytes);
+    int kept = 0;
+    for (int i = 0; i < *n; i++) {
+        if (kept > 0 && strcmp(names[kept - 1], names[i]) == 0) free(names[i]);
+        else names[kept++] = names[i];
+    }
+    *n = kept;
+    return true;
+}
+
+static void set_default_id(model_set *set) {
+    if (set->n_aliases > 0) {
+        snprintf(set->default_id, sizeof set->default_id, "%s", set->aliases[0]);
         return;
     }
     size_t len = 0;
@@ -66,9 +95,14 @@ static void set_default_id(model_set *set, const char *alias) {
     }
 }
 
-bool model_set_load(model_set *set, char *const *paths, int n_paths, const char *alias, int n_gpu_layers,
-                    char *err, size_t err_size) {
+bool model_set_load(model_set *set, char *const *paths, int n_paths, const char *alias, const char *tags,
+                    int n_gpu_layers, char *err, size_t err_size) {
     memset(set, 0, sizeof *set);
+    if (!model_names_parse(alias, set->aliases, &set->n_aliases, "--alias", err, err_size) ||
+        !model_names_parse(tags, set->tags, &set->n_tags, "--tags", err, err_size)) {
+        model_set_free(set);
+        return false;
+    }
     sm_model_params mp = sm_model_default_params();
     mp.n_gpu_layers = n_gpu_layers;
     for (int i = 0; i < n_paths; i++) {
@@ -88,7 +122,7 @@ bool model_set_load(model_set *set, char *const *paths, int n_paths, const char 
             return false;
         }
     }
-    set_default_id(set, alias);
+    set_default_id(set);
     set->created = (long)time(NULL);
     return true;
 }
@@ -100,12 +134,17 @@ void model_set_free(model_set *set) {
         free(set->models[i].pieces.offsets);
     }
     set->n_models = 0;
+    for (int i = 0; i < set->n_aliases; i++) free(set->aliases[i]);
+    for (int i = 0; i < set->n_tags; i++) free(set->tags[i]);
+    set->n_aliases = set->n_tags = 0;
 }
 
 int model_set_n_targets(const model_set *set) { return set->n_models > 1 ? 1 + set->n_models : 1; }
 
 int model_set_resolve(const model_set *set, const char *name) {
     if (!name || !*name || strcmp(name, set->default_id) == 0) return 0;
+    for (int i = 0; i < set->n_aliases; i++)
+        if (strcmp(name, set->aliases[i]) == 0) return 0;
     /* One model: as llama-server, it answers whatever name a client sends
      * (many send "gpt-3.5-turbo"); the response's "model" says which it is. */
     if (set->n_models == 1) return 0;

@@ -23,16 +23,28 @@ typedef struct served_model {
     piece_table pieces;
 } served_model;
 
+enum { MODEL_MAX_NAMES = 16 };
+
 typedef struct model_set {
     served_model models[SM_MAX_MODELS];
     int n_models;
     char default_id[512];
     long created;       /* load time, for /v1/models */
+    /* --alias A,B,...: names of target 0 (default_id is the first in
+     * byte order, as llama-server's); --tags: labels /v1/models reports */
+    char *aliases[MODEL_MAX_NAMES];
+    int n_aliases;
+    char *tags[MODEL_MAX_NAMES];
+    int n_tags;
 } model_set;
 
+/* Splits a comma-separated list into names (copied, sorted, duplicates
+ * and empty ones dropped). false with err set: too many, or out of memory. */
+bool model_names_parse(const char *list, char **names, int *n, const char *flag, char *err, size_t err_size);
+
 /* Loads every path; on failure writes why to err and frees what loaded. */
-bool model_set_load(model_set *set, char *const *paths, int n_paths, const char *alias, int n_gpu_layers,
-                    char *err, size_t err_size);
+bool model_set_load(model_set *set, char *const *paths, int n_paths, const char *alias, const char *tags,
+                    int n_gpu_layers, char *err, size_t err_size);
 void model_set_free(model_set *set);
 
 int model_set_n_targets(const model_set *set);

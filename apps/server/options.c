@@ -15,6 +15,7 @@ enum {
     OPT_PORT,
     OPT_MODELS,
     OPT_ALIAS,
+    OPT_TAGS,
     OPT_API_KEY,
     OPT_PARALLEL,
     OPT_THREADS,
@@ -57,6 +58,7 @@ static const struct option long_options[] = {
     {"model", required_argument, NULL, 'm'},
     {"models", required_argument, NULL, OPT_MODELS},
     {"alias", required_argument, NULL, OPT_ALIAS},
+    {"tags", required_argument, NULL, OPT_TAGS},
     {"host", required_argument, NULL, OPT_HOST},
     {"port", required_argument, NULL, OPT_PORT},
     {"api-key", required_argument, NULL, OPT_API_KEY},
@@ -109,8 +111,10 @@ static void print_usage(FILE *out) {
           "  -m, --model PATH          a GGUF model (repeat it, or use --models, for fusion)\n"
           "      --models A,B,...      several models, fused per token; a name without a\n"
           "                            folder is looked for beside the previous model\n"
-          "      --alias NAME          the model id reported by /v1/models (default: the\n"
-          "                            file's name without .gguf; models joined with '+')\n"
+          "      --alias NAME[,NAME..] the names requests may give the model; the first in byte\n"
+          "                            order is the id /v1/models reports (default: the file's\n"
+          "                            name without .gguf; models joined with '+')\n"
+          "      --tags T[,T..]        labels /v1/models reports with the model\n"
           "      --host ADDR           address to bind (default: 127.0.0.1)\n"
           "      --port N              port (default: 8080; 0 = any free port)\n"
           "      --api-key KEY         require 'Authorization: Bearer KEY' (all but /health\n"
@@ -263,6 +267,7 @@ static bool apply_option(server_options *opt, int c, const char *arg, FILE *err)
     case 'm': return add_model(opt, arg, err);
     case OPT_MODELS: return add_model_list(opt, arg, err);
     case OPT_ALIAS: opt->alias = arg; return true;
+    case OPT_TAGS: opt->tags = arg; return true;
     case OPT_HOST: opt->host = arg; return true;
     case OPT_PORT:
         if (!parse_long(err, "--port", arg, 0, 65535, &v)) return false;

@@ -14,7 +14,8 @@ typedef struct server_options {
     int port;                              /* 8080; 0 = any free port          */
     char *model_paths[SM_MAX_MODELS];      /* owned                            */
     int n_models;
-    const char *alias;                     /* the id /v1/models reports        */
+    const char *alias;                     /* --alias A,B: the model's names   */
+    const char *tags;                      /* --tags T,U: /v1/models' labels   */
     const char *api_key;                   /* NULL: no authentication          */
     char *api_key_owned;                   /* read from --api-key-file         */
     const char *cors_origins;              /* NULL: same origin only; "*": any */

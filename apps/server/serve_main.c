@@ -134,7 +134,7 @@ static void wait_for_workers(server *srv) {
 
 static int run(server *srv) {
     char err[512];
-    if (!model_set_load(&srv->models, srv->opt.model_paths, srv->opt.n_models, srv->opt.alias,
+    if (!model_set_load(&srv->models, srv->opt.model_paths, srv->opt.n_models, srv->opt.alias, srv->opt.tags,
                         srv->opt.n_gpu_layers, err, sizeof err)) {
         fprintf(stderr, "llama_selfmod serve: error: %s\n", err);
         return EXIT_FAILURE;
@@ -149,8 +149,9 @@ static int run(server *srv) {
     pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
     signal(SIGPIPE, SIG_IGN);
 
-    struct MHD_Daemon *daemon = http_start(srv, err, sizeof err);
-    if (!daemon) {
+    struct MHD_Daemon *daemons[8];
+    int n_daemons = http_start(srv, daemons, 8, err, sizeof err);
+    if (n_daemons == 0) {
         fprintf(stderr, "llama_selfmod serve: error: %s\n", err);
         return EXIT_FAILURE;
     }
@@ -164,17 +165,21 @@ static int run(server *srv) {
                 srv->slots.session_params.n_ctx, srv->slots.session_params.n_threads,
                 srv->slots.session_params.n_threads == 1 ? "" : "s");
     if (srv->web_dir[0]) fprintf(stderr, "llama_selfmod serve: web page from %s\n", srv->web_dir);
-    const char *host = srv->opt.host;
-    bool v6 = strchr(host, ':') != NULL;
-    fprintf(stderr, "llama_selfmod serve: listening on http://%s%s%s:%d\n", v6 ? "[" : "", host, v6 ? "]" : "",
-            http_bound_port(daemon));
+    char hosts[512];
+    snprintf(hosts, sizeof hosts, "%s", srv->opt.host);
+    char *save = NULL;
+    for (const char *host = strtok_r(hosts, ",", &save); host; host = strtok_r(NULL, ",", &save)) {
+        bool v6 = strchr(host, ':') != NULL;
+        fprintf(stderr, "llama_selfmod serve: listening on http://%s%s%s:%d\n", v6 ? "[" : "", host, v6 ? "]" : "",
+                http_bound_port(daemons[0]));
+    }
     fflush(stderr);
 
     int sig = 0;
     sigwait(&stop_signals, &sig);
     fprintf(stderr, "llama_selfmod serve: %s: stopping\n", sig == SIGINT ? "interrupted" : "terminated");
     atomic_store(&srv->stopping, true);
-    MHD_stop_daemon(daemon);
+    for (int i = 0; i < n_daemons; i++) MHD_stop_daemon(daemons[i]);
     wait_for_workers(srv);
     watchdog_stop(&srv->watchdog);
     return EXIT_SUCCESS;

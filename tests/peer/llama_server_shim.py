@@ -28,7 +28,7 @@ DROPPED = {
     "--embedding": False, "--reranking": False, "--pooling": True, "--lora": True, "--model-draft": True,
     "--spec-type": True, "--spec-draft-n-max": True, "--spec-draft-n-min": True, "--spec-synth-len": True,
     "--spec-synth-rates": True, "--mmproj-url": True, "--media-path": True, "--models-dir": True,
-    "--models-max": True, "--models-preset": True, "--tags": True, "--cache-ram": True,
+    "--models-max": True, "--models-preset": True, "--cache-ram": True,
     "--sleep-idle-seconds": True, "--no-cache-idle-slots": False, "--ui-mcp-proxy": False, "--tools": True,
     "--tools-runtime": True, "--mcp-servers-config": True, "--mcp-servers-json": True, "--backend_sampling": False,
     "--reasoning-format": True, "--reasoning": True, "-ctk": True, "-ctv": True, "--grp-attn-n": True,
