@@ -684,16 +684,48 @@ static bool parse_tool_request(const cJSON *b, gen_request *r, api_error *err) {
     return true;
 }
 
-/* tool_choice ("auto", "required", "none"; naming one function is not
- * supported by llama.cpp's formats) and parallel_tool_calls. */
+/* OpenAI's {"type": "function", "function": {"name": N}}: the call must be
+ * to N. llama.cpp's formats know only auto/required/none, so the template
+ * sees N alone among the tools and the call is required. */
+static bool choose_named_tool(const cJSON *b, const cJSON *choice, gen_request *r, api_error *err) {
+    const cJSON *type = cJSON_GetObjectItemCaseSensitive(choice, "type");
+    const cJSON *fn = cJSON_GetObjectItemCaseSensitive(choice, "function");
+    const cJSON *name = cJSON_IsObject(fn) ? cJSON_GetObjectItemCaseSensitive(fn, "name") : NULL;
+    if (!cJSON_IsString(type) || strcmp(type->valuestring, "function") != 0 || !cJSON_IsString(name))
+        return api_fail(err, 400, "tool_choice",
+                        "'tool_choice' must be \"auto\", \"required\", \"none\" or {\"type\": \"function\", \"function\": "
+                        "{\"name\": ...}}");
+    const cJSON *tools = json_field(b, "tools"), *t;
+    cJSON_ArrayForEach(t, tools) {
+        const cJSON *f = cJSON_GetObjectItemCaseSensitive(t, "function");
+        const cJSON *n = cJSON_IsObject(f) ? cJSON_GetObjectItemCaseSensitive(f, "name") : NULL;
+        if (!cJSON_IsString(n) || strcmp(n->valuestring, name->valuestring) != 0) continue;
+        cJSON *only = cJSON_CreateArray();
+        cJSON_AddItemToArray(only, cJSON_Duplicate(t, true));
+        cJSON_free(r->tools_json);
+        r->tools_json = cJSON_PrintUnformatted(only);
+        cJSON_Delete(only);
+        r->tool_choice = strdup("required");
+        if (!r->tools_json || !r->tool_choice) return api_fail(err, 500, NULL, "out of memory");
+        return true;
+    }
+    return api_fail(err, 400, "tool_choice", "tool_choice names the function '%.100s', which is not among 'tools'",
+                    name->valuestring);
+}
+
+/* tool_choice ("auto", "required", "none", or one function by name) and
+ * parallel_tool_calls. */
 static bool parse_tool_choice(const cJSON *b, gen_request *r, api_error *err) {
     const cJSON *choice = json_field(b, "tool_choice");
-    if (choice && !cJSON_IsNull(choice)) {
+    if (cJSON_IsObject(choice)) {
+        if (!choose_named_tool(b, choice, r, err)) return false;
+    } else if (choice && !cJSON_IsNull(choice)) {
         if (!cJSON_IsString(choice) || (strcmp(choice->valuestring, "auto") != 0 &&
                                         strcmp(choice->valuestring, "required") != 0 &&
                                         strcmp(choice->valuestring, "none") != 0))
-            return api_fail(err, 400, "tool_choice", "'tool_choice' must be \"auto\", \"required\" or \"none\" "
-                                                     "(naming one function is not supported)");
+            return api_fail(err, 400, "tool_choice",
+                            "'tool_choice' must be \"auto\", \"required\", \"none\" or {\"type\": \"function\", "
+                            "\"function\": {\"name\": ...}}");
         if (!r->tool_mode && strcmp(choice->valuestring, "required") == 0)
             return api_fail(err, 400, "tool_choice", "tool_choice \"required\" needs 'tools'");
         r->tool_choice = strdup(choice->valuestring);

@@ -78,12 +78,33 @@ test('the tools, the call and its result are rendered by the template', async ()
   assert.equal(r.json.usage.prompt_tokens, tok.json.tokens.length);
 });
 
+test('tool_choice naming a function: the template and the required call see that one alone', async () => {
+  // llama.cpp's formats know auto/required/none: a named function is required
+  // with the others left out (the story model rambles before any call, so
+  // what is checked is the prompt the model saw)
+  const TIME = { type: 'function', function: { name: 'get_time', description: 'The time in a city',
+    parameters: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] } } };
+  for (const [name, other] of [['get_weather', 'get_time'], ['get_time', 'get_weather']]) {
+    const r = await post(servers.tools, '/v1/chat/completions', { ...ask, tools: [...TOOLS, TIME], max_tokens: 4,
+      verbose: true, tool_choice: { type: 'function', function: { name } } });
+    assert.equal(r.status, 200, r.text);
+    const prompt = r.json.__verbose.prompt;
+    assert.ok(prompt.includes(`"name": "${name}"`), prompt);
+    assert.ok(!prompt.includes(other), prompt);
+  }
+  const both = await post(servers.tools, '/v1/chat/completions', { ...ask, tools: [...TOOLS, TIME], max_tokens: 4,
+    verbose: true, tool_choice: 'required' });
+  assert.ok(both.json.__verbose.prompt.includes('get_time') && both.json.__verbose.prompt.includes('get_weather'));
+});
+
 test('tool requests that cannot be served are refused with what was wrong', async () => {
   assertError(await post(servers.plain, '/v1/chat/completions', ask), 400, 'messages'); // its template takes no tools
   assertError(await post(servers.tools, '/v1/chat/completions', { ...ask, tools: undefined, tool_choice: 'required' }),
     400, 'tool_choice');
   assertError(await post(servers.tools, '/v1/chat/completions',
-    { ...ask, tool_choice: { type: 'function', function: { name: 'get_weather' } } }), 400, 'tool_choice');
+    { ...ask, tool_choice: { type: 'function', function: { name: 'get_time' } } }), 400, 'tool_choice');
+  assertError(await post(servers.tools, '/v1/chat/completions', { ...ask, tool_choice: { type: 'function' } }),
+    400, 'tool_choice');
   assertError(await post(servers.tools, '/v1/chat/completions', { ...ask, tools: { nope: 1 } }), 400, 'tools');
   assertError(await post(servers.tools, '/v1/completions', { prompt: 'x', tools: TOOLS }), 400, 'tools');
   // user text never becomes a special token: refused where the rendered prompt would parse it
