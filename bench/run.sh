@@ -133,6 +133,13 @@ more_reports() {
     echo
     "$build/bench_ops_fusion" operators "$models/stories260K.gguf" -n 256 -t "$threads" --reps 5
     echo
+    echo "### ggml RPC: every layer local, and on one ggml-rpc-server over loopback ($threads threads each)"
+    echo
+    echo "| model | tokens | local tok/s | over loopback RPC tok/s | ratio |"
+    echo "|---|---|---|---|---|"
+    bash "$root/bench/bench_rpc.sh" "$build" "$models/stories260K.gguf" 256 3
+    bash "$root/bench/bench_rpc.sh" "$build" "$random_model" 64 3
+    echo
     echo "### An operator written in Python (python/selfmod) against one in C"
     echo
     python3 "$root/bench/bench_python.py" "$build" "$models/stories260K.gguf" 512 5 1

@@ -84,7 +84,14 @@ typedef enum sm_unknown_chars {
 } sm_unknown_chars;
 
 typedef struct sm_model_params {
-    int32_t n_gpu_layers;       /* layers to offload; 0 = CPU only       */
+    int32_t n_gpu_layers;       /* layers to offload; 0 = CPU only; -1 = all */
+    /* ggml RPC servers ("HOST:PORT[,HOST:PORT...]", each a llama.cpp
+     * ggml-rpc-server) whose devices take the offloaded layers, as
+     * llama.cpp's --rpc: n_gpu_layers of them, split by the servers' memory.
+     * NULL = none. A server that cannot be reached fails the load; one
+     * that goes away later fails the decode (SM_ERR_DECODE), never the
+     * process. */
+    const char *rpc_servers;
     sm_unknown_chars unknown_chars;
     sm_progress_fn progress;    /* may be NULL                            */
     void *progress_user_data;

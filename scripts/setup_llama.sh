@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fetch, verify and build llama.cpp (libllama + ggml, CPU) into a cache outside
+# Fetch, verify and build llama.cpp (libllama + ggml, CPU, and ggml's RPC
+# backend with its server program, bin/ggml-rpc-server) into a cache outside
 # the checkout, once. Prints the install prefix on its last line of stdout.
 #
 #   LLAMA_CPP_DIR=/path/to/llama.cpp   use an existing source tree instead of npm
@@ -12,7 +13,7 @@ NPM_SHA256=a0d9dd80eacd2ab1cfe71aee57ac8a806487fd70b3d2a38fbec637752d9e5c5f
 
 CACHE="${LLAMA_SELFMOD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/llama_selfmod}"
 CMAKE_OPTS=(-DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON -DGGML_NATIVE=ON
-  -DLLAMA_BUILD_COMMON=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF
+  -DLLAMA_BUILD_COMMON=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=ON -DGGML_RPC=ON
   -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF
   -DLLAMA_OPENSSL=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DGGML_CCACHE=ON -DCMAKE_BUILD_RPATH_USE_ORIGIN=ON)
 
@@ -53,9 +54,12 @@ if [ ! -f "$PREFIX/.complete" ]; then
   export CCACHE_BASEDIR="$SRC" CCACHE_DIR="$CACHE/ccache"
   cmake -S "$SRC" -B "$PREFIX/build" "${CMAKE_OPTS[@]}" -DCMAKE_INSTALL_PREFIX="$PREFIX" >"$PREFIX/cmake.log" 2>&1 \
     || { log "cmake configure failed, see $PREFIX/cmake.log"; exit 1; }
-  cmake --build "$PREFIX/build" --target llama llama-common -j"$(nproc)" >>"$PREFIX/cmake.log" 2>&1 \
+  # (the tools are configured only for ggml-rpc-server: nothing else of them is built)
+  cmake --build "$PREFIX/build" --target llama llama-common ggml-rpc-server -j"$(nproc)" >>"$PREFIX/cmake.log" 2>&1 \
     || { log "build failed, see $PREFIX/cmake.log"; exit 1; }
-  mkdir -p "$PREFIX/include" "$PREFIX/lib"
+  mkdir -p "$PREFIX/include" "$PREFIX/lib" "$PREFIX/bin"
+  # (a link: the program finds its libraries beside the real file, $ORIGIN)
+  ln -sf ../build/bin/ggml-rpc-server "$PREFIX/bin/ggml-rpc-server"
   cp "$SRC"/include/llama.h "$SRC"/include/llama-cpp.h "$PREFIX/include/" 2>/dev/null || cp "$SRC"/include/llama.h "$PREFIX/include/"
   cp "$SRC"/ggml/include/*.h "$PREFIX/include/"
   find "$PREFIX/build" -name '*.so*' \( -type f -o -type l \) -exec cp -P {} "$PREFIX/lib/" \;

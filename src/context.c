@@ -59,6 +59,7 @@ const char *sm_decode_failure(int32_t rc) {
     case 1: return "no room left in the KV cache: the context size has been exceeded";
     case 2: return "aborted";
     case -1: return "an invalid batch";
+    case SMX_DECODE_THREW: return *smx_last_exception() ? smx_last_exception() : "llama.cpp threw";
     default: return rc < 0 ? "an error inside llama.cpp" : "a warning from llama.cpp";
     }
 }

@@ -14,17 +14,37 @@
  */
 #include "guard.h"
 
+#include "ggml-rpc.h"
+
+#include <cstdio>
+#include <cstring>
 #include <exception>
 #include <new>
+#include <unistd.h>
+#include <stdexcept>
+#include <string>
 
 namespace {
 
+/* What the last exception a wrapper caught in this thread said. */
+thread_local std::string last_exception;
+/* Wrappers running in this thread: an abort inside one becomes an
+ * exception it catches (see throw_on_abort). */
+thread_local int guard_depth;
+
+struct guard_scope {
+    guard_scope() { guard_depth++; }
+    ~guard_scope() { guard_depth--; }
+};
+
 void caught(sm_error *err, sm_status status, const char *what, const char *call) {
+    last_exception = what && *what ? what : "unknown exception";
     sm_error_set(err, status, "llama.cpp failed in %s: %s", call, what && *what ? what : "unknown exception");
 }
 
 /* Runs f; on any exception fills err and returns false. */
 template <typename F> bool guarded(sm_error *err, sm_status status, const char *call, F &&f) {
+    guard_scope scope;
     try {
         f();
         return true;
@@ -115,12 +135,46 @@ struct llama_context *smx_init_from_model(struct llama_model *model, struct llam
 
 int32_t smx_decode(struct llama_context *ctx, struct llama_batch batch) {
     int32_t rc = SMX_DECODE_THREW;
+    guard_scope scope;
     try {
         rc = llama_decode(ctx, batch);
+    } catch (const std::exception &e) {
+        last_exception = e.what();
+        rc = SMX_DECODE_THREW;
     } catch (...) {
+        last_exception = "unknown exception";
         rc = SMX_DECODE_THREW;
     }
     return rc;
+}
+
+const char *smx_last_exception(void) { return last_exception.c_str(); }
+
+/* ggml aborts the process where its RPC transport fails (a server that
+ * went away). Inside one of these wrappers the abort is thrown instead,
+ * reaches the wrapper and becomes an error. In a thread of ggml's own (its
+ * RPC dispatcher) nothing can catch it and the caller waits for that
+ * thread: the process ends there, with the reason said on one line and an
+ * exit code of 1 rather than a signal. Set once an RPC server is used. */
+static void throw_on_abort(const char *message) {
+    if (guard_depth > 0) throw std::runtime_error(message);
+    fflush(NULL);
+    const char *why = strstr(message, ": "); /* past ggml's "file:line: " */
+    fprintf(stderr, "llama_selfmod: error: llama.cpp cannot go on: %s (an RPC server went away or answered wrongly)\n",
+            why ? why + 2 : message);
+    _exit(1);
+}
+
+int32_t smx_rpc_devices(const char *endpoint, ggml_backend_dev_t *out, int32_t max, sm_error *err) {
+    int32_t n = -1;
+    ggml_set_abort_callback(throw_on_abort);
+    guarded(err, SM_ERR_MODEL, "ggml_backend_rpc_add_server", [&] {
+        ggml_backend_reg_t reg = ggml_backend_rpc_add_server(endpoint);
+        n = 0;
+        for (size_t i = 0; reg && i < ggml_backend_reg_dev_count(reg) && n < max; i++)
+            out[n++] = ggml_backend_reg_dev_get(reg, i);
+    });
+    return n;
 }
 
 bool smx_state_seq_save_file(struct llama_context *ctx, const char *path, llama_seq_id seq, const llama_token *tokens,

@@ -48,6 +48,12 @@ bool smx_sampler_reset(struct llama_sampler *smpl, sm_error *err);
  * batch, < -1 fatal), or this one when it threw. */
 #define SMX_DECODE_THREW (-100)
 int32_t smx_decode(struct llama_context *ctx, struct llama_batch batch);
+/* What the last exception caught in this thread said ("" if none). */
+const char *smx_last_exception(void);
+/* The devices of the ggml RPC server at endpoint ("host:port"), up to max;
+ * -1 with err set when llama.cpp threw. From then on ggml's aborts throw
+ * (so that a server that goes away fails a decode, not the process). */
+int32_t smx_rpc_devices(const char *endpoint, ggml_backend_dev_t *out, int32_t max, sm_error *err);
 
 bool smx_state_seq_save_file(struct llama_context *ctx, const char *path, llama_seq_id seq, const llama_token *tokens,
                              size_t n_tokens, size_t *bytes_out, sm_error *err);

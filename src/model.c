@@ -2,11 +2,16 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <netdb.h>
+#include <poll.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 /* llama.cpp's logger is process-wide, so this switch is too. The last
  * error line is kept per thread so a failed load can say why. */
@@ -83,6 +88,72 @@ static bool on_load_progress(float progress, void *user_data) {
     return true;
 }
 
+/* Whether a TCP connection to "host:port" opens within 3 s: ggml's RPC
+ * client aborts the process on a server it cannot reach, so it is only
+ * asked about one that answers. */
+static bool rpc_server_answers(const char *endpoint, sm_error *err) {
+    char host[256];
+    const char *colon = strrchr(endpoint, ':');
+    if (!colon || colon == endpoint || !colon[1] || (size_t)(colon - endpoint) >= sizeof host) {
+        sm_error_set(err, SM_ERR_INVALID_ARGUMENT, "RPC server '%s': give HOST:PORT", endpoint);
+        return false;
+    }
+    memcpy(host, endpoint, (size_t)(colon - endpoint));
+    host[colon - endpoint] = '\0';
+    if (host[0] == '[' && host[strlen(host) - 1] == ']') { /* [::1]:50052 */
+        memmove(host, host + 1, strlen(host));
+        host[strlen(host) - 1] = '\0';
+    }
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
+    int rc = getaddrinfo(host, colon + 1, &hints, &res);
+    if (rc != 0) {
+        sm_error_set(err, SM_ERR_IO, "RPC server '%s': %s", endpoint, gai_strerror(rc));
+        return false;
+    }
+    int fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    bool ok = fd >= 0 && (connect(fd, res->ai_addr, res->ai_addrlen) == 0 || errno == EINPROGRESS);
+    if (ok) {
+        struct pollfd p = {.fd = fd, .events = POLLOUT};
+        int so_error = 0;
+        socklen_t len = sizeof so_error;
+        ok = poll(&p, 1, 3000) == 1 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &so_error, &len) == 0 && so_error == 0;
+        if (!ok) errno = so_error ? so_error : ETIMEDOUT;
+    }
+    int saved = errno;
+    if (fd >= 0) close(fd);
+    freeaddrinfo(res);
+    if (!ok) sm_error_set(err, SM_ERR_IO, "cannot reach the RPC server %s: %s", endpoint, strerror(saved));
+    return ok;
+}
+
+/* The devices of every server in the list, NULL-terminated into devs. */
+static bool rpc_devices(const char *list, ggml_backend_dev_t *devs, int32_t max, sm_error *err) {
+    char copy[1024];
+    if (strlen(list) >= sizeof copy) {
+        sm_error_set(err, SM_ERR_INVALID_ARGUMENT, "the RPC server list is longer than %zu bytes", sizeof copy - 1);
+        return false;
+    }
+    snprintf(copy, sizeof copy, "%s", list);
+    int32_t n = 0;
+    char *save = NULL;
+    for (char *ep = strtok_r(copy, ",", &save); ep; ep = strtok_r(NULL, ",", &save)) {
+        if (!rpc_server_answers(ep, err)) return false;
+        int32_t got = smx_rpc_devices(ep, devs + n, max - 1 - n, err);
+        if (got < 0) return false;
+        if (got == 0) {
+            sm_error_set(err, SM_ERR_MODEL, "the RPC server %s offers no device", ep);
+            return false;
+        }
+        n += got;
+    }
+    if (n == 0) {
+        sm_error_set(err, SM_ERR_INVALID_ARGUMENT, "no RPC server given (HOST:PORT[,HOST:PORT...])");
+        return false;
+    }
+    devs[n] = NULL;
+    return true;
+}
+
 sm_model *sm_model_load(const char *path, const sm_model_params *params, sm_error *err) {
     if (!path || !*path) {
         sm_error_set(err, SM_ERR_INVALID_ARGUMENT, "no model path given");
@@ -97,7 +168,17 @@ sm_model *sm_model_load(const char *path, const sm_model_params *params, sm_erro
     sm_llama_clear_log_error();
 
     struct llama_model_params mp = llama_model_default_params();
-    mp.n_gpu_layers = params->n_gpu_layers;
+    mp.n_gpu_layers = params->n_gpu_layers < 0 ? INT32_MAX : params->n_gpu_layers;
+    ggml_backend_dev_t rpc[64];
+    if (params->rpc_servers) {
+        if (params->n_gpu_layers == 0) {
+            sm_error_set(err, SM_ERR_INVALID_ARGUMENT,
+                         "RPC servers with n_gpu_layers 0 would hold no layer: give -1 (all) or a count");
+            return NULL;
+        }
+        if (!rpc_devices(params->rpc_servers, rpc, 64, err)) return NULL;
+        mp.devices = rpc;
+    }
     progress_bridge bridge = {params->progress, params->progress_user_data};
     if (params->progress) {
         mp.progress_callback = on_load_progress;

@@ -84,6 +84,7 @@ enum {
     OPT_IGNORE_EOS,
     OPT_CONTEXT_SHIFT,
     OPT_KEEP,
+    OPT_RPC,
 };
 
 static const struct option long_options[] = {
@@ -120,6 +121,7 @@ static const struct option long_options[] = {
     {"no-retract", no_argument, NULL, OPT_NO_RETRACT},
     {"no-selfmod", no_argument, NULL, OPT_NO_SELFMOD},
     {"n-gpu-layers", required_argument, NULL, OPT_N_GPU_LAYERS},
+    {"rpc", required_argument, NULL, OPT_RPC},
     {"threads", required_argument, NULL, OPT_THREADS},
     {"max-rewind", required_argument, NULL, OPT_MAX_REWIND},
     {"seed", required_argument, NULL, OPT_SEED},
@@ -194,7 +196,10 @@ void cli_print_help(FILE *out) {
         "  -m, --model PATH              GGUF model file (default: " CLI_DEFAULT_MODEL ")\n"
         "  -p, --prompt TEXT             generate once from TEXT; without it: interactive chat\n"
         "      --ctx-size N              context size in tokens; 0 = the model's (default: 2048)\n"
-        "      --n-gpu-layers N          layers to offload to a GPU (default: 0)\n"
+        "      --n-gpu-layers N          layers to offload to a GPU or the RPC servers; -1 = all\n"
+        "                                (default: 0; with --rpc: all)\n"
+        "      --rpc HOST:PORT[,...]     ggml RPC servers (llama.cpp's ggml-rpc-server) that hold\n"
+        "                                the offloaded layers, as llama.cpp's --rpc\n"
         "      --threads N               CPU threads; 0 = all online cores (default: auto)\n"
         "\n"
         "sampling:\n"
@@ -483,8 +488,13 @@ static bool apply_option(int c, const char *arg, cli_options *opt, FILE *err) {
     case OPT_NO_RETRACT: p->retract = 0; return true;
     case OPT_NO_SELFMOD: p->enabled = false; return true;
     case OPT_N_GPU_LAYERS:
+        opt->n_gpu_layers_given = true;
         return parse_int_in(err, "--n-gpu-layers", arg, -1, INT32_MAX,
                             "an integer >= 0, or -1 for all", &opt->n_gpu_layers);
+    case OPT_RPC:
+        if (!*arg || !strchr(arg, ':')) return report(err, "--rpc", arg, "HOST:PORT[,HOST:PORT...]");
+        opt->rpc_servers = arg;
+        return true;
     case OPT_THREADS:
         return parse_int_in(err, "--threads", arg, 0, 1024, "an integer in [0, 1024] (0 = auto)",
                             &opt->session.n_threads);

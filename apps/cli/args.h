@@ -26,6 +26,8 @@ typedef struct cli_options {
 
     sm_session_params session;   /* --ctx-size, --threads, --max-rewind    */
     int32_t n_gpu_layers;
+    bool n_gpu_layers_given;
+    const char *rpc_servers;     /* --rpc                                  */
     sm_gen_params gen;           /* sampling, policy, stops, operators     */
 
     const char *stops[CLI_MAX_LIST];

@@ -38,6 +38,19 @@ static bool parse_models(FILE *err, const char *arg, cli_fusion_options *fo) {
             error(err, "--models", arg, "at most 8 models");
             return false;
         }
+        /* PATH@HOST:PORT+HOST:PORT: this model's layers on those RPC servers */
+        char *at = strrchr(tok, '@');
+        fo->model_rpc[fo->n_models] = NULL;
+        if (at) {
+            *at++ = '\0';
+            if (!*tok || !*at || !strchr(at, ':')) {
+                error(err, "--models", arg, "PATH or PATH@HOST:PORT[+HOST:PORT...] for each model");
+                return false;
+            }
+            for (char *p = at; *p; p++)
+                if (*p == '+') *p = ',';
+            fo->model_rpc[fo->n_models] = at;
+        }
         fo->model_paths[fo->n_models++] = tok;
     }
     return true;

@@ -11,6 +11,7 @@
 typedef struct cli_fusion_options {
     char models_buf[8192];                 /* --models, split in place      */
     const char *model_paths[SM_MAX_MODELS];
+    const char *model_rpc[SM_MAX_MODELS];  /* PATH@HOST:PORT[+HOST:PORT]: its RPC servers, ',' joined; NULL: --rpc's */
     int32_t n_models;                      /* 0: --models not given         */
     bool align;                            /* --fusion-align                */
 } cli_fusion_options;
@@ -39,7 +40,8 @@ enum {
 
 #define CLI_FUSION_HELP                                                                              \
     "multi-model fusion (several models decode in parallel; one response):\n"                       \
-    "      --models A,B[,...]        GGUF models to fuse (instead of -m; at most 8)\n"              \
+    "      --models A,B[,...]        GGUF models to fuse (instead of -m; at most 8); A@HOST:PORT[+..]\n" \
+    "                                puts A's layers on those RPC servers (default: --rpc's)\n"    \
     "      --fusion-mode MODE        confidence|average|voting|harmony|adaptive|democratic|\n"      \
     "                                round_robin|reference|contrastive (default: confidence)\n"     \
     "      --fusion-weights W,W,...  one weight per model, >= 0 (default: all 1)\n"                 \

@@ -98,6 +98,10 @@ bool cli_app_load_models(cli_app *app) {
     const char *const *paths = fo->n_models > 0 ? fo->model_paths : &opt->model_path;
     int32_t n_models = fo->n_models > 0 ? fo->n_models : 1;
     for (int32_t m = 0; m < n_models; m++) {
+        /* --rpc, or this model's own servers (--models A@HOST:PORT): all
+         * layers go there unless --n-gpu-layers says how many */
+        mp.rpc_servers = fo->n_models > 0 && fo->model_rpc[m] ? fo->model_rpc[m] : opt->rpc_servers;
+        mp.n_gpu_layers = mp.rpc_servers && !opt->n_gpu_layers_given ? -1 : opt->n_gpu_layers;
         app->models[m] = sm_model_load(paths[m], &mp, &err);
         if (show_progress) fputs("\r\033[K", stderr);
         if (!app->models[m]) {

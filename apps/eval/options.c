@@ -20,6 +20,7 @@ enum {
     OPT_LIMIT,
     OPT_CTX_SIZE,
     OPT_THREADS,
+    OPT_RPC,
     OPT_PARALLEL,
     OPT_STOP,
     OPT_CSV,
@@ -42,6 +43,7 @@ static const struct option long_options[] = {
     {"limit", required_argument, NULL, OPT_LIMIT},
     {"ctx-size", required_argument, NULL, OPT_CTX_SIZE},
     {"threads", required_argument, NULL, OPT_THREADS},
+    {"rpc", required_argument, NULL, OPT_RPC},
     {"parallel", required_argument, NULL, OPT_PARALLEL},
     {"stop", required_argument, NULL, OPT_STOP},
     {"csv", required_argument, NULL, OPT_CSV},
@@ -107,6 +109,7 @@ void eval_print_help(FILE *out) {
         "      --stop STR            stop an output when STR appears; repeatable\n"
         "      --ctx-size N          context size; 0 = the models' training context (default: 0)\n"
         "      --threads N           CPU threads; 0 = all online cores (default: 0)\n"
+        "      --rpc HOST:PORT[,...] every model's layers on these ggml RPC servers\n"
         "      --parallel N          generate N outputs at once, their tokens decoded together\n"
         "                            in one batch (default: 1; same outputs: greedy exactly)\n"
         "\n"
@@ -226,6 +229,13 @@ static bool apply_option(FILE *err, eval_options *opt, int c, const char *arg) {
     }
     case OPT_THREADS:
         return parse_int_in(err, "--threads", arg, 0, 1024, "an integer in [0, 1024] (0 = all cores)", &opt->n_threads);
+    case OPT_RPC:
+        if (!*arg || !strchr(arg, ':')) {
+            fprintf(err, "llama_selfmod eval: error: invalid value '%s' for --rpc: expected HOST:PORT[,HOST:PORT...]\n", arg);
+            return false;
+        }
+        opt->rpc_servers = arg;
+        return true;
     case OPT_PARALLEL:
         return parse_int_in(err, "--parallel", arg, 1, 256, "an integer in [1, 256]", &opt->n_parallel);
     case OPT_STOP:

@@ -29,6 +29,7 @@ typedef struct eval_options {
     int32_t limit;                     /* prompts; 0 = all                 */
     uint32_t n_ctx;                    /* 0 = the models' training context */
     int32_t n_threads;
+    const char *rpc_servers;     /* --rpc: every model's layers there */
     int32_t n_parallel;                /* generations decoded together (1) */
     const char *stops[EVAL_MAX_STOPS];
     int32_t n_stops;

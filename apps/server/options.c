@@ -35,6 +35,7 @@ enum {
     OPT_CONTEXT_SHIFT,
     OPT_BATCH_SIZE,
     OPT_KV_UNIFIED,
+    OPT_RPC,
     OPT_KEEP,
     OPT_API_KEY_FILE,
     OPT_CORS_ORIGINS,
@@ -67,6 +68,7 @@ static const struct option long_options[] = {
     {"ctx-size", required_argument, NULL, OPT_CTX_SIZE},
     {"batch-size", required_argument, NULL, OPT_BATCH_SIZE},
     {"kv-unified", no_argument, NULL, OPT_KV_UNIFIED},
+    {"rpc", required_argument, NULL, OPT_RPC},
     {"max-body", required_argument, NULL, OPT_MAX_BODY},
     {"web-dir", required_argument, NULL, OPT_WEB_DIR},
     {"chat-template", required_argument, NULL, OPT_CHAT_TEMPLATE},
@@ -158,7 +160,8 @@ static void print_usage(FILE *out) {
           "                            \"User:\" and \"Assistant:\")\n"
           "      --fusion-align        fuse models whose vocabularies differ (by token text)\n"
           "      --loom-max-beams N    the largest beam_limit /loom/expand accepts (default: 64)\n"
-          "      --n-gpu-layers N      layers to offload (default: 0)\n"
+          "      --n-gpu-layers N      layers to offload, -1 = all (default: 0; with --rpc: all)\n"
+          "      --rpc HOST:PORT[,...] ggml RPC servers (ggml-rpc-server) that hold the offloaded layers\n"
           "      --quiet               no request log\n"
           "      --drop-old-turns      a chat too long for the context drops its oldest turns\n"
           "      --context-shift       a full context drops the older half after --keep tokens and\n"
@@ -312,8 +315,16 @@ static bool apply_option(server_options *opt, int c, const char *arg, FILE *err)
         opt->loom_max_beams = (int)v;
         return true;
     case OPT_N_GPU_LAYERS:
-        if (!parse_long(err, "--n-gpu-layers", arg, 0, 100000, &v)) return false;
+        if (!parse_long(err, "--n-gpu-layers", arg, -1, 100000, &v)) return false;
         opt->n_gpu_layers = (int)v;
+        opt->n_gpu_layers_given = true;
+        return true;
+    case OPT_RPC:
+        if (!*arg || !strchr(arg, ':')) {
+            fprintf(err, "llama_selfmod serve: error: --rpc '%s': give HOST:PORT[,HOST:PORT...]\n", arg);
+            return false;
+        }
+        opt->rpc_servers = arg;
         return true;
     case OPT_QUIET: opt->quiet = true; return true;
     case OPT_VERBOSE: opt->verbose = true; return true;

@@ -135,7 +135,8 @@ static void wait_for_workers(server *srv) {
 static int run(server *srv) {
     char err[512];
     if (!model_set_load(&srv->models, srv->opt.model_paths, srv->opt.n_models, srv->opt.alias, srv->opt.tags,
-                        srv->opt.n_gpu_layers, err, sizeof err)) {
+                        srv->opt.rpc_servers && !srv->opt.n_gpu_layers_given ? -1 : srv->opt.n_gpu_layers,
+                        srv->opt.rpc_servers, err, sizeof err)) {
         fprintf(stderr, "llama_selfmod serve: error: %s\n", err);
         return EXIT_FAILURE;
     }
