@@ -3,12 +3,15 @@ MODELS     ?= $(CURDIR)/../shared/models
 MODEL      ?= $(MODELS)/stories260K.gguf
 PROMPT     ?= Once upon a time, there was a little girl named Lily.
 BUILD      ?= build
+GPU        ?=
+# GPU=cuda: llama.cpp with its CUDA backend (a build of its own in the cache;
+# --n-gpu-layers offloads); empty: the CPU build.
 JOBS       ?= $(shell nproc)
 
 FUZZ_SECONDS ?= 60
 FUZZ_SEED  ?= 1
 
-.PHONY: all deps llama build run test test-asan fuzz mutate bench install uninstall clean
+.PHONY: all deps llama build run test test-asan fuzz mutate bench install uninstall clean FORCE
 
 all: build
 
@@ -16,9 +19,13 @@ deps:
 	@scripts/install_deps.sh
 
 # The llama.cpp build lives in a cache outside the checkout (see scripts/setup_llama.sh).
-$(BUILD)/llama_prefix: scripts/setup_llama.sh | deps
+# Asked every time (a cached build answers at once), so that GPU= takes effect.
+$(BUILD)/llama_prefix: scripts/setup_llama.sh FORCE | deps
 	@mkdir -p $(BUILD)
-	@scripts/setup_llama.sh > $(BUILD)/llama_prefix.tmp && mv $(BUILD)/llama_prefix.tmp $(BUILD)/llama_prefix
+	@LLAMA_GPU="$(GPU)" scripts/setup_llama.sh > $(BUILD)/llama_prefix.tmp && \
+	  { cmp -s $(BUILD)/llama_prefix.tmp $(BUILD)/llama_prefix && rm $(BUILD)/llama_prefix.tmp || mv $(BUILD)/llama_prefix.tmp $(BUILD)/llama_prefix; }
+
+FORCE:
 
 llama: $(BUILD)/llama_prefix
 

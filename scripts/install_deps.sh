@@ -3,7 +3,8 @@
 set -euo pipefail
 PACKAGES=(build-essential cmake pkg-config git ccache tmux libcjson-dev libmicrohttpd-dev
           libcmocka-dev libreadline-dev python3 clang libclang-rt-14-dev curl
-          python3-pytest python3-requests python3-filelock python3-wget) # tests/test_peer.sh; pytest also tests/test_python.sh
+          python3-pytest python3-requests python3-filelock python3-wget  # tests/test_peer.sh, tests/test_python.sh
+          haproxy)                                                        # tests/test_replicas.sh
 # npm fetches llama.cpp's source; a node install from elsewhere brings its own.
 command -v npm >/dev/null || PACKAGES+=(npm)
 missing=()

@@ -5,6 +5,10 @@
 #
 #   LLAMA_CPP_DIR=/path/to/llama.cpp   use an existing source tree instead of npm
 #   LLAMA_SELFMOD_CACHE=/path          cache root (default ~/.cache/llama_selfmod)
+#   LLAMA_GPU=cuda                     also build ggml's CUDA backend (needs nvcc;
+#                                      `make build GPU=cuda`); a build of its own
+#   LLAMA_CUDA_ARCHS=90                the GPU generations to compile for (default:
+#                                      this machine's GPU)
 set -euo pipefail
 
 LLAMA_VERSION=0.5.0
@@ -18,6 +22,19 @@ CMAKE_OPTS=(-DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON -DGGML_NATIVE=ON
   -DLLAMA_OPENSSL=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DGGML_CCACHE=ON -DCMAKE_BUILD_RPATH_USE_ORIGIN=ON)
 
 log() { echo "setup_llama: $*" >&2; }
+
+case "${LLAMA_GPU:-}" in
+  "") ;;
+  cuda)
+    command -v nvcc > /dev/null || { log "GPU=cuda needs the CUDA toolkit's nvcc on PATH"; exit 1; }
+    archs="${LLAMA_CUDA_ARCHS:-}"
+    if [ -z "$archs" ]; then
+      nvidia-smi -L > /dev/null 2>&1 || { log "GPU=cuda: no GPU here; give LLAMA_CUDA_ARCHS (e.g. 90 for an H100/H200) to build for one elsewhere"; exit 1; }
+      archs=native
+    fi
+    CMAKE_OPTS+=(-DGGML_CUDA=ON "-DCMAKE_CUDA_ARCHITECTURES=$archs") ;;
+  *) log "GPU=${LLAMA_GPU}: only cuda is known (or leave it empty for the CPU build)"; exit 1 ;;
+esac
 
 if [ -n "${LLAMA_CPP_DIR:-}" ]; then
   [ -f "$LLAMA_CPP_DIR/include/llama.h" ] || { log "LLAMA_CPP_DIR=$LLAMA_CPP_DIR has no include/llama.h"; exit 1; }

@@ -16,7 +16,12 @@ typedef struct server {
     model_set models;
     slot_pool slots;
     char web_dir[PATH_MAX];       /* "" when there is none                 */
-    atomic_bool stopping;
+    atomic_bool stopping;         /* generations end now                   */
+    /* Until the models are ready, and once a shutdown began, every request
+     * but what is in flight is answered 503 (/health too: a proxy's check) */
+    atomic_bool loading;
+    atomic_bool draining;
+    atomic_int in_flight;         /* requests being answered               */
     /* streaming generations run in their own threads; shutdown waits */
     pthread_mutex_t workers_mutex;
     pthread_cond_t workers_done;

@@ -186,6 +186,7 @@ typedef struct request_state {
     double t_start;
     reply early;          /* refused on its headers alone: sent at once   */
     const char *cors;     /* the Origin to allow in the reply, or NULL    */
+    bool counted;         /* in srv->in_flight until it completes          */
 } request_state;
 
 static double now_ms(void) {
@@ -355,8 +356,21 @@ static reply check_headers(server *srv, struct MHD_Connection *conn, const char 
     return (reply){0, NULL};
 }
 
+/* 503 while the models load (llama-server's answer) and while a shutdown
+ * drains: a proxy's health check takes the replica out, a client retries. */
+static reply unavailable(const server *srv) {
+    api_error err = {0};
+    bool loading = atomic_load(&srv->loading);
+    api_fail(&err, 503, NULL, loading ? "Loading model" : "the server is shutting down");
+    err.type = "unavailable_error";
+    reply r = reply_error(&err);
+    if (r.response) MHD_add_response_header(r.response, "Retry-After", "1");
+    return r;
+}
+
 static reply dispatch(server *srv, struct MHD_Connection *conn, const char *url, const char *method,
                       request_state *rs) {
+    if (atomic_load(&srv->loading) || atomic_load(&srv->draining)) return unavailable(srv);
     bool is_get = strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
     const route *rt = find_route(url);
     if (!rt) return is_get ? static_file(srv, url) : reply_not_found("no such endpoint", url);
@@ -439,6 +453,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     watchdog_answering(&srv->watchdog, connection_watch(conn));
     atomic_fetch_add(&srv->n_requests, 1);
     if (strcmp(method, "OPTIONS") == 0) return queue(srv, conn, preflight(rs->cors != NULL), method, url, rs);
+    /* in flight until its connection's request completes (a stream: its end) */
+    rs->counted = true;
+    atomic_fetch_add(&srv->in_flight, 1);
     return queue(srv, conn, dispatch(srv, conn, url, method, rs), method, url, rs);
 }
 
@@ -447,6 +464,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     server *srv = cls;
     request_state *rs = *con_cls;
     if (rs) {
+        if (rs->counted) atomic_fetch_sub(&srv->in_flight, 1);
         free(rs->body);
         free(rs);
     }

@@ -35,6 +35,7 @@ enum {
     OPT_CONTEXT_SHIFT,
     OPT_BATCH_SIZE,
     OPT_KV_UNIFIED,
+    OPT_DRAIN_TIMEOUT,
     OPT_RPC,
     OPT_KEEP,
     OPT_API_KEY_FILE,
@@ -68,6 +69,7 @@ static const struct option long_options[] = {
     {"ctx-size", required_argument, NULL, OPT_CTX_SIZE},
     {"batch-size", required_argument, NULL, OPT_BATCH_SIZE},
     {"kv-unified", no_argument, NULL, OPT_KV_UNIFIED},
+    {"drain-timeout", required_argument, NULL, OPT_DRAIN_TIMEOUT},
     {"rpc", required_argument, NULL, OPT_RPC},
     {"max-body", required_argument, NULL, OPT_MAX_BODY},
     {"web-dir", required_argument, NULL, OPT_WEB_DIR},
@@ -140,6 +142,9 @@ static void print_usage(FILE *out) {
           "                            continuous batching: every request's tokens in one decode)\n"
           "      --ctx-size N          context tokens per slot; 0 = the model's (default: 2048)\n"
           "      --batch-size N        prompt tokens one decode takes at most (default: 512)\n"
+          "      --drain-timeout S     on SIGTERM or Ctrl-C: refuse new requests (503, /health too) and\n"
+          "                            finish those in flight for S seconds at most; -1 = no limit\n"
+          "                            (default: 30; a second signal ends them at once)\n"
           "      --kv-unified          the slots share one pool of --ctx-size tokens, each may use all\n"
           "                            of it, and a decode that finds it full fails for every request\n"
           "                            in it (llama-server's --kv-unified; default: --ctx-size per slot)\n"
@@ -292,6 +297,10 @@ static bool apply_option(server_options *opt, int c, const char *arg, FILE *err)
         opt->n_threads = (int)v;
         return true;
     case OPT_KV_UNIFIED: opt->kv_unified = true; return true;
+    case OPT_DRAIN_TIMEOUT:
+        if (!parse_long(err, "--drain-timeout", arg, -1, 86400, &v)) return false;
+        opt->drain_timeout = (int)v;
+        return true;
     case OPT_BATCH_SIZE:
         if (!parse_long(err, "--batch-size", arg, 1, 1 << 20, &v)) return false;
         opt->n_batch = (uint32_t)v;
@@ -409,6 +418,7 @@ options_result server_parse_options(int argc, char **argv, server_options *opt, 
         .loom_max_beams = 64,
         .max_connections = 64,
         .header_timeout = 15,
+        .drain_timeout = 30,
         .base = sm_gen_default_params(),
     };
     opt->base.sampling.repeat_penalty = 1.0f; /* none unless asked for, as with OpenAI and llama-server */

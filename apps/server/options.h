@@ -35,6 +35,7 @@ typedef struct server_options {
     uint32_t n_ctx;                        /* per slot (2048)                  */
     uint32_t n_batch;                      /* --batch-size; 0 = the library's  */
     bool kv_unified;                       /* --kv-unified: one pool of n_ctx  */
+    int drain_timeout;                     /* seconds a shutdown waits (30)    */
     const char *rpc_servers;               /* --rpc                            */
     bool n_gpu_layers_given;
     size_t max_body;                       /* request bytes (1 MiB)            */

@@ -132,16 +132,39 @@ static void wait_for_workers(server *srv) {
     pthread_mutex_unlock(&srv->workers_mutex);
 }
 
+static void stop_listening(server *srv, struct MHD_Daemon **daemons, int n) {
+    atomic_store(&srv->stopping, true);
+    for (int i = 0; i < n; i++) MHD_stop_daemon(daemons[i]);
+    wait_for_workers(srv);
+    watchdog_stop(&srv->watchdog);
+}
+
+/* The first SIGTERM or SIGINT drains: new requests and /health get 503
+ * (a proxy takes the replica out and retries elsewhere), the requests in
+ * flight finish, for --drain-timeout seconds at most. A second signal, or
+ * the timeout, ends what is left at once. */
+static void drain(server *srv, const sigset_t *signals, int sig) {
+    fprintf(stderr, "llama_selfmod serve: %s: finishing %d request%s in flight, refusing new ones\n",
+            sig == SIGINT ? "interrupted" : "terminated", atomic_load(&srv->in_flight),
+            atomic_load(&srv->in_flight) == 1 ? "" : "s");
+    fflush(stderr);
+    atomic_store(&srv->draining, true);
+    struct timespec tick = {0, 50 * 1000 * 1000};
+    for (int waited_ms = 0; atomic_load(&srv->in_flight) > 0; waited_ms += 50) {
+        if (srv->opt.drain_timeout >= 0 && waited_ms >= srv->opt.drain_timeout * 1000) {
+            fprintf(stderr, "llama_selfmod serve: --drain-timeout: ending %d request%s\n", atomic_load(&srv->in_flight),
+                    atomic_load(&srv->in_flight) == 1 ? "" : "s");
+            return;
+        }
+        if (sigtimedwait(signals, NULL, &tick) > 0) {
+            fprintf(stderr, "llama_selfmod serve: a second signal: ending what is in flight\n");
+            return;
+        }
+    }
+}
+
 static int run(server *srv) {
     char err[512];
-    if (!model_set_load(&srv->models, srv->opt.model_paths, srv->opt.n_models, srv->opt.alias, srv->opt.tags,
-                        srv->opt.rpc_servers && !srv->opt.n_gpu_layers_given ? -1 : srv->opt.n_gpu_layers,
-                        srv->opt.rpc_servers, err, sizeof err)) {
-        fprintf(stderr, "llama_selfmod serve: error: %s\n", err);
-        return EXIT_FAILURE;
-    }
-    if (!find_web_dir(srv) || !start_slots(srv)) return EXIT_FAILURE;
-
     /* Signals go to sigwait below, not to whichever thread runs. */
     sigset_t stop_signals;
     sigemptyset(&stop_signals);
@@ -150,12 +173,27 @@ static int run(server *srv) {
     pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    /* Listening first, as llama-server: /health answers 503 until the
+     * models are ready, so a proxy or orchestrator can wait for them. */
+    atomic_store(&srv->loading, true);
     struct MHD_Daemon *daemons[8];
     int n_daemons = http_start(srv, daemons, 8, err, sizeof err);
     if (n_daemons == 0) {
         fprintf(stderr, "llama_selfmod serve: error: %s\n", err);
         return EXIT_FAILURE;
     }
+    if (!model_set_load(&srv->models, srv->opt.model_paths, srv->opt.n_models, srv->opt.alias, srv->opt.tags,
+                        srv->opt.rpc_servers && !srv->opt.n_gpu_layers_given ? -1 : srv->opt.n_gpu_layers,
+                        srv->opt.rpc_servers, err, sizeof err)) {
+        fprintf(stderr, "llama_selfmod serve: error: %s\n", err);
+        stop_listening(srv, daemons, n_daemons);
+        return EXIT_FAILURE;
+    }
+    if (!find_web_dir(srv) || !start_slots(srv)) {
+        stop_listening(srv, daemons, n_daemons);
+        return EXIT_FAILURE;
+    }
+    atomic_store(&srv->loading, false);
     if (srv->slots.batched)
         fprintf(stderr, "llama_selfmod serve: model %s, %d slot%s of %u tokens, decoded together (continuous batching)\n",
                 srv->models.default_id, srv->slots.n_slots, srv->slots.n_slots == 1 ? "" : "s",
@@ -178,11 +216,9 @@ static int run(server *srv) {
 
     int sig = 0;
     sigwait(&stop_signals, &sig);
-    fprintf(stderr, "llama_selfmod serve: %s: stopping\n", sig == SIGINT ? "interrupted" : "terminated");
-    atomic_store(&srv->stopping, true);
-    for (int i = 0; i < n_daemons; i++) MHD_stop_daemon(daemons[i]);
-    wait_for_workers(srv);
-    watchdog_stop(&srv->watchdog);
+    drain(srv, &stop_signals, sig);
+    fprintf(stderr, "llama_selfmod serve: stopping\n");
+    stop_listening(srv, daemons, n_daemons);
     return EXIT_SUCCESS;
 }
 
