@@ -97,6 +97,7 @@ static void test_shift_keeps_the_start_and_the_newest_tokens(void **state) {
     assert_int_equal(w3.kv_violations, 0);
     assert_int_equal(k.n_tokens, N_PREDICT);
 
+    sm_result_free(&k);
     gp3.n_keep = -2;
     assert_int_equal(sm_session_generate(s, PROMPT, &gp3, &k), SM_ERR_INVALID_ARGUMENT);
     sm_result_free(&k);
