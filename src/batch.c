@@ -99,6 +99,11 @@ sm_batch *sm_batch_new(sm_model *const *models, int32_t n_models, const sm_batch
         sm_error_set(err, SM_ERR_INVALID_ARGUMENT, "a batch takes 1 to %d models and 1 to 256 sequences", SM_MAX_MODELS);
         return NULL;
     }
+    if (p.n_batch < (uint32_t)p.n_seq) { /* llama.cpp asserts that a decode has room for a token of every sequence */
+        sm_error_set(err, SM_ERR_INVALID_ARGUMENT, "n_batch %u is smaller than the %d sequences: a step decodes a token "
+                     "of every sequence at once (give at least %d)", p.n_batch, p.n_seq, p.n_seq);
+        return NULL;
+    }
     sm_batch *b = calloc(1, sizeof *b);
     if (!b) {
         sm_error_set(err, SM_ERR_NO_MEMORY, "out of memory");
@@ -140,7 +145,11 @@ sm_batch *sm_batch_new(sm_model *const *models, int32_t n_models, const sm_batch
          * touched in the middle of the first requests' decodes */
         llama_memory_clear(llama_get_memory(bm->ctx), true);
         bm->batch = llama_batch_init((int32_t)p.n_batch, 0, 1);
-        bm->pending = calloc((size_t)p.n_seq, sizeof *bm->pending);
+        /* Each sequence has one request pending at most, but during a pass
+         * that takes several decodes (n_batch smaller than the step) the
+         * requests already decoded stay in the array until the pass ends,
+         * while their sessions hand in their next: up to 2 n_seq - 1. */
+        bm->pending = calloc(2 * (size_t)p.n_seq, sizeof *bm->pending);
         if (!bm->batch.token || !bm->pending) break;
     }
     if (!b->seq_taken || b->n_models != n_models) {

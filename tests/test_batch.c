@@ -332,6 +332,57 @@ static void test_prompt_progress(void **state) {
     sm_model_free(m);
 }
 
+/* Prompts of 4 sequences in decodes of 4 tokens: a step takes several
+ * decodes, and the sequences decoded first hand in their next chunk while
+ * the step's last decode is still to come (the pending list must hold
+ * both: an overflow here once). A decode smaller than the sequences is
+ * refused (llama.cpp asserts on it). */
+static void test_steps_larger_than_a_decode(void **state) {
+    (void)state;
+    sm_model *m = tu_load_model("stories260K.gguf");
+    sm_batch_params bp = sm_batch_default_params();
+    bp.n_seq = 4;
+    bp.n_ctx_seq = 128;
+    bp.n_batch = 3;
+    bp.n_threads = 1;
+    sm_error err = {0};
+    assert_null(sm_batch_new(&m, 1, &bp, &err));
+    assert_non_null(strstr(err.message, "smaller than the 4 sequences"));
+    bp.n_batch = 4;
+    sm_batch *batch = sm_batch_new(&m, 1, &bp, &err);
+    assert_non_null(batch);
+    job jobs[4];
+    pthread_t threads[4];
+    for (int i = 0; i < 4; i++) {
+        sm_session_params sp = tu_session_params(128);
+        sp.batch = batch;
+        sp.n_batch = 4;
+        jobs[i] = (job){.prompt = PROMPTS[i + 2], .n_vocab = sm_model_n_vocab(m)}; /* 6 to 9 tokens */
+        jobs[i].session = sm_session_new(m, &sp, &err);
+        assert_non_null(jobs[i].session);
+        jobs[i].gp = tu_greedy_params(24);
+        jobs[i].gp.stop_at_bos = false;
+    }
+    for (int i = 0; i < 4; i++) pthread_create(&threads[i], NULL, run, &jobs[i]);
+    for (int i = 0; i < 4; i++) pthread_join(threads[i], NULL);
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(jobs[i].status, SM_OK);
+        assert_int_equal(jobs[i].result.n_tokens, 24);
+        assert_int_equal(jobs[i].kv_violations, 0);
+        sm_session *alone = tu_open_session(m, NULL);
+        sm_result r;
+        assert_int_equal(sm_session_generate(alone, PROMPTS[i + 2], &jobs[i].gp, &r), SM_OK);
+        assert_memory_equal(r.tokens, jobs[i].result.tokens, sizeof *r.tokens * 24);
+        sm_result_free(&r);
+        sm_session_free(alone);
+        sm_result_free(&jobs[i].result);
+        free(jobs[i].logits);
+        sm_session_free(jobs[i].session);
+    }
+    sm_batch_free(batch);
+    sm_model_free(m);
+}
+
 /* kv_unified: one pool of n_ctx_seq cells; a sequence alone may fill it,
  * and a decode that finds it full fails, saying so. */
 static void test_unified_pool(void **state) {
@@ -406,6 +457,7 @@ int main(void) {
         cmocka_unit_test(test_chunked_prompts_and_truncation),
         cmocka_unit_test(test_prompt_progress),
         cmocka_unit_test(test_unified_pool),
+        cmocka_unit_test(test_steps_larger_than_a_decode),
         cmocka_unit_test(test_batch_refuses_what_it_cannot_share),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
