@@ -115,6 +115,12 @@ report() {
     bench_model stories260K "$models/stories260K.gguf" 256 2048 10
     bench_model cardputer-chat-3M "$models/cardputer-chat-3M.gguf" 200 256 6
     bench_model "random llama 110M F16" "$random_model" 128 2048 3
+    # The per-token passes over the whole vocabulary at Llama-3 and Gemma sizes
+    for v in 131072 262144; do
+        vocab_model=$cache/random-llama-110M-v$v-f16.gguf
+        [[ -f $vocab_model ]] || "$build/make_random_model" "$models/vocab/synthetic-spm-$v.gguf" "$vocab_model" >&2
+        bench_model "random llama 110M body, vocab $v" "$vocab_model" 64 2048 3
+    done
     echo
     other_load_note "$me" "$busy0" "$children0" "$uptime0"
     echo
