@@ -282,20 +282,11 @@ static void log_progress(int32_t total, int32_t cached, int32_t processed, void 
 static void test_prompt_progress(void **state) {
     (void)state;
     sm_model *m = tu_load_model("stories260K.gguf");
-    sm_batch_params bp = sm_batch_default_params();
-    bp.n_seq = 1;
-    bp.n_ctx_seq = 256;
-    bp.n_batch = 8;
-    bp.n_threads = 1;
-    sm_error err = {0};
-    sm_batch *batch = sm_batch_new(&m, 1, &bp, &err);
-    assert_non_null(batch);
+    sm_batch *batch = tu_open_batch(m, 1, 256, 8, false);
     sm_session_params sp = tu_session_params(256);
     sp.n_batch = 8;
     sm_session *alone = tu_open_session(m, &sp);
-    sp.batch = batch;
-    sm_session *on = sm_session_new(m, &sp, &err);
-    assert_non_null(on);
+    sm_session *on = tu_batch_session(m, batch, 256);
     sm_token toks[64];
     int32_t n = tu_tokenize(m, "Once upon a time, there was a little girl named Lily. She loved to play outside.", true,
                             false, toks, 64);
@@ -342,24 +333,16 @@ static void test_steps_larger_than_a_decode(void **state) {
     sm_model *m = tu_load_model("stories260K.gguf");
     sm_batch_params bp = sm_batch_default_params();
     bp.n_seq = 4;
-    bp.n_ctx_seq = 128;
     bp.n_batch = 3;
-    bp.n_threads = 1;
     sm_error err = {0};
     assert_null(sm_batch_new(&m, 1, &bp, &err));
     assert_non_null(strstr(err.message, "smaller than the 4 sequences"));
-    bp.n_batch = 4;
-    sm_batch *batch = sm_batch_new(&m, 1, &bp, &err);
-    assert_non_null(batch);
+    sm_batch *batch = tu_open_batch(m, 4, 128, 4, false);
     job jobs[4];
     pthread_t threads[4];
     for (int i = 0; i < 4; i++) {
-        sm_session_params sp = tu_session_params(128);
-        sp.batch = batch;
-        sp.n_batch = 4;
         jobs[i] = (job){.prompt = PROMPTS[i + 2], .n_vocab = sm_model_n_vocab(m)}; /* 6 to 9 tokens */
-        jobs[i].session = sm_session_new(m, &sp, &err);
-        assert_non_null(jobs[i].session);
+        jobs[i].session = tu_batch_session(m, batch, 128); /* prompts in chunks of the batch's 4 */
         jobs[i].gp = tu_greedy_params(24);
         jobs[i].gp.stop_at_bos = false;
     }
@@ -388,19 +371,8 @@ static void test_steps_larger_than_a_decode(void **state) {
 static void test_unified_pool(void **state) {
     (void)state;
     sm_model *m = tu_load_model("stories260K.gguf");
-    sm_batch_params bp = sm_batch_default_params();
-    bp.n_seq = 2;
-    bp.n_ctx_seq = 256; /* llama.cpp pads a cache to 256 cells */
-    bp.n_threads = 1;
-    bp.kv_unified = true;
-    sm_error err = {0};
-    sm_batch *batch = sm_batch_new(&m, 1, &bp, &err);
-    assert_non_null(batch);
-    sm_session_params sp = tu_session_params(256);
-    sp.batch = batch;
-    sm_session *a = sm_session_new(m, &sp, &err), *b = sm_session_new(m, &sp, &err);
-    assert_non_null(a);
-    assert_non_null(b);
+    sm_batch *batch = tu_open_batch(m, 2, 256, 512, true); /* llama.cpp pads a cache to 256 cells */
+    sm_session *a = tu_batch_session(m, batch, 256), *b = tu_batch_session(m, batch, 256);
     sm_gen_params gp = tu_greedy_params(200);
     gp.stop_at_bos = false;
     sm_result r;

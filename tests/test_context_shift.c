@@ -165,21 +165,12 @@ static void *run(void *arg) {
 static void test_a_shift_on_a_batch_leaves_the_others_alone(void **state) {
     (void)state;
     sm_model *m = tu_load_model("stories260K.gguf");
-    sm_batch_params bp = sm_batch_default_params();
-    bp.n_seq = 2;
-    bp.n_ctx_seq = N_CTX;
-    bp.n_threads = 1;
-    sm_error err = {0};
-    sm_batch *batch = sm_batch_new(&m, 1, &bp, &err);
-    assert_non_null(batch);
+    sm_batch *batch = tu_open_batch(m, 2, N_CTX, 512, false);
     job jobs[2];
     pthread_t threads[2];
     for (int i = 0; i < 2; i++) {
-        sm_session_params sp = tu_session_params(N_CTX);
-        sp.batch = batch;
         jobs[i] = (job){0};
-        jobs[i].session = sm_session_new(m, &sp, &err);
-        assert_non_null(jobs[i].session);
+        jobs[i].session = tu_batch_session(m, batch, N_CTX);
         jobs[i].w.session = jobs[i].session;
         jobs[i].gp = tu_greedy_params(i == 0 ? N_PREDICT : N_CTX - 8);
         jobs[i].gp.stop_at_bos = false;

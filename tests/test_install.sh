@@ -7,6 +7,8 @@
 # manifest removes it again.
 set -u
 fail() { echo "FAIL: $*"; exit 1; }
+# shellcheck source=serve_helpers.sh
+. "$(dirname "${BASH_SOURCE[0]}")/serve_helpers.sh"
 : "${SM_BUILD:?}" "${SM_SRC:?}" "${SM_MODELS:?}"
 TMP="$(mktemp -d)"
 PID=""
@@ -33,13 +35,7 @@ done
 
 "$PREFIX/bin/llama_selfmod" serve -m "$SM_MODELS/stories260K.gguf" --port 0 --threads 1 > "$TMP/serve.log" 2>&1 &
 PID=$!
-port=""
-for _ in $(seq 1 100); do
-  port="$(sed -n 's|.*listening on http://127\.0\.0\.1:\([0-9]*\).*|\1|p' "$TMP/serve.log")"
-  [ -n "$port" ] && break
-  sleep 0.1
-done
-[ -n "$port" ] || fail "the installed server did not start: $(cat "$TMP/serve.log")"
+port=$(listening_port "$TMP/serve.log" "$PID") || fail "the installed server did not start: $(cat "$TMP/serve.log")"
 grep -q "web page from $PREFIX/share/llama_selfmod/web" "$TMP/serve.log" || fail "the server did not take the installed page"
 curl -sf "http://127.0.0.1:$port/" | grep -qi "<html" || fail "GET / served no page"
 kill "$PID"; wait "$PID" 2>/dev/null; PID=""

@@ -11,7 +11,8 @@ command -v haproxy > /dev/null || fail "haproxy is not installed (scripts/instal
 TMP="$(mktemp -d)"
 PIDS=()
 trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$TMP"' EXIT
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# shellcheck source=serve_helpers.sh
+. "$(dirname "${BASH_SOURCE[0]}")/serve_helpers.sh"
 export A_PORT=$(free_port) B_PORT=$(free_port) LB_PORT=$(free_port)
 declare -A PID
 start_replica() { # NAME PORT

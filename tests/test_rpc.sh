@@ -16,7 +16,8 @@ trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done; rm -rf "$TMP"' EXIT
 S="$SM_MODELS/stories260K.gguf"
 SALTY="$SM_MODELS/llama2xs-salty-280K.gguf"
 
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# shellcheck source=serve_helpers.sh
+. "$(dirname "${BASH_SOURCE[0]}")/serve_helpers.sh"
 start_rpc() { # PORT -> pid in PIDS, waits until it listens
   "$RPC_SERVER" -H 127.0.0.1 -p "$1" -t 1 > "$TMP/rpc-$1.log" 2>&1 &
   PIDS+=($!)
@@ -59,13 +60,7 @@ rpc_fused=$(run --models "$S@127.0.0.1:$P1,$SALTY@127.0.0.1:$P2" --fusion-mode a
 "$SM_BIN" serve -m "$S" --port 0 --threads 1 --rpc "$RPC" > "$TMP/serve.log" 2>&1 &
 SPID=$!
 PIDS+=($SPID)
-port=""
-for _ in $(seq 1 100); do
-  port="$(sed -n 's|.*listening on http://127\.0\.0\.1:\([0-9]*\).*|\1|p' "$TMP/serve.log")"
-  [ -n "$port" ] && break
-  sleep 0.1
-done
-[ -n "$port" ] || fail "serve --rpc did not start: $(cat "$TMP/serve.log")"
+port=$(listening_port "$TMP/serve.log" "$SPID") || fail "serve --rpc did not start: $(cat "$TMP/serve.log")"
 body=$(curl -sf "http://127.0.0.1:$port/completion" -d '{"prompt": "Once upon a time", "n_predict": 16, "temperature": 0}') \
   || fail "serve --rpc: /completion failed"
 want=$(run -m "$S" -p "Once upon a time" -n 16 -t 0 --no-selfmod --repeat-penalty 1 2> /dev/null)

@@ -32,6 +32,28 @@ sm_gen_params tu_greedy_params(int32_t n_predict) {
     return gp;
 }
 
+sm_batch *tu_open_batch(sm_model *m, int32_t n_seq, uint32_t n_ctx_seq, uint32_t n_batch, bool kv_unified) {
+    sm_batch_params bp = sm_batch_default_params();
+    bp.n_seq = n_seq;
+    bp.n_ctx_seq = n_ctx_seq;
+    bp.n_batch = n_batch;
+    bp.n_threads = 1;
+    bp.kv_unified = kv_unified;
+    sm_error err = {0};
+    sm_batch *b = sm_batch_new(&m, 1, &bp, &err);
+    if (!b) fail_msg("sm_batch_new: %s", err.message);
+    return b;
+}
+
+sm_session *tu_batch_session(sm_model *m, sm_batch *batch, uint32_t n_ctx) {
+    sm_session_params sp = tu_session_params(n_ctx);
+    sp.batch = batch;
+    sm_error err = {0};
+    sm_session *s = sm_session_new(m, &sp, &err);
+    if (!s) fail_msg("a session on the batch: %s", err.message);
+    return s;
+}
+
 sm_session_params tu_session_params(uint32_t n_ctx) {
     sm_session_params sp = sm_session_default_params();
     sp.n_ctx = n_ctx;

@@ -29,4 +29,8 @@ int32_t tu_tokenize(const sm_model *m, const char *text, bool add_special, bool 
                     int32_t max);
 /* Greedy, no policy, no operators: the plain baseline for comparisons. */
 sm_gen_params tu_greedy_params(int32_t n_predict);
+/* A batch of n_seq sequences over m (one thread); fails the test on error. */
+sm_batch *tu_open_batch(sm_model *m, int32_t n_seq, uint32_t n_ctx_seq, uint32_t n_batch, bool kv_unified);
+/* A session on one of the batch's sequences, context n_ctx; fails the test on error. */
+sm_session *tu_batch_session(sm_model *m, sm_batch *batch, uint32_t n_ctx);
 #endif

@@ -492,9 +492,8 @@ static bool apply_option(int c, const char *arg, cli_options *opt, FILE *err) {
         return parse_int_in(err, "--n-gpu-layers", arg, -1, INT32_MAX,
                             "an integer >= 0, or -1 for all", &opt->n_gpu_layers);
     case OPT_RPC:
-        if (!*arg || !strchr(arg, ':')) return report(err, "--rpc", arg, "HOST:PORT[,HOST:PORT...]");
         opt->rpc_servers = arg;
-        return true;
+        return flag_endpoints(err, "llama_selfmod", "--rpc", arg);
     case OPT_THREADS:
         return parse_int_in(err, "--threads", arg, 0, 1024, "an integer in [0, 1024] (0 = auto)",
                             &opt->session.n_threads);

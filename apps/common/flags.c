@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 /* strto* skip leading white space; a flag value must not have any. */
 static bool starts_well(const char *text) { return text && *text && !isspace((unsigned char)*text); }
@@ -79,4 +80,21 @@ char *flag_read_file(const char *path, size_t max_bytes) {
     }
     text[len] = '\0';
     return text;
+}
+
+bool flag_endpoints(FILE *err, const char *program, const char *flag, const char *text) {
+    const char *expected = "HOST:PORT[,HOST:PORT...]";
+    for (const char *p = text; *p;) {
+        size_t len = strcspn(p, ",");
+        const char *colon = memchr(p, ':', len);
+        /* the port is what follows the last ':' ([::1]:50052 has several) */
+        const char *last = colon;
+        for (const char *q = p; q < p + len; q++)
+            if (*q == ':') last = q;
+        if (!colon || last == p || last + 1 == p + len) return flag_invalid(err, program, flag, text, expected);
+        for (const char *d = last + 1; d < p + len; d++)
+            if (*d < '0' || *d > '9') return flag_invalid(err, program, flag, text, expected);
+        p += len + (p[len] == ',');
+    }
+    return *text ? true : flag_invalid(err, program, flag, text, expected);
 }

@@ -20,6 +20,9 @@ bool flag_invalid(FILE *err, const char *program, const char *flag, const char *
 bool flag_int_in(FILE *err, const char *program, const char *flag, const char *text, long lo, long hi,
                  const char *expected, int32_t *out);
 
+/* A list of HOST:PORT endpoints (--rpc), or the message above. */
+bool flag_endpoints(FILE *err, const char *program, const char *flag, const char *text);
+
 /* The whole of a file a flag names (at most max_bytes), NUL-terminated, to
  * free(); NULL with errno set (EFBIG when larger than max_bytes). */
 char *flag_read_file(const char *path, size_t max_bytes);

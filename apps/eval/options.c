@@ -230,12 +230,8 @@ static bool apply_option(FILE *err, eval_options *opt, int c, const char *arg) {
     case OPT_THREADS:
         return parse_int_in(err, "--threads", arg, 0, 1024, "an integer in [0, 1024] (0 = all cores)", &opt->n_threads);
     case OPT_RPC:
-        if (!*arg || !strchr(arg, ':')) {
-            fprintf(err, "llama_selfmod eval: error: invalid value '%s' for --rpc: expected HOST:PORT[,HOST:PORT...]\n", arg);
-            return false;
-        }
         opt->rpc_servers = arg;
-        return true;
+        return flag_endpoints(err, "llama_selfmod eval", "--rpc", arg);
     case OPT_PARALLEL:
         return parse_int_in(err, "--parallel", arg, 1, 256, "an integer in [1, 256]", &opt->n_parallel);
     case OPT_STOP:

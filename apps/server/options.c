@@ -329,12 +329,8 @@ static bool apply_option(server_options *opt, int c, const char *arg, FILE *err)
         opt->n_gpu_layers_given = true;
         return true;
     case OPT_RPC:
-        if (!*arg || !strchr(arg, ':')) {
-            fprintf(err, "llama_selfmod serve: error: --rpc '%s': give HOST:PORT[,HOST:PORT...]\n", arg);
-            return false;
-        }
         opt->rpc_servers = arg;
-        return true;
+        return flag_endpoints(err, "llama_selfmod serve", "--rpc", arg);
     case OPT_QUIET: opt->quiet = true; return true;
     case OPT_VERBOSE: opt->verbose = true; return true;
     case OPT_SLOT_SAVE_PATH: {
