@@ -15,7 +15,7 @@ PID=""
 trap '[ -n "$PID" ] && kill "$PID" 2>/dev/null; rm -rf "$TMP"' EXIT
 PREFIX="$TMP/usr"
 cmake --install "$SM_BUILD" --prefix "$PREFIX" > "$TMP/install.log" 2>&1 || fail "cmake --install: $(tail -3 "$TMP/install.log")"
-for f in bin/llama_selfmod lib/libselfmod.a lib/libselfmod.so lib/libselfmod_cli.so include/selfmod.h lib/pkgconfig/selfmod.pc \
+for f in bin/llama_selfmod bin/ggml-rpc-server lib/libselfmod.a lib/libselfmod.so lib/libselfmod_cli.so include/selfmod.h lib/pkgconfig/selfmod.pc \
          share/llama_selfmod/web/index.html share/man/man1/llama_selfmod.1; do
   [ -e "$PREFIX/$f" ] || fail "not installed: $f"
 done
@@ -28,6 +28,7 @@ unset LD_LIBRARY_PATH
 out=$("$PREFIX/bin/llama_selfmod" -m "$SM_MODELS/stories260K.gguf" -p "Once upon a time" -n 8 --seed 1 --no-memory 2> "$TMP/err") \
   || fail "the installed program: $(tail -2 "$TMP/err")"
 [ -n "$out" ] || fail "the installed program wrote nothing"
+"$PREFIX/bin/ggml-rpc-server" --help 2>&1 | grep -q "^Usage:" || fail "the installed ggml-rpc-server does not run: $("$PREFIX/bin/ggml-rpc-server" --help 2>&1 | head -2)"
 # every library it loads from llama.cpp and this project is the installed one
 for lib in libllama.so libllama-common.so libggml.so libggml-base.so libggml-cpu.so; do
   ldd "$PREFIX/bin/llama_selfmod" | grep -q "$lib.* => $PREFIX/\(bin/\.\./\)\?lib/" || fail "$lib is not the installed one: $(ldd "$PREFIX/bin/llama_selfmod" | grep "$lib")"
@@ -69,5 +70,5 @@ DESTDIR="$TMP/stage" cmake --install "$SM_BUILD" --prefix /opt/selfmod > /dev/nu
 [ -x "$TMP/stage/opt/selfmod/bin/llama_selfmod" ] || fail "DESTDIR: no program under the stage"
 # (the manifest names the files without DESTDIR, as `make uninstall DESTDIR=...` reads it)
 make -s -C "$SM_SRC" uninstall BUILD="$SM_BUILD" DESTDIR="$TMP/stage" > /dev/null || fail "make uninstall"
-[ -z "$(find "$TMP/stage" -type f)" ] || fail "the manifest left files: $(find "$TMP/stage" -type f | head -3)"
+[ -z "$(find "$TMP/stage" -type f -o -type l)" ] || fail "the manifest left files: $(find "$TMP/stage" -type f -o -type l | head -3)"
 echo "install: program, server page, pkg-config build of the example, DESTDIR and uninstall all work"
