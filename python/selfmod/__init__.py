@@ -51,7 +51,7 @@ _REPEATABLE = {"stop", "operator", "control-vector", "safety"}
 # Plural names for repeatable flags.
 _PLURALS = {"operators": "operator", "stops": "stop", "control_vectors": "control-vector"}
 # Chosen when the models load.
-_LOAD_ONLY = {"model", "models", "n_gpu_layers"}
+_LOAD_ONLY = {"model", "models", "n_gpu_layers", "rpc"}
 # Not settings: the prompt is an argument, the output is always the JSON stream.
 _NOT_SETTINGS = {"prompt", "help", "version", "quiet"}
 
@@ -472,19 +472,19 @@ class Model:
     """One model (path), or several fused (models=[...]); loaded once.
 
     Settings given here are checked now and are every call's defaults;
-    model, models and n_gpu_layers choose what loads."""
+    models, n_gpu_layers and rpc ("HOST:PORT,...": ggml RPC servers that
+    hold the layers) choose what loads."""
 
     def __init__(self, path: Optional[str] = None, *, models: Optional[Sequence[str]] = None, verbose: bool = False,
                  **settings: Any):
         if (path is None) == (models is None):
             raise SelfmodError("give a model path, or models=[...] to fuse several")
-        load = {"model": path, "models": list(models) if models is not None else None, "verbose": verbose or None}
-        self.settings = dict(settings)
-        self._load_flags = flags(**load, n_gpu_layers=settings.pop("n_gpu_layers", None))
-        self.settings.pop("n_gpu_layers", None)
+        load = {"model": path, "models": list(models) if models is not None else None, "verbose": verbose or None,
+                "n_gpu_layers": settings.pop("n_gpu_layers", None), "rpc": settings.pop("rpc", None)}
+        self.settings = dict(settings)  # every call's defaults
         # checked as a one-shot run's flags would be (some need a prompt)
-        argv, keep = _n.argv(self._load_flags + flags(**{k: v for k, v in self.settings.items()
-                                                         if k not in ("operators", "stages")}) + ["-p", "."])
+        checked = {k: v for k, v in self.settings.items() if k not in ("operators", "stages")}
+        argv, keep = _n.argv(flags(**load) + flags(**checked) + ["-p", "."])
         err = ctypes.create_string_buffer(1024)
         self._models = _cli.smcli_models_load(len(keep), argv, err, len(err))
         if not self._models:

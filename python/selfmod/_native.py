@@ -187,8 +187,7 @@ _fn(cli, "smcli_chat_active", c_bool, c_void_p)
 _fn(cli, "smcli_flag_arity", c_int, c_char_p)
 _fn(cli, "smcli_struct_size", c_size_t, c_char_p)
 
-_fn(lib, "free", None, c_void_p) if hasattr(lib, "free") else None
-libc = ctypes.CDLL(None)
+libc = ctypes.CDLL(None)  # free() for what the library allocates with malloc
 _fn(libc, "free", None, c_void_p)
 
 for _name, _type in MIRRORED.items():

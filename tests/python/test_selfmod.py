@@ -345,3 +345,17 @@ def test_a_python_stage_with_save_and_restore_is_exact_under_rewinds(stories):
                          aggressive=True, retract=True)
     assert r.n_backtracks + r.n_retractions > 0
     assert log.pieces == kept_pieces(r.events)
+
+
+def test_rpc_servers_are_chosen_when_the_model_loads(stories):
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    with pytest.raises(selfmod.SelfmodError, match=f"cannot reach the RPC server 127.0.0.1:{port}"):
+        selfmod.Model(STORIES, rpc=f"127.0.0.1:{port}")
+    with pytest.raises(selfmod.SelfmodError, match="chooses what loads"):
+        stories.generate(PROMPT, rpc=f"127.0.0.1:{port}")
+    with pytest.raises(selfmod.SelfmodError, match="--rpc"):
+        selfmod.Model(STORIES, rpc="nohost")
