@@ -1269,6 +1269,13 @@ const char *sm_tool_prompt_format(const sm_tool_prompt *p);
  * "tool_calls": [{"type": "function", "id", "function": {"name",
  * "arguments"}}]}); free() it. */
 char *sm_tool_prompt_parse(const sm_tool_prompt *p, const char *text, sm_error *err);
+/* A stream of the answer: what the text so far adds since the last call,
+ * as a JSON array of OpenAI stream deltas ({"content": ...} and
+ * {"tool_calls": [{"index", "id", "type", "function": {"name",
+ * "arguments"}}]}, a call's arguments in pieces); partial: more text
+ * follows (a half-written call is held back). Each prompt streams once;
+ * free() it. */
+char *sm_tool_prompt_deltas(sm_tool_prompt *p, const char *text, bool partial, sm_error *err);
 /* Whether text holds the text of one of the model's special tokens (so
  * that tokenizing it with special-token parsing would make it one). */
 bool sm_text_has_special_tokens(const sm_model *model, const char *text);

@@ -1282,6 +1282,17 @@ char *sm_tool_prompt_parse(const sm_tool_prompt *p, const char *text, sm_error *
     return json;
 }
 
+char *sm_tool_prompt_deltas(sm_tool_prompt *p, const char *text, bool partial, sm_error *err) {
+    if (!p) {
+        report(err, SM_ERR_INVALID_ARGUMENT, "sm_tool_prompt_deltas: no prompt");
+        return NULL;
+    }
+    char why[sizeof err->message - 16] = "";
+    char *json = smj_tool_prompt_deltas(p->prompt, text, partial, why, sizeof why);
+    if (!json) report(err, SM_ERR_INVALID_ARGUMENT, why);
+    return json;
+}
+
 bool sm_text_has_special_tokens(const sm_model *model, const char *text) {
     sm_tokens parsed, plain;
     size_t len = strlen(text);

@@ -80,6 +80,7 @@ extern "C" const char *smj_source(const smj_template *t) { return t ? t->source.
 struct smj_tool_prompt {
     common_chat_params params;
     common_chat_parser_params parser;
+    common_chat_msg streamed;          // what smj_tool_prompt_deltas has sent
     std::vector<std::string> triggers; // as regular expressions, as common's sampler makes them
     std::vector<const char *> trigger_ptrs;
 };
@@ -151,14 +152,48 @@ extern "C" const char *smj_tool_prompt_stop(const smj_tool_prompt *p, int i) {
 }
 extern "C" const char *smj_tool_prompt_format(const smj_tool_prompt *p) { return common_chat_format_name(p->params.format); }
 
+/* Ids "call_<n>" by position: the same in every partial parse. */
+static void name_calls(common_chat_msg &msg) {
+    int n = 0;
+    for (auto &call : msg.tool_calls)
+        if (call.id.empty()) call.id = "call_" + std::to_string(n++);
+}
+
 extern "C" char *smj_tool_prompt_parse(const smj_tool_prompt *p, const char *text, char *err_out, size_t err_size) {
     return guarded(err_out, err_size, "the answer's tool calls", [&]() -> char * {
         common_chat_msg msg = common_chat_parse(text ? text : "", false, p->parser);
         msg.role = "assistant";
-        int n = 0;
-        for (auto &call : msg.tool_calls)
-            if (call.id.empty()) call.id = "call_" + std::to_string(n++);
+        name_calls(msg);
         return copy_out(msg.to_json_oaicompat().dump());
+    });
+}
+
+extern "C" char *smj_tool_prompt_deltas(smj_tool_prompt *p, const char *text, bool partial, char *err_out,
+                                        size_t err_size) {
+    return guarded(err_out, err_size, "the answer's tool calls", [&]() -> char * {
+        common_chat_msg msg = common_chat_parse(text ? text : "", partial, p->parser);
+        msg.role = "assistant";
+        name_calls(msg);
+        common_json out = common_json::array();
+        for (const auto &diff : common_chat_msg_diff::compute_diffs(p->streamed, msg)) {
+            common_json delta = common_json::object();
+            if (!diff.content_delta.empty()) delta["content"] = diff.content_delta;
+            if (diff.tool_call_index != std::string::npos) {
+                common_json call = {{"index", diff.tool_call_index}};
+                if (!diff.tool_call_delta.id.empty()) {
+                    call["id"] = diff.tool_call_delta.id;
+                    call["type"] = "function";
+                }
+                common_json fn = common_json::object();
+                if (!diff.tool_call_delta.name.empty()) fn["name"] = diff.tool_call_delta.name;
+                if (!diff.tool_call_delta.arguments.empty()) fn["arguments"] = diff.tool_call_delta.arguments;
+                if (!fn.empty()) call["function"] = fn;
+                delta["tool_calls"] = common_json::array({call});
+            }
+            if (!delta.empty()) out.push_back(delta);
+        }
+        p->streamed = msg;
+        return copy_out(out.dump());
     });
 }
 

@@ -58,6 +58,11 @@ const char *smj_tool_prompt_format(const smj_tool_prompt *p);
 /* The model's answer as OpenAI's assistant message (JSON: role, content,
  * tool_calls with ids "call_<n>"); malloc'd. */
 char *smj_tool_prompt_parse(const smj_tool_prompt *p, const char *text, char *err_out, size_t err_size);
+/* What the answer so far adds to the message since the last call, as a
+ * JSON array of OpenAI stream deltas ({"content": ...}, {"tool_calls":
+ * [{"index", "id", "type", "function": {"name", "arguments"}}]}); partial:
+ * more text follows (a half-written call is held back). malloc'd. */
+char *smj_tool_prompt_deltas(smj_tool_prompt *p, const char *text, bool partial, char *err_out, size_t err_size);
 
 /* A JSON schema (its text) as a GBNF grammar, by llama.cpp's converter;
  * malloc'd. */

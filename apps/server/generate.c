@@ -250,6 +250,33 @@ static void on_prompt_progress(int32_t total, int32_t cached, int32_t processed,
     send_json(j, response_progress_chunk(j, total, cached, processed, elapsed));
 }
 
+/* A conversation with tools: the settled text parsed as it grows (llama.cpp's
+ * partial parser holds a half-written call back), its content and its calls'
+ * names and argument pieces sent as OpenAI deltas; the events, when asked
+ * for, ride on the first chunk or go alone. */
+static void stream_tool_deltas(job *j, const char *answer, size_t end, bool partial, cJSON *events) {
+    tracker *t = &j->tr;
+    cJSON *deltas = NULL;
+    if (end > t->sent || !partial) {
+        char *text = strndup(answer ? answer : "", end);
+        sm_error e = {0};
+        char *json = text ? sm_tool_prompt_deltas(j->tools, text, partial, &e) : NULL;
+        deltas = json ? cJSON_Parse(json) : NULL;
+        free(json);
+        free(text);
+        t->sent = end;
+    }
+    cJSON *delta = deltas ? deltas->child : NULL;
+    if (!delta && events) send_json(j, response_delta_chunk(j, NULL, events));
+    while (delta) {
+        cJSON *next = delta->next;
+        send_json(j, response_delta_chunk(j, cJSON_DetachItemViaPointer(deltas, delta), events));
+        events = NULL;
+        delta = next;
+    }
+    cJSON_Delete(deltas);
+}
+
 /* Sends whatever text has settled, with the event when the client asked
  * for the library's events. */
 static void stream_progress(job *j, const sm_event *e) {
@@ -262,9 +289,8 @@ static void stream_progress(job *j, const sm_event *e) {
         cJSON_AddItemToArray(events, response_event(j, e));
     }
     if (!events && end == t->sent && tok_to == t->sent_tokens) return;
-    if (j->tools && !events) return; /* tool calls are parsed from the whole answer, sent at the end */
-    if (j->tools) { /* the events alone */
-        send_json(j, response_chunk(j, t->text, 0, t->sent_tokens, t->sent_tokens, events));
+    if (j->tools) {
+        stream_tool_deltas(j, t->text, end, true, events);
         return;
     }
     cJSON *chunk = response_chunk(j, t->text + t->sent, end - t->sent, t->sent_tokens, tok_to, events);
@@ -464,6 +490,11 @@ typedef struct stream_usage {
 /* The rest of one answer's stream once its generation has ended. */
 static void finish_answer(job *j, const sm_result *res) {
     tracker *t = &j->tr;
+    if (j->tools && j->req.api == API_CHAT) { /* the rest of the deltas, then how it ended */
+        stream_tool_deltas(j, res->text, res->text_len, false, NULL);
+        send_json(j, response_final_chunk(j, res, res->text, res->text_len, t->sent_tokens, t->sent_tokens));
+        return;
+    }
     size_t sent = t->sent <= res->text_len ? t->sent : res->text_len;
     int32_t tok_to = tracker_tokens_touching(t, res->text_len);
     send_json(j, response_final_chunk(j, res, res->text + sent, res->text_len - sent, t->sent_tokens, tok_to));

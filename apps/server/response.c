@@ -393,10 +393,17 @@ static cJSON *openai_choice(const job *j, const char *text, size_t len, int32_t 
                             bool stream, const char *finish) {
     cJSON *c = cJSON_CreateObject();
     cJSON_AddNumberToObject(c, "index", j->choice_index);
-    if (j->req.api == API_CHAT && j->tools && finish) {
-        cJSON *msg = cJSON_AddObjectToObject(c, stream ? "delta" : "message");
-        if (!stream) cJSON_AddStringToObject(msg, "role", "assistant");
-        if (add_tool_message(j, msg, text, len, stream)) finish = "tool_calls";
+    if (j->req.api == API_CHAT && j->tools && finish && stream) {
+        /* the content and the calls went out as deltas: the last chunk
+         * only says how it ended (the whole answer's calls decide) */
+        cJSON_AddObjectToObject(c, "delta");
+        cJSON *whole = cJSON_CreateObject();
+        if (add_tool_message(j, whole, text, len, false)) finish = "tool_calls";
+        cJSON_Delete(whole);
+    } else if (j->req.api == API_CHAT && j->tools && finish) {
+        cJSON *msg = cJSON_AddObjectToObject(c, "message");
+        cJSON_AddStringToObject(msg, "role", "assistant");
+        if (add_tool_message(j, msg, text, len, false)) finish = "tool_calls";
     } else if (j->req.api == API_CHAT) {
         cJSON *msg = cJSON_AddObjectToObject(c, stream ? "delta" : "message");
         if (!stream) cJSON_AddStringToObject(msg, "role", "assistant");
@@ -477,6 +484,19 @@ cJSON *response_progress_chunk(const job *j, int32_t total, int32_t cached, int3
         json_add_float(t, "predicted_per_token_ms", 0.0);
         json_add_float(t, "predicted_per_second", 0.0);
     }
+    return o;
+}
+
+cJSON *response_delta_chunk(const job *j, cJSON *delta, cJSON *events) {
+    cJSON *o = openai_envelope(j, "chat.completion.chunk");
+    cJSON *choices = cJSON_AddArrayToObject(o, "choices");
+    cJSON *c = cJSON_CreateObject();
+    cJSON_AddNumberToObject(c, "index", j->choice_index);
+    cJSON_AddItemToObject(c, "delta", delta ? delta : cJSON_CreateObject());
+    cJSON_AddNullToObject(c, "logprobs");
+    cJSON_AddNullToObject(c, "finish_reason");
+    cJSON_AddItemToArray(choices, c);
+    if (events) cJSON_AddItemToObject(cJSON_AddObjectToObject(o, "selfmod"), "events", events);
     return o;
 }
 

@@ -21,6 +21,8 @@ cJSON *response_final_chunk(const job *j, const sm_result *res, const char *text
 cJSON *response_usage_chunk(const job *j, const sm_result *res);
 /* The first chunk of a chat stream: {"delta": {"role": "assistant"}}. */
 cJSON *response_role_chunk(const job *j);
+/* A chat chunk with this delta (taken; NULL: empty) and the events (taken; may be NULL). */
+cJSON *response_delta_chunk(const job *j, cJSON *delta, cJSON *events);
 /* return_progress: where the prompt's decode stands (llama-server's prompt_progress). */
 cJSON *response_progress_chunk(const job *j, int32_t total, int32_t cached, int32_t processed, double elapsed_ms);
 /* The whole response of a request that did not stream. */

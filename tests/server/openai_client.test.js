@@ -206,6 +206,25 @@ test('tools: the tool call comes back as tool_calls, and its result goes back in
   assert.ok(next.usage.prompt_tokens > r.usage.prompt_tokens);
 });
 
+test('tools, streamed: the client stream helper puts the call together from the deltas', async () => {
+  const tools = new OpenAI({ baseURL: servers.tools + '/v1', apiKey: 'unused', maxRetries: 0, timeout: 60000 });
+  const defs = [{ type: 'function', function: { name: 'get_weather', description: 'The weather in a city',
+    parameters: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] } } }];
+  const stream = tools.chat.completions.stream({
+    model: 'stories260K', messages: [{ role: 'user', content: 'What is the weather in Paris?' }], tools: defs,
+    max_tokens: 60, seed: 1,
+    grammar: 'root ::= "<tool_call>\\n{\\"name\\": \\"get_weather\\", \\"arguments\\": {\\"city\\": \\"Paris\\"}}\\n</tool_call>"',
+  });
+  const pieces = [];
+  stream.on('tool_calls.function.arguments.delta', (e) => pieces.push(e.arguments_delta));
+  const done = await stream.finalChatCompletion();
+  const msg = done.choices[0].message;
+  assert.equal(done.choices[0].finish_reason, 'tool_calls');
+  assert.equal(msg.tool_calls[0].function.name, 'get_weather');
+  assert.deepEqual(JSON.parse(msg.tool_calls[0].function.arguments), { city: 'Paris' });
+  assert.ok(pieces.length > 1, `the arguments came in ${pieces.length} piece(s)`);
+});
+
 test('n > 1: several answers, each reproducible with its own seed (seed + index)', async () => {
   const params = { model: 'stories260K', messages: [{ role: 'user', content: 'Hi' }], max_tokens: 8, seed: 21 };
   const r = await client().chat.completions.create({ ...params, n: 3 });

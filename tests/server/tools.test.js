@@ -35,20 +35,51 @@ test('a tool call comes back as tool_calls, with finish_reason tool_calls', asyn
   assert.ok(call.id.length > 0);
 });
 
-test('streamed, the tool calls arrive in a delta with their index', async () => {
+test('streamed, a tool call arrives as OpenAI deltas: its name, then its arguments in pieces', async () => {
   const res = await fetch(servers.tools + '/v1/chat/completions', {
     method: 'POST', headers: { 'Content-Type': 'application/json' },
     body: JSON.stringify({ ...ask, grammar: CALL_GRAMMAR, stream: true }),
   });
   const events = sseEvents(await res.text());
-  const deltas = events.filter((e) => e !== '[DONE]').map((e) => e.choices[0]);
+  const deltas = events.filter((e) => e !== '[DONE]' && e.choices.length).map((e) => e.choices[0]);
   assert.equal(deltas[0].delta.role, 'assistant');
   const last = deltas[deltas.length - 1];
   assert.equal(last.finish_reason, 'tool_calls');
-  assert.equal(last.delta.tool_calls[0].index, 0);
-  assert.equal(last.delta.tool_calls[0].function.name, 'get_weather');
+  // put together as the openai client does: by index, the name once, the arguments appended
+  const calls = [];
+  let pieces = 0;
+  for (const d of deltas) {
+    for (const c of d.delta.tool_calls || []) {
+      calls[c.index] = calls[c.index] || { id: '', name: '', arguments: '' };
+      if (c.id) calls[c.index].id = c.id;
+      if (c.function && c.function.name) calls[c.index].name += c.function.name;
+      if (c.function && c.function.arguments) { calls[c.index].arguments += c.function.arguments; pieces++; }
+    }
+  }
+  assert.equal(calls.length, 1);
+  assert.equal(calls[0].name, 'get_weather');
+  assert.ok(calls[0].id.length > 0);
+  assert.match(JSON.parse(calls[0].arguments).city, /^[A-Z][a-z]{2,8}$/);
+  assert.ok(pieces > 1, `the arguments came in ${pieces} piece(s)`);
+  // the same call as the answer not streamed
+  const whole = await post(servers.tools, '/v1/chat/completions', { ...ask, grammar: CALL_GRAMMAR });
+  const call = whole.json.choices[0].message.tool_calls[0];
+  assert.deepEqual(JSON.parse(calls[0].arguments), JSON.parse(call.function.arguments));
   // no raw tool-call markup was streamed as content
   assert.ok(!deltas.some((d) => (d.delta.content || '').includes('<tool_call>')));
+});
+
+test('streamed with tools but no call, the content arrives as it is written', async () => {
+  const res = await fetch(servers.tools + '/v1/chat/completions', {
+    method: 'POST', headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ ...ask, max_tokens: 24, stream: true }),
+  });
+  const deltas = sseEvents(await res.text()).filter((e) => e !== '[DONE]' && e.choices.length).map((e) => e.choices[0]);
+  const content = deltas.filter((d) => d.delta.content).map((d) => d.delta.content);
+  assert.ok(content.length > 1, `the content came in ${content.length} piece(s)`);
+  const whole = await post(servers.tools, '/v1/chat/completions', { ...ask, max_tokens: 24 });
+  assert.equal(content.join(''), whole.json.choices[0].message.content);
+  assert.equal(deltas[deltas.length - 1].finish_reason, 'length');
 });
 
 test('a plain answer with tools on stays content', async () => {
