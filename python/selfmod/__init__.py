@@ -589,6 +589,8 @@ class Model:
             argv += ["--prompt", _text(prompt)]
         if message is not None and not isinstance(message, str):
             raise SelfmodError("the message must be a str")
+        if message is not None and "\0" in message:
+            raise SelfmodError("the message holds a NUL character")
         _Run(runner, argv, message, python_operators, stages).run(sink)
 
     def generate(self, prompt: str, **settings: Any) -> Result:

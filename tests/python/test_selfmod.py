@@ -359,3 +359,12 @@ def test_rpc_servers_are_chosen_when_the_model_loads(stories):
         stories.generate(PROMPT, rpc=f"127.0.0.1:{port}")
     with pytest.raises(selfmod.SelfmodError, match="--rpc"):
         selfmod.Model(STORIES, rpc="nohost")
+
+
+def test_text_with_a_nul_is_refused_not_cut(stories):
+    with pytest.raises(selfmod.SelfmodError, match="NUL"):
+        stories.generate("Once\0upon", n_predict=2)
+    chat = stories.chat(n_predict=2)
+    with pytest.raises(selfmod.SelfmodError, match="NUL"):
+        chat.send("hi\0there")
+    chat.close()
