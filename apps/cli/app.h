@@ -18,6 +18,7 @@ typedef struct cli_app {
     sm_operator *const *extra_operators; /* a binding's own, not owned        */
     int32_t n_extra_operators;
     FILE *out;                    /* the text or the JSON lines: stdout, or a binding's sink */
+    bool keep_signals;            /* a binding's: generation leaves the process's signal handlers alone */
     char *wrapped_prompt;         /* --wrap-prompt's form of -p               */
     sm_model *model;              /* models[0]: tokenizer, descriptions      */
     sm_model *models[SM_MAX_MODELS];

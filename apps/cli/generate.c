@@ -184,12 +184,14 @@ generate_outcome cli_generate(cli_app *app, sm_chat *chat, const char *input) {
     action.sa_handler = on_stop_signal;
     sigemptyset(&action.sa_mask);
     interrupted = 0;
-    for (int i = 0; i < N_STOP_SIGNALS; i++) sigaction(STOP_SIGNALS[i], &action, &previous[i]);
+    /* A binding's process has handlers of its own (Python's Ctrl-C reaches
+     * its callbacks, which stop the generation): they stay. */
+    for (int i = 0; !app->keep_signals && i < N_STOP_SIGNALS; i++) sigaction(STOP_SIGNALS[i], &action, &previous[i]);
 
     sm_result result;
     sm_status status = chat ? sm_chat_turn(chat, input, &app->gen, &result)
                             : sm_session_generate(app->session, app->prompt_fed ? NULL : input, &app->gen, &result);
-    for (int i = 0; i < N_STOP_SIGNALS; i++) sigaction(STOP_SIGNALS[i], &previous[i], NULL);
+    for (int i = 0; !app->keep_signals && i < N_STOP_SIGNALS; i++) sigaction(STOP_SIGNALS[i], &previous[i], NULL);
     app->gen.on_event = NULL;
     app->gen.user_data = NULL;
 

@@ -224,6 +224,7 @@ smcli_runner *smcli_runner_new(smcli_models *models) {
     smcli_runner *r = calloc(1, sizeof *r);
     if (!r) return NULL;
     r->models = models;
+    r->app.keep_signals = true;
     r->app.model = models->app.model;
     r->app.n_models = models->app.n_models;
     memcpy(r->app.models, models->app.models, sizeof r->app.models);

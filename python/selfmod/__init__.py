@@ -23,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import math
 import queue
+import signal
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -381,12 +382,16 @@ class _Run:
         self.message = message.encode() if message is not None else None
         self.native = _Native(operators, stages)
         self.stopped = False
+        self.interrupted = False
+
+    def _interrupt(self, signum, frame) -> None:
+        self.interrupted = True
 
     def run(self, sink) -> int:
         import json
 
         def on_line(data, length, _ud):
-            if self.stopped or self.native.error is not None:
+            if self.stopped or self.native.error is not None or self.interrupted:
                 return 1
             try:
                 event = json.loads(ctypes.string_at(data, length).decode("utf-8", "replace"))
@@ -399,11 +404,21 @@ class _Run:
         callback = _n.LINE_FN(on_line)
         err = ctypes.create_string_buffer(1024)
         ops, n_ops, sts, n_sts = self.native.arrays()
+        # Ctrl-C during the call: Python's handler would raise inside a
+        # callback, where ctypes can only print it; a flag stops the
+        # generation at the next token instead, and KeyboardInterrupt follows.
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGINT, self._interrupt)
         try:
             code = _cli.smcli_run(self.runner, self.n, self.argv, self.message, ops, n_ops, sts, n_sts, callback,
-                                None, err, len(err))
+                                  None, err, len(err))
         finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
             self.native.free()
+        if self.interrupted:
+            raise KeyboardInterrupt
         if self.native.error is not None:
             raise self.native.error
         if self.stopped:

@@ -4,6 +4,7 @@ Run by tests/test_python.sh (SM_BIN, SM_MODELS, SELFMOD_LIBRARY_PATH set)."""
 import json
 import os
 import subprocess
+import sys
 import threading
 
 import pytest
@@ -368,3 +369,26 @@ def test_text_with_a_nul_is_refused_not_cut(stories):
     with pytest.raises(selfmod.SelfmodError, match="NUL"):
         chat.send("hi\0there")
     chat.close()
+
+
+def test_ctrl_c_stops_a_generation_and_leaves_pythons_handler(tmp_path):
+    """Ctrl-C during generate() raises KeyboardInterrupt at the next token; the
+    library never replaces Python's SIGINT handler (also with threads)."""
+    script = tmp_path / "interrupt.py"
+    script.write_text(f'''
+import os, signal, threading, time, selfmod
+m = selfmod.Model({STORIES!r}, threads=1)
+threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+t0 = time.time()
+try:
+    m.generate("Once upon a time", n_predict=1000000, ignore_eos=True, context_shift=True, stop_at_bos=False)
+    print("not interrupted")
+except KeyboardInterrupt:
+    print("interrupted after", round(time.time() - t0, 1))
+print("handler", signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+''')
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60,
+                         env={**os.environ})
+    assert "interrupted after" in out.stdout, out.stdout + out.stderr
+    assert float(out.stdout.split("interrupted after")[1].split()[0]) < 5
+    assert "handler True" in out.stdout
