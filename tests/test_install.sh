@@ -20,6 +20,16 @@ for f in bin/llama_selfmod bin/ggml-rpc-server lib/libselfmod.a lib/libselfmod.s
   [ -e "$PREFIX/$f" ] || fail "not installed: $f"
 done
 [ -L "$PREFIX/lib/libselfmod.so" ] && [ -e "$PREFIX/lib/libselfmod.so.0" ] || fail "no versioned soname"
+# the shared library exports its API and nothing of its inside (the guard, the bridge, C++)
+exported=$(nm -D --defined-only "$PREFIX/lib/libselfmod.so" | awk '{print $3}')
+echo "$exported" | grep -q '^sm_session_generate$' && echo "$exported" | grep -q '^sm_operator_new$' \
+  || fail "libselfmod.so does not export its API"
+leaked=$(echo "$exported" | grep -v '^sm_\|^SM_GRAMMAR_JSON$' | grep -v '^__\|^_fini$\|^_init$' | head -3)
+[ -z "$leaked" ] || fail "libselfmod.so exports more than its API: $leaked"
+for f in $(grep -o '\bsm_[a-z0-9_]*[ ]*(' "$SM_SRC/include/selfmod.h" | tr -d ' (' | sort -u); do
+  grep -q "^sm_\(status\)\?$" <<< "$f" && continue
+  echo "$exported" | grep -qx "$f" || fail "selfmod.h declares $f but libselfmod.so does not export it"
+done
 grep -q '^\.TH LLAMA_SELFMOD 1' "$PREFIX/share/man/man1/llama_selfmod.1" || fail "the man page has no .TH"
 grep -q -- '--json-schema' "$PREFIX/share/man/man1/llama_selfmod.1" || fail "the man page lacks the flags"
 
