@@ -65,11 +65,20 @@ OPT_KEY="$(printf '%s ' "${CMAKE_OPTS[@]}" | sha256sum | cut -c1-8)"
 PREFIX="$CACHE/build/$SRC_KEY-$OPT_KEY-$CPU_KEY"
 
 if [ ! -f "$PREFIX/.complete" ]; then
-  log "building llama.cpp ($SRC_KEY) into $PREFIX (about 2 minutes on 2 cores)"
-  rm -rf "$PREFIX"
-  mkdir -p "$PREFIX"
+  log "building llama.cpp ($SRC_KEY) into $PREFIX (about 2 minutes on 2 cores; with CUDA an hour)"
+  mkdir -p "$PREFIX" # an interrupted build goes on where it stopped
+  LINK_OPTS=()
+  # CUDA on a machine without the driver (building for another one's GPU):
+  # programs link against the toolkit's stub of libcuda.so.1.
+  if [ "${LLAMA_GPU:-}" = cuda ] && ! ldconfig -p 2> /dev/null | grep -q 'libcuda\.so\.1 '; then
+    stub="$(dirname "$(command -v nvcc)")/../lib64/stubs/libcuda.so"
+    [ -f "$stub" ] || { log "GPU=cuda: no driver here and no stub at $stub"; exit 1; }
+    mkdir -p "$PREFIX/stubs"
+    ln -sf "$(readlink -f "$stub")" "$PREFIX/stubs/libcuda.so.1"
+    LINK_OPTS=("-DCMAKE_EXE_LINKER_FLAGS=-Wl,-rpath-link,$PREFIX/stubs")
+  fi
   export CCACHE_BASEDIR="$SRC" CCACHE_DIR="$CACHE/ccache"
-  cmake -S "$SRC" -B "$PREFIX/build" "${CMAKE_OPTS[@]}" -DCMAKE_INSTALL_PREFIX="$PREFIX" >"$PREFIX/cmake.log" 2>&1 \
+  cmake -S "$SRC" -B "$PREFIX/build" "${CMAKE_OPTS[@]}" "${LINK_OPTS[@]}" -DCMAKE_INSTALL_PREFIX="$PREFIX" >"$PREFIX/cmake.log" 2>&1 \
     || { log "cmake configure failed, see $PREFIX/cmake.log"; exit 1; }
   # (the tools are configured only for ggml-rpc-server: nothing else of them is built)
   cmake --build "$PREFIX/build" --target llama llama-common ggml-rpc-server -j"$(nproc)" >>"$PREFIX/cmake.log" 2>&1 \
