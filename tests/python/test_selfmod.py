@@ -392,3 +392,12 @@ print("handler", signal.getsignal(signal.SIGINT) is signal.default_int_handler)
     assert "interrupted after" in out.stdout, out.stdout + out.stderr
     assert float(out.stdout.split("interrupted after")[1].split()[0]) < 5
     assert "handler True" in out.stdout
+
+
+def test_the_readme_first_example_runs(capsys):
+    """The first block of README's "From Python", as written."""
+    readme = open(os.path.join(os.path.dirname(__file__), "../../README.md"), encoding="utf-8").read()
+    section = readme.split("## From Python", 1)[1]
+    block = section.split("```python\n", 1)[1].split("```", 1)[0]
+    exec(compile(block.replace('"../shared/models/', f'"{MODELS}/'), "README.md", "exec"), {})
+    assert len(capsys.readouterr().out) > 20
