@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Replicas behind a proxy (issue 15): two `serve` replicas behind Debian's
-# HAProxy with docs/replicas/haproxy.cfg, on loopback. A draining replica
+# HAProxy with docs/replicas/haproxy.cfg, on loopback. A loading replica
+# answers 503 (/health too) and exits 1 when its model fails. A draining replica
 # (SIGTERM) finishes its stream and answers 503 to /health and to new
 # requests; a conversation named in X-Session-Id stays on one replica; a
 # rolling restart of both replicas under a steady load loses no request.
@@ -31,6 +32,24 @@ stop_replica() { # NAME: SIGTERM, and it must be gone within its drain
   for _ in $(seq 1 200); do kill -0 "${PID[$1]}" 2> /dev/null || return 0; sleep 0.1; done
   fail "replica $1 did not stop after SIGTERM"
 }
+# 0. while the model loads, /health (and everything else) is 503 "Loading model": a model path
+# that is a FIFO keeps the load waiting until something is written to it
+mkfifo "$TMP/slow.gguf"
+"$SM_BIN" serve -m "$TMP/slow.gguf" --port "$A_PORT" --threads 1 > "$TMP/loading.log" 2>&1 &
+LPID=$!
+PIDS+=($LPID)
+code=""
+for _ in $(seq 1 100); do
+  code=$(curl -s -o "$TMP/loading.json" -w '%{http_code}' "http://127.0.0.1:$A_PORT/health")
+  [ "$code" = 503 ] && break
+  sleep 0.1
+done
+[ "$code" = 503 ] && grep -q "Loading model" "$TMP/loading.json" || fail "a loading server's /health: $code $(cat "$TMP/loading.json")"
+[ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$A_PORT/v1/models")" = 503 ] || fail "a loading server answered"
+: > "$TMP/slow.gguf" # an empty "model": the load fails, the server says why and exits
+rc=0; wait "$LPID" || rc=$?
+[ "$rc" = 1 ] && grep -q "error:.*slow.gguf" "$TMP/loading.log" || fail "after a failed load: rc $rc, $(tail -2 "$TMP/loading.log")"
+
 start_replica a "$A_PORT"
 start_replica b "$B_PORT"
 
