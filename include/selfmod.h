@@ -110,6 +110,19 @@ int32_t sm_model_n_vocab(const sm_model *model);
 /* Whether the token ends a generation (EOS, EOT and the like). */
 bool sm_model_token_is_eog(const sm_model *model, sm_token token);
 int32_t sm_model_n_ctx_train(const sm_model *model);
+int32_t sm_model_n_embd(const sm_model *model);
+
+/* Embeddings (OpenAI's /v1/embeddings): each input decoded alone and its
+ * tokens pooled by the model's own pooling (mean for a generative model,
+ * which names none), L2-normalised. out receives n * sm_model_n_embd
+ * floats, input by input; n_tokens (may be NULL) each text's token count.
+ * A text is tokenized with the model's BOS; an input longer than the
+ * model's training context fails (SM_ERR_PROMPT_TOO_LONG). n_threads 0:
+ * the online cores. */
+sm_status sm_embed(const sm_model *model, const char *const *texts, int32_t n, int32_t n_threads, float *out,
+                   int32_t *n_tokens, sm_error *err);
+sm_status sm_embed_tokens(const sm_model *model, const sm_token *const *inputs, const int32_t *n_tokens, int32_t n,
+                          int32_t n_threads, float *out, sm_error *err);
 /* The underlying llama.cpp handle, for code that needs llama.h directly. */
 struct llama_model *sm_model_llama(const sm_model *model);
 

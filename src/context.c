@@ -33,6 +33,10 @@ struct llama_context *sm_context_new(const sm_model *model, const sm_context_opt
         cp.cb_eval_user_data = o->cb_eval_user_data;
     }
     if (o->no_flash_attention) cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;
+    if (o->embeddings) {
+        cp.embeddings = true;
+        cp.pooling_type = o->mean_pooling ? LLAMA_POOLING_TYPE_MEAN : LLAMA_POOLING_TYPE_UNSPECIFIED;
+    }
     cp.no_perf = true;
     sm_llama_clear_log_error();
     sm_error thrown = {0};

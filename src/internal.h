@@ -33,6 +33,9 @@ typedef struct sm_context_opts {
     ggml_backend_sched_eval_callback cb_eval;
     void *cb_eval_user_data;
     bool no_flash_attention;     /* attention probabilities are observed  */
+    bool embeddings;             /* pooled embeddings, not logits (the
+                                    model's own pooling)                   */
+    bool mean_pooling;           /* ... mean pooling, whatever the model's  */
     const char *what;            /* for the error: "a judge context"      */
 } sm_context_opts;
 struct llama_context *sm_context_new(const sm_model *model, const sm_context_opts *opts, sm_error *err);

@@ -482,7 +482,7 @@ reply api_llama_completion(server *srv, int client_fd, const char *body, size_t 
 
 /* ------------------------------------------------------------------ */
 
-static const served_model *vocab_for(server *srv, const cJSON *body, reply *bad) {
+const served_model *api_vocab_for(server *srv, const cJSON *body, reply *bad) {
     const cJSON *model = json_field(body, "model");
     if (model && !cJSON_IsString(model)) {
         *bad = reply_error_simple(400, "model", "'model' must be a string");
@@ -511,7 +511,7 @@ reply api_tokenize(server *srv, int client_fd, const char *body, size_t len) {
     }
     const cJSON *content = json_field(json, "content");
     bool add_special = false, with_pieces = false;
-    const served_model *m = vocab_for(srv, json, &bad);
+    const served_model *m = api_vocab_for(srv, json, &bad);
     if (!m) {
         cJSON_Delete(json);
         return bad;
@@ -568,7 +568,7 @@ reply api_detokenize(server *srv, int client_fd, const char *body, size_t len) {
         cJSON_Delete(json);
         return reply_error(&err);
     }
-    const served_model *m = vocab_for(srv, json, &bad);
+    const served_model *m = api_vocab_for(srv, json, &bad);
     if (!m) {
         cJSON_Delete(json);
         return bad;
@@ -633,6 +633,7 @@ reply api_metrics(server *srv) {
     __typeof__(srv->metrics) m = srv->metrics;
     pthread_mutex_unlock(&srv->metrics_mutex);
     if (n_decodes == 0) n_decodes = m.prompt_tokens > 0 || m.predicted_tokens > 0 ? m.predicted_tokens + 1 : 0;
+    n_decodes += m.embedding_decodes;
     static const struct { const char *name, *type, *help; } METRICS[] = {
         {"prompt_tokens_total", "counter", "Number of prompt tokens processed."},
         {"prompt_tokens_cached_total", "counter", "Number of prompt tokens reused from the cache."},

@@ -21,6 +21,12 @@ reply api_input_tokens(server *srv, int client_fd, const char *body, size_t len)
 reply api_detokenize(server *srv, int client_fd, const char *body, size_t len);
 reply api_loom_expand(server *srv, int client_fd, const char *body, size_t len);
 
+/* POST /v1/embeddings, /embeddings (OpenAI's, apps/server/embeddings.c). */
+reply api_embeddings(server *srv, int client_fd, const char *body, size_t len);
+/* The model a request's "model" names (its tokenizer and vocabulary); NULL
+ * with *bad the 400 or 404 to send. */
+const served_model *api_vocab_for(server *srv, const cJSON *body, reply *bad);
+
 /* Parses a JSON object body; on failure *reply is the 400 to send. */
 cJSON *api_parse_body(const char *body, size_t len, reply *error_reply);
 

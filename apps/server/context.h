@@ -36,6 +36,7 @@ typedef struct server {
         double prompt_tokens, prompt_cached, prompt_seconds;
         double predicted_tokens, predicted_seconds;
         double n_tokens_max;
+        double embedding_decodes;    /* llama_decode calls of /v1/embeddings */
         double last_prompt_rate, last_predicted_rate;
     } metrics;
     double started_unix;          /* for the Process-Start-Time-Unix header */

@@ -97,6 +97,8 @@ static const route ROUTES[] = {
     {"/chat/completions", ROUTE_POST, false, NULL, api_chat_completions, NULL, NULL},
     {"/completion", ROUTE_POST, false, NULL, api_llama_completion, NULL, NULL},
     {"/tokenize", ROUTE_POST, false, NULL, api_tokenize, NULL, NULL},
+    {"/v1/embeddings", ROUTE_POST, false, NULL, api_embeddings, NULL, NULL},
+    {"/embeddings", ROUTE_POST, false, NULL, api_embeddings, NULL, NULL},
     {"/apply-template", ROUTE_POST, false, NULL, api_apply_template, NULL, NULL},
     {"/chat/completions/input_tokens", ROUTE_POST, false, NULL, api_input_tokens, NULL, NULL},
     {"/v1/chat/completions/input_tokens", ROUTE_POST, false, NULL, api_input_tokens, NULL, NULL},

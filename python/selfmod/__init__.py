@@ -560,6 +560,24 @@ class Model:
     def n_ctx_train(self) -> int:
         return _lib.sm_model_n_ctx_train(self._model())
 
+    def embed(self, texts: Sequence[str], threads: int = 0) -> list[list[float]]:
+        """One L2-normalised embedding per text: the model's pooled output
+        (mean pooling for a generative model), as /v1/embeddings."""
+        if isinstance(texts, str):
+            raise SelfmodError("give a list of texts")
+        texts = list(texts)
+        if not texts:
+            return []
+        if any(not isinstance(t, str) or "\0" in t for t in texts):
+            raise SelfmodError("each text must be a str without NUL characters")
+        d = _lib.sm_model_n_embd(self._model())
+        arr, keep = _n.argv(texts)
+        out = (ctypes.c_float * (d * len(texts)))()
+        err = _n.Error()
+        if _lib.sm_embed(self._model(), arr, len(texts), threads, out, None, ctypes.byref(err)) != 0:
+            raise SelfmodError(err.message.decode("utf-8", "replace"))
+        return [list(out[i * d:(i + 1) * d]) for i in range(len(texts))]
+
     def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
         data = text.encode()
         toks, err = _n.Tokens(), _n.Error()

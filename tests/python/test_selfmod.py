@@ -401,3 +401,12 @@ def test_the_readme_first_example_runs(capsys):
     block = section.split("```python\n", 1)[1].split("```", 1)[0]
     exec(compile(block.replace('"../shared/models/', f'"{MODELS}/'), "README.md", "exec"), {})
     assert len(capsys.readouterr().out) > 20
+
+
+def test_embeddings(stories):
+    a, b, c = stories.embed(["Once upon a time", "The dog ran home", "Once upon a time"])
+    assert len(a) == 64 and abs(sum(x * x for x in a) - 1) < 1e-4
+    assert max(abs(x - y) for x, y in zip(a, c)) < 1e-6 and max(abs(x - y) for x, y in zip(a, b)) > 1e-3
+    assert stories.embed([]) == []
+    with pytest.raises(selfmod.SelfmodError, match="list of texts"):
+        stories.embed("one string")

@@ -4,7 +4,7 @@
 
 const test = require('node:test');
 const OpenAI = require('openai');
-const { servers, assert } = require('./helpers');
+const { servers, post, assert } = require('./helpers');
 
 const client = () => new OpenAI({ baseURL: servers.plain + '/v1', apiKey: 'unused', maxRetries: 0, timeout: 60000 });
 const PROMPT = 'Once upon a time';
@@ -223,6 +223,21 @@ test('tools, streamed: the client stream helper puts the call together from the 
   assert.equal(msg.tool_calls[0].function.name, 'get_weather');
   assert.deepEqual(JSON.parse(msg.tool_calls[0].function.arguments), { city: 'Paris' });
   assert.ok(pieces.length > 1, `the arguments came in ${pieces.length} piece(s)`);
+});
+
+test('embeddings: the openai client gets one normalised vector per input (it asks for base64)', async () => {
+  const r = await client().embeddings.create({ model: 'stories260K', input: ['hello world', 'goodbye world'] });
+  assert.equal(r.object, 'list');
+  assert.equal(r.data.length, 2);
+  assert.deepEqual(r.data.map((d) => d.index), [0, 1]);
+  const v = r.data[0].embedding;
+  assert.equal(v.length, 64);
+  assert.ok(Math.abs(Math.hypot(...v) - 1) < 1e-4);
+  assert.ok(r.usage.prompt_tokens > 2 && r.usage.total_tokens === r.usage.prompt_tokens);
+  // the same vector as floats, asked for one input alone
+  const f = await post(servers.plain, '/v1/embeddings', { input: 'hello world', encoding_format: 'float' });
+  assert.equal(f.status, 200, f.text);
+  f.json.data[0].embedding.forEach((x, i) => assert.ok(Math.abs(x - v[i]) < 1e-6));
 });
 
 test('n > 1: several answers, each reproducible with its own seed (seed + index)', async () => {
