@@ -4,7 +4,8 @@
  * byte-less tinystories-656K whose tokenizer throws on unknown
  * characters) and the endpoint; the rest is the body: parsed as JSON,
  * validated field by field, its prompt or conversation tokenized and
- * measured against the context, or tokenized/detokenized.
+ * measured against the context, or tokenized/detokenized, or embedded
+ * (/v1/embeddings: parsed, then its inputs decoded).
  *   SM_MODELS names the models folder.
  */
 #include "server/api.h"
@@ -51,7 +52,7 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size) {
     server *srv = &servers[data[0] & 1];
     const char *body = (const char *)data + 1;
     size_t len = size - 1;
-    int kind = (data[0] >> 1) % 5;
+    int kind = (data[0] >> 1) % 6;
     if (kind < 3) {
         static const api_kind apis[3] = {API_COMPLETIONS, API_CHAT, API_LLAMA};
         reply bad;
@@ -68,6 +69,8 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size) {
         else gen_request_free(&req);
         return 0;
     }
-    drop(kind == 3 ? api_tokenize(srv, -1, body, len) : api_detokenize(srv, -1, body, len));
+    drop(kind == 3 ? api_tokenize(srv, -1, body, len)
+         : kind == 4 ? api_detokenize(srv, -1, body, len)
+                     : api_embeddings(srv, -1, body, len)); /* parsed, then embedded: inputs of any shape */
     return 0;
 }
