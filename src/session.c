@@ -499,9 +499,12 @@ static int32_t ring_needed(const sm_session *s, const sm_gen_params *gp) {
     return (int32_t)((reach < max_rewind ? reach : max_rewind) + 1);
 }
 
-static float ring_unmapped(const sm_session *s, int32_t pos, int32_t m) {
-    return s->ring_unmapped[(size_t)(pos % s->ring_cap) * (size_t)s->n_models + (size_t)m];
+/* Model m's mass with no token at pos (an aligned model's). */
+static float *ring_unmapped_slot(const sm_session *s, int32_t pos, int32_t m) {
+    return &s->ring_unmapped[(size_t)(pos % s->ring_cap) * (size_t)s->n_models + (size_t)m];
 }
+
+static float ring_unmapped(const sm_session *s, int32_t pos, int32_t m) { return *ring_unmapped_slot(s, pos, m); }
 
 /* Stores every model's last logits as the distributions at n_tokens. */
 static void capture_logits(sm_session *s) {
@@ -514,7 +517,7 @@ static void capture_logits(sm_session *s) {
                                            s->n_vocab);
         else if (!s->batch) /* a batch wrote it there already */
             memcpy(dst, llama_get_logits_ith(mb->ctx, -1), sizeof(float) * (size_t)s->n_vocab);
-        s->ring_unmapped[(size_t)(s->n_tokens % s->ring_cap) * (size_t)s->n_models + (size_t)m] = unmapped;
+        *ring_unmapped_slot(s, s->n_tokens, m) = unmapped;
     }
     s->ring_pos[s->n_tokens % s->ring_cap] = s->n_tokens;
     s->logits = sm_loop_ring_slot(s, s->n_tokens, 0);
@@ -1453,18 +1456,16 @@ static bool shift_context(generation *g, sm_status *status) {
     memmove(s->tokens + n_keep, s->tokens + n_keep + n_discard, sizeof *s->tokens * (size_t)(n_left - n_discard));
     int32_t old_end = s->n_tokens;
     s->n_tokens -= n_discard;
-    if (s->logits && s->ring_cap > 0 && old_end % s->ring_cap != s->n_tokens % s->ring_cap) {
+    /* (a step begins with the distribution at the end in hand: s->logits) */
+    if (old_end % s->ring_cap != s->n_tokens % s->ring_cap) {
         for (int32_t m = 0; m < s->n_models; m++) {
             memcpy(sm_loop_ring_slot(s, s->n_tokens, m), sm_loop_ring_slot(s, old_end, m), sizeof(float) * (size_t)s->n_vocab);
-            s->ring_unmapped[(size_t)(s->n_tokens % s->ring_cap) * (size_t)s->n_models + (size_t)m] =
-                s->ring_unmapped[(size_t)(old_end % s->ring_cap) * (size_t)s->n_models + (size_t)m];
+            *ring_unmapped_slot(s, s->n_tokens, m) = ring_unmapped(s, old_end, m);
         }
     }
     for (int32_t i = 0; i < s->ring_cap; i++) s->ring_pos[i] = -1;
-    if (s->logits) {
-        s->ring_pos[s->n_tokens % s->ring_cap] = s->n_tokens;
-        s->logits = sm_loop_ring_slot(s, s->n_tokens, 0);
-    }
+    s->ring_pos[s->n_tokens % s->ring_cap] = s->n_tokens;
+    s->logits = sm_loop_ring_slot(s, s->n_tokens, 0);
     g->start -= n_discard;
     g->floor = sm_loop_generated(g);
     g->res->n_context_shifts++;

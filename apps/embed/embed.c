@@ -329,7 +329,28 @@ static ssize_t sink_write(void *cookie, const char *data, size_t n) {
     return s->stopped ? -1 : (ssize_t)n;
 }
 
+static bool same_text(const char *a, const char *b) { return (!a && !b) || (a && b && strcmp(a, b) == 0); }
+
+/* The flags that made the chat: a later turn that gives others would be
+ * ignored by it, so it is refused. */
+static const char *changed_chat_flag(const cli_options *made, const cli_options *now) {
+    if (!same_text(made->chat.system_prompt, now->chat.system_prompt)) return "--system";
+    if (!same_text(made->chat.template_name, now->chat.template_name)) return "--chat-template";
+    if (!same_text(made->chat_template_file, now->chat_template_file)) return "--chat-template-file";
+    if (made->chat.jinja != now->chat.jinja) return "--jinja/--no-jinja";
+    if (!same_text(made->chat.fallback_user, now->chat.fallback_user)) return "--user-label";
+    if (!same_text(made->chat.fallback_assistant, now->chat.fallback_assistant)) return "--assistant-label";
+    return NULL;
+}
+
 static int run_turn(smcli_runner *r, const char *message) {
+    if (r->chat && r->chat_opt) {
+        const char *changed = changed_chat_flag(r->chat_opt, r->app.opt);
+        if (changed) {
+            cli_error("%s is fixed when the chat starts: this chat began with another", changed);
+            return SMCLI_USAGE;
+        }
+    }
     if (!r->chat) {
         sm_error e = {0};
         sm_chat_params cp = r->app.opt->chat;

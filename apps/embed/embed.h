@@ -16,7 +16,8 @@
  * followed by the call's: a binding keeps its own defaults. A run that
  * asks for a different context (--ctx-size, --threads, introspection,
  * lookahead, ...) gets a new session; a chat keeps the session it began
- * with and refuses such a change. Warnings come first, as lines of the
+ * with and refuses such a change, and a change of its --system or
+ * template flags. Warnings come first, as lines of the
  * form {"type":"warning","message":"..."}.
  *
  * Errors: NULL or a non-zero code, and the program's message (without its

@@ -409,6 +409,17 @@ static bool parse_chat_only(server *srv, const char *body, size_t len, gen_reque
     return true;
 }
 
+/* A conversation with tools as llama.cpp's tool format renders it (the
+ * text a generation decodes, its markup special tokens). */
+static sm_status render_tool_prompt(server *srv, const gen_request *req, sm_model *model, char **text, sm_error *why) {
+    sm_tool_prompt *tp = sm_tool_prompt_new(model, &srv->slots.chat_params, req->messages_json, req->tools_json,
+                                            req->tool_choice, req->parallel_tool_calls, why);
+    *text = tp ? strdup(sm_tool_prompt_text(tp)) : NULL;
+    sm_status st = tp ? (*text ? SM_OK : SM_ERR_NO_MEMORY) : why->status;
+    sm_tool_prompt_free(tp);
+    return st;
+}
+
 /* POST /apply-template (llama-server's): the prompt a chat request's
  * messages render to, the assistant's turn opened (and a final assistant
  * message continued), without generating. */
@@ -422,11 +433,7 @@ reply api_apply_template(server *srv, int client_fd, const char *body, size_t le
     sm_error why = {0};
     sm_status st;
     if (req.tool_mode) { /* a conversation with tools: llama.cpp's tool format */
-        sm_tool_prompt *tp = sm_tool_prompt_new(model, &srv->slots.chat_params, req.messages_json, req.tools_json,
-                                                req.tool_choice, req.parallel_tool_calls, &why);
-        text = tp ? strdup(sm_tool_prompt_text(tp)) : NULL;
-        st = tp ? (text ? SM_OK : SM_ERR_NO_MEMORY) : why.status;
-        sm_tool_prompt_free(tp);
+        st = render_tool_prompt(srv, &req, model, &text, &why);
     } else {
         st = sm_chat_render(model, &srv->slots.chat_params, req.messages, req.n_messages, &text, &why);
     }
@@ -464,7 +471,18 @@ reply api_input_tokens(server *srv, int client_fd, const char *body, size_t len)
     if (!parse_chat_only(srv, body, len, &req, &model, &bad)) return bad;
     int32_t n_tokens = 0;
     sm_error why = {0};
-    sm_status st = sm_chat_prompt_tokens(model, &srv->slots.chat_params, req.messages, req.n_messages, &n_tokens, &why);
+    sm_status st;
+    if (req.tool_mode) { /* tokenized as a generation tokenizes it (generate.c) */
+        char *text = NULL;
+        sm_tokens toks = {0};
+        st = render_tool_prompt(srv, &req, model, &text, &why);
+        if (st == SM_OK) st = sm_tokenize(model, text, strlen(text), true, true, &toks, &why);
+        n_tokens = toks.n;
+        sm_tokens_free(&toks);
+        free(text);
+    } else {
+        st = sm_chat_prompt_tokens(model, &srv->slots.chat_params, req.messages, req.n_messages, &n_tokens, &why);
+    }
     sm_tokens prefill = {0};
     if (st == SM_OK && req.prefill)
         st = sm_tokenize_continuation(model, req.prefill, strlen(req.prefill), &prefill, &why);

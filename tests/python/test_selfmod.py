@@ -410,3 +410,15 @@ def test_embeddings(stories):
     assert stories.embed([]) == []
     with pytest.raises(selfmod.SelfmodError, match="list of texts"):
         stories.embed("one string")
+
+
+def test_the_embedding_refuses_to_change_a_chats_system_prompt(stories):
+    """Below the Python check, the C embedding itself refuses a turn whose
+    --system differs from the chat's (the chat would ignore it)."""
+    chat = stories.chat(system="Be kind.", n_predict=2)
+    chat.send("Hello")
+    events, sink = selfmod._collector()
+    with pytest.raises(selfmod.SelfmodError, match="--system is fixed when the chat starts"):
+        stories._run(chat._runner, None, "Again", {"system": "Be rude."}, sink)
+    assert len(chat.send("Again").tokens) == 2  # the chat goes on
+    chat.close()

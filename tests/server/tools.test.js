@@ -107,6 +107,10 @@ test('the tools, the call and its result are rendered by the template', async ()
   assert.equal(r.status, 200, r.text);
   const tok = await post(servers.tools, '/tokenize', { content: t.json.prompt, add_special: true });
   assert.equal(r.json.usage.prompt_tokens, tok.json.tokens.length);
+  // and input_tokens counts what the generation decoded (it once refused tool conversations)
+  const counted = await post(servers.tools, '/chat/completions/input_tokens', { messages, tools: TOOLS });
+  assert.equal(counted.status, 200, counted.text);
+  assert.equal(counted.json.input_tokens, r.json.usage.prompt_tokens);
 });
 
 test('tool_choice naming a function: the template and the required call see that one alone', async () => {
