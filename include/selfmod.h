@@ -222,7 +222,8 @@ typedef struct sm_logit_bias {
 } sm_logit_bias;
 
 typedef struct sm_sampling_params {
-    float temperature;     /* 0.7; 0 = greedy                               */
+    float temperature;     /* 0 = greedy (the default; the original's 0.7
+                              never reached its argmax, docs/EVAL.md)   */
     int32_t top_k;         /* 40; <= 0 = whole vocabulary                   */
     float top_p;           /* 0.95; in (0, 1], 1 = off                      */
     float min_p;           /* 0.05; in [0, 1), 0 = off                      */

@@ -7,7 +7,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 BIN="${1:-$ROOT/build}/llama_selfmod"
 M="${SM_MODELS:-$ROOT/../shared/models}"
-S="greedy,sample,selfmod,original,calibrated:temp=0,calibrated:temp=0.2,dry,min-p,greedy+op:ngram_overlap,fixed"
+S="greedy,sample,selfmod,calibrated,calibrated:temp=0.2,original,dry,min-p,xtc,typical,greedy+op:ngram_overlap,fixed"
 run() { # NAME PROMPTS MODEL JUDGES N
   "$BIN" eval -f "$ROOT/data/prompts/$2" -m "$M/$3" --judge "$4" --strategies "$S" -n "$5" --seeds 3 --threads 2 \
     --quiet --csv "$ROOT/docs/eval-heldout-$1.csv" --chart "$ROOT/docs/eval-heldout-$1.svg"

@@ -79,7 +79,7 @@ const char *sm_stop_reason_name(sm_stop_reason reason) {
 
 sm_sampling_params sm_sampling_default_params(void) {
     return (sm_sampling_params){
-        .temperature = 0.7f,
+        .temperature = 0.0f, /* greedy: docs/EVAL.md, "the default temperature" */
         .top_k = 40,
         .top_p = 0.95f,
         .min_p = 0.05f,

@@ -26,10 +26,10 @@ ok() { passed=$((passed + 1)); echo "ok - $*"; }
 
 # ---------------------------------------------------------------------------
 "$SM_BIN" eval -f "$PROMPTS" --limit 3 -m "$STORIES" --judge "$SALTY,$TINY" \
-  --strategies greedy,selfmod -n 24 --seeds 2 --threads 1 --quiet \
+  --strategies greedy,calibrated -n 24 --seeds 2 --threads 1 --quiet \
   --csv out.csv --json out.json --chart out.svg > table.txt 2> err.txt \
   || fail "eval exited $?: $(cat err.txt)"
-grep -q "rep-4" table.txt && grep -q "selfmod" table.txt && grep -q "against greedy" table.txt \
+grep -q "rep-4" table.txt && grep -q "calibrated" table.txt && grep -q "against greedy" table.txt \
   || fail "the terminal table lacks its columns: $(cat table.txt)"
 ok "eval runs 3 prompts x 2 strategies and prints a table"
 
@@ -44,10 +44,10 @@ def rep(outputs, n):
     return 1 - unique / total if total else float('nan')
 
 rows = list(csv.DictReader(open('out.csv')))
-if [r['strategy'] for r in rows] != ['greedy', 'selfmod']: sys.exit(f'CSV strategies: {[r["strategy"] for r in rows]}')
+if [r['strategy'] for r in rows] != ['greedy', 'calibrated']: sys.exit(f'CSV strategies: {[r["strategy"] for r in rows]}')
 g, s = rows
 if (g['baseline'], g['deterministic'], g['outputs'], g['seeds']) != ('1', '1', '3', '1'): sys.exit(f'greedy row: {g}')
-if (s['baseline'], s['deterministic'], s['outputs'], s['seeds']) != ('0', '0', '6', '2'): sys.exit(f'selfmod row: {s}')
+if (s['baseline'], s['deterministic'], s['outputs'], s['seeds']) != ('0', '0', '6', '2'): sys.exit(f'calibrated row: {s}')
 for r in rows:
     for k in ('rep_2', 'rep_3', 'rep_4', 'diversity', 'distinct_1', 'distinct_2'):
         if not 0 <= float(r[k]) <= 1: sys.exit(f'{r["strategy"]} {k} = {r[k]}')
@@ -63,7 +63,7 @@ data = json.load(open('out.json'))
 if data['config']['n_prompts'] != 3 or data['config']['baseline'] != 'greedy': sys.exit(f'config: {data["config"]}')
 gp, sp = data['strategies'][0]['params'], data['strategies'][1]['params']
 if gp['temperature'] != 0 or gp['selfmod'] or gp['repeat_penalty'] != 1: sys.exit(f'greedy params: {gp}')
-if sp['temperature'] != 0.7 or not sp['selfmod'] or sp['n_predict'] != 24: sys.exit(f'selfmod params: {sp}')
+if sp['temperature'] != 0.7 or not sp['selfmod'] or sp['n_predict'] != 24: sys.exit(f'calibrated params: {sp}')
 outs = data['outputs']
 if len(outs) != 9: sys.exit(f'{len(outs)} outputs, expected 3 + 3 x 2')
 for o in outs:
@@ -78,10 +78,10 @@ for n in (2, 3, 4):
     theirs = data['strategies'][0]['metrics'][f'rep_{n}']['mean']
     if abs(mine - theirs) > 1e-9 or abs(float(g[f'rep_{n}']) - theirs) > 1e-5:
         sys.exit(f'greedy rep-{n}: recomputed {mine}, JSON {theirs}, CSV {g[f"rep_{n}"]}')
-per_seed = [rep([o['tokens'] for o in outs if o['strategy'] == 'selfmod' and o['seed'] == seed], 4) for seed in (1, 2)]
+per_seed = [rep([o['tokens'] for o in outs if o['strategy'] == 'calibrated' and o['seed'] == seed], 4) for seed in (1, 2)]
 m = data['strategies'][1]['metrics']['rep_4']
-if abs(m['mean'] - sum(per_seed) / 2) > 1e-9: sys.exit(f'selfmod rep-4 {m["mean"]}, per seed {per_seed}')
-if abs(m['se'] - abs(per_seed[0] - per_seed[1]) / 2) > 1e-9: sys.exit(f'selfmod rep-4 SE {m["se"]}, per seed {per_seed}')
+if abs(m['mean'] - sum(per_seed) / 2) > 1e-9: sys.exit(f'calibrated rep-4 {m["mean"]}, per seed {per_seed}')
+if abs(m['se'] - abs(per_seed[0] - per_seed[1]) / 2) > 1e-9: sys.exit(f'calibrated rep-4 SE {m["se"]}, per seed {per_seed}')
 # pooled over bytes: total bits / total bytes
 g_outs = [o for o in outs if o['strategy'] == 'greedy']
 nbytes = [len(o['text'].encode()) for o in g_outs]
@@ -103,9 +103,26 @@ labels = [t.text for t in root.findall(f'.//{ns}text') if t.get('font-weight') =
 legend = [''.join(t.itertext()) for t in root.findall(f'.//{ns}text')]
 if len(circles) != 4: sys.exit(f'{len(circles)} points, expected 2 strategies x 2 panels')
 if labels.count('1') != 2 or labels.count('2') != 2: sys.exit(f'point numbers: {labels}')
-if '1 greedy' not in legend or '2 selfmod' not in legend: sys.exit(f'legend: {legend}')
+if '1 greedy' not in legend or '2 calibrated' not in legend: sys.exit(f'legend: {legend}')
 EOF
 ok "the SVG chart parses and has a numbered point per strategy in each panel and a legend"
+
+# `selfmod` is what the program does with no flags (the default T 0 and the
+# calibrated policy): one deterministic output per prompt, the CLI's text.
+"$SM_BIN" eval -f "$PROMPTS" --limit 2 -m "$STORIES" --strategies selfmod -n 24 --seeds 2 --threads 1 --quiet \
+  --json default.json > /dev/null 2> err.txt || fail "eval selfmod exited $?: $(cat err.txt)"
+python3 - "$SM_BIN" "$STORIES" <<'EOF' || fail "eval's selfmod is not the CLI with no flags"
+import json, subprocess, sys
+data = json.load(open('default.json'))
+outs = data['outputs']
+if len(outs) != 2 or data['strategies'][0]['params']['temperature'] != 0: sys.exit(f'{len(outs)} outputs, params {data["strategies"][0]["params"]}')
+for o in outs:
+    prompt = data['prompts'][o['prompt']]['prompt']
+    cli = subprocess.run([sys.argv[1], '-m', sys.argv[2], '-p', prompt, '-n', '24', '--threads', '1', '--quiet'],
+                         capture_output=True, text=True, check=True).stdout
+    if cli.rstrip('\n') != o['text']: sys.exit(f'CLI {cli!r} != eval {o["text"]!r}')
+EOF
+ok "eval's selfmod strategy is the CLI with no flags (deterministic at the default T 0)"
 
 # ---------------------------------------------------------------------------
 # Reference answers (JSONL) and fusion of the same-vocabulary pair.

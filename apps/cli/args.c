@@ -203,7 +203,7 @@ void cli_print_help(FILE *out) {
         "      --threads N               CPU threads; 0 = all online cores (default: auto)\n"
         "\n"
         "sampling:\n"
-        "  -t, --temperature F           initial temperature; 0 = greedy (default: 0.7)\n"
+        "  -t, --temperature F           initial temperature; 0 = greedy (default: 0)\n"
         "      --top-k N                 keep the N most likely tokens; 0 = all (default: 40)\n"
         "      --top-p F                 nucleus mass in (0, 1]; 1 = off (default: 0.95)\n"
         "      --min-p F                 drop tokens below F * p(top) in [0, 1) (default: 0.05)\n"

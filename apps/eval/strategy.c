@@ -21,22 +21,39 @@ static void setup_greedy(sm_gen_params *g) {
     g->sampling.repeat_penalty = 1.0f;
 }
 
-static void setup_sample(sm_gen_params *g) { no_policy(g); }
+/* The sampling baselines sample at the original's default T 0.7 whatever
+ * the library's default (0: the policy at greedy, docs/EVAL.md). */
+#define BASELINE_TEMPERATURE 0.7f
+static void setup_sample(sm_gen_params *g) {
+    no_policy(g);
+    g->sampling.temperature = BASELINE_TEMPERATURE;
+}
 static void setup_selfmod(sm_gen_params *g) { (void)g; }
 /* --aggressive and retraction at critical confidence belong to the fixed
  * policy (the default before the calibrated one), as on the CLI. */
 static void setup_selfmod_aggressive(sm_gen_params *g) {
+    g->sampling.temperature = BASELINE_TEMPERATURE;
     g->policy.style = SM_POLICY_FIXED;
     g->policy.aggressive = true;
 }
 static void setup_selfmod_retract(sm_gen_params *g) {
+    g->sampling.temperature = BASELINE_TEMPERATURE;
     g->policy.style = SM_POLICY_FIXED;
     g->policy.retract = 1;
 }
-static void setup_fixed(sm_gen_params *g) { g->policy.style = SM_POLICY_FIXED; }
+static void setup_fixed(sm_gen_params *g) {
+    g->sampling.temperature = BASELINE_TEMPERATURE;
+    g->policy.style = SM_POLICY_FIXED;
+}
 /* The Rust llama_selfmod's policy, as its code applies it (sm_policy_preset). */
-static void setup_original(sm_gen_params *g) { sm_policy_preset(&g->policy, "original", NULL); }
-static void setup_calibrated(sm_gen_params *g) { sm_policy_preset(&g->policy, "calibrated", NULL); }
+static void setup_original(sm_gen_params *g) {
+    g->sampling.temperature = BASELINE_TEMPERATURE;
+    sm_policy_preset(&g->policy, "original", NULL);
+}
+static void setup_calibrated(sm_gen_params *g) {
+    g->sampling.temperature = BASELINE_TEMPERATURE;
+    sm_policy_preset(&g->policy, "calibrated", NULL);
+}
 static void setup_original_aggressive(sm_gen_params *g) {
     setup_original(g);
     g->policy.aggressive = true;
@@ -44,7 +61,7 @@ static void setup_original_aggressive(sm_gen_params *g) {
 
 /* DRY replaces the repeat penalty, as llama.cpp's documentation advises. */
 static void setup_dry(sm_gen_params *g) {
-    no_policy(g);
+    setup_sample(g);
     g->sampling.repeat_penalty = 1.0f;
     g->sampling.dry_multiplier = 0.8f;
 }
@@ -59,6 +76,19 @@ static void setup_min_p(sm_gen_params *g) {
     g->sampling.repeat_penalty = 1.0f;
 }
 
+/* XTC at its author's suggested setting (threshold 0.1, probability 0.5). */
+static void setup_xtc(sm_gen_params *g) {
+    setup_sample(g);
+    g->sampling.xtc_probability = 0.5f;
+    g->sampling.xtc_threshold = 0.1f;
+}
+
+/* Locally typical sampling at p 0.9. */
+static void setup_typical(sm_gen_params *g) {
+    setup_sample(g);
+    g->sampling.typical_p = 0.9f;
+}
+
 static const base_def BASES[] = {
     {"greedy", setup_greedy},
     {"sample", setup_sample},
@@ -71,6 +101,8 @@ static const base_def BASES[] = {
     {"fixed", setup_fixed},
     {"dry", setup_dry},
     {"min-p", setup_min_p},
+    {"xtc", setup_xtc},
+    {"typical", setup_typical},
 };
 
 enum { N_BASES = sizeof BASES / sizeof BASES[0] };
@@ -96,6 +128,8 @@ static bool set_base_key(sm_gen_params *g, const char *key, double v) {
         {"rp", &s->repeat_penalty, NULL},       {"repeat_last_n", NULL, &s->repeat_last_n},
         {"dry", &s->dry_multiplier, NULL},      {"dry_base", &s->dry_base, NULL},
         {"dry_allowed_length", NULL, &s->dry_allowed_length},
+        {"typical", &s->typical_p, NULL},       {"xtc", &s->xtc_probability, NULL},
+        {"xtc_threshold", &s->xtc_threshold, NULL},
         {"retract", NULL, &p->retract},         {"window", NULL, &p->window},
         {"critical", &p->critical_threshold, NULL}, {"confidence", &p->confidence_threshold, NULL},
         {"sharpen", &p->sharpen_threshold, NULL},   {"retract_tokens", NULL, &p->retract_tokens},

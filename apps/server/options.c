@@ -418,6 +418,7 @@ options_result server_parse_options(int argc, char **argv, server_options *opt, 
         .base = sm_gen_default_params(),
     };
     opt->base.sampling.repeat_penalty = 1.0f; /* none unless asked for, as with OpenAI and llama-server */
+    opt->base.sampling.temperature = 0.7f;    /* a request that names none samples, as with llama-server */
     opt->base.n_predict = N_PREDICT_UNSET;   /* each API's own default, unless --n-predict */
     opt->base.sampling.seed = SEED_UNSET;    /* fresh per request, unless --seed */
     optind = 0; /* 0, not 1: glibc then also forgets a short-option group left half-read */
