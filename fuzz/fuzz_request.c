@@ -63,7 +63,8 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size) {
         }
         gen_request req;
         api_error err;
-        bool ok = gen_request_parse(json, apis[kind], &srv->models, &srv->opt.base, kind == 2, &req, &err);
+        request_defaults defaults = {.base = &srv->opt.base, .selfmod = kind == 2};
+        bool ok = gen_request_parse(json, apis[kind], &srv->models, &defaults, &req, &err);
         cJSON_Delete(json);
         if (ok) generation_validate(srv, &req, &err);
         else gen_request_free(&req);

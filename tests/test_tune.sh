@@ -63,4 +63,48 @@ expect_error 2 "cannot read preset file" -m "$STORIES" -p hi --preset ./no-such.
 expect_error 2 'unknown key "temprature"' serve -m "$STORIES" --preset typo.json
 expect_error 2 "unknown policy preset 'loud'" serve -m "$STORIES" --preset loud
 echo "ok - bad tune flags and bad preset files are refused by name (serve --preset too)"
-echo "2 passed, 0 failed"
+
+# serve --preset-dir: a request names tune's file; its policy applies, and its
+# temperature unless the request gives one.
+source "$SM_SRC/tests/serve_helpers.sh"
+mkdir presets empty
+cp best.json presets/mine.json
+echo '{"preset": "fixed", "repeat_penalty": 1.3, "window": 7}' > presets/hot.json
+echo 'not a preset' > presets/README.txt
+"$SM_BIN" serve -m "$STORIES" --port 0 --threads 1 --preset-dir presets > serve.log 2>&1 &
+SERVE_PID=$!
+trap 'kill $SERVE_PID 2> /dev/null; rm -rf "$WORK"' EXIT
+PORT="$(listening_port serve.log $SERVE_PID)" || fail "serve --preset-dir did not start: $(cat serve.log)"
+python3 - "$PORT" <<'PY' || fail "a request's selfmod.preset naming a --preset-dir file"
+import json, sys, urllib.request, urllib.error
+url = f'http://127.0.0.1:{sys.argv[1]}/completion'
+def post(body):
+    req = urllib.request.Request(url, json.dumps(body).encode(), {'Content-Type': 'application/json'})
+    try:
+        with urllib.request.urlopen(req) as r: return r.status, json.load(r)
+    except urllib.error.HTTPError as e: return e.code, json.load(e)
+best = json.load(open('best.json'))
+code, r = post({'prompt': 'Once upon a time', 'n_predict': 4, 'selfmod': {'preset': 'mine'}})
+g = r.get('generation_settings', {})
+if code != 200 or abs(g['temperature'] - best['temperature']) > 1e-6 or g['max_retractions'] != best['max_retractions'] \
+        or g['window'] != best['window'] or not g['selfmod']: sys.exit(f'mine: {code} {g} (file {best})')
+code, r = post({'prompt': 'Once upon a time', 'n_predict': 4, 'temperature': 0.55, 'selfmod': {'preset': 'mine'}})
+if code != 200 or abs(r['generation_settings']['temperature'] - 0.55) > 1e-6: sys.exit(f'own temperature: {code} {r}')
+code, r = post({'prompt': 'Once upon a time', 'n_predict': 4, 'selfmod': {'preset': 'hot'}})
+g = r['generation_settings']
+if code != 200 or abs(g['repeat_penalty'] - 1.3) > 1e-6 or g['window'] != 7 or abs(g['temperature'] - 0.7) > 1e-6 \
+        or g['confidence_threshold'] != 0.5: sys.exit(f'hot (the fixed policy, serve\'s T 0.7): {code} {g}')
+code, r = post({'prompt': 'Once upon a time', 'n_predict': 4, 'selfmod': {'preset': 'nope'}})
+msg = r.get('error', {}).get('message', '')
+if code != 400 or 'mine' not in msg or 'hot' not in msg: sys.exit(f'unknown preset: {code} {msg}')
+PY
+kill $SERVE_PID; wait $SERVE_PID 2> /dev/null
+echo '{"preset": "calibrated"}' > empty/original.json
+expect_error 2 "its name is a built-in preset" serve -m "$STORIES" --preset-dir empty
+rm empty/original.json
+expect_error 2 "no preset files" serve -m "$STORIES" --preset-dir empty
+expect_error 2 "cannot read the folder" serve -m "$STORIES" --preset-dir no-such-dir
+echo '{"preset": "calibrated", "temprature": 0.3}' > empty/typo.json
+expect_error 2 'unknown key "temprature"' serve -m "$STORIES" --preset-dir empty
+echo "ok - serve --preset-dir: a request's selfmod.preset names a file; bad folders and files are refused by name"
+echo "3 passed, 0 failed"

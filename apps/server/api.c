@@ -279,6 +279,12 @@ static void merge_choice(cJSON *into, cJSON *from, int i, bool new_prompt) {
         cJSON_SetNumberValue(total, prompt->valuedouble + a->valuedouble);
 }
 
+/* What serve's flags make every request start from. */
+static request_defaults defaults_of(const server *srv) {
+    return (request_defaults){.base = &srv->opt.base, .selfmod = srv->opt.selfmod_default,
+                              .presets = srv->opt.presets, .n_presets = srv->opt.n_presets};
+}
+
 /* Answer k of a request that may ask for several (prompt k / n of
  * llama-server's prompt arrays, answer k % n of OpenAI's n), parsed as that
  * answer's request alone: with a seed, answer i of a prompt uses seed + i,
@@ -295,7 +301,8 @@ static bool parse_answer(server *srv, const cJSON *json, api_kind api, int k, in
         }
         cJSON_ReplaceItemInObjectCaseSensitive(one, "prompt", cJSON_Duplicate(cJSON_GetArrayItem(prompts, k / n), true));
     }
-    bool ok = gen_request_parse(one ? one : json, api, &srv->models, &srv->opt.base, srv->opt.selfmod_default, req, err);
+    const request_defaults defaults = defaults_of(srv);
+    bool ok = gen_request_parse(one ? one : json, api, &srv->models, &defaults, req, err);
     cJSON_Delete(one);
     if (!ok) {
         gen_request_free(req);
@@ -396,7 +403,8 @@ static bool parse_chat_only(server *srv, const char *body, size_t len, gen_reque
     cJSON *json = api_parse_body(body, len, bad);
     if (!json) return false;
     api_error err;
-    bool ok = gen_request_parse(json, API_CHAT, &srv->models, &srv->opt.base, srv->opt.selfmod_default, req, &err);
+    const request_defaults defaults = defaults_of(srv);
+    bool ok = gen_request_parse(json, API_CHAT, &srv->models, &defaults, req, &err);
     cJSON_Delete(json);
     if (!ok) {
         gen_request_free(req);

@@ -2,12 +2,14 @@
 #include "common/flags.h"
 #include "server/request.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <dirent.h>
 #include <sys/stat.h>
 
 enum {
@@ -43,6 +45,7 @@ enum {
     OPT_MAX_CONNECTIONS,
     OPT_SELFMOD,
     OPT_PRESET,
+    OPT_PRESET_DIR,
     OPT_HEADER_TIMEOUT,
     OPT_NO_BATCH,
     OPT_USER_LABEL,
@@ -91,6 +94,7 @@ static const struct option long_options[] = {
     {"max-connections", required_argument, NULL, OPT_MAX_CONNECTIONS},
     {"selfmod", no_argument, NULL, OPT_SELFMOD},
     {"preset", required_argument, NULL, OPT_PRESET},
+    {"preset-dir", required_argument, NULL, OPT_PRESET_DIR},
     {"header-timeout", required_argument, NULL, OPT_HEADER_TIMEOUT},
     {"no-batch", no_argument, NULL, OPT_NO_BATCH},
     {"user-label", required_argument, NULL, OPT_USER_LABEL},
@@ -135,6 +139,8 @@ static void print_usage(FILE *out) {
           "      --preset NAME|FILE    the policy requests start from: calibrated (default),\n"
           "                            original, fixed, tuned, or a file llama_selfmod tune\n"
           "                            wrote (its values are the requests' defaults too)\n"
+          "      --preset-dir DIR      DIR's preset files (NAME.json, as tune writes them) that\n"
+          "                            a request chooses with \"selfmod\": {\"preset\": \"NAME\"}\n"
           "      --parallel N          requests generating at once; more wait (default: 2)\n"
           "      --threads N           CPU threads that decode the requests together; 0 = all\n"
           "                            cores (with --no-batch: per request, 0 = cores / parallel)\n"
@@ -269,6 +275,93 @@ static bool read_template_file(server_options *opt, const char *path, FILE *err)
     return true;
 }
 
+enum { MAX_PRESETS = 64 };
+
+/* NAME.json with NAME of letters, digits, '-' and '_': a request's name for it. */
+static bool preset_stem(const char *file, char *stem, size_t size) {
+    size_t n = strlen(file);
+    if (n <= 5 || n - 5 >= size || strcmp(file + n - 5, ".json") != 0) return false;
+    for (size_t i = 0; i < n - 5; i++)
+        if (!(isalnum((unsigned char)file[i]) || file[i] == '-' || file[i] == '_')) return false;
+    memcpy(stem, file, n - 5);
+    stem[n - 5] = '\0';
+    return true;
+}
+
+/* Loads one file; which of the sampling values it sets is found by loading
+ * it over two bases that differ in them. */
+static bool load_named_preset(const char *path, named_preset *out, FILE *err) {
+    sm_gen_params a = sm_gen_default_params(), b = a;
+    a.sampling.temperature = 0.0f, a.sampling.repeat_penalty = 1.0f;
+    b.sampling.temperature = 1.0f, b.sampling.repeat_penalty = 2.0f;
+    sm_error invalid;
+    if (sm_gen_params_load_preset(path, &a, &invalid) != SM_OK || sm_gen_params_load_preset(path, &b, &invalid) != SM_OK) {
+        fprintf(err, "llama_selfmod serve: error: --preset-dir: %s\n", invalid.message);
+        return false;
+    }
+    out->policy = a.policy;
+    out->sets_temperature = a.sampling.temperature == b.sampling.temperature;
+    out->sets_repeat_penalty = a.sampling.repeat_penalty == b.sampling.repeat_penalty;
+    out->temperature = a.sampling.temperature;
+    out->repeat_penalty = a.sampling.repeat_penalty;
+    return true;
+}
+
+/* --preset-dir DIR: every NAME.json in DIR, in name order. */
+static bool load_preset_dir(server_options *opt, const char *dir, FILE *err) {
+    struct dirent **entries;
+    int n = scandir(dir, &entries, NULL, alphasort);
+    if (n < 0) {
+        fprintf(err, "llama_selfmod serve: error: --preset-dir: cannot read the folder '%s': %s\n", dir, strerror(errno));
+        return false;
+    }
+    bool ok = true;
+    int added = 0;
+    for (int i = 0; i < n; i++) {
+        char stem[sizeof opt->presets->name], path[PATH_MAX];
+        struct stat st;
+        const char *file = entries[i]->d_name;
+        if (!ok || !preset_stem(file, stem, sizeof stem) ||
+            snprintf(path, sizeof path, "%s/%s", dir, file) >= (int)sizeof path || stat(path, &st) != 0 ||
+            !S_ISREG(st.st_mode))
+            continue;
+        sm_policy_params scratch = sm_policy_default_params();
+        bool builtin = sm_policy_preset(&scratch, stem, NULL) == SM_OK, known = false;
+        for (int k = 0; k < opt->n_presets; k++) known |= strcmp(opt->presets[k].name, stem) == 0;
+        if (builtin || known || opt->n_presets >= MAX_PRESETS) {
+            fprintf(err, "llama_selfmod serve: error: --preset-dir: '%s': %s\n", path,
+                    builtin ? "its name is a built-in preset's (rename the file)"
+                    : known ? "a preset of that name was given already"
+                            : "more than 64 presets");
+            ok = false;
+            continue;
+        }
+        named_preset *grown = realloc(opt->presets, sizeof *grown * (size_t)(opt->n_presets + 1));
+        if (!grown) {
+            fprintf(err, "llama_selfmod serve: error: out of memory\n");
+            ok = false;
+            continue;
+        }
+        opt->presets = grown;
+        named_preset *p = &opt->presets[opt->n_presets];
+        memset(p, 0, sizeof *p);
+        snprintf(p->name, sizeof p->name, "%s", stem);
+        if (!load_named_preset(path, p, err)) {
+            ok = false;
+            continue;
+        }
+        opt->n_presets++;
+        added++;
+    }
+    for (int i = 0; i < n; i++) free(entries[i]);
+    free(entries);
+    if (ok && added == 0) {
+        fprintf(err, "llama_selfmod serve: error: --preset-dir: no preset files (NAME.json) in '%s'\n", dir);
+        return false;
+    }
+    return ok;
+}
+
 static bool apply_option(server_options *opt, int c, const char *arg, FILE *err) {
     long v;
     switch (c) {
@@ -372,6 +465,7 @@ static bool apply_option(server_options *opt, int c, const char *arg, FILE *err)
         fprintf(err, "llama_selfmod serve: error: --preset: %s\n", invalid.message);
         return false;
     }
+    case OPT_PRESET_DIR: return load_preset_dir(opt, arg, err);
     case OPT_NO_BATCH: opt->no_batch = true; return true;
     case OPT_TEMPERATURE: {
         char *end;
@@ -469,4 +563,7 @@ void server_options_free(server_options *opt) {
     opt->api_key_owned = NULL;
     free(opt->chat_template_text);
     opt->chat_template_text = NULL;
+    free(opt->presets);
+    opt->presets = NULL;
+    opt->n_presets = 0;
 }

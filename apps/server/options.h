@@ -3,6 +3,7 @@
 #define SERVER_OPTIONS_H
 
 #include "selfmod.h"
+#include "server/request.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -25,6 +26,8 @@ typedef struct server_options {
     /* What a request starts from: the library's defaults without a repeat
      * penalty (OpenAI's), refined by --preset NAME|FILE. */
     sm_gen_params base;
+    named_preset *presets;                 /* --preset-dir's files (owned)     */
+    int n_presets;
     bool no_batch;                         /* --no-batch: a context per slot   */
     bool metrics;                          /* --metrics: GET /metrics          */
     bool slots;                            /* --slots: GET /slots              */

@@ -495,7 +495,37 @@ static bool parse_selfmod_key(const cJSON *o, const cJSON *v, gen_request *r, ap
     return api_fail(err, 400, param, "unknown field '%s'", param);
 }
 
-static bool parse_selfmod(const cJSON *b, gen_request *r, int n_models, bool selfmod_default, api_error *err) {
+/* selfmod.preset: a built-in policy preset, or one of --preset-dir's files
+ * (its policy, and its temperature and penalty where the request sets none). */
+static bool apply_preset(const cJSON *b, const char *name, const request_defaults *defaults, gen_request *r,
+                         api_error *err) {
+    sm_error invalid;
+    if (sm_policy_preset(&r->params.policy, name, &invalid) == SM_OK) return true;
+    for (int i = 0; i < defaults->n_presets; i++) {
+        const named_preset *p = &defaults->presets[i];
+        if (strcmp(p->name, name) != 0) continue;
+        sm_policy_params was = r->params.policy;
+        r->params.policy = p->policy;
+        r->params.policy.enabled = was.enabled;
+        r->params.policy.hold_temperature = was.hold_temperature;
+        r->params.policy.hold_repeat_penalty = was.hold_repeat_penalty;
+        if (p->sets_temperature && !json_field(b, "temperature")) r->params.sampling.temperature = p->temperature;
+        if (p->sets_repeat_penalty && !json_field(b, "repeat_penalty"))
+            r->params.sampling.repeat_penalty = p->repeat_penalty;
+        return true;
+    }
+    char names[512] = "";
+    size_t used = 0;
+    for (int i = 0; i < defaults->n_presets && used < sizeof names; i++)
+        used += (size_t)snprintf(names + used, sizeof names - used, ", %s", defaults->presets[i].name);
+    return api_fail(err, 400, "selfmod.preset", "'selfmod.preset': unknown preset '%.60s' (presets: original, fixed, "
+                    "tuned, calibrated%s%s)", name, names, defaults->n_presets ? "" : "; serve --preset-dir DIR offers "
+                    "tune's files by name");
+}
+
+static bool parse_selfmod(const cJSON *b, gen_request *r, int n_models, const request_defaults *defaults,
+                          api_error *err) {
+    const bool selfmod_default = defaults->selfmod;
     const cJSON *o = json_field(b, "selfmod");
     /* Without a selfmod object a request samples as asked, as with OpenAI
      * and llama-server, unless the server was started with --selfmod. */
@@ -506,11 +536,9 @@ static bool parse_selfmod(const cJSON *b, gen_request *r, int n_models, bool sel
     /* A preset first, wherever it stands: the object's other keys refine it. */
     const cJSON *preset = json_field(o, "preset");
     if (preset && !cJSON_IsNull(preset)) {
-        sm_error invalid;
         if (!cJSON_IsString(preset))
             return api_fail(err, 400, "selfmod.preset", "'selfmod.preset' must be a string (original, fixed, tuned)");
-        if (sm_policy_preset(&r->params.policy, preset->valuestring, &invalid) != SM_OK)
-            return api_fail(err, 400, "selfmod.preset", "'selfmod.preset': %s", invalid.message);
+        if (!apply_preset(b, preset->valuestring, defaults, r, err)) return false;
     }
     const cJSON *v;
     cJSON_ArrayForEach(v, o) {
@@ -838,12 +866,12 @@ bool check_known_fields(const cJSON *body, const char *const *known_fields, size
     return true;
 }
 
-bool gen_request_parse(const cJSON *body, api_kind api, const model_set *models, const sm_gen_params *base,
-                       bool selfmod_default, gen_request *r, api_error *err) {
+bool gen_request_parse(const cJSON *body, api_kind api, const model_set *models, const request_defaults *defaults,
+                       gen_request *r, api_error *err) {
     memset(r, 0, sizeof *r);
     memset(err, 0, sizeof *err);
     r->api = api;
-    r->params = *base; /* serve's defaults: no repeat penalty unless asked for; --preset */
+    r->params = *defaults->base; /* serve's defaults: no repeat penalty unless asked for; --preset */
     if (!cJSON_IsObject(body)) return api_fail(err, 400, NULL, "the request body must be a JSON object");
     if (!check_known_fields(body, KNOWN_FIELDS, sizeof KNOWN_FIELDS / sizeof *KNOWN_FIELDS, err)) return false;
     if (!parse_model(body, models, r, err)) return false;
@@ -860,7 +888,7 @@ bool gen_request_parse(const cJSON *body, api_kind api, const model_set *models,
               parse_logit_bias(body, r, target_models[0], err) &&
               parse_logprobs(body, r, err) && parse_stream(body, r, err) && parse_llama_fields(body, r, err) &&
               parse_grammar(body, r, target_models[0], err) &&
-              parse_selfmod(body, r, n_models, selfmod_default, err);
+              parse_selfmod(body, r, n_models, defaults, err);
     if (!ok) return false;
     gen_request_bind(r);
     r->params.n_probs = r->n_probs;

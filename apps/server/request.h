@@ -78,13 +78,28 @@ typedef struct gen_request {
 /* No serve --seed: each request that sends none gets a fresh one. */
 #define SEED_UNSET UINT64_MAX
 
-/* base: what a request starts from (serve's defaults and --preset);
- * selfmod_default: whether the policy adapts sampling when a request has
- * no "selfmod" object (serve --selfmod). */
+/* A preset file serve --preset-dir offers: a request names it in
+ * selfmod.preset. The sampling values apply unless the request sets its own. */
+typedef struct named_preset {
+    char name[64];
+    sm_policy_params policy;
+    bool sets_temperature, sets_repeat_penalty;
+    float temperature, repeat_penalty;
+} named_preset;
+
+/* What a request starts from. */
+typedef struct request_defaults {
+    const sm_gen_params *base;    /* serve's defaults and --preset           */
+    bool selfmod;                 /* --selfmod: the policy adapts sampling even
+                                     for a request with no "selfmod" object */
+    const named_preset *presets;  /* --preset-dir's files                     */
+    int n_presets;
+} request_defaults;
+
 /* Whether a "prompt" holds several prompts (each answered in turn). */
 bool prompt_is_several(const cJSON *prompt);
-bool gen_request_parse(const cJSON *body, api_kind api, const model_set *models, const sm_gen_params *base,
-                       bool selfmod_default, gen_request *req, api_error *err);
+bool gen_request_parse(const cJSON *body, api_kind api, const model_set *models, const request_defaults *defaults,
+                       gen_request *req, api_error *err);
 void gen_request_free(gen_request *req);
 /* Points req->params at req's own stop strings and operators again (after
  * the struct was copied). */
