@@ -209,10 +209,40 @@ typedef struct sm_sample_input {
 
 int sm_sampler_work_init(sm_sampler_work *w, int32_t n_vocab);
 void sm_sampler_work_free(sm_sampler_work *w);
+/* llama.cpp's random draws, bit for bit: std::mt19937 as libstdc++ has
+ * it, and its uniform_real_distribution<double> (two outputs a draw) and
+ * <float> (one). n_out counts the outputs taken since seeding: a rewind
+ * restores that count (sm_mt_seek replays), not the 2.5 KB state. */
+typedef struct sm_mt {
+    uint32_t state[624];
+    int32_t index;
+    uint32_t seed;
+    uint64_t n_out;
+} sm_mt;
+void sm_mt_seed(sm_mt *mt, uint32_t seed);
+uint32_t sm_mt_next(sm_mt *mt);
+void sm_mt_seek(sm_mt *mt, uint64_t n_out);
+double sm_mt_uniform(sm_mt *mt);     /* [0, 1) */
+float sm_mt_uniform_float(sm_mt *mt); /* [0, 1) */
+
+/* The sampler's random state: the stream of llama.cpp's dist (or
+ * mirostat) sampler and that of its XTC sampler, each seeded with the
+ * seed as llama.cpp seeds them, so a seed draws what llama.cpp draws. */
+typedef struct sm_sample_rng {
+    sm_mt draw, xtc;
+} sm_sample_rng;
+typedef struct sm_rng_mark {
+    uint64_t draw, xtc;
+} sm_rng_mark;
+void sm_sample_rng_init(sm_sample_rng *rng, uint64_t seed);
+sm_rng_mark sm_sample_rng_mark(const sm_sample_rng *rng);
+void sm_sample_rng_restore(sm_sample_rng *rng, sm_rng_mark mark);
+
 /* Returns the chosen token (or -1 when every token is banned) and its
  * probability under the final distribution in *p_sampled. */
-sm_token sm_sample(const sm_sample_input *in, uint64_t *rng, sm_sampler_work *w, float *p_sampled);
+sm_token sm_sample(const sm_sample_input *in, sm_sample_rng *rng, sm_sampler_work *w, float *p_sampled);
 float sm_topk_confidence(const float *logits, int32_t n_vocab, int32_t k, sm_token t, sm_candidate *work);
+/* splitmix64, for the library's own draws (exploration bursts). */
 uint64_t sm_rng_next(uint64_t *state);
 double sm_rng_uniform(uint64_t *state); /* [0, 1) */
 

@@ -3,12 +3,15 @@
  * presence penalties -> DRY -> top-n-sigma -> top-k -> typical -> top-p ->
  * min-p -> XTC -> temperature (or dynamic temperature) -> draw; mirostat
  * v2 replaces everything after DRY with temperature -> mirostat. These
- * follow llama.cpp's samplers step for step (tests/test_sampler.c holds
- * them to llama.cpp's on the same logits), drawing from our own random
- * state. Written here rather than with llama_sampler because
- * the policy changes temperature and penalty every token and a rewind must
- * restore the penalty history and the random state exactly: both are plain
- * values owned by the session (the kept token list and a 64-bit state).
+ * follow llama.cpp's samplers step for step, and draw as llama.cpp draws:
+ * the same std::mt19937 streams seeded the same way, the same arithmetic
+ * over the candidates in the same order, so one seed gives llama.cpp's
+ * tokens (tests/test_sampler.c holds both to llama.cpp's on the same
+ * logits). Written here rather than with llama_sampler because the policy
+ * changes temperature and penalty every token and a rewind must restore
+ * the penalty history and the random state exactly: both are plain values
+ * owned by the session (the kept token list, and how many outputs each
+ * random stream has given).
  * DRY is llama.cpp's own sampler, but it never keeps a history of its own:
  * it is reset and shown the kept tokens before every use.
  */
@@ -28,6 +31,73 @@ uint64_t sm_rng_next(uint64_t *state) {
 }
 
 double sm_rng_uniform(uint64_t *state) { return (double)(sm_rng_next(state) >> 11) * 0x1.0p-53; }
+
+/* std::mt19937 (Matsumoto and Nishimura), as the C++ standard defines it. */
+enum { MT_N = 624, MT_M = 397 };
+
+void sm_mt_seed(sm_mt *mt, uint32_t seed) {
+    mt->seed = seed;
+    mt->state[0] = seed;
+    for (uint32_t i = 1; i < MT_N; i++) mt->state[i] = 1812433253u * (mt->state[i - 1] ^ (mt->state[i - 1] >> 30)) + i;
+    mt->index = MT_N;
+    mt->n_out = 0;
+}
+
+static void mt_twist(sm_mt *mt) {
+    for (int32_t i = 0; i < MT_N; i++) {
+        uint32_t y = (mt->state[i] & 0x80000000u) | (mt->state[(i + 1) % MT_N] & 0x7fffffffu);
+        mt->state[i] = mt->state[(i + MT_M) % MT_N] ^ (y >> 1) ^ (y & 1u ? 0x9908b0dfu : 0u);
+    }
+    mt->index = 0;
+}
+
+uint32_t sm_mt_next(sm_mt *mt) {
+    if (mt->index >= MT_N) mt_twist(mt);
+    uint32_t y = mt->state[mt->index++];
+    y ^= y >> 11;
+    y ^= (y << 7) & 0x9d2c5680u;
+    y ^= (y << 15) & 0xefc60000u;
+    y ^= y >> 18;
+    mt->n_out++;
+    return y;
+}
+
+/* Back to the state after n_out outputs: reseed and replay (a rewind goes
+ * back a few tokens of two outputs each; replaying is microseconds). */
+void sm_mt_seek(sm_mt *mt, uint64_t n_out) {
+    if (n_out < mt->n_out) sm_mt_seed(mt, mt->seed);
+    while (mt->n_out < n_out) sm_mt_next(mt);
+}
+
+/* libstdc++'s generate_canonical<double, 53>: two outputs, low one first,
+ * summed in double (the sum rounds to 53 bits), scaled by 2^-64. */
+double sm_mt_uniform(sm_mt *mt) {
+    double sum = (double)sm_mt_next(mt);
+    sum += (double)sm_mt_next(mt) * 4294967296.0;
+    double u = sum / 18446744073709551616.0;
+    return u >= 1.0 ? nextafter(1.0, 0.0) : u;
+}
+
+/* ... and generate_canonical<float, 24>: one output, rounded to float. */
+float sm_mt_uniform_float(sm_mt *mt) {
+    float u = (float)sm_mt_next(mt) / 4294967296.0f;
+    return u >= 1.0f ? nextafterf(1.0f, 0.0f) : u;
+}
+
+/* llama.cpp seeds its dist, mirostat and XTC samplers with the 32-bit seed. */
+void sm_sample_rng_init(sm_sample_rng *rng, uint64_t seed) {
+    sm_mt_seed(&rng->draw, (uint32_t)seed);
+    sm_mt_seed(&rng->xtc, (uint32_t)seed);
+}
+
+sm_rng_mark sm_sample_rng_mark(const sm_sample_rng *rng) {
+    return (sm_rng_mark){.draw = rng->draw.n_out, .xtc = rng->xtc.n_out};
+}
+
+void sm_sample_rng_restore(sm_sample_rng *rng, sm_rng_mark mark) {
+    sm_mt_seek(&rng->draw, mark.draw);
+    sm_mt_seek(&rng->xtc, mark.xtc);
+}
 
 int sm_sampler_work_init(sm_sampler_work *w, int32_t n_vocab) {
     *w = (sm_sampler_work){.n_vocab = n_vocab};
@@ -269,9 +339,9 @@ static void apply_typical(sm_candidate *c, int32_t *n, float p, sm_candidate *sc
 
 /* XTC: with its probability, the tokens above the threshold are removed,
  * all but the least probable of them (c sorted, probabilities normalised). */
-static void apply_xtc(sm_candidate *c, int32_t *n, const sm_sample_input *in, uint64_t *rng) {
+static void apply_xtc(sm_candidate *c, int32_t *n, const sm_sample_input *in, sm_sample_rng *rng) {
     if (*n < 2 || in->xtc_threshold > 0.5f) return;
-    if (sm_rng_uniform(rng) > in->xtc_probability) return;
+    if (sm_mt_uniform_float(&rng->xtc) > in->xtc_probability) return;
     int32_t above = 0;
     while (above < *n && c[above].prob >= in->xtc_threshold) above++;
     int32_t cut = above - 1; /* keep the last token above the threshold */
@@ -317,30 +387,87 @@ static void keep_candidates(const sm_sample_input *in, const sm_candidate *c, in
     *in->n_kept_out = k;
 }
 
-static sm_token mirostat_v2(sm_candidate *c, int32_t n, const sm_sample_input *in, uint64_t *rng, float *p_sampled) {
+/* llama.cpp's softmax (llama_sampler_softmax_impl): its sum is a float. */
+static void softmax_as_llama(sm_candidate *c, int32_t n) {
+    float sum = 0.0f;
+    for (int32_t i = 0; i < n; i++) {
+        c[i].prob = expf(c[i].logit - c[0].logit);
+        sum += c[i].prob;
+    }
+    for (int32_t i = 0; i < n; i++) c[i].prob /= sum;
+}
+
+/* libstdc++'s discrete_distribution over c[0..n).prob, as mirostat draws:
+ * the weights normalised in double, their running sums (the last forced
+ * to 1), the first sum not below a canonical draw. */
+static int32_t discrete_draw(const sm_candidate *c, int32_t n, sm_mt *mt) {
+    double total = 0.0, cum = 0.0;
+    for (int32_t i = 0; i < n; i++) total += (double)c[i].prob;
+    const double u = sm_mt_uniform(mt);
+    for (int32_t i = 0; i < n - 1; i++) {
+        cum += (double)c[i].prob / total;
+        if (cum >= u) return i;
+    }
+    return n - 1;
+}
+
+static sm_token mirostat_v2(sm_candidate *c, int32_t n, const sm_sample_input *in, sm_sample_rng *rng,
+                            float *p_sampled) {
     for (int32_t i = 0; i < n; i++) c[i].logit /= in->temperature; /* llama.cpp's temp, then mirostat */
-    softmax(c, n, 1.0f);
+    softmax_as_llama(c, n);
     int32_t keep = 0;
     while (keep < n && -log2f(c[keep].prob) <= in->mirostat_mu) keep++;
     if (keep == 0) keep = 1;
-    softmax(c, keep, 1.0f);
+    softmax_as_llama(c, keep);
     keep_candidates(in, c, keep);
-    double u = sm_rng_uniform(rng), cum = 0.0;
-    int32_t pick = keep - 1;
-    for (int32_t i = 0; i < keep; i++) {
-        cum += c[i].prob;
-        if (u < cum) {
-            pick = i;
-            break;
-        }
-    }
+    int32_t pick = discrete_draw(c, keep, &rng->draw);
     float surprise = -log2f(c[pick].prob);
     if (in->mirostat_mu_next) *in->mirostat_mu_next = in->mirostat_mu - in->mirostat_eta * (surprise - in->mirostat_tau);
     *p_sampled = c[pick].prob;
     return c[pick].token;
 }
 
-sm_token sm_sample(const sm_sample_input *in, uint64_t *rng, sm_sampler_work *w, float *p_sampled) {
+/* llama.cpp's dist sampler over c[0..n) at temperature t: the weights
+ * expf(logit / t - max) in float, summed in double, the first running sum
+ * to reach sum * u. Its candidates are in llama.cpp's order: by logit when
+ * a sampler sorted them (top-k, top-p, typical, XTC), else by token id
+ * (min-p alone keeps the vocabulary's order); order_by_id says which.
+ * Returns the index in c of the token drawn. */
+static int32_t dist_draw(sm_candidate *c, int32_t n, float t, bool order_by_id, sm_mt *mt, sm_sampler_work *w) {
+    const float max = c[0].logit / t;
+    if (!order_by_id || n == 1) {
+        double sum = 0.0;
+        for (int32_t i = 0; i < n; i++) sum += expf(c[i].logit / t - max);
+        const double target = sum * sm_mt_uniform(mt);
+        double run = 0.0;
+        for (int32_t i = 0; i < n; i++) {
+            run += expf(c[i].logit / t - max);
+            if (run >= target) return i;
+        }
+        return n - 1; /* llama.cpp's fallback: the last in its order */
+    }
+    /* by token id: each candidate's logit at its id (NaN: none), then passes
+     * over the vocabulary, which beat sorting a long candidate list */
+    float *at = w->masked;
+    for (int32_t v = 0; v < w->n_vocab; v++) at[v] = NAN;
+    for (int32_t i = 0; i < n; i++) at[c[i].token] = c[i].logit;
+    double sum = 0.0;
+    sm_token drawn = -1;
+    for (int32_t v = 0; v < w->n_vocab; v++)
+        if (!isnan(at[v])) sum += expf(at[v] / t - max), drawn = v; /* the fallback: the last id */
+    const double target = sum * sm_mt_uniform(mt);
+    double run = 0.0;
+    for (int32_t v = 0; v < w->n_vocab; v++) {
+        if (isnan(at[v]) || (run += expf(at[v] / t - max)) < target) continue;
+        drawn = v;
+        break;
+    }
+    for (int32_t i = 0; i < n; i++)
+        if (c[i].token == drawn) return i;
+    return n - 1;
+}
+
+sm_token sm_sample(const sm_sample_input *in, sm_sample_rng *rng, sm_sampler_work *w, float *p_sampled) {
     float *logits = w->logits;
     memcpy(logits, in->logits, sizeof(float) * (size_t)in->n_vocab);
     for (int32_t i = 0; i < in->n_logit_bias; i++) {
@@ -417,15 +544,11 @@ sm_token sm_sample(const sm_sample_input *in, uint64_t *rng, sm_sampler_work *w,
         softmax(c, n, 1.0f);
         apply_xtc(c, &n, in, rng);
     }
-    softmax(c, n, in->dynatemp_range > 0.0f ? dynamic_temperature(c, n, in) : in->temperature);
+    const float t = in->dynatemp_range > 0.0f ? dynamic_temperature(c, n, in) : in->temperature;
+    softmax(c, n, t);
     keep_candidates(in, c, n);
-
-    double u = sm_rng_uniform(rng), cum = 0.0;
-    int32_t pick = n - 1;
-    for (int32_t i = 0; i < n; i++) {
-        cum += c[i].prob;
-        if (u < cum) { pick = i; break; }
-    }
+    const bool sorted = !whole_vocab || in->top_p < 1.0f || in->typical_p < 1.0f || in->xtc_probability > 0.0f;
+    int32_t pick = dist_draw(c, n, t, !sorted, &rng->draw, w);
     *p_sampled = c[pick].prob;
     return c[pick].token;
 }

@@ -947,7 +947,7 @@ static unsigned char *snapshot_at(const generation *g, int32_t i) { return g->sn
 static void save_position(generation *g, int32_t i) {
     position_record *r = &g->rec[i];
     r->knobs = g->knobs;
-    r->sample_rng = g->rng;
+    r->sample_rng = sm_sample_rng_mark(&g->rng);
     unsigned char *snap = snapshot_at(g, i);
     for (int32_t k = 0; k < g->n_stages; k++) {
         const sm_stage *st = g->stages[k];
@@ -960,7 +960,7 @@ static void save_position(generation *g, int32_t i) {
 static void restore_position(generation *g, int32_t j) {
     const position_record *r = &g->rec[j];
     g->knobs = r->knobs; /* [restore] */
-    g->rng = r->sample_rng; /* [restore] */
+    sm_sample_rng_restore(&g->rng, r->sample_rng); /* [restore] */
     const unsigned char *snap = snapshot_at(g, j);
     for (int32_t k = 0; k < g->n_stages; k++) {
         sm_stage *st = g->stages[k];
@@ -1666,7 +1666,7 @@ static sm_status generate_impl(sm_session *s, const char *prompt, const sm_gen_p
         }
     }
     g.knobs = (sm_knobs){gp->sampling.temperature, gp->sampling.repeat_penalty, -1};
-    g.rng = gp->sampling.seed;
+    sm_sample_rng_init(&g.rng, gp->sampling.seed);
     sm_text_init(&g.text);
     sm_status st = sm_stages_open(&g);
     if (st != SM_OK) {

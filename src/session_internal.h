@@ -17,7 +17,7 @@ typedef struct position_record {
     sm_signals signals;
     float log_z;                /* of the raw distribution, for top-n views */
     sm_knobs knobs;             /* the loop's knobs (the policy's values)   */
-    uint64_t sample_rng;
+    sm_rng_mark sample_rng;
     int32_t n_backtracks_here;  /* rewinds that landed on this position */
     int32_t n_rejected_here;    /* tokens a check took back here         */
     sm_token *bans;             /* tokens no longer allowed here         */
@@ -143,7 +143,7 @@ typedef struct sm_loop {
     sm_model_dist dists[SM_MAX_MODELS];
     bool participating[SM_MAX_MODELS];
     sm_knobs knobs;                 /* what the policy set; persists          */
-    uint64_t rng;
+    sm_sample_rng rng;
     sm_text text;
     sm_stage **stages;
     int32_t n_stages;

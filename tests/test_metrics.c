@@ -373,7 +373,8 @@ static void test_dry_penalises_extending_a_repeat(void **unused) {
                           .top_p = 1.0f, .history = history, .n_history = 5};
     sm_sampler_work w;
     assert_int_equal(sm_sampler_work_init(&w, 8), 0);
-    uint64_t rng = 1;
+    sm_sample_rng rng;
+    sm_sample_rng_init(&rng, 1);
     float p;
     assert_int_equal(sm_sample(&in, &rng, &w, &p), 3); /* DRY off */
     in.dry_multiplier = 0.8f;

@@ -106,7 +106,7 @@ echo "ok: --ctx-size"
 # --- Joining the token events' text rebuilds the text, split characters too
 # (with this seed the chat model writes two characters in two tokens each).
 for model in "$STORIES" "$CHAT"; do
-  "$SM_BIN" -m "$model" -p "Le café était très" -n 40 -t 1.5 --seed 3 --preset fixed --json-stream --no-memory > out.jsonl 2> /dev/null
+  "$SM_BIN" -m "$model" -p "Le café était très" -n 40 -t 1.5 --seed 4 --preset fixed --json-stream --no-memory > out.jsonl 2> /dev/null
   [ "$model" = "$CHAT" ] && { grep -q '"piece_bytes"' out.jsonl || fail "no split character to join: the check would prove nothing"; }
   python3 - out.jsonl <<'EOF' || fail "$(basename "$model"): joined token text differs from the final text"
 import json, sys

@@ -16,7 +16,8 @@ static sm_sample_input input(const float *logits, int32_t n) {
 static void frequencies(const sm_sample_input *in, int draws, double *freq) {
     sm_sampler_work w;
     assert_int_equal(sm_sampler_work_init(&w, in->n_vocab), 0);
-    uint64_t rng = 7;
+    sm_sample_rng rng;
+    sm_sample_rng_init(&rng, 7);
     float p;
     for (int i = 0; i < in->n_vocab; i++) freq[i] = 0;
     for (int i = 0; i < draws; i++) freq[sm_sample(in, &rng, &w, &p)] += 1.0 / draws;
@@ -29,7 +30,8 @@ static void test_greedy_bans_and_penalty(void **unused) {
     in.temperature = 0.0f;
     sm_sampler_work w;
     sm_sampler_work_init(&w, 4);
-    uint64_t rng = 1;
+    sm_sample_rng rng;
+    sm_sample_rng_init(&rng, 1);
     float p;
     assert_int_equal(sm_sample(&in, &rng, &w, &p), 1);
     sm_token ban = 1;
@@ -102,7 +104,9 @@ static void test_seed_determinism(void **unused) {
     sm_sample_input in = input(logits, 8);
     sm_sampler_work w;
     sm_sampler_work_init(&w, 8);
-    uint64_t a = 5, b = 5;
+    sm_sample_rng a, b;
+    sm_sample_rng_init(&a, 5);
+    sm_sample_rng_init(&b, 5);
     float p;
     for (int i = 0; i < 100; i++) assert_int_equal(sm_sample(&in, &a, &w, &p), sm_sample(&in, &b, &w, &p));
     sm_sampler_work_free(&w);
@@ -179,7 +183,8 @@ static void test_min_p_fast_path_matches_reference(void **unused) {
     in.temperature = temp;
     sm_sampler_work w;
     sm_sampler_work_init(&w, V);
-    uint64_t rng = 3;
+    sm_sample_rng rng;
+    sm_sample_rng_init(&rng, 3);
     for (int d = 0; d < 500; d++) {
         float p;
         sm_token t = sm_sample(&in, &rng, &w, &p);
@@ -221,7 +226,8 @@ static void assert_draws_match(const sm_sample_input *in, struct llama_sampler *
     int32_t n_distinct = 0;
     bool seen[512] = {false};
     for (uint64_t seed = 1; seed <= 400; seed++) {
-        uint64_t rng = seed;
+        sm_sample_rng rng;
+        sm_sample_rng_init(&rng, seed);
         float p;
         sm_token t = sm_sample(in, &rng, &w, &p);
         int32_t at = -1;
@@ -291,12 +297,112 @@ static void test_llama_cpp_samplers_match(void **unused) {
     }
 }
 
+/* std::mt19937 itself: the standard's check value (the 10000th output
+ * from the default seed 5489), and seeking back replays exactly. */
+static void test_mt19937(void **unused) {
+    (void)unused;
+    sm_mt mt;
+    sm_mt_seed(&mt, 5489);
+    uint32_t x = 0, at[3];
+    for (int i = 0; i < 10000; i++) {
+        x = sm_mt_next(&mt);
+        if (i >= 700 && i < 703) at[i - 700] = x;
+    }
+    assert_int_equal(x, 4123659995u);
+    sm_mt_seek(&mt, 700);
+    for (int i = 0; i < 3; i++) assert_int_equal(sm_mt_next(&mt), at[i]);
+    sm_mt_seek(&mt, 10000);
+    assert_int_equal(mt.n_out, 10000);
+}
+
+/* One seed draws llama.cpp's tokens: its chain with its dist sampler
+ * (or mirostat, which draws itself) over the same logits, token after
+ * token, against ours seeded the same (every draw, not a distribution). */
+static void assert_same_tokens(const sm_sample_input *in, struct llama_sampler *(*make)(uint32_t seed), const char *what) {
+    sm_sampler_work w;
+    assert_int_equal(sm_sampler_work_init(&w, in->n_vocab), 0);
+    llama_token_data *data = malloc(sizeof *data * (size_t)in->n_vocab);
+    int32_t n_distinct = 0;
+    bool seen[512] = {false};
+    for (uint32_t seed = 1; seed <= 40; seed++) {
+        struct llama_sampler *chain = make(seed);
+        sm_sample_rng rng;
+        sm_sample_rng_init(&rng, seed);
+        for (int draw = 0; draw < 25; draw++) {
+            for (int32_t t = 0; t < in->n_vocab; t++) data[t] = (llama_token_data){t, in->logits[t], 0.0f};
+            llama_token_data_array arr = {data, (size_t)in->n_vocab, -1, false};
+            llama_sampler_apply(chain, &arr);
+            sm_token theirs = arr.data[arr.selected].id;
+            float p;
+            sm_token ours = sm_sample(in, &rng, &w, &p);
+            if (ours != theirs) fail_msg("%s: seed %u draw %d: %d here, %d in llama.cpp", what, seed, draw, ours, theirs);
+            if (!seen[ours]) n_distinct++;
+            seen[ours] = true;
+        }
+        llama_sampler_free(chain);
+    }
+    assert_true(n_distinct > 3); /* the draws differ, so the check means something */
+    free(data);
+    sm_sampler_work_free(&w);
+}
+
+static struct llama_sampler *server_chain(uint32_t seed) { /* llama-server's defaults at T 0.8 */
+    return chain_of(5, llama_sampler_init_top_k(40), llama_sampler_init_top_p(0.95f, 1), llama_sampler_init_min_p(0.05f, 1),
+                    llama_sampler_init_temp(0.8f), llama_sampler_init_dist(seed));
+}
+static struct llama_sampler *min_p_chain(uint32_t seed) { /* the vocabulary's order reaches the draw */
+    return chain_of(3, llama_sampler_init_min_p(0.02f, 1), llama_sampler_init_temp(1.2f), llama_sampler_init_dist(seed));
+}
+static struct llama_sampler *xtc_chain(uint32_t seed) {
+    return chain_of(4, llama_sampler_init_top_k(40), llama_sampler_init_xtc(0.5f, 0.05f, 1, seed),
+                    llama_sampler_init_temp(1.0f), llama_sampler_init_dist(seed));
+}
+static struct llama_sampler *mirostat_chain(uint32_t seed) {
+    return chain_of(2, llama_sampler_init_temp(0.7f), llama_sampler_init_mirostat_v2(seed, 3.0f, 0.1f));
+}
+
+static void test_same_tokens_as_llama_cpp(void **unused) {
+    (void)unused;
+    enum { N = 512 };
+    float logits[N];
+    srand(5);
+    for (int32_t t = 0; t < N; t++) logits[t] = (float)rand() / RAND_MAX * 8.0f - 4.0f;
+    sm_sample_input in = input(logits, N);
+    in.top_k = 40, in.top_p = 0.95f, in.min_p = 0.05f, in.temperature = 0.8f;
+    assert_same_tokens(&in, server_chain, "top-k, top-p, min-p, T 0.8");
+    in = input(logits, N);
+    in.min_p = 0.02f, in.temperature = 1.2f;
+    assert_same_tokens(&in, min_p_chain, "min-p alone");
+    in = input(logits, N);
+    in.top_k = 40, in.xtc_probability = 0.5f, in.xtc_threshold = 0.05f;
+    assert_same_tokens(&in, xtc_chain, "XTC at probability 0.5");
+    /* mirostat's mu moves with each token: the same first token, from every seed */
+    in = input(logits, N);
+    in.mirostat = 2, in.mirostat_tau = 3.0f, in.mirostat_eta = 0.1f, in.mirostat_mu = 6.0f, in.temperature = 0.7f;
+    sm_sampler_work w;
+    assert_int_equal(sm_sampler_work_init(&w, N), 0);
+    llama_token_data data[N];
+    for (uint32_t seed = 1; seed <= 100; seed++) {
+        struct llama_sampler *chain = mirostat_chain(seed);
+        for (int32_t t = 0; t < N; t++) data[t] = (llama_token_data){t, logits[t], 0.0f};
+        llama_token_data_array arr = {data, (size_t)N, -1, false};
+        llama_sampler_apply(chain, &arr);
+        sm_sample_rng rng;
+        sm_sample_rng_init(&rng, seed);
+        float p;
+        assert_int_equal(sm_sample(&in, &rng, &w, &p), arr.data[arr.selected].id);
+        llama_sampler_free(chain);
+    }
+    sm_sampler_work_free(&w);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_greedy_bans_and_penalty), cmocka_unit_test(test_top_k_top_p_min_p),
         cmocka_unit_test(test_temperature_changes_the_draw), cmocka_unit_test(test_seed_determinism),
         cmocka_unit_test(test_signals), cmocka_unit_test(test_min_p_fast_path_matches_reference),
         cmocka_unit_test(test_llama_cpp_samplers_match),
+        cmocka_unit_test(test_mt19937), cmocka_unit_test(test_same_tokens_as_llama_cpp),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -46,6 +46,7 @@ enum {
     OPT_SELFMOD,
     OPT_PRESET,
     OPT_PRESET_DIR,
+    OPT_STOP_AT_BOS,
     OPT_HEADER_TIMEOUT,
     OPT_NO_BATCH,
     OPT_USER_LABEL,
@@ -95,6 +96,7 @@ static const struct option long_options[] = {
     {"selfmod", no_argument, NULL, OPT_SELFMOD},
     {"preset", required_argument, NULL, OPT_PRESET},
     {"preset-dir", required_argument, NULL, OPT_PRESET_DIR},
+    {"stop-at-bos", no_argument, NULL, OPT_STOP_AT_BOS},
     {"header-timeout", required_argument, NULL, OPT_HEADER_TIMEOUT},
     {"no-batch", no_argument, NULL, OPT_NO_BATCH},
     {"user-label", required_argument, NULL, OPT_USER_LABEL},
@@ -139,6 +141,8 @@ static void print_usage(FILE *out) {
           "      --preset NAME|FILE    the policy requests start from: calibrated (default),\n"
           "                            original, fixed, tuned, or a file llama_selfmod tune\n"
           "                            wrote (its values are the requests' defaults too)\n"
+          "      --stop-at-bos         a generated BOS ends the answer (TinyStories models begin\n"
+          "                            the next story there; default: it goes on, as llama-server)\n"
           "      --preset-dir DIR      DIR's preset files (NAME.json, as tune writes them) that\n"
           "                            a request chooses with \"selfmod\": {\"preset\": \"NAME\"}\n"
           "      --parallel N          requests generating at once; more wait (default: 2)\n"
@@ -466,6 +470,7 @@ static bool apply_option(server_options *opt, int c, const char *arg, FILE *err)
         return false;
     }
     case OPT_PRESET_DIR: return load_preset_dir(opt, arg, err);
+    case OPT_STOP_AT_BOS: opt->base.stop_at_bos = true; return true;
     case OPT_NO_BATCH: opt->no_batch = true; return true;
     case OPT_TEMPERATURE: {
         char *end;
@@ -513,6 +518,7 @@ options_result server_parse_options(int argc, char **argv, server_options *opt, 
     };
     opt->base.sampling.repeat_penalty = 1.0f; /* none unless asked for, as with OpenAI and llama-server */
     opt->base.sampling.temperature = 0.7f;    /* a request that names none samples, as with llama-server */
+    opt->base.stop_at_bos = false;            /* a generated BOS goes on, as with llama-server */
     opt->base.n_predict = N_PREDICT_UNSET;   /* each API's own default, unless --n-predict */
     opt->base.sampling.seed = SEED_UNSET;    /* fresh per request, unless --seed */
     optind = 0; /* 0, not 1: glibc then also forgets a short-option group left half-read */

@@ -625,8 +625,10 @@ static bool parse_prompt(const cJSON *b, gen_request *r, int32_t n_vocab, api_er
     return r->prompt_mixed ? true : api_fail(err, 500, NULL, "out of memory");
 }
 
-/* A message's content: a string, or an array of {"type": "text", "text"}. */
-static char *message_text(const cJSON *content, const char *param, api_error *err) {
+/* A message's content: a string, or an array of {"type": "text", "text"}
+ * joined by sep once there is text, as llama-server joins them
+ * (common/chat.cpp: "\n", and "\n\n" in an assistant prefill). */
+static char *message_text(const cJSON *content, const char *sep, const char *param, api_error *err) {
     if (cJSON_IsString(content)) return strdup(content->valuestring);
     if (!cJSON_IsArray(content)) {
         api_fail(err, 400, param, "'%s' must be a string or an array of text parts", param);
@@ -641,14 +643,16 @@ static char *message_text(const cJSON *content, const char *param, api_error *er
             api_fail(err, 400, param, "'%s': only text parts ({\"type\": \"text\", \"text\": ...}) are supported", param);
             return NULL;
         }
-        len += strlen(text->valuestring) + 2;
+        len += strlen(text->valuestring) + strlen(sep);
     }
-    /* The parts joined by a blank line, as llama-server joins them. */
     char *out = malloc(len + 1);
-    if (!out) return NULL;
+    if (!out) {
+        api_fail(err, 500, NULL, "out of memory");
+        return NULL;
+    }
     out[0] = '\0';
     cJSON_ArrayForEach(part, content) {
-        if (part != content->child) strcat(out, "\n\n");
+        if (out[0]) strcat(out, sep);
         strcat(out, cJSON_GetObjectItemCaseSensitive(part, "text")->valuestring);
     }
     return out;
@@ -788,7 +792,8 @@ static bool parse_messages(const cJSON *b, gen_request *r, api_error *err) {
         const cJSON *content_item = cJSON_GetObjectItemCaseSensitive(m, "content");
         /* an assistant turn may come with no text (OpenAI's content: null) */
         bool empty = strcmp(role, "assistant") == 0 && (!content_item || cJSON_IsNull(content_item));
-        char *content = empty ? strdup("") : message_text(content_item, param, err);
+        const bool prefill = i == n - 1 && strcmp(role, "assistant") == 0;
+        char *content = empty ? strdup("") : message_text(content_item, prefill ? "\n\n" : "\n", param, err);
         if (!content) return err->status ? false : api_fail(err, 500, NULL, "out of memory");
         r->messages[i].role = strdup(role);
         r->messages[i].content = content;

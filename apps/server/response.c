@@ -320,6 +320,10 @@ static const char *stopping_word(const job *j, const sm_result *res) {
 static cJSON *generation_settings(const job *j) {
     cJSON *o = sm_gen_params_to_cjson(&j->req.params);
     if (!o) return NULL;
+    /* llama.cpp's adaptive-p sampler, which is off here as in llama-server's
+     * defaults (not implemented: a request that sets it is refused) */
+    cJSON_AddNumberToObject(o, "adaptive_target", -1.0);
+    cJSON_AddNumberToObject(o, "adaptive_decay", 0.9);
     cJSON_DeleteItemFromObjectCaseSensitive(o, "logit_bias");
     cJSON *list = cJSON_AddArrayToObject(o, "logit_bias");
     for (int i = 0; i < j->req.n_logit_bias; i++) {
@@ -398,12 +402,13 @@ static cJSON *openai_choice(const job *j, const char *text, size_t len, int32_t 
          * only says how it ended (the whole answer's calls decide) */
         cJSON_AddObjectToObject(c, "delta");
         cJSON *whole = cJSON_CreateObject();
-        if (add_tool_message(j, whole, text, len, false)) finish = "tool_calls";
+        if (add_tool_message(j, whole, text, len, false) && strcmp(finish, "length") != 0) finish = "tool_calls";
         cJSON_Delete(whole);
     } else if (j->req.api == API_CHAT && j->tools && finish) {
         cJSON *msg = cJSON_AddObjectToObject(c, "message");
         cJSON_AddStringToObject(msg, "role", "assistant");
-        if (add_tool_message(j, msg, text, len, false)) finish = "tool_calls";
+        /* a call cut short by the length limit still ends in "length", as with llama-server */
+        if (add_tool_message(j, msg, text, len, false) && strcmp(finish, "length") != 0) finish = "tool_calls";
     } else if (j->req.api == API_CHAT) {
         cJSON *msg = cJSON_AddObjectToObject(c, stream ? "delta" : "message");
         if (!stream) cJSON_AddStringToObject(msg, "role", "assistant");
@@ -423,8 +428,10 @@ static cJSON *openai_choice(const job *j, const char *text, size_t len, int32_t 
 static cJSON *llama_body(const job *j, const char *text, size_t len, int32_t tok_from, int32_t tok_to, bool stop) {
     cJSON *o = cJSON_CreateObject();
     json_add_text(o, "content", text, len);
-    cJSON *ids = cJSON_AddArrayToObject(o, "tokens"); /* llama-server: only when return_tokens asks */
-    for (int32_t i = tok_from; j->req.return_tokens && i < tok_to; i++)
+    /* llama-server: a stream's chunks always carry their token ids, the
+     * whole answer only when return_tokens asks */
+    cJSON *ids = cJSON_AddArrayToObject(o, "tokens");
+    for (int32_t i = tok_from; (j->req.return_tokens || !stop) && i < tok_to; i++)
         cJSON_AddItemToArray(ids, cJSON_CreateNumber(j->tr.tokens[i].id));
     cJSON_AddBoolToObject(o, "stop", stop);
     cJSON_AddNumberToObject(o, "id_slot", j->slot ? j->slot->index : -1);

@@ -191,7 +191,7 @@ test('tools: the tool call comes back as tool_calls, and its result goes back in
   const messages = [{ role: 'user', content: 'What is the weather in Paris?' }];
   // (a tiny story model calls no tool by itself: a grammar, a llama-server field, writes the call)
   const r = await tools.chat.completions.create({
-    model: 'stories260K', messages, tools: defs, max_tokens: 60, seed: 1,
+    model: 'stories260K', messages, tools: defs, max_tokens: 100, seed: 1,
     grammar: 'root ::= "<tool_call>\\n{\\"name\\": \\"get_weather\\", \\"arguments\\": {\\"city\\": \\"Paris\\"}}\\n</tool_call>"',
   });
   const msg = r.choices[0].message;
@@ -212,7 +212,7 @@ test('tools, streamed: the client stream helper puts the call together from the 
     parameters: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] } } }];
   const stream = tools.chat.completions.stream({
     model: 'stories260K', messages: [{ role: 'user', content: 'What is the weather in Paris?' }], tools: defs,
-    max_tokens: 60, seed: 1,
+    max_tokens: 100, seed: 1,
     grammar: 'root ::= "<tool_call>\\n{\\"name\\": \\"get_weather\\", \\"arguments\\": {\\"city\\": \\"Paris\\"}}\\n</tool_call>"',
   });
   const pieces = [];

@@ -289,10 +289,10 @@ test('chat templates: /apply-template, a Jinja template file, system messages an
   assert.ok(p.json.prompt.startsWith('S\nUser: Hi\nAssistant: Yo'), p.json.prompt);
   assert.ok(p.json.prompt.endsWith('Be brief.\nUser: Bye\nAssistant:'), p.json.prompt);
   assertError(await post(base(), '/apply-template', { messages: [{ role: 'wizard', content: 'x' }] }), 400);
-  // text parts are joined by a blank line, as llama-server joins them
+  // text parts are joined by a newline once there is text, as llama-server joins them
   const parts = await post(templated, '/apply-template', { messages: [{ role: 'user',
-    content: [{ type: 'text', text: 'What is' }, { type: 'text', text: 'the best book' }] }] });
-  assert.equal(parts.json.prompt, '<user>What is\n\nthe best book</user><assistant>');
+    content: [{ type: 'text', text: '' }, { type: 'text', text: 'What is' }, { type: 'text', text: 'the best book' }] }] });
+  assert.equal(parts.json.prompt, '<user>What is\nthe best book</user><assistant>');
 });
 
 test('prompts as token ids, mixed with strings, as prompt objects, and several at once', async () => {

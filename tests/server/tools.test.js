@@ -19,7 +19,7 @@ const TOOLS = [{
 // Qwen2.5's tool-call form, with a city the model picks.
 const CALL_GRAMMAR = 'root ::= "<tool_call>\\n{\\"name\\": \\"get_weather\\", \\"arguments\\": {\\"city\\": \\"" ' +
   '[A-Z] [a-z]{2,8} "\\"}}\\n</tool_call>"';
-const ask = { messages: [{ role: 'user', content: 'What is the weather in Paris?' }], tools: TOOLS, max_tokens: 60, seed: 1 };
+const ask = { messages: [{ role: 'user', content: 'What is the weather in Paris?' }], tools: TOOLS, max_tokens: 100, seed: 1 };
 
 test('a tool call comes back as tool_calls, with finish_reason tool_calls', async () => {
   const r = await post(servers.tools, '/v1/chat/completions', { ...ask, grammar: CALL_GRAMMAR });
@@ -33,6 +33,15 @@ test('a tool call comes back as tool_calls, with finish_reason tool_calls', asyn
   assert.equal(call.function.name, 'get_weather');
   assert.match(JSON.parse(call.function.arguments).city, /^[A-Z][a-z]{2,8}$/);
   assert.ok(call.id.length > 0);
+});
+
+test('a tool call cut short by max_tokens ends in "length", not "tool_calls"', async () => {
+  const r = await post(servers.tools, '/v1/chat/completions', { ...ask, max_tokens: 55, grammar: CALL_GRAMMAR });
+  assert.equal(r.status, 200, r.text);
+  assert.equal(r.json.choices[0].finish_reason, 'length');
+  assert.equal(r.json.usage.completion_tokens, 55);
+  // the partial call is there (the check would prove nothing without it)
+  assert.equal(r.json.choices[0].message.tool_calls[0].function.name, 'get_weather');
 });
 
 test('streamed, a tool call arrives as OpenAI deltas: its name, then its arguments in pieces', async () => {
