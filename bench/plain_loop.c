@@ -47,6 +47,7 @@ static bool tokenize_prompt(plain_bench *b, const char *text) {
 static bool open_bench(plain_bench *b, const bench_options *opt) {
     struct llama_model_params mparams = llama_model_default_params();
     mparams.n_gpu_layers = 0;
+    mparams.use_extra_bufts = !opt->no_repack;
     b->model = llama_model_load_from_file(opt->model_path, mparams);
     if (!b->model) {
         fprintf(stderr, "plain_loop: cannot load model '%s'\n", opt->model_path);

@@ -45,12 +45,13 @@ fi
 field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$2"; }
 median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
-# bench_model LABEL MODEL N CTX REPS: one table row. Besides the medians, the
+# bench_model LABEL MODEL N CTX REPS [FLAG...]: one table row (the flags go to both programs). Besides the medians, the
 # best run of each side: contention from other work only ever slows a run
 # down, so on a shared machine the best runs are the cleaner comparison.
 bench_model() {
     local label=$1 model=$2 n=$3 ctx=$4 reps=$5
-    local args=("$model" -n "$n" -t "$threads" -p "$prompt" -c "$ctx" --reps "$reps")
+    shift 5
+    local args=("$model" -n "$n" -t "$threads" -p "$prompt" -c "$ctx" --reps "$reps" "$@")
     local plain_rates=() selfmod_rates=() plain_best=() selfmod_best=() line selfmod_n=
     for ((round = 0; round < rounds; round++)); do
         # Alternate which side goes first so drift in machine load hits both.
@@ -115,6 +116,9 @@ report() {
     bench_model stories260K "$models/stories260K.gguf" 256 2048 10
     bench_model cardputer-chat-3M "$models/cardputer-chat-3M.gguf" 200 256 6
     bench_model "random llama 110M F16" "$random_model" 128 2048 3
+    # llama.cpp's extra buffer types (AMX on Xeons) can slow one-token decoding:
+    # without them a token takes less time, so our share of it shows more
+    bench_model "random llama 110M F16, --no-repack" "$random_model" 128 2048 3 --no-repack
     # The per-token passes over the whole vocabulary at Llama-3 and Gemma sizes
     for v in 131072 262144; do
         vocab_model=$cache/random-llama-110M-v$v-f16.gguf

@@ -22,7 +22,8 @@ static void load(server *srv, const char *name) {
     char path[4096], err[512];
     snprintf(path, sizeof path, "%s/%s", dir, name);
     char *paths[1] = {path};
-    if (!model_set_load(&srv->models, paths, 1, NULL, NULL, 0, NULL, err, sizeof err)) {
+    const sm_model_params mp = sm_model_default_params();
+    if (!model_set_load(&srv->models, paths, 1, NULL, NULL, &mp, err, sizeof err)) {
         fprintf(stderr, "fuzz_request: %s\n", err);
         exit(1);
     }

@@ -169,6 +169,7 @@ sm_model *sm_model_load(const char *path, const sm_model_params *params, sm_erro
 
     struct llama_model_params mp = llama_model_default_params();
     mp.n_gpu_layers = params->n_gpu_layers < 0 ? INT32_MAX : params->n_gpu_layers;
+    mp.use_extra_bufts = !params->no_repack;
     ggml_backend_dev_t rpc[64];
     if (params->rpc_servers) {
         if (params->n_gpu_layers == 0) {

@@ -320,4 +320,15 @@ grep -q '"stop_reason":"eog"' eos.out || fail "tinystories-656K no longer ends i
   2> /dev/null || fail "--ignore-eos run failed"
 grep -q '"stop_reason":"n_predict".*"n_tokens":300' eos.out || fail "--ignore-eos: $(tail -1 eos.out | cut -c1-200)"
 
+# --no-repack (llama.cpp's): weights as stored; the same text (f32 weights
+# have no repacked form), in the CLI, eval and serve alike.
+"$SM_BIN" -m "$STORIES" -p "Once upon a time" -n 24 --no-memory --quiet > plain.out 2> /dev/null || fail "plain run failed"
+"$SM_BIN" -m "$STORIES" -p "Once upon a time" -n 24 --no-memory --quiet --no-repack > norepack.out 2> err.txt \
+  || fail "--no-repack: $(cat err.txt)"
+cmp -s plain.out norepack.out || fail "--no-repack changed the text of f32 weights"
+printf 'Once upon a time\n' > one.txt
+"$SM_BIN" eval -f one.txt -m "$STORIES" --strategies greedy -n 8 --quiet --no-repack > /dev/null 2> err.txt \
+  || fail "eval --no-repack: $(cat err.txt)"
+"$SM_BIN" serve -m "$STORIES" --no-repack --port 0 --help > /dev/null 2> err.txt || fail "serve --no-repack: $(cat err.txt)"
+
 echo "llama_selfmod CLI: all checks passed"

@@ -85,6 +85,7 @@ enum {
     OPT_CONTEXT_SHIFT,
     OPT_KEEP,
     OPT_RPC,
+    OPT_NO_REPACK,
 };
 
 static const struct option long_options[] = {
@@ -122,6 +123,7 @@ static const struct option long_options[] = {
     {"no-selfmod", no_argument, NULL, OPT_NO_SELFMOD},
     {"n-gpu-layers", required_argument, NULL, OPT_N_GPU_LAYERS},
     {"rpc", required_argument, NULL, OPT_RPC},
+    {"no-repack", no_argument, NULL, OPT_NO_REPACK},
     {"threads", required_argument, NULL, OPT_THREADS},
     {"max-rewind", required_argument, NULL, OPT_MAX_REWIND},
     {"seed", required_argument, NULL, OPT_SEED},
@@ -200,6 +202,8 @@ void cli_print_help(FILE *out) {
         "                                (default: 0; with --rpc: all)\n"
         "      --rpc HOST:PORT[,...]     ggml RPC servers (llama.cpp's ggml-rpc-server) that hold\n"
         "                                the offloaded layers, as llama.cpp's --rpc\n"
+        "      --no-repack               weights as stored: no repacked or AMX buffers (llama.cpp's\n"
+        "                                --no-repack; faster one-token decoding on some CPUs)\n"
         "      --threads N               CPU threads; 0 = all online cores (default: auto)\n"
         "\n"
         "sampling:\n"
@@ -494,6 +498,7 @@ static bool apply_option(int c, const char *arg, cli_options *opt, FILE *err) {
     case OPT_RPC:
         opt->rpc_servers = arg;
         return flag_endpoints(err, "llama_selfmod", "--rpc", arg);
+    case OPT_NO_REPACK: opt->no_repack = true; return true;
     case OPT_THREADS:
         return parse_int_in(err, "--threads", arg, 0, 1024, "an integer in [0, 1024] (0 = auto)",
                             &opt->session.n_threads);

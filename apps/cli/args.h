@@ -28,6 +28,7 @@ typedef struct cli_options {
     int32_t n_gpu_layers;
     bool n_gpu_layers_given;
     const char *rpc_servers;     /* --rpc                                  */
+    bool no_repack;              /* --no-repack                            */
     sm_gen_params gen;           /* sampling, policy, stops, operators     */
 
     const char *stops[CLI_MAX_LIST];

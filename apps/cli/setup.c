@@ -91,6 +91,7 @@ bool cli_app_load_models(cli_app *app) {
     const cli_options *opt = app->opt;
     sm_model_params mp = sm_model_default_params();
     mp.n_gpu_layers = opt->n_gpu_layers;
+    mp.no_repack = opt->no_repack;
     bool show_progress = !opt->quiet && isatty(STDERR_FILENO);
     if (show_progress) mp.progress = show_load_progress;
     sm_error err = {0};

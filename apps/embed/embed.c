@@ -199,6 +199,7 @@ static const char *changed_model_flag(const cli_options *at_load, const cli_opti
         if (strcmp(at_load->fusion.model_paths[i], now->fusion.model_paths[i]) != 0) return "--models";
     if (at_load->n_gpu_layers != now->n_gpu_layers) return "--n-gpu-layers";
     if (now->rpc_servers) return "--rpc"; /* a run's flags never repeat it: any is a change */
+    if (now->no_repack) return "--no-repack"; /* nor this one */
     return NULL;
 }
 

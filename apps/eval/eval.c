@@ -103,6 +103,7 @@ static sm_model *load_model(evaluation *e, const char *path, const char *what) {
         if (strcmp(e->loaded[i].path, path) == 0) return e->loaded[i].model;
     sm_model_params mp = sm_model_default_params();
     mp.rpc_servers = e->opt.rpc_servers;
+    mp.no_repack = e->opt.no_repack;
     if (mp.rpc_servers) mp.n_gpu_layers = -1;
     sm_error err = {0};
     sm_model *m = sm_model_load(path, &mp, &err);

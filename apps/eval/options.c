@@ -21,6 +21,7 @@ enum {
     OPT_CTX_SIZE,
     OPT_THREADS,
     OPT_RPC,
+    OPT_NO_REPACK,
     OPT_PARALLEL,
     OPT_STOP,
     OPT_CSV,
@@ -44,6 +45,7 @@ static const struct option long_options[] = {
     {"ctx-size", required_argument, NULL, OPT_CTX_SIZE},
     {"threads", required_argument, NULL, OPT_THREADS},
     {"rpc", required_argument, NULL, OPT_RPC},
+    {"no-repack", no_argument, NULL, OPT_NO_REPACK},
     {"parallel", required_argument, NULL, OPT_PARALLEL},
     {"stop", required_argument, NULL, OPT_STOP},
     {"csv", required_argument, NULL, OPT_CSV},
@@ -114,6 +116,7 @@ void eval_print_help(FILE *out) {
         "      --ctx-size N          context size; 0 = the models' training context (default: 0)\n"
         "      --threads N           CPU threads; 0 = all online cores (default: 0)\n"
         "      --rpc HOST:PORT[,...] every model's layers on these ggml RPC servers\n"
+        "      --no-repack           weights as stored: no repacked or AMX buffers (llama.cpp's)\n"
         "      --parallel N          generate N outputs at once, their tokens decoded together\n"
         "                            in one batch (default: 1; same outputs: greedy exactly)\n"
         "\n"
@@ -236,6 +239,7 @@ static bool apply_option(FILE *err, eval_options *opt, int c, const char *arg) {
     case OPT_RPC:
         opt->rpc_servers = arg;
         return flag_endpoints(err, "llama_selfmod eval", "--rpc", arg);
+    case OPT_NO_REPACK: opt->no_repack = true; return true;
     case OPT_PARALLEL:
         return parse_int_in(err, "--parallel", arg, 1, 256, "an integer in [1, 256]", &opt->n_parallel);
     case OPT_STOP:

@@ -30,6 +30,7 @@ typedef struct eval_options {
     uint32_t n_ctx;                    /* 0 = the models' training context */
     int32_t n_threads;
     const char *rpc_servers;     /* --rpc: every model's layers there */
+    bool no_repack;              /* --no-repack                       */
     int32_t n_parallel;                /* generations decoded together (1) */
     const char *stops[EVAL_MAX_STOPS];
     int32_t n_stops;

@@ -96,20 +96,17 @@ static void set_default_id(model_set *set) {
 }
 
 bool model_set_load(model_set *set, char *const *paths, int n_paths, const char *alias, const char *tags,
-                    int n_gpu_layers, const char *rpc_servers, char *err, size_t err_size) {
+                    const sm_model_params *mp, char *err, size_t err_size) {
     memset(set, 0, sizeof *set);
     if (!model_names_parse(alias, set->aliases, &set->n_aliases, "--alias", err, err_size) ||
         !model_names_parse(tags, set->tags, &set->n_tags, "--tags", err, err_size)) {
         model_set_free(set);
         return false;
     }
-    sm_model_params mp = sm_model_default_params();
-    mp.n_gpu_layers = n_gpu_layers;
-    mp.rpc_servers = rpc_servers;
     for (int i = 0; i < n_paths; i++) {
         sm_error e = {0};
         served_model *m = &set->models[i];
-        m->model = sm_model_load(paths[i], &mp, &e);
+        m->model = sm_model_load(paths[i], mp, &e);
         if (!m->model) {
             snprintf(err, err_size, "%s", e.message);
             model_set_free(set);

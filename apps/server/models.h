@@ -44,7 +44,7 @@ bool model_names_parse(const char *list, char **names, int *n, const char *flag,
 
 /* Loads every path; on failure writes why to err and frees what loaded. */
 bool model_set_load(model_set *set, char *const *paths, int n_paths, const char *alias, const char *tags,
-                    int n_gpu_layers, const char *rpc_servers, char *err, size_t err_size);
+                    const sm_model_params *mp, char *err, size_t err_size);
 void model_set_free(model_set *set);
 
 int model_set_n_targets(const model_set *set);

@@ -39,6 +39,7 @@ enum {
     OPT_KV_UNIFIED,
     OPT_DRAIN_TIMEOUT,
     OPT_RPC,
+    OPT_NO_REPACK,
     OPT_KEEP,
     OPT_API_KEY_FILE,
     OPT_CORS_ORIGINS,
@@ -75,6 +76,7 @@ static const struct option long_options[] = {
     {"kv-unified", no_argument, NULL, OPT_KV_UNIFIED},
     {"drain-timeout", required_argument, NULL, OPT_DRAIN_TIMEOUT},
     {"rpc", required_argument, NULL, OPT_RPC},
+    {"no-repack", no_argument, NULL, OPT_NO_REPACK},
     {"max-body", required_argument, NULL, OPT_MAX_BODY},
     {"web-dir", required_argument, NULL, OPT_WEB_DIR},
     {"chat-template", required_argument, NULL, OPT_CHAT_TEMPLATE},
@@ -177,6 +179,7 @@ static void print_usage(FILE *out) {
           "      --loom-max-beams N    the largest beam_limit /loom/expand accepts (default: 64)\n"
           "      --n-gpu-layers N      layers to offload, -1 = all (default: 0; with --rpc: all)\n"
           "      --rpc HOST:PORT[,...] ggml RPC servers (ggml-rpc-server) that hold the offloaded layers\n"
+          "      --no-repack           weights as stored: no repacked or AMX buffers (llama.cpp's)\n"
           "      --quiet               no request log\n"
           "      --drop-old-turns      a chat too long for the context drops its oldest turns\n"
           "      --context-shift       a full context drops the older half after --keep tokens and\n"
@@ -428,6 +431,7 @@ static bool apply_option(server_options *opt, int c, const char *arg, FILE *err)
     case OPT_RPC:
         opt->rpc_servers = arg;
         return flag_endpoints(err, "llama_selfmod serve", "--rpc", arg);
+    case OPT_NO_REPACK: opt->no_repack = true; return true;
     case OPT_QUIET: opt->quiet = true; return true;
     case OPT_VERBOSE: opt->verbose = true; return true;
     case OPT_SLOT_SAVE_PATH: {

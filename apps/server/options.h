@@ -40,6 +40,7 @@ typedef struct server_options {
     bool kv_unified;                       /* --kv-unified: one pool of n_ctx  */
     int drain_timeout;                     /* seconds a shutdown waits (30)    */
     const char *rpc_servers;               /* --rpc                            */
+    bool no_repack;                        /* --no-repack                      */
     bool n_gpu_layers_given;
     size_t max_body;                       /* request bytes (1 MiB)            */
     const char *web_dir;                   /* NULL: found at start-up          */

@@ -182,9 +182,12 @@ static int run(server *srv) {
         fprintf(stderr, "llama_selfmod serve: error: %s\n", err);
         return EXIT_FAILURE;
     }
-    if (!model_set_load(&srv->models, srv->opt.model_paths, srv->opt.n_models, srv->opt.alias, srv->opt.tags,
-                        srv->opt.rpc_servers && !srv->opt.n_gpu_layers_given ? -1 : srv->opt.n_gpu_layers,
-                        srv->opt.rpc_servers, err, sizeof err)) {
+    sm_model_params mp = sm_model_default_params();
+    mp.n_gpu_layers = srv->opt.rpc_servers && !srv->opt.n_gpu_layers_given ? -1 : srv->opt.n_gpu_layers;
+    mp.rpc_servers = srv->opt.rpc_servers;
+    mp.no_repack = srv->opt.no_repack;
+    if (!model_set_load(&srv->models, srv->opt.model_paths, srv->opt.n_models, srv->opt.alias, srv->opt.tags, &mp, err,
+                        sizeof err)) {
         fprintf(stderr, "llama_selfmod serve: error: %s\n", err);
         stop_listening(srv, daemons, n_daemons);
         return EXIT_FAILURE;
