@@ -52,7 +52,7 @@ _REPEATABLE = {"stop", "operator", "control-vector", "safety"}
 # Plural names for repeatable flags.
 _PLURALS = {"operators": "operator", "stops": "stop", "control_vectors": "control-vector"}
 # Chosen when the models load.
-_LOAD_ONLY = {"model", "models", "n_gpu_layers", "rpc"}
+_LOAD_ONLY = {"model", "models", "n_gpu_layers", "rpc", "no_repack"}
 # Not settings: the prompt is an argument, the output is always the JSON stream.
 _NOT_SETTINGS = {"prompt", "help", "version", "quiet"}
 
@@ -487,15 +487,16 @@ class Model:
     """One model (path), or several fused (models=[...]); loaded once.
 
     Settings given here are checked now and are every call's defaults;
-    models, n_gpu_layers and rpc ("HOST:PORT,...": ggml RPC servers that
-    hold the layers) choose what loads."""
+    models, n_gpu_layers, rpc ("HOST:PORT,...": ggml RPC servers that
+    hold the layers) and no_repack (weights as stored) choose what loads."""
 
     def __init__(self, path: Optional[str] = None, *, models: Optional[Sequence[str]] = None, verbose: bool = False,
                  **settings: Any):
         if (path is None) == (models is None):
             raise SelfmodError("give a model path, or models=[...] to fuse several")
         load = {"model": path, "models": list(models) if models is not None else None, "verbose": verbose or None,
-                "n_gpu_layers": settings.pop("n_gpu_layers", None), "rpc": settings.pop("rpc", None)}
+                "n_gpu_layers": settings.pop("n_gpu_layers", None), "rpc": settings.pop("rpc", None),
+                "no_repack": settings.pop("no_repack", None)}
         self.settings = dict(settings)  # every call's defaults
         # checked as a one-shot run's flags would be (some need a prompt)
         checked = {k: v for k, v in self.settings.items() if k not in ("operators", "stages")}

@@ -348,6 +348,16 @@ def test_a_python_stage_with_save_and_restore_is_exact_under_rewinds(stories):
     assert log.pieces == kept_pieces(r.events)
 
 
+def test_no_repack_is_chosen_when_the_model_loads(stories):
+    m = selfmod.Model(STORIES, no_repack=True)
+    try:  # f32 weights have no repacked form: the same text
+        assert m.generate(PROMPT, n_predict=12).text == stories.generate(PROMPT, n_predict=12).text
+    finally:
+        m.close()
+    with pytest.raises(selfmod.SelfmodError, match="chooses what loads"):
+        stories.generate(PROMPT, no_repack=True)
+
+
 def test_rpc_servers_are_chosen_when_the_model_loads(stories):
     import socket
     s = socket.socket()
