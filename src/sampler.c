@@ -427,6 +427,11 @@ static sm_token mirostat_v2(sm_candidate *c, int32_t n, const sm_sample_input *i
     return c[pick].token;
 }
 
+static int by_token_asc(const void *a, const void *b) {
+    sm_token x = ((const sm_candidate *)a)->token, y = ((const sm_candidate *)b)->token;
+    return (x > y) - (x < y);
+}
+
 /* llama.cpp's dist sampler over c[0..n) at temperature t: the weights
  * expf(logit / t - max) in float, summed in double, the first running sum
  * to reach sum * u. Its candidates are in llama.cpp's order: by logit when
@@ -446,21 +451,32 @@ static int32_t dist_draw(sm_candidate *c, int32_t n, float t, bool order_by_id, 
         }
         return n - 1; /* llama.cpp's fallback: the last in its order */
     }
-    /* by token id: each candidate's logit at its id (NaN: none), then passes
-     * over the vocabulary, which beat sorting a long candidate list */
-    float *at = w->masked;
-    for (int32_t v = 0; v < w->n_vocab; v++) at[v] = NAN;
-    for (int32_t i = 0; i < n; i++) at[c[i].token] = c[i].logit;
+    /* by token id: a few candidates (min-p's usual dozens) are sorted; a
+     * long list is spread over the vocabulary by id and read in one pass */
+    const sm_candidate *order = w->cand2;
+    int32_t n_order = n;
+    if ((int64_t)n * 16 < w->n_vocab) {
+        memcpy(w->cand2, c, sizeof *c * (size_t)n);
+        qsort(w->cand2, (size_t)n, sizeof *w->cand2, by_token_asc);
+    } else {
+        float *at = w->masked;
+        for (int32_t v = 0; v < w->n_vocab; v++) at[v] = NAN;
+        for (int32_t i = 0; i < n; i++) at[c[i].token] = c[i].logit;
+        n_order = 0;
+        for (int32_t v = 0; v < w->n_vocab; v++)
+            if (!isnan(at[v])) w->cand2[n_order++] = (sm_candidate){.token = v, .logit = at[v]};
+    }
     double sum = 0.0;
-    sm_token drawn = -1;
-    for (int32_t v = 0; v < w->n_vocab; v++)
-        if (!isnan(at[v])) sum += expf(at[v] / t - max), drawn = v; /* the fallback: the last id */
+    for (int32_t i = 0; i < n_order; i++) sum += expf(order[i].logit / t - max);
     const double target = sum * sm_mt_uniform(mt);
     double run = 0.0;
-    for (int32_t v = 0; v < w->n_vocab; v++) {
-        if (isnan(at[v]) || (run += expf(at[v] / t - max)) < target) continue;
-        drawn = v;
-        break;
+    sm_token drawn = order[n_order - 1].token; /* llama.cpp's fallback: the last in its order */
+    for (int32_t i = 0; i < n_order; i++) {
+        run += expf(order[i].logit / t - max);
+        if (run >= target) {
+            drawn = order[i].token;
+            break;
+        }
     }
     for (int32_t i = 0; i < n; i++)
         if (c[i].token == drawn) return i;
