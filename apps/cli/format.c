@@ -90,6 +90,7 @@ static const char *retract_mode(const sm_policy_params *p) {
     if (!p->enabled) return "off";
     if (p->retract == 1) return "on";
     if (p->retract == 0) return "off";
+    if (p->style == SM_POLICY_CALIBRATED) return "on (repeated 4-grams)";
     return p->aggressive ? "on (aggressive)" : "off (only with --aggressive)";
 }
 
