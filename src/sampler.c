@@ -352,19 +352,20 @@ static void apply_xtc(sm_candidate *c, int32_t *n, const sm_sample_input *in, sm
 }
 
 /* llama.cpp's temp_ext: the temperature from the normalised entropy of
- * the current candidates. */
+ * the current candidates, in its float arithmetic (a seed's draws depend
+ * on the temperature's last bits). */
 static float dynamic_temperature(const sm_candidate *c, int32_t n, const sm_sample_input *in) {
     if (n <= 1) return in->temperature;
-    double entropy = 0.0, z = 0.0;
-    for (int32_t i = 0; i < n; i++) z += exp((double)c[i].logit - c[0].logit);
+    const float max_entropy = -logf(1.0f / (float)n);
+    float z = 0.0f, entropy = 0.0f;
+    for (int32_t i = 0; i < n; i++) z += expf(c[i].logit - c[0].logit);
     for (int32_t i = 0; i < n; i++) {
-        double p = exp((double)c[i].logit - c[0].logit) / z;
-        if (p > 0) entropy -= p * log(p);
+        float p = expf(c[i].logit - c[0].logit) / z;
+        if (p > 0.0f) entropy -= p * logf(p);
     }
-    double normalised = entropy / log((double)n);
-    float lo = in->temperature - in->dynatemp_range > 0 ? in->temperature - in->dynatemp_range : 0.0f;
-    float hi = in->temperature + in->dynatemp_range;
-    return lo + (hi - lo) * (float)pow(normalised, in->dynatemp_exponent);
+    const float lo = in->temperature - in->dynatemp_range > 0.0f ? in->temperature - in->dynatemp_range : 0.0f;
+    const float hi = in->temperature + in->dynatemp_range;
+    return lo + (hi - lo) * powf(entropy / max_entropy, in->dynatemp_exponent);
 }
 
 /* Mirostat v2 over c (all candidates, by logit): surprise above mu goes,
@@ -563,7 +564,8 @@ sm_token sm_sample(const sm_sample_input *in, sm_sample_rng *rng, sm_sampler_wor
     const float t = in->dynatemp_range > 0.0f ? dynamic_temperature(c, n, in) : in->temperature;
     softmax(c, n, t);
     keep_candidates(in, c, n);
-    const bool sorted = !whole_vocab || in->top_p < 1.0f || in->typical_p < 1.0f || in->xtc_probability > 0.0f;
+    const bool sorted = !whole_vocab || in->top_p < 1.0f || in->typical_p < 1.0f || in->xtc_probability > 0.0f ||
+                        (in->dynatemp_range > 0.0f && n > 1);
     int32_t pick = dist_draw(c, n, t, !sorted, &rng->draw, w);
     *p_sampled = c[pick].prob;
     return c[pick].token;

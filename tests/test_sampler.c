@@ -356,6 +356,9 @@ static struct llama_sampler *min_p_chain(uint32_t seed) { /* the vocabulary's or
 static struct llama_sampler *whole_chain(uint32_t seed) { /* every token, in the vocabulary's order */
     return chain_of(2, llama_sampler_init_temp(0.9f), llama_sampler_init_dist(seed));
 }
+static struct llama_sampler *dynatemp_chain(uint32_t seed) { /* it sorts the whole vocabulary */
+    return chain_of(2, llama_sampler_init_temp_ext(0.9f, 0.5f, 1.5f), llama_sampler_init_dist(seed));
+}
 static struct llama_sampler *xtc_chain(uint32_t seed) {
     return chain_of(4, llama_sampler_init_top_k(40), llama_sampler_init_xtc(0.5f, 0.05f, 1, seed),
                     llama_sampler_init_temp(1.0f), llama_sampler_init_dist(seed));
@@ -379,6 +382,8 @@ static void test_same_tokens_as_llama_cpp(void **unused) {
     in = input(logits, N);
     in.temperature = 0.9f;
     assert_same_tokens(&in, whole_chain, "the whole vocabulary");
+    in.dynatemp_range = 0.5f, in.dynatemp_exponent = 1.5f;
+    assert_same_tokens(&in, dynatemp_chain, "dynamic temperature over the whole vocabulary");
     in = input(logits, N);
     in.top_k = 40, in.xtc_probability = 0.5f, in.xtc_threshold = 0.05f;
     assert_same_tokens(&in, xtc_chain, "XTC at probability 0.5");
