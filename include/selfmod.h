@@ -1163,6 +1163,10 @@ typedef void (*sm_prompt_progress_fn)(int32_t total, int32_t cached, int32_t pro
 void sm_session_set_prompt_progress(sm_session *session, sm_prompt_progress_fn fn, void *user_data);
 int32_t sm_session_n_past(const sm_session *session);       /* tokens in context  */
 int32_t sm_session_kv_pos(const sm_session *session);       /* llama's seq_pos_max + 1 */
+/* Tokens in context whose cells the cache holds now: n_past but for a
+ * generation's last token, which is decoded only when something needs it
+ * (sm_session_kv_pos and sm_session_logits are such things; this is not). */
+int32_t sm_session_n_decoded(const sm_session *session);
 const sm_token *sm_session_tokens(const sm_session *session, int32_t *n_tokens);
 /* The raw distribution for the next position (n_vocab floats); with
  * several models, model 0's. */

@@ -423,6 +423,8 @@ int32_t sm_session_model_kv_pos(const sm_session *s, int32_t m) {
 
 int32_t sm_session_kv_pos(const sm_session *s) { return sm_session_model_kv_pos(s, 0); }
 
+int32_t sm_session_n_decoded(const sm_session *s) { return s->n_tokens - (s->deferred ? 1 : 0); }
+
 /* ------------------------------------------------------------------ */
 /* Decoding and the distribution ring                                  */
 /* ------------------------------------------------------------------ */

@@ -236,7 +236,14 @@ reply api_slot_action(server *srv, const char *name, const char *action, const c
         st = sm_session_clear(session);
         cJSON_AddNumberToObject(o, "n_erased", n);
     } else if (st == SM_OK) {
-        st = save ? sm_session_save_state(session, path, &n, &bytes) : sm_session_load_state(session, path, &n, &bytes);
+        /* llama-server saves the tokens whose cells are there: an answer's
+         * last token, sampled but never decoded, is left to the next
+         * prompt (which sends it again), and n_saved counts as it does */
+        int32_t n_cells = sm_session_n_decoded(session);
+        if (save && n_cells < sm_session_n_past(session)) st = sm_session_truncate(session, n_cells);
+        if (st == SM_OK)
+            st = save ? sm_session_save_state(session, path, &n, &bytes)
+                      : sm_session_load_state(session, path, &n, &bytes);
         if (st != SM_OK) /* the file by its name: the server's folder is its own business */
             snprintf(why, sizeof why, "slot file '%s': %s", filename,
                      save ? "cannot be written" : "not a slot file of this model and context");

@@ -338,7 +338,8 @@ test('slot files: save a slot, restore it into another, erase one (--slot-save-p
   const saved = await post(base(), '/slots/1?action=save', { filename: 'slot1.bin' });
   assert.equal(saved.status, 200, saved.text);
   assert.equal(saved.json.id_slot, 1);
-  assert.equal(saved.json.n_saved, first.json.tokens_evaluated + first.json.tokens_predicted); // prompt and answer
+  // prompt and answer but its last token, sampled and never decoded (llama-server's count)
+  assert.equal(saved.json.n_saved, first.json.tokens_evaluated + first.json.tokens_predicted - 1);
   assert.ok(saved.json.n_written > 0);
   const again = await ask(germany, 1);
   const n_new = again.json.timings.prompt_n;
