@@ -1678,9 +1678,12 @@ sm_status sm_session_load_prefix(sm_session *session, const char *path, const sm
 
 /* Slot files (llama-server's /slots save and restore): what the context
  * holds, its tokens and model 0's cells of the session's sequence, in
- * llama.cpp's sequence-state file (llama_state_seq_save_file), and back.
- * A restore replaces what the session holds (the last token is decoded
- * again, for its distribution). One-model sessions, on a batch or not. */
+ * llama.cpp's sequence-state file (llama_state_seq_save_file) with the
+ * token list packed as llama-server packs it, and back: a slot file either
+ * program wrote restores in the other (a plain token list, as older
+ * llama-servers wrote, restores too). A restore replaces what the session
+ * holds (the last token is decoded again, for its distribution). One-model
+ * sessions, on a batch or not. */
 sm_status sm_session_save_state(sm_session *session, const char *path, int32_t *n_saved, size_t *n_bytes);
 sm_status sm_session_load_state(sm_session *session, const char *path, int32_t *n_restored, size_t *n_bytes);
 

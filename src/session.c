@@ -1851,6 +1851,48 @@ sm_status sm_session_load_prefix(sm_session *s, const char *path, const sm_token
     return st;
 }
 
+/* llama-server's packed token list (server_tokens::serialize, text only):
+ * LLAMA_TOKEN_NULL, the format's version, the token count, the tokens, and
+ * a count of media chunks (none here). */
+enum { SLOT_PACKED_VERSION = 1, SLOT_PACKED_EXTRA = 4 };
+
+static void slot_pack(const sm_token *tokens, int32_t n, sm_token *out) {
+    out[0] = LLAMA_TOKEN_NULL;
+    out[1] = SLOT_PACKED_VERSION;
+    out[2] = n;
+    memcpy(out + 3, tokens, sizeof *tokens * (size_t)n);
+    out[3 + n] = 0;
+}
+
+/* The tokens of a file's list, packed or plain: where they start and how
+ * many (0: a list this cannot take, with why). */
+static int32_t slot_unpack(const sm_token *list, size_t n, const sm_token **tokens, const char **why) {
+    *why = NULL;
+    if (n == 0 || list[0] != LLAMA_TOKEN_NULL) { /* a plain list, as older llama-servers wrote */
+        *tokens = list;
+        return (int32_t)n;
+    }
+    if (n < SLOT_PACKED_EXTRA || list[1] != SLOT_PACKED_VERSION) {
+        *why = "its packed token list is of a version this does not read";
+        return 0;
+    }
+    size_t count = (size_t)(uint32_t)list[2];
+    if (count == 0 || count > n - SLOT_PACKED_EXTRA) {
+        *why = "its packed token list is cut short";
+        return 0;
+    }
+    if (list[3 + count] != 0) {
+        *why = "it holds images (a multimodal model's), which are not supported";
+        return 0;
+    }
+    if (n != count + SLOT_PACKED_EXTRA) {
+        *why = "its packed token list has trailing data";
+        return 0;
+    }
+    *tokens = list + 3;
+    return (int32_t)count;
+}
+
 sm_status sm_session_save_state(sm_session *s, const char *path, int32_t *n_saved, size_t *n_bytes) {
     if (!s || !path || !*path) return s ? sm_session_fail(s, SM_ERR_INVALID_ARGUMENT, "no slot file given") : SM_ERR_INVALID_ARGUMENT;
     if (s->n_models != 1) return sm_session_fail(s, SM_ERR_STATE, "a slot file holds one model's state: this session has %d", s->n_models);
@@ -1859,11 +1901,16 @@ sm_status sm_session_save_state(sm_session *s, const char *path, int32_t *n_save
      * session goes on exactly as this one. */
     int32_t n = s->n_tokens;
     if (n <= 0) return sm_session_fail(s, SM_ERR_STATE, "the context is empty: nothing to save");
+    sm_token *packed = malloc(sizeof *packed * ((size_t)n + SLOT_PACKED_EXTRA));
+    if (!packed) return sm_session_fail(s, SM_ERR_NO_MEMORY, "out of memory");
+    slot_pack(s->tokens, n, packed);
     sm_error err = {0};
     size_t bytes = 0;
     if (s->batch) sm_batch_lock_context(s->batch);
-    bool ok = smx_state_seq_save_file(s->members[0].ctx, path, s->seq, s->tokens, (size_t)n, &bytes, &err);
+    bool ok = smx_state_seq_save_file(s->members[0].ctx, path, s->seq, packed, (size_t)n + SLOT_PACKED_EXTRA, &bytes,
+                                      &err);
     if (s->batch) sm_batch_unlock_context(s->batch);
+    free(packed);
     if (!ok) return sm_session_fail(s, err.status ? err.status : SM_ERR_IO, "%s", err.message);
     if (bytes == 0) return sm_session_fail(s, SM_ERR_IO, "cannot write the slot file '%s'", path);
     if (n_saved) *n_saved = n;
@@ -1874,17 +1921,25 @@ sm_status sm_session_save_state(sm_session *s, const char *path, int32_t *n_save
 static sm_status load_state(sm_session *s, const char *path, int32_t *n_restored, size_t *n_bytes) {
     if (!s || !path || !*path) return s ? sm_session_fail(s, SM_ERR_INVALID_ARGUMENT, "no slot file given") : SM_ERR_INVALID_ARGUMENT;
     if (s->n_models != 1) return sm_session_fail(s, SM_ERR_STATE, "a slot file holds one model's state: this session has %d", s->n_models);
-    sm_token *saved = malloc(sizeof(sm_token) * (size_t)s->n_ctx);
-    if (!saved) return sm_session_fail(s, SM_ERR_NO_MEMORY, "out of memory");
+    sm_token *list = malloc(sizeof(sm_token) * ((size_t)s->n_ctx + SLOT_PACKED_EXTRA));
+    if (!list) return sm_session_fail(s, SM_ERR_NO_MEMORY, "out of memory");
     sm_session_clear(s);
-    size_t n = 0, bytes = 0;
+    size_t n_list = 0, bytes = 0;
     sm_error err = {0};
     if (s->batch) sm_batch_lock_context(s->batch);
-    bool loaded = smx_state_seq_load_file(s->members[0].ctx, path, s->seq, saved, (size_t)s->n_ctx, &n, &bytes, &err);
+    bool loaded = smx_state_seq_load_file(s->members[0].ctx, path, s->seq, list, (size_t)s->n_ctx + SLOT_PACKED_EXTRA,
+                                          &n_list, &bytes, &err);
     if (s->batch) sm_batch_unlock_context(s->batch);
-    if (!loaded || bytes == 0 || n == 0) {
-        free(saved);
+    const sm_token *saved = list;
+    const char *why = NULL;
+    size_t n = loaded && bytes > 0 ? (size_t)slot_unpack(list, n_list, &saved, &why) : 0;
+    if (n > (size_t)s->n_ctx) why = "it holds more tokens than this context";
+    for (size_t i = 0; !why && i < n; i++)
+        if (saved[i] < 0 || saved[i] >= s->n_vocab) why = "it holds a token id outside this model's vocabulary";
+    if (!loaded || bytes == 0 || n == 0 || why) {
+        free(list);
         sm_session_clear(s);
+        if (why) return sm_session_fail(s, SM_ERR_IO, "'%s' cannot be restored here: %s", path, why);
         return sm_session_fail(s, SM_ERR_IO, "'%s' is not a slot file of this model and context (another model, a "
                                              "longer context, or not a slot file)", path);
     }
@@ -1901,7 +1956,7 @@ static sm_status load_state(sm_session *s, const char *path, int32_t *n_restored
     } else {
         sm_session_fail(s, st, "cannot take the slot file's cells");
     }
-    free(saved);
+    free(list);
     if (st != SM_OK) {
         sm_session_clear(s);
         return st;

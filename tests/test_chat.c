@@ -45,6 +45,7 @@ static int setup_256(void **state) { return setup_chat(state, 256); }
 
 static int teardown(void **state) {
     fixture *f = *state;
+    if (!f) return 0; /* the setup failed (a missing model): it said why */
     sm_chat_free(f->chat);
     sm_session_free(f->session);
     sm_model_free(f->model);

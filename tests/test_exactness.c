@@ -33,6 +33,7 @@ static int setup(void **state) {
 
 static int teardown(void **state) {
     fixture *f = *state;
+    if (!f) return 0; /* the setup failed (a missing model): it said why */
     sm_session_free(f->session);
     sm_model_free(f->model);
     free(f);

@@ -34,6 +34,7 @@ static int setup(void **state) {
 
 static int teardown(void **state) {
     fixture *f = *state;
+    if (!f) return 0; /* the setup failed (a missing model): it said why */
     sm_session_free(f->session);
     sm_model_free(f->model);
     free(f);
@@ -427,6 +428,44 @@ static void test_slot_file_round_trip(void **state) {
     assert_int_equal(sm_session_generate(b, NULL, &gp, &rb), SM_OK);
     assert_string_equal(ra.text, rb.text);
     sm_result_free(&ra);
+    sm_result_free(&rb);
+    /* llama-server's layout: magic, version, the list's length in words,
+     * then the packed list: LLAMA_TOKEN_NULL, version 1, n, the tokens, no
+     * media. A plain list (older llama-servers) restores the same; another
+     * version, images, or an id outside the vocabulary are refused by name. */
+    FILE *file = fopen(path, "rb");
+    static uint32_t words[1 << 16];
+    size_t n_words = fread(words, 4, sizeof words / 4, file);
+    fclose(file);
+    assert_true(n_words > 3 + (size_t)n_saved + 4);
+    assert_int_equal(words[2], (uint32_t)n_saved + 4);
+    assert_int_equal((int32_t)words[3], -1);
+    assert_int_equal(words[4], 1);
+    assert_int_equal(words[5], (uint32_t)n_saved);
+    assert_int_equal(words[6 + n_saved], 0);
+    struct { size_t at; uint32_t value; const char *why; } bad[] = {
+        {4, 2, "version"}, {6 + (size_t)n_saved, 1, "images"}, {6, 99999999, "vocabulary"}};
+    for (size_t k = 0; k < sizeof bad / sizeof *bad; k++) {
+        uint32_t was = words[bad[k].at];
+        words[bad[k].at] = bad[k].value;
+        file = fopen(path, "wb");
+        fwrite(words, 4, n_words, file);
+        fclose(file);
+        words[bad[k].at] = was;
+        assert_int_equal(sm_session_load_state(b, path, &n_restored, &bytes), SM_ERR_IO);
+        assert_non_null(strstr(sm_session_last_error(b), bad[k].why));
+    }
+    /* the plain list: the header's length, the tokens alone, the cells as they were */
+    file = fopen(path, "wb");
+    uint32_t plain_len = (uint32_t)n_saved;
+    fwrite(words, 4, 2, file);
+    fwrite(&plain_len, 4, 1, file);
+    fwrite(words + 6, 4, (size_t)n_saved, file);
+    fwrite(words + 6 + n_saved + 1, 4, n_words - (6 + (size_t)n_saved + 1), file);
+    fclose(file);
+    assert_int_equal(sm_session_load_state(b, path, &n_restored, &bytes), SM_OK);
+    assert_int_equal(n_restored, n_saved);
+    assert_int_equal(sm_session_generate(b, NULL, &gp, &rb), SM_OK);
     sm_result_free(&rb);
     FILE *garbage = fopen(path, "wb");
     fputs("not a slot file", garbage);
