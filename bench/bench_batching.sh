@@ -6,13 +6,15 @@
 # medians of the aggregate tokens/s, and each server's RSS after its runs.
 #   bench/bench_batching.sh BUILD MODEL [REQUESTS TOKENS ROUNDS]
 # LLAMA_SERVER: the llama-server binary (default: the cached build, made by
-# scripts/build_llama_server.sh when missing).
+# scripts/build_llama_server.sh when missing). SERVER_ARGS: flags every
+# server gets (e.g. "--n-gpu-layers 99").
 set -uo pipefail
 build=$1 model=$2 requests=${3:-8} tokens=${4:-48} rounds=${5:-3}
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 threads=${BENCH_THREADS:-2}
 ctx_slot=512
 llama_server=${LLAMA_SERVER:-$("$root/scripts/build_llama_server.sh")}
+read -r -a extra <<< "${SERVER_ARGS:-}"
 
 start() { # NAME CMD... -> sets url and pid
     local name=$1
@@ -41,13 +43,13 @@ for ((r = 0; r < rounds; r++)); do
         port=$((18400 + RANDOM % 1000))
         case $name in
         selfmod_batched) start "$name" "$build/llama_selfmod" serve -m "$model" --port "$port" --parallel "$requests" \
-                             --ctx-size "$ctx_slot" --threads "$threads" --quiet ;;
+                             --ctx-size "$ctx_slot" --threads "$threads" --quiet "${extra[@]}" ;;
         selfmod_no_retract) start "$name" "$build/llama_selfmod" serve -m "$model" --port "$port" --parallel "$requests" \
-                             --ctx-size "$ctx_slot" --threads "$threads" --quiet ;;
+                             --ctx-size "$ctx_slot" --threads "$threads" --quiet "${extra[@]}" ;;
         selfmod_no_batch) start "$name" "$build/llama_selfmod" serve -m "$model" --port "$port" --parallel "$requests" \
-                             --ctx-size "$ctx_slot" --threads 1 --no-batch --quiet ;;
+                             --ctx-size "$ctx_slot" --threads 1 --no-batch --quiet "${extra[@]}" ;;
         llama_server) start "$name" "$llama_server" -m "$model" --host 127.0.0.1 --port "$port" --parallel "$requests" \
-                          --ctx-size $((ctx_slot * requests)) --threads "$threads" --threads-batch "$threads" ;;
+                          --ctx-size $((ctx_slot * requests)) --threads "$threads" --threads-batch "$threads" "${extra[@]}" ;;
         esac
         selfmod='{}'
         [[ $name == selfmod_no_retract ]] && selfmod='{"retract": 0}'

@@ -25,6 +25,7 @@ typedef struct bench_options {
     int32_t reps;
     bool show;             /* print the generated text to stderr          */
     bool no_repack;        /* weights as stored (llama.cpp's --no-repack)  */
+    int32_t n_gpu_layers;  /* -ngl: layers on the GPU (0)                  */
     bool retraction_cost;  /* selfmod_loop only                            */
     float critical;        /* --retraction-cost: the critical threshold    */
 } bench_options;
@@ -48,14 +49,15 @@ static inline double bench_median(double *values, int n) {
 
 static inline void bench_usage(const char *program, bool with_retraction_cost) {
     fprintf(stderr,
-            "usage: %s MODEL.gguf [-n N] [-t THREADS] [-p PROMPT] [-c CTX] [--reps R] [--show] [--no-repack]%s\n"
+            "usage: %s MODEL.gguf [-n N] [-t THREADS] [-p PROMPT] [-c CTX] [--reps R] [--show] [--no-repack] [-ngl N]%s\n"
             "  -n N        tokens to generate per repetition (256)\n"
             "  -t THREADS  threads for decoding (2)\n"
             "  -p PROMPT   prompt (\"Once upon a time\")\n"
             "  -c CTX      context size (2048, capped at the model's training context)\n"
             "  --reps R    timed repetitions after one untimed warm-up; the median is reported (5)\n"
             "  --show      print the generated text of the first repetition to stderr\n"
-            "  --no-repack weights as stored, no repacked or AMX buffers (llama.cpp's --no-repack)\n%s",
+            "  --no-repack weights as stored, no repacked or AMX buffers (llama.cpp's --no-repack)\n"
+            "  -ngl N      layers on the GPU, as llama.cpp's -ngl (0; 99: all)\n%s",
             program, with_retraction_cost ? " [--retraction-cost]" : "",
             with_retraction_cost
                 ? "  --retraction-cost  instead of timing, generate with retraction on and report\n"
@@ -103,6 +105,8 @@ static inline bool bench_parse_options(int argc, char **argv, bool allow_retract
             opt->show = true;
         } else if (strcmp(arg, "--no-repack") == 0) {
             opt->no_repack = true;
+        } else if (strcmp(arg, "-ngl") == 0) {
+            ok = bench_parse_int(arg, next, 0, 100000, &opt->n_gpu_layers), i++;
         } else if (allow_retraction_cost && strcmp(arg, "--retraction-cost") == 0) {
             opt->retraction_cost = true;
         } else if (allow_retraction_cost && strcmp(arg, "--critical") == 0) {

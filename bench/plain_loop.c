@@ -46,7 +46,7 @@ static bool tokenize_prompt(plain_bench *b, const char *text) {
 
 static bool open_bench(plain_bench *b, const bench_options *opt) {
     struct llama_model_params mparams = llama_model_default_params();
-    mparams.n_gpu_layers = 0;
+    mparams.n_gpu_layers = opt->n_gpu_layers;
     mparams.use_extra_bufts = !opt->no_repack;
     b->model = llama_model_load_from_file(opt->model_path, mparams);
     if (!b->model) {

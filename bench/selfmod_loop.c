@@ -190,7 +190,7 @@ int main(int argc, char **argv) {
     sm_set_llama_logging(false);
     sm_model_params mparams = sm_model_default_params();
     mparams.no_repack = opt.no_repack;
-    mparams.n_gpu_layers = 0;
+    mparams.n_gpu_layers = opt.n_gpu_layers;
     sm_error err = {0};
     sm_model *model = sm_model_load(opt.model_path, &mparams, &err);
     if (!model) {
