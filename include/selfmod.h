@@ -1438,6 +1438,15 @@ sm_status sm_judge_score_tokens(sm_judge *judge, const sm_token *context, int32_
  * bits_per_byte divides by the continuation's bytes. SM_ERR_PROMPT_TOO_LONG
  * when the text does not fit the judge's context. */
 sm_status sm_judge_score_text(sm_judge *judge, const char *context, const char *continuation, sm_judge_score *out);
+/* Scores n texts as sm_judge_score_text does, packing as many as fit the
+ * judge's context into each llama_decode, a sequence each (many short
+ * texts: a few decodes instead of n). status[i] is what
+ * sm_judge_score_text would say of text i (SM_ERR_PROMPT_TOO_LONG for one
+ * that does not fit; the others are scored all the same); returns the
+ * first other failure, else SM_OK. Scores equal one-by-one scoring up to
+ * llama.cpp's batched rounding. */
+sm_status sm_judge_score_texts(sm_judge *judge, int32_t n, const char *const *contexts,
+                               const char *const *continuations, sm_judge_score *scores, sm_status *status);
 
 /* ------------------------------------------------------------------ */
 /* Tree exploration (the LLooM)                                        */

@@ -314,6 +314,43 @@ static void test_judge_scores_text(void **unused) {
     sm_model_free(m);
 }
 
+/* Many texts at once, packed into shared decodes (a sequence each): every
+ * score equals the text scored alone (to the batched rounding), the empty
+ * one scores nothing, and one too long for the judge's context is refused
+ * in its status while the others around it are scored. */
+static void test_judge_scores_many_texts_at_once(void **unused) {
+    (void)unused;
+    sm_model *m = tu_load_model("tinystories-656K.gguf");
+    sm_judge *judge = one_thread_judge(m, NULL, 160); /* room for a few texts per decode, not the long one */
+    char longer[2048] = "";
+    for (int i = 0; i < 40; i++) strcat(longer, " The cat sat on the mat and looked at the dog.");
+    const char *contexts[] = {"Once upon a time,", "Tom had a dog.", "Lily liked", "The sun", "", "Once", "A bird"};
+    const char *texts[] = {" there was a girl.", " The dog ran to the park and played all day.", "", " red apples.",
+                           " It was a sunny day.", longer, " sang a song in the tree and flew away."};
+    enum { N = 7 };
+    sm_judge_score many[N];
+    sm_status status[N];
+    assert_int_equal(sm_judge_score_texts(judge, N, contexts, texts, many, status), SM_OK);
+    for (int i = 0; i < N; i++) {
+        sm_judge_score one;
+        sm_status st = sm_judge_score_text(judge, contexts[i], texts[i], &one);
+        assert_int_equal(status[i], st);
+        if (i == 5) {
+            assert_int_equal(st, SM_ERR_PROMPT_TOO_LONG);
+            assert_true(isnan(many[i].bits_per_byte));
+            continue;
+        }
+        assert_int_equal(many[i].n_scored, one.n_scored);
+        assert_int_equal(many[i].n_bytes, i == 2 ? 0 : (int64_t)strlen(texts[i]));
+        if (one.n_scored == 0) continue;
+        if (fabs(many[i].sum_logprob - one.sum_logprob) > 1e-3 * one.n_scored)
+            fail_msg("text %d: %.6f together, %.6f alone", i, many[i].sum_logprob, one.sum_logprob);
+    }
+    assert_int_equal(sm_judge_score_texts(judge, 1, NULL, texts, many, status), SM_ERR_INVALID_ARGUMENT);
+    sm_judge_free(judge);
+    sm_model_free(m);
+}
+
 /* Judges whose vocabularies differ from the generator's, babyllama's with
  * no byte tokens among them, score the same text. */
 static void test_judges_of_any_vocabulary(void **unused) {
@@ -433,7 +470,7 @@ int main(void) {
         cmocka_unit_test(test_judge_rejects_another_vocabulary),
         cmocka_unit_test(test_judge_bad_input),
         cmocka_unit_test(test_judge_scores_text),
-        cmocka_unit_test(test_judges_of_any_vocabulary),
+        cmocka_unit_test(test_judges_of_any_vocabulary), cmocka_unit_test(test_judge_scores_many_texts_at_once),
         cmocka_unit_test(test_dry_penalises_extending_a_repeat),
         cmocka_unit_test(test_dry_cuts_greedy_loops),
     };

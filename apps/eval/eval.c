@@ -233,32 +233,54 @@ static bool append_output(evaluation *e, const eval_output *o) {
     return true;
 }
 
-/* Every judge scores the output's text after its prompt's; the panel's
- * score is their mean (an output some judge cannot hold is unjudged). */
-static bool judge_output(evaluation *e, const char *prompt, eval_output *o) {
-    o->judge_bpb = NAN;
-    for (int k = 0; k < 4; k++) o->judge_each_bpb[k] = NAN;
-    if (e->n_judges == 0 || o->n_tokens == 0 || !o->text || !*o->text) return true;
-    double sum = 0;
-    for (int32_t k = 0; k < e->n_judges; k++) {
-        sm_judge_score score;
-        sm_status st = sm_judge_score_text(e->judges[k], prompt, o->text, &score);
-        if (st == SM_ERR_PROMPT_TOO_LONG) {
-            e->n_unjudged++;
-            for (int32_t i = 0; i < k; i++) o->judge_each_bpb[i] = NAN;
-            return true;
-        }
-        if (st != SM_OK) {
-            eval_error("judging an output of '%s' with '%s': %s", e->strategies[o->strategy].spec,
-                       e->opt.judge_paths[k], sm_judge_last_error(e->judges[k]));
-            return false;
-        }
-        o->judge_each_bpb[k] = score.bits_per_byte;
-        sum += score.bits_per_byte;
+/* Every judge scores every output's text after its prompt's, many texts
+ * to a decode (sm_judge_score_texts); the panel's score is their mean (an
+ * output some judge cannot hold is unjudged). After the generations, so
+ * that no judge decodes beside them. */
+static bool judge_outputs(evaluation *e) {
+    int32_t n = e->n_outputs;
+    const char **prompts = calloc((size_t)n + 1, sizeof *prompts), **texts = calloc((size_t)n + 1, sizeof *texts);
+    sm_judge_score *scores = calloc((size_t)n + 1, sizeof *scores);
+    sm_status *status = calloc((size_t)n + 1, sizeof *status);
+    bool *unjudged = calloc((size_t)n + 1, sizeof *unjudged);
+    bool ok = prompts && texts && scores && status && unjudged;
+    if (!ok) eval_error("out of memory");
+    for (int32_t i = 0; ok && i < n; i++) {
+        eval_output *o = &e->outputs[i];
+        o->judge_bpb = NAN;
+        for (int k = 0; k < 4; k++) o->judge_each_bpb[k] = NAN;
+        prompts[i] = e->prompts.items[o->prompt].text;
+        texts[i] = o->n_tokens > 0 && o->text ? o->text : ""; /* nothing to judge: no score */
     }
-    o->judge_bpb = sum / e->n_judges;
-    o->n_judged_bytes = (int64_t)strlen(o->text);
-    return true;
+    for (int32_t k = 0; ok && k < e->n_judges; k++) {
+        if (sm_judge_score_texts(e->judges[k], n, prompts, texts, scores, status) != SM_OK) {
+            eval_error("judging the outputs with '%s': %s", e->opt.judge_paths[k], sm_judge_last_error(e->judges[k]));
+            ok = false;
+        }
+        for (int32_t i = 0; ok && i < n; i++) {
+            unjudged[i] |= status[i] == SM_ERR_PROMPT_TOO_LONG;
+            e->outputs[i].judge_each_bpb[k] = scores[i].bits_per_byte;
+        }
+    }
+    for (int32_t i = 0; ok && i < n && e->n_judges > 0; i++) {
+        eval_output *o = &e->outputs[i];
+        if (!*texts[i]) continue;
+        if (unjudged[i]) {
+            e->n_unjudged++;
+            for (int k = 0; k < 4; k++) o->judge_each_bpb[k] = NAN;
+            continue;
+        }
+        double sum = 0;
+        for (int32_t k = 0; k < e->n_judges; k++) sum += o->judge_each_bpb[k];
+        o->judge_bpb = sum / e->n_judges;
+        o->n_judged_bytes = (int64_t)strlen(o->text);
+    }
+    free(prompts);
+    free(texts);
+    free(scores);
+    free(status);
+    free(unjudged);
+    return ok;
 }
 
 /* What one worker generates with: its sessions and its own strategies
@@ -317,12 +339,8 @@ static bool run_one(worker *w, int32_t si, int32_t p, int32_t k) {
         o.exact = sm_reference_exact_match(o.text, prompt->reference);
         o.contains = sm_reference_contains_match(o.text, prompt->reference);
     }
-    /* In parallel, the judges wait for the generations to end: a judge's
-     * decode beside the batch's would share the cores between two spinning
-     * thread teams (measured: 3x slower in all). */
-    bool judge_now = e->opt.n_parallel <= 1;
     pthread_mutex_lock(&eval_mutex); /* the outputs are shared */
-    bool ok = (!judge_now || judge_output(e, prompt->text, &o)) && append_output(e, &o);
+    bool ok = append_output(e, &o);
     pthread_mutex_unlock(&eval_mutex);
     if (!ok) eval_output_free(&o);
     return ok;
@@ -470,9 +488,10 @@ static bool run_all(evaluation *e) {
         free(workers);
         free(threads);
         qsort(e->outputs, (size_t)e->n_outputs, sizeof *e->outputs, by_item);
-        for (int32_t i = 0; ok && i < e->n_outputs; i++)
-            ok = judge_output(e, e->prompts.items[e->outputs[i].prompt].text, &e->outputs[i]);
     }
+    /* the judges after the generations: a judge decoding beside the batch
+     * would share the cores between two spinning thread teams (3x slower) */
+    if (ok) ok = judge_outputs(e);
     free(queue.items);
     progress_end(&e->bar);
     if (!ok) return false;
