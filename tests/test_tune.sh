@@ -92,8 +92,8 @@ code, r = post({'prompt': 'Once upon a time', 'n_predict': 4, 'temperature': 0.5
 if code != 200 or abs(r['generation_settings']['temperature'] - 0.55) > 1e-6: sys.exit(f'own temperature: {code} {r}')
 code, r = post({'prompt': 'Once upon a time', 'n_predict': 4, 'selfmod': {'preset': 'hot'}})
 g = r['generation_settings']
-if code != 200 or abs(g['repeat_penalty'] - 1.3) > 1e-6 or g['window'] != 7 or abs(g['temperature'] - 0.7) > 1e-6 \
-        or g['confidence_threshold'] != 0.5: sys.exit(f'hot (the fixed policy, serve\'s T 0.7): {code} {g}')
+if code != 200 or abs(g['repeat_penalty'] - 1.3) > 1e-6 or g['window'] != 7 or abs(g['temperature'] - 0.8) > 1e-6 \
+        or g['confidence_threshold'] != 0.5: sys.exit(f'hot (the fixed policy, serve\'s T 0.8): {code} {g}')
 code, r = post({'prompt': 'Once upon a time', 'n_predict': 4, 'selfmod': {'preset': 'nope'}})
 msg = r.get('error', {}).get('message', '')
 if code != 400 or 'mine' not in msg or 'hot' not in msg: sys.exit(f'unknown preset: {code} {msg}')

@@ -171,7 +171,8 @@ static void print_usage(FILE *out) {
           "      --slot-save-path DIR  POST /slots/{id}?action=save|restore (files in DIR) and erase\n"
           "      --no-ui               no web page (the API only)\n"
           "      --temp F --seed N --n-predict N  what requests that do not say get\n"
-          "                            (llama-server's names; default: 0.7, 42, 256)\n"
+          "                            (llama-server's names; default: T 0.8, a fresh seed per\n"
+          "                            request, each API's own length, as llama-server)\n"
           "      --user-label STR --assistant-label STR   the plain chat form's labels\n"
           "                            (default: read off the model's template, else\n"
           "                            \"User:\" and \"Assistant:\")\n"
@@ -521,7 +522,7 @@ options_result server_parse_options(int argc, char **argv, server_options *opt, 
         .base = sm_gen_default_params(),
     };
     opt->base.sampling.repeat_penalty = 1.0f; /* none unless asked for, as with OpenAI and llama-server */
-    opt->base.sampling.temperature = 0.7f;    /* a request that names none samples, as with llama-server */
+    opt->base.sampling.temperature = 0.8f;    /* a request that names none samples at llama-server's T */
     opt->base.stop_at_bos = false;            /* a generated BOS goes on, as with llama-server */
     opt->base.n_predict = N_PREDICT_UNSET;   /* each API's own default, unless --n-predict */
     opt->base.sampling.seed = SEED_UNSET;    /* fresh per request, unless --seed */
