@@ -236,14 +236,8 @@ static void decode_pending(sm_batch *b, batch_model *bm) {
         int32_t last = first;
         while (last < n_now && (lb->n_tokens == 0 || lb->n_tokens + bm->pending[last]->n <= (int32_t)b->n_batch)) {
             request *r = bm->pending[last];
-            for (int32_t i = 0; i < r->n; i++) {
-                int32_t k = lb->n_tokens++;
-                lb->token[k] = r->tokens[i];
-                lb->pos[k] = r->pos + i;
-                lb->n_seq_id[k] = 1;
-                lb->seq_id[k][0] = r->seq;
-                lb->logits[k] = r->logits && i == r->n - 1;
-            }
+            for (int32_t i = 0; i < r->n; i++)
+                sm_llama_batch_add(lb, r->tokens[i], r->pos + i, r->seq, r->logits && i == r->n - 1);
             last++;
         }
         double t0 = sm_now_ms();

@@ -218,20 +218,15 @@ static sm_status accumulate_prompt(steer_run *run, const char *prompt, double *a
                      run->n_ctx);
         return SM_ERR_PROMPT_TOO_LONG;
     }
-    memcpy(run->batch.token, toks.data, sizeof *toks.data * (size_t)n);
-    sm_tokens_free(&toks);
-    int32_t skip = n > 0 && run->batch.token[0] == llama_vocab_bos(m->vocab) ? 1 : 0;
+    int32_t skip = n > 0 && toks.data[0] == llama_vocab_bos(m->vocab) ? 1 : 0;
     if (n - skip < 1) {
+        sm_tokens_free(&toks);
         sm_error_set(err, SM_ERR_INVALID_ARGUMENT, "steering prompt '%.60s' has no tokens", prompt);
         return SM_ERR_INVALID_ARGUMENT;
     }
-    run->batch.n_tokens = n;
-    for (int32_t i = 0; i < n; i++) {
-        run->batch.pos[i] = i;
-        run->batch.n_seq_id[i] = 1;
-        run->batch.seq_id[i][0] = 0;
-        run->batch.logits[i] = 1; /* every row survives to the last layer */
-    }
+    run->batch.n_tokens = 0;
+    for (int32_t i = 0; i < n; i++) sm_llama_batch_add(&run->batch, toks.data[i], i, 0, true); /* every row to the last layer */
+    sm_tokens_free(&toks);
     llama_memory_clear(llama_get_memory(run->ctx), true);
     if (sm_introspector_accumulate(run->intro, true, skip) != 0) {
         sm_error_set(err, SM_ERR_NO_MEMORY, "out of memory");

@@ -57,14 +57,8 @@ sm_status sm_embed_tokens(const sm_model *model, const sm_token *const *inputs, 
     sm_status st = SM_OK;
     for (int32_t i = 0; i < n_inputs && st == SM_OK; i++) {
         llama_memory_clear(llama_get_memory(ctx), true);
-        batch.n_tokens = n_tokens[i];
-        for (int32_t k = 0; k < n_tokens[i]; k++) {
-            batch.token[k] = inputs[i][k];
-            batch.pos[k] = k;
-            batch.n_seq_id[k] = 1;
-            batch.seq_id[k][0] = 0;
-            batch.logits[k] = true; /* every token is pooled */
-        }
+        batch.n_tokens = 0;
+        for (int32_t k = 0; k < n_tokens[i]; k++) sm_llama_batch_add(&batch, inputs[i][k], k, 0, true); /* all pooled */
         int32_t rc = sm_decode(ctx, &batch);
         const float *e = rc == 0 ? llama_get_embeddings_seq(ctx, 0) : NULL;
         if (!e) {

@@ -40,6 +40,19 @@ typedef struct sm_context_opts {
 } sm_context_opts;
 struct llama_context *sm_context_new(const sm_model *model, const sm_context_opts *opts, sm_error *err);
 int32_t sm_online_cores(void);
+/* Appends one token to a llama_batch (made by llama_batch_init): at pos in
+ * seq, with its distribution kept when logits. Every multi-sequence decode
+ * (the loop's batch, the tree's levels, lookahead branches, the judge's
+ * packed texts) fills its batch with it. */
+static inline void sm_llama_batch_add(struct llama_batch *b, sm_token token, int32_t pos, llama_seq_id seq,
+                                      bool logits) {
+    int32_t i = b->n_tokens++;
+    b->token[i] = token;
+    b->pos[i] = pos;
+    b->n_seq_id[i] = 1;
+    b->seq_id[i][0] = seq;
+    b->logits[i] = logits;
+}
 /* THE decode: llama_decode's code (exceptions become -1000, see guard.h). */
 int32_t sm_decode(struct llama_context *ctx, const llama_batch *batch);
 /* What a non-zero llama_decode code means, for messages. */

@@ -69,14 +69,8 @@ static int decode_branches(generation *g, lookahead_stage *pl, const sm_token *t
                            int32_t step) {
     sm_session *s = g->s;
     llama_batch *b = &s->branch_batch;
-    b->n_tokens = n;
-    for (int32_t j = 0; j < n; j++) {
-        b->token[j] = tokens[j];
-        b->pos[j] = pos;
-        b->n_seq_id[j] = 1;
-        b->seq_id[j][0] = j + 1;
-        b->logits[j] = 1;
-    }
+    b->n_tokens = 0;
+    for (int32_t j = 0; j < n; j++) sm_llama_batch_add(b, tokens[j], pos, j + 1, true);
     if (s->intro) sm_introspector_expect_rows(s->intro, n);
     int rc = sm_decode(s->members[0].ctx, b);
     if (rc != 0) return rc;

@@ -113,19 +113,6 @@ static double log_prob_of(const float *logits, int32_t n_vocab, sm_token token) 
     return (double)logits[token] - max - log(sum);
 }
 
-static void batch_add_seq(struct llama_batch *b, sm_token token, int32_t pos, llama_seq_id seq, bool logits) {
-    int32_t i = b->n_tokens++;
-    b->token[i] = token;
-    b->pos[i] = pos;
-    b->n_seq_id[i] = 1;
-    b->seq_id[i][0] = seq;
-    b->logits[i] = logits;
-}
-
-static void batch_add(struct llama_batch *b, sm_token token, int32_t pos, bool logits) {
-    batch_add_seq(b, token, pos, 0, logits);
-}
-
 static sm_status check_tokens(sm_judge *j, const sm_token *tokens, int32_t n, const char *what) {
     for (int32_t i = 0; i < n; i++)
         if (tokens[i] < 0 || tokens[i] >= j->model->n_vocab)
@@ -155,8 +142,9 @@ sm_status sm_judge_score_tokens(sm_judge *j, const sm_token *context, int32_t n_
 
     llama_memory_clear(llama_get_memory(j->ctx), true);
     j->batch.n_tokens = 0;
-    for (int32_t i = 0; i < n_context; i++) batch_add(&j->batch, context[i], i, i == n_context - 1);
-    for (int32_t i = 0; i + 1 < n_continuation; i++) batch_add(&j->batch, continuation[i], n_context + i, true);
+    for (int32_t i = 0; i < n_context; i++) sm_llama_batch_add(&j->batch, context[i], i, 0, i == n_context - 1);
+    for (int32_t i = 0; i + 1 < n_continuation; i++)
+        sm_llama_batch_add(&j->batch, continuation[i], n_context + i, 0, true);
     int32_t rc = sm_decode(j->ctx, &j->batch);
     if (rc != 0) return judge_fail(j, SM_ERR_DECODE, "the judge's llama_decode failed (code %d) on %d tokens", rc, n_feed);
 
@@ -244,7 +232,7 @@ static sm_status score_packed(sm_judge *j, judged_text *const *texts, int32_t n,
         const judged_text *t = texts[s];
         first_row[s] = j->batch.n_tokens + t->n_context - 1;
         for (int32_t i = 0; i + 1 < t->all.n; i++)
-            batch_add_seq(&j->batch, t->all.data[i], i, s, i >= t->n_context - 1);
+            sm_llama_batch_add(&j->batch, t->all.data[i], i, s, i >= t->n_context - 1);
     }
     int32_t rc = sm_decode(j->ctx, &j->batch);
     if (rc != 0)

@@ -305,15 +305,6 @@ static bool reserve_rows(sm_tree *t, int32_t n) {
 /* Decoding                                                            */
 /* ------------------------------------------------------------------ */
 
-static void batch_set(struct llama_batch *b, int32_t i, sm_token token, llama_pos pos, llama_seq_id seq,
-                      bool logits) {
-    b->token[i] = token;
-    b->pos[i] = pos;
-    b->n_seq_id[i] = 1;
-    b->seq_id[i][0] = seq;
-    b->logits[i] = logits;
-}
-
 /* What one model decodes in a call: the prepared batch at once, or each of
  * its tokens alone (beam by beam). The distributions of the tokens that
  * ask for logits land in rows 0, 1, ... in batch order. */
@@ -422,9 +413,9 @@ static sm_status decode_prefix(sm_tree *t, const sm_token *tokens, int32_t n, in
     *n_reused = keep;
     for (int32_t at = keep; at < n; at += t->n_batch) {
         int32_t chunk = n - at < t->n_batch ? n - at : t->n_batch;
-        t->batch.n_tokens = chunk;
+        t->batch.n_tokens = 0;
         for (int32_t i = 0; i < chunk; i++)
-            batch_set(&t->batch, i, tokens[at + i], at + i, PREFIX_SEQ, at + i == n - 1);
+            sm_llama_batch_add(&t->batch, tokens[at + i], at + i, PREFIX_SEQ, at + i == n - 1);
         sm_status st = decode_batch(t, false, "the prefix");
         if (st != SM_OK) {
             for (int32_t m = 0; m < t->n_models; m++) llama_memory_clear(t->members[m].mem, true);
@@ -646,10 +637,10 @@ static sm_status grow_level(expansion *e) {
  * distribution. */
 static sm_status decode_level(expansion *e) {
     sm_tree *t = e->tree;
-    t->batch.n_tokens = e->n_live;
+    t->batch.n_tokens = 0;
     for (int32_t i = 0; i < e->n_live; i++) {
         const beam *b = &e->live[i];
-        batch_set(&t->batch, i, e->nodes[b->node].token, e->n_prefix + b->depth - 1, b->seq, true);
+        sm_llama_batch_add(&t->batch, e->nodes[b->node].token, e->n_prefix + b->depth - 1, b->seq, true);
     }
     sm_status st = decode_batch(t, !e->p->batched, "the tree's beams");
     e->out->n_levels++;
