@@ -93,6 +93,22 @@ tail -1 out.jsonl | grep -q '"stop_reason":"bos"' || fail "BOS does not end the 
 "$SM_BIN" -m "$STORIES" -p "Once upon a time" -n -1 -t 0 --no-selfmod --no-stop-at-bos --ctx-size 512 --json-stream \
   --no-memory > out.jsonl 2> /dev/null
 tail -1 out.jsonl | grep -q '"stop_reason":"context_full"' || fail "--no-stop-at-bos does not go on"
+# serve goes on past BOS as llama-server does, unless --stop-at-bos.
+. "$SM_SRC/tests/serve_helpers.sh"
+for flag in "" --stop-at-bos; do
+  "$SM_BIN" serve -m "$STORIES" --port 0 --parallel 1 --ctx-size 512 $flag > serve.log 2>&1 &
+  spid=$!
+  port=$(listening_port serve.log $spid) || fail "serve $flag did not start: $(cat serve.log)"
+  body='{"prompt": "Once upon a time", "n_predict": 400, "temperature": 0}'
+  out=$(curl -s "http://127.0.0.1:$port/completion" -H 'Content-Type: application/json' -d "$body")
+  kill $spid; wait $spid 2> /dev/null
+  if [ -z "$flag" ]; then
+    echo "$out" | grep -q '"tokens_predicted":400' || fail "serve stopped before n_predict: $(echo "$out" | cut -c1-200)"
+  else
+    echo "$out" | grep -q '"stop_type":"eos"' && echo "$out" | grep -q '"stop_reason":"bos"' \
+      || fail "serve --stop-at-bos went past BOS: $(echo "$out" | cut -c1-200)"
+  fi
+done
 echo "ok: BOS"
 
 # --- The context size asked for is the one used.

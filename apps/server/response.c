@@ -291,7 +291,8 @@ static const char *finish_reason(sm_stop_reason r) {
 
 static const char *llama_stop_type(sm_stop_reason r) {
     switch (r) {
-    case SM_STOP_EOG: return "eos";
+    case SM_STOP_EOG:
+    case SM_STOP_BOS: return "eos"; /* --stop-at-bos: BOS ends the text as an end-of-generation would */
     case SM_STOP_STOP_STRING: return "word";
     case SM_STOP_N_PREDICT:
     case SM_STOP_CONTEXT_FULL: return "limit";
