@@ -400,8 +400,10 @@ static void softmax_as_llama(sm_candidate *c, int32_t n) {
 
 /* libstdc++'s discrete_distribution over c[0..n).prob, as mirostat draws:
  * the weights normalised in double, their running sums (the last forced
- * to 1), the first sum not below a canonical draw. */
+ * to 1), the first sum not below a canonical draw. One weight alone draws
+ * no number at all (its table is empty and it answers 0). */
 static int32_t discrete_draw(const sm_candidate *c, int32_t n, sm_mt *mt) {
+    if (n < 2) return 0;
     double total = 0.0, cum = 0.0;
     for (int32_t i = 0; i < n; i++) total += (double)c[i].prob;
     const double u = sm_mt_uniform(mt);

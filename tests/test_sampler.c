@@ -404,6 +404,34 @@ static void test_same_tokens_as_llama_cpp(void **unused) {
         assert_int_equal(sm_sample(&in, &rng, &w, &p), arr.data[arr.selected].id);
         llama_sampler_free(chain);
     }
+    /* mu moving token by token on a peaked distribution, so that now
+     * several candidates are left and now one (llama.cpp then draws no
+     * number at all): the same tokens, draw after draw */
+    for (int32_t t = 0; t < N; t++) logits[t] = t < 20 ? 4.0f - 0.2f * t : -2.0f + 0.001f * t;
+    int32_t n_single = 0;
+    for (uint32_t seed = 1; seed <= 20; seed++) {
+        struct llama_sampler *chain = chain_of(2, llama_sampler_init_temp(0.7f), llama_sampler_init_mirostat_v2(seed, 1.0f, 0.5f));
+        sm_sample_rng rng;
+        sm_sample_rng_init(&rng, seed);
+        in.mirostat_tau = 1.0f;
+        in.mirostat_eta = 0.5f;
+        in.mirostat_mu = 2.0f; /* 2 tau, as llama.cpp starts */
+        float mu_next;
+        in.mirostat_mu_next = &mu_next;
+        for (int draw = 0; draw < 30; draw++) {
+            for (int32_t t = 0; t < N; t++) data[t] = (llama_token_data){t, logits[t], 0.0f};
+            llama_token_data_array arr = {data, (size_t)N, -1, false};
+            llama_sampler_apply(chain, &arr);
+            float p;
+            sm_token ours = sm_sample(&in, &rng, &w, &p);
+            if (ours != arr.data[arr.selected].id)
+                fail_msg("mirostat, seed %u draw %d: %d here, %d in llama.cpp", seed, draw, ours, arr.data[arr.selected].id);
+            n_single += arr.size == 1;
+            in.mirostat_mu = mu_next;
+        }
+        llama_sampler_free(chain);
+    }
+    assert_true(n_single > 10 && n_single < 20 * 30 - 10); /* both kinds of step happened */
     sm_sampler_work_free(&w);
 }
 
