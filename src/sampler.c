@@ -62,9 +62,17 @@ uint32_t sm_mt_next(sm_mt *mt) {
     return y;
 }
 
-/* Back to the state after n_out outputs: reseed and replay (a rewind goes
- * back a few tokens of two outputs each; replaying is microseconds). */
+/* Back to the state after n_out outputs. Output k is word k % 624 of the
+ * k / 624-th block of state, and the block the state holds stays whole
+ * until the next twist: a seek within it (a rewind of a few tokens, two
+ * outputs each, almost always is) only moves the index; one further back
+ * reseeds and replays. */
 void sm_mt_seek(sm_mt *mt, uint64_t n_out) {
+    if (n_out < mt->n_out && mt->n_out > 0 && n_out / MT_N == (mt->n_out - 1) / MT_N) {
+        mt->index = (int32_t)(n_out % MT_N);
+        mt->n_out = n_out;
+        return;
+    }
     if (n_out < mt->n_out) sm_mt_seed(mt, mt->seed);
     while (mt->n_out < n_out) sm_mt_next(mt);
 }

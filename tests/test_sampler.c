@@ -309,10 +309,20 @@ static void test_mt19937(void **unused) {
         if (i >= 700 && i < 703) at[i - 700] = x;
     }
     assert_int_equal(x, 4123659995u);
-    sm_mt_seek(&mt, 700);
+    sm_mt_seek(&mt, 700); /* blocks back: reseed and replay */
     for (int i = 0; i < 3; i++) assert_int_equal(sm_mt_next(&mt), at[i]);
     sm_mt_seek(&mt, 10000);
     assert_int_equal(mt.n_out, 10000);
+    /* within the block the state holds (9984..10607), and onto its first
+     * word: the index moves, the outputs are a fresh replay's */
+    sm_mt fresh;
+    for (uint64_t back = 9984; back <= 9990; back += 6) {
+        sm_mt_seek(&mt, 10000);
+        sm_mt_seek(&mt, back);
+        sm_mt_seed(&fresh, 5489);
+        sm_mt_seek(&fresh, back);
+        for (int i = 0; i < 30; i++) assert_int_equal(sm_mt_next(&mt), sm_mt_next(&fresh));
+    }
 }
 
 /* One seed draws llama.cpp's tokens: its chain with its dist sampler
