@@ -49,7 +49,7 @@ static bool token_array(const cJSON *a, inputs *in, api_error *err) {
     if (n > 0 && !ids) return api_fail(err, 500, NULL, "out of memory");
     const cJSON *t;
     cJSON_ArrayForEach(t, a) {
-        if (!cJSON_IsNumber(t) || t->valuedouble != (double)(int32_t)t->valuedouble) {
+        if (!json_is_int32(t)) {
             free(ids);
             return api_fail(err, 400, "input", "token ids must be integers");
         }

@@ -53,3 +53,9 @@ cJSON *json_error_object(const char *message, const char *type, const char *para
     else cJSON_AddNullToObject(error, "code");
     return root;
 }
+
+bool json_is_int32(const cJSON *item) {
+    if (!cJSON_IsNumber(item)) return false;
+    double v = item->valuedouble;
+    return isfinite(v) && v >= (double)INT32_MIN && v <= (double)INT32_MAX && v == floor(v);
+}

@@ -16,6 +16,9 @@ cJSON *json_float(double value);
 void json_add_float(cJSON *object, const char *key, double value);
 /* The bytes as an array of numbers (OpenAI's "bytes" field). */
 cJSON *json_byte_array(const char *bytes, size_t len);
+/* Whether item is a number with an integer value that fits int32_t; checked
+ * before any cast, since converting an out-of-range double is undefined. */
+bool json_is_int32(const cJSON *item);
 /* Unformatted text of json; json is deleted. */
 char *json_print_and_delete(cJSON *json);
 

@@ -238,6 +238,12 @@ test('embeddings: the openai client gets one normalised vector per input (it ask
   const f = await post(servers.plain, '/v1/embeddings', { input: 'hello world', encoding_format: 'float' });
   assert.equal(f.status, 200, f.text);
   f.json.data[0].embedding.forEach((x, i) => assert.ok(Math.abs(x - v[i]) < 1e-6));
+  // token ids that are not int32s (once undefined behaviour, found by the fuzzer) or not this model's: 400
+  for (const ids of [[66666666666666666666661, 2], [1.5], [-1], [1e300], [99999]]) {
+    const bad = await post(servers.plain, '/v1/embeddings', { input: ['hello', ids] });
+    assert.equal(bad.status, 400, JSON.stringify(ids) + ': ' + bad.text);
+    assert.equal(bad.json.error.param, 'input');
+  }
 });
 
 test('n > 1: several answers, each reproducible with its own seed (seed + index)', async () => {
