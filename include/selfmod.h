@@ -1067,6 +1067,8 @@ typedef struct sm_batch_stats {
     int64_t n_tokens;         /* tokens they decoded                        */
     int64_t n_requests;       /* sessions' decodes gathered into them       */
     double ms_decoding;       /* time inside llama_decode                   */
+    int64_t n_other_decodes;  /* decodes of trees sharing the decoder
+                                 (sm_tree_share_decoder), not counted above */
 } sm_batch_stats;
 sm_batch_stats sm_batch_get_stats(sm_batch *batch);
 
@@ -1585,6 +1587,12 @@ sm_tree *sm_tree_new_observed(sm_model *const *models, int32_t n_models, uint32_
                               int32_t max_beam_limit, const int32_t *layers, int32_t n_layers, bool attention,
                               sm_error *err);
 void sm_tree_free(sm_tree *tree);
+/* The tree's decodes run on the batch's decoder thread, taking turns with
+ * the batch's steps, instead of in the caller's thread beside them (two
+ * thread teams spinning on the same cores slow both many times over); its
+ * cache stays its own. NULL: the caller's thread again. The batch must
+ * outlive the tree or the next call. */
+void sm_tree_share_decoder(sm_tree *tree, sm_batch *batch);
 
 /* Tokenizes the prefix as plain text (with the model's BOS when it wants
  * one) and expands. The prefix plus max_depth tokens must fit the context

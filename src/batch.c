@@ -15,6 +15,12 @@
  * llama.cpp's OpenMP workers belong to the thread that calls it, and a
  * different caller each step would keep a spinning team for each.
  *
+ * Other work that decodes beside the batch (a LLooM tree, in its own
+ * context) hands its decodes to the same decoder thread, which runs one
+ * of them after each pass of the batch's own: on a machine whose cores
+ * the batch's threads fill, two thread teams spinning side by side would
+ * slow both many times over.
+ *
  * Invariant: a decode never mixes models, every request's last token has
  * its logits copied out before the next decode starts, and a sequence's
  * cells are touched only by its own session (seq_rm on its own seq id).
@@ -42,6 +48,15 @@ typedef struct request {
                                wakes alone, without the batch's mutex    */
 } request;
 
+/* A decode of another context, run by the decoder thread. */
+typedef struct other_request {
+    struct llama_context *ctx;
+    const llama_batch *batch;
+    int32_t rc;
+    sem_t done;
+    struct other_request *next;
+} other_request;
+
 typedef struct batch_model {
     const sm_model *model;
     struct llama_context *ctx;
@@ -62,7 +77,8 @@ struct sm_batch {
     uint32_t n_ctx_seq, n_batch;
     int32_t n_busy;          /* sessions inside a generation or a prompt  */
     bool *seq_taken;
-    int64_t n_decodes, n_tokens_decoded, n_requests;
+    other_request *others, **others_tail; /* first in, first decoded     */
+    int64_t n_decodes, n_tokens_decoded, n_requests, n_other_decodes;
     double ms_decoding;
 };
 
@@ -114,6 +130,7 @@ sm_batch *sm_batch_new(sm_model *const *models, int32_t n_models, const sm_batch
     pthread_cond_init(&b->submitted, NULL);
     b->n_seq = p.n_seq;
     b->n_batch = p.n_batch;
+    b->others_tail = &b->others;
     b->seq_taken = calloc((size_t)p.n_seq, sizeof *b->seq_taken);
     /* never past a model's training length, in any model */
     uint32_t n_ctx_seq = p.n_ctx_seq;
@@ -171,7 +188,7 @@ uint32_t sm_batch_n_ctx_seq(const sm_batch *b) { return b->n_ctx_seq; }
 
 sm_batch_stats sm_batch_get_stats(sm_batch *b) {
     pthread_mutex_lock(&b->mutex);
-    sm_batch_stats st = {b->n_decodes, b->n_tokens_decoded, b->n_requests, b->ms_decoding};
+    sm_batch_stats st = {b->n_decodes, b->n_tokens_decoded, b->n_requests, b->ms_decoding, b->n_other_decodes};
     pthread_mutex_unlock(&b->mutex);
     return st;
 }
@@ -274,6 +291,21 @@ static bool complete(const sm_batch *b, const batch_model *bm) {
     return bm->n_pending > 0 && (bm->n_pending >= b->n_busy || bm->n_pending == b->n_seq);
 }
 
+/* Runs the oldest decode handed in by other work, if any; called with the
+ * mutex held. */
+static bool decode_other(sm_batch *b) {
+    other_request *r = b->others;
+    if (!r) return false;
+    b->others = r->next;
+    if (!b->others) b->others_tail = &b->others;
+    pthread_mutex_unlock(&b->mutex);
+    r->rc = sm_decode(r->ctx, r->batch); /* its own context: the batch's stay free */
+    pthread_mutex_lock(&b->mutex);
+    b->n_other_decodes++;
+    sem_post(&r->done);
+    return true;
+}
+
 static void *decoder_loop(void *arg) {
     sm_batch *b = arg;
     pthread_mutex_lock(&b->mutex);
@@ -284,7 +316,8 @@ static void *decoder_loop(void *arg) {
                 decode_pending(b, &b->models[m]);
                 any = true;
             }
-        if (any) continue;
+        /* one of the others' after every pass, so neither side starves */
+        if (decode_other(b) || any) continue;
         /* something pending but incomplete: a busy session is elsewhere,
          * so it is not waited for past WAIT_MS */
         bool pending = false;
@@ -322,6 +355,19 @@ int32_t sm_batch_decode(sm_batch *b, int32_t m, llama_seq_id seq, int32_t pos, c
      * for the rest) and for the one that completes the step; the others
      * would only wake it to find the step incomplete. */
     if (bm->n_pending == 1 || complete(b, bm)) pthread_cond_signal(&b->submitted);
+    pthread_mutex_unlock(&b->mutex);
+    while (sem_wait(&r.done) != 0 && errno == EINTR) {}
+    sem_destroy(&r.done);
+    return r.rc;
+}
+
+int32_t sm_batch_decode_other(sm_batch *b, struct llama_context *ctx, const llama_batch *batch) {
+    other_request r = {.ctx = ctx, .batch = batch};
+    if (sem_init(&r.done, 0, 0) != 0) return -1;
+    pthread_mutex_lock(&b->mutex);
+    *b->others_tail = &r;
+    b->others_tail = &r.next;
+    pthread_cond_signal(&b->submitted);
     pthread_mutex_unlock(&b->mutex);
     while (sem_wait(&r.done) != 0 && errno == EINTR) {}
     sem_destroy(&r.done);

@@ -80,6 +80,10 @@ void sm_batch_busy(sm_batch *b, int32_t delta);
 int32_t sm_batch_decode(sm_batch *b, int32_t m, llama_seq_id seq, int32_t pos, const sm_token *tokens, int32_t n,
                         float *logits);
 
+/* Decodes batch in ctx (not the batch's) on the batch's decoder thread,
+ * taking turns with the batch's own decodes. llama_decode's code. */
+int32_t sm_batch_decode_other(sm_batch *b, struct llama_context *ctx, const llama_batch *batch);
+
 /* threads.c: the thread count of one-token decodes, tuned by measuring. */
 enum { SM_TUNER_WINDOW = 8, SM_TUNER_PROBE_UP = 32 };
 typedef struct sm_thread_tuner {

@@ -56,6 +56,7 @@ struct sm_tree {
     bool mix_sum;              /* several models' probabilities add up (the LLooM's) */
     sm_introspector *intro;    /* model 0's observed layers; NULL: none       */
     float prefix_norms[MAX_OBSERVED]; /* at the prefix's last token          */
+    sm_batch *decoder;         /* whose decoder thread decodes; NULL: the caller */
     char error[512];
 };
 
@@ -313,6 +314,10 @@ typedef struct decode_job {
     bool one_by_one;
 } decode_job;
 
+static int32_t tree_decode(const sm_tree *t, struct llama_context *ctx, const struct llama_batch *b) {
+    return t->decoder ? sm_batch_decode_other(t->decoder, ctx, b) : sm_decode(ctx, b);
+}
+
 static int32_t decode_model(void *arg, int32_t m) {
     decode_job *job = arg;
     sm_tree *t = job->tree;
@@ -326,7 +331,7 @@ static int32_t decode_model(void *arg, int32_t m) {
             for (int32_t i = 0; i < b->n_tokens; i++) rows += b->logits[i] != 0;
             sm_introspector_expect_rows(t->intro, rows);
         }
-        int32_t rc = sm_decode(mb->ctx, b);
+        int32_t rc = tree_decode(t, mb->ctx, b);
         for (int32_t i = 0; rc == 0 && i < b->n_tokens; i++)
             if (b->logits[i]) sm_softmax(llama_get_logits_ith(mb->ctx, i), t->n_vocab, mb->probs + row * (size_t)r++);
         return rc;
@@ -341,7 +346,7 @@ static int32_t decode_model(void *arg, int32_t m) {
             .logits = b->logits + i,
         };
         if (m == 0 && t->intro) sm_introspector_expect_rows(t->intro, 1);
-        int32_t rc = sm_decode(mb->ctx, &one);
+        int32_t rc = tree_decode(t, mb->ctx, &one);
         if (rc != 0) return rc;
         if (b->logits[i]) sm_softmax(llama_get_logits_ith(mb->ctx, 0), t->n_vocab, mb->probs + row * (size_t)r++);
     }
@@ -894,3 +899,5 @@ void sm_tree_result_free(sm_tree_result *r) {
     free(r->nodes);
     memset(r, 0, sizeof *r);
 }
+
+void sm_tree_share_decoder(sm_tree *t, sm_batch *batch) { t->decoder = batch; }

@@ -397,6 +397,69 @@ static void test_unified_pool(void **state) {
     sm_model_free(m);
 }
 
+/* A tree sharing the batch's decoder thread: its decodes are the batch's
+ * to run (counted apart), taking turns with sessions generating at the same
+ * time; the tree's suggestions equal a tree on its own, and the sessions'
+ * tokens equal their runs alone. */
+static void test_tree_shares_the_decoder(void **state) {
+    (void)state;
+    sm_model *m = tu_load_model("stories260K.gguf");
+    sm_batch *batch = tu_open_batch(m, 3, 256, 512, false);
+    sm_error err = {0};
+    sm_tree *own = sm_tree_new(&m, 1, 256, 1, 25, &err), *shared = sm_tree_new(&m, 1, 256, 1, 25, &err);
+    assert_non_null(own);
+    assert_non_null(shared);
+    sm_tree_share_decoder(shared, batch);
+    const char *prefix = "Once upon a time, there was a little";
+    const sm_tree_params tp = sm_tree_default_params();
+    sm_tree_result alone, beside;
+    assert_int_equal(sm_tree_expand(own, prefix, &tp, &alone), SM_OK);
+    job jobs[3];
+    pthread_t threads[3];
+    for (int i = 0; i < 3; i++) {
+        jobs[i] = (job){.prompt = PROMPTS[i], .n_vocab = sm_model_n_vocab(m)};
+        jobs[i].session = tu_batch_session(m, batch, 256);
+        jobs[i].gp = tu_greedy_params(N_PREDICT);
+        jobs[i].gp.stop_at_bos = false;
+        pthread_create(&threads[i], NULL, run, &jobs[i]);
+    }
+    assert_int_equal(sm_tree_expand(shared, prefix, &tp, &beside), SM_OK);
+    for (int i = 0; i < 3; i++) pthread_join(threads[i], NULL);
+    sm_batch_stats st = sm_batch_get_stats(batch);
+    assert_true(st.n_other_decodes >= 2); /* the prefix, then a decode a level */
+    assert_int_equal(beside.n_suggestions, alone.n_suggestions);
+    assert_int_equal(beside.n_nodes, alone.n_nodes);
+    for (int32_t i = 0; i < alone.n_suggestions; i++) {
+        assert_string_equal(beside.suggestions[i].text, alone.suggestions[i].text);
+        assert_float_equal(beside.suggestions[i].score, alone.suggestions[i].score, 0.0);
+    }
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(jobs[i].status, SM_OK);
+        sm_session *s = tu_open_session(m, NULL);
+        sm_result r;
+        assert_int_equal(sm_session_generate(s, PROMPTS[i], &jobs[i].gp, &r), SM_OK);
+        assert_int_equal(r.n_tokens, jobs[i].result.n_tokens);
+        assert_memory_equal(r.tokens, jobs[i].result.tokens, sizeof *r.tokens * (size_t)r.n_tokens);
+        sm_result_free(&r);
+        sm_session_free(s);
+        sm_result_free(&jobs[i].result);
+        free(jobs[i].logits);
+        sm_session_free(jobs[i].session);
+    }
+    /* back on the caller's thread: the batch decodes nothing more of it */
+    sm_tree_share_decoder(shared, NULL);
+    sm_tree_result again;
+    assert_int_equal(sm_tree_expand(shared, "The little dog", &tp, &again), SM_OK);
+    assert_int_equal(sm_batch_get_stats(batch).n_other_decodes, st.n_other_decodes);
+    sm_tree_result_free(&again);
+    sm_tree_result_free(&alone);
+    sm_tree_result_free(&beside);
+    sm_tree_free(own);
+    sm_tree_free(shared);
+    sm_batch_free(batch);
+    sm_model_free(m);
+}
+
 static void test_batch_refuses_what_it_cannot_share(void **state) {
     (void)state;
     sm_model *m = tu_load_model("stories260K.gguf");
@@ -430,6 +493,7 @@ int main(void) {
         cmocka_unit_test(test_prompt_progress),
         cmocka_unit_test(test_unified_pool),
         cmocka_unit_test(test_steps_larger_than_a_decode),
+        cmocka_unit_test(test_tree_shares_the_decoder),
         cmocka_unit_test(test_batch_refuses_what_it_cannot_share),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -47,11 +47,14 @@ reply api_health(server *srv) {
         total.n_requests += st.n_requests;
         total.n_tokens += st.n_tokens;
         total.ms_decoding += st.ms_decoding;
+        total.n_other_decodes += st.n_other_decodes;
     }
     cJSON_AddNumberToObject(o, "batch_decodes", (double)total.n_decodes);
     cJSON_AddNumberToObject(o, "batch_requests", (double)total.n_requests);
     cJSON_AddNumberToObject(o, "batch_tokens", (double)total.n_tokens);
     cJSON_AddNumberToObject(o, "batch_ms_decoding", total.ms_decoding);
+    /* the LLooM's trees decode on the batch's thread, taking turns with it */
+    cJSON_AddNumberToObject(o, "batch_tree_decodes", (double)total.n_other_decodes);
     return reply_json(200, o);
 }
 

@@ -160,30 +160,32 @@ void slot_pool_counts(slot_pool *pool, int *n_busy, int *n_waiting) {
     pthread_mutex_unlock(&pool->mutex);
 }
 
+/* The target's batch, made on first use (NULL with e set if it cannot be). */
+static sm_batch *target_batch(slot_pool *pool, int target, sm_model *const *models, int n, sm_error *e) {
+    pthread_mutex_lock(&pool->mutex);
+    if (!pool->batches[target]) {
+        sm_batch_params bp = sm_batch_default_params();
+        bp.n_seq = pool->n_slots;
+        bp.n_ctx_seq = pool->session_params.n_ctx;
+        bp.n_batch = pool->session_params.n_batch;
+        bp.kv_unified = pool->kv_unified;
+        bp.n_threads = pool->batch_threads;
+        pool->batches[target] = sm_batch_new(models, n, &bp, e);
+    }
+    sm_batch *batch = pool->batches[target];
+    pthread_mutex_unlock(&pool->mutex);
+    return batch;
+}
+
 sm_session *slot_session(slot_pool *pool, slot *s, int target, char *err, size_t err_size) {
     if (s->sessions[target]) return s->sessions[target];
     sm_model *models[SM_MAX_MODELS];
     int n = model_set_target_models(pool->models, target, models);
     sm_error e = {0};
     sm_session_params sp = pool->session_params;
-    if (pool->batched) {
-        pthread_mutex_lock(&pool->mutex);
-        if (!pool->batches[target]) {
-            sm_batch_params bp = sm_batch_default_params();
-            bp.n_seq = pool->n_slots;
-            bp.n_ctx_seq = sp.n_ctx;
-            bp.n_batch = sp.n_batch;
-            bp.kv_unified = pool->kv_unified;
-            bp.n_threads = pool->batch_threads;
-            pool->batches[target] = sm_batch_new(models, n, &bp, &e);
-        }
-        sm_batch *batch = pool->batches[target];
-        pthread_mutex_unlock(&pool->mutex);
-        if (!batch) {
-            snprintf(err, err_size, "%s", e.message);
-            return NULL;
-        }
-        sp.batch = batch;
+    if (pool->batched && !(sp.batch = target_batch(pool, target, models, n, &e))) {
+        snprintf(err, err_size, "%s", e.message);
+        return NULL;
     }
     s->sessions[target] = n == 1 ? sm_session_new(models[0], &sp, &e) : sm_session_new_fused(models, n, &sp, &e);
     if (!s->sessions[target]) snprintf(err, err_size, "%s", e.message);
@@ -216,9 +218,17 @@ sm_tree *slot_tree(slot_pool *pool, slot *s, int target, char *err, size_t err_s
     sm_model *models[SM_MAX_MODELS];
     int n = model_set_target_models(pool->models, target, models);
     sm_error e = {0};
+    /* with the slots' batch, the tree decodes on its decoder thread, taking
+     * turns with the streams instead of fighting them for the cores */
+    sm_batch *batch = pool->batched ? target_batch(pool, target, models, n, &e) : NULL;
+    if (pool->batched && !batch) {
+        snprintf(err, err_size, "%s", e.message);
+        return NULL;
+    }
     s->trees[target] = sm_tree_new(models, n, pool->session_params.n_ctx, pool->session_params.n_threads,
                                    pool->tree_max_beams, &e);
     if (!s->trees[target]) snprintf(err, err_size, "%s", e.message);
+    else sm_tree_share_decoder(s->trees[target], batch);
     return s->trees[target];
 }
 

@@ -66,8 +66,11 @@ test('/tokenize and /detokenize round-trip', async () => {
 
 test('/loom/expand respects its limits and reports the tree', async () => {
   const params = { prefix: 'Once upon a time, there was a', max_depth: 6, beam_limit: 8, cutoff: 0.1, split_limit: 3 };
+  const before = (await get(base(), '/health')).json.batch_tree_decodes;
   const r = await post(base(), '/loom/expand', params);
   assert.equal(r.status, 200, r.text);
+  // the tree decoded on the slots' batch thread, taking turns with the streams
+  assert.ok((await get(base(), '/health')).json.batch_tree_decodes > before);
   const { suggestions, nodes } = r.json;
   assert.ok(suggestions.length >= 2 && suggestions.length <= 8, `${suggestions.length} suggestions`);
   assert.equal(new Set(suggestions.map((s) => s.text)).size, suggestions.length, 'texts are unique');
