@@ -4,7 +4,7 @@
  * says it is what matters).
  *
  *   make_random_model VOCAB.gguf OUT.gguf [--layers N] [--embd N] [--ff N]
- *                     [--heads N] [--ctx N] [--seed N] [--f32] [--untied]
+ *                     [--heads N] [--ctx N] [--seed N] [--type T] [--untied]
  *
  * The vocabulary and tokenizer come from VOCAB.gguf (a vocab-only file such
  * as ggml-vocab-llama-spm.gguf or ggml-vocab-gpt-2.gguf); every key of it is
@@ -13,7 +13,9 @@
  * 2048, and with the 32000-token Llama vocabulary about 110M parameters.
  * Like stories110M, the output projection is tied to the token embeddings
  * (llama.cpp reuses token_embd when output.weight is absent); --untied writes
- * a separate output.weight. Matrices are F16 (--f32: F32), drawn from
+ * a separate output.weight. Matrices are F16 (--type f32, q8_0, q4_0 or
+ * q4_k: the same numbers in that type, quantized as llama-quantize
+ * would, as most users' files are), drawn from
  * N(0, 0.02^2) with a fixed seed; norm weights are 1.
  *
  * The file is written next to OUT.gguf and renamed into place, so an
@@ -42,7 +44,7 @@ typedef struct model_shape {
     uint32_t n_ff;
     uint32_t n_ctx;
     uint64_t seed;
-    bool f32;
+    enum ggml_type type;    /* of the matrices */
     bool untied;
 } model_shape;
 
@@ -103,7 +105,8 @@ static rng rng_for_tensor(uint64_t seed, const char *name) {
 static void print_usage(FILE *out) {
     fprintf(out,
             "usage: make_random_model VOCAB.gguf OUT.gguf [--layers N] [--embd N] [--ff N]\n"
-            "                         [--heads N] [--ctx N] [--seed N] [--f32] [--untied]\n"
+            "                         [--heads N] [--ctx N] [--seed N] [--type f16|f32|q8_0|q4_0|q4_k]\n"
+            "                         [--untied]\n"
             "defaults: --layers 12 --embd 768 --ff 2048 --heads 12 --ctx 2048 --seed 42,\n"
             "F16 weights, output tied to token_embd (the stories110M shape)\n");
 }
@@ -123,7 +126,7 @@ static bool parse_positive(const char *flag, const char *text, uint32_t *value) 
 
 static bool parse_options(int argc, char **argv, options *opt) {
     opt->shape = (model_shape){
-        .n_embd = 768, .n_layer = 12, .n_head = 12, .n_ff = 2048, .n_ctx = 2048, .seed = 42};
+        .n_embd = 768, .n_layer = 12, .n_head = 12, .n_ff = 2048, .n_ctx = 2048, .seed = 42, .type = GGML_TYPE_F16};
     int n_positional = 0;
     for (int i = 1; i < argc; i++) {
         const char *arg = argv[i];
@@ -143,8 +146,15 @@ static bool parse_options(int argc, char **argv, options *opt) {
         } else if (strcmp(arg, "--seed") == 0) {
             ok = parse_positive(arg, next, &seed), i++;
             opt->shape.seed = seed;
-        } else if (strcmp(arg, "--f32") == 0) {
-            opt->shape.f32 = true;
+        } else if (strcmp(arg, "--type") == 0) {
+            const char *name = i + 1 < argc ? argv[++i] : "";
+            const struct { const char *name; enum ggml_type type; } types[] = {
+                {"f16", GGML_TYPE_F16}, {"f32", GGML_TYPE_F32}, {"q8_0", GGML_TYPE_Q8_0},
+                {"q4_0", GGML_TYPE_Q4_0}, {"q4_k", GGML_TYPE_Q4_K}};
+            ok = false;
+            for (size_t t = 0; t < sizeof types / sizeof *types; t++)
+                if (strcmp(name, types[t].name) == 0) opt->shape.type = types[t].type, ok = true;
+            if (!ok) fprintf(stderr, "make_random_model: --type is one of f16, f32, q8_0, q4_0, q4_k (got '%s')\n", name);
         } else if (strcmp(arg, "--untied") == 0) {
             opt->shape.untied = true;
         } else if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0) {
@@ -172,6 +182,12 @@ static bool parse_options(int argc, char **argv, options *opt) {
     if (opt->shape.n_embd % opt->shape.n_head != 0 || (opt->shape.n_embd / opt->shape.n_head) % 2) {
         fprintf(stderr, "make_random_model: --embd %u must split into --heads %u heads of even size\n",
                 opt->shape.n_embd, opt->shape.n_head);
+        return false;
+    }
+    const int64_t block = ggml_blck_size(opt->shape.type); /* rows are n_embd or n_ff wide */
+    if (opt->shape.n_embd % block || opt->shape.n_ff % block) {
+        fprintf(stderr, "make_random_model: --type %s needs --embd and --ff to be multiples of %lld\n",
+                ggml_type_name(opt->shape.type), (long long)block);
         return false;
     }
     opt->shape.n_head_kv = opt->shape.n_head;
@@ -205,7 +221,10 @@ static void write_hparams(struct gguf_context *gguf, const model_shape *s) {
      * BPE); the vocabulary file's own hparams, if any, are left unused. */
     gguf_set_val_str(gguf, "general.architecture", "llama");
     gguf_set_val_str(gguf, "general.name", "random-llama");
-    gguf_set_val_u32(gguf, "general.file_type", s->f32 ? 0 : 1); /* ALL_F32 / MOSTLY_F16 */
+    /* llama_ftype: ALL_F32, MOSTLY_F16, MOSTLY_Q8_0, MOSTLY_Q4_0, MOSTLY_Q4_K_S */
+    const uint32_t ftype = s->type == GGML_TYPE_F32 ? 0 : s->type == GGML_TYPE_F16 ? 1 : s->type == GGML_TYPE_Q8_0 ? 7
+                           : s->type == GGML_TYPE_Q4_0 ? 2 : 14;
+    gguf_set_val_u32(gguf, "general.file_type", ftype);
     gguf_set_val_u32(gguf, "llama.vocab_size", s->n_vocab);
     gguf_set_val_u32(gguf, "llama.context_length", s->n_ctx);
     gguf_set_val_u32(gguf, "llama.embedding_length", s->n_embd);
@@ -229,6 +248,19 @@ typedef struct tensor_set {
     uint64_t n_params;
     const model_shape *shape;
 } tensor_set;
+
+/* A quantized type: each row drawn in F32, then quantized as llama-quantize would. */
+static bool fill_random_quantized(void *data, enum ggml_type type, int64_t n_per_row, int64_t n_rows, rng *r) {
+    float *row = malloc(sizeof *row * (size_t)n_per_row);
+    if (!row) return false;
+    const size_t row_bytes = ggml_row_size(type, n_per_row);
+    for (int64_t i = 0; i < n_rows; i++) {
+        for (int64_t j = 0; j < n_per_row; j++) row[j] = WEIGHT_STDDEV * rng_normal(r);
+        ggml_quantize_chunk(type, row, (char *)data + (size_t)i * row_bytes, 0, 1, n_per_row, NULL);
+    }
+    free(row);
+    return true;
+}
 
 static void fill_random(void *data, enum ggml_type type, int64_t n, rng *r) {
     if (type == GGML_TYPE_F32) {
@@ -263,7 +295,7 @@ static bool add_tensor(tensor_set *set, const char *name, int64_t ne0, int64_t n
         return false;
     }
     const bool is_norm = ne1 == 0;
-    const enum ggml_type type = is_norm || set->shape->f32 ? GGML_TYPE_F32 : GGML_TYPE_F16;
+    const enum ggml_type type = is_norm ? GGML_TYPE_F32 : set->shape->type;
     struct ggml_tensor *t = is_norm ? ggml_new_tensor_1d(set->meta, type, ne0)
                                     : ggml_new_tensor_2d(set->meta, type, ne0, ne1);
     ggml_set_name(t, name);
@@ -276,7 +308,15 @@ static bool add_tensor(tensor_set *set, const char *name, int64_t ne0, int64_t n
         fill_ones(data, ne0);
     } else {
         rng r = rng_for_tensor(set->shape->seed, name);
-        fill_random(data, type, ggml_nelements(t), &r);
+        if (ggml_is_quantized(type)) {
+            if (!fill_random_quantized(data, type, ne0, ne1, &r)) {
+                fprintf(stderr, "make_random_model: out of memory for %s\n", name);
+                free(data);
+                return false;
+            }
+        } else {
+            fill_random(data, type, ggml_nelements(t), &r);
+        }
     }
     gguf_add_tensor(set->gguf, t);
     gguf_set_tensor_data(set->gguf, name, data);
@@ -352,7 +392,7 @@ static bool write_model(const options *opt, struct gguf_context *gguf, const ten
     const model_shape *s = &opt->shape;
     printf("wrote %s: llama, %.1fM parameters, %s, n_vocab %u, n_embd %u, n_layer %u, "
            "n_head %u, n_ff %u, n_ctx %u, output %s\n",
-           opt->out_path, (double)set->n_params / 1e6, s->f32 ? "F32" : "F16", s->n_vocab,
+           opt->out_path, (double)set->n_params / 1e6, ggml_type_name(s->type), s->n_vocab,
            s->n_embd, s->n_layer, s->n_head, s->n_ff, s->n_ctx,
            s->untied ? "separate" : "tied to token_embd");
     return true;

@@ -41,6 +41,15 @@ if [[ ! -f $random_model ]]; then
     "$build/make_random_model" "$models/vocab/ggml-vocab-llama-spm.gguf" "$random_model" >&2
 fi
 
+# Where the library finds llama.cpp's AMX product crashing (src/cpu_probe.c)
+# it loads models without extra buffer types; plain llama.cpp gets the same
+# placement here, so each ratio compares the loops on the same weights.
+same_placement=()
+if [[ $("$build/cpu_probe") == "extra-buffers off" ]]; then
+    same_placement=(--no-repack)
+    echo "(this machine's AMX product crashes: every program here runs with --no-repack, as the library does)"
+fi
+
 # One field (key=value) of a result line.
 field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$2"; }
 median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
@@ -51,7 +60,7 @@ median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] 
 bench_model() {
     local label=$1 model=$2 n=$3 ctx=$4 reps=$5
     shift 5
-    local args=("$model" -n "$n" -t "$threads" -p "$prompt" -c "$ctx" --reps "$reps" "$@")
+    local args=("$model" -n "$n" -t "$threads" -p "$prompt" -c "$ctx" --reps "$reps" "$@" "${same_placement[@]}")
     local plain_rates=() selfmod_rates=() plain_best=() selfmod_best=() line selfmod_n=
     for ((round = 0; round < rounds; round++)); do
         # Alternate which side goes first so drift in machine load hits both.
@@ -172,7 +181,7 @@ more_reports() {
     echo
     echo "### Continuous batching: 8 concurrent requests of 48 tokens, random 110M, $threads threads, 8 slots"
     echo
-    bash "$root/bench/bench_batching.sh" "$build" "$random_model" 8 48 3
+    SERVER_ARGS="${SERVER_ARGS:-} ${same_placement[*]}" bash "$root/bench/bench_batching.sh" "$build" "$random_model" 8 48 3
     echo
     echo "### The LLooM beside 8 streams (random 110M, 9 slots): the tree decodes on the batch's thread"
     echo

@@ -95,7 +95,9 @@ typedef struct sm_model_params {
     /* llama.cpp's --no-repack: the weights stay as stored, in no extra
      * buffer type (repacked layouts, AMX tiles). Those speed up batches,
      * but can slow one-token decoding: on an AMX Xeon an f16 model decodes
-     * 1.5x faster without (README, "Beyond one machine"). false = llama.cpp's default. */
+     * 1.5x faster without (README, "Beyond one machine"). false = llama.cpp's
+     * default, except on a machine where llama.cpp's AMX product crashes or
+     * errs (tried once per process, in a child): there, always without. */
     bool no_repack;
     sm_unknown_chars unknown_chars;
     sm_progress_fn progress;    /* may be NULL                            */

@@ -84,6 +84,15 @@ int32_t sm_batch_decode(sm_batch *b, int32_t m, llama_seq_id seq, int32_t pos, c
  * taking turns with the batch's own decodes. llama_decode's code. */
 int32_t sm_batch_decode_other(sm_batch *b, struct llama_context *ctx, const llama_batch *batch);
 
+/* cpu_probe.c: false when llama.cpp's AMX buffer type crashes or errs on
+ * this machine (tried once, in a child process); models then load without
+ * extra buffer types. */
+bool sm_cpu_extra_buffers_work(void);
+/* The probe's products of Q4_0, Q8_0, Q4_K and F16 weights stored in buft,
+ * against the plain CPU buffer's: 0 when equal (2: no CPU backend, 3: a
+ * compute failed, 4: they differ). Run in-process: buft must be safe. */
+int sm_cpu_probe_products(ggml_backend_buffer_type_t buft);
+
 /* threads.c: the thread count of one-token decodes, tuned by measuring. */
 enum { SM_TUNER_WINDOW = 8, SM_TUNER_PROBE_UP = 32 };
 typedef struct sm_thread_tuner {

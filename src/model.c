@@ -169,7 +169,8 @@ sm_model *sm_model_load(const char *path, const sm_model_params *params, sm_erro
 
     struct llama_model_params mp = llama_model_default_params();
     mp.n_gpu_layers = params->n_gpu_layers < 0 ? INT32_MAX : params->n_gpu_layers;
-    mp.use_extra_bufts = !params->no_repack;
+    /* an AMX that would kill the process on the first product: no extra buffers (cpu_probe.c) */
+    mp.use_extra_bufts = !params->no_repack && sm_cpu_extra_buffers_work();
     ggml_backend_dev_t rpc[64];
     if (params->rpc_servers) {
         if (params->n_gpu_layers == 0) {

@@ -5,12 +5,16 @@
  * (a level that does not fit, then an expansion as if nothing happened). */
 #include "testutil.h"
 
+#include <ggml-backend.h>
+#include <llama.h>
+
 /* src/internal.h (not public) */
 typedef struct sm_pool sm_pool;
 sm_pool *sm_pool_new(int32_t n_workers);
 void sm_pool_free(sm_pool *pool);
 int32_t sm_models_decode(sm_pool *pool, int32_t n_models, int32_t (*decode)(void *arg, int32_t m),
                          void (*undo)(void *arg, int32_t m), void *arg, int32_t *failed);
+int sm_cpu_probe_products(ggml_backend_buffer_type_t buft);
 
 typedef struct fake {
     int32_t codes[4];     /* what each model's decode returns */
@@ -56,9 +60,21 @@ static void test_one_failure_undoes_every_model(void **state) {
     sm_pool_free(pool);
 }
 
+/* The AMX probe's own arithmetic (src/cpu_probe.c): products of every
+ * type it tries, in a buffer that works, pass its comparison (a probe that
+ * failed them would take the AMX speed from every healthy machine). The
+ * AMX buffer itself is only ever tried in a child process; the models
+ * that made this machine's AMX crash are in test_quantized.sh. */
+static void test_cpu_probe_accepts_working_buffers(void **state) {
+    (void)state;
+    llama_backend_init();
+    assert_int_equal(sm_cpu_probe_products(ggml_backend_cpu_buffer_type()), 0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_one_failure_undoes_every_model),
+        cmocka_unit_test(test_cpu_probe_accepts_working_buffers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

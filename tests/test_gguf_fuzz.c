@@ -326,6 +326,9 @@ static void test_random_metadata(void **state) {
 
 int main(void) {
     sm_set_llama_logging(false);
+    /* one load here first: the machine's AMX probe (src/cpu_probe.c) runs
+     * once in this process, and the variants' children inherit its answer */
+    sm_model_free(tu_load_model("stories260K.gguf"));
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_named_corruptions),
         cmocka_unit_test(test_random_metadata),
