@@ -5,11 +5,13 @@
 # tokens/s and the median expansion time, for each BUILD given (rounds
 # alternate between them; medians). Also the expansions alone.
 #   bench/bench_loom_beside.sh MODEL REQUESTS TOKENS ROUNDS BUILD...
+# SERVER_ARGS: flags every server gets (e.g. "--no-repack").
 set -uo pipefail
 model=$1 requests=$2 tokens=$3 rounds=$4
 shift 4
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 threads=${BENCH_THREADS:-2}
+read -r -a extra <<< "${SERVER_ARGS:-}"
 median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 declare -A rate expand alone
 for ((r = 0; r < rounds; r++)); do
@@ -17,7 +19,7 @@ for ((r = 0; r < rounds; r++)); do
         port=$((18400 + RANDOM % 1000))
         log=/tmp/bench_loom_beside.$$.log
         "$build/llama_selfmod" serve -m "$model" --port "$port" --parallel $((requests + 1)) --ctx-size 512 \
-            --threads "$threads" --quiet > "$log" 2>&1 &
+            --threads "$threads" --quiet "${extra[@]}" > "$log" 2>&1 &
         pid=$!
         for _ in $(seq 600); do curl -sf "127.0.0.1:$port/health" > /dev/null 2>&1 && break; sleep 0.1; done
         line=$(node "$root/bench/loom_beside.js" "http://127.0.0.1:$port" "$requests" "$tokens") || { kill "$pid"; cat "$log"; exit 1; }

@@ -186,7 +186,7 @@ more_reports() {
     echo "### The LLooM beside 8 streams (random 110M, 9 slots): the tree decodes on the batch's thread"
     echo
     echo '```'
-    bash "$root/bench/bench_loom_beside.sh" "$random_model" 8 48 3 "$build"
+    SERVER_ARGS="${same_placement[*]}" bash "$root/bench/bench_loom_beside.sh" "$random_model" 8 48 3 "$build"
     echo '```'
     echo
     echo "### Threads under load (wall ms, median of 3)"
