@@ -50,6 +50,10 @@ if [[ $("$build/cpu_probe") == "extra-buffers off" ]]; then
     echo "(this machine's AMX product crashes: every program here runs with --no-repack, as the library does)"
 fi
 
+# The same weights quantized to Q8_0, as most users' files are.
+q8_model=$cache/random-llama-110M-q8_0.gguf
+[[ -f $q8_model ]] || "$build/make_random_model" "$models/vocab/ggml-vocab-llama-spm.gguf" "$q8_model" --type q8_0 >&2
+
 # One field (key=value) of a result line.
 field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$2"; }
 median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
@@ -182,6 +186,15 @@ more_reports() {
     echo "### Continuous batching: 8 concurrent requests of 48 tokens, random 110M, $threads threads, 8 slots"
     echo
     SERVER_ARGS="${SERVER_ARGS:-} ${same_placement[*]}" bash "$root/bench/bench_batching.sh" "$build" "$random_model" 8 48 3
+    echo
+    echo "### eval --parallel: prompts as sequences of one batch (wall time of whole runs, medians of 3)"
+    echo
+    echo '```'
+    for m in "$random_model" "$q8_model"; do
+        EVAL_ARGS="${same_placement[*]}" bash "$root/bench/bench_eval_parallel.sh" "$build" "$m" 8 16 32 3
+        EVAL_ARGS="${same_placement[*]}" bash "$root/bench/bench_eval_parallel.sh" "$build" "$m" 16 16 32 3
+    done
+    echo '```'
     echo
     echo "### The LLooM beside 8 streams (random 110M, 9 slots): the tree decodes on the batch's thread"
     echo
