@@ -721,8 +721,16 @@ static bool check_combination(cli_options *opt, FILE *err) {
     return true;
 }
 
+/* llama-cli's names for flags this program has (its -t is threads; ours,
+ * the original llama_selfmod's, is the temperature) */
+static const flag_alias LLAMA_ALIASES[] = {
+    {"-ngl", "--n-gpu-layers"}, {"-nr", "--no-repack"}, {"-c", "--ctx-size"}, {"-s", "--seed"},
+    {"-sys", "--system"}, {NULL, NULL}};
+
 cli_parse_outcome cli_parse_args(int argc, char **argv, cli_options *opt, FILE *err) {
     set_defaults(opt);
+    if (!flag_llama_aliases(argc, argv, short_options, long_options, LLAMA_ALIASES, err, "llama_selfmod"))
+        return CLI_PARSE_ERROR;
     opterr = 0;
     int c;
     /* First the presets (the last one given wins), then every other flag. */

@@ -3,6 +3,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <getopt.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -97,4 +98,53 @@ bool flag_endpoints(FILE *err, const char *program, const char *flag, const char
         p += len + (p[len] == ',');
     }
     return *text ? true : flag_invalid(err, program, flag, text, expected);
+}
+
+/* llama.cpp 0.5.0's flags of more than one letter after a single dash
+ * (common/arg.cpp). */
+static const char *const LLAMA_MULTI_LETTER[] = {
+    "-Cb", "-Cr", "-Crb", "-ag", "-bf", "-bs", "-cb", "-cl", "-cmoe", "-cms", "-cnv", "-co", "-cram", "-ctk",
+    "-ctv", "-ctxcp", "-dev", "-dr", "-dt", "-fa", "-fit", "-fitc", "-fitp", "-fitt", "-gan", "-gaw", "-hf",
+    "-hff", "-hft", "-if", "-jf", "-kvo", "-kvu", "-lcd", "-lcs", "-lm", "-lv", "-lzm", "-mg", "-mli", "-mm",
+    "-mmdev", "-mmu", "-mu", "-ncffn", "-ncmoe", "-ngl", "-nkvo", "-no-ag", "-no-cnv", "-no-kvu", "-nocb", "-np",
+    "-npl", "-npp", "-nr", "-ns", "-ntg", "-ot", "-pps", "-ptc", "-rea", "-sm", "-sp", "-sps", "-st", "-sys",
+    "-sysf", "-tb", "-tgs", "-to", "-ts", "-ub", NULL};
+
+/* Whether word (a flag) takes the next word as its value. */
+static bool takes_value(const char *word, const char *short_options, const struct option *longs) {
+    if (word[0] != '-' || word[1] == '\0') return false;
+    if (word[1] == '-') {
+        if (strchr(word, '=')) return false;
+        for (const struct option *o = longs; o && o->name; o++)
+            if (strcmp(o->name, word + 2) == 0) return o->has_arg == required_argument;
+        return false;
+    }
+    /* a short group: the last letter takes the next word if it wants a value
+     * and nothing follows it in the word */
+    for (const char *c = word + 1; *c; c++) {
+        const char *at = strchr(short_options, *c);
+        if (at && *c != ':' && at[1] == ':') return c[1] == '\0';
+    }
+    return false;
+}
+
+bool flag_llama_aliases(int argc, char **argv, const char *short_options, const struct option *longs,
+                        const flag_alias *aliases, FILE *err, const char *program) {
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--") == 0) break;
+        if (i > 1 && takes_value(argv[i - 1], short_options, longs)) continue;
+        const flag_alias *a = aliases;
+        while (a && a->llama && strcmp(a->llama, argv[i]) != 0) a++;
+        if (a && a->llama) {
+            argv[i] = (char *)a->ours;
+            continue;
+        }
+        for (const char *const *l = LLAMA_MULTI_LETTER; *l; l++)
+            if (strcmp(*l, argv[i]) == 0) {
+                fprintf(err, "%s: error: %s is a llama.cpp flag this program does not have (see --help)\n", program,
+                        argv[i]);
+                return false;
+            }
+    }
+    return true;
 }

@@ -23,27 +23,38 @@
 
 typedef struct flags {
     int argc;
-    char **argv; /* argv[0] is the program's name; each string owned */
+    char **argv;  /* argv[0] is the program's name                      */
+    char **owned; /* the strings, as copied: the parser permutes argv and
+                     may put llama.cpp's flag names in it (flags.c)     */
 } flags;
 
 static void flags_free(flags *f) {
-    for (int i = 0; f->argv && i < f->argc; i++) free(f->argv[i]);
+    for (int i = 0; f->owned && i < f->argc; i++) free(f->owned[i]);
+    free(f->owned);
     free(f->argv);
-    f->argv = NULL;
+    f->argv = f->owned = NULL;
     f->argc = 0;
 }
 
 /* "llama_selfmod", then a, then b: copies, since the parsed options point
  * into them and getopt permutes the array. */
 static bool flags_join(flags *out, int an, const char *const *a, int bn, const char *const *b) {
-    out->argc = 0;
+    *out = (flags){0};
     out->argv = calloc((size_t)(1 + an + bn + 1), sizeof *out->argv);
     if (!out->argv) return false;
     out->argv[out->argc++] = strdup("llama_selfmod");
     for (int i = 0; i < an; i++) out->argv[out->argc++] = strdup(a[i] ? a[i] : "");
     for (int i = 0; i < bn; i++) out->argv[out->argc++] = strdup(b[i] ? b[i] : "");
-    for (int i = 0; i < out->argc; i++)
-        if (!out->argv[i]) return false;
+    bool ok = (out->owned = malloc(sizeof *out->owned * (size_t)out->argc)) != NULL;
+    for (int i = 0; i < out->argc; i++) ok = ok && out->argv[i];
+    if (!ok) {
+        for (int i = 0; i < out->argc; i++) free(out->argv[i]);
+        free(out->owned);
+        free(out->argv);
+        *out = (flags){0};
+        return false;
+    }
+    memcpy(out->owned, out->argv, sizeof *out->owned * (size_t)out->argc);
     return true;
 }
 

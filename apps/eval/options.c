@@ -280,8 +280,15 @@ static bool check_options(FILE *err, eval_options *opt) {
     return true;
 }
 
+/* llama.cpp's names for flags eval has */
+static const flag_alias LLAMA_ALIASES[] = {
+    {"-nr", "--no-repack"}, {"-c", "--ctx-size"}, {"-t", "--threads"}, {"-np", "--parallel"}, {"-s", "--seed"},
+    {NULL, NULL}};
+
 eval_parse_result eval_parse_args(int argc, char **argv, eval_options *opt, FILE *err) {
     *opt = (eval_options){.n_predict = 64, .n_seeds = 3, .first_seed = 1, .n_parallel = 1};
+    if (!flag_llama_aliases(argc, argv, short_options, long_options, LLAMA_ALIASES, err, "llama_selfmod eval"))
+        return EVAL_PARSE_ERROR;
     optind = 0; /* getopt_long starts afresh: main may have used it */
     opterr = 0;
     int c;

@@ -508,6 +508,12 @@ static bool apply_option(server_options *opt, int c, const char *arg, FILE *err)
     return false;
 }
 
+/* llama-server's names for flags this program has. Not -c: llama-server's
+ * context is the total of its slots, ours (--ctx-size) is each slot's. */
+static const flag_alias LLAMA_ALIASES[] = {
+    {"-ngl", "--n-gpu-layers"}, {"-nr", "--no-repack"}, {"-np", "--parallel"}, {"-t", "--threads"},
+    {"-b", "--batch-size"}, {"-a", "--alias"}, {"-kvu", "--kv-unified"}, {"-s", "--seed"}, {NULL, NULL}};
+
 options_result server_parse_options(int argc, char **argv, server_options *opt, FILE *out, FILE *err) {
     *opt = (server_options){
         .host = "127.0.0.1",
@@ -526,6 +532,10 @@ options_result server_parse_options(int argc, char **argv, server_options *opt, 
     opt->base.stop_at_bos = false;            /* a generated BOS goes on, as with llama-server */
     opt->base.n_predict = N_PREDICT_UNSET;   /* each API's own default, unless --n-predict */
     opt->base.sampling.seed = SEED_UNSET;    /* fresh per request, unless --seed */
+    if (!flag_llama_aliases(argc, argv, ":m:h", long_options, LLAMA_ALIASES, err, "llama_selfmod serve")) {
+        server_options_free(opt);
+        return OPTIONS_ERROR;
+    }
     optind = 0; /* 0, not 1: glibc then also forgets a short-option group left half-read */
     opterr = 0;
     for (;;) {

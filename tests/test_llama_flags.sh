@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# llama.cpp's short flags as llama-cli and llama-server users type them
+# (-ngl 99, -np 4, -nr): getopt used to read "-ngl 0" as -n "gl" and fail
+# on the number. Those the program has mean the same as their long names;
+# the other multi-letter ones of llama.cpp are refused by name; a prompt
+# that happens to spell one is a prompt.
+set -u
+HERE="$(cd "$(dirname "$0")" && pwd)"
+. "$HERE/serve_helpers.sh"
+. "$HERE/lib.sh"
+
+# the CLI: the same text as with the long names
+"$SM_BIN" -m "$STORIES" -p "Once upon a time" -n 12 --n-gpu-layers 0 --no-repack --ctx-size 256 --seed 3 \
+  -t 0.8 --no-memory > long.txt 2> /dev/null || fail "long flags"
+"$SM_BIN" -m "$STORIES" -p "Once upon a time" -n 12 -ngl 0 -nr -c 256 -s 3 -t 0.8 --no-memory > short.txt 2> err.txt \
+  || fail "llama.cpp's short flags refused: $(cat err.txt)"
+cmp -s long.txt short.txt || fail "-ngl -nr -c -s differ from their long names: '$(cat short.txt)' vs '$(cat long.txt)'"
+# a value is left alone, even one that spells a flag
+"$SM_BIN" -m "$STORIES" -p -ngl -n 4 --no-memory > /dev/null 2> err.txt || fail "the prompt '-ngl': $(cat err.txt)"
+# llama.cpp's flags this program lacks: one line naming the flag, exit 2
+"$SM_BIN" -m "$STORIES" -p hi -ctk q8_0 > /dev/null 2> err.txt
+code=$?
+[ "$code" = 2 ] || fail "-ctk: exit $code"
+grep -q "^llama_selfmod: error: -ctk is a llama.cpp flag" err.txt || fail "-ctk: $(cat err.txt)"
+"$SM_BIN" serve -m "$STORIES" -fa on > /dev/null 2> err.txt && fail "serve -fa accepted"
+grep -q "serve: error: -fa is a llama.cpp flag" err.txt || fail "serve -fa: $(cat err.txt)"
+
+# serve: llama-server's -np, -t, -a, -nr, -kvu, -b
+: > serve.log
+"$SM_BIN" serve -m "$STORIES" --port 0 -np 3 -t 1 -a tiny -nr -kvu -b 64 --quiet > serve.log 2>&1 &
+spid=$!
+port=$(listening_port serve.log $spid) || fail "serve with llama-server's flags did not start: $(cat serve.log)"
+health=$(curl -s "127.0.0.1:$port/health")
+models=$(curl -s "127.0.0.1:$port/v1/models")
+kill $spid; wait $spid 2> /dev/null
+python3 -c 'import json,sys; h=json.loads(sys.argv[1]); m=json.loads(sys.argv[2]);
+assert h["slots_idle"] == 3, h; assert m["data"][0]["id"] == "tiny", m' "$health" "$models" \
+  || fail "-np 3 / -a tiny not applied: $health $models"
+
+# eval: -np, -nr, -c, -t as --parallel, --no-repack, --ctx-size, --threads
+"$SM_BIN" eval -f "$SM_SRC/data/prompts/stories.txt" -m "$STORIES" --limit 2 -n 6 --strategies greedy --quiet \
+  -np 2 -nr -c 256 -t 1 > eval.txt 2> err.txt || fail "eval with llama.cpp's flags: $(cat err.txt)"
+echo "llama.cpp flags: all checks passed"
