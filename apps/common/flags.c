@@ -132,6 +132,7 @@ bool flag_llama_aliases(int argc, char **argv, const char *short_options, const 
                         const flag_alias *aliases, FILE *err, const char *program) {
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--") == 0) break;
+        if (argv[i][0] != '-' || argv[i][1] == '-' || argv[i][1] == '\0') continue; /* not llama.cpp's short form */
         if (i > 1 && takes_value(argv[i - 1], short_options, longs)) continue;
         const flag_alias *a = aliases;
         while (a && a->llama && strcmp(a->llama, argv[i]) != 0) a++;
