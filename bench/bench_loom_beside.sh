@@ -5,7 +5,8 @@
 # tokens/s and the median expansion time, for each BUILD given (rounds
 # alternate between them; medians). Also the expansions alone.
 #   bench/bench_loom_beside.sh MODEL REQUESTS TOKENS ROUNDS BUILD...
-# SERVER_ARGS: flags every server gets (e.g. "--no-repack").
+# SERVER_ARGS: flags every server gets (e.g. "--no-repack"). BESIDE=embeddings:
+# /v1/embeddings requests (8 sentences each) instead of the LLooM.
 set -uo pipefail
 model=$1 requests=$2 tokens=$3 rounds=$4
 shift 4

@@ -3,6 +3,7 @@
 // after another (/loom/expand, the page's defaults). Prints one JSON line:
 // the completions' aggregate tokens/s and the expansions' median time.
 // usage: node bench/loom_beside.js URL REQUESTS TOKENS (REQUESTS 0: expansions alone)
+// BESIDE=embeddings: /v1/embeddings of 8 sentences instead of expansions.
 'use strict';
 
 const [url, requests, tokens] = process.argv.slice(2).map((v, i) => (i ? Number(v) : v));
@@ -15,9 +16,11 @@ const post = async (path, body) => {
 const complete = async (i) =>
   (await post('/v1/completions', { prompt: `Story ${i}: once upon a time`, max_tokens: tokens, temperature: 0 })).usage
     .completion_tokens;
+const SENTENCES = Array.from({ length: 8 }, (_, i) => `Sentence ${i}: the little dog ran to the park and played with a red ball.`);
 const expand = async () => {
   const t0 = performance.now();
-  await post('/loom/expand', { prefix: 'Once upon a time, there was a little girl who', max_depth: 8, beam_limit: 16 });
+  if (process.env.BESIDE === 'embeddings') await post('/v1/embeddings', { input: SENTENCES });
+  else await post('/loom/expand', { prefix: 'Once upon a time, there was a little girl who', max_depth: 8, beam_limit: 16 });
   return performance.now() - t0;
 };
 const median = (v) => v.slice().sort((a, b) => a - b)[Math.floor(v.length / 2)];

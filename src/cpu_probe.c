@@ -12,6 +12,9 @@
  * it dies, hangs or gets a different answer, models load without extra
  * buffers (as with no_repack), slower there but alive.
  *
+ * The child resets the fault signals to their default first: a host
+ * program's handler that exits 0 would make a crash look healthy.
+ *
  * Invariant: the answer is a fact about the machine, so it is found once
  * per process (pthread_once) and only where an AMX buffer type exists.
  */
@@ -22,6 +25,7 @@
 #include <ggml.h>
 
 #include <dlfcn.h>
+#include <fcntl.h>
 #include <math.h>
 #include <pthread.h>
 #include <signal.h>
@@ -117,6 +121,21 @@ static void probe_once(void) {
     if (pid < 0) return; /* cannot tell: llama.cpp's default */
     if (pid == 0) {
         prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlives the process it probes for */
+        /* a fault must end this child, not reach the host program's
+         * handlers (a test framework's, Python's) and run on in it */
+        const int faults[] = {SIGILL, SIGSEGV, SIGBUS, SIGFPE, SIGABRT, SIGSYS};
+        sigset_t unblock;
+        sigemptyset(&unblock);
+        for (size_t i = 0; i < sizeof faults / sizeof *faults; i++) {
+            signal(faults[i], SIG_DFL);
+            sigaddset(&unblock, faults[i]);
+        }
+        sigprocmask(SIG_UNBLOCK, &unblock, NULL);
+        int devnull = open("/dev/null", O_WRONLY);
+        if (devnull >= 0) { /* nothing it might print reaches the host's output */
+            dup2(devnull, STDOUT_FILENO);
+            dup2(devnull, STDERR_FILENO);
+        }
         /* A forked process keeps none of OpenMP's threads, only its record
          * of them: a parallel region of more than one thread (the AMX
          * repacking opens one) would wait for them forever. One thread. */

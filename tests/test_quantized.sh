@@ -26,6 +26,13 @@ for type in q4_0 q8_0 q4_k f16; do
   done
   echo "ok: $type"
 done
+# The probe's answer does not depend on the host program's fault handlers:
+# one that exits 0 (as a host might) once made the crashing child look
+# healthy, and the process then died on its first decode.
+plain=$("$SM_BUILD/cpu_probe") || fail "cpu_probe"
+handled=$("$SM_BUILD/cpu_probe" --with-handlers) || fail "cpu_probe --with-handlers"
+[ "$plain" = "$handled" ] || fail "the probe says '$handled' under fault handlers, '$plain' without"
+echo "probe: $plain"
 # make_random_model refuses a type its shape cannot hold
 "$SM_BUILD/make_random_model" "$VOCAB" "$WORK/x.gguf" --type q4_k --embd 128 --heads 4 --ff 512 2> "$WORK/err" \
   && fail "q4_k with --embd 128 was accepted"
