@@ -109,6 +109,10 @@ sm_model_params sm_model_default_params(void);
 /* Checks the file (exists, readable, GGUF magic) before llama.cpp sees it,
  * so a bad path gives a precise message. Returns NULL on failure. */
 sm_model *sm_model_load(const char *path, const sm_model_params *params, sm_error *err);
+/* Whether the model's weights were left as stored, as with no_repack,
+ * because llama.cpp's AMX matrix product crashes or errs on this machine
+ * (tried once per process, in a child; see no_repack). */
+bool sm_model_amx_refused(const sm_model *model);
 void sm_model_free(sm_model *model);
 
 const char *sm_model_path(const sm_model *model);

@@ -21,6 +21,7 @@ struct sm_model {
     atomic_llong n_unknown_chars;    /* characters mapped to unk_token     */
     atomic_bool first_unknown_set;
     char first_unknown[8];           /* written once, before the flag       */
+    bool amx_refused;                /* weights as stored: AMX fails here   */
 };
 
 /* context.c: every llama.cpp context the library makes. */

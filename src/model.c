@@ -170,7 +170,8 @@ sm_model *sm_model_load(const char *path, const sm_model_params *params, sm_erro
     struct llama_model_params mp = llama_model_default_params();
     mp.n_gpu_layers = params->n_gpu_layers < 0 ? INT32_MAX : params->n_gpu_layers;
     /* an AMX that would kill the process on the first product: no extra buffers (cpu_probe.c) */
-    mp.use_extra_bufts = !params->no_repack && sm_cpu_extra_buffers_work();
+    const bool amx_refused = !params->no_repack && !sm_cpu_extra_buffers_work();
+    mp.use_extra_bufts = !params->no_repack && !amx_refused;
     ggml_backend_dev_t rpc[64];
     if (params->rpc_servers) {
         if (params->n_gpu_layers == 0) {
@@ -206,9 +207,12 @@ sm_model *sm_model_load(const char *path, const sm_model_params *params, sm_erro
     m->n_vocab = llama_vocab_n_tokens(m->vocab);
     m->unk_token = find_unknown_token(m->vocab, m->n_vocab);
     m->unknown_chars = params->unknown_chars;
+    m->amx_refused = amx_refused;
     llama_model_desc(lm, m->description, sizeof m->description);
     return m;
 }
+
+bool sm_model_amx_refused(const sm_model *model) { return model && model->amx_refused; }
 
 void sm_model_free(sm_model *model) {
     if (!model) return;

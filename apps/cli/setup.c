@@ -115,6 +115,9 @@ bool cli_app_load_models(cli_app *app) {
         snprintf(app->model_label + used, sizeof app->model_label - used, "%s%s", m ? "," : "", paths[m]);
     }
     app->model = app->models[0];
+    if (opt->verbose && sm_model_amx_refused(app->model))
+        fprintf(stderr, "[selfmod] note: llama.cpp's AMX matrix product fails on this CPU: the weights stay as "
+                        "stored (as --no-repack)\n");
     return true;
 }
 

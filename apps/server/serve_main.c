@@ -197,6 +197,9 @@ static int run(server *srv) {
         return EXIT_FAILURE;
     }
     atomic_store(&srv->loading, false);
+    if (sm_model_amx_refused(srv->models.models[0].model))
+        fprintf(stderr, "llama_selfmod serve: note: llama.cpp's AMX matrix product fails on this CPU: the weights "
+                        "stay as stored (as --no-repack)\n");
     if (srv->slots.batched)
         fprintf(stderr, "llama_selfmod serve: model %s, %d slot%s of %u tokens, decoded together (continuous batching)\n",
                 srv->models.default_id, srv->slots.n_slots, srv->slots.n_slots == 1 ? "" : "s",
