@@ -89,7 +89,9 @@ int sm_cpu_probe_products(ggml_backend_buffer_type_t buft) {
     uint32_t s = 12345;
     for (int i = 0; i < PROBE_N * PROBE_K; i++) w[i] = (float)((s = s * 1103515245u + 12345u) >> 16 & 0x7fff) / 32768.0f - 0.5f;
     for (int i = 0; i < PROBE_M * PROBE_K; i++) x[i] = (float)((s = s * 1103515245u + 12345u) >> 16 & 0x7fff) / 32768.0f - 0.5f;
-    const enum ggml_type types[] = {GGML_TYPE_Q4_0, GGML_TYPE_Q8_0, GGML_TYPE_Q4_K, GGML_TYPE_F16};
+    /* every type llama.cpp's AMX code takes (qtype_has_amx_kernels, and F16) */
+    const enum ggml_type types[] = {GGML_TYPE_Q4_0, GGML_TYPE_Q4_1, GGML_TYPE_Q8_0, GGML_TYPE_Q4_K,
+                                    GGML_TYPE_Q5_K, GGML_TYPE_Q6_K, GGML_TYPE_IQ4_XS, GGML_TYPE_F16};
     for (size_t t = 0; t < sizeof types / sizeof *types; t++) {
         if (types[t] == GGML_TYPE_F16) ggml_fp32_to_fp16_row(w, (ggml_fp16_t *)q, PROBE_N * PROBE_K);
         else ggml_quantize_chunk(types[t], w, q, 0, PROBE_N, PROBE_K, NULL);

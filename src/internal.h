@@ -89,7 +89,8 @@ int32_t sm_batch_decode_other(sm_batch *b, struct llama_context *ctx, const llam
  * this machine (tried once, in a child process); models then load without
  * extra buffer types. */
 bool sm_cpu_extra_buffers_work(void);
-/* The probe's products of Q4_0, Q8_0, Q4_K and F16 weights stored in buft,
+/* The probe's products of each type AMX takes (Q4_0, Q4_1, Q8_0, Q4_K, Q5_K,
+ * Q6_K, IQ4_XS, F16) with the weights stored in buft,
  * against the plain CPU buffer's: 0 when equal (2: no CPU backend, 3: a
  * compute failed, 4: they differ). Run in-process: buft must be safe. */
 int sm_cpu_probe_products(ggml_backend_buffer_type_t buft);
