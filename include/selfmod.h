@@ -1030,9 +1030,10 @@ typedef struct sm_session_params {
     int32_t max_branches;
     /* A batch (below) to decode in, on a sequence of its own, instead of
      * contexts of the session's own; NULL = its own contexts. The models
-     * must be the batch's, in order; no lookahead, introspection, fusion
-     * alignment or prompt cache; n_ctx at most the batch's per sequence;
-     * n_threads and n_batch are the batch's. */
+     * must be the batch's, in order; no introspection, fusion alignment or
+     * prompt cache; lookahead (max_branches) only in a kv_unified batch,
+     * each branch a sequence the session takes from it; n_ctx at most the
+     * batch's per sequence; n_threads and n_batch are the batch's. */
     struct sm_batch *batch;
 } sm_session_params;
 

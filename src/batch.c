@@ -42,7 +42,11 @@ typedef struct request {
     int32_t n;
     int32_t pos;            /* of tokens[0]                              */
     llama_seq_id seq;
-    float *logits;          /* n_vocab floats for the last token's; NULL: none wanted */
+    /* NULL: tokens follow each other in seq. Else rows: token i at pos
+     * in seqs[i] (a session's lookahead branches), every one an output */
+    const llama_seq_id *seqs;
+    float *logits;          /* n_vocab floats for the last token's (rows: n
+                               rows of them); NULL: none wanted          */
     int32_t rc;
     sem_t done;             /* posted once rc is set: the waiting session
                                wakes alone, without the batch's mutex    */
@@ -75,6 +79,7 @@ struct sm_batch {
     int32_t n_models;
     int32_t n_seq;
     uint32_t n_ctx_seq, n_batch;
+    bool kv_unified;
     int32_t n_busy;          /* sessions inside a generation or a prompt  */
     bool *seq_taken;
     other_request *others, **others_tail; /* first in, first decoded     */
@@ -130,6 +135,7 @@ sm_batch *sm_batch_new(sm_model *const *models, int32_t n_models, const sm_batch
     pthread_cond_init(&b->submitted, NULL);
     b->n_seq = p.n_seq;
     b->n_batch = p.n_batch;
+    b->kv_unified = p.kv_unified;
     b->others_tail = &b->others;
     b->seq_taken = calloc((size_t)p.n_seq, sizeof *b->seq_taken);
     /* never past a model's training length, in any model */
@@ -184,6 +190,7 @@ sm_batch *sm_batch_new(sm_model *const *models, int32_t n_models, const sm_batch
 }
 
 int32_t sm_batch_n_seq(const sm_batch *b) { return b->n_seq; }
+bool sm_batch_kv_unified(const sm_batch *b) { return b->kv_unified; }
 uint32_t sm_batch_n_ctx_seq(const sm_batch *b) { return b->n_ctx_seq; }
 
 sm_batch_stats sm_batch_get_stats(sm_batch *b) {
@@ -253,8 +260,10 @@ static void decode_pending(sm_batch *b, batch_model *bm) {
         int32_t last = first;
         while (last < n_now && (lb->n_tokens == 0 || lb->n_tokens + bm->pending[last]->n <= (int32_t)b->n_batch)) {
             request *r = bm->pending[last];
-            for (int32_t i = 0; i < r->n; i++)
-                sm_llama_batch_add(lb, r->tokens[i], r->pos + i, r->seq, r->logits && i == r->n - 1);
+            for (int32_t i = 0; i < r->n; i++) {
+                if (r->seqs) sm_llama_batch_add(lb, r->tokens[i], r->pos, r->seqs[i], true);
+                else sm_llama_batch_add(lb, r->tokens[i], r->pos + i, r->seq, r->logits && i == r->n - 1);
+            }
             last++;
         }
         double t0 = sm_now_ms();
@@ -265,9 +274,10 @@ static void decode_pending(sm_batch *b, batch_model *bm) {
         int32_t at = 0;
         for (int32_t i = first; i < last; i++) {
             request *r = bm->pending[i];
+            for (int32_t k = r->seqs ? 0 : r->n - 1; rc == 0 && r->logits && k < r->n; k++)
+                memcpy(r->logits + (size_t)(r->seqs ? k : 0) * (size_t)n_vocab, llama_get_logits_ith(bm->ctx, at + k),
+                       sizeof(float) * (size_t)n_vocab);
             at += r->n;
-            if (rc == 0 && r->logits)
-                memcpy(r->logits, llama_get_logits_ith(bm->ctx, at - 1), sizeof(float) * (size_t)n_vocab);
         }
         pthread_mutex_unlock(&b->context_mutex);
         pthread_mutex_lock(&b->mutex);
@@ -342,11 +352,22 @@ static void *decoder_loop(void *arg) {
     return NULL;
 }
 
+static int32_t hand_in(sm_batch *b, int32_t m, request r);
+
 int32_t sm_batch_decode(sm_batch *b, int32_t m, llama_seq_id seq, int32_t pos, const sm_token *tokens, int32_t n,
                         float *logits) {
-    if (n > (int32_t)b->n_batch) return -1; /* the session chunks by n_batch */
+    return hand_in(b, m, (request){.tokens = tokens, .n = n, .pos = pos, .seq = seq, .logits = logits});
+}
+
+int32_t sm_batch_decode_rows(sm_batch *b, int32_t m, const llama_seq_id *seqs, int32_t pos, const sm_token *tokens,
+                             int32_t n, float *logits) {
+    return hand_in(b, m, (request){.tokens = tokens, .n = n, .pos = pos, .seq = seqs[0], .seqs = seqs, .logits = logits});
+}
+
+/* Hands r in and waits for its decode. llama_decode's code. */
+static int32_t hand_in(sm_batch *b, int32_t m, request r) {
+    if (r.n > (int32_t)b->n_batch) return -1; /* the session chunks by n_batch */
     batch_model *bm = &b->models[m];
-    request r = {.tokens = tokens, .n = n, .pos = pos, .seq = seq, .logits = logits};
     if (sem_init(&r.done, 0, 0) != 0) return -1;
     pthread_mutex_lock(&b->mutex);
     b->n_requests++;

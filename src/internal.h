@@ -81,6 +81,12 @@ void sm_batch_busy(sm_batch *b, int32_t delta);
 int32_t sm_batch_decode(sm_batch *b, int32_t m, llama_seq_id seq, int32_t pos, const sm_token *tokens, int32_t n,
                         float *logits);
 
+/* One token per sequence, tokens[i] at pos in seqs[i], with the other busy
+ * sessions' tokens (a session's lookahead branches); logits gets every
+ * row, n * n_vocab floats. llama_decode's code. */
+int32_t sm_batch_decode_rows(sm_batch *b, int32_t m, const llama_seq_id *seqs, int32_t pos, const sm_token *tokens,
+                             int32_t n, float *logits);
+bool sm_batch_kv_unified(const sm_batch *b);
 /* Decodes batch in ctx (not the batch's) on the batch's decoder thread,
  * taking turns with the batch's own decodes. llama_decode's code. */
 int32_t sm_batch_decode_other(sm_batch *b, struct llama_context *ctx, const llama_batch *batch);

@@ -44,12 +44,26 @@ static const float *plan_logits(const lookahead_stage *pl, const sm_session *s, 
     return pl->logits + plan_at(pl, branch, step) * (size_t)s->n_vocab;
 }
 
-/* Drops the branch being committed from the cache; the cells sequence 0
- * has taken over from it stay. */
+/* Cache operations on the branches; on a batch they wait for the decode in
+ * progress (its context is shared with the decoder thread). */
+static void branch_rm(sm_session *s, llama_seq_id seq) {
+    if (s->batch) sm_batch_lock_context(s->batch);
+    llama_memory_seq_rm(s->members[0].mem, seq, -1, -1);
+    if (s->batch) sm_batch_unlock_context(s->batch);
+}
+
+static void branch_cp(sm_session *s, llama_seq_id from, llama_seq_id to, llama_pos p0, llama_pos p1) {
+    if (s->batch) sm_batch_lock_context(s->batch);
+    llama_memory_seq_cp(s->members[0].mem, from, to, p0, p1);
+    if (s->batch) sm_batch_unlock_context(s->batch);
+}
+
+/* Drops the branch being committed from the cache; the cells the
+ * session's sequence has taken over from it stay. */
 static void lookahead_drop(void *state, generation *g) {
     lookahead_stage *pl = state;
     if (!plan_active(pl)) return;
-    llama_memory_seq_rm(g->s->members[0].mem, pl->chosen + 1, -1, -1);
+    branch_rm(g->s, g->s->branch_seqs[pl->chosen]);
     pl->chosen = -1;
 }
 
@@ -62,15 +76,30 @@ static void lookahead_free(void *state) {
     free(pl);
 }
 
-/* One batched decode: tokens[b] at position pos in sequence b + 1, every
- * row an output; keeps each row's distribution and stats as step `step`
- * of branch b. Returns llama_decode's code. */
+/* One batched decode: tokens[b] at position pos in branch b's sequence,
+ * every row an output (on a batch: with the other sessions' tokens);
+ * keeps each row's distribution and stats as step `step` of branch b.
+ * Returns llama_decode's code. */
 static int decode_branches(generation *g, lookahead_stage *pl, const sm_token *tokens, int32_t n, int32_t pos,
                            int32_t step) {
     sm_session *s = g->s;
+    if (s->batch) {
+        float *rows = s->branch_rows;
+        int rc = sm_batch_decode_rows(s->batch, 0, s->branch_seqs, pos, tokens, n, rows);
+        if (rc != 0) return rc;
+        s->n_decoded_total += n;
+        g->res->n_decoded += n;
+        for (int32_t j = 0; j < n; j++) {
+            size_t at = plan_at(pl, j, step);
+            pl->tokens[at] = tokens[j];
+            memcpy(pl->logits + at * (size_t)s->n_vocab, rows + (size_t)j * (size_t)s->n_vocab,
+                   sizeof(float) * (size_t)s->n_vocab);
+        }
+        return 0; /* no introspection on a batch */
+    }
     llama_batch *b = &s->branch_batch;
     b->n_tokens = 0;
-    for (int32_t j = 0; j < n; j++) sm_llama_batch_add(b, tokens[j], pos, j + 1, true);
+    for (int32_t j = 0; j < n; j++) sm_llama_batch_add(b, tokens[j], pos, s->branch_seqs[j], true);
     if (s->intro) sm_introspector_expect_rows(s->intro, n);
     int rc = sm_decode(s->members[0].ctx, b);
     if (rc != 0) return rc;
@@ -91,7 +120,7 @@ static int decode_branches(generation *g, lookahead_stage *pl, const sm_token *t
 
 static void drop_branches(sm_session *s, int32_t n, int32_t keep) {
     for (int32_t b = 0; b < n; b++)
-        if (b != keep) llama_memory_seq_rm(s->members[0].mem, b + 1, -1, -1);
+        if (b != keep) branch_rm(s, s->branch_seqs[b]);
 }
 
 /* The k most probable tokens at generated position i not banned there. */
@@ -205,7 +234,7 @@ static sm_status lookahead_run(generation *g, lookahead_stage *pl, int32_t i) {
     if (n < 2) return SM_OK;
     double logprob[SM_MAX_BRANCHES], margin[SM_MAX_BRANCHES];
     for (int32_t b = 0; b < n; b++) {
-        llama_memory_seq_cp(s->members[0].mem, 0, b + 1, -1, -1);
+        branch_cp(s, s->seq, s->branch_seqs[b], -1, -1);
         logprob[b] = s->logits[first[b]] - stats.log_z;
         margin[b] = 0.0;
         next[b] = first[b];
@@ -251,7 +280,7 @@ static sm_status lookahead_run(generation *g, lookahead_stage *pl, int32_t i) {
 static sm_status append_predecoded(sm_session *s, sm_token t, llama_seq_id from, const float *next) {
     if (s->n_tokens + 1 > s->n_ctx) return sm_session_fail(s, SM_ERR_PROMPT_TOO_LONG, "no room left in the context");
     if (sm_loop_reserve(&s->tokens, &s->cap_tokens, s->n_tokens + 1) != 0) return sm_session_fail(s, SM_ERR_NO_MEMORY, "out of memory");
-    llama_memory_seq_cp(s->members[0].mem, from, 0, s->n_tokens, s->n_tokens + 1);
+    branch_cp(s, from, s->seq, s->n_tokens, s->n_tokens + 1);
     s->tokens[s->n_tokens++] = t;
     float *dst = sm_loop_ring_slot(s, s->n_tokens, 0);
     memcpy(dst, next, sizeof(float) * (size_t)s->n_vocab);
@@ -268,7 +297,7 @@ static bool lookahead_append(void *state, generation *g, sm_token t, sm_status *
     sm_session *s = g->s;
     if (!plan_active(pl)) return false;
     size_t at = plan_at(pl, pl->chosen, pl->next);
-    *status = append_predecoded(s, t, pl->chosen + 1, pl->logits + at * (size_t)s->n_vocab);
+    *status = append_predecoded(s, t, s->branch_seqs[pl->chosen], pl->logits + at * (size_t)s->n_vocab);
     if (*status != SM_OK) return true;
     if (s->intro) {
         size_t hf = sm_introspector_hidden_floats(s->intro);

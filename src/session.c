@@ -170,7 +170,9 @@ static void init_batch_member(member *mb, sm_model *model, sm_batch *b, int32_t 
 /* What a session on a batch cannot do: its context is shared. */
 static bool batch_params_valid(const sm_session_params *p, sm_model *const *models, int32_t n_models, sm_error *err) {
     const sm_batch *b = p->batch;
-    const char *why = p->max_branches > 0                                      ? "lookahead branches"
+    /* branches copy the session's cells with seq_cp, which only a unified
+     * pool does cell by cell (across streams llama.cpp copies whole ones) */
+    const char *why = p->max_branches > 0 && !sm_batch_kv_unified(b)          ? "lookahead branches without kv_unified"
                       : p->n_introspect_layers > 0 || p->introspect_all_layers ? "introspection"
                       : p->fusion_align                                        ? "fusion alignment"
                                                                                : NULL;
@@ -218,6 +220,13 @@ static bool introspection_params_valid(const sm_session_params *p, int32_t n_mod
  * observes anything. */
 static bool open_introspection(sm_session *s, const sm_model *model, const sm_session_params *p, sm_error *err) {
     if (p->max_branches > 0) s->branch_batch = llama_batch_init(p->max_branches, 0, 1);
+    if (p->max_branches > 0 && p->batch) {
+        s->branch_rows = malloc(sizeof(float) * (size_t)p->max_branches * (size_t)model->n_vocab);
+        if (!s->branch_rows) {
+            sm_error_set(err, SM_ERR_NO_MEMORY, "out of memory for %d lookahead branches", p->max_branches);
+            return false;
+        }
+    }
     if (p->n_introspect_layers == 0 && !p->introspect_all_layers) return true;
     char msg[256];
     s->intro = sm_introspector_new(model->lm, p->introspect_layers, p->n_introspect_layers, p->introspect_all_layers,
@@ -284,8 +293,16 @@ sm_session *sm_session_new_fused(sm_model *const *models, int32_t n_models, cons
     }
     int32_t total_threads = p.n_threads ? p.n_threads : sm_online_cores();
     int32_t per_model = total_threads / n_models > 0 ? total_threads / n_models : 1;
+    for (int32_t b = 0; b < SM_MAX_BRANCHES; b++) s->branch_seqs[b] = p.batch ? -1 : b + 1;
     s->seq = p.batch ? sm_batch_take_seq(p.batch) : 0;
     if (p.batch) s->batch = p.batch;
+    for (int32_t b = 0; p.batch && s->seq >= 0 && b < p.max_branches; b++)
+        if ((s->branch_seqs[b] = sm_batch_take_seq(p.batch)) < 0) {
+            sm_session_free(s);
+            sm_error_set(err, SM_ERR_STATE, "the batch has no %d sequences left for this session and its %d lookahead "
+                         "branches (%d in all)", 1 + p.max_branches, p.max_branches, sm_batch_n_seq(p.batch));
+            return NULL;
+        }
     if (s->seq < 0) {
         sm_session_free(s);
         sm_error_set(err, SM_ERR_STATE, "every sequence of the batch is taken (%d)", sm_batch_n_seq(p.batch));
@@ -355,6 +372,8 @@ void sm_session_free(sm_session *s) {
     if (!s) return;
     sm_pool_free(s->pool);
     if (s->batch && s->seq >= 0) sm_batch_give_seq(s->batch, s->seq);
+    for (int32_t b = 0; s->batch && b < SM_MAX_BRANCHES; b++)
+        if (s->branch_seqs[b] >= 0) sm_batch_give_seq(s->batch, s->branch_seqs[b]);
     for (int32_t m = 0; m < SM_MAX_MODELS; m++) {
         if (s->members[m].ctx && !s->batch) llama_free(s->members[m].ctx);
         free(s->members[m].map_to0);
@@ -374,6 +393,7 @@ void sm_session_free(sm_session *s) {
     free(s->intro_last);
     free(s->intro_last_hidden);
     if (s->params.max_branches > 0 && s->branch_batch.token) llama_batch_free(s->branch_batch);
+    free(s->branch_rows);
     sm_sampler_work_free(&s->work);
     free(s);
 }

@@ -89,6 +89,10 @@ struct sm_session {
     llama_batch branch_batch;    /* lookahead: one token per branch      */
     sm_batch *batch;             /* the batch it decodes in, or NULL      */
     llama_seq_id seq;            /* its sequence (0 without a batch)      */
+    /* lookahead's branch sequences: 1.. in a context of its own, or taken
+     * from the batch (-1: not taken) */
+    llama_seq_id branch_seqs[SM_MAX_BRANCHES];
+    float *branch_rows;          /* on a batch: the branches' rows        */
     int32_t busy_depth;          /* nested public calls that decode       */
     sm_prompt_progress_fn progress; /* set_tokens reports its prompt's decode */
     void *progress_data;

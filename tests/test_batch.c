@@ -5,6 +5,8 @@
  */
 #include "testutil.h"
 
+#include "internal.h" /* the cells of each sequence */
+
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -460,6 +462,89 @@ static void test_tree_shares_the_decoder(void **state) {
     sm_model_free(m);
 }
 
+/* Every lookahead's branches and scores, in order. */
+typedef struct lookaheads {
+    sm_lookahead_info info[64];
+    int32_t n;
+} lookaheads;
+
+static bool keep_lookaheads(const sm_event *e, void *user_data) {
+    lookaheads *l = user_data;
+    if (e->type == SM_EVENT_MODIFICATION && e->mod == SM_MOD_LOOKAHEAD && l->n < 64) l->info[l->n++] = *e->lookahead;
+    return true;
+}
+
+/* Lookahead on a batch with one pool of cells (kv_unified): the branches
+ * are sequences the session takes from the batch, decoded with the other
+ * sessions' tokens; the text, the lookaheads and the cells equal the same
+ * session on a context of its own, and the branches leave no cell. */
+static void test_lookahead_on_a_unified_batch(void **state) {
+    (void)state;
+    sm_model *m = tu_load_model("stories260K.gguf");
+    sm_batch *batch = tu_open_batch(m, 1 + (1 + 3) + 1, 512, 512, true);
+    job other = {.prompt = PROMPTS[1], .n_vocab = sm_model_n_vocab(m)};
+    other.session = tu_batch_session(m, batch, 512); /* sequence 0: the branches are not 1, 2, 3 */
+    other.gp = tu_greedy_params(N_PREDICT);
+    other.gp.stop_at_bos = false;
+    sm_session_params sp = tu_session_params(512);
+    sp.max_branches = 3;
+    sp.batch = batch;
+    sm_error err = {0};
+    sm_session *la = sm_session_new(m, &sp, &err);
+    if (!la) fail_msg("%s", err.message);
+    /* one sequence is left: no room for another session with branches */
+    sm_session_params again = sp;
+    assert_null(sm_session_new(m, &again, &err));
+    assert_non_null(strstr(err.message, "lookahead branches"));
+    sm_gen_params gp = tu_greedy_params(24);
+    gp.stop_at_bos = false;
+    gp.interventions.lookahead.k = 3;
+    gp.interventions.lookahead.depth = 4;
+    gp.interventions.lookahead.entropy = 0.0f; /* branch everywhere */
+    lookaheads seen_beside = {0}, seen_alone = {0};
+    gp.on_event = keep_lookaheads;
+    gp.user_data = &seen_beside;
+    pthread_t thread;
+    pthread_create(&thread, NULL, run, &other);
+    sm_result beside;
+    assert_int_equal(sm_session_generate(la, PROMPTS[0], &gp, &beside), SM_OK);
+    pthread_join(thread, NULL);
+    assert_int_equal(other.status, SM_OK);
+    assert_true(beside.n_lookaheads >= 5);
+    assert_int_equal(sm_session_kv_pos(la), sm_session_n_past(la));
+    llama_memory_t mem = llama_get_memory(sm_session_llama_context(la, 0));
+    for (llama_seq_id seq = 0; seq < 6; seq++) { /* no branch left a cell behind */
+        llama_pos max = llama_memory_seq_pos_max(mem, seq);
+        assert_true(max == -1 || max == sm_session_kv_pos(la) - 1 || max == sm_session_kv_pos(other.session) - 1);
+    }
+    sm_session_params own = tu_session_params(512);
+    own.max_branches = 3;
+    sm_session *alone = sm_session_new(m, &own, &err);
+    sm_result r;
+    gp.user_data = &seen_alone;
+    assert_int_equal(sm_session_generate(alone, PROMPTS[0], &gp, &r), SM_OK);
+    assert_int_equal(r.n_lookaheads, beside.n_lookaheads);
+    assert_int_equal(seen_alone.n, seen_beside.n);
+    for (int32_t i = 0; i < seen_alone.n; i++) { /* each branch scored from its own rows */
+        const sm_lookahead_info *x = &seen_alone.info[i], *y = &seen_beside.info[i];
+        assert_int_equal(x->n_branches, y->n_branches);
+        assert_int_equal(x->chosen, y->chosen);
+        assert_memory_equal(x->first, y->first, sizeof(sm_token) * (size_t)x->n_branches);
+        for (int32_t b = 0; b < x->n_branches; b++) assert_float_equal(x->score[b], y->score[b], 1e-3);
+    }
+    assert_int_equal(r.n_tokens, beside.n_tokens);
+    assert_memory_equal(r.tokens, beside.tokens, sizeof *r.tokens * (size_t)r.n_tokens);
+    sm_result_free(&r);
+    sm_result_free(&beside);
+    sm_result_free(&other.result);
+    free(other.logits);
+    sm_session_free(alone);
+    sm_session_free(other.session);
+    sm_session_free(la);
+    sm_batch_free(batch);
+    sm_model_free(m);
+}
+
 static void test_batch_refuses_what_it_cannot_share(void **state) {
     (void)state;
     sm_model *m = tu_load_model("stories260K.gguf");
@@ -494,6 +579,7 @@ int main(void) {
         cmocka_unit_test(test_unified_pool),
         cmocka_unit_test(test_steps_larger_than_a_decode),
         cmocka_unit_test(test_tree_shares_the_decoder),
+        cmocka_unit_test(test_lookahead_on_a_unified_batch),
         cmocka_unit_test(test_batch_refuses_what_it_cannot_share),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
