@@ -132,6 +132,8 @@ report() {
     # llama.cpp's extra buffer types (AMX on Xeons) can slow one-token decoding:
     # without them a token takes less time, so our share of it shows more
     bench_model "random llama 110M F16, --no-repack" "$random_model" 128 2048 3 --no-repack
+    # the same weights in Q8_0, as users' files are
+    bench_model "random llama 110M Q8_0" "$q8_model" 128 2048 3
     # The per-token passes over the whole vocabulary at Llama-3 and Gemma sizes
     for v in 131072 262144; do
         vocab_model=$cache/random-llama-110M-v$v-f16.gguf
