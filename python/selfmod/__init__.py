@@ -561,6 +561,12 @@ class Model:
     def n_ctx_train(self) -> int:
         return _lib.sm_model_n_ctx_train(self._model())
 
+    @property
+    def amx_refused(self) -> bool:
+        """True when the weights stay as stored (as no_repack) because
+        llama.cpp's AMX matrix product crashes on this machine."""
+        return bool(_lib.sm_model_amx_refused(self._model()))
+
     def embed(self, texts: Sequence[str], threads: int = 0) -> list[list[float]]:
         """One L2-normalised embedding per text: the model's pooled output
         (mean pooling for a generative model), as /v1/embeddings."""

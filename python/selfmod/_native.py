@@ -149,6 +149,7 @@ _fn(lib, "sm_model_description", c_char_p, c_void_p)
 _fn(lib, "sm_model_n_vocab", c_int32, c_void_p)
 _fn(lib, "sm_model_n_ctx_train", c_int32, c_void_p)
 _fn(lib, "sm_model_n_embd", c_int32, c_void_p)
+_fn(lib, "sm_model_amx_refused", c_bool, c_void_p)
 _fn(lib, "sm_embed", c_int, c_void_p, POINTER(c_char_p), c_int32, c_int32, POINTER(c_float), POINTER(c_int32),
     POINTER(Error))
 _fn(lib, "sm_tokenize", c_int, c_void_p, c_char_p, c_size_t, c_bool, c_bool, POINTER(Tokens), POINTER(Error))

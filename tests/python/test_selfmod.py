@@ -352,6 +352,12 @@ def test_no_repack_is_chosen_when_the_model_loads(stories):
     m = selfmod.Model(STORIES, no_repack=True)
     try:  # f32 weights have no repacked form: the same text
         assert m.generate(PROMPT, n_predict=12).text == stories.generate(PROMPT, n_predict=12).text
+        assert m.amx_refused is False  # asked for, not refused
+        # the default load says whether this machine's AMX product failed (bench/cpu_probe's answer)
+        probe = os.path.join(os.environ.get("SM_BUILD", ""), "cpu_probe")
+        if os.path.exists(probe):
+            answer = subprocess.run([probe], capture_output=True, text=True, check=True).stdout.strip()
+            assert stories.amx_refused == (answer == "extra-buffers off")
     finally:
         m.close()
     with pytest.raises(selfmod.SelfmodError, match="chooses what loads"):
