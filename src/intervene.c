@@ -83,33 +83,25 @@ static void lookahead_free(void *state) {
 static int decode_branches(generation *g, lookahead_stage *pl, const sm_token *tokens, int32_t n, int32_t pos,
                            int32_t step) {
     sm_session *s = g->s;
-    if (s->batch) {
-        float *rows = s->branch_rows;
-        int rc = sm_batch_decode_rows(s->batch, 0, s->branch_seqs, pos, tokens, n, rows);
-        if (rc != 0) return rc;
-        s->n_decoded_total += n;
-        g->res->n_decoded += n;
-        for (int32_t j = 0; j < n; j++) {
-            size_t at = plan_at(pl, j, step);
-            pl->tokens[at] = tokens[j];
-            memcpy(pl->logits + at * (size_t)s->n_vocab, rows + (size_t)j * (size_t)s->n_vocab,
-                   sizeof(float) * (size_t)s->n_vocab);
-        }
-        return 0; /* no introspection on a batch */
+    int rc;
+    if (s->batch) { /* rows come back in branch_rows; no introspection on a batch */
+        rc = sm_batch_decode_rows(s->batch, 0, s->branch_seqs, pos, tokens, n, s->branch_rows);
+    } else {
+        llama_batch *b = &s->branch_batch;
+        b->n_tokens = 0;
+        for (int32_t j = 0; j < n; j++) sm_llama_batch_add(b, tokens[j], pos, s->branch_seqs[j], true);
+        if (s->intro) sm_introspector_expect_rows(s->intro, n);
+        rc = sm_decode(s->members[0].ctx, b);
     }
-    llama_batch *b = &s->branch_batch;
-    b->n_tokens = 0;
-    for (int32_t j = 0; j < n; j++) sm_llama_batch_add(b, tokens[j], pos, s->branch_seqs[j], true);
-    if (s->intro) sm_introspector_expect_rows(s->intro, n);
-    int rc = sm_decode(s->members[0].ctx, b);
     if (rc != 0) return rc;
     s->n_decoded_total += n;
     g->res->n_decoded += n;
     for (int32_t j = 0; j < n; j++) {
         size_t at = plan_at(pl, j, step);
         pl->tokens[at] = tokens[j];
-        memcpy(pl->logits + at * (size_t)s->n_vocab, llama_get_logits_ith(s->members[0].ctx, j),
-               sizeof(float) * (size_t)s->n_vocab);
+        const float *row = s->batch ? s->branch_rows + (size_t)j * (size_t)s->n_vocab
+                                    : llama_get_logits_ith(s->members[0].ctx, j);
+        memcpy(pl->logits + at * (size_t)s->n_vocab, row, sizeof(float) * (size_t)s->n_vocab);
         if (!s->intro) continue;
         size_t rs = sm_introspector_record_size(s->intro), hf = sm_introspector_hidden_floats(s->intro);
         memcpy(pl->records + at * rs, sm_introspector_record(s->intro, j), rs);
