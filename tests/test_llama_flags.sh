@@ -25,17 +25,26 @@ grep -q "^llama_selfmod: error: -ctk is a llama.cpp flag" err.txt || fail "-ctk:
 "$SM_BIN" serve -m "$STORIES" -fa on > /dev/null 2> err.txt && fail "serve -fa accepted"
 grep -q "serve: error: -fa is a llama.cpp flag" err.txt || fail "serve -fa: $(cat err.txt)"
 
-# serve: llama-server's -np, -t, -a, -nr, -kvu, -b
-: > serve.log
-"$SM_BIN" serve -m "$STORIES" --port 0 -np 3 -t 1 -a tiny -nr -kvu -b 64 --quiet > serve.log 2>&1 &
-spid=$!
-port=$(listening_port serve.log $spid) || fail "serve with llama-server's flags did not start: $(cat serve.log)"
-health=$(curl -s "127.0.0.1:$port/health")
-models=$(curl -s "127.0.0.1:$port/v1/models")
-kill $spid; wait $spid 2> /dev/null
-python3 -c 'import json,sys; h=json.loads(sys.argv[1]); m=json.loads(sys.argv[2]);
-assert h["slots_idle"] == 3, h; assert m["data"][0]["id"] == "tiny", m' "$health" "$models" \
-  || fail "-np 3 / -a tiny not applied: $health $models"
+# serve: llama-server's -np, -t, -a, -nr, -kvu, -b, and its -c: the context
+# of all the slots, split among them (whole with -kvu), as llama-server does
+serve_props() { # FLAGS... -> "slots_idle n_ctx model_id"
+  : > serve.log
+  "$SM_BIN" serve -m "$STORIES" --port 0 --quiet "$@" > serve.log 2>&1 &
+  local spid=$! port
+  port=$(listening_port serve.log $spid) || fail "serve $* did not start: $(cat serve.log)"
+  local health props models
+  health=$(curl -s "127.0.0.1:$port/health") props=$(curl -s "127.0.0.1:$port/props")
+  models=$(curl -s "127.0.0.1:$port/v1/models")
+  kill $spid; wait $spid 2> /dev/null
+  python3 -c 'import json,sys; h,p,m=(json.loads(a) for a in sys.argv[1:]);
+print(h["slots_idle"], p["default_generation_settings"]["n_ctx"], m["data"][0]["id"])' "$health" "$props" "$models"
+}
+got=$(serve_props -np 3 -t 1 -a tiny -nr -b 64 -c 900)
+[ "$got" = "3 300 tiny" ] || fail "-np 3 -a tiny -c 900: slots, context per slot, id are '$got'"
+got=$(serve_props -np 3 -kvu -c 400)
+[ "$got" = "3 400 stories260K" ] || fail "-np 3 -kvu -c 400: '$got'"
+"$SM_BIN" serve -m "$STORIES" -c 256 --ctx-size 128 > /dev/null 2> err.txt && fail "-c with --ctx-size accepted"
+grep -q "not both" err.txt || fail "-c with --ctx-size: $(cat err.txt)"
 
 # eval: -np, -nr, -c, -t as --parallel, --no-repack, --ctx-size, --threads
 "$SM_BIN" eval -f "$SM_SRC/data/prompts/stories.txt" -m "$STORIES" --limit 2 -n 6 --strategies greedy --quiet \

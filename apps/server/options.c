@@ -22,6 +22,7 @@ enum {
     OPT_PARALLEL,
     OPT_THREADS,
     OPT_CTX_SIZE,
+    OPT_CTX_SIZE_TOTAL,
     OPT_MAX_BODY,
     OPT_WEB_DIR,
     OPT_CHAT_TEMPLATE,
@@ -72,6 +73,7 @@ static const struct option long_options[] = {
     {"parallel", required_argument, NULL, OPT_PARALLEL},
     {"threads", required_argument, NULL, OPT_THREADS},
     {"ctx-size", required_argument, NULL, OPT_CTX_SIZE},
+    {"ctx-size-total", required_argument, NULL, OPT_CTX_SIZE_TOTAL},
     {"batch-size", required_argument, NULL, OPT_BATCH_SIZE},
     {"kv-unified", no_argument, NULL, OPT_KV_UNIFIED},
     {"drain-timeout", required_argument, NULL, OPT_DRAIN_TIMEOUT},
@@ -153,6 +155,8 @@ static void print_usage(FILE *out) {
           "      --no-batch            a context per request instead of one for all (default:\n"
           "                            continuous batching: every request's tokens in one decode)\n"
           "      --ctx-size N          context tokens per slot; 0 = the model's (default: 2048)\n"
+          "  -c, --ctx-size-total N    llama-server's -c: N tokens for all the slots, each gets\n"
+          "                            N / --parallel (all N with --kv-unified); 0 = the model's\n"
           "      --batch-size N        prompt tokens one decode takes at most (default: 512)\n"
           "      --drain-timeout S     on SIGTERM or Ctrl-C: refuse new requests (503, /health too) and\n"
           "                            finish those in flight for S seconds at most; -1 = no limit\n"
@@ -409,6 +413,12 @@ static bool apply_option(server_options *opt, int c, const char *arg, FILE *err)
     case OPT_CTX_SIZE:
         if (!parse_long(err, "--ctx-size", arg, 0, INT32_MAX, &v)) return false;
         opt->n_ctx = (uint32_t)v;
+        opt->ctx_size_given = true;
+        return true;
+    case OPT_CTX_SIZE_TOTAL:
+        if (!parse_long(err, "--ctx-size-total", arg, 0, INT32_MAX, &v)) return false;
+        opt->n_ctx_total = (uint32_t)v;
+        opt->ctx_total_given = true;
         return true;
     case OPT_MAX_BODY:
         if (!parse_long(err, "--max-body", arg, 1024, LONG_MAX, &v)) return false;
@@ -508,10 +518,11 @@ static bool apply_option(server_options *opt, int c, const char *arg, FILE *err)
     return false;
 }
 
-/* llama-server's names for flags this program has. Not -c: llama-server's
- * context is the total of its slots, ours (--ctx-size) is each slot's. */
+/* llama-server's names for flags this program has. Its -c is the context
+ * of all its slots together (ours, --ctx-size, is each slot's). */
 static const flag_alias LLAMA_ALIASES[] = {
     {"-ngl", "--n-gpu-layers"}, {"-nr", "--no-repack"}, {"-np", "--parallel"}, {"-t", "--threads"},
+    {"-c", "--ctx-size-total"},
     {"-b", "--batch-size"}, {"-a", "--alias"}, {"-kvu", "--kv-unified"}, {"-s", "--seed"}, {NULL, NULL}};
 
 options_result server_parse_options(int argc, char **argv, server_options *opt, FILE *out, FILE *err) {
@@ -567,6 +578,22 @@ options_result server_parse_options(int argc, char **argv, server_options *opt, 
         fprintf(err, "llama_selfmod serve: error: no model: give one with -m PATH (see --help)\n");
         server_options_free(opt);
         return OPTIONS_ERROR;
+    }
+    if (opt->ctx_total_given && opt->ctx_size_given) {
+        fprintf(err, "llama_selfmod serve: error: give --ctx-size (each slot's) or -c/--ctx-size-total (all the "
+                     "slots'), not both\n");
+        server_options_free(opt);
+        return OPTIONS_ERROR;
+    }
+    if (opt->ctx_total_given) { /* as llama-server splits its -c among its slots */
+        uint32_t share = opt->kv_unified ? opt->n_ctx_total : opt->n_ctx_total / (uint32_t)opt->parallel;
+        if (opt->n_ctx_total > 0 && share == 0) {
+            fprintf(err, "llama_selfmod serve: error: -c %u leaves no context for each of %d slots\n",
+                    opt->n_ctx_total, opt->parallel);
+            server_options_free(opt);
+            return OPTIONS_ERROR;
+        }
+        opt->n_ctx = share;
     }
     if (opt->kv_unified && (opt->no_batch || opt->fusion_align)) {
         fprintf(err, "llama_selfmod serve: error: --kv-unified shares the batch's context: not with %s\n",

@@ -36,6 +36,8 @@ typedef struct server_options {
     int parallel;                          /* slots generating at once (2)     */
     int n_threads;                         /* per slot; 0 = cores / parallel   */
     uint32_t n_ctx;                        /* per slot (2048)                  */
+    uint32_t n_ctx_total;                  /* -c: all the slots' (llama-server) */
+    bool ctx_size_given, ctx_total_given;
     uint32_t n_batch;                      /* --batch-size; 0 = the library's  */
     bool kv_unified;                       /* --kv-unified: one pool of n_ctx  */
     int drain_timeout;                     /* seconds a shutdown waits (30)    */
