@@ -451,46 +451,38 @@ static int by_token_asc(const void *a, const void *b) {
  * Returns the index in c of the token drawn. */
 static int32_t dist_draw(sm_candidate *c, int32_t n, float t, bool order_by_id, sm_mt *mt, sm_sampler_work *w) {
     const float max = c[0].logit / t;
-    if (!order_by_id || n == 1) {
-        double sum = 0.0;
-        for (int32_t i = 0; i < n; i++) sum += expf(c[i].logit / t - max);
-        const double target = sum * sm_mt_uniform(mt);
-        double run = 0.0;
-        for (int32_t i = 0; i < n; i++) {
-            run += expf(c[i].logit / t - max);
-            if (run >= target) return i;
+    const sm_candidate *order = c;
+    if (order_by_id && n > 1) {
+        /* a few candidates (min-p's usual dozens) are sorted; a long list
+         * is spread over the vocabulary by id and read in one pass */
+        order = w->cand2;
+        if ((int64_t)n * 16 < w->n_vocab) {
+            memcpy(w->cand2, c, sizeof *c * (size_t)n);
+            qsort(w->cand2, (size_t)n, sizeof *w->cand2, by_token_asc);
+        } else {
+            float *at = w->masked;
+            for (int32_t v = 0; v < w->n_vocab; v++) at[v] = NAN;
+            for (int32_t i = 0; i < n; i++) at[c[i].token] = c[i].logit;
+            int32_t k = 0;
+            for (int32_t v = 0; v < w->n_vocab; v++)
+                if (!isnan(at[v])) w->cand2[k++] = (sm_candidate){.token = v, .logit = at[v]};
         }
-        return n - 1; /* llama.cpp's fallback: the last in its order */
-    }
-    /* by token id: a few candidates (min-p's usual dozens) are sorted; a
-     * long list is spread over the vocabulary by id and read in one pass */
-    const sm_candidate *order = w->cand2;
-    int32_t n_order = n;
-    if ((int64_t)n * 16 < w->n_vocab) {
-        memcpy(w->cand2, c, sizeof *c * (size_t)n);
-        qsort(w->cand2, (size_t)n, sizeof *w->cand2, by_token_asc);
-    } else {
-        float *at = w->masked;
-        for (int32_t v = 0; v < w->n_vocab; v++) at[v] = NAN;
-        for (int32_t i = 0; i < n; i++) at[c[i].token] = c[i].logit;
-        n_order = 0;
-        for (int32_t v = 0; v < w->n_vocab; v++)
-            if (!isnan(at[v])) w->cand2[n_order++] = (sm_candidate){.token = v, .logit = at[v]};
     }
     double sum = 0.0;
-    for (int32_t i = 0; i < n_order; i++) sum += expf(order[i].logit / t - max);
+    for (int32_t i = 0; i < n; i++) sum += expf(order[i].logit / t - max);
     const double target = sum * sm_mt_uniform(mt);
     double run = 0.0;
-    sm_token drawn = order[n_order - 1].token; /* llama.cpp's fallback: the last in its order */
-    for (int32_t i = 0; i < n_order; i++) {
+    int32_t at = n - 1; /* llama.cpp's fallback: the last in its order */
+    for (int32_t i = 0; i < n; i++) {
         run += expf(order[i].logit / t - max);
         if (run >= target) {
-            drawn = order[i].token;
+            at = i;
             break;
         }
     }
-    for (int32_t i = 0; i < n; i++)
-        if (c[i].token == drawn) return i;
+    if (order == c) return at;
+    for (int32_t i = 0; i < n; i++) /* back to c's index */
+        if (c[i].token == order[at].token) return i;
     return n - 1;
 }
 

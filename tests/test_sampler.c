@@ -363,6 +363,9 @@ static struct llama_sampler *server_chain(uint32_t seed) { /* llama-server's def
 static struct llama_sampler *min_p_chain(uint32_t seed) { /* the vocabulary's order reaches the draw */
     return chain_of(3, llama_sampler_init_min_p(0.02f, 1), llama_sampler_init_temp(1.2f), llama_sampler_init_dist(seed));
 }
+static struct llama_sampler *min_p_few_chain(uint32_t seed) { /* a few candidates, by id */
+    return chain_of(3, llama_sampler_init_min_p(0.7f, 1), llama_sampler_init_temp(1.2f), llama_sampler_init_dist(seed));
+}
 static struct llama_sampler *whole_chain(uint32_t seed) { /* every token, in the vocabulary's order */
     return chain_of(2, llama_sampler_init_temp(0.9f), llama_sampler_init_dist(seed));
 }
@@ -389,6 +392,8 @@ static void test_same_tokens_as_llama_cpp(void **unused) {
     in = input(logits, N);
     in.min_p = 0.02f, in.temperature = 1.2f;
     assert_same_tokens(&in, min_p_chain, "min-p alone");
+    in.min_p = 0.7f; /* a few candidates of the vocabulary: sorted by id, not spread over it */
+    assert_same_tokens(&in, min_p_few_chain, "min-p alone, few candidates");
     in = input(logits, N);
     in.temperature = 0.9f;
     assert_same_tokens(&in, whole_chain, "the whole vocabulary");
