@@ -77,6 +77,7 @@ static bool multiply(ggml_backend_t backend, ggml_backend_buffer_type_t weights_
     return ok;
 }
 
+/* Not reentrant (its buffers are static: 140 KB off the stack). */
 int sm_cpu_probe_products(ggml_backend_buffer_type_t buft) {
     ggml_backend_dev_t cpu = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
     ggml_backend_t backend = cpu ? ggml_backend_dev_init(cpu, NULL) : NULL;

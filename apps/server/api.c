@@ -4,7 +4,6 @@
 #include "server/generate.h"
 #include "server/json_util.h"
 
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -622,9 +621,7 @@ reply api_detokenize(server *srv, int client_fd, const char *body, size_t len) {
     }
     const cJSON *item;
     cJSON_ArrayForEach(item, list) {
-        /* the range first: converting a huge double to an integer is undefined */
-        if (!cJSON_IsNumber(item) || !(item->valuedouble >= 0 && item->valuedouble < n_vocab) ||
-            item->valuedouble != floor(item->valuedouble)) {
+        if (!json_is_token_id(item, n_vocab)) {
             char param[32], msg[128];
             snprintf(param, sizeof param, "tokens[%d]", i);
             snprintf(msg, sizeof msg, "'%s' must be a token id in [0, %d)", param, n_vocab);

@@ -59,3 +59,7 @@ bool json_is_int32(const cJSON *item) {
     double v = item->valuedouble;
     return isfinite(v) && v >= (double)INT32_MIN && v <= (double)INT32_MAX && v == floor(v);
 }
+
+bool json_is_token_id(const cJSON *item, int32_t n_vocab) {
+    return json_is_int32(item) && item->valuedouble >= 0 && item->valuedouble < n_vocab;
+}

@@ -7,6 +7,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 /* A JSON string of bytes; bytes that are not well-formed UTF-8 become U+FFFD. */
 cJSON *json_text(const char *bytes, size_t len);
@@ -19,6 +20,8 @@ cJSON *json_byte_array(const char *bytes, size_t len);
 /* Whether item is a number with an integer value that fits int32_t; checked
  * before any cast, since converting an out-of-range double is undefined. */
 bool json_is_int32(const cJSON *item);
+/* Whether item is a token id of a vocabulary of n_vocab: an int32 in [0, n_vocab). */
+bool json_is_token_id(const cJSON *item, int32_t n_vocab);
 /* Unformatted text of json; json is deleted. */
 char *json_print_and_delete(cJSON *json);
 

@@ -613,7 +613,7 @@ static bool parse_prompt(const cJSON *b, gen_request *r, int32_t n_vocab, api_er
     const cJSON *item;
     int i = 0;
     cJSON_ArrayForEach(item, prompt) {
-        if (cJSON_IsNumber(item) && (!json_is_int32(item) || item->valuedouble < 0 || item->valuedouble >= n_vocab))
+        if (cJSON_IsNumber(item) && !json_is_token_id(item, n_vocab))
             return api_fail(err, 400, "prompt", "prompt[%d]: %g is not a token id of this model (0 to %d)", i,
                             item->valuedouble, n_vocab - 1);
         if (!cJSON_IsNumber(item) && !cJSON_IsString(item))
