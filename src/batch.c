@@ -47,6 +47,7 @@ typedef struct request {
     const llama_seq_id *seqs;
     float *logits;          /* n_vocab floats for the last token's (rows: n
                                rows of them); NULL: none wanted          */
+    sm_introspector *observe; /* decoded alone, observed by it (or NULL) */
     int32_t rc;
     sem_t done;             /* posted once rc is set: the waiting session
                                wakes alone, without the batch's mutex    */
@@ -67,6 +68,8 @@ typedef struct batch_model {
     llama_batch batch;
     request **pending;       /* waiting to be decoded                     */
     int32_t n_pending;
+    sm_introspector *observing; /* the eval callback's, during a decode of
+                                   one observed request; else NULL      */
 } batch_model;
 
 struct sm_batch {
@@ -114,6 +117,13 @@ void sm_batch_free(sm_batch *b) {
 
 static void *decoder_loop(void *arg);
 
+/* The batch contexts' eval callback: the observing session's, if any. */
+static bool observe_batch(struct ggml_tensor *t, bool ask, void *user_data) {
+    const batch_model *bm = user_data;
+    if (!bm->observing) return !ask;
+    return sm_introspector_cb(t, ask, bm->observing);
+}
+
 sm_batch *sm_batch_new(sm_model *const *models, int32_t n_models, const sm_batch_params *params, sm_error *err) {
     sm_batch_params p = params ? *params : sm_batch_default_params();
     if (!models || n_models < 1 || n_models > SM_MAX_MODELS || p.n_seq < 1 || p.n_seq > 256 || p.n_batch < 1) {
@@ -146,6 +156,7 @@ sm_batch *sm_batch_new(sm_model *const *models, int32_t n_models, const sm_batch
     }
     b->n_ctx_seq = n_ctx_seq;
     for (int32_t m = 0; m < n_models && b->seq_taken; m++) {
+        batch_model *bm = &b->models[m];
         sm_context_opts o = {
             /* a stream per sequence (its attention spans its own cells only),
              * or one pool they share */
@@ -154,9 +165,11 @@ sm_batch *sm_batch_new(sm_model *const *models, int32_t n_models, const sm_batch
             .n_seq_max = (uint32_t)p.n_seq,
             .kv_unified = p.kv_unified,
             .n_threads = p.n_threads,
+            /* asks for nothing unless a decode is of an observing session */
+            .cb_eval = observe_batch,
+            .cb_eval_user_data = bm,
             .what = "a batch context",
         };
-        batch_model *bm = &b->models[m];
         bm->model = models[m];
         bm->ctx = sm_context_new(models[m], &o, err);
         if (!bm->ctx) {
@@ -258,8 +271,10 @@ static void decode_pending(sm_batch *b, batch_model *bm) {
         llama_batch *lb = &bm->batch;
         lb->n_tokens = 0;
         int32_t last = first;
+        bm->observing = bm->pending[first]->observe; /* alone in its decode */
         while (last < n_now && (lb->n_tokens == 0 || lb->n_tokens + bm->pending[last]->n <= (int32_t)b->n_batch)) {
             request *r = bm->pending[last];
+            if (last > first && (r->observe || bm->observing)) break;
             for (int32_t i = 0; i < r->n; i++) {
                 if (r->seqs) sm_llama_batch_add(lb, r->tokens[i], r->pos, r->seqs[i], true);
                 else sm_llama_batch_add(lb, r->tokens[i], r->pos + i, r->seq, r->logits && i == r->n - 1);
@@ -270,7 +285,8 @@ static void decode_pending(sm_batch *b, batch_model *bm) {
         /* sessions may hand in while this decodes, but not touch the context */
         pthread_mutex_lock(&b->context_mutex);
         pthread_mutex_unlock(&b->mutex);
-        int32_t rc = sm_decode(bm->ctx, lb);
+        int32_t rc = lb->n_tokens > 0 ? sm_decode(bm->ctx, lb) : 0; /* only sessions checking in */
+        bm->observing = NULL;
         int32_t at = 0;
         for (int32_t i = first; i < last; i++) {
             request *r = bm->pending[i];
@@ -282,7 +298,7 @@ static void decode_pending(sm_batch *b, batch_model *bm) {
         pthread_mutex_unlock(&b->context_mutex);
         pthread_mutex_lock(&b->mutex);
         b->ms_decoding += sm_now_ms() - t0;
-        b->n_decodes++;
+        b->n_decodes += lb->n_tokens > 0;
         b->n_tokens_decoded += lb->n_tokens;
         for (int32_t i = first; i < last; i++) {
             request *r = bm->pending[i];
@@ -359,9 +375,15 @@ int32_t sm_batch_decode(sm_batch *b, int32_t m, llama_seq_id seq, int32_t pos, c
     return hand_in(b, m, (request){.tokens = tokens, .n = n, .pos = pos, .seq = seq, .logits = logits});
 }
 
+int32_t sm_batch_decode_observed(sm_batch *b, int32_t m, llama_seq_id seq, int32_t pos, const sm_token *tokens,
+                                 int32_t n, float *logits, sm_introspector *in) {
+    return hand_in(b, m, (request){.tokens = tokens, .n = n, .pos = pos, .seq = seq, .logits = logits, .observe = in});
+}
+
 int32_t sm_batch_decode_rows(sm_batch *b, int32_t m, const llama_seq_id *seqs, int32_t pos, const sm_token *tokens,
-                             int32_t n, float *logits) {
-    return hand_in(b, m, (request){.tokens = tokens, .n = n, .pos = pos, .seq = seqs[0], .seqs = seqs, .logits = logits});
+                             int32_t n, float *logits, sm_introspector *in) {
+    return hand_in(b, m, (request){.tokens = tokens, .n = n, .pos = pos, .seq = seqs[0], .seqs = seqs, .logits = logits,
+                                   .observe = in});
 }
 
 /* Hands r in and waits for its decode. llama_decode's code. */

@@ -25,6 +25,8 @@ struct sm_model {
 };
 
 /* context.c: every llama.cpp context the library makes. */
+typedef struct sm_introspector sm_introspector; /* introspect.c, below */
+
 typedef struct sm_context_opts {
     uint32_t n_ctx;
     uint32_t n_batch, n_ubatch;  /* 0: 512, n_batch                       */
@@ -77,15 +79,22 @@ void sm_batch_unlock_context(sm_batch *b);
 /* A session enters (+1) or leaves (-1) a stretch of decodes. */
 void sm_batch_busy(sm_batch *b, int32_t delta);
 /* Decodes tokens at pos.. of seq with the other busy sessions' tokens;
- * logits (may be NULL) gets the last one's distribution. llama_decode's code. */
+ * logits (may be NULL) gets the last one's distribution. llama_decode's code.
+ * n 0 only checks in: the session has nothing for model m this step, and
+ * the step need not wait for it. */
 int32_t sm_batch_decode(sm_batch *b, int32_t m, llama_seq_id seq, int32_t pos, const sm_token *tokens, int32_t n,
                         float *logits);
+/* The same for a session that observes model m's layers: its tokens are
+ * decoded in a llama_decode of their own, with `in` as the eval callback's
+ * (the rows of a shared decode are split into ubatches by sequence). */
+int32_t sm_batch_decode_observed(sm_batch *b, int32_t m, llama_seq_id seq, int32_t pos, const sm_token *tokens,
+                                 int32_t n, float *logits, sm_introspector *in);
 
 /* One token per sequence, tokens[i] at pos in seqs[i], with the other busy
  * sessions' tokens (a session's lookahead branches); logits gets every
  * row, n * n_vocab floats. llama_decode's code. */
 int32_t sm_batch_decode_rows(sm_batch *b, int32_t m, const llama_seq_id *seqs, int32_t pos, const sm_token *tokens,
-                             int32_t n, float *logits);
+                             int32_t n, float *logits, sm_introspector *in);
 bool sm_batch_kv_unified(const sm_batch *b);
 /* Decodes batch in ctx (not the batch's) on the batch's decoder thread,
  * taking turns with the batch's own decodes. llama_decode's code. */

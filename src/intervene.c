@@ -85,7 +85,7 @@ static int decode_branches(generation *g, lookahead_stage *pl, const sm_token *t
     sm_session *s = g->s;
     int rc;
     if (s->batch) { /* rows come back in branch_rows; no introspection on a batch */
-        rc = sm_batch_decode_rows(s->batch, 0, s->branch_seqs, pos, tokens, n, s->branch_rows);
+        rc = sm_batch_decode_rows(s->batch, 0, s->branch_seqs, pos, tokens, n, s->branch_rows, s->intro);
     } else {
         llama_batch *b = &s->branch_batch;
         b->n_tokens = 0;

@@ -172,10 +172,10 @@ static bool batch_params_valid(const sm_session_params *p, sm_model *const *mode
     const sm_batch *b = p->batch;
     /* branches copy the session's cells with seq_cp, which only a unified
      * pool does cell by cell (across streams llama.cpp copies whole ones) */
-    const char *why = p->max_branches > 0 && !sm_batch_kv_unified(b)          ? "lookahead branches without kv_unified"
-                      : p->n_introspect_layers > 0 || p->introspect_all_layers ? "introspection"
-                      : p->fusion_align                                        ? "fusion alignment"
-                                                                               : NULL;
+    const char *why = p->max_branches > 0 && !sm_batch_kv_unified(b) ? "lookahead branches without kv_unified"
+                      : p->introspect_attention                       ? "attention introspection (its contexts use flash "
+                                                                        "attention, which never forms the probabilities)"
+                                                                      : NULL;
     if (why) {
         sm_error_set(err, SM_ERR_INVALID_ARGUMENT, "a session on a batch cannot use %s (its context is shared)", why);
         return false;
@@ -318,7 +318,8 @@ sm_session *sm_session_new_fused(sm_model *const *models, int32_t n_models, cons
         }
         s->n_models++;
         s->members[m].aligned = aligned[m];
-        if (aligned[m] && build_alignment(&s->members[m], models[0]) != 0) {
+        if (aligned[m] && (build_alignment(&s->members[m], models[0]) != 0 ||
+                           (p.batch && !(s->members[m].batch_logits = malloc(sizeof(float) * (size_t)models[m]->n_vocab))))) {
             sm_session_free(s);
             sm_error_set(err, SM_ERR_NO_MEMORY, "out of memory aligning vocabularies");
             return NULL;
@@ -378,6 +379,9 @@ void sm_session_free(sm_session *s) {
         if (s->members[m].ctx && !s->batch) llama_free(s->members[m].ctx);
         free(s->members[m].map_to0);
         free(s->members[m].tokens);
+        free(s->members[m].text);
+        free(s->members[m].retok);
+        free(s->members[m].batch_logits);
     }
     free(s->tokens);
     free(s->ring);
@@ -387,8 +391,6 @@ void sm_session_free(sm_session *s) {
     free(s->post_top);
     free(s->eog);
     free(s->fused);
-    free(s->text_buf);
-    free(s->align_buf);
     sm_introspector_free(s->intro);
     free(s->intro_last);
     free(s->intro_last_hidden);
@@ -535,8 +537,8 @@ static void capture_logits(sm_session *s) {
         float *dst = sm_loop_ring_slot(s, s->n_tokens, m);
         float unmapped = 0.0f;
         if (mb->aligned)
-            unmapped = sm_map_distribution(llama_get_logits_ith(mb->ctx, -1), mb->model->n_vocab, mb->map_to0, dst,
-                                           s->n_vocab);
+            unmapped = sm_map_distribution(s->batch ? mb->batch_logits : llama_get_logits_ith(mb->ctx, -1),
+                                           mb->model->n_vocab, mb->map_to0, dst, s->n_vocab);
         else if (!s->batch) /* a batch wrote it there already */
             memcpy(dst, llama_get_logits_ith(mb->ctx, -1), sizeof(float) * (size_t)s->n_vocab);
         *ring_unmapped_slot(s, s->n_tokens, m) = unmapped;
@@ -552,16 +554,28 @@ typedef struct decode_job {
     bool last;       /* the last chunk: its distribution is kept */
 } decode_job;
 
+/* decode_member's code for an aligned model that could not catch up
+ * (the member's err says why); llama_decode's codes are all above it. */
+enum { ALIGN_FAILED = -1000 };
+
+static int32_t sync_aligned(sm_session *s, member *mb, int32_t m, int32_t n_text);
+
 /* Model m decodes the job's tokens: through the batch, or in its own
- * context (one-token decodes with the tuned thread count). */
+ * context (one-token decodes with the tuned thread count). A model with
+ * another vocabulary catches up with the text after the last chunk. */
 static int32_t decode_member(void *arg, int32_t m) {
     decode_job *job = arg;
     sm_session *s = job->s;
     member *mb = &s->members[m];
-    if (mb->aligned) return 0; /* it follows the text afterwards (sync_aligned) */
+    if (mb->aligned) {
+        if (job->last) return sync_aligned(s, mb, m, s->n_tokens + job->n);
+        /* nothing yet, but the batch's step waits for every busy session */
+        return s->batch ? sm_batch_decode(s->batch, m, s->seq, 0, NULL, 0, NULL) : 0;
+    }
     if (s->batch) /* the last chunk's distribution lands where capture_logits keeps it */
-        return sm_batch_decode(s->batch, m, s->seq, s->n_tokens, job->tokens, job->n,
-                               job->last ? sm_loop_ring_slot(s, s->n_tokens + job->n, m) : NULL);
+        return sm_batch_decode_observed(s->batch, m, s->seq, s->n_tokens, job->tokens, job->n,
+                                        job->last ? sm_loop_ring_slot(s, s->n_tokens + job->n, m) : NULL,
+                                        m == 0 ? s->intro : NULL);
     llama_batch b = llama_batch_get_one((sm_token *)job->tokens, job->n);
     if (job->n != 1) return sm_decode(mb->ctx, &b);
     int32_t threads = sm_thread_tuner_next(&mb->tuner);
@@ -575,72 +589,100 @@ static int32_t decode_member(void *arg, int32_t m) {
     return rc;
 }
 
-/* A chunk that some model could not decode leaves no other model with it. */
+/* A chunk that some model could not decode leaves no other model with it.
+ * An aligned model keeps what it caught up with: it is cut back to the
+ * text's tokens at its next catching up. */
 static void undo_member(void *arg, int32_t m) {
     decode_job *job = arg;
     member *mb = &job->s->members[m];
     if (!mb->aligned) seq_rm(job->s, mb, job->s->n_tokens);
 }
 
-/*
- * A model with another vocabulary catches up with the text: the context's
- * text is tokenized with its tokenizer, its cache is cut back to the
- * longest common prefix and the rest is decoded.
- */
-static sm_status sync_aligned(sm_session *s, member *mb) {
-    sm_error err = {0};
+static int32_t align_fail(member *mb, sm_status status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int32_t align_fail(member *mb, sm_status status, const char *fmt, ...) {
+    char msg[sizeof mb->err.message];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap); /* fmt's arguments may be mb->err's own message */
+    va_end(ap);
+    mb->err.status = status;
+    memcpy(mb->err.message, msg, sizeof msg);
+    return ALIGN_FAILED;
+}
+
+/* The first n_text tokens of the context as text, in mb->text. */
+static bool context_text(sm_session *s, member *mb, int32_t n_text) {
     size_t need = 64;
     for (;;) {
-        if (need > s->text_cap) {
-            char *t = realloc(s->text_buf, need);
-            if (!t) return sm_session_fail(s, SM_ERR_NO_MEMORY, "out of memory");
-            s->text_buf = t;
-            s->text_cap = need;
+        if (need > mb->text_cap) {
+            char *t = realloc(mb->text, need);
+            if (!t) return align_fail(mb, SM_ERR_NO_MEMORY, "out of memory"), false;
+            mb->text = t;
+            mb->text_cap = need;
         }
         int32_t n;
-        if (!smx_detokenize(s->model->vocab, s->tokens, s->n_tokens, s->text_buf, (int32_t)s->text_cap - 1, true, false,
-                            &n, &err))
-            return sm_session_fail(s, err.status, "%s", err.message);
+        if (!smx_detokenize(s->model->vocab, s->tokens, n_text, mb->text, (int32_t)mb->text_cap - 1, true, false, &n,
+                            &mb->err))
+            return align_fail(mb, mb->err.status, "%s", mb->err.message), false;
         if (n >= 0) {
-            s->text_buf[n] = '\0';
-            break;
+            mb->text[n] = '\0';
+            return true;
         }
         need = (size_t)(-n) + 1;
     }
+}
+
+/*
+ * A model with another vocabulary catches up with the text: the first
+ * n_text tokens of the context as text are tokenized with its tokenizer,
+ * its cache is cut back to the longest common prefix and the rest is
+ * decoded. Runs in the pool beside the other models' decodes, so it
+ * touches only its own member (and reports through mb->err).
+ */
+static int32_t sync_aligned(sm_session *s, member *mb, int32_t m, int32_t n_text) {
+    if (!context_text(s, mb, n_text)) return ALIGN_FAILED;
     sm_tokens toks;
-    sm_status st = sm_tokenize(mb->model, s->text_buf, strlen(s->text_buf), true, false, &toks, &err);
-    if (st != SM_OK) return sm_session_fail(s, st, "%s", err.message);
+    sm_status st = sm_tokenize(mb->model, mb->text, strlen(mb->text), true, false, &toks, &mb->err);
+    if (st != SM_OK) return align_fail(mb, st, "%s", mb->err.message);
     int32_t n = toks.n;
-    if (sm_loop_reserve(&s->align_buf, &s->align_cap, n + 1) != 0) {
+    if (sm_loop_reserve(&mb->retok, &mb->retok_cap, n + 1) != 0) {
         sm_tokens_free(&toks);
-        return sm_session_fail(s, SM_ERR_NO_MEMORY, "out of memory");
+        return align_fail(mb, SM_ERR_NO_MEMORY, "out of memory");
     }
-    memcpy(s->align_buf, toks.data, sizeof *toks.data * (size_t)n);
+    memcpy(mb->retok, toks.data, sizeof *toks.data * (size_t)n);
     sm_tokens_free(&toks);
-    if (n <= 0) return sm_session_fail(s, SM_ERR_DECODE, "'%s' turned the text into no tokens", mb->model->path);
-    if (n > s->n_ctx) return sm_session_fail(s, SM_ERR_PROMPT_TOO_LONG, "the text is %d tokens for '%s', more than the context %d", n, mb->model->path, s->n_ctx);
+    if (n <= 0) return align_fail(mb, SM_ERR_DECODE, "'%s' turned the text into no tokens", mb->model->path);
+    if (n > s->n_ctx)
+        return align_fail(mb, SM_ERR_PROMPT_TOO_LONG, "the text is %d tokens for '%s', more than the context %d", n,
+                          mb->model->path, s->n_ctx);
     int32_t common = 0;
-    while (common < n && common < mb->n_tokens && mb->tokens[common] == s->align_buf[common]) common++;
-    if (common == n && common == mb->n_tokens) return SM_OK; /* its logits are current */
+    while (common < n && common < mb->n_tokens && mb->tokens[common] == mb->retok[common]) common++;
+    if (common == n && common == mb->n_tokens) /* its logits are current */
+        return s->batch ? sm_batch_decode(s->batch, m, s->seq, 0, NULL, 0, NULL) : 0;
     if (common == n) common--; /* decode the last token again for its distribution */
     if (!seq_rm(s, mb, common))
-        return sm_session_fail(s, SM_ERR_STATE, "'%s' cannot remove part of its cache", mb->model->path);
+        return align_fail(mb, SM_ERR_STATE, "'%s' cannot remove part of its cache", mb->model->path);
     mb->n_tokens = common;
-    if (sm_loop_reserve(&mb->tokens, &mb->cap_tokens, n) != 0) return sm_session_fail(s, SM_ERR_NO_MEMORY, "out of memory");
+    if (sm_loop_reserve(&mb->tokens, &mb->cap_tokens, n) != 0) return align_fail(mb, SM_ERR_NO_MEMORY, "out of memory");
     for (int32_t at = common; at < n;) {
         int32_t chunk = n - at < (int32_t)s->params.n_batch ? n - at : (int32_t)s->params.n_batch;
-        memcpy(mb->tokens + at, s->align_buf + at, sizeof(sm_token) * (size_t)chunk);
-        llama_batch b = llama_batch_get_one(mb->tokens + at, chunk);
-        int32_t rc = sm_decode(mb->ctx, &b);
+        memcpy(mb->tokens + at, mb->retok + at, sizeof(sm_token) * (size_t)chunk);
+        int32_t rc;
+        if (s->batch) {
+            rc = sm_batch_decode(s->batch, m, s->seq, at, mb->tokens + at, chunk, at + chunk == n ? mb->batch_logits : NULL);
+        } else {
+            llama_batch b = llama_batch_get_one(mb->tokens + at, chunk);
+            rc = sm_decode(mb->ctx, &b);
+        }
         if (rc != 0) {
             seq_rm(s, mb, at);
-            return sm_session_fail(s, SM_ERR_DECODE, "llama_decode failed in '%s' (code %d: %s)", mb->model->path, rc,
-                                   sm_decode_failure(rc));
+            return align_fail(mb, SM_ERR_DECODE, "llama_decode failed in '%s' (code %d: %s)", mb->model->path, rc,
+                              sm_decode_failure(rc));
         }
         at += chunk;
         mb->n_tokens = at;
     }
-    return SM_OK;
+    return 0;
 }
 
 /* Keeps the stats of the token that last entered the context. */
@@ -652,8 +694,6 @@ void sm_loop_remember_introspection(sm_session *s, const void *record, const flo
     s->intro_has_last = true;
 }
 
-/* Decodes tokens in batches in every model and appends them. A failure in
- * any model undoes the batch in all of them: none is left behind. */
 /* Takes a deferred token out of the token list: the cache never had it,
  * and the distribution it was sampled from is the ring's. */
 static void undefer(sm_session *s) {
@@ -670,6 +710,10 @@ sm_status sm_session_flush_deferred(sm_session *s) {
     return sm_loop_decode_append(s, &last, 1);
 }
 
+static bool remove_from(sm_session *s, int32_t pos);
+
+/* Decodes tokens in batches in every model and appends them. A failure in
+ * any model undoes the whole append in all of them: none is left behind. */
 sm_status sm_loop_decode_append(sm_session *s, const sm_token *toks, int32_t n) {
     if (n <= 0) return SM_OK;
     if (s->deferred) {
@@ -680,6 +724,7 @@ sm_status sm_loop_decode_append(sm_session *s, const sm_token *toks, int32_t n) 
         return sm_session_fail(s, SM_ERR_PROMPT_TOO_LONG, "%d tokens do not fit: %d of %d context tokens are used", n,
                     s->n_tokens, s->n_ctx);
     if (sm_loop_reserve(&s->tokens, &s->cap_tokens, s->n_tokens + n) != 0) return sm_session_fail(s, SM_ERR_NO_MEMORY, "out of memory");
+    const int32_t n_before = s->n_tokens;
     for (int32_t done = 0; done < n;) {
         int32_t chunk = n - done < (int32_t)s->params.n_batch ? n - done : (int32_t)s->params.n_batch;
         memcpy(s->tokens + s->n_tokens, toks + done, sizeof(sm_token) * (size_t)chunk);
@@ -689,25 +734,20 @@ sm_status sm_loop_decode_append(sm_session *s, const sm_token *toks, int32_t n) 
         int32_t rc = sm_models_decode(s->pool, s->n_models, decode_member, undo_member, &job, &failed);
         if (rc != 0) {
             s->logits = NULL;
+            if (s->n_tokens > n_before) {
+                s->n_tokens = n_before;
+                remove_from(s, n_before);
+            }
+            member *mb = &s->members[failed];
+            if (rc == ALIGN_FAILED) return sm_session_fail(s, mb->err.status, "%s", mb->err.message);
             return sm_session_fail(s, SM_ERR_DECODE, "llama_decode failed in '%s' at position %d (code %d: %s)",
-                                   s->members[failed].model->path, s->n_tokens, rc, sm_decode_failure(rc));
+                                   mb->model->path, s->n_tokens + done, rc, sm_decode_failure(rc));
         }
         s->n_tokens += chunk;
         s->n_decoded_total += chunk;
         done += chunk;
         if (s->progress && s->progress_total > 0)
             s->progress(s->progress_total, s->progress_cached, s->n_tokens, s->progress_data);
-    }
-    for (int32_t m = 1; m < s->n_models; m++) {
-        if (!s->members[m].aligned) continue;
-        sm_status st = sync_aligned(s, &s->members[m]);
-        if (st != SM_OK) {
-            s->n_tokens -= n;
-            for (int32_t k = 0; k < s->n_models; k++)
-                if (!s->members[k].aligned) seq_rm(s, &s->members[k], s->n_tokens);
-            s->logits = NULL;
-            return st;
-        }
     }
     capture_logits(s);
     if (s->intro) sm_loop_remember_introspection(s, sm_introspector_record(s->intro, 0), sm_introspector_hidden(s->intro, 0));

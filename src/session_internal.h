@@ -40,6 +40,15 @@ typedef struct member {
     int32_t *map_to0;
     sm_token *tokens;
     int32_t n_tokens, cap_tokens;
+    /* What its catching up works in: its own, as members catch up in
+     * parallel with the others' decodes. On a batch, the context's logits
+     * are the batch's, so its last distribution is kept in batch_logits. */
+    char *text;
+    size_t text_cap;
+    sm_token *retok;
+    int32_t retok_cap;
+    float *batch_logits;
+    sm_error err;
 } member;
 
 struct sm_session {
@@ -75,10 +84,6 @@ struct sm_session {
     sm_candidate *post_top;      /* the last draw's candidates (n_probs_post_sampling) */
     int32_t n_post_top;
     float *fused;                /* the fused distribution (several models) */
-    char *text_buf;              /* aligned models: the context as text    */
-    size_t text_cap;
-    sm_token *align_buf;
-    int32_t align_cap;
     /* Introspection (model 0; NULL when off: no eval callback at all) and
      * the stats of the last token that entered the context. */
     sm_introspector *intro;

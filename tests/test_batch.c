@@ -545,6 +545,205 @@ static void test_lookahead_on_a_unified_batch(void **state) {
     sm_model_free(m);
 }
 
+/* Fusion with alignment on a batch: model 1 has another vocabulary and
+ * follows each session's text on a sequence of its own in the batch's
+ * second context, catching up in the same steps as model 0 decodes. Each
+ * session's tokens, retractions and model-1 cells equal the same fused
+ * session on contexts of its own. Chunks of 8 make prompts and catching
+ * up take several decodes, so some steps have nothing for one model. */
+typedef struct aligned_job {
+    sm_session *session;
+    const char *prompt;
+    sm_gen_params gp;
+    sm_result result;
+    sm_status status;
+} aligned_job;
+
+static void *run_aligned(void *arg) {
+    aligned_job *j = arg;
+    j->status = sm_session_generate(j->session, j->prompt, &j->gp, &j->result);
+    return NULL;
+}
+
+static sm_gen_params aligned_params(int i) {
+    sm_gen_params gp = tu_greedy_params(24 + 8 * i);
+    gp.fusion.mode = i == 1 ? SM_FUSION_CONFIDENCE : SM_FUSION_AVERAGE;
+    gp.policy.enabled = true;
+    gp.policy.style = SM_POLICY_FIXED; /* retractions rewind both models */
+    gp.policy.retract = 1;
+    gp.policy.critical_threshold = i == 2 ? 0.0f : 0.5f;
+    return gp;
+}
+
+static void test_aligned_fusion_on_a_batch(void **state) {
+    (void)state;
+    enum { N = 3 };
+    sm_model *models[2] = {tu_load_model("stories260K.gguf"), tu_load_model("aidreams260K.gguf")};
+    sm_batch_params bp = sm_batch_default_params();
+    bp.n_seq = N;
+    bp.n_ctx_seq = 256;
+    bp.n_batch = 8;
+    bp.n_threads = 1;
+    sm_error err = {0};
+    sm_batch *batch = sm_batch_new(models, 2, &bp, &err);
+    if (!batch) fail_msg("%s", err.message);
+    aligned_job jobs[N];
+    pthread_t threads[N];
+    for (int i = 0; i < N; i++) {
+        sm_session_params sp = tu_session_params(256);
+        sp.batch = batch;
+        sp.fusion_align = true;
+        jobs[i] = (aligned_job){.prompt = PROMPTS[i], .gp = aligned_params(i)};
+        jobs[i].session = sm_session_new_fused(models, 2, &sp, &err);
+        if (!jobs[i].session) fail_msg("session %d: %s", i, err.message);
+    }
+    for (int i = 0; i < N; i++) pthread_create(&threads[i], NULL, run_aligned, &jobs[i]);
+    for (int i = 0; i < N; i++) pthread_join(threads[i], NULL);
+    sm_batch_stats st = sm_batch_get_stats(batch);
+    fprintf(stderr, "aligned batch: %lld requests in %lld decodes\n", (long long)st.n_requests, (long long)st.n_decodes);
+    assert_true(st.n_decodes < st.n_requests);
+    int32_t retractions = 0;
+    for (int i = 0; i < N; i++) {
+        aligned_job *j = &jobs[i];
+        if (j->status != SM_OK) fail_msg("session %d: %s", i, sm_session_last_error(j->session));
+        sm_session_params sp = tu_session_params(256);
+        sp.n_batch = 8;
+        sp.fusion_align = true;
+        sm_session *alone = sm_session_new_fused(models, 2, &sp, &err);
+        if (!alone) fail_msg("%s", err.message);
+        sm_result r;
+        assert_int_equal(sm_session_generate(alone, PROMPTS[i], &j->gp, &r), SM_OK);
+        assert_int_equal(j->result.n_tokens, r.n_tokens);
+        assert_memory_equal(j->result.tokens, r.tokens, sizeof *r.tokens * (size_t)r.n_tokens);
+        assert_int_equal(j->result.n_retractions, r.n_retractions);
+        retractions += r.n_retractions;
+        for (int32_t k = 0; k < r.n_tokens; k++)
+            assert_float_equal(j->result.fusion[k].unmapped_mass[1], r.fusion[k].unmapped_mass[1], 1e-3);
+        /* model 1's cells: the text's tokens in its vocabulary, as alone */
+        assert_int_equal(sm_session_model_kv_pos(j->session, 1), sm_session_model_kv_pos(alone, 1));
+        assert_true(sm_session_model_kv_pos(alone, 1) > 0);
+        sm_result_free(&r);
+        sm_result_free(&j->result);
+        sm_session_free(alone);
+        sm_session_free(j->session);
+    }
+    assert_true(retractions > 0);
+    sm_batch_free(batch);
+    sm_model_free(models[0]);
+    sm_model_free(models[1]);
+}
+
+/* Introspection on a batch: a session observing layers decodes alone
+ * (the eval callback sees its rows only) on the batch's context while
+ * another session generates beside it; per token, its layer statistics and
+ * hidden states equal those of the same session on a context of its own,
+ * and the other session's tokens equal its run alone. */
+enum { OBSERVED = 20 };
+typedef struct observed_run {
+    sm_session *session;
+    sm_result result;
+    sm_status status;
+    int32_t n_stats;
+    float norm[OBSERVED][2];
+    float hidden[OBSERVED][2 * 64];
+} observed_run;
+
+static bool keep_stats(const sm_event *e, void *user_data) {
+    observed_run *o = user_data;
+    if (e->type != SM_EVENT_TOKEN || !e->introspection || e->token_index >= OBSERVED) return true;
+    const sm_introspection *in = e->introspection;
+    if (in->n_layers != 2 || !in->hidden || in->n_embd != 64) return true;
+    for (int l = 0; l < 2; l++) o->norm[e->token_index][l] = in->layers[l].norm;
+    memcpy(o->hidden[e->token_index], in->hidden, sizeof o->hidden[0]);
+    o->n_stats++;
+    return true;
+}
+
+static void *run_observed(void *arg) {
+    observed_run *o = arg;
+    sm_gen_params gp = tu_greedy_params(OBSERVED);
+    gp.on_event = keep_stats;
+    gp.user_data = o;
+    o->status = sm_session_generate(o->session, PROMPTS[0], &gp, &o->result);
+    return NULL;
+}
+
+static void *run_plain(void *arg) {
+    observed_run *o = arg;
+    sm_gen_params gp = tu_greedy_params(2 * OBSERVED);
+    o->status = sm_session_generate(o->session, PROMPTS[1], &gp, &o->result);
+    return NULL;
+}
+
+static void test_introspection_on_a_batch(void **state) {
+    (void)state;
+    sm_model *m = tu_load_model("stories260K.gguf");
+    sm_batch *batch = tu_open_batch(m, 2, 256, 512, false);
+    int32_t layers[] = {0, -1};
+    sm_session_params sp = tu_session_params(256);
+    sp.introspect_layers = layers;
+    sp.n_introspect_layers = 2;
+    sp.introspect_hidden = true;
+    sm_session *alone = tu_open_session(m, &sp);
+    sp.batch = batch;
+    sp.introspect_attention = true; /* flash attention forms no probabilities */
+    sm_error err = {0};
+    assert_null(sm_session_new(m, &sp, &err));
+    assert_non_null(strstr(err.message, "attention introspection"));
+    sp.introspect_attention = false;
+    /* the observed session takes sequence 0: in a shared decode its row
+     * would come before the other's, and the last row be the other's */
+    static observed_run observed, beside, want;
+    observed = (observed_run){.session = sm_session_new(m, &sp, &err)};
+    if (!observed.session) fail_msg("%s", err.message);
+    beside = (observed_run){.session = tu_batch_session(m, batch, 256)};
+    pthread_t a, b;
+    pthread_create(&a, NULL, run_observed, &observed);
+    pthread_create(&b, NULL, run_plain, &beside);
+    pthread_join(a, NULL);
+    pthread_join(b, NULL);
+    assert_int_equal(observed.status, SM_OK);
+    assert_int_equal(beside.status, SM_OK);
+    assert_true(sm_session_eval_callback_calls(observed.session) > 0);
+
+    want = (observed_run){.session = alone};
+    run_observed(&want);
+    assert_int_equal(want.status, SM_OK);
+    assert_int_equal(observed.n_stats, want.n_stats);
+    assert_int_equal(observed.n_stats, OBSERVED);
+    assert_int_equal(observed.result.n_tokens, want.result.n_tokens);
+    assert_memory_equal(observed.result.tokens, want.result.tokens, sizeof(sm_token) * (size_t)want.result.n_tokens);
+    double worst = 0;
+    for (int i = 0; i < OBSERVED; i++) {
+        for (int l = 0; l < 2; l++) {
+            double d = fabs(observed.norm[i][l] - want.norm[i][l]) / (fabs(want.norm[i][l]) + 1e-6);
+            if (!(d <= 1e-3)) fail_msg("token %d layer %d: norm %g on the batch, %g alone", i, l, observed.norm[i][l],
+                                       want.norm[i][l]);
+        }
+        double d = tu_max_abs_diff(observed.hidden[i], want.hidden[i], 2 * 64);
+        if (d > worst) worst = d;
+    }
+    fprintf(stderr, "introspection on a batch: hidden states within %.2e of alone\n", worst);
+    assert_true(worst < 1e-2);
+
+    sm_session *plain = tu_open_session(m, NULL);
+    sm_gen_params gp = tu_greedy_params(2 * OBSERVED);
+    sm_result r;
+    assert_int_equal(sm_session_generate(plain, PROMPTS[1], &gp, &r), SM_OK);
+    assert_int_equal(beside.result.n_tokens, r.n_tokens);
+    assert_memory_equal(beside.result.tokens, r.tokens, sizeof(sm_token) * (size_t)r.n_tokens);
+    sm_result_free(&r);
+    sm_result_free(&observed.result);
+    sm_result_free(&beside.result);
+    sm_result_free(&want.result);
+    sm_session_free(plain);
+    sm_session_free(observed.session);
+    sm_session_free(beside.session);
+    sm_session_free(alone);
+    sm_batch_free(batch);
+    sm_model_free(m);
+}
+
 static void test_batch_refuses_what_it_cannot_share(void **state) {
     (void)state;
     sm_model *m = tu_load_model("stories260K.gguf");
@@ -580,6 +779,8 @@ int main(void) {
         cmocka_unit_test(test_steps_larger_than_a_decode),
         cmocka_unit_test(test_tree_shares_the_decoder),
         cmocka_unit_test(test_lookahead_on_a_unified_batch),
+        cmocka_unit_test(test_aligned_fusion_on_a_batch),
+        cmocka_unit_test(test_introspection_on_a_batch),
         cmocka_unit_test(test_batch_refuses_what_it_cannot_share),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

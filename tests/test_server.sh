@@ -64,6 +64,9 @@ export SM_TEMPLATE_FILE="$WORK/template.jinja"
 TOOLS_TEMPLATE="$(ls "${SM_LLAMA_CACHE:-$HOME/.cache/llama_selfmod}"/src/llama.cpp-*/models/templates/Qwen-Qwen2.5-7B-Instruct.jinja | head -1)"
 start_server tools -m "$SM_MODELS/stories260K.gguf" --parallel 1 --quiet --chat-template-file "$TOOLS_TEMPLATE"
 start_server fused --models "$SM_MODELS/stories260K.gguf,llama2xs-salty-280K" --parallel 2
+# Two vocabularies: aidreams260K follows stories260K's text on sequences of
+# its own in the same batch.
+start_server aligned --models "$SM_MODELS/stories260K.gguf,aidreams260K" --fusion-align --parallel 2
 # A model slow enough (a random-weight 110M Llama, about 20 tokens/s on one
 # thread) that a generation is still running when its client leaves.
 SLOW_MODEL="${SM_RANDOM_MODEL:-$HOME/.cache/llama_selfmod/models/random-llama-110M-f16.gguf}"
@@ -75,7 +78,7 @@ start_server slow -m "$SLOW_MODEL" --parallel 1 --quiet
 start_server guarded -m "$SM_MODELS/stories260K.gguf" --parallel 1 --header-timeout 1 --max-connections 8 \
   --cors-origins http://allowed.example --quiet
 
-export SM_SERVER_URL="$URL_plain" SM_SERVER_KEY_URL="$URL_keyed" SM_SERVER_FUSED_URL="$URL_fused"
+export SM_SERVER_URL="$URL_plain" SM_SERVER_KEY_URL="$URL_keyed" SM_SERVER_FUSED_URL="$URL_fused" SM_SERVER_ALIGNED_URL="$URL_aligned"
 export SM_SERVER_TEMPLATED_URL="$URL_templated" SM_SERVER_TOOLS_URL="$URL_tools"
 export SM_SERVER_GUARDED_URL="$URL_guarded" SM_SERVER_SLOW_URL="$URL_slow"
 export SM_API_KEY="$API_KEY" SM_SCREENSHOT_DIR="$PWD"
@@ -83,7 +86,7 @@ export SM_API_KEY="$API_KEY" SM_SCREENSHOT_DIR="$PWD"
 status=0
 node --test --test-concurrency=1 "$SM_SRC"/tests/server/*.test.js || status=$?
 if [ "$status" -ne 0 ]; then
-  for name in plain keyed fused guarded slow; do
+  for name in plain keyed fused aligned guarded slow; do
     echo "---- $name server log (last lines) ----" >&2
     tail -n 40 "$WORK/$name.log" >&2
   done

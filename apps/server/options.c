@@ -595,9 +595,8 @@ options_result server_parse_options(int argc, char **argv, server_options *opt, 
         }
         opt->n_ctx = share;
     }
-    if (opt->kv_unified && (opt->no_batch || opt->fusion_align)) {
-        fprintf(err, "llama_selfmod serve: error: --kv-unified shares the batch's context: not with %s\n",
-                opt->no_batch ? "--no-batch" : "--fusion-align");
+    if (opt->kv_unified && opt->no_batch) {
+        fprintf(err, "llama_selfmod serve: error: --kv-unified shares the batch's context: not with --no-batch\n");
         server_options_free(opt);
         return OPTIONS_ERROR;
     }

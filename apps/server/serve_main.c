@@ -108,8 +108,9 @@ static bool start_slots(server *srv) {
         return false;
     }
     /* Continuous batching: one context per model for every slot, decoding
-     * with all the threads (a batch cannot map vocabularies by text). */
-    srv->slots.batched = !srv->opt.no_batch && !srv->opt.fusion_align;
+     * with all the threads (models of other vocabularies too: each of their
+     * sequences catches up with its slot's text in the same steps). */
+    srv->slots.batched = !srv->opt.no_batch;
     srv->slots.kv_unified = srv->opt.kv_unified;
     srv->slots.batch_threads = srv->opt.n_threads;
     /* Make one slot's sessions now, so that a problem (a vocabulary

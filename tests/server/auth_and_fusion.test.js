@@ -92,3 +92,26 @@ test('fusion: weights and modes are checked', async () => {
   assert.equal(loom.status, 200, loom.text);
   assert.ok(loom.json.suggestions.length >= 1);
 });
+
+test('fusion with alignment batches: concurrent requests share decodes and each equals its run alone', async () => {
+  const base = servers.aligned;
+  const body = (prompt) => ({ prompt, max_tokens: 24, temperature: 0, selfmod: { fusion_mode: 'average' } });
+  const prompts = ['Once upon a time', 'The little dog'];
+  const before = (await get(base, '/health')).json;
+  const together = await Promise.all(prompts.map((p) => post(base, '/v1/completions', body(p))));
+  const after = (await get(base, '/health')).json;
+  for (const r of together) {
+    assert.equal(r.status, 200, r.text);
+    assert.equal(r.json.selfmod.n_models, 2);
+    assert.equal(r.json.usage.completion_tokens, 24);
+  }
+  // both slots' tokens went through the batch, some steps in one decode
+  const requests = after.batch_requests - before.batch_requests;
+  const decodes = after.batch_decodes - before.batch_decodes;
+  assert.ok(requests > 0 && decodes < requests, `${requests} requests in ${decodes} decodes`);
+  for (let i = 0; i < prompts.length; i++) {
+    const alone = await post(base, '/v1/completions', body(prompts[i]));
+    assert.equal(alone.status, 200, alone.text);
+    assert.equal(together[i].json.choices[0].text, alone.json.choices[0].text, prompts[i]);
+  }
+});

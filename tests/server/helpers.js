@@ -14,6 +14,7 @@ const servers = {
   get plain() { return env('SM_SERVER_URL'); },
   get keyed() { return env('SM_SERVER_KEY_URL'); },
   get fused() { return env('SM_SERVER_FUSED_URL'); },
+  get aligned() { return env('SM_SERVER_ALIGNED_URL'); },
   get templated() { return env('SM_SERVER_TEMPLATED_URL'); },
   get tools() { return env('SM_SERVER_TOOLS_URL'); },
   get apiKey() { return env('SM_API_KEY'); },
