@@ -25,6 +25,7 @@ typedef struct cli_app {
     int32_t n_models;
     char model_label[8192];       /* the model path, or the paths joined by ',' */
     sm_session *session;
+    sm_batch *batch;              /* a binding's runner on a batch: its sessions' sequences */
     sm_memlog *memlog;            /* NULL: no memory file                    */
     bool stream_to_terminal;      /* stdout is a terminal, no --json-stream  */
     display disp;                 /* used when stream_to_terminal            */

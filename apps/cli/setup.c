@@ -125,6 +125,7 @@ sm_session_params cli_app_session_params(const cli_app *app) {
     sm_session_params sp = app->opt->session;
     sp.n_ctx = context_size(app, sp.n_ctx);
     sp.fusion_align = app->opt->fusion.align;
+    sp.batch = app->batch;
     return sp;
 }
 

@@ -244,6 +244,32 @@ smcli_runner *smcli_runner_new(smcli_models *models) {
     return r;
 }
 
+sm_batch *smcli_batch_new(smcli_models *models, int32_t n_seq, uint32_t n_ctx, int32_t n_threads, char *err,
+                          size_t err_size) {
+    if (!models) {
+        set_err(err, err_size, "no models");
+        return NULL;
+    }
+    sm_batch_params bp = sm_batch_default_params();
+    bp.n_seq = n_seq;
+    bp.n_ctx_seq = n_ctx ? n_ctx : sm_session_default_params().n_ctx;
+    bp.n_threads = n_threads;
+    sm_error e = {0};
+    sm_batch *b = sm_batch_new(models->app.models, models->app.n_models, &bp, &e);
+    if (!b) set_err(err, err_size, e.message);
+    return b;
+}
+
+smcli_runner *smcli_runner_new_on(smcli_models *models, sm_batch *batch, char *err, size_t err_size) {
+    smcli_runner *r = batch ? smcli_runner_new(models) : NULL;
+    if (!r) {
+        set_err(err, err_size, batch ? "out of memory" : "no batch");
+        return NULL;
+    }
+    r->app.batch = batch;
+    return r;
+}
+
 void smcli_chat_reset(smcli_runner *r) {
     if (!r) return;
     sm_chat_free(r->chat);

@@ -49,6 +49,21 @@ sm_model *smcli_models_get(const smcli_models *models, int32_t i);
 smcli_runner *smcli_runner_new(smcli_models *models);
 void smcli_runner_free(smcli_runner *runner);
 
+/*
+ * Sequences of the models decoding together (sm_batch): runners made on
+ * it with smcli_runner_new_on run at the same time from different
+ * threads, and every step decodes all their tokens in one llama_decode.
+ * n_ctx: each sequence's context (0: 2048, as the program's; never past
+ * the models' training); n_threads 0: the online cores. Free it after
+ * its runners.
+ */
+sm_batch *smcli_batch_new(smcli_models *models, int32_t n_seq, uint32_t n_ctx, int32_t n_threads, char *err,
+                          size_t err_size);
+/* A runner whose session takes a sequence of batch at its first run and
+ * keeps it until freed (a run when every sequence is taken fails, saying
+ * so). NULL without a batch or out of memory. */
+smcli_runner *smcli_runner_new_on(smcli_models *models, sm_batch *batch, char *err, size_t err_size);
+
 /* Exit codes, as the program's. */
 enum { SMCLI_OK = 0, SMCLI_FAILED = 1, SMCLI_USAGE = 2, SMCLI_INTERRUPTED = 130 };
 

@@ -645,6 +645,84 @@ class Model:
             self._run(self._runner, prompt, None, dict(settings), sink)
         return Result.from_events(events)
 
+    def generate_many(self, prompts: Sequence[str], parallel: int = 4, **settings: Any) -> list[Result]:
+        """One generation per prompt, `parallel` of them at a time on
+        sequences of one batch: every step decodes all their tokens in one
+        llama_decode, and a finished one's sequence goes to the next prompt
+        (continuous batching). Each has its own self-modification,
+        operators, retractions and random state; each result is what
+        generate(prompt, **settings) gives, up to llama.cpp's rounding of
+        batched decodes. threads and ctx_size are the batch's (ctx_size
+        per sequence). Results come in the order of the prompts; the first
+        failure is raised once the running ones have finished."""
+        self._check_open()
+        prompts = list(prompts)
+        if isinstance(parallel, bool) or not isinstance(parallel, int) or not 1 <= parallel <= 256:
+            raise SelfmodError(f"parallel must be an int from 1 to 256, not {parallel!r}")
+        for p in prompts:
+            if not isinstance(p, str):
+                raise SelfmodError("every prompt must be a str")
+        if not prompts:
+            return []
+        merged = {**self.settings, **settings}
+        n_seq = min(parallel, len(prompts))
+        err = ctypes.create_string_buffer(1024)
+        batch = _cli.smcli_batch_new(self._models, n_seq, int(merged.get("ctx_size") or 0),
+                                     int(merged.get("threads") or 0), err, len(err))
+        if not batch:
+            raise SelfmodError(_n.error_text(err))
+        runners: list[int] = []
+        results: list[Optional[Result]] = [None] * len(prompts)
+        failures: list[BaseException] = []
+        next_prompt = iter(range(len(prompts)))
+        taking = threading.Lock()
+        stop = threading.Event()  # the caller is leaving (Ctrl-C): every generation stops at its next token
+
+        def work(runner: int) -> None:
+            while not failures and not stop.is_set():
+                with taking:
+                    i = next(next_prompt, None)
+                if i is None:
+                    return
+                events, keep = _collector()
+
+                def sink(event: dict, keep=keep) -> bool:
+                    keep(event)
+                    return not stop.is_set()
+                try:
+                    self._run(runner, prompts[i], None, dict(settings), sink)
+                except BaseException as e:  # noqa: BLE001 - raised by the caller
+                    failures.append(e)
+                    return
+                results[i] = Result.from_events(events)
+
+        threads: list[threading.Thread] = []
+        try:
+            for _ in range(n_seq):
+                runner = _cli.smcli_runner_new_on(self._models, batch, err, len(err))
+                if not runner:
+                    raise SelfmodError(_n.error_text(err))
+                runners.append(runner)
+            threads = [threading.Thread(target=work, args=(r,), name="selfmod-batch", daemon=True) for r in runners]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        finally:
+            stop.set()
+            for t in threads:  # the runners and the batch outlive every run on them
+                while t.is_alive():
+                    try:
+                        t.join()
+                    except KeyboardInterrupt:
+                        pass
+            for runner in runners:
+                _cli.smcli_runner_free(runner)
+            _lib.sm_batch_free(batch)
+        if failures:
+            raise failures[0]
+        return [r for r in results if r is not None]
+
     def stream(self, prompt: str, **settings: Any) -> Iterator[dict]:
         """The generation's events as they happen (token, modification,
         retraction, backtrack, ..., done). Breaking out stops it."""

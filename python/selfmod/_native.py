@@ -11,7 +11,7 @@ from __future__ import annotations
 import ctypes
 import os
 from ctypes import (CFUNCTYPE, POINTER, Structure, c_bool, c_char, c_char_p, c_double, c_float, c_int,
-                    c_int32, c_int64, c_size_t, c_void_p)
+                    c_int32, c_int64, c_size_t, c_uint32, c_void_p)
 from pathlib import Path
 
 SM_ERROR_SIZE = 512
@@ -184,6 +184,9 @@ _fn(cli, "smcli_models_count", c_int32, c_void_p)
 _fn(cli, "smcli_models_get", c_void_p, c_void_p, c_int32)
 _fn(cli, "smcli_runner_new", c_void_p, c_void_p)
 _fn(cli, "smcli_runner_free", None, c_void_p)
+_fn(cli, "smcli_batch_new", c_void_p, c_void_p, c_int32, c_uint32, c_int32, c_char_p, c_size_t)
+_fn(cli, "smcli_runner_new_on", c_void_p, c_void_p, c_void_p, c_char_p, c_size_t)
+_fn(lib, "sm_batch_free", None, c_void_p)
 _fn(cli, "smcli_run", c_int, c_void_p, c_int, POINTER(c_char_p), c_char_p, POINTER(c_void_p), c_int32,
     POINTER(c_void_p), c_int32, LINE_FN, c_void_p, c_char_p, c_size_t)
 _fn(cli, "smcli_chat_reset", None, c_void_p)

@@ -197,6 +197,46 @@ def test_a_python_stage_forces_and_stops(stories):
     assert plain.tokens[0] != there[0]
 
 
+# -- many prompts on one batch ----------------------------------------------
+
+MANY = ["Once upon a time", "The little dog", "Tom and Sue", "The sun was hot", "A big red ball"]
+
+
+@pytest.mark.parametrize("settings", [
+    {"n_predict": 32},                                   # the default policy, retracting loops
+    {"n_predict": 32, "seed": 5, "temperature": 0.8},    # sampled: each its own random state
+    {"n_predict": 24, "temperature": 0, "operators": ["probability_threshold:min_probability=0.2"]},
+])
+def test_generate_many_equals_generate_one_by_one(stories, settings):
+    # five prompts through three sequences: two take a finished one's place
+    many = stories.generate_many(MANY, parallel=3, **settings)
+    assert len(many) == len(MANY)
+    for prompt, r in zip(MANY, many):
+        alone = stories.generate(prompt, **settings)
+        assert r.tokens == alone.tokens, prompt
+        assert r.text == alone.text
+        assert r.n_retractions == alone.n_retractions and r.n_backtracks == alone.n_backtracks
+
+
+def test_generate_many_runs_on_a_batch_and_checks_its_input(stories):
+    assert stories.generate_many([]) == []
+    # sessions on a batch (a KV stream each) cannot branch: said by name
+    with pytest.raises(selfmod.SelfmodError, match="on a batch cannot use lookahead"):
+        stories.generate_many(MANY[:2], parallel=2, lookahead=2)
+    for bad in (0, 257, 2.0, True):
+        with pytest.raises(selfmod.SelfmodError, match="parallel"):
+            stories.generate_many(MANY, parallel=bad)
+    with pytest.raises(selfmod.SelfmodError, match="str"):
+        stories.generate_many(["a", 3])
+    with pytest.raises(selfmod.SelfmodError, match="--temperature|temperature"):
+        stories.generate_many(MANY, temperature="hot")
+    # fusion too: each model's sequences in the batch's context for it
+    with selfmod.Model(models=[STORIES, SALTY], threads=1) as m:
+        fused = m.generate_many(MANY[:3], parallel=3, n_predict=16, seed=4, fusion_mode="average")
+        assert [r.text for r in fused] == [m.generate(p, n_predict=16, seed=4, fusion_mode="average").text
+                                           for p in MANY[:3]]
+
+
 # -- fusion, chat, the tree, metrics ------------------------------------------
 
 def test_fusion_equals_the_programs():
