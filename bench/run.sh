@@ -169,6 +169,10 @@ more_reports() {
     echo
     python3 "$root/bench/bench_python.py" "$build" "$models/stories260K.gguf" 512 5 1
     echo
+    echo "### Python generate_many(prompts, parallel=8) against generate() one prompt at a time (random 110M)"
+    echo
+    python3 "$root/bench/bench_python_many.py" "$build" "$random_model" 16 32 3
+    echo
     echo "### Fusion: cardputer-chat-3M + cardputer-brainrot-3M (shared vocabulary), 128 tokens, average mode"
     echo
     "$build/bench_ops_fusion" fusion "$models/cardputer-chat-3M.sharedvocab12688.gguf" \

@@ -430,6 +430,109 @@ class _Run:
         return code
 
 
+class _Job:
+    """One call for the decoding thread: its result or its exception."""
+
+    def __init__(self, work):
+        self.work = work
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: Optional[BaseException] = None
+
+    def run(self) -> None:
+        try:
+            self.result = self.work()
+        except BaseException as e:  # noqa: BLE001 - raised by the caller
+            self.error = e
+        finally:
+            self.done.set()
+
+    def wait(self, stop: Optional[threading.Event] = None) -> Any:
+        """Its result; Ctrl-C meanwhile sets stop (a generation ends at its
+        next token) and is raised once the call has returned."""
+        interrupted = False
+        while not self.done.is_set():
+            try:
+                self.done.wait()
+            except KeyboardInterrupt:
+                interrupted = True
+                if stop is not None:
+                    stop.set()
+        if interrupted:
+            raise KeyboardInterrupt
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+class _DecodingThread:
+    """The one thread that runs every call that decodes, one at a time.
+
+    llama.cpp's OpenMP workers belong to the thread that decodes and live as
+    long as it. A thread per call would build a new team every call (10-30
+    ms measured), and two decoding threads at once (the caller's and
+    generate_many's batch) make OpenMP's barriers sleep instead of spin,
+    several times slower. So calls run here, and generate_many retires this
+    thread (and its team) while its batch decodes; the next call starts it
+    again. A call made while another runs (a stream still open, another
+    thread's call) gets a thread of its own rather than wait behind it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._thread: Optional[threading.Thread] = None
+        self._jobs: "Optional[queue.Queue]" = None
+        self._pending = 0  # calls queued or running here
+
+    def submit(self, work) -> _Job:
+        job = _Job(work)
+        with self._lock:
+            if self._pending > 0:
+                threading.Thread(target=job.run, name="selfmod-call", daemon=True).start()
+                return job
+            if self._thread is None:
+                self._jobs = queue.Queue()
+                self._thread = threading.Thread(target=self._serve, args=(self._jobs,), name="selfmod-decoder",
+                                                daemon=True)
+                self._thread.start()
+            self._pending += 1
+            self._jobs.put(job)
+        return job
+
+    def _serve(self, jobs: "queue.Queue") -> None:
+        while True:
+            job = jobs.get()
+            if job is None:
+                return
+            job.run()
+            with self._lock:
+                self._pending -= 1
+
+    def retire(self) -> None:
+        """Ends the thread once its calls are done."""
+        with self._lock:
+            thread, jobs = self._thread, self._jobs
+            self._thread = self._jobs = None
+        if thread is not None:
+            jobs.put(None)
+            thread.join()
+
+
+_decoder = _DecodingThread()
+
+
+def _decode_call(work, stop: Optional[threading.Event] = None) -> Any:
+    """work() on the decoding thread; its result, or its exception."""
+    return _decoder.submit(work).wait(stop)
+
+
+def _stoppable(keep, stop: threading.Event):
+    """A sink that keeps each event and stops the generation once stop is set."""
+    def sink(event: dict) -> bool:
+        keep(event)
+        return not stop.is_set()
+    return sink
+
+
 def _iterate(start_run) -> Iterator[dict]:
     """Runs start_run(sink) in a thread; yields its events as they come.
     Closing the iterator stops the generation."""
@@ -461,8 +564,7 @@ def _iterate(start_run) -> Iterator[dict]:
                     if stop.is_set():
                         break
 
-    thread = threading.Thread(target=work, name="selfmod-stream", daemon=True)
-    thread.start()
+    job = _decoder.submit(work)
     try:
         while True:
             event = events.get()
@@ -474,7 +576,7 @@ def _iterate(start_run) -> Iterator[dict]:
             yield event
     finally:
         stop.set()
-        thread.join()
+        job.done.wait()
     if outcome:
         raise outcome[0]
 
@@ -581,7 +683,8 @@ class Model:
         arr, keep = _n.argv(texts)
         out = (ctypes.c_float * (d * len(texts)))()
         err = _n.Error()
-        if _lib.sm_embed(self._model(), arr, len(texts), threads, out, None, ctypes.byref(err)) != 0:
+        if _decode_call(lambda: _lib.sm_embed(self._model(), arr, len(texts), threads, out, None,
+                                                ctypes.byref(err))) != 0:
             raise SelfmodError(err.message.decode("utf-8", "replace"))
         return [list(out[i * d:(i + 1) * d]) for i in range(len(texts))]
 
@@ -640,9 +743,13 @@ class Model:
         "probability_threshold:min_probability=0.1") and Python operators
         alike; stages=[...] takes Python stages."""
         self._check_open()
-        events, sink = _collector()
-        with self._lock:
-            self._run(self._runner, prompt, None, dict(settings), sink)
+        events, keep = _collector()
+        stop = threading.Event()
+
+        def work() -> None:
+            with self._lock:
+                self._run(self._runner, prompt, None, dict(settings), _stoppable(keep, stop))
+        _decode_call(work, stop)
         return Result.from_events(events)
 
     def generate_many(self, prompts: Sequence[str], parallel: int = 4, **settings: Any) -> list[Result]:
@@ -666,6 +773,7 @@ class Model:
             return []
         merged = {**self.settings, **settings}
         n_seq = min(parallel, len(prompts))
+        _decoder.retire()  # the batch's thread decodes now: one OpenMP team at a time
         err = ctypes.create_string_buffer(1024)
         batch = _cli.smcli_batch_new(self._models, n_seq, int(merged.get("ctx_size") or 0),
                                      int(merged.get("threads") or 0), err, len(err))
@@ -768,7 +876,8 @@ class Model:
             self._trees[key] = tree
         out = _n.TreeResult()
         with self._lock:
-            status = _lib.sm_tree_expand(tree, prefix.encode(), ctypes.byref(p), ctypes.byref(out))
+            status = _decode_call(lambda: _lib.sm_tree_expand(tree, prefix.encode(), ctypes.byref(p),
+                                                                ctypes.byref(out)))
         if status != 0:
             raise SelfmodError(_lib.sm_tree_last_error(tree).decode("utf-8", "replace"))
         try:
@@ -797,9 +906,12 @@ class Chat:
 
     def send(self, message: str, **settings: Any) -> Result:
         """One turn: the answer to message (the settings apply to this turn)."""
-        events, sink = _collector()
+        events, keep = _collector()
         self.model._check_open()
-        self.model._run(self._runner, None, message, self._settings(settings), sink, self.settings)
+        stop = threading.Event()
+        turn = self._settings(settings)
+        _decode_call(lambda: self.model._run(self._runner, None, message, turn, _stoppable(keep, stop),
+                                               self.settings), stop)
         result = Result.from_events(events)
         self.history += [{"role": "user", "content": message}, {"role": "assistant", "content": result.text}]
         return result

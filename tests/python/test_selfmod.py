@@ -237,6 +237,29 @@ def test_generate_many_runs_on_a_batch_and_checks_its_input(stories):
                                            for p in MANY[:3]]
 
 
+def test_one_decoding_thread_at_a_time(stories):
+    """Calls decode on one long-lived thread (a new one per call would build
+    an OpenMP team per call), and generate_many retires it while its batch's
+    thread decodes: two decoding threads at once make OpenMP's barriers
+    sleep, several times slower."""
+    seen = []
+
+    class Where(selfmod.Operator):
+        def decide(self, view):
+            seen.append((threading.current_thread().name, threading.get_ident(),
+                         sum(t.name == "selfmod-decoder" for t in threading.enumerate())))
+            return 0
+    stories.generate(PROMPT, n_predict=3, operators=[Where()])
+    stories.generate(PROMPT, n_predict=3, operators=[Where()])
+    assert {name for name, _, _ in seen} == {"selfmod-decoder"}
+    assert len({ident for _, ident, _ in seen}) == 1
+    seen.clear()
+    stories.generate_many(MANY[:2], parallel=2, n_predict=3, operators=[Where()])
+    assert {name for name, _, _ in seen} == {"selfmod-batch"}
+    assert {n for _, _, n in seen} == {0}  # no decoding thread beside the batch's
+    assert stories.generate(PROMPT, n_predict=3).tokens
+
+
 # -- fusion, chat, the tree, metrics ------------------------------------------
 
 def test_fusion_equals_the_programs():
