@@ -45,6 +45,7 @@ start_server() {
   done
   [ -n "$port" ] || { echo "test_server: the $name server did not start:" >&2; cat "$log" >&2; exit 1; }
   printf -v "URL_$name" 'http://127.0.0.1:%s' "$port"
+  printf -v "PID_$name" '%s' "$pid"
 }
 
 API_KEY="test-key-$RANDOM$RANDOM"
@@ -75,6 +76,8 @@ if [ ! -f "$SLOW_MODEL" ]; then
   "$(dirname "$SM_BIN")/make_random_model" "$SM_MODELS/vocab/ggml-vocab-llama-spm.gguf" "$SLOW_MODEL" > /dev/null
 fi
 start_server slow -m "$SLOW_MODEL" --parallel 1 --quiet
+# Two threads: llama.cpp's OpenMP team has a worker to count (below).
+start_server teams -m "$SM_MODELS/stories260K.gguf" --parallel 2 --threads 2 --quiet
 start_server guarded -m "$SM_MODELS/stories260K.gguf" --parallel 1 --header-timeout 1 --max-connections 8 \
   --cors-origins http://allowed.example --quiet
 
@@ -84,6 +87,36 @@ export SM_SERVER_GUARDED_URL="$URL_guarded" SM_SERVER_SLOW_URL="$URL_slow"
 export SM_API_KEY="$API_KEY" SM_SCREENSHOT_DIR="$PWD"
 
 status=0
+# An embeddings request leaves no OpenMP team behind on its connection's
+# thread, which lives as long as the client keeps the connection open: a
+# second team beside the batch's decoder makes every decode several times
+# slower. Threads of the server counted with the connection open, before and
+# after the request.
+python3 - "$URL_teams" "$PID_teams" <<'PY' || status=1
+import http.client, json, os, sys, time, urllib.parse
+url, pid = urllib.parse.urlparse(sys.argv[1]), sys.argv[2]
+def threads():
+    return len(os.listdir(f"/proc/{pid}/task"))
+c = http.client.HTTPConnection(url.hostname, url.port)
+def ask(method, path, body=None):
+    c.request(method, path, body, {"Content-Type": "application/json"})
+    r = c.getresponse()
+    r.read()
+    assert r.status == 200, r.status
+ask("POST", "/v1/completions", json.dumps({"prompt": "Once", "max_tokens": 4}))  # the batch's team exists
+ask("GET", "/health")
+before = threads()
+ask("POST", "/v1/embeddings", json.dumps({"input": ["Once upon a time", "The dog"]}))
+for _ in range(50):  # a finished thread's workers leave shortly after it
+    if threads() <= before:
+        break
+    time.sleep(0.02)
+after = threads()
+c.close()
+if after != before:
+    sys.exit(f"test_server: {after - before} thread(s) left behind by an embeddings request on an open connection")
+print("test_server: an embeddings request leaves no thread behind")
+PY
 node --test --test-concurrency=1 "$SM_SRC"/tests/server/*.test.js || status=$?
 if [ "$status" -ne 0 ]; then
   for name in plain keyed fused aligned guarded slow; do
