@@ -1063,6 +1063,12 @@ typedef struct sm_batch_params {
      * a decode that finds no room fails for every sequence in it. false:
      * each sequence has n_ctx_seq cells of its own. */
     bool kv_unified;
+    /* Decode on this batch's thread instead of starting one (NULL: a
+     * thread of its own). A server's batches (one per model set) share
+     * one: llama.cpp's OpenMP workers belong to the thread that decodes,
+     * and two such teams in a process make every decode several times
+     * slower. The batches take turns on it; free them in any order. */
+    const sm_batch *share_decoder;
 } sm_batch_params;
 sm_batch_params sm_batch_default_params(void);
 sm_batch *sm_batch_new(sm_model *const *models, int32_t n_models, const sm_batch_params *params, sm_error *err);

@@ -17,9 +17,12 @@
  *
  * Other work that decodes beside the batch (a LLooM tree, in its own
  * context) hands its decodes to the same decoder thread, which runs one
- * of them after each pass of the batch's own: on a machine whose cores
- * the batch's threads fill, two thread teams spinning side by side would
- * slow both many times over.
+ * of them after each pass of the batch's own, and batches made with
+ * share_decoder (a server's batch per model set) all decode on the first
+ * one's thread: llama.cpp's OpenMP workers belong to the thread that
+ * decodes, and with two such teams in a process OpenMP's barriers sleep
+ * instead of spinning (measured: 8 streams 206 -> 142 tokens/s for as long
+ * as a second batch's thread lived).
  *
  * Invariant: a decode never mixes models, every request's last token has
  * its logits copied out before the next decode starts, and a sequence's
@@ -55,12 +58,25 @@ typedef struct request {
 
 /* A decode of another context, run by the decoder thread. */
 typedef struct other_request {
+    sm_batch *batch;        /* whose stats count it                      */
     struct llama_context *ctx;
-    const llama_batch *batch;
+    const llama_batch *batch_of_other;
     int32_t rc;
     sem_t done;
     struct other_request *next;
 } other_request;
+
+/* The thread that decodes for one or more batches, and what they share
+ * with it: the mutex guards every field of its batches but the contexts. */
+typedef struct decoder {
+    pthread_mutex_t mutex;
+    pthread_cond_t submitted;    /* there is work, or it should stop          */
+    pthread_t thread;
+    bool running, stopping;
+    int32_t n_refs;              /* batches using it                          */
+    sm_batch *batches;           /* theirs, through next_on_decoder           */
+    other_request *others, **others_tail; /* first in, first decoded          */
+} decoder;
 
 typedef struct batch_model {
     const sm_model *model;
@@ -73,11 +89,9 @@ typedef struct batch_model {
 } batch_model;
 
 struct sm_batch {
-    pthread_mutex_t mutex;
+    decoder *dec;
+    sm_batch *next_on_decoder;
     pthread_mutex_t context_mutex; /* the contexts: a decode, or a cache operation */
-    pthread_cond_t submitted;    /* the decoder has work, or should stop   */
-    pthread_t decoder;
-    bool decoder_running, stopping;
     batch_model models[SM_MAX_MODELS];
     int32_t n_models;
     int32_t n_seq;
@@ -85,7 +99,6 @@ struct sm_batch {
     bool kv_unified;
     int32_t n_busy;          /* sessions inside a generation or a prompt  */
     bool *seq_taken;
-    other_request *others, **others_tail; /* first in, first decoded     */
     int64_t n_decodes, n_tokens_decoded, n_requests, n_other_decodes;
     double ms_decoding;
 };
@@ -94,28 +107,72 @@ sm_batch_params sm_batch_default_params(void) {
     return (sm_batch_params){.n_seq = 4, .n_ctx_seq = 2048, .n_batch = 512, .n_threads = 0};
 }
 
+static void *decoder_loop(void *arg);
+
+static void decoder_destroy(decoder *d) {
+    pthread_mutex_destroy(&d->mutex);
+    pthread_cond_destroy(&d->submitted);
+    free(d);
+}
+
+/* A decoder thread, started, serving no batch yet (NULL: none could be). */
+static decoder *decoder_new(void) {
+    decoder *d = calloc(1, sizeof *d);
+    if (!d) return NULL;
+    pthread_mutex_init(&d->mutex, NULL);
+    pthread_cond_init(&d->submitted, NULL);
+    d->others_tail = &d->others;
+    if (pthread_create(&d->thread, NULL, decoder_loop, d) != 0) {
+        decoder_destroy(d);
+        return NULL;
+    }
+    return d;
+}
+
+/* b decodes on d from now on. */
+static void decoder_attach(decoder *d, sm_batch *b) {
+    pthread_mutex_lock(&d->mutex);
+    b->dec = d;
+    b->next_on_decoder = d->batches;
+    d->batches = b;
+    d->n_refs++;
+    pthread_mutex_unlock(&d->mutex);
+}
+
+/* b leaves d (none of its sessions or trees is left); the last batch to
+ * leave stops the thread. */
+static void decoder_detach(decoder *d, sm_batch *b) {
+    pthread_mutex_lock(&d->mutex);
+    for (sm_batch **p = &d->batches; *p; p = &(*p)->next_on_decoder)
+        if (*p == b) {
+            *p = b->next_on_decoder;
+            break;
+        }
+    bool last = --d->n_refs == 0;
+    if (last) {
+        d->stopping = true;
+        pthread_cond_signal(&d->submitted);
+    }
+    pthread_mutex_unlock(&d->mutex);
+    if (!last) return;
+    pthread_join(d->thread, NULL);
+    decoder_destroy(d);
+}
+
 void sm_batch_free(sm_batch *b) {
     if (!b) return;
-    if (b->decoder_running) {
-        pthread_mutex_lock(&b->mutex);
-        b->stopping = true;
-        pthread_cond_signal(&b->submitted);
-        pthread_mutex_unlock(&b->mutex);
-        pthread_join(b->decoder, NULL);
-    }
+    if (b->dec) decoder_detach(b->dec, b);
     for (int32_t m = 0; m < b->n_models; m++) {
         if (b->models[m].ctx) llama_free(b->models[m].ctx);
         if (b->models[m].batch.token) llama_batch_free(b->models[m].batch);
         free(b->models[m].pending);
     }
     free(b->seq_taken);
-    pthread_mutex_destroy(&b->mutex);
     pthread_mutex_destroy(&b->context_mutex);
-    pthread_cond_destroy(&b->submitted);
     free(b);
 }
 
-static void *decoder_loop(void *arg);
+
 
 /* The batch contexts' eval callback: the observing session's, if any. */
 static bool observe_batch(struct ggml_tensor *t, bool ask, void *user_data) {
@@ -140,13 +197,10 @@ sm_batch *sm_batch_new(sm_model *const *models, int32_t n_models, const sm_batch
         sm_error_set(err, SM_ERR_NO_MEMORY, "out of memory");
         return NULL;
     }
-    pthread_mutex_init(&b->mutex, NULL);
     pthread_mutex_init(&b->context_mutex, NULL);
-    pthread_cond_init(&b->submitted, NULL);
     b->n_seq = p.n_seq;
     b->n_batch = p.n_batch;
     b->kv_unified = p.kv_unified;
-    b->others_tail = &b->others;
     b->seq_taken = calloc((size_t)p.n_seq, sizeof *b->seq_taken);
     /* never past a model's training length, in any model */
     uint32_t n_ctx_seq = p.n_ctx_seq;
@@ -193,12 +247,14 @@ sm_batch *sm_batch_new(sm_model *const *models, int32_t n_models, const sm_batch
         sm_error_set(err, SM_ERR_NO_MEMORY, "out of memory for a batch of %d sequences", p.n_seq);
         return NULL;
     }
-    if (pthread_create(&b->decoder, NULL, decoder_loop, b) != 0) {
+    /* attached last: the decoder never sees a batch half made */
+    decoder *d = p.share_decoder ? p.share_decoder->dec : decoder_new();
+    if (!d) {
         sm_batch_free(b);
         sm_error_set(err, SM_ERR_NO_MEMORY, "cannot start the batch's decoder thread");
         return NULL;
     }
-    b->decoder_running = true;
+    decoder_attach(d, b);
     return b;
 }
 
@@ -207,9 +263,9 @@ bool sm_batch_kv_unified(const sm_batch *b) { return b->kv_unified; }
 uint32_t sm_batch_n_ctx_seq(const sm_batch *b) { return b->n_ctx_seq; }
 
 sm_batch_stats sm_batch_get_stats(sm_batch *b) {
-    pthread_mutex_lock(&b->mutex);
+    pthread_mutex_lock(&b->dec->mutex);
     sm_batch_stats st = {b->n_decodes, b->n_tokens_decoded, b->n_requests, b->ms_decoding, b->n_other_decodes};
-    pthread_mutex_unlock(&b->mutex);
+    pthread_mutex_unlock(&b->dec->mutex);
     return st;
 }
 
@@ -218,12 +274,12 @@ sm_batch_stats sm_batch_get_stats(sm_batch *b) {
 /* ------------------------------------------------------------------ */
 
 int32_t sm_batch_take_seq(sm_batch *b) {
-    pthread_mutex_lock(&b->mutex);
+    pthread_mutex_lock(&b->dec->mutex);
     int32_t seq = -1;
     for (int32_t i = 0; i < b->n_seq && seq < 0; i++)
         if (!b->seq_taken[i]) seq = i;
     if (seq >= 0) b->seq_taken[seq] = true;
-    pthread_mutex_unlock(&b->mutex);
+    pthread_mutex_unlock(&b->dec->mutex);
     return seq;
 }
 
@@ -235,18 +291,18 @@ void sm_batch_give_seq(sm_batch *b, int32_t seq) {
     for (int32_t m = 0; m < b->n_models; m++)
         llama_memory_seq_rm(llama_get_memory(b->models[m].ctx), seq, -1, -1);
     sm_batch_unlock_context(b);
-    pthread_mutex_lock(&b->mutex);
+    pthread_mutex_lock(&b->dec->mutex);
     b->seq_taken[seq] = false;
-    pthread_mutex_unlock(&b->mutex);
+    pthread_mutex_unlock(&b->dec->mutex);
 }
 
 struct llama_context *sm_batch_context(const sm_batch *b, int32_t m) { return b->models[m].ctx; }
 
 void sm_batch_busy(sm_batch *b, int32_t delta) {
-    pthread_mutex_lock(&b->mutex);
+    pthread_mutex_lock(&b->dec->mutex);
     b->n_busy += delta;
-    if (delta < 0) pthread_cond_signal(&b->submitted); /* one fewer to wait for: the rest may be complete */
-    pthread_mutex_unlock(&b->mutex);
+    if (delta < 0) pthread_cond_signal(&b->dec->submitted); /* one fewer to wait for: the rest may be complete */
+    pthread_mutex_unlock(&b->dec->mutex);
 }
 
 static int by_seq(const void *a, const void *b) {
@@ -284,7 +340,7 @@ static void decode_pending(sm_batch *b, batch_model *bm) {
         double t0 = sm_now_ms();
         /* sessions may hand in while this decodes, but not touch the context */
         pthread_mutex_lock(&b->context_mutex);
-        pthread_mutex_unlock(&b->mutex);
+        pthread_mutex_unlock(&b->dec->mutex);
         int32_t rc = lb->n_tokens > 0 ? sm_decode(bm->ctx, lb) : 0; /* only sessions checking in */
         bm->observing = NULL;
         int32_t at = 0;
@@ -296,7 +352,7 @@ static void decode_pending(sm_batch *b, batch_model *bm) {
             at += r->n;
         }
         pthread_mutex_unlock(&b->context_mutex);
-        pthread_mutex_lock(&b->mutex);
+        pthread_mutex_lock(&b->dec->mutex);
         b->ms_decoding += sm_now_ms() - t0;
         b->n_decodes += lb->n_tokens > 0;
         b->n_tokens_decoded += lb->n_tokens;
@@ -319,39 +375,45 @@ static bool complete(const sm_batch *b, const batch_model *bm) {
 
 /* Runs the oldest decode handed in by other work, if any; called with the
  * mutex held. */
-static bool decode_other(sm_batch *b) {
-    other_request *r = b->others;
+static bool decode_other(decoder *d) {
+    other_request *r = d->others;
     if (!r) return false;
-    b->others = r->next;
-    if (!b->others) b->others_tail = &b->others;
-    pthread_mutex_unlock(&b->mutex);
-    r->rc = sm_decode(r->ctx, r->batch); /* its own context: the batch's stay free */
-    pthread_mutex_lock(&b->mutex);
-    b->n_other_decodes++;
+    d->others = r->next;
+    if (!d->others) d->others_tail = &d->others;
+    pthread_mutex_unlock(&d->mutex);
+    r->rc = sm_decode(r->ctx, r->batch_of_other); /* its own context: the batches' stay free */
+    pthread_mutex_lock(&d->mutex);
+    r->batch->n_other_decodes++;
     sem_post(&r->done);
     return true;
 }
 
-static void *decoder_loop(void *arg) {
-    sm_batch *b = arg;
-    pthread_mutex_lock(&b->mutex);
-    while (!b->stopping) {
-        bool any = false;
+static bool any_pending(const decoder *d) {
+    for (const sm_batch *b = d->batches; b; b = b->next_on_decoder)
         for (int32_t m = 0; m < b->n_models; m++)
-            if (complete(b, &b->models[m])) {
-                decode_pending(b, &b->models[m]);
-                any = true;
-            }
+            if (b->models[m].n_pending > 0) return true;
+    return false;
+}
+
+static void *decoder_loop(void *arg) {
+    decoder *d = arg;
+    pthread_mutex_lock(&d->mutex);
+    while (!d->stopping) {
+        bool any = false;
+        for (sm_batch *b = d->batches; b; b = b->next_on_decoder)
+            for (int32_t m = 0; m < b->n_models; m++)
+                if (complete(b, &b->models[m])) {
+                    decode_pending(b, &b->models[m]);
+                    any = true;
+                }
         /* one of the others' after every pass, so neither side starves */
-        if (decode_other(b) || any) continue;
-        /* something pending but incomplete: a busy session is elsewhere,
-         * so it is not waited for past WAIT_MS */
-        bool pending = false;
-        for (int32_t m = 0; m < b->n_models; m++) pending = pending || b->models[m].n_pending > 0;
-        if (!pending) {
-            pthread_cond_wait(&b->submitted, &b->mutex);
+        if (decode_other(d) || any) continue;
+        if (!any_pending(d)) {
+            pthread_cond_wait(&d->submitted, &d->mutex);
             continue;
         }
+        /* something pending but incomplete: a busy session is elsewhere,
+         * so it is not waited for past WAIT_MS */
         struct timespec until;
         clock_gettime(CLOCK_REALTIME, &until);
         until.tv_nsec += WAIT_MS * 1000000L;
@@ -359,12 +421,12 @@ static void *decoder_loop(void *arg) {
             until.tv_sec++;
             until.tv_nsec -= 1000000000L;
         }
-        if (pthread_cond_timedwait(&b->submitted, &b->mutex, &until) == ETIMEDOUT) {
-            for (int32_t m = 0; m < b->n_models; m++)
-                if (b->models[m].n_pending > 0) decode_pending(b, &b->models[m]);
-        }
+        if (pthread_cond_timedwait(&d->submitted, &d->mutex, &until) == ETIMEDOUT)
+            for (sm_batch *b = d->batches; b; b = b->next_on_decoder)
+                for (int32_t m = 0; m < b->n_models; m++)
+                    if (b->models[m].n_pending > 0) decode_pending(b, &b->models[m]);
     }
-    pthread_mutex_unlock(&b->mutex);
+    pthread_mutex_unlock(&d->mutex);
     return NULL;
 }
 
@@ -391,27 +453,27 @@ static int32_t hand_in(sm_batch *b, int32_t m, request r) {
     if (r.n > (int32_t)b->n_batch) return -1; /* the session chunks by n_batch */
     batch_model *bm = &b->models[m];
     if (sem_init(&r.done, 0, 0) != 0) return -1;
-    pthread_mutex_lock(&b->mutex);
+    pthread_mutex_lock(&b->dec->mutex);
     b->n_requests++;
     bm->pending[bm->n_pending++] = &r;
     /* The decoder needs waking for the first request (to start waiting
      * for the rest) and for the one that completes the step; the others
      * would only wake it to find the step incomplete. */
-    if (bm->n_pending == 1 || complete(b, bm)) pthread_cond_signal(&b->submitted);
-    pthread_mutex_unlock(&b->mutex);
+    if (bm->n_pending == 1 || complete(b, bm)) pthread_cond_signal(&b->dec->submitted);
+    pthread_mutex_unlock(&b->dec->mutex);
     while (sem_wait(&r.done) != 0 && errno == EINTR) {}
     sem_destroy(&r.done);
     return r.rc;
 }
 
 int32_t sm_batch_decode_other(sm_batch *b, struct llama_context *ctx, const llama_batch *batch) {
-    other_request r = {.ctx = ctx, .batch = batch};
+    other_request r = {.batch = b, .ctx = ctx, .batch_of_other = batch};
     if (sem_init(&r.done, 0, 0) != 0) return -1;
-    pthread_mutex_lock(&b->mutex);
-    *b->others_tail = &r;
-    b->others_tail = &r.next;
-    pthread_cond_signal(&b->submitted);
-    pthread_mutex_unlock(&b->mutex);
+    pthread_mutex_lock(&b->dec->mutex);
+    *b->dec->others_tail = &r;
+    b->dec->others_tail = &r.next;
+    pthread_cond_signal(&b->dec->submitted);
+    pthread_mutex_unlock(&b->dec->mutex);
     while (sem_wait(&r.done) != 0 && errno == EINTR) {}
     sem_destroy(&r.done);
     return r.rc;

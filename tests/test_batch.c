@@ -7,6 +7,7 @@
 
 #include "internal.h" /* the cells of each sequence */
 
+#include <dirent.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -744,6 +745,83 @@ static void test_introspection_on_a_batch(void **state) {
     sm_model_free(m);
 }
 
+static int32_t process_threads(void) {
+    int32_t n = 0;
+    DIR *d = opendir("/proc/self/task");
+    if (!d) return -1;
+    for (struct dirent *e; (e = readdir(d));) n += e->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
+/* Batches sharing one decoder thread (a server's batch per model set): a
+ * second batch made with share_decoder starts no thread; sessions on both
+ * generating at once each equal their runs alone; each batch counts its
+ * own decodes; freeing the first batch leaves the thread to the other. */
+static void test_batches_share_a_decoder(void **state) {
+    (void)state;
+    sm_model *m = tu_load_model("stories260K.gguf");
+    sm_model *salty = tu_load_model("llama2xs-salty-280K.gguf");
+    int32_t before = process_threads();
+    sm_batch *first = tu_open_batch(m, 2, 256, 512, false);
+    int32_t with_one = process_threads();
+    assert_int_equal(with_one, before + 1); /* its decoder */
+    sm_batch_params bp = sm_batch_default_params();
+    bp.n_seq = 2;
+    bp.n_ctx_seq = 256;
+    bp.n_threads = 1;
+    bp.share_decoder = first;
+    sm_error err = {0};
+    sm_batch *second = sm_batch_new(&salty, 1, &bp, &err);
+    if (!second) fail_msg("%s", err.message);
+    assert_int_equal(process_threads(), with_one);
+
+    static observed_run runs[4];
+    sm_model *of[4] = {m, m, salty, salty};
+    sm_batch *on[4] = {first, first, second, second};
+    pthread_t t[4];
+    for (int i = 0; i < 4; i++) {
+        runs[i] = (observed_run){.session = tu_batch_session(of[i], on[i], 256)};
+        pthread_create(&t[i], NULL, i % 2 ? run_plain : run_observed, &runs[i]);
+    }
+    for (int i = 0; i < 4; i++) pthread_join(t[i], NULL);
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(runs[i].status, SM_OK);
+        sm_session *alone = tu_open_session(of[i], NULL);
+        sm_gen_params gp = tu_greedy_params(i % 2 ? 2 * OBSERVED : OBSERVED);
+        sm_result r;
+        assert_int_equal(sm_session_generate(alone, PROMPTS[i % 2], &gp, &r), SM_OK);
+        assert_int_equal(runs[i].result.n_tokens, r.n_tokens);
+        assert_memory_equal(runs[i].result.tokens, r.tokens, sizeof(sm_token) * (size_t)r.n_tokens);
+        sm_result_free(&r);
+        sm_result_free(&runs[i].result);
+        sm_session_free(alone);
+    }
+    sm_batch_stats a = sm_batch_get_stats(first), b = sm_batch_get_stats(second);
+    assert_true(a.n_decodes > 0 && b.n_decodes > 0);
+    assert_true(a.n_decodes < a.n_requests && b.n_decodes < b.n_requests);
+    for (int i = 0; i < 4; i++)
+        if (on[i] == first) sm_session_free(runs[i].session);
+    /* (counted from here: the runs alone may have started OpenMP workers) */
+    int32_t now = process_threads();
+    sm_batch_free(first); /* the thread stays with the second */
+    assert_int_equal(process_threads(), now);
+    for (int i = 0; i < 4; i++)
+        if (on[i] == second) {
+            assert_int_equal(sm_session_clear(runs[i].session), SM_OK);
+            sm_gen_params gp = tu_greedy_params(4);
+            sm_result r;
+            assert_int_equal(sm_session_generate(runs[i].session, PROMPTS[0], &gp, &r), SM_OK);
+            assert_int_equal(r.n_tokens, 4);
+            sm_result_free(&r);
+            sm_session_free(runs[i].session);
+        }
+    sm_batch_free(second); /* the last: its thread ends */
+    assert_int_equal(process_threads(), now - 1);
+    sm_model_free(salty);
+    sm_model_free(m);
+}
+
 static void test_batch_refuses_what_it_cannot_share(void **state) {
     (void)state;
     sm_model *m = tu_load_model("stories260K.gguf");
@@ -781,6 +859,7 @@ int main(void) {
         cmocka_unit_test(test_lookahead_on_a_unified_batch),
         cmocka_unit_test(test_aligned_fusion_on_a_batch),
         cmocka_unit_test(test_introspection_on_a_batch),
+        cmocka_unit_test(test_batches_share_a_decoder),
         cmocka_unit_test(test_batch_refuses_what_it_cannot_share),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

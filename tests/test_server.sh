@@ -87,16 +87,31 @@ export SM_SERVER_GUARDED_URL="$URL_guarded" SM_SERVER_SLOW_URL="$URL_slow"
 export SM_API_KEY="$API_KEY" SM_SCREENSHOT_DIR="$PWD"
 
 status=0
-# An embeddings request leaves no OpenMP team behind on its connection's
-# thread, which lives as long as the client keeps the connection open: a
-# second team beside the batch's decoder makes every decode several times
-# slower. Threads of the server counted with the connection open, before and
-# after the request.
-python3 - "$URL_teams" "$PID_teams" <<'PY' || status=1
+# One decoding thread per server: an embeddings request leaves no OpenMP
+# team behind on its connection's thread (which lives as long as the client
+# keeps the connection open), and a model set's first request adds no
+# decoder thread beside the first batch's: a second team decoding in the
+# process makes every decode several times slower. Threads of the server
+# counted with the connection open, before and after each request.
+python3 - "$URL_teams" "$PID_teams" "$URL_fused" "$PID_fused" <<'PY' || status=1
 import http.client, json, os, sys, time, urllib.parse
 url, pid = urllib.parse.urlparse(sys.argv[1]), sys.argv[2]
-def threads():
+def threads(pid=pid):
     return len(os.listdir(f"/proc/{pid}/task"))
+fused_url, fused_pid = urllib.parse.urlparse(sys.argv[3]), sys.argv[4]
+f = http.client.HTTPConnection(fused_url.hostname, fused_url.port)
+f.request("GET", "/health")
+f.getresponse().read()
+before = threads(fused_pid)
+f.request("POST", "/v1/completions", json.dumps({"model": "llama2xs-salty-280K", "prompt": "Once", "max_tokens": 4}),
+          {"Content-Type": "application/json"})
+r = f.getresponse()
+r.read()
+assert r.status == 200, r.status
+f.close()
+if threads(fused_pid) != before:
+    sys.exit(f"test_server: a second model set's batch started {threads(fused_pid) - before} thread(s)")
+print("test_server: every model set's batch decodes on one thread")
 c = http.client.HTTPConnection(url.hostname, url.port)
 def ask(method, path, body=None):
     c.request(method, path, body, {"Content-Type": "application/json"})

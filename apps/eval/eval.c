@@ -419,6 +419,7 @@ static bool make_workers(evaluation *e, worker *workers, int32_t n, sm_batch **s
     }
     if (e->fused) {
         bp.n_ctx_seq = output_context(e, sm_session_n_ctx(e->fused));
+        bp.share_decoder = *single; /* one decoding thread: two OpenMP teams slow both */
         if (!(*fused = sm_batch_new(e->fusion_models, e->opt.n_models, &bp, &err)))
             return eval_error("%s", err.message), false;
     }

@@ -170,6 +170,8 @@ static sm_batch *target_batch(slot_pool *pool, int target, sm_model *const *mode
         bp.n_batch = pool->session_params.n_batch;
         bp.kv_unified = pool->kv_unified;
         bp.n_threads = pool->batch_threads;
+        /* every model set's batch decodes on the first one's thread */
+        for (int t = 0; t < 1 + SM_MAX_MODELS && !bp.share_decoder; t++) bp.share_decoder = pool->batches[t];
         pool->batches[target] = sm_batch_new(models, n, &bp, e);
     }
     sm_batch *batch = pool->batches[target];
