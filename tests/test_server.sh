@@ -108,9 +108,10 @@ f.request("POST", "/v1/completions", json.dumps({"model": "llama2xs-salty-280K",
 r = f.getresponse()
 r.read()
 assert r.status == 200, r.status
+grown = threads(fused_pid) - before  # (the connection's own thread is counted on both sides)
 f.close()
-if threads(fused_pid) != before:
-    sys.exit(f"test_server: a second model set's batch started {threads(fused_pid) - before} thread(s)")
+if grown > 0:
+    sys.exit(f"test_server: a second model set's batch started {grown} thread(s)")
 print("test_server: every model set's batch decodes on one thread")
 c = http.client.HTTPConnection(url.hostname, url.port)
 def ask(method, path, body=None):
@@ -128,7 +129,7 @@ for _ in range(50):  # a finished thread's workers leave shortly after it
     time.sleep(0.02)
 after = threads()
 c.close()
-if after != before:
+if after > before:  # (threads of earlier requests may still be leaving)
     sys.exit(f"test_server: {after - before} thread(s) left behind by an embeddings request on an open connection")
 print("test_server: an embeddings request leaves no thread behind")
 PY
