@@ -202,6 +202,12 @@ more_reports() {
     done
     echo '```'
     echo
+    echo "### One decoding thread per server: 8 streams on A of \`serve --models A,B\` (random 110M, $threads threads)"
+    echo
+    echo '```'
+    SERVER_ARGS="${same_placement[*]}" python3 "$root/bench/bench_one_decoder.py" "$build" "$random_model" 3 "$threads"
+    echo '```'
+    echo
     echo "### The LLooM beside 8 streams (random 110M, 9 slots): the tree decodes on the batch's thread"
     echo
     echo '```'
