@@ -202,11 +202,14 @@ sm_batch *sm_batch_new(sm_model *const *models, int32_t n_models, const sm_batch
     b->n_batch = p.n_batch;
     b->kv_unified = p.kv_unified;
     b->seq_taken = calloc((size_t)p.n_seq, sizeof *b->seq_taken);
-    /* never past a model's training length, in any model */
+    /* A sequence never goes past a model's training length, in any model
+     * (a session clamps itself too): a stream per sequence is no longer,
+     * and one pool holds no more than every sequence at its longest. */
     uint32_t n_ctx_seq = p.n_ctx_seq;
     for (int32_t m = 0; m < n_models; m++) {
-        int32_t n_train = llama_model_n_ctx_train(models[m]->lm);
-        if (n_train > 0 && (n_ctx_seq == 0 || n_ctx_seq > (uint32_t)n_train)) n_ctx_seq = (uint32_t)n_train;
+        uint64_t n_train = (uint64_t)(llama_model_n_ctx_train(models[m]->lm) > 0 ? llama_model_n_ctx_train(models[m]->lm) : 0);
+        uint64_t most = p.kv_unified ? n_train * (uint64_t)p.n_seq : n_train;
+        if (n_train > 0 && (n_ctx_seq == 0 || n_ctx_seq > most)) n_ctx_seq = n_ctx_seq == 0 ? (uint32_t)n_train : (uint32_t)most;
     }
     b->n_ctx_seq = n_ctx_seq;
     for (int32_t m = 0; m < n_models && b->seq_taken; m++) {

@@ -397,6 +397,15 @@ static void test_unified_pool(void **state) {
     sm_session_free(a);
     sm_session_free(b);
     sm_batch_free(batch);
+    /* A pool may hold every sequence at the model's training length (as
+     * llama-server's -kvu -c does), a stream no more than that length. */
+    const uint32_t n_train = (uint32_t)sm_model_n_ctx_train(m);
+    batch = tu_open_batch(m, 2, 3 * n_train, 512, true);
+    assert_int_equal(sm_batch_n_ctx_seq(batch), 2 * n_train);
+    sm_batch_free(batch);
+    batch = tu_open_batch(m, 2, 3 * n_train, 512, false);
+    assert_int_equal(sm_batch_n_ctx_seq(batch), n_train);
+    sm_batch_free(batch);
     sm_model_free(m);
 }
 

@@ -244,15 +244,18 @@ smcli_runner *smcli_runner_new(smcli_models *models) {
     return r;
 }
 
-sm_batch *smcli_batch_new(smcli_models *models, int32_t n_seq, uint32_t n_ctx, int32_t n_threads, char *err,
-                          size_t err_size) {
-    if (!models) {
-        set_err(err, err_size, "no models");
+sm_batch *smcli_batch_new(smcli_models *models, int32_t n_runners, int32_t n_branches, uint32_t n_ctx,
+                          int32_t n_threads, char *err, size_t err_size) {
+    if (!models || n_runners < 1 || n_branches < 0 || n_branches > SM_MAX_BRANCHES) {
+        set_err(err, err_size, models ? "a batch takes at least one runner and at most 16 branches each" : "no models");
         return NULL;
     }
     sm_batch_params bp = sm_batch_default_params();
-    bp.n_seq = n_seq;
-    bp.n_ctx_seq = n_ctx ? n_ctx : sm_session_default_params().n_ctx;
+    uint32_t per_runner = n_ctx ? n_ctx : sm_session_default_params().n_ctx;
+    bp.n_seq = n_runners * (1 + n_branches);
+    bp.kv_unified = n_branches > 0;
+    /* a branch adds at most its depth (64) in cells of its own */
+    bp.n_ctx_seq = bp.kv_unified ? (uint32_t)n_runners * (per_runner + (uint32_t)n_branches * 64) : per_runner;
     bp.n_threads = n_threads;
     sm_error e = {0};
     sm_batch *b = sm_batch_new(models->app.models, models->app.n_models, &bp, &e);

@@ -50,15 +50,17 @@ smcli_runner *smcli_runner_new(smcli_models *models);
 void smcli_runner_free(smcli_runner *runner);
 
 /*
- * Sequences of the models decoding together (sm_batch): runners made on
- * it with smcli_runner_new_on run at the same time from different
- * threads, and every step decodes all their tokens in one llama_decode.
- * n_ctx: each sequence's context (0: 2048, as the program's; never past
- * the models' training); n_threads 0: the online cores. Free it after
- * its runners.
+ * Sequences of the models decoding together (sm_batch) for n_runners
+ * runners: runners made on it with smcli_runner_new_on run at the same
+ * time from different threads, and every step decodes all their tokens in
+ * one llama_decode. n_ctx: each runner's context (0: 2048, as the
+ * program's; never past the models' training); n_threads 0: the online
+ * cores. n_branches > 0 lets each runner's lookahead take that many
+ * branches: the cells are then one pool (kv_unified) of n_runners contexts,
+ * where a branch shares its session's cells. Free it after its runners.
  */
-sm_batch *smcli_batch_new(smcli_models *models, int32_t n_seq, uint32_t n_ctx, int32_t n_threads, char *err,
-                          size_t err_size);
+sm_batch *smcli_batch_new(smcli_models *models, int32_t n_runners, int32_t n_branches, uint32_t n_ctx,
+                          int32_t n_threads, char *err, size_t err_size);
 /* A runner whose session takes a sequence of batch at its first run and
  * keeps it until freed (a run when every sequence is taken fails, saying
  * so). NULL without a batch or out of memory. */

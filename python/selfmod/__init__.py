@@ -775,7 +775,10 @@ class Model:
         n_seq = min(parallel, len(prompts))
         _decoder.retire()  # the batch's thread decodes now: one OpenMP team at a time
         err = ctypes.create_string_buffer(1024)
-        batch = _cli.smcli_batch_new(self._models, n_seq, int(merged.get("ctx_size") or 0),
+        branches = merged.get("lookahead") or 0  # its branches share the session's cells in one pool
+        if isinstance(branches, bool) or not isinstance(branches, int):
+            raise SelfmodError(f"lookahead takes an int, not {branches!r}")
+        batch = _cli.smcli_batch_new(self._models, n_seq, branches, int(merged.get("ctx_size") or 0),
                                      int(merged.get("threads") or 0), err, len(err))
         if not batch:
             raise SelfmodError(_n.error_text(err))

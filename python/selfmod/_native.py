@@ -184,7 +184,7 @@ _fn(cli, "smcli_models_count", c_int32, c_void_p)
 _fn(cli, "smcli_models_get", c_void_p, c_void_p, c_int32)
 _fn(cli, "smcli_runner_new", c_void_p, c_void_p)
 _fn(cli, "smcli_runner_free", None, c_void_p)
-_fn(cli, "smcli_batch_new", c_void_p, c_void_p, c_int32, c_uint32, c_int32, c_char_p, c_size_t)
+_fn(cli, "smcli_batch_new", c_void_p, c_void_p, c_int32, c_int32, c_uint32, c_int32, c_char_p, c_size_t)
 _fn(cli, "smcli_runner_new_on", c_void_p, c_void_p, c_void_p, c_char_p, c_size_t)
 _fn(lib, "sm_batch_free", None, c_void_p)
 _fn(cli, "smcli_run", c_int, c_void_p, c_int, POINTER(c_char_p), c_char_p, POINTER(c_void_p), c_int32,

@@ -220,9 +220,19 @@ def test_generate_many_equals_generate_one_by_one(stories, settings):
 
 def test_generate_many_runs_on_a_batch_and_checks_its_input(stories):
     assert stories.generate_many([]) == []
-    # sessions on a batch (a KV stream each) cannot branch: said by name
-    with pytest.raises(selfmod.SelfmodError, match="on a batch cannot use lookahead"):
-        stories.generate_many(MANY[:2], parallel=2, lookahead=2)
+    # sessions on a batch cannot observe attention (its contexts use flash attention): said by name
+    with pytest.raises(selfmod.SelfmodError, match="on a batch cannot use attention introspection"):
+        stories.generate_many(MANY[:2], parallel=2, introspect_layers=[0], introspect_attention=True)
+    # lookahead branches share their session's cells in one pool
+    look = {"n_predict": 16, "temperature": 0, "lookahead": 2, "lookahead_entropy": 0.5}
+    many = stories.generate_many(MANY[:3], parallel=3, **look)
+    alone = [stories.generate(p, **look) for p in MANY[:3]]
+    assert [r.tokens for r in many] == [r.tokens for r in alone]
+
+    def chosen(r):
+        return [(e["token_index"], e["lookahead"]["chosen"]) for e in r.events if e.get("source") == "lookahead"]
+    assert [chosen(r) for r in many] == [chosen(r) for r in alone]
+    assert sum(len(chosen(r)) for r in many) > 3
     for bad in (0, 257, 2.0, True):
         with pytest.raises(selfmod.SelfmodError, match="parallel"):
             stories.generate_many(MANY, parallel=bad)
