@@ -72,7 +72,7 @@ typedef struct decoder {
     pthread_mutex_t mutex;
     pthread_cond_t submitted;    /* there is work, or it should stop          */
     pthread_t thread;
-    bool running, stopping;
+    bool stopping;
     int32_t n_refs;              /* batches using it                          */
     sm_batch *batches;           /* theirs, through next_on_decoder           */
     other_request *others, **others_tail; /* first in, first decoded          */
