@@ -202,6 +202,14 @@ more_reports() {
     done
     echo '```'
     echo
+    echo "### serve --fusion-align, batched and --no-batch (random 110M Llama-vocabulary + GPT-2-vocabulary models)"
+    echo
+    gpt2_model=$cache/random-gpt2-110M-f16.gguf
+    [[ -f $gpt2_model ]] || "$build/make_random_model" "$models/vocab/ggml-vocab-gpt-2.gguf" "$gpt2_model" --seed 7 > /dev/null
+    echo '```'
+    SERVER_ARGS="${same_placement[*]}" python3 "$root/bench/bench_fusion_align.py" "$build" "$random_model" "$gpt2_model" 3 "$threads"
+    echo '```'
+    echo
     echo "### One decoding thread per server: 8 streams on A of \`serve --models A,B\` (random 110M, $threads threads)"
     echo
     echo '```'
