@@ -760,8 +760,10 @@ class Model:
         operators, retractions and random state; each result is what
         generate(prompt, **settings) gives, up to llama.cpp's rounding of
         batched decodes. threads and ctx_size are the batch's (ctx_size
-        per sequence). Results come in the order of the prompts; the first
-        failure is raised once the running ones have finished."""
+        per sequence); with lookahead=k its cells are one pool where each
+        generation's branches share its cells. Results come in the order of
+        the prompts; the first failure is raised once the running ones have
+        finished."""
         self._check_open()
         prompts = list(prompts)
         if isinstance(parallel, bool) or not isinstance(parallel, int) or not 1 <= parallel <= 256:
