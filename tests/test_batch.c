@@ -535,13 +535,23 @@ static void test_lookahead_on_a_unified_batch(void **state) {
     assert_int_equal(sm_session_generate(alone, PROMPTS[0], &gp, &r), SM_OK);
     assert_int_equal(r.n_lookaheads, beside.n_lookaheads);
     assert_int_equal(seen_alone.n, seen_beside.n);
-    for (int32_t i = 0; i < seen_alone.n; i++) { /* each branch scored from its own rows */
+    /* Each branch scored from its own rows. The scores (mean ln p over a
+     * branch) round as the batched logits do, and which rows share a
+     * decode with the other session's depends on timing: measured up to
+     * 1.1e-3 apart (a loaded CI machine), logits up to 1.2e-2 (above). */
+    double worst = 0;
+    for (int32_t i = 0; i < seen_alone.n; i++) {
         const sm_lookahead_info *x = &seen_alone.info[i], *y = &seen_beside.info[i];
         assert_int_equal(x->n_branches, y->n_branches);
         assert_int_equal(x->chosen, y->chosen);
         assert_memory_equal(x->first, y->first, sizeof(sm_token) * (size_t)x->n_branches);
-        for (int32_t b = 0; b < x->n_branches; b++) assert_float_equal(x->score[b], y->score[b], 1e-3);
+        for (int32_t b = 0; b < x->n_branches; b++) {
+            double d = fabs((double)x->score[b] - (double)y->score[b]);
+            if (d > worst) worst = d;
+        }
     }
+    fprintf(stderr, "lookahead on a batch: branch scores within %.2e of alone\n", worst);
+    assert_true(worst < 1e-2);
     assert_int_equal(r.n_tokens, beside.n_tokens);
     assert_memory_equal(r.tokens, beside.tokens, sizeof *r.tokens * (size_t)r.n_tokens);
     sm_result_free(&r);
