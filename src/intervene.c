@@ -84,13 +84,13 @@ static int decode_branches(generation *g, lookahead_stage *pl, const sm_token *t
                            int32_t step) {
     sm_session *s = g->s;
     int rc;
-    if (s->batch) { /* rows come back in branch_rows; no introspection on a batch */
+    if (s->intro) sm_introspector_expect_rows(s->intro, n); /* every row is a branch's step */
+    if (s->batch) { /* rows come back in branch_rows; an observed session's decode is its own */
         rc = sm_batch_decode_rows(s->batch, 0, s->branch_seqs, pos, tokens, n, s->branch_rows, s->intro);
     } else {
         llama_batch *b = &s->branch_batch;
         b->n_tokens = 0;
         for (int32_t j = 0; j < n; j++) sm_llama_batch_add(b, tokens[j], pos, s->branch_seqs[j], true);
-        if (s->intro) sm_introspector_expect_rows(s->intro, n);
         rc = sm_decode(s->members[0].ctx, b);
     }
     if (rc != 0) return rc;

@@ -876,6 +876,68 @@ static void test_batches_share_a_decoder(void **state) {
     sm_model_free(m);
 }
 
+/* Lookahead scored by coherence (the branches' layer norms) on a unified
+ * batch beside another generating session: every branch row is observed
+ * (its decode is the session's own), so the chosen branches and scores
+ * equal the session's on a context of its own. */
+static void test_coherence_lookahead_on_a_unified_batch(void **state) {
+    (void)state;
+    sm_model *m = tu_load_model("stories260K.gguf");
+    sm_batch *batch = tu_open_batch(m, 1 + (1 + 3), 512, 512, true);
+    job other = {.prompt = PROMPTS[1], .n_vocab = sm_model_n_vocab(m)};
+    other.session = tu_batch_session(m, batch, 512);
+    other.gp = tu_greedy_params(N_PREDICT);
+    int32_t layers[] = {1, -1};
+    sm_session_params sp = tu_session_params(512);
+    sp.max_branches = 3;
+    sp.introspect_layers = layers;
+    sp.n_introspect_layers = 2;
+    sm_session *alone = tu_open_session(m, &sp);
+    sp.batch = batch;
+    sm_error err = {0};
+    sm_session *la = sm_session_new(m, &sp, &err);
+    if (!la) fail_msg("%s", err.message);
+    sm_gen_params gp = tu_greedy_params(24);
+    gp.interventions.lookahead.k = 3;
+    gp.interventions.lookahead.depth = 4;
+    gp.interventions.lookahead.entropy = 0.0f;
+    gp.interventions.lookahead.score = SM_LOOKAHEAD_COHERENCE;
+    lookaheads beside = {0}, own = {0};
+    gp.on_event = keep_lookaheads;
+    gp.user_data = &beside;
+    pthread_t thread;
+    pthread_create(&thread, NULL, run, &other);
+    sm_result a, b;
+    assert_int_equal(sm_session_generate(la, PROMPTS[0], &gp, &a), SM_OK);
+    pthread_join(thread, NULL);
+    assert_int_equal(other.status, SM_OK);
+    gp.user_data = &own;
+    assert_int_equal(sm_session_generate(alone, PROMPTS[0], &gp, &b), SM_OK);
+    assert_true(own.n >= 5);
+    assert_int_equal(beside.n, own.n);
+    double worst = 0;
+    for (int32_t i = 0; i < own.n; i++) {
+        assert_int_equal(beside.info[i].chosen, own.info[i].chosen);
+        for (int32_t k = 0; k < own.info[i].n_branches; k++) {
+            double d = fabs((double)beside.info[i].score[k] - (double)own.info[i].score[k]);
+            if (!(d <= worst)) worst = d;
+        }
+    }
+    fprintf(stderr, "coherence lookahead on a batch: scores within %.2e of alone\n", worst);
+    assert_true(worst < 1e-2);
+    assert_int_equal(a.n_tokens, b.n_tokens);
+    assert_memory_equal(a.tokens, b.tokens, sizeof *a.tokens * (size_t)a.n_tokens);
+    sm_result_free(&a);
+    sm_result_free(&b);
+    sm_result_free(&other.result);
+    free(other.logits);
+    sm_session_free(other.session);
+    sm_session_free(la);
+    sm_session_free(alone);
+    sm_batch_free(batch);
+    sm_model_free(m);
+}
+
 static void test_batch_refuses_what_it_cannot_share(void **state) {
     (void)state;
     sm_model *m = tu_load_model("stories260K.gguf");
@@ -911,6 +973,7 @@ int main(void) {
         cmocka_unit_test(test_steps_larger_than_a_decode),
         cmocka_unit_test(test_tree_shares_the_decoder),
         cmocka_unit_test(test_lookahead_on_a_unified_batch),
+        cmocka_unit_test(test_coherence_lookahead_on_a_unified_batch),
         cmocka_unit_test(test_aligned_fusion_on_a_batch),
         cmocka_unit_test(test_introspection_on_a_batch),
         cmocka_unit_test(test_batches_share_a_decoder),
