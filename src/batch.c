@@ -172,8 +172,6 @@ void sm_batch_free(sm_batch *b) {
     free(b);
 }
 
-
-
 /* The batch contexts' eval callback: the observing session's, if any. */
 static bool observe_batch(struct ggml_tensor *t, bool ask, void *user_data) {
     const batch_model *bm = user_data;
@@ -207,9 +205,11 @@ sm_batch *sm_batch_new(sm_model *const *models, int32_t n_models, const sm_batch
      * and one pool holds no more than every sequence at its longest. */
     uint32_t n_ctx_seq = p.n_ctx_seq;
     for (int32_t m = 0; m < n_models; m++) {
-        uint64_t n_train = (uint64_t)(llama_model_n_ctx_train(models[m]->lm) > 0 ? llama_model_n_ctx_train(models[m]->lm) : 0);
-        uint64_t most = p.kv_unified ? n_train * (uint64_t)p.n_seq : n_train;
-        if (n_train > 0 && (n_ctx_seq == 0 || n_ctx_seq > most)) n_ctx_seq = n_ctx_seq == 0 ? (uint32_t)n_train : (uint32_t)most;
+        const int32_t n_train = llama_model_n_ctx_train(models[m]->lm);
+        if (n_train <= 0) continue;
+        const uint64_t most = (uint64_t)n_train * (uint64_t)(p.kv_unified ? p.n_seq : 1);
+        if (n_ctx_seq == 0) n_ctx_seq = (uint32_t)n_train;
+        else if (n_ctx_seq > most) n_ctx_seq = (uint32_t)most;
     }
     b->n_ctx_seq = n_ctx_seq;
     for (int32_t m = 0; m < n_models && b->seq_taken; m++) {

@@ -560,6 +560,12 @@ enum { ALIGN_FAILED = -1000 };
 
 static int32_t sync_aligned(sm_session *s, member *mb, int32_t m, int32_t n_text);
 
+/* On a batch, model m has nothing of this session's this step, but the
+ * step waits for every busy session: it checks in with no tokens. */
+static int32_t check_in(sm_session *s, int32_t m) {
+    return s->batch ? sm_batch_decode(s->batch, m, s->seq, 0, NULL, 0, NULL) : 0;
+}
+
 /* Model m decodes the job's tokens: through the batch, or in its own
  * context (one-token decodes with the tuned thread count). A model with
  * another vocabulary catches up with the text after the last chunk. */
@@ -568,9 +574,7 @@ static int32_t decode_member(void *arg, int32_t m) {
     sm_session *s = job->s;
     member *mb = &s->members[m];
     if (mb->aligned) {
-        if (job->last) return sync_aligned(s, mb, m, s->n_tokens + job->n);
-        /* nothing yet, but the batch's step waits for every busy session */
-        return s->batch ? sm_batch_decode(s->batch, m, s->seq, 0, NULL, 0, NULL) : 0;
+        return job->last ? sync_aligned(s, mb, m, s->n_tokens + job->n) : check_in(s, m);
     }
     if (s->batch) /* the last chunk's distribution lands where capture_logits keeps it */
         return sm_batch_decode_observed(s->batch, m, s->seq, s->n_tokens, job->tokens, job->n,
@@ -657,8 +661,7 @@ static int32_t sync_aligned(sm_session *s, member *mb, int32_t m, int32_t n_text
                           mb->model->path, s->n_ctx);
     int32_t common = 0;
     while (common < n && common < mb->n_tokens && mb->tokens[common] == mb->retok[common]) common++;
-    if (common == n && common == mb->n_tokens) /* its logits are current */
-        return s->batch ? sm_batch_decode(s->batch, m, s->seq, 0, NULL, 0, NULL) : 0;
+    if (common == n && common == mb->n_tokens) return check_in(s, m); /* its logits are current */
     if (common == n) common--; /* decode the last token again for its distribution */
     if (!seq_rm(s, mb, common))
         return align_fail(mb, SM_ERR_STATE, "'%s' cannot remove part of its cache", mb->model->path);
