@@ -173,6 +173,10 @@ more_reports() {
     echo
     python3 "$root/bench/bench_python_many.py" "$build" "$random_model" 16 32 3
     echo
+    echo "### Python: every call on one decoding thread, a thread per call, or beside a second OpenMP team"
+    echo
+    python3 "$root/bench/bench_python_threads.py" "$build" "$models/stories260K.gguf" 100
+    echo
     echo "### Fusion: cardputer-chat-3M + cardputer-brainrot-3M (shared vocabulary), 128 tokens, average mode"
     echo
     "$build/bench_ops_fusion" fusion "$models/cardputer-chat-3M.sharedvocab12688.gguf" \

@@ -398,6 +398,22 @@ static void test_unified_pool(void **state) {
     sm_session_free(a);
     sm_session_free(b);
     sm_batch_free(batch);
+    /* A prompt that runs out of room partway (in chunks of 16) leaves
+     * nothing of itself: neither tokens nor cells of its earlier chunks. */
+    sm_batch *small = tu_open_batch(m, 2, 256, 16, true);
+    a = tu_batch_session(m, small, 256);
+    b = tu_batch_session(m, small, 256);
+    assert_int_equal(sm_session_generate(a, "Once upon a time", &gp, &r), SM_OK); /* 205 cells */
+    sm_result_free(&r);
+    char prompt[1024] = "";
+    for (int k = 0; k < 20; k++) strcat(prompt, "Once upon a time, ");
+    assert_int_equal(sm_session_feed_text(b, prompt, true), SM_ERR_DECODE);
+    assert_int_equal(sm_session_n_past(b), 0);
+    assert_int_equal(sm_session_kv_pos(b), 0);
+    assert_int_equal(sm_session_kv_pos(a), sm_session_n_past(a));
+    sm_session_free(a);
+    sm_session_free(b);
+    sm_batch_free(small);
     /* A pool may hold every sequence at the model's training length (as
      * llama-server's -kvu -c does), a stream no more than that length. */
     const uint32_t n_train = (uint32_t)sm_model_n_ctx_train(m);

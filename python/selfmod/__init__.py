@@ -534,8 +534,8 @@ def _stoppable(keep, stop: threading.Event):
 
 
 def _iterate(start_run) -> Iterator[dict]:
-    """Runs start_run(sink) in a thread; yields its events as they come.
-    Closing the iterator stops the generation."""
+    """Runs start_run(sink) on the decoding thread; yields its events as
+    they come. Closing the iterator stops the generation."""
     events: "queue.Queue" = queue.Queue(maxsize=64)
     stop = threading.Event()
     DONE = object()
@@ -777,11 +777,14 @@ class Model:
         n_seq = min(parallel, len(prompts))
         _decoder.retire()  # the batch's thread decodes now: one OpenMP team at a time
         err = ctypes.create_string_buffer(1024)
-        branches = merged.get("lookahead") or 0  # its branches share the session's cells in one pool
-        if isinstance(branches, bool) or not isinstance(branches, int):
-            raise SelfmodError(f"lookahead takes an int, not {branches!r}")
-        batch = _cli.smcli_batch_new(self._models, n_seq, branches, int(merged.get("ctx_size") or 0),
-                                     int(merged.get("threads") or 0), err, len(err))
+        # the batch's own settings (the runs check them again as flags)
+        sizes = {name: merged.get(name) or 0 for name in ("lookahead", "ctx_size", "threads")}
+        for name, value in sizes.items():
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**31:
+                raise SelfmodError(f"{name} takes a non-negative int, not {value!r}")
+        # with lookahead, its branches share the session's cells in one pool
+        batch = _cli.smcli_batch_new(self._models, n_seq, sizes["lookahead"], sizes["ctx_size"], sizes["threads"], err,
+                                     len(err))
         if not batch:
             raise SelfmodError(_n.error_text(err))
         runners: list[int] = []
@@ -798,12 +801,8 @@ class Model:
                 if i is None:
                     return
                 events, keep = _collector()
-
-                def sink(event: dict, keep=keep) -> bool:
-                    keep(event)
-                    return not stop.is_set()
                 try:
-                    self._run(runner, prompts[i], None, dict(settings), sink)
+                    self._run(runner, prompts[i], None, dict(settings), _stoppable(keep, stop))
                 except BaseException as e:  # noqa: BLE001 - raised by the caller
                     failures.append(e)
                     return

@@ -238,6 +238,9 @@ def test_generate_many_runs_on_a_batch_and_checks_its_input(stories):
             stories.generate_many(MANY, parallel=bad)
     with pytest.raises(selfmod.SelfmodError, match="str"):
         stories.generate_many(["a", 3])
+    for name, bad in (("ctx_size", "big"), ("threads", -1), ("lookahead", 2.5)):
+        with pytest.raises(selfmod.SelfmodError, match=name):
+            stories.generate_many(MANY[:2], **{name: bad})
     with pytest.raises(selfmod.SelfmodError, match="--temperature|temperature"):
         stories.generate_many(MANY, temperature="hot")
     # fusion too: each model's sequences in the batch's context for it
