@@ -501,6 +501,32 @@ static bool keep_lookaheads(const sm_event *e, void *user_data) {
     return true;
 }
 
+/* The same lookaheads, branches and choices on a batch as alone, each
+ * branch scored from its own rows. The scores round as the batched logits
+ * do, and which rows share a decode with another session's depends on
+ * timing: measured up to 1.1e-3 apart (a loaded CI machine), logits up to
+ * 1.2e-2 (test_batched_sequences_equal_runs_alone). */
+static void same_lookaheads(const lookaheads *alone, const lookaheads *beside, const sm_result *alone_result,
+                            const sm_result *beside_result, const char *what) {
+    assert_int_equal(alone->n, beside->n);
+    double worst = 0;
+    for (int32_t i = 0; i < alone->n; i++) {
+        const sm_lookahead_info *x = &alone->info[i], *y = &beside->info[i];
+        assert_int_equal(x->n_branches, y->n_branches);
+        assert_int_equal(x->chosen, y->chosen);
+        assert_memory_equal(x->first, y->first, sizeof(sm_token) * (size_t)x->n_branches);
+        for (int32_t b = 0; b < x->n_branches; b++) {
+            double d = fabs((double)x->score[b] - (double)y->score[b]);
+            if (!(d <= worst)) worst = d;
+        }
+    }
+    fprintf(stderr, "%s on a batch: branch scores within %.2e of alone\n", what, worst);
+    assert_true(worst < 1e-2);
+    assert_int_equal(alone_result->n_tokens, beside_result->n_tokens);
+    assert_memory_equal(alone_result->tokens, beside_result->tokens,
+                        sizeof *alone_result->tokens * (size_t)alone_result->n_tokens);
+}
+
 /* Lookahead on a batch with one pool of cells (kv_unified): the branches
  * are sequences the session takes from the batch, decoded with the other
  * sessions' tokens; the text, the lookaheads and the cells equal the same
@@ -551,26 +577,7 @@ static void test_lookahead_on_a_unified_batch(void **state) {
     gp.user_data = &seen_alone;
     assert_int_equal(sm_session_generate(alone, PROMPTS[0], &gp, &r), SM_OK);
     assert_int_equal(r.n_lookaheads, beside.n_lookaheads);
-    assert_int_equal(seen_alone.n, seen_beside.n);
-    /* Each branch scored from its own rows. The scores (mean ln p over a
-     * branch) round as the batched logits do, and which rows share a
-     * decode with the other session's depends on timing: measured up to
-     * 1.1e-3 apart (a loaded CI machine), logits up to 1.2e-2 (above). */
-    double worst = 0;
-    for (int32_t i = 0; i < seen_alone.n; i++) {
-        const sm_lookahead_info *x = &seen_alone.info[i], *y = &seen_beside.info[i];
-        assert_int_equal(x->n_branches, y->n_branches);
-        assert_int_equal(x->chosen, y->chosen);
-        assert_memory_equal(x->first, y->first, sizeof(sm_token) * (size_t)x->n_branches);
-        for (int32_t b = 0; b < x->n_branches; b++) {
-            double d = fabs((double)x->score[b] - (double)y->score[b]);
-            if (d > worst) worst = d;
-        }
-    }
-    fprintf(stderr, "lookahead on a batch: branch scores within %.2e of alone\n", worst);
-    assert_true(worst < 1e-2);
-    assert_int_equal(r.n_tokens, beside.n_tokens);
-    assert_memory_equal(r.tokens, beside.tokens, sizeof *r.tokens * (size_t)r.n_tokens);
+    same_lookaheads(&seen_alone, &seen_beside, &r, &beside, "lookahead");
     sm_result_free(&r);
     sm_result_free(&beside);
     sm_result_free(&other.result);
@@ -933,19 +940,7 @@ static void test_coherence_lookahead_on_a_unified_batch(void **state) {
     gp.user_data = &own;
     assert_int_equal(sm_session_generate(alone, PROMPTS[0], &gp, &b), SM_OK);
     assert_true(own.n >= 5);
-    assert_int_equal(beside.n, own.n);
-    double worst = 0;
-    for (int32_t i = 0; i < own.n; i++) {
-        assert_int_equal(beside.info[i].chosen, own.info[i].chosen);
-        for (int32_t k = 0; k < own.info[i].n_branches; k++) {
-            double d = fabs((double)beside.info[i].score[k] - (double)own.info[i].score[k]);
-            if (!(d <= worst)) worst = d;
-        }
-    }
-    fprintf(stderr, "coherence lookahead on a batch: scores within %.2e of alone\n", worst);
-    assert_true(worst < 1e-2);
-    assert_int_equal(a.n_tokens, b.n_tokens);
-    assert_memory_equal(a.tokens, b.tokens, sizeof *a.tokens * (size_t)a.n_tokens);
+    same_lookaheads(&own, &beside, &b, &a, "coherence lookahead");
     sm_result_free(&a);
     sm_result_free(&b);
     sm_result_free(&other.result);
