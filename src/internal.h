@@ -189,6 +189,8 @@ void sm_pool_free(sm_pool *pool);
 typedef struct sm_sampler_work {
     float *logits;        /* penalised copy, n_vocab                       */
     float *masked;        /* for sm_sample_input.masked_out, n_vocab       */
+    float *by_id;         /* the draw in token order: logit by token (not
+                             masked: that is the caller's result)          */
     sm_token *counted;    /* the recent tokens, sorted, to count them      */
     int32_t cap_counted;
     sm_candidate *cand;   /* candidates after top-k                        */

@@ -111,16 +111,19 @@ int sm_sampler_work_init(sm_sampler_work *w, int32_t n_vocab) {
     *w = (sm_sampler_work){.n_vocab = n_vocab};
     w->logits = malloc(sizeof(float) * (size_t)n_vocab);
     w->masked = malloc(sizeof(float) * (size_t)n_vocab);
+    w->by_id = malloc(sizeof(float) * (size_t)n_vocab);
     w->cand = malloc(sizeof(sm_candidate) * (size_t)n_vocab);
     w->cand2 = malloc(sizeof(sm_candidate) * (size_t)n_vocab);
     w->dry_cur = malloc(sizeof(llama_token_data) * (size_t)n_vocab);
-    return w->logits && w->masked && w->cand && w->cand2 && w->dry_cur ? 0 : -1;
+    return w->logits && w->masked && w->by_id && w->cand && w->cand2 && w->dry_cur ? 0 : -1;
 }
 
 void sm_sampler_work_free(sm_sampler_work *w) {
     free(w->logits);
     free(w->masked);
     w->masked = NULL;
+    free(w->by_id);
+    w->by_id = NULL;
     free(w->cand);
     free(w->cand2);
     free(w->dry_cur);
@@ -460,7 +463,7 @@ static int32_t dist_draw(sm_candidate *c, int32_t n, float t, bool order_by_id, 
             memcpy(w->cand2, c, sizeof *c * (size_t)n);
             qsort(w->cand2, (size_t)n, sizeof *w->cand2, by_token_asc);
         } else {
-            float *at = w->masked;
+            float *at = w->by_id;
             for (int32_t v = 0; v < w->n_vocab; v++) at[v] = NAN;
             for (int32_t i = 0; i < n; i++) at[c[i].token] = c[i].logit;
             int32_t k = 0;

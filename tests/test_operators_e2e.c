@@ -282,6 +282,28 @@ static void test_backtracking_llm_preset_shows_every_nth_top_50_and_counts_as_it
     assert_non_null(strstr(err.message, "backtracking-llm"));
 }
 
+/* Under a grammar, confidence is read from the distribution the grammar
+ * allows. Sampling with min-p over the whole vocabulary draws in token
+ * order, and its scratch once shared that buffer: with enough candidates
+ * (here: high temperature, tiny min-p, 512 tokens) every confidence came
+ * out of logits and NaNs. */
+static void test_grammar_confidence_survives_sampling_in_token_order(void **state)
+{
+    fixture *f = *state;
+    sm_gen_params gp = tu_greedy_params(40);
+    gp.sampling.temperature = 1.5f;
+    gp.sampling.top_k = 0;
+    gp.sampling.top_p = 1.0f;
+    gp.sampling.min_p = 0.0001f;
+    gp.sampling.seed = 3;
+    gp.grammar = "root ::= [a-z ]+";
+    sm_result r;
+    generate(f, &gp, &r);
+    assert_true(r.n_tokens > 0);
+    if (!(r.avg_confidence > 0.0f && r.avg_confidence <= 1.0f)) fail_msg("mean confidence %g", (double)r.avg_confidence);
+    sm_result_free(&r);
+}
+
 /* A grammar holds under backtracking: its state follows the kept tokens
  * (replayed after every rewind), so a sequence it dictates word by word
  * comes out whole even when tokens in its middle are removed; JSON output
@@ -394,6 +416,7 @@ int main(void)
         cmocka_unit_test(test_always_firing_operator_is_capped_per_position),
         cmocka_unit_test(test_backtracking_llm_preset_shows_every_nth_top_50_and_counts_as_it_did),
         cmocka_unit_test(test_grammar_holds_under_backtracks),
+        cmocka_unit_test(test_grammar_confidence_survives_sampling_in_token_order),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
