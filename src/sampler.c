@@ -306,46 +306,38 @@ static int by_prob_desc(const void *a, const void *b) {
     return (x < y) - (x > y);
 }
 
+/* Ascending shifted score, equals in c's order (token holds the index). */
+static int by_score_then_index(const void *a, const void *b) {
+    const sm_candidate *x = a, *y = b;
+    if (x->logit != y->logit) return (x->logit > y->logit) - (x->logit < y->logit);
+    return (x->token > y->token) - (x->token < y->token);
+}
+
 /* Locally typical sampling: the tokens whose surprise is closest to the
- * entropy, until their probability reaches p (then sorted by p again). */
+ * entropy, until their probability reaches p (then sorted by p again).
+ * O(n log n): with top-k 0 it sees the whole vocabulary. */
 static void apply_typical(sm_candidate *c, int32_t *n, float p, sm_candidate *scratch) {
+    if (*n < 2) return;
     double entropy = 0.0;
     for (int32_t i = 0; i < *n; i++)
         if (c[i].prob > 0) entropy -= c[i].prob * log(c[i].prob);
-    for (int32_t i = 0; i < *n; i++) {
-        scratch[i] = c[i];
-        scratch[i].logit = (float)fabs(-log(c[i].prob) - entropy); /* the shifted score, for sorting */
-    }
-    /* ascending shifted score; a stable order among equals */
-    for (int32_t i = 1; i < *n; i++) {
-        sm_candidate x = scratch[i];
-        int32_t j = i;
-        while (j > 0 && scratch[j - 1].logit > x.logit) {
-            scratch[j] = scratch[j - 1];
-            j--;
-        }
-        scratch[j] = x;
-    }
+    for (int32_t i = 0; i < *n; i++) /* the shifted score, for sorting; token: where it is in c */
+        scratch[i] = (sm_candidate){.token = i, .logit = (float)fabs(-log(c[i].prob) - entropy), .prob = c[i].prob};
+    qsort(scratch, (size_t)*n, sizeof *scratch, by_score_then_index);
     double cum = 0.0;
-    int32_t last = *n;
-    for (int32_t i = 0; i < *n; i++) {
+    size_t last = (size_t)*n;
+    for (size_t i = 0; i < last; i++) {
         cum += scratch[i].prob;
-        if (cum > p && i >= 0) { /* min_keep 1 */
+        if (cum > p) { /* min_keep 1 */
             last = i + 1;
             break;
         }
     }
-    /* the kept tokens with their logits back, by probability */
-    int32_t kept = 0;
-    for (int32_t i = 0; i < last; i++)
-        for (int32_t k = 0; k < *n; k++)
-            if (c[k].token == scratch[i].token) {
-                scratch[kept++] = c[k];
-                break;
-            }
-    memcpy(c, scratch, sizeof *c * (size_t)kept);
-    qsort(c, (size_t)kept, sizeof *c, by_prob_desc);
-    *n = kept;
+    /* the kept tokens as they were in c, by probability */
+    for (size_t i = 0; i < last; i++) scratch[i] = c[scratch[i].token];
+    memcpy(c, scratch, sizeof *c * last);
+    qsort(c, last, sizeof *c, by_prob_desc);
+    *n = (int32_t)last;
 }
 
 /* XTC: with its probability, the tokens above the threshold are removed,

@@ -270,6 +270,9 @@ static void test_llama_cpp_samplers_match(void **unused) {
         in.typical_p = 0.6f;
         assert_draws_match(&in, chain_of(3, llama_sampler_init_top_k(40), llama_sampler_init_typical(0.6f, 1),
                                          llama_sampler_init_temp(1.0f)), "typical");
+        in.top_k = 0; /* over the whole vocabulary (it sorted in O(n^2) once) */
+        assert_draws_match(&in, chain_of(2, llama_sampler_init_typical(0.6f, 1), llama_sampler_init_temp(1.0f)),
+                           "typical, top-k 0");
 
         in = input(logits, N);
         in.top_k = 40;
