@@ -252,6 +252,39 @@ static struct llama_sampler *chain_of(int n, ...) {
     return chain;
 }
 
+/* The k largest values, whatever k: the largest first, equal values by
+ * lower id, -inf last; the same for every k whether a small sorted array or
+ * a heap selects them (the whole list sorted is the reference). */
+static int by_value_then_id(const void *a, const void *b) {
+    const sm_candidate *x = a, *y = b;
+    if (x->logit != y->logit) return x->logit < y->logit ? 1 : -1;
+    return (x->token > y->token) - (x->token < y->token);
+}
+
+static void test_select_largest_any_k(void **unused) {
+    (void)unused;
+    enum { N = 3000 };
+    static float values[N];
+    static sm_candidate all[N], got[N];
+    srand(5);
+    for (int shape = 0; shape < 3; shape++) {
+        for (int32_t t = 0; t < N; t++)
+            values[t] = shape == 0   ? (float)(rand() % 50) /* many ties */
+                        : shape == 1 ? (float)t            /* ascending: the insertion pass's worst case */
+                                     : (t % 7 == 0 ? -INFINITY : (float)rand() / RAND_MAX);
+        for (int32_t t = 0; t < N; t++) all[t] = (sm_candidate){.token = t, .logit = values[t]};
+        qsort(all, N, sizeof *all, by_value_then_id);
+        const int32_t ks[] = {1, 10, 64, 65, 500, N - 1, N, N + 5};
+        for (size_t i = 0; i < sizeof ks / sizeof ks[0]; i++) {
+            int32_t n = sm_select_largest(values, N, ks[i], got);
+            assert_int_equal(n, ks[i] < N ? ks[i] : N);
+            for (int32_t j = 0; j < n; j++)
+                if (got[j].token != all[j].token || got[j].logit != all[j].logit)
+                    fail_msg("shape %d, k %d: rank %d is token %d, %d expected", shape, ks[i], j, got[j].token, all[j].token);
+        }
+    }
+}
+
 static void test_llama_cpp_samplers_match(void **unused) {
     (void)unused;
     enum { N = 512 };
@@ -458,7 +491,7 @@ int main(void) {
         cmocka_unit_test(test_greedy_bans_and_penalty), cmocka_unit_test(test_top_k_top_p_min_p),
         cmocka_unit_test(test_temperature_changes_the_draw), cmocka_unit_test(test_seed_determinism),
         cmocka_unit_test(test_signals), cmocka_unit_test(test_min_p_fast_path_matches_reference),
-        cmocka_unit_test(test_llama_cpp_samplers_match),
+        cmocka_unit_test(test_llama_cpp_samplers_match), cmocka_unit_test(test_select_largest_any_k),
         cmocka_unit_test(test_mt19937), cmocka_unit_test(test_same_tokens_as_llama_cpp),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
