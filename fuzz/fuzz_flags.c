@@ -40,6 +40,7 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size) {
     case 0: {
         cli_options opt;
         cli_parse_args(argc, argv, &opt, sink);
+        cli_options_free(&opt);
         break;
     }
     case 1: {

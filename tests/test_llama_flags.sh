@@ -25,6 +25,34 @@ grep -q "^llama_selfmod: error: -ctk is a llama.cpp flag" err.txt || fail "-ctk:
 "$SM_BIN" serve -m "$STORIES" -fa on > /dev/null 2> err.txt && fail "serve -fa accepted"
 grep -q "serve: error: -fa is a llama.cpp flag" err.txt || fail "serve -fa: $(cat err.txt)"
 
+# -f/--file: the prompt from a file, one final newline dropped (llama-cli's
+# -f); -sysf/--system-prompt-file: the chat's system prompt from a file
+printf 'Once upon a time\n' > prompt.txt
+"$SM_BIN" -m "$STORIES" -f prompt.txt -n 12 -c 256 -s 3 -t 0.8 --no-memory > from_file.txt 2> err.txt \
+  || fail "-f: $(cat err.txt)"
+cmp -s long.txt from_file.txt || fail "-f differs from -p: '$(cat from_file.txt)' vs '$(cat long.txt)'"
+for args in "-f prompt.txt -p hi" "-p hi --file prompt.txt"; do
+  # shellcheck disable=SC2086
+  "$SM_BIN" -m "$STORIES" $args > /dev/null 2> err.txt; code=$?
+  [ "$code" = 2 ] && grep -q "both give the prompt" err.txt || fail "$args: exit $code, $(cat err.txt)"
+done
+"$SM_BIN" -m "$STORIES" -f no-such-file.txt > /dev/null 2> err.txt; code=$?
+[ "$code" = 2 ] && grep -q "^llama_selfmod: error: -f/--file: cannot read 'no-such-file.txt'" err.txt \
+  || fail "-f of a missing file: exit $code, $(cat err.txt)"
+: > empty.txt
+"$SM_BIN" -m "$STORIES" -f empty.txt > /dev/null 2> err.txt; code=$?
+[ "$code" = 2 ] && grep -q "is empty" err.txt || fail "-f of an empty file: exit $code, $(cat err.txt)"
+CHAT="$SM_MODELS/cardputer-chat-3M.gguf"
+printf 'You are terse.\n' > system.txt
+chat_start() { # FLAGS -> the prompt's length and the tokens the reply starts with
+  printf 'hello\n' | "$SM_BIN" -m "$CHAT" -n 4 -s 1 --no-memory --json-stream "$@" 2> /dev/null \
+    | grep -o '"n_prompt_tokens":[0-9]*\|"token":[0-9]*' | tr '\n' ' '
+}
+with_flag=$(chat_start --system "You are terse.") from_file=$(chat_start -sysf system.txt)
+without=$(chat_start)
+[ -n "$with_flag" ] && [ "$with_flag" = "$from_file" ] || fail "-sysf: '$from_file' vs --system: '$with_flag'"
+[ "$with_flag" != "$without" ] || fail "the system prompt changed nothing"
+
 # serve: llama-server's -np, -t, -a, -nr, -kvu, -b, and its -c: the context
 # of all the slots, split among them (whole with -kvu), as llama-server does
 serve_props() { # FLAGS... -> "slots_idle n_ctx model_id"

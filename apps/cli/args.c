@@ -86,11 +86,13 @@ enum {
     OPT_KEEP,
     OPT_RPC,
     OPT_NO_REPACK,
+    OPT_SYSTEM_FILE,
 };
 
 static const struct option long_options[] = {
     {"model", required_argument, NULL, 'm'},
     {"prompt", required_argument, NULL, 'p'},
+    {"file", required_argument, NULL, 'f'},
     {"ctx-size", required_argument, NULL, OPT_CTX_SIZE},
     {"temperature", required_argument, NULL, 't'},
     {"top-k", required_argument, NULL, OPT_TOP_K},
@@ -140,6 +142,7 @@ static const struct option long_options[] = {
     {"no-memory", no_argument, NULL, OPT_NO_MEMORY},
     {"chat-template", required_argument, NULL, OPT_CHAT_TEMPLATE},
     {"system", required_argument, NULL, OPT_SYSTEM},
+    {"system-prompt-file", required_argument, NULL, OPT_SYSTEM_FILE},
     {"user-label", required_argument, NULL, OPT_USER_LABEL},
     {"assistant-label", required_argument, NULL, OPT_ASSISTANT_LABEL},
     {"quiet", no_argument, NULL, OPT_QUIET},
@@ -181,7 +184,7 @@ int cli_flag_arity(const char *name) {
 
 /* Leading ':' makes getopt report a missing argument as ':' and stay
  * silent, so every message has this program's one format. */
-static const char short_options[] = ":m:p:t:n:hV";
+static const char short_options[] = ":m:p:f:t:n:hV";
 
 void cli_print_version(FILE *out) {
     fprintf(out, "llama_selfmod %s (llama.cpp 0.5.0)\n", SM_VERSION);
@@ -197,6 +200,8 @@ void cli_print_help(FILE *out) {
         "model and context:\n"
         "  -m, --model PATH              GGUF model file (default: " CLI_DEFAULT_MODEL ")\n"
         "  -p, --prompt TEXT             generate once from TEXT; without it: interactive chat\n"
+        "  -f, --file FILE               ... from FILE's text (one final newline dropped, as\n"
+        "                                llama-cli does)\n"
         "      --ctx-size N              context size in tokens; 0 = the model's (default: 2048)\n"
         "      --n-gpu-layers N          layers to offload to a GPU or the RPC servers; -1 = all\n"
         "                                (default: 0; with --rpc: all)\n"
@@ -280,6 +285,7 @@ void cli_print_help(FILE *out) {
         "      --jinja, --no-jinja       render the model's template with llama.cpp's Jinja engine,\n"
         "                                as llama-server does (default), or by its heuristics\n"
         "      --system PROMPT           system prompt (default: none)\n"
+        "      --system-prompt-file FILE ... from FILE (-sysf)\n"
         "      --user-label STR          plain form's user label (default: \"User:\")\n"
         "      --assistant-label STR     plain form's assistant label (default: \"Assistant:\")\n"
         "\n"
@@ -395,6 +401,36 @@ static bool apply_preset(const char *arg, cli_options *opt, FILE *err) {
 }
 
 /* Applies one flag. Returns false after printing an error. */
+static bool refuse_two_prompts(FILE *err) {
+    fprintf(err, "llama_selfmod: error: -p/--prompt and -f/--file both give the prompt: give one\n");
+    return false;
+}
+
+/* The text of a flag's file into *owned (replacing what an earlier one
+ * read), one final newline dropped as llama.cpp does; *text points at it. */
+static bool read_text_flag(FILE *err, const char *flag, const char *path, char **owned, const char **text) {
+    char *read = flag_read_file(path, 1u << 20);
+    if (!read) {
+        fprintf(err, "llama_selfmod: error: %s: cannot read '%s': %s\n", flag, path,
+                errno == EFBIG ? "larger than 1 MB" : strerror(errno));
+        return false;
+    }
+    size_t len = strlen(read);
+    if (len > 0 && read[len - 1] == '\n') read[len - 1] = '\0';
+    free(*owned);
+    *owned = read;
+    *text = read;
+    return true;
+}
+
+void cli_options_free(cli_options *opt) {
+    if (!opt) return;
+    for (size_t i = 0; i < sizeof opt->file_texts / sizeof *opt->file_texts; i++) {
+        free(opt->file_texts[i]);
+        opt->file_texts[i] = NULL;
+    }
+}
+
 static bool apply_option(int c, const char *arg, cli_options *opt, FILE *err) {
     sm_sampling_params *s = &opt->gen.sampling;
     sm_policy_params *p = &opt->gen.policy;
@@ -406,7 +442,14 @@ static bool apply_option(int c, const char *arg, cli_options *opt, FILE *err) {
         opt->model_path = arg;
         opt->model_given = true;
         return true;
-    case 'p': opt->prompt = arg; return true;
+    case 'p':
+        if (opt->prompt_file) return refuse_two_prompts(err);
+        opt->prompt = arg;
+        return true;
+    case 'f':
+        if (opt->prompt && !opt->prompt_file) return refuse_two_prompts(err);
+        opt->prompt_file = arg;
+        return read_text_flag(err, "-f/--file", arg, &opt->file_texts[0], &opt->prompt);
     case OPT_CTX_SIZE:
         if (!parse_int_in(err, "--ctx-size", arg, 0, INT32_MAX, "an integer >= 0 (0 = the model's)", &n))
             return false;
@@ -548,6 +591,8 @@ static bool apply_option(int c, const char *arg, cli_options *opt, FILE *err) {
     case OPT_NO_MEMORY: opt->memory_file = NULL; return true;
     case OPT_CHAT_TEMPLATE: opt->chat.template_name = arg; return true;
     case OPT_SYSTEM: opt->chat.system_prompt = arg; return true;
+    case OPT_SYSTEM_FILE:
+        return read_text_flag(err, "--system-prompt-file", arg, &opt->file_texts[1], &opt->chat.system_prompt);
     case OPT_USER_LABEL: opt->chat.fallback_user = arg; return true;
     case OPT_ASSISTANT_LABEL: opt->chat.fallback_assistant = arg; return true;
     case OPT_QUIET: opt->quiet = true; return true;
@@ -700,6 +745,10 @@ static bool check_combination(cli_options *opt, FILE *err) {
                      "mode already uses \"User:\"/\"Assistant:\" where the model has no chat template)\n");
         return false;
     }
+    if (opt->prompt && !*opt->prompt && opt->prompt_file) {
+        fprintf(err, "llama_selfmod: error: -f/--file '%s' is empty: the prompt needs some text\n", opt->prompt_file);
+        return false;
+    }
     if (opt->prompt && !*opt->prompt) {
         fprintf(err, "llama_selfmod: error: empty prompt (--prompt \"\"): give some text, or leave "
                      "out --prompt for interactive mode\n");
@@ -725,7 +774,7 @@ static bool check_combination(cli_options *opt, FILE *err) {
  * the original llama_selfmod's, is the temperature) */
 static const flag_alias LLAMA_ALIASES[] = {
     {"-ngl", "--n-gpu-layers"}, {"-nr", "--no-repack"}, {"-c", "--ctx-size"}, {"-s", "--seed"},
-    {"-sys", "--system"}, {NULL, NULL}};
+    {"-sys", "--system"}, {"-sysf", "--system-prompt-file"}, {NULL, NULL}};
 
 cli_parse_outcome cli_parse_args(int argc, char **argv, cli_options *opt, FILE *err) {
     set_defaults(opt);

@@ -16,6 +16,9 @@
 typedef struct cli_options {
     const char *model_path;
     const char *prompt;          /* NULL: interactive mode                 */
+    const char *prompt_file;     /* -f: where the prompt came from          */
+    char *file_texts[2];         /* -f's and --system-prompt-file's texts,
+                                    owned (cli_options_free)               */
     const char *memory_file;     /* NULL: no memory file                   */
     bool seed_given;
     bool model_given;            /* -m was on the command line             */
@@ -69,8 +72,11 @@ typedef enum cli_parse_outcome {
 #define CLI_EXIT_USAGE 2
 
 /* Parses argv into *opt. Errors are printed to `err` as one line. The
- * options point into argv, which must outlive them. */
+ * options point into argv, which must outlive them, and into the texts of
+ * the files read (-f, --system-prompt-file): cli_options_free frees those,
+ * whatever the outcome. */
 cli_parse_outcome cli_parse_args(int argc, char **argv, cli_options *opt, FILE *err);
+void cli_options_free(cli_options *opt);
 
 void cli_print_help(FILE *out);
 /* Whether --name is a flag: -1 no, 0 it takes no value, 1 it takes one,

@@ -79,14 +79,11 @@ static int run(int argc, char **argv) {
     int sub = run_subcommand(argc, argv, &handled);
     if (handled) return sub;
     cli_options opt;
-    switch (cli_parse_args(argc, argv, &opt, stderr)) {
-    case CLI_PARSE_EXIT_OK: return EXIT_SUCCESS;
-    case CLI_PARSE_ERROR: return CLI_EXIT_USAGE;
-    case CLI_PARSE_RUN: break;
-    }
-    if (wants_operator_help(&opt)) {
-        fputs(sm_operator_help(), stdout);
-        return EXIT_SUCCESS;
+    cli_parse_outcome parsed = cli_parse_args(argc, argv, &opt, stderr);
+    if (parsed != CLI_PARSE_RUN || wants_operator_help(&opt)) {
+        if (parsed == CLI_PARSE_RUN) fputs(sm_operator_help(), stdout);
+        cli_options_free(&opt);
+        return parsed == CLI_PARSE_ERROR ? CLI_EXIT_USAGE : EXIT_SUCCESS;
     }
 
     cli_app app;
@@ -100,5 +97,6 @@ static int run(int argc, char **argv) {
     int code = run_app(&app);
     cli_app_free_run(&app);
     cli_app_free_models(&app);
+    cli_options_free(&opt);
     return code;
 }

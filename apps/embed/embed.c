@@ -174,6 +174,7 @@ smcli_models *smcli_models_load(int argc, const char *const *argv, char *err, si
         if (m->app.n_models == 0 && err && !*err) set_err(err, err_size, "the models did not load");
         cli_app_free_models(&m->app);
         flags_free(&all);
+        cli_options_free(m->opt);
         free(m->opt);
         free(m);
         return NULL;
@@ -192,6 +193,7 @@ void smcli_models_free(smcli_models *m) {
     cli_app_free_models(&m->app);
     flags_free(&m->flags);
     flags_free(&m->loaded_with);
+    cli_options_free(m->opt);
     free(m->opt);
     free(m);
 }
@@ -278,6 +280,7 @@ void smcli_chat_reset(smcli_runner *r) {
     sm_chat_free(r->chat);
     r->chat = NULL;
     flags_free(&r->chat_flags);
+    cli_options_free(r->chat_opt);
     free(r->chat_opt);
     r->chat_opt = NULL;
 }
@@ -467,6 +470,7 @@ int smcli_run(smcli_runner *r, int argc, const char *const *argv, const char *me
         set_err(err, err_size, "out of memory");
         if (out) fclose(out);
         flags_free(&f);
+        cli_options_free(opt);
         free(opt);
         return SMCLI_FAILED;
     }
@@ -492,6 +496,7 @@ int smcli_run(smcli_runner *r, int argc, const char *const *argv, const char *me
         r->chat_opt = opt;
     } else {
         flags_free(&f);
+        cli_options_free(opt);
         free(opt);
     }
     free(sink.buf);
