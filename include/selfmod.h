@@ -1229,6 +1229,10 @@ typedef struct sm_chat_params {
      * does not fit fails with SM_ERR_PROMPT_TOO_LONG (as OpenAI's and
      * llama-server's APIs refuse it). Default false: they are dropped. */
     bool keep_all_turns;
+    /* llama-server's chat_template_kwargs: a JSON object whose members are
+     * variables of the Jinja template ({"enable_thinking": false} for a
+     * model that thinks); NULL: none. Needs the Jinja engine. */
+    const char *template_kwargs;
 } sm_chat_params;
 
 sm_chat_params sm_chat_default_params(void);
@@ -1238,6 +1242,10 @@ bool sm_chat_template_known(const char *name);
 /* The chat drives `session` (not owned): the KV cache is kept between
  * turns and only new tokens are decoded. */
 sm_chat *sm_chat_new(sm_session *session, const sm_chat_params *params, sm_error *err);
+/* Replaces the template's kwargs (sm_chat_params.template_kwargs) for the
+ * turns that follow; the conversation renders anew, the cached prefix is
+ * kept as far as the text agrees. */
+sm_status sm_chat_set_template_kwargs(sm_chat *chat, const char *kwargs_json);
 /* How many tokens the prompt of a conversation takes (rendered as a chat
  * with these params would render it, the assistant's turn opened; the
  * last message must be the user's), without a session: a server can

@@ -64,6 +64,7 @@ struct sm_chat {
     char *fallback_assistant;
     char *fallback_end_of_turn; /* after an assistant message            */
     char *system_prompt;        /* NULL when there is none               */
+    char *template_kwargs;      /* JSON object for the template, or NULL  */
     sm_chat_message *messages;  /* user/assistant turns, strings owned   */
     int32_t n_messages;
     /* The tokens this chat left in the context and the text they spell,
@@ -360,7 +361,7 @@ static bool render_fallback(const sm_chat *chat, const struct llama_chat_message
 static sm_status render_messages(sm_chat *chat, const struct llama_chat_message *msgs, size_t n, text_buf *out) {
     if (chat->jinja) {
         char why[CHAT_ERROR_SIZE - 64];
-        char *text = smj_render(chat->jinja, msgs, n, true, why, sizeof why);
+        char *text = smj_render(chat->jinja, msgs, n, true, chat->template_kwargs, why, sizeof why);
         /* A template that raises (roles that do not alternate, a system
          * message where it takes none) refuses this conversation. */
         if (!text) return fail(chat, SM_ERR_INVALID_ARGUMENT, "the model's template refused the conversation: %s", why);
@@ -585,7 +586,7 @@ static smj_template *working_jinja(const sm_chat *chat, const char *source, char
     smj_template *t = smj_template_new(sm_model_llama(chat->model), source, why, why_size);
     if (!t) return NULL;
     for (size_t skip = 0; skip < 2; skip++) {
-        char *text = smj_render(t, PROBE_CHAT + skip, PROBE_CHAT_LEN - skip, true, why, why_size);
+        char *text = smj_render(t, PROBE_CHAT + skip, PROBE_CHAT_LEN - skip, true, NULL, why, why_size);
         free(text);
         if (text) return t;
     }
@@ -649,7 +650,31 @@ sm_chat_params sm_chat_default_params(void) {
         .template_source = NULL,
         .jinja = true,
         .keep_all_turns = false,
+        .template_kwargs = NULL,
     };
+}
+
+/* template_kwargs need the Jinja engine and must be a JSON object. */
+static sm_status check_kwargs(bool jinja, const char *kwargs, char *why, size_t why_size) {
+    if (!kwargs) return SM_OK;
+    if (!jinja) {
+        snprintf(why, why_size, "chat_template_kwargs are variables of a Jinja chat template: this chat renders "
+                                "without one (--no-jinja, a named template, or the plain form)");
+        return SM_ERR_INVALID_ARGUMENT;
+    }
+    return smj_kwargs_check(kwargs, why, why_size) ? SM_OK : SM_ERR_INVALID_ARGUMENT;
+}
+
+sm_status sm_chat_set_template_kwargs(sm_chat *chat, const char *kwargs_json) {
+    if (!chat) return SM_ERR_INVALID_ARGUMENT;
+    char why[CHAT_ERROR_SIZE - 64] = "";
+    sm_status st = check_kwargs(chat->jinja != NULL, kwargs_json, why, sizeof why);
+    if (st != SM_OK) return fail(chat, st, "%s", why);
+    char *copy = kwargs_json ? copy_string(kwargs_json) : NULL;
+    if (kwargs_json && !copy) return fail(chat, SM_ERR_NO_MEMORY, "out of memory");
+    free(chat->template_kwargs);
+    chat->template_kwargs = copy;
+    return SM_OK;
 }
 
 static void report(sm_error *err, sm_status status, const char *message) {
@@ -693,6 +718,7 @@ static sm_chat *chat_open(const sm_model *model, sm_session *session, const sm_c
         chat->fallback_end_of_turn = fallback_end_of_turn(chat);
         if (!collect_special_texts(chat)) status = fail(chat, SM_ERR_NO_MEMORY, "out of memory creating the chat");
         chat->system_prompt = copy_string(params->system_prompt);
+        if (status == SM_OK) status = sm_chat_set_template_kwargs(chat, params->template_kwargs);
         bool copied = chat->fallback_user && chat->fallback_assistant &&
                       chat->fallback_end_of_turn &&
                       (!params->system_prompt || chat->system_prompt);
@@ -779,6 +805,7 @@ void sm_chat_free(sm_chat *chat) {
     free(chat->fallback_assistant);
     free(chat->fallback_end_of_turn);
     free(chat->system_prompt);
+    free(chat->template_kwargs);
     for (int32_t i = 0; i < chat->n_special_texts; i++) free(chat->special_texts[i]);
     free(chat->special_texts);
     free_messages(chat->messages, chat->n_messages);
@@ -1218,8 +1245,8 @@ sm_tool_prompt *sm_tool_prompt_new(const sm_model *model, const sm_chat_params *
     const char *source = params->template_source ? params->template_source : params->template_name;
     if (p) p->jinja = smj_template_new(sm_model_llama(model), source, why, sizeof why);
     if (p && p->jinja)
-        p->prompt = smj_tool_prompt_new(p->jinja, messages_json, tools_json, tool_choice, parallel_tool_calls, why,
-                                        sizeof why);
+        p->prompt = smj_tool_prompt_new(p->jinja, messages_json, tools_json, tool_choice, parallel_tool_calls,
+                                        params->template_kwargs, why, sizeof why);
     if (!p || !p->prompt) {
         report(err, p ? SM_ERR_INVALID_ARGUMENT : SM_ERR_NO_MEMORY, p ? why : "out of memory");
         sm_tool_prompt_free(p);

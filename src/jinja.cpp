@@ -58,12 +58,36 @@ extern "C" smj_template *smj_template_new(const struct llama_model *model, const
 
 extern "C" void smj_template_free(smj_template *t) { delete t; }
 
+// chat_template_kwargs as llama-server takes them: each value's JSON is the
+// template variable's, and enable_thinking (a boolean) is also what
+// common's own formats read.
+static void apply_kwargs(common_chat_templates_inputs &inputs, const char *kwargs_json) {
+    if (!kwargs_json) return;
+    auto kwargs = common_json::parse(kwargs_json);
+    if (!kwargs.is_object()) throw std::invalid_argument("must be a JSON object, such as {\"enable_thinking\": false}");
+    for (const auto &item : kwargs.items()) inputs.chat_template_kwargs[item.key()] = item.value().dump();
+    if (kwargs.contains("enable_thinking")) {
+        const common_json &thinking = kwargs.at("enable_thinking");
+        if (!thinking.is_boolean()) throw std::invalid_argument("enable_thinking must be true or false");
+        inputs.enable_thinking = thinking.get<bool>();
+    }
+}
+
+extern "C" bool smj_kwargs_check(const char *kwargs_json, char *err_out, size_t err_size) {
+    return guarded(err_out, err_size, "chat_template_kwargs", [&]() -> const char * {
+               common_chat_templates_inputs inputs;
+               apply_kwargs(inputs, kwargs_json);
+               return "";
+           }) != nullptr;
+}
+
 extern "C" char *smj_render(const smj_template *t, const struct llama_chat_message *msgs, size_t n_msgs,
-                            bool add_generation_prompt, char *err_out, size_t err_size) {
+                            bool add_generation_prompt, const char *kwargs_json, char *err_out, size_t err_size) {
     return guarded(err_out, err_size, "chat template", [&]() -> char * {
         common_chat_templates_inputs inputs;
         inputs.use_jinja = true;
         inputs.add_generation_prompt = add_generation_prompt;
+        apply_kwargs(inputs, kwargs_json);
         for (size_t i = 0; i < n_msgs; i++) {
             common_chat_msg m;
             m.role = msgs[i].role;
@@ -87,11 +111,13 @@ struct smj_tool_prompt {
 
 extern "C" smj_tool_prompt *smj_tool_prompt_new(const smj_template *t, const char *messages_json,
                                                 const char *tools_json, const char *tool_choice,
-                                                bool parallel_tool_calls, char *err_out, size_t err_size) {
+                                                bool parallel_tool_calls, const char *kwargs_json, char *err_out,
+                                                size_t err_size) {
     return guarded(err_out, err_size, "tools", [&]() -> smj_tool_prompt * {
         common_chat_templates_inputs inputs;
         inputs.use_jinja = true;
         inputs.add_generation_prompt = true;
+        apply_kwargs(inputs, kwargs_json);
         inputs.messages = common_chat_msgs_parse_oaicompat(common_json::parse(messages_json ? messages_json : "[]"));
         if (tools_json) inputs.tools = common_chat_tools_parse_oaicompat(common_json::parse(tools_json));
         inputs.tool_choice = common_chat_tool_choice_parse_oaicompat(tool_choice ? tool_choice : "auto");

@@ -28,10 +28,14 @@ typedef struct smj_template smj_template;
 smj_template *smj_template_new(const struct llama_model *model, const char *source, char *err_out, size_t err_size);
 void smj_template_free(smj_template *t);
 
+/* kwargs_json (NULL: none): llama-server's chat_template_kwargs, a JSON
+ * object whose members become template variables (enable_thinking, a
+ * boolean, also common's). Whether it is one. */
+bool smj_kwargs_check(const char *kwargs_json, char *err_out, size_t err_size);
 /* The conversation rendered (add_generation_prompt: the assistant's turn
  * opened after it); malloc'd. */
 char *smj_render(const smj_template *t, const struct llama_chat_message *msgs, size_t n_msgs,
-                 bool add_generation_prompt, char *err_out, size_t err_size);
+                 bool add_generation_prompt, const char *kwargs_json, char *err_out, size_t err_size);
 
 /* The template's Jinja text (not owned). */
 const char *smj_source(const smj_template *t);
@@ -42,8 +46,8 @@ const char *smj_source(const smj_template *t);
  * strings, and what parsing the answer needs. */
 typedef struct smj_tool_prompt smj_tool_prompt;
 smj_tool_prompt *smj_tool_prompt_new(const smj_template *t, const char *messages_json, const char *tools_json,
-                                     const char *tool_choice, bool parallel_tool_calls, char *err_out,
-                                     size_t err_size);
+                                     const char *tool_choice, bool parallel_tool_calls, const char *kwargs_json,
+                                     char *err_out, size_t err_size);
 void smj_tool_prompt_free(smj_tool_prompt *p);
 const char *smj_tool_prompt_text(const smj_tool_prompt *p);
 const char *smj_tool_prompt_grammar(const smj_tool_prompt *p); /* "" when none */

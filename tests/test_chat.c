@@ -344,6 +344,81 @@ static void test_jinja_templates(void **state) {
     assert_int_equal(err.status, SM_ERR_INVALID_ARGUMENT);
 }
 
+/* chat_template_kwargs (llama-server's): template variables, and
+ * enable_thinking also common's; refused where no Jinja template renders,
+ * and when not a JSON object. */
+static char *render_with(const sm_model *model, const char *kwargs, sm_error *err) {
+    sm_chat_params cp = sm_chat_default_params();
+    cp.template_source = "{{ greeting | default('') }}{% for m in messages %}{{ m.content }}{% endfor %}"
+                         "{% if enable_thinking is defined and not enable_thinking %}/no_think{% endif %}";
+    cp.template_kwargs = kwargs;
+    static const sm_chat_message hi[] = {{"user", "hi"}};
+    char *text = NULL;
+    return sm_chat_render(model, &cp, hi, 1, &text, err) == SM_OK ? text : NULL;
+}
+
+static void test_template_kwargs(void **state) {
+    fixture *f = *state;
+    sm_error err = {0};
+    static const struct { const char *kwargs, *want; } cases[] = {
+        {NULL, "hi"},
+        {"{}", "hi"},
+        {"{\"greeting\": \"hey \"}", "hey hi"},
+        {"{\"enable_thinking\": false, \"greeting\": \"yo \"}", "yo hi/no_think"},
+        {"{\"enable_thinking\": true}", "hi"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char *text = render_with(f->model, cases[i].kwargs, &err);
+        if (!text) fail_msg("%s: %s", cases[i].kwargs, err.message);
+        assert_string_equal(text, cases[i].want);
+        free(text);
+    }
+    static const struct { const char *kwargs, *says; } bad[] = {
+        {"[1]", "JSON object"}, {"{\"enable_thinking\": \"no\"}", "true or false"}, {"{nope", "chat_template_kwargs"}};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        assert_null(render_with(f->model, bad[i].kwargs, &err));
+        assert_int_equal(err.status, SM_ERR_INVALID_ARGUMENT);
+        if (!strstr(err.message, bad[i].says)) fail_msg("%s: '%s'", bad[i].kwargs, err.message);
+    }
+    /* without the Jinja engine there is nothing to give them to */
+    sm_chat_params cp = sm_chat_default_params();
+    cp.jinja = false;
+    cp.template_kwargs = "{}";
+    assert_null(sm_chat_new(f->session, &cp, &err));
+    assert_non_null(strstr(err.message, "Jinja"));
+
+    /* a chat's turns render with the kwargs set for them */
+    cp = sm_chat_default_params();
+    cp.template_source = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
+                         "{% if add_generation_prompt %}<assistant>{{ prefix | default('') }}{% endif %}";
+    sm_chat *chat = sm_chat_new(f->session, &cp, &err);
+    assert_non_null(chat);
+    sm_gen_params gp = sm_gen_default_params();
+    gp.n_predict = 2;
+    gp.policy.enabled = false;
+    gp.sampling.temperature = 0.0f;
+    sm_result r;
+    assert_int_equal(sm_chat_turn(chat, "Once", &gp, &r), SM_OK);
+    sm_result_free(&r);
+    assert_int_equal(sm_chat_set_template_kwargs(chat, "{\"prefix\": \"Lily\"}"), SM_OK);
+    assert_int_equal(sm_chat_turn(chat, "Then", &gp, &r), SM_OK);
+    sm_result_free(&r);
+    assert_int_equal(sm_chat_set_template_kwargs(chat, "{\"prefix\": \"Max\"}"), SM_OK);
+    assert_int_equal(sm_chat_turn(chat, "Next", &gp, &r), SM_OK);
+    sm_result_free(&r);
+    int32_t n;
+    const sm_token *tokens = sm_session_tokens(f->session, &n);
+    char *context = sm_detokenize(f->model, tokens, n, NULL, &err);
+    assert_non_null(context);
+    if (!strstr(context, "<user>Next<assistant>Max") || !strstr(context, "<user>Once<assistant>"))
+        fail_msg("the context: '%s'", context);
+    free(context);
+    assert_true(sm_chat_last_turn_info(chat).n_reused > 0); /* the first turn's prefix was kept */
+    assert_int_equal(sm_chat_set_template_kwargs(chat, "7"), SM_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(sm_chat_last_error(chat), "JSON object"));
+    sm_chat_free(chat);
+}
+
 static void test_unknown_template_rejected(void **state) {
     fixture *f = *state;
     sm_chat_params cp = sm_chat_default_params();
@@ -559,6 +634,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_message_text_never_becomes_special, setup_256, teardown),
         cmocka_unit_test_setup_teardown(test_message_that_fits_is_answered, setup_256, teardown),
         cmocka_unit_test_setup_teardown(test_jinja_templates, setup_256, teardown),
+        cmocka_unit_test_setup_teardown(test_template_kwargs, setup_256, teardown),
         cmocka_unit_test_setup_teardown(test_three_turns_decode_only_new_tokens, setup_256, teardown),
         cmocka_unit_test_setup_teardown(test_edited_history_reuses_common_prefix, setup_256, teardown),
         cmocka_unit_test_setup_teardown(test_context_overflow_drops_oldest_turns, setup_256, teardown),

@@ -52,6 +52,14 @@ with_flag=$(chat_start --system "You are terse.") from_file=$(chat_start -sysf s
 without=$(chat_start)
 [ -n "$with_flag" ] && [ "$with_flag" = "$from_file" ] || fail "-sysf: '$from_file' vs --system: '$with_flag'"
 [ "$with_flag" != "$without" ] || fail "the system prompt changed nothing"
+# --chat-template-kwargs: the template's variables (llama-cli's flag)
+printf '%s' '{{ mood | default("") }}{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}<assistant>' > mood.jinja
+plain=$(chat_start --chat-template-file mood.jinja)
+moody=$(chat_start --chat-template-file mood.jinja --chat-template-kwargs '{"mood": "very calm and happy"}')
+[ "${plain%% *}" != "${moody%% *}" ] || fail "--chat-template-kwargs changed nothing: '$moody'"
+printf 'hello\n' | "$SM_BIN" -m "$CHAT" --chat-template-kwargs '[1]' -n 2 --no-memory > /dev/null 2> err.txt \
+  && fail "--chat-template-kwargs [1] accepted"
+grep -q "chat_template_kwargs: must be a JSON object" err.txt || fail "--chat-template-kwargs [1]: $(cat err.txt)"
 
 # serve: llama-server's -np, -t, -a, -nr, -kvu, -b, and its -c: the context
 # of all the slots, split among them (whole with -kvu), as llama-server does

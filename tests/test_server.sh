@@ -56,9 +56,13 @@ printf '%s\n' "$API_KEY" > "$WORK/api-key"   # from a file: a key on the command
 start_server keyed -m "$SM_MODELS/stories260K.gguf" --parallel 1 --api-key-file "$WORK/api-key" --alias tiny-stories --quiet \
   --preset original
 # A Jinja chat template from a file (llama-server's --chat-template-file).
-printf '%s' '{% for m in messages %}<{{ m.role }}>{{ m.content }}</{{ m.role }}>{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}' \
+# It writes what chat_template_kwargs give it after the assistant's tag.
+printf '%s' '{% for m in messages %}<{{ m.role }}>{{ m.content }}</{{ m.role }}>{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}{{ mood | default("") }}{% if enable_thinking is defined and not enable_thinking %}/no_think{% endif %}' \
   > "$WORK/template.jinja"
 start_server templated -m "$SM_MODELS/cardputer-chat-3M.gguf" --parallel 1 --quiet --chat-template-file "$WORK/template.jinja"
+# ... and with serve's --chat-template-kwargs
+start_server kwargs -m "$SM_MODELS/stories260K.gguf" --parallel 1 --quiet --chat-template-file "$WORK/template.jinja" \
+  --chat-template-kwargs '{"mood": "calm", "enable_thinking": false}'
 export SM_TEMPLATE_FILE="$WORK/template.jinja"
 # Tool calls need a template that renders tools: Qwen2.5's, from llama.cpp's
 # pinned source in the cache (its files are never committed here).
@@ -82,7 +86,7 @@ start_server guarded -m "$SM_MODELS/stories260K.gguf" --parallel 1 --header-time
   --cors-origins http://allowed.example --quiet
 
 export SM_SERVER_URL="$URL_plain" SM_SERVER_KEY_URL="$URL_keyed" SM_SERVER_FUSED_URL="$URL_fused" SM_SERVER_ALIGNED_URL="$URL_aligned"
-export SM_SERVER_TEMPLATED_URL="$URL_templated" SM_SERVER_TOOLS_URL="$URL_tools"
+export SM_SERVER_TEMPLATED_URL="$URL_templated" SM_SERVER_TOOLS_URL="$URL_tools" SM_SERVER_KWARGS_URL="$URL_kwargs"
 export SM_SERVER_GUARDED_URL="$URL_guarded" SM_SERVER_SLOW_URL="$URL_slow"
 export SM_API_KEY="$API_KEY" SM_SCREENSHOT_DIR="$PWD"
 

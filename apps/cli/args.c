@@ -87,6 +87,7 @@ enum {
     OPT_RPC,
     OPT_NO_REPACK,
     OPT_SYSTEM_FILE,
+    OPT_CHAT_TEMPLATE_KWARGS,
 };
 
 static const struct option long_options[] = {
@@ -143,6 +144,7 @@ static const struct option long_options[] = {
     {"chat-template", required_argument, NULL, OPT_CHAT_TEMPLATE},
     {"system", required_argument, NULL, OPT_SYSTEM},
     {"system-prompt-file", required_argument, NULL, OPT_SYSTEM_FILE},
+    {"chat-template-kwargs", required_argument, NULL, OPT_CHAT_TEMPLATE_KWARGS},
     {"user-label", required_argument, NULL, OPT_USER_LABEL},
     {"assistant-label", required_argument, NULL, OPT_ASSISTANT_LABEL},
     {"quiet", no_argument, NULL, OPT_QUIET},
@@ -282,6 +284,7 @@ void cli_print_help(FILE *out) {
         "      --chat-template NAME      a llama.cpp template name (default: the model's own,\n"
         "                                else the plain User:/Assistant: form)\n"
         "      --chat-template-file F    a Jinja chat template from a file\n"
+        "      --chat-template-kwargs JSON  the template's variables, e.g. '{\"enable_thinking\": false}'\n"
         "      --jinja, --no-jinja       render the model's template with llama.cpp's Jinja engine,\n"
         "                                as llama-server does (default), or by its heuristics\n"
         "      --system PROMPT           system prompt (default: none)\n"
@@ -591,6 +594,7 @@ static bool apply_option(int c, const char *arg, cli_options *opt, FILE *err) {
     case OPT_NO_MEMORY: opt->memory_file = NULL; return true;
     case OPT_CHAT_TEMPLATE: opt->chat.template_name = arg; return true;
     case OPT_SYSTEM: opt->chat.system_prompt = arg; return true;
+    case OPT_CHAT_TEMPLATE_KWARGS: opt->chat.template_kwargs = arg; return true; /* the chat checks it */
     case OPT_SYSTEM_FILE:
         return read_text_flag(err, "--system-prompt-file", arg, &opt->file_texts[1], &opt->chat.system_prompt);
     case OPT_USER_LABEL: opt->chat.fallback_user = arg; return true;

@@ -291,7 +291,8 @@ static void merge_choice(cJSON *into, cJSON *from, int i, bool new_prompt) {
 /* What serve's flags make every request start from. */
 static request_defaults defaults_of(const server *srv) {
     return (request_defaults){.base = &srv->opt.base, .selfmod = srv->opt.selfmod_default,
-                              .presets = srv->opt.presets, .n_presets = srv->opt.n_presets};
+                              .presets = srv->opt.presets, .n_presets = srv->opt.n_presets,
+                              .template_kwargs = srv->opt.chat_template_kwargs};
 }
 
 /* Answer k of a request that may ask for several (prompt k / n of
@@ -429,8 +430,9 @@ static bool parse_chat_only(server *srv, const char *body, size_t len, gen_reque
 /* A conversation with tools as llama.cpp's tool format renders it (the
  * text a generation decodes, its markup special tokens). */
 static sm_status render_tool_prompt(server *srv, const gen_request *req, sm_model *model, char **text, sm_error *why) {
-    sm_tool_prompt *tp = sm_tool_prompt_new(model, &srv->slots.chat_params, req->messages_json, req->tools_json,
-                                            req->tool_choice, req->parallel_tool_calls, why);
+    sm_chat_params cp = slot_pool_chat_params(&srv->slots, req->template_kwargs);
+    sm_tool_prompt *tp = sm_tool_prompt_new(model, &cp, req->messages_json, req->tools_json, req->tool_choice,
+                                            req->parallel_tool_calls, why);
     *text = tp ? strdup(sm_tool_prompt_text(tp)) : NULL;
     sm_status st = tp ? (*text ? SM_OK : SM_ERR_NO_MEMORY) : why->status;
     sm_tool_prompt_free(tp);
@@ -452,7 +454,8 @@ reply api_apply_template(server *srv, int client_fd, const char *body, size_t le
     if (req.tool_mode) { /* a conversation with tools: llama.cpp's tool format */
         st = render_tool_prompt(srv, &req, model, &text, &why);
     } else {
-        st = sm_chat_render(model, &srv->slots.chat_params, req.messages, req.n_messages, &text, &why);
+        sm_chat_params cp = slot_pool_chat_params(&srv->slots, req.template_kwargs);
+        st = sm_chat_render(model, &cp, req.messages, req.n_messages, &text, &why);
     }
     if (st != SM_OK) {
         gen_request_free(&req);
@@ -498,7 +501,8 @@ reply api_input_tokens(server *srv, int client_fd, const char *body, size_t len)
         sm_tokens_free(&toks);
         free(text);
     } else {
-        st = sm_chat_prompt_tokens(model, &srv->slots.chat_params, req.messages, req.n_messages, &n_tokens, &why);
+        sm_chat_params cp = slot_pool_chat_params(&srv->slots, req.template_kwargs);
+        st = sm_chat_prompt_tokens(model, &cp, req.messages, req.n_messages, &n_tokens, &why);
     }
     sm_tokens prefill = {0};
     if (st == SM_OK && req.prefill)

@@ -122,7 +122,8 @@ static bool chat_fits(job *j, api_error *err) {
     sm_error e = {0};
     sm_model *models[SM_MAX_MODELS];
     model_set_target_models(&j->srv->models, r->target, models);
-    if (sm_chat_prompt_tokens(models[0], &j->srv->slots.chat_params, checked, n, &n_tokens, &e) != SM_OK)
+    sm_chat_params cp = slot_pool_chat_params(&j->srv->slots, r->template_kwargs);
+    if (sm_chat_prompt_tokens(models[0], &cp, checked, n, &n_tokens, &e) != SM_OK)
         return api_fail(err, e.status == SM_ERR_NO_MEMORY ? 500 : 400, "messages", "%s", e.message);
     int32_t n_ctx = (int32_t)j->srv->slots.session_params.n_ctx;
     if (n_tokens >= n_ctx) {
@@ -163,8 +164,9 @@ static bool prepare_tools(job *j, api_error *err) {
         if (!plain) return err->status ? false : api_fail(err, 500, NULL, "out of memory");
     }
     sm_error e = {0};
-    j->tools = sm_tool_prompt_new(models[0], &j->srv->slots.chat_params, r->messages_json, r->tools_json,
-                                  r->tool_choice, r->parallel_tool_calls, &e);
+    sm_chat_params cp = slot_pool_chat_params(&j->srv->slots, r->template_kwargs);
+    j->tools = sm_tool_prompt_new(models[0], &cp, r->messages_json, r->tools_json, r->tool_choice,
+                                  r->parallel_tool_calls, &e);
     if (!j->tools) return api_fail(err, e.status == SM_ERR_NO_MEMORY ? 500 : 400, "messages", "%s", e.message);
     const char *grammar = sm_tool_prompt_grammar(j->tools);
     bool lazy = sm_tool_prompt_n_triggers(j->tools) > 0;
@@ -360,7 +362,8 @@ static sm_status run_chat(job *j, sm_result *res, char *why, size_t why_size) {
     if (!chat) return SM_ERR_CONTEXT;
     int32_t n_before = sm_session_n_past(j->session);
     const sm_chat_message *last = &j->req.messages[j->req.n_messages - 1];
-    sm_status st = sm_chat_set_history(chat, j->req.messages, j->req.n_messages - 1);
+    sm_status st = sm_chat_set_template_kwargs(chat, j->req.template_kwargs);
+    if (st == SM_OK) st = sm_chat_set_history(chat, j->req.messages, j->req.n_messages - 1);
     double t0 = now_ms();
     if (st == SM_OK) st = sm_chat_turn_prefilled(chat, last->content, j->req.prefill, &j->req.params, res);
     if (st != SM_OK) {

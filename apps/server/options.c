@@ -27,6 +27,7 @@ enum {
     OPT_WEB_DIR,
     OPT_CHAT_TEMPLATE,
     OPT_CHAT_TEMPLATE_FILE,
+    OPT_CHAT_TEMPLATE_KWARGS,
     OPT_JINJA,
     OPT_NO_JINJA,
     OPT_FUSION_ALIGN,
@@ -83,6 +84,7 @@ static const struct option long_options[] = {
     {"web-dir", required_argument, NULL, OPT_WEB_DIR},
     {"chat-template", required_argument, NULL, OPT_CHAT_TEMPLATE},
     {"chat-template-file", required_argument, NULL, OPT_CHAT_TEMPLATE_FILE},
+    {"chat-template-kwargs", required_argument, NULL, OPT_CHAT_TEMPLATE_KWARGS},
     {"jinja", no_argument, NULL, OPT_JINJA},
     {"no-jinja", no_argument, NULL, OPT_NO_JINJA},
     {"fusion-align", no_argument, NULL, OPT_FUSION_ALIGN},
@@ -168,6 +170,9 @@ static void print_usage(FILE *out) {
           "      --web-dir DIR         the web page's folder (default: found beside the program)\n"
           "      --chat-template NAME  a llama.cpp template name (default: the model's own)\n"
           "      --chat-template-file F  a Jinja chat template from a file\n"
+          "      --chat-template-kwargs JSON  the template's variables for every chat request, e.g.\n"
+          "                            '{\"enable_thinking\": false}' (a request's chat_template_kwargs\n"
+          "                            override them, member by member)\n"
           "      --jinja, --no-jinja   the model's template by llama.cpp's Jinja engine (default),\n"
           "                            or by llama.cpp's built-in heuristics\n"
           "      --metrics             GET /metrics: llama-server's Prometheus counters\n"
@@ -427,6 +432,19 @@ static bool apply_option(server_options *opt, int c, const char *arg, FILE *err)
     case OPT_WEB_DIR: opt->web_dir = arg; return true;
     case OPT_CHAT_TEMPLATE: opt->chat_template = arg; return true;
     case OPT_CHAT_TEMPLATE_FILE: return read_template_file(opt, arg, err);
+    case OPT_CHAT_TEMPLATE_KWARGS: {
+        cJSON *kwargs = cJSON_Parse(arg);
+        const cJSON *thinking = cJSON_GetObjectItemCaseSensitive(kwargs, "enable_thinking");
+        bool ok = cJSON_IsObject(kwargs) && (!thinking || cJSON_IsBool(thinking));
+        cJSON_Delete(kwargs);
+        if (!ok) {
+            fprintf(err, "llama_selfmod serve: error: --chat-template-kwargs '%.80s': a JSON object of template "
+                         "variables, such as '{\"enable_thinking\": false}' (enable_thinking true or false)\n", arg);
+            return false;
+        }
+        opt->chat_template_kwargs = arg;
+        return true;
+    }
     case OPT_JINJA: opt->no_jinja = false; return true;
     case OPT_NO_JINJA: opt->no_jinja = true; return true;
     case OPT_FUSION_ALIGN: opt->fusion_align = true; return true;

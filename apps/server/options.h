@@ -48,6 +48,7 @@ typedef struct server_options {
     const char *web_dir;                   /* NULL: found at start-up          */
     const char *chat_template;             /* NULL: the model's own            */
     char *chat_template_text;              /* --chat-template-file's Jinja     */
+    const char *chat_template_kwargs;      /* --chat-template-kwargs (JSON)    */
     bool no_jinja;                         /* --no-jinja                       */
     bool verbose;                          /* --verbose: "__verbose" in replies */
     bool drop_old_turns;                   /* --drop-old-turns                 */

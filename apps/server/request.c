@@ -766,6 +766,45 @@ static bool parse_tool_choice(const cJSON *b, gen_request *r, api_error *err) {
     return get_bool_field(b, "parallel_tool_calls", "parallel_tool_calls", &r->parallel_tool_calls, err);
 }
 
+/* chat_template_kwargs as llama-server merges them: the request's members
+ * over serve's --chat-template-kwargs; reasoning_effort becomes the
+ * template's variable of that name ("none": enable_thinking false). */
+static bool parse_template_kwargs(const cJSON *b, const request_defaults *defaults, gen_request *r, api_error *err) {
+    const cJSON *given = json_field(b, "chat_template_kwargs"), *effort = json_field(b, "reasoning_effort");
+    if (given && !cJSON_IsNull(given) && !cJSON_IsObject(given))
+        return api_fail(err, 400, "chat_template_kwargs", "'chat_template_kwargs' must be an object of template "
+                                                          "variables, such as {\"enable_thinking\": false}");
+    if (effort && !cJSON_IsNull(effort) && (!cJSON_IsString(effort) || !*effort->valuestring))
+        return api_fail(err, 400, "reasoning_effort", "'reasoning_effort' must be a string such as \"low\" or \"none\"");
+    bool has_given = cJSON_IsObject(given), has_effort = cJSON_IsString(effort);
+    if (!has_given && !has_effort && !defaults->template_kwargs) return true;
+    cJSON *kwargs = defaults->template_kwargs ? cJSON_Parse(defaults->template_kwargs) : cJSON_CreateObject();
+    const cJSON *item, *members = has_given ? given : NULL;
+    cJSON_ArrayForEach(item, members) {
+        cJSON *copy = cJSON_Duplicate(item, true);
+        if (!kwargs || !copy) {
+            cJSON_Delete(copy);
+            break;
+        }
+        cJSON_DeleteItemFromObjectCaseSensitive(kwargs, item->string);
+        cJSON_AddItemToObject(kwargs, item->string, copy);
+    }
+    if (kwargs && has_effort) {
+        bool none = strcmp(effort->valuestring, "none") == 0;
+        cJSON_DeleteItemFromObjectCaseSensitive(kwargs, none ? "enable_thinking" : "reasoning_effort");
+        cJSON_DeleteItemFromObjectCaseSensitive(kwargs, "reasoning_effort");
+        if (none) cJSON_AddFalseToObject(kwargs, "enable_thinking");
+        else cJSON_AddStringToObject(kwargs, "reasoning_effort", effort->valuestring);
+    }
+    const cJSON *thinking = cJSON_GetObjectItemCaseSensitive(kwargs, "enable_thinking");
+    bool bad_thinking = thinking && !cJSON_IsBool(thinking);
+    r->template_kwargs = kwargs && !bad_thinking ? cJSON_PrintUnformatted(kwargs) : NULL;
+    cJSON_Delete(kwargs);
+    if (bad_thinking)
+        return api_fail(err, 400, "chat_template_kwargs", "chat_template_kwargs.enable_thinking must be true or false");
+    return r->template_kwargs ? true : api_fail(err, 500, NULL, "out of memory");
+}
+
 static bool parse_messages(const cJSON *b, gen_request *r, api_error *err) {
     const cJSON *tools = json_field(b, "tools");
     if (tools && !cJSON_IsNull(tools) && !cJSON_IsArray(tools))
@@ -856,6 +895,7 @@ static const char *const KNOWN_FIELDS[] = {
     "timings_per_token", "return_progress", "grammar", "response_format", "json_schema", "add_generation_prompt", "continue_final_message",
     "verbose", "tools", "tool_choice", "parallel_tool_calls", "id_slot", "response_fields", "post_sampling_probs",
     "user", /* OpenAI's end-user id: no effect on generation there either */
+    "chat_template_kwargs", "reasoning_effort",
 };
 
 bool check_known_fields(const cJSON *body, const char *const *known_fields, size_t n_known, api_error *err) {
@@ -883,11 +923,11 @@ bool gen_request_parse(const cJSON *body, api_kind api, const model_set *models,
     sm_model *target_models[SM_MAX_MODELS];
     int n_models = model_set_target_models(models, r->target, target_models);
     static const char *const CHAT_ONLY[] = {"add_generation_prompt", "continue_final_message", "tools", "tool_choice",
-                                            "parallel_tool_calls", NULL};
+                                            "parallel_tool_calls", "chat_template_kwargs", "reasoning_effort", NULL};
     for (const char *const *field = CHAT_ONLY; api != API_CHAT && *field; field++)
         if (json_field(body, *field)) return api_fail(err, 400, *field, "'%s' is for chat requests (messages)", *field);
     bool ok = (api == API_CHAT ? parse_messages(body, r, err) && parse_continuation(body, r, err) &&
-                                     parse_tool_choice(body, r, err)
+                                     parse_tool_choice(body, r, err) && parse_template_kwargs(body, defaults, r, err)
                                : parse_prompt(body, r, sm_model_n_vocab(target_models[0]), err)) &&
               parse_length(body, r, err) && parse_sampling(body, r, err) && parse_stop(body, r, err) &&
               parse_logit_bias(body, r, target_models[0], err) &&
@@ -920,6 +960,7 @@ void gen_request_free(gen_request *r) {
     cJSON_free(r->messages_json);
     cJSON_free(r->tools_json);
     free(r->tool_choice);
+    cJSON_free(r->template_kwargs);
     for (int i = 0; i < r->n_messages; i++) {
         free((char *)r->messages[i].role);
         free((char *)r->messages[i].content);

@@ -63,6 +63,9 @@ typedef struct gen_request {
     bool tool_mode;
     char *messages_json, *tools_json, *tool_choice;
     bool parallel_tool_calls;
+    /* chat_template_kwargs over serve's --chat-template-kwargs, and
+     * reasoning_effort: the template's variables (JSON object), or NULL */
+    char *template_kwargs;
     /* llama-server's fields */
     bool return_tokens;             /* /completion lists the token ids     */
     bool cache_prompt;              /* reuse the slot's cached prefix (true) */
@@ -94,6 +97,7 @@ typedef struct request_defaults {
                                      for a request with no "selfmod" object */
     const named_preset *presets;  /* --preset-dir's files                     */
     int n_presets;
+    const char *template_kwargs;  /* --chat-template-kwargs (a JSON object) or NULL */
 } request_defaults;
 
 /* Whether a "prompt" holds several prompts (each answered in turn). */

@@ -98,6 +98,7 @@ static bool start_slots(server *srv) {
     const char *named = srv->opt.chat_template;
     bool as_text = named && !srv->opt.no_jinja && !sm_chat_template_known(named);
     cp.template_name = as_text ? NULL : named;
+    cp.template_kwargs = srv->opt.chat_template_kwargs;
     cp.template_source = as_text ? named : srv->opt.chat_template_text;
     cp.jinja = !srv->opt.no_jinja;
     cp.keep_all_turns = !srv->opt.drop_old_turns;

@@ -215,6 +215,12 @@ sm_chat *slot_chat(slot_pool *pool, slot *s, int target, bool with_system, char 
     return s->chats[target];
 }
 
+sm_chat_params slot_pool_chat_params(const slot_pool *pool, const char *template_kwargs) {
+    sm_chat_params cp = pool->chat_params;
+    cp.template_kwargs = template_kwargs;
+    return cp;
+}
+
 sm_tree *slot_tree(slot_pool *pool, slot *s, int target, char *err, size_t err_size) {
     if (s->trees[target]) return s->trees[target];
     sm_model *models[SM_MAX_MODELS];

@@ -73,6 +73,8 @@ void slot_pool_counts(slot_pool *pool, int *n_busy, int *n_waiting);
 /* The slot's session (and chat) for a target, made on first use. */
 sm_session *slot_session(slot_pool *pool, slot *s, int target, char *err, size_t err_size);
 sm_chat *slot_chat(slot_pool *pool, slot *s, int target, bool with_system, char *err, size_t err_size);
+/* The pool's chat settings with a request's template kwargs (NULL: none). */
+sm_chat_params slot_pool_chat_params(const slot_pool *pool, const char *template_kwargs);
 sm_tree *slot_tree(slot_pool *pool, slot *s, int target, char *err, size_t err_size);
 /* Remembers what the slot's tree holds now (NULL: unknown). */
 void slot_set_tree_prefix(slot *s, int target, const char *prefix);

@@ -267,6 +267,45 @@ test('one model answers any model name (as llama-server); with several, 404 for 
   assertError(await post(servers.fused, '/loom/expand', { model: 'nope', prefix: 'a' }), 404);
 });
 
+test('chat_template_kwargs and reasoning_effort reach the template, over serve --chat-template-kwargs', async () => {
+  const messages = [{ role: 'user', content: 'Hi' }];
+  const templated = process.env.SM_SERVER_TEMPLATED_URL, withDefaults = process.env.SM_SERVER_KWARGS_URL;
+  const prompt = async (url, extra) => {
+    const r = await post(url, '/apply-template', { messages, ...extra });
+    assert.equal(r.status, 200, r.text);
+    return r.json.prompt;
+  };
+  assert.equal(await prompt(templated, {}), '<user>Hi</user><assistant>');
+  assert.equal(await prompt(templated, { chat_template_kwargs: { mood: 'glad' } }), '<user>Hi</user><assistant>glad');
+  assert.equal(await prompt(templated, { chat_template_kwargs: { enable_thinking: false } }),
+    '<user>Hi</user><assistant>/no_think');
+  assert.equal(await prompt(templated, { reasoning_effort: 'none' }), '<user>Hi</user><assistant>/no_think');
+  assert.equal(await prompt(templated, { reasoning_effort: 'low', chat_template_kwargs: { mood: 'x' } }),
+    '<user>Hi</user><assistant>x');
+  // serve's defaults, and a request's members over them one by one
+  assert.equal(await prompt(withDefaults, {}), '<user>Hi</user><assistant>calm/no_think');
+  assert.equal(await prompt(withDefaults, { chat_template_kwargs: { mood: 'glad' } }),
+    '<user>Hi</user><assistant>glad/no_think');
+  assert.equal(await prompt(withDefaults, { chat_template_kwargs: { enable_thinking: true } }),
+    '<user>Hi</user><assistant>calm');
+  // the generation decodes that prompt, and counts it
+  const c = await post(withDefaults, '/v1/chat/completions', { messages, max_tokens: 2, chat_template_kwargs: { mood: 'glad' } });
+  assert.equal(c.status, 200, c.text);
+  const tok = await post(withDefaults, '/tokenize', { content: '<user>Hi</user><assistant>glad/no_think', add_special: true });
+  assert.equal(c.json.usage.prompt_tokens, tok.json.tokens.length);
+  const plainChat = await post(withDefaults, '/v1/chat/completions', { messages, max_tokens: 2 });
+  const plainTok = await post(withDefaults, '/tokenize', { content: '<user>Hi</user><assistant>calm/no_think', add_special: true });
+  assert.equal(plainChat.json.usage.prompt_tokens, plainTok.json.tokens.length);
+  // refused by name: not an object, enable_thinking not a boolean, a completion, no Jinja template
+  assertError(await post(templated, '/apply-template', { messages, chat_template_kwargs: [1] }), 400, 'chat_template_kwargs');
+  assertError(await post(templated, '/apply-template', { messages, chat_template_kwargs: { enable_thinking: 'no' } }), 400,
+    'chat_template_kwargs');
+  assertError(await post(templated, '/apply-template', { messages, reasoning_effort: 3 }), 400, 'reasoning_effort');
+  assertError(await post(templated, '/v1/completions', { prompt: 'a', chat_template_kwargs: {} }), 400, 'chat_template_kwargs');
+  const e = assertError(await post(base(), '/v1/chat/completions', { messages, chat_template_kwargs: { mood: 'x' } }), 400);
+  assert.match(e.message, /Jinja/);
+});
+
 test('chat templates: /apply-template, a Jinja template file, system messages anywhere, a prefill', async () => {
   const messages = [{ role: 'system', content: 'S' }, { role: 'user', content: 'Hi' },
     { role: 'assistant', content: 'Yo' }, { role: 'system', content: 'Be brief.' }, { role: 'user', content: 'Bye' }];
