@@ -403,6 +403,9 @@ static int run_turn(smcli_runner *r, const char *message) {
             cli_error("%s", e.message);
             return SMCLI_FAILED;
         }
+    } else if (sm_chat_set_template_kwargs(r->chat, r->app.opt->chat.template_kwargs) != SM_OK) {
+        cli_error("%s", sm_chat_last_error(r->chat)); /* each turn's own, as a server request's */
+        return SMCLI_USAGE;
     }
     switch (cli_generate(&r->app, r->chat, message)) {
     case GENERATE_OK: return SMCLI_OK;

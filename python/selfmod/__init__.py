@@ -21,6 +21,7 @@ modification, retraction, backtrack, done (and warning).
 from __future__ import annotations
 
 import ctypes
+import json
 import math
 import queue
 import signal
@@ -99,7 +100,9 @@ def flags(**settings: Any) -> list[str]:
             raise SelfmodError(f"unknown setting '{name}' (the program has no --{flag})")
         if arity == 0:
             raise SelfmodError(f"'{name}' is a switch: give True or False")
-        if isinstance(value, (list, tuple)):
+        if isinstance(value, dict):  # a JSON object (chat_template_kwargs)
+            values = [_text(json.dumps(value))]
+        elif isinstance(value, (list, tuple)):
             values = [_text(v) for v in value] if flag in _REPEATABLE else [",".join(_text(v) for v in value)]
         else:
             values = [_text(value)]

@@ -307,6 +307,23 @@ def test_chat_keeps_history_as_the_programs_chat_does():
         chat.close()
 
 
+def test_chat_template_kwargs_per_turn(tmp_path):
+    assert selfmod.flags(chat_template_kwargs={"enable_thinking": False}) == [
+        "--chat-template-kwargs", '{"enable_thinking": false}']
+    template = tmp_path / "mood.jinja"
+    template.write_text('{{ mood | default("") }}{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}'
+                        '<assistant>')
+    with selfmod.Model(CHAT, threads=1) as m:
+        chat = m.chat(n_predict=2, seed=2, chat_template_file=str(template))
+        plain = list(chat.stream("Hi"))[0]["n_prompt_tokens"]
+        chat.reset()
+        moody = list(chat.stream("Hi", chat_template_kwargs={"mood": "very calm and happy"}))[0]["n_prompt_tokens"]
+        assert moody > plain
+        with pytest.raises(selfmod.SelfmodError, match="JSON object"):
+            chat.send("x", chat_template_kwargs=[1])
+        chat.close()
+
+
 def test_tree_expansion_and_metrics(stories):
     t = stories.tree(PROMPT, max_depth=6, cutoff=0.05)
     assert t.suggestions and all(s.text and len(s.tokens) == len(s.probs) for s in t.suggestions)
