@@ -39,6 +39,9 @@ done
 "$SM_BIN" -m "$STORIES" -f no-such-file.txt > /dev/null 2> err.txt; code=$?
 [ "$code" = 2 ] && grep -q "^llama_selfmod: error: -f/--file: cannot read 'no-such-file.txt'" err.txt \
   || fail "-f of a missing file: exit $code, $(cat err.txt)"
+mkdir -p a-folder
+"$SM_BIN" -m "$STORIES" -f a-folder > /dev/null 2> err.txt; code=$?
+[ "$code" = 2 ] && grep -q "cannot read 'a-folder': Is a directory" err.txt || fail "-f of a folder: exit $code, $(cat err.txt)"
 : > empty.txt
 "$SM_BIN" -m "$STORIES" -f empty.txt > /dev/null 2> err.txt; code=$?
 [ "$code" = 2 ] && grep -q "is empty" err.txt || fail "-f of an empty file: exit $code, $(cat err.txt)"

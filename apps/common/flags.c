@@ -59,6 +59,7 @@ char *flag_read_file(const char *path, size_t max_bytes) {
     if (!f) return NULL;
     size_t cap = 4096, len = 0;
     char *text = malloc(cap);
+    errno = 0;
     for (size_t got; text && (got = fread(text + len, 1, cap - len - 1, f)) > 0;) {
         len += got;
         if (len > max_bytes) {
@@ -72,7 +73,7 @@ char *flag_read_file(const char *path, size_t max_bytes) {
         if (!bigger) free(text);
         text = bigger;
     }
-    int failed = ferror(f) ? EIO : 0;
+    int failed = ferror(f) ? (errno ? errno : EIO) : 0; /* a folder: EISDIR */
     fclose(f);
     if (!text || failed) {
         free(text);
