@@ -270,11 +270,19 @@ static int32_t select_above_min_p(const float *logits, int32_t n_vocab, float mi
     return n;
 }
 
-/* Softmax of logit/temperature over the first n candidates (sorted). */
+/* The largest logit of c[0..n) (c[0] when they are sorted). */
+static float max_logit(const sm_candidate *c, int32_t n) {
+    float max = c[0].logit;
+    for (int32_t i = 1; i < n; i++) max = c[i].logit > max ? c[i].logit : max;
+    return max;
+}
+
+/* Softmax of logit/temperature over the first n candidates, in any order. */
 static void softmax(sm_candidate *c, int32_t n, float temperature) {
     double sum = 0.0;
+    const float max = max_logit(c, n);
     for (int32_t i = 0; i < n; i++) {
-        c[i].prob = expf((c[i].logit - c[0].logit) / temperature);
+        c[i].prob = expf((c[i].logit - max) / temperature);
         sum += c[i].prob;
     }
     for (int32_t i = 0; i < n; i++) c[i].prob = (float)(c[i].prob / sum);
@@ -373,21 +381,16 @@ static float dynamic_temperature(const sm_candidate *c, int32_t n, const sm_samp
 
 /* Mirostat v2 over c (all candidates, by logit): surprise above mu goes,
  * draw, and mu learns from the surprise of the token drawn. */
-/* The draw's candidates for kept_out, most probable first. */
-static void keep_candidates(const sm_sample_input *in, const sm_candidate *c, int32_t n) {
+/* The draw's candidates for kept_out, most probable first (equals by
+ * their place in c), in any order of c: selected, never a pass per kept
+ * one (the whole vocabulary may be candidates). */
+static void keep_candidates(const sm_sample_input *in, const sm_candidate *c, int32_t n, sm_sampler_work *w) {
     if (!in->kept_out || !in->n_kept_out || in->max_kept <= 0) return;
-    int32_t k = 0;
-    for (int32_t i = 0; i < n; i++) {
-        if (!(c[i].prob > 0.0f)) continue; /* never a token it could not draw */
-        if (k < in->max_kept) {
-            in->kept_out[k++] = c[i];
-            continue;
-        }
-        int32_t low = 0; /* full: replace the least probable kept one */
-        for (int32_t j = 1; j < k; j++) if (in->kept_out[j].prob < in->kept_out[low].prob) low = j;
-        if (c[i].prob > in->kept_out[low].prob) in->kept_out[low] = c[i];
-    }
-    qsort(in->kept_out, (size_t)k, sizeof *in->kept_out, by_prob_desc);
+    for (int32_t i = 0; i < n; i++) w->by_id[i] = c[i].prob;
+    /* .token: the place in c, .logit: its probability */
+    int32_t k = sm_select_largest(w->by_id, n, in->max_kept, in->kept_out);
+    while (k > 0 && !(in->kept_out[k - 1].logit > 0.0f)) k--; /* never a token it could not draw */
+    for (int32_t j = 0; j < k; j++) in->kept_out[j] = c[in->kept_out[j].token];
     *in->n_kept_out = k;
 }
 
@@ -418,14 +421,14 @@ static int32_t discrete_draw(const sm_candidate *c, int32_t n, sm_mt *mt) {
 }
 
 static sm_token mirostat_v2(sm_candidate *c, int32_t n, const sm_sample_input *in, sm_sample_rng *rng,
-                            float *p_sampled) {
+                            sm_sampler_work *w, float *p_sampled) {
     for (int32_t i = 0; i < n; i++) c[i].logit /= in->temperature; /* llama.cpp's temp, then mirostat */
     softmax_as_llama(c, n);
     int32_t keep = 0;
     while (keep < n && -log2f(c[keep].prob) <= in->mirostat_mu) keep++;
     if (keep == 0) keep = 1;
     softmax_as_llama(c, keep);
-    keep_candidates(in, c, keep);
+    keep_candidates(in, c, keep, w);
     int32_t pick = discrete_draw(c, keep, &rng->draw);
     float surprise = -log2f(c[pick].prob);
     if (in->mirostat_mu_next) *in->mirostat_mu_next = in->mirostat_mu - in->mirostat_eta * (surprise - in->mirostat_tau);
@@ -445,7 +448,7 @@ static int by_token_asc(const void *a, const void *b) {
  * (min-p alone keeps the vocabulary's order); order_by_id says which.
  * Returns the index in c of the token drawn. */
 static int32_t dist_draw(sm_candidate *c, int32_t n, float t, bool order_by_id, sm_mt *mt, sm_sampler_work *w) {
-    const float max = c[0].logit / t;
+    const float max = max_logit(c, n) / t; /* llama.cpp's max of logit / t: division keeps the order */
     const sm_candidate *order = c;
     if (order_by_id && n > 1) {
         /* a few candidates (min-p's usual dozens) are sorted; a long list
@@ -523,10 +526,25 @@ sm_token sm_sample(const sm_sample_input *in, sm_sample_rng *rng, sm_sampler_wor
     sm_candidate *c = w->cand;
     if (in->mirostat == 2) {
         int32_t n = select_top_k(logits, in->n_vocab, 0, c);
-        return n > 0 ? mirostat_v2(c, n, in, rng, p_sampled) : -1;
+        return n > 0 ? mirostat_v2(c, n, in, rng, w, p_sampled) : -1;
     }
     if (in->top_n_sigma > 0.0f) apply_top_n_sigma(logits, in->n_vocab, in->top_n_sigma);
     bool whole_vocab = in->top_k <= 0 || in->top_k >= in->n_vocab;
+    /* Nothing between the penalties and the draw truncates: llama.cpp then
+     * draws from every token in token order, sorting nothing (a sort of the
+     * vocabulary here cost more than a 110M model's decode of the token). */
+    if (whole_vocab && in->top_p >= 1.0f && in->min_p <= 0.0f && in->typical_p >= 1.0f &&
+        in->xtc_probability <= 0.0f && in->dynatemp_range <= 0.0f) {
+        int32_t n = 0;
+        for (int32_t t = 0; t < in->n_vocab; t++)
+            if (logits[t] > -INFINITY) c[n++] = (sm_candidate){t, logits[t], 0.0f};
+        if (n == 0) return -1;
+        softmax(c, n, in->temperature);
+        keep_candidates(in, c, n, w);
+        int32_t pick = dist_draw(c, n, in->temperature, false, &rng->draw, w); /* c is in token order */
+        *p_sampled = c[pick].prob;
+        return c[pick].token;
+    }
     /* The min-p shortcut holds only when nothing between top-k and min-p
      * looks at the tokens it leaves out. */
     bool shortcut = whole_vocab && in->min_p > 0.0f && in->typical_p >= 1.0f;
@@ -560,7 +578,7 @@ sm_token sm_sample(const sm_sample_input *in, sm_sample_rng *rng, sm_sampler_wor
     }
     const float t = in->dynatemp_range > 0.0f ? dynamic_temperature(c, n, in) : in->temperature;
     softmax(c, n, t);
-    keep_candidates(in, c, n);
+    keep_candidates(in, c, n, w);
     const bool sorted = !whole_vocab || in->top_p < 1.0f || in->typical_p < 1.0f || in->xtc_probability > 0.0f ||
                         (in->dynatemp_range > 0.0f && n > 1);
     int32_t pick = dist_draw(c, n, t, !sorted, &rng->draw, w);

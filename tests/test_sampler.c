@@ -285,6 +285,56 @@ static void test_select_largest_any_k(void **unused) {
     }
 }
 
+/* kept_out (post_sampling_probs) holds the most probable candidates of the
+ * draw, most probable first, with the probabilities it drew with: from the
+ * whole vocabulary in token order (no truncation: nothing is sorted) and
+ * from top-k's sorted few alike. */
+static int by_prob_then_token(const void *a, const void *b) {
+    const sm_candidate *x = a, *y = b;
+    if (x->prob != y->prob) return x->prob < y->prob ? 1 : -1;
+    return (x->token > y->token) - (x->token < y->token);
+}
+
+static void test_kept_candidates_are_the_most_probable(void **unused) {
+    (void)unused;
+    enum { N = 512, KEPT = 10 };
+    float logits[N];
+    srand(9);
+    for (int32_t t = 0; t < N; t++) logits[t] = (float)rand() / RAND_MAX * 6.0f - 3.0f;
+    for (int top_k = 0; top_k <= 40; top_k += 40) {
+        sm_sample_input in = input(logits, N);
+        in.top_k = top_k;
+        in.temperature = 0.7f;
+        sm_candidate kept[KEPT];
+        int32_t n_kept = 0;
+        in.kept_out = kept, in.n_kept_out = &n_kept, in.max_kept = KEPT;
+        sm_sampler_work w;
+        assert_int_equal(sm_sampler_work_init(&w, N), 0);
+        sm_sample_rng rng;
+        sm_sample_rng_init(&rng, 1);
+        float p;
+        sm_token t = sm_sample(&in, &rng, &w, &p);
+        /* the reference: softmax at T over the candidates, sorted */
+        sm_candidate all[N];
+        int32_t n = top_k ? sm_select_largest(logits, N, top_k, all) : N;
+        if (!top_k)
+            for (int32_t v = 0; v < N; v++) all[v] = (sm_candidate){v, logits[v], 0.0f};
+        double z = 0.0;
+        for (int32_t i = 0; i < n; i++) z += exp((double)all[i].logit / 0.7);
+        for (int32_t i = 0; i < n; i++) all[i].prob = (float)(exp((double)all[i].logit / 0.7) / z);
+        qsort(all, (size_t)n, sizeof *all, by_prob_then_token);
+        assert_int_equal(n_kept, KEPT);
+        for (int32_t i = 0; i < KEPT; i++) {
+            if (kept[i].token != all[i].token || fabsf(kept[i].prob - all[i].prob) > 1e-6f)
+                fail_msg("top-k %d, rank %d: token %d p %g, %d p %g expected", top_k, i, kept[i].token,
+                         (double)kept[i].prob, all[i].token, (double)all[i].prob);
+        }
+        for (int32_t i = 0; i < n; i++)
+            if (all[i].token == t) assert_true(fabsf(all[i].prob - p) < 1e-6f);
+        sm_sampler_work_free(&w);
+    }
+}
+
 static void test_llama_cpp_samplers_match(void **unused) {
     (void)unused;
     enum { N = 512 };
@@ -492,6 +542,7 @@ int main(void) {
         cmocka_unit_test(test_temperature_changes_the_draw), cmocka_unit_test(test_seed_determinism),
         cmocka_unit_test(test_signals), cmocka_unit_test(test_min_p_fast_path_matches_reference),
         cmocka_unit_test(test_llama_cpp_samplers_match), cmocka_unit_test(test_select_largest_any_k),
+        cmocka_unit_test(test_kept_candidates_are_the_most_probable),
         cmocka_unit_test(test_mt19937), cmocka_unit_test(test_same_tokens_as_llama_cpp),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
