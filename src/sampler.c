@@ -466,13 +466,14 @@ static int32_t dist_draw(sm_candidate *c, int32_t n, float t, bool order_by_id, 
                 if (!isnan(at[v])) w->cand2[k++] = (sm_candidate){.token = v, .logit = at[v]};
         }
     }
+    float *weight = w->by_id; /* free again: computed once, summed twice */
     double sum = 0.0;
-    for (int32_t i = 0; i < n; i++) sum += expf(order[i].logit / t - max);
+    for (int32_t i = 0; i < n; i++) sum += weight[i] = expf(order[i].logit / t - max);
     const double target = sum * sm_mt_uniform(mt);
     double run = 0.0;
     int32_t at = n - 1; /* llama.cpp's fallback: the last in its order */
     for (int32_t i = 0; i < n; i++) {
-        run += expf(order[i].logit / t - max);
+        run += weight[i];
         if (run >= target) {
             at = i;
             break;

@@ -55,6 +55,11 @@ with_flag=$(chat_start --system "You are terse.") from_file=$(chat_start -sysf s
 without=$(chat_start)
 [ -n "$with_flag" ] && [ "$with_flag" = "$from_file" ] || fail "-sysf: '$from_file' vs --system: '$with_flag'"
 [ "$with_flag" != "$without" ] || fail "the system prompt changed nothing"
+# with -p they shape nothing: said, not ignored
+"$SM_BIN" -m "$STORIES" -f prompt.txt -n 2 -sysf system.txt --no-memory > /dev/null 2> err.txt || fail "-f -sysf: $(cat err.txt)"
+grep -q "warning: --system-prompt-file has no effect with -p/-f" err.txt || fail "-f with -sysf: '$(cat err.txt)'"
+"$SM_BIN" -m "$STORIES" -p hi -n 2 --chat-template-kwargs '{}' --no-memory > /dev/null 2> err.txt
+grep -q "warning: --chat-template-kwargs has no effect" err.txt || fail "-p with --chat-template-kwargs: '$(cat err.txt)'"
 # --chat-template-kwargs: the template's variables (llama-cli's flag)
 printf '%s' '{{ mood | default("") }}{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}<assistant>' > mood.jinja
 plain=$(chat_start --chat-template-file mood.jinja)

@@ -403,7 +403,6 @@ static bool apply_preset(const char *arg, cli_options *opt, FILE *err) {
     return false;
 }
 
-/* Applies one flag. Returns false after printing an error. */
 static bool refuse_two_prompts(FILE *err) {
     fprintf(err, "llama_selfmod: error: -p/--prompt and -f/--file both give the prompt: give one\n");
     return false;
@@ -434,6 +433,7 @@ void cli_options_free(cli_options *opt) {
     }
 }
 
+/* Applies one flag. Returns false after printing an error. */
 static bool apply_option(int c, const char *arg, cli_options *opt, FILE *err) {
     sm_sampling_params *s = &opt->gen.sampling;
     sm_policy_params *p = &opt->gen.policy;
@@ -703,6 +703,14 @@ static bool check_thresholds(cli_options *opt, FILE *err) {
 
 /* Flags that do nothing in this combination: said once, not refused. */
 static void warn_inert(const cli_options *opt, FILE *err) {
+    /* the one-shot prompt is raw text: the chat's settings shape nothing */
+    const char *chat_only = !opt->prompt ? NULL
+                            : opt->file_texts[1] ? "--system-prompt-file"
+                            : opt->chat.system_prompt ? "--system"
+                            : opt->chat.template_kwargs ? "--chat-template-kwargs" : NULL;
+    if (chat_only)
+        fprintf(err, "llama_selfmod: warning: %s has no effect with -p/-f: the prompt is given as raw text "
+                     "(leave out -p for a chat)\n", chat_only);
     const sm_policy_params *p = &opt->gen.policy;
     bool retracts = p->style == SM_POLICY_CALIBRATED ? p->enabled && p->retract != 0
                                                      : p->enabled && (p->retract == 1 || (p->retract == -1 && p->aggressive));

@@ -790,11 +790,13 @@ static bool parse_template_kwargs(const cJSON *b, const request_defaults *defaul
         cJSON_AddItemToObject(kwargs, item->string, copy);
     }
     if (kwargs && has_effort) {
-        bool none = strcmp(effort->valuestring, "none") == 0;
-        cJSON_DeleteItemFromObjectCaseSensitive(kwargs, none ? "enable_thinking" : "reasoning_effort");
         cJSON_DeleteItemFromObjectCaseSensitive(kwargs, "reasoning_effort");
-        if (none) cJSON_AddFalseToObject(kwargs, "enable_thinking");
-        else cJSON_AddStringToObject(kwargs, "reasoning_effort", effort->valuestring);
+        if (strcmp(effort->valuestring, "none") == 0) {
+            cJSON_DeleteItemFromObjectCaseSensitive(kwargs, "enable_thinking");
+            cJSON_AddFalseToObject(kwargs, "enable_thinking");
+        } else {
+            cJSON_AddStringToObject(kwargs, "reasoning_effort", effort->valuestring);
+        }
     }
     const cJSON *thinking = cJSON_GetObjectItemCaseSensitive(kwargs, "enable_thinking");
     bool bad_thinking = thinking && !cJSON_IsBool(thinking);
