@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -788,7 +789,7 @@ static const flag_alias LLAMA_ALIASES[] = {
     {"-ngl", "--n-gpu-layers"}, {"-nr", "--no-repack"}, {"-c", "--ctx-size"}, {"-s", "--seed"},
     {"-sys", "--system"}, {"-sysf", "--system-prompt-file"}, {NULL, NULL}};
 
-cli_parse_outcome cli_parse_args(int argc, char **argv, cli_options *opt, FILE *err) {
+static cli_parse_outcome parse_args(int argc, char **argv, cli_options *opt, FILE *err) {
     set_defaults(opt);
     if (!flag_llama_aliases(argc, argv, short_options, long_options, LLAMA_ALIASES, err, "llama_selfmod"))
         return CLI_PARSE_ERROR;
@@ -833,4 +834,18 @@ cli_parse_outcome cli_parse_args(int argc, char **argv, cli_options *opt, FILE *
     }
     if (!opt->seed_given) opt->gen.sampling.seed = seed_from_clock();
     return check_combination(opt, err) ? CLI_PARSE_RUN : CLI_PARSE_ERROR;
+}
+
+/* getopt's state (optind, optarg, its place in a short-option group) is the
+ * C library's, one for the process: libselfmod_cli parses each run's flags
+ * on the caller's thread, and Python's generate_many runs several at once.
+ * Without the lock one parse moved another's optind (a run lost its
+ * --prompt, or read the next flag's name as its value). */
+static pthread_mutex_t getopt_lock = PTHREAD_MUTEX_INITIALIZER;
+
+cli_parse_outcome cli_parse_args(int argc, char **argv, cli_options *opt, FILE *err) {
+    pthread_mutex_lock(&getopt_lock);
+    cli_parse_outcome outcome = parse_args(argc, argv, opt, err);
+    pthread_mutex_unlock(&getopt_lock);
+    return outcome;
 }

@@ -218,6 +218,17 @@ def test_generate_many_equals_generate_one_by_one(stories, settings):
         assert r.n_retractions == alone.n_retractions and r.n_backtracks == alone.n_backtracks
 
 
+def test_generate_many_parses_each_runs_flags_apart(stories):
+    # every run on a batch parses its flags on its own thread, and getopt's
+    # place is the C library's one: unlocked, runs read each other's flags
+    # ("give the prompt", "invalid value '-gpu-layers' for --n-predict")
+    prompts = [f"Once upon a time {i}" for i in range(240)]
+    many = stories.generate_many(prompts, parallel=8, n_predict=2, temperature=0, top_k=7)
+    assert [(len(r.tokens), r.stop_reason) for r in many] == [(2, "n_predict")] * len(prompts)
+    for i in (0, 97, 239):
+        assert many[i].tokens == stories.generate(prompts[i], n_predict=2, temperature=0, top_k=7).tokens
+
+
 def test_generate_many_runs_on_a_batch_and_checks_its_input(stories):
     assert stories.generate_many([]) == []
     # sessions on a batch cannot observe attention (its contexts use flash attention): said by name
