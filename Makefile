@@ -11,7 +11,7 @@ JOBS       ?= $(shell nproc)
 FUZZ_SECONDS ?= 60
 FUZZ_SEED  ?= 1
 
-.PHONY: all deps llama build run test test-asan fuzz mutate bench install uninstall clean FORCE
+.PHONY: all deps llama build run test test-asan test-tsan fuzz mutate bench install uninstall clean FORCE
 
 all: build
 
@@ -41,6 +41,10 @@ test: build
 
 test-asan:
 	@$(MAKE) --no-print-directory test BUILD=build-asan CMAKE_ARGS="-DSELFMOD_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug"
+
+# ThreadSanitizer over the batch, the flag parser, a loaded server and Python's generate_many.
+test-tsan: build
+	scripts/tsan.sh
 
 # libFuzzer over request bodies and command lines (clang, ASan + UBSan).
 fuzz: build

@@ -183,9 +183,10 @@ generate_outcome cli_generate(cli_app *app, sm_chat *chat, const char *input) {
     memset(&action, 0, sizeof action);
     action.sa_handler = on_stop_signal;
     sigemptyset(&action.sa_mask);
-    interrupted = 0;
     /* A binding's process has handlers of its own (Python's Ctrl-C reaches
-     * its callbacks, which stop the generation): they stay. */
+     * its callbacks, which stop the generation): they stay, and the flag,
+     * never set there, is not written either (its runs go on several threads). */
+    if (!app->keep_signals) interrupted = 0;
     for (int i = 0; !app->keep_signals && i < N_STOP_SIGNALS; i++) sigaction(STOP_SIGNALS[i], &action, &previous[i]);
 
     sm_result result;
