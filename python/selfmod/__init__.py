@@ -906,7 +906,13 @@ class Chat:
         self._runner = _cli.smcli_runner_new(model._models)
         self.history: list[dict] = []
 
+    def _check_open(self) -> None:
+        self.model._check_open()
+        if not getattr(self, "_runner", None):
+            raise SelfmodError("the chat is closed")
+
     def _settings(self, turn: dict) -> dict:
+        self._check_open()
         for name in self._FIXED & turn.keys():
             raise SelfmodError(f"'{name}' is fixed when the chat starts: give it to Model.chat(...)")
         return dict(turn)
@@ -914,9 +920,8 @@ class Chat:
     def send(self, message: str, **settings: Any) -> Result:
         """One turn: the answer to message (the settings apply to this turn)."""
         events, keep = _collector()
-        self.model._check_open()
-        stop = threading.Event()
         turn = self._settings(settings)
+        stop = threading.Event()
         _decode_call(lambda: self.model._run(self._runner, None, message, turn, _stoppable(keep, stop),
                                                self.settings), stop)
         result = Result.from_events(events)
@@ -940,13 +945,21 @@ class Chat:
 
     def reset(self) -> None:
         """Forgets the conversation (the next turn starts a new one)."""
+        self._check_open()
         _cli.smcli_chat_reset(self._runner)
         self.history = []
 
     def close(self) -> None:
+        """Frees the chat's runner; a closed chat refuses turns."""
         if getattr(self, "_runner", None):
             _cli.smcli_runner_free(self._runner)
             self._runner = None
+
+    def __enter__(self) -> "Chat":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def __del__(self) -> None:
         try:

@@ -316,6 +316,14 @@ def test_chat_keeps_history_as_the_programs_chat_does():
         with pytest.raises(selfmod.SelfmodError, match="another context"):
             chat.send("x", ctx_size=128)
         chat.close()
+        # a closed chat says so (it passed a NULL runner: "invalid arguments")
+        for turn in (lambda: chat.send("x"), lambda: chat.stream("x"), chat.reset):
+            with pytest.raises(selfmod.SelfmodError, match="the chat is closed"):
+                turn()
+        with m.chat(n_predict=4, seed=2) as scoped:
+            assert scoped.send(turns[0]).text
+        with pytest.raises(selfmod.SelfmodError, match="the chat is closed"):
+            scoped.send("x")
 
 
 def test_chat_template_kwargs_per_turn(tmp_path):
