@@ -4,7 +4,7 @@
  * says it is what matters).
  *
  *   make_random_model VOCAB.gguf OUT.gguf [--layers N] [--embd N] [--ff N]
- *                     [--heads N] [--ctx N] [--seed N] [--type T] [--untied]
+ *                     [--heads N] [--ctx N] [--seed N] [--type T] [--untied] [--fim]
  *
  * The vocabulary and tokenizer come from VOCAB.gguf (a vocab-only file such
  * as ggml-vocab-llama-spm.gguf or ggml-vocab-gpt-2.gguf); every key of it is
@@ -17,6 +17,11 @@
  * q4_k: the same numbers in that type, quantized as llama-quantize
  * would, as most users' files are), drawn from
  * N(0, 0.02^2) with a fixed seed; norm weights are 1.
+ *
+ * --fim makes it a code model's vocabulary: its last five tokens become
+ * Qwen2.5-Coder's fill-in-the-middle control tokens (<|fim_prefix|>,
+ * <|fim_suffix|>, <|fim_middle|>, <|repo_name|>, <|file_sep|>), named as
+ * such in the metadata, for testing /infill.
  *
  * The file is written next to OUT.gguf and renamed into place, so an
  * interrupted run never leaves a truncated model behind.
@@ -46,6 +51,7 @@ typedef struct model_shape {
     uint64_t seed;
     enum ggml_type type;    /* of the matrices */
     bool untied;
+    bool fim;               /* the last tokens become FIM control tokens */
 } model_shape;
 
 typedef struct options {
@@ -106,7 +112,7 @@ static void print_usage(FILE *out) {
     fprintf(out,
             "usage: make_random_model VOCAB.gguf OUT.gguf [--layers N] [--embd N] [--ff N]\n"
             "                         [--heads N] [--ctx N] [--seed N] [--type f16|f32|q8_0|q4_0|q4_k]\n"
-            "                         [--untied]\n"
+            "                         [--untied] [--fim]\n"
             "defaults: --layers 12 --embd 768 --ff 2048 --heads 12 --ctx 2048 --seed 42,\n"
             "F16 weights, output tied to token_embd (the stories110M shape)\n");
 }
@@ -157,6 +163,8 @@ static bool parse_options(int argc, char **argv, options *opt) {
             if (!ok) fprintf(stderr, "make_random_model: --type is one of f16, f32, q8_0, q4_0, q4_k (got '%s')\n", name);
         } else if (strcmp(arg, "--untied") == 0) {
             opt->shape.untied = true;
+        } else if (strcmp(arg, "--fim") == 0) {
+            opt->shape.fim = true;
         } else if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0) {
             print_usage(stdout);
             exit(0);
@@ -214,6 +222,45 @@ static bool read_vocab(const char *path, struct gguf_context *out, uint32_t *n_v
     }
     gguf_free(vocab);
     return tokens_key >= 0;
+}
+
+/* --fim: the vocabulary's last tokens renamed to FIM control tokens, and
+ * the metadata keys llama.cpp reads them from. */
+static bool make_fim_tokens(struct gguf_context *gguf, uint32_t n_vocab) {
+    static const char *const names[] = {"<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|repo_name|>",
+                                        "<|file_sep|>"};
+    static const char *const keys[] = {"tokenizer.ggml.fim_pre_token_id", "tokenizer.ggml.fim_suf_token_id",
+                                       "tokenizer.ggml.fim_mid_token_id", "tokenizer.ggml.fim_rep_token_id",
+                                       "tokenizer.ggml.fim_sep_token_id"};
+    enum { N_FIM = 5, TOKEN_TYPE_CONTROL = 3 };
+    const int64_t tokens_key = gguf_find_key(gguf, "tokenizer.ggml.tokens");
+    const int64_t types_key = gguf_find_key(gguf, "tokenizer.ggml.token_type");
+    if (n_vocab < 2 * N_FIM || types_key < 0 || gguf_get_arr_type(gguf, types_key) != GGUF_TYPE_INT32) {
+        fprintf(stderr, "make_random_model: --fim needs a vocabulary with int32 token types\n");
+        return false;
+    }
+    /* copies: gguf_set_arr_str frees the old array before it reads the new */
+    char **tokens = calloc(n_vocab, sizeof *tokens);
+    int32_t *types = malloc(sizeof *types * n_vocab);
+    bool ok = tokens && types;
+    const uint32_t first_fim = n_vocab - N_FIM;
+    for (uint32_t i = 0; ok && i < n_vocab; i++)
+        ok = (tokens[i] = strdup(i >= first_fim ? names[i - first_fim] : gguf_get_arr_str(gguf, tokens_key, i))) != NULL;
+    if (!ok) {
+        fprintf(stderr, "make_random_model: out of memory\n");
+    } else {
+        memcpy(types, gguf_get_arr_data(gguf, types_key), sizeof *types * n_vocab);
+        for (uint32_t k = 0; k < N_FIM; k++) {
+            types[first_fim + k] = TOKEN_TYPE_CONTROL;
+            gguf_set_val_u32(gguf, keys[k], first_fim + k);
+        }
+        gguf_set_arr_str(gguf, "tokenizer.ggml.tokens", (const char **)tokens, n_vocab);
+        gguf_set_arr_data(gguf, "tokenizer.ggml.token_type", GGUF_TYPE_INT32, types, n_vocab);
+    }
+    for (uint32_t i = 0; tokens && i < n_vocab; i++) free(tokens[i]);
+    free(tokens);
+    free(types);
+    return ok;
 }
 
 static void write_hparams(struct gguf_context *gguf, const model_shape *s) {
@@ -406,6 +453,10 @@ int main(int argc, char **argv) {
     }
     struct gguf_context *gguf = gguf_init_empty();
     if (!read_vocab(opt.vocab_path, gguf, &opt.shape.n_vocab)) {
+        gguf_free(gguf);
+        return 1;
+    }
+    if (opt.shape.fim && !make_fim_tokens(gguf, opt.shape.n_vocab)) {
         gguf_free(gguf);
         return 1;
     }

@@ -122,6 +122,15 @@ int32_t sm_model_n_vocab(const sm_model *model);
 bool sm_model_token_is_eog(const sm_model *model, sm_token token);
 int32_t sm_model_n_ctx_train(const sm_model *model);
 int32_t sm_model_n_embd(const sm_model *model);
+/* The vocabulary's tokens that build prompts, -1 where it has none. */
+typedef struct sm_special_tokens {
+    sm_token bos;           /* the one a prompt starts with; -1: the model adds none */
+    /* fill-in-the-middle (llama.cpp's FIM_PRE, _SUF, _MID, _REP, _SEP):
+     * a code model's prefix, suffix and middle markers, and the repository
+     * and file separators of its repository-level form */
+    sm_token fim_prefix, fim_suffix, fim_middle, fim_repo, fim_sep;
+} sm_special_tokens;
+sm_special_tokens sm_model_special_tokens(const sm_model *model);
 
 /* Embeddings (OpenAI's /v1/embeddings): each input decoded alone and its
  * tokens pooled by the model's own pooling (mean for a generative model,

@@ -229,6 +229,19 @@ bool sm_model_token_is_eog(const sm_model *m, sm_token token) {
     return m && token >= 0 && token < m->n_vocab && llama_vocab_is_eog(m->vocab, token);
 }
 int32_t sm_model_n_ctx_train(const sm_model *m) { return llama_model_n_ctx_train(m->lm); }
+
+sm_special_tokens sm_model_special_tokens(const sm_model *m) {
+    const struct llama_vocab *v = m->vocab;
+    /* LLAMA_TOKEN_NULL is -1, the header's "none" */
+    return (sm_special_tokens){
+        .bos = llama_vocab_get_add_bos(v) ? llama_vocab_bos(v) : -1,
+        .fim_prefix = llama_vocab_fim_pre(v),
+        .fim_suffix = llama_vocab_fim_suf(v),
+        .fim_middle = llama_vocab_fim_mid(v),
+        .fim_repo = llama_vocab_fim_rep(v),
+        .fim_sep = llama_vocab_fim_sep(v),
+    };
+}
 struct llama_model *sm_model_llama(const sm_model *m) { return m->lm; }
 
 /* ------------------------------------------------------------------ */
