@@ -19,6 +19,11 @@ CC=clang CXX=clang++ cmake -S "$ROOT" -B "$BUILD" -DLLAMA_PREFIX="$PREFIX" -DSHA
   -DSELFMOD_FUZZ=ON -DCMAKE_BUILD_TYPE=Debug > "$BUILD.log" 2>&1 || { cat "$BUILD.log"; exit 1; }
 cmake --build "$BUILD" -j"$(nproc)" --target fuzz_request fuzz_flags >> "$BUILD.log" 2>&1 || { tail -40 "$BUILD.log"; exit 1; }
 
+# a code model's vocabulary (FIM tokens) for /infill's prompt builder
+"$ROOT/build/make_random_model" "$SM_MODELS/vocab/ggml-vocab-llama-spm.gguf" "$BUILD/fim.gguf" --fim --layers 1 \
+  --embd 32 --ff 64 --heads 1 --ctx 512 > /dev/null
+export SM_FIM_MODEL="$BUILD/fim.gguf"
+
 status=0
 for target in fuzz_request fuzz_flags; do
   corpus="$(mktemp -d)"

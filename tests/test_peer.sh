@@ -27,7 +27,7 @@ mkdir -p "$WORK" "$ROOT/models"
 cp -r "$SUITE"/. "$WORK/"
 ln -s "$SUITE/../../../models/templates" "$ROOT/models/templates"
 FILES=(test_tokenize.py test_basic.py test_completion.py test_chat_completion.py test_ctx_shift.py
-       test_ignore_eos.py test_metrics.py test_slot_save.py test_security.py)
+       test_ignore_eos.py test_metrics.py test_slot_save.py test_security.py test_infill.py)
 DESELECT=()
 while IFS= read -r line; do
   case "$line" in ''|'#'*) continue ;; esac

@@ -303,7 +303,7 @@ static bool parse_answer(server *srv, const cJSON *json, api_kind api, int k, in
                          api_error *err) {
     const cJSON *prompts = json_field(json, "prompt");
     cJSON *one = NULL;
-    if (api != API_CHAT && prompt_is_several(prompts)) {
+    if (api != API_CHAT && api != API_INFILL && prompt_is_several(prompts)) {
         one = cJSON_Duplicate(json, true);
         if (!one) {
             memset(req, 0, sizeof *req);
@@ -380,7 +380,7 @@ static reply generate(server *srv, int client_fd, const char *body, size_t len, 
     /* the first answer's request stands for the rest in the checks */
     bool ok = parse_answer(srv, json, api, 0, 1, &req, &err);
     const cJSON *prompts = json_field(json, "prompt");
-    int n_prompts = api != API_CHAT && prompt_is_several(prompts) ? cJSON_GetArraySize(prompts) : 1;
+    int n_prompts = api != API_CHAT && api != API_INFILL && prompt_is_several(prompts) ? cJSON_GetArraySize(prompts) : 1;
     if (ok && n_prompts * req.n_choices > MAX_ANSWERS) {
         gen_request_free(&req);
         ok = api_fail(&err, 400, n_prompts > 1 ? "prompt" : "n", "at most %d answers in one request (prompts times n)",
@@ -518,6 +518,7 @@ reply api_input_tokens(server *srv, int client_fd, const char *body, size_t len)
 reply api_completions(server *srv, int client_fd, const char *body, size_t len) { return generate(srv, client_fd, body, len, API_COMPLETIONS); }
 reply api_chat_completions(server *srv, int client_fd, const char *body, size_t len) { return generate(srv, client_fd, body, len, API_CHAT); }
 reply api_llama_completion(server *srv, int client_fd, const char *body, size_t len) { return generate(srv, client_fd, body, len, API_LLAMA); }
+reply api_infill(server *srv, int client_fd, const char *body, size_t len) { return generate(srv, client_fd, body, len, API_INFILL); }
 
 /* ------------------------------------------------------------------ */
 
@@ -543,13 +544,13 @@ reply api_tokenize(server *srv, int client_fd, const char *body, size_t len) {
     cJSON *json = api_parse_body(body, len, &bad);
     if (!json) return bad;
     api_error err = {0};
-    static const char *const known[] = {"model", "content", "add_special", "with_pieces"};
+    static const char *const known[] = {"model", "content", "add_special", "parse_special", "with_pieces"};
     if (!check_known_fields(json, known, sizeof known / sizeof *known, &err)) {
         cJSON_Delete(json);
         return reply_error(&err);
     }
     const cJSON *content = json_field(json, "content");
-    bool add_special = false, with_pieces = false;
+    bool add_special = false, parse_special = true, with_pieces = false;
     const served_model *m = api_vocab_for(srv, json, &bad);
     if (!m) {
         cJSON_Delete(json);
@@ -560,15 +561,17 @@ reply api_tokenize(server *srv, int client_fd, const char *body, size_t len) {
         return reply_error_simple(400, "content", "'content' must be a string");
     }
     if (!get_bool_field(json, "add_special", "add_special", &add_special, &err) ||
+        !get_bool_field(json, "parse_special", "parse_special", &parse_special, &err) ||
         !get_bool_field(json, "with_pieces", "with_pieces", &with_pieces, &err)) {
         cJSON_Delete(json);
         return reply_error(&err);
     }
-    /* As llama-server: the text of special tokens becomes those tokens. */
+    /* As llama-server: the text of special tokens becomes those tokens,
+     * unless parse_special is false. */
     sm_tokens toks;
     sm_error terr = {0};
-    sm_status st = sm_tokenize(m->model, content->valuestring, strlen(content->valuestring), add_special, true, &toks,
-                               &terr);
+    sm_status st = sm_tokenize(m->model, content->valuestring, strlen(content->valuestring), add_special, parse_special,
+                               &toks, &terr);
     cJSON_Delete(json);
     if (st == SM_ERR_NO_MEMORY) return reply_error_simple(500, NULL, "out of memory");
     if (st != SM_OK) return reply_error_simple(400, "content", terr.message);

@@ -15,6 +15,7 @@ reply api_slot_action(server *srv, const char *name, const char *action, const c
 reply api_completions(server *srv, int client_fd, const char *body, size_t len);
 reply api_chat_completions(server *srv, int client_fd, const char *body, size_t len);
 reply api_llama_completion(server *srv, int client_fd, const char *body, size_t len);
+reply api_infill(server *srv, int client_fd, const char *body, size_t len); /* /infill: FIM */
 reply api_tokenize(server *srv, int client_fd, const char *body, size_t len);
 reply api_apply_template(server *srv, int client_fd, const char *body, size_t len);
 reply api_input_tokens(server *srv, int client_fd, const char *body, size_t len);

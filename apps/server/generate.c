@@ -1,6 +1,7 @@
 #include "server/generate.h"
 #include "server/job.h"
 #include "server/json_util.h"
+#include "server/prompt.h"
 #include "server/response.h"
 
 #include <errno.h>
@@ -43,53 +44,26 @@ static void context_exceeded(api_error *err, int32_t n_prompt_tokens, int32_t n_
     err->n_ctx = n_ctx;
 }
 
-/* Token ids mixed with strings, as llama-server reads them: each string
- * tokenized in place, with a BOS only when the prompt begins with one. */
-static sm_status tokenize_mixed(const sm_model *model, const cJSON *parts, sm_tokens *out, sm_error *err) {
-    *out = (sm_tokens){0};
-    int32_t cap = 0;
-    const cJSON *item;
-    bool first = true;
-    cJSON_ArrayForEach(item, parts) {
-        sm_tokens piece = {0};
-        sm_token one;
-        if (cJSON_IsString(item)) {
-            sm_status st = sm_tokenize(model, item->valuestring, strlen(item->valuestring), first, true, &piece, err);
-            if (st != SM_OK) {
-                sm_tokens_free(out);
-                return st;
-            }
-        } else {
-            one = (sm_token)item->valuedouble;
-            piece.data = &one;
-            piece.n = 1;
-        }
-        if (out->n + piece.n > cap) {
-            cap = (out->n + piece.n) * 2;
-            sm_token *grown = realloc(out->data, sizeof *grown * (size_t)cap);
-            if (!grown) {
-                if (cJSON_IsString(item)) sm_tokens_free(&piece);
-                sm_tokens_free(out);
-                return SM_ERR_NO_MEMORY;
-            }
-            out->data = grown;
-        }
-        if (piece.n) memcpy(out->data + out->n, piece.data, sizeof *piece.data * (size_t)piece.n);
-        out->n += piece.n;
-        if (cJSON_IsString(item)) sm_tokens_free(&piece);
-        first = false;
-    }
-    return SM_OK;
-}
-
 static bool tokenize_prompt(job *j, api_error *err) {
     const sm_model *model = j->vocab->model;
     /* A completion prompt is raw model input, as in llama-server: the text
      * of special tokens becomes those tokens. Chat messages never do. */
     sm_tokens toks;
     sm_error terr = {0};
-    sm_status st = j->req.prompt_mixed ? tokenize_mixed(model, j->req.prompt_mixed, &toks, &terr)
-                                       : sm_tokenize(model, j->req.prompt, strlen(j->req.prompt), true, true, &toks, &terr);
+    const gen_request *r = &j->req;
+    sm_status st;
+    if (r->infill) {
+        const sm_session_params *sp = &j->srv->slots.session_params;
+        int32_t n_predict = j->srv->opt.base.n_predict; /* llama-server's -n, not the request's */
+        infill_limits lim = {.n_batch = (int32_t)sp->n_batch, .n_predict = n_predict == N_PREDICT_UNSET ? -1 : n_predict,
+                             .n_ctx = (int32_t)sp->n_ctx, .spm = j->srv->opt.spm_infill,
+                             .n_answer = r->params.n_predict > 0 ? r->params.n_predict : 1};
+        st = prompt_infill(model, r->input_prefix, r->input_suffix, r->input_extra, r->prompt, &lim, &toks, &terr);
+    } else if (r->prompt_mixed) {
+        st = prompt_tokenize_mixed(model, r->prompt_mixed, true, true, &toks, &terr);
+    } else {
+        st = sm_tokenize(model, r->prompt, strlen(r->prompt), true, true, &toks, &terr);
+    }
     if (st == SM_ERR_NO_MEMORY) return api_fail(err, 500, NULL, "out of memory");
     if (st != SM_OK) return api_fail(err, 400, "prompt", "%s", terr.message);
     j->prompt_tokens = toks.data;

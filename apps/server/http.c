@@ -96,6 +96,7 @@ static const route ROUTES[] = {
     {"/v1/chat/completions", ROUTE_POST, false, NULL, api_chat_completions, NULL, NULL},
     {"/chat/completions", ROUTE_POST, false, NULL, api_chat_completions, NULL, NULL},
     {"/completion", ROUTE_POST, false, NULL, api_llama_completion, NULL, NULL},
+    {"/infill", ROUTE_POST, false, NULL, api_infill, NULL, NULL},
     {"/tokenize", ROUTE_POST, false, NULL, api_tokenize, NULL, NULL},
     {"/v1/embeddings", ROUTE_POST, false, NULL, api_embeddings, NULL, NULL},
     {"/embeddings", ROUTE_POST, false, NULL, api_embeddings, NULL, NULL},

@@ -36,6 +36,7 @@ enum {
     OPT_QUIET,
     OPT_VERBOSE,
     OPT_DROP_OLD_TURNS,
+    OPT_SPM_INFILL,
     OPT_CONTEXT_SHIFT,
     OPT_BATCH_SIZE,
     OPT_KV_UNIFIED,
@@ -94,6 +95,7 @@ static const struct option long_options[] = {
     {"verbose", no_argument, NULL, OPT_VERBOSE},
     {"slot-save-path", required_argument, NULL, OPT_SLOT_SAVE_PATH},
     {"drop-old-turns", no_argument, NULL, OPT_DROP_OLD_TURNS},
+    {"spm-infill", no_argument, NULL, OPT_SPM_INFILL},
     {"context-shift", no_argument, NULL, OPT_CONTEXT_SHIFT},
     {"keep", required_argument, NULL, OPT_KEEP},
     {"api-key-file", required_argument, NULL, OPT_API_KEY_FILE},
@@ -192,6 +194,8 @@ static void print_usage(FILE *out) {
           "      --no-repack           weights as stored: no repacked or AMX buffers (llama.cpp's)\n"
           "      --quiet               no request log\n"
           "      --drop-old-turns      a chat too long for the context drops its oldest turns\n"
+          "      --spm-infill          /infill puts the suffix before the prefix (for models trained\n"
+          "                            suffix-prefix-middle; llama-server's)\n"
           "      --context-shift       a full context drops the older half after --keep tokens and\n"
           "                            generation goes on (llama-server's; requests: n_keep, n_discard)\n"
           "      --keep N              tokens of the prompt a context shift keeps; -1 = all (default: 0)\n"
@@ -473,6 +477,7 @@ static bool apply_option(server_options *opt, int c, const char *arg, FILE *err)
         return true;
     }
     case OPT_DROP_OLD_TURNS: opt->drop_old_turns = true; return true;
+    case OPT_SPM_INFILL: opt->spm_infill = true; return true;
     case OPT_CONTEXT_SHIFT: opt->base.context_shift = true; return true;
     case OPT_KEEP:
         return flag_int_in(err, "llama_selfmod serve", "--keep", arg, -1, INT32_MAX, "an integer >= 0, or -1 for the whole prompt",

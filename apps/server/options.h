@@ -52,6 +52,7 @@ typedef struct server_options {
     bool no_jinja;                         /* --no-jinja                       */
     bool verbose;                          /* --verbose: "__verbose" in replies */
     bool drop_old_turns;                   /* --drop-old-turns                 */
+    bool spm_infill;                       /* --spm-infill: /infill's suffix first */
     const char *slot_save_path;            /* --slot-save-path, or NULL        */
     bool fusion_align;
     int loom_max_beams;                    /* most beams a tree expands (64)   */

@@ -248,6 +248,7 @@ static bool parse_logprobs(const cJSON *b, gen_request *r, api_error *err) {
         r->n_probs = (int)n;
         return true;
     case API_LLAMA:
+    case API_INFILL: /* not seen: an /infill request's api is API_LLAMA by now */
         if (!get_int_field(b, "n_probs", "n_probs", 0, MAX_N_PROBS, &n, err)) return false;
         r->logprobs = n > 0;
         r->n_probs = (int)n;
@@ -625,6 +626,72 @@ static bool parse_prompt(const cJSON *b, gen_request *r, int32_t n_vocab, api_er
     return r->prompt_mixed ? true : api_fail(err, 500, NULL, "out of memory");
 }
 
+/* A piece of /infill's code: a string, or token ids mixed with strings. */
+static bool parse_infill_text(const cJSON *b, const char *key, int32_t n_vocab, cJSON **out, api_error *err) {
+    const cJSON *v = json_field(b, key);
+    if (!v) return api_fail(err, 400, key, "'%s' is required", key);
+    if (cJSON_IsArray(v)) {
+        const cJSON *item;
+        int i = 0;
+        cJSON_ArrayForEach(item, v) {
+            if (cJSON_IsNumber(item) ? !json_is_token_id(item, n_vocab) : !cJSON_IsString(item))
+                return api_fail(err, 400, key, "%s[%d] must be a token id of this model (0 to %d) or a string", key,
+                                i, n_vocab - 1);
+            i++;
+        }
+    } else if (!cJSON_IsString(v)) {
+        return api_fail(err, 400, key, "'%s' must be a string, or token ids mixed with strings", key);
+    }
+    return (*out = cJSON_Duplicate(v, true)) ? true : api_fail(err, 500, NULL, "out of memory");
+}
+
+/* input_extra: [{"text": ..., "filename": ...}], llama-server's form. A
+ * chunk's "time" is llama.vim's own bookkeeping, sent back with the chunk:
+ * no server reads it, and it leaves the prompt as it is. */
+static bool parse_infill_extra(const cJSON *b, gen_request *r, api_error *err) {
+    const cJSON *extra = json_field(b, "input_extra"), *chunk;
+    if (!extra || cJSON_IsNull(extra)) return (r->input_extra = cJSON_CreateArray()) ? true : api_fail(err, 500, NULL, "out of memory");
+    if (!cJSON_IsArray(extra))
+        return api_fail(err, 400, "input_extra", "'input_extra' must be an array of {\"filename\": string, \"text\": string}");
+    int i = 0;
+    cJSON_ArrayForEach(chunk, extra) {
+        if (!cJSON_IsObject(chunk) || !cJSON_IsString(cJSON_GetObjectItemCaseSensitive(chunk, "text")))
+            return api_fail(err, 400, "input_extra", "input_extra[%d] must be an object with a string 'text'", i);
+        const cJSON *name = cJSON_GetObjectItemCaseSensitive(chunk, "filename"), *field;
+        if (name && !cJSON_IsString(name))
+            return api_fail(err, 400, "input_extra", "input_extra[%d].filename must be a string", i);
+        cJSON_ArrayForEach(field, chunk)
+            if (strcmp(field->string, "text") != 0 && strcmp(field->string, "filename") != 0 &&
+                strcmp(field->string, "time") != 0)
+                return api_fail(err, 400, "input_extra", "input_extra[%d]: unknown field '%.60s' (a chunk has "
+                                                         "'text' and 'filename')", i, field->string);
+        i++;
+    }
+    return (r->input_extra = cJSON_Duplicate(extra, true)) ? true : api_fail(err, 500, NULL, "out of memory");
+}
+
+/* POST /infill (llama-server's fill-in-the-middle): the model must have
+ * the FIM tokens, or the request is one the server cannot serve (501,
+ * llama-server's words). */
+static bool parse_infill(const cJSON *b, gen_request *r, const sm_model *model, api_error *err) {
+    sm_special_tokens sp = sm_model_special_tokens(model);
+    if (sp.fim_prefix < 0 || sp.fim_suffix < 0 || sp.fim_middle < 0) {
+        api_fail(err, 501, NULL, "Infill is not supported by this model: %s%s%s", sp.fim_prefix < 0 ? "prefix token is missing. " : "",
+                 sp.fim_suffix < 0 ? "suffix token is missing. " : "", sp.fim_middle < 0 ? "middle token is missing. " : "");
+        err->type = "not_supported_error";
+        return false;
+    }
+    r->infill = true;
+    const cJSON *prompt = json_field(b, "prompt");
+    if (prompt && !cJSON_IsNull(prompt) && !cJSON_IsString(prompt))
+        return api_fail(err, 400, "prompt", "'prompt' must be a string (the beginning of the middle)");
+    r->prompt = strdup(cJSON_IsString(prompt) ? prompt->valuestring : "");
+    if (!r->prompt) return api_fail(err, 500, NULL, "out of memory");
+    int32_t n_vocab = sm_model_n_vocab(model);
+    return parse_infill_text(b, "input_prefix", n_vocab, &r->input_prefix, err) &&
+           parse_infill_text(b, "input_suffix", n_vocab, &r->input_suffix, err) && parse_infill_extra(b, r, err);
+}
+
 /* A message's content: a string, or an array of {"type": "text", "text"}
  * joined by sep once there is text, as llama-server joins them
  * (common/chat.cpp: "\n", and "\n\n" in an assistant prefill). */
@@ -898,6 +965,7 @@ static const char *const KNOWN_FIELDS[] = {
     "verbose", "tools", "tool_choice", "parallel_tool_calls", "id_slot", "response_fields", "post_sampling_probs",
     "user", /* OpenAI's end-user id: no effect on generation there either */
     "chat_template_kwargs", "reasoning_effort",
+    "input_prefix", "input_suffix", "input_extra",
 };
 
 bool check_known_fields(const cJSON *body, const char *const *known_fields, size_t n_known, api_error *err) {
@@ -928,9 +996,14 @@ bool gen_request_parse(const cJSON *body, api_kind api, const model_set *models,
                                             "parallel_tool_calls", "chat_template_kwargs", "reasoning_effort", NULL};
     for (const char *const *field = CHAT_ONLY; api != API_CHAT && *field; field++)
         if (json_field(body, *field)) return api_fail(err, 400, *field, "'%s' is for chat requests (messages)", *field);
-    bool ok = (api == API_CHAT ? parse_messages(body, r, err) && parse_continuation(body, r, err) &&
-                                     parse_tool_choice(body, r, err) && parse_template_kwargs(body, defaults, r, err)
-                               : parse_prompt(body, r, sm_model_n_vocab(target_models[0]), err)) &&
+    static const char *const INFILL_ONLY[] = {"input_prefix", "input_suffix", "input_extra", NULL};
+    for (const char *const *field = INFILL_ONLY; api != API_INFILL && *field; field++)
+        if (json_field(body, *field)) return api_fail(err, 400, *field, "'%s' is for /infill", *field);
+    if (api == API_INFILL) r->api = API_LLAMA; /* answered as /completion answers */
+    bool ok = (api == API_CHAT     ? parse_messages(body, r, err) && parse_continuation(body, r, err) &&
+                                         parse_tool_choice(body, r, err) && parse_template_kwargs(body, defaults, r, err)
+               : api == API_INFILL ? parse_infill(body, r, target_models[0], err)
+                                   : parse_prompt(body, r, sm_model_n_vocab(target_models[0]), err)) &&
               parse_length(body, r, err) && parse_sampling(body, r, err) && parse_stop(body, r, err) &&
               parse_logit_bias(body, r, target_models[0], err) &&
               parse_logprobs(body, r, err) && parse_stream(body, r, err) && parse_llama_fields(body, r, err) &&
@@ -955,6 +1028,9 @@ void gen_request_bind(gen_request *r) {
 }
 
 void gen_request_free(gen_request *r) {
+    cJSON_Delete(r->input_prefix);
+    cJSON_Delete(r->input_suffix);
+    cJSON_Delete(r->input_extra);
     for (int i = 0; i < r->n_stops; i++) free(r->stops[i]);
     for (int i = 0; i < r->n_operators; i++) sm_operator_free(r->operators[i]);
     free(r->prefill);

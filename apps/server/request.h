@@ -16,6 +16,8 @@ typedef enum api_kind {
     API_COMPLETIONS,    /* POST /v1/completions       */
     API_CHAT,           /* POST /v1/chat/completions  */
     API_LLAMA,          /* POST /completion           */
+    API_INFILL,         /* POST /infill: parsed as such, then answered as
+                           /completion (the request's api is API_LLAMA) */
 } api_kind;
 
 typedef struct api_error {
@@ -73,6 +75,11 @@ typedef struct gen_request {
     bool return_progress;           /* a stream reports the prompt's decode */
     signed char verbose;            /* "verbose": 1, 0, or -1 (serve --verbose) */
     char *grammar;                  /* owned; params.grammar points here    */
+    /* /infill: the code before and after the gap (strings, or token ids
+     * mixed with strings) and the other files' chunks; prompt is the
+     * middle's given beginning ("" when none) */
+    bool infill;
+    cJSON *input_prefix, *input_suffix, *input_extra;
 } gen_request;
 
 /* serve's --n-predict when given, else the API's own default (16 tokens

@@ -11,11 +11,27 @@ dropped. Anything else is passed through, so a flag the server lacks fails
 the test that needs it, visibly.
 """
 import os
+import subprocess
 import sys
 
 SM_BIN = os.environ["SM_BIN"]
 MODELS = os.environ["SM_MODELS"]
 STORIES = os.path.join(MODELS, "stories260K.gguf")
+
+
+
+def stories_infill():
+    """The suite's stories260K-infill: stories260K with fill-in-the-middle
+    tokens named (three byte tokens no story uses), made once per run."""
+    folder = os.environ.get("LLAMA_CACHE", "/tmp")
+    path = os.path.join(folder, "stories260K-infill.gguf")
+    if not os.path.exists(path):
+        os.makedirs(folder, exist_ok=True)
+        tool, tmp = os.path.join(os.path.dirname(SM_BIN), "add_fim_tokens"), f"{path}.{os.getpid()}"
+        subprocess.run([tool, STORIES, tmp, "3", "4", "5"], check=True, stdout=subprocess.DEVNULL)
+        os.replace(tmp, path)
+    return path
+
 
 # flag -> takes a value. Dropped: llama.cpp's own tuning and download
 # switches, and what only the presets of out-of-scope tests ask for
@@ -65,7 +81,9 @@ def main(argv):
         else:
             out.append(a)
             i += 1
-    if model is None:  # every preset the suite downloads (or a model-less router) becomes stories260K
+    if model is None and (hf_repo or "").endswith("stories260K-infill"):
+        model = stories_infill()
+    if model is None:  # every other preset the suite downloads (or a model-less router) becomes stories260K
         model = STORIES
     if model is not None:
         out = ["--model", model] + out
