@@ -568,8 +568,38 @@ static void test_original_style_confidence(void **state) {
     sm_result_free(&r);
 }
 
+/* The tokens prompts are built from: stories260K's BOS and no FIM tokens;
+ * its copy with FIM tokens named (bench/add_fim_tokens, beside SM_BIN). */
+static void test_special_tokens(void **state) {
+    (void)state;
+    sm_model *m = tu_load_model("stories260K.gguf");
+    sm_special_tokens sp = sm_model_special_tokens(m);
+    assert_int_equal(sp.bos, 1);
+    assert_true(sp.fim_prefix == -1 && sp.fim_suffix == -1 && sp.fim_middle == -1 && sp.fim_repo == -1 &&
+                sp.fim_sep == -1);
+    sm_model_free(m);
+    const char *bin = getenv("SM_BIN");
+    if (!bin) skip();
+    char command[8192], copy[] = "/tmp/test_session_fim_XXXXXX";
+    int fd = mkstemp(copy);
+    assert_true(fd >= 0);
+    close(fd);
+    snprintf(command, sizeof command, "\"$(dirname '%s')/add_fim_tokens\" '%s' '%s' 7 8 9", bin,
+             tu_model_path("stories260K.gguf"), copy);
+    assert_int_equal(system(command), 0);
+    sm_error err = {0};
+    sm_model_params mp = sm_model_default_params();
+    m = sm_model_load(copy, &mp, &err);
+    unlink(copy);
+    assert_non_null(m);
+    sp = sm_model_special_tokens(m);
+    assert_true(sp.bos == 1 && sp.fim_prefix == 7 && sp.fim_suffix == 8 && sp.fim_middle == 9 && sp.fim_repo == -1);
+    sm_model_free(m);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_special_tokens),
         cmocka_unit_test(test_deferred_last_token),
         cmocka_unit_test(test_set_tokens_reuses_the_common_prefix),
         cmocka_unit_test(test_slot_file_round_trip),
