@@ -192,6 +192,11 @@ char *sm_detokenize_special(const sm_model *model, const sm_token *tokens, int32
  * a UTF-8 character still waiting for its next bytes (a stray byte that no
  * later byte can complete counts as complete). */
 size_t sm_utf8_complete_prefix(const char *s, size_t len);
+/* Where sm_gen_params.n_indent cuts a generated text: at the beginning of
+ * the first line after the first that comes after fewer than n_indent
+ * spaces and tabs (its first other byte, a line end included); -1 when
+ * none. A stream cuts what it sends there too. */
+long sm_indent_cut(const char *text, size_t len, int32_t n_indent);
 /* Whether s[0..len) is well-formed UTF-8 (no NUL, no overlong forms). */
 bool sm_utf8_is_valid(const char *s, size_t len);
 /* One token's bytes (special tokens as their text when special is true,
@@ -277,6 +282,11 @@ typedef struct sm_sampling_params {
     int32_t mirostat;          /* 0 = off, 2 = mirostat v2                   */
     float mirostat_tau;        /* 5: target surprise (bits)                  */
     float mirostat_eta;        /* 0.1: learning rate                         */
+    /* llama.cpp's infill sampler, after XTC (before the temperature): for
+     * fill-in-the-middle, it keeps only end-of-generation tokens when they
+     * are likely enough, else merges tokens that begin one another and
+     * drops the unlikely ones. false = off. */
+    bool infill;
 } sm_sampling_params;
 
 /* ------------------------------------------------------------------ */
@@ -596,6 +606,8 @@ typedef enum sm_stop_reason {
     SM_STOP_BOS,            /* the model began a new document (generated BOS) */
     SM_STOP_NO_CANDIDATES,  /* bans and penalties ruled out every token      */
     SM_STOP_STAGE,          /* a stage called sm_loop_stop                   */
+    SM_STOP_INDENT,         /* a line began less indented than n_indent     */
+    SM_STOP_TIME_LIMIT,     /* a line ended after t_max_predict_ms          */
 } sm_stop_reason;
 
 const char *sm_stop_reason_name(sm_stop_reason reason);
@@ -889,6 +901,14 @@ typedef struct sm_gen_params {
      * returned ends before it. */
     const char *const *stop_strings;
     int32_t n_stop_strings;
+    /* Code completion's limits, llama-server's: a line after the first
+     * that begins (its first character other than a space or tab, a line
+     * end included) with fewer than n_indent spaces and tabs ends the
+     * generation, the text cut there (0 = off); a token that ends a line
+     * once t_max_predict_ms have passed since the first token ends it too
+     * (0 = off). */
+    int32_t n_indent;
+    int32_t t_max_predict_ms;
     int32_t n_probs;                /* TOKEN events carry the top n (0; <= 1000) */
     /* ... of the distribution the token was drawn from, after every
      * truncation and the temperature (llama-server's post_sampling_probs),
@@ -954,6 +974,16 @@ sm_policy_params sm_policy_default_params(void);
 sm_gen_params sm_gen_default_params(void);
 /* Validates every field; on failure writes a message naming the field. */
 sm_status sm_gen_params_validate(const sm_gen_params *params, sm_error *err);
+/* llama.cpp's sampler list (llama-server's "samplers", llama-cli's
+ * --samplers): only the named samplers run, the others are set to off (a
+ * left-out "temperature" samples at T 1, as llama.cpp's chain without its
+ * temperature sampler). Names as llama.cpp's: penalties, dry, top_n_sigma,
+ * top_k, typ_p, top_p, min_p, xtc, infill, temperature, and its aliases
+ * (top-k, topk, nucleus, typical, temp, ...; any case). The chain's order
+ * is fixed, that one: a list in another order, a name twice or an unknown
+ * name is SM_ERR_INVALID_ARGUMENT naming it, p unchanged. */
+sm_status sm_sampling_params_set_samplers(sm_sampling_params *p, const char *const *names, int32_t n_names,
+                                          sm_error *err);
 /* Sets the policy's style and thresholds to a named preset: "original"
  * (the Rust llama_selfmod's policy, SM_POLICY_ORIGINAL, at its
  * thresholds), "calibrated" (sm_policy_default_params: SM_POLICY_CALIBRATED),

@@ -108,6 +108,12 @@ struct llama_sampler *smx_grammar_new_lazy(const struct llama_vocab *vocab, cons
     return s;
 }
 
+struct llama_sampler *smx_infill_new(const struct llama_vocab *vocab, sm_error *err) {
+    struct llama_sampler *s = nullptr;
+    guarded(err, SM_ERR_INVALID_ARGUMENT, "llama_sampler_init_infill", [&] { s = llama_sampler_init_infill(vocab); });
+    return s;
+}
+
 bool smx_sampler_apply(struct llama_sampler *smpl, llama_token_data_array *cur, sm_error *err) {
     return guarded(err, SM_ERR_INVALID_ARGUMENT, "llama_sampler_apply", [&] { llama_sampler_apply(smpl, cur); });
 }

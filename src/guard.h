@@ -41,6 +41,7 @@ struct llama_sampler *smx_grammar_new(const struct llama_vocab *vocab, const cha
 struct llama_sampler *smx_grammar_new_lazy(const struct llama_vocab *vocab, const char *grammar, const char *root,
                                            const char *const *patterns, size_t n_patterns, sm_error *err);
 bool smx_sampler_apply(struct llama_sampler *smpl, llama_token_data_array *cur, sm_error *err);
+struct llama_sampler *smx_infill_new(const struct llama_vocab *vocab, sm_error *err);
 bool smx_sampler_accept(struct llama_sampler *smpl, llama_token token, sm_error *err);
 bool smx_sampler_reset(struct llama_sampler *smpl, sm_error *err);
 

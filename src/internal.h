@@ -203,6 +203,7 @@ typedef struct sm_sampler_work {
     const struct llama_vocab *vocab;
     int32_t n_ctx;
     struct llama_sampler *dry;
+    struct llama_sampler *infill; /* made on first use (needs vocab)       */
     llama_token_data *dry_cur;   /* n_vocab                                */
     float dry_made_with[2];      /* multiplier, base                       */
     int32_t dry_made_with_len[2];/* allowed length, tokens it looks at     */
@@ -238,6 +239,7 @@ typedef struct sm_sample_input {
     int32_t mirostat;
     float mirostat_tau, mirostat_eta;
     struct llama_sampler *grammar; /* applied after the penalties, or NULL */
+    bool infill;                   /* llama.cpp's infill sampler after XTC */
     /* With a grammar, when not NULL: gets `logits` with what the grammar
      * (and the bans) rule out at -inf, the distribution the text is
      * written from (n_vocab). */

@@ -2,6 +2,7 @@
 #include "internal.h"
 #include "jinja.h"
 
+#include <ctype.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -73,6 +74,8 @@ const char *sm_stop_reason_name(sm_stop_reason reason) {
     case SM_STOP_BOS: return "bos";
     case SM_STOP_NO_CANDIDATES: return "no_candidates";
     case SM_STOP_STAGE: return "stage";
+    case SM_STOP_INDENT: return "indent";
+    case SM_STOP_TIME_LIMIT: return "time_limit";
     }
     return "unknown";
 }
@@ -253,6 +256,74 @@ static bool in_range(float v, float lo, float hi) { return isfinite(v) && v >= l
 
 static sm_status validate_gen_params(const sm_gen_params *p, char *msg, size_t msg_size);
 
+/* llama.cpp's sampler chain, in its order (common.h's default), with the
+ * names and aliases common_sampler_types_from_names takes. */
+enum { SAMPLER_PENALTIES, SAMPLER_DRY, SAMPLER_TOP_N_SIGMA, SAMPLER_TOP_K, SAMPLER_TYPICAL, SAMPLER_TOP_P,
+       SAMPLER_MIN_P, SAMPLER_XTC, SAMPLER_INFILL, SAMPLER_TEMPERATURE, N_SAMPLERS };
+static const char *const SAMPLER_NAMES[N_SAMPLERS] = {"penalties", "dry", "top_n_sigma", "top_k", "typ_p",
+                                                      "top_p", "min_p", "xtc", "infill", "temperature"};
+
+/* A name as llama.cpp takes it (any case): the name, with '-' for '_'
+ * ("top-k"), or without the '_' ("topk"); or "nucleus", "temp", "typ".
+ * -1 when none. */
+static int sampler_index(const char *name) {
+    char lower[32];
+    size_t n = strlen(name);
+    if (n >= sizeof lower) return -1;
+    for (size_t i = 0; i <= n; i++) lower[i] = (char)tolower((unsigned char)name[i]);
+    static const struct { const char *alias; int index; } MISC[] = {
+        {"nucleus", SAMPLER_TOP_P}, {"temp", SAMPLER_TEMPERATURE}, {"typ", SAMPLER_TYPICAL}};
+    for (size_t i = 0; i < sizeof MISC / sizeof MISC[0]; i++)
+        if (strcmp(lower, MISC[i].alias) == 0) return MISC[i].index;
+    for (int s = 0; s < N_SAMPLERS; s++) {
+        char kebab[32], joined[32];
+        size_t k = 0;
+        for (size_t i = 0; SAMPLER_NAMES[s][i]; i++) {
+            kebab[i] = SAMPLER_NAMES[s][i] == '_' ? '-' : SAMPLER_NAMES[s][i];
+            kebab[i + 1] = '\0';
+            if (SAMPLER_NAMES[s][i] != '_') joined[k++] = SAMPLER_NAMES[s][i];
+        }
+        joined[k] = '\0';
+        if (strcmp(lower, SAMPLER_NAMES[s]) == 0 || strcmp(lower, kebab) == 0 || strcmp(lower, joined) == 0) return s;
+    }
+    return -1;
+}
+
+static sm_status refuse_samplers(sm_error *err, const char *why, const char *a, const char *b) {
+    sm_error_set(err, SM_ERR_INVALID_ARGUMENT, why, a, b);
+    return SM_ERR_INVALID_ARGUMENT;
+}
+
+sm_status sm_sampling_params_set_samplers(sm_sampling_params *p, const char *const *names, int32_t n_names,
+                                          sm_error *err) {
+    bool on[N_SAMPLERS] = {false};
+    int last = -1;
+    for (int32_t i = 0; i < n_names; i++) {
+        int s = names[i] ? sampler_index(names[i]) : -1;
+        if (s < 0)
+            return refuse_samplers(err, "samplers: unknown sampler '%.40s' (%s)", names[i] ? names[i] : "(null)",
+                                   "penalties, dry, top_n_sigma, top_k, typ_p, top_p, min_p, xtc, infill, temperature");
+        if (on[s]) return refuse_samplers(err, "samplers: '%s' is named twice%s", SAMPLER_NAMES[s], "");
+        if (s < last)
+            return refuse_samplers(err, "samplers: '%s' after '%s': the chain runs in llama.cpp's order (penalties, "
+                                        "dry, top_n_sigma, top_k, typ_p, top_p, min_p, xtc, infill, temperature)",
+                                   SAMPLER_NAMES[s], SAMPLER_NAMES[last]);
+        on[s] = true;
+        last = s;
+    }
+    if (!on[SAMPLER_PENALTIES]) p->repeat_penalty = 1.0f, p->frequency_penalty = 0.0f, p->presence_penalty = 0.0f;
+    if (!on[SAMPLER_DRY]) p->dry_multiplier = 0.0f;
+    if (!on[SAMPLER_TOP_N_SIGMA]) p->top_n_sigma = -1.0f;
+    if (!on[SAMPLER_TOP_K]) p->top_k = 0;
+    if (!on[SAMPLER_TYPICAL]) p->typical_p = 1.0f;
+    if (!on[SAMPLER_TOP_P]) p->top_p = 1.0f;
+    if (!on[SAMPLER_MIN_P]) p->min_p = 0.0f;
+    if (!on[SAMPLER_XTC]) p->xtc_probability = 0.0f;
+    p->infill = on[SAMPLER_INFILL];
+    if (!on[SAMPLER_TEMPERATURE]) p->temperature = 1.0f, p->dynatemp_range = 0.0f;
+    return SM_OK;
+}
+
 sm_status sm_gen_params_validate(const sm_gen_params *p, sm_error *err) {
     sm_error scratch;
     if (!err) err = &scratch;
@@ -264,6 +335,8 @@ static sm_status validate_gen_params(const sm_gen_params *p, char *msg, size_t m
     const sm_sampling_params *s = &p->sampling;
     const sm_policy_params *q = &p->policy;
     CHECK(p->n_predict >= -1, "n_predict must be >= 0, or -1 for no limit (got %d)", p->n_predict);
+    CHECK(p->n_indent >= 0, "n_indent must be >= 0 (0 = off; got %d)", p->n_indent);
+    CHECK(p->t_max_predict_ms >= 0, "t_max_predict_ms must be >= 0 (0 = off; got %d)", p->t_max_predict_ms);
     CHECK(in_range(s->temperature, 0.0f, 100.0f), "temperature must be in [0, 100] (got %g)", s->temperature);
     CHECK(isfinite(s->top_p) && s->top_p > 0.0f && s->top_p <= 1.0f, "top_p must be in (0, 1] (got %g)", s->top_p);
     CHECK(isfinite(s->min_p) && s->min_p >= 0.0f && s->min_p < 1.0f, "min_p must be in [0, 1) (got %g)", s->min_p);
@@ -293,6 +366,7 @@ static sm_status validate_gen_params(const sm_gen_params *p, char *msg, size_t m
     CHECK(in_range(s->dynatemp_exponent, 0.0f, 100.0f), "dynatemp_exponent must be in [0, 100] (got %g)", s->dynatemp_exponent);
     CHECK(s->mirostat == 0 || s->mirostat == 2, "mirostat must be 0 (off) or 2 (mirostat v2; v1 is not offered) (got %d)",
           s->mirostat);
+    CHECK(!(s->infill && s->mirostat), "the infill sampler does not run with mirostat (mirostat replaces the chain)");
     if (s->mirostat) {
         CHECK(in_range(s->mirostat_tau, 0.0f, 100.0f), "mirostat_tau must be in [0, 100] (got %g)", s->mirostat_tau);
         CHECK(in_range(s->mirostat_eta, 0.0f, 10.0f), "mirostat_eta must be in [0, 10] (got %g)", s->mirostat_eta);

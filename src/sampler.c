@@ -130,6 +130,8 @@ void sm_sampler_work_free(sm_sampler_work *w) {
     free(w->counted);
     w->counted = NULL;
     if (w->dry) llama_sampler_free(w->dry);
+    if (w->infill) llama_sampler_free(w->infill);
+    w->infill = NULL;
     w->logits = NULL;
     w->cand = NULL;
     w->dry_cur = NULL;
@@ -194,6 +196,21 @@ static struct llama_sampler *dry_sampler(sm_sampler_work *w, const sm_sample_inp
     w->dry_made_with_len[0] = in->dry_allowed_length;
     w->dry_made_with_len[1] = last_n;
     return w->dry;
+}
+
+/* llama.cpp's infill sampler over the candidates, through llama.cpp
+ * itself: it leaves them sorted by probability (or one end-of-text token,
+ * logit 1, when nothing else is left). false when it cannot run. */
+static bool apply_infill(sm_candidate *c, int32_t *n, sm_sampler_work *w) {
+    sm_error err;
+    if (!w->infill && !(w->vocab && (w->infill = smx_infill_new(w->vocab, &err)))) return false;
+    llama_token_data *cur = w->dry_cur;
+    for (int32_t i = 0; i < *n; i++) cur[i] = (llama_token_data){c[i].token, c[i].logit, 0.0f};
+    llama_token_data_array arr = {cur, (size_t)*n, -1, false};
+    if (!smx_sampler_apply(w->infill, &arr, &err) || arr.size == 0) return false;
+    for (size_t i = 0; i < arr.size; i++) c[i] = (sm_candidate){arr.data[i].id, arr.data[i].logit, arr.data[i].p};
+    *n = (int32_t)arr.size;
+    return true;
 }
 
 /* Lowers the logits of tokens that would extend a repeated sequence. The
@@ -535,7 +552,7 @@ sm_token sm_sample(const sm_sample_input *in, sm_sample_rng *rng, sm_sampler_wor
      * draws from every token in token order, sorting nothing (a sort of the
      * vocabulary here cost more than a 110M model's decode of the token). */
     if (whole_vocab && in->top_p >= 1.0f && in->min_p <= 0.0f && in->typical_p >= 1.0f &&
-        in->xtc_probability <= 0.0f && in->dynatemp_range <= 0.0f) {
+        in->xtc_probability <= 0.0f && in->dynatemp_range <= 0.0f && !in->infill) {
         int32_t n = 0;
         for (int32_t t = 0; t < in->n_vocab; t++)
             if (logits[t] > -INFINITY) c[n++] = (sm_candidate){t, logits[t], 0.0f};
@@ -577,11 +594,12 @@ sm_token sm_sample(const sm_sample_input *in, sm_sample_rng *rng, sm_sampler_wor
         softmax(c, n, 1.0f);
         apply_xtc(c, &n, in, rng);
     }
+    if (in->infill && !apply_infill(c, &n, w)) return -1;
     const float t = in->dynatemp_range > 0.0f ? dynamic_temperature(c, n, in) : in->temperature;
     softmax(c, n, t);
     keep_candidates(in, c, n, w);
     const bool sorted = !whole_vocab || in->top_p < 1.0f || in->typical_p < 1.0f || in->xtc_probability > 0.0f ||
-                        (in->dynatemp_range > 0.0f && n > 1);
+                        in->infill || (in->dynatemp_range > 0.0f && n > 1);
     int32_t pick = dist_draw(c, n, t, !sorted, &rng->draw, w);
     *p_sampled = c[pick].prob;
     return c[pick].token;

@@ -1210,6 +1210,7 @@ static sm_token sample_candidate(generation *g, int32_t i, const sm_knobs *knobs
         .mirostat_mu = i == 0 ? 2.0f * g->gp->sampling.mirostat_tau : g->rec[i - 1].mirostat_mu_next,
         .mirostat_mu_next = &r->mirostat_mu_next,
         .grammar = g->grammar,
+        .infill = g->gp->sampling.infill,
         .masked_out = g->grammar ? s->work.masked : NULL,
         .kept_out = g->gp->n_probs_post_sampling ? s->post_top : NULL,
         .n_kept_out = &s->n_post_top,
@@ -1398,7 +1399,7 @@ static sm_status check_decoded(generation *g, int32_t i, const sm_token_view *vi
     return SM_OK;
 }
 
-static void report_token(generation *g, int32_t i, const sm_token_view *view) {
+static void report_token(generation *g, int32_t i, const sm_token_view *view, size_t text_end) {
     sm_session *s = g->s;
     sm_event e = sm_loop_base_event(g, SM_EVENT_TOKEN, i);
     e.token = view->token;
@@ -1406,7 +1407,7 @@ static void report_token(generation *g, int32_t i, const sm_token_view *view) {
     /* From the end of the complete text before this token to the end of
      * the complete text after it. */
     size_t text_from = sm_utf8_complete_prefix(g->text.bytes, g->text.offsets[g->text.n_tokens - 1]);
-    size_t text_to = sm_utf8_complete_prefix(g->text.bytes, g->text.len);
+    size_t text_to = sm_utf8_complete_prefix(g->text.bytes, text_end);
     e.text = g->text.bytes + text_from;
     e.text_len = text_to > text_from ? text_to - text_from : 0;
     e.signals = g->rec[i].signals;
@@ -1447,10 +1448,17 @@ static sm_status commit(generation *g, int32_t i, const sm_token_view *view, int
     bool taken_back = false;
     st = check_decoded(g, i, view, &taken_back);
     if (st != SM_OK || taken_back) return st;
-    report_token(g, i, view);
-    if (g->gp->n_stop_strings > 0 &&
+    if (g->t_first_token_ms <= 0.0) g->t_first_token_ms = sm_now_ms();
+    /* the cut comes before the report: a stream never sends the line's beginning */
+    long cut = g->gp->n_indent > 0 ? sm_indent_cut(g->text.bytes, g->text.len, g->gp->n_indent) : -1;
+    if (cut >= 0) g->stop = SM_STOP_INDENT;
+    report_token(g, i, view, cut >= 0 ? (size_t)cut : g->text.len);
+    if (g->stop == SM_STOP_NONE && g->gp->n_stop_strings > 0 &&
         sm_text_find_stop(&g->text, text_before, g->gp->stop_strings, g->gp->n_stop_strings) >= 0)
         g->stop = SM_STOP_STOP_STRING;
+    if (g->stop == SM_STOP_NONE && g->gp->t_max_predict_ms > 0 && memchr(view->piece, '\n', (size_t)piece_len) &&
+        sm_now_ms() - g->t_first_token_ms > g->gp->t_max_predict_ms)
+        g->stop = SM_STOP_TIME_LIMIT;
     for (int32_t k = 0; k < g->n_stages && g->stop == SM_STOP_NONE && !g->injected; k++) {
         sm_stage *stg = g->stages[k];
         if (!stg->vt->after_token) continue;
@@ -1640,6 +1648,10 @@ static sm_status finish_result(generation *g) {
     size_t len = g->text.len;
     if (g->stop == SM_STOP_STOP_STRING) {
         long at = sm_text_find_stop(&g->text, 0, g->gp->stop_strings, g->gp->n_stop_strings);
+        if (at >= 0) len = (size_t)at;
+    }
+    if (g->stop == SM_STOP_INDENT) {
+        long at = sm_indent_cut(g->text.bytes, g->text.len, g->gp->n_indent);
         if (at >= 0) len = (size_t)at;
     }
     r->text = malloc(len + 1);

@@ -165,6 +165,7 @@ typedef struct sm_loop {
     sm_status status;               /* the first failure inside a stage hook  */
     int32_t n_events, cap_events;
     sm_stop_reason stop;
+    double t_first_token_ms;  /* when the first token was kept (t_max_predict_ms) */
     bool cancelled;
     /* Injected tokens sit between generated ones in the context, so the
      * generated index is the context position minus start and n_injected;

@@ -58,6 +58,17 @@ static size_t utf8_expected_length(unsigned char c) {
     return 1;
 }
 
+long sm_indent_cut(const char *text, size_t len, int32_t n_indent) {
+    if (!text || n_indent <= 0) return -1;
+    for (size_t j = 0; j < len; j++) {
+        if (text[j] != '\n') continue;
+        size_t pos = j + 1;
+        while (pos < len && (text[pos] == ' ' || text[pos] == '\t')) pos++;
+        if (pos < len && pos - (j + 1) < (size_t)n_indent) return (long)pos;
+    }
+    return -1;
+}
+
 size_t sm_utf8_complete_prefix(const char *s, size_t len) {
     /* Only the last 3 bytes can start a sequence that is still open. */
     for (size_t back = 1; back <= 3 && back <= len; back++) {

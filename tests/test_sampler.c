@@ -5,6 +5,7 @@
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
+#include <string.h>
 
 static sm_sample_input input(const float *logits, int32_t n) {
     return (sm_sample_input){.logits = logits, .n_vocab = n, .temperature = 1.0f, .repeat_penalty = 1.0f,
@@ -536,8 +537,52 @@ static void test_same_tokens_as_llama_cpp(void **unused) {
     sm_sampler_work_free(&w);
 }
 
+/* llama.cpp's sampler list: the named ones run, the others are off; its
+ * aliases and any case; another order, a name twice or an unknown one is
+ * refused with the parameters unchanged. */
+static void test_sampler_list(void **state) {
+    (void)state;
+    sm_sampling_params p = sm_sampling_default_params();
+    p.temperature = 0.3f;
+    p.dry_multiplier = 0.8f;
+    const char *vim[] = {"TOP-K", "nucleus", "Infill"};
+    sm_error err;
+    assert_int_equal(sm_sampling_params_set_samplers(&p, vim, 3, &err), SM_OK);
+    assert_int_equal(p.top_k, 40);
+    assert_true(p.top_p == 0.95f && p.infill);
+    assert_true(p.min_p == 0.0f && p.repeat_penalty == 1.0f && p.dry_multiplier == 0.0f && p.typical_p == 1.0f);
+    assert_true(p.temperature == 1.0f); /* no temperature sampler: T 1, as llama.cpp's chain */
+    const char *with_temp[] = {"minp", "temp"};
+    p = sm_sampling_default_params();
+    p.temperature = 0.3f;
+    assert_int_equal(sm_sampling_params_set_samplers(&p, with_temp, 2, &err), SM_OK);
+    assert_true(p.temperature == 0.3f && p.min_p == 0.05f && p.top_k == 0 && !p.infill);
+    const sm_sampling_params before = p;
+    const char *wrong_order[] = {"temperature", "top_k"}, *twice[] = {"top_k", "topk"}, *unknown[] = {"typical"};
+    assert_int_equal(sm_sampling_params_set_samplers(&p, wrong_order, 2, &err), SM_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(err.message, "'top_k' after 'temperature'"));
+    assert_int_equal(sm_sampling_params_set_samplers(&p, twice, 2, &err), SM_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(err.message, "twice"));
+    assert_int_equal(sm_sampling_params_set_samplers(&p, unknown, 1, &err), SM_ERR_INVALID_ARGUMENT);
+    assert_true(p.temperature == before.temperature && p.top_k == before.top_k && p.min_p == before.min_p &&
+                p.top_p == before.top_p && p.infill == before.infill && p.repeat_penalty == before.repeat_penalty);
+}
+
+/* n_indent's cut: the first line is free; a later line that begins with
+ * fewer spaces and tabs (a blank one too) is cut at its first other byte. */
+static void test_indent_cut(void **state) {
+    (void)state;
+    const char *ok = "  x\n  y\n\t z";
+    assert_int_equal(sm_indent_cut(ok, strlen(ok), 2), -1);
+    assert_int_equal(sm_indent_cut("x\n y", 4, 2), 3);
+    assert_int_equal(sm_indent_cut("x\n  y\n\n", 7, 1), 6);
+    assert_int_equal(sm_indent_cut("x\n ", 3, 2), -1); /* the line has not begun yet */
+    assert_int_equal(sm_indent_cut("x\ny", 3, 0), -1);  /* 0: off */
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_sampler_list), cmocka_unit_test(test_indent_cut),
         cmocka_unit_test(test_greedy_bans_and_penalty), cmocka_unit_test(test_top_k_top_p_min_p),
         cmocka_unit_test(test_temperature_changes_the_draw), cmocka_unit_test(test_seed_determinism),
         cmocka_unit_test(test_signals), cmocka_unit_test(test_min_p_fast_path_matches_reference),

@@ -86,6 +86,9 @@ start_server slow -m "$SLOW_MODEL" --parallel 1 --quiet
   --layers 2 --embd 64 --ff 128 --heads 2 --ctx 4096 > /dev/null
 start_server infill -m "$WORK/fim.gguf" --parallel 1 --ctx-size 2048 --quiet
 start_server infill_spm -m "$WORK/fim.gguf" --parallel 1 --ctx-size 2048 --spm-infill --quiet
+# ... and a trained one: stories260K with FIM tokens named, as llama.cpp's stories260K-infill
+"$(dirname "$SM_BIN")/add_fim_tokens" "$SM_MODELS/stories260K.gguf" "$WORK/stories-fim.gguf" 3 4 5
+start_server infill_stories -m "$WORK/stories-fim.gguf" --parallel 1 --ctx-size 2048 --quiet
 # Two threads: llama.cpp's OpenMP team has a worker to count (below).
 start_server teams -m "$SM_MODELS/stories260K.gguf" --parallel 2 --threads 2 --quiet
 start_server guarded -m "$SM_MODELS/stories260K.gguf" --parallel 1 --header-timeout 1 --max-connections 8 \
@@ -95,6 +98,7 @@ export SM_SERVER_URL="$URL_plain" SM_SERVER_KEY_URL="$URL_keyed" SM_SERVER_FUSED
 export SM_SERVER_TEMPLATED_URL="$URL_templated" SM_SERVER_TOOLS_URL="$URL_tools" SM_SERVER_KWARGS_URL="$URL_kwargs"
 export SM_SERVER_GUARDED_URL="$URL_guarded" SM_SERVER_SLOW_URL="$URL_slow"
 export SM_SERVER_INFILL_URL="$URL_infill" SM_SERVER_INFILL_SPM_URL="$URL_infill_spm"
+export SM_SERVER_INFILL_STORIES_URL="$URL_infill_stories"
 export SM_API_KEY="$API_KEY" SM_SCREENSHOT_DIR="$PWD"
 
 status=0

@@ -189,6 +189,7 @@ static job *job_new(server *srv, gen_request *req, api_error *err) {
         return NULL;
     }
     tracker_init(&j->tr, false, (const char *const *)j->req.stops, j->req.n_stops);
+    j->tr.n_indent = j->req.params.n_indent;
     j->client_fd = -1;
     if ((j->req.api != API_CHAT || j->req.tool_mode) && !tokenize_prompt(j, err)) {
         job_free(j);

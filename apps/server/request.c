@@ -122,6 +122,42 @@ static bool parse_sampling(const cJSON *b, gen_request *r, api_error *err) {
     return true;
 }
 
+/* llama-server's "samplers": names (["top_k", "top_p", "infill"]) or one
+ * letter each ("kpi"), run in the chain's order (sm_sampling_params_set_samplers). */
+static bool parse_samplers(const cJSON *b, gen_request *r, api_error *err) {
+    static const char LETTERS[] = "edskypmxit";
+    static const char *const NAMES[] = {"penalties", "dry", "top_n_sigma", "top_k", "typ_p", "top_p", "min_p",
+                                        "xtc", "infill", "temperature"};
+    enum { MAX_SAMPLERS = 32 };
+    const cJSON *v = json_field(b, "samplers"), *item;
+    if (!v || cJSON_IsNull(v)) return true;
+    const char *names[MAX_SAMPLERS];
+    int n = 0;
+    if (cJSON_IsString(v)) {
+        for (const char *c = v->valuestring; *c; c++) {
+            const char *at = strchr(LETTERS, *c);
+            if (!at || !*c || n == MAX_SAMPLERS) /* a byte, not a character: the reply stays UTF-8 */
+                return api_fail(err, 400, "samplers", "samplers: byte %d (0x%02x) is not a sampler's letter (%s)",
+                                (int)(c - v->valuestring), (unsigned char)*c, LETTERS);
+            names[n++] = NAMES[at - LETTERS];
+        }
+    } else if (cJSON_IsArray(v)) {
+        cJSON_ArrayForEach(item, v) {
+            if (!cJSON_IsString(item) || n == MAX_SAMPLERS)
+                return api_fail(err, 400, "samplers", "'samplers' must be at most %d sampler names", MAX_SAMPLERS);
+            names[n++] = item->valuestring;
+        }
+    } else {
+        return api_fail(err, 400, "samplers", "'samplers' must be an array of sampler names or a string of letters");
+    }
+    if (r->params.sampling.mirostat)
+        return api_fail(err, 400, "samplers", "'samplers' with 'mirostat': mirostat replaces the chain");
+    sm_error e;
+    if (sm_sampling_params_set_samplers(&r->params.sampling, names, n, &e) != SM_OK)
+        return api_fail(err, 400, "samplers", "%s", e.message);
+    return true;
+}
+
 /* OpenAI's {"token id": bias} (bias in [-100, 100]; -100 bans), or
  * llama-server's [[id, bias], ...] with false for a ban. */
 static bool add_bias(gen_request *r, double token, const cJSON *bias, const char *param, int n_vocab,
@@ -342,8 +378,12 @@ static bool parse_llama_fields(const cJSON *b, gen_request *r, api_error *err) {
         !get_i32(b, "n_keep", "n_keep", -1, 1 << 30, &r->params.n_keep, err) ||
         !get_i32(b, "n_discard", "n_discard", 0, 1 << 30, &r->params.n_discard, err))
         return false;
-    long long id_slot = -1;
-    if (!get_int_field(b, "id_slot", "id_slot", -1, 1 << 20, &id_slot, err)) return false;
+    long long id_slot = -1, t_max_predict_ms = 0;
+    if (!get_int_field(b, "id_slot", "id_slot", -1, 1 << 20, &id_slot, err) ||
+        !get_i32(b, "n_indent", "n_indent", 0, 1 << 20, &r->params.n_indent, err) ||
+        !get_int_field(b, "t_max_predict_ms", "t_max_predict_ms", -1, INT32_MAX, &t_max_predict_ms, err))
+        return false;
+    r->params.t_max_predict_ms = t_max_predict_ms > 0 ? (int32_t)t_max_predict_ms : 0; /* <= 0: off, as llama-server */
     r->id_slot = (int)id_slot;
     const cJSON *fields = json_field(b, "response_fields"), *field;
     if (fields && !cJSON_IsNull(fields)) {
@@ -965,7 +1005,7 @@ static const char *const KNOWN_FIELDS[] = {
     "verbose", "tools", "tool_choice", "parallel_tool_calls", "id_slot", "response_fields", "post_sampling_probs",
     "user", /* OpenAI's end-user id: no effect on generation there either */
     "chat_template_kwargs", "reasoning_effort",
-    "input_prefix", "input_suffix", "input_extra",
+    "input_prefix", "input_suffix", "input_extra", "samplers", "n_indent", "t_max_predict_ms",
 };
 
 bool check_known_fields(const cJSON *body, const char *const *known_fields, size_t n_known, api_error *err) {
@@ -1004,7 +1044,8 @@ bool gen_request_parse(const cJSON *body, api_kind api, const model_set *models,
                                          parse_tool_choice(body, r, err) && parse_template_kwargs(body, defaults, r, err)
                : api == API_INFILL ? parse_infill(body, r, target_models[0], err)
                                    : parse_prompt(body, r, sm_model_n_vocab(target_models[0]), err)) &&
-              parse_length(body, r, err) && parse_sampling(body, r, err) && parse_stop(body, r, err) &&
+              parse_length(body, r, err) && parse_sampling(body, r, err) && parse_samplers(body, r, err) &&
+              parse_stop(body, r, err) &&
               parse_logit_bias(body, r, target_models[0], err) &&
               parse_logprobs(body, r, err) && parse_stream(body, r, err) && parse_llama_fields(body, r, err) &&
               parse_grammar(body, r, target_models[0], err) &&

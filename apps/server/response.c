@@ -284,6 +284,8 @@ static cJSON *usage(const job *j, const sm_result *res) {
 static const char *finish_reason(sm_stop_reason r) {
     switch (r) {
     case SM_STOP_N_PREDICT:
+    case SM_STOP_INDENT:      /* llama-server's limits, as its n_predict */
+    case SM_STOP_TIME_LIMIT:
     case SM_STOP_CONTEXT_FULL: return "length";
     default: return "stop";
     }
@@ -295,6 +297,8 @@ static const char *llama_stop_type(sm_stop_reason r) {
     case SM_STOP_BOS: return "eos"; /* --stop-at-bos: BOS ends the text as an end-of-generation would */
     case SM_STOP_STOP_STRING: return "word";
     case SM_STOP_N_PREDICT:
+    case SM_STOP_INDENT:
+    case SM_STOP_TIME_LIMIT:
     case SM_STOP_CONTEXT_FULL: return "limit";
     default: return "none";
     }

@@ -99,6 +99,8 @@ size_t tracker_settled_end(const tracker *t) {
         int32_t settled = t->n_settled < t->n_tokens ? t->n_settled : t->n_tokens;
         end = settled <= 0 ? 0 : t->tokens[settled - 1].offset + t->tokens[settled - 1].len;
     }
+    long indent = sm_indent_cut(t->text, t->len, t->n_indent);
+    if (indent >= 0 && (size_t)indent < end) end = (size_t)indent;
     if (t->n_stops > 0 && t->len > 0) {
         size_t cut;
         size_t hold = stop_hold(t, &cut);

@@ -36,6 +36,7 @@ typedef struct tracker {
     int32_t n_settled;      /* what the library said last                */
     const char *const *stops;
     int32_t n_stops;
+    int32_t n_indent;       /* the request's: nothing past its cut is sent */
 } tracker;
 
 void tracker_init(tracker *t, bool hold_back, const char *const *stops, int32_t n_stops);

@@ -96,3 +96,78 @@ test('/infill refuses what it cannot serve, by name', async () => {
   // the FIM fields belong to /infill
   assert.equal(assertError(await post(infill(), '/completion', { prompt: 'a', input_prefix: 'b' }), 400).param, 'input_prefix');
 });
+
+// llama.vim's own request (autoload/llama.vim): the sampler list with llama.cpp's infill sampler,
+// n_indent, t_max_predict_ms, a chunk's time. The contents are llama-server 0.5.0's on the same
+// model (stories260K with FIM tokens 3, 4, 5) and seeds; 40 such requests matched side by side.
+const vimRequest = (seed) => ({
+  input_prefix: 'Once upon a time, there was a little girl named Lily. ', input_suffix: ' They played all day.\n',
+  prompt: 'She', n_predict: 24, top_k: 40, top_p: 0.99, samplers: ['top_k', 'top_p', 'infill'], seed,
+  input_extra: [{ filename: 'a.txt', text: 'Tom had a dog.\n', time: 1 }], cache_prompt: true, n_indent: 0,
+  t_max_predict_ms: 1000, stream: false,
+});
+
+test('llama.vim\'s request: samplers with the infill sampler, as llama-server samples them', async () => {
+  const stories = process.env.SM_SERVER_INFILL_STORIES_URL;
+  const expected = [
+    ' are two friends, Max, who was very smarty. Lily',
+    ' are many toys, but her mommy said they were going to the par',
+    ' are two friends, Max and Lily were very happy. They went to the p',
+  ];
+  for (const [seed, content] of expected.entries()) {
+    const r = await infillOk(stories, vimRequest(seed));
+    assert.equal(r.content, content, `seed ${seed}`);
+    assert.equal(r.tokens_evaluated, 55);
+  }
+  // without the infill sampler the draw differs: it acts
+  const plain = await infillOk(stories, { ...vimRequest(0), samplers: ['top_k', 'top_p'] });
+  assert.notEqual(plain.content, expected[0]);
+  // letters, llama-server's other form: "kpi" is the same chain
+  assert.equal((await infillOk(stories, { ...vimRequest(1), samplers: 'kpi' })).content, expected[1]);
+});
+
+test('samplers refused by name: unknown, twice, out of the chain\'s order, with mirostat', async () => {
+  for (const [samplers, extra, words] of [
+    [['top_k', 'nope'], {}, /unknown sampler 'nope'/], [['top_k', 'top-k'], {}, /named twice/],
+    [['temperature', 'top_k'], {}, /'top_k' after 'temperature'/], ['kz', {}, /byte 1 \(0x7a\)/],
+    [[3], {}, /sampler names/], [{}, {}, /array of sampler names or a string/],
+    [['top_k'], { mirostat: 2 }, /mirostat replaces the chain/],
+  ]) {
+    const e = assertError(await post(servers.plain, '/completion', { prompt: 'a', samplers, ...extra }), 400, 'samplers');
+    assert.match(e.message, words);
+  }
+  for (const bad of [{ n_indent: -1 }, { n_indent: 'x' }, { t_max_predict_ms: 1.5 }])
+    assertError(await post(servers.plain, '/completion', { prompt: 'a', ...bad }), 400, Object.keys(bad)[0]);
+});
+
+test('n_indent ends the text where a line begins less indented, as llama-server cuts it', async () => {
+  // llama-server 0.5.0's contents for these seeds (24 such requests matched side by side); it counts
+  // one token more (it looks at a line one token late), the text is the same
+  const body = (seed) => ({ prompt: 'Once upon a time.\n Tom said:\n  "Hi"\n', n_predict: 80, seed, temperature: 1.5,
+    top_k: 0, top_p: 1, min_p: 0, n_indent: 2 });
+  for (const [seed, content] of [[4, 'Yay, his mom told her they were going to everyone.\n'],
+    [1, 'Vla\u2013 "I have life wear mix things." but the grocerotes stepped and the little mouse started to comb the money with it. They loved the safe it re his friend whole.\n']]) {
+    const r = await post(servers.plain, '/completion', body(seed));
+    assert.equal(r.status, 200, r.text);
+    assert.equal(r.json.content, content);
+    assert.equal(r.json.stop_type, 'limit');
+    // a stream sends the same text, never the cut line's beginning
+    const s = await post(servers.plain, '/completion', { ...body(seed), stream: true });
+    assert.equal(sseEvents(s.text).map((e) => e.content || '').join(''), content);
+  }
+  // the same request without it goes on past that line
+  const free = await post(servers.plain, '/completion', { ...body(4), n_indent: 0 });
+  assert.ok(free.json.content.startsWith('Yay, his mom told her they were going to everyone.\n') &&
+    free.json.content.length > 52, free.json.content);
+});
+
+test('t_max_predict_ms ends the text at a line end once the time has passed', async () => {
+  const body = { prompt: 'Once upon a time.\n Tom said:\n  "Hi"\n', n_predict: 80, seed: 4, temperature: 1.5,
+    top_k: 0, top_p: 1, min_p: 0 };
+  const r = await post(servers.plain, '/completion', { ...body, t_max_predict_ms: 1 });
+  assert.equal(r.status, 200, r.text);
+  assert.equal(r.json.stop_type, 'limit');
+  assert.equal(r.json.content, 'Yay, his mom told her they were going to everyone.\n'); // its first line end
+  const off = await post(servers.plain, '/completion', { ...body, t_max_predict_ms: -1 }); // <= 0: off
+  assert.ok(off.json.content.length > r.json.content.length);
+});
