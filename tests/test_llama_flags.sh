@@ -69,6 +69,19 @@ printf 'hello\n' | "$SM_BIN" -m "$CHAT" --chat-template-kwargs '[1]' -n 2 --no-m
   && fail "--chat-template-kwargs [1] accepted"
 grep -q "chat_template_kwargs: must be a JSON object" err.txt || fail "--chat-template-kwargs [1]: $(cat err.txt)"
 
+# --samplers (llama-cli's): only the named samplers run, wherever the flag stands
+gen() { "$SM_BIN" -m "$STORIES" -p "Once upon a time" -n 24 --seed 5 --temp 0.9 --no-memory --quiet --no-selfmod "$@"; }
+a=$(gen --samplers "top_k;top_p;min_p;temperature") b=$(gen --repeat-penalty 1)
+[ "$a" = "$b" ] || fail "--samplers without penalties is not --repeat-penalty 1: '$a' / '$b'"
+a=$(gen --samplers "top_k;top_p;min_p" --temp 0.2) b=$(gen --temp 1 --repeat-penalty 1)
+[ "$a" = "$b" ] || fail "--samplers without temperature does not sample at T 1: '$a' / '$b'"
+[ "$(gen --samplers 'top_k;top_p;min_p;temperature')" != "$(gen --samplers 'top_k;top_p;min_p;temperature' --temp 0.2)" ] \
+  || fail "--samplers with temperature ignored --temp"
+gen --samplers "temperature;top_k" > /dev/null 2> err.txt && fail "--samplers out of order accepted"
+grep -q "'top_k' after 'temperature'" err.txt || fail "--samplers out of order: $(cat err.txt)"
+gen --samplers "top_k;bogus" > /dev/null 2> err.txt && fail "--samplers bogus accepted"
+grep -q "unknown sampler 'bogus'" err.txt || fail "--samplers bogus: $(cat err.txt)"
+
 # serve: llama-server's -np, -t, -a, -nr, -kvu, -b, and its -c: the context
 # of all the slots, split among them (whole with -kvu), as llama-server does
 serve_props() { # FLAGS... -> "slots_idle n_ctx model_id"

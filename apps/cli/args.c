@@ -26,6 +26,7 @@ enum {
     OPT_DRY_MULTIPLIER,
     OPT_TOP_N_SIGMA,
     OPT_TYPICAL,
+    OPT_SAMPLERS,
     OPT_XTC_PROBABILITY,
     OPT_XTC_THRESHOLD,
     OPT_DYNATEMP_RANGE,
@@ -108,6 +109,7 @@ static const struct option long_options[] = {
     {"dry-multiplier", required_argument, NULL, OPT_DRY_MULTIPLIER},
     {"top-n-sigma", required_argument, NULL, OPT_TOP_N_SIGMA},
     {"typical", required_argument, NULL, OPT_TYPICAL},
+    {"samplers", required_argument, NULL, OPT_SAMPLERS},
     {"xtc-probability", required_argument, NULL, OPT_XTC_PROBABILITY},
     {"xtc-threshold", required_argument, NULL, OPT_XTC_THRESHOLD},
     {"dynatemp-range", required_argument, NULL, OPT_DYNATEMP_RANGE},
@@ -228,6 +230,9 @@ void cli_print_help(FILE *out) {
         "      --dynatemp-exp F --mirostat 2 --mirostat-lr F --mirostat-ent F   llama.cpp's samplers,\n"
         "                                its names and defaults (off: -1, 1, 0, 0.1, 0, 1, 0, 0.1, 5)\n"
         "      --dry-base F --dry-allowed-length N --dry-penalty-last-n N   its settings\n"
+        "      --samplers LIST           only these of the chain run, e.g. \"top_k;top_p;infill\" (llama-cli's;\n"
+        "                                its order: penalties;dry;top_n_sigma;top_k;typ_p;top_p;min_p;xtc;\n"
+        "                                infill;temperature; infill is llama.cpp's infill sampler)\n"
         "                                (defaults: 1.75, 2, -1 = the whole context)\n"
         "      --stop STR                stop when STR appears; repeatable (default: none)\n"
         "      --no-stop-at-bos          go on when the model generates BOS, which models trained\n"
@@ -483,6 +488,9 @@ static bool apply_option(int c, const char *arg, cli_options *opt, FILE *err) {
     case OPT_TOP_N_SIGMA:
         return parse_float_in(err, "--top-n-sigma", arg, -1.0f, CLOSED, 100.0f, CLOSED, "a number <= 100 (-1 = off)",
                               &s->top_n_sigma);
+    case OPT_SAMPLERS: /* applied once every flag is read: it turns the others off */
+        opt->samplers = arg;
+        return true;
     case OPT_TYPICAL:
         return parse_float_in(err, "--typical", arg, 0.0f, CLOSED, 1.0f, CLOSED, "a number in [0, 1] (1 = off)", &s->typical_p);
     case OPT_XTC_PROBABILITY:
@@ -723,7 +731,36 @@ static void warn_inert(const cli_options *opt, FILE *err) {
 
 /* Checks that need every flag: the library's own validation of the
  * generation parameters, and the prompt. */
+/* --samplers "top_k;top_p": only those run (sm_sampling_params_set_samplers). */
+static bool apply_samplers(cli_options *opt, FILE *err) {
+    enum { MAX_SAMPLERS = 32 };
+    char copy[512];
+    const char *names[MAX_SAMPLERS];
+    int32_t n = 0;
+    if (strlen(opt->samplers) >= sizeof copy) {
+        fprintf(err, "llama_selfmod: error: --samplers: too long\n");
+        return false;
+    }
+    strcpy(copy, opt->samplers);
+    for (char *save = NULL, *name = strtok_r(copy, ";", &save); name; name = strtok_r(NULL, ";", &save)) {
+        if (n == MAX_SAMPLERS) {
+            fprintf(err, "llama_selfmod: error: --samplers: at most %d names\n", MAX_SAMPLERS);
+            return false;
+        }
+        names[n++] = name;
+    }
+    sm_error why;
+    if (opt->gen.sampling.mirostat) {
+        fprintf(err, "llama_selfmod: error: --samplers with --mirostat: mirostat replaces the chain\n");
+        return false;
+    }
+    if (sm_sampling_params_set_samplers(&opt->gen.sampling, names, n, &why) == SM_OK) return true;
+    fprintf(err, "llama_selfmod: error: --%s\n", why.message);
+    return false;
+}
+
 static bool check_combination(cli_options *opt, FILE *err) {
+    if (opt->samplers && !apply_samplers(opt, err)) return false;
     if (opt->model_given && opt->fusion.n_models > 0) {
         fprintf(err, "llama_selfmod: error: both -m/--model and --models given: list every model in --models\n");
         return false;
