@@ -1215,6 +1215,12 @@ sm_status sm_session_set_tokens(sm_session *session, const sm_token *tokens, int
  * the context now (cached <= processed <= total). NULL turns it off. */
 typedef void (*sm_prompt_progress_fn)(int32_t total, int32_t cached, int32_t processed, void *user_data);
 void sm_session_set_prompt_progress(sm_session *session, sm_prompt_progress_fn fn, void *user_data);
+/* A time limit for the prompts sm_session_set_tokens decodes (llama.vim's
+ * t_max_prompt_ms): once a chunk that is not the prompt's last ends past
+ * limit_ms from the call's start, it stops there with SM_ERR_CANCELLED,
+ * the tokens decoded so far kept in the context: the same call again goes
+ * on from them. 0 = none (the default). */
+void sm_session_set_prompt_time_limit(sm_session *session, int32_t limit_ms);
 int32_t sm_session_n_past(const sm_session *session);       /* tokens in context  */
 int32_t sm_session_kv_pos(const sm_session *session);       /* llama's seq_pos_max + 1 */
 /* Tokens in context whose cells the cache holds now: n_past but for a

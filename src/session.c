@@ -751,6 +751,11 @@ sm_status sm_loop_decode_append(sm_session *s, const sm_token *toks, int32_t n) 
         done += chunk;
         if (s->progress && s->progress_total > 0)
             s->progress(s->progress_total, s->progress_cached, s->n_tokens, s->progress_data);
+        if (done < n && s->prompt_deadline_ms > 0 && sm_now_ms() > s->prompt_deadline_ms) {
+            s->logits = NULL; /* the prompt is not all there: nothing to sample from */
+            return sm_session_fail(s, SM_ERR_CANCELLED, "the prompt's time limit (%d ms) passed with %d of its "
+                                   "tokens decoded", s->prompt_limit_ms, s->n_tokens);
+        }
     }
     capture_logits(s);
     if (s->intro) sm_loop_remember_introspection(s, sm_introspector_record(s->intro, 0), sm_introspector_hidden(s->intro, 0));
@@ -812,13 +817,18 @@ static sm_status set_tokens_impl(sm_session *s, const sm_token *tokens, int32_t 
         s->logits = NULL;
     }
     if (n_reused) *n_reused = common;
-    if (!s->progress) return sm_session_feed_tokens(s, tokens + common, n - common);
-    s->progress(n, common, common, s->progress_data);
-    s->progress_total = n;
+    s->prompt_deadline_ms = s->prompt_limit_ms > 0 ? sm_now_ms() + s->prompt_limit_ms : 0;
+    if (s->progress) s->progress(n, common, common, s->progress_data);
+    s->progress_total = s->progress ? n : 0;
     s->progress_cached = common;
     sm_status st = sm_session_feed_tokens(s, tokens + common, n - common);
     s->progress_total = 0;
+    s->prompt_deadline_ms = 0;
     return st;
+}
+
+void sm_session_set_prompt_time_limit(sm_session *s, int32_t limit_ms) {
+    if (s) s->prompt_limit_ms = limit_ms > 0 ? limit_ms : 0;
 }
 
 void sm_session_set_prompt_progress(sm_session *s, sm_prompt_progress_fn fn, void *user_data) {

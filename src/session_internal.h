@@ -102,6 +102,8 @@ struct sm_session {
     sm_prompt_progress_fn progress; /* set_tokens reports its prompt's decode */
     void *progress_data;
     int32_t progress_total, progress_cached; /* of the prompt being reported; total 0: none */
+    int32_t prompt_limit_ms;        /* sm_session_set_prompt_time_limit; 0: none  */
+    double prompt_deadline_ms;      /* while set_tokens decodes with a limit, else 0 */
     char error[512];
 };
 

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 static const char *PROMPT = "Once upon a time, there was a little girl named Lily.";
@@ -568,6 +569,49 @@ static void test_original_style_confidence(void **state) {
     sm_result_free(&r);
 }
 
+static void slow_progress(int32_t total, int32_t cached, int32_t processed, void *user_data) {
+    (void)total, (void)cached, (void)processed, (void)user_data;
+    struct timespec pause = {0, 3 * 1000 * 1000}; /* each chunk takes 3 ms at least */
+    nanosleep(&pause, NULL);
+}
+
+/* A prompt's time limit stops sm_session_set_tokens after the chunk that
+ * passes it, the decoded tokens kept: the same call then goes on from them
+ * and the generation is the one a session that never stopped makes. */
+static void test_prompt_time_limit(void **state) {
+    (void)state;
+    sm_model *m = tu_load_model("stories260K.gguf");
+    sm_session_params sp = tu_session_params(256);
+    sp.n_batch = 8;
+    sm_session *s = tu_open_session(m, &sp), *clean = tu_open_session(m, &sp);
+    sm_token prompt[40];
+    int32_t n = tu_tokenize(m, "Once upon a time, there was a little dog named Max. Max liked to run in the park "
+                               "with his friend Lily every day.", true, false, prompt, 40);
+    assert_true(n > 16);
+    sm_session_set_prompt_progress(s, slow_progress, NULL);
+    sm_session_set_prompt_time_limit(s, 1);
+    int32_t reused = -1;
+    assert_int_equal(sm_session_set_tokens(s, prompt, n, &reused), SM_ERR_CANCELLED);
+    assert_non_null(strstr(sm_session_last_error(s), "time limit"));
+    assert_int_equal(sm_session_n_past(s), 8); /* the first chunk, kept */
+    sm_session_set_prompt_time_limit(s, 0);
+    sm_session_set_prompt_progress(s, NULL, NULL);
+    assert_int_equal(sm_session_set_tokens(s, prompt, n, &reused), SM_OK);
+    assert_int_equal(reused, 8);
+    assert_int_equal(sm_session_set_tokens(clean, prompt, n, NULL), SM_OK);
+    sm_gen_params gp = tu_greedy_params(12);
+    sm_result a, b;
+    assert_int_equal(sm_session_generate(s, NULL, &gp, &a), SM_OK);
+    assert_int_equal(sm_session_generate(clean, NULL, &gp, &b), SM_OK);
+    assert_int_equal(a.n_tokens, b.n_tokens);
+    assert_memory_equal(a.tokens, b.tokens, sizeof *a.tokens * (size_t)a.n_tokens);
+    sm_result_free(&a);
+    sm_result_free(&b);
+    sm_session_free(s);
+    sm_session_free(clean);
+    sm_model_free(m);
+}
+
 /* The tokens prompts are built from: stories260K's BOS and no FIM tokens;
  * its copy with FIM tokens named (bench/add_fim_tokens, beside SM_BIN). */
 static void test_special_tokens(void **state) {
@@ -600,6 +644,7 @@ static void test_special_tokens(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_special_tokens),
+        cmocka_unit_test(test_prompt_time_limit),
         cmocka_unit_test(test_deferred_last_token),
         cmocka_unit_test(test_set_tokens_reuses_the_common_prefix),
         cmocka_unit_test(test_slot_file_round_trip),

@@ -353,8 +353,18 @@ static sm_status run_chat(job *j, sm_result *res, char *why, size_t why_size) {
 
 static sm_status run_completion(job *j, sm_result *res, char *why, size_t why_size) {
     double t0 = now_ms();
+    sm_session_set_prompt_time_limit(j->session, j->req.t_max_prompt_ms);
     sm_status st = feed_prompt(j);
+    sm_session_set_prompt_time_limit(j->session, 0);
     j->t_prompt_ms = now_ms() - t0;
+    if (st == SM_ERR_CANCELLED && j->req.t_max_prompt_ms > 0) {
+        /* t_max_prompt_ms passed: an answer with nothing in it, the decoded
+         * part of the prompt cached for the next request to go on from */
+        memset(res, 0, sizeof *res);
+        res->stop_reason = SM_STOP_TIME_LIMIT;
+        res->text = calloc(1, 1);
+        return res->text ? SM_OK : SM_ERR_NO_MEMORY;
+    }
     if (st == SM_OK) st = sm_session_generate(j->session, NULL, &j->req.params, res);
     if (st != SM_OK) snprintf(why, why_size, "%s", sm_session_last_error(j->session));
     return st;

@@ -384,6 +384,11 @@ static bool parse_llama_fields(const cJSON *b, gen_request *r, api_error *err) {
         !get_int_field(b, "t_max_predict_ms", "t_max_predict_ms", -1, INT32_MAX, &t_max_predict_ms, err))
         return false;
     r->params.t_max_predict_ms = t_max_predict_ms > 0 ? (int32_t)t_max_predict_ms : 0; /* <= 0: off, as llama-server */
+    long long t_max_prompt_ms = 0;
+    if (!get_int_field(b, "t_max_prompt_ms", "t_max_prompt_ms", -1, INT32_MAX, &t_max_prompt_ms, err)) return false;
+    if (t_max_prompt_ms > 0 && r->api == API_CHAT)
+        return api_fail(err, 400, "t_max_prompt_ms", "'t_max_prompt_ms' is for completions: a chat's turn is not cut");
+    r->t_max_prompt_ms = t_max_prompt_ms > 0 ? (int32_t)t_max_prompt_ms : 0;
     r->id_slot = (int)id_slot;
     const cJSON *fields = json_field(b, "response_fields"), *field;
     if (fields && !cJSON_IsNull(fields)) {
@@ -1006,6 +1011,7 @@ static const char *const KNOWN_FIELDS[] = {
     "user", /* OpenAI's end-user id: no effect on generation there either */
     "chat_template_kwargs", "reasoning_effort",
     "input_prefix", "input_suffix", "input_extra", "samplers", "n_indent", "t_max_predict_ms",
+    "t_max_prompt_ms",
 };
 
 bool check_known_fields(const cJSON *body, const char *const *known_fields, size_t n_known, api_error *err) {

@@ -80,6 +80,7 @@ typedef struct gen_request {
      * middle's given beginning ("" when none) */
     bool infill;
     cJSON *input_prefix, *input_suffix, *input_extra;
+    int32_t t_max_prompt_ms;        /* llama.vim's: the prompt's time limit, 0 = none */
 } gen_request;
 
 /* serve's --n-predict when given, else the API's own default (16 tokens

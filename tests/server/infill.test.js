@@ -104,7 +104,7 @@ const vimRequest = (seed) => ({
   input_prefix: 'Once upon a time, there was a little girl named Lily. ', input_suffix: ' They played all day.\n',
   prompt: 'She', n_predict: 24, top_k: 40, top_p: 0.99, samplers: ['top_k', 'top_p', 'infill'], seed,
   input_extra: [{ filename: 'a.txt', text: 'Tom had a dog.\n', time: 1 }], cache_prompt: true, n_indent: 0,
-  t_max_predict_ms: 1000, stream: false,
+  t_max_prompt_ms: 500, t_max_predict_ms: 1000, stream: false,
 });
 
 test('llama.vim\'s request: samplers with the infill sampler, as llama-server samples them', async () => {
@@ -124,6 +124,11 @@ test('llama.vim\'s request: samplers with the infill sampler, as llama-server sa
   assert.notEqual(plain.content, expected[0]);
   // letters, llama-server's other form: "kpi" is the same chain
   assert.equal((await infillOk(stories, { ...vimRequest(1), samplers: 'kpi' })).content, expected[1]);
+  // the fields llama.vim reads back, by their paths
+  const fields = ['content', 'timings/prompt_n', 'timings/predicted_ms', 'truncated', 'tokens_cached'];
+  const picked = await infillOk(stories, { ...vimRequest(2), response_fields: fields });
+  assert.deepEqual(Object.keys(picked).sort(), [...fields].sort());
+  assert.equal(picked.content, expected[2]);
 });
 
 test('samplers refused by name: unknown, twice, out of the chain\'s order, with mirostat', async () => {
@@ -170,4 +175,22 @@ test('t_max_predict_ms ends the text at a line end once the time has passed', as
   assert.equal(r.json.content, 'Yay, his mom told her they were going to everyone.\n'); // its first line end
   const off = await post(servers.plain, '/completion', { ...body, t_max_predict_ms: -1 }); // <= 0: off
   assert.ok(off.json.content.length > r.json.content.length);
+});
+
+test('t_max_prompt_ms: a prompt that takes longer answers nothing, and the next request goes on from it', async () => {
+  // the random 110M model decodes a 512-token chunk in about a second on two cores
+  const slow = process.env.SM_SERVER_SLOW_URL;
+  const prompt = Array.from({ length: 300 }, (_, i) => `word${i}`).join(' ');
+  const cut = await post(slow, '/completion', { prompt, n_predict: 2, t_max_prompt_ms: 1 });
+  assert.equal(cut.status, 200, cut.text);
+  assert.equal(cut.json.content, '');
+  assert.equal(cut.json.stop_type, 'limit');
+  assert.equal(cut.json.tokens_predicted, 0);
+  const next = await post(slow, '/completion', { prompt, n_predict: 2 });
+  assert.equal(next.status, 200, next.text);
+  assert.equal(next.json.tokens_cached, 512); // the first chunk, decoded before the limit
+  assert.equal(next.json.tokens_predicted, 2);
+  assertError(await post(servers.plain, '/v1/chat/completions', {
+    messages: [{ role: 'user', content: 'a' }], t_max_prompt_ms: 5,
+  }), 400, 't_max_prompt_ms');
 });
