@@ -742,7 +742,8 @@ static bool apply_samplers(cli_options *opt, FILE *err) {
         return false;
     }
     strcpy(copy, opt->samplers);
-    for (char *save = NULL, *name = strtok_r(copy, ";", &save); name; name = strtok_r(NULL, ";", &save)) {
+    /* llama-cli separates them with ";"; a list from Python comes with "," */
+    for (char *save = NULL, *name = strtok_r(copy, ";,", &save); name; name = strtok_r(NULL, ";,", &save)) {
         if (n == MAX_SAMPLERS) {
             fprintf(err, "llama_selfmod: error: --samplers: at most %d names\n", MAX_SAMPLERS);
             return false;

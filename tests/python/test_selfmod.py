@@ -218,6 +218,18 @@ def test_generate_many_equals_generate_one_by_one(stories, settings):
         assert r.n_retractions == alone.n_retractions and r.n_backtracks == alone.n_backtracks
 
 
+def test_samplers_list_runs_only_those(stories):
+    # llama.cpp's sampler list as a Python list: without "temperature" the draw is at T 1,
+    # without "penalties" no repeat penalty, whatever the other settings say
+    base = {"n_predict": 32, "seed": 5, "selfmod": False, "min_p": 0.0, "top_p": 1.0, "top_k": 0}
+    listed = stories.generate(PROMPT, samplers=["top_k", "top_p", "min_p"], temperature=3.0, **base)
+    plain = stories.generate(PROMPT, temperature=1.0, repeat_penalty=1.0, **base)
+    assert listed.tokens == plain.tokens
+    assert listed.tokens != stories.generate(PROMPT, temperature=3.0, repeat_penalty=1.0, **base).tokens
+    with pytest.raises(selfmod.SelfmodError, match="'top_k' after 'temperature'"):
+        stories.generate(PROMPT, samplers=["temperature", "top_k"], **base)
+
+
 def test_generate_many_parses_each_runs_flags_apart(stories):
     # every run on a batch parses its flags on its own thread, and getopt's
     # place is the C library's one: unlocked, runs read each other's flags
