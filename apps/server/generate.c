@@ -362,6 +362,7 @@ static sm_status run_completion(job *j, sm_result *res, char *why, size_t why_si
          * part of the prompt cached for the next request to go on from */
         memset(res, 0, sizeof *res);
         res->stop_reason = SM_STOP_TIME_LIMIT;
+        j->n_prompt = sm_session_n_past(j->session); /* what was evaluated */
         res->text = calloc(1, 1);
         return res->text ? SM_OK : SM_ERR_NO_MEMORY;
     }

@@ -186,6 +186,7 @@ test('t_max_prompt_ms: a prompt that takes longer answers nothing, and the next 
   assert.equal(cut.json.content, '');
   assert.equal(cut.json.stop_type, 'limit');
   assert.equal(cut.json.tokens_predicted, 0);
+  assert.equal(cut.json.tokens_evaluated, 512); // the one chunk decoded
   const next = await post(slow, '/completion', { prompt, n_predict: 2 });
   assert.equal(next.status, 200, next.text);
   assert.equal(next.json.tokens_cached, 512); // the first chunk, decoded before the limit
