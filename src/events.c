@@ -386,6 +386,9 @@ cJSON *sm_gen_params_to_cjson(const sm_gen_params *params) {
         sm_json_add_float(json, "mirostat_tau", s->mirostat_tau);
         sm_json_add_float(json, "mirostat_eta", s->mirostat_eta);
     }
+    if (s->infill) cJSON_AddBoolToObject(json, "infill", true);
+    if (params->n_indent > 0) cJSON_AddNumberToObject(json, "n_indent", params->n_indent);
+    if (params->t_max_predict_ms > 0) cJSON_AddNumberToObject(json, "t_max_predict_ms", params->t_max_predict_ms);
 
     cJSON_AddBoolToObject(json, "selfmod", p->enabled);
     cJSON_AddBoolToObject(json, "aggressive", p->aggressive);

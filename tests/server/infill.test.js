@@ -118,6 +118,8 @@ test('llama.vim\'s request: samplers with the infill sampler, as llama-server sa
     const r = await infillOk(stories, vimRequest(seed));
     assert.equal(r.content, content, `seed ${seed}`);
     assert.equal(r.tokens_evaluated, 55);
+    assert.equal(r.generation_settings.infill, true); // what ran, reported
+    assert.equal(r.generation_settings.top_p, 0.99);
   }
   // without the infill sampler the draw differs: it acts
   const plain = await infillOk(stories, { ...vimRequest(0), samplers: ['top_k', 'top_p'] });
@@ -156,6 +158,7 @@ test('n_indent ends the text where a line begins less indented, as llama-server 
     assert.equal(r.status, 200, r.text);
     assert.equal(r.json.content, content);
     assert.equal(r.json.stop_type, 'limit');
+    assert.equal(r.json.generation_settings.n_indent, 2);
     // a stream sends the same text, never the cut line's beginning
     const s = await post(servers.plain, '/completion', { ...body(seed), stream: true });
     assert.equal(sseEvents(s.text).map((e) => e.content || '').join(''), content);
