@@ -582,12 +582,23 @@ static cJSON *select_fields(cJSON *full, const cJSON *fields) {
     cJSON *out = cJSON_CreateObject();
     const cJSON *field;
     cJSON_ArrayForEach(field, fields) {
-        char path[256];
-        snprintf(path, sizeof path, "%s", field->valuestring);
+        /* every part names a member, an empty one too (llama-server's
+         * split): "" and "a//b" lead nowhere */
         const cJSON *at = full;
-        char *save = NULL;
-        for (char *part = strtok_r(path, "/", &save); part && at; part = strtok_r(NULL, "/", &save))
-            at = cJSON_GetObjectItemCaseSensitive(at, part);
+        for (const char *part = field->valuestring; at;) {
+            const char *slash = strchr(part, '/');
+            size_t n = slash ? (size_t)(slash - part) : strlen(part);
+            char key[256];
+            if (n >= sizeof key) {
+                at = NULL;
+                break;
+            }
+            memcpy(key, part, n);
+            key[n] = '\0';
+            at = cJSON_IsObject(at) ? cJSON_GetObjectItemCaseSensitive(at, key) : NULL;
+            if (!slash) break;
+            part = slash + 1;
+        }
         if (at) cJSON_AddItemToObject(out, field->valuestring, cJSON_Duplicate(at, true));
     }
     cJSON_Delete(full);

@@ -131,6 +131,18 @@ test('llama.vim\'s request: samplers with the infill sampler, as llama-server sa
   const picked = await infillOk(stories, { ...vimRequest(2), response_fields: fields });
   assert.deepEqual(Object.keys(picked).sort(), [...fields].sort());
   assert.equal(picked.content, expected[2]);
+  // llama.vim's background request that fills the cache with the other files: no sampler, nothing
+  // generated, and response_fields [""] (a path to nothing, as in llama-server: an empty answer)
+  const warm = await post(stories, '/infill', {
+    id_slot: 0, input_prefix: '', input_suffix: '', input_extra: vimRequest(0).input_extra, prompt: '',
+    n_predict: 0, temperature: 0, samplers: [], stream: false, cache_prompt: true, t_max_prompt_ms: 1,
+    t_max_predict_ms: 1, response_fields: [''],
+  });
+  assert.equal(warm.status, 200, warm.text);
+  assert.deepEqual(warm.json, {});
+  const paths = await infillOk(stories, { ...vimRequest(0), n_predict: 1,
+    response_fields: ['timings//prompt_n', 'content/x', 'timings/prompt_n'] });
+  assert.deepEqual(Object.keys(paths), ['timings/prompt_n']);
 });
 
 test('samplers refused by name: unknown, twice, out of the chain\'s order, with mirostat', async () => {
