@@ -979,11 +979,16 @@ sm_status sm_gen_params_validate(const sm_gen_params *params, sm_error *err);
  * left-out "temperature" samples at T 1, as llama.cpp's chain without its
  * temperature sampler). Names as llama.cpp's: penalties, dry, top_n_sigma,
  * top_k, typ_p, top_p, min_p, xtc, infill, temperature, and its aliases
- * (top-k, topk, nucleus, typical, temp, ...; any case). The chain's order
- * is fixed, that one: a list in another order, a name twice or an unknown
- * name is SM_ERR_INVALID_ARGUMENT naming it, p unchanged. */
+ * (top-k, topk, nucleus, typ, temp, ...; any case). The chain's order is
+ * fixed, that one: a list in another order, a name twice, an unknown name
+ * or a list with mirostat on (it replaces the chain) is
+ * SM_ERR_INVALID_ARGUMENT naming it, p unchanged. */
 sm_status sm_sampling_params_set_samplers(sm_sampling_params *p, const char *const *names, int32_t n_names,
                                           sm_error *err);
+/* The same by llama.cpp's letters, one a sampler ("kpi": top_k, top_p,
+ * infill; llama-server's "samplers" as a string, llama-cli's --sampling-seq):
+ * e d s k y p m x i t in the order above. */
+sm_status sm_sampling_params_set_sampler_letters(sm_sampling_params *p, const char *letters, sm_error *err);
 /* Sets the policy's style and thresholds to a named preset: "original"
  * (the Rust llama_selfmod's policy, SM_POLICY_ORIGINAL, at its
  * thresholds), "calibrated" (sm_policy_default_params: SM_POLICY_CALIBRATED),

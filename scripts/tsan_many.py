@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Python's generate_many for the ThreadSanitizer run (scripts/tsan.sh):
+"""Python's generate_many and a chat turn for the ThreadSanitizer run (scripts/tsan.sh):
 every run on a batch parses its flags and generates on its own thread."""
 import os
 import sys

@@ -289,25 +289,29 @@ static int sampler_index(const char *name) {
     return -1;
 }
 
-static sm_status refuse_samplers(sm_error *err, const char *why, const char *a, const char *b) {
-    sm_error_set(err, SM_ERR_INVALID_ARGUMENT, why, a, b);
-    return SM_ERR_INVALID_ARGUMENT;
-}
+#define SAMPLER_ORDER "penalties, dry, top_n_sigma, top_k, typ_p, top_p, min_p, xtc, infill, temperature"
+/* llama.cpp's letters for them (common_sampler_type_to_chr), in that order */
+static const char SAMPLER_LETTERS[N_SAMPLERS + 1] = "edskypmxit";
 
 sm_status sm_sampling_params_set_samplers(sm_sampling_params *p, const char *const *names, int32_t n_names,
                                           sm_error *err) {
+    if (p->mirostat) {
+        sm_error_set(err, SM_ERR_INVALID_ARGUMENT, "samplers: mirostat replaces the chain: give one or the other");
+        return SM_ERR_INVALID_ARGUMENT;
+    }
     bool on[N_SAMPLERS] = {false};
     int last = -1;
     for (int32_t i = 0; i < n_names; i++) {
         int s = names[i] ? sampler_index(names[i]) : -1;
         if (s < 0)
-            return refuse_samplers(err, "samplers: unknown sampler '%.40s' (%s)", names[i] ? names[i] : "(null)",
-                                   "penalties, dry, top_n_sigma, top_k, typ_p, top_p, min_p, xtc, infill, temperature");
-        if (on[s]) return refuse_samplers(err, "samplers: '%s' is named twice%s", SAMPLER_NAMES[s], "");
-        if (s < last)
-            return refuse_samplers(err, "samplers: '%s' after '%s': the chain runs in llama.cpp's order (penalties, "
-                                        "dry, top_n_sigma, top_k, typ_p, top_p, min_p, xtc, infill, temperature)",
-                                   SAMPLER_NAMES[s], SAMPLER_NAMES[last]);
+            sm_error_set(err, SM_ERR_INVALID_ARGUMENT, "samplers: unknown sampler '%.40s' (" SAMPLER_ORDER ")",
+                         names[i] ? names[i] : "(null)");
+        else if (on[s])
+            sm_error_set(err, SM_ERR_INVALID_ARGUMENT, "samplers: '%s' is named twice", SAMPLER_NAMES[s]);
+        else if (s < last)
+            sm_error_set(err, SM_ERR_INVALID_ARGUMENT, "samplers: '%s' after '%s': the chain runs in llama.cpp's "
+                         "order (" SAMPLER_ORDER ")", SAMPLER_NAMES[s], SAMPLER_NAMES[last]);
+        if (s < 0 || on[s] || s < last) return SM_ERR_INVALID_ARGUMENT;
         on[s] = true;
         last = s;
     }
@@ -322,6 +326,21 @@ sm_status sm_sampling_params_set_samplers(sm_sampling_params *p, const char *con
     p->infill = on[SAMPLER_INFILL];
     if (!on[SAMPLER_TEMPERATURE]) p->temperature = 1.0f, p->dynatemp_range = 0.0f;
     return SM_OK;
+}
+
+sm_status sm_sampling_params_set_sampler_letters(sm_sampling_params *p, const char *letters, sm_error *err) {
+    const char *names[64];
+    int32_t n = 0;
+    for (const char *c = letters ? letters : ""; *c; c++) {
+        const char *at = strchr(SAMPLER_LETTERS, *c);
+        if (!at || n == (int32_t)(sizeof names / sizeof *names)) { /* a byte, not a character: the message stays UTF-8 */
+            sm_error_set(err, SM_ERR_INVALID_ARGUMENT, "samplers: byte %d (0x%02x) is not a sampler's letter (%s)",
+                         (int)(c - letters), (unsigned char)*c, SAMPLER_LETTERS);
+            return SM_ERR_INVALID_ARGUMENT;
+        }
+        names[n++] = SAMPLER_NAMES[at - SAMPLER_LETTERS];
+    }
+    return sm_sampling_params_set_samplers(p, names, n, err);
 }
 
 sm_status sm_gen_params_validate(const sm_gen_params *p, sm_error *err) {

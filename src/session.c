@@ -1438,6 +1438,17 @@ static void report_token(generation *g, int32_t i, const sm_token_view *view, si
     sm_loop_emit(g, &e);
 }
 
+/* n_indent's cut after a token that began at text_before: the text before
+ * it had none, so only the line it ends (from its line end on) and the
+ * lines it adds are looked at, not the whole text every token. */
+static long indent_cut_since(const sm_text *t, size_t text_before, int32_t n_indent) {
+    size_t from = text_before;
+    while (from > 0 && t->bytes[from - 1] != '\n') from--;
+    if (from > 0) from--; /* the line end that starts that line */
+    long at = sm_indent_cut(t->bytes + from, t->len - from, n_indent);
+    return at < 0 ? -1 : (long)from + at;
+}
+
 /* Decodes the kept candidate, lets the stages check it, reports it. */
 static sm_status commit(generation *g, int32_t i, const sm_token_view *view, int32_t piece_len) {
     sm_session *s = g->s;
@@ -1460,7 +1471,7 @@ static sm_status commit(generation *g, int32_t i, const sm_token_view *view, int
     if (st != SM_OK || taken_back) return st;
     if (g->t_first_token_ms <= 0.0) g->t_first_token_ms = sm_now_ms();
     /* the cut comes before the report: a stream never sends the line's beginning */
-    long cut = g->gp->n_indent > 0 ? sm_indent_cut(g->text.bytes, g->text.len, g->gp->n_indent) : -1;
+    long cut = g->gp->n_indent > 0 ? indent_cut_since(&g->text, text_before, g->gp->n_indent) : -1;
     if (cut >= 0) g->stop = SM_STOP_INDENT;
     report_token(g, i, view, cut >= 0 ? (size_t)cut : g->text.len);
     if (g->stop == SM_STOP_NONE && g->gp->n_stop_strings > 0 &&

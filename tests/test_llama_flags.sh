@@ -79,6 +79,10 @@ a=$(gen --samplers "top_k;top_p;min_p" --temp 0.2) b=$(gen --temp 1 --repeat-pen
   || fail "--samplers with temperature ignored --temp"
 gen --samplers "temperature;top_k" > /dev/null 2> err.txt && fail "--samplers out of order accepted"
 grep -q "'top_k' after 'temperature'" err.txt || fail "--samplers out of order: $(cat err.txt)"
+[ "$(gen --sampling-seq kpmt)" = "$(gen --samplers 'top_k;top_p;min_p;temperature')" ] \
+  || fail "--sampling-seq kpmt is not --samplers top_k;top_p;min_p;temperature"
+gen --samplers "top_k" --mirostat 2 > /dev/null 2> err.txt && fail "--samplers with --mirostat accepted"
+grep -q "mirostat replaces the chain" err.txt || fail "--samplers with --mirostat: $(cat err.txt)"
 gen --samplers "top_k;bogus" > /dev/null 2> err.txt && fail "--samplers bogus accepted"
 grep -q "unknown sampler 'bogus'" err.txt || fail "--samplers bogus: $(cat err.txt)"
 

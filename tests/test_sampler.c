@@ -547,7 +547,11 @@ static void test_sampler_list(void **state) {
     p.dry_multiplier = 0.8f;
     const char *vim[] = {"TOP-K", "nucleus", "Infill"};
     sm_error err;
+    sm_sampling_params by_letters = p;
+    assert_int_equal(sm_sampling_params_set_sampler_letters(&by_letters, "kpi", &err), SM_OK);
     assert_int_equal(sm_sampling_params_set_samplers(&p, vim, 3, &err), SM_OK);
+    assert_true(by_letters.top_k == p.top_k && by_letters.top_p == p.top_p && by_letters.infill &&
+                by_letters.temperature == p.temperature && by_letters.min_p == p.min_p);
     assert_int_equal(p.top_k, 40);
     assert_true(p.top_p == 0.95f && p.infill);
     assert_true(p.min_p == 0.0f && p.repeat_penalty == 1.0f && p.dry_multiplier == 0.0f && p.typical_p == 1.0f);
@@ -564,6 +568,11 @@ static void test_sampler_list(void **state) {
     assert_int_equal(sm_sampling_params_set_samplers(&p, twice, 2, &err), SM_ERR_INVALID_ARGUMENT);
     assert_non_null(strstr(err.message, "twice"));
     assert_int_equal(sm_sampling_params_set_samplers(&p, unknown, 1, &err), SM_ERR_INVALID_ARGUMENT);
+    assert_int_equal(sm_sampling_params_set_sampler_letters(&p, "kz", &err), SM_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(err.message, "byte 1 (0x7a)"));
+    p.mirostat = 2; /* it replaces the chain: a list with it is a contradiction */
+    assert_int_equal(sm_sampling_params_set_samplers(&p, with_temp, 2, &err), SM_ERR_INVALID_ARGUMENT);
+    p.mirostat = before.mirostat;
     assert_true(p.temperature == before.temperature && p.top_k == before.top_k && p.min_p == before.min_p &&
                 p.top_p == before.top_p && p.infill == before.infill && p.repeat_penalty == before.repeat_penalty);
 }

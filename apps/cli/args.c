@@ -27,6 +27,7 @@ enum {
     OPT_TOP_N_SIGMA,
     OPT_TYPICAL,
     OPT_SAMPLERS,
+    OPT_SAMPLING_SEQ,
     OPT_XTC_PROBABILITY,
     OPT_XTC_THRESHOLD,
     OPT_DYNATEMP_RANGE,
@@ -110,6 +111,8 @@ static const struct option long_options[] = {
     {"top-n-sigma", required_argument, NULL, OPT_TOP_N_SIGMA},
     {"typical", required_argument, NULL, OPT_TYPICAL},
     {"samplers", required_argument, NULL, OPT_SAMPLERS},
+    {"sampling-seq", required_argument, NULL, OPT_SAMPLING_SEQ},
+    {"sampler-seq", required_argument, NULL, OPT_SAMPLING_SEQ},
     {"xtc-probability", required_argument, NULL, OPT_XTC_PROBABILITY},
     {"xtc-threshold", required_argument, NULL, OPT_XTC_THRESHOLD},
     {"dynatemp-range", required_argument, NULL, OPT_DYNATEMP_RANGE},
@@ -233,6 +236,7 @@ void cli_print_help(FILE *out) {
         "      --samplers LIST           only these of the chain run, e.g. \"top_k;top_p;infill\" (llama-cli's;\n"
         "                                its order: penalties;dry;top_n_sigma;top_k;typ_p;top_p;min_p;xtc;\n"
         "                                infill;temperature; infill is llama.cpp's infill sampler)\n"
+        "      --sampling-seq LETTERS    the same by llama-cli's letters, e.g. \"kpi\" (edskypmxit)\n"
         "                                (defaults: 1.75, 2, -1 = the whole context)\n"
         "      --stop STR                stop when STR appears; repeatable (default: none)\n"
         "      --no-stop-at-bos          go on when the model generates BOS, which models trained\n"
@@ -488,8 +492,11 @@ static bool apply_option(int c, const char *arg, cli_options *opt, FILE *err) {
     case OPT_TOP_N_SIGMA:
         return parse_float_in(err, "--top-n-sigma", arg, -1.0f, CLOSED, 100.0f, CLOSED, "a number <= 100 (-1 = off)",
                               &s->top_n_sigma);
-    case OPT_SAMPLERS: /* applied once every flag is read: it turns the others off */
+    case OPT_SAMPLERS: /* applied once every flag is read: they turn the others off */
         opt->samplers = arg;
+        return true;
+    case OPT_SAMPLING_SEQ:
+        opt->sampling_seq = arg;
         return true;
     case OPT_TYPICAL:
         return parse_float_in(err, "--typical", arg, 0.0f, CLOSED, 1.0f, CLOSED, "a number in [0, 1] (1 = off)", &s->typical_p);
@@ -729,11 +736,20 @@ static void warn_inert(const cli_options *opt, FILE *err) {
     if (opt->critical_given) fprintf(err, "llama_selfmod: warning: --critical-threshold has no effect: %s\n", why);
 }
 
-/* Checks that need every flag: the library's own validation of the
- * generation parameters, and the prompt. */
-/* --samplers "top_k;top_p": only those run (sm_sampling_params_set_samplers). */
+/* --samplers "top_k;top_p" or --sampling-seq "kp": only those run
+ * (sm_sampling_params_set_samplers). */
 static bool apply_samplers(cli_options *opt, FILE *err) {
     enum { MAX_SAMPLERS = 32 };
+    sm_error why;
+    if (opt->samplers && opt->sampling_seq) {
+        fprintf(err, "llama_selfmod: error: --samplers and --sampling-seq both give the samplers: give one\n");
+        return false;
+    }
+    if (opt->sampling_seq) {
+        if (sm_sampling_params_set_sampler_letters(&opt->gen.sampling, opt->sampling_seq, &why) == SM_OK) return true;
+        fprintf(err, "llama_selfmod: error: --sampling-seq: %s\n", why.message);
+        return false;
+    }
     char copy[512];
     const char *names[MAX_SAMPLERS];
     int32_t n = 0;
@@ -750,18 +766,15 @@ static bool apply_samplers(cli_options *opt, FILE *err) {
         }
         names[n++] = name;
     }
-    sm_error why;
-    if (opt->gen.sampling.mirostat) {
-        fprintf(err, "llama_selfmod: error: --samplers with --mirostat: mirostat replaces the chain\n");
-        return false;
-    }
     if (sm_sampling_params_set_samplers(&opt->gen.sampling, names, n, &why) == SM_OK) return true;
     fprintf(err, "llama_selfmod: error: --%s\n", why.message);
     return false;
 }
 
+/* Checks that need every flag: the library's own validation of the
+ * generation parameters, and the prompt. */
 static bool check_combination(cli_options *opt, FILE *err) {
-    if (opt->samplers && !apply_samplers(opt, err)) return false;
+    if ((opt->samplers || opt->sampling_seq) && !apply_samplers(opt, err)) return false;
     if (opt->model_given && opt->fusion.n_models > 0) {
         fprintf(err, "llama_selfmod: error: both -m/--model and --models given: list every model in --models\n");
         return false;

@@ -27,6 +27,7 @@ typedef struct cli_options {
     bool preset_given;                 /* --preset chose the policy's style  */
     bool operator_top_k_given;
     const char *samplers;        /* --samplers "top_k;top_p;...", or NULL */
+    const char *sampling_seq;    /* --sampling-seq "kpi", or NULL          */
 
     sm_session_params session;   /* --ctx-size, --threads, --max-rewind    */
     int32_t n_gpu_layers;

@@ -125,37 +125,26 @@ static bool parse_sampling(const cJSON *b, gen_request *r, api_error *err) {
 /* llama-server's "samplers": names (["top_k", "top_p", "infill"]) or one
  * letter each ("kpi"), run in the chain's order (sm_sampling_params_set_samplers). */
 static bool parse_samplers(const cJSON *b, gen_request *r, api_error *err) {
-    static const char LETTERS[] = "edskypmxit";
-    static const char *const NAMES[] = {"penalties", "dry", "top_n_sigma", "top_k", "typ_p", "top_p", "min_p",
-                                        "xtc", "infill", "temperature"};
     enum { MAX_SAMPLERS = 32 };
     const cJSON *v = json_field(b, "samplers"), *item;
     if (!v || cJSON_IsNull(v)) return true;
-    const char *names[MAX_SAMPLERS];
-    int n = 0;
+    sm_error e;
+    sm_status st;
     if (cJSON_IsString(v)) {
-        for (const char *c = v->valuestring; *c; c++) {
-            const char *at = strchr(LETTERS, *c);
-            if (!at || !*c || n == MAX_SAMPLERS) /* a byte, not a character: the reply stays UTF-8 */
-                return api_fail(err, 400, "samplers", "samplers: byte %d (0x%02x) is not a sampler's letter (%s)",
-                                (int)(c - v->valuestring), (unsigned char)*c, LETTERS);
-            names[n++] = NAMES[at - LETTERS];
-        }
+        st = sm_sampling_params_set_sampler_letters(&r->params.sampling, v->valuestring, &e);
     } else if (cJSON_IsArray(v)) {
+        const char *names[MAX_SAMPLERS];
+        int n = 0;
         cJSON_ArrayForEach(item, v) {
             if (!cJSON_IsString(item) || n == MAX_SAMPLERS)
                 return api_fail(err, 400, "samplers", "'samplers' must be at most %d sampler names", MAX_SAMPLERS);
             names[n++] = item->valuestring;
         }
+        st = sm_sampling_params_set_samplers(&r->params.sampling, names, n, &e);
     } else {
         return api_fail(err, 400, "samplers", "'samplers' must be an array of sampler names or a string of letters");
     }
-    if (r->params.sampling.mirostat)
-        return api_fail(err, 400, "samplers", "'samplers' with 'mirostat': mirostat replaces the chain");
-    sm_error e;
-    if (sm_sampling_params_set_samplers(&r->params.sampling, names, n, &e) != SM_OK)
-        return api_fail(err, 400, "samplers", "%s", e.message);
-    return true;
+    return st == SM_OK ? true : api_fail(err, 400, "samplers", "%s", e.message);
 }
 
 /* OpenAI's {"token id": bias} (bias in [-100, 100]; -100 bans), or
